@@ -350,7 +350,7 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
             write_opt(ddir / f"RNFL_{eye}.dcm", cvol, ident, laterality=eye, study_uid=study_uid,
                       series_uid=phantom_uid("rnfl-series", cfg.seed, s.index, eye),
                       sop_instance=phantom_uid("rnfl", cfg.seed, s.index, eye),
-                      spacing_mm=(circ.axial_um / 1000.0, circ.lateral_um / 1000.0, 0.0),
+                      spacing_mm=(circ.axial_um / 1000.0, circ.lateral_um / 1000.0, circ.lateral_um / 1000.0),
                       fundus_sop_instance=None, series_description="Peripapillary RNFL circle scan")
             np.savez_compressed(tdir / f"{key}_circle.npz", boundaries=circ.boundaries)
             truth_lines.append(dict(base, modality="oct", key=f"{key}_circle", pixel_sha256=_pixel_sha(cvol),

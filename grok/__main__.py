@@ -1,0 +1,5 @@
+"""Run as: python -m grok ..."""
+
+from grok.cli import main
+
+main()

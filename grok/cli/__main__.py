@@ -1,0 +1,5 @@
+"""Run as: python -m grok.cli ..."""
+
+from grok.cli import main
+
+main()
