@@ -1,0 +1,321 @@
+"""Versioned dataset registry: publish Hugging Face dataset folders, pull them by ``name@version``.
+
+Run as: grok datasets list | show NAME | pull NAME@VERSION
+
+Layout of a registry root (a local folder by default, or any fsspec URL)::
+
+    <root>/<name>/<version>/data/<config>/<split>-00000-of-00001.parquet
+    <root>/<name>/<version>/README.md       dataset card (YAML front matter: configs, splits, features)
+    <root>/<name>/<version>/manifest.json   fingerprint, versions, build id, row counts
+
+A version folder is written under a temporary name and renamed into place only when complete, so
+a killed publish leaves no partial version; an existing version is never overwritten; a lock
+file serialises concurrent publishes of one name. The fingerprint is a sha256 over the canonical
+Arrow content of every table (not over file bytes or timestamps), so the same content always gives
+the same fingerprint. ``datasets.load_dataset(<version folder>, "<config>")`` works on a published
+folder, and :func:`load` wraps it with the version check.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+DEFAULT_REGISTRY_ENV = "GROK_REGISTRY"
+DEFAULT_REGISTRY = "registry"
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot proceed; the message names the dataset/version and the fix."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    version: str | None  #: None = latest
+
+    @classmethod
+    def parse(cls, spec: str) -> DatasetRef:
+        name, _, version = spec.partition("@")
+        if not _NAME_RE.match(name):
+            raise RegistryError(f"dataset name {name!r} is invalid: use lower-case letters, digits, '.', '_', '-'")
+        if version in ("", "latest"):
+            return cls(name, None)
+        if not _VERSION_RE.match(version):
+            raise RegistryError(f"version {version!r} in {spec!r} is not X.Y.Z (or 'latest')")
+        return cls(name, version)
+
+
+def registry_root(registry: str | os.PathLike | None = None) -> str:
+    """The registry root: the argument, else ``$GROK_REGISTRY``, else ``./registry``."""
+    return str(registry or os.environ.get(DEFAULT_REGISTRY_ENV) or DEFAULT_REGISTRY)
+
+
+def _fs(root: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(root)
+
+
+def _vkey(v: str) -> tuple[int, int, int]:
+    m = _VERSION_RE.match(v)
+    assert m
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def list_versions(name: str, registry: str | None = None) -> list[str]:
+    """Published versions of ``name``, oldest first."""
+    fs, root = _fs(registry_root(registry))
+    base = f"{root}/{name}"
+    if not fs.exists(base):
+        return []
+    out = []
+    for p in fs.ls(base, detail=False):
+        v = p.rstrip("/").rsplit("/", 1)[-1]
+        if _VERSION_RE.match(v) and fs.exists(f"{p}/manifest.json"):
+            out.append(v)
+    return sorted(out, key=_vkey)
+
+
+def list_datasets(registry: str | None = None) -> dict[str, list[str]]:
+    fs, root = _fs(registry_root(registry))
+    if not fs.exists(root):
+        return {}
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False) if fs.isdir(p))
+    return {n: vs for n in names if (vs := list_versions(n, registry))}
+
+
+def resolve(spec: str, registry: str | None = None) -> dict[str, Any]:
+    """``name@version`` (or ``name@latest``) -> {name, version, fingerprint, path, manifest}.
+
+    Raises :class:`RegistryError` naming the versions that do exist when the asked one does not.
+    """
+    ref = DatasetRef.parse(spec)
+    versions = list_versions(ref.name, registry)
+    if not versions:
+        raise RegistryError(f"dataset {ref.name!r} has no published version in registry {registry_root(registry)!r}; "
+                            "publish it first (grok publish) or point --registry at the right place")
+    version = ref.version or versions[-1]
+    if version not in versions:
+        raise RegistryError(f"{ref.name}@{version} does not exist in {registry_root(registry)!r}; "
+                            f"published versions: {', '.join(versions)}")
+    fs, root = _fs(registry_root(registry))
+    path = f"{root}/{ref.name}/{version}"
+    manifest = json.loads(fs.cat_file(f"{path}/manifest.json"))
+    local = path if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol else path
+    return {"name": ref.name, "version": version, "fingerprint": manifest["fingerprint"], "path": local,
+            "manifest": manifest}
+
+
+def next_version(name: str, bump: str = "minor", registry: str | None = None) -> str:
+    """The version after the latest one (0.1.0 for a new dataset)."""
+    if bump not in ("major", "minor", "patch"):
+        raise RegistryError(f"--bump must be major, minor or patch, not {bump!r}")
+    versions = list_versions(name, registry)
+    if not versions:
+        return "0.1.0"
+    a, b, c = _vkey(versions[-1])
+    return {"major": f"{a + 1}.0.0", "minor": f"{a}.{b + 1}.0", "patch": f"{a}.{b}.{c + 1}"}[bump]
+
+
+def table_fingerprint(table: pa.Table) -> str:
+    """sha256 of a table's canonical Arrow IPC stream (schema without metadata + data)."""
+    table = table.replace_schema_metadata(None).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def content_fingerprint(tables: Mapping[str, Mapping[str, pa.Table]]) -> str:
+    h = hashlib.sha256()
+    for config in sorted(tables):
+        for split in sorted(tables[config]):
+            h.update(f"{config}/{split}:{table_fingerprint(tables[config][split])}\n".encode())
+    return h.hexdigest()
+
+
+def _features_yaml(ds) -> list[dict[str, Any]]:
+    """The features in the dataset-card YAML form that ``datasets.load_dataset`` reads back."""
+    return ds.features._to_yaml_list()
+
+
+def publish(
+    tables: Mapping[str, Mapping[str, Any]],
+    name: str,
+    *,
+    version: str | None = None,
+    bump: str = "minor",
+    registry: str | None = None,
+    card_body: str = "",
+    card_meta: Mapping[str, Any] | None = None,
+    manifest_extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Publish ``tables[config][split]`` (``datasets.Dataset`` objects) as ``name@version``.
+
+    Returns what :func:`resolve` returns for the new version. Raises :class:`RegistryError` if the
+    version exists, the registry is not writable, or another publish of ``name`` holds the lock.
+    """
+    import datasets
+
+    ref = DatasetRef.parse(name)
+    if version is not None and not _VERSION_RE.match(version):
+        raise RegistryError(f"--version {version!r} is not X.Y.Z")
+    root_s = registry_root(registry)
+    fs, root = _fs(root_s)
+    base = f"{root}/{ref.name}"
+    try:
+        fs.makedirs(base, exist_ok=True)
+    except OSError as exc:
+        raise RegistryError(f"registry {root_s!r} is not writable ({exc}); choose another --registry") from exc
+    lock = f"{base}/.publish.lock"
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if local:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        except FileExistsError as exc:
+            if _stale_lock(lock):
+                os.unlink(lock)
+                return publish(tables, name, version=version, bump=bump, registry=registry, card_body=card_body,
+                               card_meta=card_meta, manifest_extra=manifest_extra)
+            raise RegistryError(f"another publish of {ref.name!r} is running (lock {lock}); wait for it, or remove "
+                                "the lock file if that process is gone") from exc
+        except OSError as exc:
+            raise RegistryError(f"registry {root_s!r} is not writable ({exc}); choose another --registry") from exc
+    try:
+        version = version or next_version(ref.name, bump, registry)
+        final = f"{base}/{version}"
+        if fs.exists(final):
+            raise RegistryError(f"{ref.name}@{version} already exists; published versions are never overwritten. "
+                                f"Use --bump or --version {next_version(ref.name, 'patch', registry)}")
+        tmp = f"{base}/.tmp-{version}-{uuid.uuid4().hex[:8]}"
+        staging = Path(tmp) if local else Path(os.path.join(os.environ.get("TMPDIR", "/tmp"), tmp.replace("/", "_")))
+        staging.mkdir(parents=True)
+        arrow_tables: dict[str, dict[str, pa.Table]] = {}
+        counts: dict[str, dict[str, int]] = {}
+        configs_yaml = []
+        features_yaml: dict[str, Any] = {}
+        for config in sorted(tables):
+            files = []
+            for split in sorted(tables[config]):
+                ds = tables[config][split]
+                if not isinstance(ds, datasets.Dataset):
+                    raise RegistryError(f"tables[{config!r}][{split!r}] must be a datasets.Dataset")
+                rel = f"data/{config}/{split}-00000-of-00001.parquet"
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                ds.to_parquet(str(staging / rel))
+                arrow_tables.setdefault(config, {})[split] = ds.data.table
+                counts.setdefault(config, {})[split] = len(ds)
+                files.append({"split": split, "path": rel})
+                features_yaml[config] = _features_yaml(ds)
+            configs_yaml.append({"config_name": config, "data_files": files})
+        fingerprint = content_fingerprint(arrow_tables)
+        manifest = {
+            "name": ref.name,
+            "version": version,
+            "fingerprint": fingerprint,
+            "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "counts": counts,
+            **dict(manifest_extra or {}),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (staging / "README.md").write_text(_card(ref.name, version, configs_yaml, features_yaml, counts,
+                                                 dict(card_meta or {}), card_body, fingerprint))
+        if local:
+            if fs.exists(final):  # re-check under the lock just before the atomic rename
+                raise RegistryError(f"{ref.name}@{version} appeared while publishing; nothing was changed")
+            os.rename(staging, final)
+        else:
+            fs.put(str(staging), f"{base}/.upload-{version}", recursive=True)
+            fs.mv(f"{base}/.upload-{version}", final, recursive=True)
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        if local:
+            for p in Path(base).glob(f".tmp-{version}-*") if version else []:
+                shutil.rmtree(p, ignore_errors=True)
+        raise
+    finally:
+        if local:
+            try:
+                os.unlink(lock)
+            except FileNotFoundError:
+                pass
+    return resolve(f"{ref.name}@{version}", registry)
+
+
+def _stale_lock(lock: str) -> bool:
+    """True when the lock's owner process (same host) is gone, e.g. a publish killed by a signal."""
+    try:
+        pid = int(Path(lock).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _card(name: str, version: str, configs: list[dict], features: dict, counts: dict, meta: dict, body: str,
+          fingerprint: str) -> str:
+    import yaml
+
+    front = {
+        "pretty_name": meta.get("pretty_name", name),
+        "license": meta.get("license", "other"),
+        "task_categories": meta.get("task_categories", ["image-text-to-text"]),
+        "tags": meta.get("tags", ["ophthalmology", "oct", "fundus", "synthetic" if meta.get("synthetic") else "clinical"]),
+        "configs": configs,
+        "dataset_info": [{"config_name": c, "features": features[c],
+                          "splits": [{"name": s, "num_examples": n} for s, n in counts[c].items()]}
+                         for c in sorted(features)],
+    }
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name} {version}", "",
+             f"Content fingerprint: `{fingerprint}`", "", "| config | split | rows |", "|---|---|---|"]
+    for c in sorted(counts):
+        for s, n in counts[c].items():
+            lines.append(f"| {c} | {s} | {n} |")
+    lines += ["", body.strip(), ""]
+    return "\n".join(lines)
+
+
+def load(spec: str, config: str, split: str, registry: str | None = None):
+    """Load one split of a pinned version as a ``datasets.Dataset`` (fully offline).
+
+    ``spec`` is ``name@X.Y.Z`` or ``name@latest``. The dataset's ``info.description`` records the
+    resolved ``name@version`` and fingerprint.
+    """
+    import datasets
+
+    info = resolve(spec, registry)
+    files = info["manifest"]["counts"].get(config)
+    if files is None:
+        raise RegistryError(f"{info['name']}@{info['version']} has no config {config!r}; "
+                            f"configs: {', '.join(sorted(info['manifest']['counts']))}")
+    if split not in files:
+        raise RegistryError(f"{info['name']}@{info['version']} config {config!r} has no split {split!r}; "
+                            f"splits: {', '.join(files)}")
+    path = f"{info['path']}/data/{config}/{split}-00000-of-00001.parquet"
+    ds = datasets.Dataset.from_parquet(path, keep_in_memory=False)
+    ds.info.description = json.dumps({"dataset": f"{info['name']}@{info['version']}",
+                                      "fingerprint": info["fingerprint"]})
+    return ds
