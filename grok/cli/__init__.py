@@ -36,6 +36,8 @@ _COMMAND_MODULES = (
     "grok.cli.oct_cmd",  # oct segment | measure
     "grok.cli.cfp_cmd",  # cfp measure
     "grok.cli.kb_cmd",  # kb validate, reason, label
+    "grok.cli.instruct_cmd",  # instruct, verify
+    "grok.cli.contracts_cmd",  # validate
     "grok.cli.datasets_cmd",  # datasets list | show | pull
     "grok.cli.train_cmd",  # train align | sft | predict | merge (grok_train)
 )

@@ -1,0 +1,387 @@
+"""Data contracts: pyarrow schemas + Great Expectations 1.x suites from ``data_contracts/*.yaml``.
+
+Run as: grok validate TABLE --contract NAME [--deny-list FILE] [--docs DIR] [--json]
+
+A contract is data (YAML, see ``data_contracts/README.md``); this module turns it into a
+``pyarrow.Schema`` and a ``gx.ExpectationSuite``, adds the derived columns that GROK's own checks
+need (identifier scans over serialised nested columns, splits per patient, answer lengths), runs
+a Great Expectations checkpoint on a pandas batch, writes the data docs (HTML) and returns a
+:class:`ContractResult` that names every failing expectation with example rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import yaml
+
+CONTRACTS_ENV = "GROK_DATA_CONTRACTS"
+
+_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float32": pa.float32(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "list<string>": pa.list_(pa.string()),
+    "list<float64>": pa.list_(pa.float64()),
+    "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+    "image": pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+}
+_GROK_CHECKS = {"no_identifiers", "split_disjoint_by", "min_mean", "report_distribution", "plausible_bounds"}
+
+
+class ContractError(ValueError):
+    """A contract file or its parameters are invalid; the message names the file, key and fix."""
+
+
+def contracts_dir() -> Path:
+    """``$GROK_DATA_CONTRACTS`` or the repository's ``data_contracts/`` folder."""
+    env = os.environ.get(CONTRACTS_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "data_contracts"
+
+
+@dataclass
+class Contract:
+    name: str
+    description: str
+    columns: list[dict[str, Any]]
+    expectations: list[Any]
+    date_columns: list[str] = field(default_factory=list)
+    plausible_bounds: dict[str, list[float]] = field(default_factory=dict)
+    path: str = ""
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c["name"], _TYPES[c["type"]], nullable=c.get("nullable", True))
+                          for c in self.columns])
+
+
+def load_contract(name_or_path: str | os.PathLike) -> Contract:
+    """Load ``data_contracts/<name>.yaml`` (or a path) and check its structure."""
+    p = Path(name_or_path)
+    if not p.suffix:
+        p = contracts_dir() / f"{name_or_path}.yaml"
+    if not p.is_file():
+        known = sorted(x.stem for x in contracts_dir().glob("*.yaml") if x.stem != "identifier_patterns")
+        raise ContractError(f"no contract {str(name_or_path)!r}; known contracts: {', '.join(known)}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ContractError(f"{p}: not valid YAML ({exc})") from exc
+    for key in ("table", "columns", "expectations"):
+        if key not in raw:
+            raise ContractError(f"{p}: missing key {key!r}")
+    for i, col in enumerate(raw["columns"]):
+        if col.get("type") not in _TYPES:
+            raise ContractError(f"{p}: columns[{i}] ({col.get('name')}) has type {col.get('type')!r}; "
+                                f"use one of {', '.join(_TYPES)}")
+    for i, exp in enumerate(raw["expectations"]):
+        kind = exp if isinstance(exp, str) else (exp.get("type") or next(iter(exp)))
+        if not isinstance(exp, str) and "type" not in exp and kind not in _GROK_CHECKS:
+            raise ContractError(f"{p}: expectations[{i}] {kind!r} is neither a GE expectation (needs 'type') nor "
+                                f"a GROK check ({', '.join(sorted(_GROK_CHECKS))})")
+    return Contract(name=raw["table"], description=str(raw.get("description", "")).strip(), columns=raw["columns"],
+                    expectations=raw["expectations"], date_columns=list(raw.get("date_columns", [])),
+                    plausible_bounds=dict(raw.get("plausible_bounds", {})), path=str(p))
+
+
+def identifier_patterns() -> tuple[list[dict[str, str]], dict[str, str]]:
+    raw = yaml.safe_load((contracts_dir() / "identifier_patterns.yaml").read_text())
+    return raw["patterns"], raw["date_pattern"]
+
+
+@dataclass
+class ExpectationOutcome:
+    expectation: str
+    column: str | None
+    success: bool
+    unexpected_count: int | None = None
+    observed: Any = None
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ContractResult:
+    contract: str
+    success: bool
+    n_rows: int
+    schema_problems: list[str]
+    outcomes: list[ExpectationOutcome]
+    distributions: dict[str, dict[str, int]]
+    docs_index: str | None
+    elapsed_s: float
+
+    @property
+    def failed(self) -> list[ExpectationOutcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failed"] = [asdict(o) for o in self.failed]
+        return d
+
+    def summary(self) -> str:
+        if self.success:
+            return f"contract {self.contract}: passed ({len(self.outcomes)} expectations, {self.n_rows} rows)"
+        lines = [f"contract {self.contract}: FAILED"]
+        lines += [f"  schema: {p}" for p in self.schema_problems]
+        for o in self.failed:
+            lines.append(f"  {o.expectation}({o.column or ''}): {o.unexpected_count} unexpected"
+                         + (f", observed {o.observed}" if o.observed is not None else ""))
+            for ex in o.examples[:3]:
+                lines.append(f"    e.g. {json.dumps(ex, default=str)[:300]}")
+        return "\n".join(lines)
+
+
+def check_schema(table: pa.Table | pd.DataFrame, contract: Contract) -> list[str]:
+    """Columns missing, of the wrong type, or null where the contract forbids nulls."""
+    problems = []
+    names = table.column_names if isinstance(table, pa.Table) else list(table.columns)
+    for col in contract.columns:
+        if col["name"] not in names:
+            problems.append(f"column {col['name']!r} is missing")
+            continue
+        if isinstance(table, pa.Table):
+            actual = table.schema.field(col["name"]).type
+            want = _TYPES[col["type"]]
+            if not _compatible(actual, want):
+                problems.append(f"column {col['name']!r} has type {actual}, contract says {want}")
+            nulls = table.column(col["name"]).null_count
+        else:
+            nulls = int(table[col["name"]].isna().sum()) if table[col["name"]].dtype != object else int(
+                table[col["name"]].map(lambda v: v is None).sum())
+        if not col.get("nullable", True) and nulls:
+            problems.append(f"column {col['name']!r} has {nulls} nulls but is not nullable")
+    return problems
+
+
+def _compatible(actual: pa.DataType, want: pa.DataType) -> bool:
+    if actual == want:
+        return True
+    if pa.types.is_large_string(actual) and pa.types.is_string(want):
+        return True
+    if pa.types.is_floating(actual) and pa.types.is_floating(want):
+        return True
+    if pa.types.is_integer(actual) and pa.types.is_integer(want):
+        return True
+    if pa.types.is_list(actual) and pa.types.is_list(want):
+        return _compatible(actual.value_type, want.value_type)
+    if pa.types.is_large_list(actual) and pa.types.is_list(want):
+        return _compatible(actual.value_type, want.value_type)
+    if pa.types.is_struct(actual) and pa.types.is_struct(want):
+        return {f.name for f in want} <= {f.name for f in actual}
+    return False
+
+
+def _subst(value: Any, params: dict[str, Any], where: str) -> Any:
+    if isinstance(value, str):
+        m = re.fullmatch(r"\$\{(\w+)\}", value)
+        if m:
+            if m.group(1) not in params:
+                raise ContractError(f"{where}: parameter {m.group(1)!r} is not set; pass it in params "
+                                    f"(e.g. --param {m.group(1)}=...)")
+            return params[m.group(1)]
+    if isinstance(value, list):
+        return [_subst(v, params, where) for v in value]
+    if isinstance(value, dict):
+        return {k: _subst(v, params, where) for k, v in value.items()}
+    return value
+
+
+def _snake_to_class(name: str) -> str:
+    return "".join(p.capitalize() for p in name.split("_"))
+
+
+def _textify(v: Any) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, (bytes, bytearray)):
+        return None
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, dict) and "bytes" in v:  # an image struct: only its path is text
+        return str(v.get("path") or "")
+    return v if isinstance(v, str) else json.dumps(v, default=str)
+
+
+def _prepare(df: pd.DataFrame, contract: Contract, deny: list[str]) -> tuple[pd.DataFrame, list[tuple[str, dict]]]:
+    """Derived columns + the list of (expectation class name, kwargs) that GROK checks compile to."""
+    import numpy as np
+
+    out = df.copy()
+    extra: list[tuple[str, dict]] = []
+    for exp in contract.expectations:
+        if exp == "no_identifiers":
+            patterns, date_pat = identifier_patterns()
+            base = [p["regex"] for p in patterns] + [f"(?i){re.escape(s)}" for s in deny if len(s) >= 4]
+            for col in df.columns:
+                sample = next((v for v in df[col] if v is not None and not (isinstance(v, float) and v != v)), None)
+                if sample is None or isinstance(sample, (int, float, bool, np.number, np.bool_, bytes)):
+                    continue
+                text_col = col if isinstance(sample, str) else f"__text__{col}"
+                if text_col != col:
+                    out[text_col] = df[col].map(_textify)
+                regex = base if col in contract.date_columns else base + [date_pat["regex"]]
+                extra.append(("ExpectColumnValuesToNotMatchRegexList", {"column": text_col, "regex_list": regex}))
+        elif isinstance(exp, dict) and "split_disjoint_by" in exp:
+            key = exp["split_disjoint_by"]
+            if "split" in df.columns and key in df.columns:
+                derived = f"__splits_per_{key}"
+                out[derived] = df.groupby(key)["split"].transform("nunique")
+                extra.append(("ExpectColumnValuesToBeInSet", {"column": derived, "value_set": [1]}))
+        elif exp == "plausible_bounds":
+            for bid, (lo, hi) in contract.plausible_bounds.items():
+                if bid in df.columns:
+                    extra.append(("ExpectColumnValuesToBeBetween", {"column": bid, "min_value": lo, "max_value": hi}))
+    if contract.name == "instructions" and "messages" in df.columns:
+        out["answer_words"] = df["messages"].map(
+            lambda ms: sum(len(str(m["content"]).split()) for m in (ms.tolist() if hasattr(ms, "tolist") else ms)
+                           if m["role"] == "assistant"))
+    return out, extra
+
+
+def validate(
+    data: pd.DataFrame | pa.Table | str | os.PathLike,
+    contract: Contract | str,
+    *,
+    params: dict[str, Any] | None = None,
+    deny_list: list[str] | None = None,
+    docs_dir: str | os.PathLike | None = None,
+    max_examples: int = 3,
+) -> ContractResult:
+    """Validate a table against a contract; see the module docstring.
+
+    ``params`` fills ``${...}`` placeholders (e.g. ``verifier_pass_rate``, ``label_set``);
+    ``deny_list`` adds literal identifier strings to the identifier scan; ``docs_dir`` (default: a
+    ``contracts/`` folder next to a table file, else a temporary folder) receives the GE project and
+    its data docs.
+    """
+    t0 = time.perf_counter()
+    c = contract if isinstance(contract, Contract) else load_contract(contract)
+    params = dict(params or {})
+    params.setdefault("label_set", _default_label_set())
+    params.setdefault("verifier_pass_rate", 0.9)
+    table_path = None
+    if isinstance(data, (str, os.PathLike)):
+        table_path = Path(data)
+        import pyarrow.parquet as pq
+
+        data = pq.read_table(table_path)
+    schema_problems = check_schema(data, c)
+    df = data.to_pandas() if isinstance(data, pa.Table) else data
+    prepared, extra = _prepare(df, c, list(deny_list or []))
+
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    if docs_dir is None:
+        docs_dir = (table_path.parent / "contracts" / c.name) if table_path else Path(
+            os.environ.get("TMPDIR", "/tmp")) / f"grok-contracts-{os.getpid()}" / c.name
+    docs_dir = Path(docs_dir)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    ctx = gx.get_context(mode="file", project_root_dir=str(docs_dir))
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    except Exception:  # noqa: BLE001 - progress bars are cosmetic
+        pass
+    source = ctx.data_sources.add_or_update_pandas("grok")
+    try:
+        asset = source.get_asset(c.name)
+    except LookupError:
+        asset = source.add_dataframe_asset(name=c.name)
+    try:
+        batch_def = asset.get_batch_definition("whole")
+    except (KeyError, LookupError):
+        batch_def = asset.add_batch_definition_whole_dataframe("whole")
+    suite = gx.ExpectationSuite(name=c.name)
+    plain = [e for e in c.expectations if isinstance(e, dict) and "type" in e]
+    for i, exp in enumerate(plain):
+        kwargs = {k: _subst(v, params, f"{c.path}: expectations {exp['type']}") for k, v in exp.items() if k != "type"}
+        if "column" in kwargs and kwargs["column"] not in prepared.columns:
+            schema_problems.append(f"expectation {exp['type']} refers to missing column {kwargs['column']!r}")
+            continue
+        cls = getattr(gx.expectations, _snake_to_class(exp["type"]), None)
+        if cls is None:
+            raise ContractError(f"{c.path}: unknown Great Expectations expectation {exp['type']!r}")
+        suite.add_expectation(cls(**kwargs))
+    for e in c.expectations:
+        if isinstance(e, dict) and "min_mean" in e:
+            mm = _subst(e["min_mean"], params, f"{c.path}: min_mean")
+            if mm["column"] in prepared.columns:
+                suite.add_expectation(gx.expectations.ExpectColumnMeanToBeBetween(column=mm["column"],
+                                                                                  min_value=float(mm["value"])))
+            else:
+                schema_problems.append(f"min_mean refers to missing column {mm['column']!r}")
+    for cls_name, kwargs in extra:
+        suite.add_expectation(getattr(gx.expectations, cls_name)(**kwargs))
+    suite = ctx.suites.add_or_update(suite)
+    vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=c.name, data=batch_def, suite=suite))
+    cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
+        name=c.name, validation_definitions=[vd], actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
+        result_format={"result_format": "COMPLETE", "partial_unexpected_count": max_examples}))
+    run = cp.run(batch_parameters={"dataframe": prepared})
+    outcomes: list[ExpectationOutcome] = []
+    id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key") if x in df.columns]
+    for vr in run.run_results.values():
+        for r in vr.results:
+            cfg = r.expectation_config
+            col = cfg.kwargs.get("column")
+            res = r.result or {}
+            examples = []
+            if not r.success:
+                for idx in (res.get("unexpected_index_list") or [])[:max_examples]:
+                    row = {k: df.iloc[idx][k] if isinstance(idx, int) else None for k in id_cols}
+                    if cfg.type == "expect_column_values_to_not_match_regex_list":
+                        # never echo a suspected identifier into a report or a log
+                        row[col] = "<withheld: matches an identifier pattern>"
+                    elif col is not None and col in prepared.columns:
+                        val = prepared.iloc[idx][col] if isinstance(idx, int) else None
+                        row[col] = (str(val)[:200] if val is not None else None)
+                    examples.append(row)
+            outcomes.append(ExpectationOutcome(
+                expectation=cfg.type, column=col, success=bool(r.success),
+                unexpected_count=res.get("unexpected_count"), observed=res.get("observed_value"),
+                examples=examples))
+    distributions = {}
+    for e in c.expectations:
+        if isinstance(e, dict) and "report_distribution" in e and e["report_distribution"] in df.columns:
+            vc = df[e["report_distribution"]].astype(str).value_counts()
+            distributions[e["report_distribution"]] = {str(k): int(v) for k, v in sorted(vc.items())}
+    index = docs_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    success = bool(run.success) and not schema_problems
+    return ContractResult(contract=c.name, success=success, n_rows=len(df), schema_problems=schema_problems,
+                          outcomes=outcomes, distributions=distributions,
+                          docs_index=str(index) if index.exists() else None,
+                          elapsed_s=round(time.perf_counter() - t0, 3))
+
+
+def _default_label_set() -> list[str]:
+    try:
+        from grok.knowledge import load_knowledge_base
+
+        kb = load_knowledge_base()
+        diseases = getattr(kb, "diseases", None)
+        ids = list(diseases.keys()) if isinstance(diseases, dict) else [d.id for d in diseases or []]
+        if ids:
+            return sorted(set(ids) | {"normal"})
+    except Exception:  # noqa: BLE001 - fall back to the canonical categories
+        pass
+    from grok.ids import CATEGORIES
+
+    return list(CATEGORIES)

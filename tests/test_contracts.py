@@ -1,0 +1,115 @@
+"""Data contracts: every contract file loads; GE suites catch what they must and name the failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from grok.contracts import ContractError, contracts_dir, identifier_patterns, load_contract, validate
+from grok.ingest.deid import DeidConfig
+from grok.ingest.pipeline import IngestConfig, ingest
+
+CONTRACT_FILES = sorted(p for p in contracts_dir().glob("*.yaml") if p.stem != "identifier_patterns")
+
+
+@pytest.mark.parametrize("path", CONTRACT_FILES, ids=lambda p: p.stem)
+def test_every_contract_loads(path):
+    c = load_contract(path)
+    schema = c.arrow_schema()
+    assert len(schema) == len(c.columns) > 0
+    assert c.name == path.stem
+
+
+def test_identifier_patterns_compile_and_catch():
+    import re
+
+    pats, date_pat = identifier_patterns()
+    regs = [re.compile(p["regex"]) for p in pats] + [re.compile(date_pat["regex"])]
+    for bad in ("DOE^JANE", "MRN1234567", "born on 3 May", "jane@clinic.org", "485 777 3456", "1960-03-04"):
+        assert any(r.search(bad) for r in regs), bad
+    for ok in ("Pe2e8a26163733d50", "img-7df6e81acda25bdbef02", "central subfield thickness 312 um", "OD"):
+        assert not any(r.search(ok) for r in regs), ok
+
+
+def test_biomarker_bounds_use_known_ids():
+    from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+
+    known = set(OCT_GROK_BIOMARKERS) | set(OCT_EXTRA_BIOMARKERS) | set(OCT_PERIPAPILLARY_BIOMARKERS) | set(CFP_BIOMARKERS)
+    bounds = load_contract("biomarkers").plausible_bounds
+    assert set(bounds) <= known
+    scalar = {b for b in known if not b.endswith("_xy_px")}
+    assert scalar <= set(bounds), scalar - set(bounds)
+    assert all(lo < hi for lo, hi in bounds.values())
+
+
+@pytest.fixture(scope="module")
+def manifest(phantom_archive, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ing")
+    ingest(str(phantom_archive / "dicom"), out, IngestConfig(deid=DeidConfig(key="k")))
+    return out
+
+
+def test_ingest_outputs_pass_their_contracts(manifest, planted, tmp_path):
+    for name in ("manifest", "studies", "quarantine"):
+        r = validate(manifest / f"{name}.parquet", name, deny_list=planted, docs_dir=tmp_path / name)
+        assert r.success, r.summary()
+        assert r.docs_index and Path(r.docs_index).is_file()
+
+
+def test_planted_identifier_fails_and_is_not_echoed(manifest, planted, tmp_path):
+    df = pd.read_parquet(manifest / "manifest.parquet")
+    df.loc[0, "model"] = f"scanned for {planted[0]}"
+    df.loc[1, "image_id"] = df.loc[0, "image_id"]
+    r = validate(df, "manifest", deny_list=planted, docs_dir=tmp_path / "m")
+    assert not r.success
+    failed = {(o.expectation, o.column) for o in r.failed}
+    assert ("expect_column_values_to_not_match_regex_list", "model") in failed
+    assert ("expect_column_values_to_be_unique", "image_id") in failed
+    assert planted[0] not in json.dumps(r.to_dict(), default=str) and planted[0] not in r.summary()
+
+
+def _instructions(n: int = 12) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        pid = f"P{i // 2:016x}"
+        rows.append({
+            "id": f"i{i}", "study_id": f"S{i}", "patient_id": pid, "eye": "OD" if i % 2 else "OS",
+            "task": "report", "label": ["normal", "amd", "glaucoma"][i % 3],
+            "messages": [{"role": "user", "content": "<image> Describe the scan."},
+                         {"role": "assistant", "content": "Central subfield thickness is about 270 um."}],
+            "images": ["media/x.png"], "verifier_passed": bool(rng.random() < 0.95) or i > 0,
+            "split": ["train", "validation", "test"][(i // 2) % 3],
+        })
+    return pd.DataFrame(rows)
+
+
+def test_split_disjointness_and_pass_rate(tmp_path):
+    df = _instructions()
+    ok = validate(df, "instructions", docs_dir=tmp_path / "a")
+    assert ok.success, ok.summary()
+    assert ok.distributions["label"] == {"amd": 4, "glaucoma": 4, "normal": 4}
+    leak = df.copy()
+    leak.loc[1, "split"] = "test" if leak.loc[0, "split"] != "test" else "train"  # patient 0 in two splits
+    r = validate(leak, "instructions", docs_dir=tmp_path / "b")
+    assert not r.success
+    assert any(o.column == "__splits_per_patient_id" for o in r.failed)
+    low = df.copy()
+    low["verifier_passed"] = [True] * 6 + [False] * 6
+    r = validate(low, "instructions", params={"verifier_pass_rate": 0.9}, docs_dir=tmp_path / "c")
+    assert [o.expectation for o in r.failed] == ["expect_column_mean_to_be_between"]
+
+
+def test_schema_problems_reported(tmp_path):
+    df = _instructions().drop(columns=["task"])
+    r = validate(df, "instructions", docs_dir=tmp_path / "d")
+    assert not r.success and any("task" in p for p in r.schema_problems)
+
+
+def test_unknown_contract_names_known_ones():
+    with pytest.raises(ContractError, match="known contracts: .*manifest"):
+        load_contract("nope")
