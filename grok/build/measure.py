@@ -1,0 +1,353 @@
+"""Measure stage: ingested studies -> biomarkers (OCT + CFP) and the media later stages show.
+
+Run as: grok measure BUILD_DIR [--shard-size N]  (or as the measure step of grok build)
+
+For each study (patient x eye x visit) of ``BUILD/ingest/studies.parquet``: the macular cube is
+segmented and measured (``grok.oct``), a circle scan if there is one, the photograph measured
+(``grok.cfp``); the foveal B-scan, the B-scans with the most lesion burden, the photograph and their
+overlays are written under ``BUILD/media/<study_id>/``. Work is done in shards (batches of studies)
+so an orchestrator can fan it out and skip finished shards; each shard writes
+``BUILD/measure/shard-<key>.parquet`` atomically, and a study that fails goes to that shard's
+quarantine with its reason. :func:`merge_shards` concatenates the shards into
+``BUILD/biomarkers.parquet`` and ``BUILD/measure_quarantine.parquet``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from grok import __version__
+from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+
+MEASURE_VERSION = "1"
+#: Longest side of the photograph written to media (boxes are scaled to it).
+CFP_MEDIA_MAX_SIDE = 1024
+
+SCALAR_IDS: tuple[str, ...] = tuple(
+    [*OCT_GROK_BIOMARKERS, *OCT_EXTRA_BIOMARKERS, *OCT_PERIPAPILLARY_BIOMARKERS]
+    + [b for b in CFP_BIOMARKERS if not b.endswith("_xy_px")]
+)
+POSITION_IDS: tuple[str, ...] = tuple(b for b in CFP_BIOMARKERS if b.endswith("_xy_px"))
+
+BIOMARKER_SCHEMA = pa.schema(
+    [
+        ("study_id", pa.string()),
+        ("patient_id", pa.string()),
+        ("eye", pa.string()),
+        ("visit", pa.string()),
+        ("age_years", pa.float64()),
+        ("sex", pa.string()),
+        *[(b, pa.float64()) for b in SCALAR_IDS],
+        *[(b, pa.list_(pa.float64())) for b in POSITION_IDS],
+        ("oct_image_id", pa.string()),
+        ("cfp_image_id", pa.string()),
+        ("circle_image_id", pa.string()),
+        ("oct_quality", pa.string()),  # JSON
+        ("cfp_quality_grade", pa.string()),
+        ("cfp_quality_reasons", pa.list_(pa.string())),
+        ("lesions", pa.string()),  # JSON list, boxes in media pixel coordinates
+        ("images", pa.string()),  # JSON {key: media path relative to BUILD}
+        ("image_sizes", pa.string()),  # JSON {key: [W, H]}
+        ("overlays", pa.string()),  # JSON {key: media path}
+        ("oct_spacing_mm", pa.list_(pa.float64())),
+        ("cfp_pixel_spacing_mm", pa.float64()),
+        ("source_sha256s", pa.list_(pa.string())),
+        ("extractors", pa.string()),  # JSON
+        ("flags", pa.list_(pa.string())),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema([("study_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
+                               ("error_class", pa.string())])
+
+
+def shard_key(study_ids: Iterable[str]) -> str:
+    """Content key of a shard: its study ids plus the versions that change its output."""
+    from grok.cfp.measure import EXTRACTOR_VERSION as cfp_v
+
+    h = hashlib.sha256()
+    h.update(f"measure={MEASURE_VERSION};grok={__version__};cfp={cfp_v}\n".encode())
+    for s in sorted(study_ids):
+        h.update(s.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def plan_shards(studies: list[str], shard_size: int) -> list[list[str]]:
+    """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match)."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be at least 1")
+    ids = sorted(studies)
+    return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
+
+
+def _save_png(path: Path, arr: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, optimize=False, compress_level=6)
+
+
+def _save_jpeg(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, quality=92, subsampling=0)
+
+
+def _to_u8(img: np.ndarray) -> np.ndarray:
+    if img.dtype == np.uint8:
+        return img
+    a = img.astype(np.float64)
+    lo, hi = np.nanpercentile(a, 0.5), np.nanpercentile(a, 99.8)
+    return np.clip((a - lo) / max(hi - lo, 1e-9) * 255, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class _StudyResult:
+    row: dict[str, Any] | None
+    quarantine: dict[str, Any] | None
+
+
+def _nan(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return f
+
+
+def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], ingest_dir: Path,
+                  build_dir: Path, *, overlays: bool = True) -> _StudyResult:
+    """Measure one study; never raises for bad image content (it is quarantined with the reason)."""
+    from grok.cfp import measure_fundus
+    from grok.cfp.measure import EXTRACTOR_NAME as CFP_NAME, EXTRACTOR_VERSION as CFP_V
+    from grok.oct import measure_circle, measure_volume, select_bscans
+
+    sid = study["study_id"]
+    media = build_dir / "media" / sid
+    row: dict[str, Any] = {k: None for k in BIOMARKER_SCHEMA.names}
+    row.update(study_id=sid, patient_id=study["patient_id"], eye=study["eye"], visit=study["visit"],
+               age_years=_nan(study.get("age_years")), sex=study.get("sex"))
+    for b in SCALAR_IDS:
+        row[b] = math.nan
+    images: dict[str, str] = {}
+    sizes: dict[str, list[int]] = {}
+    over: dict[str, str] = {}
+    lesions: list[dict[str, Any]] = []
+    flags: list[str] = list(study.get("flags") or [])
+    shas: list[str] = []
+    eye = study["eye"] if study["eye"] in ("OD", "OS") else None
+    if eye is None:
+        return _StudyResult(None, dict(study_id=sid, stage="measure", reason="eye (laterality) unknown: the ETDRS "
+                                       "grid and the differential need it; fix the header or sidecar",
+                                       error_class="laterality_missing"))
+    oct_rows = [manifest[i] for i in study.get("oct_image_ids") or [] if i in manifest]
+    cubes = sorted([r for r in oct_rows if r["scan_pattern"] in ("volume", "bscan")],
+                   key=lambda r: (-(r["frames"] or 0), r["image_id"]))
+    circles = [r for r in oct_rows if r["scan_pattern"] == "circle"]
+    cfps = sorted([manifest[i] for i in study.get("cfp_image_ids") or [] if i in manifest], key=lambda r: r["image_id"])
+    if not cubes and not cfps:
+        return _StudyResult(None, dict(study_id=sid, stage="measure", reason="no OCT cube and no photograph",
+                                       error_class="no_images"))
+    oct_quality: dict[str, Any] = {}
+    if cubes:
+        m = cubes[0]
+        vol = np.load(ingest_dir / m["normalized_path"], mmap_mode="r")
+        spacing = (_nan(m["spacing_axial_mm"]), _nan(m["spacing_lateral_mm"]), _nan(m["spacing_slice_mm"]))
+        meas = measure_volume(np.asarray(vol), spacing, eye)
+        for k, v in meas.biomarkers.items():
+            if k in row:
+                row[k] = _nan(v)
+        oct_quality = meas.quality
+        row["oct_image_id"] = m["image_id"]
+        row["oct_spacing_mm"] = list(spacing)
+        shas += list(m["source_sha256s"] or [])
+        pick = select_bscans(meas)
+        keys = []
+        if pick["foveal"] is not None:
+            keys.append(("oct_foveal", pick["foveal"]))
+        else:
+            keys.append(("oct_foveal", vol.shape[0] // 2))
+            flags.append("fovea_not_found_central_bscan_used")
+        keys += [(f"oct_{b:03d}", b) for b in pick["lesion_bscans"]]
+        for key, b in keys:
+            rel = f"media/{sid}/{key}.png"
+            _save_png(build_dir / rel, _to_u8(np.asarray(vol[b])))
+            images[key] = rel
+            sizes[key] = [int(vol.shape[2]), int(vol.shape[1])]
+            if overlays:
+                from grok.oct.overlay import bscan_png
+
+                orel = f"media/{sid}/{key}_overlay.png"
+                bmasks = {k: v[b] for k, v in meas.masks.items()} if meas.masks else None
+                bscan_png(np.asarray(vol[b]), meas.segmentation[b], build_dir / orel, masks=bmasks,
+                          hrf=[(r, c) for (bb, r, c) in meas.hrf if bb == b])
+                over[key] = orel
+        shown = {b: key for key, b in keys}
+        for les in meas.lesions:
+            key = shown.get(int(les["bscan"]))
+            lesions.append({"type": les["type"], "modality": "oct", "image": key, "bscan": int(les["bscan"]),
+                            "box_xyxy_px": [float(x) for x in les["box_xyxy_px"]], "score": les.get("score")})
+        if overlays and meas.fovea is not None and meas.segmentation.shape[0] > 1 and math.isfinite(spacing[0]):
+            from grok.oct.measures import band_maps_um
+            from grok.oct.overlay import thickness_map_png
+
+            maps = band_maps_um(meas.segmentation, spacing[0] * 1000.0)
+            total = maps.get("total") if isinstance(maps, dict) else None
+            if total is not None:
+                orel = f"media/{sid}/thickness_map.png"
+                thickness_map_png(total, (spacing[1] * 1000.0, spacing[2] * 1000.0), meas.fovea, eye,
+                                  build_dir / orel, values={k: v for k, v in meas.biomarkers.items()
+                                                            if k.startswith("macular_thickness_")})
+                over["thickness_map"] = orel
+    else:
+        flags.append("no_oct")
+    if circles:
+        c = circles[0]
+        bscan = np.load(ingest_dir / c["normalized_path"])
+        cm = measure_circle(bscan[0], _nan(c["spacing_axial_mm"]) * 1000.0, _nan(c["spacing_lateral_mm"]) * 1000.0,
+                            eye)
+        for k, v in cm.biomarkers.items():
+            row[k] = _nan(v)
+        row["circle_image_id"] = c["image_id"]
+        oct_quality = dict(oct_quality, circle=cm.quality)
+        shas += list(c["source_sha256s"] or [])
+    if cfps:
+        c = cfps[0]
+        rgb = np.load(ingest_dir / c["normalized_path"])
+        cm = measure_fundus(rgb, eye, _nan(c["pixel_spacing_mm"]))
+        for k, v in cm.biomarkers.items():
+            if k in POSITION_IDS:
+                row[k] = None if v is None else [float(x) for x in v]
+            elif k in row:
+                row[k] = _nan(v)
+        row["cfp_image_id"] = c["image_id"]
+        row["cfp_pixel_spacing_mm"] = _nan(c["pixel_spacing_mm"])
+        row["cfp_quality_grade"] = cm.quality.get("grade")
+        row["cfp_quality_reasons"] = [str(r) for r in cm.quality.get("reasons", [])]
+        shas += list(c["source_sha256s"] or [])
+        h, w = rgb.shape[:2]
+        scale = min(1.0, CFP_MEDIA_MAX_SIDE / max(h, w))
+        media_rgb = rgb
+        if scale < 1.0:
+            from skimage.transform import resize
+
+            media_rgb = (resize(rgb, (round(h * scale), round(w * scale)), anti_aliasing=True) * 255).astype(np.uint8)
+        rel = f"media/{sid}/cfp.jpg"
+        _save_jpeg(build_dir / rel, media_rgb)
+        images["cfp"] = rel
+        sizes["cfp"] = [int(media_rgb.shape[1]), int(media_rgb.shape[0])]
+        for les in cm.lesions:
+            lesions.append({"type": les["type"], "modality": "cfp", "image": "cfp",
+                            "box_xyxy_px": [float(x) * scale for x in les["box_xyxy_px"]], "score": les.get("score")})
+        for k in POSITION_IDS:
+            if row[k] is not None:
+                row[k] = [float(x) * scale for x in row[k]]
+        if row.get("disc_diameter_px") is not None and math.isfinite(row["disc_diameter_px"]):
+            row["disc_diameter_px"] = row["disc_diameter_px"] * scale
+        if math.isfinite(_nan(c["pixel_spacing_mm"])) and math.isfinite(_nan(cm.biomarkers.get("disc_diameter_px"))):
+            row["disc_diameter_vertical_mm"] = float(cm.biomarkers["disc_diameter_px"]) * _nan(c["pixel_spacing_mm"])
+        if overlays:
+            from grok.cfp import overlay_png
+
+            orel = f"media/{sid}/cfp_overlay.png"
+            overlay_png(rgb, cm, build_dir / orel)
+            over["cfp"] = orel
+        cfp_extractor = f"{CFP_NAME}@{CFP_V}"
+    else:
+        flags.append("no_cfp")
+        cfp_extractor = None
+    row["oct_quality"] = json.dumps(oct_quality, default=_json_default, sort_keys=True)
+    row["lesions"] = json.dumps(lesions, default=_json_default)
+    row["images"] = json.dumps(images, sort_keys=True)
+    row["image_sizes"] = json.dumps(sizes, sort_keys=True)
+    row["overlays"] = json.dumps(over, sort_keys=True)
+    row["source_sha256s"] = sorted(set(shas))
+    row["extractors"] = json.dumps({"oct": f"grok.oct@{__version__}", "cfp": cfp_extractor,
+                                    "measure_stage": MEASURE_VERSION}, sort_keys=True)
+    row["flags"] = sorted(set(flags))
+    return _StudyResult(row, None)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        v = o.item()
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return str(o)
+
+
+def measure_shard(build_dir: str | Path, study_ids: list[str], *, overlays: bool = True) -> Path:
+    """Measure a shard of studies and write ``BUILD/measure/shard-<key>.parquet`` (idempotent)."""
+    build = Path(build_dir)
+    out = build / "measure" / f"shard-{shard_key(study_ids)}.parquet"
+    if out.exists():
+        return out
+    ingest_dir = build / "ingest"
+    studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
+    manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
+    rows, quarantine = [], []
+    for sid in sorted(study_ids):
+        if sid not in studies:
+            quarantine.append(dict(study_id=sid, stage="measure", reason="study id not in studies.parquet",
+                                   error_class="unknown_study"))
+            continue
+        try:
+            res = measure_study(studies[sid], manifest, ingest_dir, build, overlays=overlays)
+        except Exception as exc:  # noqa: BLE001 - one study never stops the shard
+            tb = traceback.format_exc(limit=2).strip().splitlines()[-1]
+            res = _StudyResult(None, dict(study_id=sid, stage="measure", error_class="measure_failure",
+                                          reason=f"{type(exc).__name__}: {str(exc)[:300]} ({tb[:200]})"))
+        if res.row is not None:
+            rows.append(res.row)
+        if res.quarantine is not None:
+            quarantine.append(res.quarantine)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows, schema=BIOMARKER_SCHEMA)
+    qtable = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
+    meta = {b"grok.quarantine": json.dumps(qtable.to_pylist()).encode()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    tmp = out.with_suffix(".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(out)
+    return out
+
+
+def merge_shards(build_dir: str | Path, shard_paths: list[Path]) -> dict[str, int]:
+    """Concatenate shard outputs into ``biomarkers.parquet`` and ``measure_quarantine.parquet``."""
+    build = Path(build_dir)
+    rows, quarantine = [], []
+    for p in sorted(shard_paths):
+        t = pq.read_table(p)
+        rows += t.to_pylist()
+        quarantine += json.loads((t.schema.metadata or {}).get(b"grok.quarantine", b"[]"))
+    rows.sort(key=lambda r: r["study_id"])
+    quarantine.sort(key=lambda r: r["study_id"])
+    pq.write_table(pa.Table.from_pylist(rows, schema=BIOMARKER_SCHEMA), build / "biomarkers.parquet",
+                   compression="zstd")
+    pq.write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), build / "measure_quarantine.parquet")
+    return {"studies_measured": len(rows), "studies_quarantined": len(quarantine)}
+
+
+def measure_build(build_dir: str | Path, *, shard_size: int = 8, overlays: bool = True) -> dict[str, int]:
+    """Measure every study of a build, shard by shard (finished shards are reused)."""
+    build = Path(build_dir)
+    studies = pq.read_table(build / "ingest" / "studies.parquet").column("study_id").to_pylist()
+    paths = [measure_shard(build, s, overlays=overlays) for s in plan_shards(studies, shard_size)]
+    res = merge_shards(build, paths)
+    res["studies_in"] = len(studies)
+    return res
