@@ -1,0 +1,294 @@
+"""Reasoner: worked cases and hypothesis properties (monotone grades, OD/OS symmetry, no finding from
+missing inputs).
+
+Run as: .venv/bin/python -m pytest tests/test_reasoner.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from grok.knowledge import load_knowledge_base, reason
+from grok.knowledge.models import DeviationFinding, ThresholdFinding
+from grok.knowledge.reasoner import value_at_percentile
+
+KB = load_knowledge_base()
+SCALAR_IDS = sorted(b.id for b in KB.biomarkers.values() if b.value_kind != "position")
+
+
+def rec(biomarkers, **kw):
+    base = {"device": "generic", "sex": "F", "age_years": 60.0, "laterality": "OD"}
+    base.update(kw)
+    base["biomarkers"] = biomarkers
+    return base
+
+
+def status(r, disease):
+    return r.status(disease)
+
+
+# ------------------------------------------------------------------------------------------------
+# worked cases
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cst_thickening_graded_against_the_sex_specific_range():
+    r = reason(rec({"macular_thickness_central_um": 338.0}, sex="F"))
+    f = r.finding("central_subfield_thickening")
+    assert f.grade == 2 and f.term == "markedly thickened"
+    assert f.normal_range.id == "cst_spectralis_chalam2012_f"
+    assert f.deviation["z"] == pytest.approx((338 - 262) / 22)
+    assert "chalam2012" in f.sources
+    assert r.finding("cst_dme_threshold").term.startswith("central subfield thickening")
+
+
+def test_dme_threshold_is_sex_specific_and_needs_sex():
+    assert reason(rec({"macular_thickness_central_um": 310.0}, sex="F")).finding("cst_dme_threshold")
+    assert reason(rec({"macular_thickness_central_um": 310.0}, sex="M")).finding("cst_dme_threshold") is None
+    assert reason(rec({"macular_thickness_central_um": 320.0}, sex="M")).finding("cst_dme_threshold")
+    r = reason(rec({"macular_thickness_central_um": 400.0}, sex=None))
+    assert r.finding("cst_dme_threshold") is None
+    why = {n["finding"]: n["reason"] for n in r.not_evaluable}["cst_dme_threshold"]
+    assert "sex unknown" in why
+
+
+def test_range_choice_prefers_the_age_band_and_reports_no_match():
+    old = reason(rec({"macular_thickness_central_um": 270.0}, sex="F", age_years=75))
+    assert old.measurements[0].normal_range.id == "cst_spectralis_etheridge2021_f69"
+    r = reason(rec({"rnfl_peripapillary_mean_um": 70.0}, device="cirrus", age_years=62))
+    why = {n["finding"]: n["reason"] for n in r.not_evaluable}["rnfl_peripapillary_thinning"]
+    assert "16-20 y" in why and r.finding("rnfl_peripapillary_thinning") is None
+    young = reason(
+        rec({"rnfl_peripapillary_mean_um": 70.0}, device="Carl Zeiss Cirrus HD-OCT 5000", age_years=18)
+    )
+    assert young.device == "cirrus" and young.finding("rnfl_peripapillary_thinning").grade == 2
+
+
+def test_known_device_never_borrows_another_devices_range():
+    r = reason(rec({"macular_thickness_central_um": 400.0}, device="topcon"))
+    assert r.finding("central_subfield_thickening") is None
+    assert any(n["finding"] == "central_subfield_thickening" for n in r.not_evaluable)
+    unknown = reason(rec({"macular_thickness_central_um": 400.0}, device="Acme OCT 9"))
+    assert unknown.device == "generic" and any("not in the knowledge base" in n for n in unknown.notes)
+    assert unknown.finding("central_subfield_thickening") is not None
+
+
+def test_device_independent_range_applies_to_every_device():
+    for dev in ("spectralis", "cirrus", "topcon", "generic"):
+        r = reason(rec({"subfoveal_choroidal_thickness_um": 520.0}, device=dev))
+        assert r.finding("choroid_thickened").normal_range.id == "sfct_kong2018"
+
+
+def test_normal_approximation_percentiles():
+    rng = KB.normative_ranges["cst_spectralis_chalam2012_any"]
+    v5, how = value_at_percentile(rng, 5)
+    assert how == "normal_approximation" and v5 == pytest.approx(270 - 1.6449 * 24, abs=0.01)
+
+
+def test_diabetic_eye_case_differential_and_stages():
+    r = reason(
+        rec(
+            {
+                "macular_thickness_central_um": 338.0,
+                "irf_volume_nl": 12.5,
+                "srf_volume_nl": 0.0,
+                "microaneurysm_count": 6,
+                "hemorrhage_count": 2,
+                "hard_exudate_count": 4,
+                "cotton_wool_spot_count": 0,
+                "drusen_count": 0,
+                "drusen_volume_5mm_mm3": 0.0,
+                "ez_disruption_fraction": 0.0,
+            }
+        )
+    )
+    assert status(r, "diabetic_retinopathy") == "supported"
+    assert status(r, "dme") == "supported"
+    assert status(r, "normal") == "ruled_out"
+    assert status(r, "csc") == "ruled_out"
+    assert status(r, "amd") == "ruled_out"
+    assert status(r, "rvo") == "indeterminate"  # microaneurysms and exudates oppose it
+    assert status(r, "alzheimers") == "indeterminate"
+    dr = next(d for d in r.differential if d.id == "diabetic_retinopathy")
+    assert dr.staging[0].stage == "moderate_npdr_or_worse"
+    assert dr.staging[0].not_assessable_above == ["proliferative", "severe_npdr_signs"]
+
+
+def test_beckman_stages_from_drusen_sizes():
+    base = {"drusen_count": 3, "drusen_volume_5mm_mm3": 0.01}
+    small = reason(rec(base, lesions=[{"type": "drusen", "diameter_um": d} for d in (40, 50, 60)]))
+    amd = lambda r: next(d for d in r.differential if d.id == "amd")
+    assert amd(small).staging[0].stage == "normal_ageing"
+    large = reason(rec(base, lesions=[{"type": "drusen", "diameter_um": d} for d in (40, 90, 160)]))
+    assert amd(large).staging[0].stage == "intermediate" and status(large, "amd") == "supported"
+    unsized = reason(rec(base, lesions=[{"type": "drusen"}]))
+    assert unsized.finding("drusen_large") is None
+    assert any(
+        n["finding"] == "drusen_large" and "without diameter_um" in n["reason"] for n in unsized.not_evaluable
+    )
+
+
+def test_glaucoma_cupping_grades_and_staging():
+    r = reason(rec({"cup_disc_ratio_vertical": 0.8}))
+    f = r.finding("disc_cupping")
+    assert f.grade == 2
+    g = next(d for d in r.differential if d.id == "glaucoma")
+    assert g.status == "supported" and g.staging[0].stage == "category_2_structural"
+    normal_disc = reason(rec({"cup_disc_ratio_vertical": 0.3}))
+    assert status(normal_disc, "glaucoma") == "indeterminate"  # RNFL not evaluated: not ruled out
+
+
+def test_normal_supported_only_when_everything_evaluated_is_normal():
+    r = reason(
+        rec(
+            {
+                "macular_thickness_central_um": 265.0,
+                "microaneurysm_count": 0,
+                "hemorrhage_count": 0,
+                "hard_exudate_count": 0,
+                "cotton_wool_spot_count": 0,
+                "drusen_count": 0,
+                "cup_disc_ratio_vertical": 0.35,
+            }
+        )
+    )
+    assert not [f for f in r.findings if f.abnormal]
+    assert status(r, "normal") == "supported"
+    empty = reason(rec({}))
+    assert empty.findings == [] and status(empty, "normal") == "indeterminate"
+
+
+def test_bad_values_are_reported_and_treated_as_missing():
+    r = reason(
+        rec({"hrf_count": -2, "irf_volume_nl": "lots", "not_a_biomarker_um": 3, "disc_center_xy_px": [1]})
+    )
+    assert r.findings == []
+    assert {"hrf_count", "irf_volume_nl"} <= set(r.missing)
+    assert len(r.notes) == 4
+
+
+def test_reasoning_is_json_ready():
+    r = reason(rec({"macular_thickness_central_um": 338.0, "disc_center_xy_px": [10, 20]}))
+    text = json.dumps(r.to_dict())
+    assert r.kb_snapshot_id in text
+
+
+def test_cli_reason(tmp_path):
+    from grok.cli import app
+
+    p = tmp_path / "rec.json"
+    p.write_text(
+        json.dumps([rec({"cup_disc_ratio_vertical": 0.8}), rec({}, laterality="OS")]), encoding="utf-8"
+    )
+    res = CliRunner().invoke(app, ["reason", str(p), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert len(out) == 2 and out[0]["findings"][0]["id"] == "disc_cupping"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope", encoding="utf-8")
+    assert CliRunner().invoke(app, ["reason", str(bad)]).exit_code == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# properties
+# ------------------------------------------------------------------------------------------------
+
+
+def _context_for(f):
+    """A (device, sex, age) under which finding ``f`` can be evaluated, or None."""
+    if isinstance(f, DeviationFinding):
+        for r in KB.ranges_for(f.biomarker):
+            dev = "generic" if r.devices[0] == "any" else r.devices[0]
+            sex = "F" if r.sex == "any" else r.sex
+            age = 50.0 if r.age_band is None else (r.age_band.min_years + r.age_band.max_years) / 2
+            return dev, sex, age
+        return None
+    ts = f.thresholds[0]
+    return (
+        ("generic" if ts.devices[0] == "any" else ts.devices[0]),
+        ("F" if ts.sex == "any" else ts.sex),
+        60.0,
+    )
+
+
+GRADED = [
+    f
+    for f in sorted(KB.findings.values(), key=lambda f: f.id)
+    if isinstance(f, (DeviationFinding, ThresholdFinding)) and _context_for(f) is not None
+]
+
+
+def _grade(f, value, ctx):
+    dev, sex, age = ctx
+    r = reason({"biomarkers": {f.biomarker: value}, "device": dev, "sex": sex, "age_years": age}, KB)
+    hit = r.finding(f.id)
+    assert hit is not None or f.id in r.absent
+    return hit.grade if hit else 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(idx=st.integers(0, len(GRADED) - 1), a=st.floats(0, 1), b=st.floats(0, 1))
+def test_a_value_further_from_normal_never_gets_a_milder_grade(idx, a, b):
+    f = GRADED[idx]
+    ctx = _context_for(f)
+    kind = KB.biomarkers[f.biomarker].value_kind
+    # span the finding's cut-offs generously: 0 .. 3x the largest cut (or the range's 99.9th pct)
+    if isinstance(f, DeviationFinding):
+        rng = next(r for r in KB.ranges_for(f.biomarker))
+        hi = value_at_percentile(rng, 99.9)[0] * 1.5
+    else:
+        hi = max(g.cut for ts in f.thresholds for g in ts.grades) * 3 + 1
+    v1, v2 = sorted((a * hi, b * hi))
+    if kind == "count":
+        v1, v2 = math.floor(v1), math.ceil(v2)
+    near, far = (v1, v2) if f.direction == "high" else (v2, v1)
+    assert _grade(f, far, ctx) >= _grade(f, near, ctx)
+
+
+_values = st.one_of(st.none(), st.just(float("nan")), st.floats(0, 600, allow_nan=False), st.integers(0, 40))
+_records = st.fixed_dictionaries(
+    {},
+    optional={bid: _values for bid in SCALAR_IDS},
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    bms=_records,
+    sex=st.sampled_from(["F", "M", None]),
+    age=st.one_of(st.none(), st.floats(16, 95)),
+    device=st.sampled_from(["generic", "spectralis", "cirrus", "topcon", None]),
+)
+def test_od_and_os_get_identical_reasoning(bms, sex, age, device):
+    left = reason(
+        {"biomarkers": bms, "sex": sex, "age_years": age, "device": device, "laterality": "OS"}, KB
+    ).to_dict()
+    right = reason(
+        {"biomarkers": bms, "sex": sex, "age_years": age, "device": device, "laterality": "OD"}, KB
+    ).to_dict()
+    assert left.pop("laterality") == "OS" and right.pop("laterality") == "OD"
+    assert left == right
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bms=_records, sex=st.sampled_from(["F", "M", None]), device=st.sampled_from(["generic", "cirrus"]))
+def test_missing_inputs_never_produce_a_finding(bms, sex, device):
+    r = reason({"biomarkers": bms, "sex": sex, "age_years": 60.0, "device": device}, KB)
+    given_ids = {k for k, v in bms.items() if v is not None and not (isinstance(v, float) and math.isnan(v))}
+    for f in r.findings:
+        assert f.biomarker in given_ids, f"{f.id} came from missing {f.biomarker}"
+    # the same record with the missing keys spelled out as None / NaN gives the same findings
+    spelled = dict(bms)
+    for bid in SCALAR_IDS:
+        spelled.setdefault(bid, None)
+    r2 = reason({"biomarkers": spelled, "sex": sex, "age_years": 60.0, "device": device}, KB)
+    assert [f.id for f in r2.findings] == [f.id for f in r.findings]
+    # and every biomarker a rule needed but did not get is listed as missing
+    needed = {f.biomarker for f in KB.findings.values() if not hasattr(f, "lesion_type")}
+    assert needed - given_ids <= set(r.missing)
