@@ -1,0 +1,283 @@
+"""All CFP measures for one photograph: ``measure_fundus(rgb) -> CfpMeasurement``.
+
+Run as: python -m grok.cfp.measure PATH   (prints the measurement JSON; the CLI is ``grok cfp measure``)
+
+Photographs larger than ``WORKING_MAX_SIDE_PX`` are analysed at that working resolution; every position,
+length and box is reported in the ORIGINAL image's pixels. Each measure is NaN (positions None, counts
+None) with a reason when it cannot be measured; a rejected image carries only its quality verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grok.cfp.disc import find_disc, find_fovea, laterality_from_image
+from grok.cfp.lesions import find_lesions
+from grok.cfp.preprocess import (
+    MIN_SIDE_PX,
+    REFERENCE_FOV_RADIUS_PX,
+    background,
+    fill_outside,
+    find_fov,
+    relative_channels,
+    to_working,
+)
+from grok.cfp.quality import Quality, QualityThresholds, illumination_cv, sharpness_ratio
+from grok.cfp.vessels import measure_vessels, segment_vessels
+from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
+
+EXTRACTOR_NAME = "grok.cfp.measure"
+EXTRACTOR_VERSION = "0.1.0"
+MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
+
+
+@dataclass
+class CfpMeasurement:
+    """The measures of one colour fundus photograph.
+
+    biomarkers : every id of ``grok.ids.CFP_BIOMARKERS``; ``*_xy_px`` are [x, y] lists in original pixels
+        (None when not found); scalars are floats (NaN when not measured); ``*_count`` are ints (None
+        when not measured). Ratios and densities are dimensionless; tortuosity is radians per disc
+        diameter; fractal dimensions are box-counting dimensions.
+    lesions : [{"type", "box_xyxy_px" [x1, y1, x2, y2] original px (pixel edges), "score" 0..1}].
+    quality : {"grade": "good" | "usable" | "reject", "reasons": [...]}.
+    laterality : "OD" | "OS" | None (the header's value when given, else inferred from the disc).
+    masks : {"fov", "vessels", "arteries", "veins", "disc", "cup"} -> (H, W) bool at the original size.
+    extras : confidences, laterality evidence, CRAE/CRVE, working scale, per-measure reasons, timing.
+    """
+
+    biomarkers: dict[str, Any]
+    lesions: list[dict[str, Any]]
+    quality: dict[str, Any]
+    laterality: str | None
+    masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (masks left out; NaN stays NaN, ``grok.cli._common.print_json`` writes null)."""
+        return {
+            "laterality": self.laterality,
+            "biomarkers": dict(self.biomarkers),
+            "lesions": [dict(d) for d in self.lesions],
+            "quality": dict(self.quality),
+            "extras": dict(self.extras),
+            "extractor": {"name": EXTRACTOR_NAME, "version": EXTRACTOR_VERSION},
+        }
+
+
+def _empty_biomarkers() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k in CFP_BIOMARKERS:
+        if k.endswith("_xy_px") or k.endswith("_count"):
+            out[k] = None
+        else:
+            out[k] = float("nan")
+    return out
+
+
+def _rejected(q: Quality, laterality: str | None, shape: tuple[int, int], extras: dict) -> CfpMeasurement:
+    H, W = shape
+    z = np.zeros((H, W), dtype=bool)
+    return CfpMeasurement(
+        biomarkers=_empty_biomarkers(),
+        lesions=[],
+        quality=q.to_dict(),
+        laterality=laterality,
+        masks={k: z for k in MASK_NAMES},
+        extras={**extras, "quality_metrics": q.metrics},
+    )
+
+
+def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing_mm: float = float("nan"),
+                   *, thresholds: QualityThresholds | None = None) -> CfpMeasurement:
+    """Measure a colour fundus photograph.
+
+    Parameters
+    ----------
+    rgb : (H, W, 3) uint8/uint16/float ndarray (an (H, W) greyscale array is accepted and rejected
+        with a reason).
+    laterality : the header's "OD" / "OS", or None. The image's own evidence (disc left/right of the
+        fovea) is always computed; a disagreement is flagged in ``quality["reasons"]`` and extras.
+    pixel_spacing_mm : mm per pixel when known; adds ``disc_diameter_mm`` to extras.
+
+    Never raises on bad image content; raises ValueError only for arrays that cannot be an image.
+    """
+    t0 = time.perf_counter()
+    th = thresholds or QualityThresholds()
+    if laterality is not None and laterality not in ("OD", "OS"):
+        raise ValueError(f"measure_fundus: laterality={laterality!r}; use 'OD', 'OS' or None")
+    arr = np.asarray(rgb)
+    q = Quality()
+    extras: dict[str, Any] = {"laterality_header": laterality, "laterality_from_image": None}
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ValueError(f"measure_fundus: array of shape {arr.shape} is not an image; pass (H, W, 3)")
+    H, W = arr.shape[:2]
+    if min(H, W) < MIN_SIDE_PX:
+        q.add("reject", f"image too small ({W}x{H} px); need at least {MIN_SIDE_PX} px on the shorter side")
+        return _rejected(q, laterality, (H, W), extras)
+    if max(H, W) / min(H, W) > th.max_aspect_ratio:
+        q.add("reject", f"aspect ratio {max(H, W) / min(H, W):.2f} is not that of a fundus photograph "
+                        "(an OCT B-scan or a montage?)")
+    wk = to_working(arr)
+    extras["working_scale"] = wk.scale
+    if wk.greyscale:
+        q.add("reject", "no colour: a greyscale or red-free image (or an OCT B-scan); the CFP measures need "
+                        "an RGB colour fundus photograph")
+    img = wk.rgb
+    lum = img.mean(axis=2)
+    fov = find_fov(img)
+    q.metrics.update(fov_coverage=fov.coverage, fov_circularity=fov.circularity)
+    if fov.coverage < th.min_fov_coverage or fov.radius < 40:
+        q.add("reject", f"no usable field of view (bright area {100 * fov.coverage:.0f}% of the frame): a "
+                        "black, blank or mostly dark frame")
+    else:
+        sat = float(np.mean(np.all(img[fov.mask] >= 0.97, axis=1)))
+        mean_l = float(lum[fov.mask].mean())
+        q.metrics.update(saturated_fraction=sat, mean_luminance=mean_l)
+        if sat > th.max_saturated_reject:
+            q.add("reject", f"over-exposed: {100 * sat:.0f}% of the field is saturated")
+        elif sat > th.max_saturated_usable:
+            q.add("usable", f"partly over-exposed: {100 * sat:.1f}% of the field is saturated")
+        if mean_l < th.min_mean_luminance_reject:
+            q.add("reject", f"under-exposed: mean brightness {mean_l:.3f} of full scale")
+        elif mean_l < th.min_mean_luminance_usable:
+            q.add("usable", f"dark (under-exposed): mean brightness {mean_l:.3f} of full scale")
+        if fov.circularity < th.min_circularity_reject:
+            q.add("reject", f"the bright area is not a circular field of view (circularity {fov.circularity:.2f})")
+        elif fov.circularity < th.min_circularity_usable:
+            q.add("usable", f"field of view cut off or irregular (circularity {fov.circularity:.2f})")
+    if q.grade == "reject":
+        extras["seconds"] = time.perf_counter() - t0
+        return _rejected(q, laterality, (H, W), extras)
+
+    sc = fov.radius / REFERENCE_FOV_RADIUS_PX
+    lf = fill_outside(lum.astype(np.float32), fov.mask, 8 * sc)
+    cv = illumination_cv(background(lf, fov.mask, 120 * sc), fov.mask)
+    sharp = sharpness_ratio(img[..., 1].astype(np.float32), fov.mask, sc)
+    q.metrics.update(illumination_cv=cv, sharpness=sharp)
+    if cv > th.max_illumination_cv_reject:
+        q.add("reject", f"very uneven illumination (background varies by {100 * cv:.0f}%)")
+    elif cv > th.max_illumination_cv_usable:
+        q.add("usable", f"uneven illumination (background varies by {100 * cv:.0f}%)")
+    if sharp < th.min_sharpness_reject:
+        q.add("reject", f"out of focus (sharpness {sharp:.2f})")
+    elif sharp < th.min_sharpness_usable:
+        q.add("usable", f"slightly blurred (sharpness {sharp:.2f})")
+
+    rel = relative_channels(img, fov.mask, sc)
+    vm = segment_vessels(img, fov.mask, sc, rel)
+    dens = float(vm.mask[fov.mask].mean())
+    q.metrics["vessel_density"] = dens
+    if dens < th.min_vessel_density_reject:
+        q.add("reject", f"vessels not visible (vessel density {dens:.3f}): low contrast or not a fundus image")
+    elif dens < th.min_vessel_density_usable:
+        q.add("usable", f"low vessel contrast (vessel density {dens:.3f})")
+    if q.grade == "reject":
+        extras["seconds"] = time.perf_counter() - t0
+        return _rejected(q, laterality, (H, W), extras)
+
+    disc = find_disc(img, fov.mask, fov.center_xy, fov.radius, vm.mask, vm.darkness)
+    fovea = find_fovea(img, fov.mask, fov.center_xy, fov.radius, vm.mask, disc)
+    lat_img = laterality_from_image(disc, fovea, fov.center_xy)
+    extras["laterality_from_image"] = lat_img
+    lat = laterality if laterality is not None else lat_img
+    if laterality is not None and lat_img is not None and lat_img != laterality:
+        q.add("usable", f"laterality disagreement: header says {laterality} but the disc position says {lat_img}")
+        extras["laterality_disagrees_with_header"] = True
+    else:
+        extras["laterality_disagrees_with_header"] = False
+    extras["laterality_inferred"] = laterality is None and lat_img is not None
+    if disc.center_xy is None:
+        q.add("usable", "optic disc not found: disc, cup and disc-referenced vessel measures are missing")
+
+    dd = disc.diameter_vertical_px
+    vmeas, art, vein, _segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd)
+    lesions = find_lesions(img, rel, fov.mask, vm.mask, sc, disc.center_xy, dd, fovea.center_xy)
+
+    s = 1.0 / wk.scale  # working -> original px
+
+    def xy(p):
+        return None if p is None else [float(p[0] * s + (s - 1) / 2), float(p[1] * s + (s - 1) / 2)]
+
+    bm = _empty_biomarkers()
+    bm["disc_center_xy_px"] = xy(disc.center_xy)
+    bm["disc_diameter_px"] = float(dd * s) if np.isfinite(dd) else float("nan")
+    bm["fovea_center_xy_px"] = xy(fovea.center_xy)
+    bm["cup_disc_ratio_vertical"] = disc.cdr_vertical
+    bm["vessel_density"] = vmeas.vessel_density
+    bm["av_ratio"] = vmeas.av_ratio
+    bm["arterial_tortuosity"] = vmeas.arterial_tortuosity
+    bm["venular_tortuosity"] = vmeas.venular_tortuosity
+    bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
+    bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
+    les_out = []
+    for les in lesions:
+        b = les.box_xyxy_px
+        les_out.append({"type": les.type, "box_xyxy_px": [round(b[0] * s, 1), round(b[1] * s, 1),
+                                                          round(b[2] * s, 1), round(b[3] * s, 1)],
+                        "score": round(les.score, 3)})
+    for t in CFP_LESION_TYPES:
+        bm[f"{t}_count"] = sum(1 for les in les_out if les["type"] == t)
+    assert set(bm) == set(CFP_BIOMARKERS)
+
+    extras.update(
+        disc_confidence=disc.confidence,
+        disc_diameter_horizontal_px=float(disc.diameter_horizontal_px * s) if np.isfinite(dd) else float("nan"),
+        cdr_confidence=disc.cdr_confidence,
+        fovea_confidence=fovea.confidence,
+        crae_px=vmeas.crae_px * s,
+        crve_px=vmeas.crve_px * s,
+        n_arteries_zone_b=vmeas.n_arteries_zone_b,
+        n_veins_zone_b=vmeas.n_veins_zone_b,
+        reasons={"disc": disc.reasons, "fovea": fovea.reasons, "vessels": vmeas.reasons},
+        quality_metrics=q.metrics,
+        fractal_dimension_resolution_px=list(img.shape[:2]),
+    )
+    if np.isfinite(pixel_spacing_mm) and np.isfinite(dd):
+        extras["disc_diameter_mm"] = float(dd * s * pixel_spacing_mm)
+    masks = {
+        "fov": fov.mask,
+        "vessels": vm.mask,
+        "arteries": art,
+        "veins": vein,
+        "disc": disc.disc_mask if disc.disc_mask is not None else np.zeros_like(fov.mask),
+        "cup": disc.cup_mask if disc.cup_mask is not None else np.zeros_like(fov.mask),
+    }
+    if wk.scale != 1.0:
+        masks = {k: _upsample_mask(m, (H, W)) for k, m in masks.items()}
+    extras["seconds"] = time.perf_counter() - t0
+    return CfpMeasurement(biomarkers=bm, lesions=les_out, quality=q.to_dict(), laterality=lat, masks=masks,
+                          extras=extras)
+
+
+def _upsample_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask to (H, W) (pixel centres mapped back)."""
+    H, W = shape
+    h, w = m.shape
+    yi = np.minimum(((np.arange(H) + 0.5) * h / H).astype(int), h - 1)
+    xi = np.minimum(((np.arange(W) + 0.5) * w / W).astype(int), w - 1)
+    return m[yi[:, None], xi[None, :]]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from grok.cli._common import print_json
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.stderr.write("usage: python -m grok.cfp.measure PATH\n")
+        return 2
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(args[0]).convert("RGB"))
+    print_json(measure_fundus(rgb).to_dict())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

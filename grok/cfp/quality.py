@@ -1,0 +1,83 @@
+"""Image quality grade for fundus photographs: good | usable | reject, with reasons.
+
+In the spirit of the EyeQ grading GROK used, from measurable properties rather than a trained model:
+field-of-view coverage and shape, exposure (under/over, saturation), colour (greyscale / red-free /
+an OCT B-scan by mistake), illumination evenness, sharpness (focus) and vessel contrast.
+Thresholds are listed in ``QualityThresholds`` and documented in docs/cfp.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Limits of the quality rules (fractions of full scale unless stated)."""
+
+    min_fov_coverage: float = 0.15
+    """FOV area / image area below which the frame holds no usable fundus (reject)."""
+    min_circularity_reject: float = 0.5
+    min_circularity_usable: float = 0.72
+    max_saturated_reject: float = 0.4
+    """Share of FOV pixels with all channels >= 0.97 above which the frame is over-exposed (reject)."""
+    max_saturated_usable: float = 0.04
+    min_mean_luminance_reject: float = 0.05
+    min_mean_luminance_usable: float = 0.12
+    max_illumination_cv_usable: float = 0.28
+    """Coefficient of variation of the coarse background over the FOV (uneven illumination)."""
+    max_illumination_cv_reject: float = 0.55
+    min_sharpness_usable: float = 0.55
+    """Fine-to-coarse gradient ratio (1-px vs 3-px scale) of the green channel."""
+    min_sharpness_reject: float = 0.35
+    min_vessel_density_usable: float = 0.035
+    min_vessel_density_reject: float = 0.01
+    max_aspect_ratio: float = 1.8
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if not (isinstance(v, (int, float)) and v >= 0):
+                raise ValueError(f"QualityThresholds.{k}={v!r} must be a non-negative number")
+
+
+@dataclass
+class Quality:
+    grade: str = "good"
+    reasons: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    def add(self, level: str, reason: str) -> None:
+        """Record a problem: level 'usable' or 'reject'; the grade only gets worse."""
+        self.reasons.append(reason)
+        order = {"good": 0, "usable": 1, "reject": 2}
+        if order[level] > order[self.grade]:
+            self.grade = level
+
+    def to_dict(self) -> dict:
+        return {"grade": self.grade, "reasons": list(self.reasons)}
+
+
+def sharpness_ratio(green: np.ndarray, mask: np.ndarray, sc: float) -> float:
+    """Ratio of the 95th-percentile scale-normalised gradient at ~1 px to that at ~3 px (x sc).
+
+    Blur removes the fine scale first, so the ratio falls with defocus (dimensionless; ~0.6-1 sharp).
+    """
+    inner = ndi.binary_erosion(mask, iterations=max(int(10 * sc), 1))
+    if inner.sum() < 100:
+        return float("nan")
+    vals = []
+    fine = max(1.0 * sc, 1.0)  # below one pixel a Gaussian derivative no longer measures anything
+    for s in (fine, 3.0 * fine):
+        gm = ndi.gaussian_gradient_magnitude(green, s) * s
+        vals.append(float(np.percentile(gm[inner], 95)))
+    return vals[0] / max(vals[1], 1e-9)
+
+
+def illumination_cv(lum_bg: np.ndarray, mask: np.ndarray) -> float:
+    """Coefficient of variation of a coarse background over the inner FOV."""
+    inner = ndi.binary_erosion(mask, iterations=5)
+    v = lum_bg[inner] if inner.any() else lum_bg[mask]
+    return float(np.std(v) / max(np.mean(v), 1e-6)) if v.size else float("nan")

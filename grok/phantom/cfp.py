@@ -1,0 +1,726 @@
+"""Synthetic colour fundus photographs with known ground truth.
+
+Run as: python -m grok.phantom.cfp --category diabetic_retinopathy --laterality OD --out fundus.png
+
+``synth_fundus`` draws a 45-degree, macula-centred colour fundus photograph: a circular field of view on a
+dark surround with vignetting and uneven illumination, an orange-red fundus with choroidal texture and
+pigmentation, an optic disc with a cup, an artery/vein tree growing from the disc, a darker macula and
+fovea, and lesions by disease category. Everything drawn is also returned as masks and a JSON-able
+``truth`` dictionary, so measurement code can be scored against it.
+
+Orientation convention (documented in docs/cfp.md): images are shown as the examiner sees the fundus,
+not mirrored, with the patient's superior retina at the top. The optic disc lies nasal to the fovea, and
+the nasal side of the RIGHT eye (OD) is the patient's left, which faces the viewer's RIGHT. So in a
+right-eye photograph the disc is on the viewer's right and the fovea to its left; in a left-eye (OS)
+photograph the disc is on the viewer's left (as in ``skimage.data.retina()``, a left eye).
+
+Geometry (typical adult values): the field of view spans about 7.2 disc diameters (DD); the fovea lies
+2.5 DD temporal to the disc centre and about 0.3 DD below it; the disc is slightly taller than wide.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+from scipy import ndimage as ndi
+
+from grok.cfp.formulas import av_ratio_knudtson, box_counting_dimension, tortuosity_per_dd
+from grok.ids import CATEGORIES, CFP_LESION_TYPES, LATERALITIES
+
+__all__ = ["TRUTH_MIN_WIDTH_DD", "ZONE_B_MID_DD", "CfpPhantom", "render_vessels", "synth_fundus"]
+
+#: Zone B runs from 0.5 to 1.0 DD beyond the disc margin, i.e. 1.0 to 1.5 DD from the disc centre;
+#: the phantom reads its drawn calibres on the middle circle.
+ZONE_B_MID_DD = 1.25
+#: Vessels narrower than this (in DD) are left out of the tortuosity truth (they are barely visible).
+TRUTH_MIN_WIDTH_DD = 0.025
+#: Nominal disc diameter (mm) used only to state an assumed pixel spacing in ``truth``.
+NOMINAL_DISC_DIAMETER_MM = 1.8
+
+
+@dataclass
+class CfpPhantom:
+    """A synthetic fundus photograph and its ground truth.
+
+    image : (H, W, 3) uint8 RGB.
+    fov_mask, vessel_mask, artery_mask, vein_mask, disc_mask, cup_mask : (H, W) bool.
+    laterality : "OD" or "OS".
+    truth : JSON-able dict (see ``synth_fundus``).
+    """
+
+    image: np.ndarray
+    fov_mask: np.ndarray
+    vessel_mask: np.ndarray
+    artery_mask: np.ndarray
+    vein_mask: np.ndarray
+    disc_mask: np.ndarray
+    cup_mask: np.ndarray
+    laterality: str
+    truth: dict[str, Any] = field(default_factory=dict)
+
+    def masks(self) -> dict[str, np.ndarray]:
+        """The masks by the names ``grok cfp measure --masks`` writes (fov, vessels, arteries, veins, disc, cup)."""
+        return {
+            "fov": self.fov_mask,
+            "vessels": self.vessel_mask,
+            "arteries": self.artery_mask,
+            "veins": self.vein_mask,
+            "disc": self.disc_mask,
+            "cup": self.cup_mask,
+        }
+
+
+# --------------------------------------------------------------------------------------------- vessels
+@dataclass
+class _Vessel:
+    pts: np.ndarray  # (N, 2) x, y px
+    radius: np.ndarray  # (N,) px
+    kind: str  # "artery" | "vein"
+    root: bool  # leaves the disc
+
+
+@numba.njit(cache=True)
+def _raster_segments(pts, rad, seg_ok, sd, rel, h, w):  # pragma: no cover - compiled
+    """For each pixel keep the smallest signed distance (d - r) to any segment, and d / r there."""
+    n = pts.shape[0]
+    for i in range(n - 1):
+        if not seg_ok[i]:
+            continue
+        x0 = pts[i, 0]
+        y0 = pts[i, 1]
+        x1 = pts[i + 1, 0]
+        y1 = pts[i + 1, 1]
+        r0 = rad[i]
+        r1 = rad[i + 1]
+        rm = max(r0, r1) + 2.0
+        xa = int(max(0.0, math.floor(min(x0, x1) - rm)))
+        xb = int(min(w - 1.0, math.ceil(max(x0, x1) + rm)))
+        ya = int(max(0.0, math.floor(min(y0, y1) - rm)))
+        yb = int(min(h - 1.0, math.ceil(max(y0, y1) + rm)))
+        dx = x1 - x0
+        dy = y1 - y0
+        L2 = dx * dx + dy * dy
+        for y in range(ya, yb + 1):
+            for x in range(xa, xb + 1):
+                if L2 > 0:
+                    t = ((x - x0) * dx + (y - y0) * dy) / L2
+                    if t < 0.0:
+                        t = 0.0
+                    elif t > 1.0:
+                        t = 1.0
+                else:
+                    t = 0.0
+                px = x0 + t * dx - x
+                py = y0 + t * dy - y
+                d = math.sqrt(px * px + py * py)
+                r = r0 + t * (r1 - r0)
+                s = d - r
+                if s < sd[y, x]:
+                    sd[y, x] = s
+                    rel[y, x] = d / r if r > 0 else 10.0
+
+
+def render_vessels(vessels: list[tuple[np.ndarray, np.ndarray]], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rasterise tubes of varying radius.
+
+    vessels : list of (pts (N, 2) x/y px, radius (N,) px) polylines.
+    shape : (H, W).
+    Returns (signed_distance_px, relative_distance): (H, W) float32 arrays; ``signed_distance <= 0`` is
+    inside a vessel, and ``relative_distance`` is distance from the nearest centreline over its radius.
+    """
+    h, w = shape
+    sd = np.full((h, w), 1e6, dtype=np.float64)
+    rel = np.full((h, w), 10.0, dtype=np.float64)
+    for pts, rad in vessels:
+        if len(pts) < 2:
+            continue
+        p = np.ascontiguousarray(pts, dtype=np.float64)
+        r = np.ascontiguousarray(rad, dtype=np.float64)
+        ok = np.ones(len(p) - 1, dtype=np.bool_)
+        _raster_segments(p, r, ok, sd, rel, h, w)
+    return sd.astype(np.float32), rel.astype(np.float32)
+
+
+def _smooth_noise_1d(n: int, rng: np.random.Generator, wavelengths: np.ndarray) -> np.ndarray:
+    """Sum of sinusoids with random phases and amplitudes (unit RMS-ish), sampled at n points 1 px apart."""
+    s = np.arange(n, dtype=float)
+    out = np.zeros(n)
+    for lam in wavelengths:
+        out += rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * s / lam + rng.uniform(0, 2 * np.pi))
+    return out / max(len(wavelengths), 1) ** 0.5
+
+
+def _add_wiggle(pts: np.ndarray, amp_px: float, rng: np.random.Generator, dd: float, ramp_px: float) -> np.ndarray:
+    """Offset a 1-px-spaced polyline along its normal by smooth noise (tortuosity)."""
+    if len(pts) < 5 or amp_px <= 0:
+        return pts
+    d = np.gradient(pts, axis=0)
+    nrm = np.column_stack([-d[:, 1], d[:, 0]])
+    nrm /= np.maximum(np.hypot(nrm[:, 0], nrm[:, 1]), 1e-9)[:, None]
+    lams = rng.uniform(0.35, 0.9, size=3) * dd
+    off = amp_px * _smooth_noise_1d(len(pts), rng, lams)
+    ramp = np.clip(np.arange(len(pts)) / max(ramp_px, 1.0), 0, 1)
+    return pts + nrm * (off * ramp)[:, None]
+
+
+class _TreeBuilder:
+    """Grows an artery/vein tree from the disc. All lengths are in px; ``dd`` is the disc diameter."""
+
+    def __init__(self, rng, disc_xy, fovea_xy, dd, fov_c, fov_r, tortuosity):
+        self.rng = rng
+        self.disc = np.asarray(disc_xy, float)
+        self.fovea = np.asarray(fovea_xy, float)
+        self.dd = dd
+        self.c = np.asarray(fov_c, float)
+        self.R = fov_r
+        self.tort = tortuosity
+        self.vessels: list[_Vessel] = []
+        self.min_r = max(0.4, 0.006 * dd)
+
+    def inside(self, p) -> bool:
+        return float(np.hypot(*(p - self.c))) < self.R * 0.985
+
+    def arcade(self, kind: str, superior: bool, radius: float, rise_dd: float, bend_dd: float) -> None:
+        """A temporal arcade: leaves the disc steeply, arches above/below the macula, then runs temporally.
+
+        In a frame with u pointing from the disc towards the fovea and v away from the horizontal raphe,
+        v(u) = rise * (1 - exp(-u / bend)) + 0.12 u (all in DD), so the arcade starts at about 65 degrees
+        from horizontal and passes about 2 DD above (or below) the fovea.
+        """
+        dd = self.dd
+        fd = self.fovea - self.disc
+        ut = fd / max(float(np.hypot(*fd)), 1e-9)
+        vt = np.array([ut[1], -ut[0]])  # perpendicular; make it point up (or down)
+        if (vt[1] < 0) != superior:
+            vt = -vt
+        u = np.linspace(0, 7.5, 4000)
+        v = rise_dd * (1 - np.exp(-u / bend_dd)) + 0.12 * u
+        pts = self.disc + dd * (u[:, None] * ut + v[:, None] * vt)
+        from grok.cfp.formulas import resample_polyline
+
+        pts = resample_polyline(pts, 1.0)
+        pts = _add_wiggle(pts, self.tort * 0.022 * dd, self.rng, dd, ramp_px=0.8 * dd)
+        self._finish(pts, radius, kind, root=True, taper=0.35, depth=0)
+
+    def straight(self, kind: str, start, heading: float, radius: float, length: float, curv: float,
+                 root: bool, depth: int) -> None:
+        """A vessel grown by a heading with constant drift curvature (rad/px) plus wiggle."""
+        n = max(int(length), 3)
+        hd = heading + curv * np.arange(n)
+        steps = np.column_stack([np.cos(hd), np.sin(hd)])
+        pts = np.asarray(start, float) + np.vstack([[0, 0], np.cumsum(steps, axis=0)[:-1]])
+        pts = _add_wiggle(pts, self.tort * 0.018 * self.dd * min(1.0, radius / (0.03 * self.dd)) ** 0.3,
+                          self.rng, self.dd, ramp_px=0.3 * self.dd)
+        self._finish(pts, radius, kind, root=root, taper=0.3, depth=depth)
+
+    def _finish(self, pts: np.ndarray, radius: float, kind: str, root: bool, taper: float, depth: int) -> None:
+        """Clip to the FOV / avascular zone, assign radii with Murray branching, spawn children."""
+        dd = self.dd
+        dfov = np.hypot(pts[:, 0] - self.c[0], pts[:, 1] - self.c[1])
+        dfov_ = np.hypot(pts[:, 0] - self.fovea[0], pts[:, 1] - self.fovea[1])
+        ddisc = np.hypot(pts[:, 0] - self.disc[0], pts[:, 1] - self.disc[1])
+        bad = (dfov > self.R * 0.985) | (dfov_ < 0.33 * dd)
+        if not root:
+            bad |= ddisc < 1.6 * dd
+        idx = np.flatnonzero(bad)
+        if len(idx):
+            pts = pts[: idx[0]]
+        if len(pts) < 6:
+            return
+        n = len(pts)
+        s = np.arange(n, dtype=float)
+        r = radius * (1 - taper * s / max(n, 1))
+        # branch points: beyond 1.6 DD from the disc (zone B stays clean), spaced 0.45-1.1 DD apart
+        children = []
+        pos = self.rng.uniform(0.2, 0.6) * dd
+        while pos < n - 0.3 * dd and depth < 5:
+            i = int(pos)
+            if ddisc[i] > 1.6 * dd and r[i] > 1.6 * self.min_r:
+                rc = r[i] * self.rng.uniform(0.5, 0.8)
+                rp = (max(r[i] ** 3 - rc**3, (0.45 * r[i]) ** 3)) ** (1 / 3)
+                r[i:] *= rp / r[i]
+                children.append((i, rc))
+            pos += self.rng.uniform(0.3, 0.8) * dd
+        ok = r >= self.min_r
+        if not ok.all():
+            cut = int(np.argmin(ok))
+            pts, r = pts[:cut], r[:cut]
+        if len(pts) < 6:
+            return
+        self.vessels.append(_Vessel(pts, r, kind, root))
+        for i, rc in children:
+            if i >= len(pts) - 2:
+                continue
+            t = pts[min(i + 2, len(pts) - 1)] - pts[max(i - 2, 0)]
+            h0 = math.atan2(t[1], t[0])
+            side = self.rng.choice([-1.0, 1.0])
+            hd = h0 + side * math.radians(self.rng.uniform(35, 70))
+            length = self.rng.uniform(1.5, 3.5) * dd * (rc / (0.03 * dd)) ** 0.5
+            curv = self.rng.normal(0, 0.15) / dd
+            self.straight(kind, pts[i], hd, rc, length, curv, root=False, depth=depth + 1)
+
+
+def _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal_sign, tort, av_ratio) -> list[_Vessel]:
+    tb = _TreeBuilder(rng, disc, fovea, dd, fov_c, fov_r, tort)
+    rv = 0.036 * dd * rng.uniform(0.92, 1.08)  # main venule radius (px), width ~0.072 DD (~130 um)
+    ra = 0.70 * rv  # provisional; rescaled below to hit the requested AV ratio
+    for kind, r0, rise in (("vein", rv, 1.75), ("artery", ra, 1.35)):
+        for sup in (True, False):
+            tb.arcade(kind, sup, r0 * rng.uniform(0.93, 1.07), rise * rng.uniform(0.9, 1.1),
+                      bend_dd=rng.uniform(0.6, 0.85))
+        # nasal vessels: leave the disc nasally, up and down
+        for sgn in (-1.0, 1.0):
+            base = 0.0 if nasal_sign > 0 else math.pi
+            hd = base + sgn * nasal_sign * math.radians(rng.uniform(35, 60))
+            tb.straight(kind, disc, hd, r0 * rng.uniform(0.62, 0.75), 4.0 * dd,
+                        rng.normal(0, 0.08) / dd * sgn, root=True, depth=1)
+        # one small macular vessel toward the fovea
+        hd = math.atan2(fovea[1] - disc[1], fovea[0] - disc[0]) + rng.normal(0, 0.25)
+        tb.straight(kind, disc, hd, r0 * rng.uniform(0.30, 0.40), 2.2 * dd, rng.normal(0, 0.2) / dd,
+                    root=True, depth=2)
+    vessels = tb.vessels
+    # rescale arteries so that the Knudtson AV ratio on the zone-B circle equals the requested value
+    a_w, v_w = _zone_b_widths(vessels, disc, dd)
+    avr0 = av_ratio_knudtson(a_w, v_w)
+    if np.isfinite(avr0) and avr0 > 0:
+        k = av_ratio / avr0
+        for v in vessels:
+            if v.kind == "artery":
+                v.radius = v.radius * k
+    return vessels
+
+
+def _zone_b_widths(vessels: list[_Vessel], disc, dd) -> tuple[list[float], list[float]]:
+    """Drawn calibres (px, 2 x radius) where each root vessel first crosses the zone-B middle circle."""
+    a, v = [], []
+    rz = ZONE_B_MID_DD * dd
+    for ves in vessels:
+        if not ves.root:
+            continue
+        d = np.hypot(ves.pts[:, 0] - disc[0], ves.pts[:, 1] - disc[1])
+        idx = np.flatnonzero(d >= rz)
+        if len(idx) == 0:
+            continue
+        w = 2.0 * float(ves.radius[idx[0]])
+        (a if ves.kind == "artery" else v).append(w)
+    return a, v
+
+
+def _av_nicking(vessels: list[_Vessel], strength: float, rng: np.random.Generator) -> int:
+    """Narrow venules where an arteriole crosses them (hypertensive AV nicking); returns the count."""
+    from scipy.spatial import cKDTree
+
+    arts = [v for v in vessels if v.kind == "artery"]
+    if not arts or strength <= 0:
+        return 0
+    apts = np.vstack([v.pts for v in arts])
+    arad = np.concatenate([v.radius for v in arts])
+    tree = cKDTree(apts)
+    count = 0
+    for v in vessels:
+        if v.kind != "vein":
+            continue
+        dist, j = tree.query(v.pts, k=1)
+        cross = dist < (arad[j] + v.radius) * 0.5
+        if not cross.any():
+            continue
+        lab, n = ndi.label(cross)
+        for k in range(1, n + 1):
+            if rng.uniform() > strength:
+                continue
+            i = int(np.mean(np.flatnonzero(lab == k)))
+            halfw = 3.0 * float(arad[j[i]]) + 2
+            s = np.arange(len(v.pts)) - i
+            dip = 1.0 - 0.55 * np.exp(-0.5 * (s / halfw) ** 2) * (np.abs(s) > arad[j[i]])
+            v.radius = v.radius * dip
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------------- lesions
+_LESION_PLAN = {
+    # category: {lesion type: (min, max) count at severity 1}
+    "diabetic_retinopathy": {"microaneurysm": (6, 14), "hemorrhage": (3, 7), "hard_exudate": (5, 12),
+                             "cotton_wool_spot": (1, 3)},
+    "hypertension": {"hemorrhage": (1, 4), "cotton_wool_spot": (1, 3)},
+    "amd": {"drusen": (8, 22)},
+}
+
+
+def _place(rng, n, center, r_min, r_max, ok_fn, tries=60):
+    out = []
+    for _ in range(n):
+        for _ in range(tries):
+            ang = rng.uniform(0, 2 * np.pi)
+            rad = math.sqrt(rng.uniform(r_min**2, r_max**2))
+            p = np.asarray(center, float) + rad * np.array([math.cos(ang), math.sin(ang)])
+            if ok_fn(p):
+                out.append(p)
+                break
+    return out
+
+
+# --------------------------------------------------------------------------------------------- main
+def synth_fundus(
+    category: str,
+    laterality: str,
+    rng: np.random.Generator,
+    *,
+    severity: float = 1.0,
+    size: int = 1024,
+    av_ratio: float | None = None,
+    tortuosity: float | None = None,
+    pigmentation: float | None = None,
+) -> CfpPhantom:
+    """Draw one synthetic colour fundus photograph.
+
+    Parameters
+    ----------
+    category : one of ``grok.ids.CATEGORIES``.
+    laterality : "OD" (right eye: disc on the viewer's right) or "OS".
+    rng : numpy Generator; the result is a deterministic function of its state and the arguments.
+    severity : 0 (no lesions, category look only) to about 2; scales lesion counts, cup enlargement,
+        arteriolar narrowing and AV nicking.
+    size : image side in px (square), at least 128.
+    av_ratio : Knudtson CRAE/CRVE of the drawn vessels; default by category (normal about 0.70,
+        hypertension about 0.70 - 0.12 * severity).
+    tortuosity : vessel wiggle amplitude factor (0 = smooth arcs, 1 = typical, 2-3 = tortuous); default
+        about 1, higher in hypertension and diabetic retinopathy.
+    pigmentation : 0 (light, red fundus) to 1 (dark, brown fundus); default random in [0.15, 0.85].
+
+    Returns
+    -------
+    CfpPhantom with ``truth`` keys: category, severity, laterality, size_px, disc_center_xy_px,
+    disc_diameter_px (vertical), disc_diameter_horizontal_px, fovea_center_xy_px,
+    cup_disc_ratio_vertical, av_ratio, crae_px, crve_px, arterial_tortuosity, venular_tortuosity
+    (radians per DD, see ``grok.cfp.formulas.tortuosity_per_dd``), vessel_density (vessel fraction of the
+    FOV), arterial_fractal_dimension, venular_fractal_dimension, fov_center_xy_px, fov_radius_px,
+    av_nicking_count, pigmentation, lesions (list of {"type", "box_xyxy_px"}; boxes are pixel-edge
+    coordinates [x_min, y_min, x_max + 1, y_max + 1] of the lesion's half-maximum area), and
+    ``<type>_count`` for every lesion type.
+    """
+    if category not in CATEGORIES:
+        raise ValueError(f"synth_fundus: category={category!r} is unknown; use one of {', '.join(CATEGORIES)}")
+    if laterality not in LATERALITIES:
+        raise ValueError(f"synth_fundus: laterality={laterality!r} is invalid; use 'OD' or 'OS'")
+    if not (isinstance(size, (int, np.integer)) and size >= 128):
+        raise ValueError(f"synth_fundus: size={size!r} is too small; use an int >= 128 (default 1024)")
+    if not (0.0 <= severity <= 3.0):
+        raise ValueError(f"synth_fundus: severity={severity!r} is out of range; use 0..3")
+    size = int(size)
+    S = size
+    sc = S / 1024.0
+    sev = float(severity)
+    yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+
+    # --- layout ---------------------------------------------------------------------------------
+    fov_c = np.array([S / 2 + rng.normal(0, 0.005 * S), S / 2 + rng.normal(0, 0.005 * S)])
+    fov_r = 0.472 * S
+    dd = 2 * fov_r / 7.2 * rng.uniform(0.9, 1.1)  # vertical disc diameter, px
+    nasal = 1.0 if laterality == "OD" else -1.0
+    fovea = fov_c + np.array([-nasal * rng.uniform(0.75, 1.05) * dd, rng.uniform(-0.15, 0.25) * dd])
+    disc = fovea + np.array([nasal * rng.uniform(2.35, 2.65) * dd, -rng.uniform(0.15, 0.4) * dd])
+    disc_h = dd / rng.uniform(1.04, 1.12)  # horizontal diameter
+
+    # --- category parameters ----------------------------------------------------------------------
+    if category == "glaucoma":
+        cdr = float(np.clip(rng.uniform(0.62, 0.75) + 0.08 * (sev - 1), 0.45, 0.9))
+    else:
+        cdr = float(rng.uniform(0.28, 0.45))
+    if av_ratio is None:
+        av_ratio = rng.uniform(0.66, 0.74)
+        if category == "hypertension":
+            av_ratio -= 0.12 * sev
+        av_ratio = float(max(av_ratio, 0.4))
+    if tortuosity is None:
+        tortuosity = rng.uniform(0.8, 1.2) * (1 + 0.4 * sev * (category in ("hypertension", "diabetic_retinopathy")))
+    if pigmentation is None:
+        pigmentation = rng.uniform(0.15, 0.85)
+    for name, val, lo, hi in (("av_ratio", av_ratio, 0.3, 1.2), ("tortuosity", tortuosity, 0.0, 4.0),
+                              ("pigmentation", pigmentation, 0.0, 1.0)):
+        if not (lo <= val <= hi):
+            raise ValueError(f"synth_fundus: {name}={val!r} is out of range; use {lo}..{hi}")
+
+    # --- vessels ----------------------------------------------------------------------------------
+    vessels = _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal, float(tortuosity), float(av_ratio))
+    n_nick = _av_nicking(vessels, 0.5 * sev, rng) if category == "hypertension" else 0
+    sd_a, rel_a = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "artery"], (S, S))
+    sd_v, rel_v = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "vein"], (S, S))
+
+    fov_d = np.hypot(xx - fov_c[0], yy - fov_c[1])
+    fov_mask = fov_d <= fov_r
+    artery_mask = (sd_a <= 0) & fov_mask
+    vein_mask = (sd_v <= 0) & fov_mask
+    vessel_mask = artery_mask | vein_mask
+
+    # --- base fundus colour -----------------------------------------------------------------------
+    p = float(pigmentation)
+    base = np.array([0.84 - 0.22 * p, 0.31 - 0.11 * p, 0.16 - 0.06 * p], dtype=np.float32)
+    lo_res = max(S // 16, 8)
+    tex1 = ndi.zoom(rng.normal(0, 1, (lo_res, lo_res)).astype(np.float32), S / lo_res, order=3)[:S, :S]
+    mid_res = max(S // 5, 8)
+    tex2 = ndi.zoom(rng.normal(0, 1, (mid_res, mid_res)).astype(np.float32), S / mid_res, order=1)[:S, :S]
+    tex2 = ndi.gaussian_filter(tex2, 1.2 * sc)
+    texture = 0.02 * tex1 + (0.015 + 0.03 * p) * tex2
+    img = np.empty((S, S, 3), dtype=np.float32)
+    for ch in range(3):
+        img[..., ch] = base[ch] * (1 + texture * (1.0, 1.4, 1.6)[ch])
+
+    # macula and fovea: darker (luteal pigment, denser RPE)
+    df2 = ((xx - fovea[0]) ** 2 + (yy - fovea[1]) ** 2) / dd**2
+    mac = 0.22 * np.exp(-df2 / (2 * 0.7**2)) + 0.18 * np.exp(-df2 / (2 * 0.14**2))
+    img *= (1 - mac[..., None] * np.array([0.8, 1.0, 1.0], dtype=np.float32))
+
+    # optic disc (vertical ellipse) with a pale cup slightly temporal of centre
+    ex = (xx - disc[0]) / (disc_h / 2)
+    ey = (yy - disc[1]) / (dd / 2)
+    er = np.sqrt(ex**2 + ey**2)
+    edge_w = 0.08  # soft edge width in normalised radius units
+    disc_alpha = np.clip((1 - er) / edge_w + 0.5, 0, 1) * rng.uniform(0.8, 0.95)
+    disc_mask = er <= 1.0
+    rim_shade = (1 - 0.12 * np.clip(er, 0, 1) ** 2)[..., None]
+    rim_col = np.array([0.97, 0.64, 0.40], dtype=np.float32) * (1 - 0.1 * p) * rim_shade
+    halo = 0.12 * np.exp(-np.clip(er - 1, 0, None) ** 2 / (2 * 0.25**2)) * (er > 1)
+    img = img * (1 + halo[..., None] * np.array([0.6, 0.8, 0.5], dtype=np.float32))
+    img = img * (1 - disc_alpha[..., None]) + rim_col * disc_alpha[..., None]
+    cup_c = disc + np.array([-nasal * 0.06 * disc_h, 0.02 * dd])
+    cup_v = cdr * dd
+    cup_h = cup_v * rng.uniform(0.85, 1.0)
+    cr = np.sqrt(((xx - cup_c[0]) / (cup_h / 2)) ** 2 + ((yy - cup_c[1]) / (cup_v / 2)) ** 2)
+    cup_mask = (cr <= 1.0) & disc_mask
+    cup_alpha = np.clip((1 - cr) / 0.12 + 0.5, 0, 1) * disc_alpha
+    cup_col = np.array([1.0, 0.90, 0.72], dtype=np.float32)
+    img = img * (1 - 0.9 * cup_alpha[..., None]) + cup_col * (0.9 * cup_alpha[..., None])
+
+    # vessels: absorption with a near-cylindrical profile; arteries lighter with a central reflex
+    def od_profile(sd, rel):
+        cover = np.clip(0.5 - sd, 0, 1)
+        core = np.sqrt(np.clip(1 - np.minimum(rel, 1) ** 2, 0, 1))
+        return cover * (0.45 + 0.55 * core)
+
+    od_v = od_profile(sd_v, rel_v)
+    od_a = od_profile(sd_a, rel_a)
+    r_near_a = np.where(sd_a < 0, -sd_a / np.maximum(1 - np.minimum(rel_a, 0.999), 1e-3), 0)  # approx radius
+    reflex = 0.45 * np.exp(-(rel_a / 0.28) ** 2) * np.clip((r_near_a - 2.0 * sc) / (2.0 * sc), 0, 1)
+    od_a = od_a * (1 - reflex)
+    vein_abs = np.array([0.30, 0.55, 0.45], dtype=np.float32)
+    art_abs = np.array([0.13, 0.40, 0.30], dtype=np.float32)
+    img *= 1 - od_v[..., None] * vein_abs
+    img *= 1 - od_a[..., None] * art_abs
+
+    # --- lesions ----------------------------------------------------------------------------------
+    vdist = ndi.distance_transform_edt(~vessel_mask)
+    occupied = np.zeros((S, S), dtype=bool)
+    lesions: list[dict[str, Any]] = []
+    plan = _LESION_PLAN.get(category, {}) if sev > 0 else {}
+
+    def free(pxy, rad):
+        x, y = int(round(pxy[0])), int(round(pxy[1]))
+        if not (0 <= x < S and 0 <= y < S):
+            return False
+        if math.hypot(pxy[0] - fov_c[0], pxy[1] - fov_c[1]) > 0.9 * fov_r - rad:
+            return False
+        if math.hypot(pxy[0] - disc[0], pxy[1] - disc[1]) < 0.85 * dd + rad:
+            return False
+        if vdist[y, x] < rad + 3 * sc + 2:
+            return False
+        r = int(rad + 4 * sc + 3)
+        return not occupied[max(0, y - r): y + r + 1, max(0, x - r): x + r + 1].any()
+
+    def stamp(kind, profile, color, strength, mode):
+        nonlocal img
+        ys, xs = np.nonzero(profile > 0.5)
+        if len(ys) == 0:
+            return
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        pad = int(6 * sc + 4)
+        sl = (slice(max(y0 - pad, 0), y1 + pad), slice(max(x0 - pad, 0), x1 + pad))
+        a = (strength * profile[sl])[..., None]
+        if mode == "absorb":
+            img[sl] = img[sl] * (1 - a * color)
+        else:
+            img[sl] = img[sl] * (1 - a) + color * a
+        occupied[sl] |= profile[sl] > 0.05
+        lesions.append({"type": kind, "box_xyxy_px": [int(x0), int(y0), int(x1), int(y1)]})
+
+    def local(pxy, half):
+        y0, x0 = max(int(pxy[1] - half), 0), max(int(pxy[0] - half), 0)
+        y1, x1 = min(int(pxy[1] + half) + 1, S), min(int(pxy[0] + half) + 1, S)
+        return (slice(y0, y1), slice(x0, x1))
+
+    def blob(pxy, rx, ry, ang, edge):
+        """Soft ellipse profile (1 inside, 0.5 at the boundary, 0 outside) as a full-size array."""
+        half = max(rx, ry) + 4 * edge + 3
+        sl = local(pxy, half)
+        prof = np.zeros((S, S), dtype=np.float32)
+        X = xx[sl] - pxy[0]
+        Y = yy[sl] - pxy[1]
+        ca, sa = math.cos(ang), math.sin(ang)
+        u = (X * ca + Y * sa) / rx
+        v = (-X * sa + Y * ca) / ry
+        rr = np.sqrt(u**2 + v**2)
+        prof[sl] = 1 / (1 + np.exp((rr - 1) * min(rx, ry) / max(edge, 1e-3)))
+        return prof
+
+    hem_col = np.array([0.50, 0.72, 0.60], dtype=np.float32)
+    for kind, (lo, hi) in plan.items():
+        n = int(round(rng.uniform(lo, hi) * sev))
+        if n <= 0:
+            continue
+        if kind == "microaneurysm":
+            for q in _place(rng, n, fovea, 0.4 * dd, 2.2 * dd, lambda q: free(q, 4 * sc)):
+                r = rng.uniform(2.0, 3.2) * sc
+                stamp(kind, blob(q, r, r, 0.0, 0.35 * sc), hem_col, rng.uniform(0.8, 0.95), "absorb")
+        elif kind == "hemorrhage" and category == "diabetic_retinopathy":
+            for q in _place(rng, n, fovea, 0.5 * dd, 2.6 * dd, lambda q: free(q, 14 * sc)):
+                rx = rng.uniform(4.5, 11) * sc
+                prof = blob(q, rx, rx * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 0.8 * sc)
+                q2 = q + rng.normal(0, 0.4 * rx, 2)
+                prof = np.maximum(prof, blob(q2, 0.7 * rx, 0.6 * rx, rng.uniform(0, np.pi), 0.8 * sc))
+                stamp(kind, prof, hem_col, rng.uniform(0.75, 0.92), "absorb")
+        elif kind == "hemorrhage":  # flame-shaped, elongated along the nerve fibres (radial to the disc)
+            for q in _place(rng, n, disc, 0.9 * dd, 2.6 * dd, lambda q: free(q, 20 * sc)):
+                ang = math.atan2(q[1] - disc[1], q[0] - disc[0])
+                L = rng.uniform(0.09, 0.15) * dd
+                prof = blob(q, L, L * rng.uniform(0.25, 0.4), ang, 1.0 * sc)
+                stamp(kind, prof, hem_col, rng.uniform(0.7, 0.88), "absorb")
+        elif kind == "hard_exudate":
+            n_cl = max(1, int(round(rng.uniform(1, 3))))
+            centers = _place(rng, n_cl, fovea, 0.6 * dd, 1.8 * dd, lambda q: free(q, 10 * sc))
+            per = int(math.ceil(n / max(len(centers), 1)))
+            col = np.array([0.98, 0.86, 0.45], dtype=np.float32)
+            for cc in centers:
+                for q in _place(rng, per, cc, 0, 0.35 * dd, lambda q: free(q, 6 * sc)):
+                    r = rng.uniform(2.2, 4.5) * sc
+                    prof = blob(q, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 0.3 * sc)
+                    stamp(kind, prof, col, rng.uniform(0.8, 0.95), "blend")
+        elif kind == "cotton_wool_spot":
+            col = np.array([0.93, 0.86, 0.76], dtype=np.float32)
+            for q in _place(rng, n, disc, 1.0 * dd, 2.8 * dd, lambda q: free(q, 18 * sc)):
+                r = rng.uniform(0.06, 0.1) * dd
+                prof = blob(q, r, r * rng.uniform(0.6, 0.9), rng.uniform(0, np.pi), 0.25 * r)
+                stamp(kind, prof, col, rng.uniform(0.55, 0.75), "blend")
+        elif kind == "drusen":
+            col = np.array([0.95, 0.78, 0.45], dtype=np.float32)
+            for q in _place(rng, n, fovea, 0.1 * dd, 1.3 * dd, lambda q: free(q, 7 * sc)):
+                r = rng.uniform(0.018, 0.042) * dd
+                prof = blob(q, r, r * rng.uniform(0.8, 1.0), 0.0, 0.25 * r)
+                stamp(kind, prof, col, rng.uniform(0.45, 0.65), "blend")
+
+    # --- illumination, FOV, blur, noise, JPEG ------------------------------------------------------
+    gdir = rng.uniform(0, 2 * np.pi)
+    grad = 1 + rng.uniform(0.05, 0.18) * ((xx - fov_c[0]) * math.cos(gdir) + (yy - fov_c[1]) * math.sin(gdir)) / fov_r
+    rn = fov_d / fov_r
+    vignette = 1 - rng.uniform(0.25, 0.45) * np.clip(rn, 0, 1) ** 3
+    exposure = rng.uniform(0.92, 1.08)
+    illum = (grad * vignette * exposure).astype(np.float32)
+    edge = np.clip((fov_r - fov_d) / (1.2 * sc) + 0.5, 0, 1).astype(np.float32)
+    img = img * (illum * edge)[..., None] * 255.0
+    img += 3.0 * (1 - edge)[..., None] * np.array([1.0, 0.5, 0.3], dtype=np.float32)
+    sigma = rng.uniform(0.6, 1.0) * sc
+    for ch in range(3):
+        img[..., ch] = ndi.gaussian_filter(img[..., ch], sigma)
+    img += rng.normal(0, 1.6, img.shape).astype(np.float32)
+    image = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    image = _jpeg_roundtrip(image, quality=int(rng.integers(88, 96)))
+
+    # --- truth ------------------------------------------------------------------------------------
+    a_w, v_w = _zone_b_widths(vessels, disc, dd)
+    from grok.cfp.formulas import knudtson_equivalent
+
+    crae = knudtson_equivalent(a_w, 0.88)
+    crve = knudtson_equivalent(v_w, 0.95)
+    min_w = TRUTH_MIN_WIDTH_DD * dd
+
+    def tort_segments(kind):
+        segs = []
+        for v in vessels:
+            if v.kind != kind:
+                continue
+            keep = (2 * v.radius >= min_w) & (np.hypot(v.pts[:, 0] - disc[0], v.pts[:, 1] - disc[1]) > 0.6 * dd)
+            lab, n = ndi.label(keep)
+            for k in range(1, n + 1):
+                segs.append(v.pts[lab == k])
+        return segs
+
+    counts = {f"{t}_count": sum(1 for les in lesions if les["type"] == t) for t in CFP_LESION_TYPES}
+    truth: dict[str, Any] = {
+        "category": category,
+        "severity": sev,
+        "laterality": laterality,
+        "size_px": S,
+        "fov_center_xy_px": [float(fov_c[0]), float(fov_c[1])],
+        "fov_radius_px": float(fov_r),
+        "disc_center_xy_px": [float(disc[0]), float(disc[1])],
+        "disc_diameter_px": float(dd),
+        "disc_diameter_horizontal_px": float(disc_h),
+        "fovea_center_xy_px": [float(fovea[0]), float(fovea[1])],
+        "cup_disc_ratio_vertical": float(cdr),
+        "av_ratio": float(crae / crve) if crve > 0 else float("nan"),
+        "crae_px": float(crae),
+        "crve_px": float(crve),
+        "arterial_tortuosity": tortuosity_per_dd(tort_segments("artery"), dd),
+        "venular_tortuosity": tortuosity_per_dd(tort_segments("vein"), dd),
+        "tortuosity_factor": float(tortuosity),
+        "vessel_density": float(vessel_mask.sum() / max(fov_mask.sum(), 1)),
+        "arterial_fractal_dimension": box_counting_dimension(artery_mask),
+        "venular_fractal_dimension": box_counting_dimension(vein_mask),
+        "av_nicking_count": int(n_nick),
+        "pigmentation": float(pigmentation),
+        "pixel_spacing_mm_assumed": NOMINAL_DISC_DIAMETER_MM / float(dd),
+        "lesions": lesions,
+        **counts,
+    }
+    return CfpPhantom(
+        image=image,
+        fov_mask=fov_mask,
+        vessel_mask=vessel_mask,
+        artery_mask=artery_mask,
+        vein_mask=vein_mask,
+        disc_mask=disc_mask,
+        cup_mask=cup_mask,
+        laterality=laterality,
+        truth=truth,
+    )
+
+
+def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """Compress and decompress in memory (JPEG block artefacts, as in archived fundus photographs)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    from PIL import Image
+
+    ap = argparse.ArgumentParser(description="Write one phantom fundus photograph (PNG) and its truth (JSON).")
+    ap.add_argument("--category", default="normal", choices=CATEGORIES)
+    ap.add_argument("--laterality", default="OD", choices=LATERALITIES)
+    ap.add_argument("--severity", type=float, default=1.0)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="fundus.png")
+    args = ap.parse_args(argv)
+    ph = synth_fundus(args.category, args.laterality, np.random.default_rng(args.seed), severity=args.severity,
+                      size=args.size)
+    Image.fromarray(ph.image).save(args.out)
+    with open(args.out + ".truth.json", "w") as fh:
+        json.dump(ph.truth, fh, indent=2)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

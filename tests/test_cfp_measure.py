@@ -1,0 +1,185 @@
+"""CFP measures: invariants on phantoms, a drawn vessel of known width, bad inputs, the real retina, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from grok.cfp import measure_fundus
+from grok.cfp.formulas import box_counting_dimension, tortuosity_per_dd
+from grok.ids import CFP_BIOMARKERS
+from grok.phantom.cfp import render_vessels, synth_fundus
+
+SIZE = 512
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return synth_fundus("glaucoma", "OD", np.random.default_rng(21), size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def measured(phantom):
+    return measure_fundus(phantom.image)
+
+
+def test_every_biomarker_id_present(measured):
+    assert set(measured.biomarkers) == set(CFP_BIOMARKERS)
+    d = measured.to_dict()
+    from grok.cli._common import _jsonable
+
+    json.dumps(_jsonable(d))
+    assert measured.quality["grade"] in ("good", "usable")
+    for k in ("fov", "vessels", "arteries", "veins", "disc", "cup"):
+        assert measured.masks[k].shape == (SIZE, SIZE)
+
+
+def test_phantom_truth_recovered(phantom, measured):
+    t, b = phantom.truth, measured.biomarkers
+    dd = t["disc_diameter_px"]
+    assert math.dist(b["disc_center_xy_px"], t["disc_center_xy_px"]) / dd < 0.15
+    assert math.dist(b["fovea_center_xy_px"], t["fovea_center_xy_px"]) / dd < 0.3
+    assert abs(b["disc_diameter_px"] / dd - 1) < 0.2
+    assert b["cup_disc_ratio_vertical"] > 0.5  # glaucoma: large cup
+    assert measured.laterality == "OD"
+    vm, tv = measured.masks["vessels"], phantom.vessel_mask
+    f1 = 2 * (vm & tv).sum() / (vm.sum() + tv.sum())
+    assert f1 > 0.7
+    assert abs(b["vessel_density"] - t["vessel_density"]) < 0.03
+
+
+def test_horizontal_flip_swaps_laterality_and_mirrors_disc(phantom, measured):
+    flipped = measure_fundus(phantom.image[:, ::-1])
+    assert measured.extras["laterality_from_image"] == "OD"
+    assert flipped.extras["laterality_from_image"] == "OS"
+    x, y = measured.biomarkers["disc_center_xy_px"]
+    fx, fy = flipped.biomarkers["disc_center_xy_px"]
+    dd = measured.biomarkers["disc_diameter_px"]
+    assert abs((SIZE - 1 - x) - fx) < 0.05 * dd and abs(y - fy) < 0.05 * dd
+
+
+def test_header_disagreement_is_flagged(phantom):
+    m = measure_fundus(phantom.image, laterality="OS")
+    assert m.laterality == "OS"  # the header's value is kept ...
+    assert m.extras["laterality_disagrees_with_header"] is True  # ... and the conflict flagged
+    assert any("laterality" in r for r in m.quality["reasons"])
+
+
+@pytest.mark.parametrize("width_px", [5.0, 9.0])
+def test_drawn_vessel_measured_at_its_width(width_px):
+    """A straight dark vessel of known width on a flat orange field is measured at that width."""
+    from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, relative_channels
+    from grok.cfp.vessels import profile_widths, segment_vessels, skeleton_segments
+
+    n = 400
+    yy, xx = np.mgrid[0:n, 0:n]
+    fov = np.hypot(xx - n / 2, yy - n / 2) < 0.47 * n
+    pts = np.array([[60.0, 150.0], [340.0, 250.0]])
+    sd, rel_d = render_vessels([(pts, np.full(2, width_px / 2))], (n, n))
+    od = np.clip(0.5 - sd, 0, 1) * (0.5 + 0.5 * np.sqrt(np.clip(1 - np.minimum(rel_d, 1) ** 2, 0, 1)))
+    base = np.array([0.8, 0.3, 0.15])
+    img = base[None, None, :] * (1 - od[..., None] * np.array([0.3, 0.5, 0.4]))
+    img = img * fov[..., None]
+    rng = np.random.default_rng(0)
+    img = np.clip(img + rng.normal(0, 0.004, img.shape), 0, 1)
+    f = find_fov(img)
+    sc = f.radius / REFERENCE_FOV_RADIUS_PX
+    rel = relative_channels(img, f.mask, sc)
+    vm = segment_vessels(img, f.mask, sc, rel)
+    segs, _, _ = skeleton_segments(vm.mask)
+    longest = max(segs, key=lambda s: len(s.xy))
+    w = profile_widths(vm.darkness, longest.xy, max_half_px=width_px + 4)
+    assert abs(np.nanmedian(w) - width_px) < 0.12 * width_px + 0.5
+    # the mask width agrees as well (area / length)
+    length = math.dist(pts[0], pts[1])
+    assert abs(vm.mask.sum() / length - width_px) < 0.2 * width_px + 1
+
+
+def test_formulas():
+    line = np.column_stack([np.arange(200.0), np.zeros(200)])
+    assert tortuosity_per_dd([line], 100.0) == pytest.approx(0.0, abs=1e-6)
+    th = np.linspace(0, np.pi / 2, 400)
+    arc = np.column_stack([300 * np.cos(th), 300 * np.sin(th)])  # quarter circle, radius 3 DD
+    assert tortuosity_per_dd([arc], 100.0, smoothing_dd=0.02) == pytest.approx(1 / 3, rel=0.1)
+    m = np.zeros((256, 256), bool)
+    m[128, :] = True
+    assert box_counting_dimension(m) == pytest.approx(1.0, abs=0.05)
+    m[:] = True
+    assert box_counting_dimension(m) == pytest.approx(2.0, abs=0.05)
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+def _oct_like(rng):
+    rows, cols = 496, 768
+    y = np.arange(rows)[:, None]
+    img = 40 + 160 * np.exp(-((y - 200) / 8.0) ** 2) + 120 * np.exp(-((y - 320) / 5.0) ** 2)
+    img = img + rng.normal(0, 20, (rows, cols))
+    return np.clip(np.repeat(img, 1, axis=1), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["grey", "redfree", "oct", "black", "white", "tiny"])
+def test_bad_inputs_rejected_without_crash(phantom, kind):
+    rng = np.random.default_rng(0)
+    if kind == "grey":
+        g = phantom.image.mean(axis=2).astype(np.uint8)
+        img = np.stack([g] * 3, axis=2)
+    elif kind == "redfree":
+        img = phantom.image[..., 1]
+    elif kind == "oct":
+        img = _oct_like(rng)
+    elif kind == "black":
+        img = np.zeros((600, 600, 3), np.uint8)
+    elif kind == "white":
+        img = np.full((600, 600, 3), 255, np.uint8)
+    else:
+        img = phantom.image[::8, ::8]
+    m = measure_fundus(img)
+    assert m.quality["grade"] == "reject"
+    assert m.quality["reasons"]
+    assert m.biomarkers["disc_center_xy_px"] is None
+    assert all(not (isinstance(v, float) and np.isfinite(v)) for v in m.biomarkers.values())
+
+
+def test_no_visible_disc_gives_nan_not_an_invented_disc():
+    ph = synth_fundus("normal", "OD", np.random.default_rng(4), size=SIZE)
+    img = ph.image.copy()
+    # paint the disc over with the surrounding fundus colour (and a margin for its soft edge)
+    from scipy import ndimage as ndi
+
+    big = ndi.binary_dilation(ph.disc_mask, iterations=8)
+    ring = ndi.binary_dilation(big, iterations=6) & ~big & ~ph.vessel_mask
+    img[big] = np.median(img[ring], axis=0).astype(np.uint8)
+    m = measure_fundus(img)
+    assert m.biomarkers["disc_center_xy_px"] is None
+    assert np.isnan(m.biomarkers["disc_diameter_px"]) and np.isnan(m.biomarkers["cup_disc_ratio_vertical"])
+    assert np.isnan(m.biomarkers["av_ratio"])
+    assert any("disc" in r for r in m.quality["reasons"])
+
+
+# ----------------------------------------------------------------------------------------- real photograph
+def test_skimage_retina_real_photograph():
+    from skimage import data
+
+    im = data.retina()
+    m = measure_fundus(im)
+    assert m.quality["grade"] == "good", m.quality
+    assert m.extras["laterality_from_image"] == "OS"  # a left eye: disc on the viewer's left
+    # positions read off the image by eye (see benchmarks/cfp_accuracy.py); +-0.15 DD (DD ~ 160 px)
+    assert math.dist(m.biomarkers["disc_center_xy_px"], (228, 650)) < 0.15 * 160
+    assert math.dist(m.biomarkers["fovea_center_xy_px"], (703, 697)) < 0.3 * 160
+    assert 0.05 < m.biomarkers["vessel_density"] < 0.2
+    assert 0.5 < m.biomarkers["av_ratio"] < 0.95
+    assert m.masks["vessels"].shape == im.shape[:2]
+
+
+def test_defocus_lowers_the_grade(phantom, measured):
+    from scipy import ndimage as ndi
+
+    blurred = np.stack([ndi.gaussian_filter(phantom.image[..., c], 3.0) for c in range(3)], axis=2)
+    m = measure_fundus(blurred)
+    assert measured.quality["grade"] == "good"
+    assert m.quality["grade"] in ("usable", "reject")
+    assert any("blur" in r or "focus" in r for r in m.quality["reasons"])
