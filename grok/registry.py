@@ -25,7 +25,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,8 +163,11 @@ def publish(
     card_body: str = "",
     card_meta: Mapping[str, Any] | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
+    extra_writer: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
     """Publish ``tables[config][split]`` (``datasets.Dataset`` objects) as ``name@version``.
+
+    ``extra_writer(staging_dir)`` may add files (e.g. a curator report) before the atomic rename.
 
     Returns what :func:`resolve` returns for the new version. Raises :class:`RegistryError` if the
     version exists, the registry is not writable, or another publish of ``name`` holds the lock.
@@ -192,7 +195,7 @@ def publish(
             if _stale_lock(lock):
                 os.unlink(lock)
                 return publish(tables, name, version=version, bump=bump, registry=registry, card_body=card_body,
-                               card_meta=card_meta, manifest_extra=manifest_extra)
+                               card_meta=card_meta, manifest_extra=manifest_extra, extra_writer=extra_writer)
             raise RegistryError(f"another publish of {ref.name!r} is running (lock {lock}); wait for it, or remove "
                                 "the lock file if that process is gone") from exc
         except OSError as exc:
@@ -234,6 +237,8 @@ def publish(
             **dict(manifest_extra or {}),
         }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if extra_writer is not None:
+            extra_writer(staging)
         (staging / "README.md").write_text(_card(ref.name, version, configs_yaml, features_yaml, counts,
                                                  dict(card_meta or {}), card_body, fingerprint))
         if local:
@@ -315,7 +320,12 @@ def load(spec: str, config: str, split: str, registry: str | None = None):
         raise RegistryError(f"{info['name']}@{info['version']} config {config!r} has no split {split!r}; "
                             f"splits: {', '.join(files)}")
     path = f"{info['path']}/data/{config}/{split}-00000-of-00001.parquet"
-    ds = datasets.Dataset.from_parquet(path, keep_in_memory=False)
+    if files[split] == 0:  # datasets cannot build a split from an empty file; keep its features
+        import pyarrow.parquet as pq
+
+        ds = datasets.Dataset(pq.read_table(path))
+    else:
+        ds = datasets.Dataset.from_parquet(path, keep_in_memory=False)
     ds.info.description = json.dumps({"dataset": f"{info['name']}@{info['version']}",
                                       "fingerprint": info["fingerprint"]})
     return ds

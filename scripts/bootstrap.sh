@@ -13,6 +13,7 @@ if [ "${1:-}" = "--test" ]; then
     need=""
     command -v dciodvfy >/dev/null 2>&1 || need="$need dicom3tools"
     command -v img2dcm >/dev/null 2>&1 || need="$need dcmtk"
+    command -v chromium >/dev/null 2>&1 || need="$need chromium"
     if [ -n "$need" ]; then
       apt-get update -qq >/dev/null
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null

@@ -1,0 +1,418 @@
+"""Publish a finished build as a versioned Hugging Face dataset (instructions, alignment, benchmark).
+
+Run as: grok publish BUILD_DIR --name NAME [--version X.Y.Z | --bump major|minor|patch]
+
+Steps, each of which can stop publication with a clear error and nothing written to the registry:
+
+1. the build folder must be complete (``build.json`` says so, or every required table exists);
+2. patients are split train/validation/test (stratified by label, deterministic by seed);
+3. exact and near-duplicate instruction texts are removed, and train is decontaminated against the
+   held-out splits (every removed row is counted in the manifest and the card);
+4. the data contracts (``data_contracts/``) run on the instructions, alignment, biomarkers and
+   labels tables with the deny list of known identifiers; any failure blocks publication and names
+   the failing expectations;
+5. the configs are built with images embedded (``datasets.Image``): ``instructions`` (train,
+   validation), ``benchmark`` (test) and ``alignment`` (train, validation, test);
+6. the version folder (parquet, dataset card, manifest, curator report) is written atomically by
+   :func:`grok.registry.publish`, optionally pushed to the Hugging Face Hub with a tag per version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from grok import __version__
+from grok.ids import OCT_GROK_BIOMARKERS
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "report"
+
+
+class PublishError(RuntimeError):
+    """Publication refused; the message says why and what to fix."""
+
+
+@dataclass
+class PublishConfig:
+    """How a build becomes a dataset version.
+
+    Attributes
+    ----------
+    name : registry dataset name (lower case, digits, ``.-_``).
+    version : explicit X.Y.Z, or None to bump the latest by ``bump``.
+    registry : registry root (folder or fsspec URL); default ``$GROK_REGISTRY`` or ``./registry``.
+    split_ratios : train, validation, test fractions of patients.
+    seed : split seed.
+    verifier_pass_rate : minimum share of verified rows among published instructions (contract).
+    near_dup_threshold : Jaccard similarity (5-word shingles) at or above which texts are duplicates.
+    deny_list : literal identifier strings that must appear nowhere (e.g. the phantom's planted ones).
+    report_rows_per_group : rows per (label, task) in the curator report.
+    hub_repo : ``org/name`` to also push to the Hugging Face Hub (needs a token), or None.
+    license : licence id for the card.
+    synthetic : the data are phantom data (tagged in the card).
+    """
+
+    name: str
+    version: str | None = None
+    bump: str = "minor"
+    registry: str | None = None
+    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    verifier_pass_rate: float = 0.9
+    near_dup_threshold: float = 0.9
+    deny_list: list[str] = field(default_factory=list)
+    report_rows_per_group: int = 2
+    hub_repo: str | None = None
+    license: str = "other"
+    synthetic: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ValueError("publish.near_dup_threshold must be in (0, 1]")
+        if not 0.0 <= self.verifier_pass_rate <= 1.0:
+            raise ValueError("publish.verifier_pass_rate must be in [0, 1]")
+
+
+REQUIRED = ("records.jsonl", "biomarkers.parquet", "instructions.parquet")
+
+
+def check_build(build_dir: Path) -> dict[str, Any]:
+    """Refuse half-written builds; returns ``build.json`` (or a minimal stand-in)."""
+    if not build_dir.is_dir():
+        raise PublishError(f"{build_dir}: no such build folder; run grok build first")
+    info_path = build_dir / "build.json"
+    info: dict[str, Any] = {}
+    if info_path.exists():
+        try:
+            info = json.loads(info_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise PublishError(f"{info_path}: unreadable ({exc}); the build was interrupted, rerun grok build") from exc
+        if not info.get("complete", False):
+            raise PublishError(f"{build_dir}: build.json says the build is not complete (last stage: "
+                               f"{info.get('last_stage', 'unknown')}); rerun grok build to finish it")
+    missing = [f for f in REQUIRED if not (build_dir / f).exists()]
+    if missing:
+        raise PublishError(f"{build_dir}: half-written build, missing {', '.join(missing)}; rerun grok build")
+    return info
+
+
+def _text(messages: Any) -> str:
+    ms = messages.tolist() if hasattr(messages, "tolist") else messages
+    return "\n".join(f"{m['role']}: {m['content']}" for m in ms)
+
+
+def _image_bytes(build_dir: Path, rel: str) -> dict[str, Any]:
+    p = build_dir / rel
+    if not p.is_file():
+        raise PublishError(f"{build_dir}: image {rel} referenced by a row is missing; rerun the measure stage")
+    return {"bytes": p.read_bytes(), "path": Path(rel).name}
+
+
+def prepare(build_dir: Path, cfg: PublishConfig) -> dict[str, Any]:
+    """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts."""
+    from grok.build.records import read_records
+    from grok.splits import assign_splits, decontaminate, dedup
+
+    records = {r["study_id"]: r for r in read_records(build_dir)}
+    ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()
+    n_in = len(ins)
+    failed = ins[~ins["verifier_passed"].astype(bool)]
+    ins = ins[ins["verifier_passed"].astype(bool)].copy()
+    pat = pd.DataFrame([{"patient_id": r["patient_id"], "label": r["label"]} for r in records.values()])
+    if pat.empty:
+        raise PublishError(f"{build_dir}: no labelled study records; nothing to publish (see records_quarantine)")
+    split_of = assign_splits(pat, ratios=cfg.split_ratios, seed=cfg.seed)
+    ins["split"] = ins["patient_id"].map(split_of)
+    orphan = ins["split"].isna()
+    if orphan.any():
+        raise PublishError(f"{int(orphan.sum())} instruction rows belong to patients without a study record; "
+                           "the build folder is inconsistent, rerun grok build")
+    ins["text"] = ins["messages"].map(_text)
+    removed = []
+    parts = []
+    for split in ("train", "validation", "test"):
+        kept, rem = dedup(ins[ins.split == split], text_col="text", threshold=cfg.near_dup_threshold)
+        parts.append(kept)
+        if len(rem):
+            removed.append(rem)
+    ins = pd.concat(parts)
+    held = ins[ins.split != "train"]
+    train, rem = decontaminate(ins[ins.split == "train"], held, text_col="text", threshold=cfg.near_dup_threshold)
+    if len(rem):
+        removed.append(rem)
+    ins = pd.concat([train, held]).sort_values("id", kind="stable")
+    removed_df = pd.concat(removed) if removed else pd.DataFrame(columns=["id", "duplicate_of", "reason"])
+    # alignment: one row per record with a foveal B-scan
+    bio = pq.read_table(build_dir / "biomarkers.parquet").to_pandas().set_index("study_id")
+    align_rows = []
+    for sid, r in sorted(records.items()):
+        img = r["images"].get("oct_foveal")
+        if not img:
+            continue
+        vals = [None if (v := r["biomarkers"].get(b)) is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                for b in OCT_GROK_BIOMARKERS]
+        align_rows.append({"sample_id": sid, "patient_id": r["patient_id"], "eye": r["eye"], "label": r["label"],
+                           "image_path": img, "biomarker_ids": list(OCT_GROK_BIOMARKERS), "biomarker_values": vals,
+                           "split": split_of[r["patient_id"]]})
+    align = pd.DataFrame(align_rows)
+    labels = pd.read_parquet(build_dir / "labels.parquet") if (build_dir / "labels.parquet").exists() else None
+    return {"records": records, "instructions": ins, "removed": removed_df, "failed_verification": len(failed),
+            "instructions_in": n_in, "alignment": align, "biomarkers": bio.reset_index(), "labels": labels,
+            "split_of": split_of}
+
+
+def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig) -> dict[str, Any]:
+    from grok.contracts import validate
+
+    params = {"verifier_pass_rate": cfg.verifier_pass_rate}
+    docs = build_dir / "contracts"
+    results = {}
+    tables = {"instructions": prep["instructions"].drop(columns=["text"]), "alignment": prep["alignment"],
+              "biomarkers": prep["biomarkers"]}
+    if prep["labels"] is not None:
+        tables["labels"] = prep["labels"]
+    for name, df in tables.items():
+        res = validate(df, name, params=params, deny_list=cfg.deny_list, docs_dir=docs / name)
+        results[name] = res
+    return results
+
+
+def _features():
+    import datasets
+
+    msg = datasets.Features({"role": datasets.Value("string"), "content": datasets.Value("string")})
+    instr = datasets.Features({
+        "id": datasets.Value("string"), "study_id": datasets.Value("string"), "patient_id": datasets.Value("string"),
+        "eye": datasets.Value("string"), "task": datasets.Value("string"), "label": datasets.Value("string"),
+        "messages": datasets.List(msg), "images": datasets.List(datasets.Image()),
+        "image_roles": datasets.List(datasets.Value("string")), "verifier_score": datasets.Value("float32"),
+        "template_id": datasets.Value("string"), "kb_snapshot": datasets.Value("string"),
+        "provenance": datasets.Value("string"),
+    })
+    align = datasets.Features({
+        "sample_id": datasets.Value("string"), "patient_id": datasets.Value("string"), "eye": datasets.Value("string"),
+        "label": datasets.Value("string"), "image": datasets.Image(),
+        "biomarker_ids": datasets.List(datasets.Value("string")),
+        "biomarker_values": datasets.List(datasets.Value("float32")),
+    })
+    return instr, align
+
+
+def build_datasets(build_dir: Path, prep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    import datasets
+
+    instr_f, align_f = _features()
+    out: dict[str, dict[str, Any]] = {"instructions": {}, "benchmark": {}, "alignment": {}}
+    ins = prep["instructions"]
+    for split in ("train", "validation", "test"):
+        part = ins[ins.split == split]
+        rows = {k: [] for k in instr_f}
+        for r in part.to_dict("records"):
+            msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
+            imgs = r["images"].tolist() if hasattr(r["images"], "tolist") else list(r["images"] or [])
+            roles = r.get("image_roles")
+            roles = roles.tolist() if hasattr(roles, "tolist") else list(roles or [])
+            rows["id"].append(r["id"])
+            rows["study_id"].append(r["study_id"])
+            rows["patient_id"].append(r["patient_id"])
+            rows["eye"].append(r["eye"])
+            rows["task"].append(r["task"])
+            rows["label"].append(r["label"])
+            rows["messages"].append([{"role": m["role"], "content": m["content"]} for m in msgs])
+            rows["images"].append([_image_bytes(build_dir, p) for p in imgs])
+            rows["image_roles"].append(roles)
+            rows["verifier_score"].append(float(r.get("verifier_score") or 0.0))
+            rows["template_id"].append(str(r.get("template_id") or ""))
+            rows["kb_snapshot"].append(str(r.get("kb_snapshot") or ""))
+            rows["provenance"].append(str(r.get("provenance") or "{}"))
+        ds = datasets.Dataset.from_dict(rows, features=instr_f)
+        if split == "test":
+            out["benchmark"]["test"] = ds
+        else:
+            out["instructions"][split] = ds
+    al = prep["alignment"]
+    for split in ("train", "validation", "test"):
+        part = al[al.split == split] if len(al) else al
+        rows = {k: [] for k in align_f}
+        for r in part.to_dict("records"):
+            rows["sample_id"].append(r["sample_id"])
+            rows["patient_id"].append(r["patient_id"])
+            rows["eye"].append(r["eye"])
+            rows["label"].append(r["label"])
+            rows["image"].append(_image_bytes(build_dir, r["image_path"]))
+            rows["biomarker_ids"].append(list(r["biomarker_ids"]))
+            rows["biomarker_values"].append(list(r["biomarker_values"]))
+        out["alignment"][split] = datasets.Dataset.from_dict(rows, features=align_f)
+    return {k: v for k, v in out.items() if v}
+
+
+def _versions(build_dir: Path, prep: dict[str, Any]) -> dict[str, Any]:
+    ins = prep["instructions"]
+    templates = sorted({f"{a}:{b}" for a, b in zip(ins.get("template_id", []), ins.get("template_sha256", []))})
+    kb = sorted(set(ins["kb_snapshot"].dropna())) if "kb_snapshot" in ins else []
+    th = hashlib.sha256("\n".join(templates).encode()).hexdigest()[:16]
+    return {"code_version": __version__, "kb_snapshots": kb, "templates_fingerprint": th, "templates": templates}
+
+
+def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, Any], info: dict[str, Any],
+               versions: dict[str, Any]) -> str:
+    import jinja2
+
+    ins = prep["instructions"]
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             autoescape=False, keep_trailing_newline=True)
+    counts = ins.groupby(["split", "label"]).size().unstack(fill_value=0)
+    tasks = ins.groupby(["split", "task"]).size().unstack(fill_value=0)
+    bio = prep["biomarkers"]
+    dist = []
+    for b in ("macular_thickness_central_um", "macular_thickness_overall_um", "rnfl_thickness_um",
+              "gcipl_thickness_um", "drusen_volume_3mm_mm3", "irf_volume_nl", "srf_volume_nl", "cup_disc_ratio_vertical",
+              "av_ratio", "vessel_density", "rnfl_peripapillary_mean_um"):
+        if b in bio:
+            s = pd.to_numeric(bio[b], errors="coerce").dropna()
+            if len(s):
+                dist.append({"id": b, "n": len(s), "p5": s.quantile(0.05), "median": s.median(), "p95": s.quantile(0.95),
+                             "missing": int(len(bio) - len(s))})
+    examples = []
+    for task, grp in ins.groupby("task"):
+        r = grp.iloc[0]
+        msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
+        examples.append({"task": task, "messages": [{"role": m["role"], "content": m["content"][:600]} for m in msgs]})
+    return env.get_template("card.md.j2").render(
+        cfg=cfg, counts=counts, tasks=tasks, dist=dist, examples=examples[:6], versions=versions, build=info,
+        contracts={k: {"success": v.success, "n_rows": v.n_rows, "failed": len(v.failed),
+                       "distributions": v.distributions} for k, v in contracts.items()},
+        removed=prep["removed"].groupby("reason").size().to_dict() if len(prep["removed"]) else {},
+        failed_verification=prep["failed_verification"], instructions_in=prep["instructions_in"])
+
+
+def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *, rows_per_group: int = 2,
+                         title: str = "") -> Path:
+    """A static HTML page: rows sampled by class and task, images with overlays, biomarkers, findings, flags."""
+    import jinja2
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    media = out_dir / "media"
+    media.mkdir(exist_ok=True)
+    ins = prep["instructions"]
+    records = prep["records"]
+    samples = []
+    copied: dict[str, str] = {}
+
+    def copy(rel: str) -> str:
+        if rel not in copied:
+            src = build_dir / rel
+            name = hashlib.sha256(rel.encode()).hexdigest()[:16] + src.suffix
+            shutil.copyfile(src, media / name)
+            copied[rel] = f"media/{name}"
+        return copied[rel]
+
+    for (label, task), grp in ins.sort_values("id").groupby(["label", "task"]):
+        for r in grp.head(rows_per_group).to_dict("records"):
+            rec = records.get(r["study_id"], {})
+            msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
+            imgs = r["images"].tolist() if hasattr(r["images"], "tolist") else list(r["images"] or [])
+            overlays = rec.get("overlays", {})
+            shown = []
+            for rel in imgs:
+                key = next((k for k, v in rec.get("images", {}).items() if v == rel), None)
+                shown.append({"src": copy(rel), "overlay": copy(overlays[key]) if key in overlays else None,
+                              "key": key or Path(rel).stem})
+            bios = [(k, v) for k, v in sorted((rec.get("biomarkers") or {}).items())
+                    if v is not None and not (isinstance(v, float) and math.isnan(v))]
+            reasons = r.get("verifier_reasons")
+            reasons = reasons.tolist() if hasattr(reasons, "tolist") else list(reasons or [])
+            samples.append({
+                "id": r["id"], "label": label, "task": task, "split": r["split"], "eye": r["eye"],
+                "messages": [{"role": m["role"], "content": m["content"]} for m in msgs], "images": shown,
+                "biomarkers": bios, "findings": (rec.get("reasoning") or {}).get("findings", []),
+                "differential": (rec.get("reasoning") or {}).get("differential", []),
+                "verifier": {"passed": bool(r["verifier_passed"]), "score": r.get("verifier_score"),
+                             "reasons": reasons},
+            })
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    page = env.get_template("curator.html.j2").render(title=title, samples=samples, n_rows=len(ins),
+                                                      esc=html.escape)
+    index = out_dir / "index.html"
+    index.write_text(page)
+    return index
+
+
+@dataclass
+class PublishResult:
+    name: str
+    version: str
+    fingerprint: str
+    path: str
+    counts: dict[str, Any]
+    contracts: dict[str, bool]
+    report: str
+    card: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
+    """Validate, split, dedup and publish a build; see the module docstring. Raises :class:`PublishError`."""
+    import datasets
+
+    from grok import registry
+
+    datasets.disable_progress_bars()
+    build = Path(build_dir)
+    info = check_build(build)
+    prep = prepare(build, cfg)
+    contracts = run_contracts(build, prep, cfg)
+    bad = {k: v for k, v in contracts.items() if not v.success}
+    if bad:
+        raise PublishError("data contracts failed; nothing was published:\n" + "\n".join(v.summary() for v in bad.values()))
+    tables = build_datasets(build, prep)
+    versions = _versions(build, prep)
+    body = _card_body(cfg, prep, contracts, info, versions)
+    counts = {
+        "instructions_in": prep["instructions_in"], "failed_verification_excluded": prep["failed_verification"],
+        "duplicates_removed": int(len(prep["removed"])),
+        "published": {c: {s: len(d) for s, d in v.items()} for c, v in tables.items()},
+    }
+    manifest_extra = {
+        "build_id": info.get("build_id"), "versions": versions, "counts": None,
+        "contracts": {k: {"success": v.success, "n_rows": v.n_rows, "distributions": v.distributions}
+                      for k, v in contracts.items()},
+        "publish_counts": counts, "split_seed": cfg.seed, "split_ratios": list(cfg.split_ratios),
+    }
+    manifest_extra.pop("counts")
+
+    def extra(staging: Path) -> None:
+        write_curator_report(staging / "report", build, prep, rows_per_group=cfg.report_rows_per_group,
+                             title=cfg.name)
+
+    res = registry.publish(tables, cfg.name, version=cfg.version, bump=cfg.bump, registry=cfg.registry,
+                           card_body=body, card_meta={"license": cfg.license, "synthetic": cfg.synthetic,
+                                                      "pretty_name": cfg.name},
+                           manifest_extra=manifest_extra, extra_writer=extra)
+    if cfg.hub_repo:
+        push_to_hub(res["path"], cfg.hub_repo, res["version"])
+    return PublishResult(name=res["name"], version=res["version"], fingerprint=res["fingerprint"], path=res["path"],
+                         counts=counts, contracts={k: v.success for k, v in contracts.items()},
+                         report=f"{res['path']}/report/index.html", card=f"{res['path']}/README.md")
+
+
+def push_to_hub(path: str, repo: str, version: str) -> None:
+    """Upload a published version folder to a Hub dataset repo and tag it ``v<version>``."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset", exist_ok=True)
+    api.upload_folder(folder_path=path, repo_id=repo, repo_type="dataset", commit_message=f"Publish {version}")
+    api.create_tag(repo, tag=f"v{version}", repo_type="dataset")
