@@ -158,9 +158,8 @@ def make_subjects(cfg: PhantomConfig) -> list[Subject]:
                 break
         used_names.add((family, given))
         study_date = dt.date(2019, 1, 1) + dt.timedelta(days=int(rng.integers(0, 6 * 365)))
-        birth = dt.date(study_date.year - int(age), 1, 1) + dt.timedelta(days=int(rng.integers(0, 365)))
-        if birth > study_date.replace(year=study_date.year - int(age)):
-            birth = birth.replace(year=birth.year - 1)
+        # born between age and age + 1 years before the visit (leap days handled by timedelta)
+        birth = study_date - dt.timedelta(days=int(age * 365.25) + int(rng.integers(1, 365)))
         inst, addr = _INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))]
         ident = DicomIdentity(
             patient_name=f"{family}^{given}",
