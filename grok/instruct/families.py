@@ -1,0 +1,194 @@
+"""The six instruction task families and the context each one's template receives.
+
+Run as: python -c "from grok.instruct.families import FAMILIES; print(list(FAMILIES))"
+
+=================  ===========================================================================
+family             what a row teaches
+=================  ===========================================================================
+``diagnosis``      closed-set classification over the disease categories
+``report``         a GROK-style single paragraph (at most 300 words): findings with numbers,
+                   alternatives ruled out one at a time (each tied to a finding), diagnosis
+``cot``            grounded chain of thought: measurements -> findings -> differential -> diagnosis
+``biomarker_qa``   is this value abnormal for this person on this device (or: is X present)?
+``localisation``   lesion (and optic disc) boxes in the Qwen2-VL convention
+``multiturn``      a conversation mixing the above
+=================  ===========================================================================
+
+Phrasings are chosen by a random generator seeded from ``(study_id, task, seed)``, so a row is
+the same on every run and every machine. Templates only print values prepared here from
+:class:`~grok.instruct.records.StudyFacts`; nothing mentions a label, a data sheet or a record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from grok import ids as canonical
+from grok.instruct.boxes import format_box
+from grok.instruct.records import CORE_BIOMARKERS, PRESENCE_BIOMARKERS, StudyFacts
+
+ROLE_WORDS = {"cfp": "fundus photograph"}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One task family: its template, how many main phrasings it has and its rules."""
+
+    id: str
+    template_id: str
+    variants: int
+    #: The assistant states a diagnosis (so a label the reasoner rules out cannot be used).
+    states_diagnosis: bool
+    #: Upper bound on the words of all assistant turns together.
+    max_words: int
+    #: LLM mode may write the assistant turn of this family (single-turn families only).
+    llm: bool
+    description: str
+
+
+FAMILIES: dict[str, Family] = {f.id: f for f in (
+    Family("diagnosis", "instruct/diagnosis.j2", 3, True, 80, True, "closed-set diagnosis question"),
+    Family("report", "instruct/report.j2", 3, True, 300, True, "GROK-style single-paragraph report"),
+    Family("cot", "instruct/cot.j2", 3, True, 500, True, "grounded chain of thought"),
+    Family("biomarker_qa", "instruct/biomarker_qa.j2", 3, False, 120, True, "biomarker interpretation question"),
+    Family("localisation", "instruct/localisation.j2", 3, False, 250, False, "lesion boxes (Qwen2-VL)"),
+    Family("multiturn", "instruct/multiturn.j2", 1, True, 500, False, "multi-turn mix"),
+)}
+
+
+class Skip(Exception):
+    """A family does not apply to a study (e.g. no lesion to localise); the reason is recorded."""
+
+
+def row_seed(study_id: str, task: str, seed: int) -> int:
+    """A 64-bit seed from ``(study_id, task, seed)``, the same on every platform."""
+    h = hashlib.sha256(f"{study_id}\x1f{task}\x1f{seed}".encode()).digest()
+    return int.from_bytes(h[:8], "big")
+
+
+def row_id(study_id: str, task: str, variant: int, seed: int) -> str:
+    """Deterministic row id: hash of study id, task, phrasing variant and seed."""
+    return hashlib.sha256(f"{study_id}\x1f{task}\x1f{variant}\x1f{seed}".encode()).hexdigest()[:24]
+
+
+def image_words(role: str) -> str:
+    return ROLE_WORDS.get(role, "OCT B-scan")
+
+
+def _device_phrase(device: str) -> str:
+    return "" if device in ("generic", "", "unknown") else f" on a {device} scan"
+
+
+def _measured(facts: StudyFacts, cap: int) -> list:
+    chosen: list[str] = []
+    for bid, b in facts.biomarkers.items():  # abnormal values first
+        if b.status in ("low", "high") and bid not in PRESENCE_BIOMARKERS and b.unit != "count":
+            chosen.append(bid)
+    for bid in CORE_BIOMARKERS:
+        if bid in facts.biomarkers and bid not in chosen and bid not in PRESENCE_BIOMARKERS:
+            chosen.append(bid)
+    return [facts.biomarkers[b] for b in chosen[:cap]]
+
+
+def _missing(facts: StudyFacts, cap: int) -> list[str]:
+    from grok.verify.lexicon import DISPLAY_NAMES
+
+    out = []
+    for bid in CORE_BIOMARKERS:
+        if bid not in facts.biomarkers and bid not in PRESENCE_BIOMARKERS and bid in DISPLAY_NAMES:
+            out.append(DISPLAY_NAMES[bid])
+    return out[:cap]
+
+
+def _qa(facts: StudyFacts, rng: random.Random) -> dict[str, Any] | None:
+    ranged = [b for b in facts.biomarkers.values() if b.has_range and b.status is not None]
+    if ranged:
+        return {"kind": "range", "fact": rng.choice(sorted(ranged, key=lambda b: b.id))}
+    pres = facts.presence()
+    if pres:
+        p = rng.choice(pres)
+        return {"kind": "presence", **p}
+    return None
+
+
+def _loc(facts: StudyFacts, roles: list[str], rng: random.Random) -> dict[str, Any] | None:
+    usable = [r for r in roles if facts.boxes.get(r)]
+    if not usable:
+        return None
+    lesion_roles = [r for r in usable if any(b.label != "optic disc" for b in facts.boxes[r])]
+    role = rng.choice(lesion_roles or usable)
+    boxes = sorted(facts.boxes[role], key=lambda b: (b.label, b.y1, b.x1, b.x2, b.y2))
+    kinds = sorted({b.label for b in boxes})
+    return {"role": role, "image_words": image_words(role), "kinds": kinds,
+            "boxes": [format_box(b) for b in boxes], "raw": boxes}
+
+
+def _label_entry(facts: StudyFacts) -> dict[str, Any]:
+    for d in facts.differential:
+        if d["is_label"]:
+            return d
+    from grok.instruct.records import disease_mid
+
+    return {"id": facts.label, "name": facts.label_name, "name_mid": disease_mid(facts.label_name), "status": None, "supporting": [], "opposing": [],
+            "absent_support": [], "is_label": True}
+
+
+def _options(facts: StudyFacts, lex) -> list[str]:
+    names = []
+    for c in canonical.CATEGORIES:
+        if c in lex.disease_names:
+            names.append("Normal" if c == "normal" else lex.disease_names[c])
+    if facts.label not in canonical.CATEGORIES:
+        names.append(facts.label_name)
+    return names
+
+
+def base_roles(facts: StudyFacts) -> list[str]:
+    """Images shown with whole-eye questions: the photograph and the foveal B-scan, when usable."""
+    return [r for r in ("cfp", "oct_foveal") if r in facts.images]
+
+
+def build_context(family: Family, facts: StudyFacts, lex, seed: int, *, caps: tuple[int, int, int] = (6, 4, 10)
+                  ) -> tuple[dict[str, Any], list[str], int]:
+    """``(template context, image roles in <image> order, variant)`` for one family and study.
+
+    ``caps`` = (measured biomarkers, presence statements, alternatives) to keep reports short.
+    Raises :class:`Skip` when the family does not apply to this study.
+    """
+    rng = random.Random(row_seed(facts.study_id, family.id, seed))
+    variant = rng.randrange(family.variants)
+    label = _label_entry(facts)
+    if family.states_diagnosis and label.get("status") == "ruled_out":
+        raise Skip(f"label {facts.label!r} is ruled out by the reasoner; a grounded {family.id} row cannot state it")
+    roles = base_roles(facts)
+    ctx: dict[str, Any] = {
+        "f": facts, "v": variant, "pick": rng.choice, "eye_words": facts.eye_words, "person": facts.person,
+        "a_person": facts.a_person,
+        "device_phrase": _device_phrase(facts.device), "label": label, "images": roles,
+    }
+    if family.id in ("report", "cot", "multiturn"):
+        n_bm, n_pres, n_alt = caps
+        ctx["measured"] = _measured(facts, n_bm)
+        pres = facts.presence()
+        ctx["presence"] = ([p for p in pres if p["state"] == "present"] + [p for p in pres if p["state"] == "absent"])[:n_pres]
+        ctx["missing"] = _missing(facts, 2)
+        ctx["alternatives"] = [d for d in facts.differential if not d["is_label"]][:n_alt]
+    if family.id == "diagnosis":
+        ctx["options"] = _options(facts, lex)
+    if family.id in ("biomarker_qa", "multiturn"):
+        ctx["qa"] = _qa(facts, rng)
+        if ctx["qa"] is None and family.id == "biomarker_qa":
+            raise Skip("no biomarker with a normative range and no present/absent finding to ask about")
+    if family.id in ("localisation", "multiturn"):
+        all_roles = roles if family.id == "multiturn" else sorted(facts.images)
+        ctx["loc"] = _loc(facts, all_roles, rng)
+        if ctx["loc"] is None and family.id == "localisation":
+            raise Skip("no lesion box and no optic disc position on a usable image")
+        if family.id == "localisation":
+            roles = [ctx["loc"]["role"]]
+    if family.id == "multiturn" and not roles:
+        raise Skip("no usable image for a conversation")
+    return ctx, roles, variant

@@ -1,0 +1,263 @@
+"""Template mode and the build driver: study records -> verified instruction rows + quarantine.
+
+Run as: grok instruct STUDIES --out DIR [--mode template|llm] [--tasks report,cot] [--seed N] [--json]
+
+Writes into ``DIR``: ``instructions.parquet`` (rows that passed the verifier), ``quarantine.parquet``
+(records that could not be used and rows that failed verification, each with its reasons),
+``failures.parquet`` (LLM mode: every failed request), ``studies.jsonl`` (the records used, with
+their reasoning, so ``grok verify`` can re-check the table alone) and ``summary.json``.
+Template mode needs no network and is deterministic: the same inputs and seed give the same
+table, byte for byte in content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from grok import __version__
+from grok.instruct.export import FAILURES_SCHEMA, INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, TableWriter
+from grok.instruct.families import FAMILIES, Family, Skip, build_context, row_id
+from grok.instruct.records import StudyError, StudyFacts, build_facts, load_studies
+from grok.instruct.templating import TemplateLibrary
+from grok.verify.lexicon import build_lexicon
+from grok.verify.verifier import Verifier, VerifyConfig
+
+#: Report caps tried in turn until the paragraph fits its word limit: (biomarkers, presence, alternatives).
+_CAPS = ((6, 4, 10), (5, 3, 7), (4, 2, 5), (3, 2, 3), (2, 1, 2))
+
+
+@dataclass
+class InstructConfig:
+    """Settings of one ``grok instruct`` build.
+
+    mode:
+        ``template`` (default, no network) or ``llm`` (an OpenAI-compatible server writes the
+        assistant turns of the single-turn families; the others stay template rows).
+    tasks:
+        Family ids (see :data:`grok.instruct.families.FAMILIES`); default all six.
+    seed:
+        Chooses phrasings; part of every row id.
+    tolerance:
+        Verifier tolerance for numbers (0.10 = ±10 %).
+    build_id:
+        Recorded in every row's provenance; default: a hash of inputs, seed, tasks and templates.
+    llm:
+        :class:`grok.instruct.llm.LLMConfig` for ``mode="llm"``.
+    """
+
+    mode: str = "template"
+    tasks: tuple[str, ...] = tuple(FAMILIES)
+    seed: int = 0
+    tolerance: float = 0.10
+    build_id: str | None = None
+    templates_dir: str | None = None
+    llm: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("template", "llm"):
+            raise ValueError(f"mode={self.mode!r}: choose 'template' or 'llm' (--mode)")
+        tasks = tuple(self.tasks)
+        unknown = [t for t in tasks if t not in FAMILIES]
+        if unknown or not tasks:
+            raise ValueError(f"tasks={list(tasks)!r}: choose from {', '.join(FAMILIES)} (--tasks)")
+        self.tasks = tuple(dict.fromkeys(tasks))
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed={self.seed!r}: give a non-negative integer (--seed)")
+        VerifyConfig(tolerance=self.tolerance)
+        if self.mode == "llm" and self.llm is None:
+            raise ValueError("mode='llm' needs an LLM configuration (--llm-config FILE or GROK_LLM_* variables)")
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def provenance_of(facts: StudyFacts, *, template_id: str, template_sha256: str, mode: str, seed: int,
+                  variant: int, build_id: str, llm: dict[str, Any] | None = None) -> str:
+    """The provenance JSON of a row (DESIGN.md: sources, extractors, KB, template, code, LLM, build)."""
+    up = facts.provenance
+    return _json({
+        "source_sha256s": list(up.get("source_sha256s") or []),
+        "extractors": dict(up.get("extractors") or {}),
+        "kb_snapshot": facts.kb_snapshot,
+        "template_id": template_id,
+        "template_sha256": template_sha256,
+        "code_version": __version__,
+        "generator": f"grok.instruct@{__version__}",
+        "mode": mode,
+        "seed": seed,
+        "variant": variant,
+        "build_id": build_id,
+        "upstream_build_id": up.get("build_id"),
+        "llm": llm,
+    })
+
+
+class TemplateGenerator:
+    """Renders rows of any family from :class:`StudyFacts`; deterministic given the seed."""
+
+    def __init__(self, library: TemplateLibrary, lexicon, verifier: Verifier):
+        self.lib = library
+        self.lex = lexicon
+        self.verifier = verifier
+
+    def render(self, facts: StudyFacts, family: Family, seed: int, build_id: str) -> dict[str, Any]:
+        """One unverified row; raises :class:`Skip` when the family does not apply."""
+        caps_list = _CAPS if family.id in ("report", "cot", "multiturn") else _CAPS[:1]
+        for caps in caps_list:
+            ctx, roles, variant = build_context(family, facts, self.lex, seed, caps=caps)
+            messages, info = self.lib.render_messages(family.template_id, ctx)
+            words = sum(len(m["content"].split()) for m in messages if m["role"] == "assistant")
+            if words <= family.max_words:
+                break
+        return {
+            "id": row_id(facts.study_id, family.id, variant, seed), "study_id": facts.study_id,
+            "patient_id": facts.patient_id, "eye": facts.eye, "task": family.id, "label": facts.label,
+            "messages": messages, "images": [facts.images[r] for r in roles], "image_roles": roles,
+            "mode": "template", "template_id": info.id, "template_sha256": info.sha256, "seed": seed,
+            "kb_snapshot": facts.kb_snapshot, "attempts": 1, "_variant": variant,
+            "provenance": provenance_of(facts, template_id=info.id, template_sha256=info.sha256, mode="template",
+                                        seed=seed, variant=variant, build_id=build_id),
+        }
+
+    def verify(self, row: dict[str, Any], facts: StudyFacts) -> dict[str, Any]:
+        res = self.verifier.verify(row, facts)
+        row["verifier_passed"] = res.passed
+        row["verifier_score"] = res.score
+        row["verifier_reasons"] = res.reasons
+        return row
+
+
+def prepare(records: list[dict[str, Any]], kb, lex) -> tuple[list[StudyFacts], list[dict[str, Any]]]:
+    """Facts for every usable record, and a quarantine entry (with the reason) for every other one."""
+    facts, bad = [], []
+    seen: set[str] = set()
+    for i, rec in enumerate(records):
+        key = str(rec.get("study_id")) if isinstance(rec, dict) and rec.get("study_id") else f"record[{i}]"
+        if key in seen:
+            bad.append({"source_key": key, "reason": f"duplicate study_id {key!r}; the first record is used",
+                        "error_class": "bad_record", "study_id": key})
+            continue
+        try:
+            facts.append(build_facts(rec, kb, lex))
+            seen.add(key)
+        except (StudyError, TypeError, KeyError, ValueError) as exc:
+            bad.append({"source_key": key, "reason": str(exc), "error_class": "bad_record",
+                        "study_id": rec.get("study_id") if isinstance(rec, dict) else None,
+                        "patient_id": rec.get("patient_id") if isinstance(rec, dict) else None})
+    return facts, bad
+
+
+def default_build_id(records_digest: str, config: InstructConfig, library: TemplateLibrary) -> str:
+    h = hashlib.sha256()
+    h.update(records_digest.encode())
+    h.update(_json({"mode": config.mode, "tasks": config.tasks, "seed": config.seed, "v": __version__}).encode())
+    for t in sorted(FAMILIES[x].template_id for x in config.tasks):
+        h.update(library.get(t)[1].sha256.encode())
+    return "build-" + h.hexdigest()[:16]
+
+
+def _records_digest(records: list[dict[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for r in records:
+        h.update(_json(r).encode() if isinstance(r, dict) else repr(r).encode())
+    return h.hexdigest()
+
+
+def quarantine_row(row: dict[str, Any], error_class: str, reasons: list[str]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if not k.startswith("_")}
+    out["source_key"] = row.get("id") or row.get("study_id")
+    out["reason"] = "; ".join(reasons) or error_class
+    out["error_class"] = error_class
+    return out
+
+
+def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Path, config: InstructConfig,
+                       kb=None, log: Callable[[str], None] | None = None, llm_client=None) -> dict[str, Any]:
+    """Generate, verify and write the instruction tables for ``studies``; returns the summary dict."""
+    from grok.knowledge import load_knowledge_base
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_studies(studies) if not isinstance(studies, list) else studies
+    kb = kb or load_knowledge_base()
+    lex = build_lexicon(kb)
+    lib = TemplateLibrary(config.templates_dir)
+    verifier = Verifier(lex, VerifyConfig(tolerance=config.tolerance))
+    gen = TemplateGenerator(lib, lex, verifier)
+    build_id = config.build_id or default_build_id(_records_digest(records), config, lib)
+    facts_list, bad = prepare(records, kb, lex)
+    skipped: Counter[str] = Counter()
+    per_task: Counter[str] = Counter()
+    per_mode: Counter[str] = Counter()
+    n_quarantined = len(bad)
+    summary: dict[str, Any] = {"out": str(out), "build_id": build_id, "mode": config.mode, "seed": config.seed,
+                               "tasks": list(config.tasks), "studies": len(records), "studies_used": len(facts_list),
+                               "studies_quarantined": len(bad)}
+    with open(out / "studies.jsonl", "w", encoding="utf-8") as fh:
+        used = {f.study_id for f in facts_list}
+        for rec in records:
+            if isinstance(rec, dict) and str(rec.get("study_id")) in used:
+                r = dict(rec)
+                if not isinstance(r.get("reasoning"), dict) or "findings" not in r["reasoning"]:
+                    from grok.knowledge import reason
+
+                    r["reasoning"] = reason({**r, "laterality": r["eye"]}, kb).to_dict()
+                fh.write(_json(r) + "\n")
+                used.discard(str(rec.get("study_id")))
+    llm_tasks = [t for t in config.tasks if config.mode == "llm" and FAMILIES[t].llm]
+    tpl_tasks = [t for t in config.tasks if t not in llm_tasks]
+    with TableWriter(out / "instructions.parquet", INSTRUCTIONS_SCHEMA) as ok_w, \
+            TableWriter(out / "quarantine.parquet", QUARANTINE_SCHEMA) as q_w:
+        for b in bad:
+            q_w.write(b)
+        for facts in facts_list:
+            for task in tpl_tasks:
+                fam = FAMILIES[task]
+                try:
+                    row = gen.verify(gen.render(facts, fam, config.seed, build_id), facts)
+                except Skip as exc:
+                    skipped[f"{task}: {exc}"] += 1
+                    continue
+                row.pop("_variant", None)
+                if row["verifier_passed"]:
+                    ok_w.write(row)
+                    per_task[task] += 1
+                    per_mode["template"] += 1
+                else:
+                    q_w.write(quarantine_row(row, "verification", row["verifier_reasons"]))
+                    n_quarantined += 1
+        if llm_tasks:
+            from grok.instruct.llm_mode import run_llm_build
+
+            with TableWriter(out / "failures.parquet", FAILURES_SCHEMA, batch_rows=500) as f_w:
+                llm_summary = run_llm_build(facts_list, llm_tasks, config, gen, build_id, ok_w, q_w, f_w,
+                                            cache_path=out / "llm_cache.sqlite", client=llm_client, log=log)
+            for task, n in llm_summary.pop("rows_per_task").items():
+                per_task[task] += n
+            per_mode["llm"] += llm_summary["rows"]
+            n_quarantined += llm_summary["quarantined"]
+            for k, n in llm_summary.pop("skipped").items():
+                skipped[k] += n
+            summary["llm"] = llm_summary
+        rows_written = ok_w.rows
+    elapsed = time.perf_counter() - t0
+    summary.update({
+        "rows": rows_written, "rows_per_task": dict(sorted(per_task.items())), "rows_per_mode": dict(per_mode),
+        "quarantined": n_quarantined, "skipped": dict(sorted(skipped.items())), "elapsed_s": round(elapsed, 3),
+        "instructions": str(out / "instructions.parquet"), "quarantine": str(out / "quarantine.parquet"),
+    })
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+    if log:
+        log(f"{rows_written} verified rows, {n_quarantined} quarantined, {sum(skipped.values())} skipped "
+            f"({elapsed:.1f} s) -> {out}")
+    return summary
