@@ -1,53 +1,56 @@
-"""``grok demo``: every stage that exists, end to end, on a small phantom archive.
+"""``grok demo``: the whole product end to end on a small phantom archive.
 
 Run as: grok demo [--out runs/demo] [--fresh]
 
-Needs no data and no network. Each stage writes under ``OUT`` and the summary says where.
+Phantom archive (7 subjects: every category, both eyes, DICOM OPT/OP with planted identifiers) ->
+the Prefect build flow (ingest, measure, label/reason, instruct/verify, contracts, publish) ->
+CPU smoke runs of the alignment and LoRA SFT jobs on the published version. Needs no data and no
+network; prints where the dataset, its card and the curator report are.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Phantom archive -> ingest (-> later stages as they land); returns a JSON-able summary."""
-    from grok.ingest.deid import DeidConfig
-    from grok.ingest.pipeline import IngestConfig, ingest
-    from grok.phantom.archive import PhantomConfig, write_phantom
-
-    out = Path(out)
-    summary: dict[str, Any] = {"out": str(out), "stages": {}, "failed_stages": []}
-    timings: dict[str, float] = {}
-
-    t = time.perf_counter()
-    archive = out / "phantom"
-    if not (archive / "truth" / "truth.jsonl").exists():
-        log(f"[bold]1/2 phantom[/]: {subjects} subjects -> {archive}")
-        ph = write_phantom(PhantomConfig(subjects=subjects, seed=seed, workers=2), archive)
-    else:
-        log(f"[bold]1/2 phantom[/]: reusing {archive}")
-        ph = {"out": str(archive), "reused": True}
-    timings["phantom"] = time.perf_counter() - t
-    summary["stages"]["phantom"] = {"archive": str(archive / "dicom"), "cohort": str(archive / "cohort.csv"),
-                                    "subjects": ph.get("subjects")}
-
-    t = time.perf_counter()
-    log(f"[bold]2/2 ingest[/]: {archive / 'dicom'} -> {out / 'ingest'}")
-    res = ingest(str(archive / "dicom"), out / "ingest", IngestConfig(deid=DeidConfig(key="grok-demo")))
-    timings["ingest"] = time.perf_counter() - t
-    summary["stages"]["ingest"] = {
-        "manifest": str(out / "ingest" / "manifest.parquet"),
-        "studies": str(out / "ingest" / "studies.parquet"),
-        "quarantine": str(out / "ingest" / "quarantine.parquet"),
-        "files_seen": res.files_seen, "files_ingested": res.files_ingested,
-        "files_quarantined": res.files_quarantined, "files_skipped": res.files_skipped,
-        "images": res.images, "studies": res.studies, "paired_studies": res.paired_studies,
+def demo_config(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True) -> dict[str, Any]:
+    out = Path(out).resolve()
+    return {
+        "work_dir": str(out / "build"),
+        "source": {"phantom": {"subjects": subjects, "seed": seed, "circle_scans": True}},
+        "measure": {"shard_size": 4},
+        "instruct": {"mode": "template", "seed": seed},
+        "publish": {"name": "grok-phantom", "registry": str(out / "registry"), "bump": "minor",
+                    "split_ratios": [0.6, 0.2, 0.2]},
+        "train": {"jobs": ["align", "sft"] if train else [], "profile": "cpu_smoke", "via": "inline",
+                  "overrides": {"align": ["batch_size=8"], "sft": ["max_length=2048"]}},
     }
-    if res.images == 0:
-        summary["failed_stages"].append("ingest")
-    summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    return summary
+
+
+def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the build flow on a phantom archive; returns a JSON-able summary."""
+    from grok.build.config import BuildConfig
+    from grok.cli.build_cmd import prefect_env
+
+    prefect_env()
+    from flows.build import build_dataset
+
+    cfg = BuildConfig.model_validate(demo_config(out, subjects=subjects, seed=seed, train=train))
+    log(f"[bold]grok demo[/]: phantom ({subjects} subjects) -> ingest -> measure -> label/reason -> instruct/verify "
+        f"-> contracts -> publish{' -> train (CPU smoke)' if train else ''}; work folder {cfg.work_dir}")
+    res = build_dataset(config=cfg.model_dump(mode="json"))
+    stages = {s["stage"]: {k: s[k] for k in ("n_in", "n_out", "n_quarantined")} | {"seconds": round(s["seconds"], 1)}
+              for s in res["stages"]}
+    training = {}
+    for t in res.get("training", []):
+        d = t.get("details", {})
+        training[t["stage"]] = {"run_dir": t["outputs"].get("run_dir"), "seconds": round(t["seconds"], 1),
+                                **{k: d[k] for k in ("first_train_loss", "last_train_loss", "chance_r5") if k in d}}
+        if "final" in d:
+            training[t["stage"]]["validation"] = d["final"]
+    return {"dataset": res["dataset"], "fingerprint": res["fingerprint"], "registry": str(Path(out).resolve() / "registry"),
+            "card": res["outputs"]["card"], "curator_report": res["outputs"]["report"], "stages": stages,
+            "training": training, "failed_stages": []}

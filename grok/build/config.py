@@ -58,7 +58,7 @@ class MeasureSettings(_M):
 class LlmSettings(_M):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint (vLLM, a hosted API).")
     model: str = Field("Qwen/Qwen2-VL-7B-Instruct", description="Model name the server expects.")
-    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never stored).")
+    api_key_env: str = Field("GROK_LLM_API_KEY", description="Environment variable holding the API key (never stored).")
     concurrency: int = Field(16, ge=1, description="Requests in flight per worker.")
     requests_per_second: float = Field(10.0, gt=0, description="Global rate limit across the build.")
     timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
@@ -73,6 +73,7 @@ class InstructSettings(_M):
     tasks: list[str] | None = Field(None, description="Task families to generate (default: all).")
     seed: int = Field(0, description="Seed for phrasing choices.")
     shard_size: int = Field(64, ge=1, description="Study records per instruct task.")
+    templates_dir: str | None = Field(None, description="Your own templates folder (default: the bundled templates/).")
     llm: LlmSettings = Field(default_factory=LlmSettings)
 
 
@@ -168,6 +169,7 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Build
     cfg.source.cohort = _resolve(base, cfg.source.cohort)
     cfg.publish.registry = _resolve(base, cfg.publish.registry)
     cfg.publish.deny_list = _resolve(base, cfg.publish.deny_list)
+    cfg.instruct.templates_dir = _resolve(base, cfg.instruct.templates_dir)
     if cfg.knowledge_base:
         cfg.knowledge_base = [_resolve(base, k) for k in cfg.knowledge_base]
     return cfg

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -48,11 +47,13 @@ def _instruct_config(cfg: BuildConfig):
         from grok.instruct.llm import LLMConfig
 
         l = s.llm
-        llm = LLMConfig(base_url=l.base_url, model=l.model, api_key=os.environ.get(l.api_key_env),
+        # the key is read from the environment by the client, never copied into config or rows
+        llm = LLMConfig(base_url=l.base_url, model=l.model, api_key_env=l.api_key_env,
                         concurrency=l.concurrency, requests_per_second=l.requests_per_second, timeout_s=l.timeout_s,
                         max_attempts=l.max_attempts, temperature=l.temperature, max_tokens=l.max_tokens,
-                        send_images=l.send_images, cache_path=str(work(cfg) / "llm_cache.sqlite"))
-    kw: dict[str, Any] = dict(mode=s.mode, seed=s.seed, build_id=build_id(cfg), llm=llm)
+                        send_images=l.send_images, image_root=str(work(cfg)))
+    kw: dict[str, Any] = dict(mode=s.mode, seed=s.seed, build_id=build_id(cfg), llm=llm,
+                              templates_dir=s.templates_dir)
     if s.tasks:
         kw["tasks"] = tuple(s.tasks)
     return InstructConfig(**kw)

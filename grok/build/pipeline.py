@@ -114,9 +114,14 @@ def stage_ingest(cfg: BuildConfig, archive: str) -> StageReport:
     return _check_yield(rep, cfg)
 
 
+#: Config sections that change the generated rows (publishing and training settings do not).
+DATA_SECTIONS = ("source", "knowledge_base", "deid", "measure", "instruct")
+
+
 def build_id(cfg: BuildConfig) -> str:
-    """Content hash of the config and the ingested manifest (stable across resumes)."""
-    h = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    """Content hash of the data-shaping config sections and the ingested manifest (stable across resumes)."""
+    dump = cfg.model_dump(mode="json")
+    h = hashlib.sha256(json.dumps({k: dump[k] for k in DATA_SECTIONS}, sort_keys=True).encode())
     m = work(cfg) / "ingest" / "manifest.parquet"
     if m.exists():
         h.update(m.read_bytes())

@@ -111,6 +111,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for everything the demo writes."),
     subjects: int = typer.Option(7, "--subjects", "-n", help="Phantom subjects (7 covers every category)."),
     seed: int = typer.Option(0, "--seed"),
+    train: bool = typer.Option(True, "--train/--no-train", help="Run the CPU smoke training jobs at the end."),
     fresh: bool = typer.Option(False, "--fresh", help="Delete OUT first."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
@@ -120,7 +121,7 @@ def demo(
     if fresh and out.exists():
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    summary = run_demo(out, subjects=subjects, seed=seed, log=lambda m: console.print(m, highlight=False))
+    summary = run_demo(out, subjects=subjects, seed=seed, train=train, log=lambda m: console.print(m, highlight=False))
     summary["elapsed_s"] = round(time.perf_counter() - t0, 1)
     if as_json:
         print_json(summary)

@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring over grok.build (the library never imports Prefect)."""

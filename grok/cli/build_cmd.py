@@ -1,0 +1,107 @@
+"""``grok build CONFIG`` (the Prefect flow) and ``grok publish BUILD_DIR`` (publication alone)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from grok.cli._common import ExitCode, console, fail, print_json
+
+#: Quiet, patient Prefect defaults for small machines (the user's environment wins).
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_API_SERVICES_SCHEDULER_ENABLED": "false",
+    "PREFECT_API_SERVICES_LATE_RUNS_ENABLED": "false",
+    "PREFECT_API_SERVICES_FOREMAN_ENABLED": "false",
+    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+}
+
+
+def prefect_env() -> None:
+    for k, v in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+def build_cmd(
+    config: Path = typer.Argument(..., help="Build config YAML (see configs/phantom_demo.yaml)."),
+    dask: bool = typer.Option(False, "--dask", help="Run measure/instruct on a Dask cluster (runner.* settings)."),
+    dask_address: str = typer.Option(None, "--dask-address", help="Existing Dask scheduler, e.g. tcp://host:8786."),
+    no_prefect: bool = typer.Option(False, "--no-prefect", help="Call the stages directly, without Prefect."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Build, validate and publish a dataset (and trigger training) from CONFIG.
+
+    The config is validated before anything runs; a broken one exits 2 naming the field and the fix.
+    """
+    from grok.build.config import ConfigError, load_config
+
+    try:
+        overrides = {}
+        if dask or dask_address:
+            overrides["runner"] = {"kind": "dask", **({"dask_address": dask_address} if dask_address else {})}
+        cfg = load_config(config, overrides)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.USAGE)
+    from grok.build.pipeline import StageFailed
+    from grok.publish import PublishError
+
+    try:
+        if no_prefect:
+            from grok.build.pipeline import run_build
+
+            reports = run_build(cfg)
+            result = {"stages": [r.to_dict() for r in reports]}
+            pub = next(r for r in reports if r.stage == "publish")
+            result.update(dataset=pub.outputs["dataset"], outputs=pub.outputs)
+        else:
+            prefect_env()
+            from flows.build import with_runner
+
+            result = with_runner(cfg)(config=cfg.model_dump(mode="json"))
+    except (StageFailed, PublishError) as exc:
+        fail(str(exc), ExitCode.FAILED)
+    if as_json:
+        print_json(result)
+    else:
+        out = result["outputs"]
+        console.print(f"[green]published[/] {result['dataset']}\n  folder: {out['path']}\n  card:   {out['card']}\n"
+                      f"  report: {out['report']}")
+
+
+def publish_cmd(
+    build_dir: Path = typer.Argument(..., help="A finished build folder."),
+    name: str = typer.Option(..., "--name", help="Dataset name in the registry."),
+    version: str = typer.Option(None, "--version", help="Explicit X.Y.Z (default: bump the latest)."),
+    bump: str = typer.Option("minor", "--bump", help="major | minor | patch."),
+    registry: str = typer.Option(None, "--registry", help="Registry root (folder or fsspec URL)."),
+    deny_list: Path = typer.Option(None, "--deny-list", help="JSON list of identifier strings that must not appear."),
+    hub_repo: str = typer.Option(None, "--hub-repo", help="Also push to this Hugging Face Hub dataset repo."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Validate the contracts, split, dedup and publish BUILD_DIR as NAME@VERSION (atomic)."""
+    from grok.publish import PublishConfig, PublishError, publish_build
+    from grok.registry import RegistryError
+
+    deny = json.loads(deny_list.read_text()) if deny_list else []
+    try:
+        res = publish_build(build_dir, PublishConfig(name=name, version=version, bump=bump, registry=registry,
+                                                     deny_list=deny, hub_repo=hub_repo))
+    except ValueError as exc:
+        if isinstance(exc, RegistryError):
+            fail(str(exc), ExitCode.FAILED)
+        fail(str(exc), ExitCode.USAGE)
+    except PublishError as exc:
+        fail(str(exc), ExitCode.FAILED)
+    if as_json:
+        print_json(res.to_dict())
+    else:
+        console.print(f"[green]published[/] {res.name}@{res.version} ({res.fingerprint[:12]}) -> {res.path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build_cmd)
+    app.command("publish")(publish_cmd)

@@ -1,0 +1,196 @@
+"""End-to-end build on a small phantom: every stage accounts for its rows, publishing is versioned,
+immutable and gated by the contracts, and the published version loads three ways."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from grok.build.config import BuildConfig, ConfigError, load_config
+from grok.build.pipeline import run_build
+
+SMALL_PHANTOM = {"subjects": 7, "seed": 1, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
+                 "cfp_size": 384, "circle_scans": True}
+
+
+def small_config(tmp: Path, **over) -> dict:
+    cfg = {
+        "work_dir": str(tmp / "build"),
+        "source": {"phantom": SMALL_PHANTOM},
+        "measure": {"shard_size": 5},
+        "instruct": {"mode": "template", "seed": 0, "shard_size": 6},
+        "publish": {"name": "small", "registry": str(tmp / "registry"), "split_ratios": [0.6, 0.2, 0.2]},
+    }
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("build")
+    cfg = BuildConfig.model_validate(small_config(tmp))
+    reports = {r.stage: r for r in run_build(cfg)}
+    return tmp, cfg, reports
+
+
+def _tree_digest(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_every_stage_accounts_for_its_rows(built):
+    tmp, cfg, rep = built
+    assert rep["ingest"].n_in == rep["ingest"].n_out + rep["ingest"].n_quarantined
+    assert rep["measure"].n_in == 14 and rep["measure"].n_out + rep["measure"].n_quarantined == 14
+    assert rep["records"].n_in == rep["records"].n_out + rep["records"].n_quarantined
+    ins = pq.read_table(Path(cfg.work_dir) / "instructions.parquet").num_rows
+    q = pq.read_table(Path(cfg.work_dir) / "instructions_quarantine.parquet").num_rows
+    assert rep["instruct"].n_out == ins and rep["instruct"].n_quarantined == q and ins > 0
+    pub = rep["publish"]
+    counts = pub.details["counts"]
+    published = sum(n for c, splits in counts["published"].items() if c != "alignment" for n in splits.values())
+    assert counts["instructions_in"] == published + counts["duplicates_removed"] + counts["failed_verification_excluded"]
+
+
+def test_published_version_loads_three_ways(built):
+    tmp, cfg, rep = built
+    from grok.registry import load, resolve
+
+    spec = rep["publish"].outputs["dataset"]
+    assert spec == "small@0.1.0"
+    info = resolve(spec, cfg.publish.registry)
+    ds = load(spec, "instructions", "train", registry=cfg.publish.registry)
+    assert len(ds) > 0 and ds[0]["images"] and ds[0]["messages"][-1]["role"] == "assistant"
+    assert ds[0]["messages"][0]["content"].count("<image>") == len(ds[0]["images"])
+    plain = datasets.load_dataset(info["path"], "benchmark", split="test")
+    assert len(plain) > 0
+    al = datasets.load_dataset(info["path"], "alignment", split="train")
+    assert len(al[0]["biomarker_values"]) == 31
+    out = subprocess.run([sys.executable, "-m", "grok", "datasets", "pull", spec, "--registry",
+                          cfg.publish.registry, "--out", str(tmp / "pulled"), "--json"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["fingerprint"] == info["fingerprint"]
+    assert len(datasets.load_dataset(str(tmp / "pulled"), "instructions", split="validation")) >= 0
+    # patients never cross splits
+    pids = {s: set(load(spec, c, s, registry=cfg.publish.registry)["patient_id"])
+            for c, s in (("instructions", "train"), ("instructions", "validation"), ("benchmark", "test"))}
+    assert not (pids["train"] & pids["test"]) and not (pids["train"] & pids["validation"])
+
+
+def test_card_and_report(built):
+    tmp, cfg, rep = built
+    path = Path(rep["publish"].outputs["path"])
+    card = (path / "README.md").read_text()
+    assert card.startswith("---\n") and "configs:" in card and "## Data contracts" in card
+    report = (path / "report" / "index.html").read_text()
+    assert report.count('class="row"') >= 6
+    for src in __import__("re").findall(r'src="([^"]+)"', report):
+        assert (path / "report" / src).is_file()
+    planted = json.loads((Path(cfg.work_dir) / "phantom" / "truth" / "planted_identifiers.json").read_text())
+    for f in path.rglob("*"):
+        if f.is_file() and f.suffix in (".md", ".html", ".json"):
+            text = f.read_text()
+            assert not any(p in text for p in planted), f
+
+
+def test_changed_template_publishes_new_version_old_untouched(built, tmp_path):
+    tmp, cfg, rep = built
+    from grok.build.instruct_stage import stage_instruct
+    from grok.build.pipeline import stage_publish
+    from grok.instruct.templating import templates_dir
+
+    v1 = Path(rep["publish"].outputs["path"])
+    before = _tree_digest(v1)
+    mine = tmp_path / "templates"
+    shutil.copytree(templates_dir(), mine)
+    diag = mine / "instruct" / "diagnosis.j2"
+    diag.write_text(diag.read_text() + "\n{# local edit: a changed template #}\n")
+    cfg2 = BuildConfig.model_validate({**cfg.model_dump(mode="json"),
+                                       "instruct": {**cfg.instruct.model_dump(mode="json"), "templates_dir": str(mine)}})
+    stage_instruct(cfg2)
+    pub = stage_publish(cfg2, str(Path(cfg.work_dir) / "phantom" / "truth" / "planted_identifiers.json"))
+    assert pub.outputs["dataset"] == "small@0.2.0"
+    assert pub.details["fingerprint"] != rep["publish"].details["fingerprint"]
+    assert _tree_digest(v1) == before
+
+
+def test_planted_identifier_blocks_publication(built, tmp_path):
+    tmp, cfg, rep = built
+    from grok.publish import PublishConfig, PublishError, publish_build
+
+    work = tmp_path / "b"
+    shutil.copytree(cfg.work_dir, work, ignore=shutil.ignore_patterns("phantom", "contracts"))
+    planted = json.loads((Path(cfg.work_dir) / "phantom" / "truth" / "planted_identifiers.json").read_text())
+    t = pq.read_table(work / "instructions.parquet").to_pandas()
+    msgs = list(t.loc[0, "messages"])
+    msgs[-1] = {"role": "assistant", "content": msgs[-1]["content"] + f" Seen by {planted[0]}."}
+    t.at[0, "messages"] = msgs
+    t.to_parquet(work / "instructions.parquet")
+    with pytest.raises(PublishError, match="contracts failed"):
+        publish_build(work, PublishConfig(name="small", registry=str(tmp_path / "reg"), deny_list=planted))
+    assert not (tmp_path / "reg" / "small").exists() or not any((tmp_path / "reg" / "small").glob("[0-9]*"))
+
+
+def test_overlapping_patient_blocks_publication(built, tmp_path, monkeypatch):
+    tmp, cfg, rep = built
+    import grok.publish as pub
+
+    real = pub.prepare
+
+    def leaky(build_dir, c):
+        prep = real(build_dir, c)
+        ins = prep["instructions"]
+        pid = ins[ins.split == "train"].patient_id.iloc[0]
+        ins.loc[ins.index[(ins.patient_id == pid).to_numpy()][:1], "split"] = "test"
+        return prep
+
+    monkeypatch.setattr(pub, "prepare", leaky)
+    with pytest.raises(pub.PublishError, match="splits_per_patient_id"):
+        pub.publish_build(Path(cfg.work_dir), pub.PublishConfig(name="small", registry=str(tmp_path / "reg")))
+
+
+def test_half_written_build_refused(built, tmp_path):
+    tmp, cfg, rep = built
+    from grok.publish import PublishConfig, PublishError, publish_build
+
+    work = tmp_path / "half"
+    shutil.copytree(cfg.work_dir, work, ignore=shutil.ignore_patterns("phantom", "contracts", "media"))
+    (work / "build.json").write_text(json.dumps({"complete": False, "last_stage": "measure"}))
+    with pytest.raises(PublishError, match="not complete"):
+        publish_build(work, PublishConfig(name="small", registry=str(tmp_path / "reg")))
+    (work / "build.json").unlink()
+    (work / "instructions.parquet").unlink()
+    with pytest.raises(PublishError, match="missing instructions.parquet"):
+        publish_build(work, PublishConfig(name="small", registry=str(tmp_path / "reg")))
+
+
+def test_broken_config_names_field(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("work_dir: x\nsource: {phantom: {subjects: 0}}\npublish: {name: n, split_ratio: [1, 0, 0]}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "source.phantom.subjects" in msg and "publish.split_ratio" in msg and "unknown key" in msg
+
+
+def test_everything_quarantined_stops_before_publish(tmp_path):
+    from grok.build.pipeline import StageFailed
+
+    src = tmp_path / "junk"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}.dcm").write_bytes(b"not dicom at all" * 10)
+    cfg = BuildConfig.model_validate(small_config(tmp_path, source={"archive": str(src), "phantom": None}))
+    with pytest.raises(StageFailed, match="stage ingest"):
+        run_build(cfg)
+    assert json.loads((Path(cfg.work_dir) / "build.json").read_text())["complete"] is False
+    assert not (tmp_path / "registry").exists()
