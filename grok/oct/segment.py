@@ -1,0 +1,437 @@
+"""Nine-boundary layer segmentation of OCT B-scans by dynamic programming over edge costs.
+
+The method follows the spirit of Chiu et al. (2010): each boundary is the minimum-cost left-to-right
+path through a cost image built from the vertical intensity gradient of the right polarity
+(dark-to-light or light-to-dark going down), found in a fixed, robust order inside a band set by the
+boundaries already found, with a smoothness penalty on the path's deviation from the slope of a
+reference curve fitted to the RPE (implicit flattening). Steps:
+
+1. Normalise (robust percentiles; a linear-intensity export is 4th-root compressed first), replace
+   NaN/inf, smooth anisotropically in physical units (about 5 um axially, 30 um laterally).
+2. Rough retina: the first row above a threshold (rough ILM), the brightest band below it (rough RPE);
+   both feed the bands, and the rough RPE's slope the smoothness reference.
+3. DP paths, sub-pixel refined (parabola through the edge strength) in this order: ILM (d->l), RPE
+   inner edge (d->l, top of the brightest band), RPE outer edge (l->d), EZ (d->l, strongest above the
+   RPE), BM (l->d, near a lower envelope of the RPE outer edge so drusen and PED that lift the RPE
+   leave BM in place), ELM (d->l above the EZ), OPL_ONL (l->d), INL_OPL (d->l), IPL_INL (l->d),
+   RNFL_GCL (l->d); then the choroid-sclera interface (l->d on a heavily smoothed image).
+4. Order is enforced (ILM <= RNFL_GCL <= ... <= BM). Columns without signal, and the ILM where the
+   retina is cut off at the top, are NaN with a flag.
+
+Edge strengths are capped at a high percentile so that a very dark fluid pocket does not pull a
+boundary more than a normal layer edge does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+from scipy import ndimage
+
+from grok.ids import BOUNDARIES
+
+_I = {name: i for i, name in enumerate(BOUNDARIES)}
+
+
+@dataclass
+class BscanSegmentation:
+    """Result of :func:`segment_bscan`.
+
+    Unpacks as ``boundaries, flags = segment_bscan(...)``.
+    """
+
+    boundaries: np.ndarray  #: (9, cols) float32 rows in pixels from the top; NaN where not found
+    flags: dict[str, str]  #: quality flag -> reason (empty when nothing was noticed)
+    choroid_sclera: np.ndarray  #: (cols,) float32 row of the choroid-sclera interface (NaN if not found)
+    image: np.ndarray | None = field(default=None, repr=False)  #: (rows, cols) float16 normalised smoothed image
+    fine: np.ndarray | None = field(default=None, repr=False)  #: (rows, cols) float16 3 x 3 averaged, retina rows
+
+    def __iter__(self):
+        yield self.boundaries
+        yield self.flags
+
+    def to_dict(self) -> dict:
+        return {
+            "boundaries": {name: self.boundaries[k] for k, name in enumerate(BOUNDARIES)},
+            "choroid_sclera": self.choroid_sclera,
+            "flags": dict(self.flags),
+        }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compiled kernels
+# ----------------------------------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True)
+def _dp_path(cost, lo, hi, dexp, max_jump, penalty, ref, ref_w):
+    """Minimum-cost path, one row per column, ``lo[c] <= row <= hi[c]``.
+
+    cost : (rows, cols) float32, lower is better
+    dexp : (cols,) expected row change from column c-1 to c (slope of the reference curve)
+    ref, ref_w : an extra cost ``ref_w * |row - ref[c]|`` (pull towards a reference row; ref_w = 0: none)
+    """
+    rows, cols = cost.shape
+    inf = 1e30
+    prev = np.full(rows, inf)
+    cur = np.full(rows, inf)
+    back = np.zeros((rows, cols), np.int32)
+    for r in range(lo[0], hi[0] + 1):
+        prev[r] = cost[r, 0] + ref_w * abs(r - ref[0])
+    for c in range(1, cols):
+        d0 = dexp[c]
+        plo, phi = lo[c - 1], hi[c - 1]
+        for r in range(lo[c], hi[c] + 1):
+            centre = int(round(r - d0))
+            best = inf
+            arg = -1
+            a = max(plo, centre - max_jump)
+            b = min(phi, centre + max_jump)
+            for rp in range(a, b + 1):
+                v = prev[rp] + penalty * abs(r - rp - d0)
+                if v < best:
+                    best = v
+                    arg = rp
+            if arg < 0:  # bands do not overlap here: join the nearest row of the previous band
+                rp = min(max(centre, plo), phi)
+                best = prev[rp] + penalty * abs(r - rp - d0)
+                arg = rp
+            cur[r] = best + cost[r, c] + ref_w * abs(r - ref[c])
+            back[r, c] = arg
+        for r in range(plo, phi + 1):
+            prev[r] = inf
+        for r in range(lo[c], hi[c] + 1):
+            prev[r] = cur[r]
+            cur[r] = inf
+    path = np.empty(cols, np.int64)
+    best = inf
+    arg = lo[cols - 1]
+    for r in range(lo[cols - 1], hi[cols - 1] + 1):
+        if prev[r] < best:
+            best = prev[r]
+            arg = r
+    path[cols - 1] = arg
+    for c in range(cols - 1, 0, -1):
+        path[c - 1] = back[path[c], c]
+    return path
+
+
+@numba.njit(cache=True, nogil=True)
+def _subpixel(edge, path, climb):
+    """Move each row up to ``climb`` px uphill on the edge strength, then to the vertex of a parabola
+    through the three samples around the local maximum (offset clamped to +-0.5 px)."""
+    rows, cols = edge.shape
+    out = np.empty(cols, np.float64)
+    for c in range(cols):
+        r = path[c]
+        for _ in range(climb):
+            if 1 <= r < rows - 1:
+                if edge[r - 1, c] > edge[r, c] and edge[r - 1, c] >= edge[r + 1, c]:
+                    r -= 1
+                elif edge[r + 1, c] > edge[r, c]:
+                    r += 1
+                else:
+                    break
+        out[c] = r
+        if 1 <= r < rows - 1:
+            a, b, d = edge[r - 1, c], edge[r, c], edge[r + 1, c]
+            den = a - 2.0 * b + d
+            if b >= a and b >= d and den < 0:
+                off = 0.5 * (a - d) / den
+                out[c] = r + min(0.5, max(-0.5, off))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Per-B-scan arrays shared by the boundary searches."""
+
+    def __init__(self, rows: int, cols: int, gp, gn, cost_p, cost_n, dexp):
+        self.rows, self.cols = rows, cols
+        self.gp, self.gn = gp, gn  # fine edge strengths (little axial smoothing) for sub-pixel refinement
+        self.cost_p, self.cost_n = cost_p, cost_n
+        self.dexp = dexp
+        self.zero = np.zeros(cols)
+
+    def find(self, polarity: int, lo, hi, *, jump: int = 2, penalty: float = 0.1, ref=None, ref_w: float = 0.0,
+             climb: int = 1):
+        """Best path of ``polarity`` (+1 dark->light, -1 light->dark) with ``lo <= row <= hi`` per column."""
+        lo_i = np.clip(np.floor(np.nan_to_num(lo, nan=1.0)), 1, self.rows - 2).astype(np.int64)
+        hi_i = np.clip(np.ceil(np.nan_to_num(hi, nan=self.rows - 2.0)), 1, self.rows - 2).astype(np.int64)
+        hi_i = np.maximum(hi_i, lo_i)
+        cost, edge = (self.cost_p, self.gp) if polarity > 0 else (self.cost_n, self.gn)
+        r = self.zero if ref is None else np.nan_to_num(np.asarray(ref, np.float64), nan=0.0)
+        path = _dp_path(cost, lo_i, hi_i, self.dexp, jump, penalty, r, ref_w if ref is not None else 0.0)
+        return _subpixel(edge, path, climb)
+
+
+def _smooth_odd(y: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing with point-symmetric padding, so a linear trend at either end is preserved."""
+    pad = int(min(len(y) - 1, max(1, round(3 * sigma))))
+    if pad < 1:
+        return y.astype(np.float64)
+    left = 2 * y[0] - y[pad:0:-1]
+    right = 2 * y[-1] - y[-2 : -pad - 2 : -1]
+    z = ndimage.gaussian_filter1d(np.concatenate([left, y, right]).astype(np.float64), sigma, mode="nearest")
+    return z[pad : pad + len(y)]
+
+
+def _box(sigma: float) -> int:
+    """Odd box width with the standard deviation of a Gaussian of ``sigma`` pixels."""
+    return int(round(math.sqrt(12.0 * sigma * sigma + 1.0))) | 1
+
+
+def _lower_envelope(y: np.ndarray, sigma: float, iters: int = 12, tol: float = 2.0) -> np.ndarray:
+    """Smooth curve under ``y`` (rows grow downwards, so 'under' = larger rows) ignoring local elevations.
+
+    Points above (smaller row than) the smoothed curve by more than ``tol`` are replaced by the curve,
+    and the smoothing is repeated, so drusen and PED (which lift the RPE) are bridged.
+    """
+    cur = y.astype(np.float64).copy()
+    for _ in range(iters):
+        s = _smooth_odd(cur, sigma)
+        cur = np.where(y < s - tol, s, y)
+    return _smooth_odd(cur, sigma / 3)
+
+
+def _nan_result(rows: int, cols: int, flags: dict[str, str], image=None) -> BscanSegmentation:
+    return BscanSegmentation(
+        np.full((len(BOUNDARIES), cols), np.nan, np.float32), flags, np.full(cols, np.nan, np.float32), image
+    )
+
+
+def prepare_bscan(bscan: np.ndarray) -> tuple[np.ndarray | None, dict[str, str]]:
+    """Normalise a B-scan to float32 in about [0, 1] and report problems.
+
+    Returns ``(image or None, flags)``; None means nothing can be segmented (the flags say why).
+    """
+    flags: dict[str, str] = {}
+    a = np.asarray(bscan)
+    if a.ndim != 2:
+        raise ValueError(f"a B-scan must be a (rows, cols) array, got shape {a.shape}")
+    if a.shape[0] < 64 or a.shape[1] < 16:
+        raise ValueError(f"B-scan of shape {a.shape} is too small to segment (need >= 64 rows, >= 16 columns)")
+    a = a.astype(np.float32, copy=True)
+    finite = np.isfinite(a)
+    n_bad = int(a.size - np.count_nonzero(finite))
+    if n_bad:
+        if n_bad > 0.5 * a.size:
+            flags["non_finite_pixels"] = f"{n_bad} of {a.size} pixels are NaN/inf"
+            return None, flags
+        fill = float(np.percentile(a[finite], 5))
+        a[~finite] = fill
+        flags["non_finite_pixels"] = f"{n_bad} NaN/inf pixels replaced by the background level"
+    sub = a[::3, ::3]
+    p1, p50, p997 = np.percentile(sub, [1, 50, 99.7])
+    if not p997 - p1 > 1e-6 * max(1.0, abs(float(p997))):
+        flags["constant_bscan"] = "the B-scan has (almost) no contrast"
+        return None, flags
+    if (p50 - p1) / (p997 - p1) < 0.02 and a.min() >= 0:
+        # linear (un-compressed) intensities, e.g. raw vendor floats: compress like the devices do
+        a = np.power(a - a.min(), 0.25, dtype=np.float32)
+        p1, p997 = np.percentile(a[::3, ::3], [1, 99.7])
+        flags["linear_intensity"] = "intensities looked linear; 4th-root compressed before segmentation"
+    a -= np.float32(p1)
+    a *= np.float32(1.0 / (p997 - p1))
+    np.clip(a, -0.2, 1.2, out=a)
+    return a, flags
+
+
+def segment_bscan(
+    bscan: np.ndarray, axial_um: float = 3.87, lateral_um: float = 11.7, *, keep_image: bool = False
+) -> BscanSegmentation:
+    """Segment the nine boundaries ``grok.ids.BOUNDARIES`` of one B-scan.
+
+    bscan : (rows, cols) ndarray, intensities as exported (uint8/uint16/float; NaN/inf tolerated)
+    axial_um, lateral_um : pixel spacing in micrometres (sets the smoothing and band sizes)
+    keep_image : keep the normalised smoothed image on the result (lesion detection uses it)
+
+    Returns a :class:`BscanSegmentation`; rows are floats in pixels from the top, NaN where a boundary
+    was not found, and ``flags`` names every problem seen (``constant_bscan``, ``non_finite_pixels``,
+    ``no_retina``, ``retina_cut_off_top``, ``low_signal_columns``, ``extreme_tilt``, ...).
+    """
+    for name, v in (("axial_um", axial_um), ("lateral_um", lateral_um)):
+        if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive pixel spacing in micrometres, got {v!r}; "
+                             "pass it from the scan header or --spacing-um")
+    img, flags = prepare_bscan(bscan)
+    rows, cols = np.shape(bscan)
+    if img is None:
+        return _nan_result(rows, cols, flags)
+    um = 1.0 / axial_um  # pixels per micrometre, axially
+    # one lateral box pass (~30 um sigma) shared by the fine (s0) and the working (s1) images; large
+    # smoothing for the rough estimates (s2) is a box filter too: O(1) per pixel whatever its size
+    lat = ndimage.uniform_filter1d(img, _box(max(1.0, 30.0 / lateral_um)), axis=1, mode="nearest")
+    s1 = ndimage.gaussian_filter1d(lat, max(0.8, 5.0 * um), axis=0, mode="nearest", truncate=3.0)
+    s0 = ndimage.gaussian_filter1d(lat, 0.6, axis=0, mode="nearest", truncate=3.0)
+    s2 = ndimage.uniform_filter(s1, (_box(max(1.5, 12.0 * um)), _box(max(3.0, 90.0 / lateral_um))), mode="nearest")
+
+    # ---- rough retina -------------------------------------------------------------------------
+    sub2 = s2[::2, ::2]
+    bg, fg = np.percentile(sub2, [5, 99.5])
+    if fg - bg < 0.05:
+        flags["no_retina"] = "no bright retinal band found"
+        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+    thr = bg + 0.35 * (fg - bg)
+    above = s2 > thr
+    has = above.any(axis=0)
+    ilm_r = np.argmax(above, axis=0).astype(np.float64)
+    rr = np.arange(rows)[:, None]
+    s_lat = ndimage.uniform_filter1d(s1, max(3, int(100.0 / lateral_um)), axis=1, mode="nearest")
+    # brightest band below the inner retina, mildly preferring deeper rows: near the disc the RNFL can be
+    # as bright as the RPE, but it is never the deepest bright band
+    depth = (rr - ilm_r[None, :]) * (axial_um / 250.0)
+    deep = depth >= 80.0 / 250.0
+    # vessel shadows: in a log-like image a shadow subtracts a constant below the vessel; remove the
+    # column offset relative to the neighbourhood so a shadowed RPE still wins
+    col_mean = np.where(deep, s1, 0.0).sum(axis=0) / np.maximum(deep.sum(axis=0), 1)
+    base = ndimage.median_filter(col_mean, size=max(5, int(400.0 / lateral_um)) | 1, mode="nearest")
+    offset = np.minimum(col_mean - base, 0.0)
+    masked = np.where(deep, (s_lat - offset[None, :]) * (1.0 + 0.3 * np.minimum(depth, 1.0)), -np.inf)
+    rpe_r = np.argmax(masked, axis=0).astype(np.float64)
+    col_peak = s2[rpe_r.astype(int), np.arange(cols)]
+    low = ~has | (col_peak < bg + 0.25 * (fg - bg))
+    if low.mean() > 0.7:
+        flags["no_retina"] = "fewer than 30% of the columns show a retina"
+        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+    good = ~low
+    xs = np.arange(cols)
+    ilm_r = np.interp(xs, xs[good], ilm_r[good])
+    rpe_r = np.interp(xs, xs[good], rpe_r[good])
+    rpe_r = ndimage.median_filter(rpe_r, size=max(3, int(60.0 / lateral_um)) | 1, mode="nearest")
+    thick_um = float(np.median(rpe_r - ilm_r)) * axial_um
+    if not (60.0 <= thick_um <= 1500.0):
+        flags["not_oct_like"] = f"ILM-to-RPE distance {thick_um:.0f} um is not that of a retina"
+        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+    if low.any():
+        flags["low_signal_columns"] = f"{int(low.sum())} columns without usable signal are NaN"
+    ref = _lower_envelope(rpe_r, sigma=max(5.0, 600.0 / lateral_um), iters=4, tol=8.0)
+    dexp = np.concatenate([[0.0], np.diff(ref)])
+    slope_px_per_mm = np.abs(np.diff(ref)).mean() / (lateral_um * 1e-3) if cols > 1 else 0.0
+    if slope_px_per_mm * axial_um > 150.0:  # > ~150 um of depth per mm across: ~8.5 degrees mean tilt
+        flags["extreme_tilt"] = f"retina tilted by {slope_px_per_mm * axial_um:.0f} um per mm on average"
+
+    # ---- costs -------------------------------------------------------------------------------
+    g = np.zeros_like(s1)
+    g[1:-1] = s1[2:] - s1[:-2]
+    scale = float(np.percentile(np.abs(g[::2, ::2]), 99.0)) or 1.0
+    cost_p = (1.0 - np.minimum(np.clip(g, 0.0, None) / scale, 1.0)).astype(np.float32)
+    cost_n = (1.0 - np.minimum(np.clip(-g, 0.0, None) / scale, 1.0)).astype(np.float32)
+    # sub-pixel refinement on a gradient with little axial smoothing (thin bright lines keep their edges)
+    g0 = np.zeros_like(s0)
+    g0[1:-1] = s0[2:] - s0[:-2]
+    gp = np.clip(g0, 0.0, None)
+    gn = np.clip(-g0, 0.0, None)
+    ctx = _Ctx(rows, cols, gp, gn, cost_p, cost_n, dexp)
+    P = um  # pixels per micrometre (axial)
+
+    # ---- boundaries in robust order ---------------------------------------------------------------
+    def J(slope: float) -> int:
+        """Largest row change per column for a boundary rising at ``slope`` (axial um per lateral um)."""
+        return max(1, int(math.ceil(slope * lateral_um / axial_um)))
+
+    ilm = ctx.find(+1, ilm_r - 45 * P, ilm_r + 45 * P, jump=J(0.8), penalty=0.08, climb=2)
+    rpe = ctx.find(+1, np.maximum(rpe_r - 28 * P, ilm + 40 * P), rpe_r + 6 * P, jump=J(7.0), penalty=0.06)
+    rpeo = ctx.find(-1, rpe + 8 * P, rpe + 36 * P, jump=J(7.0), penalty=0.06, ref=rpe + 16 * P, ref_w=0.012 * axial_um)
+    ez = ctx.find(+1, ilm + 30 * P, rpe - 18 * P, jump=J(1.6), penalty=0.12, ref=rpe - 40 * P, ref_w=0.004)
+    env = _lower_envelope(rpeo, sigma=max(5.0, 470.0 / lateral_um), iters=8, tol=max(1.5, 10.0 * P))
+    bm = ctx.find(-1, np.maximum(rpe + 8 * P, env - 20 * P), np.maximum(env + 12 * P, rpe + 10 * P), jump=J(0.55),
+                  penalty=0.15, ref=env, ref_w=0.012 * axial_um)
+    elm = ctx.find(+1, ez - 62 * P, ez - 12 * P, jump=J(1.6), penalty=0.12, ref=ez - 28 * P, ref_w=0.01)
+    opl_onl = ctx.find(-1, ilm, elm - 20 * P, jump=J(0.55), penalty=0.1, ref=elm, ref_w=0.006)
+    inl_opl = ctx.find(+1, np.maximum(ilm, opl_onl - 55 * P), opl_onl - 4 * P, jump=J(0.55), penalty=0.1,
+                       ref=opl_onl - 25 * P, ref_w=0.01)
+    ipl_inl = ctx.find(-1, np.maximum(ilm, inl_opl - 90 * P), inl_opl - 6 * P, jump=J(0.55), penalty=0.1,
+                       ref=inl_opl - 20 * P, ref_w=0.008 * axial_um)
+    rnfl_gcl = ctx.find(-1, ilm, np.maximum(ilm, ipl_inl - 8 * P), jump=J(0.55), penalty=0.1, ref=ilm, ref_w=0.004)
+    # plausibility: a retina has strong, continuous ILM and RPE edges; speckle or a non-OCT image does not
+    cols_i = np.arange(cols)
+    g_scale = g / scale
+    ilm_edge = float(np.median(g_scale[np.clip(np.round(ilm).astype(int), 0, rows - 1), cols_i]))
+    rpe_edge = float(np.median(g_scale[np.clip(np.round(rpe).astype(int), 0, rows - 1), cols_i]))
+    if ilm_edge < 0.8 and rpe_edge < 0.9:  # calibrated: speckle-only images give ~0.5 / ~0.7
+        flags["not_oct_like"] = (f"no continuous retinal edges (ILM {ilm_edge:.2f}, RPE {rpe_edge:.2f} of the "
+                                 "strongest gradients); not an OCT B-scan, or too noisy")
+        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+
+    b = np.stack([ilm, rnfl_gcl, ipl_inl, inl_opl, opl_onl, elm, ez, rpe, bm]).astype(np.float64)
+    for k in range(1, len(BOUNDARIES)):
+        b[k] = np.maximum(b[k], b[k - 1])
+
+    # ---- choroid-sclera interface --------------------------------------------------------------
+    csi = _choroid_sclera(s1, bm, axial_um, lateral_um, dexp, flags)
+
+    # ---- validity ------------------------------------------------------------------------------
+    b[:, low] = np.nan
+    csi[low] = np.nan
+    # tissue in the first rows: the vitreous (the darkest part of a B-scan) is missing there
+    dark = float(np.percentile(sub2, 1))
+    cut = (s2[:3].mean(axis=0) > dark + 0.15 * (fg - dark)) & ~low
+    if cut.mean() > 0.05:
+        flags["retina_cut_off_top"] = (f"tissue touches the top edge in {int(cut.sum())} columns; the boundaries "
+                                       "above the first clear edge are NaN there")
+        b[: _I["IPL_INL"] + 1, cut] = np.nan
+    fine = None
+    if keep_image:  # 3 x 3 average of the retina rows only (for hyperreflective foci), others NaN
+        fine = np.full(img.shape, np.nan, np.float16)
+        r0 = int(max(0, np.nanmin(b[0]) - 3)) if np.isfinite(b[0]).any() else 0
+        r1 = int(min(rows, np.nanmax(b[_I["ELM"]]) + 4)) if np.isfinite(b[_I["ELM"]]).any() else rows
+        if r1 > r0:
+            fine[r0:r1] = ndimage.uniform_filter(img[max(0, r0 - 1) : min(rows, r1 + 1)], 3, mode="nearest")[
+                r0 - max(0, r0 - 1) : r0 - max(0, r0 - 1) + (r1 - r0)]
+    return BscanSegmentation(b.astype(np.float32), flags, csi.astype(np.float32),
+                             s1.astype(np.float16) if keep_image else None, fine)
+
+
+def _choroid_sclera(s1, bm, axial_um, lateral_um, dexp, flags) -> np.ndarray:
+    """Choroid-sclera interface: light->dark edge of the heavily smoothed choroid below BM.
+
+    Searched at half the axial resolution (the interface is a blurred, smooth boundary), then mapped back.
+    """
+    rows, cols = s1.shape
+    if not np.isfinite(bm).any():
+        return np.full(cols, np.nan)
+    top = int(np.clip(np.nanmin(bm), 0, rows - 1))
+    half = s1[top::2]  # rows top, top + 2, ...
+    hr = half.shape[0]
+    P2 = 0.5 / axial_um  # half-resolution rows per micrometre
+    if hr < 8:
+        flags["choroid_not_visible"] = "too little image below Bruch's membrane to find the choroid-sclera interface"
+        return np.full(cols, np.nan)
+    s3 = ndimage.uniform_filter(half, (_box(max(1.0, 16.0 * P2)), _box(max(4.0, 150.0 / lateral_um))), mode="nearest")
+    g = np.zeros_like(s3)
+    g[1:-1] = s3[2:] - s3[:-2]
+    g[:2] = 0.0
+    gn = np.clip(-g, 0.0, None)
+    bmh = (bm - top) / 2.0
+    lo = bmh + 60.0 * P2
+    hi = np.minimum(bmh + 600.0 * P2, hr - 3)
+    if np.nanmedian(hi - lo) < 20 * P2:
+        flags["choroid_not_visible"] = "too little image below Bruch's membrane to find the choroid-sclera interface"
+        return np.full(cols, np.nan)
+    region = gn[max(0, int(np.nanmin(lo))) : int(np.nanmax(hi)) + 1]
+    scale = float(np.percentile(region, 99.5)) if region.size else 0.0
+    if scale <= 0:
+        flags["choroid_not_visible"] = "no edge below the choroid"
+        return np.full(cols, np.nan)
+    gnn = gn / scale
+    cost = (1.0 - np.minimum(gnn, 1.0)).astype(np.float32)
+    lo_i = np.clip(np.floor(np.nan_to_num(lo, nan=1.0)), 1, hr - 2).astype(np.int64)
+    hi_i = np.maximum(np.clip(np.ceil(np.nan_to_num(hi, nan=hr - 2.0)), 1, hr - 2).astype(np.int64), lo_i)
+    path = _dp_path(cost, lo_i, hi_i, dexp / 2.0, 1, 0.3, np.zeros(cols), 0.0)
+    csi = top + 2.0 * _subpixel(gnn, path, 2)
+    strength = gnn[path, np.arange(cols)]
+    weak = ndimage.uniform_filter1d(strength, 25) < 0.15
+    at_edge = path >= hr - 3
+    bad = weak | at_edge
+    if bad.mean() > 0.5:
+        flags["choroid_low_contrast"] = "the choroid-sclera interface is faint or below the image"
+    csi[bad] = np.nan
+    return csi

@@ -1,0 +1,119 @@
+"""Layer segmentation: a constructed B-scan with known rows, a phantom B-scan, and bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from grok.ids import BOUNDARIES
+from grok.oct.segment import segment_bscan
+from grok.phantom.oct import OctGeometry, synth_oct_volume
+
+#: (boundary, thickness in px of the band below it, intensity of that band); ELM and EZ are thin lines
+_BANDS = [("ILM", 8, 200), ("RNFL_GCL", 12, 140), ("IPL_INL", 9, 85), ("INL_OPL", 7, 165), ("OPL_ONL", 20, 60),
+          ("ELM", 7, 75), ("EZ", 10, 85), ("RPE", 5, 245), ("BM", 0, 0)]
+
+
+def constructed_bscan(rows=300, cols=200, top=80.0, tilt=0.08):
+    """Piecewise-constant layers (no noise), boundaries at known fractional rows; returns (img, truth)."""
+    truth = np.zeros((len(BOUNDARIES), cols))
+    x = np.arange(cols)
+    row = top + tilt * x + 0.35  # fractional rows
+    for k, (_, thick, _) in enumerate(_BANDS):
+        truth[k] = row
+        row = row + thick
+    hi = np.zeros((rows * 8, cols))  # 8x supersampled, then averaged: partial-pixel coverage
+    rr = (np.arange(rows * 8) + 0.5) / 8 - 0.5
+    hi[:] = 15.0
+    for k, (_, _, val) in enumerate(_BANDS[:-1]):
+        sel = (rr[:, None] >= truth[k][None, :]) & (rr[:, None] < truth[k + 1][None, :])
+        hi[sel] = val
+    # thin bright ELM and EZ lines at the top of their bands
+    for name, width, val in (("ELM", 1.5, 150), ("EZ", 3.0, 225)):
+        k = BOUNDARIES.index(name)
+        sel = (rr[:, None] >= truth[k][None, :]) & (rr[:, None] < truth[k][None, :] + width)
+        hi[sel] = val
+    below = rr[:, None] >= truth[-1][None, :]
+    choroid = 120.0 - 0.2 * np.clip(rr[:, None] - truth[-1][None, :], 0, 400)
+    hi = np.where(below, choroid, hi)
+    img = hi.reshape(rows, 8, cols).mean(axis=1)
+    return img.astype(np.float32), truth
+
+
+def test_constructed_bscan_rows_are_found():
+    img, truth = constructed_bscan()
+    seg, _ = segment_bscan(img, axial_um=4.0, lateral_um=12.0)
+    assert seg.shape == truth.shape
+    err = np.abs(seg - truth)
+    assert np.isfinite(seg).all()
+    for k, name in enumerate(BOUNDARIES):
+        assert np.median(err[k]) < 0.75, (name, float(np.median(err[k])))
+    assert np.all(np.diff(seg, axis=0) >= 0)
+
+
+def test_thickness_is_gap_times_spacing_on_constructed_bscan():
+    img, _ = constructed_bscan()
+    seg, _ = segment_bscan(img, axial_um=4.0, lateral_um=12.0)
+    total_um = np.median(seg[-1] - seg[0]) * 4.0
+    assert total_um == pytest.approx(sum(t for _, t, _ in _BANDS) * 4.0, abs=3.0)
+
+
+def test_phantom_bscan_error_is_small():
+    geo = OctGeometry(n_bscans=3, rows=496, cols=384, bscan_spacing_um=400.0)
+    ph = synth_oct_volume("normal", "OD", np.random.default_rng(3), noise=1.0, geometry=geo)
+    res = segment_bscan(ph.volume[1], 3.87, 11.7)
+    mae = np.nanmean(np.abs(res.boundaries - ph.boundaries[1]), axis=1)
+    for name in ("ILM", "EZ", "RPE", "BM"):
+        assert mae[BOUNDARIES.index(name)] < 1.0, (name, mae)
+    assert mae.max() < 2.0, mae
+    assert res.flags == {}
+
+
+def test_constant_and_empty_bscans_give_nan_with_flag():
+    res = segment_bscan(np.full((200, 100), 7.0), 3.87, 11.7)
+    assert np.isnan(res.boundaries).all() and "constant_bscan" in res.flags
+    res = segment_bscan(np.zeros((200, 100), np.uint8), 3.87, 11.7)
+    assert np.isnan(res.boundaries).all() and "constant_bscan" in res.flags
+
+
+def test_nan_and_inf_pixels():
+    img, truth = constructed_bscan()
+    img[50:60, 20:40] = np.nan
+    img[200, 5] = np.inf
+    res = segment_bscan(img, 4.0, 12.0)
+    assert "non_finite_pixels" in res.flags
+    assert np.nanmedian(np.abs(res.boundaries - truth)) < 1.0
+    res = segment_bscan(np.full((200, 100), np.nan), 4.0, 12.0)
+    assert np.isnan(res.boundaries).all() and "non_finite_pixels" in res.flags
+
+
+def test_noise_image_is_not_a_retina():
+    rng = np.random.default_rng(0)
+    res = segment_bscan(rng.integers(0, 255, (300, 200)).astype(np.uint8), 3.87, 11.7)
+    assert np.isnan(res.boundaries).all()
+    assert res.flags.keys() & {"no_retina", "not_oct_like"}
+
+
+def test_retina_cut_off_at_top_is_flagged():
+    img, _ = constructed_bscan(top=20.0, tilt=0.0)
+    cut = img[35:]  # the ILM and RNFL are above the image now
+    res = segment_bscan(cut, 4.0, 12.0)
+    assert "retina_cut_off_top" in res.flags
+    assert np.isnan(res.boundaries[0]).mean() > 0.5
+
+
+def test_extreme_tilt_is_flagged():
+    img, _ = constructed_bscan(rows=400, top=20.0, tilt=1.2)
+    res = segment_bscan(img, 4.0, 12.0)
+    assert "extreme_tilt" in res.flags
+
+
+@pytest.mark.parametrize("axial, lateral", [(0.0, 11.7), (3.87, float("nan")), (-1.0, 5.0)])
+def test_bad_spacing_raises(axial, lateral):
+    with pytest.raises(ValueError, match="spacing"):
+        segment_bscan(np.zeros((100, 100)), axial, lateral)
+
+
+def test_wrong_dimensions_raise():
+    with pytest.raises(ValueError, match="rows, cols"):
+        segment_bscan(np.zeros((4, 100, 100)), 3.87, 11.7)

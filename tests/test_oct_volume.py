@@ -1,0 +1,112 @@
+"""measure_volume / measure_circle / select_bscans on small phantoms, and their bad-input behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from grok.ids import OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+from grok.oct import measure_circle, measure_volume, select_bscans
+from grok.phantom.oct import OctGeometry, synth_circle_scan, synth_oct_volume
+
+#: 13 B-scans 250 um apart x 320 A-scans: 3 x 3.7 mm around the fovea (covers the inner ETDRS ring)
+GEO = OctGeometry(n_bscans=13, rows=496, cols=320, bscan_spacing_um=250.0)
+
+
+@pytest.fixture(scope="module")
+def dr():
+    ph = synth_oct_volume("diabetic_retinopathy", "OD", np.random.default_rng(21), severity=1.5, geometry=GEO)
+    return ph, measure_volume(ph.volume, GEO.spacing_mm, "OD")
+
+
+def test_all_ids_and_central_accuracy(dr):
+    ph, m = dr
+    assert set(m.biomarkers) == set(OCT_GROK_BIOMARKERS) | set(OCT_EXTRA_BIOMARKERS)
+    assert m.segmentation.shape == ph.boundaries.shape
+    assert m.quality["fovea"]["status"] == "ok"
+    assert abs(m.fovea[0] - ph.fovea[0]) < 1.0 and abs(m.fovea[1] - ph.fovea[1]) * GEO.lateral_um < 60
+    for k in ("macular_thickness_central_um", "macular_thickness_inner_superior_um",
+              "macular_thickness_inner_nasal_um"):
+        assert abs(m.biomarkers[k] - ph.biomarkers[k]) < 8.0, (k, m.biomarkers[k], ph.biomarkers[k])
+    assert math.isnan(m.biomarkers["disc_diameter_vertical_mm"])
+    assert "disc" in m.quality["reasons"]["disc_diameter_vertical_mm"]
+    # outer ring is outside this small cube: NaN with a reason, never an extrapolated number
+    assert math.isnan(m.biomarkers["macular_thickness_outer_nasal_um"])
+    assert "outside" in m.quality["reasons"]["macular_thickness_outer_nasal_um"]
+    d = m.to_dict()
+    assert d["laterality"] == "OD" and isinstance(d["lesions"], list)
+
+
+def test_fluid_is_found_where_there_is_fluid(dr):
+    ph, m = dr
+    assert ph.biomarkers["irf_volume_nl"] > 0
+    assert m.biomarkers["irf_volume_nl"] > 0.3 * ph.biomarkers["irf_volume_nl"]
+    assert {les["type"] for les in m.lesions} & {"irf"}
+    sel = select_bscans(m)
+    assert sel["foveal"] == round(m.fovea[0])
+    assert sel["lesion_bscans"] and sel["foveal"] not in sel["lesion_bscans"]
+    truth_bscans = {les["bscan"] for les in ph.lesions if les["type"] == "irf"}
+    assert set(sel["lesion_bscans"]) & truth_bscans
+
+
+def test_normal_eye_has_no_fluid():
+    ph = synth_oct_volume("normal", "OS", np.random.default_rng(4), severity=0.0, geometry=GEO)
+    m = measure_volume(ph.volume, GEO.spacing_mm, "OS")
+    assert m.biomarkers["irf_volume_nl"] < 1.0 and m.biomarkers["srf_volume_nl"] < 1.0
+    assert m.biomarkers["ped_max_height_um"] == 0.0
+
+
+def test_od_os_mirror_symmetry_of_measurement():
+    ph = synth_oct_volume("glaucoma", "OD", np.random.default_rng(8), geometry=GEO)
+    od = measure_volume(ph.volume, GEO.spacing_mm, "OD")
+    os_ = measure_volume(ph.volume[:, :, ::-1], GEO.spacing_mm, "OS")
+    for k in ("macular_thickness_inner_nasal_um", "macular_thickness_inner_temporal_um",
+              "macular_thickness_central_um"):
+        assert os_.biomarkers[k] == pytest.approx(od.biomarkers[k], abs=1.5), k
+
+
+def test_missing_spacing_and_laterality():
+    ph = synth_oct_volume("normal", "OD", np.random.default_rng(1), geometry=GEO)
+    m = measure_volume(ph.volume, (math.nan, math.nan, math.nan), "OD")
+    assert "missing_spacing" in m.quality["flags"] and not m.quality["usable"]
+    assert all(math.isnan(v) for k, v in m.biomarkers.items() if k != "hrf_count")
+    assert "spacing" in m.quality["reasons"]["macular_thickness_central_um"]
+    assert np.isfinite(m.segmentation).mean() > 0.9  # pixels are still segmented
+    m = measure_volume(ph.volume, GEO.spacing_mm, None)
+    assert math.isnan(m.biomarkers["macular_thickness_inner_nasal_um"])
+    assert math.isfinite(m.biomarkers["macular_thickness_inner_superior_um"])
+    assert "laterality" in m.quality["reasons"]["macular_thickness_inner_nasal_um"]
+
+
+def test_bad_volumes_give_nan_not_crash():
+    rng = np.random.default_rng(0)
+    for vol in (np.zeros((3, 200, 128), np.uint8), rng.integers(0, 255, (3, 200, 128)).astype(np.uint8),
+                np.full((3, 200, 128), np.nan, np.float32)):
+        m = measure_volume(vol, GEO.spacing_mm, "OD")
+        assert all(math.isnan(m.biomarkers[k]) for k in OCT_GROK_BIOMARKERS)
+        assert not m.quality["usable"] and m.quality["flags"]
+    with pytest.raises(ValueError, match="n_bscans"):
+        measure_volume(np.zeros((2, 2, 2, 2)), GEO.spacing_mm, "OD")
+    with pytest.raises(ValueError, match="laterality"):
+        measure_volume(np.zeros((1, 100, 100)), GEO.spacing_mm, "both")
+
+
+def test_single_bscan_volume():
+    ph = synth_oct_volume("normal", "OD", np.random.default_rng(2), geometry=GEO)
+    i = int(round(ph.fovea[0]))
+    m = measure_volume(ph.volume[i], (GEO.axial_um / 1000, GEO.lateral_um / 1000, math.nan), "OD")
+    assert m.segmentation.shape == (1, 9, GEO.cols)
+    assert "missing_spacing" not in m.quality["flags"]
+    assert math.isnan(m.biomarkers["macular_thickness_central_um"])  # one line cannot fill the ETDRS area
+
+
+def test_circle_scan_measure():
+    c = synth_circle_scan("normal", "OS", np.random.default_rng(3), rows=496, cols=384)
+    m = measure_circle(c.bscan, c.axial_um, c.lateral_um, "OS")
+    assert set(m.biomarkers) == set(OCT_PERIPAPILLARY_BIOMARKERS)
+    for k, v in c.biomarkers.items():
+        assert abs(m.biomarkers[k] - v) < 6.0, (k, m.biomarkers[k], v)
+    nan = measure_circle(c.bscan, float("nan"), c.lateral_um)
+    assert all(math.isnan(v) for v in nan.biomarkers.values()) and not nan.quality["usable"]
