@@ -51,6 +51,13 @@ def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
                                 **{k: d[k] for k in ("first_train_loss", "last_train_loss", "chance_r5") if k in d}}
         if "final" in d:
             training[t["stage"]]["validation"] = d["final"]
+        metrics = Path(t["outputs"].get("run_dir", "")) / "metrics.json"
+        if t["stage"] == "train_sft" and metrics.is_file():
+            import json
+
+            steps = json.loads(metrics.read_text()).get("steps", [])
+            if steps:
+                training[t["stage"]].update(steps=len(steps), first_loss=steps[0]["loss"], last_loss=steps[-1]["loss"])
     return {"dataset": res["dataset"], "fingerprint": res["fingerprint"], "registry": str(Path(out).resolve() / "registry"),
             "card": res["outputs"]["card"], "curator_report": res["outputs"]["report"], "stages": stages,
             "training": training, "failed_stages": []}

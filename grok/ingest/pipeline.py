@@ -593,6 +593,9 @@ class Ingestor:
         d.mkdir(parents=True, exist_ok=True)
         npy = d / f"{position:06d}_{rec.sha[:12]}.npy"
         np.save(npy, np.ascontiguousarray(frame))
+        if self.series.get(series_key):
+            # memory stays flat: only the first member keeps the (de-identified) header of the series
+            meta = {k: v for k, v in meta.items() if k != "header"}
         self.series[series_key].append(_Staged(position, npy, rec, meta))
         rec.status = "staged"
 
@@ -618,7 +621,8 @@ class Ingestor:
                 continue
             vol = np.stack(frames)
             meta = dict(members[0].meta)
-            header = meta.pop("header", None)
+            header = next((m.meta["header"] for m in self.series[key] if m.meta.get("header") is not None), None)
+            meta.pop("header", None)
             flags = meta.pop("flags", [])
             if meta.get("scan_pattern") in (None, "volume"):
                 meta["scan_pattern"] = "volume" if vol.shape[0] > 1 else "bscan"
