@@ -42,13 +42,17 @@ def _cfg(config: dict[str, Any]) -> BuildConfig:
 
 def _shard_cache_key(prefix: str):
     def key(_ctx, params: dict[str, Any]) -> str:
+        import hashlib
+
         cfg = _cfg(params["config"])
         ids = params["study_ids"]
+        # the cached value is a path inside this build folder, so the folder is part of the key
+        where = hashlib.sha256(str(Path(cfg.work_dir).resolve()).encode()).hexdigest()[:12]
         if prefix == "measure":
             from grok.build.measure import shard_key
 
-            return f"grok-measure-{pipeline.build_id(cfg)}-{shard_key(ids)}"
-        return f"grok-instruct-{instruct_stage._shard_key(cfg, ids)}"
+            return f"grok-measure-{where}-{pipeline.build_id(cfg)}-{shard_key(ids)}"
+        return f"grok-instruct-{where}-{instruct_stage._shard_key(cfg, ids)}"
 
     return key
 
