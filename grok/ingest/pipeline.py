@@ -571,21 +571,28 @@ class Ingestor:
             self._add_image(rec, rgb, common, None, extra_flags=flags)
 
     def _ingest_vendor(self, rec: _FileRec, data: bytes, suffix: str) -> None:
+        """A vendor OCT file: pixels and geometry from the reader; the header's patient id becomes the
+        keyed pseudonym (the same as that patient's DICOM files get, so studies pair) and its dates a
+        shifted visit date and an age. No vendor header is kept."""
         import tempfile
 
         with tempfile.TemporaryDirectory() as td:
             tmp = Path(td) / f"scan{suffix}"
             tmp.write_bytes(data)
-            scan = readers.read_oct(tmp)
+            scan, ident = readers.read_oct_vendor(tmp, name=f"<source {rec.source_key}>")
         vol = scan.volume
         vol = vol.astype(np.uint16 if scan.bit_depth == 16 else np.uint8) if np.all(np.isfinite(vol)) else vol
-        pid = "P" + keyed_hash(rec.sha, self.key, purpose="unknown-patient")
-        common = dict(patient_id=pid, eye=scan.laterality, visit=None, modality="oct", sop_class_uid=None,
-                      source_format=f"vendor{suffix}", manufacturer=scan.manufacturer, model=None, age_years=None,
+        pid, visit, age, _, id_flags = self._identity(ident.patient_id, readers_da(ident.birth_date),
+                                                      readers_da(ident.visit_date), None, rec.sha)
+        common = dict(patient_id=pid, eye=scan.laterality, visit=visit, modality="oct", sop_class_uid=None,
+                      source_format=f"vendor{suffix}", manufacturer=scan.manufacturer, model=None, age_years=age,
                       sex=None, source_label=None, laterality_source="header" if scan.laterality else "unknown",
                       spacing_axial_mm=scan.spacing_mm[0], spacing_lateral_mm=scan.spacing_mm[1],
                       spacing_slice_mm=scan.spacing_mm[2], scan_pattern=scan.scan_pattern)
-        self._add_image(rec, vol, common, None, extra_flags=["patient_unknown", "visit_date_unknown"])
+        flags = list(id_flags)
+        if scan.meta.get("bscan_order") == "file_order_unverified":
+            flags.append("bscan_order_unverified")
+        self._add_image(rec, vol, common, None, extra_flags=flags)
 
     # -- images ---------------------------------------------------------------------------------
     def _stage(self, series_key: str, position: int, frame: np.ndarray, rec: _FileRec, meta: dict[str, Any]) -> None:

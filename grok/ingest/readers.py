@@ -422,47 +422,223 @@ def _read_oct_image(path: Path) -> OctScan:
                    meta.get("manufacturer"), 16 if arr.dtype == np.uint16 else 8, {"source": "image_export"})
 
 
-def _require_vendor(module: str):
+def _require_vendor(module: str, name: str = "vendor file"):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as exc:
-        raise ImportError(f"reading vendor OCT files needs the optional extra: {VENDOR_EXTRA}") from exc
+        raise ImportError(f"{name}: reading vendor OCT files needs the optional extra: {VENDOR_EXTRA}") from exc
 
 
-def _read_oct_vendor(path: Path) -> OctScan:
-    """Heidelberg .vol/.e2e via eyepy; Topcon .fda/.fds and Zeiss .img via oct-converter.
+#: Bytes of the fixed file header of a Heidelberg .vol file (then the SLO image, then the B-scans).
+HEYEX_VOL_HEADER_BYTES = 2048
+#: Bytes of the smallest B-scan header of a .vol file (general part, before the segmentation lines).
+_HEYEX_VOL_MIN_BSCAN_HEADER = 256
 
-    Only pixels and scan geometry are taken; the vendor headers' identifiers are never read out.
+
+@dataclass
+class VendorIdentity:
+    """Identifying fields read from a vendor file header, for ingestion's de-identification only.
+
+    :func:`read_oct` never returns these; :func:`read_oct_vendor` hands them to ingestion, which turns
+    ``patient_id`` into the keyed pseudonym (so a patient's DICOM and vendor files share one) and the
+    dates into shifted dates and an age. Dates are DICOM DA strings (``"YYYYMMDD"``); every field is
+    ``None`` where the header leaves it empty (blank or ``"unknown"`` id, zero date) or where the
+    format's reader does not expose it (.e2e, Topcon, Zeiss at present).
     """
-    suffix = path.suffix.lower()
-    if suffix in (".vol", ".e2e", ".sdb"):
-        eyepy = _require_vendor("eyepy")
-        loader = eyepy.import_heyex_vol if suffix == ".vol" else eyepy.import_heyex_e2e
-        ev = loader(str(path))
-        meta = ev.meta
-        vol = np.asarray(ev.data, dtype=np.float32)
-        spacing = (_float(meta.get("scale_y")), _float(meta.get("scale_x")), _float(meta.get("scale_z")))
+
+    # kept out of repr so a logged identity shows no identifier
+    patient_id: str | None = field(default=None, repr=False)
+    birth_date: str | None = field(default=None, repr=False)
+    visit_date: str | None = field(default=None, repr=False)
+
+
+def _heyex_text(value: Any) -> str | None:
+    """A zero-terminated header string: text before the first NUL, stripped; None when blank/'unknown'."""
+    s = str(value or "").split("\x00", 1)[0].strip()
+    return None if not s or s.lower() == "unknown" else s
+
+
+def _heyex_da(value: Any) -> str | None:
+    """An eyepy-decoded header date (ISO string) as DICOM DA; None for the zero dates (1601, 1899)."""
+    s = str(value or "")
+    if len(s) < 10 or not s[:4].isdigit() or int(s[:4]) < 1900:
+        return None
+    return s[:4] + s[5:7] + s[8:10]
+
+
+def _positive_mm(v: Any) -> float:
+    f = _float(v)
+    return f if math.isfinite(f) and f > 0 else math.nan
+
+
+def _heyex_vol_header(path: Path, name: str, vol_reader) -> Any:
+    """Parse and check the 2048-byte .vol header before any pixel is read.
+
+    The header's sizes must fit in the file: a truncated copy is refused here with the numbers, and a
+    corrupt size can never make the parser allocate more memory than the file holds.
+    """
+    size = path.stat().st_size
+    if size < HEYEX_VOL_HEADER_BYTES:
+        raise ReaderError(f"{name}: {size} bytes, shorter than the {HEYEX_VOL_HEADER_BYTES}-byte header of a "
+                          "Heidelberg .vol file; the copy is truncated, copy or export it again from HEYEX",
+                          error_class="truncated_file")
+    import construct as cs
+
+    # eyepy's field list up to (not including) the SLO image and the B-scans
+    header_format = cs.Struct(*[sc for sc in vol_reader.vol_format.subcons if sc.name not in ("localizer", "bscans")])
+    with open(path, "rb") as fh:
+        raw = fh.read(HEYEX_VOL_HEADER_BYTES)
+    try:
+        hdr = header_format.parse(raw)
+    except Exception as exc:  # noqa: BLE001 - construct/adapter errors of a damaged header
+        raise ReaderError(f"{name}: unreadable Heidelberg .vol header ({type(exc).__name__}); the file is corrupt, "
+                          "export it again from HEYEX", error_class="corrupt_vendor_file") from None
+    version = _heyex_text(hdr.version) or ""
+    if not version.startswith(("HSF-OCT", "ep-v")):
+        raise ReaderError(f"{name}: not a Heidelberg .vol file (no 'HSF-OCT' signature at its start); "
+                          "check the file type, or export the scan as DICOM OPT", error_class="unknown_format")
+    dims = {"size_x": hdr.size_x, "size_y": hdr.size_y, "n_bscans": hdr.n_bscans}
+    bad = [k for k, v in dims.items() if v < 1]
+    if bad:
+        raise ReaderError(f"{name}: .vol header gives {', '.join(f'{k}={dims[k]}' for k in bad)}; a scan needs at "
+                          "least one B-scan of one pixel; the file is corrupt, export it again",
+                          error_class="corrupt_vendor_file")
+    need = (HEYEX_VOL_HEADER_BYTES + hdr.size_x_slo * hdr.size_y_slo
+            + hdr.n_bscans * (_HEYEX_VOL_MIN_BSCAN_HEADER + 4 * hdr.size_x * hdr.size_y))
+    if size < need:
+        raise ReaderError(f"{name}: truncated Heidelberg .vol file: its header declares {hdr.n_bscans} B-scans of "
+                          f"{hdr.size_y} x {hdr.size_x} pixels and a {hdr.size_y_slo} x {hdr.size_x_slo} SLO image "
+                          f"(at least {need} bytes) but the file has {size} bytes; copy or export it again",
+                          error_class="truncated_file")
+    if hdr.scan_pattern in (2, 5):
+        kind = "a circular scan" if hdr.scan_pattern == 2 else "a radial (star) scan"
+        raise ReaderError(f"{name}: {kind} .vol file; only line and volume scans are read from .vol, "
+                          "export this scan as DICOM OPT instead", error_class="unsupported_scan_pattern")
+    return hdr
+
+
+def _read_heyex_vol(path: Path, name: str) -> tuple[OctScan, VendorIdentity]:
+    _require_vendor("eyepy", name)  # first: a stale eyepy.io.* in sys.modules must not hide a missing eyepy
+    vr = _require_vendor("eyepy.io.he.vol_reader", name)
+    hdr = _heyex_vol_header(path, name, vr)
+    try:
+        ev = vr.HeVolReader(str(path)).volume
+        data = np.asarray(ev.data)
+        bscan_meta = list(ev.meta["bscan_meta"])
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - eyepy/construct failures of a damaged body
+        where = getattr(exc, "path", None)
+        raise ReaderError(f"{name}: cannot parse the Heidelberg .vol file ({type(exc).__name__}"
+                          f"{' at ' + str(where) if where else ''}; version {_heyex_text(hdr.version)!r}); the file is "
+                          "corrupt or of an unsupported version, export it again from HEYEX",
+                          error_class="corrupt_vendor_file") from None
+    if data.ndim != 3 or data.shape != (hdr.n_bscans, hdr.size_y, hdr.size_x):
+        raise ReaderError(f"{name}: .vol pixels have shape {data.shape}, the header says "
+                          f"{(hdr.n_bscans, hdr.size_y, hdr.size_x)}; the file is corrupt, export it again",
+                          error_class="inconsistent_dimensions")
+    # B-scan positions are in mm on the SLO image, y growing downwards (inferior). Order the cube
+    # superior first (OctScan's convention) and columns left to right in the fundus view.
+    ys = np.array([(b["start_pos"][1] + b["end_pos"][1]) / 2.0 for b in bscan_meta], dtype=np.float64)
+    dx = np.array([b["end_pos"][0] - b["start_pos"][0] for b in bscan_meta], dtype=np.float64)
+    order = "single_bscan"
+    if data.shape[0] > 1:
+        steps = np.diff(ys)
+        if np.all(steps > 0):
+            order = "superior_first"
+        elif np.all(steps < 0):
+            data, order = data[::-1], "reversed_to_superior_first"
+        else:
+            order = "file_order_unverified"  # positions missing or not monotonic: kept as stored
+    flipped = bool(np.all(dx < 0))
+    if flipped:
+        data = data[:, :, ::-1]
+    vol = np.ascontiguousarray(data, dtype=np.float32)
+    spacing = (_positive_mm(hdr.scale_y), _positive_mm(hdr.scale_x), _positive_mm(hdr.distance))
+    lat = (_heyex_text(hdr.scan_position) or "").upper()
+    lat = {"OD": "OD", "OS": "OS", "R": "OD", "L": "OS"}.get(lat)
+    pattern = {1: "bscan", 3: "volume", 4: "volume"}.get(hdr.scan_pattern, "volume" if vol.shape[0] > 1 else "bscan")
+    meta = {"source": "vendor", "format": "heyex_vol", "version": _heyex_text(hdr.version),
+            "intensity": "eyepy display transform of the stored float32 reflectivity, 0..255 (8-bit)",
+            "bscan_order": order, "columns_flipped": flipped}
+    scan = OctScan(vol, spacing, lat, pattern, "Heidelberg Engineering", 8, meta)
+    ident = VendorIdentity(
+        patient_id=_heyex_text(hdr.patient_id),
+        birth_date=_heyex_da(hdr.dob),
+        visit_date=_heyex_da(hdr.visit_date) or _heyex_da(hdr.exam_time),
+    )
+    return scan, ident
+
+
+def read_oct_vendor(path: str | os.PathLike, *, name: str | None = None) -> tuple[OctScan, VendorIdentity]:
+    """Read a vendor OCT file and the identifying fields of its header (for ingestion only).
+
+    Heidelberg ``.vol`` goes through eyepy's ``HeVolReader``: ``volume`` is eyepy's 8-bit display image
+    (eyepy maps the stored float32 reflectivity ``v`` to ``(ln(v + 2.44e-4) + 8.3) / 8.285`` clipped to
+    0..1, x 255; the "no data" value FLT_MAX becomes 0) as float32 0..255, ordered superior B-scan first;
+    spacing is (``scale_y``, ``scale_x``, ``distance``) of the header in mm; laterality from
+    ``scan_position``. The identity comes from the header's user-defined ``patient_id``, ``dob`` and
+    ``visit_date`` (eyepy's ``EyeVolume.meta`` drops them; its parsed header keeps them).
+    ``.e2e`` (eyepy), Topcon ``.fda``/``.fds`` and Zeiss ``.img`` (oct-converter) return an empty identity.
+
+    Parameters
+    ----------
+    path : the vendor file
+    name : how messages name the file (default: the path); ingestion passes a keyed token
+
+    Raises
+    ------
+    ImportError
+        When the ``vendor`` extra is missing; the message names the install command.
+    ReaderError
+        When the file is truncated, corrupt or of an unsupported scan pattern; the message names the fix.
+    """
+    p = Path(path)
+    name = name or str(p)
+    suffix = p.suffix.lower()
+    if suffix == ".vol":
+        return _read_heyex_vol(p, name)
+    if suffix in (".e2e", ".sdb"):
+        eyepy = _require_vendor("eyepy", name)
+        try:
+            ev = eyepy.import_heyex_e2e(str(p))
+            vol = np.asarray(ev.data, dtype=np.float32)
+            meta = ev.meta
+        except (ImportError, MemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - eyepy failures of a damaged file
+            raise ReaderError(f"{name}: cannot parse the Heidelberg E2E file ({type(exc).__name__}); the file is "
+                              "corrupt or of an unsupported version, export it again from HEYEX",
+                              error_class="corrupt_vendor_file") from None
+        spacing = (_positive_mm(meta.get("scale_y")), _positive_mm(meta.get("scale_x")),
+                   _positive_mm(meta.get("scale_z")))
         lat = meta.get("laterality")
         lat = {"OD": "OD", "OS": "OS", "R": "OD", "L": "OS"}.get(str(lat).upper() if lat else "", None)
         return OctScan(vol, spacing, lat, "volume" if vol.shape[0] > 1 else "bscan", "Heidelberg Engineering",
-                       16 if vol.max(initial=0) > 255 else 8, {"source": "vendor"})
-    oc = _require_vendor("oct_converter.readers")
+                       16 if vol.max(initial=0) > 255 else 8, {"source": "vendor", "format": "heyex_e2e"}), \
+            VendorIdentity()
+    oc = _require_vendor("oct_converter.readers", name)
     if suffix in (".fda", ".fds"):
-        reader = oc.FDA(str(path)) if suffix == ".fda" else oc.FDS(str(path))
+        reader = oc.FDA(str(p)) if suffix == ".fda" else oc.FDS(str(p))
         oct_vol = reader.read_oct_volume()
         vol = np.asarray(oct_vol.volume, dtype=np.float32)
-        vol = np.transpose(vol, (0, 1, 2)) if vol.ndim == 3 else vol
         pix = getattr(oct_vol, "pixel_spacing", None) or [math.nan, math.nan, math.nan]
         spacing = (_float(pix[1]) if len(pix) > 1 else math.nan, _float(pix[0]), _float(pix[2]) if len(pix) > 2 else math.nan)
         lat = {"R": "OD", "L": "OS"}.get(str(getattr(oct_vol, "laterality", "") or "").upper()[:1])
-        return OctScan(vol, spacing, lat, "volume", "Topcon", 8, {"source": "vendor"})
+        return OctScan(vol, spacing, lat, "volume", "Topcon", 8, {"source": "vendor"}), VendorIdentity()
     if suffix == ".img":
-        reader = oc.IMG(str(path))
+        reader = oc.IMG(str(p))
         oct_vol = reader.read_oct_volume()
         vol = np.asarray(oct_vol.volume, dtype=np.float32)
         lat = {"R": "OD", "L": "OS"}.get(str(getattr(oct_vol, "laterality", "") or "").upper()[:1])
-        return OctScan(vol, (math.nan, math.nan, math.nan), lat, "volume", "Carl Zeiss Meditec", 8, {"source": "vendor"})
-    raise ReaderError(f"{path}: unknown vendor format {suffix}", error_class="unknown_format")
+        return OctScan(vol, (math.nan, math.nan, math.nan), lat, "volume", "Carl Zeiss Meditec", 8,
+                       {"source": "vendor"}), VendorIdentity()
+    raise ReaderError(f"{name}: unknown vendor format {suffix}", error_class="unknown_format")
+
+
+def _read_oct_vendor(path: Path) -> OctScan:
+    """Heidelberg .vol/.e2e via eyepy; Topcon .fda/.fds and Zeiss .img via oct-converter (no identity)."""
+    return read_oct_vendor(path)[0]
 
 
 # --------------------------------------------------------------------------------------------
