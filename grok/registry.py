@@ -115,8 +115,9 @@ def resolve(spec: str, registry: str | None = None) -> dict[str, Any]:
     fs, root = _fs(registry_root(registry))
     path = f"{root}/{ref.name}/{version}"
     manifest = json.loads(fs.cat_file(f"{path}/manifest.json"))
-    local = path if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol else path
-    return {"name": ref.name, "version": version, "fingerprint": manifest["fingerprint"], "path": local,
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    url = path if "file" in protocols else f"{protocols[0]}://{path.lstrip('/')}"
+    return {"name": ref.name, "version": version, "fingerprint": manifest["fingerprint"], "path": url,
             "manifest": manifest}
 
 
@@ -320,10 +321,13 @@ def load(spec: str, config: str, split: str, registry: str | None = None):
         raise RegistryError(f"{info['name']}@{info['version']} config {config!r} has no split {split!r}; "
                             f"splits: {', '.join(files)}")
     path = f"{info['path']}/data/{config}/{split}-00000-of-00001.parquet"
-    if files[split] == 0:  # datasets cannot build a split from an empty file; keep its features
+    if "://" in path or files[split] == 0:
+        # a remote registry (any fsspec URL) is read through fsspec; an empty split keeps its features
+        import fsspec
         import pyarrow.parquet as pq
 
-        ds = datasets.Dataset(pq.read_table(path))
+        with fsspec.open(path, "rb") as fh:
+            ds = datasets.Dataset(pq.read_table(fh))
     else:
         ds = datasets.Dataset.from_parquet(path, keep_in_memory=False)
     ds.info.description = json.dumps({"dataset": f"{info['name']}@{info['version']}",

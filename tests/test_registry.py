@@ -117,3 +117,17 @@ def test_killed_publish_leaves_no_partial_version(tmp_path):
     info = reg.publish(_tables(), "phantom", registry=str(root))
     assert info["version"] == "0.1.0"
     assert not (root / "phantom" / ".publish.lock").exists()
+
+
+def test_fsspec_registry_memory(tmp_path):
+    """Any fsspec path works as a registry root (here memory://): publish, list, resolve, load."""
+    root = f"memory://reg-{tmp_path.name}"
+    a = reg.publish(_tables(), "phantom", registry=root)
+    assert a["version"] == "0.1.0"
+    b = reg.publish(_tables(seed=2), "phantom", registry=root)
+    assert reg.list_versions("phantom", root) == ["0.1.0", "0.2.0"]
+    with pytest.raises(reg.RegistryError, match="already exists"):
+        reg.publish(_tables(), "phantom", registry=root, version="0.2.0")
+    assert reg.resolve("phantom@latest", root)["fingerprint"] == b["fingerprint"]
+    ds = reg.load("phantom@0.1.0", "alignment", "train", registry=root)
+    assert len(ds) == 4
