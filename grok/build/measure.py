@@ -1,6 +1,6 @@
 """Measure stage: ingested studies -> biomarkers (OCT + CFP) and the media later stages show.
 
-Run as: grok measure BUILD_DIR [--shard-size N]  (or as the measure step of grok build)
+Run as: the measure step of grok build (or grok.build.measure.measure_build(BUILD_DIR) from Python)
 
 For each study (patient x eye x visit) of ``BUILD/ingest/studies.parquet``: the macular cube is
 segmented and measured (``grok.oct``), a circle scan if there is one, the photograph measured
