@@ -199,4 +199,8 @@ def with_runner(cfg: BuildConfig):
             runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.runner.n_workers, "threads_per_worker": 1,
                                                     "processes": True, "dashboard_address": None})
         return build_dataset.with_options(task_runner=runner)
+    if cfg.runner.threads:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.runner.threads))
     return build_dataset
