@@ -199,8 +199,11 @@ def with_runner(cfg: BuildConfig):
             runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.runner.n_workers, "threads_per_worker": 1,
                                                     "processes": True, "dashboard_address": None})
         return build_dataset.with_options(task_runner=runner)
-    if cfg.runner.threads:
-        from prefect.task_runners import ThreadPoolTaskRunner
+    # Prefect's default thread pool is effectively unbounded: dozens of shards measuring at once only
+    # multiply memory (each holds a cube and its masks) without more cores. Default: one per core.
+    import os
 
-        return build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=cfg.runner.threads))
-    return build_dataset
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    threads = cfg.runner.threads or os.cpu_count() or 1
+    return build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=threads))

@@ -112,7 +112,7 @@ class TrainSettings(_M):
 
 class RunnerSettings(_M):
     kind: Literal["default", "dask"] = Field("default", description="Task runner for measure and instruct.")
-    threads: int | None = Field(None, ge=1, description="Threads of the default runner (None: Prefect's default).")
+    threads: int | None = Field(None, ge=1, description="Threads of the default runner (None: one per CPU core).")
     dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); None = local cluster.")
     n_workers: int = Field(2, ge=1, description="Local Dask workers when no address is given.")
 

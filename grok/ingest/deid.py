@@ -196,7 +196,6 @@ def apply_basic_profile(ds, *, patient_pseudonym: str, cfg: DeidConfig, extra_id
     needles = [s.upper() for s in extra_identifiers if s and len(s) >= 3]
 
     def visit(dataset) -> None:
-        dataset.remove_private_tags()
         for elem in list(dataset):
             tag = elem.tag
             kw = elem.keyword
@@ -244,6 +243,7 @@ def apply_basic_profile(ds, *, patient_pseudonym: str, cfg: DeidConfig, extra_id
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        ds.remove_private_tags()  # recursive (walks every sequence item) -- once, not per item
         visit(ds)
         if hasattr(ds, "file_meta") and "MediaStorageSOPInstanceUID" in ds.file_meta:
             ds.file_meta.MediaStorageSOPInstanceUID = keyed_uid(str(ds.file_meta.MediaStorageSOPInstanceUID), key)

@@ -656,7 +656,9 @@ class Ingestor:
             else:
                 arr = arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8)
         arr = np.ascontiguousarray(arr)
-        pixel_sha = _sha(arr.tobytes() + str(arr.shape).encode())
+        h = hashlib.sha256(memoryview(arr).cast("B"))  # no copy of the pixels
+        h.update(str(arr.shape).encode())
+        pixel_sha = h.hexdigest()
         if pixel_sha in self.pixel_to_image:
             rec.status, rec.reason = "skipped", f"duplicate of image {self.pixel_to_image[pixel_sha]}"
             rec.image_ids = []
