@@ -9,7 +9,7 @@ import pytest
 
 from grok.cfp.formulas import av_ratio_knudtson, knudtson_equivalent
 from grok.ids import CATEGORIES, CFP_LESION_TYPES
-from grok.phantom.cfp import synth_fundus
+from grok.phantom.cfp import draw_lesion, synth_fundus
 
 SIZE = 320
 
@@ -109,3 +109,23 @@ def test_knudtson_formula_by_hand():
     expect = 0.88 * np.hypot(w1, 8)
     assert knudtson_equivalent([10, 8, 6], 0.88) == pytest.approx(expect)
     assert np.isnan(av_ratio_knudtson([], [5.0]))
+
+
+def test_draw_lesion_known_size_and_box():
+    """A drawn lesion of given radius has a half-maximum box of about that size around its centre and
+    darkens (blood) or brightens (exudate) the image there; an unknown kind names the valid ones."""
+    img = np.full((200, 200, 3), (0.7, 0.25, 0.12), np.float32)
+    rng = np.random.default_rng(0)
+    mic = draw_lesion(img, "microaneurysm", (60.0, 60.0), rng, dd_px=130.0, radius_px=3.0, strength=0.9)
+    x1, y1, x2, y2 = mic["box_xyxy_px"]
+    assert mic["type"] == "microaneurysm" and abs((x2 - x1) - 6) <= 1 and abs((y2 - y1) - 6) <= 1
+    assert x1 < 60 < x2 and y1 < 60 < y2
+    assert img[60, 60, 1] < 0.25 * 0.5 and img[60, 60, 0] > img[60, 60, 1]  # blood: dark in green
+    ex = draw_lesion(img, "hard_exudate", (140.0, 140.0), rng, dd_px=130.0, radius_px=4.0, strength=0.9)
+    assert ex["type"] == "hard_exudate" and img[140, 140, 1] > 0.6  # bright yellow
+    flame = draw_lesion(img, "flame_hemorrhage", (100.0, 40.0), rng, dd_px=130.0, disc_xy=(100.0, 180.0))
+    assert flame["type"] == "hemorrhage"
+    fx1, fy1, fx2, fy2 = flame["box_xyxy_px"]
+    assert (fy2 - fy1) > 2 * (fx2 - fx1)  # elongated along the line to the disc (vertical here)
+    with pytest.raises(ValueError, match="cotton_wool_spot"):
+        draw_lesion(img, "blot", (50.0, 50.0), rng, dd_px=130.0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from grok.cfp.preprocess import background, fill_outside, smooth
+from grok.cfp.preprocess import background, erode, fill_outside, smooth
 
 #: Expected disc diameter as a fraction of the FOV radius for a 45-degree photograph (FOV ~ 7.2 DD).
 EXPECTED_DD_PER_FOV_RADIUS = 2 / 7.2
@@ -69,8 +69,7 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
     bg = background(lnv, fov_mask, 2.5 * dd0)
     bright = smooth(lnv / bg - 1.0, 0.22 * dd0)
     vconv = smooth((vessel_mask * np.clip(darkness, 0, None)).astype(np.float32), 0.45 * dd0)
-    inner = fov_mask & ~ndi.binary_erosion(~fov_mask, iterations=1)
-    inner = ndi.binary_erosion(fov_mask, iterations=max(int(0.15 * dd0), 1))
+    inner = erode(fov_mask, max(int(0.15 * dd0), 1))
     if inner.sum() < 100:
         res.reasons.append("field of view too small to search for the optic disc")
         return res
@@ -86,8 +85,10 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
             "the background (need 8%)"
         )
         return res
-    # --- rim: radial strongest falling edge, axis-aligned ellipse fit, two passes ---
-    sm = ndi.gaussian_filter(lnv, 1.5 * sc)
+    # --- rim: radial strongest falling edge, axis-aligned ellipse fit, two passes (on a crop) ---
+    R = int(1.6 * dd0) + 8
+    cys, cxs = slice(max(cy - R, 0), min(cy + R + 1, h)), slice(max(cx - R, 0), min(cx + R + 1, w))
+    sm_crop = ndi.gaussian_filter(lnv[cys, cxs], 1.5 * sc)
     center = np.array([cx, cy], dtype=float)
     a = b = 0.5 * dd0
     fit_ok = False
@@ -96,7 +97,8 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
         r = np.linspace(0.12 * dd0, 0.95 * dd0, 80)
         X = center[0] + np.cos(ang)[:, None] * r[None, :]
         Y = center[1] + np.sin(ang)[:, None] * r[None, :]
-        prof = ndi.map_coordinates(sm, [Y.ravel(), X.ravel()], order=1, mode="nearest").reshape(X.shape)
+        prof = ndi.map_coordinates(sm_crop, [Y.ravel() - cys.start, X.ravel() - cxs.start], order=1,
+                                   mode="nearest").reshape(X.shape)
         prof = ndi.gaussian_filter1d(prof, 1.5, axis=1)
         grad = np.gradient(prof, r, axis=1)
         valid = (r >= 0.25 * dd0) & (r <= 0.85 * dd0)
@@ -151,10 +153,19 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
     res.center_xy = (float(center[0]), float(center[1]))
     res.diameter_vertical_px = float(2 * b)
     res.diameter_horizontal_px = float(2 * a)
-    yy, xx = np.mgrid[0:h, 0:w]
+    # disc and cup on a crop around the disc (pasted back into full-size masks)
+    m = int(max(a, b) * 1.3) + int(6 * sc) + 4
+    ys = slice(max(int(center[1]) - m, 0), min(int(center[1]) + m + 1, h))
+    xs = slice(max(int(center[0]) - m, 0), min(int(center[0]) + m + 1, w))
+    yy, xx = np.mgrid[ys, xs]
     er = ((xx - center[0]) / a) ** 2 + ((yy - center[1]) / b) ** 2
-    res.disc_mask = (er <= 1.0) & fov_mask
-    _cup(res, rgb, vessel_mask, fov_mask, er, sc)
+    res.disc_mask = np.zeros((h, w), bool)
+    res.disc_mask[ys, xs] = (er <= 1.0) & fov_mask[ys, xs]
+    _cup(res, rgb[ys, xs], vessel_mask[ys, xs], fov_mask[ys, xs], er, sc)
+    if res.cup_mask is not None:
+        full = np.zeros((h, w), bool)
+        full[ys, xs] = res.cup_mask
+        res.cup_mask = full
     return res
 
 
@@ -225,7 +236,7 @@ def find_fovea(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, f
         region = np.hypot(xx - fov_center[0], yy - fov_center[1]) < 1.5 * dd
         prior = 0.004 * ((xx - fov_center[0]) ** 2 + (yy - fov_center[1]) ** 2) / dd**2
         out.reasons.append("fovea searched near the FOV centre (no disc to reference)")
-    region &= ndi.binary_erosion(fov_mask, iterations=max(int(0.3 * dd), 1))
+    region &= erode(fov_mask, max(int(0.3 * dd), 1))
     if region.sum() < 10:
         out.reasons.append("fovea search region lies outside the field of view")
         return out

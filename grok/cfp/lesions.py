@@ -1,34 +1,43 @@
 """Lesion candidates with boxes, typed by rules: haemorrhages, microaneurysms, hard exudates,
 cotton-wool spots, drusen.
 
-Two stages, so that the decisions can be inspected (``lesion_candidates`` returns every candidate with
-its features and, after ``classify``, its type or the reason it was dropped):
+Three stages, so that every decision can be inspected (``lesion_candidates`` returns each candidate with
+its features; ``classify`` sets its type or the reason it was dropped):
 
-1. **Candidates.** Dark and bright isotropic blobs of the background-relative green channel
-   (``grok.cfp.preprocess.relative_channels``): a multi-scale, scale-normalised Hessian blob measure
-   (both eigenvalues of the same sign, so vessels, which have one near-zero eigenvalue, respond
-   little), turned into a z-score against the local noise, local maxima above ``LesionRules.z_seed``.
-   Each seed grows into the connected region above half its peak contrast; the box is that region's
-   pixel-edge box, as in the phantom truth.
-2. **Features** of each region: contrast (relative and in noise units), equivalent diameter and
-   elongation, edge width (contrast over the mean border gradient), colour of the absolute change
-   against a ring around it (dB/dG: yellow exudates and drusen about 0.3-0.6, white cotton-wool
-   spots and whitish nerve-fibre sheen or reflexes 0.8 and more; dR/dG for dark pigment), vessel
-   contacts (vessel branches touching the region, their calibre, the share of the region on the
-   vessel mask, the gap to the nearest vessel and whether the region runs along it), and position
-   relative to the disc and the fovea in disc diameters (DD).
-3. **Typed rules** (``classify``), all thresholds in ``LesionRules``. Dark: a piece of vessel
-   (crossing, bifurcation, vessel end: touched by a vessel not much narrower than itself), dark
-   pigment (dark in red nearly as much as in green), the foveal pit, low contrast and unbounded
-   regions are dropped; the rest split by size at 0.065 DD (about 125 um) into microaneurysm and
-   hemorrhage. Bright: near-disc and foveal-reflex spots, low-contrast whitish spots (nerve-fibre
-   sheen, which is brightest along the arcades near the disc), elongated spots lying along a vessel
-   (wall reflexes) and large unbounded regions are dropped; whitish, soft, large spots are cotton-wool
-   spots; yellow spots are hard exudates when sharp-edged or bright, drusen when soft and macular.
+1. **Candidates.** Dark and bright blobs of the background-relative green channel
+   (``grok.cfp.preprocess.relative_channels``): local maxima of a multi-scale, scale-normalised Hessian
+   blob measure (both eigenvalues of one sign, so vessels, with one near-zero eigenvalue, respond
+   little; the eigenvalues are those of the vessel segmentation, shared) in units of the local noise,
+   plus the peaks of small isolated regions of clear contrast (elongated lesions such as flame
+   haemorrhages respond weakly to the blob measure). Each seed grows into the connected region above
+   half its peak contrast; the box is that region's pixel-edge box, as in the phantom truth.
+2. **Features** of each region: contrast (on the relative map, in noise units, and against a ring
+   around the region), equivalent diameter, elongation and minor width, edge width, colour of the
+   absolute change against the ring (dB/dG: yellow exudates and drusen ~0.4-0.8, white cotton wool,
+   nerve-fibre sheen and reflexes ~0.9 and more; dR/dG: deposits raise green more than red),
+   brightness in disc units (green rise over the disc's green excess), red/green darkness ratio
+   (blood <= 0.5, pigment ~1), "arms" (runs of the same polarity on a circle just beyond the region:
+   0 for an isolated spot, 1-2 for a vessel end or piece, 3-4 for a crossing; runs about as wide as
+   the region are the same structure continuing), vessel contacts (branches of the vessel mask
+   touching it, their calibre), whether the region lies along a vessel, and the distances to the
+   disc and the fovea in disc diameters (DD). Regions that fail the cheap checks (size, contrast,
+   disc, unbounded) are dropped before the costly features are computed.
+3. **Typed rules** (``classify``; every threshold is a documented field of ``LesionRules``). Common:
+   not at the disc, bounded, contrast also against its own ring, inside the FOV. Dark: not a vessel
+   piece (arms, vessel contacts), not pigment, not the foveal pit; microaneurysm if round, isolated,
+   blob-like and under 0.065 DD (~125 um, and >= 2.5 px), else haemorrhage (round, or elongated but
+   wide, dense and not continued by a line: flame). Bright: not the foveal reflex, not a reflex along
+   a vessel, not a gap between vessels, not red-dominated; whitish spots are cotton-wool spots when
+   large, soft and at least 0.35 disc units bright (else sheen or reflex); yellow spots are hard
+   exudates when at least 0.6 disc units bright, drusen when fainter, round, isolated, >= 63 um and
+   within 2 DD of the fovea. Pieces of one lesion are merged (``merge_pieces``).
 
-These are rules from the clinical descriptions of the lesions; they are checked against the phantom
-and against the real normal photograph ``skimage.data.retina()`` (which must give no lesion), not
-against annotated real lesions (none ship here). See docs/cfp.md for the figures.
+The length unit of the size rules is the disc diameter, capped at the typical disc of the field of view
+(a disc fit that takes in peripapillary atrophy would otherwise shrink every lesion). Below about 60
+working pixels per DD lesions are not assessed (``lesions_assessable``). The rules follow the clinical
+descriptions of the lesions and are checked on the phantom, on the real normal photograph
+``skimage.data.retina()`` (no lesion) and on lesions drawn into that photograph; no annotated real
+lesions ship here. See docs/cfp.md for the figures.
 """
 
 from __future__ import annotations
@@ -40,6 +49,22 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+#: Disc diameters per FOV radius of a 45-degree photograph (FOV about 7.2 DD across).
+LESION_DD_PER_FOV_RADIUS = 2 / 7.2
+#: Below this many working pixels per disc diameter (a field of view under ~430 px across) lesions are
+#: not assessed: a microaneurysm would be under 2 px and a small haemorrhage under 4 px.
+MIN_LESION_DD_PX = 60.0
+
+
+def lesions_assessable(fov_mask: np.ndarray) -> tuple[bool, str]:
+    """Whether the working image resolves lesions; (False, reason) when the FOV is too small."""
+    dd_fov = LESION_DD_PER_FOV_RADIUS * math.sqrt(float(np.count_nonzero(fov_mask)) / math.pi)
+    if dd_fov < MIN_LESION_DD_PX:
+        return False, (f"lesions not assessed: the field of view is {dd_fov:.0f} px per disc diameter "
+                       f"(need {MIN_LESION_DD_PX:.0f}; a photograph of at least ~{int(7.2 * MIN_LESION_DD_PX)} px "
+                       "across the field)")
+    return True, ""
+
 
 @dataclass(frozen=True)
 class LesionRules:
@@ -48,23 +73,42 @@ class LesionRules:
 
     z_seed: float = 4.0
     """Blob z-score (local noise units) a local maximum needs to become a candidate."""
-    dark_min_contrast: float = 0.07
-    """Minimum relative darkness (green) of a haemorrhage or microaneurysm."""
+    dark_min_contrast: float = 0.15
+    """Minimum relative darkness (green) of a microaneurysm (the green channel's choroidal texture
+    reaches about 0.15 on real and phantom photographs)."""
+    hemorrhage_min_contrast: float = 0.2
+    """Minimum relative darkness of a haemorrhage (larger texture patches reach about 0.2)."""
     dark_min_z: float = 5.0
     """Minimum peak darkness in local noise units."""
     ma_max_diameter_dd: float = 0.065
     """Equivalent diameter splitting microaneurysms (below, ~125 um) from haemorrhages."""
     ma_min_diameter_dd: float = 0.018
     """Smaller dark dots are noise / JPEG artefacts."""
+    ma_min_diameter_px: float = 2.5
+    """Dots narrower than this many (working) pixels cannot be told from noise or vessel crossings."""
+    hemorrhage_min_diameter_px: float = 6.0
+    """Haemorrhages need this many pixels across (no effect above ~700-px photographs, where 0.065 DD is
+    more; on smaller ones texture patches and vessel pieces of that size are indistinguishable)."""
     dark_max_diameter_dd: float = 0.45
     """Larger dark regions are background variation (the macula, a choroidal shadow)."""
-    dark_max_elongation: float = 4.5
+    dark_max_elongation: float = 5.0
     """Major/minor axis ratio above which a dark region is a vessel piece (flame haemorrhages reach ~4)."""
+    round_max_elongation: float = 2.2
+    """Dark regions up to this axis ratio are round (microaneurysms, dot and blot haemorrhages)."""
+    ma_min_z_blob: float = 3.0
+    """A microaneurysm is a clear isotropic blob (blob z-score); thin vessel fragments score lower."""
+    flame_min_width_dd: float = 0.045
+    """Elongated dark regions narrower than this are vessel fragments, not flame haemorrhages."""
+    flame_min_contrast: float = 0.25
+    """Elongated dark regions need this width and contrast, or 0.7 x the width at 1.4 x the contrast
+    (isolated dense thin flames; a vessel that dark would be segmented and joined to the tree)."""
     vessel_branch_width_ratio: float = 1.7
     """A dark region touched by a vessel is a vessel piece unless its minor width exceeds the
     vessel's calibre by this factor."""
-    pigment_red_ratio: float = 0.75
-    """Dark regions whose relative red darkness reaches this share of the green darkness are pigment."""
+    pigment_red_ratio: float = 0.6
+    """Dark regions whose relative red darkness reaches this share of the green darkness are pigment or
+    pigmented texture (blood absorbs red at most about half as much as green: vessels in real
+    photographs 0.15-0.3, the phantom's blood 0.4)."""
     fovea_exclusion_dd: float = 0.25
     """Dark candidates this close to the detected fovea centre are the foveal pit."""
     disc_exclusion_dd: float = 0.7
@@ -72,13 +116,20 @@ class LesionRules:
     bright_min_contrast: float = 0.12
     """Minimum relative brightness (green) of any bright lesion."""
     bright_min_z: float = 6.0
-    white_min_b_over_g: float = 0.8
-    """dB/dG (absolute channel changes) at and above which a bright spot is whitish (not yellow)."""
-    cws_min_diameter_dd: float = 0.08
-    cws_min_contrast: float = 0.2
-    """Whitish spots below this relative brightness are nerve-fibre sheen or reflexes, not cotton wool."""
-    exudate_min_contrast: float = 0.2
-    """Yellow spots at least this bright, or sharp-edged, are hard exudates."""
+    bright_max_r_over_g: float = 0.9
+    """Deposits (exudates, drusen, cotton wool) raise green more than red; larger dR/dG is background."""
+    white_min_b_over_g: float = 0.9
+    """dB/dG (absolute channel changes) at and above which a bright spot is whitish (cotton wool, sheen,
+    reflexes) rather than yellow (exudates, drusen)."""
+    cws_min_diameter_dd: float = 0.06
+    cws_min_disc_units: float = 0.35
+    """Bright-lesion strengths are in disc units: the green rise over the ring around the spot divided
+    by the disc's green excess over the fundus near it. Whitish spots below this are sheen or reflexes."""
+    exudate_min_disc_units: float = 0.6
+    """Hard exudates are about as bright as the disc; yellow spots this bright or brighter are exudates."""
+    drusen_min_disc_units: float = 0.2
+    drusen_min_diameter_dd: float = 0.035
+    """Drusen are counted from 63 um (0.035 DD): smaller ones are normal ageing (AREDS)."""
     sharp_edge_px: float = 2.2
     """Edge width (px at the 1024-px reference scale) at or below which an edge is sharp."""
     drusen_max_fovea_dd: float = 2.0
@@ -87,6 +138,14 @@ class LesionRules:
     along_vessel_gap_px: float = 3.0
     """Bright regions within this gap (px at reference scale) of a vessel and elongated along it are
     vessel-wall reflexes or sheen."""
+    dark_min_ring_contrast_share: float = 0.55
+    """The contrast against a ring around the region must be at least this share of the contrast on the
+    background-relative map: drawn dark lesions give 0.7-0.9 (a defined spot on a flat surround); soft
+    texture patches about 0.5 or less; artefacts of the background model near 0."""
+    bright_min_ring_contrast_share: float = 0.25
+    """The same for bright spots (soft cotton-wool spots and drusen give 0.35-0.6)."""
+    min_circle_in_fov: float = 0.75
+    """Share of a circle just around the region that must lie inside the field of view."""
     foveal_reflex_dd: float = 0.15
     """Small bright spots this close to the fovea centre are the foveal light reflex."""
 
@@ -139,77 +198,123 @@ def _logistic(z: float, z0: float, k: float = 1.0) -> float:
     return float(1.0 / (1.0 + math.exp(-(z - z0) / k)))
 
 
-def _blob_z(c: np.ndarray, sigmas: list[float], noise_rel: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Max over scales of the scale-normalised blob measure of the bright spots of ``c``, in units of
-    the robust spread of the same scale's Laplacian inside ``allowed`` times the local noise ratio.
-    Returns (z, sigma_px of the best scale), both (h, w)."""
-    from grok.cfp.vessels import hessian_eigen
+def _blob_z(hessian: list[tuple[float, np.ndarray, np.ndarray]], polarity: str, noise_rel: np.ndarray,
+            allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Max over scales of the scale-normalised blob measure, in units of the robust spread of the same
+    scale's Laplacian inside ``allowed`` times the local noise ratio. ``hessian``: (sigma, l1, l2) of the
+    darkness map per scale; dark blobs have both eigenvalues negative (blob = -l1), bright blobs both
+    positive (blob = l2). Returns (z, sigma_px of the best scale), both (h, w)."""
+    from grok.cfp._kernels import update_best_blob
 
-    best = np.zeros(c.shape, np.float32)
-    best_s = np.zeros(c.shape, np.float32)
+    best = np.zeros(noise_rel.shape, np.float32)
+    best_s = np.zeros(noise_rel.shape, np.float32)
+    inv_noise = (1.0 / noise_rel).astype(np.float32)
     sub = allowed[::4, ::4]
-    for s in sigmas:
-        l1, l2 = hessian_eigen(c, s)  # l1 >= l2
-        lap = (l1 + l2)[::4, ::4][sub]
+    for s, l1, l2 in hessian:
+        lap = (l1[::4, ::4] + l2[::4, ::4])[sub]
         spread = 1.4826 * float(np.median(np.abs(lap - np.median(lap)))) + 1e-9 if lap.size else 1.0
-        z = np.maximum(-l1, 0) / (spread * noise_rel)
-        upd = z > best
-        best[upd] = z[upd]
-        best_s[upd] = s
+        if polarity == "dark":
+            update_best_blob(l1, -1.0 / spread, inv_noise, float(s), best, best_s)
+        else:
+            update_best_blob(l2, 1.0 / spread, inv_noise, float(s), best, best_s)
     return best, best_s
 
 
 def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarray, vessel_mask: np.ndarray,
                       sc: float, disc_xy: tuple[float, float] | None, dd_px: float,
-                      fovea_xy: tuple[float, float] | None, rules: LesionRules | None = None) -> list[Candidate]:
+                      fovea_xy: tuple[float, float] | None, rules: LesionRules | None = None,
+                      hessian: list[tuple[float, np.ndarray, np.ndarray]] | None = None,
+                      highpass: np.ndarray | None = None) -> list[Candidate]:
     """Dark and bright blob candidates with their features (not yet typed; see ``classify``).
 
     rgb : (h, w, 3) float in [0, 1] working image; rel : ``relative_channels`` (R, G, B each (h, w));
     fov_mask, vessel_mask : (h, w) bool; sc : length scale (FOV radius / 480 px); disc_xy, fovea_xy :
-    (x, y) or None; dd_px : disc diameter (NaN: estimated from the FOV size).
+    (x, y) or None; dd_px : disc diameter (NaN: estimated from the FOV size); hessian : (sigma_px, l1, l2)
+    of the vessel darkness map per scale (``VesselMaps.hessian``), computed here when not given;
+    highpass : (h, w) fine-scale residual of the relative green (``VesselMaps.highpass``; sign is irrelevant).
     """
     from grok.cfp.preprocess import background
     from grok.cfp.vessels import _local_scale
 
     r = rules or LesionRules()
     h, w = fov_mask.shape
-    if not np.isfinite(dd_px) or dd_px <= 0:
-        dd_px = 0.278 * math.sqrt(fov_mask.sum() / math.pi)
+    # the length unit of the size rules: the disc diameter, but not more than a typical disc for this
+    # field of view (a disc fit that takes in peripapillary atrophy would make every lesion "smaller")
+    dd_fov = LESION_DD_PER_FOV_RADIUS * math.sqrt(fov_mask.sum() / math.pi)
+    dd_px = min(dd_px, dd_fov) if np.isfinite(dd_px) and dd_px > 0 else dd_fov
     inner = ndi.distance_transform_cdt(np.pad(fov_mask, 1), metric="chessboard")[1:-1, 1:-1]
     allowed = inner > max(int(8 * sc), 1)
     if not allowed.any():
         return []
-    rr, rg, rb = rel
+    rr, rg = rel[0], rel[1]
     # the relative green level around lesions, without vessels (they would lower it near vessels)
     base = allowed & ~vessel_mask
     lvl = background(np.where(base, rg, 0).astype(np.float32) + 1.0, base, 42 * sc) - 1.0
     g = ndi.gaussian_filter(rg - lvl, 0.7 * sc)
-    hp = rg - ndi.gaussian_filter(rg, 1.5 * sc)
+    hp = highpass if highpass is not None else rg - ndi.gaussian_filter(rg, 1.5 * sc)
     noise_map = _local_scale(hp, base, int(64 * sc))
     noise_glob = float(np.median(noise_map[allowed]))
     noise_rel = noise_map / max(noise_glob, 1e-9)
-    vdist, vidx = ndi.distance_transform_edt(~vessel_mask, return_indices=True)
-    vwidth = 2.0 * ndi.distance_transform_edt(vessel_mask)  # calibre at vessel pixels (centre ~ full width)
-    vwidth = ndi.maximum_filter(vwidth, size=max(int(5 * sc), 3))
-    ctx = _Ctx(rgb=rgb, rr=rr, g=g, noise=noise_map, vessel=vessel_mask, vdist=vdist, vidx=vidx, vwidth=vwidth,
-               sc=sc, dd=dd_px, disc=disc_xy, fovea=fovea_xy)
+    ctx = _Ctx(rgb=rgb, rr=rr, g=g, noise=noise_map, vessel=vessel_mask,
+               sc=sc, dd=dd_px, disc=disc_xy, fovea=fovea_xy, disc_dg=_disc_green_excess(rgb, vessel_mask, disc_xy, dd_px), fov_inner=inner,
+               rules=r)
     out: list[Candidate] = []
-    sig = [1.0 * sc, 1.6 * sc, 2.5 * sc, 4.0 * sc, 6.0 * sc]
+    if not hessian:
+        from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
+
+        ds = ndi.gaussian_filter(-rg, 0.6 * sc)
+        hessian = [(s * sc, *hessian_eigen(ds, s * sc)) for s in VESSEL_SCALES]
+    max_area = math.pi * (0.5 * r.dark_max_diameter_dd * dd_px) ** 2 * 1.5
     for pol, c in (("dark", -g), ("bright", g)):
-        z, zs = _blob_z(c, [max(s, 0.8) for s in sig], noise_rel, allowed)
+        z, zs = _blob_z(hessian, pol, noise_rel, allowed)
         z[~allowed] = 0
         peaks = (z >= r.z_seed) & (z == ndi.maximum_filter(z, size=max(int(3 * sc), 1) * 2 + 1))
         ys, xs = np.nonzero(peaks)
         order = np.argsort(-z[ys, xs])
-        taken = np.zeros((h, w), bool)
-        for i in order[:3000]:
-            y, x = int(ys[i]), int(xs[i])
-            if taken[y, x]:
+        seeds = [(int(ys[i]), int(xs[i]), float(zs[ys[i], xs[i]]), float(z[ys[i], xs[i]]), None)
+                 for i in order[:3000]]
+        # elongated lesions (flame haemorrhages) respond weakly to the blob measure: add the peaks of
+        # small isolated regions of clear contrast that are not part of the vessel tree
+        thr = np.maximum(3.0 * noise_map, 0.8 * (r.dark_min_contrast if pol == "dark" else r.bright_min_contrast))
+        lab, _ = ndi.label((c >= thr) & allowed)
+        for k, sl in enumerate(ndi.find_objects(lab), start=1):
+            sub = lab[sl] == k
+            a = int(sub.sum())
+            if a < 4 or a > max_area:
                 continue
-            cand = _grow(ctx, c, x, y, float(zs[y, x]), float(z[y, x]), pol, taken)
+            yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
+            y, x = yy_ + sl[0].start, xx_ + sl[1].start
+            seeds.append((y, x, float(max(zs[y, x], sc)), float(z[y, x]), None))
+        taken = np.zeros((h, w), bool)  # pixels of bounded candidates
+        tried = np.zeros((h, w), bool)  # pixels of any grown region (unbounded ones too)
+        for y, x, s_, zb, limit in seeds:
+            if taken[y, x] or (tried[y, x] and limit is None):
+                continue
+            cand = _grow(ctx, c, x, y, s_, zb, pol, taken, tried, limit)
             if cand is not None:
                 out.append(cand)
     return out
+
+
+def _disc_green_excess(rgb: np.ndarray, vessel_mask: np.ndarray, disc_xy, dd_px: float) -> float:
+    """Green brightness of the disc (within 0.4 DD of its centre) above the fundus 0.9-1.4 DD away,
+    vessels left out (absolute, fraction of full scale); NaN without a disc. Bright lesions are
+    measured in this unit, which does not depend on exposure or on how green the fundus is."""
+    if disc_xy is None or not np.isfinite(dd_px):
+        return float("nan")
+    h, w = vessel_mask.shape
+    x0, y0 = disc_xy
+    R = int(1.45 * dd_px) + 2
+    ys, xs = slice(max(int(y0) - R, 0), min(int(y0) + R + 1, h)), slice(max(int(x0) - R, 0), min(int(x0) + R + 1, w))
+    yy, xx = np.mgrid[ys, xs]
+    rho = np.hypot(xx - x0, yy - y0) / dd_px
+    g = rgb[ys, xs, 1]
+    nv = ~vessel_mask[ys, xs] & (g > 0.02)
+    a, b = g[(rho < 0.4) & nv], g[(rho > 0.9) & (rho < 1.4) & nv]
+    if a.size < 10 or b.size < 10:
+        return float("nan")
+    d = float(np.median(a) - np.median(b))
+    return d if d > 0.02 else float("nan")
 
 
 @dataclass
@@ -219,25 +324,26 @@ class _Ctx:
     g: np.ndarray
     noise: np.ndarray
     vessel: np.ndarray
-    vdist: np.ndarray
-    vidx: np.ndarray
-    vwidth: np.ndarray
     sc: float
     dd: float
     disc: tuple[float, float] | None
     fovea: tuple[float, float] | None
+    disc_dg: float
+    fov_inner: np.ndarray
+    rules: LesionRules
 
 
 def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol: str,
-          taken: np.ndarray) -> Candidate | None:
-    """Half-maximum region around a seed and its features; marks the region in ``taken``."""
+          taken: np.ndarray, tried: np.ndarray, limit: tuple[np.ndarray, int] | None = None) -> Candidate | None:
+    """Half-maximum region around a seed and its features; marks the region in ``tried`` and, when it
+    is bounded, in ``taken``. ``limit`` (labels, k): grow only within component k (dilated by 2 px)."""
     h, w = c.shape
     sc, dd = ctx.sc, ctx.dd
     half = int(max(4 * sigma, 0.3 * dd)) + 3
     y0, y1, x0, x1 = max(y - half, 0), min(y + half + 1, h), max(x - half, 0), min(x + half + 1, w)
     win = c[y0:y1, x0:x1]
     ly, lx = y - y0, x - x0
-    r0 = max(int(round(sigma)), 1)
+    r0 = max(round(sigma), 1)
     nb = win[max(ly - r0, 0): ly + r0 + 1, max(lx - r0, 0): lx + r0 + 1]
     peak = float(nb.max())
     if peak <= 0:
@@ -246,6 +352,8 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     py += max(ly - r0, 0)
     px += max(lx - r0, 0)
     reg_all = win >= 0.5 * peak
+    if limit is not None:
+        reg_all &= ndi.binary_dilation(limit[0][y0:y1, x0:x1] == limit[1], iterations=2)
     lab, _ = ndi.label(reg_all)
     k = lab[py, px]
     if k == 0:
@@ -254,7 +362,9 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     ry, rx = np.nonzero(reg)
     area = int(ry.size)
     touches = bool(ry.min() == 0 or rx.min() == 0 or ry.max() == reg.shape[0] - 1 or rx.max() == reg.shape[1] - 1)
-    taken[y0:y1, x0:x1] |= reg
+    tried[y0:y1, x0:x1] |= reg
+    if not touches:
+        taken[y0:y1, x0:x1] |= reg
     box = [float(rx.min() + x0), float(ry.min() + y0), float(rx.max() + x0 + 1), float(ry.max() + y0 + 1)]
     cx, cy = float(rx.mean() + x0), float(ry.mean() + y0)
     f: dict[str, float] = {}
@@ -266,6 +376,12 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     f["eqd_px"] = eqd
     f["eqd_dd"] = eqd / dd
     f["touches_window"] = float(touches)
+    f["d_disc_dd"] = math.hypot(cx - ctx.disc[0], cy - ctx.disc[1]) / dd if ctx.disc is not None else 99.0
+    f["d_fovea_dd"] = math.hypot(cx - ctx.fovea[0], cy - ctx.fovea[1]) / dd if ctx.fovea is not None else 99.0
+    reason = _gate(f, pol, ctx.rules)
+    if reason:  # dropped on the cheap features: the costly ones below are not needed
+        return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area,
+                         features=f, reason=reason)
     if area >= 3:
         cov = np.cov(np.vstack([rx, ry]).astype(float)) + np.eye(2) / 12.0
         ev, evec = np.linalg.eigh(cov)
@@ -276,6 +392,21 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
         f["elongation"] = 1.0
         f["minor_px"] = eqd
         major = np.array([1.0, 0.0])
+    f["minor_dd"] = f["minor_px"] / dd
+    # structures leaving the region: a circle just beyond its far ends (semi-major axis + margin)
+    semi_major = 0.5 * f["minor_px"] * f["elongation"]
+    rc = semi_major + max(3.0 * sc, 0.5 * f["minor_px"])
+    runs = _arms(c, cx, cy, rc, peak)
+    f["arms"] = float(runs.size)
+    ratio = runs / max(f["minor_px"], 1e-6)
+    f["arm_width_ratio"] = float(ratio.max()) if runs.size else 0.0
+    # arms about as wide as the region itself: the same structure going on (a vessel, not a lesion)
+    f["continuing_arms"] = float(np.sum((ratio >= 0.5) & (ratio <= 2.0)))
+    # share of that circle inside the FOV (a piece cut off by the FOV edge cannot be judged)
+    t = np.linspace(0, 2 * math.pi, 24, endpoint=False)
+    yy_ = np.clip(np.round(cy + rc * np.sin(t)).astype(int), 0, h - 1)
+    xx_ = np.clip(np.round(cx + rc * np.cos(t)).astype(int), 0, w - 1)
+    f["circle_in_fov"] = float(np.mean(ctx.fov_inner[yy_, xx_] > 2))
     # edge width: contrast over the mean gradient on the half-maximum border
     gy, gx = np.gradient(win)
     edge = reg & ~ndi.binary_erosion(reg)
@@ -290,32 +421,101 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     dcol = sub[reg].mean(axis=0) - sub[ring].mean(axis=0) if ring.any() else np.zeros(3)
     dg = float(dcol[1]) if abs(float(dcol[1])) > 1e-6 else 1e-6
     f["dr_over_dg"] = float(dcol[0]) / dg
+    f["dg_abs"] = float(dcol[1])
+    # the same green contrast measured against the ring around the region (independent of the
+    # background model; near the FOV edge the relative map is unreliable)
+    ring_g = float(sub[ring][:, 1].mean()) if ring.any() else 0.0
+    f["ring_contrast"] = (float(dcol[1]) / ring_g if ring_g > 1e-3 else 0.0) * (-1.0 if pol == "dark" else 1.0)
+    f["dg_disc_units"] = float(dcol[1]) / ctx.disc_dg if np.isfinite(ctx.disc_dg) else float("nan")
     f["db_over_dg"] = float(dcol[2]) / dg
-    f["red_ratio"] = float(np.median(-ctx.rr[y0:y1, x0:x1][reg])) / max(peak, 1e-6) if pol == "dark" else 0.0
-    # vessel contacts: vessel pixels in a thin ring around the region, grouped into branches
+    # relative red darkness over relative green darkness (medians over the region): blood ~0.2-0.5,
+    # dark pigment ~1 (pigment absorbs red about as much as green)
+    f["red_ratio"] = (float(np.median(-ctx.rr[y0:y1, x0:x1][reg])) / max(float(np.median(win[reg])), 1e-6)
+                      if pol == "dark" else 0.0)
+    # vessel contacts: vessel pixels in a thin ring around the region, grouped into branches; vessel-mask
+    # pieces lying (mostly) inside the region are the lesion itself (the vessel segmentation takes in
+    # dark blobs), not a vessel
     vsub = ctx.vessel[y0:y1, x0:x1]
+    if vsub.any():
+        vl, nv = ndi.label(vsub, structure=np.ones((3, 3)))
+        if nv:
+            grown = ndi.binary_dilation(reg, iterations=max(int(2 * sc), 1) + 1)
+            tot = np.bincount(vl.ravel(), minlength=nv + 1)
+            ins = np.bincount(vl[grown].ravel(), minlength=nv + 1)
+            selfc = ins >= 0.7 * np.maximum(tot, 1)
+            selfc[0] = False
+            vsub = vsub & ~selfc[vl]
     f["vessel_frac"] = float(vsub[reg].mean())
     near = ndi.binary_dilation(reg, iterations=max(int(2 * sc), 1) + 1) & ~reg
     touch = near & vsub
-    nl, nbr = ndi.label(touch, structure=np.ones((3, 3)))
+    _, nbr = ndi.label(touch, structure=np.ones((3, 3)))
     f["vessel_branches"] = float(nbr)
-    f["vessel_branch_width_px"] = float(ctx.vwidth[y0:y1, x0:x1][touch].max()) if nbr else 0.0
-    # vessel gap and alignment: nearest vessel pixel from the region
-    vd = ctx.vdist[y0:y1, x0:x1]
-    f["vessel_gap_px"] = float(vd[reg].min()) / sc
-    iy, ix = ctx.vidx[0][y0:y1, x0:x1][reg], ctx.vidx[1][y0:y1, x0:x1][reg]
-    j = int(np.argmin(vd[reg]))
-    vy, vx = int(iy[j]), int(ix[j])
-    # local vessel direction from the vessel mask's structure tensor around the nearest vessel pixel
-    f["along_vessel"] = _alignment(ctx.vessel, vx, vy, major, max(int(4 * sc), 3))
-    f["d_disc_dd"] = math.hypot(cx - ctx.disc[0], cy - ctx.disc[1]) / dd if ctx.disc is not None else 99.0
-    f["d_fovea_dd"] = math.hypot(cx - ctx.fovea[0], cy - ctx.fovea[1]) / dd if ctx.fovea is not None else 99.0
+    if nbr:
+        # calibre of the touching vessels: twice the largest distance to the vessel border within
+        # 0.08 DD of the contact (the vessel's centre line)
+        vw = 2.0 * ndi.distance_transform_edt(vsub)
+        reach = ndi.binary_dilation(touch, iterations=max(int(0.04 * dd), 1))
+        f["vessel_branch_width_px"] = float(vw[reach].max())
+    else:
+        f["vessel_branch_width_px"] = 0.0
+    # vessel gap and alignment: nearest (non-self) vessel pixel from the region
+    if vsub.any():
+        vd, (iy, ix) = ndi.distance_transform_edt(~vsub, return_indices=True)
+        j = int(np.argmin(np.where(reg, vd, np.inf)))
+        jy, jx = np.unravel_index(j, vd.shape)
+        f["vessel_gap_px"] = float(vd[jy, jx]) / sc
+        # local vessel direction from the vessel mask around the nearest vessel pixel
+        f["along_vessel"] = _alignment(vsub, int(ix[jy, jx]), int(iy[jy, jx]), major, max(int(4 * sc), 3))
+    else:
+        f["vessel_gap_px"] = float(half) / sc
+        f["along_vessel"] = 0.0
     return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area, features=f)
+
+
+def _gate(f: dict[str, float], pol: str, r: LesionRules) -> str:
+    """The rules that need only position, size and contrast (checked before the costly features)."""
+    if f["d_disc_dd"] < r.disc_exclusion_dd:
+        return "disc"
+    if f["touches_window"]:
+        return "unbounded region (background variation)"
+    if pol == "dark":
+        if f["eqd_dd"] > r.dark_max_diameter_dd:
+            return "too large"
+        if f["eqd_dd"] < r.ma_min_diameter_dd:
+            return "too small"
+        if f["contrast"] < r.dark_min_contrast or f["z_contrast"] < r.dark_min_z:
+            return "low contrast"
+    else:
+        if f["eqd_dd"] > r.bright_max_diameter_dd:
+            return "too large"
+        if f["contrast"] < r.bright_min_contrast or f["z_contrast"] < r.bright_min_z:
+            return "low contrast"
+    return ""
+
+
+def _arms(c: np.ndarray, x: float, y: float, rc: float, peak: float) -> np.ndarray:
+    """Structures of the same polarity leaving a blob: runs above 0.35 x its peak contrast on a circle
+    of radius ``rc`` (px) around (x, y), just beyond the blob. Returns the widths (px of arc) of the runs:
+    none for an isolated spot; one for a vessel end; two for a vessel piece; 3-4 for a branch or
+    crossing; a single run of the whole circumference when all of it is above the level."""
+    n = max(int(2 * math.pi * rc), 16)
+    t = np.linspace(0, 2 * math.pi, n, endpoint=False)
+    v = ndi.map_coordinates(c, [y + rc * np.sin(t), x + rc * np.cos(t)], order=1, mode="nearest")
+    on = v >= 0.35 * peak
+    step = 2 * math.pi * rc / n
+    if on.all():
+        return np.array([n * step])
+    if not on.any():
+        return np.zeros(0)
+    k = int(np.argmin(on))  # start the scan on an "off" sample so that no run wraps around
+    on = np.roll(on, -k)
+    starts = np.flatnonzero(on & ~np.roll(on, 1))
+    ends = np.flatnonzero(on & ~np.roll(on, -1))
+    return (ends - starts + 1) * step
 
 
 def _alignment(vessel: np.ndarray, x: int, y: int, axis: np.ndarray, r: int) -> float:
     """|cos| of the angle between ``axis`` (x, y) and the local vessel direction at (x, y) (0..1)."""
-    h, w = vessel.shape
     sub = vessel[max(y - r, 0): y + r + 1, max(x - r, 0): x + r + 1]
     yy, xx = np.nonzero(sub)
     if yy.size < 3:
@@ -328,17 +528,21 @@ def _alignment(vessel: np.ndarray, x: int, y: int, axis: np.ndarray, r: int) -> 
     return float(abs(d[0] * axis[0] + d[1] * axis[1]))
 
 
-def classify(c: Candidate, rules: LesionRules | None = None, sc: float = 1.0) -> Candidate:
+def classify(c: Candidate, rules: LesionRules | None = None) -> Candidate:
     """Type a candidate in place (``c.type``) or record why it is dropped (``c.reason``); returns it."""
     r = rules or LesionRules()
     f = c.features
-    if f["d_disc_dd"] < r.disc_exclusion_dd:
-        c.reason = "disc"
+    if c.reason:
         return c
-    if f["touches_window"]:
-        c.reason = "unbounded region (background variation)"
+    c.reason = _gate(f, c.polarity, r)
+    if c.reason:
         return c
-    if c.polarity == "dark":
+    share = r.dark_min_ring_contrast_share if c.polarity == "dark" else r.bright_min_ring_contrast_share
+    if f["ring_contrast"] < share * f["contrast"]:
+        c.reason = "no contrast against its own surroundings (background-model artefact)"
+    elif f["circle_in_fov"] < r.min_circle_in_fov:
+        c.reason = "at the edge of the field of view (vignetted rim)"
+    elif c.polarity == "dark":
         _classify_dark(c, r)
     else:
         _classify_bright(c, r)
@@ -349,6 +553,8 @@ def classify(c: Candidate, rules: LesionRules | None = None, sc: float = 1.0) ->
 
 def _classify_dark(c: Candidate, r: LesionRules) -> None:
     f = c.features
+    ma = f["eqd_dd"] < r.ma_max_diameter_dd
+    elongated = f["elongation"] > r.round_max_elongation
     if f["eqd_dd"] > r.dark_max_diameter_dd:
         c.reason = "too large"
     elif f["eqd_dd"] < r.ma_min_diameter_dd:
@@ -357,50 +563,118 @@ def _classify_dark(c: Candidate, r: LesionRules) -> None:
         c.reason = "low contrast"
     elif f["d_fovea_dd"] < r.fovea_exclusion_dd:
         c.reason = "foveal pit"
-    elif f["vessel_branches"] > 0 and f["minor_px"] < r.vessel_branch_width_ratio * f["vessel_branch_width_px"]:
+    elif f["arms"] >= 3 or (f["arms"] >= 1 and (f["vessel_branches"] >= 3 or (
+            f["vessel_branches"] > 0 and f["minor_px"] < r.vessel_branch_width_ratio * f["vessel_branch_width_px"]))):
         c.reason = "vessel piece (crossing, branch or end)"
-    elif f["elongation"] > r.dark_max_elongation:
-        c.reason = "elongated (vessel)"
+    elif f["continuing_arms"] >= 2:
+        c.reason = "a vessel runs through it (vessel piece or crossing)"
     elif f["red_ratio"] >= r.pigment_red_ratio:
         c.reason = "dark in red as well (pigment)"
+    elif ma and f["eqd_px"] < r.ma_min_diameter_px:
+        c.reason = "dot below the resolvable size"
+    elif ma and (elongated or f["z_blob"] < r.ma_min_z_blob):
+        c.reason = "small but not round (vessel fragment)"
+    elif ma and f["arms"] > 0:
+        c.reason = "dark dot on a vessel line (crossing, end or fragment)"
+    elif f["elongation"] > r.dark_max_elongation:
+        c.reason = "elongated (vessel)"
+    elif elongated and not (
+            (f["minor_dd"] >= r.flame_min_width_dd and f["contrast"] >= r.flame_min_contrast)
+            or (f["minor_dd"] >= 0.7 * r.flame_min_width_dd and f["contrast"] >= 1.4 * r.flame_min_contrast)):
+        c.reason = "thin or faint elongated piece (vessel fragment)"
+    elif elongated and (f["circle_in_fov"] < 1 or f["continuing_arms"] > 0 or f["arms"] > 2):
+        c.reason = "elongated piece continued by a line as wide, or cut by the FOV edge (vessel fragment)"
+    elif not ma and f["eqd_px"] < r.hemorrhage_min_diameter_px:
+        c.reason = "haemorrhage-sized for the disc but too few pixels to tell from texture or a vessel piece"
+    elif not ma and f["contrast"] < r.hemorrhage_min_contrast:
+        c.reason = "low contrast for a haemorrhage (texture)"
     else:
-        c.type = "microaneurysm" if f["eqd_dd"] < r.ma_max_diameter_dd else "hemorrhage"
+        c.type = "microaneurysm" if ma else "hemorrhage"
 
 
 def _classify_bright(c: Candidate, r: LesionRules) -> None:
     f = c.features
+    units = f["dg_disc_units"]
+    if not np.isfinite(units):  # no disc: the relative green brightness over a typical disc's (~0.9)
+        units = f["contrast"] / 0.9
     white = f["db_over_dg"] >= r.white_min_b_over_g
     sharp = f["edge_width_px"] <= r.sharp_edge_px
     if f["eqd_dd"] > r.bright_max_diameter_dd:
         c.reason = "too large"
     elif f["contrast"] < r.bright_min_contrast or f["z_contrast"] < r.bright_min_z:
         c.reason = "low contrast"
-    elif f["d_fovea_dd"] < r.foveal_reflex_dd:
+    elif f["d_fovea_dd"] < r.foveal_reflex_dd and f["eqd_dd"] < 0.1:
         c.reason = "foveal reflex"
     elif f["vessel_gap_px"] <= r.along_vessel_gap_px and f["elongation"] > 1.8 and f["along_vessel"] > 0.8:
         c.reason = "along a vessel (wall reflex or sheen)"
+    elif f["dr_over_dg"] > r.bright_max_r_over_g:
+        c.reason = "red rises more than green (thin pigment or choroidal pattern, not a deposit)"
+    elif f["vessel_branches"] >= 2 and units < r.exudate_min_disc_units:
+        c.reason = "bright gap between vessels"
     elif white:
-        if f["contrast"] < r.cws_min_contrast:
+        if units < r.cws_min_disc_units:
             c.reason = "faint whitish spot (nerve-fibre sheen or reflex)"
         elif f["eqd_dd"] >= r.cws_min_diameter_dd and not sharp:
             c.type = "cotton_wool_spot"
         else:
             c.reason = "small or sharp whitish spot (reflex)"
-    elif sharp or f["contrast"] >= r.exudate_min_contrast:
+    elif units >= r.exudate_min_disc_units:
         c.type = "hard_exudate"
-    elif f["d_fovea_dd"] <= r.drusen_max_fovea_dd:
-        c.type = "drusen"
+    elif units < r.drusen_min_disc_units:
+        c.reason = "faint yellow spot"
+    elif f["eqd_dd"] < r.drusen_min_diameter_dd:
+        c.reason = "small yellow dot (below 63 um: not counted as drusen)"
+    elif f["d_fovea_dd"] > r.drusen_max_fovea_dd:
+        c.reason = "soft yellow spot outside the macula"
+    elif f["elongation"] > r.round_max_elongation or f["arms"] > 1:
+        c.reason = "yellow spot not round or continued by bright lines (sheen, reflex)"
     else:
-        c.reason = "faint soft yellow spot outside the macula"
+        c.type = "drusen"
 
 
 def find_lesions(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarray, vessel_mask: np.ndarray, sc: float,
                  disc_xy: tuple[float, float] | None, dd_px: float,
-                 fovea_xy: tuple[float, float] | None, rules: LesionRules | None = None) -> list[Lesion]:
-    """Typed lesions at working resolution (see the module docstring)."""
+                 fovea_xy: tuple[float, float] | None, rules: LesionRules | None = None,
+                 hessian: list[tuple[float, np.ndarray, np.ndarray]] | None = None,
+                 highpass: np.ndarray | None = None) -> list[Lesion]:
+    """Typed lesions at working resolution (see the module docstring and ``lesion_candidates``)."""
+    rules = rules or LesionRules()
     out = []
-    for c in lesion_candidates(rgb, rel, fov_mask, vessel_mask, sc, disc_xy, dd_px, fovea_xy, rules):
-        classify(c, rules, sc)
+    for c in lesion_candidates(rgb, rel, fov_mask, vessel_mask, sc, disc_xy, dd_px, fovea_xy, rules, hessian,
+                               highpass):
+        classify(c, rules)
         if c.type:
             out.append(Lesion(c.type, c.box_xyxy_px, round(c.score, 3), c.area_px))
-    return out
+    return merge_pieces(out)
+
+
+def merge_pieces(lesions: list[Lesion]) -> list[Lesion]:
+    """One lesion found as several pieces (a fluffy cotton-wool spot, a blot haemorrhage with two dark
+    cores) becomes one: boxes of the same type that overlap by at least 30% of the smaller box, or for
+    cotton-wool spots that touch, are merged (union box, highest score, summed area)."""
+    items = list(lesions)
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(items)):
+            for j in range(i + 1, len(items)):
+                a, b = items[i], items[j]
+                if a.type != b.type:
+                    continue
+                A, B = a.box_xyxy_px, b.box_xyxy_px
+                gap = 1.0 if a.type == "cotton_wool_spot" else 0.0
+                ix = min(A[2], B[2]) - max(A[0], B[0]) + gap
+                iy = min(A[3], B[3]) - max(A[1], B[1]) + gap
+                if ix <= 0 or iy <= 0:
+                    continue
+                small = min((A[2] - A[0]) * (A[3] - A[1]), (B[2] - B[0]) * (B[3] - B[1]))
+                if a.type != "cotton_wool_spot" and ix * iy < 0.3 * small:
+                    continue
+                items[i] = Lesion(a.type, [min(A[0], B[0]), min(A[1], B[1]), max(A[2], B[2]), max(A[3], B[3])],
+                                  max(a.score, b.score), a.area_px + b.area_px)
+                del items[j]
+                merged = True
+                break
+            if merged:
+                break
+    return items

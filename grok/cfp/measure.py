@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from grok.cfp.disc import find_disc, find_fovea, laterality_from_image
-from grok.cfp.lesions import find_lesions
+from grok.cfp.lesions import find_lesions, lesions_assessable
 from grok.cfp.preprocess import (
     MIN_SIDE_PX,
     REFERENCE_FOV_RADIUS_PX,
@@ -72,7 +72,7 @@ class CfpMeasurement:
 def _empty_biomarkers() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in CFP_BIOMARKERS:
-        if k.endswith("_xy_px") or k.endswith("_count"):
+        if k.endswith(("_xy_px", "_count")):
             out[k] = None
         else:
             out[k] = float("nan")
@@ -107,6 +107,14 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     Never raises on bad image content; raises ValueError only for arrays that cannot be an image.
     """
     t0 = time.perf_counter()
+    timing: dict[str, float] = {}
+    lap = [time.process_time()]
+
+    def tick(stage: str) -> None:  # CPU seconds of each stage, for the speed benchmark's breakdown
+        now = time.process_time()
+        timing[stage] = timing.get(stage, 0.0) + now - lap[0]
+        lap[0] = now
+
     th = thresholds or QualityThresholds()
     if laterality is not None and laterality not in ("OD", "OS"):
         raise ValueError(f"measure_fundus: laterality={laterality!r}; use 'OD', 'OS' or None")
@@ -128,14 +136,16 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         q.add("reject", "no colour: a greyscale or red-free image (or an OCT B-scan); the CFP measures need "
                         "an RGB colour fundus photograph")
     img = wk.rgb
-    lum = img.mean(axis=2)
+    from grok.cfp._kernels import channel_mean_min_max
+
+    lum, ch_min, _ = channel_mean_min_max(img)
     fov = find_fov(img)
     q.metrics.update(fov_coverage=fov.coverage, fov_circularity=fov.circularity)
     if fov.coverage < th.min_fov_coverage or fov.radius < 40:
         q.add("reject", f"no usable field of view (bright area {100 * fov.coverage:.0f}% of the frame): a "
                         "black, blank or mostly dark frame")
     else:
-        sat = float(np.mean(np.all(img[fov.mask] >= 0.97, axis=1)))
+        sat = float(np.mean((ch_min >= 0.97)[fov.mask]))
         mean_l = float(lum[fov.mask].mean())
         q.metrics.update(saturated_fraction=sat, mean_luminance=mean_l)
         if sat > th.max_saturated_reject:
@@ -168,8 +178,11 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     elif sharp < th.min_sharpness_usable:
         q.add("usable", f"slightly blurred (sharpness {sharp:.2f})")
 
+    tick("input_fov_quality")
     rel = relative_channels(img, fov.mask, sc)
+    tick("relative_channels")
     vm = segment_vessels(img, fov.mask, sc, rel)
+    tick("vessel_segmentation")
     dens = float(vm.mask[fov.mask].mean())
     q.metrics["vessel_density"] = dens
     if dens < th.min_vessel_density_reject:
@@ -181,7 +194,9 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         return _rejected(q, laterality, (H, W), extras)
 
     disc = find_disc(img, fov.mask, fov.center_xy, fov.radius, vm.mask, vm.darkness)
+    tick("disc_cup")
     fovea = find_fovea(img, fov.mask, fov.center_xy, fov.radius, vm.mask, disc)
+    tick("fovea")
     lat_img = laterality_from_image(disc, fovea, fov.center_xy)
     extras["laterality_from_image"] = lat_img
     lat = laterality if laterality is not None else lat_img
@@ -195,8 +210,20 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         q.add("usable", "optic disc not found: disc, cup and disc-referenced vessel measures are missing")
 
     dd = disc.diameter_vertical_px
-    vmeas, art, vein, _segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd)
-    lesions = find_lesions(img, rel, fov.mask, vm.mask, sc, disc.center_xy, dd, fovea.center_xy)
+    les_ok, les_reason = lesions_assessable(fov.mask)
+    lesions = find_lesions(img, rel, fov.mask, vm.mask, sc, disc.center_xy, dd, fovea.center_xy,
+                           hessian=vm.hessian, highpass=vm.highpass) if les_ok else []
+    tick("lesions")
+    # haemorrhages and cotton-wool spots are left out of the zone-B calibres (a flame haemorrhage looks
+    # like a short wide vessel; a cotton-wool spot hides the vessel under it)
+    exclude = np.zeros(fov.mask.shape, bool)
+    for les in lesions:
+        if les.type in ("hemorrhage", "cotton_wool_spot"):
+            x1, y1, x2, y2 = (int(v) for v in les.box_xyxy_px)
+            g = max(int(2 * sc), 1)
+            exclude[max(y1 - g, 0): y2 + g, max(x1 - g, 0): x2 + g] = True
+    vmeas, art, vein, _segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd, exclude=exclude)
+    tick("vessel_measures")
 
     s = 1.0 / wk.scale  # working -> original px
 
@@ -221,7 +248,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                                                           round(b[2] * s, 1), round(b[3] * s, 1)],
                         "score": round(les.score, 3)})
     for t in CFP_LESION_TYPES:
-        bm[f"{t}_count"] = sum(1 for les in les_out if les["type"] == t)
+        bm[f"{t}_count"] = sum(1 for les in les_out if les["type"] == t) if les_ok else None
     assert set(bm) == set(CFP_BIOMARKERS)
 
     extras.update(
@@ -233,7 +260,8 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         crve_px=vmeas.crve_px * s,
         n_arteries_zone_b=vmeas.n_arteries_zone_b,
         n_veins_zone_b=vmeas.n_veins_zone_b,
-        reasons={"disc": disc.reasons, "fovea": fovea.reasons, "vessels": vmeas.reasons},
+        reasons={"disc": disc.reasons, "fovea": fovea.reasons, "vessels": vmeas.reasons,
+                 "lesions": [les_reason] if les_reason else []},
         quality_metrics=q.metrics,
         fractal_dimension_resolution_px=list(img.shape[:2]),
     )
@@ -249,6 +277,8 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     }
     if wk.scale != 1.0:
         masks = {k: _upsample_mask(m, (H, W)) for k, m in masks.items()}
+    tick("output")
+    extras["timing_cpu_s"] = {k: round(v, 4) for k, v in timing.items()}
     extras["seconds"] = time.perf_counter() - t0
     return CfpMeasurement(biomarkers=bm, lesions=les_out, quality=q.to_dict(), laterality=lat, masks=masks,
                           extras=extras)

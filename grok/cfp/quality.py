@@ -64,20 +64,30 @@ def sharpness_ratio(green: np.ndarray, mask: np.ndarray, sc: float) -> float:
     """Ratio of the 95th-percentile scale-normalised gradient at ~1 px to that at ~3 px (x sc).
 
     Blur removes the fine scale first, so the ratio falls with defocus (dimensionless; ~0.6-1 sharp).
+    The coarse scale is measured on a 2 x 2 block-averaged copy at half the sigma (the same quantity,
+    scale-normalised, for a quarter of the work); percentiles use every other inner-FOV pixel.
     """
-    inner = ndi.binary_erosion(mask, iterations=max(int(10 * sc), 1))
+    from grok.cfp._kernels import block_mean
+    from grok.cfp.preprocess import erode
+
+    inner = erode(mask, max(int(10 * sc), 1))
     if inner.sum() < 100:
         return float("nan")
-    vals = []
     fine = max(1.0 * sc, 1.0)  # below one pixel a Gaussian derivative no longer measures anything
-    for s in (fine, 3.0 * fine):
-        gm = ndi.gaussian_gradient_magnitude(green, s) * s
-        vals.append(float(np.percentile(gm[inner], 95)))
-    return vals[0] / max(vals[1], 1e-9)
+    g = np.asarray(green, np.float32)
+    gm = ndi.gaussian_gradient_magnitude(g, fine) * fine
+    v_fine = float(np.percentile(gm[inner][::2], 95))
+    half = block_mean(g, 2)
+    ih = inner[: half.shape[0] * 2: 2, : half.shape[1] * 2: 2]
+    gm2 = ndi.gaussian_gradient_magnitude(half, 1.5 * fine) * (1.5 * fine)
+    v_coarse = float(np.percentile(gm2[ih][::2], 95)) if ih.any() else float("nan")
+    return v_fine / max(v_coarse, 1e-9)
 
 
 def illumination_cv(lum_bg: np.ndarray, mask: np.ndarray) -> float:
     """Coefficient of variation of a coarse background over the inner FOV."""
-    inner = ndi.binary_erosion(mask, iterations=5)
+    from grok.cfp.preprocess import erode
+
+    inner = erode(mask, 5)
     v = lum_bg[inner] if inner.any() else lum_bg[mask]
     return float(np.std(v) / max(np.mean(v), 1e-6)) if v.size else float("nan")

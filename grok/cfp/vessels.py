@@ -32,6 +32,8 @@ from grok.cfp.formulas import (
 
 #: Share of the darkness-vs-calibre slope removed before artery/vein scoring (0: raw darkness).
 AV_WIDTH_DAMPING = 0.0
+#: Hessian scales (px at the 1024-px reference scale) of the vessel (and lesion blob) measures.
+VESSEL_SCALES = (1.0, 1.5, 2.3, 3.5, 5.0)
 #: Hysteresis thresholds on the ridge z-score, half-maximum border fraction, darkness floors (x noise).
 LOW, HIGH, HALF, CORE_K, HALF_K = 2.5, 6.0, 0.5, 1.0, 2.0
 
@@ -48,57 +50,48 @@ class VesselMaps:
     darkness: np.ndarray
     ridge_z: np.ndarray
     noise: float
+    hessian: list[tuple[float, np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+    """(sigma_px, l1, l2) of ``darkness`` per scale, reused by the lesion detector."""
+    highpass: np.ndarray | None = field(default=None, repr=False)
+    """Fine-scale residual of the relative green darkness (noise estimates), reused by the lesion detector."""
 
 
-def _hessian_ridge(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scale-normalised bright-ridge measure of ``img`` (vessels are bright in the darkness map).
+def _half(img: np.ndarray) -> np.ndarray:
+    """2 x 2 block mean (h // 2, w // 2) of a 2-D float array."""
+    from grok.cfp._kernels import block_mean
 
-    Returns (ridge, blob): ridge = sigma^2 * max(0, -l2) * exp(-(l1/l2)^2 / 0.5) with l2 the more
-    negative eigenvalue; blob = sigma^2 * max(0, -l1) (both eigenvalues negative: a dark spot in the photo).
-    Scales of 3 px and more are computed at half resolution and upsampled (speed).
-    """
-    if sigma >= 3.0 and min(img.shape) >= 64:
-        from grok.cfp.preprocess import upsample
-
-        h, w = img.shape
-        half = img[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-        outs = _hessian_ridge(half, sigma / 2)
-        return tuple(upsample(o, (h, w)) for o in outs)
-    hxx = ndi.gaussian_filter(img, sigma, order=(0, 2))
-    hyy = ndi.gaussian_filter(img, sigma, order=(2, 0))
-    hxy = ndi.gaussian_filter(img, sigma, order=(1, 1))
-    tr = hxx + hyy
-    disc = np.sqrt((hxx - hyy) ** 2 + 4 * hxy**2)
-    l2 = 0.5 * (tr - disc)  # more negative
-    l1 = 0.5 * (tr + disc)
-    s2 = sigma * sigma
-    ratio = l1 / np.where(np.abs(l2) > 1e-12, l2, 1e-12)
-    ridge = s2 * np.maximum(-l2, 0) * np.exp(-(ratio**2) / 0.5)
-    blob = s2 * np.maximum(-l1, 0)
-    return ridge.astype(np.float32), blob.astype(np.float32), (s2 * l2).astype(np.float32)
+    return block_mean(np.asarray(img, dtype=np.float32), 2)
 
 
 def hessian_eigen(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Scale-normalised Hessian eigenvalues (l1 >= l2, each sigma^2 x eigenvalue) of a 2-D float image.
 
-    img : (h, w) float. Scales of 3 px and more are computed on a 2x block-averaged copy and upsampled.
-    Returns (l1, l2), (h, w) float32 each.
+    img : (h, w) float. The image is Gaussian-smoothed at ``sigma`` and differentiated by central
+    differences (one smoothing instead of three derivative filters); scales of 3 px and more are
+    computed on a 2x block-averaged copy and upsampled. Returns (l1, l2), (h, w) float32 each.
     """
+    from grok.cfp._kernels import hessian_eigen_fd
+
     if sigma >= 3.0 and min(img.shape) >= 64:
         from grok.cfp.preprocess import upsample
 
         h, w = img.shape
-        half = img[: h // 2 * 2, : w // 2 * 2].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
-        l1, l2 = hessian_eigen(half, sigma / 2)
+        l1, l2 = hessian_eigen(_half(img), sigma / 2)
         return upsample(l1, (h, w)), upsample(l2, (h, w))
-    x = np.asarray(img, np.float32)
-    hxx = ndi.gaussian_filter(x, sigma, order=(0, 2))
-    hyy = ndi.gaussian_filter(x, sigma, order=(2, 0))
-    hxy = ndi.gaussian_filter(x, sigma, order=(1, 1))
-    tr = hxx + hyy
-    disc = np.sqrt((hxx - hyy) ** 2 + 4 * hxy**2)
-    s2 = sigma * sigma
-    return (0.5 * s2 * (tr + disc)).astype(np.float32), (0.5 * s2 * (tr - disc)).astype(np.float32)
+    sm = ndi.gaussian_filter(np.asarray(img, np.float32), sigma, truncate=3.5)
+    return hessian_eigen_fd(sm, float(sigma * sigma))
+
+
+def _hessian_ridge(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scale-normalised bright-ridge measure of ``img`` (vessels are bright in the darkness map).
+
+    Returns (ridge, blob, l2): ridge = max(0, -l2) * exp(-(l1/l2)^2 / 0.5) with l2 the more negative
+    (scale-normalised) eigenvalue; blob = max(0, -l1) (both eigenvalues negative: a dark spot in the photo).
+    """
+    from grok.cfp._kernels import ridge_from_eigen
+
+    l1, l2 = hessian_eigen(img, sigma)
+    return ridge_from_eigen(l1, l2), np.maximum(-l1, 0), l2
 
 
 def _robust_scale(x: np.ndarray, mask: np.ndarray) -> float:
@@ -126,14 +119,20 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     d = (-rel[1]).astype(np.float32)
     ds = ndi.gaussian_filter(d, 0.6 * sc)
     hp = d - ndi.gaussian_filter(d, 1.5 * sc)
-    inner = ndi.binary_erosion(fov_mask, iterations=max(int(6 * sc), 1))
+    from grok.cfp.preprocess import erode
+
+    inner = erode(fov_mask, max(int(6 * sc), 1))
     noise = _robust_scale(hp, inner)
 
+    from grok.cfp._kernels import ridge_from_eigen
+
     zmax = np.zeros_like(d)
-    for s in (1.0, 1.5, 2.3, 3.5, 5.0):
+    hess = []
+    for s in VESSEL_SCALES:
         sig = s * sc
-        ridge, _, signed = _hessian_ridge(ds, sig)
-        z = ridge / _local_scale(signed, inner, int(48 * sc))
+        l1, l2 = hessian_eigen(ds, sig)
+        hess.append((sig, l1, l2))
+        z = ridge_from_eigen(l1, l2) / _local_scale(l2, inner, int(48 * sc))
         np.maximum(zmax, z, out=zmax)
     zmax[~fov_mask] = 0
     # suppress the FOV rim (a bright-to-dark step) by the relative darkness sign: vessels are darker
@@ -149,30 +148,26 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     mask = (core & (ds > CORE_K * noise) & (ds >= HALF * peak)) | half
     mask = ndi.binary_closing(mask, iterations=1) & fov_mask
     mask = _remove_small(mask, int(80 * sc * sc) + 8)
-    return VesselMaps(mask=mask, darkness=ds, ridge_z=zmax, noise=noise)
+    return VesselMaps(mask=mask, darkness=ds, ridge_z=zmax, noise=noise, hessian=hess, highpass=hp)
 
 
 def _local_scale(x: np.ndarray, mask: np.ndarray, block: int) -> np.ndarray:
     """Spatially varying robust spread of ``x``: 1.4826 x the median of |x| over blocks of ``block`` px
     inside ``mask`` (vessels are a minority of any block, so the median sees the noise), smoothed and
     upsampled to (h, w)."""
+    from grok.cfp._kernels import block_median_abs
+
     h, w = x.shape
     b = max(block, 8)
     hb, wb = -(-h // b), -(-w // b)
-    pad = np.full((hb * b, wb * b), np.nan, dtype=np.float32)
-    pad[:h, :w] = np.where(mask, np.abs(x), np.nan)
-    blocks = pad.reshape(hb, b, wb, b).transpose(0, 2, 1, 3).reshape(hb, wb, b * b)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(blocks, axis=2)
+    med = block_median_abs(np.asarray(x, np.float32), np.asarray(mask, np.bool_), b)
     glob = float(np.nanmedian(med)) if np.isfinite(med).any() else 1e-6
     med = np.where(np.isfinite(med), med, glob)
     med = np.maximum(med, 0.25 * glob)
+    from grok.cfp.preprocess import upsample
+
     med = ndi.gaussian_filter(med, 1.0)
-    up = ndi.zoom(med, (hb * b / hb, wb * b / wb), order=1, mode="nearest")[:h, :w]
+    up = upsample(med, (hb * b, wb * b))[:h, :w]
     return np.maximum(1.4826 * up, 1e-6).astype(np.float32)
 
 
@@ -220,7 +215,7 @@ def skeleton_segments(mask: np.ndarray, min_len_px: int = 6) -> tuple[list[Segme
     jd = ndi.binary_dilation(junction, structure=np.ones((3, 3))) & sk
     jlab, _ = ndi.label(ndi.binary_dilation(junction, structure=np.ones((3, 3))), structure=np.ones((3, 3)))
     paths = sk & ~jd
-    lab, n = ndi.label(paths, structure=np.ones((3, 3)))
+    lab, _ = ndi.label(paths, structure=np.ones((3, 3)))
     segs: list[Segment] = []
     for k, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
@@ -302,25 +297,11 @@ def profile_widths(darkness: np.ndarray, xy: np.ndarray, max_half_px: float, ste
     base_r = np.min(prof[:, mid + 1:], axis=1)
     base = np.maximum(np.maximum(base_l, base_r), 0.0)
     level = base + 0.5 * (peak - base)
-    widths = np.full(len(prof), np.nan)
-    for i in range(len(prof)):
-        p = prof[i]
-        lv = level[i]
-        if peak[i] <= base[i]:
-            continue
-        j = pk_i[i]
-        # walk left
-        a = j
-        while a > 0 and p[a] >= lv:
-            a -= 1
-        b = j
-        while b < len(p) - 1 and p[b] >= lv:
-            b += 1
-        if p[a] >= lv or p[b] >= lv:
-            continue
-        xl = off[a] + (lv - p[a]) / (p[a + 1] - p[a]) * (off[a + 1] - off[a])
-        xr = off[b - 1] + (p[b - 1] - lv) / (p[b - 1] - p[b]) * (off[b] - off[b - 1])
-        widths[i] = xr - xl
+    from grok.cfp._kernels import half_max_widths
+
+    widths = half_max_widths(np.ascontiguousarray(prof, np.float64), np.ascontiguousarray(off, np.float64),
+                             pk_i.astype(np.int64), level.astype(np.float64), peak.astype(np.float64),
+                             base.astype(np.float64))
     return widths
 
 
@@ -376,12 +357,14 @@ def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: fl
 
 
 def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: float,
-                  darkness: np.ndarray) -> tuple[list[float], list[float], list[dict]]:
+                  darkness: np.ndarray, exclude: np.ndarray | None = None) -> tuple[list[float], list[float], list[dict]]:
     """Calibres (px) of arteries and veins in zone B (1.0 to 1.5 DD from the disc centre).
 
     One calibre per vessel: segments of the same type whose zone-B positions lie within a vessel
-    width of each other are one vessel (the longest piece counts). Returns (artery_widths,
-    vein_widths, records) with records [{"kind", "width_px", "angle_rad", "xy"}].
+    width of each other are one vessel (the longest piece counts). ``exclude`` (h, w) bool: centreline
+    points there are not measured (haemorrhages and cotton-wool spots, which the vessel mask takes in
+    or which hide vessels). Returns (artery_widths, vein_widths, records) with records
+    [{"kind", "width_px", "angle_rad", "xy"}].
     """
     cx, cy = disc_xy
     recs = []
@@ -390,6 +373,10 @@ def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: 
             continue
         r = np.hypot(s.xy[:, 0] - cx, s.xy[:, 1] - cy) / dd_px
         inz = (r >= 1.0) & (r <= 1.5)
+        if exclude is not None:
+            xi = np.clip(s.xy[:, 0].astype(int), 0, exclude.shape[1] - 1)
+            yi = np.clip(s.xy[:, 1].astype(int), 0, exclude.shape[0] - 1)
+            inz &= ~exclude[yi, xi]
         if inz.sum() < max(0.15 * dd_px, 5):
             continue
         w = profile_widths(darkness, s.xy[inz], max_half_px=0.08 * dd_px + 4)
@@ -440,8 +427,12 @@ class VesselMeasures:
 
 
 def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarray, sc: float,
-                    disc_xy: tuple[float, float] | None, dd_px: float) -> tuple[VesselMeasures, np.ndarray, np.ndarray, list[Segment]]:
+                    disc_xy: tuple[float, float] | None, dd_px: float, exclude: np.ndarray | None = None,
+                    ) -> tuple[VesselMeasures, np.ndarray, np.ndarray, list[Segment]]:
     """All vessel measures from a segmentation. Returns (measures, artery_mask, vein_mask, segments).
+
+    exclude : optional (h, w) bool, areas not used for zone-B calibres (detected haemorrhages and
+    cotton-wool spots).
 
     Without a disc (``disc_xy`` None or ``dd_px`` NaN) the disc-referenced measures (AV ratio in zone B,
     tortuosity per DD) are NaN with a reason; density and fractal dimensions are still given.
@@ -449,7 +440,15 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     out = VesselMeasures()
     mask = maps.mask
     out.vessel_density = float(mask[fov_mask].mean()) if fov_mask.any() else float("nan")
-    segs, sk, _ = skeleton_segments(mask)
+    segs, _, _ = skeleton_segments(mask)
+    if exclude is not None and exclude.any():
+        # segments lying mostly on a haemorrhage or cotton-wool spot are not vessels (or not visible ones)
+        def on_lesion(sg: Segment) -> bool:
+            xi = np.clip(sg.xy[:, 0].astype(int), 0, exclude.shape[1] - 1)
+            yi = np.clip(sg.xy[:, 1].astype(int), 0, exclude.shape[0] - 1)
+            return float(exclude[yi, xi].mean()) >= 0.5
+
+        segs = [sg for sg in segs if not on_lesion(sg)]
     have_disc = disc_xy is not None and np.isfinite(dd_px) and dd_px > 0
     dd_eff = dd_px if have_disc else 0.27 * math.sqrt(fov_mask.sum() / math.pi)
     for s in segs:
@@ -479,7 +478,7 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     if not have_disc:
         out.reasons.append("no optic disc: AV ratio and tortuosity (referenced to the disc) not measured")
         return out, art, vein, segs
-    a_w, v_w, _ = zone_b_widths(segs, disc_xy, dd_px, maps.darkness)
+    a_w, v_w, _ = zone_b_widths(segs, disc_xy, dd_px, maps.darkness, exclude)
     out.n_arteries_zone_b, out.n_veins_zone_b = len(a_w), len(v_w)
     if len(a_w) >= 2 and len(v_w) >= 2:
         out.crae_px = knudtson_equivalent(a_w, KNUDTSON_ARTERY_COEFFICIENT)

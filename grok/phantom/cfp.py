@@ -5,8 +5,11 @@ Run as: python -m grok.phantom.cfp --category diabetic_retinopathy --laterality 
 ``synth_fundus`` draws a 45-degree, macula-centred colour fundus photograph: a circular field of view on a
 dark surround with vignetting and uneven illumination, an orange-red fundus with choroidal texture and
 pigmentation, an optic disc with a cup, an artery/vein tree growing from the disc, a darker macula and
-fovea, and lesions by disease category. Everything drawn is also returned as masks and a JSON-able
-``truth`` dictionary, so measurement code can be scored against it.
+fovea, the normal look-alikes of lesions (nerve-fibre-layer sheen and vessel-wall reflexes along the
+arcades, small bright flecks beside vessels, the foveal light reflex, occasional pigment clumps; none of
+them is a lesion), and lesions by disease category. Everything drawn is also returned as masks and a
+JSON-able ``truth`` dictionary, so measurement code can be scored against it. ``draw_lesion`` draws one
+lesion of a given (or random) size and strength into any image, a real photograph included.
 
 Orientation convention (documented in docs/cfp.md): images are shown as the examiner sees the fundus,
 not mirrored, with the patient's superior retina at the top. The optic disc lies nasal to the fovea, and
@@ -32,7 +35,7 @@ from scipy import ndimage as ndi
 from grok.cfp.formulas import av_ratio_knudtson, box_counting_dimension, tortuosity_per_dd
 from grok.ids import CATEGORIES, CFP_LESION_TYPES, LATERALITIES
 
-__all__ = ["TRUTH_MIN_WIDTH_DD", "ZONE_B_MID_DD", "CfpPhantom", "render_vessels", "synth_fundus"]
+__all__ = ["TRUTH_MIN_WIDTH_DD", "ZONE_B_MID_DD", "CfpPhantom", "draw_lesion", "render_vessels", "synth_fundus"]
 
 #: Zone B runs from 0.5 to 1.0 DD beyond the disc margin, i.e. 1.0 to 1.5 DD from the disc centre;
 #: the phantom reads its drawn calibres on the middle circle.
@@ -365,6 +368,192 @@ def _place(rng, n, center, r_min, r_max, ok_fn, tries=60):
     return out
 
 
+def _local(pxy, half: float, S: int) -> tuple[slice, slice]:
+    y0, x0 = max(int(pxy[1] - half), 0), max(int(pxy[0] - half), 0)
+    y1, x1 = min(int(pxy[1] + half) + 1, S), min(int(pxy[0] + half) + 1, S)
+    return (slice(y0, y1), slice(x0, x1))
+
+
+def _normal_reflexes(img, rng, xx, yy, disc, fovea, dd, sc, dvs, fov_c, fov_r):
+    """Normal findings that are not lesions, drawn on every eye with random strength.
+
+    Nerve-fibre-layer sheen: whitish striations radial to the disc, brightest along the vessel arcades
+    0.6-2.5 DD from the disc, with bright lines along the vessel walls (strong in young eyes, faint or
+    absent in older ones); a few small bright flecks beside the vessels near the disc; the foveal light
+    reflex; occasionally small dark pigment clumps. These are what makes lesion detectors report false
+    exudates and microaneurysms on normal photographs. img : (S, S, 3) float, modified and returned.
+    """
+    S = img.shape[0]
+    green = float(np.median(img[::8, ::8, 1]))
+    white = np.array([0.8, 1.0, 1.05], dtype=np.float32)
+    # sheen
+    amp = rng.uniform(0.0, 0.22) * green
+    if amp > 0.01 * green:
+        th = np.arctan2(yy - disc[1], xx - disc[0])
+        rho = np.hypot(xx - disc[0], yy - disc[1]) / dd
+        nt = 900
+        grid = ndi.gaussian_filter(rng.normal(0, 1, (48, nt)).astype(np.float32), (2.0, 0.8), mode="wrap")
+        grid /= max(float(grid.std()), 1e-6)
+        stri = ndi.map_coordinates(grid, [np.clip(rho * 6, 0, 47), (th + np.pi) / (2 * np.pi) * nt], order=1,
+                                   mode="grid-wrap")
+        stri = np.clip(0.5 + 0.35 * stri, 0, 1)
+        radial = np.clip((rho - 0.55) / 0.25, 0, 1) * np.exp(-np.maximum(rho - 1.6, 0) / 0.9)
+        arc = np.abs(np.sin(th)) ** 0.7
+        band = np.exp(-dvs / (0.3 * dd))
+        wall = np.exp(-(((dvs - 2.0 * sc) / (1.2 * sc)) ** 2))
+        pat = radial * arc * (0.6 * band * stri + 0.7 * wall * stri)
+        img += (amp * pat)[..., None] * white
+    # small bright flecks beside vessels near the disc
+    for _ in range(int(rng.integers(0, 9))):
+        for _ in range(30):
+            ang = rng.uniform(0, 2 * np.pi)
+            rad = rng.uniform(0.7, 2.6) * dd
+            q = np.asarray(disc) + rad * np.array([math.cos(ang), math.sin(ang)])
+            x, y = round(q[0]), round(q[1])
+            if 0 <= x < S and 0 <= y < S and 1.0 * sc <= dvs[y, x] <= 6 * sc and \
+                    math.hypot(q[0] - fov_c[0], q[1] - fov_c[1]) < 0.9 * fov_r:
+                r = rng.uniform(0.8, 1.8) * sc
+                sl = _local(q, r + 4 * sc + 3, S)
+                prof = np.exp(-((xx[sl] - q[0]) ** 2 + (yy[sl] - q[1]) ** 2) / (2 * r * r))
+                img[sl] += (rng.uniform(0.15, 0.45) * green * prof)[..., None] * white
+                break
+    # foveal light reflex
+    r = rng.uniform(1.2, 2.8) * sc
+    sl = _local(fovea, 4 * r + 3, S)
+    prof = np.exp(-((xx[sl] - fovea[0]) ** 2 + (yy[sl] - fovea[1]) ** 2) / (2 * r * r))
+    img[sl] += (rng.uniform(0.1, 0.45) * green * prof)[..., None] * white
+    # pigment clumps (dark in every channel, brown-black)
+    if rng.uniform() < 0.3:
+        for _ in range(int(rng.integers(1, 4))):
+            ang = rng.uniform(0, 2 * np.pi)
+            q = np.asarray(fov_c) + math.sqrt(rng.uniform(0.05, 0.75)) * fov_r * np.array([math.cos(ang), math.sin(ang)])
+            x, y = round(q[0]), round(q[1])
+            if not (0 <= x < S and 0 <= y < S) or dvs[y, x] < 6 * sc or math.hypot(q[0] - disc[0], q[1] - disc[1]) < dd:
+                continue
+            r = rng.uniform(1.5, 3.5) * sc
+            sl = _local(q, r + 4 * sc + 3, S)
+            rr = np.hypot(xx[sl] - q[0], yy[sl] - q[1]) / r
+            prof = 1 / (1 + np.exp(np.clip((rr - 1) * r / (0.5 * sc), -30, 30)))
+            img[sl] *= 1 - (rng.uniform(0.4, 0.7) * prof)[..., None] * np.array([0.75, 0.7, 0.6], np.float32)
+    return img
+
+
+#: Colours of drawn lesions: "absorb" colours are per-channel absorption, "blend" colours are mixed in.
+_BLOOD = np.array([0.28, 0.70, 0.58], dtype=np.float32)  # extravasated blood: dark in green, less in red
+_EXUDATE = np.array([0.98, 0.88, 0.42], dtype=np.float32)  # waxy yellow lipid
+_COTTON_WOOL = np.array([0.90, 0.86, 0.80], dtype=np.float32)  # whitish-grey swollen axons
+_DRUSEN = np.array([0.92, 0.80, 0.55], dtype=np.float32)  # pale yellow
+
+
+def _blob_profile(xx, yy, pxy, rx, ry, ang, edge, extra=()):
+    """Soft ellipse profile (1 inside, 0.5 on the boundary, 0 outside) on a local window.
+
+    ``extra`` holds more (centre, rx, ry, angle) ellipses merged into the same lesion (irregular blots
+    and plaques). Returns (window slices, (h, w) float32 profile)."""
+    S_y, S_x = xx.shape
+    parts = [(np.asarray(pxy, float), rx, ry, ang)] + list(extra)
+    half = max(max(p[1], p[2]) + float(np.hypot(*(p[0] - parts[0][0]))) for p in parts) + 4 * edge + 3
+    y0, x0 = max(int(pxy[1] - half), 0), max(int(pxy[0] - half), 0)
+    sl = (slice(y0, min(int(pxy[1] + half) + 1, S_y)), slice(x0, min(int(pxy[0] + half) + 1, S_x)))
+    X0 = xx[sl]
+    Y0 = yy[sl]
+    prof = np.zeros(X0.shape, np.float32)
+    for c, a_, b_, t in parts:
+        ca, sa = math.cos(t), math.sin(t)
+        X = X0 - c[0]
+        Y = Y0 - c[1]
+        rr = np.sqrt(((X * ca + Y * sa) / a_) ** 2 + ((-X * sa + Y * ca) / b_) ** 2)
+        np.maximum(prof, 1 / (1 + np.exp(np.clip((rr - 1) * min(a_, b_) / max(edge, 1e-3), -30, 30))), out=prof)
+    return sl, prof
+
+
+def draw_lesion(img: np.ndarray, kind: str, center_xy, rng: np.random.Generator, *, dd_px: float,
+                disc_xy=None, xx: np.ndarray | None = None, yy: np.ndarray | None = None,
+                radius_px: float | None = None, strength: float | None = None) -> dict[str, Any] | None:
+    """Draw one lesion into a float RGB fundus image in place and return its truth.
+
+    img : (H, W, 3) float32 in [0, 1] (a phantom before illumination, or a real photograph / 255).
+    kind : one of ``grok.ids.CFP_LESION_TYPES`` or "flame_hemorrhage" (a hemorrhage drawn flame-shaped,
+        elongated along the nerve fibres, i.e. radial to ``disc_xy``).
+    center_xy : (x, y) px; dd_px : the eye's disc diameter (px), which sets the lesion's size.
+    Sizes (DD = disc diameter ~ 1.8 mm): microaneurysm 1.6-3.2 px radius at 1024 px (~25-90 um);
+    dot/blot hemorrhage 5.5-11 px radius (larger than 125 um), irregular; flame 0.18-0.32 DD long; hard exudate 1.6-4.8 px,
+    sharp, sometimes irregular; cotton-wool spot 0.12-0.22 DD, fluffy; drusen 0.045-0.11 DD
+    (63-200 um), soft-edged, some confluent. ``radius_px`` (the main ellipse's semi-major axis; the half
+    length for a flame) and ``strength`` (0-1 opacity / absorption) replace the random draws when given
+    (the other shape draws are still made). Returns {"type", "box_xyxy_px" (half-maximum pixel-edge box),
+    "_footprint" (slices), "_profile"} or None when nothing was drawn.
+    """
+    H, W = img.shape[:2]
+    if xx is None or yy is None:
+        yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    sc = dd_px / (2 * 0.472 * 1024 / 7.2)  # the phantom's length scale (1 at a 1024-px, 45-degree photo)
+    q = np.asarray(center_xy, float)
+
+    def size(lo, hi):  # the random size, unless given
+        v = rng.uniform(lo, hi)
+        return float(radius_px) if radius_px is not None else v
+
+    def opacity(lo, hi):
+        v = rng.uniform(lo, hi)
+        return float(strength) if strength is not None else v
+
+    if kind == "microaneurysm":
+        r = size(1.6 * sc, 3.2 * sc)
+        (sl, prof), col, k, mode = _blob_profile(xx, yy, q, r, r, 0.0, 0.35 * sc), _BLOOD, opacity(0.4, 0.95), "absorb"
+    elif kind == "hemorrhage":  # dot and blot: irregular
+        rx = size(5.5 * sc, 11 * sc)  # equivalent diameter >= ~0.07 DD (~125 um): larger than a microaneurysm
+        extra = [(q + rng.normal(0, 0.45 * rx, 2), rx * rng.uniform(0.4, 0.7), rx * rng.uniform(0.4, 0.6),
+                  rng.uniform(0, np.pi)) for _ in range(int(rng.integers(0, 3)))]
+        sl, prof = _blob_profile(xx, yy, q, rx, rx * rng.uniform(0.75, 1.0), rng.uniform(0, np.pi),
+                                 rng.uniform(0.6, 1.4) * sc, extra)
+        col, k, mode = _BLOOD, opacity(0.45, 0.92), "absorb"
+    elif kind == "flame_hemorrhage":  # along the nerve fibres (radial to the disc), feathered ends
+        d = np.asarray(disc_xy if disc_xy is not None else (W / 2, H / 2), float)
+        ang = math.atan2(q[1] - d[1], q[0] - d[0])
+        L = size(0.09 * dd_px, 0.16 * dd_px)
+        Wd = L * rng.uniform(0.25, 0.4)
+        tails = [(q + sgn * 0.8 * L * np.array([math.cos(ang), math.sin(ang)]), 0.5 * L, 0.6 * Wd, ang)
+                 for sgn in (-1.0, 1.0)]
+        sl, prof = _blob_profile(xx, yy, q, L, Wd, ang, 1.0 * sc, tails)
+        col, k, mode = _BLOOD, opacity(0.45, 0.88), "absorb"
+        kind = "hemorrhage"
+    elif kind == "hard_exudate":
+        r = size(1.6 * sc, 4.8 * sc)
+        extra = [(q + rng.normal(0, 0.8 * r, 2), r * rng.uniform(0.5, 0.8), r * rng.uniform(0.4, 0.7),
+                  rng.uniform(0, np.pi)) for _ in range(int(rng.integers(0, 3)) if r > 2.5 * sc else 0)]
+        sl, prof = _blob_profile(xx, yy, q, r, r * rng.uniform(0.6, 1.0), rng.uniform(0, np.pi), 0.3 * sc, extra)
+        col, k, mode = _EXUDATE, opacity(0.6, 0.95), "blend"
+    elif kind == "cotton_wool_spot":
+        d = np.asarray(disc_xy if disc_xy is not None else (W / 2, H / 2), float)
+        r = size(0.06 * dd_px, 0.11 * dd_px)
+        ang = math.atan2(q[1] - d[1], q[0] - d[0]) + math.pi / 2 + rng.normal(0, 0.3)
+        sl, prof = _blob_profile(xx, yy, q, r, r * rng.uniform(0.55, 0.9), ang, 0.3 * r)
+        fluff = ndi.gaussian_filter(rng.normal(0, 1, prof.shape).astype(np.float32), 1.2 * sc)
+        prof = np.clip(prof * (1 + 0.25 * fluff / max(float(fluff.std()), 1e-6)), 0, 1).astype(np.float32)
+        col, k, mode = _COTTON_WOOL, opacity(0.45, 0.72), "blend"
+    elif kind == "drusen":
+        r = size(0.022 * dd_px, 0.055 * dd_px)
+        extra = [(q + rng.normal(0, 0.9 * r, 2), r * rng.uniform(0.6, 0.9), r * rng.uniform(0.6, 0.9), 0.0)
+                 for _ in range(1 if rng.uniform() < 0.25 else 0)]
+        sl, prof = _blob_profile(xx, yy, q, r, r * rng.uniform(0.8, 1.0), 0.0, rng.uniform(0.3, 0.5) * r, extra)
+        col, k, mode = _DRUSEN, opacity(0.3, 0.55), "blend"
+    else:
+        raise ValueError(f"draw_lesion: kind={kind!r} is unknown; use one of {', '.join(CFP_LESION_TYPES)} "
+                         "or 'flame_hemorrhage'")
+    ys, xs = np.nonzero(prof > 0.5)
+    if len(ys) == 0:
+        return None
+    a = (k * prof)[..., None]
+    if mode == "absorb":
+        img[sl] = img[sl] * (1 - a * col)
+    else:
+        img[sl] = img[sl] * (1 - a) + col * a
+    y0, x0 = sl[0].start, sl[1].start
+    return {"type": kind, "box_xyxy_px": [int(x0 + xs.min()), int(y0 + ys.min()), int(x0 + xs.max() + 1),
+                                          int(y0 + ys.max() + 1)], "_footprint": sl, "_profile": prof}
+
+
 # --------------------------------------------------------------------------------------------- main
 def synth_fundus(
     category: str,
@@ -513,13 +702,17 @@ def synth_fundus(
     img *= 1 - od_v[..., None] * vein_abs
     img *= 1 - od_a[..., None] * art_abs
 
+    # --- normal reflexes and pigment (not lesions; the detector must ignore them) --------------------
+    dvs = np.maximum(np.minimum(sd_a, sd_v), 0.0)  # distance to the nearest vessel wall, px
+    img = _normal_reflexes(img, rng, xx, yy, disc, fovea, dd, sc, dvs, fov_c, fov_r)
+
     # --- lesions ----------------------------------------------------------------------------------
     vdist = ndi.distance_transform_edt(~vessel_mask)
     occupied = np.zeros((S, S), dtype=bool)
     lesions: list[dict[str, Any]] = []
     plan = _LESION_PLAN.get(category, {}) if sev > 0 else {}
 
-    def free(pxy, rad):
+    def free(pxy, rad, vessel_gap=None):
         x, y = int(round(pxy[0])), int(round(pxy[1]))
         if not (0 <= x < S and 0 <= y < S):
             return False
@@ -527,90 +720,45 @@ def synth_fundus(
             return False
         if math.hypot(pxy[0] - disc[0], pxy[1] - disc[1]) < 0.85 * dd + rad:
             return False
-        if vdist[y, x] < rad + 3 * sc + 2:
+        if vdist[y, x] < (rad + 3 * sc + 2 if vessel_gap is None else vessel_gap):
             return False
         r = int(rad + 4 * sc + 3)
         return not occupied[max(0, y - r): y + r + 1, max(0, x - r): x + r + 1].any()
 
-    def stamp(kind, profile, color, strength, mode):
-        nonlocal img
-        ys, xs = np.nonzero(profile > 0.5)
-        if len(ys) == 0:
-            return
-        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        pad = int(6 * sc + 4)
-        sl = (slice(max(y0 - pad, 0), y1 + pad), slice(max(x0 - pad, 0), x1 + pad))
-        a = (strength * profile[sl])[..., None]
-        if mode == "absorb":
-            img[sl] = img[sl] * (1 - a * color)
-        else:
-            img[sl] = img[sl] * (1 - a) + color * a
-        occupied[sl] |= profile[sl] > 0.05
-        lesions.append({"type": kind, "box_xyxy_px": [int(x0), int(y0), int(x1), int(y1)]})
+    def stamp(kind, q):
+        les = draw_lesion(img, kind, q, rng, dd_px=dd, disc_xy=disc, xx=xx, yy=yy)
+        if les is not None:
+            occupied[les.pop("_footprint")] |= les.pop("_profile") > 0.05
+            lesions.append(les)
 
-    def local(pxy, half):
-        y0, x0 = max(int(pxy[1] - half), 0), max(int(pxy[0] - half), 0)
-        y1, x1 = min(int(pxy[1] + half) + 1, S), min(int(pxy[0] + half) + 1, S)
-        return (slice(y0, y1), slice(x0, x1))
-
-    def blob(pxy, rx, ry, ang, edge):
-        """Soft ellipse profile (1 inside, 0.5 at the boundary, 0 outside) as a full-size array."""
-        half = max(rx, ry) + 4 * edge + 3
-        sl = local(pxy, half)
-        prof = np.zeros((S, S), dtype=np.float32)
-        X = xx[sl] - pxy[0]
-        Y = yy[sl] - pxy[1]
-        ca, sa = math.cos(ang), math.sin(ang)
-        u = (X * ca + Y * sa) / rx
-        v = (-X * sa + Y * ca) / ry
-        rr = np.sqrt(u**2 + v**2)
-        prof[sl] = 1 / (1 + np.exp((rr - 1) * min(rx, ry) / max(edge, 1e-3)))
-        return prof
-
-    hem_col = np.array([0.50, 0.72, 0.60], dtype=np.float32)
     for kind, (lo, hi) in plan.items():
         n = int(round(rng.uniform(lo, hi) * sev))
         if n <= 0:
             continue
         if kind == "microaneurysm":
             for q in _place(rng, n, fovea, 0.4 * dd, 2.2 * dd, lambda q: free(q, 4 * sc)):
-                r = rng.uniform(2.0, 3.2) * sc
-                stamp(kind, blob(q, r, r, 0.0, 0.35 * sc), hem_col, rng.uniform(0.8, 0.95), "absorb")
-        elif kind == "hemorrhage" and category == "diabetic_retinopathy":
+                stamp(kind, q)
+        elif kind == "hemorrhage" and category == "diabetic_retinopathy":  # dot and blot
             for q in _place(rng, n, fovea, 0.5 * dd, 2.6 * dd, lambda q: free(q, 14 * sc)):
-                rx = rng.uniform(4.5, 11) * sc
-                prof = blob(q, rx, rx * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 0.8 * sc)
-                q2 = q + rng.normal(0, 0.4 * rx, 2)
-                prof = np.maximum(prof, blob(q2, 0.7 * rx, 0.6 * rx, rng.uniform(0, np.pi), 0.8 * sc))
-                stamp(kind, prof, hem_col, rng.uniform(0.75, 0.92), "absorb")
-        elif kind == "hemorrhage":  # flame-shaped, elongated along the nerve fibres (radial to the disc)
+                stamp(kind, q)
+        elif kind == "hemorrhage":  # flame-shaped, near the disc
             for q in _place(rng, n, disc, 0.9 * dd, 2.6 * dd, lambda q: free(q, 20 * sc)):
-                ang = math.atan2(q[1] - disc[1], q[0] - disc[0])
-                L = rng.uniform(0.09, 0.15) * dd
-                prof = blob(q, L, L * rng.uniform(0.25, 0.4), ang, 1.0 * sc)
-                stamp(kind, prof, hem_col, rng.uniform(0.7, 0.88), "absorb")
-        elif kind == "hard_exudate":
+                stamp("flame_hemorrhage", q)
+        elif kind == "hard_exudate":  # clusters or circinate rings
             n_cl = max(1, int(round(rng.uniform(1, 3))))
             centers = _place(rng, n_cl, fovea, 0.6 * dd, 1.8 * dd, lambda q: free(q, 10 * sc))
             per = int(math.ceil(n / max(len(centers), 1)))
-            col = np.array([0.98, 0.86, 0.45], dtype=np.float32)
             for cc in centers:
-                for q in _place(rng, per, cc, 0, 0.35 * dd, lambda q: free(q, 6 * sc)):
-                    r = rng.uniform(2.2, 4.5) * sc
-                    prof = blob(q, r, r * rng.uniform(0.7, 1.0), rng.uniform(0, np.pi), 0.3 * sc)
-                    stamp(kind, prof, col, rng.uniform(0.8, 0.95), "blend")
-        elif kind == "cotton_wool_spot":
-            col = np.array([0.93, 0.86, 0.76], dtype=np.float32)
-            for q in _place(rng, n, disc, 1.0 * dd, 2.8 * dd, lambda q: free(q, 18 * sc)):
-                r = rng.uniform(0.06, 0.1) * dd
-                prof = blob(q, r, r * rng.uniform(0.6, 0.9), rng.uniform(0, np.pi), 0.25 * r)
-                stamp(kind, prof, col, rng.uniform(0.55, 0.75), "blend")
-        elif kind == "drusen":
-            col = np.array([0.95, 0.78, 0.45], dtype=np.float32)
-            for q in _place(rng, n, fovea, 0.1 * dd, 1.3 * dd, lambda q: free(q, 7 * sc)):
-                r = rng.uniform(0.018, 0.042) * dd
-                prof = blob(q, r, r * rng.uniform(0.8, 1.0), 0.0, 0.25 * r)
-                stamp(kind, prof, col, rng.uniform(0.45, 0.65), "blend")
+                ring = rng.uniform() < 0.4
+                rmin, rmax = ((0.18 * dd, 0.32 * dd) if ring else (0.0, 0.35 * dd))
+                for q in _place(rng, per, cc, rmin, rmax, lambda q: free(q, 6 * sc)):
+                    stamp(kind, q)
+        elif kind == "cotton_wool_spot":  # in the nerve-fibre layer near the disc: may cover small vessels
+            for q in _place(rng, n, disc, 1.0 * dd, 3.0 * dd, lambda q: free(q, 18 * sc, vessel_gap=4 * sc + 2)):
+                stamp(kind, q)
+        elif kind == "drusen":  # macular
+            for q in _place(rng, n, fovea, 0.1 * dd, 1.4 * dd, lambda q: free(q, 7 * sc)):
+                stamp(kind, q)
 
     # --- illumination, FOV, blur, noise, JPEG ------------------------------------------------------
     gdir = rng.uniform(0, 2 * np.pi)

@@ -1,0 +1,151 @@
+"""Lesion invariants: no lesions on normal eyes (phantom and the real skimage photograph); drawn lesions
+of known size and type are found where they were drawn; look-alikes (pigment, faint sheen) are not lesions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from grok.cfp import measure_fundus
+from grok.cfp.lesions import LesionRules
+from grok.ids import CFP_LESION_TYPES
+from grok.phantom.cfp import draw_lesion, synth_fundus
+
+SIZE = 768  # lesions need about 60 px per disc diameter; 768 px gives ~100
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+@pytest.mark.parametrize("category,seed,lat", [("normal", 31, "OD"), ("glaucoma", 32, "OS"), ("alzheimers", 33, "OD")])
+def test_no_lesions_on_eyes_without_lesions(category, seed, lat):
+    """Phantoms without lesions (but with nerve-fibre sheen, vessel reflexes, flecks, the foveal reflex
+    and pigment clumps drawn) give no lesion and zero counts."""
+    ph = synth_fundus(category, lat, np.random.default_rng(seed), size=SIZE)
+    assert ph.truth["lesions"] == []
+    m = measure_fundus(ph.image)
+    assert m.lesions == [], m.lesions
+    assert all(m.biomarkers[f"{t}_count"] == 0 for t in CFP_LESION_TYPES)
+
+
+@pytest.fixture(scope="module")
+def retina():
+    from skimage import data
+
+    im = data.retina()
+    return im, measure_fundus(im)
+
+
+def test_no_lesions_on_the_real_normal_photograph(retina):
+    """skimage.data.retina() is a normal eye with nerve-fibre sheen along the arcades: no lesions."""
+    _, m = retina
+    assert m.lesions == []
+    assert all(m.biomarkers[f"{t}_count"] == 0 for t in CFP_LESION_TYPES)
+
+
+def _free_points(vessels: np.ndarray, fov: np.ndarray, disc_xy, dd: float, n: int, rng) -> list[tuple[float, float]]:
+    """n points inside the FOV, away from vessels, the disc and each other."""
+    away = ndi.distance_transform_edt(~vessels) > 0.12 * dd
+    ok = away & ndi.binary_erosion(fov, iterations=int(0.5 * dd))
+    ys, xs = np.nonzero(ok)
+    pts: list[tuple[float, float]] = []
+    for i in rng.permutation(len(ys)):
+        p = (float(xs[i]), float(ys[i]))
+        if math.dist(p, disc_xy) < 1.2 * dd or any(math.dist(p, q) < 0.6 * dd for q in pts):
+            continue
+        pts.append(p)
+        if len(pts) == n:
+            break
+    return pts
+
+
+@pytest.mark.parametrize("background", ["phantom", "real"])
+def test_drawn_hemorrhage_and_exudate_are_found(background, retina):
+    """A dot haemorrhage (radius 0.06 DD, ~110 um) and a hard exudate (radius 0.03 DD) of known size drawn
+    into a normal eye are each found with a box overlapping the drawn one and the right type, and
+    nothing else is reported."""
+    rng = np.random.default_rng(7)
+    if background == "phantom":
+        ph = synth_fundus("normal", "OD", np.random.default_rng(40), size=SIZE)
+        base, vessels, fov = ph.image, ph.vessel_mask, ph.fov_mask
+        disc_xy, dd = ph.truth["disc_center_xy_px"], ph.truth["disc_diameter_px"]
+    else:
+        base, clean = retina
+        vessels, fov = clean.masks["vessels"], clean.masks["fov"]
+        disc_xy, dd = (228.0, 650.0), 160.0  # read by eye (benchmarks/cfp_accuracy.py)
+    img = base.astype(np.float32) / 255.0
+    p_hem, p_ex = _free_points(vessels, fov, disc_xy, dd, 2, rng)
+    hem = draw_lesion(img, "hemorrhage", p_hem, rng, dd_px=dd, radius_px=0.06 * dd, strength=0.8)
+    ex = draw_lesion(img, "hard_exudate", p_ex, rng, dd_px=dd, radius_px=0.03 * dd, strength=0.85)
+    m = measure_fundus(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
+    for truth in (hem, ex):
+        hits = [d for d in m.lesions if d["type"] == truth["type"] and _iou(d["box_xyxy_px"], truth["box_xyxy_px"]) > 0.3]
+        assert len(hits) == 1, (truth, m.lesions)
+        assert 0 < hits[0]["score"] <= 1
+    assert len(m.lesions) == 2, m.lesions
+    assert m.biomarkers["hemorrhage_count"] == 1 and m.biomarkers["hard_exudate_count"] == 1
+
+
+def test_microaneurysm_and_haemorrhage_split_by_size():
+    """The same dark dot is a microaneurysm below ~125 um (0.065 DD) and a haemorrhage above."""
+    ph = synth_fundus("normal", "OS", np.random.default_rng(41), size=SIZE)
+    dd = ph.truth["disc_diameter_px"]
+    rng = np.random.default_rng(3)
+    p_small, p_big = _free_points(ph.vessel_mask, ph.fov_mask, ph.truth["disc_center_xy_px"], dd, 2, rng)
+    img = ph.image.astype(np.float32) / 255.0
+    small = draw_lesion(img, "microaneurysm", p_small, rng, dd_px=dd, radius_px=0.022 * dd, strength=0.85)
+    big = draw_lesion(img, "microaneurysm", p_big, rng, dd_px=dd, radius_px=0.06 * dd, strength=0.85)
+    m = measure_fundus(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
+    def found(t):
+        return [d["type"] for d in m.lesions if _iou(d["box_xyxy_px"], t["box_xyxy_px"]) > 0.3]
+
+    assert found(small) == ["microaneurysm"]
+    assert found(big) == ["hemorrhage"]
+    assert len(m.lesions) == 2, m.lesions
+
+
+def test_pigment_and_faint_whitish_spots_are_not_lesions():
+    """A dark spot that absorbs red as much as green (pigment) and a faint whitish spot beside a vessel
+    (a sheen fleck) are not reported."""
+    ph = synth_fundus("normal", "OD", np.random.default_rng(42), size=SIZE)
+    dd = ph.truth["disc_diameter_px"]
+    img = ph.image.astype(np.float32) / 255.0
+    rng = np.random.default_rng(5)
+    (px, py), = _free_points(ph.vessel_mask, ph.fov_mask, ph.truth["disc_center_xy_px"], dd, 1, rng)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    r = 0.03 * dd
+    dot = np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * r * r))[..., None]
+    img *= 1 - 0.6 * dot * np.array([0.8, 0.7, 0.6], np.float32)  # brown-black: dark in every channel
+    # faint whitish fleck 3 px beside the widest vessel 1.5 DD from the disc
+    dist = ndi.distance_transform_edt(~ph.vessel_mask)
+    cx, cy = ph.truth["disc_center_xy_px"]
+    ring = (np.abs(np.hypot(xx - cx, yy - cy) / dd - 1.5) < 0.05) & (np.abs(dist - 3) < 0.5)
+    fy, fx = np.argwhere(ring)[0]
+    fleck = np.exp(-((xx - fx) ** 2 + (yy - fy) ** 2) / (2 * 1.2**2))[..., None]
+    img += 0.35 * float(np.median(img[..., 1])) * fleck * np.array([0.8, 1.0, 1.05], np.float32)
+    m = measure_fundus(np.clip(np.round(img * 255), 0, 255).astype(np.uint8))
+    assert m.lesions == [], m.lesions
+
+
+def test_small_images_do_not_assess_lesions():
+    """Below ~60 px per disc diameter lesions are not assessed: counts None with a reason, no boxes."""
+    ph = synth_fundus("diabetic_retinopathy", "OD", np.random.default_rng(43), size=320)
+    m = measure_fundus(ph.image)
+    assert m.lesions == []
+    assert all(m.biomarkers[f"{t}_count"] is None for t in CFP_LESION_TYPES)
+    assert any("lesions not assessed" in r for r in m.extras["reasons"]["lesions"])
+
+
+def test_rules_validate_their_fields():
+    with pytest.raises(ValueError, match="dark_min_contrast"):
+        LesionRules(dark_min_contrast=-1.0)
+    with pytest.raises(ValueError, match="ma_min_diameter_dd"):
+        LesionRules(ma_min_diameter_dd=0.1, ma_max_diameter_dd=0.05)
