@@ -136,7 +136,10 @@ def prepare(build_dir: Path, cfg: PublishConfig) -> dict[str, Any]:
     if orphan.any():
         raise PublishError(f"{int(orphan.sum())} instruction rows belong to patients without a study record; "
                            "the build folder is inconsistent, rerun grok build")
-    ins["text"] = ins["messages"].map(_text)
+    # A multimodal row is its images plus its text: the same templated answer about other images is
+    # not a duplicate (nor contamination), so the image references take part in the comparison.
+    ins["text"] = [_text(m) + "\n" + " ".join(list(i) if i is not None else [])
+                   for m, i in zip(ins["messages"], ins["images"])]
     removed = []
     parts = []
     for split in ("train", "validation", "test"):
