@@ -102,6 +102,9 @@ class ServerState:
     stats: Counter = field(default_factory=Counter)
     bodies: list = field(default_factory=list)
     keep_bodies: bool = True
+    #: Parsed request bodies, kept only when ``keep_requests`` is set (tests that compare bodies).
+    requests: list = field(default_factory=list)
+    keep_requests: bool = False
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -126,6 +129,8 @@ async def _handle_completion(state: ServerState, raw: bytes) -> bytes:
         return _response(400, b'{"error": {"message": "invalid JSON body"}}')
     if state.keep_bodies:
         state.bodies.append(hashlib.sha256(raw).hexdigest())
+    if state.keep_requests:
+        state.requests.append(req)
     for m in req.get("messages", []):
         if isinstance(m.get("content"), list):
             state.stats["image_parts"] += sum(1 for p in m["content"] if isinstance(p, dict)

@@ -8,12 +8,12 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from llm_server import Faults, LocalLLMServer
 from typer.testing import CliRunner
 
 from grok.cli import app
 from grok.instruct.export import read_rows
 from grok.knowledge import load_knowledge_base
+from tests.llm_server import Faults, LocalLLMServer
 
 runner = CliRunner()
 

@@ -8,11 +8,12 @@ import time
 from collections import Counter
 
 import pytest
-from llm_server import Faults, LocalLLMServer
 
 from grok.instruct.export import read_rows
 from grok.instruct.generate import InstructConfig, build_instructions
 from grok.instruct.llm import (
+    ChatRequest,
+    LLMCallError,
     LLMConfig,
     OpenAIChatClient,
     ParseError,
@@ -22,9 +23,12 @@ from grok.instruct.llm import (
     base_url_host,
     cost_usd,
     parse_answer,
+    parse_completion,
+    response_format,
 )
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
+from tests.llm_server import Faults, LocalLLMServer
 
 LLM_TASKS = ("diagnosis", "report", "cot", "biomarker_qa")
 
@@ -62,9 +66,10 @@ FAULTS_20 = Faults(p429=0.04, p500=0.04, p_timeout=0.03, p_truncated=0.03, p_mal
                    timeout_hold_s=0.8)
 
 
-def test_no_row_lost_or_duplicated_under_20_percent_faults_and_rerun_makes_no_call(tmp_path, records, kb):
+@pytest.mark.parametrize("transport", ["auto", "sdk"])  # lean http/1.1 transport, and the SDK's own
+def test_no_row_lost_or_duplicated_under_20_percent_faults_and_rerun_makes_no_call(tmp_path, records, kb, transport):
     with LocalLLMServer(FAULTS_20, seed=1) as srv:
-        summary = _build(records, tmp_path, _cfg(srv.url), kb)
+        summary = _build(records, tmp_path, _cfg(srv.url, http_transport=transport), kb)
         rows, quarantined = _jobs(tmp_path)
         expected = {(r["study_id"], t) for r in records for t in LLM_TASKS}
         got = [(r["study_id"], r["task"]) for r in rows] + [(r["study_id"], r["task"]) for r in quarantined]
@@ -90,7 +95,7 @@ def test_no_row_lost_or_duplicated_under_20_percent_faults_and_rerun_makes_no_ca
         assert {p["base_url_host"] for p in prov} == {f"127.0.0.1:{srv.port}"}
 
         before = srv.stats["requests"]
-        again = _build(records, tmp_path, _cfg(srv.url), kb)
+        again = _build(records, tmp_path, _cfg(srv.url, http_transport=transport), kb)
         assert srv.stats["requests"] == before  # the rerun makes zero calls
         assert again["llm"]["calls"] == 0 and again["llm"]["cache_hits"] >= len(expected)
         rows2, _ = _jobs(tmp_path)
@@ -202,6 +207,8 @@ def test_config_validation_and_key_handling(tmp_path):
         LLMConfig(base_url="http://x/v1", model="m", concurrency=0)
     with pytest.raises(ValueError, match="structured_output"):
         LLMConfig(base_url="http://x/v1", model="m", structured_output="xml")
+    with pytest.raises(ValueError, match="http_transport"):
+        LLMConfig(base_url="http://x/v1", model="m", http_transport="curl")
     p = tmp_path / "llm.yaml"
     p.write_text("base_url: http://x/v1\nmodel: m\napi_key: sk-123\n")
     with pytest.raises(ValueError, match="API key"):
@@ -227,3 +234,49 @@ def test_rate_limiter_and_backoff():
         assert 0.0 <= d <= min(4.0, 0.5 * 2**k)
     assert backoff_delay(3, 0.5, 4.0, 1.5) == 1.5
     assert backoff_delay(3, 0.5, 4.0, 100.0) == 4.0
+
+
+def test_client_sends_what_chat_completions_create_sends():
+    """The client posts its own body (see OpenAIChatClient): it must equal what the SDK's typed
+    ``chat.completions.create`` sends for the same request, and read the same answer back."""
+    import openai
+
+    messages = [{"role": "system", "content": "Task: diagnosis"},
+                {"role": "user", "content": [{"type": "text", "text": "Task: diagnosis\nEye: right eye\n"
+                                                                      "Diagnosis to reach: Glaucoma"},
+                                             {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+    with LocalLLMServer() as srv:
+        srv.state.keep_requests = True
+        cfg = _cfg(srv.url)
+        req = ChatRequest(cfg.model, messages, {**cfg.sampling(), "seed": 7}, response_format("json_schema"), "t",
+                          cfg.timeout_s)
+
+        async def go():
+            ours = OpenAIChatClient(cfg)
+            ref = openai.AsyncOpenAI(base_url=srv.url, api_key="EMPTY", max_retries=0)
+            try:
+                mine = await ours.complete(req)
+                theirs = await ref.chat.completions.create(model=req.model, messages=req.messages,
+                                                           response_format=req.response_format,
+                                                           timeout=req.timeout_s, **req.sampling)
+            finally:
+                await ours.aclose()
+                await ref.close()
+            return mine, theirs
+
+        mine, theirs = asyncio.run(go())
+        sent_mine, sent_theirs = srv.state.requests
+    assert sent_mine == sent_theirs
+    assert sent_mine["seed"] == 7 and sent_mine["response_format"]["type"] == "json_schema"
+    assert mine.content == theirs.choices[0].message.content and "Glaucoma" in mine.content
+    assert mine.finish_reason == theirs.choices[0].finish_reason == "stop"
+    assert (mine.prompt_tokens, mine.completion_tokens) == (theirs.usage.prompt_tokens, theirs.usage.completion_tokens)
+    assert mine.model == theirs.model
+
+
+@pytest.mark.parametrize("body", [b'{"id": "x", "choices": [ {"message": ', b"not json", b'{"choices": []}',
+                                  b'{"choices": [{"message": {"content": ["a"]}}]}', b"[1, 2]", b"\xff\xfe"])
+def test_unreadable_completion_bodies_are_retryable_malformed_responses(body):
+    with pytest.raises(LLMCallError) as info:
+        parse_completion(body)
+    assert info.value.kind == "malformed_response" and info.value.retryable

@@ -75,8 +75,10 @@ def test_a_perturbed_measurement_is_caught(rec, factor):
 @given(records, st.floats(1.0, 5000.0))
 def test_a_number_with_no_source_is_flagged(rec, value):
     facts = build_facts(rec, KB, LEX)
+    # lesion diameters measured in the record are valid sources of a length too (verifier rule)
     candidates = [b.value for b in facts.biomarkers.values() if b.unit in ("um", "mm")] + \
-                 [r for b in facts.biomarkers.values() if b.unit in ("um", "mm") for r in b.references]
+                 [r for b in facts.biomarkers.values() if b.unit in ("um", "mm") for r in b.references] + \
+                 list(facts.lesion_lengths_um)
     assume(all(abs(value - c * (1000 if u == "mm" else 1)) > 0.2 * max(abs(c), 1) for c, u in
                [(b.value, b.unit) for b in facts.biomarkers.values() if b.unit in ("um", "mm")]))
     assume(all(abs(value - c) > 0.2 * max(abs(c), 1) and abs(value - 1000 * c) > 0.2 * max(abs(1000 * c), 1)

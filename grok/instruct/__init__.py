@@ -8,7 +8,8 @@ Run as: grok instruct STUDIES --out DIR [--mode template|llm] [--tasks ...] [--s
 * :mod:`grok.instruct.templating` — Jinja (StrictUndefined) templates -> chat messages, with hashes.
 * :mod:`grok.instruct.generate` — template mode and the build driver (tables, quarantine, summary).
 * :mod:`grok.instruct.llm`, :mod:`grok.instruct.llm_mode` — OpenAI-compatible generation with
-  cache, retries, rate limit, cost and regeneration.
+  cache, retries, rate limit, cost and regeneration; :mod:`grok.instruct.http1` — the lean
+  keep-alive HTTP/1.1 transport the openai client uses for ``http://`` servers.
 * :mod:`grok.instruct.export` — parquet schema and OpenAI / ShareGPT exports.
 * :mod:`grok.instruct.boxes` — the Qwen2-VL box convention.
 """

@@ -82,7 +82,16 @@ def _device_phrase(device: str) -> str:
     return "" if device in ("generic", "", "unknown") else f" on a {device} scan"
 
 
-def _measured(facts: StudyFacts, cap: int) -> list:
+def _parts(facts: StudyFacts) -> dict[str, Any]:
+    """What every family's context takes from a study, derived once per study (``facts.memo``).
+
+    Callers get fresh lists (slices/copies) of these, never the cached objects themselves.
+    """
+    parts = facts.memo.get("families")
+    if parts is not None:
+        return parts
+    from grok.verify.lexicon import DISPLAY_NAMES
+
     chosen: list[str] = []
     for bid, b in facts.biomarkers.items():  # abnormal values first
         if b.status in ("low", "high") and bid not in PRESENCE_BIOMARKERS and b.unit != "count":
@@ -90,24 +99,36 @@ def _measured(facts: StudyFacts, cap: int) -> list:
     for bid in CORE_BIOMARKERS:
         if bid in facts.biomarkers and bid not in chosen and bid not in PRESENCE_BIOMARKERS:
             chosen.append(bid)
-    return [facts.biomarkers[b] for b in chosen[:cap]]
+    pres = facts.presence()
+    parts = {
+        "measured": [facts.biomarkers[b] for b in chosen],
+        "missing": [DISPLAY_NAMES[bid] for bid in CORE_BIOMARKERS
+                    if bid not in facts.biomarkers and bid not in PRESENCE_BIOMARKERS and bid in DISPLAY_NAMES],
+        "presence": pres,
+        "presence_ordered": [p for p in pres if p["state"] == "present"] + [p for p in pres if p["state"] == "absent"],
+        "alternatives": [d for d in facts.differential if not d["is_label"]],
+        "ranged": sorted((b for b in facts.biomarkers.values() if b.has_range and b.status is not None),
+                         key=lambda b: b.id),
+        "label": _label_entry(facts), "person": facts.person, "a_person": facts.a_person,
+        "device_phrase": _device_phrase(facts.device), "roles": base_roles(facts),
+    }
+    facts.memo["families"] = parts
+    return parts
+
+
+def _measured(facts: StudyFacts, cap: int) -> list:
+    return _parts(facts)["measured"][:cap]
 
 
 def _missing(facts: StudyFacts, cap: int) -> list[str]:
-    from grok.verify.lexicon import DISPLAY_NAMES
-
-    out = []
-    for bid in CORE_BIOMARKERS:
-        if bid not in facts.biomarkers and bid not in PRESENCE_BIOMARKERS and bid in DISPLAY_NAMES:
-            out.append(DISPLAY_NAMES[bid])
-    return out[:cap]
+    return _parts(facts)["missing"][:cap]
 
 
 def _qa(facts: StudyFacts, rng: random.Random) -> dict[str, Any] | None:
-    ranged = [b for b in facts.biomarkers.values() if b.has_range and b.status is not None]
+    ranged = _parts(facts)["ranged"]
     if ranged:
-        return {"kind": "range", "fact": rng.choice(sorted(ranged, key=lambda b: b.id))}
-    pres = facts.presence()
+        return {"kind": "range", "fact": rng.choice(ranged)}
+    pres = _parts(facts)["presence"]
     if pres:
         p = rng.choice(pres)
         return {"kind": "presence", **p}
@@ -160,22 +181,22 @@ def build_context(family: Family, facts: StudyFacts, lex, seed: int, *, caps: tu
     """
     rng = random.Random(row_seed(facts.study_id, family.id, seed))
     variant = rng.randrange(family.variants)
-    label = _label_entry(facts)
+    parts = _parts(facts)
+    label = parts["label"]
     if family.states_diagnosis and label.get("status") == "ruled_out":
         raise Skip(f"label {facts.label!r} is ruled out by the reasoner; a grounded {family.id} row cannot state it")
-    roles = base_roles(facts)
+    roles = list(parts["roles"])
     ctx: dict[str, Any] = {
-        "f": facts, "v": variant, "pick": rng.choice, "eye_words": facts.eye_words, "person": facts.person,
-        "a_person": facts.a_person,
-        "device_phrase": _device_phrase(facts.device), "label": label, "images": roles,
+        "f": facts, "v": variant, "pick": rng.choice, "eye_words": facts.eye_words, "person": parts["person"],
+        "a_person": parts["a_person"],
+        "device_phrase": parts["device_phrase"], "label": label, "images": roles,
     }
     if family.id in ("report", "cot", "multiturn"):
         n_bm, n_pres, n_alt = caps
-        ctx["measured"] = _measured(facts, n_bm)
-        pres = facts.presence()
-        ctx["presence"] = ([p for p in pres if p["state"] == "present"] + [p for p in pres if p["state"] == "absent"])[:n_pres]
-        ctx["missing"] = _missing(facts, 2)
-        ctx["alternatives"] = [d for d in facts.differential if not d["is_label"]][:n_alt]
+        ctx["measured"] = parts["measured"][:n_bm]
+        ctx["presence"] = parts["presence_ordered"][:n_pres]
+        ctx["missing"] = parts["missing"][:2]
+        ctx["alternatives"] = parts["alternatives"][:n_alt]
     if family.id == "diagnosis":
         ctx["options"] = _options(facts, lex)
     if family.id in ("biomarker_qa", "multiturn"):

@@ -71,6 +71,10 @@ class LLMConfig:
     prices:
         ``{model: {"input_per_1m_usd": x, "output_per_1m_usd": y}}``; a model without a price
         gets cost ``None`` (flagged), never a guess.
+    http_transport:
+        ``auto`` (default): requests to an ``http://`` base URL go through the lean keep-alive
+        transport of :mod:`grok.instruct.http1` (about half the client CPU per request), any other
+        URL through the SDK's standard transport; ``sdk``: always the SDK's standard transport.
     """
 
     base_url: str
@@ -91,6 +95,7 @@ class LLMConfig:
     image_root: str | None = None
     prompt_template: str = "llm/grok_prompt.j2"
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    http_transport: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.base_url or not urlsplit(str(self.base_url)).scheme.startswith("http"):
@@ -106,6 +111,8 @@ class LLMConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} is out of range; see LLMConfig's docstring")
+        if self.http_transport not in ("auto", "sdk"):
+            raise ValueError(f"http_transport={self.http_transport!r}: choose auto or sdk")
         if self.structured_output not in ("json_schema", "json_object", "none"):
             raise ValueError(f"structured_output={self.structured_output!r}: choose json_schema, json_object or none")
         for model, p in self.prices.items():
@@ -151,7 +158,8 @@ class LLMConfig:
         return {"model": self.model, "base_url_host": base_url_host(self.base_url),
                 "structured_output": self.structured_output, "send_images": self.send_images,
                 "concurrency": self.concurrency, "requests_per_second": self.requests_per_second,
-                "timeout_s": self.timeout_s, "max_retries": self.max_retries, "max_attempts": self.max_attempts}
+                "timeout_s": self.timeout_s, "max_retries": self.max_retries, "max_attempts": self.max_attempts,
+                "http_transport": self.http_transport}
 
     def api_key(self) -> str:
         for var in (self.api_key_env, *API_KEY_ENVS):
@@ -248,26 +256,65 @@ def _retry_after(exc: Any) -> float | None:
     return None
 
 
-class OpenAIChatClient:
-    """:class:`ChatClient` over ``openai.AsyncOpenAI`` (its built-in retries disabled)."""
+#: Requests in flight per HTTP connection pool. The pool's bookkeeping walks all its connections
+#: on every request and response, so 32 concurrent requests go through 4 pools of 8.
+POOL_SHARD_SIZE = 8
 
-    def __init__(self, config: LLMConfig):
+
+class OpenAIChatClient:
+    """:class:`ChatClient` over ``openai.AsyncOpenAI`` (its built-in retries disabled).
+
+    Requests go through the client's own ``post`` (auth, headers, timeouts, and the SDK's error
+    types for 4xx/5xx, timeouts and connection errors) with the body built here and the raw
+    response read here: ``chat.completions.create`` would spend more CPU per request on
+    transforming the parameters and building the typed ``ChatCompletion`` than the whole HTTP
+    exchange costs, and LLM mode needs only the content, the finish reason, the usage and the
+    model name. The body is the one ``create`` sends (a test checks this against the real
+    ``create``). For an ``http://`` base URL (``http_transport: auto``) the SDK's HTTP client
+    uses the lean transport of :mod:`grok.instruct.http1`; otherwise its standard transport, and
+    then ``ceil(concurrency / POOL_SHARD_SIZE)`` clients, each with its own connection pool
+    sized for its share, take requests in turn.
+    """
+
+    def __init__(self, config: LLMConfig, shards: int | None = None):
         try:
             import openai
         except ImportError as exc:  # pragma: no cover - openai is a declared dependency of the pipeline extra
             raise ImportError("LLM mode needs the openai client: pip install 'grok-data-engine[pipeline]'") from exc
+        from grok.instruct.http1 import Http1Transport, http_module
+
         self._openai = openai
-        self._client = openai.AsyncOpenAI(base_url=config.base_url, api_key=config.api_key(), max_retries=0,
-                                          timeout=config.timeout_s)
+        http = http_module(openai)  # the HTTP library this openai version is built on (httpx2 or httpx)
+        self._raw_response = http.Response
+        key = config.api_key()
+        self.lean_http = config.http_transport == "auto" and urlsplit(config.base_url).scheme == "http"
+        if self.lean_http:
+            http_clients = [openai.DefaultAsyncHttpxClient(transport=Http1Transport(openai))]
+        else:
+            n = max(1, shards if shards is not None else -(-config.concurrency // POOL_SHARD_SIZE))
+            per = max(1, -(-config.concurrency // n))
+            http_clients = [openai.DefaultAsyncHttpxClient(
+                limits=http.Limits(max_connections=2 * per, max_keepalive_connections=2 * per)) for _ in range(n)]
+        self._clients = [openai.AsyncOpenAI(base_url=config.base_url, api_key=key, max_retries=0,
+                                            timeout=config.timeout_s, http_client=hc) for hc in http_clients]
+        self._turn = 0
+
+    @staticmethod
+    def request_body(request: ChatRequest) -> dict[str, Any]:
+        """The JSON body of ``request`` (what ``chat.completions.create`` would send)."""
+        body: dict[str, Any] = {"model": request.model, "messages": request.messages}
+        body.update({k: v for k, v in request.sampling.items() if v is not None})
+        if request.response_format is not None:
+            body["response_format"] = request.response_format
+        return body
 
     async def complete(self, request: ChatRequest) -> ChatResponse:
         oa = self._openai
-        kwargs: dict[str, Any] = {"model": request.model, "messages": request.messages, "timeout": request.timeout_s}
-        kwargs.update({k: v for k, v in request.sampling.items() if v is not None})
-        if request.response_format is not None:
-            kwargs["response_format"] = request.response_format
+        client = self._clients[self._turn]
+        self._turn = (self._turn + 1) % len(self._clients)
         try:
-            resp = await self._client.chat.completions.create(**kwargs)
+            raw = await client.post("/chat/completions", body=self.request_body(request), cast_to=self._raw_response,
+                                    options={"timeout": request.timeout_s})
         except oa.RateLimitError as exc:
             raise LLMCallError("http_429", str(exc)[:300], True, _retry_after(exc)) from exc
         except oa.APITimeoutError as exc:
@@ -280,19 +327,33 @@ class OpenAIChatClient:
                 raise LLMCallError("http_5xx" if code >= 500 else f"http_{code}", str(exc)[:300], True,
                                    _retry_after(exc)) from exc
             raise LLMCallError(f"http_{code}", str(exc)[:300], False) from exc
-        except (oa.APIResponseValidationError, json.JSONDecodeError, ValueError, TypeError) as exc:
+        except (oa.APIResponseValidationError, ValueError, TypeError) as exc:
             raise LLMCallError("malformed_response", f"{type(exc).__name__}: {str(exc)[:300]}", True) from exc
-        try:
-            choice = resp.choices[0]
-            content = choice.message.content or ""
-            usage = resp.usage
-        except (AttributeError, IndexError, TypeError) as exc:
-            raise LLMCallError("malformed_response", f"response without choices[0].message ({exc})", True) from exc
-        return ChatResponse(content, choice.finish_reason, getattr(usage, "prompt_tokens", None),
-                            getattr(usage, "completion_tokens", None), getattr(resp, "model", None))
+        return parse_completion(raw.content)
 
     async def aclose(self) -> None:
-        await self._client.close()
+        for c in self._clients:
+            await c.close()
+
+
+def parse_completion(body: bytes | str) -> ChatResponse:
+    """A chat-completion response body -> :class:`ChatResponse`; :class:`LLMCallError`
+    (``malformed_response``, retryable) when it is not JSON or has no ``choices[0].message``."""
+    try:
+        data = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError and undecodable bytes
+        raise LLMCallError("malformed_response", f"{type(exc).__name__}: {str(exc)[:300]}", True) from exc
+    try:
+        choice = data["choices"][0]
+        content = choice["message"].get("content") or ""
+        usage = data.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        finish_reason, model = choice.get("finish_reason"), data.get("model")
+    except (AttributeError, IndexError, KeyError, TypeError) as exc:
+        raise LLMCallError("malformed_response", f"response without choices[0].message ({exc!r})", True) from exc
+    if not isinstance(content, str):
+        raise LLMCallError("malformed_response", f"message content is a {type(content).__name__}, not text", True)
+    return ChatResponse(content, finish_reason, prompt_tokens, completion_tokens, model)
 
 
 # ------------------------------------------------------------------------------------------------

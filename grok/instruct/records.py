@@ -181,6 +181,8 @@ class StudyFacts:
     lesion_lengths_um: list[float] = field(default_factory=list)
     #: Knowledge-base cut-offs in µm that finding terms quote (drusen size classes): valid references.
     kb_lengths_um: list[float] = field(default_factory=list)
+    #: Values derived from these facts once and reused for every row of the study (verifier lookups).
+    memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def presence(self) -> list[dict[str, Any]]:
         """Present/absent statements the reasoner supports, in :data:`PRESENCE_BIOMARKERS` order."""

@@ -21,10 +21,16 @@ from typing import Any
 from grok.instruct.records import lower_first
 
 TEMPLATES_ENV = "GROK_TEMPLATES"
-_MARKER = re.compile(r"^@@ (system|user|assistant)\s*$", re.MULTILINE)
+#: A line ``@@ role``. Same as ``^@@ (system|user|assistant)\s*$`` (multi-line), written to start
+#: with the literal ``@@`` (the look-behind is the start-of-line check) so the scan is a fast search.
+_MARKER = re.compile(r"@@(?<![^\n]@@) (system|user|assistant)\s*$", re.MULTILINE)
 _KEEP_LINE = re.compile(r"^(Step \d|- |<image>)")
 _SPACES = re.compile(r"[ \t]+")
 _SPACE_PUNCT = re.compile(r" +([.,;:])")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_PUNCT_AFTER_SPACE = (" .", " ,", " ;", " :")
+#: Attribute names a plain ``dict`` has (``d.items`` is the method, as Jinja resolves it).
+_DICT_ATTRS = frozenset(dir(dict))
 
 
 def templates_dir() -> Path:
@@ -40,18 +46,29 @@ def capitalize_first(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
+def _squeeze(line: str) -> str:
+    """Runs of spaces/tabs -> one space, and no space before . , ; : (each step only when it applies)."""
+    if "\t" in line or "  " in line:
+        line = _SPACES.sub(" ", line)
+    if any(p in line for p in _PUNCT_AFTER_SPACE):
+        line = _SPACE_PUNCT.sub(r"\1", line)
+    return line
+
+
 def normalise_content(text: str) -> str:
     """Join wrapped lines, keep paragraph breaks and list/step lines, squeeze spaces."""
     paragraphs = []
-    for para in re.split(r"\n\s*\n", text.strip()):
-        lines = [ln.strip() for ln in para.splitlines() if ln.strip()]
+    for para in _PARAGRAPH_BREAK.split(text.strip()):
         out: list[str] = []
-        for ln in lines:
+        for ln in para.splitlines():
+            ln = ln.strip()
+            if not ln:
+                continue
             if out and not _KEEP_LINE.match(ln) and not out[-1].startswith("<image>"):
                 out[-1] = f"{out[-1]} {ln}"
             else:
                 out.append(ln)
-        paragraphs.append("\n".join(_SPACE_PUNCT.sub(r"\1", _SPACES.sub(" ", ln)) for ln in out))
+        paragraphs.append("\n".join(_squeeze(ln) for ln in out))
     return "\n\n".join(p for p in paragraphs if p)
 
 
@@ -75,6 +92,33 @@ def split_messages(rendered: str, template_id: str, keep_lines: bool = False) ->
     return msgs
 
 
+_ENV_CLASS: Any = None
+
+
+def _environment_class(jinja2) -> type:
+    """A ``jinja2.Environment`` whose ``obj.name`` lookup on a plain dict reads the key directly.
+
+    Jinja tries ``getattr(d, "name")`` first, which for a dict raises (and catches) an
+    AttributeError before ``d["name"]``; the contexts here are mostly dicts. The result is the
+    same: a name that is a dict attribute (``items``, ``keys``...) still resolves to the method.
+    """
+    global _ENV_CLASS
+    if _ENV_CLASS is None:
+        base_getattr = jinja2.Environment.getattr
+
+        class GrokEnvironment(jinja2.Environment):
+            def getattr(self, obj: Any, attribute: str) -> Any:
+                if type(obj) is dict and attribute not in _DICT_ATTRS:
+                    try:
+                        return obj[attribute]
+                    except KeyError:
+                        return self.undefined(obj=obj, name=attribute)
+                return base_getattr(self, obj, attribute)
+
+        _ENV_CLASS = GrokEnvironment
+    return _ENV_CLASS
+
+
 @dataclass(frozen=True)
 class TemplateInfo:
     id: str
@@ -91,9 +135,12 @@ class TemplateLibrary:
         if not (self.root / "instruct").is_dir():
             raise FileNotFoundError(f"{self.root}/instruct: template folder not found (set {TEMPLATES_ENV} to the "
                                     "folder that holds instruct/ and llm/)")
-        self.env = jinja2.Environment(
+        # auto_reload off: the library keeps its compiled templates (and their hashes) for its
+        # lifetime anyway, and imports of _common.j2 then skip a file-time check per render.
+        self.env = _environment_class(jinja2)(
             loader=jinja2.FileSystemLoader(str(self.root)), undefined=jinja2.StrictUndefined,
             trim_blocks=True, lstrip_blocks=True, autoescape=False, keep_trailing_newline=False,
+            auto_reload=False,
         )
         self.env.filters["capitalize_first"] = capitalize_first
         self.env.filters["lower_first"] = lower_first
