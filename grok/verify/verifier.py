@@ -16,6 +16,8 @@ Rules (each failed rule adds a reason ``code: detail``; *hard* codes fail the ro
   X", "Answer: X") names a category other than the label.
 * ``contradiction`` (hard): a qualitative claim about a biomarker (thinned / thickened / within
   normal limits / present / absent) disagrees with the reasoner, or the label is "ruled out".
+  Words inside the reasoner's own stage name (e.g. "macular oedema signs without central
+  subfield thickening") are its conclusion, not a claim about a biomarker named nearby.
 * ``forbidden_phrase`` (hard): the text refers to a label, a provided report/list/data sheet,
   JSON, metadata or a record (things a model looking at the images could not know).
 * ``laterality`` (hard): the wrong eye is named (right eye / OD for OS, and the reverse).
@@ -28,6 +30,13 @@ Rules (each failed rule adds a reason ``code: detail``; *hard* codes fail the ro
   range, finding not evaluable). Soft reasons lower the score but do not fail the row.
 
 The score is the share of checks passed (a soft reason counts half).
+
+Speed (a build verifies every row, so this runs thousands of times per second): each pattern
+scans a message once and its matches are handed to the clauses they lie in (``_ClauseScan``);
+the patterns start with a literal character or digit so the regex engine can skip positions
+where none can start; rare patterns (forbidden phrasing, the wrong eye, boxes) run only when a
+substring that every match contains is present; per-study lookups are kept in ``facts.memo``.
+Each rewritten pattern documents the plain form it is equivalent to.
 """
 
 from __future__ import annotations
@@ -35,50 +44,153 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from grok.instruct.boxes import iou, parse_boxes, strip_boxes
+from grok.instruct.boxes import BOX_START, iou, parse_boxes, strip_boxes
 from grok.verify.lexicon import UNIT_ALIASES, UNIT_BASE, Lexicon, _trie_pattern
 
 HARD_CODES = frozenset({"wrong_number", "hallucinated_number", "diagnosis_mismatch", "contradiction",
                         "forbidden_phrase", "laterality", "format", "length", "box"})
 
-_CLAUSE_SPLIT = re.compile(r"(?<=[.;!?])\s+|\n+")
+#: Look-behind placed after the first (word) character of an alternative: "the character before
+#: the match is not a word character", i.e. a leading ``\b``. Starting every alternative with a
+#: literal character (or a digit) lets the regex engine skip positions where no alternative can
+#: start, which is most of the speed of the scans below.
+_WB = r"(?<!\w.)"
+#: Clause separators: white space after . ; ! ? (group 1-4) and runs of line breaks (the whole
+#: match); the same spans as ``(?<=[.;!?])\s+|\n+``, see :func:`_clause_spans`.
+_CLAUSE_SPLIT = re.compile(r"\.(\s+)|;(\s+)|!(\s+)|\?(\s+)|\n\n*")
+
+
+def _clause_spans(text: str) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of the clauses of ``text`` (separators excluded; clauses may be empty)."""
+    spans = []
+    start = 0
+    for sep in _CLAUSE_SPLIT.finditer(text):
+        g = sep.lastindex
+        a, b = sep.span(g) if g else sep.span()
+        spans.append((start, a))
+        start = b
+    spans.append((start, len(text)))
+    return spans
+
+
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(UNIT_ALIASES, key=len, reverse=True))
 _NUM = r"\d+(?:\.\d+)?"
+#: A number (or range) with an optional unit. The pattern starts with a digit so that the regex
+#: engine skips straight from digit to digit; the look-behind after the first digit is the check
+#: "not preceded by a word character or a dot" (the same as a leading ``(?<![\w.])``).
 _NUMBER_RE = re.compile(
-    rf"(?<![\w.])(?P<a>{_NUM})(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?(?![\w³²])")
+    rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
+    r"(?![\w³²])")
 #: Spans that contain numbers but are not measurements: region names, ordinals, ages, step numbers.
-_MASK_RE = re.compile(
-    r"\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
-    r"|\b\d(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
-    r"|\b\d+(?:\.\d+)?(?:st|nd|rd|th)\b|\b\d+-year-old\b|\baged?\s+\d+\b|\bstep\s+\d+\b|\b\d+\s*(?:years?|y)\b(?!\w)"
-    r"|\b(?:grade|stage|type|category)\s+\d+\b|\bp\d+\b")
-_REF_CUE = re.compile(
-    r"\b(?:range|percentile|limits?|cut-?offs?|thresholds?|normal|reference|mean|average|expected|typical|"
-    r"above|below|under|over|exceed\w*|at least|at most|less than|more than|greater than|beyond|between)\b|[<>≥≤]",)
+#: The rule is ``\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])
+#: | \b\d(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|...)\b | \b\d+(?:\.\d+)?(?:st|nd|rd|th)\b
+#: | \b\d+-year-old\b | \baged?\s+\d+\b | \bstep\s+\d+\b | \b\d+\s*(?:years?|y)\b(?!\w)
+#: | \b(?:grade|stage|type|category)\s+\d+\b | \bp\d+\b``, split into the alternatives that start
+#: with a letter and those that start with a digit (a position can only start one kind, so
+#: :func:`_mask` finds the same matches as the single alternation) and written to start with a
+#: literal character (see :data:`_WB`).
+_MM = r"\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
+_MASK_WORD_RE = re.compile("|".join(a.format(wb=_WB) for a in (
+    r"c{wb}entral" + _MM, r"i{wb}nner" + _MM, r"o{wb}uter" + _MM, r"w{wb}ithin the" + _MM, r"t{wb}he central" + _MM,
+    r"a{wb}ged?\s+\d+\b", r"s{wb}tep\s+\d+\b", r"g{wb}rade\s+\d+\b", r"s{wb}tage\s+\d+\b", r"t{wb}ype\s+\d+\b",
+    r"c{wb}ategory\s+\d+\b", r"p{wb}\d+\b")))
+_MASK_NUM_RE = re.compile(
+    rf"\d{_WB}(?:(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
+    r"|\d*(?:\.\d+)?(?:st|nd|rd|th)\b|\d*-year-old\b|\d*\s*(?:years?|y)\b(?!\w))")
+
+
+def _mask(text: str) -> str:
+    """``text`` with every non-measurement number span (see ``_MASK_WORD_RE``) blanked, offsets kept."""
+    ma = _MASK_WORD_RE.search(text)
+    md = _MASK_NUM_RE.search(text)
+    if ma is None and md is None:
+        return text
+    out = []
+    last = 0
+    while ma is not None or md is not None:
+        m = ma if md is None or (ma is not None and ma.start() < md.start()) else md
+        s, e = m.span()
+        out.append(text[last:s])
+        out.append(" " * (e - s))
+        last = e
+        if ma is not None and ma.start() < e:
+            ma = _MASK_WORD_RE.search(text, e)
+        if md is not None and md.start() < e:
+            md = _MASK_NUM_RE.search(text, e)
+    out.append(text[last:])
+    return "".join(out)
+
+
 _LOW = (r"markedly thinned|thinned|thinning|thin|reduced|decreased|lowered|low|narrowed|narrowing|"
         r"below the normal range|below normal limits|below normal|below the 5th percentile|below the 1st percentile")
 _HIGH = (r"markedly thickened|thickened|thickening|thick|increased|elevated|raised|high|enlarged|"
          r"above the normal range|above normal limits|above normal|above the 95th percentile|above the 99th percentile")
 _NORMAL = (r"within the normal range|inside the normal range|within normal range|within normal limits|"
            r"(?:is|are|was|were|appears?|looks?|remains?) normal|unremarkable")
-_TERM_RE = re.compile(rf"\b(?:(?P<normal>{_NORMAL})|(?P<low>{_trie_pattern(_LOW.split('|'))})|"
-                      rf"(?P<high>{_trie_pattern(_HIGH.split('|'))}))\b")
-_NEG_TERM_BEFORE = re.compile(r"\b(?:not|no|without|nor|rather than)\s+(?:\w+\s+){0,2}$")
-_NEG_BEFORE = re.compile(r"\b(?:no|without|neither|nor|absence of|free of|lack of)\s+(?:[\w-]+\s+){0,2}$")
+#: ``_NORMAL`` spelled out as words.
+_NORMAL_WORDS = ["within the normal range", "inside the normal range", "within normal range", "within normal limits",
+                 "unremarkable"] + [f"{v} normal" for v in ("is", "are", "was", "were", "appear", "appears", "look",
+                                                            "looks", "remain", "remains")]
+#: Qualitative term -> the claim it makes. No term of one class starts with the first word of a
+#: term of another class, so one merged alternation finds the same spans as three ordered ones.
+_TERM_CLASS: dict[str, str] = {**{w: "normal" for w in _NORMAL_WORDS}, **{w: "low" for w in _LOW.split("|")},
+                               **{w: "high" for w in _HIGH.split("|")}}
+
+
+def _lead_trie(words, guard: str = _WB) -> str:
+    """Prefix-factored alternation of ``words`` whose every branch starts with a literal character
+    followed by ``guard`` (see :data:`_WB`); longer words are preferred, as in ``_trie_pattern``."""
+    by_first: dict[str, list[str]] = {}
+    for w in sorted(set(words)):
+        by_first.setdefault(w[0], []).append(w[1:])
+    alts = []
+    for c, rests in by_first.items():
+        tail = [r for r in rests if r]
+        body = _trie_pattern(tail) if tail else ""
+        if tail and "" in rests:
+            body = f"(?:{body})?"
+        alts.append(re.escape(c) + guard + body)
+    return "(?:" + "|".join(alts) + ")"
+
+
+_TERM_RE = re.compile(_lead_trie(_TERM_CLASS) + r"\b")
+#: A reference cue before a number: ``\b(?:range|percentile|limits?|cut-?offs?|thresholds?|normal|
+#: reference|mean|average|expected|typical|above|below|under|over|exceed\w*|at least|at most|less than|
+#: more than|greater than|beyond|between)\b|[<>≥≤]`` (only whether one occurs is used), written with
+#: literal first characters (see :data:`_WB`).
+_REF_CUE = re.compile(
+    _lead_trie(("range", "percentile", "limit", "limits", "cut-off", "cut-offs", "cutoff", "cutoffs", "threshold",
+                "thresholds", "normal", "reference", "mean", "average", "expected", "typical", "above", "below",
+                "under", "over", "at least", "at most", "less than", "more than", "greater than", "beyond",
+                "between")) + r"\b|e" + _WB + r"xceed\w*\b|<|>|≥|≤")
+#: The windows before/after a term or finding (only whether they match is used); the leading
+#: word lists are written with literal first characters (see :data:`_WB`).
+_NEG_TERM_BEFORE = re.compile(_lead_trie(("not", "no", "without", "nor", "rather than")) + r"\s+(?:\w+\s+){0,2}$")
+_NEG_BEFORE = re.compile(_lead_trie(("no", "without", "neither", "nor", "absence of", "free of", "lack of"))
+                         + r"\s+(?:[\w-]+\s+){0,2}$")
 _NEG_AFTER = re.compile(r"^\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:absent|not (?:seen|detected|present|visible|"
                         r"identified|found)|none)\b")
 _POS_AFTER = re.compile(r"^\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:present|detected|seen|visible|identified|noted)\b")
-_POS_BEFORE = re.compile(r"\b(?:presence of|shows?|there (?:is|are)|evidence of|reveals?|demonstrates?|with)\s+"
-                         r"(?:\w+\s+){0,2}$")
-_CONCLUDE_RE = re.compile(
-    r"\b(?:diagnosis|answer|impression|conclusion)\s*:|\b(?:the )?(?:most likely )?diagnosis is\b|"
-    r"\bmost (?:consistent with|likely(?: diagnosis)?(?: is)?(?::)?)|\bin keeping with\b|\bconsistent with a diagnosis of\b|"
-    r"\bbest (?:described as|fits)\b|\bthe answer is\b|\bpoints? to\b|\bindicative of\b",)
-_RULEOUT_RE = re.compile(
-    r"\b(?:unlikely|ruled out|rules? out|excluded|excludes?|not supported|less likely|argues? against|"
-    r"no evidence (?:of|for))\b")
+_POS_BEFORE = re.compile(_lead_trie(("presence of", "show", "shows", "there is", "there are", "evidence of", "reveal",
+                                     "reveals", "demonstrate", "demonstrates", "with")) + r"\s+(?:\w+\s+){0,2}$")
+#: Concluding statements, in priority order (the first alternative that matches at a position
+#: wins). Same as ``\b(?:diagnosis|answer|impression|conclusion)\s*:|\b(?:the )?(?:most likely )?
+#: diagnosis is\b|\bmost (?:consistent with|likely...)|...`` with the optional prefixes expanded
+#: (greedy order) so that every alternative starts with a literal character (see :data:`_WB`).
+_CONCLUDE_ALTS = (
+    r"d{wb}iagnosis\s*:", r"a{wb}nswer\s*:", r"i{wb}mpression\s*:", r"c{wb}onclusion\s*:",
+    r"t{wb}he most likely diagnosis is\b", r"t{wb}he diagnosis is\b", r"m{wb}ost likely diagnosis is\b",
+    r"d{wb}iagnosis is\b", r"m{wb}ost (?:consistent with|likely(?: diagnosis)?(?: is)?(?::)?)",
+    r"i{wb}n keeping with\b", r"c{wb}onsistent with a diagnosis of\b", r"b{wb}est (?:described as|fits)\b",
+    r"t{wb}he answer is\b", r"p{wb}oints? to\b", r"i{wb}ndicative of\b",
+)
+_CONCLUDE_RE = re.compile("|".join(a.format(wb=_WB) for a in _CONCLUDE_ALTS))
+_RULEOUT_RE = re.compile(_lead_trie(
+    ("unlikely", "ruled out", "rule out", "rules out", "excluded", "exclude", "excludes", "not supported",
+     "less likely", "argue against", "argues against", "no evidence of", "no evidence for")) + r"\b")
 _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\blabel(?:s|led|ed)?\b", "mentions a label"),
     (r"\bas (?:given|provided|stated|listed|indicated)\b", "refers to given information"),
@@ -93,15 +205,65 @@ _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\baccording to the (?:table|report|list|data|record)\b", "cites a table or record"),
     (r"\breference (?:answer|diagnosis)\b", "mentions a reference answer"),
 )]
-#: Every forbidden pattern contains one of these substrings (a cheap test before the regex scan).
-_FORBIDDEN_KEYS = ("label", "given", "provided", "stated", "listed", "indicated", "supplied", "attached", "accompanying",
-                   "sheet", "truth", "json", "metadata", "record", "table", "biomarker list", "knowledge base", "told",
-                   "according", "reference")
-_FORBIDDEN_RE = re.compile("|".join(f"(?P<f{i}>{p})" for i, (p, _) in enumerate(_FORBIDDEN_LIST)))
+_PROVIDED_FIRST = ("provided ", "given ", "supplied ", "attached ", "accompanying ")
+_PROVIDED_SECOND = ("report", "data", "list", "table", "label", "diagnosis", "biomarker", "json", "values",
+                    "measurements", "sheet", "information", "findings")
+
+
+def _maybe_provided(low: str) -> bool:
+    """Whether some "provided/given/... <material>" pair occurs (necessary for pattern 2 to match)."""
+    for w in _PROVIDED_FIRST:
+        i = low.find(w)
+        while i >= 0:
+            if low.startswith(_PROVIDED_SECOND, i + len(w)):
+                return True
+            i = low.find(w, i + 1)
+    return False
+
+
+#: Per forbidden pattern, substrings of which every match contains one (or a test of the same
+#: kind): a pattern whose substrings are all absent cannot match, so it is left out of the scan.
+_FORBIDDEN_NEEDLES: list = [
+    ("label",),
+    ("as given", "as provided", "as stated", "as listed", "as indicated"),
+    _maybe_provided,
+    ("datasheet", "data sheet", "spreadsheet"),
+    ("ground-truth", "ground truth"),
+    ("json",),
+    ("metadata",),
+    ("record", "table", "biomarker list", "knowledge base"),
+    (" was told", " were told", " was given", " were given"),
+    ("according to the ",),
+    ("reference answer", "reference diagnosis"),
+]
+assert len(_FORBIDDEN_NEEDLES) == len(_FORBIDDEN_LIST)
+
+
+@lru_cache(maxsize=256)
+def _forbidden_re(which: tuple[int, ...]) -> re.Pattern:
+    """The alternation of the forbidden patterns ``which`` (in list order; group ``f<i>`` = pattern i).
+    Leaving out patterns that cannot match anywhere in a text does not change what the scan finds."""
+    return re.compile("|".join(f"(?P<f{i}>{_FORBIDDEN_LIST[i][0]})" for i in which))
+
+
+def _forbidden_hits(low: str):
+    which = []
+    for i, nd in enumerate(_FORBIDDEN_NEEDLES):
+        if callable(nd):
+            if nd(low):
+                which.append(i)
+            continue
+        for n in nd:
+            if n in low:
+                which.append(i)
+                break
+    return _forbidden_re(tuple(which)).finditer(low) if which else ()
 _WRONG_EYE = {
     "OD": re.compile(r"\bleft eye\b|(?<![/\w])OS\b|\bleft (?:retina|fundus|macula)\b"),
     "OS": re.compile(r"\bright eye\b|(?<![/\w])OD\b|\bright (?:retina|fundus|macula)\b"),
 }
+#: Every match of ``_WRONG_EYE[eye]`` contains one of these (case-sensitive) substrings.
+_WRONG_EYE_NEEDLES = {"OD": ("left ", "OS"), "OS": ("right ", "OD")}
 _RIGHT_EYE = {
     "OD": re.compile(r"\bright eye\b|(?<![/\w])OD\b", re.IGNORECASE),
     "OS": re.compile(r"\bleft eye\b|(?<![/\w])OS\b", re.IGNORECASE),
@@ -187,12 +349,78 @@ def _lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
-def _blank(m: re.Match) -> str:
-    return " " * len(m.group(0))
-
-
 def _decimals(s: str) -> int:
     return len(s.split(".", 1)[1]) if "." in s else 0
+
+
+_NORMAL_AFTER = re.compile(r"\s*normal\b")
+
+
+class _ClauseScan:
+    """One scan of ``rx`` over a whole text, its matches handed to the clauses (``spans``) they lie in.
+
+    ``per[ci]`` is None when no match starts in clause ``ci`` (the per-message "hit" test the
+    checks have always used), else the matches lying inside it. A match that does not lie inside
+    one clause marks the clauses it touches ``dirty``; :meth:`get` scans a dirty clause again on
+    its own. Clauses start after white space and end before it, and every pattern used here treats
+    white space like the start or end of the text, so a clause that no match crosses gets exactly
+    the matches of a scan of the clause alone.
+    """
+
+    __slots__ = ("dirty", "per", "rx", "spans")
+
+    def __init__(self, rx: re.Pattern, src: str, spans: list[tuple[int, int]], starts: list[int]):
+        self.rx = rx
+        self.spans = spans
+        n = len(spans)
+        per: list[list[re.Match] | None] = [None] * n
+        dirty: set[int] = set()
+        ci = 0
+        nxt = starts[1] if n > 1 else _NO_END
+        end = spans[0][1]
+        lst = None
+        for m in rx.finditer(src):
+            s, e = m.span()
+            if s >= nxt:  # matches come in order: move to the clause of s
+                ci = bisect_right(starts, s, ci + 1) - 1
+                nxt = starts[ci + 1] if ci + 1 < n else _NO_END
+                end = spans[ci][1]
+                lst = None
+            if lst is None:
+                lst = per[ci]
+                if lst is None:
+                    lst = per[ci] = []
+            if e <= end:
+                lst.append(m)
+            else:
+                k = ci if s <= end else ci + 1
+                while k < n and spans[k][0] <= e:
+                    dirty.add(k)
+                    k += 1
+        self.per, self.dirty = per, dirty
+
+    def get(self, ci: int, clause_src: str):
+        """``(matches, offset)``: the matches of clause ``ci`` (positions minus ``offset`` are clause positions)."""
+        if ci in self.dirty:
+            return list(self.rx.finditer(clause_src)), 0
+        return self.per[ci] or (), self.spans[ci][0]
+
+
+_NO_END = 1 << 62
+
+
+class _LazyCue:
+    """Truthy when a reference cue (``_REF_CUE``) occurs in ``clause[start:end]``; searched on first use."""
+
+    __slots__ = ("clause", "end", "start", "value")
+
+    def __init__(self, clause: str, start: int, end: int):
+        self.clause, self.start, self.end, self.value = clause, start, end, None
+
+    def __bool__(self) -> bool:
+        if self.value is None:
+            self.value = _REF_CUE.search(self.clause, self.start, self.end) is not None
+        return self.value
 
 
 class Verifier:
@@ -214,9 +442,10 @@ class Verifier:
         slack = max(self.config.tolerance * abs(truth), 0.5 * 10 ** (-decimals) + 1e-12)
         return abs(written - truth) <= slack
 
-    def _mentions(self, clause: str) -> list[tuple[int, int, tuple[str, ...]]]:
-        return [(m.start(), m.end(), self.lex.biomarker_alias[m.group(0).lower()])
-                for m in self.lex.biomarker_re.finditer(clause)]
+    def _mentions(self, matches, off: int) -> list[tuple[int, int, tuple[str, ...]]]:
+        # the pattern matches the (lower-case) aliases literally, so a match is always an alias key
+        alias = self.lex.biomarker_alias
+        return [(m.start() - off, m.end() - off, alias[m.group(0)]) for m in matches]
 
     @staticmethod
     def _subject_before(mentions, pos: int):
@@ -229,49 +458,65 @@ class Verifier:
         return best
 
     # -- numbers ---------------------------------------------------------------------------------
-    def _check_numbers(self, clause: str, masked: str, mentions, facts, t: _Tally, carried) -> None:
-        for m in _NUMBER_RE.finditer(masked):
+    def _check_numbers(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried) -> None:
+        for m in matches:
+            ms = m.start() - off
             unit_raw = m.group("unit")
             unit = (UNIT_ALIASES.get(unit_raw) or UNIT_ALIASES.get(unit_raw.lower())) if unit_raw else None
-            nums = [m.group("a")] + ([m.group("b")] if m.group("b") else [])
-            subj = self._subject_before(mentions, m.start())
+            b_raw = m.group("b")
+            nums = [m.group("a"), b_raw] if b_raw else [m.group("a")]
+            subj = self._subject_before(mentions, ms)
             if subj is None and not mentions and carried is not None:
                 subj = carried
             gap_start = subj[1] if subj else 0
-            cue = bool(_REF_CUE.search(clause, gap_start, m.start())) or len(nums) == 2
+            # a range is always a reference cue; otherwise look for one only if a check needs it
+            cue = True if b_raw else _LazyCue(clause, gap_start, ms)
             for k, s in enumerate(nums):
                 x = float(s)
                 dec = _decimals(s)
                 if unit in UNIT_BASE:
-                    self._check_unit_number(x, dec, unit, s, subj, cue or k == 1, facts, t)
+                    self._check_unit_number(x, dec, unit, s, subj, True if k == 1 else cue, facts, t)
                 elif unit == "percent":
                     self._check_percent(x, dec, s, subj, facts, t)
                 else:
-                    self._check_bare_number(x, dec, s, m, clause, mentions, subj, cue, facts, t)
+                    self._check_bare_number(x, dec, s, ms, m.end() - off, mentions, subj, cue, facts, t)
 
     def _candidates(self, ids, quantity: str, facts) -> list[str]:
         return [b for b in ids if UNIT_BASE.get(self.lex.biomarker_units.get(b, ""), ("",))[0] == quantity]
 
+    @staticmethod
+    def _quantity_table(facts, quantity: str) -> dict[str, tuple[float, list[float]]]:
+        """``{biomarker: (value, references)}`` in the base unit of ``quantity`` (µm, nl, px) for the
+        biomarkers of ``facts`` measured in it; cached per study."""
+        memo = facts.memo
+        key = ("quantity", quantity)
+        table = memo.get(key)
+        if table is None:
+            table = memo[key] = {}
+            for bid, b in facts.biomarkers.items():
+                if UNIT_BASE.get(b.unit, ("",))[0] == quantity:
+                    bf = UNIT_BASE[b.unit][1]
+                    table[bid] = (b.value * bf, [r * bf for r in b.references])
+        return table
+
     def _check_unit_number(self, x, dec, unit, s, subj, cue, facts, t: _Tally) -> None:
         quantity, factor = UNIT_BASE[unit]
-        written = f"{s} {unit}"
         cands = self._candidates(subj[2], quantity, facts) if subj else []
+        table = self._quantity_table(facts, quantity)
+        tol = self.config.tolerance
+        half = 0.5 * 10 ** (-dec) + 1e-12  # the written rounding (as in _close)
+
+        def near(truth: float) -> bool:
+            return abs(x - truth) <= max(tol * abs(truth), half)
 
         def value_matches(bid: str) -> bool:
-            b = facts.biomarkers.get(bid)
-            if b is None:
-                return False
-            bf = UNIT_BASE[b.unit][1]
-            return self._close(x, dec, b.value * bf / factor)
+            v = table.get(bid)
+            return v is not None and near(v[0] / factor)
 
         def ref_matches(bid: str) -> bool:
-            b = facts.biomarkers.get(bid)
-            if b is None:
-                return False
-            bf = UNIT_BASE[b.unit][1]
-            return any(self._close(x, dec, r * bf / factor) for r in b.references)
+            v = table.get(bid)
+            return v is not None and any(near(r / factor) for r in v[1])
 
-        same_q = [bid for bid, b in facts.biomarkers.items() if UNIT_BASE.get(b.unit, ("",))[0] == quantity]
         if quantity == "length" and not cands:  # lesion sizes and KB size classes, for numbers about no biomarker
             x_um = x * factor
             if any(self._close(x_um, dec, v) for v in facts.lesion_lengths_um):
@@ -281,18 +526,19 @@ class Verifier:
         if cands:
             if any(value_matches(b) for b in cands):
                 return t.ok()
-            if cue and (any(ref_matches(b) for b in cands) or any(ref_matches(b) for b in same_q)):
+            if cue and (any(ref_matches(b) for b in cands) or any(ref_matches(b) for b in table)):
                 return t.ok()
+            written = f"{s} {unit}"
             measured = [facts.biomarkers[b] for b in cands if b in facts.biomarkers]
             if measured:
                 return t.fail("wrong_number", f"{written} for {measured[0].name}, which is {measured[0].text}")
             return t.fail("hallucinated_number", f"{written} for {self.lex.biomarker_names[cands[0]]}, which was not "
                                                  "measured")
-        if any(value_matches(b) for b in same_q):
+        if any(value_matches(b) for b in table):
             return t.ok()
-        if cue and any(ref_matches(b) for b in same_q):
+        if cue and any(ref_matches(b) for b in table):
             return t.ok()
-        t.fail("hallucinated_number", f"{written} matches no {quantity} biomarker of this study")
+        t.fail("hallucinated_number", f"{s} {unit} matches no {quantity} biomarker of this study")
 
     def _check_percent(self, x, dec, s, subj, facts, t: _Tally) -> None:
         cands = [b for b in (subj[2] if subj else ()) if self.lex.biomarker_units.get(b) in ("fraction", "ratio")]
@@ -307,12 +553,13 @@ class Verifier:
             return t.fail("hallucinated_number", f"{s} % for {self.lex.biomarker_names[cands[0]]}, which was not measured")
         t.fail("wrong_number", f"{s} % for {b.name}, which is {b.text}")
 
-    def _check_bare_number(self, x, dec, s, m, clause, mentions, subj, cue, facts, t: _Tally) -> None:
+    def _check_bare_number(self, x, dec, s, ms, me, mentions, subj, cue, facts, t: _Tally) -> None:
+        """A number without a unit at ``[ms, me)`` of its clause: checked only when tied to a ratio or count."""
         target = None
-        after = next(((st, e, ids) for st, e, ids in mentions if 0 <= st - m.end() <= 2), None)
+        after = next(((st, e, ids) for st, e, ids in mentions if 0 <= st - me <= 2), None)
         if after and any(self.lex.biomarker_units.get(b) == "count" for b in after[2]):
             target = after
-        elif subj is not None and m.start() - subj[1] <= 40:
+        elif subj is not None and ms - subj[1] <= 40:
             target = subj
         if target is None:
             return
@@ -331,24 +578,36 @@ class Verifier:
         t.fail("hallucinated_number", f"{s} for {self.lex.biomarker_names[cands[0]]}, which was not measured")
 
     # -- qualitative claims ------------------------------------------------------------------------
-    def _check_terms(self, clause: str, mentions, facts, t: _Tally, carried) -> None:
-        for m in _TERM_RE.finditer(clause):
-            claim = "normal" if m.group("normal") else "low" if m.group("low") else "high"
-            subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - m.end() <= 2), None)
+    def _check_terms(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried,
+                     stage: str | None = None) -> None:
+        """``stage``: the reasoner's stage name (lower case). Its words ("... without central subfield
+        thickening") are the reasoner's own conclusion, not a claim about a biomarker named nearby."""
+        inside = []
+        if stage:
+            i = clause.find(stage)
+            while i >= 0:
+                inside.append((i, i + len(stage)))
+                i = clause.find(stage, i + 1)
+        for m in matches:
+            ms, me = m.start() - off, m.end() - off
+            if inside and any(a <= ms and me <= b for a, b in inside):
+                continue
+            word = m.group(0)
+            claim = _TERM_CLASS[word]
+            subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 2), None)
             if subj is None:
-                subj = self._subject_before(mentions, m.start())
+                subj = self._subject_before(mentions, ms)
             if subj is None:
-                subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - m.end() <= 30), None)
+                subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 30), None)
             if subj is None and not mentions:
                 subj = carried
             if subj is None:
                 continue
-            negated = claim != "normal" and bool(_NEG_TERM_BEFORE.search(clause[max(0, m.start() - 40):m.start()]))
+            negated = claim != "normal" and bool(_NEG_TERM_BEFORE.search(clause[max(0, ms - 40):ms]))
             ids = [b for b in subj[2] if b in facts.biomarkers]
             if not ids:
                 continue
             statuses = {facts.biomarkers[b].status for b in ids}
-            word = m.group(0)
             name = facts.biomarkers[ids[0]].name
             if statuses == {None}:
                 t.fail("unsupported_claim", f"'{word}' about {name}: no normal range or rule decides it")
@@ -368,11 +627,13 @@ class Verifier:
                 st = min(s for s in statuses if s)
                 t.fail("contradiction", f"says {name} is {word}, but the reasoner finds it {st}")
 
-    def _check_presence(self, clause: str, facts, t: _Tally) -> None:
-        for m in self.lex.presence_re.finditer(clause):
-            fids = self.lex.presence_alias[m.group(0).lower()]
-            before = clause[max(0, m.start() - 40):m.start()]
-            after = clause[m.end():m.end() + 40]
+    def _check_presence(self, clause: str, matches, off: int, facts, t: _Tally) -> None:
+        palias = self.lex.presence_alias
+        for m in matches:
+            ms, me = m.start() - off, m.end() - off
+            fids = palias[m.group(0)]
+            before = clause[max(0, ms - 40):ms]
+            after = clause[me:me + 40]
             if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
                 claim = "absent"
             elif _POS_AFTER.match(after) or _POS_BEFORE.search(before):
@@ -401,11 +662,14 @@ class Verifier:
         m = self.lex.disease_re.search(clause, start, end if end is not None else len(clause))
         return self.lex.disease_alias[m.group(0).lower()] if m else None
 
-    def _check_diagnosis(self, clause: str, facts, t: _Tally, stated: list[str]) -> None:
-        for m in _CONCLUDE_RE.finditer(clause):
-            window_end = min(len(clause), m.end() + 80)
-            did = self._first_disease(clause, m.end(), window_end)
-            if did is None and re.match(r"\s*normal\b", clause[m.end():]):
+    def _check_diagnosis(self, clause: str, concl, off: int, rules_out: bool, facts, t: _Tally,
+                         stated: list[str]) -> None:
+        """``concl``: the concluding-statement matches of the clause; ``rules_out``: whether it has a rule-out cue."""
+        for m in concl:
+            me = m.end() - off
+            window_end = min(len(clause), me + 80)
+            did = self._first_disease(clause, me, window_end)
+            if did is None and _NORMAL_AFTER.match(clause, me):
                 did = "normal"
             if did is None:
                 continue
@@ -415,11 +679,11 @@ class Verifier:
             else:
                 t.fail("diagnosis_mismatch", f"concludes {self.lex.disease_names.get(did, did)}, but the study's "
                                              f"category is {facts.label_name}")
-        if _RULEOUT_RE.search(clause):
+        if rules_out:
             did = self._first_disease(clause, 0)
             if did is None:
                 return
-            if did == facts.label and not _CONCLUDE_RE.search(clause):
+            if did == facts.label and not concl:
                 t.fail("contradiction", f"rules out {facts.label_name}, the study's category")
                 return
             status = next((d["status"] for d in facts.differential if d["id"] == did), None)
@@ -440,63 +704,31 @@ class Verifier:
         if facts.eye != row.get("eye", facts.eye):
             t.fail("format", f"row eye {row.get('eye')!r} differs from the study's {facts.eye!r}")
         wrong_eye = _WRONG_EYE[facts.eye]
+        eye_needles = _WRONG_EYE_NEEDLES[facts.eye]
         stated: list[str] = []
         assistant_texts = []
         for msg in messages:
             content = str(msg.get("content", ""))
             if msg.get("role") == "system":
                 continue
-            text = strip_boxes(content) if "<|box_start|>" in content else content
+            has_box = BOX_START in content
+            text = strip_boxes(content) if has_box else content
             low = _lower(text)
-            for hit in (_FORBIDDEN_RE.finditer(low) if any(k in low for k in _FORBIDDEN_KEYS) else ()):
+            for hit in _forbidden_hits(low):
                 why = _FORBIDDEN_LIST[int(hit.lastgroup[1:])][1]
                 t.fail("forbidden_phrase", f"{why} ({hit.group(0)!r})")
-            bad_eye = wrong_eye.search(content)
+            bad_eye = wrong_eye.search(content) if any(n in content for n in eye_needles) else None
             if bad_eye:
                 t.fail("laterality", f"names {bad_eye.group(0)!r} for the {facts.eye_words} ({facts.eye})")
             if msg.get("role") != "assistant":
                 continue
             assistant_texts.append(content)
-            self._check_boxes(content, images, row, facts, t)
-            text = low
-            masked_text = _MASK_RE.sub(_blank, text)
-            carried = None
-            spans = []
-            start = 0
-            for sep in [*_CLAUSE_SPLIT.finditer(text), None]:
-                end = sep.start() if sep is not None else len(text)
-                spans.append((start, end))
-                start = sep.end() if sep is not None else end
-            starts = [a for a, _ in spans]
-
-            def hits(rx, src=text, starts=starts):  # clause indices with a match of rx (one scan per message)
-                return {bisect_right(starts, m.start()) - 1 for m in rx.finditer(src)}
-
-            h_num, h_term = hits(_NUMBER_RE, masked_text), hits(_TERM_RE)
-            h_pres, h_dx = hits(self.lex.presence_re), hits(_CONCLUDE_RE) | hits(_RULEOUT_RE)
-            h_bm = hits(self.lex.biomarker_re)
-            for ci, (a, b) in enumerate(spans):
-                clause = text[a:b]
-                if not clause:
-                    continue
-                mentions = self._mentions(clause) if ci in h_bm else []
-                if not mentions and carried is not None and not _ANAPHORA.search(clause):
-                    carried = None
-                if ci in h_num:
-                    self._check_numbers(clause, masked_text[a:b], mentions, facts, t, carried)
-                if ci in h_term:
-                    self._check_terms(clause, mentions, facts, t, carried)
-                if ci in h_pres:
-                    self._check_presence(clause, facts, t)
-                if ci in h_dx:
-                    self._check_diagnosis(clause, facts, t, stated)
-                if mentions:
-                    carried = mentions[-1]
-                elif not _ANAPHORA.search(clause):
-                    carried = None
+            if has_box:
+                self._check_boxes(content, images, row, facts, t)
+            self._check_claims(low, facts, t, stated)
         all_text = "\n".join(assistant_texts)
         if fam is not None:
-            words = len(strip_boxes(all_text).split())
+            words = len((strip_boxes(all_text) if BOX_START in all_text else all_text).split())
             limit = int(self.config.max_words.get(task, fam.max_words))
             if words > limit:
                 t.fail("length", f"{words} words in the answer(s), more than the {limit} allowed for {task}")
@@ -509,6 +741,53 @@ class Verifier:
                 t.fail("format", "a report must name the eye it describes")
         score = 1.0 if t.checks == 0 else max(0.0, (t.checks - t.hard - 0.5 * t.soft) / t.checks)
         return VerifyResult(t.hard == 0, round(score, 4), t.reasons, t.checks)
+
+    def _check_claims(self, text: str, facts, t: _Tally, stated: list[str]) -> None:
+        """Numbers, qualitative terms, presence claims and conclusions of one (lower-cased) assistant text.
+
+        The text is read clause by clause. Each pattern scans the whole text once and its matches are
+        handed to the clause that contains them; a clause that a match crosses into or out of (which
+        only unusual layouts produce) is scanned again on its own, so every clause sees exactly the
+        matches a scan of the clause alone would give.
+        """
+        masked_text = _mask(text)
+        spans = _clause_spans(text)
+        starts = [a for a, _ in spans]
+        lex = self.lex
+        stage = _lower(facts.stage) if facts.stage else None
+        if stage is not None and stage not in text:
+            stage = None
+        s_num = _ClauseScan(_NUMBER_RE, masked_text, spans, starts)
+        s_term = _ClauseScan(_TERM_RE, text, spans, starts)
+        s_pres = _ClauseScan(lex.presence_re, text, spans, starts)
+        s_conc = _ClauseScan(_CONCLUDE_RE, text, spans, starts)
+        s_rule = _ClauseScan(_RULEOUT_RE, text, spans, starts)
+        s_bm = _ClauseScan(lex.biomarker_re, text, spans, starts)
+        p_num, p_term, p_pres, p_conc, p_rule, p_bm = (s_num.per, s_term.per, s_pres.per, s_conc.per, s_rule.per,
+                                                        s_bm.per)
+        carried = None
+        for ci, (a, b) in enumerate(spans):
+            clause = text[a:b]
+            if not clause:
+                continue
+            mentions = self._mentions(*s_bm.get(ci, clause)) if p_bm[ci] is not None else []
+            if not mentions and carried is not None and not _ANAPHORA.search(clause):
+                carried = None
+            if p_num[ci] is not None:
+                ms, off = s_num.get(ci, masked_text[a:b])
+                self._check_numbers(clause, ms, off, mentions, facts, t, carried)
+            if p_term[ci] is not None:
+                self._check_terms(clause, *s_term.get(ci, clause), mentions, facts, t, carried, stage)
+            if p_pres[ci] is not None:
+                self._check_presence(clause, *s_pres.get(ci, clause), facts, t)
+            if p_conc[ci] is not None or p_rule[ci] is not None:
+                concl, off = s_conc.get(ci, clause)
+                rules_out = bool(s_rule.get(ci, clause)[0])
+                self._check_diagnosis(clause, concl, off, rules_out, facts, t, stated)
+            if mentions:
+                carried = mentions[-1]
+            elif not _ANAPHORA.search(clause):
+                carried = None
 
     def _check_format(self, task, fam, messages, images, row, t: _Tally) -> None:
         if fam is None:
