@@ -51,8 +51,20 @@ def _shard_cache_key(prefix: str):
         if prefix == "measure":
             from grok.build.measure import shard_key
 
-            return f"grok-measure-{where}-{pipeline.build_id(cfg)}-{shard_key(ids)}"
-        return f"grok-instruct-{where}-{instruct_stage._shard_key(cfg, ids)}"
+            key = f"grok-measure-{where}-{pipeline.build_id(cfg)}-{shard_key(ids)}"
+            out = Path(cfg.work_dir) / "measure" / f"shard-{shard_key(ids)}.parquet"
+        else:
+            skey = instruct_stage._shard_key(cfg, ids)
+            key = f"grok-instruct-{where}-{skey}"
+            out = Path(cfg.work_dir) / "instruct" / f"shard-{skey}" / "DONE"
+        # A cached value is only valid while the file it names exists unchanged: a deleted or rebuilt
+        # build folder must never be answered from the cache (the shard functions themselves skip
+        # finished work, so a miss here costs nothing when the output is already there).
+        if out.exists():
+            return f"{key}-{out.stat().st_mtime_ns}"
+        import uuid
+
+        return f"{key}-pending-{uuid.uuid4().hex}"
 
     return key
 
