@@ -466,8 +466,7 @@ class Ingestor:
             model=str(getattr(ds, "ManufacturerModelName", "") or "") or None,
             age_years=age, sex=sex, source_label=None, laterality_source="header" if laterality else "unknown",
         )
-        desc = str(getattr(ds, "SeriesDescription", "") or "")
-        desc_pattern = "circle" if re.search(r"circle|peripapillary", desc, re.I) else None
+        desc_pattern = "circle" if readers.circle_scan_hint(ds) else None  # read before de-identification
         # De-identified header, kept for provenance and for curators.
         ident_strings = [original_id, *str(getattr(ds, "PatientName", "") or "").replace("^", " ").split()]
         del ds.PixelData
@@ -486,8 +485,7 @@ class Ingestor:
                 self._stage(series_key, positions[0], arr[0], rec, dict(common, header=header,
                                                                         scan_pattern=desc_pattern, flags=flags))
                 return
-            if positions is not None and len(positions) == arr.shape[0] and len(set(positions)) == len(positions):
-                arr = arr[np.argsort(positions)]
+            arr = readers.order_frames(arr, positions)
             pattern = desc_pattern or ("volume" if arr.shape[0] > 1 else "bscan")
             self._add_image(rec, np.ascontiguousarray(arr), dict(common, scan_pattern=pattern), header,
                             extra_flags=flags)

@@ -182,6 +182,21 @@ def frame_positions_from_dicom(ds) -> list[int] | None:
         return None
 
 
+_CIRCLE_RE = re.compile(r"circle|peripapillary", re.I)
+
+
+def circle_scan_hint(ds) -> bool:
+    """True when the series description says the OPT object is a peripapillary circle scan."""
+    return bool(_CIRCLE_RE.search(str(getattr(ds, "SeriesDescription", "") or "")))
+
+
+def order_frames(arr: np.ndarray, positions: list[int] | None) -> np.ndarray:
+    """Frames sorted by InStackPositionNumber when every frame has a distinct one; else as stored."""
+    if positions is not None and len(positions) == arr.shape[0] and len(set(positions)) == len(positions):
+        return arr[np.argsort(positions)]
+    return arr
+
+
 def check_pixel_budget(ds, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int, int, int]:
     """Validate declared dimensions before decoding; return (frames, rows, cols, samples).
 
@@ -259,11 +274,9 @@ def _read_oct_dicom(src, name: str) -> OctScan:
     if arr.ndim == 2:
         arr = arr[None]
     positions = frame_positions_from_dicom(ds)
-    if positions is not None and len(positions) == arr.shape[0] and len(set(positions)) == len(positions):
-        arr = arr[np.argsort(positions)]
+    arr = order_frames(arr, positions)
     n = arr.shape[0]
-    desc = str(getattr(ds, "SeriesDescription", "") or "")
-    pattern = "circle" if re.search(r"circle|peripapillary|rnfl", desc, re.I) else ("volume" if n > 1 else "bscan")
+    pattern = "circle" if circle_scan_hint(ds) else ("volume" if n > 1 else "bscan")
     return OctScan(
         volume=arr.astype(np.float32, copy=False),
         spacing_mm=oct_spacing_from_dicom(ds),
