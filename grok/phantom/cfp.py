@@ -268,6 +268,39 @@ class _TreeBuilder:
             self.straight(kind, pts[i], hd, rc, length, curv, root=False, depth=depth + 1)
 
 
+def _bend_at_cup_margin(vessels: list[_Vessel], cup_c, cup_h: float, cup_v: float, dd: float,
+                        rng: np.random.Generator) -> int:
+    """Kink the vessels that leave the disc where they climb over the cup margin; returns how many.
+
+    In a cupped disc the vessels run down the cup wall and change direction where they pass its edge
+    (the vessel-bending sign of the cup margin, strongest as "bayoneting" in glaucoma). Each root vessel
+    keeps its course outside the cup; inside, it runs straight from the margin at 20-45 degrees (random
+    side) to its course outside, so the kink lies on the cup margin.
+    """
+    n = 0
+    for v in vessels:
+        if not v.root or len(v.pts) < 8:
+            continue
+        cr = np.hypot((v.pts[:, 0] - cup_c[0]) / (cup_h / 2), (v.pts[:, 1] - cup_c[1]) / (cup_v / 2))
+        out = np.flatnonzero(cr >= 1.0)
+        if out.size == 0 or out[0] < 4:
+            continue
+        ie = int(out[0])
+        k = min(ie + max(int(0.06 * dd), 2), len(v.pts) - 1)
+        d_out = v.pts[k] - v.pts[ie]
+        nrm = float(np.hypot(*d_out))
+        if nrm < 1e-6:
+            continue
+        d_out /= nrm
+        kink = math.radians(rng.uniform(20, 45)) * rng.choice([-1.0, 1.0])
+        c, s_ = math.cos(kink), math.sin(kink)
+        d_in = np.array([c * d_out[0] - s_ * d_out[1], s_ * d_out[0] + c * d_out[1]])
+        inner = v.pts[ie] - d_in[None, :] * np.arange(ie, 0, -1, dtype=float)[:, None]
+        v.pts = np.vstack([inner, v.pts[ie:]])
+        n += 1
+    return n
+
+
 def _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal_sign, tort, av_ratio) -> list[_Vessel]:
     tb = _TreeBuilder(rng, disc, fovea, dd, fov_c, fov_r, tort)
     rv = 0.036 * dd * rng.uniform(0.92, 1.08)  # main venule radius (px), width ~0.072 DD (~130 um)
@@ -635,8 +668,14 @@ def synth_fundus(
         if not (lo <= val <= hi):
             raise ValueError(f"synth_fundus: {name}={val!r} is out of range; use {lo}..{hi}")
 
+    # pale cup, slightly temporal of the disc centre (drawn below; its margin bends the vessels)
+    cup_c = disc + np.array([-nasal * 0.06 * disc_h, 0.02 * dd])
+    cup_v = cdr * dd
+    cup_h = cup_v * rng.uniform(0.85, 1.0)
+
     # --- vessels ----------------------------------------------------------------------------------
     vessels = _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal, float(tortuosity), float(av_ratio))
+    n_bent = _bend_at_cup_margin(vessels, cup_c, cup_h, cup_v, dd, rng)
     n_nick = _av_nicking(vessels, 0.5 * sev, rng) if category == "hypertension" else 0
     sd_a, rel_a = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "artery"], (S, S))
     sd_v, rel_v = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "vein"], (S, S))
@@ -677,9 +716,6 @@ def synth_fundus(
     halo = 0.12 * np.exp(-np.clip(er - 1, 0, None) ** 2 / (2 * 0.25**2)) * (er > 1)
     img = img * (1 + halo[..., None] * np.array([0.6, 0.8, 0.5], dtype=np.float32))
     img = img * (1 - disc_alpha[..., None]) + rim_col * disc_alpha[..., None]
-    cup_c = disc + np.array([-nasal * 0.06 * disc_h, 0.02 * dd])
-    cup_v = cdr * dd
-    cup_h = cup_v * rng.uniform(0.85, 1.0)
     cr = np.sqrt(((xx - cup_c[0]) / (cup_h / 2)) ** 2 + ((yy - cup_c[1]) / (cup_v / 2)) ** 2)
     cup_mask = (cr <= 1.0) & disc_mask
     cup_alpha = np.clip((1 - cr) / 0.12 + 0.5, 0, 1) * disc_alpha
@@ -819,6 +855,7 @@ def synth_fundus(
         "arterial_fractal_dimension": box_counting_dimension(artery_mask),
         "venular_fractal_dimension": box_counting_dimension(vein_mask),
         "av_nicking_count": int(n_nick),
+        "vessels_bent_at_cup_margin": int(n_bent),
         "pigmentation": float(pigmentation),
         "pixel_spacing_mm_assumed": NOMINAL_DISC_DIAMETER_MM / float(dd),
         "lesions": lesions,
