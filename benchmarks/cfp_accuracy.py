@@ -11,10 +11,12 @@ centre lies in the true box grown by 2 px, or the boxes overlap with IoU >= 0.2;
 at precision >= 0.7).
 
 Real photograph: skimage.data.retina() (1411 x 1411, CC0, a LEFT eye: disc at the viewer's left).
-Reference positions were read off the image by eye from 2x enlarged crops with a 20-px grid
-(see docs/cfp.md): the disc is the bright yellow oval spanning about x 155-300, y 570-730 (temporal
-margin marked by a pigmented crescent at x ~ 300), centre (228, 650), vertical diameter ~ 160 px;
-the fovea is the darkest point of the macula with a small reflex at about (703, 697). Both are
+Reference positions were read off the image by eye and from channel profiles (docs/cfp.md): the disc
+margin is where the green channel (median-filtered, 9 px) falls from the disc to the fundus level:
+along y 630-670 at x ~ 122 (nasal, pink rim to fundus) and x ~ 305 (temporal, at the pigmented
+crescent); vertically at y ~ 540 and ~ 750 (soft lower margin, +-20 px) -> centre (214, 645), vertical
+diameter ~ 210 px. (An earlier reading, (228, 650) and 160 px, took the bright yellow cup for the disc.)
+The fovea is the darkest point of the macula with a small reflex at about (703, 697). Both centres are
 uncertain by about +-15 px, so the check is "within 0.1 DD (disc) / 0.25 DD (fovea) of these".
 """
 
@@ -32,8 +34,8 @@ from grok.cfp import measure_fundus
 from grok.ids import CATEGORIES, CFP_LESION_TYPES
 from grok.phantom.cfp import synth_fundus
 
-RETINA_DISC_XY = (228.0, 650.0)
-RETINA_DISC_DIAMETER_PX = 160.0
+RETINA_DISC_XY = (214.0, 645.0)
+RETINA_DISC_DIAMETER_PX = 210.0
 RETINA_FOVEA_XY = (703.0, 697.0)
 RETINA_LATERALITY = "OS"
 

@@ -30,6 +30,7 @@ class DiscResult:
     cdr_confidence: float = 0.0
     disc_mask: np.ndarray | None = None
     cup_mask: np.ndarray | None = None
+    cdr_cues: dict = field(default_factory=dict)
     reasons: list[str] = field(default_factory=list)
 
 
@@ -85,46 +86,33 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
             "the background (need 8%)"
         )
         return res
-    # --- rim: radial strongest falling edge, axis-aligned ellipse fit, two passes (on a crop) ---
+    # --- rim: closed contour through the outer falling edge (polar dynamic programming), ellipse fit ---
     R = int(1.6 * dd0) + 8
     cys, cxs = slice(max(cy - R, 0), min(cy + R + 1, h)), slice(max(cx - R, 0), min(cx + R + 1, w))
-    sm_crop = ndi.gaussian_filter(lnv[cys, cxs], 1.5 * sc)
+    rel_crop = ndi.gaussian_filter(lnv[cys, cxs] / bg[cys, cxs] - 1.0, 1.5 * sc)
     center = np.array([cx, cy], dtype=float)
     a = b = 0.5 * dd0
     fit_ok = False
+    rim_support = 0.0
     for _ in range(2):
-        ang = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-        r = np.linspace(0.12 * dd0, 0.95 * dd0, 80)
-        X = center[0] + np.cos(ang)[:, None] * r[None, :]
-        Y = center[1] + np.sin(ang)[:, None] * r[None, :]
-        prof = ndi.map_coordinates(sm_crop, [Y.ravel() - cys.start, X.ravel() - cxs.start], order=1,
-                                   mode="nearest").reshape(X.shape)
-        prof = ndi.gaussian_filter1d(prof, 1.5, axis=1)
-        grad = np.gradient(prof, r, axis=1)
-        valid = (r >= 0.25 * dd0) & (r <= 0.85 * dd0)
-        gi = np.where(valid[None, :], grad, np.inf)
-        k = np.argmin(gi, axis=1)
-        strength = -gi[np.arange(len(ang)), k]
-        rr = r[k]
-        px = center[0] + np.cos(ang) * rr
-        py = center[1] + np.sin(ang) * rr
-        good = strength > 0.3 * np.median(strength[strength > 0]) if (strength > 0).any() else strength > 0
+        rim = _rim_contour(rel_crop, (center[0] - cxs.start, center[1] - cys.start), dd0, sc)
+        if rim is None:
+            break
+        px, py, good = rim
+        px, py = px + cxs.start, py + cys.start
         if good.sum() < 12:
             break
-        # robust: drop radii far from the median
-        med = np.median(rr[good])
-        good &= np.abs(rr - med) < 0.25 * dd0
-        if good.sum() < 12:
-            break
-        M = np.column_stack([px[good] ** 2, py[good] ** 2, px[good], py[good]])
+        # axis-aligned ellipse A u^2 + C v^2 + D u + E v = 1 in coordinates centred on the current
+        # estimate (the origin inside the ellipse keeps A, C > 0 for a valid fit)
+        u, v = px[good] - center[0], py[good] - center[1]
         try:
-            sol, *_ = np.linalg.lstsq(M, np.ones(good.sum()), rcond=None)
+            sol, *_ = np.linalg.lstsq(np.column_stack([u**2, v**2, u, v]), np.ones(good.sum()), rcond=None)
         except np.linalg.LinAlgError:
             break
         A, C, D, E = sol
         if A <= 0 or C <= 0:
             break
-        x0, y0 = -D / (2 * A), -E / (2 * C)
+        x0, y0 = center[0] - D / (2 * A), center[1] - E / (2 * C)
         G = 1 + D * D / (4 * A) + E * E / (4 * C)
         if G <= 0:
             break
@@ -133,6 +121,7 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
             break
         center = np.array([x0, y0])
         fit_ok = True
+        rim_support = float(good.mean())
     if not fit_ok or not (0.45 * dd0 <= 2 * b <= 1.8 * dd0) or not (0.6 < a / b < 1.6):
         # fall back on the half-maximum region of the brightness map
         lvl = 0.5 * contrast
@@ -149,7 +138,8 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
         res.reasons.append("disc rim fitted from the brightness half-maximum (weak edge)")
         res.confidence = 0.4
     else:
-        res.confidence = float(np.clip(0.5 + 0.25 * (contrast / 0.2) + 0.1 * min(vc, 3) / 3, 0, 1))
+        res.confidence = float(np.clip((0.5 + 0.25 * (contrast / 0.2) + 0.1 * min(vc, 3) / 3)
+                                       * (0.6 + 0.4 * rim_support), 0, 1))
     res.center_xy = (float(center[0]), float(center[1]))
     res.diameter_vertical_px = float(2 * b)
     res.diameter_horizontal_px = float(2 * a)
@@ -161,32 +151,252 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
     er = ((xx - center[0]) / a) ** 2 + ((yy - center[1]) / b) ** 2
     res.disc_mask = np.zeros((h, w), bool)
     res.disc_mask[ys, xs] = (er <= 1.0) & fov_mask[ys, xs]
-    _cup(res, rgb[ys, xs], vessel_mask[ys, xs], fov_mask[ys, xs], er, sc)
+    _cup(res, rgb[ys, xs], vessel_mask[ys, xs], fov_mask[ys, xs], er, sc,
+         (center[0] - xs.start, center[1] - ys.start), (a, b))
     if res.cup_mask is not None:
         full = np.zeros((h, w), bool)
         full[ys, xs] = res.cup_mask
         res.cup_mask = full
     return res
 
+#: Polar sampling of the disc rim: angles, radial range (x expected DD), outer-edge windows (x expected DD).
+RIM_ANGLES = 72
+RIM_R_RANGE_DD = (0.15, 0.9)
+RIM_LEVEL_WINDOW_DD = (0.025, 0.07)
+#: The level just outside the margin lies within this fraction of the disc-fundus span above the fundus.
+RIM_OUTSIDE_FRACTION = 0.5
+
+
+def _circular_dp(score: np.ndarray, max_step: int) -> np.ndarray:
+    """Closed path r(theta) through ``score`` (n_angles, n_radii) maximising the summed score with
+    |r(i+1) - r(i)| <= max_step. The angles are run three times round and the middle lap kept, so the
+    path closes up (to within max_step). Returns (n_angles,) radius indices."""
+    na, nr = score.shape
+    S = np.concatenate([score, score, score], axis=0)
+    acc = S[0].copy()
+    back = np.zeros(S.shape, dtype=np.int32)
+    cols = np.arange(nr)
+    shifts = range(-max_step, max_step + 1)
+    for i in range(1, len(S)):
+        cand = np.full((len(shifts), nr), -np.inf)
+        for j, d in enumerate(shifts):  # predecessor at radius r - d
+            if d > 0:
+                cand[j, d:] = acc[:-d]
+            elif d < 0:
+                cand[j, :d] = acc[-d:]
+            else:
+                cand[j] = acc
+        arg = np.argmax(cand, axis=0)
+        back[i] = cols - (arg - max_step)
+        acc = cand[arg, cols] + S[i]
+    path = np.empty(len(S), dtype=np.int32)
+    path[-1] = int(np.argmax(acc))
+    for i in range(len(S) - 1, 0, -1):
+        path[i - 1] = back[i, path[i]]
+    return path[na: 2 * na]
+
+
+def _rim_contour(rel: np.ndarray, center_xy: tuple[float, float], dd0: float, sc: float
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Disc margin points around ``center_xy`` on the relative-brightness map ``rel`` (crop coordinates).
+
+    The margin is the edge where the disc's brightness falls to the fundus level. Inside a cupped disc
+    the pale cup's edge is usually the strongest edge, but it falls only to the rim's level; so each
+    falling edge is weighted by how close the level just beyond it (a window RIM_LEVEL_WINDOW_DD out)
+    comes to the fundus level of its ray (1 at the fundus, 0 at RIM_OUTSIDE_FRACTION of the way up to
+    the disc's level), and a smooth closed contour through the weighted edges is found by dynamic programming in polar
+    coordinates (robust to vessel gaps and weak sectors). Returns (x, y, good) per angle, good = the
+    contour lies on a clear edge there; None when the disc has no edge at all.
+    """
+    cx, cy = center_xy
+    step = 1.0
+    r = np.arange(RIM_R_RANGE_DD[0] * dd0, RIM_R_RANGE_DD[1] * dd0, step)
+    ang = np.linspace(0, 2 * np.pi, RIM_ANGLES, endpoint=False)
+    X = cx + np.cos(ang)[:, None] * r[None, :]
+    Y = cy + np.sin(ang)[:, None] * r[None, :]
+    prof = ndi.map_coordinates(rel, [Y.ravel(), X.ravel()], order=1, mode="nearest").reshape(X.shape)
+    prof = ndi.gaussian_filter1d(prof, 1.0, axis=0, mode="wrap")
+    prof = ndi.gaussian_filter1d(prof, max(1.0, 1.2 * sc), axis=1, mode="nearest")
+    fall = np.maximum(-np.gradient(prof, step, axis=1), 0.0)
+    w0 = max(int(round(RIM_LEVEL_WINDOW_DD[0] * dd0 / step)), 1)
+    w1 = max(int(round(RIM_LEVEL_WINDOW_DD[1] * dd0 / step)), w0 + 1)
+    # mean level over [r - w1, r - w0] (inside) and [r + w0, r + w1] (outside) by cumulative sums
+    pad = np.pad(prof, ((0, 0), (w1 + 1, w1 + 1)), mode="edge")
+    cs = np.cumsum(pad, axis=1)
+    n = prof.shape[1]
+    idx = np.arange(n) + w1 + 1
+
+    def win(lo: int, hi: int) -> np.ndarray:  # mean of pad[:, idx+lo .. idx+hi]
+        return (cs[:, idx + hi] - cs[:, idx + lo - 1]) / (hi - lo + 1)
+
+    outside = win(w0, w1)
+    # fundus level (outer quarter of each ray) and disc level (95th percentile), median over nearby rays
+    nq = max(n // 4, 1)
+    fund = ndi.median_filter(np.median(prof[:, -nq:], axis=1), size=9, mode="wrap")
+    top = ndi.median_filter(np.percentile(prof, 95, axis=1), size=9, mode="wrap")
+    span = (top - fund)[:, None]
+    # an edge counts as the margin when the level just beyond it is near the fundus level: the cup's
+    # edge falls only to the rim's level, which stays above half-way between fundus and disc
+    near_fundus = np.clip(1.0 - (outside - fund[:, None]) / np.maximum(RIM_OUTSIDE_FRACTION * span, 1e-6), 0.0, 1.0)
+    near_fundus[np.broadcast_to(span <= 0.02, near_fundus.shape)] = 0.0
+    e = fall * near_fundus
+    scale = float(np.percentile(e, 99))
+    if not np.isfinite(scale) or scale <= 0:
+        return None
+    e = e / scale
+    k = _circular_dp(e, max(int(round(1.5 * sc)), 1))
+    rr = r[k]
+    strength = e[np.arange(len(ang)), k]
+    pos = strength[strength > 0]
+    good = strength > 0.25 * float(np.median(pos)) if pos.size else np.zeros(len(ang), bool)
+    return cx + np.cos(ang) * rr, cy + np.sin(ang) * rr, good
+
 
 def _cup(res: DiscResult, rgb: np.ndarray, vessel_mask: np.ndarray, fov_mask: np.ndarray, er: np.ndarray,
-         sc: float) -> None:
+         sc: float, center_xy: tuple[float, float], axes: tuple[float, float]) -> None:
+    """Cup and vertical cup-to-disc ratio from two cues, on a crop around the disc.
+
+    rgb, vessel_mask, fov_mask, er : crop arrays ((h, w, 3), (h, w) bool, (h, w) bool, (h, w) squared
+    ellipse-normalised distance from the disc centre); center_xy, axes : the disc ellipse in crop px.
+    Pallor (``_pallor_cup``) gives the cup's shape; vessel bending (``vessel_bends``) gives the radius of
+    the cup margin where vessels kink over it. The vCDR is their confidence-weighted mean; both values
+    and the number of bends are kept in ``res.cdr_cues``.
+    """
+    dvm = disc_vessel_mask(rgb[..., 1].astype(np.float32), er, res.diameter_vertical_px, sc)
+    pal = _pallor_cup(res, rgb, vessel_mask | dvm, fov_mask, er, sc)
+    a, b = axes
+    pc = center_xy
+    if pal is not None:
+        ys, xs = np.nonzero(pal[0])
+        pc = (float(xs.mean()), float(ys.mean()))
+    bends = vessel_bends(dvm, er, res.diameter_vertical_px)
+    cdr_b, conf_b = float("nan"), 0.0
+    if len(bends) >= MIN_BENDS:
+        # a bend's radius from the cup centre, in disc-ellipse units = the cup's size relative to the
+        # disc along that direction (vertical CDR for a cup shaped like its disc)
+        rho = np.array([math.hypot((x - pc[0]) / a, (y - pc[1]) / b) for x, y, _ in bends])
+        cdr_b = float(np.median(rho))
+        q1, q3 = np.percentile(rho, [25, 75])
+        conf_b = float(min(1.0, len(bends) / 4) * np.clip(1.0 - (q3 - q1) / max(cdr_b, 1e-6), 0.0, 1.0))
+    cdr_p, conf_p = (pal[1], pal[2]) if pal is not None else (float("nan"), 0.0)
+    res.cdr_cues = {"pallor": cdr_p, "pallor_confidence": conf_p, "vessel_bending": cdr_b,
+                    "vessel_bending_confidence": conf_b, "n_vessel_bends": len(bends)}
+    w = np.array([conf_p if np.isfinite(cdr_p) else 0.0, BEND_WEIGHT * conf_b if np.isfinite(cdr_b) else 0.0])
+    if w.sum() <= 0:
+        if not res.reasons or "cup" not in res.reasons[-1]:
+            res.reasons.append("no cup cue: neither pallor nor vessel bending inside the disc")
+        return
+    vals = np.nan_to_num(np.array([cdr_p, cdr_b]))
+    res.cdr_vertical = float(np.clip((w * vals).sum() / w.sum(), 0.0, 1.0))
+    res.cdr_confidence = float(np.clip(max(conf_p, conf_b) + 0.25 * min(conf_p, conf_b), 0.0, 1.0))
+    if pal is not None:
+        res.cup_mask = pal[0]
+    else:  # no pallor: the cup drawn as the disc ellipse scaled by the bending estimate
+        res.cup_mask = er <= res.cdr_vertical**2
+        res.reasons.append("cup from vessel bending only (no pallor)")
+    if res.cdr_confidence < 0.3:
+        res.reasons.append("low cup confidence: cup-to-disc ratio is uncertain")
+
+
+#: Vessel-bending cue: smallest turn (degrees) over a chord of BEND_CHORD_DD disc diameters on each side,
+#: radial range (disc-ellipse units) where a bend can mark the cup margin, bends needed, weight vs pallor.
+BEND_MIN_DEG = 25.0
+BEND_CHORD_DD = 0.06
+BEND_RHO_RANGE = (0.15, 0.9)
+MIN_BENDS = 2
+BEND_WEIGHT = 0.5
+#: Disc vessels: relative darkness below the local grey closing.
+VESSEL_TOPHAT_REL = 0.08
+
+
+def disc_vessel_mask(green: np.ndarray, er: np.ndarray, dd_px: float, sc: float) -> np.ndarray:
+    """Vessels on and around the disc (crop): relative black top-hat of the green channel.
+
+    green, er : (h, w) crop arrays. The disc is a bright plateau with the cup's edge inside it, which
+    the fundus-wide segmentation (scaled to a dark background) handles poorly; a grey closing with a
+    disk wider than the widest vessel (0.12 DD) gives the local vessel-free level, and vessels are
+    pixels at least VESSEL_TOPHAT_REL darker than it (and 4 noise units). Returns (h, w) bool.
+    """
+    from skimage.morphology import disk
+
+    g = ndi.gaussian_filter(green, 0.8 * sc)
+    rad = max(int(round(0.06 * dd_px)), 2)
+    clo = ndi.grey_closing(g, footprint=disk(rad))
+    rel = (clo - g) / np.maximum(clo, 1e-6)
+    region = er <= 1.3**2
+    hp = g - ndi.gaussian_filter(g, 1.5 * sc)
+    noise = 1.4826 * float(np.median(np.abs(hp[region] - np.median(hp[region])))) / max(float(np.median(g[region])), 1e-6)
+    m = (rel >= max(VESSEL_TOPHAT_REL, 4 * noise)) & region
+    m = ndi.binary_opening(m, structure=np.ones((2, 2)))
+    lab, n = ndi.label(m, structure=np.ones((3, 3)))
+    if n:
+        sizes = np.bincount(lab.ravel())
+        keep = sizes >= max(int(0.15 * dd_px), 8)
+        keep[0] = False
+        m = keep[lab]
+    return m
+
+
+def vessel_bends(near: np.ndarray, er: np.ndarray, dd_px: float) -> list[tuple[float, float, float]]:
+    """Points inside the disc where a vessel changes direction sharply: where vessels climb over the
+    cup margin they kink (the vessel-bending sign of the cup edge).
+
+    near, er : (h, w) crop arrays (vessels on the disc from ``disc_vessel_mask``; squared
+    ellipse-normalised radius). The skeleton is split at junctions (branchings are not bends); on each piece
+    the turn between the chords BEND_CHORD_DD x ``dd_px`` before and after a point is computed (a
+    smooth curve of radius R turns about chord / R there: 25 degrees needs R < ~0.14 DD, far tighter than
+    the arcades leaving the disc), and its largest value, if at least BEND_MIN_DEG and inside BEND_RHO_RANGE of the disc radius, is kept (one
+    per piece). Returns [(x, y, turn_deg)] in crop px.
+    """
+    from grok.cfp.vessels import skeleton_segments
+
+    if not np.isfinite(dd_px) or dd_px <= 0:
+        return []
+    k = max(int(round(BEND_CHORD_DD * dd_px)), 3)
+    if near.sum() < 4 * k:
+        return []
+    segs, _, _ = skeleton_segments(near, min_len_px=2 * k + 1)
+    h, w = er.shape
+
+    def angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:  # degrees between row vectors
+        cosang = (u * v).sum(1) / np.maximum(np.hypot(*u.T) * np.hypot(*v.T), 1e-9)
+        return np.degrees(np.arccos(np.clip(cosang, -1.0, 1.0)))
+
+    out = []
+    for sg in segs:
+        p = sg.xy
+        if len(p) < 2 * k + 1:
+            continue
+        i = np.arange(k, len(p) - k)
+        cand = angle(p[i] - p[i - k], p[i + k] - p[i])
+        i = int(np.argmax(cand))
+        if cand[i] < BEND_MIN_DEG:
+            continue
+        x, y = p[i + k]
+        rho = math.sqrt(float(er[min(int(round(y)), h - 1), min(int(round(x)), w - 1)]))
+        if BEND_RHO_RANGE[0] <= rho <= BEND_RHO_RANGE[1]:
+            out.append((float(x), float(y), float(cand[i])))
+    return out
+
+
+def _pallor_cup(res: DiscResult, rgb: np.ndarray, vessel_mask: np.ndarray, fov_mask: np.ndarray, er: np.ndarray,
+                sc: float) -> tuple[np.ndarray, float, float] | None:
     """Cup = the pale core of the disc: vessel-free green above the half-way level between the rim
-    (median of the outer disc annulus) and the palest part (98th percentile), connected to the palest point."""
+    (median of the outer disc annulus) and the palest part (98th percentile), connected to the palest
+    point. Returns (cup mask, vertical CDR, confidence) or None (reason added)."""
     g = inpaint_vessels(rgb[..., 1].astype(np.float32), vessel_mask, fov_mask, 3 * sc)
     g = ndi.gaussian_filter(g, 1.5 * sc)
     inside = er <= 0.9**2
     rim = (er >= 0.8**2) & (er <= 0.95**2)
     if inside.sum() < 50 or rim.sum() < 20:
         res.reasons.append("cup not measurable (disc too small)")
-        return
+        return None
     rim_lvl = float(np.median(g[rim]))
     peak = float(np.percentile(g[inside], 98))
     contrast = (peak - rim_lvl) / max(rim_lvl, 1e-6)
     if contrast < 0.02:
         res.reasons.append("no pale cup visible inside the disc (flat disc)")
-        res.cdr_confidence = 0.0
-        return
+        return None
     lvl = rim_lvl + 0.5 * (peak - rim_lvl)
     cup = (g >= lvl) & (er <= 1.0)
     # vessels crossing the cup cut it into pieces: close gaps up to a main-vessel width, keep the largest
@@ -196,18 +406,15 @@ def _cup(res: DiscResult, rgb: np.ndarray, vessel_mask: np.ndarray, fov_mask: np
     lab, n = ndi.label(cup)
     if n == 0:
         res.reasons.append("no pale cup found inside the disc")
-        return
+        return None
     sizes = ndi.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
     cup = ndi.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
     ys, _ = np.nonzero(cup)
     cup_v = 4.0 * float(ys.std())  # vertical diameter of the equal-moment ellipse
-    res.cup_mask = cup
-    res.cdr_vertical = float(np.clip(cup_v / res.diameter_vertical_px, 0.0, 1.0))
+    cdr = float(np.clip(cup_v / res.diameter_vertical_px, 0.0, 1.0))
     # confidence: cup/rim contrast (pallor) and how much of the cup stays inside the disc
     inside_share = float((cup & (er <= 0.9**2)).sum()) / max(float(cup.sum()), 1.0)
-    res.cdr_confidence = float(np.clip(contrast / 0.15, 0, 1) * inside_share)
-    if res.cdr_confidence < 0.3:
-        res.reasons.append("low cup/rim contrast: cup-to-disc ratio is uncertain")
+    return cup, cdr, float(np.clip(contrast / 0.15, 0, 1) * inside_share)
 
 
 def find_fovea(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, float], fov_radius: float,

@@ -255,6 +255,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         disc_confidence=disc.confidence,
         disc_diameter_horizontal_px=float(disc.diameter_horizontal_px * s) if np.isfinite(dd) else float("nan"),
         cdr_confidence=disc.cdr_confidence,
+        cdr_cues=dict(disc.cdr_cues),
         fovea_confidence=fovea.confidence,
         crae_px=vmeas.crae_px * s,
         crve_px=vmeas.crve_px * s,
