@@ -139,27 +139,212 @@ def channel_mean_min_max(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 @numba.njit(cache=True)
-def half_max_widths(prof: np.ndarray, off: np.ndarray, pk: np.ndarray, level: np.ndarray, peak: np.ndarray,
-                    base: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
-    """Width (in ``off`` units) of each profile (row of ``prof``, (n, m)) at ``level``: from the peak index
-    ``pk`` walk out both ways to the first samples below the level and interpolate the crossings. NaN
-    where the peak is not above the base or a side never falls below the level."""
-    n, m = prof.shape
-    out = np.full(n, np.nan)
+def profile_stats(prof_d: np.ndarray, prof_m: np.ndarray, prof_r: np.ndarray, prof_g: np.ndarray, off: np.ndarray,
+                  use_mask: bool, reflex_peak_ratio: float = 0.85, valley_rise: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """Per perpendicular vessel profile (rows of the (n, m) arrays, offsets ``off`` (m,) px, centre at m // 2):
+
+    prof_d : smoothed relative darkness (calibre); prof_m : vessel mask (0/1, linearly interpolated);
+    prof_r, prof_g : red and green optical density -ln(I / background) (colour, central reflex).
+    ``use_mask`` False: the search window comes from the darkness profile (run above a quarter maximum).
+
+    Returns five (n,) float arrays:
+    width : half-maximum width (px) that tolerates a central reflex: the peak is searched on each side of
+        the centre within half the mask width, the level is half-way between the higher side peak and the
+        base (the higher of the two side minima, >= 0), and each border is found walking outwards from its
+        own side peak, so a dip in the middle (the reflex) is inside the vessel, not a border. Only when
+        the lower side peak reaches ``reflex_peak_ratio`` x the higher one (a reflex splits one vessel
+        into two equal halves; an artery touching a vein gives two unequal humps): otherwise the walk
+        starts from the higher peak alone. A border is also set at a valley (a minimum followed by a rise
+        of ``valley_rise`` x (peak - base)) met before the half level: a touching neighbour. NaN when
+        no clear crossing on both sides.
+    mask_width : length (px) of the run of mask samples >= 0.5 through the centre.
+    core_r, core_g : mean red / green optical density over the inner 60 % of the mask width (>= 1 px).
+    reflex : 1 - (mean green density over the central 1 px) / (lower of the two side peaks of green
+        density, searched from 1 px off the centre to half the mask width), >= 0 (an off-centre single peak
+        gives 0: its lower side is below the centre); NaN where the vessel is narrower than 3 px.
+    """
+    n, m = prof_d.shape
+    mid = m // 2
+    step = off[1] - off[0]
+    width = np.full(n, np.nan)
+    mwidth = np.full(n, np.nan)
+    core_r = np.full(n, np.nan)
+    core_g = np.full(n, np.nan)
+    reflex = np.full(n, np.nan)
     for i in range(n):
-        lv = level[i]
-        if peak[i] <= base[i]:
-            continue
-        j = pk[i]
-        a = j
-        while a > 0 and prof[i, a] >= lv:
-            a -= 1
-        b = j
-        while b < m - 1 and prof[i, b] >= lv:
-            b += 1
-        if prof[i, a] >= lv or prof[i, b] >= lv:
-            continue
-        xl = off[a] + (lv - prof[i, a]) / (prof[i, a + 1] - prof[i, a]) * (off[a + 1] - off[a])
-        xr = off[b - 1] + (prof[i, b - 1] - lv) / (prof[i, b - 1] - prof[i, b]) * (off[b] - off[b - 1])
-        out[i] = xr - xl
-    return out
+        # --- search half-window from the mask (or a quarter-maximum run of the darkness)
+        if use_mask:
+            a = mid
+            while a > 0 and prof_m[i, a - 1] >= 0.5:
+                a -= 1
+            b = mid
+            while b < m - 1 and prof_m[i, b + 1] >= 0.5:
+                b += 1
+            if prof_m[i, mid] < 0.5:
+                a = mid
+                b = mid
+            wm = (b - a + 1) * step
+        else:
+            lo = prof_d[i, 0]
+            for k in range(m):
+                lo = min(lo, prof_d[i, k])
+            lo = max(lo, 0.0)
+            pk0 = prof_d[i, mid]
+            for k in range(max(mid - 3, 0), min(mid + 4, m)):
+                pk0 = max(pk0, prof_d[i, k])
+            q = lo + 0.25 * (pk0 - lo)
+            a = mid
+            while a > 0 and prof_d[i, a - 1] >= q:
+                a -= 1
+            b = mid
+            while b < m - 1 and prof_d[i, b + 1] >= q:
+                b += 1
+            wm = (b - a + 1) * step
+        mwidth[i] = wm
+        hs = max(int(0.5 * wm / step + 0.5), int(1.0 / step))
+        hs = min(hs, mid)
+        # --- side peaks of the calibre profile
+        lp = mid
+        for k in range(mid - hs, mid + 1):
+            if prof_d[i, k] > prof_d[i, lp]:
+                lp = k
+        rp = mid
+        for k in range(mid, mid + hs + 1):
+            if prof_d[i, k] > prof_d[i, rp]:
+                rp = k
+        peak = max(prof_d[i, lp], prof_d[i, rp])
+        if min(prof_d[i, lp], prof_d[i, rp]) < reflex_peak_ratio * peak:
+            # unequal side peaks: not a reflex but a neighbouring vessel (an artery beside a vein) or an
+            # off-centre skeleton; measure the single vessel of the higher peak
+            if prof_d[i, lp] >= prof_d[i, rp]:
+                rp = lp
+            else:
+                lp = rp
+        base_l = prof_d[i, 0]
+        for k in range(mid):
+            base_l = min(base_l, prof_d[i, k])
+        base_r = prof_d[i, m - 1]
+        for k in range(mid + 1, m):
+            base_r = min(base_r, prof_d[i, k])
+        base = max(max(base_l, base_r), 0.0)
+        if peak > base:
+            lv = base + 0.5 * (peak - base)
+            ok = True
+            rise = valley_rise * (peak - base)
+            # left border: the half-level crossing walking out from the left peak, or a valley (a minimum
+            # followed by a rise: a neighbouring vessel) met before it
+            a = lp
+            xl = np.nan
+            if prof_d[i, a] >= lv:
+                vmin = prof_d[i, a]
+                imin = a
+                while True:
+                    if a == 0:
+                        ok = False
+                        break
+                    a -= 1
+                    v = prof_d[i, a]
+                    if v < lv:
+                        xl = off[a] + (lv - v) / (prof_d[i, a + 1] - v) * (off[a + 1] - off[a])
+                        break
+                    if v < vmin:
+                        vmin = v
+                        imin = a
+                    elif v > vmin + rise:
+                        xl = off[imin]
+                        break
+            else:
+                while a < rp and prof_d[i, a] < lv:
+                    a += 1
+                if a >= 1 and prof_d[i, a] >= lv:
+                    xl = off[a - 1] + (lv - prof_d[i, a - 1]) / (prof_d[i, a] - prof_d[i, a - 1]) * (off[a] - off[a - 1])
+                else:
+                    ok = False
+            # right border (mirror image)
+            b = rp
+            xr = np.nan
+            if prof_d[i, b] >= lv:
+                vmin = prof_d[i, b]
+                imin = b
+                while True:
+                    if b == m - 1:
+                        ok = False
+                        break
+                    b += 1
+                    v = prof_d[i, b]
+                    if v < lv:
+                        xr = off[b - 1] + (prof_d[i, b - 1] - lv) / (prof_d[i, b - 1] - v) * (off[b] - off[b - 1])
+                        break
+                    if v < vmin:
+                        vmin = v
+                        imin = b
+                    elif v > vmin + rise:
+                        xr = off[imin]
+                        break
+            else:
+                while b > lp and prof_d[i, b] < lv:
+                    b -= 1
+                if b <= m - 2 and prof_d[i, b] >= lv:
+                    xr = off[b] + (prof_d[i, b] - lv) / (prof_d[i, b] - prof_d[i, b + 1]) * (off[b + 1] - off[b])
+                else:
+                    ok = False
+            if ok and xr > xl:
+                width[i] = xr - xl
+        # --- colour of the core and the central reflex
+        hc = max(int(0.3 * wm / step + 0.5), int(0.5 / step))
+        hc = min(hc, mid)
+        sr = 0.0
+        sg = 0.0
+        for k in range(mid - hc, mid + hc + 1):
+            sr += prof_r[i, k]
+            sg += prof_g[i, k]
+        core_r[i] = sr / (2 * hc + 1)
+        core_g[i] = sg / (2 * hc + 1)
+        if wm >= 3.0 and hs * step > 1.0:
+            c = (prof_g[i, mid - 1] + prof_g[i, mid] + prof_g[i, mid + 1]) / 3.0
+            inner = int(1.0 / step)
+            pl = prof_g[i, mid - inner]
+            for k in range(mid - hs, mid - inner + 1):
+                pl = max(pl, prof_g[i, k])
+            pr = prof_g[i, mid + inner]
+            for k in range(mid + inner, mid + hs + 1):
+                pr = max(pr, prof_g[i, k])
+            ps = min(pl, pr)
+            if ps > 0.0:
+                reflex[i] = max(1.0 - c / ps, 0.0)
+    return width, mwidth, core_r, core_g, reflex
+
+
+@numba.njit(cache=True)
+def ising_belief_propagation(h: np.ndarray, src: np.ndarray, dst: np.ndarray, rev: np.ndarray, tj: np.ndarray,
+                             iterations: int, damping: float) -> np.ndarray:  # pragma: no cover - compiled
+    """Loopy belief propagation on a binary pairwise model (spins +-1), synchronous with damping.
+
+    h : (n,) local fields (half the log-odds of +1 from each node's own evidence); src, dst : (e,) directed
+    edges (each undirected link appears in both directions); rev : (e,) index of the reverse edge;
+    tj : (e,) tanh of the coupling (> 0: the two ends tend to agree, < 0: to differ).
+    Returns the (n,) beliefs as fields: h + the sum of incoming messages (half the posterior log-odds);
+    exact on a forest.
+    """
+    n = h.shape[0]
+    e = src.shape[0]
+    msg = np.zeros(e)
+    old = np.zeros(e)
+    tot = np.empty(n)
+    for _ in range(iterations):
+        for k in range(n):
+            tot[k] = h[k]
+        for k in range(e):
+            tot[dst[k]] += msg[k]
+            old[k] = msg[k]
+        for k in range(e):
+            cav = tot[src[k]] - old[rev[k]]
+            t = tj[k] * math.tanh(cav)
+            t = min(max(t, -0.999999), 0.999999)
+            new = 0.5 * math.log((1.0 + t) / (1.0 - t))
+            msg[k] = damping * msg[k] + (1.0 - damping) * new
+    for k in range(n):
+        tot[k] = h[k]
+    for k in range(e):
+        tot[dst[k]] += msg[k]
+    return tot

@@ -11,7 +11,27 @@ Segmentation (``segment_vessels``), on the green channel at working resolution:
 3. hysteresis threshold of the ridge z-score (seeds must be strong, the tree grows through weaker
    ridge pixels connected to them), small components removed;
 4. vessel borders at half the local peak darkness (so calibres follow the photograph's own profile, not
-   the filter's blur), restricted to a band around the ridge mask.
+   the filter's blur), restricted to a band around the ridge mask; thin enclosed holes (the central
+   light reflex of wide arterioles) filled.
+
+Artery/vein labels (``classify_av``), tuned for real photographs rather than the phantom's look:
+
+1. per segment, from perpendicular profiles away from the disc, lesions and junctions (``av_features``):
+   red and green optical density of the vessel core against the local background, their ratio (the
+   oximetry principle: venous blood absorbs red far more than arterial blood; the ratio does not depend
+   on calibre or illumination) and the central-reflex strength; a reliability from calibre and length
+   (thin vessels lose their colour to blur and JPEG chroma subsampling);
+2. a score standardised over the photograph's own wide vessels and a two-class model fitted to it give
+   each segment colour log-odds, so that the evidence adapts to camera, exposure and pigmentation;
+3. the vessel graph (``vessel_graph``): straight-through continuations and bifurcations share the type,
+   the two vessels of a crossing (a 4-way junction, or two nearby 3-way ones) differ, and nothing is
+   linked inside the disc, so that each vessel leaving the disc is its own tree;
+4. belief propagation over that graph combines a segment's own evidence with its tree's.
+
+Zone-B calibres (``zone_b_widths``): half-maximum widths that keep a central reflex inside the vessel
+but stop at an unequal neighbour, one calibre per vessel (pieces joined through junctions or lying side by
+side counted once), isolated streaks within the ring ignored, and vessels that ran merged with one of the
+other type through zone B measured where they part.
 """
 
 from __future__ import annotations
@@ -30,8 +50,13 @@ from grok.cfp.formulas import (
     tortuosity_per_dd,
 )
 
-#: Share of the darkness-vs-calibre slope removed before artery/vein scoring (0: raw darkness).
-AV_WIDTH_DAMPING = 0.0
+#: An isolated piece (free at both ends) counts in zone B only if it reaches within 1.0 DD + this of
+#: the disc centre, or ...
+ZONE_B_ENTRY_TOLERANCE_DD = 0.05
+#: ... beyond this distance (DD) from it; one confined to the ring between is not a vessel.
+ZONE_B_EXIT_DD = 2.0
+#: Limit of each standardised artery/vein feature (robust z-score) in the colour score.
+Z_CLIP = 4.0
 #: Hessian scales (px at the 1024-px reference scale) of the vessel (and lesion blob) measures.
 VESSEL_SCALES = (1.0, 1.5, 2.3, 3.5, 5.0)
 #: Hysteresis thresholds on the ridge z-score, half-maximum border fraction, darkness floors (x noise).
@@ -147,8 +172,35 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     half = band & (ds >= HALF * peak) & (peak > 0) & (ds > HALF_K * noise)
     mask = (core & (ds > CORE_K * noise) & (ds >= HALF * peak)) | half
     mask = ndi.binary_closing(mask, iterations=1) & fov_mask
+    mask = fill_reflex_holes(mask, max(round(2.0 * sc), 1))
     mask = _remove_small(mask, int(80 * sc * sc) + 8)
     return VesselMaps(mask=mask, darkness=ds, ridge_z=zmax, noise=noise, hessian=hess, highpass=hp)
+
+
+def fill_reflex_holes(mask: np.ndarray, max_half_thickness_px: int) -> np.ndarray:
+    """Fill thin enclosed holes of a vessel mask: the central light reflex of wide arterioles.
+
+    A strong reflex leaves a narrow lighter line along the middle of a vessel whose darkness falls below
+    the half-maximum border, so the mask gets a hole along it and the skeleton runs as two parallel
+    ridges (one vessel counted as two thin ones). A hole (a background component not connected to the
+    image border) that disappears after ``max_half_thickness_px`` erosion steps is filled; the larger
+    holes enclosed by vessel loops and crossings survive the erosion and are kept.
+    mask : (h, w) bool. Returns a new (h, w) bool mask.
+    """
+    bg_lab, n = ndi.label(~mask)
+    if n <= 1:
+        return mask
+    border = np.unique(np.concatenate([bg_lab[0], bg_lab[-1], bg_lab[:, 0], bg_lab[:, -1]]))
+    out = mask.copy()
+    k = max(int(max_half_thickness_px), 1)
+    for lab_id, sl in enumerate(ndi.find_objects(bg_lab), start=1):
+        if sl is None or lab_id in border:
+            continue
+        hole = bg_lab[sl] == lab_id
+        if min(hole.shape) > 2 * k + 1 and ndi.binary_erosion(hole, iterations=k).any():
+            continue
+        out[sl] |= hole
+    return out
 
 
 def _local_scale(x: np.ndarray, mask: np.ndarray, block: int) -> np.ndarray:
@@ -187,8 +239,13 @@ class Segment:
     """One vessel segment between branch/crossing points.
 
     xy : (N, 2) float ordered centreline (x, y) px. width_px : median calibre (px, half-maximum width of
-    the darkness profile). av_score : > 0 vein-like, < 0 artery-like (NaN when not classified).
-    kind : "artery" | "vein" | "".
+    the darkness profile, central reflex inside the vessel). av_score : > 0 vein-like, < 0 artery-like
+    (half the posterior log-odds of "vein" after propagation over the vessel graph; NaN when not
+    classified). kind : "artery" | "vein" | "".
+    features : the colour features of ``classify_av`` (``av_features``), their reliability and the
+    segment's own colour log-odds (``evidence``). tree : id of the vessel tree (segments joined by
+    continuation and bifurcation links; -1 alone). vessel : id of the vessel (segments joined straight
+    through junctions and crossings; zone-B pieces with the same id are one vessel).
     """
 
     xy: np.ndarray
@@ -197,6 +254,9 @@ class Segment:
     av_score: float = float("nan")
     kind: str = ""
     ends: tuple[int, int] = (-1, -1)  # junction-cluster ids at each end (-1: free end)
+    features: dict = field(default_factory=dict)
+    tree: int = -1
+    vessel: int = -1
 
 
 _NB8 = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
@@ -263,115 +323,549 @@ def skeleton_segments(mask: np.ndarray, min_len_px: int = 6) -> tuple[list[Segme
     return segs, sk, jlab
 
 
-def profile_widths(darkness: np.ndarray, xy: np.ndarray, max_half_px: float, step_px: float = 2.0,
-                   smooth_px: float = 2.0) -> np.ndarray:
-    """Calibres (px) along a centreline from the half-maximum width of perpendicular darkness profiles.
-
-    darkness : (h, w) relative darkness (vessels positive). xy : (N, 2) ordered centreline.
-    Returns an array of widths, NaN where a profile has no clear half-maximum crossing on both sides.
-    """
+# ------------------------------------------------------------------------------------ perpendicular profiles
+def _profile_frames(xy: np.ndarray, step_px: float, smooth_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Profile centres (k, 2), unit normals (k, 2) and arc positions (k,) px every ``step_px`` along a
+    centreline (xy (N, 2), resampled at 1 px and smoothed at ``smooth_px`` for the direction)."""
     from grok.cfp.formulas import resample_polyline
 
     pts = resample_polyline(xy, 1.0)
     if len(pts) < 5:
-        return np.full(0, np.nan)
+        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
     sm = np.column_stack([ndi.gaussian_filter1d(pts[:, 0], smooth_px, mode="nearest"),
                           ndi.gaussian_filter1d(pts[:, 1], smooth_px, mode="nearest")])
     tan = np.gradient(sm, axis=0)
     tan /= np.maximum(np.hypot(tan[:, 0], tan[:, 1]), 1e-9)[:, None]
     idx = np.arange(2, len(pts) - 2, max(int(step_px), 1))
-    if idx.size == 0:
-        return np.full(0, np.nan)
-    c = pts[idx]
-    nrm = np.column_stack([-tan[idx, 1], tan[idx, 0]])
-    half = max(int(math.ceil(max_half_px)), 3)
+    return pts[idx], np.column_stack([-tan[idx, 1], tan[idx, 0]]), idx.astype(float)
+
+
+def _sample_profiles(maps: list[np.ndarray | None], centres: np.ndarray, normals: np.ndarray,
+                     half_px: float) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Sample each (h, w) map (None: skipped) along the normals: offsets (m,) px every 0.5 px over
+    [-half_px, half_px] and one (k, m) float64 array per map (bilinear, edges replicated)."""
+    half = max(math.ceil(half_px), 3)
     off = np.arange(-half, half + 0.01, 0.5)
-    X = c[:, 0:1] + nrm[:, 0:1] * off[None, :]
-    Y = c[:, 1:2] + nrm[:, 1:2] * off[None, :]
-    prof = ndi.map_coordinates(darkness, [Y.ravel(), X.ravel()], order=1, mode="nearest").reshape(X.shape)
-    mid = len(off) // 2
-    near = np.abs(off) <= 1.5
-    pk_i = np.flatnonzero(near)[np.argmax(prof[:, near], axis=1)]
-    peak = prof[np.arange(len(prof)), pk_i]
-    base_l = np.min(prof[:, :mid], axis=1)
-    base_r = np.min(prof[:, mid + 1:], axis=1)
-    base = np.maximum(np.maximum(base_l, base_r), 0.0)
-    level = base + 0.5 * (peak - base)
-    from grok.cfp._kernels import half_max_widths
-
-    widths = half_max_widths(np.ascontiguousarray(prof, np.float64), np.ascontiguousarray(off, np.float64),
-                             pk_i.astype(np.int64), level.astype(np.float64), peak.astype(np.float64),
-                             base.astype(np.float64))
-    return widths
+    X = (centres[:, 0:1] + normals[:, 0:1] * off[None, :]).ravel()
+    Y = (centres[:, 1:2] + normals[:, 1:2] * off[None, :]).ravel()
+    out: list[np.ndarray | None] = []
+    for mp in maps:
+        if mp is None:
+            out.append(None)
+            continue
+        v = ndi.map_coordinates(np.asarray(mp, np.float32), [Y, X], order=1, mode="nearest")
+        out.append(np.ascontiguousarray(v.reshape(len(centres), len(off)), np.float64))
+    return off, out
 
 
-def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: float) -> None:
-    """Label segments artery/vein in place from colour along the centreline, propagated over bifurcations.
+def profile_widths(darkness: np.ndarray, xy: np.ndarray, max_half_px: float, step_px: float = 2.0,
+                   smooth_px: float = 2.0, vessel_mask: np.ndarray | None = None) -> np.ndarray:
+    """Calibres (px) along a centreline from the half-maximum width of perpendicular darkness profiles.
 
-    Feature: darkness of the red and green channels at the centreline relative to their backgrounds.
-    Venules carry deoxygenated blood and are darker, above all in red; arterioles are lighter and
-    often show a central reflex. Both darken with calibre, so each feature is taken as the residual of
-    a robust linear fit against calibre; the score is the sum of the standardised residuals, then
-    averaged with the scores of segments meeting at the same junction (bifurcations keep their type;
-    crossings are diluted), and thresholded at the median of the wide segments.
+    darkness : (h, w) relative darkness (vessels positive). xy : (N, 2) ordered centreline. vessel_mask :
+    optional (h, w) bool; its width across the centreline bounds the search for the two side peaks
+    (without it a quarter-maximum run of the profile does). A central light reflex (a dip in the middle of
+    the profile) stays inside the vessel: each border is found from its own side peak (see
+    ``grok.cfp._kernels.profile_stats``). Returns an array of widths, one per profile every ``step_px``,
+    NaN where a profile has no clear half-maximum crossing on both sides.
     """
+    from grok.cfp._kernels import profile_stats
+
+    c, nrm, _ = _profile_frames(xy, step_px, smooth_px)
+    if len(c) == 0:
+        return np.full(0, np.nan)
+    mk = None if vessel_mask is None else vessel_mask.astype(np.float32)
+    off, (pd, pm) = _sample_profiles([darkness, mk], c, nrm, max_half_px)
+    z = np.zeros_like(pd)
+    w, *_ = profile_stats(pd, pm if pm is not None else z, z, z, off, pm is not None)
+    return w
+
+
+# ------------------------------------------------------------------------------------- artery/vein labels
+@dataclass(frozen=True)
+class AvConfig:
+    """Settings of the artery/vein classification (``classify_av``). Lengths in working px (1024-px
+    photograph) unless the name ends in ``_dd`` (disc diameters)."""
+
+    disc_radius_dd: float = 0.55
+    """Junctions closer than this to the disc centre link nothing (the vessel trees are separate at the
+    disc, where the skeleton of converging vessels is a tangle), and colour is not sampled there (the disc
+    background distorts relative darkness)."""
+    weight_ratio: float = 1.0
+    """Weight of the red/green optical-density ratio (oximetry principle: deoxygenated venous blood absorbs
+    red light much more than arterial blood, while both absorb green about equally; the ratio does not
+    depend on calibre or illumination)."""
+    weight_red: float = 0.5
+    """Weight of the red optical density of the vessel core (veins darker in red)."""
+    weight_reflex: float = 0.5
+    """Weight of the central reflex strength (a light stripe along the middle: arterioles)."""
+    reliable_width_px: tuple[float, float] = (2.0, 5.0)
+    """Colour reliability ramps from 0 at the first calibre to 1 at the second (px at the 480-px reference
+    FOV radius, scaled with the eye's size): the colour of thin vessels is washed out by blur and JPEG
+    chroma subsampling (their darkening turns grey: on ``skimage.data.retina()`` the red/green density
+    ratio of 3-5 px vessels sits at or above that of the widest veins whatever their type)."""
+    reliable_length_px: float = 24.0
+    """Colour reliability is also scaled by min(1, sampled length / this) (px at the reference scale)."""
+    p_continuation: float = 0.95
+    """Probability that two segments meeting straight through a junction are the same vessel type."""
+    p_bifurcation: float = 0.75
+    """Probability that the segments of a bifurcation (or a side branch) share the type."""
+    p_crossing: float = 0.75
+    """Probability that the two vessels of a crossing differ in type (arterioles cross venules)."""
+    straight_max_deg: float = 35.0
+    """Largest change of direction (degrees) for a straight-through continuation."""
+    crossing_gap_widths: float = 1.6
+    """Junctions closer than this many calibres of their widest vessel are one node (a crossing drawn by
+    the skeleton as two nearby 3-way junctions)."""
+    evidence_clip: float = 10.0
+    """Limit of a segment's own colour log-odds (one segment can never outvote everything)."""
+    bp_iterations: int = 40
+    """Belief-propagation sweeps over the vessel graph."""
+
+    def __post_init__(self) -> None:
+        for name in ("disc_radius_dd", "reliable_length_px", "evidence_clip", "straight_max_deg",
+                     "crossing_gap_widths"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"AvConfig.{name}={getattr(self, name)!r}: must be > 0")
+        for name in ("weight_ratio", "weight_red", "weight_reflex"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AvConfig.{name}={getattr(self, name)!r}: must be >= 0 (0 switches it off)")
+        for name in ("p_continuation", "p_bifurcation", "p_crossing"):
+            v = getattr(self, name)
+            if not 0.5 <= v < 1.0:
+                raise ValueError(f"AvConfig.{name}={v!r}: must be in [0.5, 1) (0.5 = no link)")
+        lo, hi = self.reliable_width_px
+        if not 0 <= lo < hi:
+            raise ValueError(f"AvConfig.reliable_width_px={self.reliable_width_px!r}: need 0 <= low < high px")
+        if self.bp_iterations < 1:
+            raise ValueError(f"AvConfig.bp_iterations={self.bp_iterations!r}: must be >= 1")
+
+
+@dataclass
+class Junction:
+    """A node of the vessel graph: one skeleton junction cluster, or several merged (a crossing).
+
+    xy : (x, y) px. ends : [(segment index, 0 start / 1 end of its ``xy``)]. kind : "disc" (inside the
+    disc: no links), "continuation" (2 ends), "bifurcation" (3 ends, no straight pair), "branching"
+    (3 ends with a straight pair: a side branch, or a crossing that lost one arm), "crossing" (4 ends in
+    two straight pairs), "complex" (other; only straight pairs are linked).
+    """
+
+    xy: tuple[float, float]
+    ends: list[tuple[int, int]]
+    kind: str = ""
+
+
+@dataclass
+class AvLink:
+    """A relation between two segments at a junction: ``same`` (probability that they share the type)
+    or ``differ`` (that they differ), with the reason: continuation, bifurcation or crossing."""
+
+    i: int
+    j: int
+    relation: str
+    reason: str
+    prob: float
+    junction: int
+
+
+@dataclass
+class AvGraph:
+    """Result of ``classify_av``: the junctions, the links used and the per-class colour model."""
+
+    junctions: list[Junction] = field(default_factory=list)
+    links: list[AvLink] = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+
+
+def _end_direction(xy: np.ndarray, which: int, width_px: float) -> np.ndarray:
+    """Unit vector pointing from a junction into the segment, from its first few px (skipping the 2 px
+    where the skeleton bends into the junction)."""
+    pts = xy if which == 0 else xy[::-1]
+    n = len(pts)
+    k1 = min(2, n - 2)
+    k2 = min(k1 + max(6, int(2 * (width_px if np.isfinite(width_px) else 3.0))), n - 1)
+    v = pts[k2] - pts[k1]
+    nv = math.hypot(v[0], v[1])
+    return v / nv if nv > 1e-9 else np.array([1.0, 0.0])
+
+
+def _bend_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Change of direction (degrees) going straight through: 0 when ``a`` and ``b`` point opposite ways."""
+    c = float(np.clip(-(a[0] * b[0] + a[1] * b[1]), -1.0, 1.0))
+    return math.degrees(math.acos(c))
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.p = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.p[a] != a:
+            self.p[a] = self.p[self.p[a]]
+            a = self.p[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.p[max(ra, rb)] = min(ra, rb)
+
+
+def vessel_graph(segments: list[Segment], disc_xy: tuple[float, float] | None = None, dd_px: float = float("nan"),
+                 config: AvConfig | None = None) -> tuple[list[Junction], list[AvLink]]:
+    """Junctions of the skeleton and the artery/vein relations they imply.
+
+    Segments meet at junction clusters (``Segment.ends``). Junctions closer than ``crossing_gap_widths``
+    calibres (joined by a short segment or not) are merged: a crossing often shows as two nearby 3-way
+    junctions. At each junction the ends are paired by direction: two ends whose directions differ from
+    straight by less than ``straight_max_deg`` are one vessel going through (``same``, continuation).
+    4 ends in two straight pairs: a crossing (the pairs ``differ``). 3 ends: a bifurcation or side branch
+    (all ``same``, bifurcation). Junctions inside the disc link nothing.
+    Returns (junctions, links).
+    """
+    cfg = config or AvConfig()
+    ids: dict[int, list[tuple[int, int]]] = {}
+    for i, s in enumerate(segments):
+        for e, jid in enumerate(s.ends):
+            if jid > 0:
+                ids.setdefault(jid, []).append((i, e))
+    keys = sorted(ids)
+    if not keys:
+        return [], []
+    pos = np.array([np.mean([segments[i].xy[0 if e == 0 else -1] for i, e in ids[k]], axis=0) for k in keys])
+    wid = np.array([np.nanmax([segments[i].width_px for i, _ in ids[k]] + [2.0]) for k in keys])
+    kidx = {k: n for n, k in enumerate(keys)}
+    uf = _UnionFind(len(keys))
+    gap = cfg.crossing_gap_widths * wid
+    # nearby junctions (a crossing drawn as two 3-way junctions, or a short connecting piece)
+    d = np.hypot(pos[:, None, 0] - pos[None, :, 0], pos[:, None, 1] - pos[None, :, 1])
+    near = d <= np.maximum(gap[:, None], gap[None, :])
+    internal: set[int] = set()
+    for i, s in enumerate(segments):
+        a, b = s.ends
+        if a > 0 and b > 0 and a != b and len(s.xy) <= max(gap[kidx[a]], gap[kidx[b]]) + 2:
+            uf.union(kidx[a], kidx[b])
+            internal.add(i)
+    for a, b in zip(*np.nonzero(np.triu(near, 1))):
+        uf.union(int(a), int(b))
+    groups: dict[int, list[int]] = {}
+    for n in range(len(keys)):
+        groups.setdefault(uf.find(n), []).append(n)
+    have_disc = disc_xy is not None and np.isfinite(dd_px) and dd_px > 0
+    junctions: list[Junction] = []
+    links: list[AvLink] = []
+    p_c, p_b, p_x = cfg.p_continuation, cfg.p_bifurcation, cfg.p_crossing
+    for members in groups.values():
+        ends = [(i, e) for n in members for (i, e) in ids[keys[n]] if i not in internal]
+        inner = sorted({i for n in members for (i, _) in ids[keys[n]] if i in internal})
+        xy = pos[members].mean(axis=0)
+        jn = Junction(xy=(float(xy[0]), float(xy[1])), ends=ends)
+        jid = len(junctions)
+        junctions.append(jn)
+        if have_disc and math.hypot(xy[0] - disc_xy[0], xy[1] - disc_xy[1]) < cfg.disc_radius_dd * dd_px:
+            jn.kind = "disc"
+            continue
+        segs_at = [i for i, _ in ends]
+        # a connecting piece inside a merged junction shares the type of the straighter through-vessel;
+        # it is too short to matter: tie it weakly to every end
+        for i in inner:
+            for j in segs_at:
+                links.append(AvLink(i, j, "same", "inside a junction", 0.6, jid))
+        dirs = [_end_direction(segments[i].xy, e, segments[i].width_px) for i, e in ends]
+        m = len(ends)
+        if m < 2:
+            jn.kind = "end"
+            continue
+        bend = np.full((m, m), 180.0)
+        for a in range(m):
+            for b in range(a + 1, m):
+                bend[a, b] = bend[b, a] = _bend_deg(dirs[a], dirs[b])
+        if m == 2:
+            jn.kind = "continuation"
+            links.append(AvLink(segs_at[0], segs_at[1], "same", "continuation",
+                                p_c if bend[0, 1] <= 2 * cfg.straight_max_deg else p_b, jid))
+        elif m == 3:
+            a, b = min(((0, 1), (0, 2), (1, 2)), key=lambda ab: bend[ab])
+            if bend[a, b] <= cfg.straight_max_deg:
+                jn.kind = "branching"
+                c = 3 - a - b
+                links.append(AvLink(segs_at[a], segs_at[b], "same", "continuation", p_c, jid))
+                links.append(AvLink(segs_at[c], segs_at[a], "same", "bifurcation", p_b, jid))
+                links.append(AvLink(segs_at[c], segs_at[b], "same", "bifurcation", p_b, jid))
+            else:
+                jn.kind = "bifurcation"
+                for x, y in ((0, 1), (0, 2), (1, 2)):
+                    links.append(AvLink(segs_at[x], segs_at[y], "same", "bifurcation", p_b, jid))
+        elif m == 4:
+            pairings = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
+            (a, b), (c, e) = min(pairings, key=lambda pr: bend[pr[0]] + bend[pr[1]])
+            if bend[a, b] <= cfg.straight_max_deg and bend[c, e] <= cfg.straight_max_deg:
+                jn.kind = "crossing"
+                links.append(AvLink(segs_at[a], segs_at[b], "same", "continuation", p_c, jid))
+                links.append(AvLink(segs_at[c], segs_at[e], "same", "continuation", p_c, jid))
+                for x in (a, b):
+                    for y in (c, e):
+                        links.append(AvLink(segs_at[x], segs_at[y], "differ", "crossing", p_x, jid))
+            else:
+                jn.kind = "complex"
+                for x, y in ((a, b), (c, e)):
+                    if bend[x, y] <= cfg.straight_max_deg:
+                        links.append(AvLink(segs_at[x], segs_at[y], "same", "continuation", p_c, jid))
+        else:
+            jn.kind = "complex"
+            used: set[int] = set()
+            order = sorted((bend[x, y], x, y) for x in range(m) for y in range(x + 1, m))
+            for bd, x, y in order:
+                if bd > cfg.straight_max_deg:
+                    break
+                if x in used or y in used:
+                    continue
+                used.update((x, y))
+                links.append(AvLink(segs_at[x], segs_at[y], "same", "continuation", p_c, jid))
+    links = [lk for lk in links if lk.i != lk.j]
+    return junctions, links
+
+
+def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    o = np.argsort(x)
+    cw = np.cumsum(w[o])
+    return float(x[o][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
+
+
+def _two_class_model(x: np.ndarray, w: np.ndarray) -> dict:
+    """Two Gaussian classes with a shared variance fitted by EM to the 1-D score ``x`` (weights ``w``),
+    started at the weighted 25th / 75th percentiles; the higher mean is the vein class. Returns
+    {"mean_artery", "mean_vein", "sd", "p_vein"} (p_vein kept within [0.25, 0.75])."""
+    mu0, mu1 = _wquantile(x, w, 0.25), _wquantile(x, w, 0.75)
+    sd = max(0.5 * (mu1 - mu0), 1e-3)
+    pv = 0.5
+    for _ in range(60):
+        l0 = (1 - pv) * np.exp(-0.5 * ((x - mu0) / sd) ** 2)
+        l1 = pv * np.exp(-0.5 * ((x - mu1) / sd) ** 2)
+        r = l1 / np.maximum(l0 + l1, 1e-300)
+        w1, w0 = w * r, w * (1 - r)
+        if w1.sum() <= 0 or w0.sum() <= 0:
+            break
+        mu0, mu1 = float((w0 * x).sum() / w0.sum()), float((w1 * x).sum() / w1.sum())
+        var = float((w0 * (x - mu0) ** 2).sum() + (w1 * (x - mu1) ** 2).sum()) / float(w.sum())
+        sd = max(math.sqrt(var), 0.05 * abs(mu1 - mu0), 1e-3)
+        pv = float(np.clip(w1.sum() / w.sum(), 0.25, 0.75))
+    if mu1 < mu0:
+        mu0, mu1, pv = mu1, mu0, 1 - pv
+    return {"mean_artery": mu0, "mean_vein": mu1, "sd": sd, "p_vein": pv}
+
+
+def av_features(segments: list[Segment], rel: list[np.ndarray], darkness: np.ndarray | None = None,
+                vessel_mask: np.ndarray | None = None, disc_xy: tuple[float, float] | None = None,
+                dd_px: float = float("nan"), exclude: np.ndarray | None = None, max_half_px: float = 12.0,
+                config: AvConfig | None = None, length_scale: float = 1.0) -> None:
+    """Measure each segment's calibre and colour features from perpendicular profiles (in place).
+
+    rel : the relative channels (``grok.cfp.preprocess.relative_channels``: I / background - 1, (h, w)
+    each); darkness : (h, w) smoothed relative green darkness (calibre; default -rel[1]); vessel_mask :
+    (h, w) bool (bounds the reflex-tolerant peak search). Sets ``width_px``/``widths`` and
+    ``features`` = {
+      "od_red", "od_green": median optical density -ln(I / background) of the vessel core (the inner 60 %
+          of its width, at least 1 px) in red and green: the contrast against the local background, so
+          uneven illumination and pigmentation cancel;
+      "od_ratio": od_red / od_green (the oximetry ratio: venous blood absorbs red far more than arterial
+          blood; NaN when the green density is too small to divide by);
+      "reflex": median central-reflex strength (1 - centre / lower side peak of the green density;
+          profiles >= 3 px wide; 0 without a reflex);
+      "n": profiles used, "reliability": 0..1 (width ramp ``reliable_width_px`` x length ramp, both
+          multiplied by ``length_scale`` = FOV radius / 480 px, so that they follow the eye's size)}.
+    Colour is sampled away from the disc (``disc_radius_dd``), off ``exclude`` (h, w) bool (lesions) and
+    more than one calibre from the segment's junction ends (crossing vessels mix their colours there).
+    """
+    from grok.cfp._kernels import profile_stats
+
+    cfg = config or AvConfig()
+    ls = max(float(length_scale), 1e-3)
+    dk = -rel[1] if darkness is None else darkness
+    frames = [_profile_frames(s.xy, 2.0, 2.0) for s in segments]
+    counts = [len(f[0]) for f in frames]
+    if sum(counts) == 0:
+        return
+    C = np.concatenate([f[0] for f in frames if len(f[0])])
+    N = np.concatenate([f[1] for f in frames if len(f[1])])
+    mk = None if vessel_mask is None else vessel_mask.astype(np.float32)
+    off, (pd, pm, pr, pg) = _sample_profiles([dk, mk, rel[0], rel[1]], C, N, max_half_px)
+    pr = -np.log(np.maximum(1.0 + pr, 0.02))
+    pg = -np.log(np.maximum(1.0 + pg, 0.02))
+    z = np.zeros_like(pd)
+    width, mwidth, core_r, core_g, reflex = profile_stats(pd, pm if pm is not None else z, pr, pg, off, pm is not None)
+    h, w_img = dk.shape
+    ok_pt = np.ones(len(C), bool)
+    if disc_xy is not None and np.isfinite(dd_px) and dd_px > 0:
+        ok_pt &= np.hypot(C[:, 0] - disc_xy[0], C[:, 1] - disc_xy[1]) >= cfg.disc_radius_dd * dd_px
+    if exclude is not None:
+        xi = np.clip(np.round(C[:, 0]).astype(int), 0, w_img - 1)
+        yi = np.clip(np.round(C[:, 1]).astype(int), 0, h - 1)
+        ok_pt &= ~exclude[yi, xi]
+    lo, hi = cfg.reliable_width_px
+    k0 = 0
+    for s, f, n in zip(segments, frames, counts):
+        sl = slice(k0, k0 + n)
+        k0 += n
+        wv = width[sl]
+        s.widths = wv[np.isfinite(wv)]
+        s.width_px = float(np.median(s.widths)) if s.widths.size else float("nan")
+        if n == 0:
+            s.features = {"od_red": float("nan"), "od_green": float("nan"), "od_ratio": float("nan"),
+                          "reflex": float("nan"), "n": 0, "reliability": 0.0}
+            continue
+        wref = s.width_px if np.isfinite(s.width_px) else float(np.nanmedian(mwidth[sl]))
+        trim = max(wref if np.isfinite(wref) else 3.0, 3.0)
+        arc = f[2]
+        use = ok_pt[sl].copy()
+        if s.ends[0] > 0:
+            use &= arc >= trim
+        if s.ends[1] > 0:
+            use &= arc <= arc[-1] + 2 - trim
+        rel_w = 1.0
+        if use.sum() < 3:  # all on the disc, a lesion or a junction: use what there is, trusted less
+            use = np.ones(n, bool)
+            rel_w = 0.25
+        odr = float(np.median(core_r[sl][use]))
+        odg = float(np.median(core_g[sl][use]))
+        rf = reflex[sl][use]
+        rf = rf[np.isfinite(rf)]
+        ratio = odr / odg if odg > 0.02 else float("nan")
+        wr = float(np.clip((wref - lo * ls) / ((hi - lo) * ls), 0.0, 1.0)) if np.isfinite(wref) else 0.0
+        lr = min(1.0, 2.0 * int(use.sum()) / (cfg.reliable_length_px * ls))
+        s.features = {"od_red": odr, "od_green": odg, "od_ratio": ratio,
+                      "reflex": float(np.median(rf)) if rf.size else 0.0, "n": int(use.sum()),
+                      "reliability": rel_w * wr * lr}
+
+
+def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: float,
+                disc_xy: tuple[float, float] | None = None, dd_px: float = float("nan"),
+                config: AvConfig | None = None, darkness: np.ndarray | None = None,
+                vessel_mask: np.ndarray | None = None, exclude: np.ndarray | None = None,
+                length_scale: float = 1.0) -> AvGraph:
+    """Label segments artery/vein in place: colour evidence per segment, propagated over the vessel graph.
+
+    1. Features (``av_features``, measured here unless every segment already has them): red and green
+       optical density of the vessel core, their ratio, the central-reflex strength.
+    2. Score = weight_ratio x z(od_ratio) + weight_red x z(od_red) - weight_reflex x z(reflex), each z a
+       robust standardisation (weighted median and MAD, clipped at +-``Z_CLIP``) over the reliable
+       segments (>= ``min_width_px`` wide) of this photograph, so that the score adapts to the camera,
+       exposure and pigmentation.
+    3. A two-class model of the score (shared-variance Gaussians fitted by EM, reliability x length
+       weighted) turns each score into colour log-odds of "vein" (``features["evidence"]``), clipped and
+       scaled by the segment's reliability: thin and short segments say little by themselves.
+    4. Relations from the graph (``vessel_graph``): continuation and bifurcation (same type), crossing
+       (different types), none inside the disc, so that every vessel leaving the disc is its own tree.
+    5. Loopy belief propagation combines each segment's evidence with its neighbours' (exact on a tree):
+       ``av_score`` = half the posterior log-odds of vein, kind = its sign.
+    ``tree`` and ``vessel`` ids are set from the same-type links that the labels kept (all / continuations
+    only), so each tree has one type.
+    Returns the ``AvGraph`` (junctions, links, colour model) for inspection.
+    """
+    cfg = config or AvConfig()
+    out = AvGraph()
     if not segments:
-        return
-    dr, dg = -rel[0], -rel[1]
-    rows = []
-    for s in segments:
-        x = np.clip(np.round(s.xy[:, 0]).astype(int), 0, dr.shape[1] - 1)
-        y = np.clip(np.round(s.xy[:, 1]).astype(int), 0, dr.shape[0] - 1)
-        rows.append((float(np.median(dr[y, x])), float(np.median(dg[y, x])), s.width_px, len(s.xy)))
-    A = np.asarray(rows, dtype=float)
-    ok = np.isfinite(A[:, 2]) & (A[:, 2] >= min_width_px)
+        return out
+    if any(not s.features for s in segments):
+        av_features(segments, rel, darkness, vessel_mask, disc_xy, dd_px, exclude,
+                    max_half_px=(0.08 * dd_px + 4) if np.isfinite(dd_px) else 12.0, config=cfg,
+                    length_scale=length_scale)
+    F = np.array([[s.features["od_red"], s.features["od_ratio"], s.features["reflex"], s.features["reliability"],
+                   s.width_px, s.features["n"]] for s in segments], dtype=float)
+    odr, ratio, refl, relia, wd, npts = F.T
+    ok = np.isfinite(odr) & np.isfinite(ratio) & np.isfinite(wd) & (wd >= min_width_px) & (relia > 0)
     if ok.sum() < 4:
-        return
-    score = np.zeros(len(A))
-    for col, wgt in ((0, 1.0), (1, 0.5)):
-        # calibre explains part of the darkness (partial volume in thin vessels): remove a damped share
-        coef = np.polyfit(A[ok, 2], A[ok, col], 1, w=np.sqrt(A[ok, 3]))
-        res = A[:, col] - AV_WIDTH_DAMPING * coef[0] * A[:, 2]
-        res[~np.isfinite(res)] = 0
-        scale = 1.4826 * np.median(np.abs(res[ok] - np.median(res[ok]))) + 1e-9
-        score += wgt * res / scale
-    # propagate over junctions: average with the neighbours sharing an end cluster
-    by_j: dict[int, list[int]] = {}
+        return out
+    wts = relia * np.maximum(npts, 1)
+    score = np.zeros(len(segments))
+    for col, wgt, sign in ((ratio, cfg.weight_ratio, 1.0), (odr, cfg.weight_red, 1.0), (refl, cfg.weight_reflex, -1.0)):
+        if wgt == 0:
+            continue
+        med = _wquantile(col[ok], wts[ok], 0.5)
+        mad = _wquantile(np.abs(col[ok] - med), wts[ok], 0.5)
+        scale = 1.4826 * mad if mad > 1e-9 else (float(np.std(col[ok])) + 1e-9)
+        zc = np.clip((col - med) / scale, -Z_CLIP, Z_CLIP)  # one odd segment must not stretch the model
+        score += sign * wgt * np.where(np.isfinite(zc), zc, 0.0)
+    model = _two_class_model(score[ok], wts[ok])
+    mu0, mu1, sd, pv = model["mean_artery"], model["mean_vein"], model["sd"], model["p_vein"]
+    llr = (mu1 - mu0) / sd**2 * (score - 0.5 * (mu0 + mu1)) + math.log(pv / (1 - pv))
+    llr = np.clip(llr, -cfg.evidence_clip, cfg.evidence_clip)
+    has = np.isfinite(odr) & np.isfinite(ratio)
+    llr[~has] = 0.0
+    evidence = llr * np.where(has, relia, 0.0)
+    model.update(separation=float((mu1 - mu0) / sd), n_segments=int(ok.sum()))
+    out.model = model
+    junctions, links = vessel_graph(segments, disc_xy, dd_px, cfg)
+    out.junctions, out.links = junctions, links
+    n = len(segments)
+    if links:
+        src, dst, tj = [], [], []
+        for lk in links:
+            j = 0.5 * math.log(lk.prob / (1 - lk.prob)) * (1 if lk.relation == "same" else -1)
+            src += [lk.i, lk.j]
+            dst += [lk.j, lk.i]
+            tj += [math.tanh(j)] * 2
+        src_a = np.asarray(src, np.int64)
+        rev = np.arange(len(src)) ^ 1
+        from grok.cfp._kernels import ising_belief_propagation
+
+        belief = ising_belief_propagation(0.5 * evidence, src_a, np.asarray(dst, np.int64), rev.astype(np.int64),
+                                          np.asarray(tj, float), cfg.bp_iterations, 0.5)
+    else:
+        belief = 0.5 * evidence
     for i, s in enumerate(segments):
-        for e in s.ends:
-            if e > 0:
-                by_j.setdefault(e, []).append(i)
-    for _ in range(2):
-        new = score.copy()
-        for members in by_j.values():
-            if len(members) == 3:  # a bifurcation: the three segments are one vessel type
-                m = np.average(score[members], weights=[len(segments[i].xy) for i in members])
-                for i in members:
-                    new[i] = 0.5 * new[i] + 0.5 * m
-        score = new
-    thr = float(np.median(score[ok]))
+        s.features["evidence"] = float(evidence[i])
+        s.features["score"] = float(score[i])
+        b = float(belief[i]) if abs(belief[i]) > 1e-9 else 1e-3 * float(llr[i])
+        if not has[i] and abs(b) < 1e-9:
+            s.kind, s.av_score = "", float("nan")
+            continue
+        s.av_score = b
+        s.kind = "vein" if b > 0 else "artery"
+    # ids: trees (same-type links whose ends got the same label: a tree has one type) and vessels
+    # (continuations only)
+    uf_t, uf_v = _UnionFind(n), _UnionFind(n)
+    for lk in links:
+        if lk.relation == "same" and segments[lk.i].kind == segments[lk.j].kind:
+            uf_t.union(lk.i, lk.j)
+            if lk.reason == "continuation":
+                uf_v.union(lk.i, lk.j)
     for i, s in enumerate(segments):
-        if np.isfinite(A[i, 0]):
-            s.av_score = float(score[i] - thr)
-            s.kind = "vein" if score[i] > thr else "artery"
+        s.tree, s.vessel = uf_t.find(i), uf_v.find(i)
+    return out
 
 
+# ------------------------------------------------------------------------------------------------ zone B
 def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: float,
-                  darkness: np.ndarray, exclude: np.ndarray | None = None) -> tuple[list[float], list[float], list[dict]]:
+                  darkness: np.ndarray, exclude: np.ndarray | None = None,
+                  vessel_mask: np.ndarray | None = None,
+                  recover_merged: bool = True) -> tuple[list[float], list[float], list[dict]]:
     """Calibres (px) of arteries and veins in zone B (1.0 to 1.5 DD from the disc centre).
 
-    One calibre per vessel: segments of the same type whose zone-B positions lie within a vessel
-    width of each other are one vessel (the longest piece counts). ``exclude`` (h, w) bool: centreline
-    points there are not measured (haemorrhages and cotton-wool spots, which the vessel mask takes in
-    or which hide vessels). Returns (artery_widths, vein_widths, records) with records
-    [{"kind", "width_px", "angle_rad", "xy"}].
+    Calibre of a piece = median reflex-tolerant half-maximum width (``profile_widths``) of its zone-B
+    profiles. An isolated piece (no junction at either end) counts only if it reaches inside the inner
+    circle (1.0 DD + ``ZONE_B_ENTRY_TOLERANCE_DD``) or beyond ``ZONE_B_EXIT_DD``: vessels run from the
+    disc to the periphery, while an undetected flame haemorrhage (a short wide dark streak) or a stray
+    fragment lies within the ring. One calibre per vessel: pieces with the same ``Segment.vessel`` id (joined straight through
+    junctions) are one vessel, and so are pieces of the same type whose zone-B positions lie within a
+    vessel width of each other; the longest piece counts. ``exclude`` (h, w) bool: centreline points there
+    are not measured (haemorrhages and cotton-wool spots, which the vessel mask takes in or which hide
+    vessels). ``vessel_mask`` (h, w) bool bounds the reflex-tolerant peak search. Returns (artery_widths,
+    vein_widths, records) with records [{"kind", "width_px", "angle_rad", "xy", "n", "vessel", "segment",
+    "tree"}].
     """
     cx, cy = disc_xy
+    # a vessel measured in zone B runs from the disc to the periphery; an isolated piece (no junction at
+    # either end, no link) confined to the ring and just beyond is a flame haemorrhage or a fragment
     recs = []
-    for s in segments:
-        if s.kind not in ("artery", "vein"):
+    for si, s in enumerate(segments):
+        if s.kind not in ("artery", "vein") or len(s.xy) == 0:
             continue
         r = np.hypot(s.xy[:, 0] - cx, s.xy[:, 1] - cy) / dd_px
+        if (s.ends[0] <= 0 and s.ends[1] <= 0 and float(r.min()) > 1.0 + ZONE_B_ENTRY_TOLERANCE_DD
+                and float(r.max()) < ZONE_B_EXIT_DD):
+            continue
         inz = (r >= 1.0) & (r <= 1.5)
         if exclude is not None:
             xi = np.clip(s.xy[:, 0].astype(int), 0, exclude.shape[1] - 1)
@@ -379,13 +873,14 @@ def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: 
             inz &= ~exclude[yi, xi]
         if inz.sum() < max(0.15 * dd_px, 5):
             continue
-        w = profile_widths(darkness, s.xy[inz], max_half_px=0.08 * dd_px + 4)
+        w = profile_widths(darkness, s.xy[inz], max_half_px=0.08 * dd_px + 4, vessel_mask=vessel_mask)
         w = w[np.isfinite(w)]
         if w.size < 3:
             continue
         mid = s.xy[inz].mean(axis=0)
-        recs.append({"kind": s.kind, "width_px": float(np.median(w)), "n": int(inz.sum()),
-                     "angle_rad": float(math.atan2(mid[1] - cy, mid[0] - cx)), "xy": [float(mid[0]), float(mid[1])]})
+        recs.append({"kind": s.kind, "width_px": float(np.median(w)), "n": int(inz.sum()), "vessel": int(s.vessel),
+                     "angle_rad": float(math.atan2(mid[1] - cy, mid[0] - cx)), "xy": [float(mid[0]), float(mid[1])],
+                     "segment": si, "tree": int(s.tree)})
     # de-duplicate pieces of the same vessel
     recs.sort(key=lambda d: -d["n"])
     kept: list[dict] = []
@@ -394,6 +889,9 @@ def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: 
         for k in kept:
             if k["kind"] != d["kind"]:
                 continue
+            if d["vessel"] >= 0 and k["vessel"] == d["vessel"]:
+                dup = True
+                break
             dist = math.hypot(k["xy"][0] - d["xy"][0], k["xy"][1] - d["xy"][1])
             ang = abs((k["angle_rad"] - d["angle_rad"] + math.pi) % (2 * math.pi) - math.pi)
             if ang * 1.25 * dd_px < 1.5 * max(k["width_px"], d["width_px"]) and dist < 0.5 * dd_px:
@@ -401,9 +899,61 @@ def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: 
                 break
         if not dup:
             kept.append(d)
+    if recover_merged:
+        kept += _merged_companions(segments, kept, disc_xy, dd_px, darkness, vessel_mask)
     a = [d["width_px"] for d in kept if d["kind"] == "artery"]
     v = [d["width_px"] for d in kept if d["kind"] == "vein"]
     return a, v, kept
+
+
+def _merged_companions(segments: list[Segment], kept: list[dict], disc_xy: tuple[float, float], dd_px: float,
+                       darkness: np.ndarray, vessel_mask: np.ndarray | None) -> list[dict]:
+    """Vessels that ran through zone B merged with a vessel of the other type, measured where they part.
+
+    Graders measure a vessel that overlaps another in zone B at the nearest place where it is distinct.
+    A confidently labelled piece (|av_score| >= 1) that starts 1.3-2.0 DD from the disc centre, within
+    1.5 calibres of a zone-B vessel of the other type (the merged trunk), with no zone-B vessel of its
+    own type within 0.4 DD along the ring (else it is a branch of one already counted), is added with
+    the calibre of its first 0.3 DD. Returns the added records ("merged_with": the trunk's index).
+    """
+    cx, cy = disc_xy
+    added: list[dict] = []
+    for si, s in enumerate(segments):
+        if s.kind not in ("artery", "vein") or len(s.xy) < 8 or not abs(s.av_score) >= 1.0:
+            continue
+        r = np.hypot(s.xy[:, 0] - cx, s.xy[:, 1] - cy) / dd_px
+        if not 1.3 <= float(r.min()) <= ZONE_B_EXIT_DD:
+            continue
+        pts = s.xy if r[0] <= r[-1] else s.xy[::-1]
+        end = pts[0]
+        ang = math.atan2(end[1] - cy, end[0] - cx)
+        w_s = s.width_px if np.isfinite(s.width_px) else 3.0
+        same_near = any(d["kind"] == s.kind and
+                        abs((d["angle_rad"] - ang + math.pi) % (2 * math.pi) - math.pi) * 1.25 < 0.4
+                        for d in kept + added)
+        if same_near:
+            continue
+        partner = None
+        for k, d in enumerate(kept):
+            if d["kind"] == s.kind:
+                continue
+            t = segments[d["segment"]]
+            if float(np.min(np.hypot(t.xy[:, 0] - end[0], t.xy[:, 1] - end[1]))) <= 1.5 * max(w_s, d["width_px"]) + 2.0:
+                partner = k
+                break
+        if partner is None:
+            continue
+        n = max(int(0.3 * dd_px), 8)
+        w = profile_widths(darkness, pts[:n], max_half_px=0.08 * dd_px + 4, vessel_mask=vessel_mask)
+        w = w[np.isfinite(w)]
+        if w.size < 3:
+            continue
+        mid = pts[:n].mean(axis=0)
+        added.append({"kind": s.kind, "width_px": float(np.median(w)), "n": int(min(n, len(pts))),
+                      "vessel": int(s.vessel), "angle_rad": float(math.atan2(mid[1] - cy, mid[0] - cx)),
+                      "xy": [float(mid[0]), float(mid[1])], "segment": si, "tree": int(s.tree),
+                      "merged_with": partner})
+    return added
 
 
 @dataclass
@@ -428,11 +978,12 @@ class VesselMeasures:
 
 def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarray, sc: float,
                     disc_xy: tuple[float, float] | None, dd_px: float, exclude: np.ndarray | None = None,
+                    av_config: AvConfig | None = None,
                     ) -> tuple[VesselMeasures, np.ndarray, np.ndarray, list[Segment]]:
     """All vessel measures from a segmentation. Returns (measures, artery_mask, vein_mask, segments).
 
-    exclude : optional (h, w) bool, areas not used for zone-B calibres (detected haemorrhages and
-    cotton-wool spots).
+    exclude : optional (h, w) bool, areas not used for zone-B calibres or colour (detected haemorrhages
+    and cotton-wool spots). av_config : artery/vein settings (``AvConfig``; defaults when None).
 
     Without a disc (``disc_xy`` None or ``dd_px`` NaN) the disc-referenced measures (AV ratio in zone B,
     tortuosity per DD) are NaN with a reason; density and fractal dimensions are still given.
@@ -451,12 +1002,10 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
         segs = [sg for sg in segs if not on_lesion(sg)]
     have_disc = disc_xy is not None and np.isfinite(dd_px) and dd_px > 0
     dd_eff = dd_px if have_disc else 0.27 * math.sqrt(fov_mask.sum() / math.pi)
-    for s in segs:
-        w = profile_widths(maps.darkness, s.xy, max_half_px=0.08 * dd_eff + 4)
-        w = w[np.isfinite(w)]
-        s.widths = w
-        s.width_px = float(np.median(w)) if w.size else float("nan")
-    classify_av(segs, rel, min_width_px=0.02 * dd_eff)
+    av_features(segs, rel, maps.darkness, mask, disc_xy if have_disc else None, dd_eff if have_disc else float("nan"),
+                exclude, max_half_px=0.08 * dd_eff + 4, config=av_config, length_scale=sc)
+    classify_av(segs, rel, min_width_px=0.02 * dd_eff, disc_xy=disc_xy if have_disc else None,
+                dd_px=dd_px if have_disc else float("nan"), config=av_config)
     # artery / vein masks: each vessel pixel takes the label of its nearest labelled centreline
     lab_img = np.zeros(mask.shape, dtype=np.uint8)
     for s in segs:
@@ -478,7 +1027,7 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     if not have_disc:
         out.reasons.append("no optic disc: AV ratio and tortuosity (referenced to the disc) not measured")
         return out, art, vein, segs
-    a_w, v_w, _ = zone_b_widths(segs, disc_xy, dd_px, maps.darkness, exclude)
+    a_w, v_w, _ = zone_b_widths(segs, disc_xy, dd_px, maps.darkness, exclude, vessel_mask=mask)
     out.n_arteries_zone_b, out.n_veins_zone_b = len(a_w), len(v_w)
     if len(a_w) >= 2 and len(v_w) >= 2:
         out.crae_px = knudtson_equivalent(a_w, KNUDTSON_ARTERY_COEFFICIENT)

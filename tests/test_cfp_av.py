@@ -1,0 +1,293 @@
+"""Artery/vein labels over the vessel graph, reflex-tolerant calibres and zone-B rules (grok.cfp.vessels).
+
+Graph tests use hand-built segments whose colour evidence is set directly (what the junction logic and
+the propagation do is then the only thing under test); calibre tests draw vessels of known width; the
+flip test runs the whole measurement on a 512-px phantom.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from grok.cfp.vessels import (
+    AvConfig,
+    Segment,
+    classify_av,
+    fill_reflex_holes,
+    profile_widths,
+    vessel_graph,
+    zone_b_widths,
+)
+
+ARTERY = {"od_red": 0.05, "od_ratio": 0.25}
+VEIN = {"od_red": 0.30, "od_ratio": 0.50}
+GREY = {"od_red": float("nan"), "od_ratio": float("nan")}  # no colour: the label must come from the graph
+
+
+def _seg(p0, p1, ends=(-1, -1), colour=GREY, width=5.0, reliability=1.0, n=40) -> Segment:
+    """A straight segment from p0 to p1 (x, y) with given colour features."""
+    k = max(int(math.dist(p0, p1)), 2)
+    xy = np.column_stack([np.linspace(p0[0], p1[0], k), np.linspace(p0[1], p1[1], k)])
+    has = np.isfinite(colour["od_red"])
+    s = Segment(xy=xy, width_px=width, ends=ends)
+    s.features = {"od_red": colour["od_red"], "od_green": 0.5, "od_ratio": colour["od_ratio"], "reflex": 0.0,
+                  "n": n, "reliability": reliability if has else 0.0}
+    return s
+
+
+def _context() -> list[Segment]:
+    """Isolated segments of clear colour far from the test structure, so the two-class colour model can
+    be fitted (as in a photograph, where many vessels of both types are seen)."""
+    out = []
+    for k in range(4):
+        out.append(_seg((500 + 30 * k, 500), (500 + 30 * k, 560), colour=ARTERY, width=4.0))
+        out.append(_seg((700 + 30 * k, 500), (700 + 30 * k, 560), colour=VEIN, width=6.0))
+    return out
+
+
+def _classify(segs: list[Segment], **cfg) -> None:
+    classify_av(segs, [], min_width_px=2.0, config=AvConfig(**cfg) if cfg else None)
+
+
+def test_crossing_gives_two_vessels_of_different_type():
+    # a horizontal artery crossed by a vertical vein at (100, 100); only one arm of each is coloured
+    a = _seg((20, 100), (97, 100), ends=(-1, 1), colour=ARTERY)
+    b = _seg((103, 100), (180, 100), ends=(1, -1))
+    c = _seg((100, 20), (100, 97), ends=(-1, 1), colour=VEIN, width=6.0)
+    d = _seg((100, 103), (100, 180), ends=(1, -1), width=6.0)
+    segs = [a, b, c, d] + _context()
+    junctions, links = vessel_graph(segs)
+    assert [j.kind for j in junctions] == ["crossing"]
+    rel = {(min(lk.i, lk.j), max(lk.i, lk.j)): lk.relation for lk in links}
+    assert rel[(0, 1)] == "same" and rel[(2, 3)] == "same"  # straight-through continuations
+    assert all(rel[(x, y)] == "differ" for x in (0, 1) for y in (2, 3))
+    _classify(segs)
+    assert (a.kind, b.kind, c.kind, d.kind) == ("artery", "artery", "vein", "vein")
+    # each continuation takes its coloured arm's type; the crossing keeps the two vessels apart
+    assert b.vessel == a.vessel and d.vessel == c.vessel and a.vessel != c.vessel
+
+
+def test_crossing_seen_as_two_nearby_junctions():
+    # an oblique crossing that the skeleton draws as two 3-way junctions 8 px apart joined by a short piece
+    a = _seg((20, 100), (96, 100), ends=(-1, 1), colour=ARTERY)
+    m = _seg((96, 100), (104, 100), ends=(1, 2))
+    b = _seg((104, 100), (180, 100), ends=(2, -1))
+    c = _seg((96, 100), (40, 44), ends=(1, -1), colour=VEIN)
+    d = _seg((104, 100), (160, 156), ends=(2, -1))
+    segs = [a, m, b, c, d] + _context()
+    junctions, _ = vessel_graph(segs)
+    assert [j.kind for j in junctions] == ["crossing"]
+    _classify(segs)
+    assert (a.kind, b.kind) == ("artery", "artery")
+    assert (c.kind, d.kind) == ("vein", "vein")
+
+
+def test_bifurcation_keeps_its_type_down_the_tree():
+    # a vein trunk splits twice; the branches carry no colour of their own
+    t = _seg((200, 20), (200, 100), ends=(-1, 1), colour=VEIN, width=7.0)
+    b1 = _seg((200, 100), (140, 160), ends=(1, 2), width=5.0)  # branches at 45 degrees each side
+    b2 = _seg((200, 100), (260, 160), ends=(1, -1), width=5.0)
+    g1 = _seg((140, 160), (140, 230), ends=(2, -1), width=3.5)
+    g2 = _seg((140, 160), (70, 160), ends=(2, -1), width=3.5)
+    segs = [t, b1, b2, g1, g2] + _context()
+    junctions, _ = vessel_graph(segs)
+    assert sorted(j.kind for j in junctions) == ["bifurcation", "bifurcation"]
+    _classify(segs)
+    assert {s.kind for s in (t, b1, b2, g1, g2)} == {"vein"}
+    assert len({s.tree for s in (t, b1, b2, g1, g2)}) == 1  # one tree, one type
+    # the same trunk coloured as an artery makes the whole tree arterial
+    for s in (t, b1, b2, g1, g2):
+        s.kind = ""
+    t.features.update(ARTERY)
+    _classify(segs)
+    assert {s.kind for s in (t, b1, b2, g1, g2)} == {"artery"}
+
+
+def test_clear_colour_outweighs_a_false_junction():
+    # an artery touching a vein: the skeleton joins them in a 3-way junction, the colour says otherwise
+    v1 = _seg((100, 20), (100, 100), ends=(-1, 1), colour=VEIN, width=7.0)
+    v2 = _seg((100, 100), (100, 180), ends=(1, -1), colour=VEIN, width=7.0)
+    art = _seg((100, 100), (170, 140), ends=(1, -1), colour=ARTERY, width=5.0)
+    segs = [v1, v2, art] + _context()
+    _classify(segs)
+    assert (v1.kind, v2.kind, art.kind) == ("vein", "vein", "artery")
+    # ... whereas a thin branch with no colour of its own follows the junction
+    art.features.update(GREY, reliability=0.0)
+    _classify(segs)
+    assert art.kind == "vein"
+
+
+def test_junctions_inside_the_disc_link_nothing():
+    a = _seg((20, 100), (97, 100), ends=(-1, 1), colour=ARTERY)
+    b = _seg((103, 100), (180, 100), ends=(1, -1), colour=VEIN)
+    c = _seg((100, 103), (100, 180), ends=(1, -1))
+    segs = [a, b, c] + _context()
+    junctions, links = vessel_graph(segs, disc_xy=(100.0, 100.0), dd_px=100.0)
+    assert junctions[0].kind == "disc" and links == []
+    classify_av(segs, [], min_width_px=2.0, disc_xy=(100.0, 100.0), dd_px=100.0)
+    assert (a.kind, b.kind) == ("artery", "vein")  # separate trees at the disc
+
+
+def test_belief_propagation_is_exact_on_a_tree():
+    from grok.cfp._kernels import ising_belief_propagation
+
+    rng = np.random.default_rng(3)
+    edges = [(0, 1), (1, 2), (1, 3), (3, 4)]
+    h = rng.normal(0, 1, 5)
+    J = rng.normal(0, 1, len(edges))
+    src, dst, tj = [], [], []
+    for (i, j), c in zip(edges, J):
+        src += [i, j]
+        dst += [j, i]
+        tj += [math.tanh(c)] * 2
+    b = ising_belief_propagation(h, np.array(src), np.array(dst), np.arange(len(src)) ^ 1, np.array(tj), 30, 0.3)
+    # brute force: P(s) ~ exp(sum h_i s_i + sum J_ij s_i s_j)
+    p_plus, z = np.zeros(5), 0.0
+    for s in itertools.product((-1, 1), repeat=5):
+        s = np.array(s)
+        w = math.exp(float(h @ s) + sum(c * s[i] * s[j] for (i, j), c in zip(edges, J)))
+        z += w
+        p_plus += w * (s > 0)
+    p_plus /= z
+    assert np.allclose(0.5 * np.log(p_plus / (1 - p_plus)), b, atol=1e-6)
+
+
+def test_av_config_is_validated():
+    with pytest.raises(ValueError, match="p_crossing"):
+        AvConfig(p_crossing=1.0)
+    with pytest.raises(ValueError, match="reliable_width_px"):
+        AvConfig(reliable_width_px=(5.0, 2.0))
+    with pytest.raises(ValueError, match="weight_red"):
+        AvConfig(weight_red=-1.0)
+
+
+# ------------------------------------------------------------------------------------------- calibres
+def _profile_image(profile, n: int = 120) -> np.ndarray:
+    """(n, n) darkness image whose every row is ``profile(x)`` blurred at 1 px (x = column - n / 2): a
+    vertical vessel with soft borders, so that the level at which a width is read matters."""
+    from scipy.ndimage import gaussian_filter1d
+
+    x = np.arange(n) - n / 2
+    return np.tile(gaussian_filter1d(profile(x), 1.0).astype(np.float32), (n, 1))
+
+
+def _tophat(x, centre: float, width: float) -> np.ndarray:
+    """1 inside |x - centre| < width / 2 with a 1-px linear edge: its half maximum lies exactly at the
+    border (and stays there after a symmetric blur)."""
+    return np.clip(width / 2 - np.abs(x - centre) + 0.5, 0, 1)
+
+
+def _vertical(n: int = 120) -> np.ndarray:
+    return np.column_stack([np.full(n - 20, n / 2), np.arange(10, n - 10, dtype=float)])
+
+
+def test_reflex_profile_measured_across_the_whole_vessel():
+    w = 9.0
+    img = _profile_image(lambda x: 0.3 * _tophat(x, 0.0, w) * (1 - 0.9 * np.exp(-(x / 1.5) ** 2)))
+    prof = img[0]
+    assert prof[len(prof) // 2] < 0.5 * prof.max()  # the reflex dips below half maximum: a naive walk stops
+    widths = profile_widths(img, _vertical(), max_half_px=12, vessel_mask=img > 0.02)
+    assert abs(np.nanmedian(widths) - w) <= 1.0
+
+
+def test_artery_beside_a_vein_is_not_joined_to_it():
+    # a vein and an artery of 65 % of its darkness, 6 px each, 1 px apart (blurred into one mask): the
+    # skeleton of the merged mask runs between them, and the profile there has two humps, as with a
+    # reflex, but unequal ones with a valley between: one vessel is measured, not the pair (13 px)
+    w = 6.0
+    img = _profile_image(lambda x: 0.4 * _tophat(x, -3.0, w) + 0.26 * _tophat(x, 4.0, w))
+    assert (img[0] > 0.02).sum() >= 13  # one mask across both
+    widths = profile_widths(img, _vertical(), max_half_px=14, vessel_mask=img > 0.02)
+    assert abs(np.nanmedian(widths) - w) <= 1.5
+
+
+@pytest.fixture(scope="module")
+def reflex_vessel():
+    """A 1024-px photograph with one straight 12-px arteriole with a strong central reflex (strong enough
+    to split its half-maximum mask into two ridges around a hole)."""
+    from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, relative_channels
+    from grok.cfp.vessels import segment_vessels
+    from grok.phantom.cfp import render_vessels
+
+    n, width = 1024, 12.0
+    yy, xx = np.mgrid[0:n, 0:n]
+    fov = np.hypot(xx - n / 2, yy - n / 2) < 0.47 * n
+    pts = np.array([[170.0, 380.0], [860.0, 640.0]])
+    sd, rel_d = render_vessels([(pts, np.full(2, width / 2))], (n, n))
+    od = np.clip(0.5 - sd, 0, 1) * (0.5 + 0.5 * np.sqrt(np.clip(1 - np.minimum(rel_d, 1) ** 2, 0, 1)))
+    od = od * (1 - 0.9 * np.exp(-(rel_d / 0.3) ** 2))  # the reflex: 90 % less absorption in the middle
+    img = np.array([0.8, 0.3, 0.15])[None, None, :] * (1 - od[..., None] * np.array([0.15, 0.5, 0.4]))
+    img = np.clip(img * fov[..., None] + np.random.default_rng(0).normal(0, 0.004, img.shape), 0, 1)
+    f = find_fov(img)
+    sc = f.radius / REFERENCE_FOV_RADIUS_PX
+    rel = relative_channels(img, f.mask, sc)
+    return segment_vessels(img, f.mask, sc, rel), rel, pts, width, sc
+
+
+def test_reflex_vessel_is_one_vessel_of_its_width(reflex_vessel):
+    from grok.cfp.vessels import av_features, skeleton_segments
+
+    vm, rel, pts, width, sc = reflex_vessel
+    segs, _, _ = skeleton_segments(vm.mask)
+    longest = max(segs, key=lambda s: len(s.xy))
+    assert len(longest.xy) > 0.9 * math.dist(*pts)  # one centreline, not two parallel ridges around a hole
+    w = profile_widths(vm.darkness, longest.xy, max_half_px=width + 4, vessel_mask=vm.mask)
+    assert abs(np.nanmedian(w) - width) <= 1.0
+    av_features([longest], rel, vm.darkness, vm.mask, max_half_px=width + 4, length_scale=sc)
+    assert longest.features["reflex"] > 0.3 and abs(longest.width_px - width) <= 1.0
+
+
+def test_fill_reflex_holes_keeps_loops():
+    m = np.zeros((80, 80), bool)
+    m[10:16, 5:75] = True
+    m[12:14, 10:70] = False  # a 2-px reflex hole along a vessel: filled
+    m[30:70, 20:22] = m[30:70, 50:52] = m[30:32, 20:52] = m[68:70, 20:52] = True  # a loop: kept
+    out = fill_reflex_holes(m, 2)
+    assert out[12:14, 10:70].all()
+    assert not out[40:60, 30:45].any()
+
+
+def test_zone_b_ignores_an_isolated_streak_in_the_ring():
+    n, dd = 400, 100.0
+    disc = (100.0, 200.0)
+    yy, xx = np.mgrid[0:n, 0:n]
+
+    def tube(p0, p1, w):
+        v = np.subtract(p1, p0) / math.dist(p0, p1)
+        t = np.clip((xx - p0[0]) * v[0] + (yy - p0[1]) * v[1], 0, math.dist(p0, p1))
+        d = np.hypot(xx - (p0[0] + t * v[0]), yy - (p0[1] + t * v[1]))
+        return 0.3 * _tophat(d, 0.0, w)
+
+    vessel_pts = ((disc[0] + 40, disc[1]), (disc[0] + 250, disc[1]))  # 0.4 -> 2.5 DD, radial
+    streak_pts = ((disc[0], disc[1] + 110), (disc[0], disc[1] + 140))  # 1.1 -> 1.4 DD, free ends
+    dark = np.maximum(tube(*vessel_pts, 6.0), tube(*streak_pts, 8.0)).astype(np.float32)
+    segs = [_seg(*vessel_pts, width=6.0), _seg(*streak_pts, width=8.0)]
+    for s in segs:
+        s.kind = "vein"
+    _, veins, _ = zone_b_widths(segs, disc, dd, dark, vessel_mask=dark > 0.02)
+    assert len(veins) == 1 and abs(veins[0] - 6.0) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ whole image
+def test_labels_do_not_depend_on_a_horizontal_flip():
+    from grok.cfp import measure_fundus
+    from grok.phantom.cfp import synth_fundus
+
+    ph = synth_fundus("normal", "OD", np.random.default_rng(5), size=512)
+    m = measure_fundus(ph.image)
+    f = measure_fundus(np.ascontiguousarray(ph.image[:, ::-1]))
+    fa, fv = f.masks["arteries"][:, ::-1], f.masks["veins"][:, ::-1]
+    a, v = m.masks["arteries"], m.masks["veins"]
+    both = (a | v) & (fa | fv)
+    assert both.sum() > 2000
+    agree = ((a & fa) | (v & fv)).sum() / both.sum()
+    assert agree > 0.9
+    assert abs(m.biomarkers["av_ratio"] - f.biomarkers["av_ratio"]) < 0.05
+    # and the labels are right on most of the drawn vessels
+    tv = ph.vessel_mask
+    acc = ((a & ph.artery_mask & tv).sum() + (v & ph.vein_mask & tv).sum()) / ((a | v) & tv).sum()
+    assert acc > 0.85
