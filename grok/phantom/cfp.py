@@ -301,20 +301,53 @@ def _bend_at_cup_margin(vessels: list[_Vessel], cup_c, cup_h: float, cup_v: floa
     return n
 
 
+def _zone_overlap(v: _Vessel, others: list[_Vessel], disc, dd: float) -> float:
+    """Share of ``v``'s centreline 0.9-1.6 DD from the disc centre that lies inside, or touches without a
+    visible gap (0.015 DD), another vessel's tube."""
+    r = np.hypot(v.pts[:, 0] - disc[0], v.pts[:, 1] - disc[1]) / dd
+    sel = (r >= 0.9) & (r <= 1.6)
+    if not sel.any() or not others:
+        return 0.0
+    p, rad = v.pts[sel], v.radius[sel]
+    covered = np.zeros(len(p), bool)
+    for o in others:
+        d = np.hypot(p[:, None, 0] - o.pts[None, :, 0], p[:, None, 1] - o.pts[None, :, 1])
+        j = np.argmin(d, axis=1)
+        covered |= d[np.arange(len(p)), j] < rad + o.radius[j] + 0.015 * dd  # no visible gap (~2 px)
+    return float(covered.mean())
+
+
+def _draw_apart(tb: "_TreeBuilder", kind: str, draw, tries: int = 6) -> None:
+    """Draw a root vessel (``draw()`` appends it and its branches) so that it does not run inside a root
+    vessel of the other kind around zone B (0.9-1.6 DD): real arterioles and venules leave the disc at
+    their own angles and cross, they do not run merged for a disc radius; a merged pair (or one with no
+    visible gap) hides one of them from every grader. Redrawn (new random parameters) up to ``tries`` times."""
+    for _ in range(tries):
+        n0 = len(tb.vessels)
+        draw()
+        if len(tb.vessels) == n0:
+            return
+        others = [o for o in tb.vessels[:n0] if o.root and o.kind != kind]
+        if _zone_overlap(tb.vessels[n0], others, tb.disc, tb.dd) <= 0.3:
+            return
+        del tb.vessels[n0:]
+    draw()
+
+
 def _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal_sign, tort, av_ratio) -> list[_Vessel]:
     tb = _TreeBuilder(rng, disc, fovea, dd, fov_c, fov_r, tort)
     rv = 0.036 * dd * rng.uniform(0.92, 1.08)  # main venule radius (px), width ~0.072 DD (~130 um)
     ra = 0.70 * rv  # provisional; rescaled below to hit the requested AV ratio
     for kind, r0, rise in (("vein", rv, 1.75), ("artery", ra, 1.35)):
         for sup in (True, False):
-            tb.arcade(kind, sup, r0 * rng.uniform(0.93, 1.07), rise * rng.uniform(0.9, 1.1),
-                      bend_dd=rng.uniform(0.6, 0.85))
+            _draw_apart(tb, kind, lambda: tb.arcade(kind, sup, r0 * rng.uniform(0.93, 1.07),
+                                                    rise * rng.uniform(0.9, 1.1), bend_dd=rng.uniform(0.6, 0.85)))
         # nasal vessels: leave the disc nasally, up and down
         for sgn in (-1.0, 1.0):
             base = 0.0 if nasal_sign > 0 else math.pi
-            hd = base + sgn * nasal_sign * math.radians(rng.uniform(35, 60))
-            tb.straight(kind, disc, hd, r0 * rng.uniform(0.62, 0.75), 4.0 * dd,
-                        rng.normal(0, 0.08) / dd * sgn, root=True, depth=1)
+            _draw_apart(tb, kind, lambda: tb.straight(
+                kind, disc, base + sgn * nasal_sign * math.radians(rng.uniform(35, 60)), r0 * rng.uniform(0.62, 0.75),
+                4.0 * dd, rng.normal(0, 0.08) / dd * sgn, root=True, depth=1))
         # one small macular vessel toward the fovea
         hd = math.atan2(fovea[1] - disc[1], fovea[0] - disc[0]) + rng.normal(0, 0.25)
         tb.straight(kind, disc, hd, r0 * rng.uniform(0.30, 0.40), 2.2 * dd, rng.normal(0, 0.2) / dd,
