@@ -38,6 +38,8 @@ RETINA_DISC_XY = (214.0, 645.0)
 RETINA_DISC_DIAMETER_PX = 210.0
 RETINA_FOVEA_XY = (703.0, 697.0)
 RETINA_LATERALITY = "OS"
+#: Lesions are drawn into skimage.data.retina() this far inside its field of view (px).
+FOV_EROSION_PX = 40
 
 
 def _match(det: list[dict], truth: list[dict], typ: str) -> tuple[int, int, int]:
@@ -208,6 +210,9 @@ def draw_into_retina(base: np.ndarray, vessels: np.ndarray, fov: np.ndarray, mix
     H, W = base.shape[:2]
     yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
     dd = RETINA_DISC_DIAMETER_PX
+    # lesion sizes in px follow the camera's scale, not this eye's disc (larger than average): the
+    # typical disc of a 45-degree field of this size (FOV radius x 2/7.2), the detector's own length unit
+    dd_size = 2.0 / 7.2 * (math.sqrt(float(fov.sum()) / math.pi) + FOV_EROSION_PX)
     img = base.astype(np.float32) / 255.0
     occupied = np.zeros((H, W), bool)
     truth = []
@@ -218,17 +223,17 @@ def draw_into_retina(base: np.ndarray, vessels: np.ndarray, fov: np.ndarray, mix
         for _ in range(n):
             for _try in range(200):
                 a = rng.uniform(0, 2 * np.pi)
-                rad = dd * math.sqrt(rng.uniform(r0**2, r1**2))
+                rad = dd_size * math.sqrt(rng.uniform(r0**2, r1**2))
                 x, y = around[0] + rad * math.cos(a), around[1] + rad * math.sin(a)
                 xi, yi = int(x), int(y)
                 if not (0 <= xi < W and 0 <= yi < H) or not fov[yi, xi] or vessels[yi, xi]:
                     continue
                 if math.dist((x, y), RETINA_DISC_XY) < 0.9 * dd:
                     continue
-                r = int(0.2 * dd)
+                r = int(0.2 * dd_size)
                 if occupied[max(yi - r, 0): yi + r, max(xi - r, 0): xi + r].any():
                     continue
-                t = draw_lesion(img, kind, (x, y), rng, dd_px=dd, disc_xy=RETINA_DISC_XY, xx=xx, yy=yy)
+                t = draw_lesion(img, kind, (x, y), rng, dd_px=dd_size, disc_xy=RETINA_DISC_XY, xx=xx, yy=yy)
                 if t is not None:
                     occupied[t.pop("_footprint")] = True
                     t.pop("_profile")
@@ -243,14 +248,16 @@ def retina_with_drawn_lesions(seed: int = 0, repeats: int = 2) -> dict:
     precision on a real background (real texture, vessels, sheen and reflexes). The lesion rendering is
     the phantom's; the background is not. Positions: microaneurysms, dot/blot haemorrhages and exudates
     0.5-2.4 DD from the fovea, drusen within 1.4 DD of it, flame haemorrhages and cotton-wool spots
-    1-3 DD from the disc (DD = 160 px, read by eye)."""
+    1-3 DD from the disc, none within 0.9 x the disc's own diameter (210 px, read off the image) of its
+    centre; sizes and distances in units of the typical disc of the field of view (~180 px), the
+    detector's own length unit."""
     from scipy import ndimage as ndi
     from skimage import data
 
     base = data.retina()
     clean = measure_fundus(base)
     vessels = ndi.binary_dilation(clean.masks["vessels"], iterations=6)
-    fov = ndi.binary_erosion(clean.masks["fov"], iterations=40)
+    fov = ndi.binary_erosion(clean.masks["fov"], iterations=FOV_EROSION_PX)
     rng = np.random.default_rng(seed)
     les = {t: [0, 0, 0, 0] for t in CFP_LESION_TYPES}
     images = []

@@ -89,7 +89,13 @@ def find_disc(rgb: np.ndarray, fov_mask: np.ndarray, fov_center: tuple[float, fl
     # --- rim: closed contour through the outer falling edge (polar dynamic programming), ellipse fit ---
     R = int(1.6 * dd0) + 8
     cys, cxs = slice(max(cy - R, 0), min(cy + R + 1, h)), slice(max(cx - R, 0), min(cx + R + 1, w))
-    rel_crop = ndi.gaussian_filter(lnv[cys, cxs] / bg[cys, cxs] - 1.0, 1.5 * sc)
+    # vessels on the disc (which the fundus-wide mask mostly misses) inpainted too: a dark vessel
+    # crossing the pale cup has an edge that falls almost to the fundus level, like the margin
+    yy, xx = np.mgrid[cys, cxs]
+    er0 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (0.75 * dd0) ** 2
+    dvm = disc_vessel_mask(rgb[cys, cxs, 1].astype(np.float32), er0, dd0, sc)
+    lum_crop = inpaint_vessels(lum[cys, cxs], vessel_mask[cys, cxs] | dvm, fov_mask[cys, cxs], 5 * sc)
+    rel_crop = ndi.gaussian_filter(lum_crop / bg[cys, cxs] - 1.0, 1.5 * sc)
     center = np.array([cx, cy], dtype=float)
     a = b = 0.5 * dd0
     fit_ok = False

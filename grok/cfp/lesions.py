@@ -51,6 +51,8 @@ from scipy import ndimage as ndi
 
 #: Disc diameters per FOV radius of a 45-degree photograph (FOV about 7.2 DD across).
 LESION_DD_PER_FOV_RADIUS = 2 / 7.2
+#: Radius (DD) of the central disc whose green excess over the fundus is the unit of lesion brightness.
+DISC_UNIT_RADIUS_DD = 0.35
 #: Below this many working pixels per disc diameter (a field of view under ~430 px across) lesions are
 #: not assessed: a microaneurysm would be under 2 px and a small haemorrhage under 4 px.
 MIN_LESION_DD_PX = 60.0
@@ -92,7 +94,11 @@ class LesionRules:
     dark_max_diameter_dd: float = 0.45
     """Larger dark regions are background variation (the macula, a choroidal shadow)."""
     dark_max_elongation: float = 5.0
-    """Major/minor axis ratio above which a dark region is a vessel piece (flame haemorrhages reach ~4)."""
+    """Major/minor axis ratio above which a dark region is a vessel piece (flame haemorrhages reach ~4) ..."""
+    flame_max_elongation: float = 6.5
+    """... unless it is isolated (no vessel line leaves it), as wide as a flame (``flame_min_width_dd``) and
+    as dense (``flame_min_contrast``): a vessel that wide and dark would be segmented and joined to the tree,
+    while long flames with feathered tails reach axis ratios of 5-6."""
     round_max_elongation: float = 2.2
     """Dark regions up to this axis ratio are round (microaneurysms, dot and blot haemorrhages)."""
     ma_min_z_blob: float = 3.0
@@ -134,6 +140,9 @@ class LesionRules:
     """Edge width (px at the 1024-px reference scale) at or below which an edge is sharp."""
     drusen_max_fovea_dd: float = 2.0
     """Drusen lie in the macula: within this distance of the fovea."""
+    drusen_max_elongation: float = 3.0
+    """Yellow spots up to this axis ratio can be drusen: one is round, two confluent ones measure ~2.2-2.9
+    (elongated sheen and wall reflexes along vessels are dropped by the along-vessel rule before this)."""
     bright_max_diameter_dd: float = 0.45
     along_vessel_gap_px: float = 3.0
     """Bright regions within this gap (px at reference scale) of a vessel and elongated along it are
@@ -155,6 +164,8 @@ class LesionRules:
                 raise ValueError(f"LesionRules.{k}={v!r} must be a finite non-negative number")
         if self.ma_min_diameter_dd >= self.ma_max_diameter_dd:
             raise ValueError("LesionRules: ma_min_diameter_dd must be below ma_max_diameter_dd")
+        if self.flame_max_elongation < self.dark_max_elongation:
+            raise ValueError("LesionRules: flame_max_elongation must be at least dark_max_elongation")
 
 
 @dataclass
@@ -297,7 +308,8 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
 
 
 def _disc_green_excess(rgb: np.ndarray, vessel_mask: np.ndarray, disc_xy, dd_px: float) -> float:
-    """Green brightness of the disc (within 0.4 DD of its centre) above the fundus 0.9-1.4 DD away,
+    """Green brightness of the central disc (within DISC_UNIT_RADIUS_DD of its centre: the cup and the
+    inner rim) above the fundus 0.9-1.4 DD away,
     vessels left out (absolute, fraction of full scale); NaN without a disc. Bright lesions are
     measured in this unit, which does not depend on exposure or on how green the fundus is."""
     if disc_xy is None or not np.isfinite(dd_px):
@@ -310,7 +322,7 @@ def _disc_green_excess(rgb: np.ndarray, vessel_mask: np.ndarray, disc_xy, dd_px:
     rho = np.hypot(xx - x0, yy - y0) / dd_px
     g = rgb[ys, xs, 1]
     nv = ~vessel_mask[ys, xs] & (g > 0.02)
-    a, b = g[(rho < 0.4) & nv], g[(rho > 0.9) & (rho < 1.4) & nv]
+    a, b = g[(rho < DISC_UNIT_RADIUS_DD) & nv], g[(rho > 0.9) & (rho < 1.4) & nv]
     if a.size < 10 or b.size < 10:
         return float("nan")
     d = float(np.median(a) - np.median(b))
@@ -576,7 +588,9 @@ def _classify_dark(c: Candidate, r: LesionRules) -> None:
         c.reason = "small but not round (vessel fragment)"
     elif ma and f["arms"] > 0:
         c.reason = "dark dot on a vessel line (crossing, end or fragment)"
-    elif f["elongation"] > r.dark_max_elongation:
+    elif f["elongation"] > r.dark_max_elongation and not (
+            f["elongation"] <= r.flame_max_elongation and f["arms"] == 0 and f["continuing_arms"] == 0
+            and f["minor_dd"] >= r.flame_min_width_dd and f["contrast"] >= r.flame_min_contrast):
         c.reason = "elongated (vessel)"
     elif elongated and not (
             (f["minor_dd"] >= r.flame_min_width_dd and f["contrast"] >= r.flame_min_contrast)
@@ -626,8 +640,8 @@ def _classify_bright(c: Candidate, r: LesionRules) -> None:
         c.reason = "small yellow dot (below 63 um: not counted as drusen)"
     elif f["d_fovea_dd"] > r.drusen_max_fovea_dd:
         c.reason = "soft yellow spot outside the macula"
-    elif f["elongation"] > r.round_max_elongation or f["arms"] > 1:
-        c.reason = "yellow spot not round or continued by bright lines (sheen, reflex)"
+    elif f["elongation"] > r.drusen_max_elongation or f["arms"] > 1:
+        c.reason = "yellow spot not round (nor two confluent drusen) or continued by bright lines (sheen, reflex)"
     else:
         c.type = "drusen"
 

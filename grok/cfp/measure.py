@@ -33,6 +33,10 @@ from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 EXTRACTOR_NAME = "grok.cfp.measure"
 EXTRACTOR_VERSION = "0.1.0"
 MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
+#: Smallest field of view (working px across) for the box-counting fractal dimensions: below it the
+#: box sizes (2 px to 1/8 of the side) span under ~4.5 octaves and every tree measures close to 1
+#: (phantom trees: ~1.06 at 384 px, ~1.15 at 512 px, ~1.22 at 1024 px).
+MIN_FRACTAL_FOV_DIAMETER_PX = 600
 
 
 @dataclass
@@ -239,8 +243,14 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     bm["av_ratio"] = vmeas.av_ratio
     bm["arterial_tortuosity"] = vmeas.arterial_tortuosity
     bm["venular_tortuosity"] = vmeas.venular_tortuosity
-    bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
-    bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
+    fov_diam = 2.0 * float(np.sqrt(fov.mask.sum() / np.pi))
+    if fov_diam >= MIN_FRACTAL_FOV_DIAMETER_PX:
+        bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
+        bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
+    else:
+        vmeas.reasons.append(
+            f"fractal dimensions not given: the field of view is {fov_diam:.0f} px across (need "
+            f"{MIN_FRACTAL_FOV_DIAMETER_PX}); box counting over so few scales collapses towards 1")
     les_out = []
     for les in lesions:
         b = les.box_xyxy_px
