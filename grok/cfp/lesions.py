@@ -96,8 +96,9 @@ class LesionRules:
     dark_max_elongation: float = 5.0
     """Major/minor axis ratio above which a dark region is a vessel piece (flame haemorrhages reach ~4) ..."""
     flame_max_elongation: float = 6.5
-    """... unless it is isolated (no vessel line leaves it), as wide as a flame (``flame_min_width_dd``) and
-    as dense (``flame_min_contrast``): a vessel that wide and dark would be segmented and joined to the tree,
+    """... unless it is as wide as a flame (``flame_min_width_dd``), as dense (``flame_min_contrast``) and
+    isolated (no line leaves it, or at most its two tails with no segmented vessel within
+    ``continuing_line_max_gap_px``): a vessel that wide and dark would be segmented and joined to the tree,
     while long flames with feathered tails reach axis ratios of 5-6."""
     round_max_elongation: float = 2.2
     """Dark regions up to this axis ratio are round (microaneurysms, dot and blot haemorrhages)."""
@@ -144,6 +145,10 @@ class LesionRules:
     """Yellow spots up to this axis ratio can be drusen: one is round, two confluent ones measure ~2.2-2.9
     (elongated sheen and wall reflexes along vessels are dropped by the along-vessel rule before this)."""
     bright_max_diameter_dd: float = 0.45
+    continuing_line_max_gap_px: float = 6.0
+    """An elongated dark region continued by a line about as wide is a vessel piece only when a segmented
+    vessel lies within this gap (px at the reference scale); with no vessel near, the line is the
+    feathered tail of a flame haemorrhage."""
     along_vessel_gap_px: float = 3.0
     """Bright regions within this gap (px at reference scale) of a vessel and elongated along it are
     vessel-wall reflexes or sheen."""
@@ -589,14 +594,17 @@ def _classify_dark(c: Candidate, r: LesionRules) -> None:
     elif ma and f["arms"] > 0:
         c.reason = "dark dot on a vessel line (crossing, end or fragment)"
     elif f["elongation"] > r.dark_max_elongation and not (
-            f["elongation"] <= r.flame_max_elongation and f["arms"] == 0 and f["continuing_arms"] == 0
-            and f["minor_dd"] >= r.flame_min_width_dd and f["contrast"] >= r.flame_min_contrast):
+            f["elongation"] <= r.flame_max_elongation and f["minor_dd"] >= r.flame_min_width_dd
+            and f["contrast"] >= r.flame_min_contrast
+            and ((f["arms"] == 0 and f["continuing_arms"] == 0)
+                 or (f["arms"] <= 2 and f["vessel_gap_px"] > r.continuing_line_max_gap_px))):
         c.reason = "elongated (vessel)"
     elif elongated and not (
             (f["minor_dd"] >= r.flame_min_width_dd and f["contrast"] >= r.flame_min_contrast)
             or (f["minor_dd"] >= 0.7 * r.flame_min_width_dd and f["contrast"] >= 1.4 * r.flame_min_contrast)):
         c.reason = "thin or faint elongated piece (vessel fragment)"
-    elif elongated and (f["circle_in_fov"] < 1 or f["continuing_arms"] > 0 or f["arms"] > 2):
+    elif elongated and (f["circle_in_fov"] < 1 or f["arms"] > 2 or (
+            f["continuing_arms"] > 0 and f["vessel_gap_px"] <= r.continuing_line_max_gap_px)):
         c.reason = "elongated piece continued by a line as wide, or cut by the FOV edge (vessel fragment)"
     elif not ma and f["eqd_px"] < r.hemorrhage_min_diameter_px:
         c.reason = "haemorrhage-sized for the disc but too few pixels to tell from texture or a vessel piece"
