@@ -184,3 +184,24 @@ def test_defocus_lowers_the_grade(phantom, measured):
     assert measured.quality["grade"] == "good"
     assert m.quality["grade"] in ("usable", "reject")
     assert any("blur" in r or "focus" in r for r in m.quality["reasons"])
+
+
+def test_red_clipped_photograph_gives_no_artery_vein_measures():
+    """Over-exposed in red (the real photograph x 1.3: 77 % of the field clipped in red): vessels' red density
+    is not measurable, so the A/V-dependent measures are NaN with a reason and the grade drops to usable,
+    while the same photograph unclipped gives them."""
+    from skimage import data
+
+    im = data.retina()
+    clipped = np.clip(im.astype(np.float32) * 1.3, 0, 255).astype(np.uint8)
+    m = measure_fundus(clipped)
+    assert m.extras["red_saturated_fraction"] > 0.5
+    assert m.quality["grade"] == "usable" and any("red channel saturated" in r for r in m.quality["reasons"])
+    for k in ("av_ratio", "arterial_tortuosity", "venular_tortuosity", "arterial_fractal_dimension",
+              "venular_fractal_dimension"):
+        assert np.isnan(m.biomarkers[k]), k
+    assert any("red channel saturated" in r for r in m.extras["reasons"]["vessels"])
+    assert m.biomarkers["vessel_density"] > 0.05  # the vessel mask itself does not depend on red
+    ok = measure_fundus(im)
+    assert ok.extras["red_saturated_fraction"] < 0.05
+    assert np.isfinite(ok.biomarkers["av_ratio"]) and np.isfinite(ok.biomarkers["arterial_fractal_dimension"])

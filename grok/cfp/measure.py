@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from grok.cfp.disc import find_disc, find_fovea, laterality_from_image
 from grok.cfp.lesions import find_lesions, lesions_assessable
@@ -37,6 +38,14 @@ MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
 #: box sizes (2 px to 1/8 of the side) span under ~4.5 octaves and every tree measures close to 1
 #: (phantom trees: ~1.06 at 384 px, ~1.15 at 512 px, ~1.22 at 1024 px).
 MIN_FRACTAL_FOV_DIAMETER_PX = 600
+#: Red values at or above this (fraction of full scale) are clipped; above RED_SATURATED_USABLE of the
+#: field clipped in red, the grade is at most ``usable``.
+RED_CLIP_LEVEL = 0.98
+RED_SATURATED_USABLE = 0.25
+#: ... and above this share no artery/vein-dependent measure is given (their labels rest on red).
+RED_SATURATED_NO_AV = 0.5
+AV_DEPENDENT = ("av_ratio", "arterial_tortuosity", "venular_tortuosity", "arterial_fractal_dimension",
+                "venular_fractal_dimension")
 
 
 @dataclass
@@ -226,7 +235,18 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
             x1, y1, x2, y2 = (int(v) for v in les.box_xyxy_px)
             g = max(int(2 * sc), 1)
             exclude[max(y1 - g, 0): y2 + g, max(x1 - g, 0): x2 + g] = True
-    vmeas, art, vein, _segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd, exclude=exclude)
+    # red clipped at full scale (over-exposed or very light fundi): a vessel's red density against its
+    # background is not measurable there or next to it
+    red_sat = img[..., 0] >= RED_CLIP_LEVEL
+    red_share = float(red_sat[fov.mask].mean()) if fov.mask.any() else 0.0
+    extras["red_saturated_fraction"] = red_share
+    if red_share > 0:
+        red_sat = ndi.maximum_filter(red_sat, size=max(int(9 * sc), 3) | 1)
+    vmeas, art, vein, _segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd, exclude=exclude,
+                                              red_saturated=red_sat if red_share > 0 else None)
+    if red_share > RED_SATURATED_USABLE:
+        q.add("usable", f"red channel saturated over {100 * red_share:.0f}% of the field: artery/vein colour "
+                        "and the AV ratio are unreliable there")
     tick("vessel_measures")
 
     s = 1.0 / wk.scale  # working -> original px
@@ -243,10 +263,17 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     bm["av_ratio"] = vmeas.av_ratio
     bm["arterial_tortuosity"] = vmeas.arterial_tortuosity
     bm["venular_tortuosity"] = vmeas.venular_tortuosity
+    if red_share > RED_SATURATED_NO_AV:
+        for k in AV_DEPENDENT:
+            bm[k] = float("nan")
+        vmeas.reasons.append(f"red channel saturated over {100 * red_share:.0f}% of the field (need under "
+                             f"{100 * RED_SATURATED_NO_AV:.0f}%): artery/vein labels, and the AV ratio, tortuosities "
+                             "and fractal dimensions per class, are not given")
     fov_diam = 2.0 * float(np.sqrt(fov.mask.sum() / np.pi))
     if fov_diam >= MIN_FRACTAL_FOV_DIAMETER_PX:
-        bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
-        bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
+        if red_share <= RED_SATURATED_NO_AV:
+            bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
+            bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
     else:
         vmeas.reasons.append(
             f"fractal dimensions not given: the field of view is {fov_diam:.0f} px across (need "

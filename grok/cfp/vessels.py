@@ -57,6 +57,8 @@ ZONE_B_ENTRY_TOLERANCE_DD = 0.05
 ZONE_B_EXIT_DD = 2.0
 #: Limit of each standardised artery/vein feature (robust z-score) in the colour score.
 Z_CLIP = 4.0
+#: A segment with more of its colour samples than this next to red-clipped pixels has no red features.
+RED_SATURATED_MAX_SHARE = 0.3
 #: Hessian scales (px at the 1024-px reference scale) of the vessel (and lesion blob) measures.
 VESSEL_SCALES = (1.0, 1.5, 2.3, 3.5, 5.0)
 #: Hysteresis thresholds on the ridge z-score, half-maximum border fraction, darkness floors (x noise).
@@ -663,7 +665,8 @@ def _two_class_model(x: np.ndarray, w: np.ndarray) -> dict:
 def av_features(segments: list[Segment], rel: list[np.ndarray], darkness: np.ndarray | None = None,
                 vessel_mask: np.ndarray | None = None, disc_xy: tuple[float, float] | None = None,
                 dd_px: float = float("nan"), exclude: np.ndarray | None = None, max_half_px: float = 12.0,
-                config: AvConfig | None = None, length_scale: float = 1.0) -> None:
+                config: AvConfig | None = None, length_scale: float = 1.0,
+                red_saturated: np.ndarray | None = None) -> None:
     """Measure each segment's calibre and colour features from perpendicular profiles (in place).
 
     rel : the relative channels (``grok.cfp.preprocess.relative_channels``: I / background - 1, (h, w)
@@ -681,6 +684,10 @@ def av_features(segments: list[Segment], rel: list[np.ndarray], darkness: np.nda
           multiplied by ``length_scale`` = FOV radius / 480 px, so that they follow the eye's size)}.
     Colour is sampled away from the disc (``disc_radius_dd``), off ``exclude`` (h, w) bool (lesions) and
     more than one calibre from the segment's junction ends (crossing vessels mix their colours there).
+    ``red_saturated`` (h, w) bool: where the red channel is clipped at full scale (or next to such
+    pixels) the red density of a vessel against its background is not measurable; a segment with more
+    than ``RED_SATURATED_MAX_SHARE`` of its samples there gets NaN red features (its label then comes
+    from the graph, and an image saturated in red throughout gets no A/V labels at all).
     """
     from grok.cfp._kernels import profile_stats
 
@@ -733,9 +740,15 @@ def av_features(segments: list[Segment], rel: list[np.ndarray], darkness: np.nda
             rel_w = 0.25
         odr = float(np.median(core_r[sl][use]))
         odg = float(np.median(core_g[sl][use]))
+        if red_saturated is not None:
+            cu = C[sl][use]
+            xi = np.clip(np.round(cu[:, 0]).astype(int), 0, w_img - 1)
+            yi = np.clip(np.round(cu[:, 1]).astype(int), 0, h - 1)
+            if float(red_saturated[yi, xi].mean()) > RED_SATURATED_MAX_SHARE:
+                odr = float("nan")
         rf = reflex[sl][use]
         rf = rf[np.isfinite(rf)]
-        ratio = odr / odg if odg > 0.02 else float("nan")
+        ratio = odr / odg if odg > 0.02 and np.isfinite(odr) else float("nan")
         wr = float(np.clip((wref - lo * ls) / ((hi - lo) * ls), 0.0, 1.0)) if np.isfinite(wref) else 0.0
         lr = min(1.0, 2.0 * int(use.sum()) / (cfg.reliable_length_px * ls))
         s.features = {"od_red": odr, "od_green": odg, "od_ratio": ratio,
@@ -982,12 +995,13 @@ class VesselMeasures:
 
 def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarray, sc: float,
                     disc_xy: tuple[float, float] | None, dd_px: float, exclude: np.ndarray | None = None,
-                    av_config: AvConfig | None = None,
+                    av_config: AvConfig | None = None, red_saturated: np.ndarray | None = None,
                     ) -> tuple[VesselMeasures, np.ndarray, np.ndarray, list[Segment]]:
     """All vessel measures from a segmentation. Returns (measures, artery_mask, vein_mask, segments).
 
     exclude : optional (h, w) bool, areas not used for zone-B calibres or colour (detected haemorrhages
     and cotton-wool spots). av_config : artery/vein settings (``AvConfig``; defaults when None).
+    red_saturated : optional (h, w) bool, red channel clipped (see ``av_features``).
 
     Without a disc (``disc_xy`` None or ``dd_px`` NaN) the disc-referenced measures (AV ratio in zone B,
     tortuosity per DD) are NaN with a reason; density and fractal dimensions are still given.
@@ -1007,7 +1021,8 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     have_disc = disc_xy is not None and np.isfinite(dd_px) and dd_px > 0
     dd_eff = dd_px if have_disc else 0.27 * math.sqrt(fov_mask.sum() / math.pi)
     av_features(segs, rel, maps.darkness, mask, disc_xy if have_disc else None, dd_eff if have_disc else float("nan"),
-                exclude, max_half_px=0.08 * dd_eff + 4, config=av_config, length_scale=sc)
+                exclude, max_half_px=0.08 * dd_eff + 4, config=av_config, length_scale=sc,
+                red_saturated=red_saturated)
     classify_av(segs, rel, min_width_px=0.02 * dd_eff, disc_xy=disc_xy if have_disc else None,
                 dd_px=dd_px if have_disc else float("nan"), config=av_config)
     # artery / vein masks: each vessel pixel takes the label of its nearest labelled centreline
