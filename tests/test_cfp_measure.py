@@ -205,3 +205,22 @@ def test_red_clipped_photograph_gives_no_artery_vein_measures():
     ok = measure_fundus(im)
     assert ok.extras["red_saturated_fraction"] < 0.05
     assert np.isfinite(ok.biomarkers["av_ratio"]) and np.isfinite(ok.biomarkers["arterial_fractal_dimension"])
+
+
+def test_field_of_view_cut_by_the_frame_or_padded_with_black():
+    """Cameras crop the circular field at the top and bottom and pad the sides with black: the measures
+    must not change (the scale comes from the circle, not from the bright area; the aspect ratio from the
+    content, not the frame)."""
+    from skimage import data
+
+    im = data.retina()
+    full = measure_fundus(im)
+    cut = im[180:1230]  # 1050 x 1411: the circle cut top and bottom
+    padded = np.pad(cut, ((0, 0), (300, 300), (0, 0)))  # 1050 x 2011 frame, aspect 1.9
+    for m, (ox, oy) in ((measure_fundus(cut), (0, -180)), (measure_fundus(padded), (300, -180))):
+        assert m.quality["grade"] in ("good", "usable"), m.quality
+        fx, fy = full.biomarkers["disc_center_xy_px"]
+        assert math.dist(m.biomarkers["disc_center_xy_px"], (fx + ox, fy + oy)) < 5
+        assert abs(m.biomarkers["disc_diameter_px"] / full.biomarkers["disc_diameter_px"] - 1) < 0.05
+        assert abs(m.biomarkers["av_ratio"] - full.biomarkers["av_ratio"]) < 0.05
+        assert abs(m.biomarkers["vessel_density"] - full.biomarkers["vessel_density"]) < 0.01

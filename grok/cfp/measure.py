@@ -82,6 +82,18 @@ class CfpMeasurement:
         }
 
 
+def _content_extent(arr: np.ndarray) -> tuple[int, int]:
+    """(height, width) px of the bounding box of the non-black content (cameras pad the circular field
+    with black margins, so the frame's aspect ratio says little); the frame's size when all is dark."""
+    a = arr[::4, ::4]
+    a = a.max(axis=-1) if a.ndim == 3 else a
+    lit = a > (0.04 * 255 if np.issubdtype(a.dtype, np.integer) else 0.04)
+    if not lit.any():
+        return arr.shape[0], arr.shape[1]
+    ys, xs = np.nonzero(lit)
+    return 4 * (int(ys.max()) - int(ys.min()) + 1), 4 * (int(xs.max()) - int(xs.min()) + 1)
+
+
 def _empty_biomarkers() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in CFP_BIOMARKERS:
@@ -140,9 +152,10 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     if min(H, W) < MIN_SIDE_PX:
         q.add("reject", f"image too small ({W}x{H} px); need at least {MIN_SIDE_PX} px on the shorter side")
         return _rejected(q, laterality, (H, W), extras)
-    if max(H, W) / min(H, W) > th.max_aspect_ratio:
-        q.add("reject", f"aspect ratio {max(H, W) / min(H, W):.2f} is not that of a fundus photograph "
-                        "(an OCT B-scan or a montage?)")
+    ch, cw = _content_extent(arr)
+    if max(ch, cw) / max(min(ch, cw), 1) > th.max_aspect_ratio:
+        q.add("reject", f"aspect ratio {max(ch, cw) / max(min(ch, cw), 1):.2f} of the image content is not that "
+                        "of a fundus photograph (an OCT B-scan or a montage?)")
     wk = to_working(arr)
     extras["working_scale"] = wk.scale
     if wk.greyscale:

@@ -130,6 +130,9 @@ def find_fov(rgb: np.ndarray) -> Fov:
     ys, xs = np.nonzero(m)
     cx, cy = float(xs.mean()), float(ys.mean())
     r = math.sqrt(area / math.pi)
+    cut = _cut_circle(m, r)
+    if cut is not None:  # the camera's circle is cut by the frame: its own centre and radius
+        cx, cy, r = cut
     # circularity: mask area against the circle reaching the far edge (robust 99.5th percentile of
     # the distances of the border pixels' neighbourhood, here of every 4th mask pixel)
     rmax = float(np.percentile(np.hypot(xs[::4] - cx, ys[::4] - cy), 99.5))
@@ -137,6 +140,38 @@ def find_fov(rgb: np.ndarray) -> Fov:
     # erode a little: the FOV rim is dark and blurred
     m = erode(m, max(int(round(r / 160)), 1))
     return Fov(m, (cx, cy), r, area / float(h * w), circ)
+
+
+def _cut_circle(m: np.ndarray, r_area: float) -> tuple[float, float, float] | None:
+    """Centre and radius of a field of view cut by the image frame (many cameras crop the circle at the
+    top and bottom): a least-squares circle through the FOV border where it does not run along the frame.
+    The equal-area circle of a cut FOV is too small (every length scale would shrink with it). m : (h, w)
+    bool FOV mask; r_area : its equal-area radius. None when the border does not touch the frame (a whole
+    circle: the equal-area circle is exact) or the fit is implausible."""
+    h, w = m.shape
+    on_frame = int(m[0].sum() + m[-1].sum() + m[:, 0].sum() + m[:, -1].sum())
+    if on_frame < 0.05 * 2 * math.pi * r_area:
+        return None
+    border = m & ~ndi.binary_erosion(m)
+    bys, bxs = np.nonzero(border)
+    keep = (bxs > 2) & (bxs < w - 3) & (bys > 2) & (bys < h - 3)
+    if keep.sum() < 50:
+        return None
+    x, y = bxs[keep].astype(float), bys[keep].astype(float)
+    # Kasa fit: x^2 + y^2 + D x + E y + F = 0, in coordinates centred on the border's mean
+    x0, y0 = x.mean(), y.mean()
+    u, v = x - x0, y - y0
+    A = np.column_stack([u, v, np.ones_like(u)])
+    sol, *_ = np.linalg.lstsq(A, -(u * u + v * v), rcond=None)
+    D, E, F = sol
+    cx, cy = x0 - D / 2, y0 - E / 2
+    r2 = D * D / 4 + E * E / 4 - F
+    if not r2 > 0:
+        return None
+    r = math.sqrt(r2)
+    if not (r_area <= r <= 1.6 * r_area):
+        return None
+    return float(cx), float(cy), float(r)
 
 
 def erode(mask: np.ndarray, k: int) -> np.ndarray:
