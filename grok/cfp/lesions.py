@@ -53,6 +53,8 @@ from scipy import ndimage as ndi
 LESION_DD_PER_FOV_RADIUS = 2 / 7.2
 #: Radius (DD) of the central disc whose green excess over the fundus is the unit of lesion brightness.
 DISC_UNIT_RADIUS_DD = 0.35
+#: Window (DD) of the median that estimates the green illumination field for the disc-unit correction.
+ILLUMINATION_WINDOW_DD = 3.0
 #: Below this many working pixels per disc diameter (a field of view under ~430 px across) lesions are
 #: not assessed: a microaneurysm would be under 2 px and a small haemorrhage under 4 px.
 MIN_LESION_DD_PX = 60.0
@@ -249,7 +251,7 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
     of the vessel darkness map per scale (``VesselMaps.hessian``), computed here when not given;
     highpass : (h, w) fine-scale residual of the relative green (``VesselMaps.highpass``; sign is irrelevant).
     """
-    from grok.cfp.preprocess import background
+    from grok.cfp.preprocess import background, fill_outside
     from grok.cfp.vessels import _local_scale
 
     r = rules or LesionRules()
@@ -271,9 +273,15 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
     noise_map = _local_scale(hp, base, int(64 * sc))
     noise_glob = float(np.median(noise_map[allowed]))
     noise_rel = noise_map / max(noise_glob, 1e-9)
+    # illumination of the green channel (vignetting, gradients): a 3-DD median, which the macula, the
+    # disc and lesions barely move; brightness in disc units is taken relative to it at both ends
+    gfill = fill_outside(rgb[..., 1].astype(np.float32), fov_mask, 0.2 * dd_px)
+    illum = background(gfill, fov_mask, ILLUMINATION_WINDOW_DD * dd_px)
+    illum_disc = (float(illum[int(np.clip(disc_xy[1], 0, h - 1)), int(np.clip(disc_xy[0], 0, w - 1))])
+                  if disc_xy is not None else float("nan"))
     ctx = _Ctx(rgb=rgb, rr=rr, g=g, noise=noise_map, vessel=vessel_mask,
                sc=sc, dd=dd_px, disc=disc_xy, fovea=fovea_xy, disc_dg=_disc_green_excess(rgb, vessel_mask, disc_xy, dd_px), fov_inner=inner,
-               rules=r)
+               rules=r, illum=illum, illum_disc=illum_disc)
     out: list[Candidate] = []
     if not hessian:
         from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
@@ -348,6 +356,10 @@ class _Ctx:
     disc_dg: float
     fov_inner: np.ndarray
     rules: LesionRules
+    illum: np.ndarray | None = None
+    """(h, w) illumination field of the green channel (3-DD median: flat over the macula and lesions);
+    brightness in disc units is corrected by its ratio between the lesion and the disc."""
+    illum_disc: float = float("nan")
 
 
 def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol: str,
@@ -443,7 +455,10 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     # background model; near the FOV edge the relative map is unreliable)
     ring_g = float(sub[ring][:, 1].mean()) if ring.any() else 0.0
     f["ring_contrast"] = (float(dcol[1]) / ring_g if ring_g > 1e-3 else 0.0) * (-1.0 if pol == "dark" else 1.0)
-    f["dg_disc_units"] = float(dcol[1]) / ctx.disc_dg if np.isfinite(ctx.disc_dg) else float("nan")
+    units = float(dcol[1]) / ctx.disc_dg if np.isfinite(ctx.disc_dg) else float("nan")
+    if ctx.illum is not None and np.isfinite(ctx.illum_disc):
+        units *= ctx.illum_disc / max(float(ctx.illum[int(min(cy, h - 1)), int(min(cx, w - 1))]), 1e-4)
+    f["dg_disc_units"] = units
     f["db_over_dg"] = float(dcol[2]) / dg
     # relative red darkness over relative green darkness (medians over the region): blood ~0.2-0.5,
     # dark pigment ~1 (pigment absorbs red about as much as green)
