@@ -104,18 +104,21 @@ def test_no_row_lost_or_duplicated_under_20_percent_faults_and_rerun_makes_no_ca
 
 
 class _CrashAfter:
-    """Wraps the real client; raises (like a killed process) after ``n`` successful calls."""
+    """Wraps the real client; raises (like a killed process) once ``n`` calls have been started.
+
+    Counting started calls (not finished ones) bounds what can finish before the crash at ``n`` whatever
+    the concurrency: counting finished ones let calls already in flight finish past ``n`` (a flaky bound).
+    """
 
     def __init__(self, inner, n: int):
-        self.inner, self.n, self.done, self.keys = inner, n, 0, []
+        self.inner, self.n, self.started, self.keys = inner, n, 0, []
 
     async def complete(self, request):
-        if self.n is not None and self.done >= self.n:
+        if self.n is not None and self.started >= self.n:
             raise KeyboardInterrupt("simulated crash")
+        self.started += 1
         self.keys.append(request.key)
-        resp = await self.inner.complete(request)
-        self.done += 1
-        return resp
+        return await self.inner.complete(request)
 
     async def aclose(self):
         await self.inner.aclose()
