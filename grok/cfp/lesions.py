@@ -53,6 +53,8 @@ from scipy import ndimage as ndi
 LESION_DD_PER_FOV_RADIUS = 2 / 7.2
 #: Radius (DD) of the central disc whose green excess over the fundus is the unit of lesion brightness.
 DISC_UNIT_RADIUS_DD = 0.35
+#: Width (DD) of the opening that frees flame haemorrhages from the thin vessels they touch.
+FLAME_OPENING_DD = 0.045
 #: Window (DD) of the median that estimates the green illumination field for the disc-unit correction.
 ILLUMINATION_WINDOW_DD = 3.0
 #: Below this many working pixels per disc diameter (a field of view under ~430 px across) lesions are
@@ -301,6 +303,7 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
         # small isolated regions of clear contrast that are not part of the vessel tree
         thr = np.maximum(3.0 * noise_map, 0.8 * (r.dark_min_contrast if pol == "dark" else r.bright_min_contrast))
         lab, _ = ndi.label((c >= thr) & allowed)
+        lab_area = np.bincount(lab.ravel())
         for k, sl in enumerate(ndi.find_objects(lab), start=1):
             sub = lab[sl] == k
             a = int(sub.sum())
@@ -309,6 +312,23 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
             yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
             y, x = yy_ + sl[0].start, xx_ + sl[1].start
             seeds.append((y, x, float(max(zs[y, x], sc)), float(z[y, x]), None))
+        if pol == "dark":
+            # a flame haemorrhage touching a thin vessel joins the vessel tree in that map: an opening
+            # wider than thin vessels (FLAME_OPENING_DD) cuts it free; it grows only within its piece
+            rad = max(int(round(FLAME_OPENING_DD * dd_px / 2)), 1)
+            oy, ox = np.mgrid[-rad: rad + 1, -rad: rad + 1]
+            opened = ndi.binary_opening((c >= thr) & allowed, structure=(ox * ox + oy * oy) <= rad * rad)
+            lab_o, _ = ndi.label(opened)
+            for k, sl in enumerate(ndi.find_objects(lab_o), start=1):
+                sub = lab_o[sl] == k
+                a = int(sub.sum())
+                if a < 4 or a > max_area:
+                    continue
+                yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
+                y, x = yy_ + sl[0].start, xx_ + sl[1].start
+                if lab_area[lab[y, x]] <= max_area:  # its region was small already: seeded above
+                    continue
+                seeds.append((y, x, float(max(zs[y, x], sc)), float(z[y, x]), (lab_o, k)))
         taken = np.zeros((h, w), bool)  # pixels of bounded candidates
         tried = np.zeros((h, w), bool)  # pixels of any grown region (unbounded ones too)
         for y, x, s_, zb, limit in seeds:
