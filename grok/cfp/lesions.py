@@ -304,13 +304,7 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
         thr = np.maximum(3.0 * noise_map, 0.8 * (r.dark_min_contrast if pol == "dark" else r.bright_min_contrast))
         lab, _ = ndi.label((c >= thr) & allowed)
         lab_area = np.bincount(lab.ravel())
-        for k, sl in enumerate(ndi.find_objects(lab), start=1):
-            sub = lab[sl] == k
-            a = int(sub.sum())
-            if a < 4 or a > max_area:
-                continue
-            yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
-            y, x = yy_ + sl[0].start, xx_ + sl[1].start
+        for y, x, _k in _region_peaks(lab, c, max_area):
             seeds.append((y, x, float(max(zs[y, x], sc)), float(z[y, x]), None))
         if pol == "dark":
             # a flame haemorrhage touching a thin vessel joins the vessel tree in that map: an opening
@@ -319,16 +313,9 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
             oy, ox = np.mgrid[-rad: rad + 1, -rad: rad + 1]
             opened = ndi.binary_opening((c >= thr) & allowed, structure=(ox * ox + oy * oy) <= rad * rad)
             lab_o, _ = ndi.label(opened)
-            for k, sl in enumerate(ndi.find_objects(lab_o), start=1):
-                sub = lab_o[sl] == k
-                a = int(sub.sum())
-                if a < 4 or a > max_area:
-                    continue
-                yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
-                y, x = yy_ + sl[0].start, xx_ + sl[1].start
-                if lab_area[lab[y, x]] <= max_area:  # its region was small already: seeded above
-                    continue
-                seeds.append((y, x, float(max(zs[y, x], sc)), float(z[y, x]), (lab_o, k)))
+            for y, x, k in _region_peaks(lab_o, c, max_area):
+                if lab_area[lab[y, x]] > max_area:  # else its region was small already: seeded above
+                    seeds.append((y, x, float(max(zs[y, x], sc)), float(z[y, x]), (lab_o, k)))
         taken = np.zeros((h, w), bool)  # pixels of bounded candidates
         tried = np.zeros((h, w), bool)  # pixels of any grown region (unbounded ones too)
         for y, x, s_, zb, limit in seeds:
@@ -337,6 +324,21 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
             cand = _grow(ctx, c, x, y, s_, zb, pol, taken, tried, limit)
             if cand is not None:
                 out.append(cand)
+    return out
+
+
+def _region_peaks(lab: np.ndarray, c: np.ndarray, max_area: float) -> list[tuple[int, int, int]]:
+    """(y, x, label) of the strongest pixel of ``c`` in every labelled region of 4 to ``max_area`` px."""
+    out = []
+    for k, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        sub = lab[sl] == k
+        a = int(sub.sum())
+        if a < 4 or a > max_area:
+            continue
+        yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
+        out.append((yy_ + sl[0].start, xx_ + sl[1].start, k))
     return out
 
 
