@@ -139,6 +139,37 @@ def channel_mean_min_max(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 @numba.njit(cache=True)
+def _border(p: np.ndarray, start: int, other: int, d: int, lv: float, rise: float, off: np.ndarray) -> float:  # pragma: no cover
+    """Border offset of one side of a vessel profile ``p`` (m,), walking from the side peak ``start`` in
+    direction ``d`` (-1 left, +1 right): the interpolated crossing of the level ``lv``, or a valley (a
+    minimum followed by a rise of ``rise``: a neighbouring vessel) met before it. A peak below the level
+    walks inward (towards ``other``) to the first sample above it. NaN when the profile ends first."""
+    m = p.shape[0]
+    a = start
+    if p[a] >= lv:
+        vmin = p[a]
+        imin = a
+        while True:
+            if (d < 0 and a == 0) or (d > 0 and a == m - 1):
+                return np.nan
+            a += d
+            v = p[a]
+            if v < lv:  # crossing between a - d (>= lv) and a (< lv)
+                return off[a] + (lv - v) / (p[a - d] - v) * (off[a - d] - off[a])
+            if v < vmin:
+                vmin = v
+                imin = a
+            elif v > vmin + rise:
+                return off[imin]
+    while a != other and p[a] < lv:
+        a -= d
+    o = a + d  # the outer neighbour, below the level
+    if 0 <= o <= m - 1 and p[a] >= lv:
+        return off[o] + (lv - p[o]) / (p[a] - p[o]) * (off[a] - off[o])
+    return np.nan
+
+
+@numba.njit(cache=True)
 def profile_stats(prof_d: np.ndarray, prof_m: np.ndarray, prof_r: np.ndarray, prof_g: np.ndarray, off: np.ndarray,
                   use_mask: bool, reflex_peak_ratio: float = 0.85, valley_rise: float = 0.1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
     """Per perpendicular vessel profile (rows of the (n, m) arrays, offsets ``off`` (m,) px, centre at m // 2):
@@ -229,65 +260,12 @@ def profile_stats(prof_d: np.ndarray, prof_m: np.ndarray, prof_r: np.ndarray, pr
         base = max(max(base_l, base_r), 0.0)
         if peak > base:
             lv = base + 0.5 * (peak - base)
-            ok = True
             rise = valley_rise * (peak - base)
-            # left border: the half-level crossing walking out from the left peak, or a valley (a minimum
+            # borders: the half-level crossing walking out from each side peak, or a valley (a minimum
             # followed by a rise: a neighbouring vessel) met before it
-            a = lp
-            xl = np.nan
-            if prof_d[i, a] >= lv:
-                vmin = prof_d[i, a]
-                imin = a
-                while True:
-                    if a == 0:
-                        ok = False
-                        break
-                    a -= 1
-                    v = prof_d[i, a]
-                    if v < lv:
-                        xl = off[a] + (lv - v) / (prof_d[i, a + 1] - v) * (off[a + 1] - off[a])
-                        break
-                    if v < vmin:
-                        vmin = v
-                        imin = a
-                    elif v > vmin + rise:
-                        xl = off[imin]
-                        break
-            else:
-                while a < rp and prof_d[i, a] < lv:
-                    a += 1
-                if a >= 1 and prof_d[i, a] >= lv:
-                    xl = off[a - 1] + (lv - prof_d[i, a - 1]) / (prof_d[i, a] - prof_d[i, a - 1]) * (off[a] - off[a - 1])
-                else:
-                    ok = False
-            # right border (mirror image)
-            b = rp
-            xr = np.nan
-            if prof_d[i, b] >= lv:
-                vmin = prof_d[i, b]
-                imin = b
-                while True:
-                    if b == m - 1:
-                        ok = False
-                        break
-                    b += 1
-                    v = prof_d[i, b]
-                    if v < lv:
-                        xr = off[b - 1] + (prof_d[i, b - 1] - lv) / (prof_d[i, b - 1] - v) * (off[b] - off[b - 1])
-                        break
-                    if v < vmin:
-                        vmin = v
-                        imin = b
-                    elif v > vmin + rise:
-                        xr = off[imin]
-                        break
-            else:
-                while b > lp and prof_d[i, b] < lv:
-                    b -= 1
-                if b <= m - 2 and prof_d[i, b] >= lv:
-                    xr = off[b] + (prof_d[i, b] - lv) / (prof_d[i, b] - prof_d[i, b + 1]) * (off[b + 1] - off[b])
-                else:
-                    ok = False
+            xl = _border(prof_d[i], lp, rp, -1, lv, rise, off)
+            xr = _border(prof_d[i], rp, lp, 1, lv, rise, off)
+            ok = not (np.isnan(xl) or np.isnan(xr))
             if ok and xr > xl:
                 width[i] = xr - xl
         # --- colour of the core and the central reflex
