@@ -25,6 +25,18 @@ SMALL_OCT_SPACING_UM = (8.0, 46.875, 1000.0)  # 1.28 mm deep, 6 x 6 mm cube like
 SMALL_CFP = 256
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: intra-op threading only adds overhead on a shared 2-core machine. Used by the training
+    test modules (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``); restored after each."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def phantom_archive(tmp_path_factory) -> Path:
     """4 subjects (both eyes, CFP + OCT + circle scans, DICOM + exports), seed 7."""

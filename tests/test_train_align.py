@@ -17,13 +17,7 @@ from grok_train.config import AlignConfig, config_from_dict
 from grok_train.errors import BadInputError, MissingDependencyError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threading only adds overhead on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(ds, out, **over) -> AlignConfig:

@@ -9,7 +9,7 @@ import pytest
 from grok_train._compat import guard_torchvision
 
 guard_torchvision()  # hide a broken torchvision before transformers / peft are imported
-torch = pytest.importorskip("torch")
+pytest.importorskip("torch")
 pytest.importorskip("peft")
 import typer
 from tests.train_fixtures import make_alignment_dataset, make_instruction_dataset, write_dataset_folder
@@ -20,13 +20,7 @@ from grok_train.cli import app, register
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threading only adds overhead on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,13 +22,7 @@ from grok_train.sft_data import IGNORE_INDEX, ChatEncoder, epoch_batches
 MODEL_CFG = ModelConfig(tiny=TinyModelConfig(), image_min_pixels=56 * 56, image_max_pixels=112 * 112)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: intra-op threading only adds overhead on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
