@@ -83,20 +83,15 @@ def _run(job: Callable[[], Any], as_json: bool) -> None:
         typer.echo(json.dumps(payload, indent=2), err=True)
 
 
+def _given(**values: Any) -> list[str]:
+    """``key=<JSON value>`` overrides for the options the user gave (None: not given)."""
+    return [f"{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
+
+
 def _data_overrides(dataset: str | None, dataset_path: str | None, registry: str | None,
                     dataset_config: str | None = None, split: str | None = None) -> list[str]:
-    out = []
-    if dataset is not None:
-        out.append(f"data.dataset={json.dumps(dataset)}")
-    if dataset_path is not None:
-        out.append(f"data.dataset_path={json.dumps(dataset_path)}")
-    if registry is not None:
-        out.append(f"data.registry={json.dumps(registry)}")
-    if dataset_config is not None:
-        out.append(f"data.config={json.dumps(dataset_config)}")
-    if split is not None:
-        out.append(f"data.train_split={json.dumps(split)}")
-    return out
+    return _given(**{"data.dataset": dataset, "data.dataset_path": dataset_path, "data.registry": registry,
+                     "data.config": dataset_config, "data.train_split": split})
 
 
 @app.command()
@@ -119,10 +114,7 @@ def align(
         from grok_train.config import AlignConfig, load_config
 
         sets = _data_overrides(dataset, dataset_path, registry) + list(overrides or [])
-        if output_dir is not None:
-            sets.append(f"output_dir={json.dumps(output_dir)}")
-        if max_steps is not None:
-            sets.append(f"max_steps={max_steps}")
+        sets += _given(output_dir=output_dir, max_steps=max_steps)
         return run_align(load_config(AlignConfig, config, sets))
 
     _run(job, as_json)
@@ -150,11 +142,7 @@ def sft(
         from grok_train.sft import run_sft
 
         sets = _data_overrides(dataset, dataset_path, registry) + list(overrides or [])
-        for key, val in (("output_dir", output_dir), ("resume_from", resume), ("vision_init_from", vision_init)):
-            if val is not None:
-                sets.append(f"{key}={json.dumps(val)}")
-        if max_steps is not None:
-            sets.append(f"max_steps={max_steps}")
+        sets += _given(output_dir=output_dir, resume_from=resume, vision_init_from=vision_init, max_steps=max_steps)
         return run_sft(load_config(SFTConfig, config, sets))
 
     _run(job, as_json)
@@ -183,9 +171,7 @@ def predict(
         from grok_train.predict import run_predict
 
         sets = _data_overrides(dataset, dataset_path, registry, dataset_config, split) + list(overrides or [])
-        sets += [f"checkpoint={json.dumps(checkpoint)}", f"output={json.dumps(output)}"]
-        if max_new_tokens is not None:
-            sets.append(f"max_new_tokens={max_new_tokens}")
+        sets += _given(checkpoint=checkpoint, output=output, max_new_tokens=max_new_tokens)
         return run_predict(load_config(PredictConfig, config, sets))
 
     _run(job, as_json)
