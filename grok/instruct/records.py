@@ -12,12 +12,12 @@ values, which is what lets the verifier check every number and claim against the
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from grok.instruct.boxes import Box, normalise_box
+from grok.knowledge.reasoner import finite_float
 from grok.verify.lexicon import Lexicon
 
 REQUIRED_FIELDS = ("study_id", "patient_id", "eye", "label", "biomarkers")
@@ -105,16 +105,6 @@ def check_record(rec: Any, disease_ids) -> list[str]:
     if rec.get("biomarkers") is not None and not isinstance(rec.get("biomarkers"), dict):
         out.append("biomarkers must be a mapping of canonical id -> value")
     return out
-
-
-def _finite(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def fmt_value(value: float, decimals: int) -> str:
@@ -232,7 +222,7 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
         b = kb.biomarkers.get(bid)
         if b is None or b.value_kind == "position":
             continue
-        v = _finite(raw)
+        v = finite_float(raw)
         if v is None:
             continue
         sym = lex.unit_symbols.get(b.unit, "")
@@ -256,14 +246,14 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
         low_text = high_text = None
         if rng:
             for key in ("p5", "p95", "mean"):
-                if _finite(rng.get(key)) is not None:
+                if finite_float(rng.get(key)) is not None:
                     refs.append(float(rng[key]))
-            if _finite(rng.get("p5")) is not None and _finite(rng.get("p95")) is not None:
+            if finite_float(rng.get("p5")) is not None and finite_float(rng.get("p95")) is not None:
                 low_text = fmt_with_unit(rng["p5"], b.decimals, sym)
                 high_text = fmt_with_unit(rng["p95"], b.decimals, sym)
         for f in by_bm.get(bid, []):
             th = f.get("threshold") or {}
-            if _finite(th.get("value")) is not None:
+            if finite_float(th.get("value")) is not None:
                 refs.append(float(th["value"]))
         for f in kb.findings.values():  # every absolute cut the knowledge base applies to this biomarker
             for ts in getattr(f, "thresholds", []) or []:
@@ -288,8 +278,8 @@ def _boxes(rec: dict, problems: list[str]) -> dict[str, list[Box]]:
         except ValueError as exc:
             problems.append(f"lesions[{i}]: {exc}; box not used")
     bm = rec.get("biomarkers") or {}
-    c, d = bm.get("disc_center_xy_px"), _finite(bm.get("disc_diameter_px"))
-    if "cfp" in sizes and isinstance(c, (list, tuple)) and len(c) == 2 and d and all(_finite(x) is not None for x in c):
+    c, d = bm.get("disc_center_xy_px"), finite_float(bm.get("disc_diameter_px"))
+    if "cfp" in sizes and isinstance(c, (list, tuple)) and len(c) == 2 and d and all(finite_float(x) is not None for x in c):
         x, y = float(c[0]), float(c[1])
         try:
             out.setdefault("cfp", []).append(normalise_box([x - d / 2, y - d / 2, x + d / 2, y + d / 2], sizes["cfp"],
@@ -375,7 +365,7 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
     sex = rec.get("sex") if rec.get("sex") in ("F", "M") else None
     return StudyFacts(
         study_id=str(rec["study_id"]), patient_id=str(rec["patient_id"]), eye=rec["eye"],
-        eye_words=EYE_WORDS[rec["eye"]], age_years=_finite(rec.get("age_years")), sex=sex,
+        eye_words=EYE_WORDS[rec["eye"]], age_years=finite_float(rec.get("age_years")), sex=sex,
         device=str(rec.get("device") or "generic"), label=rec["label"],
         label_name=lex.disease_names.get(rec["label"], rec["label"]), label_status=label_status,
         biomarkers=bms, finding_state=state,
@@ -386,7 +376,7 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
         boxes=_boxes(rec, notes), kb_snapshot=str(reasoning.get("kb_snapshot_id") or kb.snapshot_id),
         provenance=dict(rec.get("provenance") or {}), problems=notes,
         lesion_lengths_um=sorted({float(d) for les in rec.get("lesions") or [] if isinstance(les, dict)
-                                  for d in [_finite(les.get("diameter_um"))] if d is not None}),
+                                  for d in [finite_float(les.get("diameter_um"))] if d is not None}),
         kb_lengths_um=_kb_lengths(kb),
     )
 
@@ -395,7 +385,7 @@ def _kb_lengths(kb) -> list[float]:
     out = set()
     for f in kb.findings.values():
         for attr in ("min_diameter_um", "max_diameter_um"):
-            v = _finite(getattr(f, attr, None))
+            v = finite_float(getattr(f, attr, None))
             if v is not None:
                 out.add(v)
     return sorted(out)

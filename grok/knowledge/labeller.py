@@ -33,6 +33,7 @@ import pandas as pd
 
 from grok.knowledge.loader import KnowledgeBase, load_knowledge_base
 from grok.knowledge.models import CohortCheck, CohortLabel, CohortSettings, Evidence
+from grok.knowledge.reasoner import finite_float
 
 EYES = ("OD", "OS")
 _MISSING_COLUMN = object()
@@ -88,16 +89,6 @@ def _text(v: Any) -> str:
     return s
 
 
-def _number(v: Any) -> float | None:
-    if _empty(v) or isinstance(v, bool):
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _icd(code: str) -> str:
     return code.upper().replace(".", "").replace(" ", "")
 
@@ -146,7 +137,7 @@ def _blood_pressure(row: _Row) -> dict[str, Any]:
         out = []
         for f in fields:
             v = row.get(f)
-            n = None if v is _MISSING_COLUMN else _number(v)
+            n = None if v is _MISSING_COLUMN else finite_float(v)
             out.append(n if n is not None and n > 0 else None)
         return out
 
@@ -218,7 +209,7 @@ def _evidence(ev: Evidence, row: _Row, bp: dict[str, Any]) -> dict[str, Any] | N
     if v is _MISSING_COLUMN:
         return None
     if ev.kind == "positive_number":
-        n = _number(v)
+        n = finite_float(v)
         if n is None or n <= 0:
             return None
         return {
@@ -289,7 +280,7 @@ def _check(
         if age is not None:
             for f in chk.fields:
                 v = row.get(f)
-                n = None if v is _MISSING_COLUMN else _number(v)
+                n = None if v is _MISSING_COLUMN else finite_float(v)
                 if n is not None and n > 0 and n > age:
                     out.append(f"{chk.id}: {row.column(f)} = {n:g} is after age_years = {age:g}")
     elif chk.kind == "laterality_without_label":
@@ -378,13 +369,13 @@ def label_cohort(
         else:
             pid = pseudo(_text(pid_raw))
         visit_v = row.get("visit")
-        visit = None if visit_v is _MISSING_COLUMN else _number(visit_v)
+        visit = None if visit_v is _MISSING_COLUMN else finite_float(visit_v)
         for f in ("sex", "age_years"):
             v = row.get(f)
             if v is not _MISSING_COLUMN and _empty(v):
                 row._miss(settings.fields[f])
         age_v = row.get("age_years")
-        age = None if age_v is _MISSING_COLUMN else _number(age_v)
+        age = None if age_v is _MISSING_COLUMN else finite_float(age_v)
 
         bp = _blood_pressure(row)
         fired: dict[str, list[dict[str, Any]]] = {}

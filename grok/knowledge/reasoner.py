@@ -296,7 +296,8 @@ def _is_missing(v: Any) -> bool:
     return False
 
 
-def _scalar(v: Any) -> float | None:
+def finite_float(v: Any) -> float | None:
+    """``v`` as a finite float, or None (booleans, None, NaN/NA, inf, text that is not a number)."""
     if isinstance(v, bool):
         return None
     try:
@@ -325,7 +326,7 @@ class _Context:
         if not _is_missing(sex) and self.sex is None:
             self.notes.append(f"sex {sex!r} not understood (use 'F' or 'M'); sex-specific ranges not used")
         age = record.get("age_years")
-        self.age = None if _is_missing(age) else _scalar(age)
+        self.age = None if _is_missing(age) else finite_float(age)
         if self.age is not None and self.age < 0:
             self.notes.append(f"age_years {age!r} is negative; ignored")
             self.age = None
@@ -340,12 +341,12 @@ class _Context:
             if _is_missing(v):
                 continue
             if b.value_kind == "position":
-                if isinstance(v, (list, tuple)) and len(v) == 2 and all(_scalar(x) is not None for x in v):
+                if isinstance(v, (list, tuple)) and len(v) == 2 and all(finite_float(x) is not None for x in v):
                     self.values[key] = [float(v[0]), float(v[1])]
                 else:
                     self.notes.append(f"{key}: expected an (x, y) pair, got {v!r}; treated as missing")
                 continue
-            f = _scalar(v)
+            f = finite_float(v)
             if f is None:
                 self.notes.append(f"{key}: value {v!r} is not a finite number; treated as missing")
                 continue
@@ -550,7 +551,7 @@ def _eval_lesion(f: LesionFinding, ctx: _Context) -> _State:
     of_type = [les for les in ctx.lesions if les.get("type") == f.lesion_type]
 
     def size(les: dict[str, Any]) -> float | None:
-        return None if _is_missing(les.get("diameter_um")) else _scalar(les.get("diameter_um"))
+        return None if _is_missing(les.get("diameter_um")) else finite_float(les.get("diameter_um"))
 
     def fits(les: dict[str, Any]) -> bool:
         d = size(les)
