@@ -62,6 +62,27 @@ def _match(det: list[dict], truth: list[dict], typ: str) -> tuple[int, int, int]
     return found, good, len(p)
 
 
+def _tally(les: dict[str, list[int]], det: list[dict], truth: list[dict]) -> None:
+    """Add one image's counts to ``les`` {type: [true, found, good detections, detections]}."""
+    for t in CFP_LESION_TYPES:
+        f, g, d = _match(det, truth, t)
+        les[t][0] += sum(1 for x in truth if x["type"] == t)
+        les[t][1] += f
+        les[t][2] += g
+        les[t][3] += d
+
+
+def _lesion_summary(les: dict[str, list[int]]) -> dict[str, dict]:
+    """Per type: true, detected, recall, precision and whether the target (>= 0.8 at >= 0.7) is met."""
+    out = {}
+    for t, (nt, f, g, d) in les.items():
+        rec = f / nt if nt else None
+        prec = g / d if d else None
+        out[t] = {"true": nt, "detected": d, "recall": rec, "precision": prec,
+                  "meets_target": (rec is not None and prec is not None and rec >= 0.8 and prec >= 0.7)}
+    return out
+
+
 def _stats(v: list[float]) -> dict:
     a = np.asarray([x for x in v if x is not None and np.isfinite(x)], dtype=float)
     if a.size == 0:
@@ -108,19 +129,9 @@ def run(n: int, size: int, seed: int) -> dict:
         row["av_pixel_accuracy"] = float(((am & ph.artery_mask).sum() + (vmm & ph.vein_mask).sum())
                                          / max(float((am | vmm).sum()), 1.0))
         row["seconds"] = m.extras.get("seconds")
-        for t in CFP_LESION_TYPES:
-            f, g, d = _match(m.lesions, tr["lesions"], t)
-            les[t][0] += sum(1 for x in tr["lesions"] if x["type"] == t)
-            les[t][1] += f
-            les[t][2] += g
-            les[t][3] += d
+        _tally(les, m.lesions, tr["lesions"])
         rows.append(row)
-    lesion_summary = {}
-    for t, (nt, f, g, d) in les.items():
-        rec = f / nt if nt else None
-        prec = g / d if d else None
-        lesion_summary[t] = {"true": nt, "detected": d, "recall": rec, "precision": prec,
-                             "meets_target": (rec is not None and prec is not None and rec >= 0.8 and prec >= 0.7)}
+    lesion_summary = _lesion_summary(les)
 
     def col(k):
         return [r.get(k) for r in rows]
@@ -266,19 +277,8 @@ def retina_with_drawn_lesions(seed: int = 0, repeats: int = 2) -> dict:
             rgb, truth = draw_into_retina(base, vessels, fov, mix, rng)
             m = measure_fundus(rgb)
             images.append({"mix": label, "drawn": len(truth), "detected": len(m.lesions)})
-            for t in CFP_LESION_TYPES:
-                f, g, d = _match(m.lesions, truth, t)
-                les[t][0] += sum(1 for x in truth if x["type"] == t)
-                les[t][1] += f
-                les[t][2] += g
-                les[t][3] += d
-    summary = {}
-    for t, (nt, f, g, d) in les.items():
-        rec = f / nt if nt else None
-        prec = g / d if d else None
-        summary[t] = {"true": nt, "detected": d, "recall": rec, "precision": prec,
-                      "meets_target": (rec is not None and prec is not None and rec >= 0.8 and prec >= 0.7)}
-    return {"images": images, "lesions": summary,
+            _tally(les, m.lesions, truth)
+    return {"images": images, "lesions": _lesion_summary(les),
             "clean_image_lesion_counts": {t: clean.biomarkers[f"{t}_count"] for t in CFP_LESION_TYPES}}
 
 
