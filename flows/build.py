@@ -3,8 +3,8 @@
 Run as: grok build CONFIG.yaml   (or: prefect deploy --all, then run the `build-dataset/cpu` deployment)
 
 Every task calls one plain function of ``grok.build`` over files in the build folder. Work is sharded
-(batches of studies), shards are cached on their content key (study ids + code/knowledge-base/
-template versions + the ingested manifest), results are persisted as JSON (never pickles), so a
+(batches of studies), shards are cached on their content key (:mod:`grok.build.keys`: image sha256s,
+the config sections that shape them, code, knowledge-base and template versions), results are persisted as JSON (never pickles), so a
 build killed at any point and started again skips finished shards. Only I/O tasks (ingest,
 training triggers) and LLM tasks retry. Each stage publishes a Prefect table artifact with its
 counts and timings; the publish stage links the dataset card, the curator report and the contract
@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from grok.build import instruct_stage, pipeline
+from grok.build import instruct_stage, measure, pipeline
 from grok.build.config import BuildConfig, load_config
 
 PUBLISHED_EVENT = "grok.dataset.published"
@@ -43,28 +43,19 @@ def _cfg(config: dict[str, Any]) -> BuildConfig:
 def _shard_cache_key(prefix: str):
     def key(_ctx, params: dict[str, Any]) -> str:
         import hashlib
-
-        cfg = _cfg(params["config"])
-        ids = params["study_ids"]
-        # the cached value is a path inside this build folder, so the folder is part of the key
-        where = hashlib.sha256(str(Path(cfg.work_dir).resolve()).encode()).hexdigest()[:12]
-        if prefix == "measure":
-            from grok.build.measure import shard_key
-
-            key = f"grok-measure-{where}-{pipeline.build_id(cfg)}-{shard_key(ids)}"
-            out = Path(cfg.work_dir) / "measure" / f"shard-{shard_key(ids)}.parquet"
-        else:
-            skey = instruct_stage._shard_key(cfg, ids)
-            key = f"grok-instruct-{where}-{skey}"
-            out = Path(cfg.work_dir) / "instruct" / f"shard-{skey}" / "DONE"
-        # A cached value is only valid while the file it names exists unchanged: a deleted or rebuilt
-        # build folder must never be answered from the cache (the shard functions themselves skip
-        # finished work, so a miss here costs nothing when the output is already there).
-        if out.exists():
-            return f"{key}-{out.stat().st_mtime_ns}"
         import uuid
 
-        return f"{key}-pending-{uuid.uuid4().hex}"
+        cfg = _cfg(params["config"])
+        shard = params["shard"]
+        # the cached value is a path inside this build folder, so the folder is part of the key
+        where = hashlib.sha256(str(Path(cfg.work_dir).resolve()).encode()).hexdigest()[:12]
+        stage = measure if prefix == "measure" else instruct_stage
+        done = stage.finished_shard(cfg.work_dir if prefix == "measure" else cfg, shard)
+        # A cached value is only valid while the output it names exists and was written from the same
+        # inputs: a deleted or rebuilt build folder is never answered from the cache.
+        if done is not None:
+            return f"grok-{prefix}-{where}-{shard['key']}"
+        return f"grok-{prefix}-{where}-pending-{uuid.uuid4().hex}"
 
     return key
 
@@ -86,8 +77,8 @@ def ingest_task(config: dict[str, Any], archive: str) -> dict[str, Any]:
 
 @task(name="measure-shard", cache_key_fn=_shard_cache_key("measure"), persist_result=True,
       result_serializer="json")
-def measure_shard_task(config: dict[str, Any], study_ids: list[str]) -> str:
-    return pipeline.stage_measure_shard(_cfg(config), study_ids)
+def measure_shard_task(config: dict[str, Any], shard: dict[str, Any]) -> str:
+    return pipeline.stage_measure_shard(_cfg(config), shard)
 
 
 @task(name="measure-merge", cache_policy=NO_CACHE)
@@ -106,7 +97,7 @@ def records_task(config: dict[str, Any], cohort: str | None) -> dict[str, Any]:
 
 @task(name="instruct-shard", cache_key_fn=_shard_cache_key("instruct"), persist_result=True,
       result_serializer="json", retries=2, retry_delay_seconds=10)
-def instruct_shard_task(config: dict[str, Any], study_ids: list[str]) -> str:
+def instruct_shard_task(config: dict[str, Any], shard: dict[str, Any]) -> str:
     cfg = _cfg(config)
     if cfg.instruct.mode == "llm":
         # A global limit across every worker of the build: at most `concurrency` LLM shards at once;
@@ -114,8 +105,8 @@ def instruct_shard_task(config: dict[str, Any], study_ids: list[str]) -> str:
         from prefect.concurrency.sync import concurrency
 
         with concurrency("grok-llm", occupy=1, create_if_missing=True):
-            return instruct_stage.run_shard(cfg, study_ids)
-    return instruct_stage.run_shard(cfg, study_ids)
+            return instruct_stage.run_shard(cfg, shard)
+    return instruct_stage.run_shard(cfg, shard)
 
 
 @task(name="instruct-merge", cache_policy=NO_CACHE)
@@ -183,13 +174,13 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
                 ing["n_quarantined"])
     t0 = time.perf_counter()
     shards = pipeline.measure_plan(cfg)
-    paths = measure_shard_task.map(config=unmapped(config), study_ids=shards).result()
+    paths = measure_shard_task.map(config=unmapped(config), shard=shards).result()
     meas = measure_merge_task(config, paths, time.perf_counter() - t0)
     logger.info("measure: %s/%s studies in %d shards", meas["n_out"], meas["n_in"], len(shards))
     rec = records_task(config, src["outputs"].get("cohort"))
     t0 = time.perf_counter()
     ishards = instruct_stage.plan(cfg)
-    dirs = instruct_shard_task.map(config=unmapped(config), study_ids=ishards).result()
+    dirs = instruct_shard_task.map(config=unmapped(config), shard=ishards).result()
     ins = instruct_merge_task(config, dirs, time.perf_counter() - t0)
     logger.info("instruct: %s rows verified, %s quarantined", ins["n_out"], ins["n_quarantined"])
     pub = publish_task(config, src["outputs"].get("deny_list"), str(flow_run.get_id() or ""))

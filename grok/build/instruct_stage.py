@@ -1,16 +1,17 @@
 """Instruct stage of a build: study records -> verified instruction rows (sharded, resumable).
 
 Records are cut into shards (``instruct.shard_size``); each shard runs
-:func:`grok.instruct.generate.build_instructions` into ``BUILD/instruct/shard-<key>/`` and marks
-itself done with a ``DONE`` file, so a restarted build skips finished shards (LLM calls of an
+:func:`grok.instruct.generate.build_instructions` into ``BUILD/instruct/shard-<name>/`` and marks
+itself done with a ``DONE`` file holding the content key of its inputs (:mod:`grok.build.keys`), so a
+restarted build skips finished shards and a changed record, setting or template regenerates its shard (LLM calls of an
 unfinished shard are replayed from the SQLite request cache, never repeated). :func:`merge` writes
 ``BUILD/instructions.parquet`` and ``BUILD/instructions_quarantine.parquet``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,36 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from grok import __version__
 from grok.build.config import BuildConfig
+from grok.build.keys import content_key, files_digest, shard_name
 from grok.build.pipeline import StageReport, _check_yield, _kb, _update_build_json, build_id, work
 
 
-def plan(cfg: BuildConfig) -> list[list[str]]:
+def plan(cfg: BuildConfig) -> list[dict[str, Any]]:
+    """The instruct shards, ``[{"ids": [...], "key": content key}]``: a shard's key covers its study records,
+    the instruct settings, the build id, the knowledge-base snapshot, every template file and the code."""
     from grok.build.records import read_records
+    from grok.instruct.templating import templates_dir
 
-    ids = sorted(r["study_id"] for r in read_records(work(cfg)))
+    records = {r["study_id"]: r for r in read_records(work(cfg))}
+    ids = sorted(records)
     n = cfg.instruct.shard_size
-    return [ids[i:i + n] for i in range(0, len(ids), n)]
+    settings = cfg.instruct.model_dump(mode="json", exclude={"shard_size"})
+    common = {"stage": "instruct", "code": __version__, "config": settings, "build_id": build_id(cfg),
+              "kb": _kb(cfg).snapshot_id, "templates": files_digest(cfg.instruct.templates_dir or templates_dir())}
+    return [{"ids": ids[i:i + n], "key": content_key({**common, "records": [records[s] for s in ids[i:i + n]]})}
+            for i in range(0, len(ids), n)]
 
 
-def _shard_key(cfg: BuildConfig, ids: list[str]) -> str:
-    h = hashlib.sha256(json.dumps(cfg.instruct.model_dump(mode="json"), sort_keys=True).encode())
-    h.update(build_id(cfg).encode())
-    for i in ids:
-        h.update(i.encode() + b"\n")
-    return h.hexdigest()[:16]
+def shard_dir(cfg: BuildConfig, ids: list[str]) -> Path:
+    return work(cfg) / "instruct" / f"shard-{shard_name(ids)}"
+
+
+def finished_shard(cfg: BuildConfig, shard: dict[str, Any]) -> Path | None:
+    """The shard's folder when it finished from the same inputs (its ``DONE`` file holds the same key)."""
+    done = shard_dir(cfg, shard["ids"]) / "DONE"
+    return done.parent if done.exists() and done.read_text().strip() == shard["key"] else None
 
 
 def _instruct_config(cfg: BuildConfig):
@@ -59,18 +72,25 @@ def _instruct_config(cfg: BuildConfig):
     return InstructConfig(**kw)
 
 
-def run_shard(cfg: BuildConfig, ids: list[str]) -> str:
-    """Generate and verify one shard; idempotent (a finished shard is returned as is)."""
+def run_shard(cfg: BuildConfig, shard: dict[str, Any]) -> str:
+    """Generate and verify one shard (``{"ids", "key"}`` from :func:`plan`); a shard finished from the same
+    inputs is returned as is. Outputs from other inputs are removed first; the LLM request cache is kept
+    (a request that did not change is replayed from it, never sent again)."""
     from grok.build.records import read_records
     from grok.instruct.generate import build_instructions
 
-    out = work(cfg) / "instruct" / f"shard-{_shard_key(cfg, ids)}"
-    if (out / "DONE").exists():
-        return str(out)
-    want = set(ids)
+    done = finished_shard(cfg, shard)
+    if done is not None:
+        return str(done)
+    out = shard_dir(cfg, shard["ids"])
+    if out.exists():
+        for p in out.iterdir():
+            if not p.name.startswith("llm_cache.sqlite"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    want = set(shard["ids"])
     records = [r for r in read_records(work(cfg)) if r["study_id"] in want]
     build_instructions(records, out, _instruct_config(cfg), kb=_kb(cfg))
-    (out / "DONE").write_text("ok\n")
+    (out / "DONE").write_text(shard["key"] + "\n")
     return str(out)
 
 
@@ -104,5 +124,5 @@ def merge(cfg: BuildConfig, shard_dirs: list[str], seconds: float = 0.0) -> Stag
 
 def stage_instruct(cfg: BuildConfig) -> StageReport:
     t0 = time.perf_counter()
-    dirs = [run_shard(cfg, ids) for ids in plan(cfg)]
+    dirs = [run_shard(cfg, shard) for shard in plan(cfg)]
     return merge(cfg, dirs, seconds=time.perf_counter() - t0)

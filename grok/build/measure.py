@@ -7,16 +7,17 @@ segmented and measured (``grok.oct``), a circle scan if there is one, the photog
 (``grok.cfp``); the foveal B-scan, the B-scans with the most lesion burden, the photograph and their
 overlays are written under ``BUILD/media/<study_id>/``. Work is done in shards (batches of studies)
 so an orchestrator can fan it out and skip finished shards; each shard writes
-``BUILD/measure/shard-<key>.parquet`` atomically, and a study that fails goes to that shard's
+``BUILD/measure/shard-<name>.parquet`` atomically, with the content key of its inputs
+(:mod:`grok.build.keys`), so only a shard whose inputs changed is measured again, and a study that fails goes to that shard's
 quarantine with its reason. :func:`merge_shards` concatenates the shards into
 ``BUILD/biomarkers.parquet`` and ``BUILD/measure_quarantine.parquet``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import shutil
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,23 +73,50 @@ QUARANTINE_SCHEMA = pa.schema([("study_id", pa.string()), ("stage", pa.string())
                                ("error_class", pa.string())])
 
 
-def shard_key(study_ids: Iterable[str]) -> str:
-    """Content key of a shard: its study ids plus the versions that change its output."""
+def measure_inputs(study: dict[str, Any] | None, manifest: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What a study's measurement depends on: its study row and the manifest row (pixel and source-file
+    sha256s, spacing, scan pattern) of every image it names."""
+    if study is None:
+        return {}
+    ids = [*(study.get("oct_image_ids") or []), *(study.get("cfp_image_ids") or [])]
+    return {"study": study, "images": {i: manifest.get(i) for i in ids}}
+
+
+def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True) -> list[dict[str, Any]]:
+    """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match), each with the
+    content key of its real inputs (see :mod:`grok.build.keys`): ``[{"ids": [...], "key": "..."}]``."""
+    from grok.build.keys import content_key
     from grok.cfp.measure import EXTRACTOR_VERSION as cfp_v
 
-    h = hashlib.sha256()
-    h.update(f"measure={MEASURE_VERSION};grok={__version__};cfp={cfp_v}\n".encode())
-    for s in sorted(study_ids):
-        h.update(s.encode() + b"\n")
-    return h.hexdigest()[:16]
-
-
-def plan_shards(studies: list[str], shard_size: int) -> list[list[str]]:
-    """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match)."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
+    ingest_dir = Path(build_dir) / "ingest"
+    studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
+    manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
     ids = sorted(studies)
-    return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
+    code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": cfp_v}
+    shards = []
+    for i in range(0, len(ids), shard_size):
+        part = ids[i:i + shard_size]
+        key = content_key({"stage": "measure", "code": code, "config": {"overlays": overlays},
+                           "studies": [measure_inputs(studies.get(s), manifest) for s in part]})
+        shards.append({"ids": part, "key": key})
+    return shards
+
+
+def shard_path(build_dir: str | Path, study_ids: Iterable[str]) -> Path:
+    from grok.build.keys import shard_name
+
+    return Path(build_dir) / "measure" / f"shard-{shard_name(study_ids)}.parquet"
+
+
+def finished_shard(build_dir: str | Path, shard: dict[str, Any]) -> Path | None:
+    """The shard's output when it exists and was written from the same inputs (its recorded key matches)."""
+    out = shard_path(build_dir, shard["ids"])
+    if not out.exists():
+        return None
+    meta = pq.read_schema(out).metadata or {}
+    return out if meta.get(b"grok.content_key", b"").decode() == shard["key"] else None
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
@@ -136,6 +164,8 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
 
     sid = study["study_id"]
     media = build_dir / "media" / sid
+    if media.exists():  # media of an earlier measurement (other images, other settings) never survive
+        shutil.rmtree(media)
     row: dict[str, Any] = {k: None for k in BIOMARKER_SCHEMA.names}
     row.update(study_id=sid, patient_id=study["patient_id"], eye=study["eye"], visit=study["visit"],
                age_years=_nan(study.get("age_years")), sex=study.get("sex"))
@@ -291,12 +321,15 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def measure_shard(build_dir: str | Path, study_ids: list[str], *, overlays: bool = True) -> Path:
-    """Measure a shard of studies and write ``BUILD/measure/shard-<key>.parquet`` (idempotent)."""
+def measure_shard(build_dir: str | Path, shard: dict[str, Any], *, overlays: bool = True) -> Path:
+    """Measure a shard (``{"ids", "key"}`` from :func:`plan_shards`) into ``BUILD/measure/shard-<name>.parquet``;
+    a finished shard whose recorded key matches is returned as is."""
     build = Path(build_dir)
-    out = build / "measure" / f"shard-{shard_key(study_ids)}.parquet"
-    if out.exists():
-        return out
+    done = finished_shard(build, shard)
+    if done is not None:
+        return done
+    out = shard_path(build, shard["ids"])
+    study_ids = shard["ids"]
     ingest_dir = build / "ingest"
     studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
     manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
@@ -319,7 +352,7 @@ def measure_shard(build_dir: str | Path, study_ids: list[str], *, overlays: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=BIOMARKER_SCHEMA)
     qtable = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
-    meta = {b"grok.quarantine": json.dumps(qtable.to_pylist()).encode()}
+    meta = {b"grok.quarantine": json.dumps(qtable.to_pylist()).encode(), b"grok.content_key": shard["key"].encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
     tmp = out.with_suffix(".tmp")
     pq.write_table(table, tmp, compression="zstd")
@@ -346,8 +379,8 @@ def merge_shards(build_dir: str | Path, shard_paths: list[Path]) -> dict[str, in
 def measure_build(build_dir: str | Path, *, shard_size: int = 8, overlays: bool = True) -> dict[str, int]:
     """Measure every study of a build, shard by shard (finished shards are reused)."""
     build = Path(build_dir)
-    studies = pq.read_table(build / "ingest" / "studies.parquet").column("study_id").to_pylist()
-    paths = [measure_shard(build, s, overlays=overlays) for s in plan_shards(studies, shard_size)]
+    shards = plan_shards(build, shard_size, overlays=overlays)
+    paths = [measure_shard(build, s, overlays=overlays) for s in shards]
     res = merge_shards(build, paths)
-    res["studies_in"] = len(studies)
+    res["studies_in"] = sum(len(s["ids"]) for s in shards)
     return res

@@ -128,19 +128,17 @@ def build_id(cfg: BuildConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def measure_plan(cfg: BuildConfig) -> list[list[str]]:
-    import pyarrow.parquet as pq
-
+def measure_plan(cfg: BuildConfig) -> list[dict[str, Any]]:
+    """The measure shards, ``[{"ids": [...], "key": content key}]``."""
     from grok.build.measure import plan_shards
 
-    studies = pq.read_table(work(cfg) / "ingest" / "studies.parquet").column("study_id").to_pylist()
-    return plan_shards(studies, cfg.measure.shard_size)
+    return plan_shards(work(cfg), cfg.measure.shard_size, overlays=cfg.measure.overlays)
 
 
-def stage_measure_shard(cfg: BuildConfig, study_ids: list[str]) -> str:
+def stage_measure_shard(cfg: BuildConfig, shard: dict[str, Any]) -> str:
     from grok.build.measure import measure_shard
 
-    return str(measure_shard(work(cfg), study_ids, overlays=cfg.measure.overlays))
+    return str(measure_shard(work(cfg), shard, overlays=cfg.measure.overlays))
 
 
 def stage_measure_merge(cfg: BuildConfig, shard_paths: list[str], seconds: float = 0.0) -> StageReport:

@@ -1,0 +1,47 @@
+"""Content keys: a shard's output is reused only while the key recorded with it matches its inputs.
+
+Each sharded stage describes a shard by its real inputs (for measure: every study row and the manifest
+row, with the pixel and source-file sha256s, of every image it uses; the config section that shapes
+the output; the code versions. For instruct: the study records, the instruct settings, the build id,
+the knowledge-base snapshot and the hash of every template file) and :func:`content_key` turns that
+description into the key. The shard writes the key next to its output (:func:`shard_name` says
+where), so a replaced image, a changed setting or a new template is measured or generated again,
+and an unchanged shard is skipped by the plain runner and by Prefect's cache alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def content_key(inputs: Mapping[str, Any]) -> str:
+    """sha256 (32 hex digits) of the canonical JSON of a shard's inputs."""
+    blob = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def shard_name(study_ids: Iterable[str]) -> str:
+    """Where a shard's output lives: a hash of its sorted study ids (its key is stored with the output)."""
+    h = hashlib.sha256()
+    for s in sorted(study_ids):
+        h.update(s.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def files_digest(root: str | Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``root`` (templates, knowledge-base folders)."""
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)

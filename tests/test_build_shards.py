@@ -1,0 +1,135 @@
+"""Measure and instruct shards are reused only while their real inputs are unchanged: a replaced image,
+a changed setting or a changed cohort table never serves stale biomarkers, media or instructions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from grok.build.config import BuildConfig
+from grok.build.pipeline import (
+    measure_plan,
+    stage_ingest,
+    stage_measure_merge,
+    stage_measure_shard,
+    stage_source,
+)
+
+TINY_PHANTOM = {"subjects": 1, "seed": 3, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
+                "cfp_size": 256, "circle_scans": True}
+
+
+def tiny_config(tmp: Path, **over) -> BuildConfig:
+    cfg = {"work_dir": str(tmp / "build"), "source": {"phantom": TINY_PHANTOM},
+           "instruct": {"mode": "template", "seed": 0},
+           "publish": {"name": "tiny", "registry": str(tmp / "registry"), "split_ratios": [0.6, 0.2, 0.2]}}
+    for k, v in over.items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
+    return BuildConfig.model_validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory) -> Path:
+    """A tiny phantom (one subject, two eyes) written and ingested once; tests copy it."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    cfg = tiny_config(tmp)
+    stage_ingest(cfg, stage_source(cfg).outputs["archive"])
+    return tmp
+
+
+@pytest.fixture
+def copy(ingested, tmp_path) -> Path:
+    shutil.copytree(ingested / "build", tmp_path / "build")
+    return tmp_path
+
+
+def _measure(cfg: BuildConfig) -> dict[str, dict]:
+    paths = [stage_measure_shard(cfg, ids) for ids in measure_plan(cfg)]
+    stage_measure_merge(cfg, paths)
+    return {r["study_id"]: r for r in pq.read_table(Path(cfg.work_dir) / "biomarkers.parquet").to_pylist()}
+
+
+def _photos(tmp: Path) -> list[Path]:
+    return sorted(p for p in (tmp / "build" / "phantom" / "dicom").rglob("*")
+                  if p.is_file() and pydicom.dcmread(p, stop_before_pixels=True).Modality == "OP")
+
+
+def _reingest(cfg: BuildConfig) -> None:
+    stage_ingest(cfg, stage_source(cfg).outputs["archive"])
+
+
+def _rewrite_photo(src: Path, dst: Path, *, scale: float, new_uid: bool) -> None:
+    ds = pydicom.dcmread(src)
+    arr = (ds.pixel_array.astype(np.float64) * scale).clip(0, 255).astype(np.uint8)
+    ds.PixelData = arr.tobytes()
+    if new_uid:
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.save_as(dst)
+
+
+def test_replaced_photograph_is_measured_again(copy):
+    cfg = tiny_config(copy)
+    before = _measure(cfg)
+    photo = _photos(copy)[0]
+    _rewrite_photo(photo, photo, scale=0.8, new_uid=False)  # the clinic re-exported the same photograph
+    _reingest(cfg)
+    after = _measure(cfg)
+    manifest = pq.read_table(copy / "build" / "ingest" / "manifest.parquet").to_pylist()
+    cfp_ids = {r["image_id"] for r in manifest if r["modality"] == "cfp"}
+    changed = [s for s in after if after[s]["cfp_image_id"] != before[s]["cfp_image_id"]]
+    assert len(changed) == 1  # exactly the study whose photograph was replaced
+    assert after[changed[0]]["cfp_image_id"] in cfp_ids
+    assert {r["cfp_image_id"] for r in after.values()} <= cfp_ids  # nothing refers to the replaced image
+
+
+def test_changed_overlay_setting_is_measured_again(copy):
+    with_overlays = _measure(tiny_config(copy))
+    assert all(json.loads(r["overlays"]) for r in with_overlays.values())
+    without = _measure(tiny_config(copy, measure={"overlays": False}))
+    assert all(json.loads(r["overlays"]) == {} for r in without.values())
+    media = copy / "build" / "media"
+    assert not list(media.rglob("*_overlay.png")) and not list(media.rglob("thickness_map.png"))
+
+
+def test_unchanged_inputs_reuse_the_shard(copy):
+    cfg = tiny_config(copy)
+    _measure(cfg)
+    shards = sorted((copy / "build" / "measure").glob("shard-*.parquet"))
+    mtimes = [p.stat().st_mtime_ns for p in shards]
+    _reingest(cfg)  # nothing changed in the archive
+    _measure(cfg)
+    assert [p.stat().st_mtime_ns for p in sorted((copy / "build" / "measure").glob("shard-*.parquet"))] == mtimes
+
+
+def test_changed_cohort_table_regenerates_instructions(copy):
+    from grok.build.instruct_stage import stage_instruct
+    from grok.build.pipeline import stage_records
+
+    cfg = tiny_config(copy)
+    _measure(cfg)
+    cohort = copy / "build" / "phantom" / "cohort.csv"
+    stage_records(cfg, str(cohort))
+    stage_instruct(cfg)
+    labels_before = set(pq.read_table(copy / "build" / "instructions.parquet").column("label").to_pylist())
+    import pandas as pd
+
+    df = pd.read_csv(cohort, dtype=str, keep_default_na=False)
+    new = "glaucoma" if "glaucoma" not in labels_before else "amd"
+    df["icd10_codes"] = "H40.1" if new == "glaucoma" else "H35.3"
+    df["glaucoma_laterality" if new == "glaucoma" else "amd_laterality"] = "3"
+    df.to_csv(cohort, index=False)  # the same path, new content
+    stage_records(cfg, str(cohort))
+    records = {json.loads(line)["study_id"]: json.loads(line)["label"]
+               for line in (copy / "build" / "records.jsonl").read_text().splitlines()}
+    assert set(records.values()) == {new}
+    stage_instruct(cfg)
+    rows = pq.read_table(copy / "build" / "instructions.parquet").to_pylist()
+    assert rows and all(r["label"] == records[r["study_id"]] for r in rows)
