@@ -161,12 +161,12 @@ def _kb(cfg: BuildConfig):
 
 def stage_records(cfg: BuildConfig, cohort: str | None) -> StageReport:
     from grok.build.records import build_records
-    from grok.ingest.deid import DeidConfig, pseudonymise_patient_id
+    from grok.ingest.deid import DeidConfig
 
     t0 = time.perf_counter()
-    key = DeidConfig(key=pseudonym_key(cfg)).key
-    res = build_records(work(cfg), cohort=cohort or None, kb=_kb(cfg),
-                        pseudonymise=lambda pid: pseudonymise_patient_id(pid, key), build_id=build_id(cfg))
+    # the same key and date mode as ingestion: cohort ids and visit dates map onto the studies' own
+    deid = DeidConfig(key=pseudonym_key(cfg), date_mode=cfg.deid.date_mode)
+    res = build_records(work(cfg), cohort=cohort or None, kb=_kb(cfg), deid=deid, build_id=build_id(cfg))
     rep = StageReport("records", n_in=res["studies_in"], n_out=res["records"], n_quarantined=res["quarantined"],
                       seconds=time.perf_counter() - t0,
                       outputs={"records": str(work(cfg) / "records.jsonl"),

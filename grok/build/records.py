@@ -3,14 +3,20 @@
 Run as: part of grok build (or grok.build.records.build_records(BUILD_DIR, cohort=...))
 
 Joins ``BUILD/biomarkers.parquet`` with the cohort labels (``grok label``) on the pseudonymous
-patient id and eye, runs the knowledge-base reasoner on every study, and writes
-``BUILD/records.jsonl`` (the input of ``grok instruct``) and ``BUILD/labels.parquet``. A study with
-no label (no cohort row, or a conflicting one) is not guessed: it goes to
-``BUILD/records_quarantine.parquet`` with the reason, so studies in = records + quarantined.
+patient id, eye and visit, runs the knowledge-base reasoner on every study, and writes
+``BUILD/records.jsonl`` (the input of ``grok instruct``) and ``BUILD/labels.parquet``.
+
+Visits: a study's visit is its de-identified date (shifted per patient, or the year). When the cohort
+table has a ``visit_date`` column (its name can be mapped in the knowledge base's ``cohort.fields``),
+each date is de-identified exactly as ingestion does it and a study takes the row of its own visit.
+Undated rows label every visit of that patient and eye only when they agree. A study with no label
+(no cohort row, rows of other visits only, rows that disagree, or a conflicting row) is not guessed:
+it goes to ``BUILD/records_quarantine.parquet`` with the reason, so studies in = records + quarantined.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 from collections.abc import Callable
@@ -23,6 +29,7 @@ import pyarrow.parquet as pq
 
 from grok import __version__
 from grok.build.measure import POSITION_IDS, SCALAR_IDS
+from grok.ingest.deid import DeidConfig, pseudonymise_patient_id, transform_date
 
 RECORDS_VERSION = "1"
 QUARANTINE_SCHEMA = pa.schema([("study_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
@@ -49,6 +56,50 @@ def _lesions_for_reasoner(lesions: list[dict[str, Any]], spacing_mm: list[float]
     return out
 
 
+def _visit_tokens(df: pd.DataFrame, labels: pd.DataFrame, kb, deid: DeidConfig | None) -> list[str | None]:
+    """Per label row, its cohort row's visit date de-identified like the images' (None when undated)."""
+    col = (kb.cohort.fields.get("visit_date") if kb.cohort else None) or "visit_date"
+    if deid is None or col not in df.columns:
+        return [None] * len(labels)
+    per_row = len(labels) // max(len(df), 1)
+    if per_row * len(df) != len(labels):
+        raise ValueError(f"label_cohort gave {len(labels)} rows for {len(df)} cohort rows; expected one per eye")
+    tokens: list[str | None] = []
+    for raw, pid in zip(df[col].tolist(), labels["patient_id"].tolist()[::per_row]):
+        try:
+            d = dt.date.fromisoformat(str(raw).strip()[:10])
+        except ValueError:
+            d = None
+        tok = None
+        if d is not None and isinstance(pid, str):
+            tok = transform_date(d, pid, deid).isoformat()
+            tok = tok[:4] if deid.date_mode == "year" else tok
+        tokens += [tok] * per_row
+    return tokens
+
+
+def _label_for_visit(cands: list[dict[str, Any]], visit: str | None) -> tuple[dict[str, Any] | None, tuple[str, str]]:
+    """The cohort row that labels a study of ``visit`` among its patient's and eye's rows, or why none does."""
+    if not cands:
+        return None, ("unlabelled", "no cohort label for this patient and eye; add the patient to the cohort table "
+                                    "or pass labels")
+    dated = [c for c in cands if c.get("visit_token")]
+    same = [c for c in dated if c["visit_token"] == visit]
+    pool = same or [c for c in cands if not c.get("visit_token")]
+    if not pool:
+        return None, ("label_visit_unmatched", f"the cohort table has {len(dated)} dated row(s) for this patient "
+                                               "and eye but none of this visit (dates compared after the build's "
+                                               "date de-identification); add the row of this visit")
+    outcomes = {(str(c.get("primary_label")), json.dumps(c.get("labels"), default=str)) for c in pool}
+    if len(outcomes) > 1:
+        which = "rows of this visit" if same else "undated rows"
+        return None, ("label_ambiguous", f"{len(pool)} cohort {which} for this patient and eye give different labels "
+                                         f"({', '.join(sorted({o[0] for o in outcomes}))}); give each visit its own "
+                                         "row with a visit_date column (the build shifts those dates like the "
+                                         "images') so each study takes the row of its visit")
+    return pool[0], ("", "")
+
+
 def build_records(
     build_dir: str | Path,
     *,
@@ -56,22 +107,30 @@ def build_records(
     labels: pd.DataFrame | None = None,
     kb=None,
     pseudonymise: Callable[[str], str] | None = None,
+    deid: DeidConfig | None = None,
     build_id: str = "",
 ) -> dict[str, int]:
     """Write ``records.jsonl``, ``labels.parquet`` and ``records_quarantine.parquet``; return counts.
 
     ``cohort`` is a cohort table (path or DataFrame) labelled with the knowledge base's cohort rules;
     ``labels`` may be given instead (already labelled, with ``patient_id``, ``eye``, ``primary_label``,
-    ``labels``). Without either, every study is quarantined as unlabelled.
+    ``labels`` and optionally ``visit_token``, the de-identified visit). Without either, every study is
+    quarantined as unlabelled. ``deid`` is the de-identification the images went through: its key
+    pseudonymises the cohort's patient ids and its date shift turns the cohort's ``visit_date`` into
+    the studies' visits (without it, cohort rows count as undated).
     """
     from grok.knowledge import label_cohort, load_knowledge_base, reason
     from grok.knowledge.labeller import read_cohort
 
     build = Path(build_dir)
     kb = kb or load_knowledge_base()
+    if pseudonymise is None and deid is not None:
+        def pseudonymise(pid: str) -> str:
+            return pseudonymise_patient_id(pid, deid.key)
     if labels is None and cohort is not None:
         df = read_cohort(cohort) if not isinstance(cohort, pd.DataFrame) else cohort
         labels = label_cohort(df, kb, pseudonymise=pseudonymise) if pseudonymise else label_cohort(df, kb)
+        labels = labels.assign(visit_token=_visit_tokens(df, labels, kb, deid))
     if labels is not None:
         keep = [c for c in labels.columns if c in ("patient_id", "eye", "primary_label", "labels", "rule",
                                                    "conflicts", "missing_fields")]
@@ -80,18 +139,18 @@ def build_records(
             if lab[col].map(lambda v: isinstance(v, (list, dict))).any():
                 lab[col] = lab[col].map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict)) else v)
         lab.to_parquet(build / "labels.parquet", index=False)
-        by_key = {(r["patient_id"], r["eye"]): r for r in labels.to_dict("records")}
+        by_key: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+        for r in labels.to_dict("records"):
+            by_key.setdefault((r["patient_id"], r["eye"]), []).append(r)
     else:
         by_key = {}
     bio = pq.read_table(build / "biomarkers.parquet").to_pylist()
     records, quarantine = [], []
     for row in bio:
         sid = row["study_id"]
-        lab_row = by_key.get((row["patient_id"], row["eye"]))
+        lab_row, (error_class, why) = _label_for_visit(by_key.get((row["patient_id"], row["eye"]), []), row["visit"])
         if lab_row is None:
-            quarantine.append(dict(study_id=sid, stage="records", error_class="unlabelled",
-                                   reason="no cohort label for this patient and eye; add the patient to the cohort "
-                                          "table or pass labels"))
+            quarantine.append(dict(study_id=sid, stage="records", error_class=error_class, reason=why))
             continue
         primary = lab_row.get("primary_label")
         if not primary or (isinstance(primary, float) and math.isnan(primary)):
