@@ -158,16 +158,21 @@ def trigger_task(config: dict[str, Any], job: str, dataset: str) -> dict[str, An
 
 
 @flow(name="build-dataset")
-def build_dataset(config: dict[str, Any] | None = None, config_path: str | None = None) -> dict[str, Any]:
-    """Build, validate and publish a dataset version, then trigger the training jobs on it."""
+def build_dataset(config: dict[str, Any] | None = None, config_path: str | None = None,
+                  demo_key: bool = False) -> dict[str, Any]:
+    """Build, validate and publish a dataset version, then trigger the training jobs on it.
+
+    ``demo_key`` allows the public demo pseudonym key when $GROK_PSEUDONYM_KEY is unset (phantom data only).
+    """
     from prefect.runtime import flow_run
 
-    logger = get_run_logger()
     if config is None:
         if config_path is None:
             raise ValueError("build_dataset needs config or config_path")
         config = load_config(config_path).model_dump(mode="json")
     cfg = _cfg(config)
+    pipeline.require_pseudonym_key(cfg, demo_key=demo_key)
+    logger = get_run_logger()
     src = source_task(config)
     ing = ingest_task(config, src["outputs"]["archive"])
     logger.info("ingest: %s files -> %s images, %s quarantined", ing["n_in"], ing["details"]["images"],

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grok.build.config import BuildConfig
+from grok.build.config import BuildConfig, ConfigError
 
 
 @dataclass
@@ -69,6 +69,27 @@ def _check_yield(report: StageReport, cfg: BuildConfig) -> StageReport:
 
 def pseudonym_key(cfg: BuildConfig) -> str | None:
     return os.environ.get(cfg.deid.key_env) or None
+
+
+class PseudonymKeyMissing(ConfigError):
+    """No pseudonym secret in the environment and the public demo key was not asked for."""
+
+
+def require_pseudonym_key(cfg: BuildConfig, *, demo_key: bool = False) -> bool:
+    """Refuse to build without a pseudonym secret unless ``demo_key``; True when the demo key will be used.
+
+    The demo key is in this source code: anyone can reverse its pseudonyms by trying record numbers, so a
+    build never falls back to it silently (``grok build --demo-key`` and ``grok demo`` ask for it).
+    """
+    if pseudonym_key(cfg):
+        return False
+    if demo_key:
+        return True
+    raise PseudonymKeyMissing(
+        f"${cfg.deid.key_env} is not set: the build would pseudonymise patients with the public demo key, which "
+        f"anyone can reverse. Set it to a secret kept outside the data (e.g. export {cfg.deid.key_env}="
+        "\"$(openssl rand -hex 32)\", the same for every build of one archive), or pass --demo-key for phantom "
+        "and demo data only.")
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -222,10 +243,14 @@ def stage_train(cfg: BuildConfig, job: str, dataset: str) -> StageReport:
                        outputs={"run_dir": str(out)}, details=result)
 
 
-def run_build(cfg: BuildConfig) -> list[StageReport]:
-    """All stages in order, no orchestrator (the baseline for benchmarks and the library API)."""
+def run_build(cfg: BuildConfig, *, demo_key: bool = False) -> list[StageReport]:
+    """All stages in order, no orchestrator (the baseline for benchmarks and the library API).
+
+    ``demo_key`` allows the public demo pseudonym key when the secret is not set (phantom data only).
+    """
     from grok.build.instruct_stage import stage_instruct
 
+    require_pseudonym_key(cfg, demo_key=demo_key)
     reports = [stage_source(cfg)]
     src = reports[0].outputs
     reports.append(stage_ingest(cfg, src["archive"]))

@@ -31,29 +31,36 @@ def build_cmd(
     dask: bool = typer.Option(False, "--dask", help="Run measure/instruct on a Dask cluster (runner.* settings)."),
     dask_address: str = typer.Option(None, "--dask-address", help="Existing Dask scheduler, e.g. tcp://host:8786."),
     no_prefect: bool = typer.Option(False, "--no-prefect", help="Call the stages directly, without Prefect."),
+    demo_key: bool = typer.Option(False, "--demo-key", help=(
+        "Allow the public demo pseudonym key when $GROK_PSEUDONYM_KEY is unset (phantom and demo data only: "
+        "anyone can reverse its pseudonyms).")),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Build, validate and publish a dataset (and trigger training) from CONFIG.
 
-    The config is validated before anything runs; a broken one exits 2 naming the field and the fix.
+    The config is validated before anything runs; a broken one exits 2 naming the field and the fix, and
+    so does a missing $GROK_PSEUDONYM_KEY (unless --demo-key).
     """
     from grok.build.config import ConfigError, load_config
+    from grok.build.pipeline import StageFailed, require_pseudonym_key
 
     try:
         overrides = {}
         if dask or dask_address:
             overrides["runner"] = {"kind": "dask", **({"dask_address": dask_address} if dask_address else {})}
         cfg = load_config(config, overrides)
+        if require_pseudonym_key(cfg, demo_key=demo_key):
+            console.print(f"[yellow]warning:[/] ${cfg.deid.key_env} is not set; --demo-key: using the public demo "
+                          "key. Pseudonyms in this build are reversible by anyone; use it for phantom data only.")
     except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
-    from grok.build.pipeline import StageFailed
     from grok.publish import PublishError
 
     try:
         if no_prefect:
             from grok.build.pipeline import run_build
 
-            reports = run_build(cfg)
+            reports = run_build(cfg, demo_key=demo_key)
             result = {"stages": [r.to_dict() for r in reports]}
             pub = next(r for r in reports if r.stage == "publish")
             result.update(dataset=pub.outputs["dataset"], outputs=pub.outputs)
@@ -61,7 +68,7 @@ def build_cmd(
             prefect_env()
             from flows.build import with_runner
 
-            result = with_runner(cfg)(config=cfg.model_dump(mode="json"))
+            result = with_runner(cfg)(config=cfg.model_dump(mode="json"), demo_key=demo_key)
     except (StageFailed, PublishError) as exc:
         fail(str(exc), ExitCode.FAILED)
     if as_json:
