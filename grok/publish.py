@@ -96,7 +96,8 @@ def check_build(build_dir: Path) -> dict[str, Any]:
             info = json.loads(info_path.read_text())
         except json.JSONDecodeError as exc:
             raise PublishError(f"{info_path}: unreadable ({exc}); the build was interrupted, rerun grok build") from exc
-        if not info.get("complete", False):
+        # ready_to_publish: every stage before publication finished; complete: the version was published
+        if not (info.get("complete") or info.get("ready_to_publish")):
             raise PublishError(f"{build_dir}: build.json says the build is not complete (last stage: "
                                f"{info.get('last_stage', 'unknown')}); rerun grok build to finish it")
     missing = [f for f in REQUIRED if not (build_dir / f).exists()]

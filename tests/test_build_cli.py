@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from grok.build.config import BuildConfig, ConfigError
-from tests.test_build_shards import tiny_config
+from tests.test_build_shards import copy, ingested, tiny_config  # noqa: F401 (fixtures)
 
 GROK = [sys.executable, "-m", "grok"]
 
@@ -70,3 +71,24 @@ def test_demo_key_flag_lets_the_build_run(tmp_path):
 def test_config_cannot_smuggle_the_flag(tmp_path):
     with pytest.raises(ValueError):
         BuildConfig.model_validate({**tiny_config(tmp_path).model_dump(mode="json"), "demo_key": True})
+
+
+def test_complete_only_after_publication(copy):  # noqa: F811 (the fixture imported above)
+    from grok.build.instruct_stage import stage_instruct
+    from grok.build.pipeline import stage_publish, stage_records
+    from tests.test_build_shards import _measure
+
+    blocker = copy / "registry-is-a-file"
+    blocker.write_text("not a folder\n")
+    cfg = tiny_config(copy, publish={"registry": str(blocker)})
+    _measure(cfg)
+    stage_records(cfg, str(copy / "build" / "phantom" / "cohort.csv"))
+    stage_instruct(cfg)
+    info = copy / "build" / "build.json"
+    with pytest.raises(ValueError, match="not writable"):
+        stage_publish(cfg, None)  # publication fails after every stage before it finished
+    assert json.loads(info.read_text())["complete"] is False
+    good = tiny_config(copy)
+    rep = stage_publish(good, None)  # a rerun publishes the finished stages (resume)
+    after = json.loads(info.read_text())
+    assert after["complete"] is True and after["published"] == rep.outputs["dataset"] == "tiny@0.1.0"

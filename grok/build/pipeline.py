@@ -3,8 +3,9 @@
 Each stage reads and writes files under ``cfg.work_dir`` and returns a :class:`StageReport` (counts
 in / out / quarantined, seconds, output paths). :func:`run_build` calls them in order without any
 orchestrator: it is what ``benchmarks/build.py`` compares the Prefect flow against, and what tests
-use. ``BUILD/build.json`` records progress; it says ``complete: true`` only after publication, so a
-killed build is never published half-written.
+use. ``BUILD/build.json`` records progress: ``ready_to_publish: true`` once every stage before
+publication finished (``grok publish BUILD`` accepts the folder), ``complete: true`` only once the version
+is published, so a killed build is never published half-written nor reported as done.
 
 The build id is a content hash of the config and the ingested manifest (not a run id), so a resumed
 build and an uninterrupted one write identical rows and publish the same fingerprint; the Prefect
@@ -60,7 +61,8 @@ def _update_build_json(cfg: BuildConfig, **kw: Any) -> dict[str, Any]:
 
 def _check_yield(report: StageReport, cfg: BuildConfig) -> StageReport:
     if report.n_in and report.n_out < max(1, cfg.min_output_fraction * report.n_in):
-        _update_build_json(cfg, complete=False, last_stage=report.stage, failed_stage=report.to_dict())
+        _update_build_json(cfg, complete=False, ready_to_publish=False, last_stage=report.stage,
+                           failed_stage=report.to_dict())
         raise StageFailed(f"stage {report.stage}: {report.n_out} of {report.n_in} items came out "
                           f"({report.n_quarantined} quarantined); stopping instead of publishing an empty dataset. "
                           f"See the quarantine tables in {cfg.work_dir}")
@@ -131,7 +133,7 @@ def stage_ingest(cfg: BuildConfig, archive: str) -> StageReport:
                                "quarantine": str(out / "quarantine.parquet")},
                       details={"images": res.images, "studies": res.studies, "paired": res.paired_studies,
                                "cached_files": res.files_cached, "quarantine_reasons": res.quarantine_reasons})
-    _update_build_json(cfg, complete=False, last_stage="ingest", build_id=build_id(cfg))
+    _update_build_json(cfg, complete=False, ready_to_publish=False, last_stage="ingest", build_id=build_id(cfg))
     return _check_yield(rep, cfg)
 
 
@@ -202,7 +204,8 @@ def stage_publish(cfg: BuildConfig, deny_list: str | None, flow_run_id: str | No
     t0 = time.perf_counter()
     deny = json.loads(Path(deny_list).read_text()) if deny_list and Path(deny_list).is_file() else []
     p = cfg.publish
-    _update_build_json(cfg, complete=True, last_stage="instruct", flow_run_id=flow_run_id)
+    # complete means published: a publication that fails leaves complete false (rerun to publish again)
+    _update_build_json(cfg, complete=False, ready_to_publish=True, flow_run_id=flow_run_id)
     res = publish_build(work(cfg), PublishConfig(
         name=p.name, version=p.version, bump=p.bump, registry=p.registry, split_ratios=tuple(p.split_ratios),
         seed=p.split_seed, verifier_pass_rate=p.verifier_pass_rate, near_dup_threshold=p.near_dup_threshold,
@@ -214,7 +217,8 @@ def stage_publish(cfg: BuildConfig, deny_list: str | None, flow_run_id: str | No
                       outputs={"dataset": f"{res.name}@{res.version}", "path": res.path, "card": res.card,
                                "report": res.report},
                       details={"fingerprint": res.fingerprint, "counts": res.counts})
-    _update_build_json(cfg, last_stage="publish", published=f"{res.name}@{res.version}", fingerprint=res.fingerprint)
+    _update_build_json(cfg, complete=True, last_stage="publish", published=f"{res.name}@{res.version}",
+                       fingerprint=res.fingerprint)
     return rep
 
 
