@@ -106,7 +106,7 @@ def test_circle_scan_measure():
     c = synth_circle_scan("normal", "OS", np.random.default_rng(3), rows=496, cols=384)
     m = measure_circle(c.bscan, c.axial_um, c.lateral_um, "OS")
     assert set(m.biomarkers) == set(OCT_PERIPAPILLARY_BIOMARKERS)
-    for k, v in c.biomarkers.items():
-        assert abs(m.biomarkers[k] - v) < 6.0, (k, m.biomarkers[k], v)
+    for k, v in c.biomarkers.items():  # the targets: mean within 5 um, sectors within 10 um
+        assert abs(m.biomarkers[k] - v) < (5.0 if k.endswith("_mean_um") else 10.0), (k, m.biomarkers[k], v)
     nan = measure_circle(c.bscan, float("nan"), c.lateral_um)
     assert all(math.isnan(v) for v in nan.biomarkers.values()) and not nan.quality["usable"]

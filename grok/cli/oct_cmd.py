@@ -1,7 +1,8 @@
 """CLI for OCT: ``grok oct segment`` and ``grok oct measure``.
 
-Run as: grok oct segment PATH [--frame N] [--spacing-um AXIAL LATERAL] [--png OUT.png] [--json]
-        grok oct measure PATH [--png OUT.png] [--json]
+Run as: grok oct segment PATH [--frame N] [--spacing-um AXIAL LATERAL] [--method M] [--compare-device]
+                        [--png OUT.png] [--json]
+        grok oct measure PATH [--method M] [--png OUT.png] [--json]
 
 PATH is anything ``grok.ingest.readers.read_oct`` reads: a DICOM OPT file (multi- or single-frame), an
 8/16-bit PNG/TIFF B-scan export with its sidecar ``<file>.json``, an export folder with ``volume.json``, or
@@ -51,6 +52,24 @@ def _mm_to_um(v: float) -> float:
     return f if math.isfinite(f) and f > 0 else math.nan
 
 
+def device_differences(ours: np.ndarray, device: np.ndarray, axial_um: float) -> dict[str, dict]:
+    """Per boundary the device's lines have: mean absolute and signed difference (ours - device), px and um,
+    over the columns where both are defined."""
+    from grok.ids import BOUNDARIES
+
+    out: dict[str, dict] = {}
+    for k, name in enumerate(BOUNDARIES):
+        both = np.isfinite(ours[k]) & np.isfinite(device[k])
+        if not np.isfinite(device[k]).any():
+            continue
+        d = (ours[k] - device[k])[both].astype(np.float64)
+        mae = float(np.abs(d).mean()) if d.size else math.nan
+        out[name] = {"mae_px": mae, "mean_px": float(d.mean()) if d.size else math.nan,
+                     "mae_um": mae * axial_um if math.isfinite(axial_um) else math.nan, "columns": int(both.sum()),
+                     "device_columns": int(np.isfinite(device[k]).sum())}
+    return out
+
+
 @oct_app.command("segment")
 def segment_cmd(
     path: Path = typer.Argument(..., help="DICOM OPT, B-scan image export (+ sidecar), export folder or vendor file."),
@@ -59,6 +78,10 @@ def segment_cmd(
         None, "--spacing-um", help="Axial and lateral pixel spacing in micrometres (overrides the header)."
     ),
     png: Path | None = typer.Option(None, "--png", help="Write the B-scan with its boundaries here."),
+    method: str = typer.Option("auto", "--method", help="Segmentation method: auto, layered or classic "
+                                                        "(docs/oct.md)."),
+    compare_device: bool = typer.Option(False, "--compare-device", help="Also print the mean absolute "
+                                        "difference to the device's own lines stored in the file (vendor files)."),
     as_json: bool = typer.Option(False, "--json", help="Print the boundaries as JSON on stdout."),
 ) -> None:
     """Segment the nine layer boundaries of one B-scan."""
@@ -78,9 +101,19 @@ def segment_cmd(
     from grok.oct.volume import DEFAULT_SPACING_UM
 
     missing = [name for name, v in (("axial", ax), ("lateral", la)) if not math.isfinite(v)]
+    if method not in ("auto", "layered", "classic"):
+        fail(f"--method must be auto, layered or classic, got {method!r}", ExitCode.USAGE)
     res = segment_bscan(scan.volume[idx], ax if math.isfinite(ax) else DEFAULT_SPACING_UM[0],
-                        la if math.isfinite(la) else DEFAULT_SPACING_UM[1])
+                        la if math.isfinite(la) else DEFAULT_SPACING_UM[1],
+                        pattern="circle" if scan.scan_pattern == "circle" else "macula", method=method)
     flags = dict(res.flags)
+    device = None
+    if compare_device:
+        dev = scan.meta.get("device_boundaries")
+        if dev is None:
+            fail(f"{path}: the file holds no device segmentation lines to compare with (--compare-device reads "
+                 "them from vendor files such as Heidelberg .vol)", ExitCode.USAGE)
+        device = device_differences(res.boundaries, dev[idx], ax)
     if missing:
         flags["missing_spacing"] = (f"no {' / '.join(missing)} spacing in {path}; segmented assuming "
                                     f"{DEFAULT_SPACING_UM[0]} x {DEFAULT_SPACING_UM[1]} um pixels (pass --spacing-um)")
@@ -97,12 +130,16 @@ def segment_cmd(
             "boundaries": {name: res.boundaries[k] for k, name in enumerate(BOUNDARIES)},
             "choroid_sclera": res.choroid_sclera,
             "flags": flags,
+            **({"device_difference": device} if device is not None else {}),
         })
     else:
         fin = np.isfinite(res.boundaries).mean(axis=1)
         console.print(f"{path} frame {idx}: " + ", ".join(f"{b} {f:.0%}" for b, f in zip(BOUNDARIES, fin)))
         for k, v in flags.items():
             console.print(f"  [yellow]{k}[/]: {v}", highlight=False)
+        for name, d in (device or {}).items():
+            console.print(f"  vs device {name}: {d['mae_px']:.2f} px mean absolute difference "
+                          f"({d['mae_um']:.1f} um) over {d['columns']} columns; signed {d['mean_px']:+.2f} px")
     if not found:
         raise SystemExit(int(ExitCode.FAILED))
 
@@ -112,21 +149,25 @@ def measure_cmd(
     path: Path = typer.Argument(..., help="DICOM OPT, B-scan image export (+ sidecar), export folder or vendor file."),
     png: Path | None = typer.Option(None, "--png", help="Write the foveal B-scan overlay here (cubes also get "
                                                         "<OUT>_thickness.png)."),
+    method: str = typer.Option("auto", "--method", help="Segmentation method: auto, layered or classic "
+                                                        "(docs/oct.md)."),
     as_json: bool = typer.Option(False, "--json", help="Print the measurement as JSON on stdout."),
 ) -> None:
     """Measure every canonical OCT biomarker of a macular cube, a single B-scan or a circle scan."""
+    if method not in ("auto", "layered", "classic"):
+        fail(f"--method must be auto, layered or classic, got {method!r}", ExitCode.USAGE)
     scan = _read(path)
     from grok.oct.volume import measure_circle, measure_volume
 
     if scan.scan_pattern == "circle":
         m = measure_circle(scan.volume[0], _mm_to_um(scan.spacing_mm[0]), _mm_to_um(scan.spacing_mm[1]),
-                           scan.laterality)
+                           scan.laterality, method=method)
         if png is not None:
             from grok.oct.overlay import bscan_png
 
             bscan_png(scan.volume[0], m.segmentation, png, title=f"{path.name} circle scan (TSNIT)")
     else:
-        m = measure_volume(scan.volume, scan.spacing_mm, scan.laterality)
+        m = measure_volume(scan.volume, scan.spacing_mm, scan.laterality, method=method)
         if png is not None:
             _write_volume_pngs(scan, m, png, path)
     if png is not None:

@@ -201,6 +201,39 @@ def _lower_envelope(y: np.ndarray, sigma: float, iters: int = 12, tol: float = 2
     return _smooth_odd(cur, sigma / 3)
 
 
+def _first_strong(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float) -> np.ndarray:
+    """Per column, the first row in ``lo..hi`` whose ``g`` reaches ``frac`` of the column's maximum there."""
+    rows, cols = g.shape
+    rr = np.arange(rows)[:, None]
+    inside = (rr >= lo[None, :]) & (rr <= hi[None, :])
+    gm = np.where(inside, g, -np.inf)
+    peak = gm.max(axis=0)
+    hit = inside & (g >= frac * peak[None, :]) & (peak[None, :] > 0)
+    out = np.argmax(hit, axis=0)
+    return np.where(hit.any(axis=0), out, np.argmax(gm, axis=0)).astype(np.float64)
+
+
+def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per column, the first row in ``lo..hi`` where ``f`` reaches half-way from the dark level (20th
+    percentile of the window) to the window's peak; sub-pixel by linear interpolation."""
+    rows, cols = f.shape
+    lo_i = np.clip(np.round(lo), 1, rows - 2).astype(np.int64)
+    hi_i = np.maximum(np.clip(np.round(hi), 1, rows - 2).astype(np.int64), lo_i + 1)
+    rr = np.arange(rows)[:, None]
+    inside = (rr >= lo_i[None, :]) & (rr <= hi_i[None, :])
+    fm = np.where(inside, f, np.nan)
+    dark = np.nanpercentile(fm, 20, axis=0)
+    peak = np.nanmax(fm, axis=0)
+    half = (dark + peak) / 2.0
+    hit = inside & (f >= half[None, :])
+    r = np.argmax(hit, axis=0)
+    c = np.arange(cols)
+    prev = f[np.maximum(r - 1, 0), c]
+    cur = f[r, c]
+    frac = np.clip((half - prev) / np.maximum(cur - prev, 1e-6), 0.0, 1.0)
+    return (r - 1 + frac).astype(np.float64)
+
+
 def _nan_result(rows: int, cols: int, flags: dict[str, str], image=None) -> BscanSegmentation:
     return BscanSegmentation(
         np.full((len(BOUNDARIES), cols), np.nan, np.float32), flags, np.full(cols, np.nan, np.float32), image
@@ -244,45 +277,52 @@ def prepare_bscan(bscan: np.ndarray) -> tuple[np.ndarray | None, dict[str, str]]
     return a, flags
 
 
-def segment_bscan(
-    bscan: np.ndarray, axial_um: float = 3.87, lateral_um: float = 11.7, *, keep_image: bool = False
-) -> BscanSegmentation:
-    """Segment the nine boundaries ``grok.ids.BOUNDARIES`` of one B-scan.
-
-    bscan : (rows, cols) ndarray, intensities as exported (uint8/uint16/float; NaN/inf tolerated)
-    axial_um, lateral_um : pixel spacing in micrometres (sets the smoothing and band sizes)
-    keep_image : keep the normalised smoothed image on the result (lesion detection uses it)
-
-    Returns a :class:`BscanSegmentation`; rows are floats in pixels from the top, NaN where a boundary
-    was not found, and ``flags`` names every problem seen (``constant_bscan``, ``non_finite_pixels``,
-    ``no_retina``, ``retina_cut_off_top``, ``low_signal_columns``, ``extreme_tilt``, ...).
-    """
-    for name, v in (("axial_um", axial_um), ("lateral_um", lateral_um)):
-        if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be a positive pixel spacing in micrometres, got {v!r}; "
-                             "pass it from the scan header or --spacing-um")
-    img, flags = prepare_bscan(bscan)
-    rows, cols = np.shape(bscan)
-    if img is None:
-        return _nan_result(rows, cols, flags)
-    um = 1.0 / axial_um  # pixels per micrometre, axially
-    # one lateral box pass (~30 um sigma) shared by the fine (s0) and the working (s1) images; large
-    # smoothing for the rough estimates (s2) is a box filter too: O(1) per pixel whatever its size
-    lat = ndimage.uniform_filter1d(img, _box(max(1.0, 30.0 / lateral_um)), axis=1, mode="nearest")
-    s1 = ndimage.gaussian_filter1d(lat, max(0.8, 5.0 * um), axis=0, mode="nearest", truncate=3.0)
-    s0 = ndimage.gaussian_filter1d(lat, 0.6, axis=0, mode="nearest", truncate=3.0)
-    s2 = ndimage.uniform_filter(s1, (_box(max(1.5, 12.0 * um)), _box(max(3.0, 90.0 / lateral_um))), mode="nearest")
-
-    # ---- rough retina -------------------------------------------------------------------------
-    sub2 = s2[::2, ::2]
-    bg, fg = np.percentile(sub2, [5, 99.5])
+def _rough_ilm(s2: np.ndarray, flags: dict[str, str]):
+    """``(bg, fg, has, ilm_r)``: background / foreground levels, columns with tissue and the first row above
+    35 % of the way to the foreground (a rough ILM); None (with a flag) when no bright band exists."""
+    bg, fg = np.percentile(s2[::2, ::2], [5, 99.5])
     if fg - bg < 0.05:
         flags["no_retina"] = "no bright retinal band found"
-        return _nan_result(rows, cols, flags, s1 if keep_image else None)
-    thr = bg + 0.35 * (fg - bg)
-    above = s2 > thr
-    has = above.any(axis=0)
-    ilm_r = np.argmax(above, axis=0).astype(np.float64)
+        return None
+    above = s2 > bg + 0.35 * (fg - bg)
+    return bg, fg, above.any(axis=0), np.argmax(above, axis=0).astype(np.float64)
+
+
+def _edge_costs(s1: np.ndarray, s0: np.ndarray):
+    """Vertical gradient ``g`` of ``s1``, its 99th-percentile scale, the dark->light / light->dark costs and
+    the edge strengths of the lightly smoothed ``s0`` used for sub-pixel refinement (thin lines keep edges)."""
+    g = np.zeros_like(s1)
+    g[1:-1] = s1[2:] - s1[:-2]
+    scale = float(np.percentile(np.abs(g[::2, ::2]), 99.0)) or 1.0
+    cost_p = (1.0 - np.minimum(np.clip(g, 0.0, None) / scale, 1.0)).astype(np.float32)
+    cost_n = (1.0 - np.minimum(np.clip(-g, 0.0, None) / scale, 1.0)).astype(np.float32)
+    g0 = np.zeros_like(s0)
+    g0[1:-1] = s0[2:] - s0[:-2]
+    return g, scale, cost_p, cost_n, np.clip(g0, 0.0, None), np.clip(-g0, 0.0, None)
+
+
+def _oct_like(g_scaled: np.ndarray, ilm: np.ndarray, outer: np.ndarray, flags: dict[str, str]) -> bool:
+    """A retina has strong, continuous ILM and outer-retina edges; speckle or a non-OCT image does not."""
+    rows, cols = g_scaled.shape
+    cols_i = np.arange(cols)
+    ilm_edge = float(np.median(g_scaled[np.clip(np.round(ilm).astype(int), 0, rows - 1), cols_i]))
+    out_edge = float(np.median(g_scaled[np.clip(np.round(outer).astype(int), 0, rows - 1), cols_i]))
+    if ilm_edge < 0.8 and out_edge < 0.9:  # calibrated: speckle-only images give ~0.5 / ~0.7
+        flags["not_oct_like"] = (f"no continuous retinal edges (ILM {ilm_edge:.2f}, RPE {out_edge:.2f} of the "
+                                 "strongest gradients); not an OCT B-scan, or too noisy")
+        return False
+    return True
+
+
+def _boundaries_classic(img, s0, s1, s2, axial_um: float, lateral_um: float, flags: dict[str, str], pattern: str):
+    """The phantom-tuned method: rough RPE = brightest deep band, boundaries searched bottom-up in fixed bands."""
+    rows, cols = img.shape
+    um = 1.0 / axial_um
+    # ---- rough retina -------------------------------------------------------------------------
+    rough = _rough_ilm(s2, flags)
+    if rough is None:
+        return None
+    bg, fg, has, ilm_r = rough
     rr = np.arange(rows)[:, None]
     s_lat = ndimage.uniform_filter1d(s1, max(3, int(100.0 / lateral_um)), axis=1, mode="nearest")
     # brightest band below the inner retina, mildly preferring deeper rows: near the disc the RNFL can be
@@ -300,7 +340,7 @@ def segment_bscan(
     low = ~has | (col_peak < bg + 0.25 * (fg - bg))
     if low.mean() > 0.7:
         flags["no_retina"] = "fewer than 30% of the columns show a retina"
-        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+        return None
     good = ~low
     xs = np.arange(cols)
     ilm_r = np.interp(xs, xs[good], ilm_r[good])
@@ -309,7 +349,7 @@ def segment_bscan(
     thick_um = float(np.median(rpe_r - ilm_r)) * axial_um
     if not (60.0 <= thick_um <= 1500.0):
         flags["not_oct_like"] = f"ILM-to-RPE distance {thick_um:.0f} um is not that of a retina"
-        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+        return None
     if low.any():
         flags["low_signal_columns"] = f"{int(low.sum())} columns without usable signal are NaN"
     ref = _lower_envelope(rpe_r, sigma=max(5.0, 600.0 / lateral_um), iters=4, tol=8.0)
@@ -319,16 +359,7 @@ def segment_bscan(
         flags["extreme_tilt"] = f"retina tilted by {slope_px_per_mm * axial_um:.0f} um per mm on average"
 
     # ---- costs -------------------------------------------------------------------------------
-    g = np.zeros_like(s1)
-    g[1:-1] = s1[2:] - s1[:-2]
-    scale = float(np.percentile(np.abs(g[::2, ::2]), 99.0)) or 1.0
-    cost_p = (1.0 - np.minimum(np.clip(g, 0.0, None) / scale, 1.0)).astype(np.float32)
-    cost_n = (1.0 - np.minimum(np.clip(-g, 0.0, None) / scale, 1.0)).astype(np.float32)
-    # sub-pixel refinement on a gradient with little axial smoothing (thin bright lines keep their edges)
-    g0 = np.zeros_like(s0)
-    g0[1:-1] = s0[2:] - s0[:-2]
-    gp = np.clip(g0, 0.0, None)
-    gn = np.clip(-g0, 0.0, None)
+    g, scale, cost_p, cost_n, gp, gn = _edge_costs(s1, s0)
     ctx = _Ctx(rows, cols, gp, gn, cost_p, cost_n, dexp)
     P = um  # pixels per micrometre (axial)
 
@@ -351,17 +382,211 @@ def segment_bscan(
     ipl_inl = ctx.find(-1, np.maximum(ilm, inl_opl - 90 * P), inl_opl - 6 * P, jump=J(0.55), penalty=0.1,
                        ref=inl_opl - 20 * P, ref_w=0.008 * axial_um)
     rnfl_gcl = ctx.find(-1, ilm, np.maximum(ilm, ipl_inl - 8 * P), jump=J(0.55), penalty=0.1, ref=ilm, ref_w=0.004)
-    # plausibility: a retina has strong, continuous ILM and RPE edges; speckle or a non-OCT image does not
-    cols_i = np.arange(cols)
-    g_scale = g / scale
-    ilm_edge = float(np.median(g_scale[np.clip(np.round(ilm).astype(int), 0, rows - 1), cols_i]))
-    rpe_edge = float(np.median(g_scale[np.clip(np.round(rpe).astype(int), 0, rows - 1), cols_i]))
-    if ilm_edge < 0.8 and rpe_edge < 0.9:  # calibrated: speckle-only images give ~0.5 / ~0.7
-        flags["not_oct_like"] = (f"no continuous retinal edges (ILM {ilm_edge:.2f}, RPE {rpe_edge:.2f} of the "
-                                 "strongest gradients); not an OCT B-scan, or too noisy")
-        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+    if not _oct_like(g / scale, ilm, rpe, flags):
+        return None
 
-    b = np.stack([ilm, rnfl_gcl, ipl_inl, inl_opl, opl_onl, elm, ez, rpe, bm]).astype(np.float64)
+    return np.stack([ilm, rnfl_gcl, ipl_inl, inl_opl, opl_onl, elm, ez, rpe, bm]).astype(np.float64), low, dexp
+
+
+def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, flags: dict[str, str], pattern: str):
+    """The real-scan method: box-gradient outer retina, flattened search, half-rise EZ, BM closing the complex."""
+    rows, cols = img.shape
+    um = 1.0 / axial_um
+    flat_sigma_um = 40.0
+    # ---- rough retina -------------------------------------------------------------------------
+    rough = _rough_ilm(s2, flags)
+    if rough is None:
+        return None
+    bg, fg, has, ilm_r = rough
+    # the brightest level below the rough ILM tells a retina from an empty column
+    rr = np.arange(rows)[:, None]
+    below = rr >= ilm_r[None, :]
+    col_peak = np.where(below, s2, -np.inf).max(axis=0)
+    low = ~has | (col_peak < bg + 0.25 * (fg - bg))
+    if low.mean() > 0.7:
+        flags["no_retina"] = "fewer than 30% of the columns show a retina"
+        return None
+    good = ~low
+    xs = np.arange(cols)
+    ilm_r = np.interp(xs, xs[good], ilm_r[good])
+    P = um  # pixels per micrometre (axial)
+
+    # ---- costs -------------------------------------------------------------------------------
+    g, scale, cost_p, cost_n, gp, gn = _edge_costs(s1, s0)
+
+    def J(slope: float) -> int:
+        """Largest row change per column for a boundary rising at ``slope`` (axial um per lateral um)."""
+        return max(1, int(math.ceil(slope * lateral_um / axial_um)))
+
+    zero = np.zeros(cols)
+    ctx = _Ctx(rows, cols, gp, gn, cost_p, cost_n, zero)
+    ilm = ctx.find(+1, ilm_r - 45 * P, ilm_r + 45 * P, jump=J(0.8), penalty=0.08, climb=2)
+
+    # ---- outer retina: the wide dark-to-bright step from the outer nuclear layer into the
+    # photoreceptor / RPE complex. A box gradient over ~25 um on each side answers to that step and
+    # not to thin lines or to the bright RNFL of a peripapillary scan (which ends light-to-dark).
+    wb = max(2, int(round(25.0 * P)))
+    csum = np.concatenate([np.zeros((1, cols)), np.cumsum(s1, axis=0, dtype=np.float64)])
+    idx = np.arange(rows)
+    up_a, dn_b = np.clip(idx - wb, 0, rows), np.clip(idx + wb, 0, rows)
+    box = (csum[dn_b] - csum[idx]) / np.maximum(dn_b - idx, 1)[:, None] \
+        - (csum[idx] - csum[up_a]) / np.maximum(idx - up_a, 1)[:, None]
+    lo_o = ilm + 60.0 * P
+    band = (rr >= lo_o[None, :]) & (rr <= rows - 3)
+    bscale = float(np.percentile(box[band & (box > 0)], 99.0)) if np.any(band & (box > 0)) else 1.0
+    cost_box = (1.0 - np.minimum(np.clip(box, 0.0, None) / max(bscale, 1e-6), 1.0)).astype(np.float32)
+    ctx_box = _Ctx(rows, cols, np.clip(box, 0, None), gn, cost_box, cost_n, zero)
+    outer = ctx_box.find(+1, lo_o, np.full(cols, rows - 3.0), jump=J(1.2), penalty=0.04, climb=0)
+    outer_s = ndimage.median_filter(outer, size=max(3, int(80.0 / lateral_um)) | 1, mode="nearest")
+    ref = _smooth_odd(outer_s, max(2.0, 60.0 / lateral_um))
+    dexp = np.concatenate([[0.0], np.diff(ref)])
+    ctx.dexp = dexp
+    thick_um = float(np.median(ref - ilm)) * axial_um
+    if not (60.0 <= thick_um <= 1500.0):
+        flags["not_oct_like"] = f"ILM-to-outer-retina distance {thick_um:.0f} um is not that of a retina"
+        return None
+    if low.any():
+        flags["low_signal_columns"] = f"{int(low.sum())} columns without usable signal are NaN"
+    slope_px_per_mm = np.abs(np.diff(ref)).mean() / (lateral_um * 1e-3) if cols > 1 else 0.0
+    if slope_px_per_mm * axial_um > 150.0 and pattern != "circle":  # ~8.5 degrees mean tilt
+        flags["extreme_tilt"] = f"retina tilted by {slope_px_per_mm * axial_um:.0f} um per mm on average"
+
+    # ---- flatten to the outer retina ------------------------------------------------------------
+    # every later search runs on the image shifted column by column so the outer retina is straight:
+    # layers then run (nearly) horizontally and can be averaged along them without blurring their
+    # edges, which is what a single-frame (unaveraged) real B-scan needs against its speckle
+    shift = np.round(ref - np.median(ref)).astype(np.int64)
+    src_rows = np.clip(idx[:, None] + shift[None, :], 0, rows - 1)
+    flat = np.take_along_axis(img, src_rows, axis=0)
+    latf = ndimage.gaussian_filter1d(flat, max(1.0, flat_sigma_um / lateral_um), axis=1, mode="nearest",
+                                     truncate=2.5)
+    f1 = ndimage.gaussian_filter1d(latf, max(0.8, 4.0 * um), axis=0, mode="nearest", truncate=3.0)
+    f0 = ndimage.gaussian_filter1d(latf, 0.6, axis=0, mode="nearest", truncate=3.0)
+    gf = np.zeros_like(f1)
+    gf[1:-1] = f1[2:] - f1[:-2]
+    fscale = float(np.percentile(np.abs(gf[::2, ::2]), 99.0)) or 1.0
+    g0f = np.zeros_like(f0)
+    g0f[1:-1] = f0[2:] - f0[:-2]
+    fctx = _Ctx(rows, cols, np.clip(g0f, 0.0, None), np.clip(-g0f, 0.0, None),
+                (1.0 - np.minimum(np.clip(gf, 0.0, None) / fscale, 1.0)).astype(np.float32),
+                (1.0 - np.minimum(np.clip(-gf, 0.0, None) / fscale, 1.0)).astype(np.float32), zero)
+    sh = shift.astype(np.float64)
+    filmn = ilm - sh
+    fref = ref - sh
+
+    # ---- boundaries in robust order (flattened rows) -------------------------------------------------
+    # the EZ is where the outer complex first rises half-way from the outer nuclear layer's level to its
+    # own peak (the box step can land on the RPE where the outer segments are long and dark; the thin
+    # ELM line above the EZ stays well under half-way once the image is averaged along the layers)
+    first = _half_rise(f1, fref - 60 * P, fref + 30 * P)
+    first = ndimage.median_filter(first, size=max(3, int(100.0 / lateral_um)) | 1, mode="nearest")
+    ez = fctx.find(+1, first - 6 * P, first + 8 * P, jump=J(1.6), penalty=0.1, ref=first, ref_w=0.01)
+    # Bruch's membrane closes the hyper-reflective outer complex (EZ, interdigitation zone, RPE): the
+    # deepest wide bright-to-dark step below the EZ, found on a box gradient over ~15 um each side so
+    # that the dips between the complex's own bands (EZ -> IZ -> RPE) do not answer
+    wo = max(2, int(round(15.0 * P)))
+    fsum = np.concatenate([np.zeros((1, cols)), np.cumsum(f1, axis=0, dtype=np.float64)])
+    up_o, dn_o = np.clip(idx - wo, 0, rows), np.clip(idx + wo, 0, rows)
+    fbox = (fsum[idx] - fsum[up_o]) / np.maximum(idx - up_o, 1)[:, None] \
+        - (fsum[dn_o] - fsum[idx]) / np.maximum(dn_o - idx, 1)[:, None]
+    olo, ohi = ez + 15 * P, ez + 110 * P
+    in_band = (rr >= np.round(olo)[None, :]) & (rr <= np.round(ohi)[None, :]) & (fbox > 0)
+    oscale = float(np.percentile(fbox[in_band], 99.0)) if in_band.any() else 1.0
+    cost_o = (1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32)
+    # the first strong such step from the top: the textured choroid below has steps of its own
+    ofirst = _first_strong(fbox, np.clip(np.round(olo), 1, rows - 2).astype(np.int64),
+                           np.clip(np.round(ohi), 1, rows - 2).astype(np.int64), 0.6)
+    ofirst = ndimage.median_filter(ofirst, size=max(3, int(60.0 / lateral_um)) | 1, mode="nearest")
+    rpeo = _Ctx(rows, cols, fctx.gn, fctx.gn, cost_o, cost_o, zero).find(
+        -1, np.maximum(olo, ofirst - 12 * P), np.minimum(ohi, ofirst + 12 * P), jump=J(7.0), penalty=0.05,
+        ref=ofirst, ref_w=0.004)
+    env = _lower_envelope(rpeo, sigma=max(5.0, 470.0 / lateral_um), iters=8, tol=max(1.5, 10.0 * P))
+    bm = fctx.find(-1, env - 20 * P, env + 12 * P, jump=J(0.55), penalty=0.15, ref=env, ref_w=0.012 * axial_um)
+    # RPE (inner edge of the RPE band): the dark-to-bright step just above the lifted or flat RPE outer edge
+    rpe = fctx.find(+1, np.maximum(ez + 4 * P, rpeo - 35 * P), np.maximum(rpeo - 6 * P, ez + 5 * P), jump=J(7.0),
+                    penalty=0.06)
+    elm = fctx.find(+1, np.maximum(filmn, ez - 50 * P), ez - 8 * P, jump=J(1.6), penalty=0.12, ref=ez - 22 * P,
+                    ref_w=0.01)
+    # inner retina (Chiu 2010's order): INL_OPL is the one clear dark-to-bright step between the ILM and
+    # the ELM; OPL_ONL and IPL_INL are the light-to-dark steps just below and above it; RNFL_GCL is the
+    # strongest light-to-dark step between the ILM and IPL_INL.
+    if pattern == "circle":
+        # around the disc the RNFL is the thick bright top layer: its lower edge is the broad
+        # light-to-dark step (box gradient, ~15 um each side) between the ILM and the outer nuclear layer
+        rnfl_cost = (1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32)
+        rnfl_gcl = _Ctx(rows, cols, fctx.gn, fctx.gn, rnfl_cost, rnfl_cost, zero).find(
+            -1, filmn + 12 * P, np.maximum(filmn + 13 * P, elm - 90 * P), jump=J(0.9), penalty=0.08)
+        inl_opl = fctx.find(+1, rnfl_gcl + 25 * P, np.maximum(rnfl_gcl + 26 * P, elm - 35 * P), jump=J(0.7),
+                            penalty=0.1)
+        ipl_inl = fctx.find(-1, np.maximum(rnfl_gcl + 8 * P, inl_opl - 60 * P), np.maximum(inl_opl - 6 * P,
+                            rnfl_gcl + 9 * P), jump=J(0.7), penalty=0.1, ref=inl_opl - 25 * P, ref_w=0.004)
+    else:
+        inl_opl = fctx.find(+1, filmn + 30 * P, np.maximum(filmn + 30 * P, elm - 35 * P), jump=J(0.7), penalty=0.1)
+        ipl_inl = fctx.find(-1, np.maximum(filmn, inl_opl - 80 * P), inl_opl - 6 * P, jump=J(0.7), penalty=0.1,
+                            ref=inl_opl - 30 * P, ref_w=0.004)
+        rnfl_gcl = fctx.find(-1, filmn, np.maximum(filmn, ipl_inl - 15 * P), jump=J(0.7), penalty=0.1)
+    opl_onl = fctx.find(-1, inl_opl + 4 * P,
+                        np.maximum(inl_opl + 5 * P, np.minimum(inl_opl + 70 * P, elm - 15 * P)),
+                        jump=J(0.7), penalty=0.1, ref=inl_opl + 20 * P, ref_w=0.004)
+    ez, rpeo, rpe, bm, elm, inl_opl, opl_onl, ipl_inl, rnfl_gcl = (
+        v + sh for v in (ez, rpeo, rpe, bm, elm, inl_opl, opl_onl, ipl_inl, rnfl_gcl))
+    if not _oct_like(g / scale, ilm, ez, flags):
+        return None
+
+    return np.stack([ilm, rnfl_gcl, ipl_inl, inl_opl, opl_onl, elm, ez, rpe, bm]).astype(np.float64), low, dexp
+
+
+_METHODS = {"classic": _boundaries_classic, "layered": _boundaries_layered}
+#: Method used per scan pattern when ``method="auto"``: circle scans use the layered search (on real
+#: Spectralis circle scans the classic one put RNFL_GCL 20 px off); macular scans keep the classic
+#: search until the layered one handles subretinal fluid over the RPE (docs/oct.md, "Limits").
+DEFAULT_METHOD = {"macula": "classic", "circle": "layered"}
+
+
+def segment_bscan(
+    bscan: np.ndarray, axial_um: float = 3.87, lateral_um: float = 11.7, *, keep_image: bool = False,
+    pattern: str = "macula", method: str = "auto",
+) -> BscanSegmentation:
+    """Segment the nine boundaries ``grok.ids.BOUNDARIES`` of one B-scan.
+
+    bscan : (rows, cols) ndarray, intensities as exported (uint8/uint16/float; NaN/inf tolerated)
+    axial_um, lateral_um : pixel spacing in micrometres (sets the smoothing and band sizes)
+    keep_image : keep the normalised smoothed image on the result (lesion detection uses it)
+    pattern : ``"macula"`` (line scans and cubes) or ``"circle"`` (peripapillary: thick RNFL first)
+    method : ``"layered"`` (flattened search built on real Spectralis scans), ``"classic"`` (the first,
+        phantom-tuned search; still the better one for subretinal fluid and PED) or ``"auto"``
+        (:data:`DEFAULT_METHOD` of the pattern)
+
+    Returns a :class:`BscanSegmentation`; rows are floats in pixels from the top, NaN where a boundary
+    was not found, and ``flags`` names every problem seen (``constant_bscan``, ``non_finite_pixels``,
+    ``no_retina``, ``retina_cut_off_top``, ``low_signal_columns``, ``extreme_tilt``, ...).
+    """
+    for name, v in (("axial_um", axial_um), ("lateral_um", lateral_um)):
+        if not (isinstance(v, (int, float, np.floating)) and math.isfinite(v) and v > 0):
+            raise ValueError(f"{name} must be a positive pixel spacing in micrometres, got {v!r}; "
+                             "pass it from the scan header or --spacing-um")
+    if pattern not in DEFAULT_METHOD:
+        raise ValueError(f"pattern must be one of {sorted(DEFAULT_METHOD)}, got {pattern!r}")
+    if method not in ("auto", *_METHODS):
+        raise ValueError(f"method must be 'auto' or one of {sorted(_METHODS)}, got {method!r}")
+    chosen = DEFAULT_METHOD[pattern] if method == "auto" else method
+    img, flags = prepare_bscan(bscan)
+    rows, cols = np.shape(bscan)
+    if img is None:
+        return _nan_result(rows, cols, flags)
+    um = 1.0 / axial_um  # pixels per micrometre, axially
+    # one lateral box pass (~30 um sigma) shared by the fine (s0) and the working (s1) images; large
+    # smoothing for the rough estimates (s2) is a box filter too: O(1) per pixel whatever its size
+    lat = ndimage.uniform_filter1d(img, _box(max(1.0, 30.0 / lateral_um)), axis=1, mode="nearest")
+    s1 = ndimage.gaussian_filter1d(lat, max(0.8, 5.0 * um), axis=0, mode="nearest", truncate=3.0)
+    s0 = ndimage.gaussian_filter1d(lat, 0.6, axis=0, mode="nearest", truncate=3.0)
+    s2 = ndimage.uniform_filter(s1, (_box(max(1.5, 12.0 * um)), _box(max(3.0, 90.0 / lateral_um))), mode="nearest")
+
+    found = _METHODS[chosen](img, s0, s1, s2, axial_um, lateral_um, flags, pattern)
+    if found is None:
+        return _nan_result(rows, cols, flags, s1 if keep_image else None)
+    b, low, dexp = found
+    bm = b[-1].copy()
     for k in range(1, len(BOUNDARIES)):
         b[k] = np.maximum(b[k], b[k - 1])
 
@@ -372,7 +597,7 @@ def segment_bscan(
     b[:, low] = np.nan
     csi[low] = np.nan
     # tissue in the first rows: the vitreous (the darkest part of a B-scan) is missing there
-    dark = float(np.percentile(sub2, 1))
+    dark, fg = np.percentile(s2[::2, ::2], [1, 99.5])
     cut = (s2[:3].mean(axis=0) > dark + 0.15 * (fg - dark)) & ~low
     if cut.mean() > 0.05:
         flags["retina_cut_off_top"] = (f"tissue touches the top edge in {int(cut.sum())} columns; the boundaries "

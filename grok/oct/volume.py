@@ -26,6 +26,9 @@ MACULAR_IDS: tuple[str, ...] = (*OCT_GROK_BIOMARKERS, *OCT_EXTRA_BIOMARKERS)
 #: physical units are then NaN.
 DEFAULT_SPACING_UM = (3.87, 11.7, 120.0)
 _B = {n: i for i, n in enumerate(BOUNDARIES)}
+#: Mean peripapillary RNFL (um) a circle scan may report; outside it the segmentation is taken to have
+#: failed (end-stage glaucoma floors near 40-50 um; no healthy eye reaches 250 um).
+PLAUSIBLE_RNFL_UM = (30.0, 250.0)
 #: Units-free biomarkers that stay valid without a pixel spacing.
 _UNITLESS = ("hrf_count",)
 
@@ -168,12 +171,14 @@ def measure_volume(
     laterality: str | None,
     *,
     keep_masks: bool = True,
+    method: str = "auto",
 ) -> OctMeasurement:
     """Segment and measure a macular cube.
 
     volume : (n_bscans, rows, cols) or (rows, cols) ndarray, B-scan 0 superior (see grok.oct.grid)
     spacing_mm : (axial, lateral, between B-scans) in mm, NaN/None where unknown
     laterality : "OD" | "OS" | None (None: nasal/temporal subfields are NaN)
+    method : segmentation method (``grok.oct.segment.segment_bscan``: "auto", "classic", "layered")
 
     Returns an :class:`OctMeasurement`. Missing spacing -> the segmentation still runs (with Spectralis
     defaults) but every biomarker in physical units is NaN with the reason in ``quality["reasons"]``.
@@ -199,7 +204,7 @@ def measure_volume(
     images: list[np.ndarray | None] = []
     fines: list[np.ndarray | None] = []
     for i in range(n):
-        res = segment_bscan(vol[i], ax, la, keep_image=True)
+        res = segment_bscan(vol[i], ax, la, keep_image=True, method=method)
         seg[i], csi[i] = res.boundaries, res.choroid_sclera
         if res.flags:
             bscan_flags[i] = res.flags
@@ -302,7 +307,7 @@ def select_bscans(measurement: OctMeasurement, max_lesion_bscans: int = 4) -> di
 
 
 def measure_circle(
-    bscan: np.ndarray, axial_um: float, lateral_um: float, laterality: str | None = None
+    bscan: np.ndarray, axial_um: float, lateral_um: float, laterality: str | None = None, *, method: str = "auto"
 ) -> CircleMeasurement:
     """Peripapillary RNFL of a circle scan whose columns run TSNIT from temporal (see grok.oct.circle).
 
@@ -317,12 +322,21 @@ def measure_circle(
     flags: dict[str, str] = {}
     ok_ax = axial_um is not None and math.isfinite(axial_um) and axial_um > 0
     ok_la = lateral_um is not None and math.isfinite(lateral_um) and lateral_um > 0
-    res = segment_bscan(img, axial_um if ok_ax else DEFAULT_SPACING_UM[0], lateral_um if ok_la else 14.15)
+    res = segment_bscan(img, axial_um if ok_ax else DEFAULT_SPACING_UM[0], lateral_um if ok_la else 14.15,
+                        pattern="circle", method=method)
     flags.update(res.flags)
     bio, why = circle_biomarkers(res.boundaries, axial_um if ok_ax else math.nan)
     if not ok_ax:
         flags["missing_spacing"] = "no axial spacing: RNFL thickness in um cannot be computed"
         why = {k: flags["missing_spacing"] for k in OCT_PERIPAPILLARY_BIOMARKERS}
+        bio = {k: math.nan for k in OCT_PERIPAPILLARY_BIOMARKERS}
+    mean_rnfl = bio["rnfl_peripapillary_mean_um"]
+    if math.isfinite(mean_rnfl) and not PLAUSIBLE_RNFL_UM[0] <= mean_rnfl <= PLAUSIBLE_RNFL_UM[1]:
+        # end-stage glaucoma keeps ~40-50 um of RNFL (glia, vessels); a mean outside the plausible range
+        # is a segmentation failure, not a finding: never published as a number
+        flags["implausible_rnfl"] = (f"mean peripapillary RNFL {mean_rnfl:.0f} um is outside the plausible "
+                                     f"{PLAUSIBLE_RNFL_UM[0]:.0f}-{PLAUSIBLE_RNFL_UM[1]:.0f} um; not reported")
+        why = {k: flags["implausible_rnfl"] for k in OCT_PERIPAPILLARY_BIOMARKERS}
         bio = {k: math.nan for k in OCT_PERIPAPILLARY_BIOMARKERS}
     quality = {"usable": bool(ok_ax and math.isfinite(bio["rnfl_peripapillary_mean_um"])), "flags": flags,
                "reasons": why, "order": "TSNIT from temporal"}

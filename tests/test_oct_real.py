@@ -1,0 +1,75 @@
+"""Segmentation on the real Spectralis scans in ``../shared/real/oct`` (read-only, never copied here).
+
+Each bound below is the level ``benchmarks/oct_real.py`` measured when the layered method was introduced
+(docs/oct.md quotes the figures) plus a small margin: a change that makes a real scan worse fails here.
+The issue's targets (e.g. RNFL_GCL <= 2 px on the manual circle scan) are tighter and not all met yet;
+the benchmark prints both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks.oct_real import DEFAULT_REAL, boundary_errors, load_circle_manual9, load_linescan
+from grok.oct.segment import segment_bscan
+from grok.oct.volume import measure_circle, measure_volume
+
+pytestmark = pytest.mark.skipif(not DEFAULT_REAL.is_dir(), reason=f"real OCT data not found at {DEFAULT_REAL}")
+
+#: (boundary, bound in px) for the manual circle scan with the default (layered) circle method
+CIRCLE_BOUNDS = {"ILM": 1.4, "RNFL_GCL": 4.5, "RPE": 2.1, "BM": 1.1, "ELM": 4.5, "EZ": 5.0}
+#: device lines of the .vol line scan, layered method
+LINE_BOUNDS = {"ILM": 0.6, "BM": 0.6}
+
+
+@pytest.fixture(scope="module")
+def circle():
+    return load_circle_manual9(DEFAULT_REAL / "spectralis_circle_manual9")
+
+
+@pytest.fixture(scope="module")
+def line():
+    return load_linescan(DEFAULT_REAL / "spectralis_linescan")
+
+
+def test_circle_scan_boundaries_against_manual_lines(circle):
+    seg = segment_bscan(circle["image"], circle["axial_um"], circle["lateral_um"], pattern="circle")
+    err = boundary_errors(seg.boundaries.astype(np.float64), circle["manual"], circle["axial_um"])
+    for name, bound in CIRCLE_BOUNDS.items():
+        assert err[name]["mae_px"] <= bound, (name, err[name])
+        assert err[name]["nan_fraction"] < 0.05, (name, err[name])
+    # never a confident wrong order
+    b = seg.boundaries
+    assert np.all(np.diff(b, axis=0)[np.isfinite(np.diff(b, axis=0))] >= 0)
+
+
+def test_circle_scan_rnfl_is_plausible_and_near_manual(circle):
+    m = measure_circle(circle["image"], circle["axial_um"], circle["lateral_um"], "OD")
+    manual = (circle["manual"][1] - circle["manual"][0]).mean() * circle["axial_um"]
+    assert m.quality["usable"]
+    assert abs(m.biomarkers["rnfl_peripapillary_mean_um"] - manual) <= 15.0, (m.biomarkers, manual)
+    assert abs(m.biomarkers["rnfl_peripapillary_temporal_um"] - 69.5) <= 10.0
+
+
+def test_classic_method_on_circle_scan_is_not_published(circle):
+    """The phantom-tuned search reads ~23 um of RNFL here: the quality gate must refuse the number."""
+    m = measure_circle(circle["image"], circle["axial_um"], circle["lateral_um"], "OD", method="classic")
+    assert not m.quality["usable"] and "implausible_rnfl" in m.quality["flags"]
+    assert all(math.isnan(v) for v in m.biomarkers.values())
+
+
+def test_vol_line_scan_from_the_file_against_device_lines(line):
+    seg = segment_bscan(line["image"], line["axial_um"], line["lateral_um"], method="layered")
+    err = boundary_errors(seg.boundaries.astype(np.float64), line["device"], line["axial_um"])
+    for name, bound in LINE_BOUNDS.items():
+        assert err[name]["mae_px"] <= bound, (name, err[name])
+
+
+def test_vol_line_scan_normal_eye_shows_no_ped(line):
+    scan = line["scan"]
+    m = measure_volume(scan.volume, scan.spacing_mm, scan.laterality, method="layered")
+    assert m.biomarkers["ped_max_height_um"] <= 50.0
+    assert m.biomarkers["irf_volume_nl"] <= 1.0
