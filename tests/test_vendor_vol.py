@@ -60,7 +60,8 @@ def _iso(d: dt.date) -> str:
 
 
 def vol_bytes(pixels: np.ndarray, truth_rows: np.ndarray, *, laterality: str = "OD", order: str = "heyex",
-              patient_id: str = PATIENT_ID, no_data_cols: int = 2, version: str = "HSF-OCT-103") -> bytes:
+              patient_id: str = PATIENT_ID, no_data_cols: int = 2, version: str = "HSF-OCT-103",
+              scan_pattern: int = 3) -> bytes:
     """A Heidelberg .vol file of ``pixels`` ((n, rows, cols) uint8 display values).
 
     ``order``: ``"heyex"`` stores B-scan 0 as the most inferior (largest SLO y), as Spectralis volumes
@@ -94,7 +95,7 @@ def vol_bytes(pixels: np.ndarray, truth_rows: np.ndarray, *, laterality: str = "
     return fmt.build(dict(
         version=version, size_x=cols, n_bscans=n, size_y=rows, scale_x=SPACING_MM[1], distance=SPACING_MM[2],
         scale_y=SPACING_MM[0], size_x_slo=40, size_y_slo=32, scale_x_slo=0.15, scale_y_slo=0.15, field_size_slo=20,
-        scan_focus=-0.5, scan_position=laterality, exam_time=ticks, scan_pattern=3, bscan_hdr_size=hdr_size,
+        scan_focus=-0.5, scan_position=laterality, exam_time=ticks, scan_pattern=scan_pattern, bscan_hdr_size=hdr_size,
         id=SERIES_ID, reference_id=SERIES_ID, pid=424242, patient_id=patient_id, dob=_iso(DOB), vid=77,
         visit_id=VISIT_ID, visit_date=_iso(VISIT.date()), grid_type=0, grid_offset=0, grid_type1=0,
         grid_offset1=0, prog_id=PROG_ID, localizer=slo, bscans=bscans,
@@ -102,13 +103,13 @@ def vol_bytes(pixels: np.ndarray, truth_rows: np.ndarray, *, laterality: str = "
 
 
 def _expected_display(pixels: np.ndarray, no_data_cols: int = 2) -> np.ndarray:
-    """What eyepy shows for the stored floats: (ln(v + 2.44e-4) + 8.3) / 8.285 clipped to 0..1, x 255."""
+    """What the reader shows for the stored floats: 255 * v ** 0.25 (no-data columns 0)."""
     from eyepy.core.utils import to_vol_intensity
 
     out = []
     for k in range(pixels.shape[0]):
-        v = to_vol_intensity(pixels[k]).astype(np.float64)
-        d = np.clip((np.log(v + 2.44e-4) + 8.3) / 8.285, 0.0, 1.0) * 255.0
+        v = np.clip(to_vol_intensity(pixels[k]).astype(np.float64), 0.0, 1.0)
+        d = 255.0 * v ** 0.25
         if k == 0 and no_data_cols:
             d[:, :no_data_cols] = 0.0
         out.append(d)
@@ -144,16 +145,20 @@ def test_read_vol_volume_spacing_laterality(phantom, tmp_path, order, laterality
     assert np.abs(scan.volume - want).max() <= 1.0
     assert scan.meta["bscan_order"] == ("superior_first" if order == "superior_first" else "reversed_to_superior_first")
     assert scan.meta["columns_flipped"] is (order == "right_to_left")
-    # the display transform is (within rounding) the inverse of the encoding: phantom pixels come back
-    src = phantom.volume.astype(np.float32)
-    src = src if order == "superior_first" else src[::-1]
-    src = src[:, :, ::-1] if order == "right_to_left" else src
     nodata = np.zeros(want.shape, bool)
     first = 0 if order == "superior_first" else N - 1
     cols = slice(0, 2) if order != "right_to_left" else slice(COLS - 2, COLS)
     nodata[first, :, cols] = True
     assert np.all(scan.volume[nodata] == 0), "FLT_MAX (no data) pixels must read as 0"
-    assert np.abs(scan.volume[~nodata] - src[~nodata]).max() <= 1.0
+    # the device's own lines come back in canonical rows, in the same B-scan order and column direction
+    dev = scan.meta["device_boundaries"]
+    truth = phantom.boundaries if order == "superior_first" else phantom.boundaries[::-1]
+    truth = truth[:, :, ::-1] if order == "right_to_left" else truth
+    assert dev.shape == (N, len(BOUNDARIES), COLS) and scan.meta["device_lines"] == ["ILM", "BM", "RNFL_GCL"]
+    for name in ("ILM", "BM", "RNFL_GCL"):
+        k = BOUNDARIES.index(name)
+        np.testing.assert_allclose(dev[:, k], truth[:, k], atol=1e-4)
+    assert np.isnan(dev[:, BOUNDARIES.index("EZ")]).all()
     assert PATIENT_ID not in json.dumps(scan.meta, default=str)
 
 
@@ -259,3 +264,28 @@ def test_missing_eyepy_names_the_extra(phantom, tmp_path, monkeypatch):
     assert q["error_class"] == "missing_dependency"
     assert "pip install 'grok-data-engine[vendor]'" in q["reason"]
     assert "scan.vol" not in q["reason"]
+
+
+def test_circle_vol_is_read_with_device_lines_and_measured(tmp_path):
+    """A Heidelberg circle scan (.vol scan pattern 2) is read, keeps the device's lines and is measured."""
+    from grok.oct.volume import measure_circle
+    from grok.phantom.oct import synth_circle_scan
+
+    ph = synth_circle_scan("normal", "OD", np.random.default_rng(5), rows=256, cols=384)
+    path = _write(tmp_path / "circle.vol", vol_bytes(ph.bscan[None], ph.boundaries[None], scan_pattern=2,
+                                                      no_data_cols=0))
+    scan = read_oct(path)
+    assert scan.scan_pattern == "circle" and scan.volume.shape == (1, 256, 384)
+    dev = scan.meta["device_boundaries"][0]
+    np.testing.assert_allclose(dev[BOUNDARIES.index("RNFL_GCL")], ph.boundaries[BOUNDARIES.index("RNFL_GCL")],
+                               atol=1e-4)
+    m = measure_circle(scan.volume[0], ph.axial_um, ph.lateral_um, "OD")
+    assert m.quality["usable"]
+    assert abs(m.biomarkers["rnfl_peripapillary_mean_um"] - ph.biomarkers["rnfl_peripapillary_mean_um"]) < 5.0
+
+
+def test_radial_vol_is_refused_with_the_fix(phantom, tmp_path):
+    path = _write(tmp_path / "star.vol", vol_bytes(phantom.volume, phantom.boundaries, scan_pattern=5))
+    with pytest.raises(ReaderError, match="radial .*export this scan as DICOM OPT") as exc:
+        read_oct(path)
+    assert exc.value.error_class == "unsupported_scan_pattern"

@@ -523,21 +523,40 @@ def _heyex_vol_header(path: Path, name: str, vol_reader) -> Any:
                           f"{hdr.size_y} x {hdr.size_x} pixels and a {hdr.size_y_slo} x {hdr.size_x_slo} SLO image "
                           f"(at least {need} bytes) but the file has {size} bytes; copy or export it again",
                           error_class="truncated_file")
-    if hdr.scan_pattern in (2, 5):
-        kind = "a circular scan" if hdr.scan_pattern == 2 else "a radial (star) scan"
-        raise ReaderError(f"{name}: {kind} .vol file; only line and volume scans are read from .vol, "
-                          "export this scan as DICOM OPT instead", error_class="unsupported_scan_pattern")
+    if hdr.scan_pattern == 5:
+        raise ReaderError(f"{name}: a radial (star) scan .vol file; only line, circle and volume scans are read "
+                          "from .vol, export this scan as DICOM OPT instead", error_class="unsupported_scan_pattern")
     return hdr
+
+
+#: Order of the first segmentation lines a Heidelberg .vol B-scan header stores, as canonical boundaries
+#: (HSF-OCT-103: ILM, BM, then the RNFL's outer boundary). Later lines are not mapped.
+HEYEX_VOL_LINES = ("ILM", "BM", "RNFL_GCL")
+
+
+def heyex_display(raw: np.ndarray) -> np.ndarray:
+    """8-bit display values (float32 0..255) of stored Heidelberg reflectivity: ``255 * v ** 0.25``.
+
+    The fourth root is the display HEYEX-based tools use for the stored linear floats (0..1); the
+    format's "no data" value (FLT_MAX) and anything non-finite become 0.
+    """
+    v = np.asarray(raw, dtype=np.float32)
+    bad = ~np.isfinite(v) | (v > 1e30)
+    out = np.power(np.clip(np.where(bad, 0.0, v), 0.0, 1.0), 0.25, dtype=np.float32) * np.float32(255.0)
+    return out
 
 
 def _read_heyex_vol(path: Path, name: str) -> tuple[OctScan, VendorIdentity]:
     _require_vendor("eyepy", name)  # first: a stale eyepy.io.* in sys.modules must not hide a missing eyepy
     vr = _require_vendor("eyepy.io.he.vol_reader", name)
     hdr = _heyex_vol_header(path, name, vr)
-    try:
-        ev = vr.HeVolReader(str(path)).volume
-        data = np.asarray(ev.data)
-        bscan_meta = list(ev.meta["bscan_meta"])
+    try:  # the documented HSF-OCT layout as eyepy's construct format describes it (any scan pattern)
+        parsed = vr.HeVolReader(str(path)).parsed_file
+        raw = np.stack([np.asarray(b.data, dtype=np.float32).reshape(hdr.size_y, hdr.size_x)
+                        for b in parsed.bscans])
+        lines = [np.asarray(b.layer_segmentations, dtype=np.float32).reshape(-1, hdr.size_x)
+                 if b.num_seg else np.zeros((0, hdr.size_x), np.float32) for b in parsed.bscans]
+        pos = [(b.start_x, b.start_y, b.end_x, b.end_y) for b in parsed.bscans]
     except (ImportError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - eyepy/construct failures of a damaged body
@@ -546,34 +565,48 @@ def _read_heyex_vol(path: Path, name: str) -> tuple[OctScan, VendorIdentity]:
                           f"{' at ' + str(where) if where else ''}; version {_heyex_text(hdr.version)!r}); the file is "
                           "corrupt or of an unsupported version, export it again from HEYEX",
                           error_class="corrupt_vendor_file") from None
-    if data.ndim != 3 or data.shape != (hdr.n_bscans, hdr.size_y, hdr.size_x):
-        raise ReaderError(f"{name}: .vol pixels have shape {data.shape}, the header says "
+    if raw.shape != (hdr.n_bscans, hdr.size_y, hdr.size_x):
+        raise ReaderError(f"{name}: .vol pixels have shape {raw.shape}, the header says "
                           f"{(hdr.n_bscans, hdr.size_y, hdr.size_x)}; the file is corrupt, export it again",
                           error_class="inconsistent_dimensions")
+    data = heyex_display(raw)
+    # the device's own segmentation lines, in canonical rows (NaN where the device has none)
+    from grok.ids import BOUNDARIES
+
+    dev = np.full((hdr.n_bscans, len(BOUNDARIES), hdr.size_x), np.nan, np.float32)
+    for k, ln in enumerate(lines):
+        for j, bname in enumerate(HEYEX_VOL_LINES[: ln.shape[0]]):
+            row = ln[j]
+            dev[k, BOUNDARIES.index(bname)] = np.where(np.isfinite(row) & (row < 1e30) & (row >= 0), row, np.nan)
+    circle = hdr.scan_pattern == 2
     # B-scan positions are in mm on the SLO image, y growing downwards (inferior). Order the cube
-    # superior first (OctScan's convention) and columns left to right in the fundus view.
-    ys = np.array([(b["start_pos"][1] + b["end_pos"][1]) / 2.0 for b in bscan_meta], dtype=np.float64)
-    dx = np.array([b["end_pos"][0] - b["start_pos"][0] for b in bscan_meta], dtype=np.float64)
+    # superior first (OctScan's convention) and columns left to right in the fundus view. A circle
+    # scan's columns run TSNIT from temporal as the device stores them (its end point is the centre).
+    ys = np.array([(p[1] + p[3]) / 2.0 for p in pos], dtype=np.float64)
+    dx = np.array([p[2] - p[0] for p in pos], dtype=np.float64)
     order = "single_bscan"
     if data.shape[0] > 1:
         steps = np.diff(ys)
         if np.all(steps > 0):
             order = "superior_first"
         elif np.all(steps < 0):
-            data, order = data[::-1], "reversed_to_superior_first"
+            data, dev, order = data[::-1], dev[::-1], "reversed_to_superior_first"
         else:
             order = "file_order_unverified"  # positions missing or not monotonic: kept as stored
-    flipped = bool(np.all(dx < 0))
+    flipped = bool(not circle and np.all(dx < 0))
     if flipped:
-        data = data[:, :, ::-1]
+        data, dev = data[:, :, ::-1], dev[:, :, ::-1]
     vol = np.ascontiguousarray(data, dtype=np.float32)
     spacing = (_positive_mm(hdr.scale_y), _positive_mm(hdr.scale_x), _positive_mm(hdr.distance))
     lat = (_heyex_text(hdr.scan_position) or "").upper()
     lat = {"OD": "OD", "OS": "OS", "R": "OD", "L": "OS"}.get(lat)
-    pattern = {1: "bscan", 3: "volume", 4: "volume"}.get(hdr.scan_pattern, "volume" if vol.shape[0] > 1 else "bscan")
+    pattern = {1: "bscan", 2: "circle", 3: "volume", 4: "volume"}.get(
+        hdr.scan_pattern, "volume" if vol.shape[0] > 1 else "bscan")
     meta = {"source": "vendor", "format": "heyex_vol", "version": _heyex_text(hdr.version),
-            "intensity": "eyepy display transform of the stored float32 reflectivity, 0..255 (8-bit)",
-            "bscan_order": order, "columns_flipped": flipped}
+            "intensity": "255 * (stored float32 reflectivity) ** 0.25 (8-bit display); no-data values 0",
+            "bscan_order": order, "columns_flipped": flipped,
+            "device_boundaries": np.ascontiguousarray(dev),
+            "device_lines": [b for b in HEYEX_VOL_LINES[: max((ln.shape[0] for ln in lines), default=0)]]}
     scan = OctScan(vol, spacing, lat, pattern, "Heidelberg Engineering", 8, meta)
     ident = VendorIdentity(
         patient_id=_heyex_text(hdr.patient_id),
@@ -586,9 +619,11 @@ def _read_heyex_vol(path: Path, name: str) -> tuple[OctScan, VendorIdentity]:
 def read_oct_vendor(path: str | os.PathLike, *, name: str | None = None) -> tuple[OctScan, VendorIdentity]:
     """Read a vendor OCT file and the identifying fields of its header (for ingestion only).
 
-    Heidelberg ``.vol`` goes through eyepy's ``HeVolReader``: ``volume`` is eyepy's 8-bit display image
-    (eyepy maps the stored float32 reflectivity ``v`` to ``(ln(v + 2.44e-4) + 8.3) / 8.285`` clipped to
-    0..1, x 255; the "no data" value FLT_MAX becomes 0) as float32 0..255, ordered superior B-scan first;
+    Heidelberg ``.vol`` (line, circle and volume scans) is parsed with eyepy's description of the HSF-OCT
+    layout: ``volume`` is :func:`heyex_display` of the stored float32 reflectivity (``255 * v ** 0.25``,
+    the "no data" value FLT_MAX as 0) as float32 0..255, ordered superior B-scan first; the device's own
+    segmentation lines (ILM, BM, RNFL outer boundary) are in ``meta["device_boundaries"]`` as an
+    ``(n, 9, cols)`` array in ``grok.ids.BOUNDARIES`` order, NaN where the device has no line;
     spacing is (``scale_y``, ``scale_x``, ``distance``) of the header in mm; laterality from
     ``scan_position``. The identity comes from the header's user-defined ``patient_id``, ``dob`` and
     ``visit_date`` (eyepy's ``EyeVolume.meta`` drops them; its parsed header keeps them).
