@@ -56,18 +56,25 @@ def _measure(cfg: BuildConfig) -> dict[str, dict]:
     return {r["study_id"]: r for r in pq.read_table(Path(cfg.work_dir) / "biomarkers.parquet").to_pylist()}
 
 
-def _photos(tmp: Path) -> list[Path]:
-    return sorted(p for p in (tmp / "build" / "phantom" / "dicom").rglob("*")
-                  if p.is_file() and pydicom.dcmread(p, stop_before_pixels=True).Modality == "OP")
+def _dicoms(tmp: Path, modality: str = "OP", description: str | None = None) -> list[Path]:
+    """The phantom's DICOM files of one modality (and series description)."""
+    out = []
+    for p in sorted((tmp / "build" / "phantom" / "dicom").rglob("*")):
+        ds = pydicom.dcmread(p, stop_before_pixels=True) if p.is_file() else None
+        if ds is not None and ds.Modality == modality and description in (None, ds.get("SeriesDescription")):
+            out.append(p)
+    return out
 
 
 def _reingest(cfg: BuildConfig) -> None:
     stage_ingest(cfg, stage_source(cfg).outputs["archive"])
 
 
-def _rewrite_photo(src: Path, dst: Path, *, scale: float, new_uid: bool) -> None:
+def _rewrite_image(src: Path, dst: Path, *, scale: float, new_uid: bool) -> None:
+    """Write ``src`` with its pixels scaled to ``dst`` (a re-export, or with ``new_uid`` another image)."""
     ds = pydicom.dcmread(src)
-    arr = (ds.pixel_array.astype(np.float64) * scale).clip(0, 255).astype(np.uint8)
+    arr = ds.pixel_array
+    arr = (arr.astype(np.float64) * scale).clip(0, np.iinfo(arr.dtype).max).astype(arr.dtype)
     ds.PixelData = arr.tobytes()
     if new_uid:
         ds.SOPInstanceUID = generate_uid()
@@ -78,8 +85,8 @@ def _rewrite_photo(src: Path, dst: Path, *, scale: float, new_uid: bool) -> None
 def test_replaced_photograph_is_measured_again(copy):
     cfg = tiny_config(copy)
     before = _measure(cfg)
-    photo = _photos(copy)[0]
-    _rewrite_photo(photo, photo, scale=0.8, new_uid=False)  # the clinic re-exported the same photograph
+    photo = _dicoms(copy)[0]
+    _rewrite_image(photo, photo, scale=0.8, new_uid=False)  # the clinic re-exported the same photograph
     _reingest(cfg)
     after = _measure(cfg)
     manifest = pq.read_table(copy / "build" / "ingest" / "manifest.parquet").to_pylist()

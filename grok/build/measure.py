@@ -66,6 +66,9 @@ BIOMARKER_SCHEMA = pa.schema(
         ("source_sha256s", pa.list_(pa.string())),
         ("extractors", pa.string()),  # JSON
         ("flags", pa.list_(pa.string())),
+        # JSON list, one item per image of the study: image_id, kind (oct_cube | oct_circle | cfp), primary
+        # (its values fill this row), quality and biomarkers; or the error that kept it from being measured
+        ("image_measurements", pa.string()),
     ]
 )
 
@@ -159,7 +162,8 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
                   build_dir: Path, *, overlays: bool = True) -> _StudyResult:
     """Measure one study; never raises for bad image content (it is quarantined with the reason)."""
     from grok.cfp import measure_fundus
-    from grok.cfp.measure import EXTRACTOR_NAME as CFP_NAME, EXTRACTOR_VERSION as CFP_V
+    from grok.cfp.measure import EXTRACTOR_NAME as CFP_NAME
+    from grok.cfp.measure import EXTRACTOR_VERSION as CFP_V
     from grok.oct import measure_circle, measure_volume, select_bscans
 
     sid = study["study_id"]
@@ -182,20 +186,46 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
         return _StudyResult(None, dict(study_id=sid, stage="measure", reason="eye (laterality) unknown: the ETDRS "
                                        "grid and the differential need it; fix the header or sidecar",
                                        error_class="laterality_missing"))
+    measured: list[dict[str, Any]] = []  # every image of the study: measured (primary or not), or why not
+    for i in [*(study.get("oct_image_ids") or []), *(study.get("cfp_image_ids") or [])]:
+        if i not in manifest:
+            measured.append({"image_id": i, "kind": None, "primary": False, "error": "not in the manifest"})
     oct_rows = [manifest[i] for i in study.get("oct_image_ids") or [] if i in manifest]
-    cubes = sorted([r for r in oct_rows if r["scan_pattern"] in ("volume", "bscan")],
-                   key=lambda r: (-(r["frames"] or 0), r["image_id"]))
-    circles = [r for r in oct_rows if r["scan_pattern"] == "circle"]
-    cfps = sorted([manifest[i] for i in study.get("cfp_image_ids") or [] if i in manifest], key=lambda r: r["image_id"])
-    if not cubes and not cfps:
+    for r in oct_rows:
+        if r["scan_pattern"] not in CUBE_PATTERNS + ("circle",):
+            measured.append({"image_id": r["image_id"], "kind": "oct", "primary": False,
+                             "error": f"scan pattern {r['scan_pattern']!r} is not measured"})
+
+    def load_cube(m: dict[str, Any]):
+        vol = np.load(ingest_dir / m["normalized_path"], mmap_mode="r")
+        spacing = (_nan(m["spacing_axial_mm"]), _nan(m["spacing_lateral_mm"]), _nan(m["spacing_slice_mm"]))
+        return vol, spacing, measure_volume(np.asarray(vol), spacing, eye)
+
+    def load_circle(c: dict[str, Any]):
+        bscan = np.load(ingest_dir / c["normalized_path"])
+        return measure_circle(bscan[0], _nan(c["spacing_axial_mm"]) * 1000.0, _nan(c["spacing_lateral_mm"]) * 1000.0,
+                              eye)
+
+    def load_photo(c: dict[str, Any]):
+        rgb = np.load(ingest_dir / c["normalized_path"])
+        return rgb, measure_fundus(rgb, eye, _nan(c["pixel_spacing_mm"]))
+
+    cube = _measure_each("oct_cube", [r for r in oct_rows if r["scan_pattern"] in CUBE_PATTERNS], load_cube,
+                         lambda r, res: (*_usable_first(res[2].quality), -(r["frames"] or 0)), measured)
+    circle = _measure_each("oct_circle", [r for r in oct_rows if r["scan_pattern"] == "circle"], load_circle,
+                           lambda r, res: _usable_first(res.quality), measured)
+    photo = _measure_each("cfp", [manifest[i] for i in study.get("cfp_image_ids") or [] if i in manifest], load_photo,
+                          lambda r, res: (CFP_GRADE_ORDER.get(res[1].quality.get("grade"), len(CFP_GRADE_ORDER)),),
+                          measured)
+    flags += [f"image_not_primary:{m['image_id']}" for m in measured if "biomarkers" in m and not m["primary"]]
+    flags += [f"image_not_measured:{m['image_id']}" for m in measured if "error" in m]
+    row["image_measurements"] = json.dumps(measured, default=_json_default, sort_keys=True)
+    if cube is None and photo is None:
         return _StudyResult(None, dict(study_id=sid, stage="measure", reason="no OCT cube and no photograph",
                                        error_class="no_images"))
     oct_quality: dict[str, Any] = {}
-    if cubes:
-        m = cubes[0]
-        vol = np.load(ingest_dir / m["normalized_path"], mmap_mode="r")
-        spacing = (_nan(m["spacing_axial_mm"]), _nan(m["spacing_lateral_mm"]), _nan(m["spacing_slice_mm"]))
-        meas = measure_volume(np.asarray(vol), spacing, eye)
+    if cube is not None:
+        m, (vol, spacing, meas) = cube
         for k, v in meas.biomarkers.items():
             if k in row:
                 row[k] = _nan(v)
@@ -243,20 +273,15 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
                 over["thickness_map"] = orel
     else:
         flags.append("no_oct")
-    if circles:
-        c = circles[0]
-        bscan = np.load(ingest_dir / c["normalized_path"])
-        cm = measure_circle(bscan[0], _nan(c["spacing_axial_mm"]) * 1000.0, _nan(c["spacing_lateral_mm"]) * 1000.0,
-                            eye)
+    if circle is not None:
+        c, cm = circle
         for k, v in cm.biomarkers.items():
             row[k] = _nan(v)
         row["circle_image_id"] = c["image_id"]
         oct_quality = dict(oct_quality, circle=cm.quality)
         shas += list(c["source_sha256s"] or [])
-    if cfps:
-        c = cfps[0]
-        rgb = np.load(ingest_dir / c["normalized_path"])
-        cm = measure_fundus(rgb, eye, _nan(c["pixel_spacing_mm"]))
+    if photo is not None:
+        c, (rgb, cm) = photo
         for k, v in cm.biomarkers.items():
             if k in POSITION_IDS:
                 row[k] = None if v is None else [float(x) for x in v]
@@ -308,6 +333,46 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
                                     "measure_stage": MEASURE_VERSION}, sort_keys=True)
     row["flags"] = sorted(set(flags))
     return _StudyResult(row, None)
+
+
+#: OCT scan patterns measured as a macular cube (a single B-scan counts as a one-frame cube).
+CUBE_PATTERNS = ("volume", "bscan")
+#: Photograph grades, best first: the best-graded photograph of a study is its primary one.
+CFP_GRADE_ORDER = {"good": 0, "usable": 1, "reject": 2}
+
+
+def _usable_first(quality: dict[str, Any]) -> tuple[Any, ...]:
+    return (not quality.get("usable", False), -float(quality.get("segmented_fraction") or 0.0))
+
+
+def _measure_each(kind: str, rows: list[dict[str, Any]], measure, rank, measured: list[dict[str, Any]]):
+    """Measure every image of one kind; return ``(manifest row, result)`` of the primary one (None if none).
+
+    The primary one is the best by ``rank(row, result)`` (quality first), ties broken by image id, so the
+    choice is deterministic. Every image is appended to ``measured`` with its biomarkers and whether it
+    is primary, or with the error that stopped it; when every image of the kind fails, the first error
+    is raised (the study is quarantined with it, as with a single image).
+    """
+    done, errors = [], []
+    for r in sorted(rows, key=lambda r: r["image_id"]):
+        try:
+            done.append((r, measure(r)))
+        except Exception as exc:  # noqa: BLE001 - another image of the study may still be measured
+            errors.append(exc)
+            measured.append({"image_id": r["image_id"], "kind": kind, "primary": False,
+                             "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+    if not done:
+        if errors:
+            raise errors[0]
+        return None
+    done.sort(key=lambda d: (*rank(*d), d[0]["image_id"]))
+    for n, (r, res) in enumerate(done):
+        m = res[-1] if isinstance(res, tuple) else res
+        quality = {k: m.quality.get(k) for k in ("usable", "segmented_fraction", "grade") if k in m.quality}
+        measured.append({"image_id": r["image_id"], "kind": kind, "primary": n == 0, "quality": quality,
+                         "biomarkers": {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                                        for k, v in m.biomarkers.items()}})
+    return done[0]
 
 
 def _json_default(o: Any) -> Any:
