@@ -73,6 +73,52 @@ REMOVE = frozenset(
 #: Type-2 attributes that must stay present but empty.
 EMPTY = frozenset(["AccessionNumber", "ReferringPhysicianName", "PatientBirthDate", "StudyID"])
 
+#: Attributes whose values identify a person, a record or a place, by the kind a deny list files them under.
+#: Every person name (PN) anywhere is added too: ``patient_name`` for the patient, ``person_name`` otherwise.
+IDENTIFYING_VALUES = {
+    "PatientID": "patient_id", "OtherPatientIDs": "patient_id", "PatientBirthDate": "birth_date",
+    "AccessionNumber": "accession_number", "StudyID": "study_id", "AdmissionID": "record_number",
+    "MedicalRecordLocator": "record_number", "ServiceEpisodeID": "record_number",
+    "RequestedProcedureID": "record_number", "PerformedProcedureStepID": "record_number",
+    "ScheduledProcedureStepID": "record_number", "InstitutionName": "institution",
+    "InstitutionalDepartmentName": "institution", "IssuerOfPatientID": "institution",
+    "InstitutionAddress": "address", "PatientAddress": "address", "ReferringPhysicianAddress": "address",
+    "PatientTelephoneNumbers": "phone", "ReferringPhysicianTelephoneNumbers": "phone",
+    "DeviceSerialNumber": "device_serial", "DetectorID": "device_serial", "StationName": "station",
+}
+
+
+def identifying_values(ds) -> list[tuple[str, str]]:
+    """``(value, kind)`` for every identifying value of a pydicom ``Dataset`` (before de-identification), for
+    a hashed deny list: every person name (and each of its parts) and the attributes of
+    :data:`IDENTIFYING_VALUES`, in sequences too."""
+    found: list[tuple[str, str]] = []
+
+    def visit(dataset) -> None:
+        for elem in dataset:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    visit(item)
+                continue
+            kind = ("patient_name" if elem.keyword == "PatientName" else "person_name") if elem.VR == "PN" else (
+                IDENTIFYING_VALUES.get(elem.keyword or ""))
+            if kind is None or elem.value in (None, ""):
+                continue
+            values = elem.value if elem.VM > 1 else [elem.value]
+            for v in values:
+                text = str(v).strip()
+                if not text:
+                    continue
+                found.append((text, kind))
+                if elem.VR == "PN":
+                    found.extend((part, kind) for part in re.split(r"[\^=]", text) if part.strip())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        visit(ds)
+    return found
+
+
 #: UID attributes that name a class or a syntax, not an instance: kept as they are.
 _KEEP_UIDS = re.compile(r"(ClassUID|TransferSyntaxUID|CodingSchemeUID|ContextGroupExtensionCreatorUID|"
                         r"MappingResourceUID|ContextUID|TemplateExtensionCreatorUID)$")

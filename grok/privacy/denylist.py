@@ -1,0 +1,236 @@
+"""Deny lists of known identifiers, held as keyed hashes only, and the matcher that counts them.
+
+A :class:`DenyList` never holds an identifier. Each entry is HMAC-SHA256 under the pseudonym secret
+(``GROK_PSEUDONYM_KEY``, see :mod:`grok.ingest.deid`) of a *normalised token n-gram*: the
+identifier is Unicode-normalised (NFKD, accents dropped), case-folded and split into tokens at
+every character that is not a letter or a digit and at every letter/digit boundary, so
+``"WINTERBOTTOM^ETHELINDA"``, ``"Winterbottom, Ethelinda"`` and ``"winterbottom  ethelinda"`` are
+one entry, and ``"MRN1234567"`` also matches ``"MRN 1234567"``. Person names get their reversed
+order too (``GIVEN FAMILY``) and dates their usual spellings (``19450312``, ``1945-03-12``,
+``12/03/1945``, ``03/12/1945``, ``12.03.1945``). Decimal numbers are one token, so the digits of a
+measurement never match an identifier.
+
+Counting hits in a text hashes its tokens (each distinct token once; keyed) and, only where a token
+may start an entry, the n-grams that start there, up to the longest entry's token count. Reports
+built on it (data contracts, the whole-build scan) can therefore say how many identifiers a row or
+a file holds, and of which kind, without ever seeing or writing one.
+
+The file format (``grok-deny-list/1``, JSON) holds the key fingerprint, the longest entry's token
+count, the keyed hashes of the tokens that start an entry and the keyed hashes of the entries with
+their kind (``person_name``, ``patient_id``, ``birth_date`` ...). Without the secret nobody can
+test a name against it; with the public demo key anyone can, which is one more reason real data
+needs ``GROK_PSEUDONYM_KEY``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from grok.ingest.deid import DeidConfig, keyed_hash
+
+FORMAT = "grok-deny-list/1"
+#: The name ingestion writes its deny list under, in its output folder.
+DENY_LIST_FILE = "deny_list.json"
+#: Entries whose tokens join to fewer characters are too unspecific to deny (initials, "OD").
+MIN_ENTRY_CHARS = 4
+#: A single all-digit token shorter than this is a number, not an identifier (ages, counts, house numbers).
+MIN_DIGIT_ENTRY = 6
+#: Decimal numbers stay one token ("271.123456" is not "123456"), so float digits never look like an id.
+_TOKEN_RE = re.compile(r"\d+(?:\.\d+)*|[^\W\d_]+")
+_HASH_LEN = 32
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised tokens of ``text``: accents dropped, case-folded, split at non-alphanumerics and letter/digit
+    boundaries (``"Zoë O'Brien-Smith, MRN1234"`` -> ``['zoe', 'o', 'brien', 'smith', 'mrn', '1234']``)."""
+    if text.isascii():
+        return _TOKEN_RE.findall(text.lower())
+    flat = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    return _TOKEN_RE.findall(flat.casefold())
+
+
+def key_fingerprint(key: bytes) -> str:
+    """Short keyed fingerprint of the secret (the same as ``ingest_summary.json`` records)."""
+    return keyed_hash("fingerprint", key, purpose="key-fingerprint", length=12)
+
+
+def _date_variants(s: str) -> list[list[str]]:
+    """Spellings of a calendar date written as ``YYYYMMDD`` or ``YYYY-MM-DD`` (empty if it is not one)."""
+    digits = re.fullmatch(r"(\d{4})[-/.]?(\d{2})[-/.]?(\d{2})", s.strip())
+    if not digits:
+        return []
+    y, m, d = digits.groups()
+    try:
+        dt.date(int(y), int(m), int(d))
+    except ValueError:
+        return []
+    return [[y + m + d], [y, m, d], [d, m, y], [m, d, y], [f"{d}.{m}.{y}"], [f"{y}.{m}.{d}"]]
+
+
+def guess_kind(s: str) -> str:
+    """A coarse kind for an identifier given without one (a plain JSON list): never the value itself."""
+    if _date_variants(s):
+        return "date"
+    toks = tokens(s)
+    if any(t.isdigit() for t in toks):
+        return "number"
+    if "^" in s:
+        return "person_name"
+    return "name_or_place" if len(toks) > 1 else "name"
+
+
+def variants(value: str, kind: str) -> list[list[str]]:
+    """The token sequences that ``value`` is denied as (dates in several spellings, names in both orders)."""
+    dates = _date_variants(value)
+    if dates:
+        return dates
+    toks = tokens(value)
+    out = [toks] if toks else []
+    if "^" in value or kind == "person_name":
+        parts = [tokens(p) for p in value.split("^") if tokens(p)]
+        if len(parts) >= 2:
+            out.append(parts[1] + parts[0])
+    return out
+
+
+@dataclass
+class DenyList:
+    """Keyed hashes of identifier n-grams; see the module docstring.
+
+    Build one with :meth:`from_identifiers` (plain values are hashed at once and dropped), read one
+    with :meth:`load`, add to it with :meth:`add`, count hits with :meth:`hits`.
+    """
+
+    key: bytes = field(repr=False)
+    entries: dict[str, str] = field(default_factory=dict)
+    first: set[str] = field(default_factory=set)
+    max_tokens: int = 0
+    _cache: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_identifiers(cls, items: Iterable[str | tuple[str, str]], key: str | bytes | None = None) -> DenyList:
+        """``items``: identifier strings, or ``(value, kind)`` pairs. ``key=None``: the pseudonym secret."""
+        deny = cls(key=_key_bytes(key))
+        for it in items:
+            value, kind = (it, guess_kind(it)) if isinstance(it, str) else it
+            deny.add(value, kind)
+        return deny
+
+    def add(self, value: str, kind: str) -> None:
+        """Deny ``value`` (all its variants) as ``kind``; too short or too generic values are ignored."""
+        for toks in variants(str(value), kind):
+            if len("".join(toks)) < MIN_ENTRY_CHARS or (len(toks) == 1 and toks[0].isdigit()
+                                                         and len(toks[0]) < MIN_DIGIT_ENTRY):
+                continue
+            h = self._gram(toks)
+            self.entries.setdefault(h, kind)
+            self.first.add(self._token(toks[0]))
+            self.max_tokens = max(self.max_tokens, len(toks))
+
+    def update(self, other: DenyList) -> None:
+        """Merge another deny list made with the same secret."""
+        if other.key != self.key:
+            raise ValueError("deny lists made with different secrets cannot be merged")
+        for h, kind in other.entries.items():
+            self.entries.setdefault(h, kind)
+        self.first |= other.first
+        self.max_tokens = max(self.max_tokens, other.max_tokens)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def _token(self, tok: str) -> str:
+        h = self._cache.get(tok)
+        if h is None:
+            if len(self._cache) > 2_000_000:
+                self._cache.clear()
+            h = self._cache[tok] = keyed_hash(tok, self.key, purpose="deny-token", length=_HASH_LEN)
+        return h
+
+    def _gram(self, toks: list[str]) -> str:
+        return keyed_hash(" ".join(toks), self.key, purpose="deny-ngram", length=_HASH_LEN)
+
+    def hits(self, text: str | None) -> Counter[str]:
+        """Identifiers found in ``text``, counted by kind (longest match at each place, no overlaps)."""
+        found: Counter[str] = Counter()
+        if not text or not self.entries:
+            return found
+        toks = tokens(text)
+        first, entries, n_max = self.first, self.entries, self.max_tokens
+        i, n_toks = 0, len(toks)
+        while i < n_toks:
+            step = 1
+            if self._token(toks[i]) in first:
+                for n in range(min(n_max, n_toks - i), 0, -1):
+                    kind = entries.get(self._gram(toks[i:i + n]))
+                    if kind is not None:
+                        found[kind] += 1
+                        step = n
+                        break
+            i += step
+        return found
+
+    def count(self, text: str | None) -> int:
+        """Number of identifiers found in ``text``."""
+        return sum(self.hits(text).values())
+
+    # -- files --------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"format": FORMAT,
+                "note": "keyed hashes of normalised identifier n-grams (grok.privacy.denylist); no identifier is stored",
+                "key_fingerprint": key_fingerprint(self.key), "max_tokens": self.max_tokens,
+                "first_tokens": sorted(self.first), "entries": dict(sorted(self.entries.items()))}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the hashed list (sorted, so equal lists give equal bytes); atomic."""
+        p = Path(path)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
+        tmp.replace(p)
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, key: str | bytes | None = None) -> DenyList:
+        """Read a hashed deny list (``grok-deny-list/1``) or a plain JSON list of identifier strings (hashed
+        at once). Raises ``ValueError`` naming the fix when a hashed list was made under another secret."""
+        kb = _key_bytes(key)
+        p = Path(path)
+        try:
+            raw = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{p}: not a readable JSON deny list ({type(exc).__name__})") from exc
+        try:
+            return cls.from_json(raw, kb)
+        except ValueError as exc:
+            raise ValueError(f"{p}: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, raw: list | dict, key: str | bytes | None = None) -> DenyList:
+        """From a JSON list of identifier strings (hashed at once) or a parsed ``grok-deny-list/1`` file."""
+        kb = _key_bytes(key)
+        if isinstance(raw, list):
+            return cls.from_identifiers([str(x) for x in raw], kb)
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise ValueError(f"neither a JSON list of identifiers nor a {FORMAT} file")
+        if raw.get("key_fingerprint") != key_fingerprint(kb):
+            raise ValueError("the deny list was written under another secret than the current one; set "
+                             "GROK_PSEUDONYM_KEY to the secret the build was ingested with")
+        return cls(key=kb, entries=dict(raw["entries"]), first=set(raw["first_tokens"]),
+                   max_tokens=int(raw["max_tokens"]))
+
+
+def _key_bytes(key: str | bytes | None) -> bytes:
+    if key is None:
+        return DeidConfig().key_bytes
+    return key.encode() if isinstance(key, str) else key
