@@ -62,14 +62,40 @@ def test_ingest_outputs_pass_their_contracts(manifest, planted, tmp_path):
 
 def test_planted_identifier_fails_and_is_not_echoed(manifest, planted, tmp_path):
     df = pd.read_parquet(manifest / "manifest.parquet")
-    df.loc[0, "model"] = f"scanned for {planted[0]}"
+    df.loc[0, "model"] = f"scanned for {planted[0].title()}"
     df.loc[1, "image_id"] = df.loc[0, "image_id"]
+    df.loc[2, "manufacturer"] = "operator DOE^JANE"  # no known identifier, but an identifier pattern
     r = validate(df, "manifest", deny_list=planted, docs_dir=tmp_path / "m")
     assert not r.success
-    failed = {(o.expectation, o.column) for o in r.failed}
-    assert ("expect_column_values_to_not_match_regex_list", "model") in failed
-    assert ("expect_column_values_to_be_unique", "image_id") in failed
-    assert planted[0] not in json.dumps(r.to_dict(), default=str) and planted[0] not in r.summary()
+    failed = {(o.expectation, o.column): o for o in r.failed}
+    assert set(failed) == {("expect_column_values_to_be_in_set", "__known_identifiers__model"),
+                           ("expect_column_values_to_be_in_set", "__identifier_patterns__manufacturer"),
+                           ("expect_column_values_to_be_unique", "image_id")}
+    known = failed[("expect_column_values_to_be_in_set", "__known_identifiers__model")]
+    assert known.unexpected_count == 1
+    # the failing row is named by its ids, with the count of identifiers, not the text
+    assert known.examples[0]["image_id"] == df.loc[0, "image_id"]
+    assert int(known.examples[0]["__known_identifiers__model"]) == 1
+    assert planted[0].lower() not in json.dumps(r.to_dict(), default=str).lower()
+    assert planted[0].lower() not in r.summary().lower()
+    # nor do the Great Expectations suite, validation results and data docs hold it (or the pattern match)
+    written = [p for p in (tmp_path / "m").rglob("*") if p.is_file() and p.suffix in (".json", ".html", ".yml")]
+    assert len(written) >= 4
+    for p in written:
+        text = p.read_text().lower()
+        assert "doe^jane" not in text and not any(x.lower() in text for x in planted), p
+
+
+def test_identifier_checks_count_per_row_and_keep_no_deny_string(manifest, planted, tmp_path):
+    from grok.privacy.denylist import DenyList
+
+    df = pd.read_parquet(manifest / "manifest.parquet")
+    r = validate(df, "manifest", deny_list=DenyList.from_identifiers(planted), docs_dir=tmp_path / "ok")
+    assert r.success, r.summary()
+    cols = {o.column for o in r.outcomes}
+    assert "__known_identifiers__patient_id" in cols and "__identifier_patterns__patient_id" in cols
+    suite = next((tmp_path / "ok").rglob("expectations/manifest.json")).read_text()
+    assert "regex_list" not in suite and not any(x.lower() in suite.lower() for x in planted)
 
 
 def _instructions(n: int = 12) -> pd.DataFrame:

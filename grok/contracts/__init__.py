@@ -24,6 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from grok.privacy.denylist import DenyList
+
 CONTRACTS_ENV = "GROK_DATA_CONTRACTS"
 
 _TYPES: dict[str, pa.DataType] = {
@@ -218,25 +220,55 @@ def _textify(v: Any) -> str | None:
     return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
-def _prepare(df: pd.DataFrame, contract: Contract, deny: list[str]) -> tuple[pd.DataFrame, list[tuple[str, dict]]]:
-    """Derived columns + the list of (expectation class name, kwargs) that GROK checks compile to."""
+#: Derived columns of the identifier checks: a count per row, never the text itself.
+KNOWN_PREFIX = "__known_identifiers__"
+PATTERN_PREFIX = "__identifier_patterns__"
+
+
+def _withheld(n_known: int, n_pattern: int) -> str:
+    return f"<withheld: {n_known} known identifiers, {n_pattern} identifier-pattern matches>"
+
+
+def _identifier_columns(df: pd.DataFrame, out: pd.DataFrame, contract: Contract, deny: DenyList | None,
+                        ) -> list[tuple[str, dict]]:
+    """Per text column (nested ones serialised): the count of known identifiers (keyed-hash deny list) and of
+    identifier-pattern matches per row, as derived columns that must be 0. A cell with any hit is replaced by a
+    placeholder in the batch Great Expectations sees, so no suite, result or data doc can hold an identifier."""
     import numpy as np
 
+    patterns, date_pat = identifier_patterns()
+    regs = [re.compile(p["regex"]) for p in patterns]
+    date_re = re.compile(date_pat["regex"])
+    extra: list[tuple[str, dict]] = []
+    for col in df.columns:
+        sample = next((v for v in df[col] if v is not None and not (isinstance(v, float) and v != v)), None)
+        if sample is None or isinstance(sample, (int, float, bool, np.number, np.bool_, bytes)):
+            continue
+        texts = df[col].map(_textify)
+        use = regs if col in contract.date_columns else regs + [date_re]
+        n_pat = texts.map(lambda t, use=use: 0 if not t else sum(1 for r in use for _ in r.finditer(t)))
+        n_known = (texts.map(deny.count) if deny else pd.Series(0, index=df.index)).astype("int64")
+        n_pat = n_pat.astype("int64")
+        out[PATTERN_PREFIX + col] = n_pat
+        extra.append(("ExpectColumnValuesToBeInSet", {"column": PATTERN_PREFIX + col, "value_set": [0]}))
+        if deny:
+            out[KNOWN_PREFIX + col] = n_known
+            extra.append(("ExpectColumnValuesToBeInSet", {"column": KNOWN_PREFIX + col, "value_set": [0]}))
+        bad = (n_pat > 0) | (n_known > 0)
+        if bad.any():
+            out[col] = out[col].astype(object)
+            for i in np.flatnonzero(bad.to_numpy()):
+                out.iat[i, out.columns.get_loc(col)] = _withheld(int(n_known.iat[i]), int(n_pat.iat[i]))
+    return extra
+
+
+def _prepare(df: pd.DataFrame, contract: Contract, deny: DenyList | None) -> tuple[pd.DataFrame, list[tuple[str, dict]]]:
+    """Derived columns + the list of (expectation class name, kwargs) that GROK checks compile to."""
     out = df.copy()
     extra: list[tuple[str, dict]] = []
     for exp in contract.expectations:
         if exp == "no_identifiers":
-            patterns, date_pat = identifier_patterns()
-            base = [p["regex"] for p in patterns] + [f"(?i){re.escape(s)}" for s in deny if len(s) >= 4]
-            for col in df.columns:
-                sample = next((v for v in df[col] if v is not None and not (isinstance(v, float) and v != v)), None)
-                if sample is None or isinstance(sample, (int, float, bool, np.number, np.bool_, bytes)):
-                    continue
-                text_col = col if isinstance(sample, str) else f"__text__{col}"
-                if text_col != col:
-                    out[text_col] = df[col].map(_textify)
-                regex = base if col in contract.date_columns else base + [date_pat["regex"]]
-                extra.append(("ExpectColumnValuesToNotMatchRegexList", {"column": text_col, "regex_list": regex}))
+            extra += _identifier_columns(df, out, contract, deny)
         elif isinstance(exp, dict) and "split_disjoint_by" in exp:
             key = exp["split_disjoint_by"]
             if "split" in df.columns and key in df.columns:
@@ -259,14 +291,16 @@ def validate(
     contract: Contract | str,
     *,
     params: dict[str, Any] | None = None,
-    deny_list: list[str] | None = None,
+    deny_list: DenyList | list[str] | dict | None = None,
     docs_dir: str | os.PathLike | None = None,
     max_examples: int = 3,
 ) -> ContractResult:
     """Validate a table against a contract; see the module docstring.
 
     ``params`` fills ``${...}`` placeholders (e.g. ``verifier_pass_rate``, ``label_set``);
-    ``deny_list`` adds literal identifier strings to the identifier scan; ``docs_dir`` (default: a
+    ``deny_list`` (a :class:`~grok.privacy.denylist.DenyList`, identifier strings that are hashed at once
+    under the pseudonym secret, or a parsed hashed deny-list file) adds known identifiers to the identifier checks, which count them per row
+    and never pass them to Great Expectations; ``docs_dir`` (default: a
     ``contracts/`` folder next to a table file, else a temporary folder) receives the GE project and
     its data docs.
     """
@@ -283,7 +317,8 @@ def validate(
         data = pq.read_table(table_path)
     schema_problems = check_schema(data, c)
     df = data.to_pandas() if isinstance(data, pa.Table) else data
-    prepared, extra = _prepare(df, c, list(deny_list or []))
+    deny = deny_list if isinstance(deny_list, DenyList) or deny_list is None else DenyList.from_json(deny_list)
+    prepared, extra = _prepare(df, c, deny)
 
     import great_expectations as gx
 
@@ -332,12 +367,16 @@ def validate(
         suite.add_expectation(getattr(gx.expectations, cls_name)(**kwargs))
     suite = ctx.suites.add_or_update(suite)
     vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=c.name, data=batch_def, suite=suite))
+    # Failing rows are named by their ids (from the batch GE sees, where identifying cells are withheld).
+    id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key") if x in df.columns]
+    result_format: dict[str, Any] = {"result_format": "COMPLETE", "partial_unexpected_count": max_examples}
+    if id_cols:
+        result_format["unexpected_index_column_names"] = id_cols
     cp = ctx.checkpoints.add_or_update(gx.Checkpoint(
         name=c.name, validation_definitions=[vd], actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-        result_format={"result_format": "COMPLETE", "partial_unexpected_count": max_examples}))
+        result_format=result_format))
     run = cp.run(batch_parameters={"dataframe": prepared})
     outcomes: list[ExpectationOutcome] = []
-    id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key") if x in df.columns]
     for vr in run.run_results.values():
         for r in vr.results:
             cfg = r.expectation_config
@@ -346,13 +385,13 @@ def validate(
             examples = []
             if not r.success:
                 for idx in (res.get("unexpected_index_list") or [])[:max_examples]:
-                    row = {k: df.iloc[idx][k] if isinstance(idx, int) else None for k in id_cols}
-                    if cfg.type == "expect_column_values_to_not_match_regex_list":
-                        # never echo a suspected identifier into a report or a log
-                        row[col] = "<withheld: matches an identifier pattern>"
-                    elif col is not None and col in prepared.columns:
-                        val = prepared.iloc[idx][col] if isinstance(idx, int) else None
-                        row[col] = (str(val)[:200] if val is not None else None)
+                    # GE names a failing row by its ids (a dict) or, without id columns, by its position
+                    row = dict(idx) if isinstance(idx, dict) else {k: None for k in id_cols}
+                    if isinstance(idx, int) and col is not None and col in prepared.columns:
+                        val = prepared.iloc[idx][col]
+                        row[col] = str(val)[:200] if val is not None else None
+                    elif isinstance(row.get(col), str):
+                        row[col] = row[col][:200]
                     examples.append(row)
             outcomes.append(ExpectationOutcome(
                 expectation=cfg.type, column=col, success=bool(r.success),
