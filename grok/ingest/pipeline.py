@@ -45,6 +45,7 @@ from grok.ingest.deid import (
     DeidConfig,
     age_years,
     apply_basic_profile,
+    identifying_values,
     keyed_hash,
     parse_da,
     pseudonymise_patient_id,
@@ -52,6 +53,7 @@ from grok.ingest.deid import (
 )
 from grok.ingest.readers import ReaderError
 from grok.ingest.source import SourceFile, iter_source
+from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 
 INGEST_VERSION = "1"
 
@@ -274,6 +276,8 @@ class Ingestor:
         self.prev_files: dict[str, dict[str, Any]] = {}
         self.prev_rows: dict[str, dict[str, Any]] = {}
         self.pixel_to_image: dict[str, str] = {}
+        #: Identifiers met in the source, held only as keyed hashes (written to ``deny_list.json``).
+        self.deny = DenyList(key=self.key)
 
     # -- caching ---------------------------------------------------------------------------
     def _load_previous(self) -> None:
@@ -432,6 +436,8 @@ class Ingestor:
     def _ingest_dicom(self, rec: _FileRec, data: bytes) -> None:
         name = f"<source {rec.source_key}>"
         ds = readers.dcmread_any(io.BytesIO(data), name=name)
+        for value, kind in identifying_values(ds):
+            self.deny.add(value, kind)
         sop = str(getattr(ds, "SOPClassUID", "") or "")
         if not sop:
             raise _Quarantine("DICOM file without a SOP Class UID: damaged, or not an image object; re-export it",
@@ -507,6 +513,10 @@ class Ingestor:
     def _ingest_image_export(self, rec: _FileRec, data: bytes) -> None:
         arr = readers.decode_image(data, name=f"<source {rec.source_key}>", max_pixels=self.cfg.max_pixels)
         meta, side_name = self._sidecar(rec.relpath)
+        for k in ("patient_id", "birth_date"):
+            if meta.get(k):
+                self.deny.add(str(meta[k]), k)
+        text_flags = self._burned_in_text(arr)
         p = PurePosixPath(rec.relpath)
         parts_lower = [s.lower() for s in p.parts[:-1]]
         source_label = None
@@ -539,6 +549,7 @@ class Ingestor:
         visit_date = parse_da(str(meta.get("visit_date", "")).replace("-", ""))
         birth = parse_da(str(meta.get("birth_date", "")).replace("-", ""))
         pid, visit, age, sex, flags = self._identity(original_id, birth, visit_date, meta.get("sex"), rec.sha)
+        flags += text_flags
         if age is None and meta.get("age_years") is not None:
             age = min(_fnan(meta.get("age_years")), 90.0)
         eye = meta.get("eye")
@@ -578,6 +589,9 @@ class Ingestor:
             tmp = Path(td) / f"scan{suffix}"
             tmp.write_bytes(data)
             scan, ident = readers.read_oct_vendor(tmp, name=f"<source {rec.source_key}>")
+        for value, kind in ((ident.patient_id, "patient_id"), (ident.birth_date, "birth_date")):
+            if value:
+                self.deny.add(str(value), kind)
         vol = scan.volume
         vol = vol.astype(np.uint16 if scan.bit_depth == 16 else np.uint8) if np.all(np.isfinite(vol)) else vol
         pid, visit, age, _, id_flags = self._identity(ident.patient_id, readers_da(ident.birth_date),
@@ -591,6 +605,20 @@ class Ingestor:
         if scan.meta.get("bscan_order") == "file_order_unverified":
             flags.append("bscan_order_unverified")
         self._add_image(rec, vol, common, None, extra_flags=flags)
+
+    def _burned_in_text(self, arr: np.ndarray) -> list[str]:
+        """Quarantine an export whose pixels show text-like lines (a name banner, a report header), unless the
+        operator allows burned-in content; then the image is flagged instead."""
+        from grok.privacy.burned_in import find_text_regions
+
+        regions = find_text_regions(arr)
+        if not regions:
+            return []
+        if self.cfg.deid.allow_burned_in:
+            return ["burned_in_text_allowed"]
+        raise _Quarantine(f"possible burned-in text: {len(regions)} text-like line(s) in the pixels (e.g. a name "
+                          "banner or a report header); crop or mask them, or review the image and set "
+                          "deid.allow_burned_in to ingest it", "possible_burned_in_text", stage="deid")
 
     # -- images ---------------------------------------------------------------------------------
     def _stage(self, series_key: str, position: int, frame: np.ndarray, rec: _FileRec, meta: dict[str, Any]) -> None:
@@ -771,6 +799,18 @@ class Ingestor:
         summary.update(ingest_version=INGEST_VERSION, grok_version=__version__, key_fingerprint=self._key_fp(),
                        date_mode=self.cfg.deid.date_mode)
         (self.out / "ingest_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        self._write_deny_list()
+
+    def _write_deny_list(self) -> None:
+        """``deny_list.json``: keyed hashes of every identifier met (see grok.privacy.denylist), merged with the
+        previous run's (files reused from cache are not read again)."""
+        path = self.out / DENY_LIST_FILE
+        if path.exists():
+            try:
+                self.deny.update(DenyList.load(path, self.key))
+            except ValueError:  # another secret: the old hashes are of no use
+                pass
+        self.deny.save(path)
 
 
 def readers_da(value: Any):

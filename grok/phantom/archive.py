@@ -12,7 +12,10 @@ Layout of ``OUT`` (documented in the README):
     must not let them through.
 ``exports/<FAMILY>_<GIVEN>_<MRN>/<EYE>_<YYYY-MM-DD>/``
     ``cfp.png`` + ``cfp.png.json``; ``oct/volume.json`` + ``oct/bscan_000.png``... (the same pixels
-    as the DICOM objects, with the sidecar convention of ``grok.ingest.readers``).
+    as the DICOM objects, with the sidecar convention of ``grok.ingest.readers``). For every other
+    subject (even index) also ``cfp_banner.jpg`` (the photograph under a header bar with the name,
+    record number and birth date) and ``oct_report_banner.png`` (a report page: those lines above the
+    central B-scan), both with sidecars: text burned into pixels, which ingestion must quarantine.
 ``cohort.csv``
     One row per subject with UK-Biobank-style fields (see ``docs/knowledge.md``).
 ``truth/``
@@ -286,6 +289,43 @@ def _png(path: Path, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path, compress_level=1)
 
 
+def _banner_text(ident: DicomIdentity) -> str:
+    family, _, given = ident.patient_name.partition("^")
+    return f"{family}, {given}   ID {ident.patient_id}   DOB {ident.birth_date.isoformat()}"
+
+
+def _with_banner(image: np.ndarray, text: str) -> np.ndarray:
+    """``image`` with a black header bar carrying ``text`` in white (Pillow's default font), as screenshots and
+    photo exports of some clinic viewers show the patient."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    _, y0, _, y1 = probe.textbbox((0, 0), text, font=font)
+    bar = (y1 - y0) + 8
+    im = Image.fromarray(image).convert("RGB")
+    page = Image.new("RGB", (im.width, im.height + bar), (0, 0, 0))
+    page.paste(im, (0, bar))
+    ImageDraw.Draw(page).text((4, 4 - y0), text, fill=(255, 255, 255), font=font)
+    return np.asarray(page)
+
+
+def _report_page(bscan: np.ndarray, ident: DicomIdentity, eye: str) -> np.ndarray:
+    """An OCT report page: white page, black header lines (name, ids, birth date, eye), the B-scan below."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    lines = [f"Patient: {ident.patient_name.replace('^', ', ')}",
+             f"ID: {ident.patient_id}   DOB: {ident.birth_date.isoformat()}",
+             f"{ident.institution}   Eye: {eye}   Macular cube"]
+    page = Image.new("L", (max(bscan.shape[1] + 20, 320), bscan.shape[0] + 16 * len(lines) + 20), 255)
+    draw = ImageDraw.Draw(page)
+    for k, line in enumerate(lines):
+        draw.text((10, 6 + 16 * k), line, fill=0, font=font)
+    page.paste(Image.fromarray(bscan), (10, 16 * len(lines) + 12))
+    return np.asarray(page)
+
+
 def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, Any]]:
     """Synthesise and write one subject; returns its truth lines."""
     from grok.phantom.cfp import synth_fundus
@@ -368,6 +408,15 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
             (edir / "oct" / "volume.json").write_text(json.dumps(dict(
                 side_common, modality="oct", scan_pattern="volume",
                 spacing_mm={"axial": spacing_mm[0], "lateral": spacing_mm[1], "slice": spacing_mm[2]}), indent=1))
+            if s.index % 2 == 0:  # some exports show the patient in the pixels (ingestion must quarantine them)
+                from PIL import Image
+
+                Image.fromarray(_with_banner(fundus.image, _banner_text(ident))).save(edir / "cfp_banner.jpg",
+                                                                                     quality=90)
+                (edir / "cfp_banner.jpg.json").write_text(json.dumps(dict(side_common, modality="cfp"), indent=1))
+                _png(edir / "oct_report_banner.png", _report_page(vol.volume[n // 2], ident, eye))
+                (edir / "oct_report_banner.png.json").write_text(json.dumps(dict(
+                    side_common, modality="oct", scan_pattern="bscan"), indent=1))
     return truth_lines
 
 
