@@ -8,13 +8,16 @@ Steps, each of which can stop publication with a clear error and nothing written
 2. patients are split train/validation/test (stratified by label, deterministic by seed);
 3. exact and near-duplicate instruction texts are removed, and train is decontaminated against the
    held-out splits (every removed row is counted in the manifest and the card);
-4. the data contracts (``data_contracts/``) run on the instructions, alignment, biomarkers and
-   labels tables with the deny list of known identifiers; any failure blocks publication and names
-   the failing expectations;
+4. the privacy scan (:mod:`grok.privacy.scan`) reads every input of the version (tables, records,
+   media) for the identifiers of the source archive (the hashed ``ingest/deny_list.json`` ingestion
+   wrote, plus ``deny_list``); the data contracts (``data_contracts/``) run on the instructions,
+   alignment, biomarkers and labels tables with the same deny list; a hit or a failure blocks
+   publication and names the files or the failing expectations (never an identifier);
 5. the configs are built with images embedded (``datasets.Image``): ``instructions`` (train,
    validation), ``benchmark`` (test) and ``alignment`` (train, validation, test);
 6. the version folder (parquet, dataset card, manifest, curator report) is written atomically by
-   :func:`grok.registry.publish`, optionally pushed to the Hugging Face Hub with a tag per version.
+   :func:`grok.registry.publish`, after the same scan of the staged version (data, manifest, report,
+   card) finds nothing; optionally pushed to the Hugging Face Hub with a tag per version.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ class PublishConfig:
     seed : split seed.
     verifier_pass_rate : minimum share of verified rows among published instructions (contract).
     near_dup_threshold : Jaccard similarity (5-word shingles) at or above which texts are duplicates.
-    deny_list : literal identifier strings that must appear nowhere (e.g. the phantom's planted ones).
+    deny_list : identifier strings that must appear nowhere (e.g. the phantom's planted ones), added to the
+        build's own hashed ``ingest/deny_list.json``; hashed at once, never written.
+    pseudonym_key : the secret the build was ingested with (default ``$GROK_PSEUDONYM_KEY``, else the demo
+        key); the deny list's hashes are keyed with it.
     report_rows_per_group : rows per (label, task) in the curator report.
     hub_repo : ``org/name`` to also push to the Hugging Face Hub (needs a token), or None.
     license : licence id for the card.
@@ -70,6 +76,7 @@ class PublishConfig:
     verifier_pass_rate: float = 0.9
     near_dup_threshold: float = 0.9
     deny_list: list[str] = field(default_factory=list)
+    pseudonym_key: str | None = field(default=None, repr=False)
     report_rows_per_group: int = 2
     hub_repo: str | None = None
     license: str = "other"
@@ -83,6 +90,8 @@ class PublishConfig:
 
 
 REQUIRED = ("records.jsonl", "biomarkers.parquet", "instructions.parquet")
+#: Build files a version is made of (besides the media its rows refer to), read by the privacy scan.
+INPUTS = REQUIRED + ("labels.parquet",)
 
 
 def check_build(build_dir: Path) -> dict[str, Any]:
@@ -174,7 +183,50 @@ def prepare(build_dir: Path, cfg: PublishConfig) -> dict[str, Any]:
             "split_of": split_of}
 
 
-def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig) -> dict[str, Any]:
+def deny_list(build_dir: Path, cfg: PublishConfig):
+    """The build's hashed deny list (``ingest/deny_list.json``) plus ``cfg.deny_list``, keyed with the build's secret."""
+    from grok.privacy.denylist import DENY_LIST_FILE, DenyList
+
+    deny = DenyList.from_identifiers([str(x) for x in cfg.deny_list], cfg.pseudonym_key)
+    path = build_dir / "ingest" / DENY_LIST_FILE
+    if path.is_file():
+        try:
+            deny.update(DenyList.load(path, cfg.pseudonym_key))
+        except ValueError as exc:
+            raise PublishError(f"{exc}; nothing was published") from exc
+    return deny
+
+
+def privacy_check(root: Path, deny, what: str, files: list[str] | None = None, text: str = "") -> None:
+    """Refuse to publish when the scan of ``files`` below ``root`` (all of them by default) or ``text`` finds a
+    known identifier; the error names the files and counts, never the identifier."""
+    from grok.privacy.scan import scan_path
+
+    if not deny:
+        return
+    rep = scan_path(root, deny, files=files)
+    problems = [f"  {h.path}: {h.hits} identifiers ({', '.join(f'{k} {v}' for k, v in h.by_kind.items())})"
+                for h in rep.hits]
+    if deny.count(text):
+        problems.append(f"  dataset card: {deny.count(text)} identifiers")
+    if problems:
+        raise PublishError(f"privacy scan: known identifiers of the source archive in {what}; nothing was "
+                           "published. Remove them at their source (rerun the stage that wrote them):\n"
+                           + "\n".join(problems))
+
+
+def _media_inputs(prep: dict[str, Any]) -> list[str]:
+    rels: set[str] = set()
+    for imgs in prep["instructions"]["images"]:
+        rels.update(list(imgs) if imgs is not None else [])
+    rels.update(prep["alignment"]["image_path"] if len(prep["alignment"]) else [])
+    for r in prep["records"].values():
+        rels.update(v for v in (r.get("images") or {}).values() if v)
+        rels.update(v for v in (r.get("overlays") or {}).values() if v)
+    return sorted(rels)
+
+
+def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, deny=None) -> dict[str, Any]:
     from grok.contracts import validate
 
     params = {"verifier_pass_rate": cfg.verifier_pass_rate}
@@ -185,7 +237,8 @@ def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig) -> 
     if prep["labels"] is not None:
         tables["labels"] = prep["labels"]
     for name, df in tables.items():
-        res = validate(df, name, params=params, deny_list=cfg.deny_list, docs_dir=docs / name)
+        res = validate(df, name, params=params, deny_list=deny if deny is not None else cfg.deny_list,
+                       docs_dir=docs / name)
         results[name] = res
     return results
 
@@ -377,7 +430,10 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
     build = Path(build_dir)
     info = check_build(build)
     prep = prepare(build, cfg)
-    contracts = run_contracts(build, prep, cfg)
+    deny = deny_list(build, cfg)
+    privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
+                  + _media_inputs(prep))
+    contracts = run_contracts(build, prep, cfg, deny)
     bad = {k: v for k, v in contracts.items() if not v.success}
     if bad:
         raise PublishError("data contracts failed; nothing was published:\n" + "\n".join(v.summary() for v in bad.values()))
@@ -400,6 +456,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
     def extra(staging: Path) -> None:
         write_curator_report(staging / "report", build, prep, rows_per_group=cfg.report_rows_per_group,
                              title=cfg.name)
+        privacy_check(staging, deny, "the version about to be published", text=body)
 
     res = registry.publish(tables, cfg.name, version=cfg.version, bump=cfg.bump, registry=cfg.registry,
                            card_body=body, card_meta={"license": cfg.license, "synthetic": cfg.synthetic,

@@ -38,6 +38,7 @@ _COMMAND_MODULES = (
     "grok.cli.kb_cmd",  # kb validate, reason, label
     "grok.cli.instruct_cmd",  # instruct, verify
     "grok.cli.contracts_cmd",  # validate
+    "grok.cli.privacy_cmd",  # privacy-scan
     "grok.cli.build_cmd",  # build, publish
     "grok.cli.datasets_cmd",  # datasets list | show | pull
     "grok.cli.train_cmd",  # train align | sft | predict | merge (grok_train)
