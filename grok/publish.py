@@ -8,11 +8,12 @@ Steps, each of which can stop publication with a clear error and nothing written
 2. patients are split train/validation/test (stratified by label, deterministic by seed);
 3. exact and near-duplicate instruction texts are removed, and train is decontaminated against the
    held-out splits (every removed row is counted in the manifest and the card);
-4. the privacy scan (:mod:`grok.privacy.scan`) reads every input of the version (tables, records,
-   media) for the identifiers of the source archive (the hashed ``ingest/deny_list.json`` ingestion
-   wrote, plus ``deny_list``); the data contracts (``data_contracts/``) run on the instructions,
-   alignment, biomarkers and labels tables with the same deny list; a hit or a failure blocks
-   publication and names the files or the failing expectations (never an identifier);
+4. the data contracts (``data_contracts/``) run on the instructions, alignment, biomarkers and
+   labels tables with the deny list of the source archive's identifiers (the hashed
+   ``ingest/deny_list.json`` ingestion wrote, plus ``deny_list``), then the privacy scan
+   (:mod:`grok.privacy.scan`) reads every input of the version (tables, records, media) for the same
+   identifiers; a failure or a hit blocks publication and names the failing expectations or the
+   files (never an identifier);
 5. the configs are built with images embedded (``datasets.Image``): ``instructions`` (train,
    validation), ``benchmark`` (test) and ``alignment`` (train, validation, test);
 6. the version folder (parquet, dataset card, manifest, curator report) is written atomically by
@@ -431,12 +432,12 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
     info = check_build(build)
     prep = prepare(build, cfg)
     deny = deny_list(build, cfg)
-    privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
-                  + _media_inputs(prep))
     contracts = run_contracts(build, prep, cfg, deny)
     bad = {k: v for k, v in contracts.items() if not v.success}
     if bad:
         raise PublishError("data contracts failed; nothing was published:\n" + "\n".join(v.summary() for v in bad.values()))
+    privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
+                  + _media_inputs(prep))
     tables = build_datasets(build, prep)
     versions = _versions(build, prep)
     body = _card_body(cfg, prep, contracts, info, versions)
