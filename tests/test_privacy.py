@@ -57,6 +57,13 @@ def test_deny_list_matches_spellings_and_never_holds_an_identifier(tmp_path):
         DenyList.load(path, "another-secret")
 
 
+def test_name_words_of_the_products_own_text_are_denied_only_as_the_full_name():
+    d = DenyList.from_identifiers([("MACULA^ROWENA", "patient_name"), ("MACULA", "patient_name"),
+                                   ("ROWENA", "patient_name")], KEY)
+    assert d.count("the macula is normal") == 0
+    assert d.hits("Rowena Macula; MACULA^ROWENA; rowena") == {"patient_name": 3}
+
+
 @pytest.fixture(scope="module")
 def ingested(phantom_archive, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ing")

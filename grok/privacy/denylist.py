@@ -25,6 +25,7 @@ needs ``GROK_PSEUDONYM_KEY``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -46,6 +47,22 @@ MIN_DIGIT_ENTRY = 6
 #: Decimal numbers stay one token ("271.123456" is not "123456"), so float digits never look like an id.
 _TOKEN_RE = re.compile(r"\d+(?:\.\d+)*|[^\W\d_]+")
 _HASH_LEN = 32
+#: Kinds whose single words are not denied when the product's own text uses them (see :func:`vocabulary`).
+NAME_KINDS = frozenset({"patient_name", "person_name", "name"})
+_REPO = Path(__file__).resolve().parents[2]
+
+
+@functools.lru_cache(maxsize=1)
+def vocabulary() -> frozenset[str]:
+    """Words of the product's own templates and knowledge base. A name part that is one of them (a family
+    called Normal, a clinician called Macula) is denied only as part of the full name: alone it would flag
+    every generated row that uses the word."""
+    words: set[str] = set()
+    for folder, pattern in (("templates", "*"), ("knowledge_base", "*.yaml")):
+        for p in (_REPO / folder).rglob(pattern):
+            if p.is_file():
+                words.update(tokens(p.read_text(errors="replace")))
+    return frozenset(words)
 
 
 def tokens(text: str) -> list[str]:
@@ -125,10 +142,13 @@ class DenyList:
         return deny
 
     def add(self, value: str, kind: str) -> None:
-        """Deny ``value`` (all its variants) as ``kind``; too short or too generic values are ignored."""
+        """Deny ``value`` (all its variants) as ``kind``; too short or too generic values are ignored, and so are
+        single name words of the product's :func:`vocabulary`."""
         for toks in variants(str(value), kind):
             if len("".join(toks)) < MIN_ENTRY_CHARS or (len(toks) == 1 and toks[0].isdigit()
                                                          and len(toks[0]) < MIN_DIGIT_ENTRY):
+                continue
+            if len(toks) == 1 and kind in NAME_KINDS and toks[0] in vocabulary():
                 continue
             h = self._gram(toks)
             self.entries.setdefault(h, kind)

@@ -497,7 +497,7 @@ def _files(root: Path, exclude: list[Path], skipped: list[dict[str, str]]) -> It
         dirnames.sort()
         for name in sorted(filenames):
             p = d / name
-            if p.is_file() and not p.is_symlink() and p.resolve() not in exclude:
+            if (p.is_file() or p.is_symlink()) and p.resolve() not in exclude:
                 yield p
 
 
@@ -522,6 +522,9 @@ def scan_path(root: str | os.PathLike, deny: DenyList, *, files: Iterable[str | 
     globs = tuple(operator_only)
     kinds: Counter[str] = Counter()
     for path, rel in targets:
+        if path.is_symlink():
+            rep.not_scanned.append({"path": _redacted(rel, deny), "why": "symbolic link (not followed)"})
+            continue
         found = deny.hits(rel)
         try:
             kind, texts = file_texts(path)
