@@ -198,6 +198,23 @@ def test_operator_only_locate_map_is_the_only_file_with_identifiers(phantom_arch
     _no_plain(res.stdout + res.stderr, planted)
 
 
+def test_prefect_database_is_scanned_when_given(planted, phantom_archive, tmp_path):
+    clean = tmp_path / "build"
+    clean.mkdir()
+    (clean / "build.json").write_text(json.dumps({"complete": True}))
+    db = tmp_path / "prefect.db"
+    con = sqlite3.connect(db)
+    con.execute("create table artifact (id text, data json)")
+    con.execute("insert into artifact values (?, ?)", ("a1", json.dumps({"markdown": f"seen {planted[2]}"})))
+    con.commit()
+    con.close()
+    ids = str(phantom_archive / "truth" / "planted_identifiers.json")
+    assert _grok("privacy-scan", str(clean), "--identifiers", ids).returncode == 0
+    res = _grok("privacy-scan", str(clean), "--identifiers", ids, "--prefect-db", str(db), "--json")
+    assert res.returncode == 1
+    assert [(h["path"], h["file_kind"], h["hits"]) for h in json.loads(res.stdout)["hits"]] == [("prefect.db", "sqlite", 1)]
+
+
 # ------------------------------------------------------------------------------------------- a build
 SMALL = {"subjects": 7, "seed": 1, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
          "cfp_size": 320}
