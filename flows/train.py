@@ -3,38 +3,29 @@
 Run as: prefect deploy --all   (deployments train-align/gpu and train-sft/gpu in prefect.yaml)
 
 The flows run ``grok_train`` (which imports neither Prefect nor Great Expectations) in a subprocess,
-so a CUDA crash cannot take the worker down, and record the run folder and metrics as artifacts.
+the same command the build's inline training runs (:mod:`grok.build.train`), so a CUDA crash cannot
+take the worker down, and record the run folder and metrics as artifacts.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from grok.build.train import run_train_job, train_command
+
 
 def _run(job: str, dataset: str, registry: str | None, profile: str, overrides: list[str] | None,
          output_root: str) -> dict[str, Any]:
     logger = get_run_logger()
-    name = dataset.replace("@", "-")
-    out = Path(output_root) / job / name
-    cmd = [sys.executable, "-m", "grok_train", job, "--config", f"{job}_{profile}.yaml", "--dataset", dataset,
-           "--output-dir", str(out), "--json", "--quiet"]
-    if registry:
-        cmd += ["--registry", registry]
-    for ov in overrides or []:
-        cmd += ["--set", ov]
+    out = Path(output_root) / job / dataset.replace("@", "-")
+    cmd = train_command(job, dataset, profile=profile, output_dir=out, registry=registry, overrides=overrides)
     logger.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-    if proc.returncode != 0:
-        raise RuntimeError(f"grok_train {job} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout)
+    result = run_train_job(cmd)
     create_markdown_artifact(key=f"grok-train-{job}", description=f"{job} on {dataset}", markdown="\n".join([
         f"# {job} on {dataset}", "", f"- run folder: `{out}`", "", "```json",
         json.dumps(result, indent=1, default=str)[:6000], "```"]))

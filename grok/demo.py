@@ -33,7 +33,7 @@ def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the build flow on a phantom archive; returns a JSON-able summary."""
     from grok.build.config import BuildConfig
-    from grok.build.pipeline import require_pseudonym_key
+    from grok.build.pipeline import BuildFolder
     from grok.cli.build_cmd import prefect_env
 
     prefect_env()
@@ -42,7 +42,7 @@ def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
     cfg = BuildConfig.model_validate(demo_config(out, subjects=subjects, seed=seed, train=train))
     log(f"[bold]grok demo[/]: phantom ({subjects} subjects) -> ingest -> measure -> label/reason -> instruct/verify "
         f"-> contracts -> publish{' -> train (CPU smoke)' if train else ''}; work folder {cfg.work_dir}")
-    if require_pseudonym_key(cfg, demo_key=True):
+    if BuildFolder(cfg).require_pseudonym_key(demo_key=True):
         log(f"[yellow]grok demo[/]: ${cfg.deid.key_env} is not set, so the build runs with --demo-key (the public "
             "demo pseudonym key): fine for the phantom, never for real data.")
     res = build_dataset(config=cfg.model_dump(mode="json"), demo_key=True)

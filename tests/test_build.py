@@ -104,8 +104,7 @@ def test_card_and_report(built):
 
 def test_changed_template_publishes_new_version_old_untouched(built, tmp_path):
     tmp, cfg, rep = built
-    from grok.build.instruct_stage import stage_instruct
-    from grok.build.pipeline import stage_publish
+    from grok.build.pipeline import run_stage
     from grok.instruct.templating import templates_dir
 
     v1 = Path(rep["publish"].outputs["path"])
@@ -116,8 +115,8 @@ def test_changed_template_publishes_new_version_old_untouched(built, tmp_path):
     diag.write_text(diag.read_text() + "\n{# local edit: a changed template #}\n")
     cfg2 = BuildConfig.model_validate({**cfg.model_dump(mode="json"),
                                        "instruct": {**cfg.instruct.model_dump(mode="json"), "templates_dir": str(mine)}})
-    stage_instruct(cfg2)
-    pub = stage_publish(cfg2, str(Path(cfg.work_dir) / "phantom" / "truth" / "planted_identifiers.json"))
+    run_stage(cfg2, "instruct")
+    pub = run_stage(cfg2, "publish")
     assert pub.outputs["dataset"] == "small@0.2.0"
     assert pub.details["fingerprint"] != rep["publish"].details["fingerprint"]
     assert _tree_digest(v1) == before

@@ -74,21 +74,18 @@ def test_config_cannot_smuggle_the_flag(tmp_path):
 
 
 def test_complete_only_after_publication(copy):  # noqa: F811 (the fixture imported above)
-    from grok.build.instruct_stage import stage_instruct
-    from grok.build.pipeline import stage_publish, stage_records
-    from tests.test_build_shards import _measure
+    from grok.build.pipeline import run_stage
 
     blocker = copy / "registry-is-a-file"
     blocker.write_text("not a folder\n")
     cfg = tiny_config(copy, publish={"registry": str(blocker)})
-    _measure(cfg)
-    stage_records(cfg, str(copy / "build" / "phantom" / "cohort.csv"))
-    stage_instruct(cfg)
+    for stage in ("measure", "records", "instruct"):
+        run_stage(cfg, stage)
     info = copy / "build" / "build.json"
     with pytest.raises(ValueError, match="not writable"):
-        stage_publish(cfg, None)  # publication fails after every stage before it finished
+        run_stage(cfg, "publish")  # publication fails after every stage before it finished
     assert json.loads(info.read_text())["complete"] is False
     good = tiny_config(copy)
-    rep = stage_publish(good, None)  # a rerun publishes the finished stages (resume)
+    rep = run_stage(good, "publish")  # a rerun publishes the finished stages (resume)
     after = json.loads(info.read_text())
     assert after["complete"] is True and after["published"] == rep.outputs["dataset"] == "tiny@0.1.0"

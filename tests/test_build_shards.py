@@ -14,13 +14,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from grok.build.config import BuildConfig
-from grok.build.pipeline import (
-    measure_plan,
-    stage_ingest,
-    stage_measure_merge,
-    stage_measure_shard,
-    stage_source,
-)
+from grok.build.pipeline import run_stage
 
 TINY_PHANTOM = {"subjects": 1, "seed": 3, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
                 "cfp_size": 256, "circle_scans": True}
@@ -40,7 +34,8 @@ def ingested(tmp_path_factory) -> Path:
     """A tiny phantom (one subject, two eyes) written and ingested once; tests copy it."""
     tmp = tmp_path_factory.mktemp("tiny")
     cfg = tiny_config(tmp)
-    stage_ingest(cfg, stage_source(cfg).outputs["archive"])
+    run_stage(cfg, "source")
+    run_stage(cfg, "ingest")
     return tmp
 
 
@@ -51,8 +46,7 @@ def copy(ingested, tmp_path) -> Path:
 
 
 def _measure(cfg: BuildConfig) -> dict[str, dict]:
-    paths = [stage_measure_shard(cfg, ids) for ids in measure_plan(cfg)]
-    stage_measure_merge(cfg, paths)
+    run_stage(cfg, "measure")
     return {r["study_id"]: r for r in pq.read_table(Path(cfg.work_dir) / "biomarkers.parquet").to_pylist()}
 
 
@@ -67,7 +61,7 @@ def _dicoms(tmp: Path, modality: str = "OP", description: str | None = None) -> 
 
 
 def _reingest(cfg: BuildConfig) -> None:
-    stage_ingest(cfg, stage_source(cfg).outputs["archive"])
+    run_stage(cfg, "ingest")
 
 
 def _rewrite_image(src: Path, dst: Path, *, scale: float, new_uid: bool) -> None:
@@ -117,14 +111,11 @@ def test_unchanged_inputs_reuse_the_shard(copy):
 
 
 def test_changed_cohort_table_regenerates_instructions(copy):
-    from grok.build.instruct_stage import stage_instruct
-    from grok.build.pipeline import stage_records
-
     cfg = tiny_config(copy)
     _measure(cfg)
     cohort = copy / "build" / "phantom" / "cohort.csv"
-    stage_records(cfg, str(cohort))
-    stage_instruct(cfg)
+    run_stage(cfg, "records")
+    run_stage(cfg, "instruct")
     labels_before = set(pq.read_table(copy / "build" / "instructions.parquet").column("label").to_pylist())
     import pandas as pd
 
@@ -133,10 +124,10 @@ def test_changed_cohort_table_regenerates_instructions(copy):
     df["icd10_codes"] = "H40.1" if new == "glaucoma" else "H35.3"
     df["glaucoma_laterality" if new == "glaucoma" else "amd_laterality"] = "3"
     df.to_csv(cohort, index=False)  # the same path, new content
-    stage_records(cfg, str(cohort))
+    run_stage(cfg, "records")
     records = {json.loads(line)["study_id"]: json.loads(line)["label"]
                for line in (copy / "build" / "records.jsonl").read_text().splitlines()}
     assert set(records.values()) == {new}
-    stage_instruct(cfg)
+    run_stage(cfg, "instruct")
     rows = pq.read_table(copy / "build" / "instructions.parquet").to_pylist()
     assert rows and all(r["label"] == records[r["study_id"]] for r in rows)

@@ -1,6 +1,6 @@
 """Measure stage: ingested studies -> biomarkers (OCT + CFP) and the media later stages show.
 
-Run as: the measure step of grok build (or grok.build.measure.measure_build(BUILD_DIR) from Python)
+Run as: the measure stage of grok build (or grok.build.measure.measure_build(BUILD_DIR) from Python)
 
 For each study (patient x eye x visit) of ``BUILD/ingest/studies.parquet``: the macular cube is
 segmented and measured (``grok.oct``), a circle scan if there is one, the photograph measured
@@ -22,13 +22,16 @@ import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
+from grok.build.folder import BuildFolder, StageReport
+from grok.build.keys import content_key, shard_name
+from grok.build.stage import Shard, Stage
 from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
 
 MEASURE_VERSION = "1"
@@ -85,10 +88,9 @@ def measure_inputs(study: dict[str, Any] | None, manifest: dict[str, dict[str, A
     return {"study": study, "images": {i: manifest.get(i) for i in ids}}
 
 
-def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True) -> list[dict[str, Any]]:
+def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True) -> list[Shard]:
     """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match), each with the
     content key of its real inputs (see :mod:`grok.build.keys`): ``[{"ids": [...], "key": "..."}]``."""
-    from grok.build.keys import content_key
     from grok.cfp.measure import EXTRACTOR_VERSION as cfp_v
 
     if shard_size < 1:
@@ -103,17 +105,15 @@ def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True
         part = ids[i:i + shard_size]
         key = content_key({"stage": "measure", "code": code, "config": {"overlays": overlays},
                            "studies": [measure_inputs(studies.get(s), manifest) for s in part]})
-        shards.append({"ids": part, "key": key})
+        shards.append(Shard(ids=part, key=key))
     return shards
 
 
 def shard_path(build_dir: str | Path, study_ids: Iterable[str]) -> Path:
-    from grok.build.keys import shard_name
-
     return Path(build_dir) / "measure" / f"shard-{shard_name(study_ids)}.parquet"
 
 
-def finished_shard(build_dir: str | Path, shard: dict[str, Any]) -> Path | None:
+def finished_shard(build_dir: str | Path, shard: Shard) -> Path | None:
     """The shard's output when it exists and was written from the same inputs (its recorded key matches)."""
     out = shard_path(build_dir, shard["ids"])
     if not out.exists():
@@ -386,7 +386,7 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def measure_shard(build_dir: str | Path, shard: dict[str, Any], *, overlays: bool = True) -> Path:
+def measure_shard(build_dir: str | Path, shard: Shard, *, overlays: bool = True) -> Path:
     """Measure a shard (``{"ids", "key"}`` from :func:`plan_shards`) into ``BUILD/measure/shard-<name>.parquet``;
     a finished shard whose recorded key matches is returned as is."""
     build = Path(build_dir)
@@ -449,3 +449,28 @@ def measure_build(build_dir: str | Path, *, shard_size: int = 8, overlays: bool 
     res = merge_shards(build, paths)
     res["studies_in"] = sum(len(s["ids"]) for s in shards)
     return res
+
+
+class Measure(Stage):
+    """OCT and CFP biomarkers of every study, sharded (``measure.shard_size`` studies per shard)."""
+
+    name = "measure"
+    inputs: ClassVar[tuple[str, ...]] = ("ingest/studies.parquet", "ingest/manifest.parquet", "ingest/images/")
+    outputs: ClassVar[tuple[str, ...]] = ("biomarkers.parquet", "measure_quarantine.parquet", "media/")
+
+    def plan(self, folder: BuildFolder) -> list[Shard]:
+        return plan_shards(folder.root, folder.cfg.measure.shard_size, overlays=folder.cfg.measure.overlays)
+
+    def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
+        return str(measure_shard(folder.root, shard, overlays=folder.cfg.measure.overlays))
+
+    def finished(self, folder: BuildFolder, shard: Shard) -> Path | None:
+        return finished_shard(folder.root, shard)
+
+    def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
+        res = merge_shards(folder.root, [Path(p) for p in results])
+        return folder.finish(StageReport(
+            "measure", n_in=res["studies_measured"] + res["studies_quarantined"], n_out=res["studies_measured"],
+            n_quarantined=res["studies_quarantined"], seconds=seconds,
+            outputs={"biomarkers": str(folder.path("biomarkers.parquet")),
+                     "quarantine": str(folder.path("measure_quarantine.parquet"))}))

@@ -1,6 +1,6 @@
 """Records stage: biomarkers + eye-level labels + the reasoner -> one study record per eye-visit.
 
-Run as: part of grok build (or grok.build.records.build_records(BUILD_DIR, cohort=...))
+Run as: the records stage of grok build (or grok.build.records.build_records(BUILD_DIR, cohort=...))
 
 Joins ``BUILD/biomarkers.parquet`` with the cohort labels (``grok label``) on the pseudonymous
 patient id, eye and visit, runs the knowledge-base reasoner on every study, and writes
@@ -21,14 +21,16 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
+from grok.build.folder import BuildFolder, StageReport
 from grok.build.measure import POSITION_IDS, SCALAR_IDS
+from grok.build.stage import SingleStage
 from grok.ingest.deid import DeidConfig, pseudonymise_patient_id, transform_date
 
 RECORDS_VERSION = "1"
@@ -217,3 +219,19 @@ def _json_default(o: Any) -> Any:
 def read_records(build_dir: str | Path) -> list[dict[str, Any]]:
     with open(Path(build_dir) / "records.jsonl") as fh:
         return [json.loads(line) for line in fh if line.strip()]
+
+
+class Records(SingleStage):
+    """Labels (joined by visit) and reasoner findings for every measured study."""
+
+    name = "records"
+    inputs: ClassVar[tuple[str, ...]] = ("biomarkers.parquet",)
+    outputs: ClassVar[tuple[str, ...]] = ("records.jsonl", "labels.parquet", "records_quarantine.parquet")
+
+    def work(self, folder: BuildFolder) -> StageReport:
+        # the same key and date mode as ingestion: cohort ids and visit dates map onto the studies' own
+        res = build_records(folder.root, cohort=folder.source()["cohort"] or None, kb=folder.kb, deid=folder.deid(),
+                            build_id=folder.build_id())
+        return StageReport("records", n_in=res["studies_in"], n_out=res["records"], n_quarantined=res["quarantined"],
+                           outputs={"records": str(folder.path("records.jsonl")),
+                                    "quarantine": str(folder.path("records_quarantine.parquet"))})

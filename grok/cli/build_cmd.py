@@ -42,14 +42,14 @@ def build_cmd(
     so does a missing $GROK_PSEUDONYM_KEY (unless --demo-key).
     """
     from grok.build.config import ConfigError, load_config
-    from grok.build.pipeline import StageFailed, require_pseudonym_key
+    from grok.build.pipeline import BuildFolder, StageFailed
 
     try:
         overrides = {}
         if dask or dask_address:
             overrides["runner"] = {"kind": "dask", **({"dask_address": dask_address} if dask_address else {})}
         cfg = load_config(config, overrides)
-        if require_pseudonym_key(cfg, demo_key=demo_key):
+        if BuildFolder(cfg).require_pseudonym_key(demo_key=demo_key):
             console.print(f"[yellow]warning:[/] ${cfg.deid.key_env} is not set; --demo-key: using the public demo "
                           "key. Pseudonyms in this build are reversible by anyone; use it for phantom data only.")
     except ConfigError as exc:

@@ -1,0 +1,62 @@
+"""Source and ingest stages: the clinic archive (or a generated phantom) -> manifest, studies, quarantine.
+
+Run as: the first two stages of grok build (see grok.build.pipeline.STAGES)
+
+``source`` writes the phantom archive when the config asks for one (once: a finished phantom is kept)
+and says where the archive, cohort table and deny list are. ``ingest`` reads the archive with
+:func:`grok.ingest.pipeline.ingest` into ``BUILD/ingest/`` (de-identified with the build's secret;
+unchanged files are reused by sha256) and starts a fresh ``build.json`` progress record.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from grok.build.folder import BuildFolder, StageReport
+from grok.build.stage import SingleStage
+
+
+class Source(SingleStage):
+    """Resolve the archive and cohort table (writing the phantom archive first when configured)."""
+
+    name = "source"
+    outputs: ClassVar[tuple[str, ...]] = ("phantom/",)
+
+    def work(self, folder: BuildFolder) -> StageReport:
+        from grok.phantom.archive import PhantomConfig, write_phantom
+
+        rep = StageReport("source", outputs=folder.source())
+        ph = folder.cfg.source.phantom
+        if ph is not None:
+            out = folder.path("phantom")
+            if not (out / "truth" / "truth.jsonl").exists():
+                write_phantom(PhantomConfig(subjects=ph.subjects, seed=ph.seed, oct_shape=tuple(ph.oct_shape),
+                                            oct_spacing_um=tuple(ph.oct_spacing_um), cfp_size=ph.cfp_size,
+                                            circle_scans=ph.circle_scans, noise=ph.noise, exports=False,
+                                            workers=min(2, os.cpu_count() or 1)), out)
+            rep.n_out = ph.subjects
+        return rep
+
+
+class Ingest(SingleStage):
+    """Read, de-identify and index the archive; a file that cannot be read is quarantined with its reason."""
+
+    name = "ingest"
+    outputs: ClassVar[tuple[str, ...]] = ("ingest/manifest.parquet", "ingest/studies.parquet",
+                                          "ingest/quarantine.parquet")
+    retries = 2  # I/O: the archive may be remote; unchanged files are reused, so a retry is cheap
+
+    def work(self, folder: BuildFolder) -> StageReport:
+        from grok.ingest.pipeline import IngestConfig, ingest
+
+        out = folder.ingest_dir
+        res = ingest(folder.source()["archive"], out, IngestConfig(deid=folder.deid()))
+        folder.update(complete=False, ready_to_publish=False, last_stage="ingest", build_id=folder.build_id())
+        return StageReport("ingest", n_in=res.files_seen, n_out=res.files_ingested + res.files_skipped,
+                           n_quarantined=res.files_quarantined,
+                           outputs={"manifest": str(out / "manifest.parquet"),
+                                    "studies": str(out / "studies.parquet"),
+                                    "quarantine": str(out / "quarantine.parquet")},
+                           details={"images": res.images, "studies": res.studies, "paired": res.paired_studies,
+                                    "cached_files": res.files_cached, "quarantine_reasons": res.quarantine_reasons})

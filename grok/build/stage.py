@@ -1,0 +1,88 @@
+"""One abstraction for a build step, run by interchangeable executors.
+
+A :class:`Stage` declares its name, the build-folder files it reads and writes, how its work splits
+into shards (each with the content key of its real inputs, :mod:`grok.build.keys`), how one shard is
+run and how the shards' outputs are merged into the stage's tables and :class:`StageReport`. The
+plain runner (:func:`grok.build.pipeline.run_build`) and the Prefect flow (``flows/build.py``) walk the
+same list of stages, :data:`grok.build.pipeline.STAGES`; Prefect adds only caching (on the shard key),
+retries (``retries``), a concurrency limit (:meth:`Stage.limit`), artifacts and scheduling.
+
+To add a stage: subclass :class:`Stage` (or :class:`SingleStage` for work that does not split), say
+what it reads and writes, and put an instance in ``STAGES``; both executors then run it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import ClassVar, TypedDict
+
+from grok.build.folder import BuildFolder, StageReport
+
+
+class Shard(TypedDict):
+    """A unit of a stage's work: the study ids it covers and the content key of its inputs."""
+
+    ids: list[str]
+    key: str
+
+
+class Stage:
+    """A step of the build (see the module docstring). Subclasses set the class attributes and methods."""
+
+    #: Name in reports, ``build.json``, Prefect task names and artifacts.
+    name: ClassVar[str]
+    #: Build-folder paths the stage reads (documentation and checks; the source archive is outside).
+    inputs: ClassVar[tuple[str, ...]] = ()
+    #: Build-folder paths the stage writes.
+    outputs: ClassVar[tuple[str, ...]] = ()
+    #: Retries an executor may give one shard (I/O and LLM stages only; measurement never retries).
+    retries: ClassVar[int] = 0
+
+    def plan(self, folder: BuildFolder) -> list[Shard]:
+        """The shards, each with its content key."""
+        raise NotImplementedError
+
+    def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
+        """Do one shard's work (idempotent: a shard finished from the same inputs is not redone); returns
+        where its output is (a JSON-able string, so executors can persist and cache it)."""
+        raise NotImplementedError
+
+    def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
+        """Combine the shards' outputs; returns the report (``folder.finish`` checks the output fraction)."""
+        raise NotImplementedError
+
+    def finished(self, folder: BuildFolder, shard: Shard) -> Path | None:
+        """The shard's output when it exists and was written from the same inputs (executors' caches use it)."""
+        return None
+
+    def limit(self, folder: BuildFolder) -> str | None:
+        """Name of a global concurrency limit the shards must hold (e.g. an LLM server's), or None."""
+        return None
+
+    def run(self, folder: BuildFolder) -> StageReport:
+        """The whole stage in this process, shard after shard (what the plain runner calls)."""
+        t0 = time.perf_counter()
+        results = [self.run_shard(folder, shard) for shard in self.plan(folder)]
+        return self.merge(folder, results, time.perf_counter() - t0)
+
+
+class SingleStage(Stage):
+    """A stage whose work does not split: one shard, and :meth:`work` returns the report."""
+
+    def work(self, folder: BuildFolder) -> StageReport:
+        raise NotImplementedError
+
+    def plan(self, folder: BuildFolder) -> list[Shard]:
+        return [Shard(ids=[], key="")]
+
+    def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
+        t0 = time.perf_counter()
+        report = self.work(folder)
+        report.seconds = time.perf_counter() - t0
+        return json.dumps(report.to_dict(), default=str)
+
+    def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
+        (result,) = results
+        return folder.finish(StageReport(**json.loads(result)))
