@@ -96,15 +96,18 @@ def identifying_values(ds) -> list[tuple[str, str]]:
 
     def visit(dataset) -> None:
         for elem in dataset:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    visit(item)
+            try:
+                if elem.VR == "SQ":
+                    for item in elem.value:
+                        visit(item)
+                    continue
+                kind = ("patient_name" if elem.keyword == "PatientName" else "person_name") if elem.VR == "PN" \
+                    else IDENTIFYING_VALUES.get(elem.keyword or "")
+                if kind is None or elem.value in (None, ""):
+                    continue
+                values = elem.value if elem.VM > 1 else [elem.value]
+            except Exception:  # noqa: BLE001 - a damaged element: the reader decides the file's fate, not this
                 continue
-            kind = ("patient_name" if elem.keyword == "PatientName" else "person_name") if elem.VR == "PN" else (
-                IDENTIFYING_VALUES.get(elem.keyword or ""))
-            if kind is None or elem.value in (None, ""):
-                continue
-            values = elem.value if elem.VM > 1 else [elem.value]
             for v in values:
                 text = str(v).strip()
                 if not text:
@@ -115,7 +118,10 @@ def identifying_values(ds) -> list[tuple[str, str]]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        visit(ds)
+        try:
+            visit(ds)
+        except Exception:  # noqa: BLE001 - a damaged dataset: keep what was read, the reader judges the file
+            pass
     return found
 
 
@@ -145,7 +151,8 @@ class DeidConfig:
     max_shift_days : int
         Offsets are drawn (deterministically from the key and patient) in ``[-max_shift_days, -1]``.
     allow_burned_in : bool
-        Ingest images whose header says ``BurnedInAnnotation = YES`` instead of quarantining them.
+        Ingest images whose header says ``BurnedInAnnotation = YES``, and image exports whose pixels show
+        text (:mod:`grok.privacy.burned_in`), with a quality flag instead of quarantining them.
     """
 
     key: str | None = None

@@ -7,14 +7,17 @@ Every file of the source ends in exactly one of three states, listed in ``DIR/fi
 * ``ingested``: its pixels are in ``DIR/images/<image_id>.npy`` and it has a manifest row (the
   members of a single-frame OCT series, or of an exported B-scan folder, share one image);
 * ``quarantined``: unreadable, corrupt, inconsistent, of the wrong kind, or refused by policy
-  (burned-in annotations); the reason and an error class are in ``DIR/quarantine.parquet``;
+  (``BurnedInAnnotation = YES``, or an export whose pixels show text: ``possible_burned_in_text``);
+  the reason and an error class are in ``DIR/quarantine.parquet``;
 * ``skipped``: not an image by design (a sidecar consumed by its image, a cohort table, an OS
   metadata file) or an exact duplicate of an image already ingested.
 
 So ``seen = ingested + quarantined + skipped`` always holds, and nothing is silently dropped.
 No output holds a source path, a file name, a name, an original id or a real date: source files
 are named by a keyed hash (``source_key``); ``grok ingest --locate`` maps keys back to paths on
-the operator's terminal when the original source is at hand.
+the operator's terminal when the original source is at hand. The identifiers met on the way (names,
+ids, birth dates ... from headers and sidecars) are kept only as keyed hashes, in ``DIR/deny_list.json``
+(:mod:`grok.privacy.denylist`), for the data contracts, the publish step and ``grok privacy-scan``.
 
 Re-ingesting into the same ``DIR`` reuses every file whose bytes are unchanged (matched by sha256)
 and writes a byte-identical manifest.
