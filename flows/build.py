@@ -128,10 +128,11 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
     for stage in STAGES:
         t0 = time.perf_counter()
         shards = stage.plan(folder)
-        run = shard_task.with_options(name=f"{stage.name}-shard", retries=stage.retries, retry_delay_seconds=10)
+        run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
+                                      retries=stage.retries, retry_delay_seconds=10)
         results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
-        rep = merge_task.with_options(name=f"{stage.name}-merge")(config, stage.name, results,
-                                                                   time.perf_counter() - t0)
+        merge = merge_task.with_options(name=f"{stage.name}-merge" if stage.sharded else f"{stage.name}-report")
+        rep = merge(config, stage.name, results, time.perf_counter() - t0)
         logger.info("%s: %s in, %s out, %s quarantined (%d shards)", stage.name, rep["n_in"], rep["n_out"],
                     rep["n_quarantined"], len(shards))
         reports.append(rep)

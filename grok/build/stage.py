@@ -39,6 +39,8 @@ class Stage:
     outputs: ClassVar[tuple[str, ...]] = ()
     #: Retries an executor may give one shard (I/O and LLM stages only; measurement never retries).
     retries: ClassVar[int] = 0
+    #: Whether the work splits into several shards (a :class:`SingleStage` runs as one).
+    sharded: ClassVar[bool] = True
 
     def plan(self, folder: BuildFolder) -> list[Shard]:
         """The shards, each with its content key."""
@@ -70,6 +72,8 @@ class Stage:
 
 class SingleStage(Stage):
     """A stage whose work does not split: one shard, and :meth:`work` returns the report."""
+
+    sharded = False
 
     def work(self, folder: BuildFolder) -> StageReport:
         raise NotImplementedError
