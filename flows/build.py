@@ -130,7 +130,10 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
         shards = stage.plan(folder)
         run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
                                       retries=stage.retries, retry_delay_seconds=10)
-        results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
+        if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers)
+            results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
+        else:  # in the flow's process, like the merges (ingest and the phantom writer start their own pools)
+            results = [run(config, stage.name, shard) for shard in shards]
         merge = merge_task.with_options(name=f"{stage.name}-merge" if stage.sharded else f"{stage.name}-report")
         rep = merge(config, stage.name, results, time.perf_counter() - t0)
         logger.info("%s: %s in, %s out, %s quarantined (%d shards)", stage.name, rep["n_in"], rep["n_out"],
