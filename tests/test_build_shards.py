@@ -131,3 +131,17 @@ def test_changed_cohort_table_regenerates_instructions(copy):
     run_stage(cfg, "instruct")
     rows = pq.read_table(copy / "build" / "instructions.parquet").to_pylist()
     assert rows and all(r["label"] == records[r["study_id"]] for r in rows)
+
+
+def test_code_changes_change_the_key(tmp_path, monkeypatch):
+    from grok.build.keys import source_digest
+
+    pkg = tmp_path / "extractor_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "thickness.py").write_text("def um(px):\n    return px * 3.87\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = source_digest("extractor_pkg")
+    assert source_digest("extractor_pkg") == before
+    (pkg / "thickness.py").write_text("def um(px):\n    return px * 3.9\n")  # an edited extractor
+    assert source_digest("extractor_pkg") != before

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from grok import __version__
 from grok.build.folder import BuildFolder, StageReport
-from grok.build.keys import content_key, files_digest, shard_name
+from grok.build.keys import content_key, files_digest, shard_name, source_digest
 from grok.build.records import read_records
 from grok.build.stage import Shard, Stage
 
@@ -68,7 +68,8 @@ class Instruct(Stage):
         records = {r["study_id"]: r for r in read_records(folder.root)}
         ids = sorted(records)
         n = cfg.instruct.shard_size
-        common = {"stage": "instruct", "code": __version__, "build_id": folder.build_id(),
+        code = {"grok": __version__, "source": source_digest("grok.instruct", "grok.verify", "grok.knowledge", __name__)}
+        common = {"stage": "instruct", "code": code, "build_id": folder.build_id(),
                   "config": cfg.instruct.model_dump(mode="json", exclude={"shard_size"}),
                   "kb": folder.kb.snapshot_id, "templates": files_digest(cfg.instruct.templates_dir or templates_dir())}
         return [Shard(ids=ids[i:i + n], key=content_key({**common, "records": [records[s] for s in ids[i:i + n]]}))

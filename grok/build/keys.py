@@ -12,6 +12,7 @@ and an unchanged shard is skipped by the plain runner and by Prefect's cache ali
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -37,6 +38,25 @@ def files_digest(root: str | Path) -> dict[str, str]:
     root = Path(root)
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def source_digest(*modules: str) -> str:
+    """sha256 of the Python source of ``modules`` (a package counts with every module under it).
+
+    Part of a shard's "code version": the package version is not bumped on every change, the code that
+    measures or generates is, so an edited extractor re-measures instead of serving stale values.
+    """
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(name)
+        origin = Path(spec.origin)
+        files = sorted(origin.parent.rglob("*.py")) if origin.name == "__init__.py" else [origin]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(origin.parent)}\n".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:32]
 
 
 def _json_default(o: Any) -> Any:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from grok import __version__
 from grok.build.folder import BuildFolder, StageReport
-from grok.build.keys import content_key, shard_name
+from grok.build.keys import content_key, shard_name, source_digest
 from grok.build.stage import Shard, Stage
 from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
 
@@ -99,7 +99,8 @@ def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True
     studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
     manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
     ids = sorted(studies)
-    code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": cfp_v}
+    code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": cfp_v,
+            "source": source_digest("grok.oct", "grok.cfp", "grok.ids", __name__)}
     shards = []
     for i in range(0, len(ids), shard_size):
         part = ids[i:i + shard_size]
