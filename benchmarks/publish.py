@@ -59,10 +59,10 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from grok.build.measure import BIOMARKER_SCHEMA, POSITION_IDS, SCALAR_IDS
     from grok.instruct.generate import InstructConfig, build_instructions
     from grok.instruct.samples import sample_records
     from grok.knowledge import load_knowledge_base
+    from grok.stages.measure_stage import BIOMARKER_SCHEMA, POSITION_IDS, SCALAR_IDS
 
     shutil.rmtree(args.work, ignore_errors=True)
     build = args.work / "build"

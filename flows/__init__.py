@@ -1,1 +1,1 @@
-"""Prefect flows: thin wiring over grok.build (the library never imports Prefect)."""
+"""Prefect flows: thin wiring over grok.stages (the library never imports Prefect)."""

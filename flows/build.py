@@ -2,10 +2,10 @@
 
 Run as: grok build CONFIG.yaml   (or: prefect deploy --all, then run the `build-dataset/cpu` deployment)
 
-The flow walks :data:`grok.build.pipeline.STAGES` (source, ingest, measure, records, instruct,
+The flow walks :data:`grok.stages.runner.STAGES` (source, ingest, measure, records, instruct,
 publish), exactly the list the plain runner (``grok build --no-prefect``) walks; per stage it maps one
 task over the stage's shards and one task merges them. Prefect adds only what an orchestrator is for:
-shards are cached on their content key (:mod:`grok.build.keys`: image sha256s, the config sections
+shards are cached on their content key (:mod:`grok.stages.keys`: image sha256s, the config sections
 that shape them, code, knowledge-base and template versions) with results persisted as JSON (never
 pickles), so a build killed at any point and started again skips finished shards; the stages that do
 I/O or call an LLM retry (``Stage.retries``); LLM shards hold a global concurrency limit
@@ -31,8 +31,8 @@ from prefect.events import emit_event
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from grok.build.config import BuildConfig, load_config
-from grok.build.pipeline import STAGE_BY_NAME, STAGES, BuildFolder, StageReport, train_inline
+from grok.stages.config import BuildConfig, load_config
+from grok.stages.runner import STAGE_BY_NAME, STAGES, BuildFolder, StageReport, train_inline
 
 PUBLISHED_EVENT = "grok.dataset.published"
 

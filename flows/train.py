@@ -3,7 +3,7 @@
 Run as: prefect deploy --all   (deployments train-align/gpu and train-sft/gpu in prefect.yaml)
 
 The flows run ``grok_train`` (which imports neither Prefect nor Great Expectations) in a subprocess,
-the same command the build's inline training runs (:mod:`grok.build.train`), so a CUDA crash cannot
+the same command the build's inline training runs (:mod:`grok.stages.train`), so a CUDA crash cannot
 take the worker down, and record the run folder and metrics as artifacts.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from grok.build.train import run_train_job, train_command
+from grok.stages.train import run_train_job, train_command
 
 
 def _run(job: str, dataset: str, registry: str | None, profile: str, overrides: list[str] | None,

@@ -130,8 +130,8 @@ def _image_bytes(build_dir: Path, rel: str) -> dict[str, Any]:
 
 def prepare(build_dir: Path, cfg: PublishConfig) -> dict[str, Any]:
     """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts."""
-    from grok.build.records import read_records
     from grok.splits import assign_splits, decontaminate, dedup
+    from grok.stages.records_stage import read_records
 
     records = {r["study_id"]: r for r in read_records(build_dir)}
     ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()

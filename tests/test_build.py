@@ -14,8 +14,8 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from grok.build.config import BuildConfig, ConfigError, load_config
-from grok.build.pipeline import run_build
+from grok.stages.config import BuildConfig, ConfigError, load_config
+from grok.stages.runner import run_build
 
 SMALL_PHANTOM = {"subjects": 7, "seed": 1, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
                  "cfp_size": 384, "circle_scans": True}
@@ -104,8 +104,8 @@ def test_card_and_report(built):
 
 def test_changed_template_publishes_new_version_old_untouched(built, tmp_path):
     tmp, cfg, rep = built
-    from grok.build.pipeline import run_stage
     from grok.instruct.templating import templates_dir
+    from grok.stages.runner import run_stage
 
     v1 = Path(rep["publish"].outputs["path"])
     before = _tree_digest(v1)
@@ -182,7 +182,7 @@ def test_broken_config_names_field(tmp_path):
 
 
 def test_everything_quarantined_stops_before_publish(tmp_path):
-    from grok.build.pipeline import StageFailed
+    from grok.stages.runner import StageFailed
 
     src = tmp_path / "junk"
     src.mkdir()

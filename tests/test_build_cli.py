@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grok.build.config import BuildConfig, ConfigError
+from grok.stages.config import BuildConfig, ConfigError
 from tests.test_build_shards import copy, ingested, tiny_config  # noqa: F401 (fixtures)
 
 GROK = [sys.executable, "-m", "grok"]
@@ -43,7 +43,7 @@ def test_build_without_key_is_refused(tmp_path, mode):
 
 def test_library_and_flow_refuse_too(tmp_path, monkeypatch):
     from flows.build import build_dataset
-    from grok.build.pipeline import run_build
+    from grok.stages.runner import run_build
 
     monkeypatch.delenv("GROK_PSEUDONYM_KEY", raising=False)
     cfg = tiny_config(tmp_path)
@@ -74,7 +74,7 @@ def test_config_cannot_smuggle_the_flag(tmp_path):
 
 
 def test_complete_only_after_publication(copy):  # noqa: F811 (the fixture imported above)
-    from grok.build.pipeline import run_stage
+    from grok.stages.runner import run_stage
 
     blocker = copy / "registry-is-a-file"
     blocker.write_text("not a folder\n")

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grok.build.measure import BIOMARKER_SCHEMA, SCALAR_IDS
-from grok.build.records import build_records
 from grok.ingest.deid import DeidConfig, pseudonymise_patient_id, transform_date
+from grok.stages.measure_stage import BIOMARKER_SCHEMA, SCALAR_IDS
+from grok.stages.records_stage import build_records
 
 KEY = "records-test-key"
 MRN = "MRN-0042"

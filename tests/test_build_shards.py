@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from grok.build.config import BuildConfig
-from grok.build.pipeline import run_stage
+from grok.stages.config import BuildConfig
+from grok.stages.runner import run_stage
 
 TINY_PHANTOM = {"subjects": 1, "seed": 3, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
                 "cfp_size": 256, "circle_scans": True}
@@ -134,7 +134,7 @@ def test_changed_cohort_table_regenerates_instructions(copy):
 
 
 def test_code_changes_change_the_key(tmp_path, monkeypatch):
-    from grok.build.keys import source_digest
+    from grok.stages.keys import source_digest
 
     pkg = tmp_path / "extractor_pkg"
     pkg.mkdir()

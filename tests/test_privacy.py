@@ -222,8 +222,8 @@ SMALL = {"subjects": 7, "seed": 1, "oct_shape": [5, 160, 128], "oct_spacing_um":
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from grok.build.config import BuildConfig
-    from grok.build.pipeline import run_build
+    from grok.stages.config import BuildConfig
+    from grok.stages.runner import run_build
 
     tmp = tmp_path_factory.mktemp("privacy-build")
     cfg = BuildConfig.model_validate({

@@ -41,8 +41,8 @@ def build_cmd(
     The config is validated before anything runs; a broken one exits 2 naming the field and the fix, and
     so does a missing $GROK_PSEUDONYM_KEY (unless --demo-key).
     """
-    from grok.build.config import ConfigError, load_config
-    from grok.build.pipeline import BuildFolder, StageFailed
+    from grok.stages.config import ConfigError, load_config
+    from grok.stages.runner import BuildFolder, StageFailed
 
     try:
         overrides = {}
@@ -58,7 +58,7 @@ def build_cmd(
 
     try:
         if no_prefect:
-            from grok.build.pipeline import run_build
+            from grok.stages.runner import run_build
 
             reports = run_build(cfg, demo_key=demo_key)
             result = {"stages": [r.to_dict() for r in reports]}

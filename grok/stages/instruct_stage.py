@@ -1,10 +1,10 @@
 """Instruct stage of a build: study records -> verified instruction rows (sharded, resumable).
 
-Run as: the instruct stage of grok build (see grok.build.pipeline.STAGES)
+Run as: the instruct stage of grok build (see grok.stages.runner.STAGES)
 
 Records are cut into shards (``instruct.shard_size``); each shard runs
 :func:`grok.instruct.generate.build_instructions` into ``BUILD/instruct/shard-<name>/`` and marks
-itself done with a ``DONE`` file holding the content key of its inputs (:mod:`grok.build.keys`), so a
+itself done with a ``DONE`` file holding the content key of its inputs (:mod:`grok.stages.keys`), so a
 restarted build skips finished shards and a changed record, setting or template regenerates its
 shard (LLM calls of an unfinished shard are replayed from the shard's SQLite request cache, never
 repeated). :meth:`Instruct.merge` writes ``BUILD/instructions.parquet`` and
@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
-from grok.build.folder import BuildFolder, StageReport
-from grok.build.keys import content_key, files_digest, shard_name, source_digest
-from grok.build.records import read_records
-from grok.build.stage import Shard, Stage
+from grok.stages.folder import BuildFolder, StageReport
+from grok.stages.keys import content_key, files_digest, shard_name, source_digest
+from grok.stages.records_stage import read_records
+from grok.stages.stage import Shard, Stage
 
 
 def instruct_config(folder: BuildFolder):

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
-from grok.build.folder import BuildFolder, StageReport
-from grok.build.stage import SingleStage
+from grok.stages.folder import BuildFolder, StageReport
+from grok.stages.stage import SingleStage
 
 
 class Publish(SingleStage):

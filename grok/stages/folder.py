@@ -1,6 +1,6 @@
 """The build folder: where every stage reads and writes, its progress file and its accounting.
 
-A :class:`BuildFolder` is made from a :class:`~grok.build.config.BuildConfig` and owns
+A :class:`BuildFolder` is made from a :class:`~grok.stages.config.BuildConfig` and owns
 
 * the paths (``ingest/``, ``biomarkers.parquet``, ``records.jsonl``, ``instructions.parquet``, ``media/`` ...);
 * ``build.json``: progress (``last_stage``), the build id, ``ready_to_publish`` once every stage before
@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from grok.build.config import BuildConfig, ConfigError
+from grok.stages.config import BuildConfig, ConfigError
 
 #: Config sections that change the generated rows (publishing and training settings do not).
 DATA_SECTIONS = ("source", "knowledge_base", "deid", "measure", "instruct")

@@ -1,6 +1,6 @@
 """Measure stage: ingested studies -> biomarkers (OCT + CFP) and the media later stages show.
 
-Run as: the measure stage of grok build (or grok.build.measure.measure_build(BUILD_DIR) from Python)
+Run as: the measure stage of grok build (or grok.stages.measure_stage.measure_build(BUILD_DIR) from Python)
 
 For each study (patient x eye x visit) of ``BUILD/ingest/studies.parquet``: the macular cube is
 segmented and measured (``grok.oct``), a circle scan if there is one, the photograph measured
@@ -8,7 +8,7 @@ segmented and measured (``grok.oct``), a circle scan if there is one, the photog
 overlays are written under ``BUILD/media/<study_id>/``. Work is done in shards (batches of studies)
 so an orchestrator can fan it out and skip finished shards; each shard writes
 ``BUILD/measure/shard-<name>.parquet`` atomically, with the content key of its inputs
-(:mod:`grok.build.keys`), so only a shard whose inputs changed is measured again, and a study that fails goes to that shard's
+(:mod:`grok.stages.keys`), so only a shard whose inputs changed is measured again, and a study that fails goes to that shard's
 quarantine with its reason. :func:`merge_shards` concatenates the shards into
 ``BUILD/biomarkers.parquet`` and ``BUILD/measure_quarantine.parquet``.
 """
@@ -29,10 +29,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
-from grok.build.folder import BuildFolder, StageReport
-from grok.build.keys import content_key, shard_name, source_digest
-from grok.build.stage import Shard, Stage
 from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+from grok.stages.folder import BuildFolder, StageReport
+from grok.stages.keys import content_key, shard_name, source_digest
+from grok.stages.stage import Shard, Stage
 
 MEASURE_VERSION = "1"
 #: Longest side of the photograph written to media (boxes are scaled to it).
@@ -90,7 +90,7 @@ def measure_inputs(study: dict[str, Any] | None, manifest: dict[str, dict[str, A
 
 def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True) -> list[Shard]:
     """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match), each with the
-    content key of its real inputs (see :mod:`grok.build.keys`): ``[{"ids": [...], "key": "..."}]``."""
+    content key of its real inputs (see :mod:`grok.stages.keys`): ``[{"ids": [...], "key": "..."}]``."""
     from grok.cfp.measure import EXTRACTOR_VERSION as cfp_v
 
     if shard_size < 1:

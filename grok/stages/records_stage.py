@@ -1,6 +1,6 @@
 """Records stage: biomarkers + eye-level labels + the reasoner -> one study record per eye-visit.
 
-Run as: the records stage of grok build (or grok.build.records.build_records(BUILD_DIR, cohort=...))
+Run as: the records stage of grok build (or grok.stages.records_stage.build_records(BUILD_DIR, cohort=...))
 
 Joins ``BUILD/biomarkers.parquet`` with the cohort labels (``grok label``) on the pseudonymous
 patient id, eye and visit, runs the knowledge-base reasoner on every study, and writes
@@ -28,10 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
-from grok.build.folder import BuildFolder, StageReport
-from grok.build.measure import POSITION_IDS, SCALAR_IDS
-from grok.build.stage import SingleStage
 from grok.ingest.deid import DeidConfig, pseudonymise_patient_id, transform_date
+from grok.stages.folder import BuildFolder, StageReport
+from grok.stages.measure_stage import POSITION_IDS, SCALAR_IDS
+from grok.stages.stage import SingleStage
 
 RECORDS_VERSION = "1"
 QUARANTINE_SCHEMA = pa.schema([("study_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),

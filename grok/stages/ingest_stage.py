@@ -1,6 +1,6 @@
 """Source and ingest stages: the clinic archive (or a generated phantom) -> manifest, studies, quarantine.
 
-Run as: the first two stages of grok build (see grok.build.pipeline.STAGES)
+Run as: the first two stages of grok build (see grok.stages.runner.STAGES)
 
 ``source`` writes the phantom archive when the config asks for one (once: a finished phantom is kept)
 and says where the archive, cohort table and deny list are. ``ingest`` reads the archive with
@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
-from grok.build.folder import BuildFolder, StageReport
-from grok.build.stage import SingleStage
+from grok.stages.folder import BuildFolder, StageReport
+from grok.stages.stage import SingleStage
 
 
 class Source(SingleStage):

@@ -1,10 +1,10 @@
 """One abstraction for a build step, run by interchangeable executors.
 
 A :class:`Stage` declares its name, the build-folder files it reads and writes, how its work splits
-into shards (each with the content key of its real inputs, :mod:`grok.build.keys`), how one shard is
+into shards (each with the content key of its real inputs, :mod:`grok.stages.keys`), how one shard is
 run and how the shards' outputs are merged into the stage's tables and :class:`StageReport`. The
-plain runner (:func:`grok.build.pipeline.run_build`) and the Prefect flow (``flows/build.py``) walk the
-same list of stages, :data:`grok.build.pipeline.STAGES`; Prefect adds only caching (on the shard key),
+plain runner (:func:`grok.stages.runner.run_build`) and the Prefect flow (``flows/build.py``) walk the
+same list of stages, :data:`grok.stages.runner.STAGES`; Prefect adds only caching (on the shard key),
 retries (``retries``), a concurrency limit (:meth:`Stage.limit`), artifacts and scheduling.
 
 To add a stage: subclass :class:`Stage` (or :class:`SingleStage` for work that does not split), say
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import ClassVar, TypedDict
 
-from grok.build.folder import BuildFolder, StageReport
+from grok.stages.folder import BuildFolder, StageReport
 
 
 class Shard(TypedDict):

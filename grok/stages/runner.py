@@ -3,8 +3,8 @@
 Run as: grok build CONFIG --no-prefect   (the same list runs as a Prefect flow: flows/build.py)
 
 source -> ingest -> measure -> records -> instruct -> publish, then the training jobs on the published
-version. Each stage (:class:`grok.build.stage.Stage`) reads and writes files in the build folder
-(:class:`grok.build.folder.BuildFolder`, which owns ``build.json`` and the accounting) and returns a
+version. Each stage (:class:`grok.stages.stage.Stage`) reads and writes files in the build folder
+(:class:`grok.stages.folder.BuildFolder`, which owns ``build.json`` and the accounting) and returns a
 :class:`StageReport`. :func:`run_build` calls them in order without any orchestrator: it is what
 ``benchmarks/build.py`` compares the Prefect flow against, and what tests use. ``build.json`` says
 ``complete: true`` only after publication, so a killed build is never published half-written nor
@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import time
 
-from grok.build.config import BuildConfig
-from grok.build.folder import BuildFolder, StageFailed, StageReport
-from grok.build.ingest_stage import Ingest, Source
-from grok.build.instruct_stage import Instruct
-from grok.build.measure import Measure
-from grok.build.publish_stage import Publish
-from grok.build.records import Records
-from grok.build.stage import Stage
-from grok.build.train import run_train_job, train_command
+from grok.stages.config import BuildConfig
+from grok.stages.folder import BuildFolder, StageFailed, StageReport
+from grok.stages.ingest_stage import Ingest, Source
+from grok.stages.instruct_stage import Instruct
+from grok.stages.measure_stage import Measure
+from grok.stages.publish_stage import Publish
+from grok.stages.records_stage import Records
+from grok.stages.stage import Stage
+from grok.stages.train import run_train_job, train_command
 
 #: The build, in order. Both executors (run_build here, build_dataset in flows/build.py) walk this list.
 STAGES: tuple[Stage, ...] = (Source(), Ingest(), Measure(), Records(), Instruct(), Publish())
