@@ -1,7 +1,7 @@
 """OCT accuracy against phantom truth: boundaries, CST, ETDRS, fluid / drusen volumes, lesion presence.
 
 Run as: python -m benchmarks.oct_accuracy [--seeds 2] [--pathology-seeds 6] [--noise 0.5,1,2] [--workers 2]
-        [--method auto|layered|classic] > oct_accuracy.json
+        [--method auto|layered|classic] [--appearance standard|device] > oct_accuracy.json
 
 Every category x noise level x seed is one default 49 x 496 x 512 cube (Spectralis-like spacing, random
 laterality, severity 1). The script prints one JSON object: per-target figures with their targets and a
@@ -42,14 +42,15 @@ TARGETS = {"outer_boundary_mae_px": 1.0, "inner_boundary_mae_px": 2.0, "cst_abs_
 OUTER = ("ILM", "EZ", "RPE", "BM")
 
 
-def _one(args: tuple[str, float, int, float, float, str]) -> dict:
-    category, noise, seed, _, _, method = args
+def _one(args: tuple[str, float, int, float, float, str, str]) -> dict:
+    category, noise, seed, _, _, method, appearance = args
     from grok.oct import measure_volume
     from grok.phantom.oct import synth_oct_volume
 
     rng = np.random.default_rng([seed, CATEGORIES.index(category), int(noise * 10)])
     lat = "OD" if rng.random() < 0.5 else "OS"
-    ph = synth_oct_volume(category, lat, rng, severity=1.0 if category != "normal" else 0.0, noise=noise)
+    ph = synth_oct_volume(category, lat, rng, severity=1.0 if category != "normal" else 0.0, noise=noise,
+                          appearance=appearance)
     t = time.perf_counter()
     m = measure_volume(ph.volume, ph.geometry.spacing_mm, lat, method=method)
     dt = time.perf_counter() - t
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-drusen-mm3", type=float, default=0.003, help="smallest true drusen volume scored")
     ap.add_argument("--method", default="auto", choices=("auto", "layered", "classic"),
                     help="segmentation method (grok.oct.segment.segment_bscan)")
+    ap.add_argument("--appearance", default="standard", choices=("standard", "device"),
+                    help="phantom look: standard, or device (per-eye random reflectivities, contrast and PSF)")
     ap.add_argument("--rows", action="store_true", help="include every cube's figures in the output")
     args = ap.parse_args(argv)
     noises = [float(x) for x in args.noise.split(",")]
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     def n_seeds(c: str) -> int:
         return max(args.seeds, args.pathology_seeds) if c in ("amd", "diabetic_retinopathy") else args.seeds
 
-    jobs = [(c, nz, s, args.min_volume_nl, args.min_drusen_mm3, args.method) for c in cats for nz in noises
+    jobs = [(c, nz, s, args.min_volume_nl, args.min_drusen_mm3, args.method, args.appearance) for c in cats
+            for nz in noises
             for s in range(n_seeds(c))]
     t0 = time.perf_counter()
     if args.workers > 1:
@@ -157,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "oct_accuracy",
         "method": args.method,
+        "appearance": args.appearance,
         "cubes": len(rows),
         "geometry": "49 x 496 x 512, 3.87 x 11.7 x 120 um",
         "noise_levels": noises,

@@ -16,7 +16,8 @@ defined (columns we leave NaN are counted in ``nan_fraction``, not in the error)
 and for the circle scan the mean and sector peripapillary RNFL (grok.oct.circle) against the same
 computation on the manual lines; for the line scan the lesion measures a normal macula must not show.
 The phantom summary runs ``grok.oct.measure_volume`` on default cubes (noise 1) and
-``synth_circle_scan`` circles, so real and phantom figures come from one run.
+``synth_circle_scan`` circles, in the standard and the ``device`` appearance (per-eye random layer
+reflectivities, contrast and PSF), so real and phantom figures come from one run.
 """
 
 from __future__ import annotations
@@ -130,9 +131,10 @@ def _line_case(case: dict, method: str) -> dict:
                                     for k in LESION_IDS}}
 
 
-def phantom_summary(n_cubes: int, method: str) -> dict:
+def phantom_summary(n_cubes: int, method: str, appearance: str) -> dict:
     """Boundary MAE on default phantom cubes (noise 1; normal, amd, diabetic_retinopathy, glaucoma, ...) and
-    on phantom circle scans; CST error."""
+    on phantom circle scans of ``appearance`` ("standard" or "device": per-eye random reflectivities); CST
+    error."""
     from grok.oct import measure_volume
     from grok.oct.segment import segment_bscan
     from grok.phantom.oct import synth_circle_scan, synth_oct_volume
@@ -142,18 +144,20 @@ def phantom_summary(n_cubes: int, method: str) -> dict:
     for i in range(n_cubes):
         cat = cats[i % len(cats)]
         rng = np.random.default_rng([i, 13])
-        ph = synth_oct_volume(cat, "OD", rng, severity=0.0 if cat == "normal" else 1.0, noise=1.0)
+        ph = synth_oct_volume(cat, "OD", rng, severity=0.0 if cat == "normal" else 1.0, noise=1.0,
+                              appearance=appearance)
         m = measure_volume(ph.volume, ph.geometry.spacing_mm, "OD", method=method)
         errs.append(np.nanmean(np.abs(m.segmentation.astype(np.float64) - ph.boundaries), axis=(0, 2)))
         cst.append(abs(m.biomarkers["macular_thickness_central_um"] - ph.biomarkers["macular_thickness_central_um"]))
     cerr, rerr = [], []
     for i in range(n_cubes):
-        ph = synth_circle_scan("glaucoma" if i % 2 else "normal", "OD", np.random.default_rng([i, 17]))
+        ph = synth_circle_scan("glaucoma" if i % 2 else "normal", "OD", np.random.default_rng([i, 17]),
+                               appearance=appearance)
         s = segment_bscan(ph.bscan, ph.axial_um, ph.lateral_um, pattern="circle", method=method)
         cerr.append(np.nanmean(np.abs(s.boundaries - ph.boundaries), axis=1))
         rerr.append(abs(circle_biomarkers(s.boundaries, ph.axial_um)[0]["rnfl_peripapillary_mean_um"]
                         - ph.biomarkers["rnfl_peripapillary_mean_um"]))
-    return {"method": method, "cubes": n_cubes,
+    return {"method": method, "appearance": appearance, "cubes": n_cubes,
             "cube_boundary_mae_px": dict(zip(BOUNDARIES, np.round(np.mean(errs, axis=0), 3).tolist())),
             "cst_abs_err_um_mean": round(float(np.nanmean(cst)), 2),
             "circle_boundary_mae_px": dict(zip(BOUNDARIES, np.round(np.mean(cerr, axis=0), 3).tolist())),
@@ -175,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {"targets": TARGETS, "default_method": {"macula": None, "circle": None},
            "real": {"spectralis_circle_manual9": [_circle_case(circle, m) for m in methods],
                     "spectralis_linescan": [_line_case(line, m) for m in methods]},
-           "phantom": [phantom_summary(args.phantom_cubes, m) for m in methods] if args.phantom_cubes else []}
+           "phantom": [phantom_summary(args.phantom_cubes, m, a) for a in ("standard", "device") for m in methods]
+           if args.phantom_cubes else []}
     from grok.oct.segment import DEFAULT_METHOD
 
     out["default_method"] = dict(DEFAULT_METHOD)

@@ -124,3 +124,31 @@ def test_circle_scan_tsnit_shape():
     assert 70 < b["rnfl_peripapillary_mean_um"] < 130
     g = synth_circle_scan("glaucoma", "OD", np.random.default_rng(0), rows=256, cols=256, severity=1.5)
     assert g.biomarkers["rnfl_peripapillary_mean_um"] < b["rnfl_peripapillary_mean_um"] - 15
+
+
+def test_device_appearance_same_anatomy_other_look_and_orders_kept():
+    """appearance="device": the same anatomy and truth for the same seed, a different look per eye, and
+    the reflectivity orders every device shows (EZ/RPE above the plexiform layers, ONL the darkest)."""
+    from grok.phantom.oct import _BASE_REFL, _SEG_TISSUE, DeviceLook
+
+    std, dev = _ph("amd", 5), _ph("amd", 5, appearance="device")
+    assert np.array_equal(std.boundaries, dev.boundaries) and std.to_truth()["biomarkers"] == dev.to_truth()["biomarkers"]
+    assert not np.array_equal(std.volume, dev.volume)
+    assert dev.params["appearance"] == "device"
+    with pytest.raises(ValueError, match="appearance"):
+        _ph("normal", 0, appearance="vendorX")
+    for seed in range(30):
+        look = DeviceLook.draw(np.random.default_rng(seed))
+        r = dict(zip(_SEG_TISSUE, np.asarray(_BASE_REFL) * look.factors))
+        assert max(r["opl"], r["ipl"], r["elm"]) <= 0.4 * min(r["ez"], r["rpe"]) * (1 + 1e-6), seed
+        assert r["onl"] <= 0.8 * min(r["inl"], r["gcl"], r["is"]) * (1 + 1e-6), seed
+    looks = [DeviceLook.draw(np.random.default_rng(s)) for s in range(30)]
+    assert any(lk.factors[_SEG_TISSUE.index("ez")] * _BASE_REFL[_SEG_TISSUE.index("ez")]
+               > lk.factors[_SEG_TISSUE.index("rpe")] * _BASE_REFL[_SEG_TISSUE.index("rpe")] for lk in looks)
+
+
+def test_circle_scan_device_appearance_keeps_truth():
+    a = synth_circle_scan("glaucoma", "OS", np.random.default_rng(2), rows=256, cols=384)
+    b = synth_circle_scan("glaucoma", "OS", np.random.default_rng(2), rows=256, cols=384, appearance="device")
+    assert np.array_equal(a.boundaries, b.boundaries) and a.biomarkers == b.biomarkers
+    assert not np.array_equal(a.bscan, b.bscan)

@@ -249,9 +249,9 @@ def _outer_complex_absent(band_mean: np.ndarray, ez: np.ndarray, bm: np.ndarray,
     return ndimage.binary_opening(weak, structure=np.ones(min_run, bool)) if cols >= min_run else weak
 
 
-def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per column, the first row in ``lo..hi`` where ``f`` reaches half-way from the dark level (20th
-    percentile of the window) to the window's peak; sub-pixel by linear interpolation."""
+def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float = 0.5) -> np.ndarray:
+    """Per column, the first row in ``lo..hi`` where ``f`` rises ``frac`` of the way from the dark level
+    (20th percentile of the window) to the window's peak; sub-pixel by linear interpolation."""
     rows, cols = f.shape
     lo_i = np.clip(np.round(lo), 1, rows - 2).astype(np.int64)
     hi_i = np.maximum(np.clip(np.round(hi), 1, rows - 2).astype(np.int64), lo_i + 1)
@@ -264,7 +264,7 @@ def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     srt = np.sort(win, axis=0)
     dark = srt[np.minimum((0.2 * (n_in - 1)).astype(np.int64), h - 1), c]
     peak = srt[n_in - 1, c]
-    half = (dark + peak) / 2.0
+    half = dark + frac * (peak - dark)
     hit = inside & (win >= half[None, :])
     r = lo_i + np.argmax(hit, axis=0)
     prev = f[np.maximum(r - 1, 0), c]
@@ -468,8 +468,11 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     csum = np.concatenate([np.zeros((1, cols)), np.cumsum(s1, axis=0, dtype=np.float64)])
     idx = np.arange(rows)
     up_a, dn_b = np.clip(idx - wb, 0, rows), np.clip(idx + wb, 0, rows)
-    box = (csum[dn_b] - csum[idx]) / np.maximum(dn_b - idx, 1)[:, None] \
-        - (csum[idx] - csum[up_a]) / np.maximum(idx - up_a, 1)[:, None]
+    below_mean = (csum[dn_b] - csum[idx]) / np.maximum(dn_b - idx, 1)[:, None]
+    box = below_mean - (csum[idx] - csum[up_a]) / np.maximum(idx - up_a, 1)[:, None]
+    # weighted by the brightness it steps into: the photoreceptor / RPE complex is the brightest band of
+    # the outer retina, the OPL (whose step from the INL can be as large in some eyes) is not
+    box = box * np.clip(below_mean / max(float(np.percentile(below_mean[::2, ::2], 99.5)), 1e-6), 0.0, 1.0)
     lo_o = ilm + 60.0 * P
     band = (rr >= lo_o[None, :]) & (rr <= rows - 3)
     bscale = float(np.percentile(box[band & (box > 0)], 99.0)) if np.any(band & (box > 0)) else 1.0

@@ -59,9 +59,19 @@ _R_BM = 1.1
 _R_SCLERA = 0.045
 _TEXTURE = -1.0  # choroid: textured inside the kernel
 
+#: Rendered segments (``_stack``'s order): the tissue each one is, so a per-eye factor is shared by the
+#: two halves of a layer that a cyst splits, and by every fluid pocket.
+_SEG_TISSUE = ("vitreous", "rnfl", "gcl", "ipl", "inl", "fluid", "inl", "opl", "onl", "fluid", "onl", "elm", "is",
+               "ez", "os", "iz", "fluid", "rpe", "sub_rpe", "bm", "choroid", "sclera")
+#: Standard reflectivity of each rendered segment (sub-RPE: drusen; a PED replaces it per column).
+_BASE_REFL = (
+    _R_VITREOUS, _R_RNFL, _R_GCL, _R_IPL, _R_INL, _R_FLUID, _R_INL, _R_OPL, _R_ONL, _R_FLUID, _R_ONL,
+    _R_ELM, _R_IS, _R_EZ, _R_OS, _R_IZ, _R_FLUID, _R_RPE, _R_DRUSEN, _R_BM, _TEXTURE, _R_SCLERA,
+)
 #: Number of rendered segments per A-scan (vitreous ... sclera) and of their interfaces.
 _NSEG = 22
 _NZ = _NSEG - 1
+assert len(_SEG_TISSUE) == _NSEG
 #: Interface indices (``z[k]`` ends segment ``k``) that are the nine canonical boundaries.
 _Z_OF_BOUNDARY = (0, 1, 3, 6, 7, 10, 12, 16, 19)
 _Z_CSI = 20
@@ -168,6 +178,11 @@ def _none_if_nan(v: float) -> float | None:
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
 
+def _check_appearance(appearance: str) -> None:
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {', '.join(APPEARANCES)}; got {appearance!r}")
+
+
 def _check_args(category: str, laterality: str, severity: float, noise: float) -> None:
     if category not in CATEGORIES:
         raise ValueError(f"category must be one of {', '.join(CATEGORIES)}; got {category!r}")
@@ -203,6 +218,8 @@ def _render(
     shadow_start,  # (n, cols) float32 row where a vessel shadow starts (inf: none)
     shadow_factor,  # (n, cols) float32 intensity factor inside the shadow
     tex,  # (n, 6) float32 choroid texture parameters (wave numbers, phases)
+    chor,  # choroid reflectivity scale (1 = the standard phantom)
+    gamma,  # contrast power relative to the RPE applied to the choroid's levels (1 = the standard phantom)
     hrf,  # (k, 5) float32 rows: bscan, row, col, lateral radius px, axial radius px; sorted by bscan
     logn,  # (n, rows, cols) float32 log of unit-exponential noise
     noise_a,  # speckle exponent (0 = no speckle)
@@ -265,6 +282,8 @@ def _render(
                                 q = math.cos(tex[i, 0] * c + tex[i, 3] + sin_r[r])
                                 q *= math.cos(tex[i, 1] * (1.6 - u) * (r - bm) + tex[i, 5])
                                 v = 0.05 if q > 0.35 else 0.24
+                            if chor != 1.0 or gamma != 1.0:
+                                v = _R_RPE * (v * chor / _R_RPE) ** gamma
                         acc += w * v
                     pos = seg_hi
                     if end >= hi:
@@ -541,14 +560,69 @@ def _stack(
     z[:, 0] = z[:, 1] - px["rnfl"]
     z[:, 20] = bm + choroid_um / axial_um
     refl = np.empty((n, _NSEG, cols), np.float32)
-    base = (
-        _R_VITREOUS, _R_RNFL, _R_GCL, _R_IPL, _R_INL, _R_FLUID, _R_INL, _R_OPL, _R_ONL, _R_FLUID, _R_ONL,
-        _R_ELM, _R_IS, _R_EZ, _R_OS, _R_IZ, _R_FLUID, _R_RPE, _R_DRUSEN, _R_BM, _TEXTURE, _R_SCLERA,
-    )
-    refl[:] = np.asarray(base, np.float32)[None, :, None]
+    refl[:] = np.asarray(_BASE_REFL, np.float32)[None, :, None]
     refl[:, 13] = np.where(les["ez"], _R_OS, _R_EZ)
     refl[:, 18] = np.where(is_ped, _R_PED, _R_DRUSEN)
     return z, refl, is_ped
+
+
+#: Phantom appearances: ``standard`` (fixed layer reflectivities, the original phantom) and ``device``
+#: (per-eye random reflectivities and contrast, see :class:`DeviceLook`).
+APPEARANCES = ("standard", "device")
+
+
+@dataclass
+class DeviceLook:
+    """Per-eye appearance of a real device: no segmenter can match it with constants.
+
+    Every layer's reflectivity is scaled by its own random factor; the linear dynamic range is stretched
+    by a random power (real Spectralis scans put the RPE some hundred times above the outer nuclear
+    layer, the standard phantom about fifteen); the EZ is brighter than the RPE in about a third of eyes
+    (as many real devices show) and the ELM is faint; the choroid is darker or brighter at random; and a
+    point-spread function (axial and lateral Gaussian, defocus included) correlates the speckle.
+    """
+
+    factors: np.ndarray  #: (_NSEG,) multiplicative factor per rendered segment
+    gamma: float  #: power applied to reflectivities relative to the RPE
+    choroid: float  #: choroid reflectivity scale
+    psf_px: tuple[float, float]  #: Gaussian sigma (axial, lateral) in pixels
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> DeviceLook:
+        tissues = sorted(set(_SEG_TISSUE))
+        by_tissue = dict(zip(tissues, np.exp(rng.normal(0.0, 0.25, len(tissues)))))
+        by_tissue["fluid"] = 1.0
+        by_tissue["elm"] *= rng.uniform(0.3, 0.8)
+        if rng.random() < 0.35:  # EZ brighter than the RPE
+            by_tissue["ez"] = (_R_RPE / _R_EZ) * rng.uniform(1.05, 1.35) * by_tissue["rpe"]
+        # the orders every device shows stay: the plexiform layers under the EZ / RPE band, the outer
+        # nuclear layer the darkest retinal layer, the ELM under the EZ
+        base = dict(zip(_SEG_TISSUE, _BASE_REFL))
+        r = {t: base[t] * by_tissue[t] for t in tissues if t not in ("vitreous", "choroid")}
+        cap = 0.4 * min(r["ez"], r["rpe"])
+        for t in ("opl", "ipl", "elm", "is", "os", "gcl", "inl"):
+            if r[t] > cap:
+                by_tissue[t] *= cap / r[t]
+        r = {t: base[t] * by_tissue[t] for t in tissues if t not in ("vitreous", "choroid")}
+        floor_onl = min(r["inl"], r["gcl"], r["is"])
+        if r["onl"] > 0.8 * floor_onl:
+            by_tissue["onl"] *= 0.8 * floor_onl / r["onl"]
+        f = np.array([by_tissue[t] for t in _SEG_TISSUE], np.float64)
+        return cls(f.astype(np.float32), float(rng.uniform(1.2, 2.2)), float(rng.uniform(0.5, 1.5)),
+                   (float(rng.uniform(0.5, 1.2)), float(rng.uniform(0.5, 2.0))))
+
+    def apply(self, refl: np.ndarray) -> np.ndarray:
+        out = refl.copy()
+        pos = out > 0  # vitreous (0) and the textured choroid marker (< 0) are left alone
+        scaled = out * self.factors[None, :, None]
+        out[pos] = (_R_RPE * (scaled[pos] / _R_RPE) ** self.gamma).astype(np.float32)
+        return out
+
+    def blur(self, vol: np.ndarray) -> np.ndarray:
+        from scipy import ndimage
+
+        f = ndimage.gaussian_filter(vol.astype(np.float32), (0.0, *self.psf_px), mode="nearest")
+        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
 def _render_all(
@@ -563,6 +637,7 @@ def _render_all(
     axial_um: float,
     noise: float,
     rng: np.random.Generator,
+    look: DeviceLook | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
     n, _, cols = z.shape
     tex = np.column_stack(
@@ -584,12 +659,17 @@ def _render_all(
         logn = np.zeros((n, rows, cols), np.float32)
     out = np.empty((n, rows, cols), np.uint8)
     masks = {k: np.zeros((n, rows, cols), bool) for k in ("irf", "srf", "ped", "drusen")}
+    if look is not None:
+        refl = look.apply(refl)
     _render(
         z.astype(np.float32), refl, is_ped, gain.astype(np.float32), shadow_start.astype(np.float32),
-        shadow_factor.astype(np.float32), tex, hrf_arr.astype(np.float32), logn, 0.5 * noise,
-        0.003 * (0.6 + 0.4 * noise), axial_um, transform, out,
+        shadow_factor.astype(np.float32), tex, 1.0 if look is None else look.choroid,
+        1.0 if look is None else look.gamma, hrf_arr.astype(np.float32),
+        logn, 0.5 * noise, 0.003 * (0.6 + 0.4 * noise), axial_um, transform, out,
         masks["irf"], masks["srf"], masks["ped"], masks["drusen"],
     )
+    if look is not None:
+        out = look.blur(out)
     return out, masks, transform
 
 
@@ -617,6 +697,7 @@ def synth_oct_volume(
     sex: str = "F",
     noise: float = 1.0,
     geometry: OctGeometry | None = None,
+    appearance: str = "standard",
 ) -> OctPhantom:
     """Synthesise a macular cube of ``category`` with its truth (deterministic given ``rng``'s state).
 
@@ -627,8 +708,11 @@ def synth_oct_volume(
     severity : pathology scale, 0 (none) to 3; 1 is typical disease
     noise : speckle / noise-floor scale: 0.5 easy, 1 typical, 2 hard
     geometry : cube sampling (default 49 x 496 x 512, 3.87 / 11.7 / 120 um)
+    appearance : ``"standard"`` or ``"device"`` (per-eye random layer reflectivities, contrast and PSF:
+        :class:`DeviceLook`); the anatomy and the truth are the same for the same ``rng`` state
     """
     _check_args(category, laterality, severity, noise)
+    _check_appearance(appearance)
     if sex not in ("F", "M"):
         raise ValueError(f"sex must be 'F' or 'M', got {sex!r}")
     geom = geometry or OctGeometry()
@@ -698,8 +782,9 @@ def synth_oct_volume(
     hrf_rows.sort()
     hrf_arr = np.asarray(hrf_rows, np.float64).reshape(-1, 5)
 
+    look = DeviceLook.draw(rng) if appearance == "device" else None
     volume, masks, transform = _render_all(
-        z, refl, is_ped, gain, shadow_start, factor, hrf_arr, rows, geom.axial_um, noise, rng
+        z, refl, is_ped, gain, shadow_start, factor, hrf_arr, rows, geom.axial_um, noise, rng, look
     )
     boundaries = np.ascontiguousarray(z[:, list(_Z_OF_BOUNDARY), :].astype(np.float32))
     csi = z[:, _Z_CSI, :].astype(np.float32)
@@ -728,7 +813,7 @@ def synth_oct_volume(
         category=category,
         ez_disrupted=les["ez"],
         params={"severity": severity, "age_years": age_years, "sex": sex, "noise": noise,
-                "transform": ("log10", "root4")[transform]},
+                "transform": ("log10", "root4")[transform], "appearance": appearance},
     )
 
 
@@ -750,6 +835,7 @@ def synth_circle_scan(
     noise: float = 1.0,
     rows: int = 496,
     cols: int = 768,
+    appearance: str = "standard",
 ) -> CirclePhantom:
     """Synthesise a peripapillary circle scan (3.46 mm circle, TSNIT order from temporal).
 
@@ -757,6 +843,7 @@ def synth_circle_scan(
     normal variation. Vessel shadows cluster in the superior and inferior sectors as around a real disc.
     """
     _check_args(category, laterality, severity, noise)
+    _check_appearance(appearance)
     if rows < 256 or cols < 64:
         raise ValueError(f"synth_circle_scan needs rows >= 256 and cols >= 64, got rows={rows}, cols={cols}")
     axial_um = 3.87
@@ -802,8 +889,9 @@ def synth_circle_scan(
         factor[0] = np.where(hit, 0.4, factor[0])
     shadow_start = np.where(present, z[:, 0] + 0.5 * (z[:, 1] - z[:, 0]) + 3.0, np.inf)
     gain = (1.0 - 0.1 * np.cos(2 * np.pi * xs))[None, :] * np.exp(rng.normal(0, 0.1))
+    look = DeviceLook.draw(rng) if appearance == "device" else None
     vol, _, _ = _render_all(
-        z, refl, is_ped, gain, shadow_start, factor, np.zeros((0, 5)), rows, axial_um, noise, rng
+        z, refl, is_ped, gain, shadow_start, factor, np.zeros((0, 5)), rows, axial_um, noise, rng, look
     )
     boundaries = z[0, list(_Z_OF_BOUNDARY), :].astype(np.float32)
     from grok.oct.circle import circle_biomarkers
@@ -823,10 +911,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--severity", type=float, default=1.0)
     ap.add_argument("--noise", type=float, default=1.0)
+    ap.add_argument("--appearance", default="standard", choices=APPEARANCES)
     ap.add_argument("--png", default=None, help="write the foveal B-scan with the true boundaries here")
     args = ap.parse_args(argv)
     ph = synth_oct_volume(args.category, args.laterality, np.random.default_rng(args.seed),
-                          severity=args.severity, noise=args.noise)
+                          severity=args.severity, noise=args.noise, appearance=args.appearance)
     if args.png:
         from grok.oct.overlay import bscan_png
 
