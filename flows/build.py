@@ -129,7 +129,7 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
         t0 = time.perf_counter()
         shards = stage.plan(folder)
         run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
-                                      retries=stage.retries, retry_delay_seconds=10)
+                                      retries=stage.retries(folder), retry_delay_seconds=10)
         if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers)
             results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
         else:  # in the flow's process, like the merges (ingest and the phantom writer start their own pools)

@@ -61,6 +61,22 @@ def test_every_stage_accounts_for_its_rows(built):
     assert counts["instructions_in"] == published + counts["duplicates_removed"] + counts["failed_verification_excluded"]
 
 
+def test_every_stage_reads_and_writes_what_it_declares(built):
+    """The stage list is the build's one description: what each stage declares is really there."""
+    from grok.stages.runner import STAGES
+
+    tmp, cfg, rep = built
+    assert [s.name for s in STAGES] == [r for r in rep if not r.startswith("train_")]
+    work = Path(cfg.work_dir)
+    written: set[str] = set()
+    for stage in STAGES:
+        for path in stage.inputs:
+            assert path in written, f"{stage.name} reads {path}, which no earlier stage writes"
+        for path in stage.outputs:
+            assert (work / path).exists(), f"{stage.name} declares {path} but did not write it"
+        written |= set(stage.outputs)
+
+
 def test_published_version_loads_three_ways(built):
     tmp, cfg, rep = built
     from grok.registry import load, resolve

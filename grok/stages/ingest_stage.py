@@ -44,8 +44,10 @@ class Ingest(SingleStage):
 
     name = "ingest"
     outputs: ClassVar[tuple[str, ...]] = ("ingest/manifest.parquet", "ingest/studies.parquet",
-                                          "ingest/quarantine.parquet")
-    retries = 2  # I/O: the archive may be remote; unchanged files are reused, so a retry is cheap
+                                          "ingest/quarantine.parquet", "ingest/images/")
+
+    def retries(self, folder: BuildFolder) -> int:
+        return 2  # I/O: the archive may be remote; unchanged files are reused, so a retry is cheap
 
     def work(self, folder: BuildFolder) -> StageReport:
         from grok.ingest.pipeline import IngestConfig, ingest

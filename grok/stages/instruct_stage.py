@@ -57,7 +57,10 @@ class Instruct(Stage):
     inputs: ClassVar[tuple[str, ...]] = ("records.jsonl", "media/")
     outputs: ClassVar[tuple[str, ...]] = ("instructions.parquet", "instructions_quarantine.parquet", "instruct/")
 
-    retries = 2  # LLM calls; a retried shard replays its finished requests from the cache
+    def retries(self, folder: BuildFolder) -> int:
+        # LLM calls (a retried shard replays its finished requests from the cache); templates never fail
+        # in a way a retry fixes
+        return 2 if folder.cfg.instruct.mode == "llm" else 0
 
     def plan(self, folder: BuildFolder) -> list[Shard]:
         """A shard's key covers its study records, the instruct settings, the build id, the knowledge-base

@@ -5,7 +5,7 @@ into shards (each with the content key of its real inputs, :mod:`grok.stages.key
 run and how the shards' outputs are merged into the stage's tables and :class:`StageReport`. The
 plain runner (:func:`grok.stages.runner.run_build`) and the Prefect flow (``flows/build.py``) walk the
 same list of stages, :data:`grok.stages.runner.STAGES`; Prefect adds only caching (on the shard key),
-retries (``retries``), a concurrency limit (:meth:`Stage.limit`), artifacts and scheduling.
+retries (:meth:`Stage.retries`), a concurrency limit (:meth:`Stage.limit`), artifacts and scheduling.
 
 To add a stage: subclass :class:`Stage` (or :class:`SingleStage` for work that does not split), say
 what it reads and writes, and put an instance in ``STAGES``; both executors then run it.
@@ -37,8 +37,6 @@ class Stage:
     inputs: ClassVar[tuple[str, ...]] = ()
     #: Build-folder paths the stage writes.
     outputs: ClassVar[tuple[str, ...]] = ()
-    #: Retries an executor may give one shard (I/O and LLM stages only; measurement never retries).
-    retries: ClassVar[int] = 0
     #: Whether the work splits into several shards (a :class:`SingleStage` runs as one).
     sharded: ClassVar[bool] = True
 
@@ -58,6 +56,10 @@ class Stage:
     def finished(self, folder: BuildFolder, shard: Shard) -> Path | None:
         """The shard's output when it exists and was written from the same inputs (executors' caches use it)."""
         return None
+
+    def retries(self, folder: BuildFolder) -> int:
+        """Retries an executor may give one shard: I/O and LLM calls only (a measurement is not retried)."""
+        return 0
 
     def limit(self, folder: BuildFolder) -> str | None:
         """Name of a global concurrency limit the shards must hold (e.g. an LLM server's), or None."""
