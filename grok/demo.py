@@ -32,7 +32,7 @@ def demo_config(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = Tr
 def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the build flow on a phantom archive; returns a JSON-able summary."""
-    from grok.cli.build_cmd import prefect_env
+    from flows import prefect_env
     from grok.stages.config import BuildConfig
     from grok.stages.runner import BuildFolder
 

@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 
 from grok.cli._common import ExitCode, console, fail, print_json
-
-#: Quiet, patient Prefect defaults for small machines (the user's environment wins).
-PREFECT_DEFAULTS = {
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_API_SERVICES_SCHEDULER_ENABLED": "false",
-    "PREFECT_API_SERVICES_LATE_RUNS_ENABLED": "false",
-    "PREFECT_API_SERVICES_FOREMAN_ENABLED": "false",
-    "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-}
-
-
-def prefect_env() -> None:
-    for k, v in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(k, v)
 
 
 def build_cmd(
@@ -65,6 +49,8 @@ def build_cmd(
             pub = next(r for r in reports if r.stage == "publish")
             result.update(dataset=pub.outputs["dataset"], outputs=pub.outputs)
         else:
+            from flows import prefect_env
+
             prefect_env()
             from flows.build import with_runner
 
