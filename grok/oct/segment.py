@@ -232,7 +232,7 @@ def _fluid_over_rpe(band_mean: np.ndarray, ez: np.ndarray, rpeo: np.ndarray, env
     gap = np.where((rr > r_o[None, :] + 4.0 * P) & (rr < r_e[None, :] - 4.0 * P), band_mean, np.inf).min(axis=0)
     lower = band_mean[r_e, c]
     ref = np.maximum(upper, lower)
-    return lifted & np.isfinite(gap) & (lower >= 0.6 * upper) & (gap <= 0.45 * ref)
+    return lifted & np.isfinite(gap) & (lower >= 0.85 * upper) & (gap <= 0.45 * ref)
 
 
 def _outer_complex_absent(band_mean: np.ndarray, ez: np.ndarray, bm: np.ndarray, min_run: int) -> np.ndarray:
