@@ -14,7 +14,8 @@ def validate_cmd(
     table: Path = typer.Argument(..., help="A parquet table (manifest, studies, biomarkers, labels, instructions ...)."),
     contract: str = typer.Option(..., "--contract", "-c", help="Contract name in data_contracts/ (or a YAML path)."),
     deny_list: Path = typer.Option(None, "--deny-list",
-                                   help="JSON list of literal identifier strings that must not appear anywhere."),
+                                   help="JSON list of identifier strings that must not appear anywhere, or a "
+                                        "build's hashed ingest/deny_list.json (needs the same GROK_PSEUDONYM_KEY)."),
     docs: Path = typer.Option(None, "--docs", help="Folder for the GE project and data docs (default next to TABLE)."),
     param: list[str] = typer.Option([], "--param", help="Contract parameter NAME=VALUE (e.g. verifier_pass_rate=0.95)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),

@@ -57,7 +57,8 @@ def ingest_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (manifest, studies, quarantine, images)."),
     date_mode: str = typer.Option("shift", "--date-mode", help="'shift' dates per patient or keep only the 'year'."),
     allow_burned_in: bool = typer.Option(False, "--allow-burned-in",
-                                         help="Ingest images flagged BurnedInAnnotation=YES instead of quarantining."),
+                                         help="Ingest images flagged BurnedInAnnotation=YES, and image exports "
+                                              "showing possible burned-in text, with a flag instead of quarantining."),
     plain_quarantine_paths: bool = typer.Option(False, "--plain-quarantine-paths",
                                                 help="Store source paths in quarantine.parquet (only if they hold "
                                                      "no identifiers)."),
