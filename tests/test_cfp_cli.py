@@ -78,3 +78,43 @@ def test_dicom_op_input(tmp_path, phantom):
     d = json.loads(r.stdout)
     assert d["laterality"] == "OS" and d["biomarkers"]["disc_center_xy_px"] is not None
     assert d["extras"]["disc_diameter_mm"] > 0
+
+
+@pytest.mark.parametrize("fmt", ["ppm", "bmp", "png16", "tiff16", "pgm16", "jpg_black_border"])
+def test_any_clinic_export_is_read_and_measured(tmp_path, phantom, fmt):
+    """PPM (STARE-style), BMP, 16-bit PNG/TIFF, with black borders: read and measured like the PNG."""
+    import tifffile
+
+    img = phantom.image
+    if fmt == "ppm":
+        src = tmp_path / "eye.ppm"
+        Image.fromarray(img).save(src)
+    elif fmt == "bmp":
+        src = tmp_path / "eye.bmp"
+        Image.fromarray(img).save(src)
+    elif fmt == "png16":
+        import cv2
+
+        src = tmp_path / "eye.png"
+        cv2.imwrite(str(src), (img.astype(np.uint16) * 257)[..., ::-1])
+    elif fmt == "tiff16":
+        src = tmp_path / "eye.tif"
+        tifffile.imwrite(src, img.astype(np.uint16) * 257)
+    elif fmt == "pgm16":  # a 16-bit greyscale (red-free) export: read, then graded reject for having no colour
+        src = tmp_path / "eye.pgm"
+        Image.fromarray(img[..., 1].astype(np.uint16) * 257).save(src)
+    else:
+        src = tmp_path / "eye.jpg"
+        pad = np.zeros((img.shape[0] + 60, img.shape[1] + 200, 3), np.uint8)
+        pad[30:-30, 100:-100] = img
+        Image.fromarray(pad).save(src, quality=95)
+    r = _run(["cfp", "measure", str(src), "--json"])
+    d = json.loads(r.stdout)
+    if fmt == "pgm16":
+        assert r.exit_code == 1 and d["quality"]["grade"] == "reject"
+        assert any("colour" in s for s in d["quality"]["reasons"])
+        return
+    assert r.exit_code == 0, r.output
+    assert d["quality"]["grade"] in ("good", "usable")
+    assert d["biomarkers"]["disc_center_xy_px"] is not None
+    assert d["laterality"] == "OS"

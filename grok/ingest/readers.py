@@ -37,7 +37,7 @@ CFP_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL Photographic Image
 }
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pnm"}
 VENDOR_SUFFIXES = {".vol", ".e2e", ".sdb", ".fda", ".fds", ".img"}
 VENDOR_EXTRA = "pip install 'grok-data-engine[vendor]'"
 
@@ -362,7 +362,7 @@ def parse_sidecar(data: bytes | str, *, name: str) -> dict[str, Any]:
 
 
 def decode_image(data: bytes | IO[bytes] | Path, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode PNG/JPEG/TIFF/BMP bytes with Pillow, refusing decompression bombs and corrupt files."""
+    """Decode PNG/JPEG/TIFF/BMP/PPM/PGM bytes (8- or 16-bit) with Pillow, refusing decompression bombs and corrupt files."""
     from PIL import Image
 
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
