@@ -117,3 +117,28 @@ def test_bad_spacing_raises(axial, lateral):
 def test_wrong_dimensions_raise():
     with pytest.raises(ValueError, match="rows, cols"):
         segment_bscan(np.zeros((4, 100, 100)), 3.87, 11.7)
+
+
+def test_confidence_marks_and_nans_a_boundary_without_edge():
+    """Erase the INL/OPL contrast over a stretch: INL_OPL's confidence drops there and its row is NaN
+    (better missing than wrong), while the anchors (ILM, RPE, BM) stay."""
+    geo = OctGeometry(n_bscans=3, rows=496, cols=384, bscan_spacing_um=400.0)
+    ph = synth_oct_volume("normal", "OD", np.random.default_rng(3), noise=1.0, geometry=geo)
+    img = ph.volume[0].astype(np.float32).copy()
+    t = ph.boundaries[0]
+    k_ipl, k_opl = BOUNDARIES.index("IPL_INL"), BOUNDARIES.index("OPL_ONL")
+    cols = slice(20, 120)
+    for c in range(cols.start, cols.stop):
+        r0, r1 = int(t[k_ipl, c]) - 2, int(t[k_opl, c]) + 3
+        img[r0:r1, c] = img[r0:r1, c].mean()
+    res = segment_bscan(img, 3.87, 11.7)
+    conf = res.confidence
+    assert conf.shape == res.boundaries.shape
+    fin = conf[np.isfinite(conf)]
+    assert fin.min() >= 0.0 and fin.max() <= 1.0
+    k = BOUNDARIES.index("INL_OPL")
+    inner = slice(40, 100)  # away from the stretch's edges (confidence is averaged over ~100 um)
+    assert np.isnan(res.boundaries[k, inner]).mean() > 0.5 or np.nanmean(conf[k, inner]) < 0.3
+    assert np.nanmean(conf[k, 200:300]) > 0.6  # untouched columns
+    for name in ("ILM", "RPE", "BM"):
+        assert np.isfinite(res.boundaries[BOUNDARIES.index(name)]).all()

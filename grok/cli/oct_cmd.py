@@ -9,7 +9,8 @@ PATH is anything ``grok.ingest.readers.read_oct`` reads: a DICOM OPT file (multi
 a vendor file when the ``vendor`` extra is installed.
 
 ``segment --json`` prints ``{"frame", "spacing_um": {"axial", "lateral"}, "boundaries": {name: [row per
-column, null where not found]}, "choroid_sclera", "flags"}`` (rows are floats in pixels from the top).
+column, null where not found]}, "choroid_sclera", "confidence": {name: [0..1 per column]}, "flags"}`` (rows
+are floats in pixels from the top; ``--compare-device`` adds ``device_difference``).
 ``measure --json`` prints ``{"laterality", "scan_pattern", "biomarkers": {id: value or null}, "quality",
 "lesions", ...}`` for a macular cube, a single B-scan or a circle scan. ``--png`` writes the (foveal)
 B-scan with boundaries and lesion masks; ``measure`` on a cube also writes ``<OUT>_thickness.png`` (en-face
@@ -129,6 +130,7 @@ def segment_cmd(
             "spacing_um": {"axial": ax, "lateral": la},
             "boundaries": {name: res.boundaries[k] for k, name in enumerate(BOUNDARIES)},
             "choroid_sclera": res.choroid_sclera,
+            "confidence": {name: res.confidence[k] for k, name in enumerate(BOUNDARIES)},
             "flags": flags,
             **({"device_difference": device} if device is not None else {}),
         })

@@ -47,6 +47,9 @@ class BscanSegmentation:
     choroid_sclera: np.ndarray  #: (cols,) float32 row of the choroid-sclera interface (NaN if not found)
     image: np.ndarray | None = field(default=None, repr=False)  #: (rows, cols) float16 normalised smoothed image
     fine: np.ndarray | None = field(default=None, repr=False)  #: (rows, cols) float16 3 x 3 averaged, retina rows
+    #: (9, cols) float32 in [0, 1]: the boundary's edge strength at its row, relative to the B-scan's typical
+    #: strength of that boundary and averaged over ~100 um; NaN where the row is NaN (see :func:`confidence`)
+    confidence: np.ndarray | None = field(default=None, repr=False)
 
     def __iter__(self):
         yield self.boundaries
@@ -57,6 +60,8 @@ class BscanSegmentation:
             "boundaries": {name: self.boundaries[k] for k, name in enumerate(BOUNDARIES)},
             "choroid_sclera": self.choroid_sclera,
             "flags": dict(self.flags),
+            **({"confidence": {name: self.confidence[k] for k, name in enumerate(BOUNDARIES)}}
+               if self.confidence is not None else {}),
         }
 
 
@@ -274,9 +279,8 @@ def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float = 0.5)
 
 
 def _nan_result(rows: int, cols: int, flags: dict[str, str], image=None) -> BscanSegmentation:
-    return BscanSegmentation(
-        np.full((len(BOUNDARIES), cols), np.nan, np.float32), flags, np.full(cols, np.nan, np.float32), image
-    )
+    nan9 = np.full((len(BOUNDARIES), cols), np.nan, np.float32)
+    return BscanSegmentation(nan9, flags, np.full(cols, np.nan, np.float32), image, None, nan9.copy())
 
 
 def prepare_bscan(bscan: np.ndarray) -> tuple[np.ndarray | None, dict[str, str]]:
@@ -744,8 +748,51 @@ def segment_bscan(
         if r1 > r0:
             fine[r0:r1] = ndimage.uniform_filter(img[max(0, r0 - 1) : min(rows, r1 + 1)], 3, mode="nearest")[
                 r0 - max(0, r0 - 1) : r0 - max(0, r0 - 1) + (r1 - r0)]
+    conf = confidence(b, s0, max(3, int(round(100.0 / lateral_um))))
+    # better missing than wrong: an intermediate boundary whose edge is under 15 % of its usual
+    # strength over ~100 um is NaN (not where it merges with the ILM at the foveola, where no edge is the
+    # truth); ILM, RPE and BM anchor the thickness measures and are kept
+    near_ilm = np.abs(b - b[0][None, :]) <= 8.0 / axial_um
+    weak = (conf < WEAK_CONFIDENCE) & ~near_ilm
+    weak[[0, _I["RPE"], _I["BM"]]] = False
+    b[weak] = np.nan  # the NaN and the confidence say it per column; a flag when a boundary loses > 5 %
+    many = [k for k in range(len(BOUNDARIES)) if weak[k].mean() > 0.05]
+    if many:
+        flags["weak_boundaries"] = ", ".join(f"{BOUNDARIES[k]} {int(weak[k].sum())}" for k in many) + \
+            " columns NaN (edge under 15 % of its usual strength)"
     return BscanSegmentation(b.astype(np.float32), flags, csi.astype(np.float32),
-                             s1.astype(np.float16) if keep_image else None, fine)
+                             s1.astype(np.float16) if keep_image else None, fine, conf)
+
+
+#: Confidence under which an intermediate boundary's row is NaN (see :func:`confidence`).
+WEAK_CONFIDENCE = 0.15
+#: Edge polarity of each boundary going down (+1 dark -> light, -1 light -> dark), in BOUNDARIES order.
+POLARITY = (+1, -1, -1, +1, -1, +1, +1, +1, -1)
+
+
+def confidence(boundaries: np.ndarray, smoothed: np.ndarray, width: int) -> np.ndarray:
+    """Per boundary and column: the edge strength of the boundary's polarity at its row, divided by the
+    B-scan's median strength of that boundary, clipped to [0, 1] and averaged over ``width`` columns.
+
+    1 means "as clear as this boundary usually is in this B-scan"; values near 0 mark stretches where the
+    row was carried by smoothness and the band, not by an edge (shadows, the foveola's merged layers).
+    """
+    rows, cols = smoothed.shape
+    g = np.zeros_like(smoothed, dtype=np.float32)
+    g[1:-1] = smoothed[2:] - smoothed[:-2]
+    out = np.full(boundaries.shape, np.nan, np.float32)
+    c = np.arange(cols)
+    for k, pol in enumerate(POLARITY):
+        ok = np.isfinite(boundaries[k])
+        if not ok.any():
+            continue
+        r = np.clip(np.round(np.nan_to_num(boundaries[k])), 0, rows - 1).astype(np.int64)
+        st = np.clip(pol * g[r, c], 0.0, None)
+        ref = float(np.median(st[ok]))
+        rel = np.clip(st / ref, 0.0, 1.0) if ref > 0 else np.zeros(cols, np.float32)
+        rel = ndimage.uniform_filter1d(np.where(ok, rel, 0.0).astype(np.float32), width, mode="nearest")
+        out[k] = np.where(ok, rel, np.nan)
+    return out
 
 
 def _choroid_sclera(s1, bm, axial_um, lateral_um, dexp, flags) -> np.ndarray:
