@@ -240,18 +240,41 @@ def _fluid_over_rpe(band_mean: np.ndarray, ez: np.ndarray, rpeo: np.ndarray, env
     return lifted & np.isfinite(gap) & (lower >= 0.85 * upper) & (gap <= 0.45 * ref)
 
 
-def _outer_complex_absent(band_mean: np.ndarray, ez: np.ndarray, bm: np.ndarray, min_run: int) -> np.ndarray:
-    """Columns in runs of at least ``min_run`` whose brightest outer-complex level (EZ .. BM, image averaged
-    over ~20 um) is under 45 % of the B-scan's median one."""
-    rows, cols = band_mean.shape
+def _outer_level(band_mean: np.ndarray, ez: np.ndarray, bm: np.ndarray) -> np.ndarray:
+    """Per column, the brightest outer-complex level (EZ .. BM, image averaged over ~20 um) above the
+    image's floor (5th percentile)."""
+    rows, _ = band_mean.shape
     rr = np.arange(rows)[:, None]
     top = np.clip(np.round(ez), 0, rows - 1)[None, :]
     bot = np.clip(np.round(bm), 0, rows - 1)[None, :]
     peak = np.where((rr >= top) & (rr <= bot), band_mean, -np.inf).max(axis=0)
-    floor = float(np.percentile(band_mean, 5))
-    level = peak - floor
+    return peak - float(np.percentile(band_mean, 5))
+
+
+def _outer_complex_absent(level: np.ndarray, min_run: int) -> np.ndarray:
+    """Columns in runs of at least ``min_run`` whose outer-complex ``level`` is under 45 % of the median."""
     weak = level < 0.45 * float(np.median(level))
-    return ndimage.binary_opening(weak, structure=np.ones(min_run, bool)) if cols >= min_run else weak
+    return ndimage.binary_opening(weak, structure=np.ones(min_run, bool)) if level.size >= min_run else weak
+
+
+def _vessel_shadows(level: np.ndarray, window: int, max_run: int) -> np.ndarray:
+    """Columns in runs of at most ``max_run`` whose outer-complex ``level`` is under 75 % of its running
+    median over ``window`` columns: the shadow a retinal vessel casts on every layer below it."""
+    ref = ndimage.median_filter(level, size=max(3, window) | 1, mode="nearest")
+    dark = level < 0.75 * ref
+    lab, n = ndimage.label(dark)
+    if n:
+        sizes = ndimage.sum(dark, lab, index=np.arange(1, n + 1))
+        dark &= np.concatenate([[False], sizes <= max_run])[lab]
+    return dark
+
+
+def _bridge(y: np.ndarray, gap: np.ndarray) -> np.ndarray:
+    """``y`` with the columns in ``gap`` replaced by linear interpolation from the nearest columns outside it."""
+    if not gap.any() or gap.all():
+        return y
+    x = np.arange(y.size)
+    return np.where(gap, np.interp(x, x[~gap], y[~gap]), y)
 
 
 def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float = 0.5) -> np.ndarray:
@@ -661,7 +684,12 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
         rnfl_gcl = fctx.find(-1, filmn, np.maximum(filmn, ipl_inl - 12 * P), jump=J(0.7), penalty=0.1)
     # where the outer complex is missing over a stretch (the optic disc at the edge of a macular line
     # scan, a dense shadow) there are no outer boundaries to find, nor layers between them: NaN, flagged
-    absent = _outer_complex_absent(band_mean, ez, bm, max(3, int(round(150.0 / lateral_um))))
+    level = _outer_level(band_mean, ez, bm)
+    # under a retinal vessel's shadow the inner boundaries' edges are the vessel's own: they are bridged
+    # from both sides, as graders do
+    shadow = _vessel_shadows(level, int(400.0 / lateral_um), max(1, int(300.0 / lateral_um)))
+    rnfl_gcl, ipl_inl, inl_opl, opl_onl = (_bridge(v, shadow) for v in (rnfl_gcl, ipl_inl, inl_opl, opl_onl))
+    absent = _outer_complex_absent(level, max(3, int(round(150.0 / lateral_um))))
     if absent.any():
         flags["outer_retina_absent"] = (f"{int(absent.sum())} columns show no photoreceptor / RPE complex (optic "
                                         "disc or dense shadow): only the ILM is given there")
