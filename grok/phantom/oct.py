@@ -576,8 +576,9 @@ class DeviceLook:
     """Per-eye appearance of a real device: no segmenter can match it with constants.
 
     Every layer's reflectivity is scaled by its own random factor; the linear dynamic range is stretched
-    by a random power (real Spectralis scans put the RPE some hundred times above the outer nuclear
-    layer, the standard phantom about fifteen); the EZ is brighter than the RPE in about a third of eyes
+    by a random power of 1.1-1.7 (real Spectralis scans put the RPE some hundred times above the outer
+    nuclear layer, the standard phantom about fifteen; a stronger power sinks the outer nuclear layer
+    under the noise floor, which real scans keep it well above); the EZ is brighter than the RPE in about a third of eyes
     (as many real devices show) and the ELM is faint; the choroid is darker or brighter at random; and a
     point-spread function (axial and lateral Gaussian, defocus included) correlates the speckle.
     """
@@ -608,7 +609,7 @@ class DeviceLook:
         if r["onl"] > 0.8 * floor_onl:
             by_tissue["onl"] *= 0.8 * floor_onl / r["onl"]
         f = np.array([by_tissue[t] for t in _SEG_TISSUE], np.float64)
-        return cls(f.astype(np.float32), float(rng.uniform(1.2, 2.2)), float(rng.uniform(0.5, 1.5)),
+        return cls(f.astype(np.float32), float(rng.uniform(1.1, 1.7)), float(rng.uniform(0.5, 1.5)),
                    (float(rng.uniform(0.5, 1.2)), float(rng.uniform(0.5, 2.0))))
 
     def apply(self, refl: np.ndarray) -> np.ndarray:
