@@ -413,3 +413,53 @@ def test_docs_overlay_examples_validate(tmp_path, kb):
         both,
     )
     assert r.finding("crae_narrowing").grade == 2 and r.status("mactel") == "supported"
+
+
+_EXTRA_RANGE = {
+    "id": "cst_cirrus_overlapping",
+    "biomarker": "macular_thickness_central_um",
+    "devices": ["cirrus"],
+    "sex": "any",
+    "age_band": {"min_years": 60, "max_years": 80},
+    "mean": 250.0,
+    "sd": 20.0,
+    "derivation": "mean_sd_normal_approximation",
+    "population": "test",
+    "source": "hu2010",
+}
+
+
+@pytest.mark.parametrize(
+    "change, key, msg",
+    [
+        ({}, "normative_ranges[id=cst_cirrus_overlapping].age_band", "overlaps range cst_cirrus_hu2010"),
+        ({"source": None}, "normative_ranges[id=cst_cirrus_overlapping]", "source"),
+        ({"source": "nobody2099", "age_band": None}, "normative_ranges[id=cst_cirrus_overlapping].source",
+         "not a known source"),
+    ],
+    ids=["overlapping_bands", "missing_source", "unknown_source"],
+)
+def test_bad_range_file_names_file_and_fix(tmp_path, change, key, msg):
+    work = tmp_path / "kb"
+    shutil.copytree(KB_DIR, work)
+    entry = {k: v for k, v in {**_EXTRA_RANGE, **change}.items() if v is not None}
+    (work / "my_ranges.yaml").write_text(yaml.safe_dump({"normative_ranges": [entry]}), encoding="utf-8")
+    with pytest.raises(KnowledgeBaseError) as err:
+        load_knowledge_base(work)
+    hits = [i for i in err.value.issues if i.key.startswith(key) and msg.lower() in (i.message + i.fix).lower()]
+    assert hits, "\n".join(map(str, err.value.issues))
+    assert hits[0].file.endswith("my_ranges.yaml") and hits[0].fix
+
+
+def test_adjacent_bands_do_not_overlap(tmp_path):
+    work = tmp_path / "kb"
+    shutil.copytree(KB_DIR, work)
+    entry = dict(_EXTRA_RANGE, age_band={"min_years": 91, "max_years": 101})  # hu2010 is [20, 91)
+    (work / "my_ranges.yaml").write_text(yaml.safe_dump({"normative_ranges": [entry]}), encoding="utf-8")
+    assert "cst_cirrus_overlapping" in load_knowledge_base(work).normative_ranges
+
+
+def test_every_device_alias_resolves_to_its_own_device(kb):
+    for dev_id, dev in kb.devices.items():
+        for alias in dev.aliases:
+            assert kb.resolve_device(alias) == (dev_id, None), alias

@@ -142,18 +142,33 @@ class KnowledgeBase:
     def resolve_device(self, name: str | None) -> tuple[str, str | None]:
         """Map a record's device text to a device id; returns ``(device_id, note)``.
 
-        Unknown or missing devices resolve to ``generic`` with a note saying so.
+        The text may be an id, an alias, or a manufacturer and model as DICOM writes them
+        ("Heidelberg Engineering Spectralis", "Carl Zeiss Meditec Cirrus HD-OCT 5000"): exact ids and
+        aliases first, then the longest alias (4 characters or more) contained in the text.
+        A missing device resolves to ``generic`` with a note. Text that matches no device resolves to
+        :data:`UNRECOGNISED_DEVICE`, with a note naming the file to fix: device-specific ranges are
+        then never used (never a silent generic range).
         """
         if name is None or str(name).strip() == "":
             return "generic", "device not given; generic ranges used"
-        text = str(name).strip().lower()
+        text = " ".join(str(name).strip().lower().split())
         for dev_id, dev in sorted(self.devices.items()):
             if text == dev_id or text in (a.lower() for a in dev.aliases):
                 return dev_id, None
-        for dev_id, dev in sorted(self.devices.items()):
-            if any(a.lower() in text for a in dev.aliases if len(a) >= 4):
-                return dev_id, None
-        return "generic", f"device {name!r} is not in the knowledge base's devices; generic ranges used"
+        hits = [
+            (len(a), dev_id)
+            for dev_id, dev in sorted(self.devices.items())
+            for a in dev.aliases
+            if len(a) >= 4 and a.lower() in text
+        ]
+        if hits:
+            return max(hits)[1], None
+        where = self.origins.get("devices:generic", "kb.yaml")
+        return UNRECOGNISED_DEVICE, (
+            f"device {str(name)!r} is not in the knowledge base's devices; device-specific ranges are not "
+            f"used. Fix: add it to the aliases of its device in {where} (devices[].aliases), or pass "
+            "device 'generic' for values measured with this engine's own segmentation"
+        )
 
     def to_canonical(self) -> dict[str, Any]:
         """The content the snapshot id hashes: sorted, validated, JSON-ready."""
@@ -179,6 +194,10 @@ class KnowledgeBase:
             "overrides": self.overrides,
             "warnings": [w.to_dict() for w in self.warnings],
         }
+
+
+#: Device id of a record whose device text matched no device of the knowledge base.
+UNRECOGNISED_DEVICE = "unrecognised"
 
 
 def snapshot_id_of(canonical_content: dict[str, Any]) -> str:
@@ -426,6 +445,32 @@ class _Checker:
                 f"use an id defined under '{target}:' (e.g. {hint}) or add one",
             )
 
+    def _overlapping_bands(self) -> None:
+        """Two ranges of one biomarker for the same device and sex must not have overlapping age
+        bands: the reasoner could not tell which one applies."""
+        by_key: dict[tuple[str, str, str], list] = {}
+        for rid, r in sorted(self.kb.normative_ranges.items()):
+            if r.age_band is None:
+                continue
+            for d in r.devices:
+                by_key.setdefault((r.biomarker, d, r.sex), []).append(r)
+        reported: set[tuple[str, str]] = set()
+        for (bio, dev, sex), rs in sorted(by_key.items()):
+            rs = sorted(rs, key=lambda r: (r.age_band.min_years, r.id))
+            for a, b in zip(rs, rs[1:]):
+                if b.age_band.min_years < a.age_band.max_years and (a.id, b.id) not in reported:
+                    reported.add((a.id, b.id))
+                    self.err(
+                        "normative_ranges",
+                        b.id,
+                        "age_band",
+                        f"age band {b.age_band.min_years:g}-{b.age_band.max_years:g} y overlaps range {a.id} "
+                        f"({a.age_band.min_years:g}-{a.age_band.max_years:g} y) for {bio}, device {dev}, sex {sex} "
+                        f"(defined in {self.where('normative_ranges', a.id)})",
+                        "make the bands meet without overlap (bands are [min_years, max_years)), or give the "
+                        "ranges different devices or sexes",
+                    )
+
     def run(self) -> None:
         kb = self.kb
         for bid, b in kb.biomarkers.items():
@@ -452,6 +497,7 @@ class _Checker:
                     "remove this range",
                 )
             with_range.add(r.biomarker)
+        self._overlapping_bands()
         for bid, b in kb.biomarkers.items():
             if bid not in with_range and not b.no_normal_range_reason:
                 self.err(

@@ -36,7 +36,7 @@ from statistics import NormalDist
 from typing import Any
 
 from grok import ids as canonical
-from grok.knowledge.loader import KnowledgeBase, load_knowledge_base
+from grok.knowledge.loader import UNRECOGNISED_DEVICE, KnowledgeBase, load_knowledge_base
 from grok.knowledge.models import (
     DeviationFinding,
     Disease,
@@ -318,7 +318,9 @@ class _Context:
         raw = record.get("biomarkers") or {}
         if not isinstance(raw, dict):
             raise TypeError("record['biomarkers'] must be a mapping of biomarker id -> value")
-        self.device, note = kb.resolve_device(record.get("device"))
+        self.device_text = record.get("device")
+        self.device, note = kb.resolve_device(self.device_text)
+        self.device_note = note if self.device == UNRECOGNISED_DEVICE else None
         if note:
             self.notes.append(note)
         sex = record.get("sex")
@@ -383,7 +385,7 @@ class _Context:
                 "",
                 f"no normative range for {biomarker} ({b.no_normal_range_reason or 'none in the knowledge base'})",
             )
-        for dev in (self.device, "any"):
+        for dev in self._devices_to_try():
             pool = [r for r in ranges if dev in r.devices]
             if not pool:
                 continue
@@ -396,8 +398,14 @@ class _Context:
             + ")"
             for r in ranges
         )
+        if self.device_note:
+            return None, "", f"{biomarker}: {self.device_note}; device-independent ranges: none"
         who = f"device {self.device}, sex {self.sex or 'unknown'}, age {'unknown' if self.age is None else f'{self.age:g}'}"
-        return None, "", f"no normative range of {biomarker} matches {who}; available: {avail}"
+        files = sorted({self.kb.origins.get(f"normative_ranges:{r.id}", "<merged>") for r in ranges})
+        return None, "", (
+            f"no normative range of {biomarker} matches {who}; available: {avail}. Fix: add a sourced "
+            f"normative_ranges entry that covers it (e.g. in an overlay folder; existing ones in {', '.join(files)})"
+        )
 
     def _filter_sex_age(self, pool: list[NormativeRange]) -> list[NormativeRange]:
         def age_ok(r: NormativeRange) -> bool:
@@ -410,14 +418,20 @@ class _Context:
                 return sorted(banded or cands, key=lambda r: r.id)
         return []
 
+    def _devices_to_try(self) -> tuple[str, ...]:
+        # an unrecognised device only gets device-independent ranges and cut-offs
+        return ("any",) if self.device == UNRECOGNISED_DEVICE else (self.device, "any")
+
     def choose_thresholds(self, f: ThresholdFinding) -> tuple[ThresholdSet | None, str]:
-        for dev in (self.device, "any"):
+        for dev in self._devices_to_try():
             sets = [ts for ts in f.thresholds if dev in ts.devices]
             for sex in [self.sex, "any"] if self.sex else ["any"]:
                 for ts in sets:
                     if ts.sex == sex:
                         return ts, ""
         avail = "; ".join(f"{'/'.join(ts.devices)} sex {ts.sex}" for ts in f.thresholds)
+        if self.device_note:
+            return None, f"{f.id}: {self.device_note} (cut-offs defined for: {avail})"
         return None, (
             f"{f.id}: no cut-offs for device {self.device}, sex {self.sex or 'unknown'} "
             f"(defined for: {avail})"
