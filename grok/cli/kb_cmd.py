@@ -1,6 +1,7 @@
 """CLI for the knowledge base: ``grok kb validate``, ``grok reason`` and ``grok label``.
 
 Run as: grok kb validate [DIR ...] [--overlay] [--json]
+        grok kb coverage [--device D] [--age A] [--sex S] [--kb DIR] [--overlay] [--json]
         grok reason RECORD.json [--kb DIR] [--overlay] [--json]
         grok label COHORT.csv --out labels.parquet [--kb DIR] [--overlay] [--json]
 
@@ -112,6 +113,66 @@ def snapshot(
     """Print the snapshot id (``kb-`` + 16 hex digits) of a valid knowledge base on stdout."""
     kb = _load(dirs, overlay)
     typer.echo(kb.snapshot_id)
+
+
+@kb_app.command("coverage")
+def coverage_cmd(
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", help="Device id, alias or 'manufacturer model' text (repeatable); "
+                     "default: spectralis, cirrus and topcon."),
+    ] = None,
+    age: Annotated[
+        list[float] | None, typer.Option("--age", help="Age in years (repeatable); default 40, 50, ... 90.")
+    ] = None,
+    sex: Annotated[list[str] | None, typer.Option("--sex", help="F or M (repeatable); default both.")] = None,
+    kb_dirs: KbOpt = None,
+    overlay: OverlayOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per category, which findings the knowledge base can evaluate for a device, age and sex, and why not.
+
+    Exit 0; exit 1 when a device is not in the knowledge base (the message names the file to fix).
+    """
+    from grok.knowledge.coverage import kb_coverage
+
+    kb = _load(kb_dirs, overlay)
+    for s in sex or []:
+        if s.strip().upper() not in ("F", "M"):
+            fail(f"--sex {s!r}: use F or M", ExitCode.BAD_INPUT)
+    for a in age or []:
+        if not 0 <= a <= 120:
+            fail(f"--age {a:g}: give an age in years between 0 and 120", ExitCode.BAD_INPUT)
+    grid = [
+        kb_coverage(kb, device=d, age_years=a, sex=s)
+        for d in (device or ["spectralis", "cirrus", "topcon"])
+        for a in (age or [40.0, 50.0, 60.0, 70.0, 80.0, 90.0])
+        for s in (sex or ["F", "M"])
+    ]
+    unknown = [g for g in grid if g["device_note"]]
+    if as_json:
+        print_json(grid if len(grid) > 1 else grid[0])
+    else:
+        for g in grid:
+            console.print(
+                f"device={g['device']} age={g['age_years']:g} sex={g['sex']}  ({g['kb_snapshot_id']})",
+                highlight=False, markup=False, soft_wrap=True,
+            )
+            for c in g["categories"]:
+                if not c["findings"]:
+                    continue
+                console.print(
+                    f"  {c['category']:22s} key evaluable {len(c['key_evaluable'])}/{len(c['key_findings'])}: "
+                    + (", ".join(c["key_evaluable"]) or "none"),
+                    highlight=False, markup=False, soft_wrap=True,
+                )
+                for f in c["findings"]:
+                    if f["status"] != "evaluable":
+                        console.print(f"      not {f['finding']} ({f['status']}): {f['reason']}",
+                                      highlight=False, markup=False, soft_wrap=True)
+    if unknown:
+        console.print(f"error: {unknown[0]['device_note']}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(int(ExitCode.FAILED))
 
 
 def _read_json(path: Path) -> Any:

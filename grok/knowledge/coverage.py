@@ -1,0 +1,124 @@
+"""Knowledge-base coverage: which findings of each category can be evaluated for a device, age and sex.
+
+Run as: grok kb coverage [--device spectralis --age 67 --sex F] [--json]
+
+A finding is *evaluable* for a (device, age, sex) when the knowledge base holds what it needs to turn
+a value into a grade: a normative range that matches (deviation findings), cut-offs that apply
+(threshold findings), or, for lesion findings, a lesion type some extractor counts (a
+``count_biomarker``). Whether a record actually carries the value is a different question (the
+reasoner answers it per record); this one is about the knowledge, so a gap here is a gap for every
+record of that kind. The same range choice as the reasoner is used (``_Context.choose_range``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from grok import ids as canonical
+from grok.knowledge.loader import KnowledgeBase
+from grok.knowledge.models import DeviationFinding, LesionFinding, ThresholdFinding
+
+EVALUABLE, NO_RANGE, NO_EXTRACTOR = "evaluable", "no_range", "no_extractor"
+
+
+@dataclass
+class FindingCoverage:
+    finding: str
+    kind: str
+    biomarker: str | None
+    status: str  # evaluable | no_range | no_extractor
+    range_id: str | None
+    source: str | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CategoryCoverage:
+    category: str
+    name: str
+    findings: list[FindingCoverage] = field(default_factory=list)
+
+    @property
+    def evaluable(self) -> list[str]:
+        return [f.finding for f in self.findings if f.status == EVALUABLE]
+
+    @property
+    def key_findings(self) -> list[str]:
+        """The category's supporting findings that an extractor could feed (lesion types nobody
+        counts are listed but are not *key*: no build can evaluate them from images alone)."""
+        return [f.finding for f in self.findings if f.status != NO_EXTRACTOR]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "category": self.category,
+            "name": self.name,
+            "evaluable": self.evaluable,
+            "not_evaluable": [f.finding for f in self.findings if f.status != EVALUABLE],
+            "key_findings": self.key_findings,
+            "key_evaluable": [f for f in self.key_findings if f in self.evaluable],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def _finding_coverage(fid: str, kb: KnowledgeBase, ctx) -> FindingCoverage:
+    f = kb.findings[fid]
+    if isinstance(f, DeviationFinding):
+        rng, _dev, why = ctx.choose_range(f.biomarker)
+        if rng is None:
+            return FindingCoverage(fid, f.kind, f.biomarker, NO_RANGE, None, None, why)
+        return FindingCoverage(fid, f.kind, f.biomarker, EVALUABLE, rng.id, rng.source,
+                               f"range {rng.id} ({rng.population})")
+    if isinstance(f, ThresholdFinding):
+        ts, why = ctx.choose_thresholds(f)
+        if ts is None:
+            return FindingCoverage(fid, f.kind, f.biomarker, NO_RANGE, None, None, why)
+        scope = "all devices" if ts.devices == ["any"] else "/".join(ts.devices)
+        return FindingCoverage(fid, f.kind, f.biomarker, EVALUABLE, None, f.source,
+                               f"cut-offs for {scope}, sex {ts.sex}")
+    assert isinstance(f, LesionFinding)
+    lt = kb.lesion_types[f.lesion_type]
+    if lt.count_biomarker is None:
+        return FindingCoverage(fid, f.kind, None, NO_EXTRACTOR, None, f.source,
+                               f"lesion type {f.lesion_type!r} has no count_biomarker: no extractor assesses it; "
+                               "it is evaluable only when a record lists it (lesions / lesion_types_assessed)")
+    return FindingCoverage(fid, f.kind, lt.count_biomarker, EVALUABLE, None, f.source,
+                           f"counted by {lt.count_biomarker}")
+
+
+def kb_coverage(
+    kb: KnowledgeBase, *, device: str | None = None, age_years: float | None = None, sex: str | None = None
+) -> dict[str, Any]:
+    """Per category (disease), which supporting findings are evaluable for ``device``/``age``/``sex``.
+
+    Returns a JSON-ready mapping: ``device`` (resolved id), ``device_note`` (set when the device text
+    matched no device), ``age_years``, ``sex``, ``categories`` (one entry per disease with
+    ``evaluable``, ``not_evaluable``, ``key_findings``, ``key_evaluable`` and per-finding reasons).
+    """
+    from grok.knowledge.reasoner import _Context
+
+    ctx = _Context({"biomarkers": {}, "device": device, "sex": sex, "age_years": age_years}, kb)
+    cats: list[CategoryCoverage] = []
+    first = [c for c in canonical.CATEGORIES if c in kb.diseases]
+    for did in first + sorted(set(kb.diseases) - set(first)):
+        d = kb.diseases[did]
+        refs = [r.finding for r in d.differential.supporting]
+        seen: list[str] = []
+        for r in refs:
+            if r not in seen:
+                seen.append(r)
+        cats.append(CategoryCoverage(did, d.name, [_finding_coverage(fid, kb, ctx) for fid in seen]))
+    return {
+        "kb_snapshot_id": kb.snapshot_id,
+        "device": ctx.device,
+        "device_note": ctx.device_note,
+        "age_years": ctx.age,
+        "sex": ctx.sex,
+        "categories": [c.to_dict() for c in cats],
+    }
+
+
+__all__ = ["EVALUABLE", "NO_EXTRACTOR", "NO_RANGE", "kb_coverage"]
