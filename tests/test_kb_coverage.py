@@ -107,3 +107,25 @@ def test_cli_kb_coverage_table_json_and_unknown_device():
     bad = runner.invoke(app, ["kb", "coverage", "--device", "Acme Retina 9000", "--age", "60"])
     assert bad.exit_code == 1 and "kb.yaml" in bad.output and "aliases" in bad.output
     assert runner.invoke(app, ["kb", "coverage", "--sex", "X"]).exit_code != 0
+
+
+def test_phantom_writes_each_device_and_ingest_keeps_it(tmp_path):
+    """The phantom names a real device on every OCT; ingestion keeps manufacturer and model; the
+    records stage resolves them to the knowledge base's device ids."""
+    import pyarrow.parquet as pq
+
+    from grok.ingest.pipeline import ingest
+    from grok.phantom.archive import PHANTOM_OCT_DEVICES, PhantomConfig, write_phantom
+    from grok.stages.records_stage import _device_of, _manifest_devices
+
+    write_phantom(PhantomConfig(subjects=3, oct_shape=(3, 320, 64), cfp_size=128, exports=False,
+                                single_frame_fraction=0.0), tmp_path / "arch")
+    ingest(str(tmp_path / "arch"), tmp_path / "build" / "ingest")
+    rows = pq.read_table(tmp_path / "build" / "ingest" / "manifest.parquet").to_pylist()
+    octs = {(r["manufacturer"], r["model"]) for r in rows if r["modality"] == "oct"}
+    assert octs == set(PHANTOM_OCT_DEVICES)
+    devices = _manifest_devices(tmp_path / "build")
+    got = {_device_of({"oct_image_id": r["image_id"]}, devices, KB)["device"] for r in rows if r["modality"] == "oct"}
+    assert got == {"spectralis", "cirrus", "topcon"}
+    none = _device_of({"oct_image_id": "missing"}, devices, KB)
+    assert none["device"] == "generic" and "no manufacturer or model" in none["device_note"]

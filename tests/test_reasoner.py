@@ -342,3 +342,22 @@ def test_missing_inputs_never_produce_a_finding(bms, sex, device):
     # and every biomarker a rule needed but did not get is listed as missing
     needed = {f.biomarker for f in KB.findings.values() if not hasattr(f, "lesion_type")}
     assert needed - given_ids <= set(r.missing)
+
+
+def test_engine_measured_values_fall_back_to_the_engine_convention_and_say_so():
+    # a 74-year-old on a Topcon: outside the UK Biobank ages of the only Topcon CST range
+    scanner = reason(rec({"macular_thickness_central_um": 380.0}, device="topcon", age_years=74))
+    assert scanner.finding("central_subfield_thickening") is None  # scanner-exported value: no borrowing
+    engine = reason(rec({"macular_thickness_central_um": 380.0}, device="topcon", age_years=74,
+                        engine_measured=True))
+    f = engine.finding("central_subfield_thickening")
+    assert f.normal_range.device_matched == "generic" and "engine" in f.explanation and "topcon" in f.explanation
+    dme = engine.finding("cst_dme_threshold")
+    assert dme is not None and "engine" in dme.explanation
+    # the scanner's own range still wins where it covers the record
+    own = reason(rec({"macular_thickness_central_um": 380.0}, device="topcon", age_years=60, engine_measured=True))
+    assert own.finding("central_subfield_thickening").normal_range.id == "cst_topcon_patel2016"
+    assert "engine" not in own.finding("central_subfield_thickening").explanation
+    # an unknown device is flagged even for engine-measured values
+    odd = reason(rec({"macular_thickness_central_um": 380.0}, device="Acme OCT 9", engine_measured=True))
+    assert odd.finding("central_subfield_thickening") is None

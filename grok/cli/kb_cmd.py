@@ -1,7 +1,7 @@
 """CLI for the knowledge base: ``grok kb validate``, ``grok reason`` and ``grok label``.
 
 Run as: grok kb validate [DIR ...] [--overlay] [--json]
-        grok kb coverage [--device D] [--age A] [--sex S] [--kb DIR] [--overlay] [--json]
+        grok kb coverage [--device D] [--age A] [--sex S] [--engine-measured] [--kb DIR] [--overlay] [--json]
         grok reason RECORD.json [--kb DIR] [--overlay] [--json]
         grok label COHORT.csv --out labels.parquet [--kb DIR] [--overlay] [--json]
 
@@ -126,6 +126,10 @@ def coverage_cmd(
         list[float] | None, typer.Option("--age", help="Age in years (repeatable); default 40, 50, ... 90.")
     ] = None,
     sex: Annotated[list[str] | None, typer.Option("--sex", help="F or M (repeatable); default both.")] = None,
+    engine_measured: Annotated[
+        bool, typer.Option("--engine-measured", help="As for a build's records: values measured by this engine, "
+                           "so its own ILM -> BM ranges are the last fallback.")
+    ] = False,
     kb_dirs: KbOpt = None,
     overlay: OverlayOpt = False,
     as_json: JsonOpt = False,
@@ -144,7 +148,7 @@ def coverage_cmd(
         if not 0 <= a <= 120:
             fail(f"--age {a:g}: give an age in years between 0 and 120", ExitCode.BAD_INPUT)
     grid = [
-        kb_coverage(kb, device=d, age_years=a, sex=s)
+        kb_coverage(kb, device=d, age_years=a, sex=s, engine_measured=engine_measured)
         for d in (device or ["spectralis", "cirrus", "topcon"])
         for a in (age or [40.0, 50.0, 60.0, 70.0, 80.0, 90.0])
         for s in (sex or ["F", "M"])

@@ -90,17 +90,25 @@ def _finding_coverage(fid: str, kb: KnowledgeBase, ctx) -> FindingCoverage:
 
 
 def kb_coverage(
-    kb: KnowledgeBase, *, device: str | None = None, age_years: float | None = None, sex: str | None = None
+    kb: KnowledgeBase,
+    *,
+    device: str | None = None,
+    age_years: float | None = None,
+    sex: str | None = None,
+    engine_measured: bool = False,
 ) -> dict[str, Any]:
     """Per category (disease), which supporting findings are evaluable for ``device``/``age``/``sex``.
 
     Returns a JSON-ready mapping: ``device`` (resolved id), ``device_note`` (set when the device text
     matched no device), ``age_years``, ``sex``, ``categories`` (one entry per disease with
     ``evaluable``, ``not_evaluable``, ``key_findings``, ``key_evaluable`` and per-finding reasons).
+    ``engine_measured`` evaluates as for a build's records (values measured by this engine, so the
+    engine-convention ranges are the last fallback); the default is for values exported by the scanner.
     """
     from grok.knowledge.reasoner import _Context
 
-    ctx = _Context({"biomarkers": {}, "device": device, "sex": sex, "age_years": age_years}, kb)
+    ctx = _Context({"biomarkers": {}, "device": device, "sex": sex, "age_years": age_years,
+                    "engine_measured": engine_measured}, kb)
     cats: list[CategoryCoverage] = []
     first = [c for c in canonical.CATEGORIES if c in kb.diseases]
     for did in first + sorted(set(kb.diseases) - set(first)):
@@ -115,6 +123,7 @@ def kb_coverage(
         "kb_snapshot_id": kb.snapshot_id,
         "device": ctx.device,
         "device_note": ctx.device_note,
+        "engine_measured": engine_measured,
         "age_years": ctx.age,
         "sex": ctx.sex,
         "categories": [c.to_dict() for c in cats],

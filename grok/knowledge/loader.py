@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -457,7 +458,7 @@ class _Checker:
         reported: set[tuple[str, str]] = set()
         for (bio, dev, sex), rs in sorted(by_key.items()):
             rs = sorted(rs, key=lambda r: (r.age_band.min_years, r.id))
-            for a, b in zip(rs, rs[1:]):
+            for a, b in pairwise(rs):
                 if b.age_band.min_years < a.age_band.max_years and (a.id, b.id) not in reported:
                     reported.add((a.id, b.id))
                     self.err(

@@ -8,11 +8,15 @@ A record is a mapping::
      "device": "spectralis" | "cirrus" | "topcon" | "generic" | free text (matched against aliases),
      "sex": "F" | "M", "age_years": 63.0, "laterality": "OD" | "OS",
      "lesions": [{"type": "drusen", "diameter_um": 140.0}, ...],          # optional
-     "lesion_types_assessed": ["av_nicking", ...]}                        # optional
+     "lesion_types_assessed": ["av_nicking", ...],                        # optional
+     "engine_measured": true}                                             # optional
 
-Values measured by this engine's own segmentation (ILM -> BM) should carry ``device: generic`` (or
-none); the scanner's name is for values exported by the scanner's software, whose conventions the
-device-specific ranges follow.
+``device`` is the scanner (its name as DICOM writes it is fine). Ranges of that device come first,
+then device-independent ones; a device text the knowledge base does not know gets only the latter
+(never a silent generic range). ``engine_measured: true`` (set by the records stage) says the values
+were measured by this engine's own segmentation (ILM -> BM), not exported by the scanner: after the
+scanner's and the device-independent ranges, the engine-convention (``generic``) ranges apply, and
+the finding's explanation says so.
 
 Rules (all data in the knowledge base, none here):
 
@@ -319,6 +323,10 @@ class _Context:
         if not isinstance(raw, dict):
             raise TypeError("record['biomarkers'] must be a mapping of biomarker id -> value")
         self.device_text = record.get("device")
+        # values measured by this engine (ILM -> BM, its own boundaries), not exported by the scanner:
+        # after the scanner's own and device-independent ranges, the engine-convention ('generic')
+        # ranges apply, and the finding says so
+        self.engine_measured = record.get("engine_measured") is True
         self.device, note = kb.resolve_device(self.device_text)
         self.device_note = note if self.device == UNRECOGNISED_DEVICE else None
         if note:
@@ -420,7 +428,19 @@ class _Context:
 
     def _devices_to_try(self) -> tuple[str, ...]:
         # an unrecognised device only gets device-independent ranges and cut-offs
-        return ("any",) if self.device == UNRECOGNISED_DEVICE else (self.device, "any")
+        if self.device == UNRECOGNISED_DEVICE:
+            return ("any",)
+        fallback = ("generic",) if self.engine_measured and self.device != "generic" else ()
+        return (self.device, "any", *fallback)
+
+    def fallback_note(self, device_matched: str) -> str:
+        """Text added to a finding evaluated with the engine-convention fallback."""
+        if device_matched != "generic" or self.device == "generic":
+            return ""
+        return (
+            f"; no {self.device} range or cut-off covers this record, so this engine's own ILM -> BM "
+            "reference ('generic') was used for its engine-measured value"
+        )
 
     def choose_thresholds(self, f: ThresholdFinding) -> tuple[ThresholdSet | None, str]:
         for dev in self._devices_to_try():
@@ -479,6 +499,7 @@ def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
     )
     if dev_info["z"] is not None:
         expl += f"; z = {dev_info['z']:.2f}"
+    expl += ctx.fallback_note(dev)
     finding = Finding(
         f.id,
         f.name,
@@ -534,6 +555,8 @@ def _eval_threshold(f: ThresholdFinding, ctx: _Context) -> _State:
         + f" {op[key]} {hit.cut:g} {unit}".rstrip()
         + f" (cut-off for {scope})"
     )
+    if ctx.device not in ts.devices and "any" not in ts.devices:
+        expl += ctx.fallback_note("generic")
     dev_info = None
     rng_used = None
     rng, dev, _ = ctx.choose_range(f.biomarker) if ctx.kb.ranges_for(f.biomarker) else (None, "", "")

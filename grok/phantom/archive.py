@@ -57,6 +57,16 @@ _OPERATORS = ["TECHNICIAN^ROWENA", "TECHNICIAN^ALISTAIR"]
 #: Age ranges (years) by category, roughly as these conditions present in a biobank cohort.
 _AGE = {"normal": (40, 75), "amd": (65, 85), "glaucoma": (55, 82), "diabetes": (45, 78), "hypertension": (50, 80),
         "alzheimers": (68, 88), "diabetic_retinopathy": (45, 78)}
+#: Manufacturer and model the phantom writes on its OCT objects (DICOM Manufacturer /
+#: ManufacturerModelName, export sidecars), dealt to subjects by index so every build names each
+#: device the knowledge base has OCT ranges for. Only the names vary: every cube keeps the configured
+#: geometry (Spectralis-like by default).
+PHANTOM_OCT_DEVICES: tuple[tuple[str, str], ...] = (
+    ("Heidelberg Engineering", "Spectralis"),
+    ("Carl Zeiss Meditec", "Cirrus HD-OCT 5000"),
+    ("Topcon", "3D OCT-1000 Mark II"),
+)
+
 #: Ocular categories may affect one eye only; systemic ones show in both.
 _OCULAR = {"amd", "glaucoma", "diabetic_retinopathy"}
 
@@ -340,6 +350,7 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
     study_uid = phantom_uid("study", cfg.seed, s.index)
     truth_lines: list[dict[str, Any]] = []
     n, rows, cols = cfg.oct_shape
+    oct_maker, oct_model = PHANTOM_OCT_DEVICES[s.index % len(PHANTOM_OCT_DEVICES)]
     geom = OctGeometry(n_bscans=n, rows=rows, cols=cols, axial_um=cfg.oct_spacing_um[0],
                        lateral_um=cfg.oct_spacing_um[1], bscan_spacing_um=cfg.oct_spacing_um[2])
     spacing_mm = (cfg.oct_spacing_um[0] / 1000.0, cfg.oct_spacing_um[1] / 1000.0, cfg.oct_spacing_um[2] / 1000.0)
@@ -366,11 +377,13 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
                 write_opt(sdir / f"{k + 1:04d}.dcm", vol.volume, ident, laterality=eye, study_uid=study_uid,
                           series_uid=opt_series, sop_instance=phantom_uid("oct", cfg.seed, s.index, eye, k),
                           spacing_mm=spacing_mm, fundus_sop_instance=cfp_uid,
-                          fundus_shape=fundus.image.shape[:2], frames=[k], instance_number=k + 1)
+                          fundus_shape=fundus.image.shape[:2], frames=[k], instance_number=k + 1,
+                          manufacturer=oct_maker, model=oct_model)
         else:
             write_opt(ddir / f"OCT_{eye}.dcm", vol.volume, ident, laterality=eye, study_uid=study_uid,
                       series_uid=opt_series, sop_instance=phantom_uid("oct", cfg.seed, s.index, eye),
-                      spacing_mm=spacing_mm, fundus_sop_instance=cfp_uid, fundus_shape=fundus.image.shape[:2])
+                      spacing_mm=spacing_mm, fundus_sop_instance=cfp_uid, fundus_shape=fundus.image.shape[:2],
+                      manufacturer=oct_maker, model=oct_model)
         tdir = out / "truth"
         np.savez_compressed(tdir / f"{key}_oct.npz", boundaries=vol.boundaries, choroid_sclera=vol.choroid_sclera,
                             **{f"mask_{k}": v for k, v in vol.masks.items()})
@@ -390,7 +403,8 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
                       series_uid=phantom_uid("rnfl-series", cfg.seed, s.index, eye),
                       sop_instance=phantom_uid("rnfl", cfg.seed, s.index, eye),
                       spacing_mm=(circ.axial_um / 1000.0, circ.lateral_um / 1000.0, circ.lateral_um / 1000.0),
-                      fundus_sop_instance=None, series_description="Peripapillary RNFL circle scan")
+                      fundus_sop_instance=None, series_description="Peripapillary RNFL circle scan",
+                      manufacturer=oct_maker, model=oct_model)
             np.savez_compressed(tdir / f"{key}_circle.npz", boundaries=circ.boundaries)
             truth_lines.append(dict(base, modality="oct", key=f"{key}_circle", pixel_sha256=_pixel_sha(cvol),
                                     scan_pattern="circle", truth={"biomarkers": circ.biomarkers}))
@@ -406,7 +420,7 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
             for k in range(n):
                 _png(edir / "oct" / f"bscan_{k:03d}.png", vol.volume[k])
             (edir / "oct" / "volume.json").write_text(json.dumps(dict(
-                side_common, modality="oct", scan_pattern="volume",
+                side_common, manufacturer=oct_maker, model=oct_model, modality="oct", scan_pattern="volume",
                 spacing_mm={"axial": spacing_mm[0], "lateral": spacing_mm[1], "slice": spacing_mm[2]}), indent=1))
             if s.index % 2 == 0:  # some exports show the patient in the pixels (ingestion must quarantine them)
                 from PIL import Image

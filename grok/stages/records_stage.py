@@ -58,6 +58,32 @@ def _lesions_for_reasoner(lesions: list[dict[str, Any]], spacing_mm: list[float]
     return out
 
 
+def _device_of(row: dict[str, Any], devices: dict[str, tuple[str | None, str | None]], kb) -> dict[str, Any]:
+    """The acquisition device of a study: manufacturer and model of its OCT (else circle scan, else
+    photo) as the manifest read them (DICOM, vendor header or export sidecar), resolved to a
+    knowledge-base device id. ``device_text`` is what the reasoner is given: unknown text is flagged
+    there (device-specific ranges unused), never turned into a silent generic range."""
+    for key in ("oct_image_id", "circle_image_id", "cfp_image_id"):
+        manufacturer, model = devices.get(row.get(key) or "", (None, None))
+        text = " ".join(str(x).strip() for x in (manufacturer, model) if x and str(x).strip())
+        if text:
+            dev_id, note = kb.resolve_device(text)
+            return {"device": dev_id, "device_text": text, "device_image_id": row.get(key),
+                    "manufacturer": manufacturer, "model": model, "device_note": note}
+    return {"device": "generic", "device_text": None, "device_image_id": None, "manufacturer": None,
+            "model": None, "device_note": "no manufacturer or model in the manifest for this study's images"}
+
+
+def _manifest_devices(build: Path) -> dict[str, tuple[str | None, str | None]]:
+    m = build / "ingest" / "manifest.parquet"
+    if not m.exists():
+        return {}
+    cols = [c for c in ("image_id", "manufacturer", "model") if c in pq.read_schema(m).names]
+    if "image_id" not in cols:
+        return {}
+    return {r["image_id"]: (r.get("manufacturer"), r.get("model")) for r in pq.read_table(m, columns=cols).to_pylist()}
+
+
 def _visit_tokens(df: pd.DataFrame, labels: pd.DataFrame, kb, deid: DeidConfig | None) -> list[str | None]:
     """Per label row, its cohort row's visit date de-identified like the images' (None when undated)."""
     col = (kb.cohort.fields.get("visit_date") if kb.cohort else None) or "visit_date"
@@ -147,6 +173,7 @@ def build_records(
     else:
         by_key = {}
     bio = pq.read_table(build / "biomarkers.parquet").to_pylist()
+    devices = _manifest_devices(build)
     records, quarantine = [], []
     for row in bio:
         sid = row["study_id"]
@@ -170,8 +197,9 @@ def build_records(
         for b in POSITION_IDS:
             biomarkers[b] = row.get(b)
         lesions = json.loads(row["lesions"] or "[]")
+        device = _device_of(row, devices, kb)
         rec_in = {
-            "biomarkers": biomarkers, "device": "generic", "sex": row.get("sex"),
+            "biomarkers": biomarkers, "device": device["device_text"], "engine_measured": True, "sex": row.get("sex"),
             "age_years": _clean(row.get("age_years")), "laterality": row["eye"],
             "lesions": _lesions_for_reasoner(lesions, row.get("oct_spacing_mm"), row.get("cfp_pixel_spacing_mm")),
         }
@@ -184,7 +212,9 @@ def build_records(
         extractors = json.loads(row["extractors"] or "{}")
         records.append({
             "study_id": sid, "patient_id": row["patient_id"], "eye": row["eye"], "visit": row["visit"],
-            "age_years": _clean(row.get("age_years")), "sex": row.get("sex"), "device": "generic",
+            "age_years": _clean(row.get("age_years")), "sex": row.get("sex"), "device": device["device"],
+            "device_source": {k: device[k] for k in ("device_text", "device_image_id", "manufacturer", "model",
+                                                     "device_note")},
             "label": primary, "labels": list(lab_list or [primary]),
             "biomarkers": biomarkers,
             "quality": {"oct": json.loads(row["oct_quality"] or "{}"),
