@@ -361,3 +361,16 @@ def test_engine_measured_values_fall_back_to_the_engine_convention_and_say_so():
     # an unknown device is flagged even for engine-measured values
     odd = reason(rec({"macular_thickness_central_um": 380.0}, device="Acme OCT 9", engine_measured=True))
     assert odd.finding("central_subfield_thickening") is None
+
+
+def test_spectralis_example_from_issue_20():
+    """A 67-year-old woman on a Spectralis, peripapillary RNFL 70 µm and GC-IPL 60 µm."""
+    r = reason({"biomarkers": {"rnfl_peripapillary_mean_um": 70.0, "gcipl_thickness_um": 60.0},
+                "device": "Heidelberg Engineering Spectralis", "sex": "F", "age_years": 67, "laterality": "OD"}, KB)
+    rnfl = r.finding("rnfl_peripapillary_thinning")
+    assert r.device == "spectralis" and rnfl.grade == 2
+    assert rnfl.normal_range.id == "rnfl_pp_mean_spectralis_alasil2013" and rnfl.normal_range.source == "alasil2013"
+    assert "alasil2013" in rnfl.sources
+    # no verified Spectralis GC-IPL range is bundled: not evaluable, with the reason and the fix
+    why = {n["finding"]: n["reason"] for n in r.not_evaluable}["gcipl_thinning"]
+    assert "device spectralis" in why and "Fix:" in why
