@@ -327,7 +327,8 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         "cup": disc.cup_mask if disc.cup_mask is not None else np.zeros_like(fov.mask),
     }
     if wk.scale != 1.0:
-        masks = {k: _upsample_mask(m, (H, W)) for k, m in masks.items()}
+        masks = {k: _upsample_mask(m, (H, W)) for k, m in masks.items() if k not in ("vessels", "arteries", "veins")}
+        masks.update(_vessel_masks_at(vm, art, vein, (H, W)))
     tick("output")
     extras["timing_cpu_s"] = {k: round(v, 4) for k, v in timing.items()}
     extras["seconds"] = time.perf_counter() - t0
@@ -335,8 +336,25 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                           extras=extras)
 
 
+def _vessel_masks_at(vm, art: np.ndarray, vein: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Vessel, artery and vein masks at the original size: the vessel border found again at that
+    resolution (``grok.cfp.vessels.vessel_mask_at``), each of its pixels typed as the nearest working
+    pixel labelled artery or vein (within 2 working px)."""
+    from grok.cfp.vessels import vessel_mask_at
+
+    ves = vessel_mask_at(vm, shape)
+    lab = np.zeros(art.shape, np.uint8)
+    lab[art] = 1
+    lab[vein & ~art] = 2
+    if lab.any():
+        dist, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
+        lab = np.where(dist <= 2.0, lab[iy, ix], 0).astype(np.uint8)
+    up = _upsample_mask(lab, shape)
+    return {"vessels": ves, "arteries": ves & (up == 1), "veins": ves & (up == 2)}
+
+
 def _upsample_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask to (H, W) (pixel centres mapped back)."""
+    """Nearest-neighbour resize of a mask (bool or labels) to (H, W) (pixel centres mapped back)."""
     H, W = shape
     h, w = m.shape
     yi = np.minimum(((np.arange(H) + 0.5) * h / H).astype(int), h - 1)
