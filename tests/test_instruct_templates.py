@@ -175,3 +175,17 @@ def test_box_convention():
         normalise_box([1, 2, 3], [10, 10])
     with pytest.raises(ValueError, match="width, height"):
         normalise_box([1, 2, 3, 4], [0, 10])
+
+
+def test_device_is_named_by_its_short_name_and_never_by_an_id():
+    """A Spectralis record's text says "on a Spectralis scan"; unknown / unrecognised / generic devices
+    are not named at all (never "on a unrecognised scan" or a lower-case id)."""
+    from grok.instruct.families import _device_phrase
+    from grok.instruct.records import _device_name
+    from grok.knowledge.loader import load_knowledge_base
+
+    kb = load_knowledge_base()
+    assert _device_phrase(_device_name("spectralis", kb)) == " on a Spectralis scan"
+    assert _device_phrase(_device_name("cirrus", kb)) == " on a Cirrus HD-OCT scan"
+    for dev in ("generic", "unrecognised", "unknown", "", None):
+        assert _device_phrase(_device_name(dev, kb)) == ""

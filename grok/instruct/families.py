@@ -78,8 +78,8 @@ def image_words(role: str) -> str:
     return ROLE_WORDS.get(role, "OCT B-scan")
 
 
-def _device_phrase(device: str) -> str:
-    return "" if device in ("generic", "", "unknown") else f" on a {device} scan"
+def _device_phrase(device_name: str) -> str:
+    return f" on a {device_name} scan" if device_name else ""
 
 
 def _parts(facts: StudyFacts) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def _parts(facts: StudyFacts) -> dict[str, Any]:
         "ranged": sorted((b for b in facts.biomarkers.values() if b.has_range and b.status is not None),
                          key=lambda b: b.id),
         "label": _label_entry(facts), "person": facts.person, "a_person": facts.a_person,
-        "device_phrase": _device_phrase(facts.device), "roles": base_roles(facts),
+        "device_phrase": _device_phrase(facts.device_name), "roles": base_roles(facts),
     }
     facts.memo["families"] = parts
     return parts

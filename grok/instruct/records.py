@@ -171,6 +171,8 @@ class StudyFacts:
     lesion_lengths_um: list[float] = field(default_factory=list)
     #: Knowledge-base cut-offs in µm that finding terms quote (drusen size classes): valid references.
     kb_lengths_um: list[float] = field(default_factory=list)
+    #: How the text names the acquisition device ("Spectralis"); empty for unknown / generic devices.
+    device_name: str = ""
     #: Values derived from these facts once and reused for every row of the study (verifier lookups).
     memo: dict[Any, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -310,6 +312,15 @@ def disease_mid(name: str) -> str:
     return name if name.startswith(("Alzheimer", "Parkinson")) else lower_first(name)
 
 
+def _device_name(device: Any, kb) -> str:
+    """The knowledge base's short name of a resolved device id; empty when the device is unknown,
+    unrecognised or generic (text then names no device rather than an id)."""
+    d = kb.devices.get(str(device or ""))
+    if d is None or d.id == "generic":
+        return ""
+    return d.short_name or d.name
+
+
 def _ref_phrase(ref: dict, kb) -> str:
     """How a supporting finding is named: the finding's name for deviations (the grade term alone,
     e.g. "thickened", would not say what is thickened), else the reasoner's term."""
@@ -366,7 +377,7 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
     return StudyFacts(
         study_id=str(rec["study_id"]), patient_id=str(rec["patient_id"]), eye=rec["eye"],
         eye_words=EYE_WORDS[rec["eye"]], age_years=finite_float(rec.get("age_years")), sex=sex,
-        device=str(rec.get("device") or "generic"), label=rec["label"],
+        device=str(rec.get("device") or "generic"), device_name=_device_name(rec.get("device"), kb), label=rec["label"],
         label_name=lex.disease_names.get(rec["label"], rec["label"]), label_status=label_status,
         biomarkers=bms, finding_state=state,
         findings=[{"id": f["id"], "name": f["name"], "term": f["term"], "biomarker": f.get("biomarker"),

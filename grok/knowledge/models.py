@@ -101,6 +101,8 @@ class Device(_Model):
     modality: list[Literal["oct", "cfp"]]
     aliases: list[str] = []
     description: str = ""
+    #: how generated text names the device ("on a Spectralis scan"); ``name`` when empty
+    short_name: str = ""
 
 
 class LesionType(_Model):
