@@ -703,7 +703,7 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
 
 _METHODS = {"classic": _boundaries_classic, "layered": _boundaries_layered}
 #: Method used per scan pattern when ``method="auto"``. The layered search is the default everywhere:
-#: on the real Spectralis scans in ``shared/real/oct`` the classic one put RNFL_GCL 20 px and BM 10 px
+#: on the real Spectralis scans in ``shared/real/oct`` the classic one put RNFL_GCL 20-28 px and BM 10 px
 #: off on a circle scan and BM 4.4 px off (with 23 nl of false subretinal fluid) on a macular line scan
 #: (``benchmarks/oct_real.py``). The classic search stays selectable for comparison.
 DEFAULT_METHOD = {"macula": "layered", "circle": "layered"}
