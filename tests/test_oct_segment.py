@@ -142,3 +142,22 @@ def test_confidence_marks_and_nans_a_boundary_without_edge():
     assert np.nanmean(conf[k, 200:300]) > 0.6  # untouched columns
     for name in ("ILM", "RPE", "BM"):
         assert np.isfinite(res.boundaries[BOUNDARIES.index(name)]).all()
+
+
+def test_bad_bscans_are_flagged_never_confidently_wrong():
+    """Blank, saturated, inverted and clipped B-scans: flagged with a reason, NaN where not measurable,
+    never a wrong layer order."""
+    geo = OctGeometry(n_bscans=3, rows=496, cols=384, bscan_spacing_um=400.0)
+    ph = synth_oct_volume("normal", "OD", np.random.default_rng(3), noise=1.0, geometry=geo)
+    b = ph.volume[1].astype(np.float32)
+    inverted = segment_bscan(b[::-1].copy(), 3.87, 11.7)
+    assert {"inverted_or_mirrored", "not_oct_like"} & set(inverted.flags) and np.isnan(inverted.boundaries).all()
+    clipped = b.copy()
+    clipped[clipped > np.percentile(clipped, 90)] = 255
+    res = segment_bscan(clipped, 3.87, 11.7)
+    assert "saturated_pixels" in res.flags
+    for img in (np.zeros_like(b), np.full_like(b, 255), b[::-1].copy(), clipped, b[150:].copy()):
+        r = segment_bscan(img, 3.87, 11.7)
+        d = np.diff(r.boundaries, axis=0)
+        assert np.all(d[np.isfinite(d)] >= 0)
+        assert r.flags or np.isfinite(r.boundaries).any()

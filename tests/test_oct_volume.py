@@ -110,3 +110,14 @@ def test_circle_scan_measure():
         assert abs(m.biomarkers[k] - v) < (5.0 if k.endswith("_mean_um") else 10.0), (k, m.biomarkers[k], v)
     nan = measure_circle(c.bscan, float("nan"), c.lateral_um)
     assert all(math.isnan(v) for v in nan.biomarkers.values()) and not nan.quality["usable"]
+
+
+def test_motion_between_bscans_is_flagged():
+    geo = OctGeometry(n_bscans=7, rows=496, cols=256, bscan_spacing_um=240.0)
+    ph = synth_oct_volume("normal", "OD", np.random.default_rng(4), geometry=geo)
+    steady = measure_volume(ph.volume, geo.spacing_mm, "OD")
+    assert "motion_between_bscans" not in steady.quality["flags"]
+    vol = ph.volume.copy()
+    vol[2] = np.concatenate([np.repeat(vol[2][:1], 30, axis=0), vol[2][:-30]])  # 116 um of axial motion
+    moved = measure_volume(vol, geo.spacing_mm, "OD")
+    assert moved.quality["flags"]["motion_between_bscans"].startswith("B-scans 2 sit")

@@ -240,6 +240,28 @@ def _fluid_over_rpe(band_mean: np.ndarray, ez: np.ndarray, rpeo: np.ndarray, env
     return lifted & np.isfinite(gap) & (lower >= 0.85 * upper) & (gap <= 0.45 * ref)
 
 
+def _vitreous_above(s1: np.ndarray, ilm: np.ndarray, low: np.ndarray, band_px: float, flags: dict[str, str]) -> bool:
+    """False (with a flag) when the band above the ILM is not darker than the retina below it by a clear
+    margin in most columns: an inverted (upside-down) or mirror-image B-scan."""
+    rows, cols = s1.shape
+    c = np.arange(cols)
+    r = np.clip(np.round(ilm), 0, rows - 1).astype(np.int64)
+    above = np.stack([s1[np.clip(r - 2 - k, 0, rows - 1), c] for k in range(max(1, int(band_px)))]).mean(axis=0)
+    below = np.stack([s1[np.clip(r + 2 + k, 0, rows - 1), c] for k in range(max(1, int(band_px)))]).mean(axis=0)
+    room = r >= int(band_px) + 3  # columns with a whole band above the ILM (a cut-off retina has none)
+    ok = ~low & room
+    if ok.sum() < 0.3 * cols:
+        return True
+    floor = float(np.percentile(s1[::2, ::2], 2))
+    dark = (above - floor) < 0.5 * (below - floor)
+    if dark[ok].mean() < 0.5:
+        flags["inverted_or_mirrored"] = ("the band above the first retinal edge is not dark in "
+                                         f"{1 - dark[ok].mean():.0%} of the columns: an inverted or mirror-image "
+                                         "B-scan; flip or re-export it")
+        return False
+    return True
+
+
 def _outer_level(band_mean: np.ndarray, ez: np.ndarray, bm: np.ndarray) -> np.ndarray:
     """Per column, the brightest outer-complex level (EZ .. BM, image averaged over ~20 um) above the
     image's floor (5th percentile)."""
@@ -332,6 +354,10 @@ def prepare_bscan(bscan: np.ndarray) -> tuple[np.ndarray | None, dict[str, str]]
     if not p997 - p1 > 1e-6 * max(1.0, abs(float(p997))):
         flags["constant_bscan"] = "the B-scan has (almost) no contrast"
         return None, flags
+    top = float(a.max())
+    sat = float(np.mean(sub >= top)) if top > p50 else 0.0
+    if sat > 0.02:  # the detector clipped: bright layers run together, their edges are lost
+        flags["saturated_pixels"] = f"{sat:.0%} of the pixels sit at the maximum value; bright-layer edges are unreliable"
     if (p50 - p1) / (p997 - p1) < 0.02 and a.min() >= 0:
         # linear (un-compressed) intensities, e.g. raw vendor floats: compress like the devices do
         a = np.power(a - a.min(), 0.25, dtype=np.float32)
@@ -697,6 +723,10 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
         np.where(absent, np.nan, v + sh) for v in (ez, rpeo, rpe, bm, elm, inl_opl, opl_onl, ipl_inl, rnfl_gcl))
     if not _oct_like(g / scale, ilm, np.where(absent, ilm, ez), flags):
         return None
+    # the vitreous above the ILM is the darkest part of a B-scan; an inverted or mirror-image B-scan
+    # puts the choroid there
+    if not _vitreous_above(s1, ilm, low, 60.0 / axial_um, flags):
+        return None
 
     return np.stack([ilm, rnfl_gcl, ipl_inl, inl_opl, opl_onl, elm, ez, rpe, bm]).astype(np.float64), low, dexp
 
@@ -783,8 +813,8 @@ def segment_bscan(
     near_ilm = np.abs(b - b[0][None, :]) <= 8.0 / axial_um
     weak = (conf < WEAK_CONFIDENCE) & ~near_ilm
     weak[[0, _I["RPE"], _I["BM"]]] = False
-    b[weak] = np.nan  # the NaN and the confidence say it per column; a flag when a boundary loses > 5 %
-    many = [k for k in range(len(BOUNDARIES)) if weak[k].mean() > 0.05]
+    b[weak] = np.nan  # the NaN and the confidence say it per column; a flag when a boundary loses > 10 %
+    many = [k for k in range(len(BOUNDARIES)) if weak[k].mean() > 0.10]
     if many:
         flags["weak_boundaries"] = ", ".join(f"{BOUNDARIES[k]} {int(weak[k].sum())}" for k in many) + \
             " columns NaN (edge under 15 % of its usual strength)"

@@ -165,6 +165,30 @@ def find_fovea(
     return (fi, fc), {"status": "ok", "inner_retina_centre_um": centre_val, "inner_retina_rim_um": rim}
 
 
+#: Axial offset (um) of a B-scan's Bruch's membrane from the median of its neighbours above which the
+#: B-scan is taken to have moved (eye motion between B-scans; the retina's own curvature between
+#: neighbours is far smaller at any usual B-scan spacing).
+MOTION_UM = 40.0
+
+
+def bscans_out_of_line(bm: np.ndarray, axial_um: float) -> list[int]:
+    """Indices of B-scans whose median Bruch's membrane row is more than :data:`MOTION_UM` off the median
+    of the (three or four) B-scans around it (bm : (n_bscans, cols) rows, NaN where not found; the first
+    and last B-scans, which have only two, are not judged). The median
+    of the neighbours keeps one moved B-scan from implicating the ones beside it."""
+    n = bm.shape[0]
+    if n < 3 or not math.isfinite(axial_um):
+        return []
+    with np.errstate(all="ignore"):
+        med = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.nan for r in bm])
+    out = []
+    for i in range(n):
+        around = [med[j] for j in range(max(0, i - 2), min(n, i + 3)) if j != i and np.isfinite(med[j])]
+        if np.isfinite(med[i]) and len(around) >= 3 and abs(med[i] - float(np.median(around))) * axial_um > MOTION_UM:
+            out.append(i)
+    return out
+
+
 def measure_volume(
     volume: np.ndarray,
     spacing_mm: tuple[float, float, float] | None,
@@ -211,6 +235,11 @@ def measure_volume(
         images.append(res.image)
         fines.append(res.fine)
     valid_frac = float(np.isfinite(seg).all(axis=1).mean())
+    moved = bscans_out_of_line(seg[:, _B["BM"]], ax)
+    if moved:
+        flags["motion_between_bscans"] = (f"B-scans {', '.join(map(str, moved))} sit more than "
+                                          f"{MOTION_UM:.0f} um off the line of their neighbours (eye motion); "
+                                          "thickness maps there are unreliable")
     for i, fl in bscan_flags.items():
         for k, v in fl.items():
             flags.setdefault(k, f"B-scan {i}: {v}" + (" (and others)" if sum(k in f for f in bscan_flags.values()) > 1 else ""))
