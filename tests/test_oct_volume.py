@@ -121,3 +121,17 @@ def test_motion_between_bscans_is_flagged():
     vol[2] = np.concatenate([np.repeat(vol[2][:1], 30, axis=0), vol[2][:-30]])  # 116 um of axial motion
     moved = measure_volume(vol, geo.spacing_mm, "OD")
     assert moved.quality["flags"]["motion_between_bscans"].startswith("B-scans 2 sit")
+
+
+def test_repair_across_bscans_fixes_a_slip_and_keeps_real_change():
+    from grok.oct.volume import _repair_across_bscans
+
+    seg = np.tile(np.linspace(100, 300, 9)[None, :, None], (5, 1, 40)).astype(np.float32)
+    seg[2, 3, 10:20] += 15.0  # a 58-um slip of INL_OPL on one B-scan only
+    seg[3:, 5, :] += 8.0  # a real, gradual change (ELM moves on two B-scans): under the tolerance
+    ref = seg.copy()
+    n = _repair_across_bscans(seg, 3.87, 120.0)
+    assert n == 10 and np.allclose(seg[2, 3, 10:20], ref[1, 3, 10:20])
+    assert np.array_equal(seg[:, 5], ref[:, 5])
+    sparse = ref.copy()
+    assert _repair_across_bscans(sparse, 3.87, 240.0) == 0 and np.array_equal(sparse, ref)  # too far apart

@@ -171,6 +171,35 @@ def find_fovea(
 MOTION_UM = 40.0
 
 
+#: A boundary point further than this (um) from the rows of both neighbouring B-scans' same column, while
+#: those agree with each other, is taken as a segmentation slip and set to the three-B-scan median.
+REPAIR_UM = 12.0
+#: Largest B-scan spacing (um) at which neighbouring B-scans are close enough to vouch for each other.
+REPAIR_MAX_SPACING_UM = 150.0
+
+
+def _repair_across_bscans(seg: np.ndarray, axial_um: float, bscan_um: float) -> int:
+    """3-D consistency for dense cubes: in place, a boundary row that leaves both neighbours' rows (same
+    column) by more than :data:`REPAIR_UM` while the neighbours agree within it becomes the median of the
+    three. Returns how many points were changed (0 when B-scans are further apart than
+    :data:`REPAIR_MAX_SPACING_UM`, where real anatomy changes between them)."""
+    n = seg.shape[0]
+    if n < 3 or not (math.isfinite(axial_um) and math.isfinite(bscan_um)) or bscan_um > REPAIR_MAX_SPACING_UM:
+        return 0
+    tol = REPAIR_UM / axial_um
+    prev, cur, nxt = seg[:-2], seg[1:-1], seg[2:]
+    with np.errstate(invalid="ignore"):
+        slip = (np.abs(cur - prev) > tol) & (np.abs(cur - nxt) > tol) & (np.abs(prev - nxt) <= tol)
+    if not slip.any():
+        return 0
+    med = np.median(np.stack([prev, cur, nxt]), axis=0)
+    cur[slip] = med[slip]
+    # order stays enforced
+    for k in range(1, seg.shape[1]):
+        seg[:, k] = np.where(np.isnan(seg[:, k]), np.nan, np.fmax(seg[:, k], seg[:, k - 1]))
+    return int(slip.sum())
+
+
 def bscans_out_of_line(bm: np.ndarray, axial_um: float) -> list[int]:
     """Indices of B-scans whose median Bruch's membrane row is more than :data:`MOTION_UM` off the median
     of the (three or four) B-scans around it (bm : (n_bscans, cols) rows, NaN where not found; the first
@@ -234,6 +263,10 @@ def measure_volume(
             bscan_flags[i] = res.flags
         images.append(res.image)
         fines.append(res.fine)
+    repaired = _repair_across_bscans(seg, ax, sp)
+    if repaired:
+        flags["repaired_across_bscans"] = (f"{repaired} boundary points that left both neighbouring B-scans' "
+                                           f"rows by more than {REPAIR_UM:.0f} um were set to their median")
     valid_frac = float(np.isfinite(seg).all(axis=1).mean())
     moved = bscans_out_of_line(seg[:, _B["BM"]], ax)
     if moved:
