@@ -17,6 +17,11 @@ repository.
   artery/vein pixels (labels 1, 2) that we label artery or vein whose label is right; ``av_share_labelled``
   = share of those reference pixels we label at all. AV ratio by diagnosis group (``_h``, ``_dr``, ``_g``).
 
+The learned vessel classifier (``grok.cfp.vessel_model``) was trained on CHASE_DB1 children 01-10 and
+HRF ``training/`` (``grok.cfp.train_vessel_model``): each set's ``heldout`` block summarises only the
+photographs it never saw (CHASE_DB1 children 11-14, HRF ``test/``); quote those. Rows carry
+``training_split``.
+
 Scores are pixel scores over the field of view at the image's own resolution: F1 (= Dice), sensitivity,
 precision, per photograph, then the mean over the set (``pooled_f1`` pools the pixel counts). ``seconds``
 is the wall time of ``measure_fundus`` alone (one thread), ``cpu_seconds`` its CPU time.
@@ -126,7 +131,7 @@ def _hrf_photos(folder: Path) -> list[tuple[Path, Path, Path]]:
 def run_hrf(folder: Path, limit: int | None) -> list[dict]:
     rows = []
     for p, lab_path, fov_path in _hrf_photos(folder)[:limit]:
-        rgb, m, sec, cpu = _measure(p)
+        _, m, sec, cpu = _measure(p)
         lab = _load_mask(lab_path)
         fov = _load_mask(fov_path) > 0
         ref = lab > 0
@@ -218,7 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"--sets: unknown set {name!r}; use chase_db1, hrf_av", file=sys.stderr)
             return 2
+        from grok.cfp.train_vessel_model import is_training_photo
+
+        for r in rows:
+            r["training_split"] = is_training_photo(name, r["photo"])
         out["sets"][name] = summarise(rows)
+        held = [r for r in rows if not r["training_split"]]
+        if held:
+            out["sets"][name]["heldout"] = summarise(held)
         if args.rows:
             out["sets"][name]["rows"] = rows
     print(json.dumps(out, indent=1))

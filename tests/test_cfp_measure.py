@@ -224,3 +224,24 @@ def test_field_of_view_cut_by_the_frame_or_padded_with_black():
         assert abs(m.biomarkers["disc_diameter_px"] / full.biomarkers["disc_diameter_px"] - 1) < 0.05
         assert abs(m.biomarkers["av_ratio"] - full.biomarkers["av_ratio"]) < 0.05
         assert abs(m.biomarkers["vessel_density"] - full.biomarkers["vessel_density"]) < 0.01
+
+
+def test_vessel_model_weights_are_consistent():
+    """The shipped weights module matches the feature list, its layer shapes chain, and a prediction is a
+    probability; without the learned model the classical ridge mask is used."""
+    from grok.cfp import vessel_model_weights as w
+    from grok.cfp.vessel_model import FEATURES, N_FEATURES, predict
+
+    assert list(w.FEATURES) == list(FEATURES)
+    assert len(w.MEAN) == len(w.STD) == N_FEATURES and min(w.STD) > 0
+    n_in = N_FEATURES
+    for W, b in w.LAYERS:
+        W = np.asarray(W)
+        assert W.shape == (n_in, len(b))
+        n_in = W.shape[1]
+    assert n_in == 1
+    assert all(name.startswith(("chase_db1/", "hrf_av/")) for name in w.TRAINED_ON)
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(16, 16, N_FEATURES)).astype(np.float32)
+    p = predict(feats, np.ones((16, 16), bool))
+    assert p.shape == (16, 16) and np.all((p >= 0) & (p <= 1))

@@ -45,7 +45,7 @@ def test_chase_db1_vessel_f1(stem):
 def test_hrf_vessel_f1_and_artery_vein_accuracy():
     """One healthy HRF eye at 3504 x 2336: vessel F1 against any label, A/V accuracy and share labelled."""
     folder = REAL / "hrf_av" / "test"
-    rgb, m = _measure(folder / "images" / "12_h.jpg")
+    _, m = _measure(folder / "images" / "12_h.jpg")
     lab = _load_mask(folder / "1st_manual" / "12_h_AVmanual.png")
     fov = _load_mask(folder / "mask" / "12_h_mask.tif") > 0
     s = pixel_scores(m.masks["vessels"], lab > 0, fov)

@@ -219,9 +219,12 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         extras["seconds"] = time.perf_counter() - t0
         return _rejected(q, laterality, (H, W), extras)
 
-    disc = find_disc(img, fov.mask, fov.center_xy, fov.radius, vm.mask, vm.darkness)
+    # disc, fovea and lesion rules read the ridge mask they were built on (the learned mask when present
+    # is the reported vessel mask; see grok.cfp.vessels.VesselMaps.graph_mask)
+    rmask = vm.graph_mask if vm.graph_mask is not None else vm.mask
+    disc = find_disc(img, fov.mask, fov.center_xy, fov.radius, rmask, vm.darkness)
     tick("disc_cup")
-    fovea = find_fovea(img, fov.mask, fov.center_xy, fov.radius, vm.mask, disc)
+    fovea = find_fovea(img, fov.mask, fov.center_xy, fov.radius, rmask, disc)
     tick("fovea")
     lat_img = laterality_from_image(disc, fovea, fov.center_xy)
     extras["laterality_from_image"] = lat_img
@@ -237,7 +240,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
 
     dd = disc.diameter_vertical_px
     les_ok, les_reason = lesions_assessable(fov.mask)
-    lesions = find_lesions(img, rel, fov.mask, vm.mask, sc, disc.center_xy, dd, fovea.center_xy,
+    lesions = find_lesions(img, rel, fov.mask, rmask, sc, disc.center_xy, dd, fovea.center_xy,
                            hessian=vm.hessian, highpass=vm.highpass) if les_ok else []
     tick("lesions")
     # haemorrhages and cotton-wool spots are left out of the zone-B calibres (a flame haemorrhage looks

@@ -92,6 +92,11 @@ class VesselMaps:
     """``darkness - HALF x local peak darkness`` (>= 0 inside the half-maximum border), float32 (h, w)."""
     band: np.ndarray | None = field(default=None, repr=False)
     """Where a border may lie: near a ridge, above the darkness floor, bool (h, w)."""
+    graph_mask: np.ndarray | None = field(default=None, repr=False)
+    """The classical ridge mask (bool (h, w)) the vessel graph, A/V colour and calibres are read from
+    when ``mask`` comes from the learned classifier; None: ``mask`` itself."""
+    probability: np.ndarray | None = field(default=None, repr=False)
+    """Vessel probability of the learned classifier, float32 (h, w) (None with the classical method)."""
 
 
 def _half(img: np.ndarray) -> np.ndarray:
@@ -141,40 +146,59 @@ def _robust_scale(x: np.ndarray, mask: np.ndarray) -> float:
     return max(1.4826 * mad, 1e-6)
 
 
-def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
-                    rel: list[np.ndarray] | None = None) -> VesselMaps:
-    """Vessel mask of a fundus photograph.
+def _vessel_inputs(rgb: np.ndarray, fov_mask: np.ndarray, sc: float, rel: list[np.ndarray]) -> dict:
+    """The multi-scale maps both vessel methods start from (see ``segment_vessels``)."""
+    from grok.cfp._kernels import ridge_from_eigen
+    from grok.cfp.preprocess import erode
 
-    rgb : (h, w, 3) float in [0, 1]; fov_mask : (h, w) bool; sc : length scale (FOV radius / 480 px);
-    rel : optional precomputed ``grok.cfp.preprocess.relative_channels``.
-    """
-    from skimage.filters import apply_hysteresis_threshold
-
-    from grok.cfp.preprocess import relative_channels
-
-    if rel is None:
-        rel = relative_channels(rgb, fov_mask, sc)
     d = (-rel[1]).astype(np.float32)
     ds = ndi.gaussian_filter(d, 0.6 * sc)
     hp = d - ndi.gaussian_filter(d, 1.5 * sc)
-    from grok.cfp.preprocess import erode
-
     inner = erode(fov_mask, max(int(6 * sc), 1))
     noise = _robust_scale(hp, inner)
-
-    from grok.cfp._kernels import ridge_from_eigen
-
     zmax = np.zeros_like(d)
-    hess = []
+    hess, eig_z = [], []
     for s in VESSEL_SCALES:
         sig = s * sc
         l1, l2 = hessian_eigen(ds, sig)
         hess.append((sig, l1, l2))
-        z = ridge_from_eigen(l1, l2) / _local_scale(l2, inner, int(48 * sc))
+        ls = _local_scale(l2, inner, int(48 * sc))
+        eig_z.append((l1 / ls, l2 / ls))
+        z = ridge_from_eigen(l1, l2) / ls
         np.maximum(zmax, z, out=zmax)
     zmax[~fov_mask] = 0
     # suppress the FOV rim (a bright-to-dark step) by the relative darkness sign: vessels are darker
     zmax[ds <= 0.5 * noise] = 0
+    return {"ds": ds, "hp": hp, "inner": inner, "noise": noise, "zmax": zmax, "hess": hess, "eig_z": eig_z}
+
+
+def learned_model_available() -> bool:
+    """True when the trained weights module is importable (``grok.cfp.vessel_model_weights``)."""
+    try:
+        from grok.cfp import vessel_model_weights  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
+                    rel: list[np.ndarray] | None = None, *, learned: bool | None = None) -> VesselMaps:
+    """Vessel mask of a fundus photograph.
+
+    rgb : (h, w, 3) float in [0, 1]; fov_mask : (h, w) bool; sc : length scale (FOV radius / 480 px);
+    rel : optional precomputed ``grok.cfp.preprocess.relative_channels``; learned : use the learned
+    per-pixel classifier (``grok.cfp.vessel_model``) over the multi-scale features (default: when its
+    weights are installed), else the classical ridge hysteresis with half-maximum borders.
+    """
+    from grok.cfp.preprocess import relative_channels
+
+    if rel is None:
+        rel = relative_channels(rgb, fov_mask, sc)
+    if learned is None:
+        learned = learned_model_available()
+    inp = _vessel_inputs(rgb, fov_mask, sc, rel)
+    ds, hp, noise, zmax, hess = inp["ds"], inp["hp"], inp["noise"], inp["zmax"], inp["hess"]
+    from skimage.filters import apply_hysteresis_threshold
 
     core = apply_hysteresis_threshold(zmax, LOW, HIGH)
     core = _remove_small(core, int(60 * sc * sc) + 8)
@@ -189,8 +213,31 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     mask = _remove_small(mask, int(80 * sc * sc) + 8)
     border = np.where(peak > 0, ds - HALF * peak, -1.0).astype(np.float32)
     band_ok = (band & (peak > 0) & (ds > HALF_K * noise)) | mask
+    if learned:
+        from grok.cfp.vessel_model import predict, vessel_features
+
+        prob = predict(vessel_features(ds, inp["eig_z"], zmax, rel, inp["inner"], sc), fov_mask)
+        vm = _mask_from_probability(prob, ds, zmax, noise, hess, hp, fov_mask, sc)
+        vm.graph_mask = mask
+        return vm
     return VesselMaps(mask=mask, darkness=ds, ridge_z=zmax, noise=noise, hessian=hess, highpass=hp,
                       border=border, band=ndi.binary_dilation(band_ok) & ndi.binary_dilation(mask, iterations=2))
+
+
+#: Learned classifier: vessel where the probability reaches P_LOW in a component that reaches P_HIGH.
+P_LOW, P_HIGH = 0.4, 0.7
+
+
+def _mask_from_probability(prob, ds, zmax, noise, hess, hp, fov_mask, sc) -> VesselMaps:
+    from skimage.filters import apply_hysteresis_threshold
+
+    mask = apply_hysteresis_threshold(prob, P_LOW, P_HIGH) & fov_mask
+    mask = fill_reflex_holes(mask, max(round(2.0 * sc), 1))
+    mask = _remove_small(mask, int(40 * sc * sc) + 8)
+    border = (prob - P_LOW).astype(np.float32)
+    band = ndi.binary_dilation(mask, iterations=2)
+    return VesselMaps(mask=mask, darkness=ds, ridge_z=zmax, noise=noise, hessian=hess, highpass=hp,
+                      border=border, band=band, probability=prob)
 
 
 def vessel_mask_at(vm: VesselMaps, shape: tuple[int, int]) -> np.ndarray:
@@ -1051,7 +1098,11 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     out = VesselMeasures()
     mask = maps.mask
     out.vessel_density = float(mask[fov_mask].mean()) if fov_mask.any() else float("nan")
-    segs, _, _ = skeleton_segments(mask)
+    # the vessel graph, the colour profiles and the zone-B calibres are read from the ridge mask (its
+    # connectivity and half-maximum borders are what the A/V rules and calibres were built on); the
+    # artery/vein masks, density and fractal dimensions use the vessel mask itself
+    gmask = maps.graph_mask if maps.graph_mask is not None else mask
+    segs, _, _ = skeleton_segments(gmask)
     if exclude is not None and exclude.any():
         # segments lying mostly on a haemorrhage or cotton-wool spot are not vessels (or not visible ones)
         def on_lesion(sg: Segment) -> bool:
@@ -1062,7 +1113,7 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
         segs = [sg for sg in segs if not on_lesion(sg)]
     have_disc = disc_xy is not None and np.isfinite(dd_px) and dd_px > 0
     dd_eff = dd_px if have_disc else 0.27 * math.sqrt(fov_mask.sum() / math.pi)
-    av_features(segs, rel, maps.darkness, mask, disc_xy if have_disc else None, dd_eff if have_disc else float("nan"),
+    av_features(segs, rel, maps.darkness, gmask, disc_xy if have_disc else None, dd_eff if have_disc else float("nan"),
                 exclude, max_half_px=0.08 * dd_eff + 4, config=av_config, length_scale=sc,
                 red_saturated=red_saturated)
     classify_av(segs, rel, min_width_px=0.02 * dd_eff, disc_xy=disc_xy if have_disc else None,
@@ -1088,7 +1139,7 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     if not have_disc:
         out.reasons.append("no optic disc: AV ratio and tortuosity (referenced to the disc) not measured")
         return out, art, vein, segs
-    a_w, v_w, _ = zone_b_widths(segs, disc_xy, dd_px, maps.darkness, exclude, vessel_mask=mask)
+    a_w, v_w, _ = zone_b_widths(segs, disc_xy, dd_px, maps.darkness, exclude, vessel_mask=gmask)
     out.n_arteries_zone_b, out.n_veins_zone_b = len(a_w), len(v_w)
     if len(a_w) >= 2 and len(v_w) >= 2:
         out.crae_px = knudtson_equivalent(a_w, KNUDTSON_ARTERY_COEFFICIENT)

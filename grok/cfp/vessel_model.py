@@ -1,0 +1,74 @@
+"""A small learned per-pixel vessel classifier over the classical multi-scale vessel features.
+
+The features are the ones ``grok.cfp.vessels.segment_vessels`` computes anyway, each normalised by a
+local noise level so that they do not depend on the camera's brightness or contrast: the scale-normalised
+Hessian eigenvalues of the relative green darkness at five scales (tied to the field-of-view radius),
+the darkness itself and two band-passed copies, the red channel's darkness and the ridge z-score. A
+multilayer perceptron (``N_FEATURES`` -> 24 -> 12 -> 1, ReLU; about 700 weights, in
+``grok.cfp.vessel_model_weights``) turns them into a vessel probability. It was trained here by
+``python -m grok.cfp.train_vessel_model`` on part of CHASE_DB1 and HRF (see that module and
+``docs/cfp.md``, "Vessel model card"); no weights are downloaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: Feature names, in order (the weights module records the same list and is checked against it).
+FEATURES = (
+    [f"{k}_s{i}" for i in range(5) for k in ("l1", "l2")]
+    + ["dark", "dark_bp3", "dark_bp8", "red_dark", "ridge_z"]
+)
+N_FEATURES = len(FEATURES)
+CLIP = 30.0
+
+
+def vessel_features(ds: np.ndarray, eig_z: list[tuple[np.ndarray, np.ndarray]], zmax: np.ndarray,
+                    rel: list[np.ndarray], inner: np.ndarray, sc: float) -> np.ndarray:
+    """(h, w, N_FEATURES) float32 features of every pixel.
+
+    ds : (h, w) relative green darkness (smoothed); eig_z : per scale (l1, l2) already divided by their
+    local noise scale; zmax : ridge z-score (max over scales); rel : relative channels; inner : eroded
+    FOV (noise statistics); sc : length scale (FOV radius / 480 px).
+    """
+    from grok.cfp.vessels import _local_scale
+
+    h, w = ds.shape
+    out = np.empty((h, w, N_FEATURES), np.float32)
+    k = 0
+    for l1, l2 in eig_z:
+        out[..., k] = l1
+        out[..., k + 1] = l2
+        k += 2
+    hp = ds - ndi.gaussian_filter(ds, 1.5 * sc)
+    nl = _local_scale(hp, inner, int(48 * sc))
+    b3 = ds - ndi.gaussian_filter(ds, 3.0 * sc)
+    b8 = ds - ndi.gaussian_filter(ds, 8.0 * sc)
+    out[..., k] = ds / nl
+    out[..., k + 1] = b3 / nl
+    out[..., k + 2] = b8 / nl
+    red = ndi.gaussian_filter(-rel[0], 0.6 * sc)
+    rhp = red - ndi.gaussian_filter(red, 1.5 * sc)
+    out[..., k + 3] = red / _local_scale(rhp, inner, int(48 * sc))
+    out[..., k + 4] = zmax
+    np.clip(out, -CLIP, CLIP, out=out)
+    return out
+
+
+def predict(features: np.ndarray, where: np.ndarray, weights=None) -> np.ndarray:
+    """Vessel probability (h, w) float32 (0 outside ``where``) from ``vessel_features``."""
+    if weights is None:
+        from grok.cfp import vessel_model_weights as weights
+    if list(weights.FEATURES) != list(FEATURES):
+        raise RuntimeError("grok.cfp.vessel_model_weights was trained on other features; retrain with "
+                           "python -m grok.cfp.train_vessel_model")
+    x = features[where]
+    x = (x - np.asarray(weights.MEAN, np.float32)) / np.asarray(weights.STD, np.float32)
+    for i, (W, b) in enumerate(weights.LAYERS):
+        x = x @ np.asarray(W, np.float32) + np.asarray(b, np.float32)
+        if i < len(weights.LAYERS) - 1:
+            np.maximum(x, 0, out=x)
+    p = np.zeros(where.shape, np.float32)
+    p[where] = 1.0 / (1.0 + np.exp(-np.clip(x[:, 0], -30, 30)))
+    return p
