@@ -28,8 +28,9 @@ def _measure(path: Path):
     return img.rgb, measure_fundus(img.rgb, laterality=img.laterality)
 
 
-# (photo, F1 floor vs the 1st observer); before issue #14 these scored F1 0.43 / 0.68 (see docs/cfp.md)
-CHASE_FLOORS = {"Image_02L": 0.62, "Image_11L": 0.72}
+# photo -> F1 floor vs the 1st observer. Both are held out from the vessel classifier's training (children
+# 11-14); they score 0.750 / 0.654 now, 0.676 / 0.451 before issue #14 (benchmarks/cfp_real.py --rows).
+CHASE_FLOORS = {"Image_11L": 0.73, "Image_14R": 0.63}
 
 
 @pytest.mark.parametrize("stem", sorted(CHASE_FLOORS))
@@ -43,19 +44,20 @@ def test_chase_db1_vessel_f1(stem):
 
 
 def test_hrf_vessel_f1_and_artery_vein_accuracy():
-    """One healthy HRF eye at 3504 x 2336: vessel F1 against any label, A/V accuracy and share labelled."""
+    """One healthy HRF eye at 3504 x 2336 (held out from training): vessel F1 against any label (0.836 now,
+    0.790 before issue #14), A/V accuracy 0.733 and share labelled 0.804 (0.815 / 0.715 before)."""
     folder = REAL / "hrf_av" / "test"
     _, m = _measure(folder / "images" / "12_h.jpg")
     lab = _load_mask(folder / "1st_manual" / "12_h_AVmanual.png")
     fov = _load_mask(folder / "mask" / "12_h_mask.tif") > 0
     s = pixel_scores(m.masks["vessels"], lab > 0, fov)
-    assert s["f1"] >= 0.79, s
+    assert s["f1"] >= 0.81, s
     ref_av = (lab == 1) | (lab == 2)
     art, vein = m.masks["arteries"] & fov, m.masks["veins"] & fov
     labelled = ref_av & (art | vein)
     correct = labelled & ((art & (lab == 1)) | (vein & ~art & (lab == 2)))
     acc = correct.sum() / max(labelled.sum(), 1)
     share = labelled.sum() / max(ref_av.sum(), 1)
-    assert acc >= 0.70 and share >= 0.74, (acc, share)
+    assert acc >= 0.70 and share >= 0.77, (acc, share)
     assert m.biomarkers["disc_center_xy_px"] is not None
     assert np.isfinite(m.biomarkers["vessel_density"])
