@@ -242,6 +242,6 @@ def test_vessel_model_weights_are_consistent():
     assert n_in == 1
     assert all(name.startswith(("chase_db1/", "hrf_av/")) for name in w.TRAINED_ON)
     rng = np.random.default_rng(0)
-    feats = rng.normal(size=(16, 16, N_FEATURES)).astype(np.float32)
+    feats = rng.normal(size=(N_FEATURES, 16, 16)).astype(np.float32)
     p = predict(feats, np.ones((16, 16), bool))
     assert p.shape == (16, 16) and np.all((p >= 0) & (p <= 1))

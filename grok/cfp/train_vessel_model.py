@@ -79,7 +79,7 @@ def photo_samples(photo: Path, ref_path: Path, rng: np.random.Generator) -> tupl
                                                                     anti_aliasing=True)
     ys, xs = np.nonzero(fov.mask)
     k = rng.choice(ys.size, size=min(SAMPLES_PER_PHOTO, ys.size), replace=False)
-    return f[ys[k], xs[k]], np.clip(t[ys[k], xs[k]], 0, 1)
+    return f[:, ys[k], xs[k]].T, np.clip(t[ys[k], xs[k]], 0, 1)
 
 
 def train(x: np.ndarray, y: np.ndarray, epochs: int = 10, seed: int = 0) -> dict:
