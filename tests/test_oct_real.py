@@ -20,7 +20,7 @@ from grok.oct.volume import measure_circle, measure_volume
 pytestmark = pytest.mark.skipif(not DEFAULT_REAL.is_dir(), reason=f"real OCT data not found at {DEFAULT_REAL}")
 
 #: (boundary, bound in px) for the manual circle scan with the default (layered) circle method
-CIRCLE_BOUNDS = {"ILM": 1.4, "RNFL_GCL": 3.5, "IPL_INL": 2.4, "INL_OPL": 2.3, "OPL_ONL": 2.2, "ELM": 5.2, "EZ": 5.0,
+CIRCLE_BOUNDS = {"ILM": 1.4, "RNFL_GCL": 2.6, "IPL_INL": 2.25, "INL_OPL": 1.9, "OPL_ONL": 1.7, "ELM": 4.7, "EZ": 5.0,
                  "RPE": 1.6, "BM": 0.95}
 #: device lines of the .vol line scan, layered method
 LINE_BOUNDS = {"ILM": 0.6, "BM": 0.5}
@@ -41,7 +41,8 @@ def test_circle_scan_boundaries_against_manual_lines(circle):
     err = boundary_errors(seg.boundaries.astype(np.float64), circle["manual"], circle["axial_um"])
     for name, bound in CIRCLE_BOUNDS.items():
         assert err[name]["mae_px"] <= bound, (name, err[name])
-        assert err[name]["nan_fraction"] < 0.05, (name, err[name])
+        # columns whose edge is under 15 % of its usual strength are NaN by design (better missing than wrong)
+        assert err[name]["nan_fraction"] < 0.10, (name, err[name])
     # never a confident wrong order
     b = seg.boundaries
     assert np.all(np.diff(b, axis=0)[np.isfinite(np.diff(b, axis=0))] >= 0)

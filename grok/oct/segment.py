@@ -279,11 +279,16 @@ def _outer_complex_absent(level: np.ndarray, min_run: int) -> np.ndarray:
     return ndimage.binary_opening(weak, structure=np.ones(min_run, bool)) if level.size >= min_run else weak
 
 
-def _vessel_shadows(level: np.ndarray, window: int, max_run: int) -> np.ndarray:
+def _vessel_shadows(level: np.ndarray, window: int, max_run: int, margin: int = 0) -> np.ndarray:
     """Columns in runs of at most ``max_run`` whose outer-complex ``level`` is under 75 % of its running
-    median over ``window`` columns: the shadow a retinal vessel casts on every layer below it."""
+    median over ``window`` columns: the shadow a retinal vessel casts on every layer below it. Each shadow
+    is widened by ``margin`` columns on both sides (the vessel's walls reach past its shadow's core) and
+    shadows closer than twice that are joined (vessels running side by side)."""
     ref = ndimage.median_filter(level, size=max(3, window) | 1, mode="nearest")
     dark = level < 0.75 * ref
+    if margin > 0 and dark.any():
+        dark = ndimage.binary_dilation(dark, structure=np.ones(2 * margin + 1, bool))
+        dark = ndimage.binary_closing(dark, structure=np.ones(2 * margin + 1, bool))
     lab, n = ndimage.label(dark)
     if n:
         sizes = ndimage.sum(dark, lab, index=np.arange(1, n + 1))
@@ -713,7 +718,8 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     level = _outer_level(band_mean, ez, bm)
     # under a retinal vessel's shadow the inner boundaries' edges are the vessel's own: they are bridged
     # from both sides, as graders do
-    shadow = _vessel_shadows(level, int(400.0 / lateral_um), max(1, int(300.0 / lateral_um)))
+    shadow = _vessel_shadows(level, int(400.0 / lateral_um), max(1, int(800.0 / lateral_um)),
+                             max(1, int(round(50.0 / lateral_um))))
     rnfl_gcl, ipl_inl, inl_opl, opl_onl = (_bridge(v, shadow) for v in (rnfl_gcl, ipl_inl, inl_opl, opl_onl))
     absent = _outer_complex_absent(level, max(3, int(round(150.0 / lateral_um))))
     if absent.any():
