@@ -11,7 +11,7 @@ reports them separately (``heldout``), and the docs quote those figures.
 Each photograph goes through the product's own preprocessing (working resolution, field of view,
 relative channels, the multi-scale maps of ``grok.cfp.vessels``); the reference is area-resampled to the
 working resolution (a soft target: the share of the working pixel that is vessel). 60,000 random
-field-of-view pixels per photograph; an MLP (features -> 24 -> 12 -> 1, ReLU) is fitted with binary
+field-of-view pixels per photograph; an MLP (features -> 32 -> 16 -> 1, ReLU) is fitted with binary
 cross-entropy (Adam, 10 epochs, batch 4096, seed 0) in torch on the CPU (about a minute); inference is
 NumPy (``grok.cfp.vessel_model.predict``). The weights are written as a Python module so that they ship
 with the package without package-data configuration.
@@ -70,7 +70,7 @@ def photo_samples(photo: Path, ref_path: Path, rng: np.random.Generator) -> tupl
     sc = fov.radius / REFERENCE_FOV_RADIUS_PX
     rel = relative_channels(img, fov.mask, sc)
     inp = _vessel_inputs(img, fov.mask, sc, rel)
-    f = vessel_features(inp["ds"], inp["eig_z"], inp["zmax"], rel, inp["inner"], sc)
+    f = vessel_features(inp["ds"], inp["eig_z"], inp["zmax"], rel, inp["inner"], sc, inp["hp"])
     with Image.open(ref_path) as im:
         ref = np.asarray(im)
     ref = (ref[..., :3].max(-1) if ref.ndim == 3 else ref) > 0
@@ -90,8 +90,8 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int = 10, seed: int = 0) -> dict
     xt = torch.from_numpy(((x - mean) / std).astype(np.float32))
     yt = torch.from_numpy(y.astype(np.float32))
     nf = x.shape[1]
-    net = torch.nn.Sequential(torch.nn.Linear(nf, 24), torch.nn.ReLU(), torch.nn.Linear(24, 12), torch.nn.ReLU(),
-                              torch.nn.Linear(12, 1))
+    net = torch.nn.Sequential(torch.nn.Linear(nf, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 1))
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     g = torch.Generator().manual_seed(seed)
@@ -104,7 +104,7 @@ def train(x: np.ndarray, y: np.ndarray, epochs: int = 10, seed: int = 0) -> dict
             opt.zero_grad()
             loss.backward()
             opt.step()
-            tot += float(loss) * idx.numel()
+            tot += float(loss.detach()) * idx.numel()
         sched.step()
         print(f"epoch {ep + 1}: loss {tot / xt.shape[0]:.4f}", file=sys.stderr)
     layers = [(m.weight.detach().numpy().T.copy(), m.bias.detach().numpy().copy())

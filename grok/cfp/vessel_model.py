@@ -4,7 +4,7 @@ The features are the ones ``grok.cfp.vessels.segment_vessels`` computes anyway, 
 local noise level so that they do not depend on the camera's brightness or contrast: the scale-normalised
 Hessian eigenvalues of the relative green darkness at five scales (tied to the field-of-view radius),
 the darkness itself and two band-passed copies, the red channel's darkness and the ridge z-score. A
-multilayer perceptron (``N_FEATURES`` -> 24 -> 12 -> 1, ReLU; about 700 weights, in
+multilayer perceptron (``N_FEATURES`` -> 32 -> 16 -> 1, ReLU; about 1,100 weights, in
 ``grok.cfp.vessel_model_weights``) turns them into a vessel probability. It was trained here by
 ``python -m grok.cfp.train_vessel_model`` on part of CHASE_DB1 and HRF (see that module and
 ``docs/cfp.md``, "Vessel model card"); no weights are downloaded.
@@ -18,19 +18,20 @@ from scipy import ndimage as ndi
 #: Feature names, in order (the weights module records the same list and is checked against it).
 FEATURES = (
     [f"{k}_s{i}" for i in range(5) for k in ("l1", "l2")]
-    + ["dark", "dark_bp3", "dark_bp8", "red_dark", "ridge_z"]
+    + ["dark", "dark_bp3", "dark_bp8", "red_dark", "ridge_z", "dark_fine"]
 )
 N_FEATURES = len(FEATURES)
 CLIP = 30.0
 
 
 def vessel_features(ds: np.ndarray, eig_z: list[tuple[np.ndarray, np.ndarray]], zmax: np.ndarray,
-                    rel: list[np.ndarray], inner: np.ndarray, sc: float) -> np.ndarray:
+                    rel: list[np.ndarray], inner: np.ndarray, sc: float, fine: np.ndarray) -> np.ndarray:
     """(N_FEATURES, h, w) float32 features of every pixel (one plane per feature).
 
     ds : (h, w) relative green darkness (smoothed); eig_z : per scale (l1, l2) already divided by their
     local noise scale; zmax : ridge z-score (max over scales); rel : relative channels; inner : eroded
-    FOV (noise statistics); sc : length scale (FOV radius / 480 px).
+    FOV (noise statistics); sc : length scale (FOV radius / 480 px); fine : the unsmoothed darkness minus
+    its 1.5-px x scale Gaussian (the finest detail, where capillary-size vessels are).
     """
     from grok.cfp.vessels import _local_scale
 
@@ -52,6 +53,7 @@ def vessel_features(ds: np.ndarray, eig_z: list[tuple[np.ndarray, np.ndarray]], 
     rhp = red - ndi.gaussian_filter(red, 1.5 * sc)
     out[k + 3] = red / _local_scale(rhp, inner, int(48 * sc))
     out[k + 4] = zmax
+    out[k + 5] = fine / nl
     np.clip(out, -CLIP, CLIP, out=out)
     return out
 

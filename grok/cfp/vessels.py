@@ -216,7 +216,7 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     if learned:
         from grok.cfp.vessel_model import predict, vessel_features
 
-        prob = predict(vessel_features(ds, inp["eig_z"], zmax, rel, inp["inner"], sc), fov_mask)
+        prob = predict(vessel_features(ds, inp["eig_z"], zmax, rel, inp["inner"], sc, hp), fov_mask)
         vm = _mask_from_probability(prob, ds, zmax, noise, hess, hp, fov_mask, sc)
         vm.graph_mask = mask
         return vm
