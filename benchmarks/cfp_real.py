@@ -17,10 +17,10 @@ repository.
   artery/vein pixels (labels 1, 2) that we label artery or vein whose label is right; ``av_share_labelled``
   = share of those reference pixels we label at all. AV ratio by diagnosis group (``_h``, ``_dr``, ``_g``).
 
-The learned vessel classifier (``grok.cfp.vessel_model``) was trained on CHASE_DB1 children 01-10 and
-HRF ``training/`` (``grok.cfp.train_vessel_model``): each set's ``heldout`` block summarises only the
-photographs it never saw (CHASE_DB1 children 11-14, HRF ``test/``); quote those. Rows carry
-``training_split``.
+The default vessel path is classical (no training). The opt-in learned classifier
+(``grok.cfp.vessel_model``, ``vessel_maps(..., learned=True)``) was trained on CHASE_DB1 children 01-10
+only (``grok.cfp.train_vessel_model``; HRF's labels are GPL-3.0); each set's ``heldout`` block summarises
+the photographs it never saw (CHASE_DB1 children 11-14, all of HRF). Rows carry ``training_split``.
 
 Scores are pixel scores over the field of view at the image's own resolution: F1 (= Dice), sensitivity,
 precision, per photograph, then the mean over the set (``pooled_f1`` pools the pixel counts). ``seconds``

@@ -28,9 +28,10 @@ def _measure(path: Path):
     return img.rgb, measure_fundus(img.rgb, laterality=img.laterality)
 
 
-# photo -> F1 floor vs the 1st observer. Both are held out from the vessel classifier's training (children
-# 11-14); they score 0.745 / 0.663 now, 0.676 / 0.451 before issue #14 (benchmarks/cfp_real.py --rows).
-CHASE_FLOORS = {"Image_11L": 0.73, "Image_14R": 0.63}
+# photo -> F1 floor vs the 1st observer, default (classical) vessel path. Both are held out from the
+# opt-in classifier's training (children 11-14); they score 0.743 / 0.613 now, 0.676 / 0.451 before
+# issue #14 (benchmarks/cfp_real.py --rows).
+CHASE_FLOORS = {"Image_11L": 0.73, "Image_14R": 0.60}
 
 
 @pytest.mark.parametrize("stem", sorted(CHASE_FLOORS))
@@ -44,14 +45,14 @@ def test_chase_db1_vessel_f1(stem):
 
 
 def test_hrf_vessel_f1_and_artery_vein_accuracy():
-    """One healthy HRF eye at 3504 x 2336 (held out from training): vessel F1 against any label (0.840 now,
-    0.790 before issue #14), A/V accuracy 0.735 and share labelled 0.801 (0.815 / 0.715 before)."""
+    """One healthy HRF eye at 3504 x 2336 (never trained on): vessel F1 against any label (0.813 now with the
+    default classical path, 0.790 before issue #14), A/V accuracy and share labelled at least 0.70 / 0.77."""
     folder = REAL / "hrf_av" / "test"
     _, m = _measure(folder / "images" / "12_h.jpg")
     lab = _load_mask(folder / "1st_manual" / "12_h_AVmanual.png")
     fov = _load_mask(folder / "mask" / "12_h_mask.tif") > 0
     s = pixel_scores(m.masks["vessels"], lab > 0, fov)
-    assert s["f1"] >= 0.81, s
+    assert s["f1"] >= 0.80, s
     ref_av = (lab == 1) | (lab == 2)
     art, vein = m.masks["arteries"] & fov, m.masks["veins"] & fov
     labelled = ref_av & (art | vein)

@@ -3,10 +3,12 @@
 Run as: python -m grok.cfp.train_vessel_model [--real ../shared/real/cfp] [--out grok/cfp/vessel_model_weights.py]
 
 Data (read in place, never copied; see ``shared/real/README.md``): the TRAINING split only --
-CHASE_DB1 (Fraz et al. 2012, CC BY 4.0) children 01-10 (20 photographs, 1st observer) and HRF
-(Budai et al. 2013, CC BY 4.0; labels Hemelings et al. 2019) ``training/`` (24 photographs, any label
-> 0 is vessel). CHASE_DB1 children 11-14 and HRF ``test/`` are held out: ``benchmarks/cfp_real.py``
-reports them separately (``heldout``), and the docs quote those figures.
+CHASE_DB1 (Fraz et al. 2012, CC BY 4.0) children 01-10 (20 photographs, 1st observer). The HRF
+artery/vein labels in ``shared/real/cfp/hrf_av`` (Hemelings et al. 2019) are distributed under GPL-3.0:
+weights fitted to them would be a derived work that this Apache-2.0 package could not ship, so HRF is
+not trained on by default and every HRF photograph is held out (``--include-gpl-labels`` adds its
+``training/`` folder for experiments whose weights are not shipped). CHASE_DB1 children 11-14 and all of
+HRF are reported separately by ``benchmarks/cfp_real.py`` (``heldout``), and the docs quote those figures.
 
 Each photograph goes through the product's own preprocessing (working resolution, field of view,
 relative channels, the multi-scale maps of ``grok.cfp.vessels``); the reference is area-resampled to the
@@ -32,14 +34,14 @@ SAMPLES_PER_PHOTO = 60_000
 CHASE_TRAIN_CHILDREN = range(1, 11)
 
 
-def training_photos(real: Path) -> list[tuple[str, Path, Path]]:
-    """(name, photo, reference) of the training split."""
+def training_photos(real: Path, include_gpl_labels: bool = False) -> list[tuple[str, Path, Path]]:
+    """(name, photo, reference) of the training split (HRF's GPL-3.0 labels only when asked for)."""
     out = []
     for p in sorted((real / "chase_db1" / "images").glob("*.jpg")):
         child = int(p.stem.split("_")[1][:2])
         if child in CHASE_TRAIN_CHILDREN:
             out.append((f"chase_db1/{p.stem}", p, real / "chase_db1" / "manual" / f"{p.stem}_1stHO.png"))
-    for p in sorted((real / "hrf_av" / "training" / "images").iterdir()):
+    for p in sorted((real / "hrf_av" / "training" / "images").iterdir()) if include_gpl_labels else []:
         out.append((f"hrf_av/{p.stem}", p, real / "hrf_av" / "training" / "1st_manual" / f"{p.stem}_AVmanual.png"))
     return out
 
@@ -48,9 +50,7 @@ def is_training_photo(set_name: str, stem: str) -> bool:
     """Whether a photograph of ``shared/real/cfp`` was in the training split."""
     if set_name == "chase_db1":
         return int(stem.split("_")[1][:2]) in CHASE_TRAIN_CHILDREN
-    if set_name == "hrf_av":
-        return int(stem.split("_")[0]) <= 8
-    return False
+    return False  # HRF (GPL-3.0 labels) is never in the shipped model's training split
 
 
 def photo_samples(photo: Path, ref_path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -125,9 +125,9 @@ def write_weights(model: dict, names: list[str], out: Path) -> None:
         '"""Weights of the learned vessel classifier (``grok.cfp.vessel_model``). GENERATED: do not edit.',
         "",
         "Written by: python -m grok.cfp.train_vessel_model (its docstring and docs/cfp.md, \"Vessel model",
-        "card\", give the data, split, licences and held-out figures). Trained on CC BY 4.0 photographs of",
-        "CHASE_DB1 (Fraz et al. 2012) and HRF (Budai et al. 2013; vessel pixels from the A/V labels of",
-        'Hemelings et al. 2019): the TRAINING split listed in TRAINED_ON."""',
+        "card\", give the data, split, licences and held-out figures). Trained on CC BY 4.0 photographs and",
+        "observer masks of CHASE_DB1 (Fraz et al. 2012): the TRAINING split listed in TRAINED_ON. No GPL-3.0",
+        'labels (HRF A/V, Hemelings et al. 2019) are used for shipped weights."""',
         "",
         f"FEATURES = {list(FEATURES)!r}",
         f"TRAINED_ON = {names!r}",
@@ -146,11 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real", type=Path, default=DEFAULT_REAL)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--include-gpl-labels", action="store_true",
+                    help="also train on HRF's GPL-3.0 A/V labels (experiments only: such weights are not shippable)")
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     xs, ys, names = [], [], []
     t0 = time.perf_counter()
-    for name, photo, ref in training_photos(args.real):
+    for name, photo, ref in training_photos(args.real, args.include_gpl_labels):
         x, y = photo_samples(photo, ref, rng)
         xs.append(x)
         ys.append(y)

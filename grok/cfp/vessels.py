@@ -172,6 +172,10 @@ def _vessel_inputs(rgb: np.ndarray, fov_mask: np.ndarray, sc: float, rel: list[n
     return {"ds": ds, "hp": hp, "inner": inner, "noise": noise, "zmax": zmax, "hess": hess, "eig_z": eig_z}
 
 
+#: Whether :func:`vessel_maps` uses the learned classifier when not told (see its docstring: no).
+LEARNED_BY_DEFAULT = False
+
+
 def learned_model_available() -> bool:
     """True when the trained weights module is importable (``grok.cfp.vessel_model_weights``)."""
     try:
@@ -187,15 +191,18 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
 
     rgb : (h, w, 3) float in [0, 1]; fov_mask : (h, w) bool; sc : length scale (FOV radius / 480 px);
     rel : optional precomputed ``grok.cfp.preprocess.relative_channels``; learned : use the learned
-    per-pixel classifier (``grok.cfp.vessel_model``) over the multi-scale features (default: when its
-    weights are installed), else the classical ridge hysteresis with half-maximum borders.
+    per-pixel classifier (``grok.cfp.vessel_model``) over the multi-scale features (opt-in, when its
+    weights are installed), else (default) the classical ridge hysteresis with half-maximum borders.
+    The shipped weights are fitted to CHASE_DB1 alone (the only vessel reference here whose licence
+    allows shipping derived weights) and do not carry to another camera: on HRF they score vessel F1
+    0.60 against 0.73 for the classical path (``benchmarks/cfp_real.py``), so they are not the default.
     """
     from grok.cfp.preprocess import relative_channels
 
     if rel is None:
         rel = relative_channels(rgb, fov_mask, sc)
     if learned is None:
-        learned = learned_model_available()
+        learned = LEARNED_BY_DEFAULT and learned_model_available()
     inp = _vessel_inputs(rgb, fov_mask, sc, rel)
     ds, hp, noise, zmax, hess = inp["ds"], inp["hp"], inp["noise"], inp["zmax"], inp["hess"]
     from skimage.filters import apply_hysteresis_threshold
