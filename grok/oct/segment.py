@@ -240,6 +240,19 @@ def _fluid_over_rpe(band_mean: np.ndarray, ez: np.ndarray, rpeo: np.ndarray, env
     return lifted & np.isfinite(gap) & (lower >= 0.85 * upper) & (gap <= 0.45 * ref)
 
 
+def _row_cumsum(a: np.ndarray) -> np.ndarray:
+    """Cumulative sum down the rows with a leading zero row (float64), for :func:`_window_mean`."""
+    return np.concatenate([np.zeros((1, a.shape[1])), np.cumsum(a, axis=0, dtype=np.float64)])
+
+
+def _window_mean(cum: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row r, the column-wise mean of rows ``a[r]`` .. ``b[r] - 1`` (clipped to the image) from a
+    :func:`_row_cumsum`; an empty window counts one row."""
+    rows = cum.shape[0] - 1
+    a, b = np.clip(a, 0, rows), np.clip(b, 0, rows)
+    return (cum[b] - cum[a]) / np.maximum(b - a, 1)[:, None]
+
+
 def _vitreous_above(s1: np.ndarray, ilm: np.ndarray, low: np.ndarray, band_px: float, flags: dict[str, str]) -> bool:
     """False (with a flag) when the band above the ILM is not darker than the retina below it by a clear
     margin in most columns: an inverted (upside-down) or mirror-image B-scan."""
@@ -523,11 +536,10 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     # photoreceptor / RPE complex. A box gradient over ~25 um on each side answers to that step and
     # not to thin lines or to the bright RNFL of a peripapillary scan (which ends light-to-dark).
     wb = max(2, int(round(25.0 * P)))
-    csum = np.concatenate([np.zeros((1, cols)), np.cumsum(s1, axis=0, dtype=np.float64)])
+    csum = _row_cumsum(s1)
     idx = np.arange(rows)
-    up_a, dn_b = np.clip(idx - wb, 0, rows), np.clip(idx + wb, 0, rows)
-    below_mean = (csum[dn_b] - csum[idx]) / np.maximum(dn_b - idx, 1)[:, None]
-    box = below_mean - (csum[idx] - csum[up_a]) / np.maximum(idx - up_a, 1)[:, None]
+    below_mean = _window_mean(csum, idx, idx + wb)
+    box = below_mean - _window_mean(csum, idx - wb, idx)
     # weighted by the brightness it steps into: the photoreceptor / RPE complex is the brightest band of
     # the outer retina, the OPL (whose step from the INL can be as large in some eyes) is not
     box = box * np.clip(below_mean / max(float(np.percentile(below_mean[::2, ::2], 99.5)), 1e-6), 0.0, 1.0)
@@ -600,10 +612,8 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     # deepest wide bright-to-dark step below the EZ, found on a box gradient over ~15 um each side so
     # that the dips between the complex's own bands (EZ -> IZ -> RPE) do not answer
     wo = max(2, int(round(15.0 * P)))
-    fsum = np.concatenate([np.zeros((1, cols)), np.cumsum(f1, axis=0, dtype=np.float64)])
-    up_o, dn_o = np.clip(idx - wo, 0, rows), np.clip(idx + wo, 0, rows)
-    fbox = (fsum[idx] - fsum[up_o]) / np.maximum(idx - up_o, 1)[:, None] \
-        - (fsum[dn_o] - fsum[idx]) / np.maximum(dn_o - idx, 1)[:, None]
+    fsum = _row_cumsum(f1)
+    fbox = _window_mean(fsum, idx - wo, idx) - _window_mean(fsum, idx, idx + wo)
     olo, ohi = ez + 25 * P, ez + 110 * P
     in_band = (rr >= np.round(olo)[None, :]) & (rr <= np.round(ohi)[None, :]) & (fbox > 0)
     oscale = float(np.percentile(fbox[in_band], 99.0)) if in_band.any() else 1.0
@@ -625,8 +635,7 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     # the RPE itself: below them lies only the thin, faint Bruch's membrane.) There the RPE outer edge is
     # searched again next to the envelope
     wv = max(1, int(round(10.0 * P)))
-    band_mean = ((fsum[np.clip(idx + wv, 0, rows)] - fsum[np.clip(idx - wv, 0, rows)])
-                 / np.maximum(np.clip(idx + wv, 0, rows) - np.clip(idx - wv, 0, rows), 1)[:, None])
+    band_mean = _window_mean(fsum, idx - wv, idx + wv)  # the image averaged over ~20 um
     srf_cols = _fluid_over_rpe(band_mean, ez, rpeo, env, P)
     if srf_cols.any():
         lower = fctx.find(-1, env - 12 * P, env + 12 * P, jump=J(7.0), penalty=0.05, ref=env, ref_w=0.004)
@@ -667,9 +676,7 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     # the outer nuclear layer is the darkest thick band above the ELM: the valley of the image averaged
     # over ~20 um anchors the inner search (Chiu's search regions, but from the darkest band, which is
     # the one every device and pathology-free eye shows)
-    wv = max(1, int(round(10.0 * P)))
-    valley = ((fsum[np.clip(idx + wv, 0, rows)] - fsum[np.clip(idx - wv, 0, rows)])
-              / np.maximum(np.clip(idx + wv, 0, rows) - np.clip(idx - wv, 0, rows), 1)[:, None])
+    valley = band_mean
     vlo, vhi = np.minimum(top, elm - 12 * P), elm - 8 * P
     inside = (rr >= np.round(vlo)[None, :]) & (rr <= np.round(vhi)[None, :])
     vmin, vmax = (float(np.percentile(valley[inside], q)) for q in (2, 98)) if inside.any() else (0.0, 1.0)
