@@ -398,6 +398,16 @@ def _rough_ilm(s2: np.ndarray, flags: dict[str, str]):
     return bg, fg, above.any(axis=0), np.argmax(above, axis=0).astype(np.float64)
 
 
+def _low_signal(has: np.ndarray, col_peak: np.ndarray, bg: float, fg: float, flags: dict[str, str]):
+    """Columns without usable signal (no tissue, or a peak under 25 % of the way to the foreground);
+    None (with a flag) when they are more than 70 % of the B-scan."""
+    low = ~has | (col_peak < bg + 0.25 * (fg - bg))
+    if low.mean() > 0.7:
+        flags["no_retina"] = "fewer than 30% of the columns show a retina"
+        return None
+    return low
+
+
 def _edge_costs(s1: np.ndarray, s0: np.ndarray):
     """Vertical gradient ``g`` of ``s1``, its 99th-percentile scale, the dark->light / light->dark costs and
     the edge strengths of the lightly smoothed ``s0`` used for sub-pixel refinement (thin lines keep edges)."""
@@ -447,14 +457,10 @@ def _boundaries_classic(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     masked = np.where(deep, (s_lat - offset[None, :]) * (1.0 + 0.3 * np.minimum(depth, 1.0)), -np.inf)
     rpe_r = np.argmax(masked, axis=0).astype(np.float64)
     col_peak = s2[rpe_r.astype(int), np.arange(cols)]
-    low = ~has | (col_peak < bg + 0.25 * (fg - bg))
-    if low.mean() > 0.7:
-        flags["no_retina"] = "fewer than 30% of the columns show a retina"
+    low = _low_signal(has, col_peak, bg, fg, flags)
+    if low is None:
         return None
-    good = ~low
-    xs = np.arange(cols)
-    ilm_r = np.interp(xs, xs[good], ilm_r[good])
-    rpe_r = np.interp(xs, xs[good], rpe_r[good])
+    ilm_r, rpe_r = _bridge(ilm_r, low), _bridge(rpe_r, low)
     rpe_r = ndimage.median_filter(rpe_r, size=max(3, int(60.0 / lateral_um)) | 1, mode="nearest")
     thick_um = float(np.median(rpe_r - ilm_r)) * axial_um
     if not (60.0 <= thick_um <= 1500.0):
@@ -512,13 +518,10 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     rr = np.arange(rows)[:, None]
     below = rr >= ilm_r[None, :]
     col_peak = np.where(below, s2, -np.inf).max(axis=0)
-    low = ~has | (col_peak < bg + 0.25 * (fg - bg))
-    if low.mean() > 0.7:
-        flags["no_retina"] = "fewer than 30% of the columns show a retina"
+    low = _low_signal(has, col_peak, bg, fg, flags)
+    if low is None:
         return None
-    good = ~low
-    xs = np.arange(cols)
-    ilm_r = np.interp(xs, xs[good], ilm_r[good])
+    ilm_r = _bridge(ilm_r, low)
     P = um  # pixels per micrometre (axial)
 
     # ---- costs -------------------------------------------------------------------------------
