@@ -94,16 +94,14 @@ def boundary_errors(ours: np.ndarray, ref: np.ndarray, axial_um: float) -> dict:
 
 
 def _circle_case(case: dict, method: str) -> dict:
-    from grok.oct.segment import segment_bscan
     from grok.oct.volume import measure_circle
 
     t = time.perf_counter()
-    seg = segment_bscan(case["image"], case["axial_um"], case["lateral_um"], pattern="circle", method=method)
-    secs = time.perf_counter() - t
     m = measure_circle(case["image"], case["axial_um"], case["lateral_um"], method=method)
+    secs = time.perf_counter() - t
     ref_bio, _ = circle_biomarkers(case["manual"], case["axial_um"])
     dev_bio, _ = circle_biomarkers(case["device"], case["axial_um"])
-    ours = seg.boundaries.astype(np.float64)
+    ours = m.segmentation.astype(np.float64)
     ours_bio, _ = circle_biomarkers(ours, case["axial_um"])
     rnfl = {k.replace("rnfl_peripapillary_", "").replace("_um", ""): {
         "ours": round(ours_bio[k], 1), "manual": round(ref_bio[k], 1), "device": round(dev_bio[k], 1),
@@ -116,17 +114,15 @@ def _circle_case(case: dict, method: str) -> dict:
 
 
 def _line_case(case: dict, method: str) -> dict:
-    from grok.oct.segment import segment_bscan
     from grok.oct.volume import measure_volume
 
-    t = time.perf_counter()
-    seg = segment_bscan(case["image"], case["axial_um"], case["lateral_um"], method=method)
-    secs = time.perf_counter() - t
     scan = case["scan"]
+    t = time.perf_counter()
     m = measure_volume(scan.volume, scan.spacing_mm, scan.laterality, method=method)
+    secs = time.perf_counter() - t
     return {"method": method, "seconds": round(secs, 3),
-            "vs_device": boundary_errors(seg.boundaries.astype(np.float64), case["device"], case["axial_um"]),
-            "flags": sorted(seg.flags),
+            "vs_device": boundary_errors(m.segmentation[0].astype(np.float64), case["device"], case["axial_um"]),
+            "flags": sorted(m.quality["flags"]),
             "normal_eye_measures": {k: (round(m.biomarkers[k], 3) if math.isfinite(m.biomarkers[k]) else None)
                                     for k in LESION_IDS}}
 

@@ -26,6 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from grok.ids import BOUNDARIES
+
 OPT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.5.4"
 OP8_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 OP16_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.5.2"
@@ -571,8 +573,6 @@ def _read_heyex_vol(path: Path, name: str) -> tuple[OctScan, VendorIdentity]:
                           error_class="inconsistent_dimensions")
     data = heyex_display(raw)
     # the device's own segmentation lines, in canonical rows (NaN where the device has none)
-    from grok.ids import BOUNDARIES
-
     dev = np.full((hdr.n_bscans, len(BOUNDARIES), hdr.size_x), np.nan, np.float32)
     for k, ln in enumerate(lines):
         for j, bname in enumerate(HEYEX_VOL_LINES[: ln.shape[0]]):
