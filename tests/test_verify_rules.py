@@ -102,7 +102,9 @@ def test_wrong_diagnosis_and_ruling_out_the_label(ctx):
                                                               "Diagnosis: glaucoma"), facts), facts)
     assert "diagnosis_mismatch" in _codes(res)
     res = v.verify(_row("report", _good_report(facts) + " AMD is ruled out.", facts), facts)
-    assert "contradiction" in _codes(res)
+    assert "self_contradiction" in _codes(res)  # it also states AMD as the diagnosis
+    res = v.verify(_row("biomarker_qa", "Drusen are present, but AMD is ruled out.", facts), facts)
+    assert "contradiction" in _codes(res) and not res.passed
     res = v.verify(_row("diagnosis", "Answer: Normal.", facts), facts)
     assert "diagnosis_mismatch" in _codes(res)
     res = v.verify(_row("diagnosis", "Drusen are present.", facts), facts)

@@ -165,6 +165,29 @@ def _trie_pattern(words) -> str:
     return build(trie)
 
 
+#: Look-behind placed after the first (word) character of an alternative: "the character before
+#: the match is not a word character", i.e. a leading ``\b``. Starting every alternative with a
+#: literal character (or a digit) lets the regex engine skip positions where no alternative can
+#: start, which is most of the speed of the scans below.
+_WB = r"(?<!\w.)"
+
+
+def _lead_trie(words, guard: str = _WB) -> str:
+    """Prefix-factored alternation of ``words`` whose every branch starts with a literal character
+    followed by ``guard`` (see :data:`_WB`); longer words are preferred, as in ``_trie_pattern``."""
+    by_first: dict[str, list[str]] = {}
+    for w in sorted(set(words)):
+        by_first.setdefault(w[0], []).append(w[1:])
+    alts = []
+    for c, rests in by_first.items():
+        tail = [r for r in rests if r]
+        body = _trie_pattern(tail) if tail else ""
+        if tail and "" in rests:
+            body = f"(?:{body})?"
+        alts.append(re.escape(c) + guard + body)
+    return "(?:" + "|".join(alts) + ")"
+
+
 def _alias_regex(aliases) -> re.Pattern:
     words = sorted({a.lower() for a in aliases})
     return re.compile(rf"(?<![\w-])(?:{_trie_pattern(words)})(?![\w-])")

@@ -48,16 +48,23 @@ from functools import lru_cache
 from typing import Any
 
 from grok.instruct.boxes import BOX_START, iou, parse_boxes, strip_boxes
-from grok.verify.lexicon import UNIT_ALIASES, UNIT_BASE, Lexicon, _trie_pattern
+from grok.verify.claims import (
+    COEXIST_RE,
+    LESION_HEDGE_BEFORE,
+    LESION_NEG_AFTER,
+    LESION_NEG_BEFORE,
+    STAGE_ALSO_ALLOWS,
+    STAGE_WORDS,
+    UNMEASURED_LESIONS,
+    disease_polarity,
+)
+from grok.verify.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
+from grok.verify.textnorm import normalise
 
-HARD_CODES = frozenset({"wrong_number", "hallucinated_number", "diagnosis_mismatch", "contradiction",
-                        "forbidden_phrase", "laterality", "format", "length", "box"})
+HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
+                        "contradiction", "self_contradiction", "invented_finding", "forbidden_phrase", "laterality",
+                        "format", "length", "box", "unreadable"})
 
-#: Look-behind placed after the first (word) character of an alternative: "the character before
-#: the match is not a word character", i.e. a leading ``\b``. Starting every alternative with a
-#: literal character (or a digit) lets the regex engine skip positions where no alternative can
-#: start, which is most of the speed of the scans below.
-_WB = r"(?<!\w.)"
 #: Clause separators: white space after . ; ! ? (group 1-4) and runs of line breaks (the whole
 #: match); the same spans as ``(?<=[.;!?])\s+|\n+``, see :func:`_clause_spans`.
 _CLAUSE_SPLIT = re.compile(r"\.(\s+)|;(\s+)|!(\s+)|\?(\s+)|\n\n*")
@@ -81,8 +88,11 @@ _NUM = r"\d+(?:\.\d+)?"
 #: A number (or range) with an optional unit. The pattern starts with a digit so that the regex
 #: engine skips straight from digit to digit; the look-behind after the first digit is the check
 #: "not preceded by a word character or a dot" (the same as a leading ``(?<![\w.])``).
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+#: Group ``e``: a power of ten in scientific notation ("2.62e2", "2.62 × 10^2", "2.62×10²").
 _NUMBER_RE = re.compile(
-    rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
+    rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?P<e>e[+-]?\d+|\s*[×x]\s*10(?:\^\s*[+\-−]?\d+|[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
+    rf"(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
     r"(?![\w³²])")
 #: Spans that contain numbers but are not measurements: region names, ordinals, ages, step numbers.
 #: The rule is ``\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])
@@ -140,22 +150,6 @@ _TERM_CLASS: dict[str, str] = {**{w: "normal" for w in _NORMAL_WORDS}, **{w: "lo
                                **{w: "high" for w in _HIGH.split("|")}}
 
 
-def _lead_trie(words, guard: str = _WB) -> str:
-    """Prefix-factored alternation of ``words`` whose every branch starts with a literal character
-    followed by ``guard`` (see :data:`_WB`); longer words are preferred, as in ``_trie_pattern``."""
-    by_first: dict[str, list[str]] = {}
-    for w in sorted(set(words)):
-        by_first.setdefault(w[0], []).append(w[1:])
-    alts = []
-    for c, rests in by_first.items():
-        tail = [r for r in rests if r]
-        body = _trie_pattern(tail) if tail else ""
-        if tail and "" in rests:
-            body = f"(?:{body})?"
-        alts.append(re.escape(c) + guard + body)
-    return "(?:" + "|".join(alts) + ")"
-
-
 _TERM_RE = re.compile(_lead_trie(_TERM_CLASS) + r"\b")
 #: A reference cue before a number: ``\b(?:range|percentile|limits?|cut-?offs?|thresholds?|normal|
 #: reference|mean|average|expected|typical|above|below|under|over|exceed\w*|at least|at most|less than|
@@ -169,28 +163,21 @@ _REF_CUE = re.compile(
 #: The windows before/after a term or finding (only whether they match is used); the leading
 #: word lists are written with literal first characters (see :data:`_WB`).
 _NEG_TERM_BEFORE = re.compile(_lead_trie(("not", "no", "without", "nor", "rather than")) + r"\s+(?:\w+\s+){0,2}$")
-_NEG_BEFORE = re.compile(_lead_trie(("no", "without", "neither", "nor", "absence of", "free of", "lack of"))
+_NEG_BEFORE = re.compile(_lead_trie(("no", "without", "neither", "nor", "absence of", "free of", "lack of",
+                                     "rather than"))
                          + r"\s+(?:[\w-]+\s+){0,2}$")
-_NEG_AFTER = re.compile(r"^\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:absent|not (?:seen|detected|present|visible|"
-                        r"identified|found)|none)\b")
-_POS_AFTER = re.compile(r"^\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:present|detected|seen|visible|identified|noted)\b")
-_POS_BEFORE = re.compile(_lead_trie(("presence of", "show", "shows", "there is", "there are", "evidence of", "reveal",
-                                     "reveals", "demonstrate", "demonstrates", "with")) + r"\s+(?:\w+\s+){0,2}$")
-#: Concluding statements, in priority order (the first alternative that matches at a position
-#: wins). Same as ``\b(?:diagnosis|answer|impression|conclusion)\s*:|\b(?:the )?(?:most likely )?
-#: diagnosis is\b|\bmost (?:consistent with|likely...)|...`` with the optional prefixes expanded
-#: (greedy order) so that every alternative starts with a literal character (see :data:`_WB`).
-_CONCLUDE_ALTS = (
-    r"d{wb}iagnosis\s*:", r"a{wb}nswer\s*:", r"i{wb}mpression\s*:", r"c{wb}onclusion\s*:",
-    r"t{wb}he most likely diagnosis is\b", r"t{wb}he diagnosis is\b", r"m{wb}ost likely diagnosis is\b",
-    r"d{wb}iagnosis is\b", r"m{wb}ost (?:consistent with|likely(?: diagnosis)?(?: is)?(?::)?)",
-    r"i{wb}n keeping with\b", r"c{wb}onsistent with a diagnosis of\b", r"b{wb}est (?:described as|fits)\b",
-    r"t{wb}he answer is\b", r"p{wb}oints? to\b", r"i{wb}ndicative of\b",
-)
-_CONCLUDE_RE = re.compile("|".join(a.format(wb=_WB) for a in _CONCLUDE_ALTS))
-_RULEOUT_RE = re.compile(_lead_trie(
-    ("unlikely", "ruled out", "rule out", "rules out", "excluded", "exclude", "excludes", "not supported",
-     "less likely", "argue against", "argues against", "no evidence of", "no evidence for")) + r"\b")
+_NEG_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:absent|not (?:seen|detected|present|"
+                        r"visible|identified|found|evident|observed)|none|ruled out)\b")
+_POS_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:also )?(?:present|detected|seen|"
+                        r"visible|identified|noted|observed|evident)\b")
+_POS_BEFORE = re.compile(_lead_trie(("presence of", "show", "shows", "showing", "there is", "there are", "evidence of",
+                                     "reveal", "reveals", "revealing", "demonstrate", "demonstrates", "with", "has",
+                                     "have", "signs of", "area of", "areas of", "focus of", "foci of"))
+                         + r"\s+(?:[\w-]+\s+){0,4}$")
+#: "Diagnosis: normal", "the diagnosis is a normal eye" (a bare "normal" is read as a diagnosis only here;
+#: elsewhere it describes a measurement).
+_NORMAL_CONCL = re.compile(r"\b(?:diagnosis|answer|impression|conclusion)\s*(?:is\s*)?:?\s*(?:a\s+|an\s+)?normal\b"
+                           r"(?!\s+(?:range|limits?|values?|thickness|variant|for|ageing|aging))")
 _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\blabel(?:s|led|ed)?\b", "mentions a label"),
     (r"\bas (?:given|provided|stated|listed|indicated)\b", "refers to given information"),
@@ -204,6 +191,10 @@ _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\b(?:i|we) (?:was|were) (?:told|given)\b", "says it was told"),
     (r"\baccording to the (?:table|report|list|data|record)\b", "cites a table or record"),
     (r"\breference (?:answer|diagnosis)\b", "mentions a reference answer"),
+    (r"\b(?:measurements|values|data|numbers|information|biomarkers|findings|details|figures) (?:that |which )?"
+     r"(?:you|we were|i was|were|was) (?:provided|gave|given|supplied|shared|listed|sent)\b", "refers to provided material"),
+    (r"\b(?:the|this|your) (?:dataset|data set|annotations?|answer key|case notes|correct answer)\b|\bannotated as\b",
+     "mentions a dataset, annotation or answer key"),
 )]
 _PROVIDED_FIRST = ("provided ", "given ", "supplied ", "attached ", "accompanying ")
 _PROVIDED_SECOND = ("report", "data", "list", "table", "label", "diagnosis", "biomarker", "json", "values",
@@ -235,6 +226,10 @@ _FORBIDDEN_NEEDLES: list = [
     (" was told", " were told", " was given", " were given"),
     ("according to the ",),
     ("reference answer", "reference diagnosis"),
+    (" you provided", " you gave", " you given", " you supplied", " you shared", " you listed", " you sent",
+     " were provided", " were given", " were supplied", " were listed", " was provided", " was given",
+     " was supplied", " was listed", " were shared", " was shared", " were sent", " was sent"),
+    ("dataset", "data set", "annotat", "answer key", "case notes", "correct answer"),
 ]
 assert len(_FORBIDDEN_NEEDLES) == len(_FORBIDDEN_LIST)
 
@@ -353,7 +348,98 @@ def _decimals(s: str) -> int:
     return len(s.split(".", 1)[1]) if "." in s else 0
 
 
-_NORMAL_AFTER = re.compile(r"\s*normal\b")
+def _number_value(a: str, e: str | None) -> tuple[float, int]:
+    """The value and the written decimals of a number with an optional power of ten (group ``e`` of
+    ``_NUMBER_RE``): ``("2.62", "e2")`` -> ``(262.0, 0)``."""
+    dec = _decimals(a)
+    if not e:
+        return float(a), dec
+    p = e.translate(_SUPERSCRIPT).replace("−", "-")
+    p = p[1:] if p[0] == "e" else p.split("10", 1)[1].lstrip("^ ")
+    exp = int(p)
+    return float(a) * 10.0 ** exp, max(0, dec - exp)
+
+
+#: "at least / more than / over / >" (group ``ge``) or "fewer than / less than / under / <" before a count.
+_COUNT_BOUND = re.compile(r"(?:(?P<ge>at least|more than|greater than|over|above|≥|>)|fewer than|less than|under|"
+                          r"below|<)\s*$")
+
+
+
+
+@lru_cache(maxsize=32)
+def _name_regex_cached(words: tuple[str, ...]) -> re.Pattern:
+    return re.compile(_lead_trie(words, guard=r"(?<![\w-].)") + r"(?![\w-])")
+
+
+def _name_regex(words) -> re.Pattern:
+    """Whole-word (hyphen-aware) alternation of ``words`` (lower case), longest first, every branch
+    starting with a literal character (see :data:`_WB`)."""
+    return _name_regex_cached(tuple(sorted({w.lower() for w in words})))
+
+
+def _spans_of(text: str, needle: str) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` of every occurrence of ``needle`` in ``text``."""
+    out = []
+    i = text.find(needle)
+    while i >= 0:
+        out.append((i, i + len(needle)))
+        i = text.find(needle, i + 1)
+    return out
+
+
+def _turn_text(content: Any) -> tuple[str, str | None]:
+    """The text of one turn's content and, when it is not plain UTF-8 text, why."""
+    if content is None:
+        return "", None
+    if isinstance(content, str):
+        try:
+            content.encode("utf-8")
+        except UnicodeEncodeError:
+            return content.encode("utf-8", "replace").decode("utf-8"), "is not valid UTF-8 text"
+        return content, None
+    if isinstance(content, (bytes, bytearray)):
+        try:
+            return bytes(content).decode("utf-8"), None
+        except UnicodeDecodeError:
+            return bytes(content).decode("utf-8", "replace"), "is not valid UTF-8 text"
+    if isinstance(content, (list, tuple)):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        return "\n".join(texts), "is a list of parts, not text"
+    return str(content), f"is a {type(content).__name__}, not text"
+
+
+def _clean_messages(messages: Any, t) -> list[dict[str, str]]:
+    """``[{role, content}]`` with text contents; each unreadable or empty turn is a ``format`` reason."""
+    if messages is None or isinstance(messages, (str, bytes, dict)):
+        if messages:
+            t.fail("format", f"messages must be a list of {{role, content}} turns, got {type(messages).__name__}")
+        return []
+    out = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            t.fail("format", f"turn {i} is a {type(msg).__name__}, not a {{role, content}} mapping")
+            continue
+        role = msg.get("role")
+        text, why = _turn_text(msg.get("content"))
+        if why:
+            t.fail("format", f"turn {i} ({role}) {why}")
+        if role in ("user", "assistant") and not text.strip():
+            t.fail("format", f"turn {i} ({role}) is empty")
+        out.append({"role": role if isinstance(role, str) else str(role), "content": text})
+    return out
+
+
+class _RowClaims:
+    """What one row claims across all its assistant turns: diseases (id -> polarities), the
+    diagnoses it states, and present/absent claims per finding (entity -> claims)."""
+
+    __slots__ = ("diseases", "entities", "stated")
+
+    def __init__(self, stated: list[str]) -> None:
+        self.diseases: dict[str, set[str]] = {}
+        self.entities: dict[str, set[str]] = {}
+        self.stated = stated
 
 
 class _ClauseScan:
@@ -436,6 +522,17 @@ class Verifier:
         self.config = config or VerifyConfig()
         self.families = families or FAMILIES
         self._unit_quantity = {uid: UNIT_BASE[uid] for uid in UNIT_BASE}
+        # one scan finds every finding, unmeasured lesion, disease and stage name
+        self._unmeasured = frozenset(UNMEASURED_LESIONS)
+        self._names_stage = {w: (d, c) for d, cls in STAGE_WORDS.items() for c, ws in cls.items() for w in ws}
+        self._stage_rx = {d: _name_regex({w for ws in cls.values() for w in ws}) for d, cls in STAGE_WORDS.items()}
+        self._names_disease = dict(lexicon.disease_alias)
+        for w, (d, _c) in self._names_stage.items():  # "late amd", "mild hypertensive" also name their disease
+            if d in lexicon.disease_names and any(re.search(rf"(?<![\w-]){re.escape(a)}(?![\w-])", w)
+                                                  for a, x in lexicon.disease_alias.items() if x == d):
+                self._names_disease.setdefault(w, d)
+        self._names_rx = _name_regex({*lexicon.presence_alias, *self._unmeasured, *self._names_disease,
+                                      *self._names_stage})
 
     # -- helpers -----------------------------------------------------------------------------------
     def _close(self, written: float, decimals: int, truth: float) -> bool:
@@ -464,22 +561,60 @@ class Verifier:
             unit_raw = m.group("unit")
             unit = (UNIT_ALIASES.get(unit_raw) or UNIT_ALIASES.get(unit_raw.lower())) if unit_raw else None
             b_raw = m.group("b")
-            nums = [m.group("a"), b_raw] if b_raw else [m.group("a")]
             subj = self._subject_before(mentions, ms)
             if subj is None and not mentions and carried is not None:
                 subj = carried
             gap_start = subj[1] if subj else 0
-            # a range is always a reference cue; otherwise look for one only if a check needs it
-            cue = True if b_raw else _LazyCue(clause, gap_start, ms)
-            for k, s in enumerate(nums):
-                x = float(s)
-                dec = _decimals(s)
+            cue = _LazyCue(clause, gap_start, ms)
+            a_val, a_dec = _number_value(m.group("a"), m.group("e"))
+            if ms > 0 and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
+                a_val = -a_val  # a sign, not a range dash ("-73.4 µm")
+            if b_raw and not cue and subj is not None and self._check_range(
+                    a_val, float(b_raw), _decimals(b_raw), unit, m.group(0).strip(), subj, facts, t):
+                continue
+            # a range after a reference cue is two reference values
+            nums = [(a_val, a_dec, m.group("a")), (float(b_raw), _decimals(b_raw), b_raw)] if b_raw else \
+                [(a_val, a_dec, m.group("a"))]
+            for k, (x, dec, s) in enumerate(nums):
                 if unit in UNIT_BASE:
-                    self._check_unit_number(x, dec, unit, s, subj, True if k == 1 else cue, facts, t)
+                    self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t)
                 elif unit == "percent":
                     self._check_percent(x, dec, s, subj, facts, t)
                 else:
-                    self._check_bare_number(x, dec, s, ms, m.end() - off, mentions, subj, cue, facts, t)
+                    self._check_bare_number(clause, x, dec, s, ms, m.end() - off, mentions, subj,
+                                            True if b_raw else cue, facts, t)
+
+    def _check_range(self, lo, hi, dec, unit, written, subj, facts, t: _Tally) -> bool:
+        """A measurement written as a range ("CST 255-265 µm", no reference cue before it): it must
+        contain the biomarker's value (within the tolerance). Returns False when the subject is no
+        biomarker of this unit's quantity (the range is then read as two reference values)."""
+        if unit not in UNIT_BASE and unit is not None:
+            return False
+        factor = UNIT_BASE[unit][1] if unit in UNIT_BASE else None
+        for bid in subj[2]:
+            b = facts.biomarkers.get(bid)
+            if b is None:
+                continue
+            if factor is not None:
+                if UNIT_BASE.get(b.unit, ("",))[0] != UNIT_BASE[unit][0]:
+                    continue
+                v = b.value * UNIT_BASE[b.unit][1] / factor
+            else:
+                v = b.value
+            lo_, hi_ = min(lo, hi), max(lo, hi)
+            slack = max(self.config.tolerance * abs(v), 0.5 * 10 ** (-dec) + 1e-12)
+            if lo_ - slack <= v <= hi_ + slack:
+                t.ok()
+                return True
+            if b.has_range:  # the normal range written without a cue word ("CST 262 µm (240-316 µm)"), to ±2 %
+                scale = UNIT_BASE[b.unit][1] / factor if factor else 1.0
+                p5, p95 = (float(x.split()[0]) * scale for x in (b.low_text, b.high_text))
+                if all(abs(x - r) <= max(0.02 * abs(r), 0.5 * 10 ** (-dec) + 1e-12) for x, r in ((lo_, p5), (hi_, p95))):
+                    t.ok()
+                    return True
+            t.fail("wrong_number", f"range {written} for {b.name}, which is {b.text}")
+            return True
+        return False
 
     def _candidates(self, ids, quantity: str, facts) -> list[str]:
         return [b for b in ids if UNIT_BASE.get(self.lex.biomarker_units.get(b, ""), ("",))[0] == quantity]
@@ -531,9 +666,18 @@ class Verifier:
             written = f"{s} {unit}"
             measured = [facts.biomarkers[b] for b in cands if b in facts.biomarkers]
             if measured:
-                return t.fail("wrong_number", f"{written} for {measured[0].name}, which is {measured[0].text}")
+                b = measured[0]
+                if unit != b.unit and self._close(x, dec, b.value):
+                    return t.fail("wrong_unit", f"{written} for {b.name}, which is {b.text}")
+                return t.fail("wrong_number", f"{written} for {b.name}, which is {b.text}")
             return t.fail("hallucinated_number", f"{written} for {self.lex.biomarker_names[cands[0]]}, which was not "
                                                  "measured")
+        if subj is not None:
+            other = [facts.biomarkers[b] for b in subj[2]
+                     if b in facts.biomarkers and facts.biomarkers[b].unit in UNIT_BASE]
+            if other:
+                return t.fail("wrong_unit", f"{s} {unit} for {other[0].name}, which is measured in "
+                                            f"{other[0].symbol} ({other[0].text})")
         if any(value_matches(b) for b in table):
             return t.ok()
         if cue and any(ref_matches(b) for b in table):
@@ -553,25 +697,31 @@ class Verifier:
             return t.fail("hallucinated_number", f"{s} % for {self.lex.biomarker_names[cands[0]]}, which was not measured")
         t.fail("wrong_number", f"{s} % for {b.name}, which is {b.text}")
 
-    def _check_bare_number(self, x, dec, s, ms, me, mentions, subj, cue, facts, t: _Tally) -> None:
-        """A number without a unit at ``[ms, me)`` of its clause: checked only when tied to a ratio or count."""
+    def _check_bare_number(self, clause, x, dec, s, ms, me, mentions, subj, cue, facts, t: _Tally) -> None:
+        """A number without a unit at ``[ms, me)`` of its clause, tied to the biomarker named just
+        before it (or to a count named just after it: "3 microaneurysms"): it must match that
+        biomarker's value in its own unit (or, after a reference cue, a reference value)."""
+        units = self.lex.biomarker_units
         target = None
         after = next(((st, e, ids) for st, e, ids in mentions if 0 <= st - me <= 2), None)
-        if after and any(self.lex.biomarker_units.get(b) == "count" for b in after[2]):
+        if after and any(units.get(b) == "count" for b in after[2]):
             target = after
         elif subj is not None and ms - subj[1] <= 40:
             target = subj
         if target is None:
             return
-        cands = [b for b in target[2] if self.lex.biomarker_units.get(b) in _DIMENSIONLESS_UNITS]
+        cands = [b for b in target[2] if units.get(b) in _DIMENSIONLESS_UNITS or units.get(b) in UNIT_BASE]
         if not cands:
             return
+        bound = _COUNT_BOUND.search(clause, max(0, ms - 24), ms)
         for bid in cands:
             b = facts.biomarkers.get(bid)
             if b is None:
                 continue
             if self._close(x, dec, b.value) or (cue and any(self._close(x, dec, r) for r in b.references)):
                 return t.ok()
+            if bound and b.unit == "count" and (b.value >= x if bound.group("ge") else b.value < x):
+                return t.ok()  # "at least 2 microaneurysms", "fewer than 5 haemorrhages"
         measured = [facts.biomarkers[b] for b in cands if b in facts.biomarkers]
         if measured:
             return t.fail("wrong_number", f"{s} for {measured[0].name}, which is {measured[0].text}")
@@ -579,15 +729,9 @@ class Verifier:
 
     # -- qualitative claims ------------------------------------------------------------------------
     def _check_terms(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried,
-                     stage: str | None = None) -> None:
-        """``stage``: the reasoner's stage name (lower case). Its words ("... without central subfield
-        thickening") are the reasoner's own conclusion, not a claim about a biomarker named nearby."""
-        inside = []
-        if stage:
-            i = clause.find(stage)
-            while i >= 0:
-                inside.append((i, i + len(stage)))
-                i = clause.find(stage, i + 1)
+                     inside=()) -> None:
+        """``inside``: the spans of the reasoner's stage name in the clause. Its words ("... without central
+        subfield thickening") are the reasoner's own conclusion, not a claim about a biomarker named nearby."""
         for m in matches:
             ms, me = m.start() - off, m.end() - off
             if inside and any(a <= ms and me <= b for a, b in inside):
@@ -627,89 +771,166 @@ class Verifier:
                 st = min(s for s in statuses if s)
                 t.fail("contradiction", f"says {name} is {word}, but the reasoner finds it {st}")
 
-    def _check_presence(self, clause: str, matches, off: int, facts, t: _Tally) -> None:
+    # -- named things: findings, unmeasured lesions, diseases, stages ----------------------------------
+    def _check_names(self, clause: str, matches, off: int, facts, t: _Tally, rc: _RowClaims, inside) -> None:
+        """Every finding, lesion, disease and stage name of the clause (one scan finds them all; the
+        name's tables say which it is)."""
         palias = self.lex.presence_alias
         for m in matches:
             ms, me = m.start() - off, m.end() - off
-            fids = palias[m.group(0)]
-            before = clause[max(0, ms - 40):ms]
-            after = clause[me:me + 40]
-            if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
-                claim = "absent"
-            elif _POS_AFTER.match(after) or _POS_BEFORE.search(before):
-                claim = "present"
-            else:
-                continue
-            states = [facts.finding_state.get(f) for f in fids]
-            entity = m.group(0)
-            if claim == "absent":
-                if "present" in states:
-                    t.fail("contradiction", f"says no {entity}, but the reasoner finds it present")
-                elif "absent" in states:
-                    t.ok()
-                else:
-                    t.fail("unsupported_claim", f"says no {entity}, but it was not evaluable")
-            else:
-                if "present" in states:
-                    t.ok()
-                elif "absent" in states:
-                    t.fail("contradiction", f"says {entity} is present, but the reasoner finds it absent")
-                else:
-                    t.fail("unsupported_claim", f"says {entity} is present, but it was not evaluable")
-
-    # -- diagnosis -------------------------------------------------------------------------------
-    def _first_disease(self, clause: str, start: int, end: int | None = None) -> str | None:
-        m = self.lex.disease_re.search(clause, start, end if end is not None else len(clause))
-        return self.lex.disease_alias[m.group(0).lower()] if m else None
-
-    def _check_diagnosis(self, clause: str, concl, off: int, rules_out: bool, facts, t: _Tally,
-                         stated: list[str]) -> None:
-        """``concl``: the concluding-statement matches of the clause; ``rules_out``: whether it has a rule-out cue."""
-        for m in concl:
-            me = m.end() - off
-            window_end = min(len(clause), me + 80)
-            did = self._first_disease(clause, me, window_end)
-            if did is None and _NORMAL_AFTER.match(clause, me):
-                did = "normal"
+            word = m.group(0)
+            fids = palias.get(word)
+            if fids is not None:
+                self._check_presence(clause, ms, me, word, fids, facts, t, rc)
+            elif word in self._unmeasured:
+                self._check_unmeasured(clause, ms, me, word, t)
+            did = self._names_disease.get(word)
             if did is None:
+                stage = self._names_stage.get(word)
+                if stage is not None and stage[0] == facts.label:
+                    self._check_stage(clause, ms, me, word, stage[1], None, facts, t, inside)
                 continue
-            stated.append(did)
-            if did == facts.label:
+            if inside and any(a <= ms and me <= b for a, b in inside):
+                continue
+            if "(" in clause and clause.count("(", 0, ms) > clause.count(")", 0, ms):
+                continue  # evidence listed in parentheses, e.g. "(central subfield thickening (DME range))"
+            pol = disease_polarity(clause[:ms], clause[me:])
+            stage = self._names_stage.get(word)
+            if stage is not None and stage[0] == facts.label:
+                self._check_stage(clause, ms, me, word, stage[1], pol, facts, t, inside)
+            if pol is not None:
+                self._check_disease(clause, word, did, pol, facts, t, rc)
+
+    def _check_presence(self, clause: str, ms: int, me: int, entity: str, fids, facts, t: _Tally,
+                        rc: _RowClaims) -> None:
+        before = clause[max(0, ms - 40):ms]
+        after = clause[me:me + 40]
+        if LESION_HEDGE_BEFORE.search(before):
+            return  # "cannot exclude subretinal fluid", "possible drusen": kept open
+        if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
+            claim = "absent"
+        elif _POS_AFTER.match(after) or _POS_BEFORE.search(before):
+            claim = "present"
+        else:
+            return
+        states = [facts.finding_state.get(f) for f in fids]
+        rc.entities.setdefault(entity, set()).add(claim)
+        if claim == "absent":
+            if "present" in states:
+                t.fail("contradiction", f"says no {entity}, but the reasoner finds it present")
+            elif "absent" in states:
                 t.ok()
             else:
-                t.fail("diagnosis_mismatch", f"concludes {self.lex.disease_names.get(did, did)}, but the study's "
-                                             f"category is {facts.label_name}")
-        if rules_out:
-            did = self._first_disease(clause, 0)
-            if did is None:
-                return
-            if did == facts.label and not concl:
+                t.fail("unsupported_claim", f"says no {entity}, but it was not evaluable")
+        elif "present" in states:
+            t.ok()
+        elif "absent" in states:
+            t.fail("contradiction", f"says {entity} is present, but the reasoner finds it absent")
+        else:
+            t.fail("invented_finding", f"says {entity} is present, but no measurement of this study shows it")
+
+    @staticmethod
+    def _check_unmeasured(clause: str, ms: int, me: int, word: str, t: _Tally) -> None:
+        """A lesion the pipeline never measures (a macular hole, an epiretinal membrane, ...) claimed
+        present: no record can support it. Negated, hedged or asked about, it is no claim."""
+        before = clause[max(0, ms - 60):ms]
+        if LESION_NEG_BEFORE.search(before) or LESION_HEDGE_BEFORE.search(before) or \
+                LESION_NEG_AFTER.match(clause, me) or clause.startswith("?", me):
+            return t.ok()
+        t.fail("invented_finding", f"says {word!r}, which no measurement of this study shows")
+
+    def _check_disease(self, clause: str, word: str, did: str, pol: str, facts, t: _Tally, rc: _RowClaims) -> None:
+        """A stated diagnosis must be the study's category (a second one only as a coexisting disease
+        the reasoner supports); a negated category is decided per row in :meth:`_row_claims`."""
+        rc.diseases.setdefault(did, set()).add(pol)
+        if pol == "stated":
+            rc.stated.append(did)
+            if did == facts.label or (self._status(facts, did) == "supported" and COEXIST_RE.search(clause)):
+                t.ok()
+            else:
+                t.fail("diagnosis_mismatch", f"states {self.lex.disease_names.get(did, did)} ({word!r}), but the "
+                                             f"study's category is {facts.label_name}")
+        elif pol == "negated" and did != facts.label and self._status(facts, did) == "supported":
+            t.fail("unsupported_claim", f"rules out {self.lex.disease_names.get(did, did)}, which the reasoner supports")
+        elif did != facts.label or pol == "possible":
+            t.ok()
+
+    def _check_normal(self, clause: str, facts, t: _Tally, rc: _RowClaims) -> None:
+        """"Diagnosis: normal" (a bare "normal" elsewhere describes a measurement, not the eye)."""
+        for m in _NORMAL_CONCL.finditer(clause):
+            self._check_disease(clause, m.group(0), "normal", "stated", facts, t, rc)
+
+    @staticmethod
+    def _status(facts, did: str) -> str | None:
+        return next((d["status"] for d in facts.differential if d["id"] == did), None)
+
+    def _check_stage(self, clause: str, ms: int, me: int, word: str, claimed: str, pol: str | None, facts,
+                     t: _Tally, inside) -> None:
+        """A stage of the study's category must be the reasoner's stage (``pol``: the polarity of the
+        phrase when it also names the disease; a negated or hedged stage is no claim)."""
+        if not facts.stage or (inside and any(a <= ms and me <= b for a, b in inside)):
+            return
+        if pol in ("negated", "possible") or clause.endswith(("non-", "non "), 0, ms):
+            return
+        before = clause[max(0, ms - 60):ms]
+        if pol is None and (LESION_NEG_BEFORE.search(before) or LESION_HEDGE_BEFORE.search(before)):
+            return
+        own = facts.memo.get(("stage_class", facts.label), False)
+        if own is False:
+            m = self._stage_rx.get(facts.label).search(_lower(facts.stage))
+            own = facts.memo[("stage_class", facts.label)] = self._names_stage[m.group(0)][1] if m else None
+        if own is None:
+            return
+        if claimed == own or claimed in STAGE_ALSO_ALLOWS.get((facts.label, own), ()):
+            t.ok()
+        else:
+            t.fail("wrong_stage", f"names {word!r}, but the reasoner stages {facts.label_name} as {facts.stage}")
+
+    def _row_claims(self, rc: _RowClaims, facts, t: _Tally) -> None:
+        """Row-level verdicts: a disease both stated and negated, a finding both present and absent,
+        and the study's category negated."""
+        for did, pols in rc.diseases.items():
+            name = self.lex.disease_names.get(did, did)
+            if "stated" in pols and "negated" in pols:
+                t.fail("self_contradiction", f"both states and rules out {name}")
+            elif did == facts.label and "negated" in pols:
                 t.fail("contradiction", f"rules out {facts.label_name}, the study's category")
-                return
-            status = next((d["status"] for d in facts.differential if d["id"] == did), None)
-            if status == "supported" and did != facts.label:
-                t.fail("unsupported_claim", f"rules out {self.lex.disease_names.get(did, did)}, which the reasoner supports")
-            else:
-                t.ok()
+        for entity, claims in rc.entities.items():
+            if len(claims) > 1:
+                t.fail("self_contradiction", f"says {entity} is both present and absent")
 
     # -- main ----------------------------------------------------------------------------------------
     def verify(self, row: dict[str, Any], facts) -> VerifyResult:
-        """Check one instruction row (``task``, ``messages``, ``images``, ``eye``) against its study."""
+        """Check one instruction row (``task``, ``messages``, ``images``, ``eye``) against its study.
+
+        Never raises on a malformed row: unreadable turns (not text, not UTF-8, empty) are ``format``
+        reasons, and anything else the checks cannot read is an ``unreadable`` reason."""
+        try:
+            return self._verify(row, facts)
+        except Exception as exc:  # noqa: BLE001 - a row the checks cannot read fails with its reason, never crashes
+            why = f"unreadable: the row could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+            return VerifyResult(False, 0.0, [why], 1)
+
+    def _verify(self, row: dict[str, Any], facts) -> VerifyResult:
         t = _Tally()
+        if not isinstance(row, dict):
+            t.fail("format", f"a row is a mapping with task and messages, got {type(row).__name__}")
+            return VerifyResult(False, 0.0, t.reasons, t.checks)
         task = row.get("task")
         fam = self.families.get(task)
-        messages = list(row.get("messages") or [])
-        images = list(row.get("images") or [])
+        messages = _clean_messages(row.get("messages"), t)
+        images = row.get("images")
+        images = [images] if isinstance(images, str) else list(images if images is not None else [])
         self._check_format(task, fam, messages, images, row, t)
         if facts.eye != row.get("eye", facts.eye):
             t.fail("format", f"row eye {row.get('eye')!r} differs from the study's {facts.eye!r}")
         wrong_eye = _WRONG_EYE[facts.eye]
         eye_needles = _WRONG_EYE_NEEDLES[facts.eye]
-        stated: list[str] = []
+        rc = _RowClaims([])
         assistant_texts = []
         for msg in messages:
-            content = str(msg.get("content", ""))
-            if msg.get("role") == "system":
+            content = msg["content"]
+            if msg["role"] == "system":
                 continue
             has_box = BOX_START in content
             text = strip_boxes(content) if has_box else content
@@ -720,12 +941,13 @@ class Verifier:
             bad_eye = wrong_eye.search(content) if any(n in content for n in eye_needles) else None
             if bad_eye:
                 t.fail("laterality", f"names {bad_eye.group(0)!r} for the {facts.eye_words} ({facts.eye})")
-            if msg.get("role") != "assistant":
+            if msg["role"] != "assistant":
                 continue
             assistant_texts.append(content)
             if has_box:
                 self._check_boxes(content, images, row, facts, t)
-            self._check_claims(low, facts, t, stated)
+            self._check_claims(normalise(low), facts, t, rc)
+        self._row_claims(rc, facts, t)
         all_text = "\n".join(assistant_texts)
         if fam is not None:
             words = len((strip_boxes(all_text) if BOX_START in all_text else all_text).split())
@@ -734,16 +956,17 @@ class Verifier:
                 t.fail("length", f"{words} words in the answer(s), more than the {limit} allowed for {task}")
             else:
                 t.ok()
-            if fam.states_diagnosis and not stated:
+            if fam.states_diagnosis and not rc.stated:
                 t.fail("format", f"a {task} row must state a diagnosis (e.g. 'Diagnosis: ...')")
             if task == "report" and not _RIGHT_EYE[facts.eye].search(all_text + " " + " ".join(
-                    str(m.get("content", "")) for m in messages if m.get("role") == "user")):
+                    m["content"] for m in messages if m["role"] == "user")):
                 t.fail("format", "a report must name the eye it describes")
         score = 1.0 if t.checks == 0 else max(0.0, (t.checks - t.hard - 0.5 * t.soft) / t.checks)
         return VerifyResult(t.hard == 0, round(score, 4), t.reasons, t.checks)
 
-    def _check_claims(self, text: str, facts, t: _Tally, stated: list[str]) -> None:
-        """Numbers, qualitative terms, presence claims and conclusions of one (lower-cased) assistant text.
+    def _check_claims(self, text: str, facts, t: _Tally, rc: _RowClaims) -> None:
+        """Numbers, qualitative terms, presence claims, diagnoses and stages of one (lower-cased,
+        :func:`~grok.verify.textnorm.normalise`-d) assistant text.
 
         The text is read clause by clause. Each pattern scans the whole text once and its matches are
         handed to the clause that contains them; a clause that a match crosses into or out of (which
@@ -759,12 +982,9 @@ class Verifier:
             stage = None
         s_num = _ClauseScan(_NUMBER_RE, masked_text, spans, starts)
         s_term = _ClauseScan(_TERM_RE, text, spans, starts)
-        s_pres = _ClauseScan(lex.presence_re, text, spans, starts)
-        s_conc = _ClauseScan(_CONCLUDE_RE, text, spans, starts)
-        s_rule = _ClauseScan(_RULEOUT_RE, text, spans, starts)
+        s_names = _ClauseScan(self._names_rx, text, spans, starts)
         s_bm = _ClauseScan(lex.biomarker_re, text, spans, starts)
-        p_num, p_term, p_pres, p_conc, p_rule, p_bm = (s_num.per, s_term.per, s_pres.per, s_conc.per, s_rule.per,
-                                                        s_bm.per)
+        p_num, p_term, p_names, p_bm = s_num.per, s_term.per, s_names.per, s_bm.per
         carried = None
         for ci, (a, b) in enumerate(spans):
             clause = text[a:b]
@@ -773,17 +993,16 @@ class Verifier:
             mentions = self._mentions(*s_bm.get(ci, clause)) if p_bm[ci] is not None else []
             if not mentions and carried is not None and not _ANAPHORA.search(clause):
                 carried = None
+            inside = _spans_of(clause, stage) if stage and stage in clause else ()
             if p_num[ci] is not None:
                 ms, off = s_num.get(ci, masked_text[a:b])
                 self._check_numbers(clause, ms, off, mentions, facts, t, carried)
             if p_term[ci] is not None:
-                self._check_terms(clause, *s_term.get(ci, clause), mentions, facts, t, carried, stage)
-            if p_pres[ci] is not None:
-                self._check_presence(clause, *s_pres.get(ci, clause), facts, t)
-            if p_conc[ci] is not None or p_rule[ci] is not None:
-                concl, off = s_conc.get(ci, clause)
-                rules_out = bool(s_rule.get(ci, clause)[0])
-                self._check_diagnosis(clause, concl, off, rules_out, facts, t, stated)
+                self._check_terms(clause, *s_term.get(ci, clause), mentions, facts, t, carried, inside)
+            if p_names[ci] is not None:
+                self._check_names(clause, *s_names.get(ci, clause), facts, t, rc, inside)
+            if "normal" in clause:
+                self._check_normal(clause, facts, t, rc)
             if mentions:
                 carried = mentions[-1]
             elif not _ANAPHORA.search(clause):

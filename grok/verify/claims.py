@@ -1,0 +1,169 @@
+"""How an answer speaks of a diagnosis, a stage or a lesion: stated, hedged, negated, or only named.
+
+Run as: python -c "from grok.verify.claims import disease_polarity as p; print(p('the picture suggests ', ''))"
+
+The verifier finds disease, stage and lesion names with the lexicon's patterns; the functions here
+read the words around one name (the text of its clause before and after it) and say what the
+answer claims about it:
+
+* ``"stated"``: the answer puts it forward as the diagnosis, however hedged ("Diagnosis: X",
+  "suggests X", "consistent with X", "in keeping with X", "points to X", "we favour X", "likely X",
+  "X is the most likely", a terse answer that is just "X.").
+* ``"negated"``: "no X", "without X", "rules out X", "X is unlikely / less likely / not supported /
+  excluded", "rather than X".
+* ``"possible"``: kept open, not claimed: "cannot exclude X", "X cannot be ruled out", "X remains in
+  the differential", "X also has supporting findings", "possible X".
+* ``None``: named without a claim ("X cannot be assessed further from these images").
+
+Hedges are read before negations and negations before statements, so "cannot exclude X" is open
+and "not consistent with X" negated. The rules are plain word lists; each list is written out below.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: After the name: it is kept open.
+_POSSIBLE_AFTER = re.compile(
+    r"^[\s,:]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:is|are)\s+)?(?:also\s+|still\s+)?"
+    r"(?:cannot|can't|can not|could not|may not)\s+be\s+(?:fully\s+|completely\s+|entirely\s+|confidently\s+)?"
+    r"(?:excluded|ruled out)|^[\s,:]*(?:(?:is|are)\s+)?(?:also\s+|still\s+)?(?:not (?:excluded|ruled out)|"
+    r"remains? (?:possible|in the differential|a possibility|on the differential)|(?:is|are) (?:possible|"
+    r"a possibility|in the differential)|also has supporting|has supporting|should be considered|"
+    r"(?:is|are) worth considering|would need)")
+#: After the name: it is negated.
+_NEG_AFTER = re.compile(
+    r"^[\s,:–—-]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:is|are|was|seems|appears|looks|would be|"
+    r"remains|becomes|being)\s+)?(?:(?:very|much|far|considerably|somewhat|also|therefore|thus|then|"
+    r"clinically)\s+)?(?:less likely|unlikely|improbable|doubtful|not\b|ruled out|excluded|absent)")
+#: After the name: it is put forward as the diagnosis.
+_POS_AFTER = re.compile(
+    r"^[\s,]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:category\s+)?(?:is|seems|appears|remains)\s+"
+    r"(?:(?:therefore|thus|clearly|by far)\s+)?(?:the\s+)?(?:most\s+|more\s+|very\s+|highly\s+|quite\s+)?"
+    r"(?:likely|probable|favou?red|suggested|supported|the (?:diagnosis|likeliest|leading|best|working|"
+    r"unifying|most likely)|present|evident|confirmed)|fits best|best fits|is what (?:this|the))")
+#: Before the name: it is kept open.
+_POSSIBLE_BEFORE = re.compile(
+    r"\b(?:cannot|can't|can not|could not|unable to|not able to|cannot fully|cannot entirely)\s+"
+    r"(?:be\s+)?(?:fully\s+|completely\s+|entirely\s+|confidently\s+)?(?:exclude|rule out|ruled out|excluded)\s+"
+    r"(?:[\w'’-]+\s+){0,3}$|\b(?:possible|possibly|may be|might be|could be|differential includes|"
+    r"differential diagnosis includes|consider|considering|considered|versus|vs\.?|or)\s+(?:[\w'’-]+\s+){0,2}$")
+#: Before the name: it is negated (a negator at most three words before it).
+_NEG_BEFORE = re.compile(
+    r"\b(?:no|not|without|nor|neither|against|exclude|excludes|excluded|excluding|rules? out|ruled out|ruling out|"
+    r"rather than|instead of|absence of|free of|lack of|unlikely|less likely|inconsistent with|not in keeping with|"
+    r"argues? against)\s+(?:[\w'’-]+\s+){0,3}$")
+#: Before the name: it is put forward (a cue at most four words before it, no sentence punctuation between).
+_POS_BEFORE = re.compile(
+    r"\b(?:diagnosis|diagnoses|diagnosed|answer|impression|conclusion|assessment|suggests?|suggestive of|"
+    r"suggesting|consistent with|compatible with|in keeping with|in line with|points? to(?:wards)?|pointing to|"
+    r"indicates?|indicative of|indicating|favou?rs?|favou?red|favou?ring|supports?|likely|probable|probably|"
+    r"presumed|presumably|suspected|suspect|typical of|characteristic of|diagnostic of|features of|picture of|"
+    r"appearance of|signs of|represents?|representing|reflects?|best (?:described|explained) (?:as|by)|"
+    r"this is|these are|think|believe|working diagnosis|due to|secondary to|caused by|has|have|shows?|"
+    r"established|confirms?|confirmed|most likely|most consistent with|category)\s*:?\s+(?:[\w'’-]+\s+){0,4}$")
+#: A name that opens its clause and ends it or is followed by punctuation or "with/given/...": a terse
+#: answer ("Glaucoma.", "Glaucoma, given the enlarged cup").
+_TERSE_AFTER = re.compile(r"^\s*(?:$|[,:(–—-]|\((?!.*\blikely\b)|with\b|given\b|based on\b|because\b|due to\b|"
+                          r"secondary to\b|on the basis\b|in view\b)")
+_TERSE_BEFORE = re.compile(r"^[\s*•\-–—#>\d.)]*(?:\*\*)?(?:(?:a|an|the)\s+)?(?:(?:early|late|intermediate|advanced|"
+                           r"mild|moderate|severe|probable|likely)\s+)?$")
+_WINDOW = 90
+
+
+def disease_polarity(before: str, after: str) -> str | None:
+    """What the answer claims about a disease named between ``before`` and ``after`` (its clause's
+    text on each side, lower case): ``"stated"``, ``"negated"``, ``"possible"`` or None."""
+    before = before[-_WINDOW:]
+    after = after[:_WINDOW + 60]
+    if _POSSIBLE_AFTER.match(after) or _POSSIBLE_BEFORE.search(before):
+        return "possible"
+    if _NEG_AFTER.match(after):
+        return "negated"
+    if _POS_AFTER.match(after):
+        return "stated"
+    if _NEG_BEFORE.search(before):
+        return "negated"
+    if _POS_BEFORE.search(before):
+        return "stated"
+    if _TERSE_BEFORE.match(before) and _TERSE_AFTER.match(after):
+        return "stated"
+    return None
+
+
+#: Words that mark a second diagnosis as coexisting rather than competing ("also", "coexisting").
+COEXIST_RE = re.compile(r"\b(?:also|coexist\w*|co-exist\w*|additionally|in addition|as well|concurrent\w*|"
+                        r"concomitant|associated|alongside|together with|plus)\b")
+
+#: Stage words per disease: class -> phrases (lower case). A stage name of the knowledge base is read
+#: with the same lists (its first phrase found gives its class), so the lists only need the words
+#: clinicians write, not the knowledge base's exact names.
+STAGE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "amd": {
+        "late": ("late amd", "late-stage amd", "advanced amd", "neovascular amd", "wet amd", "exudative amd",
+                 "late age-related macular degeneration", "advanced age-related macular degeneration",
+                 "neovascular age-related macular degeneration", "wet age-related macular degeneration",
+                 "late age related macular degeneration", "neovascular or atrophic"),
+        "intermediate": ("intermediate amd", "intermediate-stage amd", "intermediate age-related macular degeneration",
+                         "intermediate age related macular degeneration"),
+        "early": ("early amd", "early-stage amd", "early age-related macular degeneration",
+                  "early age related macular degeneration"),
+        "ageing": ("normal ageing changes", "normal aging changes"),
+    },
+    "diabetic_retinopathy": {
+        "proliferative": ("proliferative diabetic retinopathy", "proliferative retinopathy", "pdr"),
+        "severe": ("severe npdr", "severe non-proliferative", "severe nonproliferative"),
+        "moderate": ("moderate npdr", "moderate non-proliferative", "moderate nonproliferative"),
+        "mild": ("mild npdr", "mild non-proliferative", "mild nonproliferative", "mild diabetic retinopathy",
+                 "minimal diabetic retinopathy"),
+        "none": ("no apparent retinopathy",),
+    },
+    "hypertension": {
+        "malignant": ("malignant hypertensive", "accelerated hypertensive", "malignant hypertension",
+                      "kwb grade iv", "grade iv hypertensive", "grade 4 hypertensive"),
+        "moderate": ("moderate hypertensive", "kwb grade iii", "grade iii hypertensive", "grade 3 hypertensive"),
+        "mild": ("mild hypertensive", "kwb grade ii", "kwb grade i", "grade ii hypertensive", "grade i hypertensive",
+                 "grade 1 hypertensive", "grade 2 hypertensive"),
+        "none": ("no hypertensive retinopathy signs",),
+    },
+    "glaucoma": {
+        "advanced": ("advanced glaucoma", "advanced structural damage", "end-stage glaucoma", "severe glaucoma",
+                     "advanced glaucomatous"),
+        "damage": ("glaucomatous structural damage", "moderate glaucoma", "established glaucoma",
+                   "moderate glaucomatous"),
+        "suspect": ("glaucoma suspect", "suspected glaucoma", "suspicious for glaucoma", "early glaucoma"),
+    },
+    "dme": {
+        "centre": ("centre-involved", "center-involved", "centre involving", "center involving", "ci-dme",
+                   "centre-involving", "center-involving"),
+        "non_centre": ("non-centre-involved", "non-center-involved", "non-centre involving", "non-central",
+                       "without central subfield thickening", "non-ci-dme"),
+    },
+}
+#: Stage classes a stage name also allows ("moderate NPDR or worse" allows a claim of severe NPDR).
+STAGE_ALSO_ALLOWS = {("diabetic_retinopathy", "moderate"): ("severe",)}
+
+
+#: Lesions and signs the pipeline never measures, so no record can support a claim that one is
+#: present (a macular hole, an epiretinal membrane, a vitreous haemorrhage, ...).
+UNMEASURED_LESIONS: tuple[str, ...] = (
+    "macular hole", "full-thickness macular hole", "lamellar hole", "lamellar macular hole", "epiretinal membrane",
+    "vitreomacular traction", "retinal detachment", "rhegmatogenous detachment", "retinal tear", "retinal break",
+    "vitreous haemorrhage", "vitreous hemorrhage", "subretinal haemorrhage", "subretinal hemorrhage",
+    "choroidal neovascularisation", "choroidal neovascularization", "choroidal neovascular membrane", "cnv",
+    "cnvm", "disc haemorrhage", "disc hemorrhage", "drance haemorrhage", "drance hemorrhage", "disciform scar",
+    "macular scar", "fibrotic scar", "laser scars", "laser scar", "photocoagulation scars", "choroidal naevus",
+    "choroidal nevus", "retinoschisis", "hollenhorst plaque", "retinal emboli", "retinal embolus",
+    "disc pallor", "optic disc pallor", "optic atrophy", "macular star", "reticular pseudodrusen",
+    "subretinal drusenoid deposits", "vitelliform lesion", "cystoid macular oedema", "cystoid macular edema",
+    "peripapillary atrophy", "myopic degeneration", "lacquer cracks", "posterior staphyloma",
+)
+#: A lesion name is kept open or asked about, not claimed.
+LESION_HEDGE_BEFORE = re.compile(
+    r"\b(?:cannot|can't|could not|unable to)\s+(?:be\s+)?(?:fully\s+)?(?:exclude|rule out)\s+(?:[\w'’-]+\s+){0,2}$|"
+    r"\b(?:possible|possibly|suspected|suspicious for|query|rule out|to exclude|exclude|whether|any|if)\s+"
+    r"(?:[\w'’-]+\s+){0,2}$")
+LESION_NEG_BEFORE = re.compile(
+    r"\b(?:no|not|without|nor|neither|absence of|free of|lack of|absent|rather than|excludes?|excluded|"
+    r"rules? out|ruled out)\s+(?:[\w'’-]+\s+){0,3}$")
+LESION_NEG_AFTER = re.compile(r"^[\s,:–—-]*(?:(?:is|are|was|were)\s+)?(?:absent|not\b|none|ruled out|excluded)")
