@@ -1,18 +1,20 @@
 """Exceptions raised by the training jobs; each message names the input at fault and the fix.
 
 The CLI maps them to the project's exit codes: :class:`BadInputError` (and subclasses) -> 3,
-:class:`MissingDependencyError` -> 4, :class:`ConfigError` -> 2.
+:class:`MissingDependencyError` -> 4, :class:`ConfigError` -> 2. ``ConfigError`` is the project's one
+config error, :class:`grok.config.ConfigError`, re-exported here.
 """
 
 from __future__ import annotations
 
+from grok.config import ConfigError
+
+__all__ = ["BadInputError", "CheckpointNotFoundError", "ConfigError", "DatasetNotFoundError", "GrokTrainError",
+           "ImageTokenMismatchError", "MissingDependencyError", "SequenceTooLongError"]
+
 
 class GrokTrainError(Exception):
     """Base class of every error raised on purpose by ``grok_train``."""
-
-
-class ConfigError(GrokTrainError, ValueError):
-    """A configuration value is invalid (the message names the field and the fix)."""
 
 
 class BadInputError(GrokTrainError):

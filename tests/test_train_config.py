@@ -67,8 +67,10 @@ def test_model_needs_exactly_one_source():
         config_from_dict(SFTConfig, {"model": {"path": "/m", "tiny": {}}})
     from grok_train.config import ModelConfig
 
-    with pytest.raises(ConfigError, match="exactly one of model.path"):
+    with pytest.raises(ConfigError, match="exactly one of path"):  # the fields are named where they are
         config_from_dict(ModelConfig, {"family": "qwen2_vl"})
+    with pytest.raises(ConfigError, match=r"encoder_model\.tiny\.hidden_size must be divisible"):
+        config_from_dict(AlignConfig, {"encoder": "qwen2vl", "encoder_model": {"tiny": {"num_heads": 3}}})
 
 
 def test_align_encoder_choices_are_checked():
