@@ -34,7 +34,7 @@ _POSSIBLE_AFTER = re.compile(
 #: After the name: it is negated.
 _NEG_AFTER = re.compile(
     r"^[\s,:–—-]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:is|are|was|seems|appears|looks|would be|"
-    r"remains|becomes|being)\s+)?(?:(?:very|much|far|considerably|somewhat|also|therefore|thus|then|"
+    r"remains|becomes|being|can be|could be|may be|has been|have been|is being)\s+)?(?:(?:very|much|far|considerably|somewhat|also|therefore|thus|then|"
     r"clinically)\s+)?(?:less likely|unlikely|improbable|doubtful|not\b|ruled out|excluded|absent)")
 #: After the name: it is put forward as the diagnosis.
 _POS_AFTER = re.compile(
@@ -61,13 +61,13 @@ _POS_BEFORE = re.compile(
     r"presumed|presumably|suspected|suspect|typical of|characteristic of|diagnostic of|features of|picture of|"
     r"appearance of|signs of|represents?|representing|reflects?|best (?:described|explained) (?:as|by)|"
     r"this is|these are|think|believe|working diagnosis|due to|secondary to|caused by|has|have|shows?|"
-    r"established|confirms?|confirmed|most likely|most consistent with|category)\s*:?\s+(?:[\w'’-]+\s+){0,4}$")
+    r"established|confirms?|confirmed|most likely|most consistent with|category|looks? like|appears to be|"
+    r"seems to be|in favou?r of|fits with)\s*:?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
 #: A name that opens its clause and ends it or is followed by punctuation or "with/given/...": a terse
 #: answer ("Glaucoma.", "Glaucoma, given the enlarged cup").
-_TERSE_AFTER = re.compile(r"^\s*(?:$|[,:(–—-]|\((?!.*\blikely\b)|with\b|given\b|based on\b|because\b|due to\b|"
-                          r"secondary to\b|on the basis\b|in view\b)")
-_TERSE_BEFORE = re.compile(r"^[\s*•\-–—#>\d.)]*(?:\*\*)?(?:(?:a|an|the)\s+)?(?:(?:early|late|intermediate|advanced|"
-                           r"mild|moderate|severe|probable|likely)\s+)?$")
+_TERSE_AFTER = re.compile(r"^\s*(?:$|[.;,:!(–—-]|(?:with|given|based on|because|due to|secondary to|on the basis|"
+                          r"in view)\b)|^(?:\s+[\w'’-]+){1,2}\s*(?:$|[.;,:!(])")
+_TERSE_BEFORE = re.compile(r"^[\s*•\-–—#>\d.)]*(?:\*\*)?(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,3}$")
 _WINDOW = 90
 
 
@@ -120,10 +120,12 @@ STAGE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "hypertension": {
         "malignant": ("malignant hypertensive", "accelerated hypertensive", "malignant hypertension",
-                      "kwb grade iv", "grade iv hypertensive", "grade 4 hypertensive"),
-        "moderate": ("moderate hypertensive", "kwb grade iii", "grade iii hypertensive", "grade 3 hypertensive"),
+                      "kwb grade iv", "keith-wagener-barker grade iv", "grade iv hypertensive", "grade 4 hypertensive"),
+        "moderate": ("moderate hypertensive", "kwb grade iii", "grade iii hypertensive", "grade 3 hypertensive",
+                     "keith-wagener-barker grade iii"),
         "mild": ("mild hypertensive", "kwb grade ii", "kwb grade i", "grade ii hypertensive", "grade i hypertensive",
-                 "grade 1 hypertensive", "grade 2 hypertensive"),
+                 "grade 1 hypertensive", "grade 2 hypertensive", "keith-wagener-barker grade ii",
+                 "keith-wagener-barker grade i"),
         "none": ("no hypertensive retinopathy signs",),
     },
     "glaucoma": {
@@ -140,6 +142,35 @@ STAGE_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
                        "without central subfield thickening", "non-ci-dme"),
     },
 }
+#: Words just before a disease name that give its stage ("late-stage (neovascular) AMD", "moderate
+#: non-proliferative diabetic retinopathy"): disease -> word -> class of ``STAGE_WORDS``.
+STAGE_MODIFIERS: dict[str, dict[str, str]] = {
+    "amd": {"late": "late", "late-stage": "late", "advanced": "late", "neovascular": "late", "wet": "late",
+            "exudative": "late", "intermediate": "intermediate", "intermediate-stage": "intermediate",
+            "early": "early", "early-stage": "early"},
+    "diabetic_retinopathy": {"proliferative": "proliferative", "severe": "severe", "moderate": "moderate",
+                             "mild": "mild", "minimal": "mild"},
+    "hypertension": {"malignant": "malignant", "accelerated": "malignant", "moderate": "moderate", "mild": "mild"},
+    "glaucoma": {"advanced": "advanced", "end-stage": "advanced", "severe": "advanced", "moderate": "damage",
+                 "established": "damage"},
+}
+_TOKENS = re.compile(r"[\w'’-]+")
+
+
+def stage_modifier(disease: str, before: str) -> str | None:
+    """The stage class given by the (at most three) words just before a name of ``disease``, with
+    words in parentheses counted ("late-stage (neovascular) amd" -> "late"); None when none is given."""
+    mods = STAGE_MODIFIERS.get(disease)
+    if not mods:
+        return None
+    tail = before[-60:]
+    cut = max(tail.rfind(","), tail.rfind(":"), tail.rfind(";"))
+    for tok in reversed(_TOKENS.findall(tail[cut + 1:])[-3:]):
+        if tok in mods:
+            return mods[tok]
+    return None
+
+
 #: Stage classes a stage name also allows ("moderate NPDR or worse" allows a claim of severe NPDR).
 STAGE_ALSO_ALLOWS = {("diabetic_retinopathy", "moderate"): ("severe",)}
 

@@ -57,6 +57,7 @@ from grok.verify.claims import (
     STAGE_WORDS,
     UNMEASURED_LESIONS,
     disease_polarity,
+    stage_modifier,
 )
 from grok.verify.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
 from grok.verify.textnorm import normalise
@@ -166,9 +167,9 @@ _NEG_TERM_BEFORE = re.compile(_lead_trie(("not", "no", "without", "nor", "rather
 _NEG_BEFORE = re.compile(_lead_trie(("no", "without", "neither", "nor", "absence of", "free of", "lack of",
                                      "rather than"))
                          + r"\s+(?:[\w-]+\s+){0,2}$")
-_NEG_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:absent|not (?:seen|detected|present|"
+_NEG_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,3}?(?:is |are |was |were )?(?:absent|not (?:seen|detected|present|"
                         r"visible|identified|found|evident|observed)|none|ruled out)\b")
-_POS_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,2}?(?:is |are |was |were )?(?:also )?(?:present|detected|seen|"
+_POS_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,3}?(?:is |are |was |were )?(?:also )?(?:present|detected|seen|"
                         r"visible|identified|noted|observed|evident)\b")
 _POS_BEFORE = re.compile(_lead_trie(("presence of", "show", "shows", "showing", "there is", "there are", "evidence of",
                                      "reveal", "reveals", "revealing", "demonstrate", "demonstrates", "with", "has",
@@ -191,8 +192,9 @@ _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\b(?:i|we) (?:was|were) (?:told|given)\b", "says it was told"),
     (r"\baccording to the (?:table|report|list|data|record)\b", "cites a table or record"),
     (r"\breference (?:answer|diagnosis)\b", "mentions a reference answer"),
-    (r"\b(?:measurements|values|data|numbers|information|biomarkers|findings|details|figures) (?:that |which )?"
-     r"(?:you|we were|i was|were|was) (?:provided|gave|given|supplied|shared|listed|sent)\b", "refers to provided material"),
+    ((r"\b(?:measurements|values|data|numbers|information|biomarkers|findings|details|figures) (?:that |which )?"
+      r"(?:you|we were|i was|were|was) (?:provided|gave|given|supplied|shared|listed|sent)\b"),
+     "refers to provided material"),
     (r"\b(?:the|this|your) (?:dataset|data set|annotations?|answer key|case notes|correct answer)\b|\bannotated as\b",
      "mentions a dataset, annotation or answer key"),
 )]
@@ -798,6 +800,10 @@ class Verifier:
             stage = self._names_stage.get(word)
             if stage is not None and stage[0] == facts.label:
                 self._check_stage(clause, ms, me, word, stage[1], pol, facts, t, inside)
+            elif did == facts.label and facts.stage:
+                cls = stage_modifier(did, clause[:ms])
+                if cls is not None:
+                    self._check_stage(clause, ms, me, word, cls, pol, facts, t, inside)
             if pol is not None:
                 self._check_disease(clause, word, did, pol, facts, t, rc)
 
