@@ -25,6 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
@@ -66,8 +67,15 @@ def shard_task(config: dict[str, Any], stage: str, shard: dict[str, Any]) -> str
     limit = st.limit(folder)
     if limit is None:
         return st.run_shard(folder, shard)
-    with concurrency(limit, occupy=1, create_if_missing=True):
+    with concurrency(limit[0], occupy=1):  # the flow set the limit from the config before mapping shards
         return st.run_shard(folder, shard)
+
+
+def set_concurrency_limit(name: str, slots: int) -> None:
+    """Create the global concurrency limit ``name`` with ``slots``, or set an existing one to it (the
+    build config owns the value; each shard's LLM client gets its share of the request rate from it)."""
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, slots)
 
 
 @task(name="merge", cache_policy=NO_CACHE)
@@ -128,6 +136,8 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
     for stage in STAGES:
         t0 = time.perf_counter()
         shards = stage.plan(folder)
+        if (limit := stage.limit(folder)) is not None:
+            set_concurrency_limit(*limit)
         run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
                                       retries=stage.retries(folder), retry_delay_seconds=10)
         if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers)

@@ -71,7 +71,7 @@ def test_llm_mode_from_phantom_studies(phantom_studies, tmp_path):
     with LocalLLMServer(Faults(p500=0.1, p429=0.1), seed=9) as srv:
         res = runner.invoke(app, ["instruct", str(path), "--out", str(tmp_path), "--mode", "llm", "--tasks",
                                   "report,diagnosis,localisation", "--base-url", srv.url, "--model", "tiny",
-                                  "--concurrency", "4", "--json"])
+                                  "--concurrency", "4", "--no-images", "--json"])  # the records carry no media
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["rows_per_mode"].get("llm", 0) > 0 and summary["rows_per_mode"].get("template", 0) > 0

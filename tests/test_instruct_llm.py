@@ -45,6 +45,7 @@ def records(kb):
 
 def _cfg(url: str, **kw) -> LLMConfig:
     base = dict(base_url=url, model="grok-test", timeout_s=0.4, max_retries=12, backoff_base_s=0.005,
+                requests_per_second=0, send_images=False,
                 backoff_max_s=0.02, max_attempts=6, concurrency=8,
                 prices={"grok-test": {"input_per_1m_usd": 0.5, "output_per_1m_usd": 1.5}})
     base.update(kw)

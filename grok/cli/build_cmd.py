@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -11,7 +12,7 @@ from grok.cli._common import ExitCode, console, fail, print_json
 
 
 def build_cmd(
-    config: Path = typer.Argument(..., help="Build config YAML (see configs/phantom_demo.yaml)."),
+    config: Path = typer.Argument(None, help="Build config YAML (see configs/phantom_demo.yaml).", show_default=False),
     dask: bool = typer.Option(False, "--dask", help="Run measure/instruct on a Dask cluster (runner.* settings)."),
     dask_address: str = typer.Option(None, "--dask-address", help="Existing Dask scheduler, e.g. tcp://host:8786."),
     no_prefect: bool = typer.Option(False, "--no-prefect", help="Call the stages directly, without Prefect."),
@@ -19,15 +20,23 @@ def build_cmd(
         "Allow the public demo pseudonym key when $GROK_PSEUDONYM_KEY is unset (phantom and demo data only: "
         "anyone can reverse its pseudonyms).")),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    schema: bool = typer.Option(False, "--schema", help=(
+        "Print the build config's JSON schema and exit (editors validate configs with it; the repository "
+        "keeps it as configs/build.schema.json).")),
 ) -> None:
     """Build, validate and publish a dataset (and trigger training) from CONFIG.
 
     The config is validated before anything runs; a broken one exits 2 naming the field and the fix, and
     so does a missing $GROK_PSEUDONYM_KEY (unless --demo-key).
     """
-    from grok.stages.config import ConfigError, load_config
+    from grok.stages.config import ConfigError, json_schema, load_config
     from grok.stages.runner import BuildFolder, StageFailed
 
+    if schema:
+        sys.stdout.write(json_schema())
+        return
+    if config is None:
+        fail("missing argument CONFIG: pass a build config YAML (e.g. configs/phantom_demo.yaml)", ExitCode.USAGE)
     try:
         overrides = {}
         if dask or dask_address:

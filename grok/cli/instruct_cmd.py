@@ -3,9 +3,10 @@
 Run as: grok instruct STUDIES --out DIR [--mode template|llm] [--tasks report,cot] [--seed N] [--json]
         grok verify DIR/instructions.parquet [--studies FILE] [--tolerance 0.1] [--json]
 
-LLM mode reads its server from ``--llm-config FILE`` (YAML fields of ``grok.instruct.llm.LLMConfig``)
-and/or ``--base-url`` / ``--model`` / ``--concurrency`` / ``--rps`` (or ``GROK_LLM_BASE_URL``,
-``GROK_LLM_MODEL``); the key from the variable named by ``api_key_env`` (default ``GROK_LLM_API_KEY``).
+LLM mode reads its server from ``--llm-config FILE`` (YAML fields of ``grok.instruct.llm.LLMConfig``, the
+same model as a build config's ``instruct.llm`` section, with the same defaults) and/or ``--base-url`` /
+``--model`` / ``--concurrency`` / ``--rps`` (or ``GROK_LLM_BASE_URL``, ``GROK_LLM_MODEL``, ...); the key
+from the variable named by ``api_key_env`` (default ``GROK_LLM_API_KEY``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def instruct(
     concurrency: int = typer.Option(None, "--concurrency", help="Requests in flight (LLM mode)."),
     rps: float = typer.Option(None, "--rps", help="Global requests-per-second limit (LLM mode; 0 = none)."),
     max_attempts: int = typer.Option(None, "--max-attempts", help="Generations per row before quarantine (LLM mode)."),
+    images: bool = typer.Option(None, "--images/--no-images", help=(
+        "Send the row's images to the model (LLM mode; default: the config's send_images, true).")),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Generate knowledge-grounded instruction rows and verify each one.
@@ -44,27 +47,27 @@ def instruct(
     Exit 0 when verified rows were written (quarantined rows are accounted for in the summary),
     1 when none were, 2 for a bad option, 3 for an unreadable STUDIES file, 4 when LLM mode lacks openai.
     """
+    from grok.config import ConfigError
     from grok.instruct.generate import InstructConfig, build_instructions
+    from grok.instruct.llm import LLMConfig
     from grok.instruct.records import StudyError
 
     if not studies.exists():
         fail(f"{studies}: study records not found (pass the JSONL/parquet written by the records stage)",
              ExitCode.BAD_INPUT)
-    llm = None
     try:
-        if mode == "llm":
-            from grok.instruct.llm import LLMConfig
-
+        llm = LLMConfig()
+        if mode == "llm":  # template mode reads no LLM settings (a stale GROK_LLM_* variable cannot break it)
             overrides = {"base_url": base_url, "model": model, "concurrency": concurrency,
-                         "requests_per_second": rps, "max_attempts": max_attempts}
+                         "requests_per_second": rps, "max_attempts": max_attempts, "send_images": images}
             llm = LLMConfig.from_file(llm_config, **overrides) if llm_config else LLMConfig.from_env(**overrides)
             if llm.image_root is None:
-                llm.image_root = str(studies.resolve().parent)
-        cfg = InstructConfig(mode=mode, tasks=_tasks(tasks) or InstructConfig.tasks, seed=seed, tolerance=tolerance,
-                             llm=llm)
+                llm = llm.model_copy(update={"image_root": str(studies.resolve().parent)})
+        cfg = InstructConfig.parse({"mode": mode, "tasks": _tasks(tasks), "seed": seed, "tolerance": tolerance,
+                                    "llm": llm}, where="options: ")
     except FileNotFoundError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
-    except (ValueError, TypeError) as exc:
+    except ConfigError as exc:
         fail(str(exc), ExitCode.USAGE)
     try:
         summary = build_instructions(studies, out, cfg, log=lambda m: console.print(m, highlight=False))

@@ -17,13 +17,17 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from grok import __version__
+from grok.config import Settings
 from grok.instruct.export import FAILURES_SCHEMA, INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, TableWriter
 from grok.instruct.families import FAMILIES, Family, Skip, build_context, row_id
+from grok.instruct.llm import LLMConfig
 from grok.instruct.records import StudyError, StudyFacts, build_facts, load_studies
 from grok.instruct.templating import TemplateLibrary
 from grok.verify.lexicon import build_lexicon
@@ -33,47 +37,45 @@ from grok.verify.verifier import Verifier, VerifyConfig
 _CAPS = ((6, 4, 10), (5, 3, 7), (4, 2, 5), (3, 2, 3), (2, 1, 2))
 
 
-@dataclass
-class InstructConfig:
-    """Settings of one ``grok instruct`` build.
+class InstructConfig(Settings):
+    """Settings of instruction generation (``grok instruct``); the build's ``instruct`` section is this
+    model plus its sharding (:class:`grok.stages.config.InstructSettings`)."""
 
-    mode:
-        ``template`` (default, no network) or ``llm`` (an OpenAI-compatible server writes the
-        assistant turns of the single-turn families; the others stay template rows).
-    tasks:
-        Family ids (see :data:`grok.instruct.families.FAMILIES`); default all six.
-    seed:
-        Chooses phrasings; part of every row id.
-    tolerance:
-        Verifier tolerance for numbers (0.10 = ±10 %).
-    build_id:
-        Recorded in every row's provenance; default: a hash of inputs, seed, tasks and templates.
-    llm:
-        :class:`grok.instruct.llm.LLMConfig` for ``mode="llm"``.
-    """
+    # added to the build's section when the two instruct configs became one: hashed only when changed
+    KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({"tolerance"})
 
-    mode: str = "template"
+    mode: Literal["template", "llm"] = "template"
+    """``template`` (no network) or ``llm`` (an OpenAI-compatible server writes the assistant turns of
+    the single-turn families; the others stay template rows)."""
     tasks: tuple[str, ...] = tuple(FAMILIES)
-    seed: int = 0
+    """Family ids (see :data:`grok.instruct.families.FAMILIES`); default (or null): all six."""
+    seed: int = Field(0, ge=0)
+    """Chooses phrasings; part of every row id."""
     tolerance: float = 0.10
-    build_id: str | None = None
+    """Verifier tolerance for numbers (0.10 = +-10 %)."""
     templates_dir: str | None = None
-    llm: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Your own templates folder (default: the bundled ``templates/``)."""
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    """The LLM client (``mode: llm``)."""
+    build_id: SkipJsonSchema[str | None] = Field(None, exclude=True)
+    """Recorded in every row's provenance; default: a hash of inputs, seed, tasks and templates (a build
+    sets its own; never part of a config file)."""
 
-    def __post_init__(self) -> None:
-        if self.mode not in ("template", "llm"):
-            raise ValueError(f"mode={self.mode!r}: choose 'template' or 'llm' (--mode)")
-        tasks = tuple(self.tasks)
-        unknown = [t for t in tasks if t not in FAMILIES]
-        if unknown or not tasks:
-            raise ValueError(f"tasks={list(tasks)!r}: choose from {', '.join(FAMILIES)} (--tasks)")
-        self.tasks = tuple(dict.fromkeys(tasks))
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed={self.seed!r}: give a non-negative integer (--seed)")
-        VerifyConfig(tolerance=self.tolerance)
-        if self.mode == "llm" and self.llm is None:
-            raise ValueError("mode='llm' needs an LLM configuration (--llm-config FILE or GROK_LLM_* variables)")
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _families(cls, v: Any) -> Any:
+        if v is None:
+            return tuple(FAMILIES)
+        tasks = tuple(v) if isinstance(v, (list, tuple)) else v
+        if not isinstance(tasks, tuple) or not tasks or any(t not in FAMILIES for t in tasks):
+            raise ValueError(f"{v!r}: choose from {', '.join(FAMILIES)} (--tasks)")
+        return tuple(dict.fromkeys(tasks))
+
+    @field_validator("tolerance")
+    @classmethod
+    def _tolerance(cls, v: float) -> float:
+        VerifyConfig(tolerance=v)
+        return v
 
 
 def _json(obj: Any) -> str:

@@ -4,14 +4,17 @@ Run as: GROK_LLM_BASE_URL=http://127.0.0.1:8000/v1 GROK_LLM_MODEL=Qwen/Qwen2-VL-
         grok instruct studies.jsonl --out runs/instruct --mode llm
 
 * :class:`LLMConfig` — base URL, model, sampling, concurrency, rate limit, timeouts, retries,
-  structured output, prices. The API key is read from the environment variable named by
-  ``api_key_env`` (default ``GROK_LLM_API_KEY``, then ``OPENAI_API_KEY``) when the client is made;
-  it is never kept in the config, a row, a log or the cache.
+  structured output, prices: the one LLM settings model (``grok instruct``, the build's
+  ``instruct.llm``, an evaluation judge), a :class:`grok.config.Settings`. The API key is read
+  from the environment variable named by ``api_key_env`` (default ``GROK_LLM_API_KEY``, then
+  ``OPENAI_API_KEY``) when the client is made; it is never kept in the config, a row, a log or the
+  cache.
 * :class:`OpenAIChatClient` — the real ``openai.AsyncOpenAI`` client (its own retries off, so the
   policy here is the only one and every failed try is recorded).
 * :func:`call_with_retries` — exponential backoff with full jitter on 429, 5xx, timeouts,
   connection errors and unreadable responses; other 4xx fail at once.
-* :class:`RateLimiter` — one global requests-per-second limit shared by all workers.
+* :class:`RateLimiter` — one requests-per-second limit shared by all async workers of a client (a
+  build running several LLM shards at once gives each :meth:`LLMConfig.shared_by` its share).
 * :class:`RequestCache` — SQLite, keyed on a canonical hash of model + messages + sampling
   parameters + template hash; each response is committed as soon as it arrives, so a crashed run
   resumes without repeating finished calls and a rerun makes none.
@@ -29,126 +32,116 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol
 from urllib.parse import urlsplit
 
+from pydantic import Field, field_validator
+
+from grok.config import ConfigError, Settings, read_yaml_mapping
+
 API_KEY_ENVS = ("GROK_LLM_API_KEY", "OPENAI_API_KEY")
+#: LLMConfig fields read by :meth:`LLMConfig.from_env`, and their variables.
+ENV_VARS = {"base_url": "GROK_LLM_BASE_URL", "model": "GROK_LLM_MODEL", "concurrency": "GROK_LLM_CONCURRENCY",
+            "requests_per_second": "GROK_LLM_RPS", "timeout_s": "GROK_LLM_TIMEOUT_S"}
 
 
-@dataclass
-class LLMConfig:
-    """Settings of LLM mode (all validated here; the message names the field to fix).
+class LLMConfig(Settings):
+    """Settings of the LLM client: one model for ``grok instruct --llm-config``, the build's
+    ``instruct.llm`` section and any other caller (an evaluation judge). Defaults are defined here only.
 
-    base_url:
-        OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8000/v1`` (vLLM) or a hosted API.
-    model:
-        Model name the server expects.
-    api_key_env:
-        Environment variable holding the key (the key itself is never stored).
-    concurrency:
-        Requests in flight at once (async workers).
-    requests_per_second:
-        Global rate limit over all workers; 0 = unlimited.
-    timeout_s:
-        Per-request timeout in seconds.
-    max_retries:
-        Retries of one request on 429 / 5xx / timeout / connection / unreadable response.
-    backoff_base_s, backoff_max_s:
-        Backoff before retry ``k`` is ``uniform(0, min(backoff_max_s, backoff_base_s * 2**k))``
-        (full jitter), or the server's ``Retry-After`` when it sends one (capped at backoff_max_s).
-    max_attempts:
-        Generations per row: a row failing parsing or verification is regenerated (with a new
-        seed) up to this many times in all.
-    structured_output:
-        ``json_schema`` (strict JSON schema), ``json_object`` or ``none`` (plain text; parsed
-        defensively).
-    send_images:
-        Attach the row's images as base64 data URLs (for models that take images).
-    image_root:
-        Folder the row image paths are relative to (default: the studies file's folder).
-    prices:
-        ``{model: {"input_per_1m_usd": x, "output_per_1m_usd": y}}``; a model without a price
-        gets cost ``None`` (flagged), never a guess.
-    http_transport:
-        ``auto`` (default): requests to an ``http://`` base URL go through the lean keep-alive
-        transport of :mod:`grok.instruct.http1` (about half the client CPU per request), any other
-        URL through the SDK's standard transport; ``sdk``: always the SDK's standard transport.
+    The API key is read from the environment variable named by ``api_key_env`` (then
+    ``OPENAI_API_KEY``) when the client is made; it is never kept in the config, a row, a log or the
+    cache. Backoff before retry ``k`` is ``uniform(0, min(backoff_max_s, backoff_base_s * 2**k))``
+    (full jitter), or the server's ``Retry-After`` when it sends one (capped at ``backoff_max_s``).
     """
 
-    base_url: str
-    model: str
-    api_key_env: str = "GROK_LLM_API_KEY"
-    concurrency: int = 8
-    requests_per_second: float = 0.0
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    max_attempts: int = 3
-    temperature: float = 0.2
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    structured_output: str = "json_schema"
-    send_images: bool = False
-    image_root: str | None = None
-    prompt_template: str = "llm/grok_prompt.j2"
-    prices: dict[str, dict[str, float]] = field(default_factory=dict)
-    http_transport: str = "auto"
+    # fields the build did not have before the two LLM settings classes became this one: content keys
+    # hash them only when changed, so existing builds keep their build ids
+    KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({
+        "top_p", "max_retries", "backoff_base_s", "backoff_max_s", "structured_output", "image_root",
+        "prompt_template", "prices", "http_transport"})
 
-    def __post_init__(self) -> None:
-        if not self.base_url or not urlsplit(str(self.base_url)).scheme.startswith("http"):
-            raise ValueError(f"base_url={self.base_url!r}: give an http(s) URL such as http://127.0.0.1:8000/v1 "
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """OpenAI-compatible endpoint, e.g. ``http://127.0.0.1:8000/v1`` (vLLM) or a hosted API."""
+    model: str = "Qwen/Qwen2-VL-7B-Instruct"
+    """Model name the server expects."""
+    api_key_env: str = "GROK_LLM_API_KEY"
+    """Environment variable holding the API key (the key itself is never stored)."""
+    concurrency: int = Field(16, ge=1)
+    """Requests in flight at once per client (async workers)."""
+    requests_per_second: float = Field(10.0, ge=0)
+    """Rate limit over everything that uses this config at once, 0 = unlimited. A build splits it evenly
+    over the LLM shards it runs at once (``instruct.llm_parallel_shards``)."""
+    timeout_s: float = Field(120.0, gt=0)
+    """Per-request timeout in seconds."""
+    max_retries: int = Field(5, ge=0)
+    """Retries of one request on 429 / 5xx / timeout / connection error / unreadable response."""
+    backoff_base_s: float = Field(0.5, ge=0)
+    """Base of the exponential backoff between retries (seconds)."""
+    backoff_max_s: float = Field(30.0, ge=0)
+    """Longest wait between retries (seconds), also the cap on a server's Retry-After."""
+    max_attempts: int = Field(3, ge=1)
+    """Generations per row: a row failing parsing or verification is regenerated (new seed) up to this
+    many times in all."""
+    temperature: float = Field(0.7, ge=0, le=2)
+    """Sampling temperature."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass."""
+    max_tokens: int = Field(800, ge=16)
+    """Completion budget per request (a report is at most 300 words)."""
+    structured_output: Literal["json_schema", "json_object", "none"] = "json_schema"
+    """``json_schema`` (strict JSON schema), ``json_object`` or ``none`` (plain text, parsed defensively)."""
+    send_images: bool = True
+    """Attach the row's images as base64 data URLs (for models that take images)."""
+    image_root: str | None = None
+    """Folder the row image paths are relative to (default: the studies file's folder; a build uses its
+    build folder)."""
+    prompt_template: str = "llm/grok_prompt.j2"
+    """Prompt template, relative to the templates folder."""
+    prices: dict[str, dict[Literal["input_per_1m_usd", "output_per_1m_usd"], Annotated[float, Field(ge=0)]]] = Field(
+        default_factory=dict)
+    """``{model: {input_per_1m_usd: x, output_per_1m_usd: y}}``; a model without a price gets cost
+    ``None`` (flagged), never a guess."""
+    http_transport: Literal["auto", "sdk"] = "auto"
+    """``auto``: requests to an ``http://`` base URL go through the lean keep-alive transport of
+    :mod:`grok.instruct.http1` (about half the client CPU per request), any other URL through the SDK's
+    standard transport; ``sdk``: always the SDK's standard transport."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v or not urlsplit(v).scheme.startswith("http"):
+            raise ValueError(f"{v!r} is not an http(s) URL; give one such as http://127.0.0.1:8000/v1 "
                              "(--base-url or GROK_LLM_BASE_URL)")
-        if not self.model:
-            raise ValueError("model is empty: name the served model (--model or GROK_LLM_MODEL)")
-        checks = [("concurrency", self.concurrency >= 1), ("requests_per_second", self.requests_per_second >= 0),
-                  ("timeout_s", self.timeout_s > 0), ("max_retries", self.max_retries >= 0),
-                  ("backoff_base_s", self.backoff_base_s >= 0), ("backoff_max_s", self.backoff_max_s >= 0),
-                  ("max_attempts", self.max_attempts >= 1), ("max_tokens", self.max_tokens >= 1),
-                  ("temperature", 0 <= self.temperature <= 2), ("top_p", 0 < self.top_p <= 1)]
-        for name, ok in checks:
-            if not ok:
-                raise ValueError(f"{name}={getattr(self, name)!r} is out of range; see LLMConfig's docstring")
-        if self.http_transport not in ("auto", "sdk"):
-            raise ValueError(f"http_transport={self.http_transport!r}: choose auto or sdk")
-        if self.structured_output not in ("json_schema", "json_object", "none"):
-            raise ValueError(f"structured_output={self.structured_output!r}: choose json_schema, json_object or none")
-        for model, p in self.prices.items():
-            if set(p) - {"input_per_1m_usd", "output_per_1m_usd"} or any(float(v) < 0 for v in p.values()):
-                raise ValueError(f"prices[{model!r}]: give input_per_1m_usd and output_per_1m_usd (>= 0)")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _named(cls, v: str) -> str:
+        if not v:
+            raise ValueError("empty: name the served model (--model or GROK_LLM_MODEL)")
+        return v
 
     @classmethod
     def from_env(cls, **overrides: Any) -> LLMConfig:
-        """``GROK_LLM_BASE_URL``, ``GROK_LLM_MODEL`` (and optional ``GROK_LLM_CONCURRENCY``,
-        ``GROK_LLM_RPS``, ``GROK_LLM_TIMEOUT_S``), overridden by keyword arguments that are not None."""
-        env = {"base_url": os.environ.get("GROK_LLM_BASE_URL", ""), "model": os.environ.get("GROK_LLM_MODEL", "")}
-        for key, var, typ in (("concurrency", "GROK_LLM_CONCURRENCY", int), ("requests_per_second", "GROK_LLM_RPS", float),
-                              ("timeout_s", "GROK_LLM_TIMEOUT_S", float)):
-            if os.environ.get(var):
-                env[key] = typ(os.environ[var])
-        env.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**env)
+        """``GROK_LLM_BASE_URL``, ``GROK_LLM_MODEL``, ``GROK_LLM_CONCURRENCY``, ``GROK_LLM_RPS``,
+        ``GROK_LLM_TIMEOUT_S`` where set, overridden by keyword arguments that are not None."""
+        env = {key: os.environ[var] for key, var in ENV_VARS.items() if os.environ.get(var)}
+        return cls.parse({**env, **{k: v for k, v in overrides.items() if v is not None}}, where="LLM settings: ")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> LLMConfig:
         """Read a YAML/JSON mapping of the fields above. A literal ``api_key`` entry is refused."""
-        import yaml
-
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"{p}: LLM config not found")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{p}: expected a mapping of LLMConfig fields")
+        data = read_yaml_mapping(p)
         if "api_key" in data:
-            raise ValueError(f"{p}: do not put the API key in a file; set the variable named by api_key_env")
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"{p}: unknown field(s) {sorted(unknown)}; valid: {sorted(cls.__dataclass_fields__)}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data)
+            raise ConfigError(f"{p}: api_key: do not put the API key in a file; set the variable named by "
+                              "api_key_env (default GROK_LLM_API_KEY)")
+        return cls.parse({**data, **{k: v for k, v in overrides.items() if v is not None}}, where=f"{p}: ")
 
     def sampling(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
@@ -167,6 +160,13 @@ class LLMConfig:
             if v:
                 return v
         return "EMPTY"  # local servers (vLLM) accept any key; the string is not a secret
+
+    def shared_by(self, clients: int) -> LLMConfig:
+        """These settings for one of ``clients`` clients running at once: each gets an equal share of
+        ``requests_per_second``, so together they stay under it (0 = unlimited stays unlimited)."""
+        if clients <= 1 or self.requests_per_second == 0:
+            return self
+        return self.model_copy(update={"requests_per_second": self.requests_per_second / clients})
 
 
 def base_url_host(url: str) -> str:

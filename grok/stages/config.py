@@ -1,26 +1,32 @@
 """The build configuration: one YAML file, validated before anything runs.
 
-Run as: grok build CONFIG.yaml   (see configs/phantom_demo.yaml for a complete example)
+Run as: grok build CONFIG.yaml   (see configs/phantom_demo.yaml; JSON schema: grok build --schema)
 
-Every field is documented here; unknown keys are errors (a typo never silently falls back to a
-default). Relative paths are resolved against the config file's folder.
+Every field is documented here or on the model it nests (``instruct`` is
+:class:`grok.instruct.generate.InstructConfig` plus sharding, ``instruct.llm`` is
+:class:`grok.instruct.llm.LLMConfig`: the same models ``grok instruct`` uses, so there is one set of
+defaults). Unknown keys are errors (a typo never silently falls back to a default). Relative paths are
+resolved against the config file's folder. ``configs/build.schema.json`` is this model's JSON schema
+(``grok build --schema``; a test keeps it up to date), so editors validate and complete build configs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from grok.config import ConfigError, Settings, deep_merge, read_yaml_mapping
+from grok.instruct.families import FAMILIES
+from grok.instruct.generate import InstructConfig
+
+__all__ = ["BuildConfig", "ConfigError", "InstructSettings", "json_schema", "load_config"]
 
 
-class _M(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PhantomSource(_M):
+class PhantomSource(Settings):
     """Generate the source archive with the phantom (demos, tests, benchmarks)."""
 
     subjects: int = Field(7, ge=1, description="Phantom subjects (both eyes each).")
@@ -32,7 +38,7 @@ class PhantomSource(_M):
     noise: float = Field(1.0, gt=0, description="OCT speckle level.")
 
 
-class SourceConfig(_M):
+class SourceConfig(Settings):
     archive: str | None = Field(None, description="Folder, .zip, .tar(.gz) or fsspec URL of the clinic archive.")
     cohort: str | None = Field(None, description="Cohort table (CSV/parquet) with the knowledge base's fields.")
     phantom: PhantomSource | None = Field(None, description="Generate a phantom archive instead of reading one.")
@@ -44,40 +50,45 @@ class SourceConfig(_M):
         return self
 
 
-class DeidSettings(_M):
+class DeidSettings(Settings):
     date_mode: Literal["shift", "year"] = Field("shift", description="Shift dates per patient, or keep the year.")
     allow_burned_in: bool = Field(False, description="Ingest BurnedInAnnotation=YES images instead of quarantining.")
     key_env: str = Field("GROK_PSEUDONYM_KEY", description="Environment variable holding the pseudonym secret.")
 
 
-class MeasureSettings(_M):
+class MeasureSettings(Settings):
     shard_size: int = Field(8, ge=1, description="Studies per measure task (a shard).")
     overlays: bool = Field(True, description="Write overlay PNGs for curators.")
 
 
-class LlmSettings(_M):
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint (vLLM, a hosted API).")
-    model: str = Field("Qwen/Qwen2-VL-7B-Instruct", description="Model name the server expects.")
-    api_key_env: str = Field("GROK_LLM_API_KEY", description="Environment variable holding the API key (never stored).")
-    concurrency: int = Field(16, ge=1, description="Requests in flight per worker.")
-    requests_per_second: float = Field(10.0, gt=0, description="Global rate limit across the build.")
-    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout.")
-    max_attempts: int = Field(3, ge=1, description="Generations per row until one passes the verifier.")
-    temperature: float = Field(0.7, ge=0, le=2)
-    max_tokens: int = Field(800, ge=16)
-    send_images: bool = Field(True, description="Attach the images when the model takes images.")
+class InstructSettings(InstructConfig):
+    """Instruction generation in a build: :class:`grok.instruct.generate.InstructConfig` (mode, tasks,
+    seed, tolerance, templates, ``llm``) plus how the stage shards its work."""
+
+    KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"llm_parallel_shards"})
+
+    shard_size: int = Field(64, ge=1, description="Study records per instruct task (a shard).")
+    llm_parallel_shards: int = Field(1, ge=1, description=(
+        "LLM mode: shards that call the model at once across all workers (the Prefect flow sets the "
+        "grok-llm global concurrency limit to it; the plain runner runs one). llm.requests_per_second is "
+        "split evenly over them, so the whole build stays under it."))
+
+    @field_validator("llm")
+    @classmethod
+    def _no_image_root(cls, v: Any) -> Any:
+        if v.image_root is not None:
+            raise ValueError("image_root is set by the build (its build folder holds the images); remove "
+                             "instruct.llm.image_root")
+        return v
+
+    def key_dump(self) -> dict[str, Any]:
+        out = super().key_dump()
+        if tuple(self.tasks) == tuple(FAMILIES):
+            out["tasks"] = None  # builds have always keyed "every family" as null
+        return out
 
 
-class InstructSettings(_M):
-    mode: Literal["template", "llm"] = Field("template", description="Template mode needs no network.")
-    tasks: list[str] | None = Field(None, description="Task families to generate (default: all).")
-    seed: int = Field(0, description="Seed for phrasing choices.")
-    shard_size: int = Field(64, ge=1, description="Study records per instruct task.")
-    templates_dir: str | None = Field(None, description="Your own templates folder (default: the bundled templates/).")
-    llm: LlmSettings = Field(default_factory=LlmSettings)
-
-
-class PublishSettings(_M):
+class PublishSettings(Settings):
     name: str = Field(..., description="Registry dataset name.")
     version: str | None = Field(None, description="Explicit X.Y.Z; default: bump the latest.")
     bump: Literal["major", "minor", "patch"] = Field("minor")
@@ -98,7 +109,7 @@ class PublishSettings(_M):
         return v
 
 
-class TrainSettings(_M):
+class TrainSettings(Settings):
     jobs: list[Literal["align", "sft"]] = Field(default_factory=list, description="Training jobs to trigger.")
     profile: Literal["cpu_smoke", "gpu"] = Field("cpu_smoke", description="Which shipped configs the jobs use.")
     via: Literal["deployment", "inline"] = Field(
@@ -110,14 +121,14 @@ class TrainSettings(_M):
         description="Deployment name per job (flow-name/deployment-name).")
 
 
-class RunnerSettings(_M):
+class RunnerSettings(Settings):
     kind: Literal["default", "dask"] = Field("default", description="Task runner for measure and instruct.")
     threads: int | None = Field(None, ge=1, description="Threads of the default runner (None: one per CPU core).")
     dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); None = local cluster.")
     n_workers: int = Field(2, ge=1, description="Local Dask workers when no address is given.")
 
 
-class BuildConfig(_M):
+class BuildConfig(Settings):
     """A whole build: source -> ingest -> measure -> label/reason -> instruct -> verify -> publish -> train."""
 
     work_dir: str = Field(..., description="Build folder (all intermediate tables and media).")
@@ -134,10 +145,6 @@ class BuildConfig(_M):
         "(e.g. everything quarantined) instead of publishing an empty dataset."))
 
 
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the file, the field and the fix."""
-
-
 def _resolve(base: Path, p: str | None) -> str | None:
     if p is None or "://" in p or os.path.isabs(p):
         return p
@@ -145,25 +152,10 @@ def _resolve(base: Path, p: str | None) -> str | None:
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> BuildConfig:
-    """Read and validate a build config; errors name the field and the fix."""
+    """Read and validate a build config; errors name the file, the field and the fix."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: no such config file")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-    if overrides:
-        raw = _merge(raw, overrides)
-    try:
-        cfg = BuildConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = []
-        for e in exc.errors():
-            loc = ".".join(str(x) for x in e["loc"])
-            fix = "remove it (unknown key; check the spelling)" if e["type"] == "extra_forbidden" else e["msg"]
-            lines.append(f"{p}: {loc}: {fix}")
-        raise ConfigError("\n".join(lines)) from exc
+    raw = read_yaml_mapping(p)
+    cfg = BuildConfig.parse(deep_merge(raw, overrides) if overrides else raw, where=f"{p}: ")
     base = p.parent
     cfg.work_dir = _resolve(base, cfg.work_dir)
     cfg.source.archive = _resolve(base, cfg.source.archive)
@@ -176,8 +168,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Build
     return cfg
 
 
-def _merge(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def json_schema() -> str:
+    """The build config's JSON schema (what ``grok build --schema`` prints and configs/build.schema.json holds)."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "build.schema.json",
+              **BuildConfig.model_json_schema()}
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"

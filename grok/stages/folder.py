@@ -109,8 +109,11 @@ class BuildFolder:
 
     # -------------------------------------------------------------------------------- shared by stages
     def build_id(self) -> str:
-        """Content hash of the data-shaping config sections and the ingested manifest (stable across resumes)."""
-        dump = self.cfg.model_dump(mode="json")
+        """Content hash of the data-shaping config sections and the ingested manifest (stable across resumes).
+
+        The sections are hashed as :meth:`grok.config.Settings.key_dump` gives them: fields added since
+        builds were first keyed enter only when changed, so the same settings keep the same id."""
+        dump = self.cfg.key_dump()
         h = hashlib.sha256(json.dumps({k: dump[k] for k in DATA_SECTIONS}, sort_keys=True).encode())
         m = self.root / "ingest" / "manifest.parquet"
         if m.exists():

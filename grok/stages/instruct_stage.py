@@ -16,38 +16,29 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
+from grok.instruct.generate import InstructConfig, build_instructions
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
 from grok.stages.stage import Shard, Stage
 
 
-def instruct_config(folder: BuildFolder):
-    """The :class:`grok.instruct.generate.InstructConfig` of this build."""
-    from grok.instruct.generate import InstructConfig
-
+def instruct_config(folder: BuildFolder, shards: int = 1) -> InstructConfig:
+    """The :class:`grok.instruct.generate.InstructConfig` of one shard of this build (``shards``: how many
+    shards the stage has). The build's ``instruct`` section is that model plus sharding; the shard adds the
+    build id and the build folder as the image root, and its client gets an equal share of
+    ``llm.requests_per_second`` among the LLM shards that may run at once."""
     s = folder.cfg.instruct
-    llm = None
-    if s.mode == "llm":
-        from grok.instruct.llm import LLMConfig
-
-        l = s.llm
-        # the key is read from the environment by the client, never copied into config or rows
-        llm = LLMConfig(base_url=l.base_url, model=l.model, api_key_env=l.api_key_env,
-                        concurrency=l.concurrency, requests_per_second=l.requests_per_second, timeout_s=l.timeout_s,
-                        max_attempts=l.max_attempts, temperature=l.temperature, max_tokens=l.max_tokens,
-                        send_images=l.send_images, image_root=str(folder.root))
-    kw: dict[str, Any] = {"mode": s.mode, "seed": s.seed, "build_id": folder.build_id(), "llm": llm,
-                          "templates_dir": s.templates_dir}
-    if s.tasks:
-        kw["tasks"] = tuple(s.tasks)
-    return InstructConfig(**kw)
+    at_once = min(s.llm_parallel_shards, max(1, shards)) if s.mode == "llm" else 1
+    llm = s.llm.shared_by(at_once).model_copy(update={"image_root": str(folder.root)})
+    return InstructConfig.parse({**s.model_dump(round_trip=True, exclude={"shard_size", "llm_parallel_shards", "llm"}),
+                                 "llm": llm, "build_id": folder.build_id()})
 
 
 class Instruct(Stage):
@@ -73,7 +64,7 @@ class Instruct(Stage):
         n = cfg.instruct.shard_size
         code = {"grok": __version__, "source": source_digest("grok.instruct", "grok.verify", "grok.knowledge", __name__)}
         common = {"stage": "instruct", "code": code, "build_id": folder.build_id(),
-                  "config": cfg.instruct.model_dump(mode="json", exclude={"shard_size"}),
+                  "config": {k: v for k, v in cfg.instruct.key_dump().items() if k != "shard_size"},
                   "kb": folder.kb.snapshot_id, "templates": files_digest(cfg.instruct.templates_dir or templates_dir())}
         return [Shard(ids=ids[i:i + n], key=content_key({**common, "records": [records[s] for s in ids[i:i + n]]}))
                 for i in range(0, len(ids), n)]
@@ -87,17 +78,16 @@ class Instruct(Stage):
         done = self.shard_dir(folder, shard["ids"]) / "DONE"
         return done.parent if done.exists() and done.read_text().strip() == shard["key"] else None
 
-    def limit(self, folder: BuildFolder) -> str | None:
-        # at most `llm.concurrency` LLM shards at once across every worker; each shard's client also
-        # rate-limits its own requests
-        return "grok-llm" if folder.cfg.instruct.mode == "llm" else None
+    def limit(self, folder: BuildFolder) -> tuple[str, int] | None:
+        # at most `instruct.llm_parallel_shards` LLM shards at once across every worker, each with its
+        # share of the request rate (instruct_config)
+        s = folder.cfg.instruct
+        return ("grok-llm", s.llm_parallel_shards) if s.mode == "llm" else None
 
     def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
         """Generate and verify one shard; a shard finished from the same inputs is returned as is. Outputs
         from other inputs are removed first; the LLM request cache is kept (a request that did not change
         is replayed from it, never sent again)."""
-        from grok.instruct.generate import build_instructions
-
         done = self.finished(folder, shard)
         if done is not None:
             return str(done)
@@ -107,8 +97,10 @@ class Instruct(Stage):
                 if not p.name.startswith("llm_cache.sqlite"):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         want = set(shard["ids"])
-        records = [r for r in read_records(folder.root) if r["study_id"] in want]
-        build_instructions(records, out, instruct_config(folder), kb=folder.kb)
+        everything = read_records(folder.root)
+        records = [r for r in everything if r["study_id"] in want]
+        shards = -(-len(everything) // folder.cfg.instruct.shard_size)
+        build_instructions(records, out, instruct_config(folder, shards), kb=folder.kb)
         (out / "DONE").write_text(shard["key"] + "\n")
         return str(out)
 

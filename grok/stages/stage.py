@@ -61,8 +61,9 @@ class Stage:
         """Retries an executor may give one shard: I/O and LLM calls only (a measurement is not retried)."""
         return 0
 
-    def limit(self, folder: BuildFolder) -> str | None:
-        """Name of a global concurrency limit the shards must hold (e.g. an LLM server's), or None."""
+    def limit(self, folder: BuildFolder) -> tuple[str, int] | None:
+        """A global concurrency limit the shards must hold (e.g. an LLM server's): its name and how many
+        shards may hold it at once (an executor sets the limit to that), or None."""
         return None
 
     def run(self, folder: BuildFolder) -> StageReport:
