@@ -291,3 +291,40 @@ def test_labels_do_not_depend_on_a_horizontal_flip():
     tv = ph.vessel_mask
     acc = ((a & ph.artery_mask & tv).sum() + (v & ph.vein_mask & tv).sum()) / ((a | v) & tv).sum()
     assert acc > 0.85
+
+
+def test_zone_b_vessels_are_typed_against_each_other():
+    """Zone-B vessels take their type from their colour relative to the ring's other vessels
+    (``_retype_zone_b``), not from the graph's label: two vessels mislabelled by the graph are corrected,
+    and a vessel without colour is left out of the calibres."""
+    n, dd = 600, 100.0
+    disc = (300.0, 300.0)
+    segs, widths = [], []
+    for k in range(7):
+        a = 2 * math.pi * k / 7
+        p0 = (disc[0] + 40 * math.cos(a), disc[1] + 40 * math.sin(a))
+        p1 = (disc[0] + 250 * math.cos(a), disc[1] + 250 * math.sin(a))
+        vein = k % 2 == 0
+        colour = GREY if k == 6 else (VEIN if vein else ARTERY)
+        s = _seg(p0, p1, colour=colour, width=8.0 if vein else 5.0)
+        s.kind = "artery" if k in (0, 1) else ("vein" if vein else "artery")  # 0 wrong; 1 right
+        if k == 3:
+            s.kind = "vein"  # wrong
+        s.vessel = k
+        segs.append(s)
+    yy, xx = np.mgrid[0:n, 0:n]
+    dark = np.zeros((n, n), np.float32)
+    for s in segs:
+        (x0, y0), (x1, y1) = s.xy[0], s.xy[-1]
+        v = np.array([x1 - x0, y1 - y0]) / math.hypot(x1 - x0, y1 - y0)
+        t = np.clip((xx - x0) * v[0] + (yy - y0) * v[1], 0, math.hypot(x1 - x0, y1 - y0))
+        d = np.hypot(xx - (x0 + t * v[0]), yy - (y0 + t * v[1]))
+        dark = np.maximum(dark, 0.3 * _tophat(d, 0.0, s.width_px))
+    arts, veins, recs = zone_b_widths(segs, disc, dd, dark, vessel_mask=dark > 0.02, recover_merged=False)
+    kinds = {segs[d["segment"]].vessel: d["kind"] for d in recs}
+    assert kinds == {0: "vein", 1: "artery", 2: "vein", 3: "artery", 4: "vein", 5: "artery"}
+    assert len(arts) == 3 and len(veins) == 3
+    assert all(abs(w - 5.0) <= 1.0 for w in arts) and all(abs(w - 8.0) <= 1.0 for w in veins)
+    # the graph's labels stay in use without the retyping
+    _, _, recs0 = zone_b_widths(segs, disc, dd, dark, vessel_mask=dark > 0.02, recover_merged=False, retype=False)
+    assert {segs[d["segment"]].vessel: d["kind"] for d in recs0}[0] == "artery"

@@ -31,7 +31,8 @@ Artery/vein labels (``classify_av``), tuned for real photographs rather than the
 Zone-B calibres (``zone_b_widths``): half-maximum widths that keep a central reflex inside the vessel
 but stop at an unequal neighbour, one calibre per vessel (pieces joined through junctions or lying side by
 side counted once), isolated streaks within the ring ignored, and vessels that ran merged with one of the
-other type through zone B measured where they part.
+other type through zone B measured where they part; the zone-B vessels typed again against each other
+(``_retype_zone_b``: the ring's own vessels as the colour reference) before the calibres are summarised.
 """
 
 from __future__ import annotations
@@ -247,6 +248,20 @@ def _mask_from_probability(prob, ds, zmax, noise, hess, hp, fov_mask, sc) -> Ves
                       border=border, band=band, probability=prob)
 
 
+def _bilinear_up(a: np.ndarray, H: int, W: int) -> np.ndarray:
+    """Bilinear resize of a working-resolution map ``a`` (h, w) to (H, W) (pixel centres mapped back)."""
+    h, w = a.shape
+    yf = np.clip((np.arange(H) + 0.5) * h / H - 0.5, 0, h - 1)
+    xf = np.clip((np.arange(W) + 0.5) * w / W - 0.5, 0, w - 1)
+    y0 = np.minimum(yf.astype(int), h - 2)
+    x0 = np.minimum(xf.astype(int), w - 2)
+    fy = (yf - y0).astype(np.float32)[:, None]
+    fx = (xf - x0).astype(np.float32)[None, :]
+    top = a[y0][:, x0] * (1 - fx) + a[y0][:, x0 + 1] * fx
+    bot = a[y0 + 1][:, x0] * (1 - fx) + a[y0 + 1][:, x0 + 1] * fx
+    return top * (1 - fy) + bot * fy
+
+
 def vessel_mask_at(vm: VesselMaps, shape: tuple[int, int]) -> np.ndarray:
     """The vessel mask at an original size ``shape`` = (H, W) larger than the working one.
 
@@ -262,17 +277,7 @@ def vessel_mask_at(vm: VesselMaps, shape: tuple[int, int]) -> np.ndarray:
     near = vm.mask[yi[:, None], xi[None, :]]
     if vm.border is None or vm.band is None or (H, W) == (h, w):
         return near
-    yf = np.clip((np.arange(H) + 0.5) * h / H - 0.5, 0, h - 1)
-    xf = np.clip((np.arange(W) + 0.5) * w / W - 0.5, 0, w - 1)
-    y0 = np.minimum(yf.astype(int), h - 2)
-    x0 = np.minimum(xf.astype(int), w - 2)
-    fy = (yf - y0).astype(np.float32)[:, None]
-    fx = (xf - x0).astype(np.float32)[None, :]
-    b = vm.border
-    top = b[y0][:, x0] * (1 - fx) + b[y0][:, x0 + 1] * fx
-    bot = b[y0 + 1][:, x0] * (1 - fx) + b[y0 + 1][:, x0 + 1] * fx
-    inside = (top * (1 - fy) + bot * fy) >= 0
-    return vm.band[yi[:, None], xi[None, :]] & inside
+    return vm.band[yi[:, None], xi[None, :]] & (_bilinear_up(vm.border, H, W) >= 0)
 
 
 def fill_reflex_holes(mask: np.ndarray, max_half_thickness_px: int) -> np.ndarray:
@@ -953,7 +958,7 @@ def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: fl
 def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: float,
                   darkness: np.ndarray, exclude: np.ndarray | None = None,
                   vessel_mask: np.ndarray | None = None,
-                  recover_merged: bool = True) -> tuple[list[float], list[float], list[dict]]:
+                  recover_merged: bool = True, retype: bool = True) -> tuple[list[float], list[float], list[dict]]:
     """Calibres (px) of arteries and veins in zone B (1.0 to 1.5 DD from the disc centre).
 
     Calibre of a piece = median reflex-tolerant half-maximum width (``profile_widths``) of its zone-B
@@ -994,10 +999,27 @@ def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: 
         recs.append({"kind": s.kind, "width_px": float(np.median(w)), "n": int(inz.sum()), "vessel": int(s.vessel),
                      "angle_rad": float(math.atan2(mid[1] - cy, mid[0] - cx)), "xy": [float(mid[0]), float(mid[1])],
                      "segment": si, "tree": int(s.tree)})
-    # de-duplicate pieces of the same vessel
-    recs.sort(key=lambda d: -d["n"])
+    kept = _dedup_zone_b(recs, dd_px)
+    if retype:
+        kept = _dedup_zone_b(_retype_zone_b(kept, segments), dd_px)
+    if recover_merged:
+        kept += _merged_companions(segments, kept, disc_xy, dd_px, darkness, vessel_mask)
+    a = [d["width_px"] for d in kept if d["kind"] == "artery"]
+    v = [d["width_px"] for d in kept if d["kind"] == "vein"]
+    return a, v, kept
+
+
+#: Zone-B typing (``_retype_zone_b``): weight of the red optical density beside the red/green density ratio.
+ZONE_B_RED_WEIGHT = 0.5
+#: Fewest zone-B vessels with colour for typing them among themselves.
+ZONE_B_MIN_TYPED = 4
+
+
+def _dedup_zone_b(recs: list[dict], dd_px: float) -> list[dict]:
+    """One record per vessel: pieces of the same type with the same ``vessel`` id, or lying within a
+    vessel width of each other along the ring (0.5 DD at most apart), are one vessel; the longest counts."""
     kept: list[dict] = []
-    for d in recs:
+    for d in sorted(recs, key=lambda d: -d["n"]):
         dup = False
         for k in kept:
             if k["kind"] != d["kind"]:
@@ -1012,11 +1034,40 @@ def zone_b_widths(segments: list[Segment], disc_xy: tuple[float, float], dd_px: 
                 break
         if not dup:
             kept.append(d)
-    if recover_merged:
-        kept += _merged_companions(segments, kept, disc_xy, dd_px, darkness, vessel_mask)
-    a = [d["width_px"] for d in kept if d["kind"] == "artery"]
-    v = [d["width_px"] for d in kept if d["kind"] == "vein"]
-    return a, v, kept
+    return kept
+
+
+def _retype_zone_b(recs: list[dict], segments: list[Segment]) -> list[dict]:
+    """Type the zone-B vessels against each other rather than against the whole photograph.
+
+    Around the disc the background, the illumination and the vessel calibres differ from the periphery,
+    and the photograph-wide colour model plus the graph (``classify_av``) typed only about 0.7 of HRF's
+    zone-B vessels right (issue #14; 45 photos, Hemelings et al. labels). Within the ring itself, a vessel
+    is a vein when z(red/green optical-density ratio) + ``ZONE_B_RED_WEIGHT`` x z(red optical density) > 0,
+    each z a robust standardisation (median, MAD) over this ring's vessels: the oximetry principle, as in
+    ``classify_av``, but with the ring's own arterioles and venules as the reference (0.80-0.85 of zone-B
+    vessels typed right on the same photos; no weights fitted, the red weight is ``AvConfig.weight_red``).
+    Vessels without colour (NaN densities: on the disc, red clipped) are left out, since nothing types
+    them. With fewer than ``ZONE_B_MIN_TYPED`` coloured vessels the graph's labels are kept. ``recs`` as
+    built by ``zone_b_widths`` (a "segment" index each); returns new records ("kind" replaced,
+    "kind_graph" the previous one).
+    """
+    ratio = np.array([segments[d["segment"]].features.get("od_ratio", np.nan) for d in recs], float)
+    red = np.array([segments[d["segment"]].features.get("od_red", np.nan) for d in recs], float)
+    ok = np.isfinite(ratio) & np.isfinite(red)
+    if int(ok.sum()) < ZONE_B_MIN_TYPED:
+        return recs
+
+    def z(x: np.ndarray) -> np.ndarray:
+        med = float(np.median(x))
+        mad = float(np.median(np.abs(x - med)))
+        return (x - med) / (1.4826 * mad if mad > 1e-9 else float(np.std(x)) + 1e-9)
+
+    score = z(ratio[ok]) + ZONE_B_RED_WEIGHT * z(red[ok])
+    out = []
+    for d, sc in zip([d for d, o in zip(recs, ok) if o], score):
+        out.append(dict(d, kind="vein" if sc > 0 else "artery", kind_graph=d["kind"], zone_b_score=float(sc)))
+    return out
 
 
 def _merged_companions(segments: list[Segment], kept: list[dict], disc_xy: tuple[float, float], dd_px: float,
