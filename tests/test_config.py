@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -153,3 +154,39 @@ def test_train_configs_import_no_orchestration():
     code = ("import sys, grok_train.config, grok_train.errors; "
             "bad = [m for m in ('prefect', 'great_expectations') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_flow_sets_the_llm_shard_limit_from_the_config(tmp_path):
+    """The Prefect flow creates (or updates) the grok-llm global concurrency limit to the config's
+    llm_parallel_shards before the shards start, so the rate split above holds across workers."""
+    code = f"""
+import json
+from flows import prefect_env
+prefect_env()
+from prefect import flow
+from prefect.client.orchestration import get_client
+from flows.build import set_concurrency_limit
+from grok.demo import demo_config
+from grok.stages.config import BuildConfig
+from grok.stages.folder import BuildFolder
+from grok.stages.instruct_stage import Instruct
+
+@flow
+def check():
+    out = []
+    for parallel in (3, 2):
+        cfg = BuildConfig.model_validate({{**demo_config({str(tmp_path)!r}), "instruct": {{
+            "mode": "llm", "llm_parallel_shards": parallel}}}})
+        set_concurrency_limit(*Instruct().limit(BuildFolder(cfg)))
+        with get_client(sync_client=True) as client:
+            out.append(client.read_global_concurrency_limit_by_name("grok-llm").limit)
+    return out
+
+print(json.dumps(check()))
+"""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, check=False,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [3, 2]
