@@ -27,11 +27,11 @@ def _tasks(value: str | None) -> tuple[str, ...] | None:
 def instruct(
     studies: Path = typer.Argument(..., help="Study records (.jsonl, .json or .parquet), one per eye-visit."),
     out: Path = typer.Option(..., "--out", help="Output folder (instructions.parquet, quarantine.parquet, ...)."),
-    mode: str = typer.Option("template", "--mode", help="template (no network) or llm (OpenAI-compatible server)."),
+    mode: str = typer.Option(None, "--mode", help="template (default; no network) or llm (OpenAI-compatible server)."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated families: diagnosis, report, cot, "
                                                     "biomarker_qa, localisation, multiturn (default: all)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for phrasings (part of every row id)."),
-    tolerance: float = typer.Option(0.10, "--tolerance", help="Verifier tolerance for numbers (0.10 = ±10 %)."),
+    seed: int = typer.Option(None, "--seed", help="Seed for phrasings (part of every row id; default 0)."),
+    tolerance: float = typer.Option(None, "--tolerance", help="Verifier tolerance for numbers (default 0.10 = ±10 %)."),
     llm_config: Path = typer.Option(None, "--llm-config", help="YAML with LLMConfig fields (LLM mode)."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
     model: str = typer.Option(None, "--model", help="Model name served at --base-url."),
@@ -63,8 +63,8 @@ def instruct(
             llm = LLMConfig.from_file(llm_config, **overrides) if llm_config else LLMConfig.from_env(**overrides)
             if llm.image_root is None:
                 llm = llm.model_copy(update={"image_root": str(studies.resolve().parent)})
-        cfg = InstructConfig.parse({"mode": mode, "tasks": _tasks(tasks), "seed": seed, "tolerance": tolerance,
-                                    "llm": llm}, where="options: ")
+        given = {"mode": mode, "tasks": _tasks(tasks), "seed": seed, "tolerance": tolerance}  # None: the model's default
+        cfg = InstructConfig.parse({**{k: v for k, v in given.items() if v is not None}, "llm": llm}, where="options: ")
     except FileNotFoundError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
     except ConfigError as exc:
