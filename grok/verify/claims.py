@@ -15,13 +15,17 @@ answer claims about it:
   the differential", "X also has supporting findings", "possible X".
 * ``None``: named without a claim ("X cannot be assessed further from these images").
 
-Hedges are read before negations and negations before statements, so "cannot exclude X" is open
-and "not consistent with X" negated. The rules are plain word lists; each list is written out below.
+What follows the name is read first ("X is unlikely", "X cannot be excluded"), then what precedes
+it; on each side hedges before negations before statements, so "cannot exclude X" is open and
+"not consistent with X" negated. The rules are plain word lists; each list is written out below.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from grok.verify.lexicon import _lead_trie
 
 #: After the name: it is kept open.
 _POSSIBLE_AFTER = re.compile(
@@ -42,46 +46,60 @@ _POS_AFTER = re.compile(
     r"(?:(?:therefore|thus|clearly|by far)\s+)?(?:the\s+)?(?:most\s+|more\s+|very\s+|highly\s+|quite\s+)?"
     r"(?:likely|probable|favou?red|suggested|supported|the (?:diagnosis|likeliest|leading|best|working|"
     r"unifying|most likely)|present|evident|confirmed)|fits best|best fits|is what (?:this|the))")
-#: Before the name: it is kept open.
+_GAP2 = r"\s+(?:[\w'’-]+\s+){0,2}$"
+_GAP3 = r"\s+(?:[\w'’-]+\s+){0,3}$"
+#: Before the name: it is kept open ("cannot exclude X", "possible X", "X or Y"). Every cue list is
+#: written as literal words (``_lead_trie``) so the regex engine skips positions where none starts.
 _POSSIBLE_BEFORE = re.compile(
-    r"\b(?:cannot|can't|can not|could not|unable to|not able to|cannot fully|cannot entirely)\s+"
-    r"(?:be\s+)?(?:fully\s+|completely\s+|entirely\s+|confidently\s+)?(?:exclude|rule out|ruled out|excluded)\s+"
-    r"(?:[\w'’-]+\s+){0,3}$|\b(?:possible|possibly|may be|might be|could be|differential includes|"
-    r"differential diagnosis includes|consider|considering|considered|versus|vs\.?|or)\s+(?:[\w'’-]+\s+){0,2}$")
+    _lead_trie(("cannot", "can't", "can not", "could not", "unable to", "not able to"))
+    + r"\s+(?:be\s+)?(?:(?:fully|completely|entirely|confidently)\s+)?(?:exclude|rule out|ruled out|excluded)" + _GAP3
+    + "|" + _lead_trie(("possible", "possibly", "may be", "might be", "could be", "differential includes",
+                        "differential diagnosis includes", "consider", "considering", "considered", "versus", "vs",
+                        "vs.", "or")) + _GAP2)
 #: Before the name: it is negated (a negator at most three words before it).
-_NEG_BEFORE = re.compile(
-    r"\b(?:no|not|without|nor|neither|against|exclude|excludes|excluded|excluding|rules? out|ruled out|ruling out|"
-    r"rather than|instead of|absence of|free of|lack of|unlikely|less likely|inconsistent with|not in keeping with|"
-    r"argues? against)\s+(?:[\w'’-]+\s+){0,3}$")
+_NEG_BEFORE = re.compile(_lead_trie((
+    "no", "not", "without", "nor", "neither", "against", "exclude", "excludes", "excluded", "excluding", "rule out",
+    "rules out", "ruled out", "ruling out", "rather than", "instead of", "absence of", "free of", "lack of",
+    "unlikely", "less likely", "inconsistent with", "not in keeping with", "argue against", "argues against")) + _GAP3)
 #: Before the name: it is put forward (a cue at most four words before it, no sentence punctuation between).
-_POS_BEFORE = re.compile(
-    r"\b(?:diagnosis|diagnoses|diagnosed|answer|impression|conclusion|assessment|suggests?|suggestive of|"
-    r"suggesting|consistent with|compatible with|in keeping with|in line with|points? to(?:wards)?|pointing to|"
-    r"indicates?|indicative of|indicating|favou?rs?|favou?red|favou?ring|supports?|likely|probable|probably|"
-    r"presumed|presumably|suspected|suspect|typical of|characteristic of|diagnostic of|features of|picture of|"
-    r"appearance of|signs of|represents?|representing|reflects?|best (?:described|explained) (?:as|by)|"
-    r"this is|these are|think|believe|working diagnosis|due to|secondary to|caused by|has|have|shows?|"
-    r"established|confirms?|confirmed|most likely|most consistent with|category|looks? like|appears to be|"
-    r"seems to be|in favou?r of|fits with)\s*:?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
+_POS_BEFORE = re.compile(_lead_trie((
+    "diagnosis", "diagnoses", "diagnosed", "answer", "impression", "conclusion", "assessment", "suggest", "suggests",
+    "suggestive of", "suggesting", "consistent with", "compatible with", "in keeping with", "in line with",
+    "point to", "points to", "point towards", "points towards", "pointing to", "indicate", "indicates",
+    "indicative of", "indicating", "favour", "favours", "favor", "favors", "favoured", "favored", "favouring",
+    "favoring", "support", "supports", "likely", "probable", "probably", "presumed", "presumably", "suspected",
+    "suspect", "typical of", "characteristic of", "diagnostic of", "features of", "picture of", "appearance of",
+    "signs of", "represent", "represents", "representing", "reflect", "reflects", "best described as",
+    "best described by", "best explained as", "best explained by", "this is", "these are", "think", "believe",
+    "working diagnosis", "due to", "secondary to", "caused by", "has", "have", "show", "shows", "established",
+    "confirm", "confirms", "confirmed", "most likely", "most consistent with", "category", "look like", "looks like",
+    "appears to be", "seems to be", "in favour of", "in favor of", "fits with"))
+    + r"\s*:?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
 #: A name that opens its clause and ends it or is followed by punctuation or "with/given/...": a terse
 #: answer ("Glaucoma.", "Glaucoma, given the enlarged cup").
 _TERSE_AFTER = re.compile(r"^\s*(?:$|[.;,:!(–—-]|(?:with|given|based on|because|due to|secondary to|on the basis|"
                           r"in view)\b)|^(?:\s+[\w'’-]+){1,2}\s*(?:$|[.;,:!(])")
 _TERSE_BEFORE = re.compile(r"^[\s*•\-–—#>\d.)]*(?:\*\*)?(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,3}$")
-_WINDOW = 90
+_WINDOW = 80
 
 
 def disease_polarity(before: str, after: str) -> str | None:
     """What the answer claims about a disease named between ``before`` and ``after`` (its clause's
     text on each side, lower case): ``"stated"``, ``"negated"``, ``"possible"`` or None."""
-    before = before[-_WINDOW:]
-    after = after[:_WINDOW + 60]
-    if _POSSIBLE_AFTER.match(after) or _POSSIBLE_BEFORE.search(before):
+    return _polarity(before[-_WINDOW:], after[:_WINDOW + 60])
+
+
+@lru_cache(maxsize=1 << 16)
+def _polarity(before: str, after: str) -> str | None:
+    """:func:`disease_polarity` of the windows it reads (cached: generated rows repeat their sentences)."""
+    if _POSSIBLE_AFTER.match(after):
         return "possible"
     if _NEG_AFTER.match(after):
         return "negated"
     if _POS_AFTER.match(after):
         return "stated"
+    if _POSSIBLE_BEFORE.search(before):
+        return "possible"
     if _NEG_BEFORE.search(before):
         return "negated"
     if _POS_BEFORE.search(before):
@@ -160,10 +178,12 @@ _TOKENS = re.compile(r"[\w'’-]+")
 def stage_modifier(disease: str, before: str) -> str | None:
     """The stage class given by the (at most three) words just before a name of ``disease``, with
     words in parentheses counted ("late-stage (neovascular) amd" -> "late"); None when none is given."""
-    mods = STAGE_MODIFIERS.get(disease)
-    if not mods:
-        return None
-    tail = before[-60:]
+    return _stage_modifier(disease, before[-60:]) if disease in STAGE_MODIFIERS else None
+
+
+@lru_cache(maxsize=1 << 14)
+def _stage_modifier(disease: str, tail: str) -> str | None:
+    mods = STAGE_MODIFIERS[disease]
     cut = max(tail.rfind(","), tail.rfind(":"), tail.rfind(";"))
     for tok in reversed(_TOKENS.findall(tail[cut + 1:])[-3:]):
         if tok in mods:
@@ -191,10 +211,10 @@ UNMEASURED_LESIONS: tuple[str, ...] = (
 )
 #: A lesion name is kept open or asked about, not claimed.
 LESION_HEDGE_BEFORE = re.compile(
-    r"\b(?:cannot|can't|could not|unable to)\s+(?:be\s+)?(?:fully\s+)?(?:exclude|rule out)\s+(?:[\w'’-]+\s+){0,2}$|"
-    r"\b(?:possible|possibly|suspected|suspicious for|query|rule out|to exclude|exclude|whether|any|if)\s+"
-    r"(?:[\w'’-]+\s+){0,2}$")
-LESION_NEG_BEFORE = re.compile(
-    r"\b(?:no|not|without|nor|neither|absence of|free of|lack of|absent|rather than|excludes?|excluded|"
-    r"rules? out|ruled out)\s+(?:[\w'’-]+\s+){0,3}$")
+    _lead_trie(("cannot", "can't", "could not", "unable to")) + r"\s+(?:be\s+)?(?:fully\s+)?(?:exclude|rule out)"
+    + _GAP2 + "|" + _lead_trie(("possible", "possibly", "suspected", "suspicious for", "query", "rule out",
+                                "to exclude", "exclude", "whether", "any", "if")) + _GAP2)
+LESION_NEG_BEFORE = re.compile(_lead_trie((
+    "no", "not", "without", "nor", "neither", "absence of", "free of", "lack of", "absent", "rather than", "exclude",
+    "excludes", "excluded", "rule out", "rules out", "ruled out")) + _GAP3)
 LESION_NEG_AFTER = re.compile(r"^[\s,:–—-]*(?:(?:is|are|was|were)\s+)?(?:absent|not\b|none|ruled out|excluded)")

@@ -30,8 +30,8 @@ _WORD = "|".join(sorted([*_UNITS, *_TENS, *_SCALES], key=len, reverse=True))
 _NUMBER_WORDS_RE = re.compile(
     rf"(?:a\s+(?:hundred|thousand)\b|{_lead_trie([*_UNITS, *_TENS, *_SCALES])}\b)"
     rf"(?:(?:\s+and\s+|[\s-]+)(?:{_WORD})\b)*(?:\s+point(?:\s+(?:{'|'.join(_UNITS)})\b)+)?")
-#: Every run of number words but a lone "one" contains one of these at the start of a word.
-_STARTS = tuple(w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one")
+#: Every run of number words but a lone "one" has a word starting with one of these (a cheap pre-test).
+_FIRST_WORD_RE = re.compile(_lead_trie([w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one"]))
 _HTML_TAG_RE = re.compile(r"</?[a-z][a-z0-9]*(?:\s[^<>]{0,300})?/?>")
 
 
@@ -103,10 +103,4 @@ def normalise(low: str) -> str:
     """``low`` (lower-case text) with number words as digits and HTML tags blanked; same length."""
     if "<" in low:
         low = _blank(_HTML_TAG_RE, low)
-    for w in _STARTS:
-        i = low.find(w)
-        while i >= 0:
-            if i == 0 or not low[i - 1].isalpha():
-                return _replace_numbers(low)
-            i = low.find(w, i + 1)
-    return low
+    return _replace_numbers(low) if _FIRST_WORD_RE.search(low) else low

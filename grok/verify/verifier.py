@@ -214,6 +214,8 @@ def _maybe_provided(low: str) -> bool:
     return False
 
 
+_TOLD_NEEDLES = tuple(f" {w} {v}" for w in ("you", "was", "were")
+                      for v in ("provided", "gave", "given", "supplied", "shared", "listed", "sent"))
 #: Per forbidden pattern, substrings of which every match contains one (or a test of the same
 #: kind): a pattern whose substrings are all absent cannot match, so it is left out of the scan.
 _FORBIDDEN_NEEDLES: list = [
@@ -228,9 +230,7 @@ _FORBIDDEN_NEEDLES: list = [
     (" was told", " were told", " was given", " were given"),
     ("according to the ",),
     ("reference answer", "reference diagnosis"),
-    (" you provided", " you gave", " you given", " you supplied", " you shared", " you listed", " you sent",
-     " were provided", " were given", " were supplied", " were listed", " was provided", " was given",
-     " was supplied", " was listed", " were shared", " was shared", " were sent", " was sent"),
+    lambda low: (" you " in low or " was " in low or " were " in low) and any(n in low for n in _TOLD_NEEDLES),
     ("dataset", "data set", "annotat", "answer key", "case notes", "correct answer"),
 ]
 assert len(_FORBIDDEN_NEEDLES) == len(_FORBIDDEN_LIST)
@@ -380,6 +380,33 @@ def _name_regex(words) -> re.Pattern:
     return _name_regex_cached(tuple(sorted({w.lower() for w in words})))
 
 
+@lru_cache(maxsize=1 << 16)
+def _presence_claim(before: str, after: str) -> str | None:
+    """``"absent"``, ``"present"`` or None (no claim, or kept open: "cannot exclude subretinal fluid",
+    "possible drusen") for a finding named between the windows ``before`` and ``after`` (cached:
+    generated rows repeat their sentences)."""
+    if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
+        claim = "absent"
+    elif _POS_AFTER.match(after) or _POS_BEFORE.search(before):
+        claim = "present"
+    else:
+        return None
+    return None if LESION_HEDGE_BEFORE.search(before) else claim
+
+
+def _longest_part(word: str, table) -> tuple[str, int] | None:
+    """The longest key of ``table`` made of whole words of ``word`` and its offset in ``word``
+    (``("drusen", 0)`` for "drusen on the photograph", ``("haemorrhages", 8)`` for "retinal haemorrhages")."""
+    toks = word.split(" ")
+    n = len(toks)
+    for size in range(n - 1, 0, -1):
+        for i in range(n - size + 1):
+            p = " ".join(toks[i:i + size])
+            if p in table:
+                return p, len(" ".join(toks[:i])) + (1 if i else 0)
+    return None
+
+
 def _spans_of(text: str, needle: str) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` of every occurrence of ``needle`` in ``text``."""
     out = []
@@ -419,17 +446,27 @@ def _clean_messages(messages: Any, t) -> list[dict[str, str]]:
         return []
     out = []
     for i, msg in enumerate(messages):
-        if not isinstance(msg, dict):
+        if type(msg) is not dict and not isinstance(msg, dict):
             t.fail("format", f"turn {i} is a {type(msg).__name__}, not a {{role, content}} mapping")
             continue
         role = msg.get("role")
-        text, why = _turn_text(msg.get("content"))
-        if why:
-            t.fail("format", f"turn {i} ({role}) {why}")
-        if role in ("user", "assistant") and not text.strip():
+        text = msg.get("content")
+        if type(text) is not str or not (text.isascii() or _utf8(text)):
+            text, why = _turn_text(text)
+            if why:
+                t.fail("format", f"turn {i} ({role}) {why}")
+        if (not text or text.isspace()) and role in ("user", "assistant"):
             t.fail("format", f"turn {i} ({role}) is empty")
-        out.append({"role": role if isinstance(role, str) else str(role), "content": text})
+        out.append({"role": role if type(role) is str else str(role), "content": text})
     return out
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class _RowClaims:
@@ -533,8 +570,22 @@ class Verifier:
             if d in lexicon.disease_names and any(re.search(rf"(?<![\w-]){re.escape(a)}(?![\w-])", w)
                                                   for a, x in lexicon.disease_alias.items() if x == d):
                 self._names_disease.setdefault(w, d)
-        self._names_rx = _name_regex({*lexicon.presence_alias, *self._unmeasured, *self._names_disease,
-                                      *self._names_stage})
+        names = {*lexicon.presence_alias, *self._unmeasured, *self._names_disease, *self._names_stage}
+        balias = lexicon.biomarker_alias
+        # One scan finds biomarker names and the names above. A word of one table that contains a
+        # word of the other also stands for that shorter word ("drusen on the photograph" names the
+        # drusen count, "retinal haemorrhages" the haemorrhage finding), as a separate scan of each
+        # table would have found it: word -> (biomarker ids, start, end) / (names word, start).
+        self._bm_of: dict[str, tuple[tuple[str, ...], int, int]] = {}
+        self._name_of: dict[str, tuple[str, int]] = {}
+        for w in set(balias) | names:
+            b = (w, 0) if w in balias else _longest_part(w, balias)
+            if b is not None:
+                self._bm_of[w] = (balias[b[0]], b[1], b[1] + len(b[0]))
+            n = (w, 0) if w in names else _longest_part(w, names)
+            if n is not None:
+                self._name_of[w] = n
+        self._scan_rx = _name_regex(set(balias) | names)
 
     # -- helpers -----------------------------------------------------------------------------------
     def _close(self, written: float, decimals: int, truth: float) -> bool:
@@ -542,9 +593,15 @@ class Verifier:
         return abs(written - truth) <= slack
 
     def _mentions(self, matches, off: int) -> list[tuple[int, int, tuple[str, ...]]]:
-        # the pattern matches the (lower-case) aliases literally, so a match is always an alias key
-        alias = self.lex.biomarker_alias
-        return [(m.start() - off, m.end() - off, alias[m.group(0)]) for m in matches]
+        """``(start, end, biomarker ids)`` of the biomarker names among ``matches`` (clause positions)."""
+        bm_of = self._bm_of
+        out = []
+        for m in matches:
+            bm = bm_of.get(m.group(0))
+            if bm is not None:
+                s = m.start() - off
+                out.append((s + bm[1], s + bm[2], bm[0]))
+        return out
 
     @staticmethod
     def _subject_before(mentions, pos: int):
@@ -560,23 +617,20 @@ class Verifier:
     def _check_numbers(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried) -> None:
         for m in matches:
             ms = m.start() - off
-            unit_raw = m.group("unit")
+            a, e, b_raw, unit_raw = m.group("a", "e", "b", "unit")
             unit = (UNIT_ALIASES.get(unit_raw) or UNIT_ALIASES.get(unit_raw.lower())) if unit_raw else None
-            b_raw = m.group("b")
             subj = self._subject_before(mentions, ms)
             if subj is None and not mentions and carried is not None:
                 subj = carried
-            gap_start = subj[1] if subj else 0
-            cue = _LazyCue(clause, gap_start, ms)
-            a_val, a_dec = _number_value(m.group("a"), m.group("e"))
-            if ms > 0 and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
+            cue = _LazyCue(clause, subj[1] if subj else 0, ms)
+            a_val, a_dec = _number_value(a, e) if e else (float(a), _decimals(a))
+            if ms and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
                 a_val = -a_val  # a sign, not a range dash ("-73.4 µm")
-            if b_raw and not cue and subj is not None and self._check_range(
+            if b_raw and subj is not None and not cue and self._check_range(
                     a_val, float(b_raw), _decimals(b_raw), unit, m.group(0).strip(), subj, facts, t):
                 continue
             # a range after a reference cue is two reference values
-            nums = [(a_val, a_dec, m.group("a")), (float(b_raw), _decimals(b_raw), b_raw)] if b_raw else \
-                [(a_val, a_dec, m.group("a"))]
+            nums = ((a_val, a_dec, a), (float(b_raw), _decimals(b_raw), b_raw)) if b_raw else ((a_val, a_dec, a),)
             for k, (x, dec, s) in enumerate(nums):
                 if unit in UNIT_BASE:
                     self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t)
@@ -778,9 +832,14 @@ class Verifier:
         """Every finding, lesion, disease and stage name of the clause (one scan finds them all; the
         name's tables say which it is)."""
         palias = self.lex.presence_alias
+        name_of = self._name_of
         for m in matches:
-            ms, me = m.start() - off, m.end() - off
-            word = m.group(0)
+            part = name_of.get(m.group(0))
+            if part is None:
+                continue  # a biomarker name only
+            word = part[0]
+            ms = m.start() - off + part[1]
+            me = ms + len(word)
             fids = palias.get(word)
             if fids is not None:
                 self._check_presence(clause, ms, me, word, fids, facts, t, rc)
@@ -809,15 +868,8 @@ class Verifier:
 
     def _check_presence(self, clause: str, ms: int, me: int, entity: str, fids, facts, t: _Tally,
                         rc: _RowClaims) -> None:
-        before = clause[max(0, ms - 40):ms]
-        after = clause[me:me + 40]
-        if LESION_HEDGE_BEFORE.search(before):
-            return  # "cannot exclude subretinal fluid", "possible drusen": kept open
-        if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
-            claim = "absent"
-        elif _POS_AFTER.match(after) or _POS_BEFORE.search(before):
-            claim = "present"
-        else:
+        claim = _presence_claim(clause[max(0, ms - 40):ms], clause[me:me + 40])
+        if claim is None:
             return
         states = [facts.finding_state.get(f) for f in fids]
         rc.entities.setdefault(entity, set()).add(claim)
@@ -868,7 +920,10 @@ class Verifier:
 
     @staticmethod
     def _status(facts, did: str) -> str | None:
-        return next((d["status"] for d in facts.differential if d["id"] == did), None)
+        table = facts.memo.get("status")
+        if table is None:
+            table = facts.memo["status"] = {d["id"]: d["status"] for d in facts.differential}
+        return table.get(did)
 
     def _check_stage(self, clause: str, ms: int, me: int, word: str, claimed: str, pol: str | None, facts,
                      t: _Tally, inside) -> None:
@@ -982,21 +1037,23 @@ class Verifier:
         masked_text = _mask(text)
         spans = _clause_spans(text)
         starts = [a for a, _ in spans]
-        lex = self.lex
         stage = _lower(facts.stage) if facts.stage else None
         if stage is not None and stage not in text:
             stage = None
         s_num = _ClauseScan(_NUMBER_RE, masked_text, spans, starts)
         s_term = _ClauseScan(_TERM_RE, text, spans, starts)
-        s_names = _ClauseScan(self._names_rx, text, spans, starts)
-        s_bm = _ClauseScan(lex.biomarker_re, text, spans, starts)
-        p_num, p_term, p_names, p_bm = s_num.per, s_term.per, s_names.per, s_bm.per
+        s_names = _ClauseScan(self._scan_rx, text, spans, starts)
+        p_num, p_term, p_names = s_num.per, s_term.per, s_names.per
         carried = None
         for ci, (a, b) in enumerate(spans):
             clause = text[a:b]
             if not clause:
                 continue
-            mentions = self._mentions(*s_bm.get(ci, clause)) if p_bm[ci] is not None else []
+            if p_names[ci] is not None:
+                names, names_off = s_names.get(ci, clause)
+                mentions = self._mentions(names, names_off)
+            else:
+                mentions = []
             if not mentions and carried is not None and not _ANAPHORA.search(clause):
                 carried = None
             inside = _spans_of(clause, stage) if stage and stage in clause else ()
@@ -1006,8 +1063,9 @@ class Verifier:
             if p_term[ci] is not None:
                 self._check_terms(clause, *s_term.get(ci, clause), mentions, facts, t, carried, inside)
             if p_names[ci] is not None:
-                self._check_names(clause, *s_names.get(ci, clause), facts, t, rc, inside)
-            if "normal" in clause:
+                self._check_names(clause, names, names_off, facts, t, rc, inside)
+            if "normal" in clause and ("diagnos" in clause or "answer" in clause or "impression" in clause
+                                       or "conclusion" in clause):
                 self._check_normal(clause, facts, t, rc)
             if mentions:
                 carried = mentions[-1]
