@@ -108,9 +108,11 @@ def test_one_config_error():
         InstructConfig.parse({"tasks": ["poems"]})
 
 
-def test_build_refuses_an_llm_image_root(tmp_path):
+def test_build_refuses_what_it_sets_itself(tmp_path):
     with pytest.raises(ConfigError, match=r"instruct\.llm: .*remove instruct\.llm\.image_root"):
         BuildConfig.parse({**demo_config(tmp_path), "instruct": {"llm": {"image_root": "/x"}}})
+    with pytest.raises(ConfigError, match=r"instruct\.build_id: .*remove instruct\.build_id"):
+        BuildConfig.parse({**demo_config(tmp_path), "instruct": {"build_id": "mine"}})
 
 
 def _llm_folder(tmp_path, rps: float, parallel: int) -> BuildFolder:

@@ -73,6 +73,14 @@ class InstructSettings(InstructConfig):
         "grok-llm global concurrency limit to it; the plain runner runs one). llm.requests_per_second is "
         "split evenly over them, so the whole build stays under it."))
 
+    @field_validator("build_id")
+    @classmethod
+    def _no_build_id(cls, v: str | None) -> str | None:
+        if v is not None:
+            raise ValueError("the build sets its own id (a hash of its data-shaping config and manifest); remove "
+                             "instruct.build_id")
+        return v
+
     @field_validator("llm")
     @classmethod
     def _no_image_root(cls, v: Any) -> Any:
