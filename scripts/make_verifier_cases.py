@@ -270,7 +270,8 @@ class Writer:
         return self.pick([f"Diagnosis: {d}.", f"Overall, the picture is most consistent with {d}.",
                           f"These findings suggest {d}.", f"The appearance is in keeping with {d}.",
                           f"I would favour {d}.", f"Impression: {d}.", f"Taken together, this points to {d}.",
-                          f"The most likely diagnosis is {d}."])
+                          f"The most likely diagnosis is {d}.", f"This raises suspicion for {d}.",
+                          f"Impression — {d}.", f"{_cap(d)} is the leading diagnosis."])
 
     def ruled_out(self, n: int = 2) -> list[str]:
         outs = [d["id"] for d in self.f.differential if d["status"] == "ruled_out" and d["id"] != self.f.label
@@ -294,19 +295,10 @@ def _cap(s: str) -> str:
     return s[0].upper() + s[1:] if s else s
 
 
-def _row(facts, task: str, answer: str | list[tuple[str, str]], question: str) -> dict:
-    roles = [r for r in ("cfp", "oct_foveal") if r in facts.images]
-    q = "<image>\n" * len(roles) + question
-    if isinstance(answer, str):
-        messages = [{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
-    else:
-        messages = [{"role": "user", "content": q}]
-        for i, (u, a) in enumerate(answer):
-            if i:
-                messages.append({"role": "user", "content": u})
-            messages.append({"role": "assistant", "content": a})
-    return {"task": task, "eye": facts.eye, "images": [facts.images[r] for r in roles], "image_roles": roles,
-            "messages": messages}
+def _row(facts, task: str, answer, question: str) -> dict:
+    from grok.verify.corpus import chat_row
+
+    return chat_row(facts, task, answer, question)
 
 
 # -- right answers, one function per style -----------------------------------------------------------------------
@@ -321,9 +313,18 @@ def _body(w: Writer, n_meas: int = 3, values: dict | None = None) -> list[str]:
     for _bid, s in w.presence("present")[:3]:
         sents.append(_cap(s) + ".")
     absent = w.presence("absent")
-    if absent:
+    if len(absent) >= 2 and w.rng.random() < 0.4:
+        a, b = (x[3:] for _, x in absent[:2])  # "no subretinal fluid" -> "subretinal fluid"
+        sents.append(w.pick([f"There is no {a} or {b}.", f"Neither {a} nor {b} is seen.", f"No {a}, no {b}."]))
+    elif absent:
         sents.append(_cap(w.pick(["there is ", "there is ", ""]) + " and ".join(s for _, s in absent[:2])) + ".")
     return sents
+
+
+def _lead(w: Writer, eye: str | None = None) -> str:
+    eye = eye or w.eye()
+    return w.pick([f"These images of the {eye} show the following.", f"{_cap(eye)}:",
+                   f"In the {eye}, the findings are as follows.", f"Examination of the {eye}:"])
 
 
 def right_terse(w: Writer) -> dict:
@@ -338,7 +339,7 @@ def right_terse(w: Writer) -> dict:
 
 
 def right_verbose(w: Writer) -> dict:
-    sents = [f"These images of the {w.eye()} show the following."] + _body(w, 4)
+    sents = [_lead(w)] + _body(w, 4)
     sents += w.ruled_out(2)
     st = w.stage_phrase()
     sents.append(w.conclusion(stage=st if st and w.rng.random() < 0.5 else None))
@@ -428,7 +429,8 @@ RIGHT = {"terse": right_terse, "verbose": right_verbose, "bullets": right_bullet
 # -- wrong answers: a right answer in some style with one planted error -----------------------------------------
 def _report(w: Writer, values: dict | None = None, extra: list[str] | None = None, conclusion: str | None = None,
             eye: str | None = None, lead: str = "") -> str:
-    sents = [f"{lead}These images of the {eye or w.eye()} show the following."] + _body(w, 3, values)
+    first = _lead(w, eye)
+    sents = [lead + (first[0].lower() + first[1:] if lead else first)] + _body(w, 3, values)
     sents += extra or []
     sents += w.ruled_out(1)
     sents.append(conclusion or w.conclusion())
@@ -531,7 +533,7 @@ def wrong_leak(w: Writer):
     d = w.disease(w.f.label)
     if lead.endswith(("is ", "says ")):
         return _report(w, extra=[f"{lead}{d}."]), f"leak: {lead.strip()}"
-    return _report(w, lead=lead[0].upper() + lead[1:].replace("These", "these")), f"leak: {lead.strip()}"
+    return _report(w, lead=lead), f"leak: {lead.strip()}"
 
 
 def wrong_self_contradiction(w: Writer):

@@ -19,7 +19,7 @@ import pytest
 
 from grok.instruct.records import build_facts
 from grok.knowledge import load_knowledge_base
-from grok.verify.corpus import DEFAULT_RECORDS, read_jsonl
+from grok.verify.corpus import DEFAULT_RECORDS, chat_row, read_jsonl
 from grok.verify.lexicon import build_lexicon
 from grok.verify.verifier import Verifier
 
@@ -39,82 +39,82 @@ ALZ_OS = "S19f713c850c5cab2"  # Alzheimer's disease; CST 268.6 µm, RNFL 91.0 µ
 DM_OS = "S90c6eb8c275915c5"  # diabetes, no retinopathy; CST 265.7 µm
 
 RIGHT = [
-    (AMD_OS, "report", "The left macula is markedly thickened, with a central subfield thickness of roughly 404 µm, "
+    (AMD_OS, "report", ("The left macula is markedly thickened, with a central subfield thickness of roughly 404 µm, "
      "and there is a shallow pocket of subretinal fluid (about 5.7 nL) over a pigment epithelial detachment "
      "approximately 205 microns high. Drusen are present beneath the RPE. Taken together with the exudation, this "
-     "is most in keeping with neovascular age-related macular degeneration."),
+     "is most in keeping with neovascular age-related macular degeneration.")),
     (AMD_OS, "diagnosis", "Wet AMD."),
-    (AMD_OS, "multiturn", [("What is going on in this eye?", "There is subretinal fluid with a PED, so I favour "
-                            "neovascular AMD."),
+    (AMD_OS, "multiturn", [("What is going on in this eye?", ("There is subretinal fluid with a PED, so I favour "
+                            "neovascular AMD.")),
                            ("How thick is the centre?", "The CST is 404 microns, well above normal."),
-                           ("Could this be glaucoma?", "Glaucoma is unlikely; the vertical cup-to-disc ratio is "
-                            "0.42, which is within normal limits.")]),
-    (DR_OD, "report", "Right eye: multiple microaneurysms (eight on the photograph), four intraretinal haemorrhages "
+                           ("Could this be glaucoma?", ("Glaucoma is unlikely; the vertical cup-to-disc ratio is "
+                            "0.42, which is within normal limits."))]),
+    (DR_OD, "report", ("Right eye: multiple microaneurysms (eight on the photograph), four intraretinal haemorrhages "
      "and a dozen hard exudates, with two cotton-wool spots. OCT shows intraretinal fluid of about 19 nl, although "
      "the central subfield thickness (301 µm) remains within normal limits. The overall picture suggests moderate "
-     "non-proliferative diabetic retinopathy."),
-    (DR_OD, "biomarker_qa", "- CST: 301 µm (normal)\n- Intraretinal fluid: present, ~18.8 nL\n- Microaneurysms: 8\n"
-     "- Haemorrhages: 4\n- Cotton-wool spots: 2"),
-    (GLAUC_OS, "report", "In the left eye the vertical cup-to-disc ratio is enlarged at 0.70 and the mean "
+     "non-proliferative diabetic retinopathy.")),
+    (DR_OD, "biomarker_qa", ("- CST: 301 µm (normal)\n- Intraretinal fluid: present, ~18.8 nL\n- Microaneurysms: 8\n"
+     "- Haemorrhages: 4\n- Cotton-wool spots: 2")),
+    (GLAUC_OS, "report", ("In the left eye the vertical cup-to-disc ratio is enlarged at 0.70 and the mean "
      "peripapillary RNFL measures 67 µm. There is no macular fluid and the central subfield thickness is normal at "
-     "267 µm. These structural findings raise suspicion for glaucoma; visual fields are needed to confirm it."),
+     "267 µm. These structural findings raise suspicion for glaucoma; visual fields are needed to confirm it.")),
     (GLAUC_OS, "diagnosis", "Glaucoma suspect, given the enlarged vertical C/D ratio of 0.7."),
-    (HTN_OS, "report", "Fundus photography of the left eye shows two cotton-wool spots and a single retinal "
+    (HTN_OS, "report", ("Fundus photography of the left eye shows two cotton-wool spots and a single retinal "
      "haemorrhage, with an arteriole-to-venule ratio of 0.58. The macula is dry on OCT and the CST is within "
-     "normal limits (280 µm). These features are consistent with moderate hypertensive retinopathy."),
+     "normal limits (280 µm). These features are consistent with moderate hypertensive retinopathy.")),
     (HTN_OS, "diagnosis", "Hypertensive retinopathy (moderate), in view of the cotton-wool spots and haemorrhage."),
-    (NORMAL_OS, "report", "The left eye looks healthy: central subfield thickness 274 µm, within the normal range, "
+    (NORMAL_OS, "report", ("The left eye looks healthy: central subfield thickness 274 µm, within the normal range, "
      "vertical CDR 0.28, no drusen, no fluid and no haemorrhages. I see no sign of diabetic retinopathy or AMD. "
-     "Impression: normal eye."),
+     "Impression: normal eye.")),
     (NORMAL_OS, "diagnosis", "Normal."),
     (NORMAL_OS, "biomarker_qa", "The CST is two hundred and seventy-four microns, which is normal."),
     # batch 2
-    (AMD_OD, "report", "OD: drusenoid pigment epithelial detachment measuring approximately 85 μm in height, with "
+    (AMD_OD, "report", ("OD: drusenoid pigment epithelial detachment measuring approximately 85 μm in height, with "
      "sub-RPE drusen and focal ellipsoid zone disruption. No subretinal or intraretinal fluid. CST 285 µm (normal). "
-     "Overall, findings are compatible with late AMD; angiography would help to confirm neovascular activity."),
+     "Overall, findings are compatible with late AMD; angiography would help to confirm neovascular activity.")),
     (AMD_OD, "diagnosis", "Age-related macular degeneration (late features)."),
-    (GLAUC_OD, "report", "The right optic disc shows a vertical cup:disc ratio of 0.69 and the average RNFL thickness "
+    (GLAUC_OD, "report", ("The right optic disc shows a vertical cup:disc ratio of 0.69 and the average RNFL thickness "
      "is 53 microns. Macular thickness is unremarkable (CST 266 µm). I would put glaucoma at the top of the "
-     "differential."),
-    (HTN_OD, "report", "Right eye fundus: two flame haemorrhages and a cotton-wool spot; A/V ratio 0.67. OCT: dry "
-     "macula, CST 272 µm. Impression — hypertensive retinopathy, moderate grade."),
+     "differential.")),
+    (HTN_OD, "report", ("Right eye fundus: two flame haemorrhages and a cotton-wool spot; A/V ratio 0.67. OCT: dry "
+     "macula, CST 272 µm. Impression — hypertensive retinopathy, moderate grade.")),
     (HTN_OD, "multiturn", [("Diagnosis?", "Systemic hypertension with retinal signs."),
                            ("Any fluid?", "No - neither subretinal nor intraretinal fluid is seen."),
                            ("And the CST?", "About 272 um.")]),
-    (ALZ_OS, "report", "Left eye. CST 268.6 µm and mean RNFL 91 µm, both unremarkable; the ellipsoid zone shows "
+    (ALZ_OS, "report", ("Left eye. CST 268.6 µm and mean RNFL 91 µm, both unremarkable; the ellipsoid zone shows "
      "some disruption but there is no fluid. The retinal findings are non-specific; in this context Alzheimer's "
-     "disease remains the working diagnosis."),
-    (DM_OS, "report", "Left eye: no microaneurysms, haemorrhages or exudates are visible, and the macula is dry "
-     "(CST 266 µm). There is no diabetic retinopathy at present. Diagnosis: diabetes mellitus without retinopathy."),
+     "disease remains the working diagnosis.")),
+    (DM_OS, "report", ("Left eye: no microaneurysms, haemorrhages or exudates are visible, and the macula is dry "
+     "(CST 266 µm). There is no diabetic retinopathy at present. Diagnosis: diabetes mellitus without retinopathy.")),
     (DM_OS, "biomarker_qa", "Central subfield thickness: 265.7 µm — normal for her age."),
 ]
 
 WRONG = [
-    (AMD_OS, "report", "The left macula shows a central subfield thickness of 260 µm with subretinal fluid. "
-     "Diagnosis: neovascular AMD.", {"wrong_number"}),
-    (AMD_OS, "report", "Central subfield thickness 404 µm with subretinal fluid and a PED. The appearance could "
-     "reflect central serous chorioretinopathy, which I favour here.", {"diagnosis_mismatch"}),
+    (AMD_OS, "report", ("The left macula shows a central subfield thickness of 260 µm with subretinal fluid. "
+     "Diagnosis: neovascular AMD."), {"wrong_number"}),
+    (AMD_OS, "report", ("Central subfield thickness 404 µm with subretinal fluid and a PED. The appearance could "
+     "reflect central serous chorioretinopathy, which I favour here."), {"diagnosis_mismatch"}),
     (AMD_OS, "report", "In this left eye there is no subretinal fluid and the PED is flat. Diagnosis: AMD.",
      {"contradiction"}),
-    (AMD_OS, "report", "There is a full-thickness macular hole with surrounding subretinal fluid in the left eye. "
-     "Diagnosis: AMD.", {"invented_finding"}),
+    (AMD_OS, "report", ("There is a full-thickness macular hole with surrounding subretinal fluid in the left eye. "
+     "Diagnosis: AMD."), {"invented_finding"}),
     (AMD_OS, "report", "The right eye shows subretinal fluid over a PED. Diagnosis: neovascular AMD.",
      {"laterality"}),
     (AMD_OS, "report", "Left eye: a few small drusen and nothing else, so this is early AMD.",
      {"wrong_stage", "contradiction"}),
     (DR_OD, "report", "Right eye with microaneurysms and haemorrhages. The CST is 400.", {"wrong_number"}),
-    (DR_OD, "report", "Right eye: microaneurysms, haemorrhages and exudates. These changes point to proliferative "
-     "diabetic retinopathy.", {"wrong_stage"}),
-    (DR_OD, "report", "Right eye: scattered haemorrhages. The picture is most suggestive of a retinal vein "
-     "occlusion.", {"diagnosis_mismatch"}),
+    (DR_OD, "report", ("Right eye: microaneurysms, haemorrhages and exudates. These changes point to proliferative "
+     "diabetic retinopathy."), {"wrong_stage"}),
+    (DR_OD, "report", ("Right eye: scattered haemorrhages. The picture is most suggestive of a retinal vein "
+     "occlusion."), {"diagnosis_mismatch"}),
     (DR_OD, "report", "According to the labels supplied with the images, this right eye has diabetic retinopathy.",
      {"forbidden_phrase"}),
-    (DR_OD, "report", "Right eye: microaneurysms are present but there are no haemorrhages. Diagnosis: diabetic "
-     "retinopathy.", {"contradiction"}),
+    (DR_OD, "report", ("Right eye: microaneurysms are present but there are no haemorrhages. Diagnosis: diabetic "
+     "retinopathy."), {"contradiction"}),
     (GLAUC_OS, "report", "Left eye: the vertical cup-to-disc ratio is 0.45, within normal limits. Glaucoma suspect.",
      {"wrong_number", "contradiction"}),
-    (GLAUC_OS, "report", "Left eye: enlarged cup (CDR 0.70) with a disc haemorrhage at the inferior rim. "
-     "Diagnosis: glaucoma.", {"invented_finding"}),
+    (GLAUC_OS, "report", ("Left eye: enlarged cup (CDR 0.70) with a disc haemorrhage at the inferior rim. "
+     "Diagnosis: glaucoma."), {"invented_finding"}),
     (GLAUC_OS, "report", "Left eye: the RNFL is 67 mm thick and the cup is enlarged. Glaucoma suspect.",
      {"wrong_unit"}),
     (HTN_OS, "report", "Left eye: cotton-wool spots and a haemorrhage. Glaucoma seems the most likely explanation.",
@@ -123,10 +123,10 @@ WRONG = [
      {"wrong_number"}),
     (HTN_OS, "report", "Based on the provided measurements, the left eye shows hypertensive retinopathy.",
      {"forbidden_phrase"}),
-    (NORMAL_OS, "report", "The left eye looks healthy, with a CST of 274 µm. However, we cannot call this a normal "
-     "eye: there is no normal eye here. Impression: normal eye.", {"self_contradiction"}),
-    (NORMAL_OS, "report", "The left eye has a CST of 274 µm and a small epiretinal membrane. Impression: normal "
-     "eye.", {"invented_finding"}),
+    (NORMAL_OS, "report", ("The left eye looks healthy, with a CST of 274 µm. However, we cannot call this a normal "
+     "eye: there is no normal eye here. Impression: normal eye."), {"self_contradiction"}),
+    (NORMAL_OS, "report", ("The left eye has a CST of 274 µm and a small epiretinal membrane. Impression: normal "
+     "eye."), {"invented_finding"}),
     (NORMAL_OS, "report", "Left eye: CST 274 µm. The findings are suggestive of early glaucoma.",
      {"diagnosis_mismatch"}),
     # batch 2
@@ -137,8 +137,8 @@ WRONG = [
      {"invented_finding"}),
     (GLAUC_OD, "report", "Right eye: RNFL 53 µm, CDR 0.9. Glaucoma.", {"wrong_number"}),
     (GLAUC_OD, "report", "Left eye: CDR 0.69 and RNFL 53 µm. Glaucoma.", {"laterality"}),
-    (HTN_OD, "report", "Right eye: cotton-wool spot and haemorrhages; AV ratio 0.67. Malignant hypertensive "
-     "retinopathy.", {"wrong_stage"}),
+    (HTN_OD, "report", ("Right eye: cotton-wool spot and haemorrhages; AV ratio 0.67. Malignant hypertensive "
+     "retinopathy."), {"wrong_stage"}),
     (HTN_OD, "report", "Right eye: there are no haemorrhages and no cotton-wool spots. Hypertensive retinopathy.",
      {"contradiction"}),
     (ALZ_OS, "report", "Left eye: CST 268.6 µm. Based on the ground truth, this is Alzheimer's disease.",
@@ -150,19 +150,7 @@ WRONG = [
 
 
 def _row(sid, task, answer):
-    f = FACTS[sid]
-    roles = [r for r in ("cfp", "oct_foveal") if r in f.images]
-    q = "<image>\n" * len(roles) + "Please assess this eye."
-    msgs = [{"role": "user", "content": q}]
-    if isinstance(answer, str):
-        msgs.append({"role": "assistant", "content": answer})
-    else:
-        for i, (u, a) in enumerate(answer):
-            if i:
-                msgs.append({"role": "user", "content": u})
-            msgs.append({"role": "assistant", "content": a})
-    return {"task": task, "eye": f.eye, "images": [f.images[r] for r in roles], "image_roles": roles,
-            "messages": msgs}
+    return chat_row(FACTS[sid], task, answer, "Please assess this eye.")
 
 
 @pytest.mark.parametrize(("sid", "task", "answer"), RIGHT)

@@ -42,10 +42,13 @@ _NEG_AFTER = re.compile(
     r"clinically)\s+)?(?:less likely|unlikely|improbable|doubtful|not\b|ruled out|excluded|absent)")
 #: After the name: it is put forward as the diagnosis.
 _POS_AFTER = re.compile(
-    r"^[\s,]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:category\s+)?(?:is|seems|appears|remains)\s+"
+    r"^[\s,]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:damage|changes|disease|features|signs|and [\w-]+)\s+)?"
+    r"(?:(?:category\s+)?(?:is|seems|appears|remains)\s+"
     r"(?:(?:therefore|thus|clearly|by far)\s+)?(?:the\s+)?(?:most\s+|more\s+|very\s+|highly\s+|quite\s+)?"
-    r"(?:likely|probable|favou?red|suggested|supported|the (?:diagnosis|likeliest|leading|best|working|"
-    r"unifying|most likely)|present|evident|confirmed)|fits best|best fits|is what (?:this|the))")
+    r"(?:likely|probable|favou?red|suggested|supported|(?:the\s+)?(?:diagnosis|likeliest|leading|best|working|"
+    r"unifying|most likely)|present|evident|confirmed)|fits best|best fits|is what (?:this|the)|"
+    r"(?:is\s+|sits\s+|goes\s+)?(?:at\s+)?(?:the\s+)?top of (?:the|my) differential|heads the differential|"
+    r"leads the differential)")
 _GAP2 = r"\s+(?:[\w'’-]+\s+){0,2}$"
 _GAP3 = r"\s+(?:[\w'’-]+\s+){0,3}$"
 #: Before the name: it is kept open ("cannot exclude X", "possible X", "X or Y"). Every cue list is
@@ -73,8 +76,9 @@ _POS_BEFORE = re.compile(_lead_trie((
     "best described by", "best explained as", "best explained by", "this is", "these are", "think", "believe",
     "working diagnosis", "due to", "secondary to", "caused by", "has", "have", "show", "shows", "established",
     "confirm", "confirms", "confirmed", "most likely", "most consistent with", "category", "look like", "looks like",
-    "appears to be", "seems to be", "in favour of", "in favor of", "fits with"))
-    + r"\s*:?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
+    "appears to be", "seems to be", "in favour of", "in favor of", "fits with", "suspicion for", "suspicion of",
+    "suspicious for", "concerning for", "concern for", "worrying for", "raises the possibility of"))
+    + r"\s*[:—–-]?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
 #: A name that opens its clause and ends it or is followed by punctuation or "with/given/...": a terse
 #: answer ("Glaucoma.", "Glaucoma, given the enlarged cup").
 _TERSE_AFTER = re.compile(r"^\s*(?:$|[.;,:!(–—-]|(?:with|given|based on|because|due to|secondary to|on the basis|"

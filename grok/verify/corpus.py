@@ -28,6 +28,20 @@ FALSE_REJECTION_TARGET = 0.02
 LAYOUT_CODES = frozenset({"format", "length"})
 
 
+def chat_row(facts, task: str, answer: str | list[tuple[str, str]], question: str) -> dict[str, Any]:
+    """An instruction row about the study of ``facts`` (its photograph and foveal B-scan as images):
+    ``answer`` is one assistant turn, or ``[(user, assistant), ...]`` turns whose first user text is
+    ``question`` (the first pair's user text is not used)."""
+    roles = [r for r in ("cfp", "oct_foveal") if r in facts.images]
+    turns = [("", answer)] if isinstance(answer, str) else list(answer)
+    messages = []
+    for i, (user, assistant) in enumerate(turns):
+        messages.append({"role": "user", "content": "<image>\n" * len(roles) + question if i == 0 else user})
+        messages.append({"role": "assistant", "content": assistant})
+    return {"task": task, "eye": facts.eye, "images": [facts.images[r] for r in roles], "image_roles": roles,
+            "messages": messages}
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -178,7 +178,7 @@ _POS_BEFORE = re.compile(_lead_trie(("presence of", "show", "shows", "showing", 
 #: "Diagnosis: normal", "the diagnosis is a normal eye" (a bare "normal" is read as a diagnosis only here;
 #: elsewhere it describes a measurement).
 _NORMAL_CONCL = re.compile(r"\b(?:diagnosis|answer|impression|conclusion)\s*(?:is\s*)?:?\s*(?:a\s+|an\s+)?normal\b"
-                           r"(?!\s+(?:range|limits?|values?|thickness|variant|for|ageing|aging))")
+                           r"(?!\s+(?:range|limits?|values?|thickness|variant|for|ageing|aging))|^\s*normal\s*[.!]?\s*$")
 _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\blabel(?:s|led|ed)?\b", "mentions a label"),
     (r"\bas (?:given|provided|stated|listed|indicated)\b", "refers to given information"),
@@ -255,15 +255,18 @@ def _forbidden_hits(low: str):
                 which.append(i)
                 break
     return _forbidden_re(tuple(which)).finditer(low) if which else ()
+_EYE_PARTS = r"(?:eye|retina|fundus|macula|optic disc|optic nerve|disc)"
+#: The other eye named in words (searched in the lower-case text; "Left eye" at the start of a
+#: sentence is the left eye too) or by its abbreviation (searched in the original text: "OS", not "os").
 _WRONG_EYE = {
-    "OD": re.compile(r"\bleft eye\b|(?<![/\w])OS\b|\bleft (?:retina|fundus|macula)\b"),
-    "OS": re.compile(r"\bright eye\b|(?<![/\w])OD\b|\bright (?:retina|fundus|macula)\b"),
+    "OD": (re.compile(rf"\bleft {_EYE_PARTS}\b"), re.compile(r"(?<![/\w])OS\b")),
+    "OS": (re.compile(rf"\bright {_EYE_PARTS}\b"), re.compile(r"(?<![/\w])OD\b")),
 }
-#: Every match of ``_WRONG_EYE[eye]`` contains one of these (case-sensitive) substrings.
+#: Every match of ``_WRONG_EYE[eye]`` contains one of these substrings (in the lower-case / original text).
 _WRONG_EYE_NEEDLES = {"OD": ("left ", "OS"), "OS": ("right ", "OD")}
 _RIGHT_EYE = {
-    "OD": re.compile(r"\bright eye\b|(?<![/\w])OD\b", re.IGNORECASE),
-    "OS": re.compile(r"\bleft eye\b|(?<![/\w])OS\b", re.IGNORECASE),
+    "OD": re.compile(rf"\bright {_EYE_PARTS}\b|(?<![/\w])OD\b", re.IGNORECASE),
+    "OS": re.compile(rf"\bleft {_EYE_PARTS}\b|(?<![/\w])OS\b", re.IGNORECASE),
 }
 _ANAPHORA = re.compile(r"\b(?:it|this value|which)\b")
 _STEP_RE = re.compile(r"(?m)^Step (\d+)\b")
@@ -362,6 +365,9 @@ def _number_value(a: str, e: str | None) -> tuple[float, int]:
     return float(a) * 10.0 ** exp, max(0, dec - exp)
 
 
+#: What may stand between a count and the lesion it counts: white space and at most two words
+#: ("4 intraretinal haemorrhages", "8 small microaneurysms").
+_COUNT_GAP = re.compile(r"\s*(?:[a-z-]+\s+){0,2}$")
 #: "at least / more than / over / >" (group ``ge``) or "fewer than / less than / under / <" before a count.
 _COUNT_BOUND = re.compile(r"(?:(?P<ge>at least|more than|greater than|over|above|≥|>)|fewer than|less than|under|"
                           r"below|<)\s*$")
@@ -380,12 +386,24 @@ def _name_regex(words) -> re.Pattern:
     return _name_regex_cached(tuple(sorted({w.lower() for w in words})))
 
 
+#: A negator and a list of findings ending just before this one: "no microaneurysms, haemorrhages or
+#: exudates" negates all three ("and" is left out: "no fluid and drusen" is ambiguous).
+_NEG_LIST = re.compile(_lead_trie(("no", "without", "neither", "nor", "absence of", "free of", "lack of"))
+                       + r"\s+[\w\s,'-]{1,60}?(?:,\s*|\s+or\s+|\s+nor\s+)(?:[\w-]+\s+){0,2}$")
+_LIST_BREAK = re.compile(r"\b(?:but|however|although|though|yet|while|whereas|except)\b")
+
+
+def _negated_list(before: str) -> bool:
+    m = _NEG_LIST.search(before)
+    return m is not None and not _LIST_BREAK.search(before, m.start())
+
+
 @lru_cache(maxsize=1 << 16)
 def _presence_claim(before: str, after: str) -> str | None:
     """``"absent"``, ``"present"`` or None (no claim, or kept open: "cannot exclude subretinal fluid",
     "possible drusen") for a finding named between the windows ``before`` and ``after`` (cached:
     generated rows repeat their sentences)."""
-    if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after):
+    if _NEG_BEFORE.search(before) or _NEG_AFTER.match(after) or _negated_list(before):
         claim = "absent"
     elif _POS_AFTER.match(after) or _POS_BEFORE.search(before):
         claim = "present"
@@ -759,7 +777,8 @@ class Verifier:
         biomarker's value in its own unit (or, after a reference cue, a reference value)."""
         units = self.lex.biomarker_units
         target = None
-        after = next(((st, e, ids) for st, e, ids in mentions if 0 <= st - me <= 2), None)
+        after = next(((st, e, ids) for st, e, ids in mentions
+                      if 0 <= st - me and (st - me <= 2 or _COUNT_GAP.match(clause, me, st))), None)
         if after and any(units.get(b) == "count" for b in after[2]):
             target = after
         elif subj is not None and ms - subj[1] <= 40:
@@ -999,7 +1018,8 @@ class Verifier:
             for hit in _forbidden_hits(low):
                 why = _FORBIDDEN_LIST[int(hit.lastgroup[1:])][1]
                 t.fail("forbidden_phrase", f"{why} ({hit.group(0)!r})")
-            bad_eye = wrong_eye.search(content) if any(n in content for n in eye_needles) else None
+            bad_eye = (wrong_eye[0].search(low) if eye_needles[0] in low else None) or (
+                wrong_eye[1].search(content) if eye_needles[1] in content else None)
             if bad_eye:
                 t.fail("laterality", f"names {bad_eye.group(0)!r} for the {facts.eye_words} ({facts.eye})")
             if msg["role"] != "assistant":
@@ -1065,7 +1085,7 @@ class Verifier:
             if p_names[ci] is not None:
                 self._check_names(clause, names, names_off, facts, t, rc, inside)
             if "normal" in clause and ("diagnos" in clause or "answer" in clause or "impression" in clause
-                                       or "conclusion" in clause):
+                                       or "conclusion" in clause or len(clause) < 12):
                 self._check_normal(clause, facts, t, rc)
             if mentions:
                 carried = mentions[-1]
