@@ -135,3 +135,32 @@ def test_repair_across_bscans_fixes_a_slip_and_keeps_real_change():
     assert np.array_equal(seg[:, 5], ref[:, 5])
     sparse = ref.copy()
     assert _repair_across_bscans(sparse, 3.87, 240.0) == 0 and np.array_equal(sparse, ref)  # too far apart
+
+
+def _bench_cube(category: str, noise: float, seed: int, appearance: str):
+    """The cube benchmarks/oct_accuracy.py draws for (category, noise, seed)."""
+    from grok.ids import CATEGORIES
+
+    rng = np.random.default_rng([seed, CATEGORIES.index(category), int(noise * 10)])
+    lat = "OD" if rng.random() < 0.5 else "OS"
+    sev = 0.0 if category == "normal" else 1.0
+    return synth_oct_volume(category, lat, rng, severity=sev, noise=noise, appearance=appearance), lat
+
+
+def test_serous_ped_is_not_read_as_subretinal_fluid():
+    # a 230 um serous PED with steep walls: the RPE path does not follow its dome, and the dark space under
+    # it has no RPE band below it (subretinal fluid rests on one): PED, not SRF (was PED 0, SRF 21,000 px)
+    ph, lat = _bench_cube("amd", 0.5, 4, "standard")
+    sl = slice(18, 23)
+    m = measure_volume(ph.volume[sl], ph.geometry.spacing_mm, lat)
+    assert m.masks["ped"].sum(axis=1).max() * ph.geometry.axial_um > 150.0
+    assert m.masks["srf"].sum() < 0.05 * ph.masks["ped"][sl].sum()
+
+
+def test_dark_speckled_onl_and_vessel_shadows_are_not_fluid():
+    # device look at noise 2: the outer nuclear layer near the noise floor and vessel shadows over it; the
+    # fluid thresholds follow the B-scan's own speckle spread and the shadow (was 6,300 px of IRF)
+    ph, lat = _bench_cube("hypertension", 2.0, 1, "device")
+    assert ph.biomarkers["irf_volume_nl"] == 0.0
+    m = measure_volume(ph.volume[::4], ph.geometry.spacing_mm, lat)
+    assert m.masks["irf"].sum() < 1000

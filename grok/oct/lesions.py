@@ -73,6 +73,14 @@ def _fill_nan(x: np.ndarray, default: float) -> np.ndarray:
     return np.interp(idx, idx[ok], x[ok])
 
 
+def _robust_spread(img: np.ndarray, mask: np.ndarray, level: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 x median absolute deviation) of ``img`` about the per-column
+    ``level`` inside ``mask``; 0 when the mask is empty."""
+    d = (img - level[None, :])[mask]
+    d = d[np.isfinite(d)]
+    return float(1.4826 * np.median(np.abs(d - np.median(d)))) if d.size >= 20 else 0.0
+
+
 def _keep_components(mask: np.ndarray, min_area: int, min_height: int) -> np.ndarray:
     if not mask.any():
         return mask
@@ -110,7 +118,10 @@ def detect_bscan_lesions(
 
     Method: a fluid threshold halfway (in the log-like image) between the vitreous background and the
     local outer nuclear layer level (hysteresis: each pocket needs a core below 30 % of the way);
-    pockets between RNFL_GCL and the RPE that reach the RPE are SRF, the others (above the ELM) IRF; sub-RPE elevation = (BM - RPE) - ``rpe_ref_px``: runs at least 10 um
+    above the ELM the thresholds also stay 1.5 (core: 3) robust spreads of the outer nuclear layer's own
+    speckle under its level, and that level is lowered over vessel shadows (the RPE band's dip);
+    pockets between RNFL_GCL and the RPE that reach the RPE are SRF, the others (above the ELM) IRF; a
+    "subretinal" pocket with no RPE-bright band under it is the fluid of a serous PED; sub-RPE elevation = (BM - RPE) - ``rpe_ref_px``: runs at least 10 um
     high are PED when the space under the RPE is dark (serous) or the run is taller than 150 um, drusen
     otherwise; HRF = small bright components in the INL and ONL; EZ loss = columns whose brightest pixel
     between ELM and RPE stays below halfway from the ONL to the RPE level.
@@ -143,18 +154,44 @@ def detect_bscan_lesions(
     onl = _column_mean(image, onl_mask)
     onl = ndimage.median_filter(_fill_nan(onl, bg + 0.3), size=max(5, int(700 / lateral_um)) | 1, mode="nearest")
     rpe_mask = _band_mask(rows, b[_RPE] + 1, b[_RPE] + max(2.0, rpe_ref_px - 1))
-    rpe_level = _column_mean(image, rpe_mask)
-    rpe_level = float(np.nanmedian(rpe_level)) if np.isfinite(rpe_level).any() else float(np.max(onl) + 0.3)
+    rpe_col = _column_mean(image, rpe_mask)
+    rpe_level = float(np.nanmedian(rpe_col)) if np.isfinite(rpe_col).any() else float(np.max(onl) + 0.3)
+    # a retinal vessel's shadow darkens every layer under it, the outer nuclear layer as much as the RPE:
+    # over a shadow (the RPE band under its running median) the layer's level is lowered by the same
+    # factor, so shadowed tissue is not taken for fluid (fluid does not darken the RPE below it). Only above
+    # the ELM: under it a PED or SRF changes the RPE band's own brightness
+    onl_fl = onl  # the level the fluid thresholds compare with
+    if np.isfinite(rpe_col).any():
+        rc = _fill_nan(rpe_col, rpe_level) - bg
+        rmed = ndimage.median_filter(rc, size=max(5, int(700 / lateral_um)) | 1, mode="nearest")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fac = np.clip(ndimage.uniform_filter1d(rc, max(3, int(30 / lateral_um)) | 1, mode="nearest") / np.maximum(rmed, 1e-6), 0.2, 1.0)
+        onl_fl = bg + (onl - bg) * fac
+    # the B-scan's own texture: the spread of the outer nuclear layer around its level (speckle left after
+    # the smoothing). A device whose outer nuclear layer sits near the noise floor shows it as dark
+    # speckle, not fluid: in the neurosensory retina (above the ELM) every fluid threshold also stays this
+    # many spreads under the layer's level. Under the ELM fluid lies between bright bands (the ELM, the
+    # photoreceptors, the RPE) and keeps the thresholds set by the background alone
+    spread = _robust_spread(image, onl_mask, onl)
+    spread_f = _robust_spread(fine, onl_mask, onl) if fine is not None else spread
+    above_elm = _band_mask(rows, np.zeros(cols), b[_ELM])
+
+    def under(frac: float, k: float, sp: float) -> np.ndarray:
+        """(rows, cols) threshold: ``frac`` of the way from the background to the layer's level; above the
+        ELM from the shadow-corrected level and at least ``k`` spreads ``sp`` under it."""
+        t_in = np.minimum(bg + frac * (onl_fl - bg), onl_fl - k * sp)[None, :]
+        return np.where(above_elm, t_in, (bg + frac * (onl - bg))[None, :])
+
     thr = bg + 0.65 * (onl - bg)  # (cols,): above the midpoint, log-like blur shrinks dark pockets
-    loose = sm < thr[None, :]
+    loose = sm < under(0.65, 1.5, spread)
     if fine is not None:  # thin fluid margins blur away in the smoothed image; the 3 x 3 one keeps them
         with np.errstate(invalid="ignore"):
-            loose |= fine < thr[None, :]
+            loose |= fine < under(0.65, 1.5, spread_f)
     # between the EZ and the RPE the tissue (outer segments) is brighter than the ONL, and a thin fluid
     # lens there is brightened by the blur of the RPE below it: the extent threshold can be looser
     sub = _band_mask(rows, b[_EZ] - 2, b[_RPE] + 1)
     loose |= sub & (sm < (bg + 0.85 * (onl - bg))[None, :])
-    strict = sm < (bg + 0.3 * (onl - bg))[None, :]
+    strict = sm < under(0.3, 3.0, spread)
     min_area = max(6, int(round(800.0 / (axial_um * lateral_um))))  # ~ 800 um^2 in the B-scan plane
     min_h = max(2, int(round(10.0 * px_um)))
     # dark pockets in the neurosensory retina and under it (hysteresis: a pocket needs a clearly dark core);
@@ -233,6 +270,32 @@ def detect_bscan_lesions(
             move &= masks["srf"]
             masks["ped"] |= move
             masks["srf"] &= ~move
+    # subretinal fluid rests on the RPE band: in the RPE band's thickness under the pocket (down to Bruch's
+    # membrane at most) the tissue is as bright as the B-scan's RPE. A pocket with nothing that bright under it lies under the RPE (a serous PED
+    # whose dome the RPE path did not follow): moved to PED down to Bruch's membrane
+    if masks["srf"].any():
+        lab, n = ndimage.label(masks["srf"])
+        rr_i = np.arange(rows)[:, None]
+        bottom = np.where(masks["srf"], rr_i, -1).max(axis=0)
+        cnum = np.cumsum(np.concatenate([np.zeros((1, cols)), image], axis=0), axis=0)
+        lo_r = np.clip(bottom + 1, 0, rows)
+        bm_r = np.round(np.nan_to_num(b[_BM], nan=0.0)).astype(np.int64) + 1
+        band_px = max(2, int(round(rpe_ref_px)))  # one RPE band under the pocket (SRF over a PED keeps it)
+        hi_r = np.clip(np.maximum(np.minimum(bm_r, lo_r + band_px), lo_r + 2), 0, rows)
+        cc = np.arange(cols)
+        under = (cnum[hi_r, cc] - cnum[lo_r, cc]) / np.maximum(hi_r - lo_r, 1)
+        mid = onl + 0.35 * (rpe_level - onl)  # clearly under the RPE's brightness
+        min_w = max(3, int(round(150.0 / lateral_um)))  # a serous PED is wider than ~150 um
+        for k, sl in enumerate(ndimage.find_objects(lab), start=1):
+            if sl is None:
+                continue
+            cs = np.flatnonzero((lab[sl] == k).any(axis=0)) + sl[1].start
+            if cs.size >= min_w and float(np.median(under[cs] - mid[cs])) < 0.0:
+                comp = lab == k
+                top_c = np.where(comp, rr_i, rows).min(axis=0)
+                fill = _band_mask(rows, np.where(top_c < rows, top_c, np.nan), b[_BM])
+                masks["ped"] |= fill
+                masks["srf"] &= ~comp
     ez_band = _band_mask(rows, b[_ELM] + 2, b[_RPE] - 2)
     peak = np.where(ez_band, sm, -np.inf).max(axis=0)
     ez_dis = peak < onl + 0.5 * (rpe_level - onl)
