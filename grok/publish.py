@@ -5,7 +5,10 @@ Run as: grok publish BUILD_DIR --name NAME [--version X.Y.Z | --bump major|minor
 Steps, each of which can stop publication with a clear error and nothing written to the registry:
 
 1. the build folder must be complete (``build.json`` says so, or every required table exists);
-2. patients are split train/validation/test (stratified by label, deterministic by seed);
+2. every generated instruction row is accounted for (verified, quarantined by reason, skipped by reason:
+   :mod:`grok.instruct.accounting`) and publication is refused when the verified share of all of them is
+   under ``verifier_pass_rate``;
+   patients are split train/validation/test (stratified by label, deterministic by seed);
 3. exact and near-duplicate instruction texts are removed, and train is decontaminated against the
    held-out splits (every removed row is counted in the manifest and the card);
 4. the data contracts (``data_contracts/``) run on the instructions, alignment, biomarkers and
@@ -15,7 +18,9 @@ Steps, each of which can stop publication with a clear error and nothing written
    identifiers; a failure or a hit blocks publication and names the failing expectations or the
    files (never an identifier);
 5. the configs are built with images embedded (``datasets.Image``): ``instructions`` (train,
-   validation), ``benchmark`` (test) and ``alignment`` (train, validation, test);
+   validation), ``benchmark`` (test), ``alignment`` (train, validation, test) and ``records`` (train,
+   validation, test: the evidence every row's text is checked against, joined by ``study_id``;
+   :mod:`grok.instruct.evidence`);
 6. the version folder (parquet, dataset card, manifest, curator report) is written atomically by
    :func:`grok.registry.publish`, after the same scan of the staged version (data, manifest, report,
    card) finds nothing; optionally pushed to the Hugging Face Hub with a tag per version.
@@ -37,6 +42,8 @@ import pyarrow.parquet as pq
 
 from grok import __version__
 from grok.ids import OCT_GROK_BIOMARKERS
+from grok.instruct.accounting import account, describe, pass_rate
+from grok.instruct.evidence import records_features, records_row
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "report"
 
@@ -56,7 +63,9 @@ class PublishConfig:
     registry : registry root (folder or fsspec URL); default ``$GROK_REGISTRY`` or ``./registry``.
     split_ratios : train, validation, test fractions of patients.
     seed : split seed.
-    verifier_pass_rate : minimum share of verified rows among published instructions (contract).
+    verifier_pass_rate : minimum share of verified rows among every generated row (verified + quarantined +
+        skipped, :func:`grok.instruct.accounting.pass_rate`); below it publication is refused with the counts
+        per reason.
     near_dup_threshold : Jaccard similarity (5-word shingles) at or above which texts are duplicates.
     deny_list : identifier strings that must appear nowhere (e.g. the phantom's planted ones), added to the
         build's own hashed ``ingest/deny_list.json``; hashed at once, never written.
@@ -128,16 +137,32 @@ def _image_bytes(build_dir: Path, rel: str) -> dict[str, Any]:
     return {"bytes": p.read_bytes(), "path": Path(rel).name}
 
 
-def prepare(build_dir: Path, cfg: PublishConfig) -> dict[str, Any]:
-    """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts."""
+def _table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A build table as a frame (no rows when the file does not exist: an older or empty build)."""
+    return pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame(columns=columns)
+
+
+def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
+    """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts, and
+    the accounting of every generated row (verified, quarantined, skipped)."""
     from grok.splits import assign_splits, decontaminate, dedup
     from grok.stages.records_stage import read_records
 
+    if kb is None:
+        from grok.knowledge import load_knowledge_base
+
+        kb = load_knowledge_base()
     records = {r["study_id"]: r for r in read_records(build_dir)}
     ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()
     n_in = len(ins)
     failed = ins[~ins["verifier_passed"].astype(bool)]
     ins = ins[ins["verifier_passed"].astype(bool)].copy()
+    quarantine = _table(build_dir / "instructions_quarantine.parquet", ["task", "verifier_reasons", "error_class"])
+    skipped = _table(build_dir / "instructions_skipped.parquet", ["study_id", "task", "reason_code", "label"])
+    acc = account(ins[["task"]].to_dict("records"),
+                  pd.concat([failed, quarantine])[["task", "verifier_reasons", "error_class"]].to_dict("records")
+                  if len(failed) + len(quarantine) else [],
+                  skipped[["task", "reason_code"]].to_dict("records"))
     pat = pd.DataFrame([{"patient_id": r["patient_id"], "label": r["label"]} for r in records.values()])
     if pat.empty:
         raise PublishError(f"{build_dir}: no labelled study records; nothing to publish (see records_quarantine)")
@@ -179,9 +204,23 @@ def prepare(build_dir: Path, cfg: PublishConfig) -> dict[str, Any]:
                            "split": split_of[r["patient_id"]]})
     align = pd.DataFrame(align_rows)
     labels = pd.read_parquet(build_dir / "labels.parquet") if (build_dir / "labels.parquet").exists() else None
+    evidence = [{**records_row(r, kb), "split": split_of[r["patient_id"]]} for _, r in sorted(records.items())]
     return {"records": records, "instructions": ins, "removed": removed_df, "failed_verification": len(failed),
             "instructions_in": n_in, "alignment": align, "biomarkers": bio.reset_index(), "labels": labels,
-            "split_of": split_of}
+            "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence}
+
+
+def check_pass_rate(prep: dict[str, Any], cfg: PublishConfig) -> None:
+    """Refuse publication when verified rows are under ``cfg.verifier_pass_rate`` of every generated row."""
+    rate = pass_rate(prep["accounting"])
+    if rate is None:
+        raise PublishError("no instruction rows were generated; nothing to publish (see the instruct stage's report)")
+    if rate < cfg.verifier_pass_rate:
+        raise PublishError(
+            f"only {rate:.1%} of the generated instruction rows passed verification, under publish.verifier_pass_rate "
+            f"= {cfg.verifier_pass_rate:.0%}; nothing was published.\n{describe(prep['accounting'])}\nSee "
+            "instructions_quarantine.parquet and instructions_skipped.parquet in the build folder (grok verify "
+            "re-checks a table), fix the prompts, templates or records, or lower the threshold deliberately.")
 
 
 def deny_list(build_dir: Path, cfg: PublishConfig):
@@ -253,6 +292,7 @@ def _features():
         "eye": datasets.Value("string"), "task": datasets.Value("string"), "label": datasets.Value("string"),
         "messages": datasets.List(msg), "images": datasets.List(datasets.Image()),
         "image_roles": datasets.List(datasets.Value("string")), "verifier_score": datasets.Value("float32"),
+        "verifier_reasons": datasets.List(datasets.Value("string")),
         "template_id": datasets.Value("string"), "kb_snapshot": datasets.Value("string"),
         "provenance": datasets.Value("string"),
     })
@@ -289,6 +329,8 @@ def build_datasets(build_dir: Path, prep: dict[str, Any]) -> dict[str, dict[str,
             rows["images"].append([_image_bytes(build_dir, p) for p in imgs])
             rows["image_roles"].append(roles)
             rows["verifier_score"].append(float(r.get("verifier_score") or 0.0))
+            reasons = r.get("verifier_reasons")
+            rows["verifier_reasons"].append([str(x) for x in (list(reasons) if reasons is not None else [])])
             rows["template_id"].append(str(r.get("template_id") or ""))
             rows["kb_snapshot"].append(str(r.get("kb_snapshot") or ""))
             rows["provenance"].append(str(r.get("provenance") or "{}"))
@@ -310,6 +352,11 @@ def build_datasets(build_dir: Path, prep: dict[str, Any]) -> dict[str, dict[str,
             rows["biomarker_ids"].append(list(r["biomarker_ids"]))
             rows["biomarker_values"].append(list(r["biomarker_values"]))
         out["alignment"][split] = datasets.Dataset.from_dict(rows, features=align_f)
+    rec_f = records_features()
+    out["records"] = {}
+    for split in ("train", "validation", "test"):
+        part = [r for r in prep["evidence"] if r["split"] == split]
+        out["records"][split] = datasets.Dataset.from_dict({k: [r[k] for r in part] for k in rec_f}, features=rec_f)
     return {k: v for k, v in out.items() if v}
 
 
@@ -350,7 +397,27 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
         contracts={k: {"success": v.success, "n_rows": v.n_rows, "failed": len(v.failed),
                        "distributions": v.distributions} for k, v in contracts.items()},
         removed=prep["removed"].groupby("reason").size().to_dict() if len(prep["removed"]) else {},
-        failed_verification=prep["failed_verification"], instructions_in=prep["instructions_in"])
+        failed_verification=prep["failed_verification"], instructions_in=prep["instructions_in"],
+        accounting=prep["accounting"])
+
+
+def _contradicted(prep: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+    """The studies whose label the reasoner rules out (their rows were skipped), for the curator report."""
+    sk = prep["skipped"]
+    sk = sk[sk["reason_code"] == "label_contradicted_by_findings"] if len(sk) else sk
+    out = []
+    for sid in sorted(set(sk["study_id"])) if len(sk) else []:
+        rec = prep["records"].get(sid)
+        if rec is None:
+            continue
+        rs = rec.get("reasoning") or {}
+        diff = rs.get("differential") or []
+        mine = next((d for d in diff if d.get("id") == rec["label"]), {})
+        out.append({"study_id": sid, "split": prep["split_of"].get(rec["patient_id"], ""), "eye": rec["eye"],
+                    "label": rec["label"], "reason": mine.get("reason", ""),
+                    "supported": [d["id"] for d in diff if d.get("status") == "supported"],
+                    "abnormal": [f.get("explanation") or f.get("id") for f in rs.get("findings") or [] if f.get("abnormal")]})
+    return out, len(sk)
 
 
 def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *, rows_per_group: int = 2,
@@ -397,10 +464,12 @@ def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *
                 "verifier": {"passed": bool(r["verifier_passed"]), "score": r.get("verifier_score"),
                              "reasons": reasons},
             })
+    contradicted, n_contradicted = _contradicted(prep)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     page = env.get_template("curator.html.j2").render(title=title, samples=samples, n_rows=len(ins),
-                                                      esc=html.escape)
+                                                      esc=html.escape, contradicted=contradicted,
+                                                      contradicted_rows=n_contradicted)
     index = out_dir / "index.html"
     index.write_text(page)
     return index
@@ -421,8 +490,10 @@ class PublishResult:
         return asdict(self)
 
 
-def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
-    """Validate, split, dedup and publish a build; see the module docstring. Raises :class:`PublishError`."""
+def publish_build(build_dir: str | Path, cfg: PublishConfig, kb=None) -> PublishResult:
+    """Validate, split, dedup and publish a build; see the module docstring. Raises :class:`PublishError`.
+
+    ``kb``: the build's knowledge base (units of the ``records`` config); default the bundled one."""
     import datasets
 
     from grok import registry
@@ -430,7 +501,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
     datasets.disable_progress_bars()
     build = Path(build_dir)
     info = check_build(build)
-    prep = prepare(build, cfg)
+    prep = prepare(build, cfg, kb)
     deny = deny_list(build, cfg)
     contracts = run_contracts(build, prep, cfg, deny)
     bad = {k: v for k, v in contracts.items() if not v.success}
@@ -438,6 +509,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
         raise PublishError("data contracts failed; nothing was published:\n" + "\n".join(v.summary() for v in bad.values()))
     privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
                   + _media_inputs(prep))
+    check_pass_rate(prep, cfg)
     tables = build_datasets(build, prep)
     versions = _versions(build, prep)
     body = _card_body(cfg, prep, contracts, info, versions)
@@ -445,6 +517,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig) -> PublishResult:
         "instructions_in": prep["instructions_in"], "failed_verification_excluded": prep["failed_verification"],
         "duplicates_removed": int(len(prep["removed"])),
         "published": {c: {s: len(d) for s, d in v.items()} for c, v in tables.items()},
+        "generated": prep["accounting"], "pass_rate": pass_rate(prep["accounting"]),
     }
     manifest_extra = {
         "build_id": info.get("build_id"), "versions": versions, "counts": None,

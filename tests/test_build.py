@@ -27,7 +27,11 @@ def small_config(tmp: Path, **over) -> dict:
         "source": {"phantom": SMALL_PHANTOM},
         "measure": {"shard_size": 5},
         "instruct": {"mode": "template", "seed": 0, "shard_size": 6},
-        "publish": {"name": "small", "registry": str(tmp / "registry"), "split_ratios": [0.6, 0.2, 0.2]},
+        # 5 low-resolution B-scans per eye: false drusen on 3 normal eyes (of 14 studies) make the reasoner rule out their
+        # label, so 12 of 84 rows are skipped (83 % pass); test_pass_rate_gate_counts_every_generated_row
+        # checks that the default 90 % refuses this build
+        "publish": {"name": "small", "registry": str(tmp / "registry"), "split_ratios": [0.6, 0.2, 0.2],
+                    "verifier_pass_rate": 0.8},
     }
     for k, v in over.items():
         cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
@@ -49,7 +53,7 @@ def _tree_digest(path: Path) -> dict[str, str]:
 
 def test_every_stage_accounts_for_its_rows(built):
     tmp, cfg, rep = built
-    assert rep["ingest"].n_in == rep["ingest"].n_out + rep["ingest"].n_quarantined
+    assert rep["ingest"].n_in == rep["ingest"].n_out + rep["ingest"].n_quarantined + rep["ingest"].n_skipped
     assert rep["measure"].n_in == 14 and rep["measure"].n_out + rep["measure"].n_quarantined == 14
     assert rep["records"].n_in == rep["records"].n_out + rep["records"].n_quarantined
     ins = pq.read_table(Path(cfg.work_dir) / "instructions.parquet").num_rows
@@ -57,7 +61,7 @@ def test_every_stage_accounts_for_its_rows(built):
     assert rep["instruct"].n_out == ins and rep["instruct"].n_quarantined == q and ins > 0
     pub = rep["publish"]
     counts = pub.details["counts"]
-    published = sum(n for c, splits in counts["published"].items() if c != "alignment" for n in splits.values())
+    published = sum(n for c in ("instructions", "benchmark") for n in counts["published"][c].values())
     assert counts["instructions_in"] == published + counts["duplicates_removed"] + counts["failed_verification_excluded"]
 
 
@@ -161,8 +165,8 @@ def test_overlapping_patient_blocks_publication(built, tmp_path, monkeypatch):
 
     real = pub.prepare
 
-    def leaky(build_dir, c):
-        prep = real(build_dir, c)
+    def leaky(build_dir, c, kb=None):
+        prep = real(build_dir, c, kb)
         ins = prep["instructions"]
         pid = ins[ins.split == "train"].patient_id.iloc[0]
         ins.loc[ins.index[(ins.patient_id == pid).to_numpy()][:1], "split"] = "test"
@@ -240,3 +244,108 @@ def test_curator_report_renders_in_chromium(built):
     assert errors == []
     assert n_images >= 10 and broken == []
     assert rows >= 6 and title.startswith("Curator report")
+
+
+def test_every_generated_row_is_accounted_for(built):
+    """Verified + quarantined + skipped = generated, per family, in the tables, the report, build.json and the card."""
+    from grok.instruct.families import SKIP_REASONS
+
+    tmp, cfg, rep = built
+    work = Path(cfg.work_dir)
+    tables = {n: pq.read_table(work / f"{n}.parquet").to_pandas()
+              for n in ("instructions", "instructions_quarantine", "instructions_skipped")}
+    r = rep["instruct"]
+    assert (r.n_out, r.n_quarantined, r.n_skipped) == tuple(len(t) for t in tables.values())
+    assert r.n_in == r.n_out + r.n_quarantined + r.n_skipped
+    skipped = tables["instructions_skipped"]
+    assert len(skipped) > 0 and set(skipped.reason_code) <= set(SKIP_REASONS)
+    acc = json.loads((work / "build.json").read_text())["stages"]["instruct"]["accounting"]
+    for task, f in acc["per_family"].items():
+        assert f["passed"] == int((tables["instructions"].task == task).sum())
+        assert f["quarantined"] == int((tables["instructions_quarantine"].task == task).sum())
+        assert f["skipped"] == int((skipped.task == task).sum())
+        assert f["generated"] == f["passed"] + f["quarantined"] + f["skipped"]
+    card = (Path(rep["publish"].outputs["path"]) / "README.md").read_text()
+    t = acc["total"]
+    assert f"{t['generated']} rows were generated" in card and f"{t['skipped']} skipped" in card
+    for code in t["skipped_by_reason"]:
+        assert f"{code} " in card
+    # the studies whose label the findings contradict are a group of their own in the curator report
+    report = (Path(rep["publish"].outputs["path"]) / "report" / "index.html").read_text()
+    contradicted = set(skipped[skipped.reason_code == "label_contradicted_by_findings"].study_id)
+    assert contradicted and 'id="label-contradicted"' in report
+    assert all(sid in report for sid in contradicted)
+    for stage in json.loads((work / "build.json").read_text())["stages"].values():
+        assert stage["n_in"] == stage["n_out"] + stage["n_quarantined"] + stage["n_skipped"]
+
+
+def test_a_report_that_loses_rows_cannot_be_made():
+    from grok.stages.folder import StageReport
+
+    with pytest.raises(ValueError, match="every item must be accounted for"):
+        StageReport("instruct", n_in=10, n_out=7, n_quarantined=1, n_skipped=1)
+
+
+def test_pass_rate_gate_counts_every_generated_row(built, tmp_path):
+    """The gate divides by every generated row: the build's 90 % default refuses this build, naming the reasons."""
+    from grok.publish import PublishConfig, PublishError, publish_build
+
+    tmp, cfg, rep = built
+    acc = json.loads((Path(cfg.work_dir) / "build.json").read_text())["stages"]["instruct"]["accounting"]["total"]
+    rate = acc["passed"] / acc["generated"]
+    assert rate < 0.9 and acc["passed"] / (acc["passed"] + acc["quarantined"]) >= 0.9  # skips decide it
+    reg = tmp_path / "reg"
+    with pytest.raises(PublishError, match=rf"only {100 * rate:.1f}% of the generated") as err:
+        publish_build(Path(cfg.work_dir), PublishConfig(name="small", registry=str(reg), verifier_pass_rate=0.9))
+    for code, n in acc["skipped_by_reason"].items():
+        assert f"skipped {code}: {n}" in str(err.value)
+    assert not reg.exists() or not any(reg.rglob("manifest.json"))
+
+
+def test_records_config_carries_the_evidence_and_replays_the_verdicts(built, tmp_path):
+    """Every row joins a records row; `grok verify --dataset` re-checks the version alone and agrees with the
+    build; a tampered answer in a copy of the version is caught."""
+    from grok.registry import load, resolve
+
+    tmp, cfg, rep = built
+    spec, reg = rep["publish"].outputs["dataset"], cfg.publish.registry
+    recs = {s: load(spec, "records", s, registry=reg) for s in ("train", "validation", "test")}
+    by_id = {r["study_id"]: (s, r) for s, ds in recs.items() for r in ds}
+    for config, split in (("instructions", "train"), ("instructions", "validation"), ("benchmark", "test")):
+        for sid in set(load(spec, config, split, registry=reg)["study_id"]):
+            assert by_id[sid][0] == split  # same patient split
+    r = next(r for _, r in by_id.values() if any(f["normal_range_source"] for f in r["findings"]))
+    assert r["age_band"] and all(b["unit"] for b in r["biomarkers"]) and r["differential"]
+    ranged = next(f for f in r["findings"] if f["normal_range_source"])
+    assert ranged["normal_p5"] < ranged["normal_p95"] and ranged["biomarker"]
+    assert "age_years" not in r["evidence"] and '"visit"' not in r["evidence"]
+
+    def verify(registry: str) -> tuple[int, dict]:
+        out = subprocess.run([sys.executable, "-m", "grok", "verify", "--dataset", spec, "--registry", registry,
+                              "--json"], check=False, capture_output=True, text=True)
+        return out.returncode, json.loads(out.stdout)
+
+    code, res = verify(reg)
+    assert code == 0 and res["rows"] > 0 and res["same_verdict_as_build"] == res["rows"] == res["passed"]
+    # tamper with one CST in a copy of the version: the replay must see it
+    info = resolve(spec, reg)
+    copy = tmp_path / "reg"
+    shutil.copytree(Path(info["path"]).parent, copy / "small")
+    f = copy / "small" / info["version"] / "data" / "instructions" / "train-00000-of-00001.parquet"
+    t = pq.read_table(f).to_pandas()
+    import re
+    for i, msgs in enumerate(t["messages"]):
+        last = msgs[-1]["content"]
+        m = re.search(r"central subfield thickness(?: \(CST\))?(?: is| of)? (\d+(?:\.\d+)?) µm", last, re.IGNORECASE)
+        if m:
+            new = list(msgs)
+            wrong = last[:m.start(1)] + f"{float(m.group(1)) + 90:.0f}" + last[m.end(1):]
+            new[-1] = {"role": "assistant", "content": wrong}
+            t.at[i, "messages"] = new
+            break
+    else:
+        pytest.fail("no train row states a central subfield thickness")
+    t.to_parquet(f)
+    code, res = verify(str(copy))
+    assert code == 1 and res["different_verdict"] == 1
+    assert res["reasons_by_code"] == {"wrong_number": 1}

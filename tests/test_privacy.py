@@ -229,7 +229,9 @@ def built(tmp_path_factory):
     cfg = BuildConfig.model_validate({
         "work_dir": str(tmp / "build"), "source": {"phantom": SMALL}, "measure": {"shard_size": 7},
         "instruct": {"mode": "template", "seed": 0, "shard_size": 7},
-        "publish": {"name": "private", "registry": str(tmp / "registry"), "split_ratios": [0.6, 0.2, 0.2]}})
+        # the low-resolution phantom's label-contradicted rows: see tests/test_build.py small_config
+        "publish": {"name": "private", "registry": str(tmp / "registry"), "split_ratios": [0.6, 0.2, 0.2],
+                    "verifier_pass_rate": 0.8}})
     reports = {r.stage: r for r in run_build(cfg)}
     return Path(cfg.work_dir), reports["publish"].outputs["path"]
 

@@ -2,6 +2,7 @@
 
 Run as: grok instruct STUDIES --out DIR [--mode template|llm] [--tasks report,cot] [--seed N] [--json]
         grok verify DIR/instructions.parquet [--studies FILE] [--tolerance 0.1] [--json]
+        grok verify --dataset NAME@VERSION [--registry DIR] [--json]
 
 LLM mode reads its server from ``--llm-config FILE`` (YAML fields of ``grok.instruct.llm.LLMConfig``, the
 same model as a build config's ``instruct.llm`` section, with the same defaults) and/or ``--base-url`` /
@@ -82,32 +83,46 @@ def instruct(
 
 
 def verify(
-    table: Path = typer.Argument(..., help="instructions.parquet (or a quarantine table) to re-check."),
+    table: Path = typer.Argument(None, help="instructions.parquet (or a quarantine table) to re-check."),
     studies: Path = typer.Option(None, "--studies", help="Study records; default: studies.jsonl next to TABLE."),
+    dataset: str = typer.Option(None, "--dataset", help="Re-check a published version (NAME@VERSION) from its own "
+                                "records config instead of a table."),
+    registry: str = typer.Option(None, "--registry", help="Registry of --dataset (default $GROK_REGISTRY or ./registry)."),
     tolerance: float = typer.Option(0.10, "--tolerance", help="Relative tolerance for numbers (0.10 = ±10 %)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Verify every row of TABLE against its study records. Exit 1 when any row fails."""
+    """Verify every row of TABLE against its study records, or every row of a published version (--dataset)
+    against the evidence it carries. Exit 1 when any row fails (or, for --dataset, its verdict differs from
+    the build's)."""
+    from grok.registry import RegistryError
     from grok.verify import VerifyConfig, verify_table
+    from grok.verify.replay import verify_dataset
 
-    if not table.exists():
+    if (table is None) == (dataset is None):
+        fail("give either TABLE or --dataset NAME@VERSION", ExitCode.USAGE)
+    if table is not None and not table.exists():
         fail(f"{table}: table not found (run 'grok instruct STUDIES --out DIR' first)", ExitCode.BAD_INPUT)
     try:
         cfg = VerifyConfig(tolerance=tolerance)
     except ValueError as exc:
         fail(str(exc), ExitCode.USAGE)
     try:
-        res = verify_table(table, studies, cfg)
-    except FileNotFoundError as exc:
+        res = verify_dataset(dataset, registry, cfg) if dataset else verify_table(table, studies, cfg)
+    except (FileNotFoundError, RegistryError) as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
     if as_json:
         print_json(res)
     else:
-        console.print(f"{res['passed']}/{res['rows']} rows pass (mean score {res['mean_score']}); "
-                      f"reasons: {res['reasons_by_code'] or 'none'}", highlight=False)
-        for f in res["failing_rows"][:10]:
-            console.print(f"  {f['id']} ({f['task']}): {'; '.join(f['reasons'])[:300]}", highlight=False, markup=False)
-    if res["failed"]:
+        console.print(f"{res['passed']}/{res['rows']} rows pass; reasons: {res['reasons_by_code'] or 'none'}",
+                      highlight=False)
+        if dataset:
+            console.print(f"{res['same_verdict_as_build']}/{res['rows']} verdicts as at build time "
+                          f"({res['dataset']}, kb {res['kb_snapshot_now']} now; rows: {res['kb_snapshot_of_rows']})",
+                          highlight=False)
+        for f in (res.get("differing_rows") or res.get("failing_rows") or [])[:10]:
+            why = f["now"]["reasons"] if "now" in f else f["reasons"]
+            console.print(f"  {f['id']} ({f['task']}): {'; '.join(why)[:300]}", highlight=False, markup=False)
+    if res["failed"] or res.get("different_verdict"):
         raise SystemExit(int(ExitCode.FAILED))
 
 

@@ -34,6 +34,12 @@ INSTRUCTIONS_SCHEMA = pa.schema([
 QUARANTINE_SCHEMA = pa.schema([("source_key", pa.string()), ("reason", pa.string()), ("error_class", pa.string()),
                                *[f for f in INSTRUCTIONS_SCHEMA]])
 
+#: A row a family could not make for a study (:class:`grok.instruct.families.Skip`): who, which family, why.
+SKIPPED_SCHEMA = pa.schema([
+    ("study_id", pa.string()), ("patient_id", pa.string()), ("eye", pa.string()), ("label", pa.string()),
+    ("task", pa.string()), ("mode", pa.string()), ("reason_code", pa.string()), ("reason", pa.string()),
+])
+
 FAILURES_SCHEMA = pa.schema([
     ("study_id", pa.string()), ("task", pa.string()), ("row_id", pa.string()), ("attempt", pa.int64()),
     ("try_index", pa.int64()), ("request_hash", pa.string()), ("kind", pa.string()), ("message", pa.string()),

@@ -59,8 +59,30 @@ FAMILIES: dict[str, Family] = {f.id: f for f in (
 )}
 
 
+#: Why a family produced no row for a study (``Skip.code``) -> what it means. A skipped row is a row of
+#: ``instructions_skipped.parquet`` with its code, counted in the stage report, the card and build.json.
+SKIP_REASONS: dict[str, str] = {
+    "label_contradicted_by_findings": "the reasoner rules out the study's label, so a row that states it "
+                                      "cannot be grounded (label and biomarkers disagree: review the study)",
+    "no_interpretable_biomarker": "no biomarker with a normative range and no present/absent finding to ask about",
+    "no_localisable_finding": "no lesion box and no optic disc position on a usable image",
+    "no_usable_image": "no usable image for a conversation",
+}
+
+
 class Skip(Exception):
-    """A family does not apply to a study (e.g. no lesion to localise); the reason is recorded."""
+    """A family does not apply to a study; ``code`` is a key of :data:`SKIP_REASONS`, the message says why."""
+
+    def __init__(self, code: str, message: str | None = None):
+        if code not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {code!r}; add it to SKIP_REASONS")
+        super().__init__(message or SKIP_REASONS[code])
+        self.code = code
+
+    def row(self, facts: StudyFacts, task: str, mode: str) -> dict[str, Any]:
+        """This skip as a row of ``skipped.parquet`` (:data:`grok.instruct.export.SKIPPED_SCHEMA`)."""
+        return {"study_id": facts.study_id, "patient_id": facts.patient_id, "eye": facts.eye, "label": facts.label,
+                "task": task, "mode": mode, "reason_code": self.code, "reason": str(self)}
 
 
 def row_seed(study_id: str, task: str, seed: int) -> int:
@@ -184,7 +206,8 @@ def build_context(family: Family, facts: StudyFacts, lex, seed: int, *, caps: tu
     parts = _parts(facts)
     label = parts["label"]
     if family.states_diagnosis and label.get("status") == "ruled_out":
-        raise Skip(f"label {facts.label!r} is ruled out by the reasoner; a grounded {family.id} row cannot state it")
+        raise Skip("label_contradicted_by_findings",
+                   f"label {facts.label!r} is ruled out by the reasoner; a grounded {family.id} row cannot state it")
     roles = list(parts["roles"])
     ctx: dict[str, Any] = {
         "f": facts, "v": variant, "pick": rng.choice, "eye_words": facts.eye_words, "person": parts["person"],
@@ -202,14 +225,14 @@ def build_context(family: Family, facts: StudyFacts, lex, seed: int, *, caps: tu
     if family.id in ("biomarker_qa", "multiturn"):
         ctx["qa"] = _qa(facts, rng)
         if ctx["qa"] is None and family.id == "biomarker_qa":
-            raise Skip("no biomarker with a normative range and no present/absent finding to ask about")
+            raise Skip("no_interpretable_biomarker")
     if family.id in ("localisation", "multiturn"):
         all_roles = roles if family.id == "multiturn" else sorted(facts.images)
         ctx["loc"] = _loc(facts, all_roles, rng)
         if ctx["loc"] is None and family.id == "localisation":
-            raise Skip("no lesion box and no optic disc position on a usable image")
+            raise Skip("no_localisable_finding")
         if family.id == "localisation":
             roles = [ctx["loc"]["role"]]
     if family.id == "multiturn" and not roles:
-        raise Skip("no usable image for a conversation")
+        raise Skip("no_usable_image")
     return ctx, roles, variant

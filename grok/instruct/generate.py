@@ -25,7 +25,13 @@ from pydantic.json_schema import SkipJsonSchema
 
 from grok import __version__
 from grok.config import Settings
-from grok.instruct.export import FAILURES_SCHEMA, INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, TableWriter
+from grok.instruct.export import (
+    FAILURES_SCHEMA,
+    INSTRUCTIONS_SCHEMA,
+    QUARANTINE_SCHEMA,
+    SKIPPED_SCHEMA,
+    TableWriter,
+)
 from grok.instruct.families import FAMILIES, Family, Skip, build_context, row_id
 from grok.instruct.llm import LLMConfig
 from grok.instruct.records import StudyError, StudyFacts, build_facts, load_studies
@@ -219,7 +225,8 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
     llm_tasks = [t for t in config.tasks if config.mode == "llm" and FAMILIES[t].llm]
     tpl_tasks = [t for t in config.tasks if t not in llm_tasks]
     with TableWriter(out / "instructions.parquet", INSTRUCTIONS_SCHEMA) as ok_w, \
-            TableWriter(out / "quarantine.parquet", QUARANTINE_SCHEMA) as q_w:
+            TableWriter(out / "quarantine.parquet", QUARANTINE_SCHEMA) as q_w, \
+            TableWriter(out / "skipped.parquet", SKIPPED_SCHEMA) as s_w:
         for b in bad:
             q_w.write(b)
         for facts in facts_list:
@@ -228,7 +235,8 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
                 try:
                     row = gen.verify(gen.render(facts, fam, config.seed, build_id), facts)
                 except Skip as exc:
-                    skipped[f"{task}: {exc}"] += 1
+                    skipped[f"{task}: {exc.code}"] += 1
+                    s_w.write(exc.row(facts, task, "template"))
                     continue
                 row.pop("_variant", None)
                 if row["verifier_passed"]:
@@ -242,7 +250,7 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
             from grok.instruct.llm_mode import run_llm_build
 
             with TableWriter(out / "failures.parquet", FAILURES_SCHEMA, batch_rows=500) as f_w:
-                llm_summary = run_llm_build(facts_list, llm_tasks, config, gen, build_id, ok_w, q_w, f_w,
+                llm_summary = run_llm_build(facts_list, llm_tasks, config, gen, build_id, ok_w, q_w, f_w, s_w,
                                             cache_path=out / "llm_cache.sqlite", client=llm_client, log=log)
             for task, n in llm_summary.pop("rows_per_task").items():
                 per_task[task] += n
@@ -252,14 +260,16 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
                 skipped[k] += n
             summary["llm"] = llm_summary
         rows_written = ok_w.rows
+        n_skipped = s_w.rows
     elapsed = time.perf_counter() - t0
     summary.update({
         "rows": rows_written, "rows_per_task": dict(sorted(per_task.items())), "rows_per_mode": dict(per_mode),
-        "quarantined": n_quarantined, "skipped": dict(sorted(skipped.items())), "elapsed_s": round(elapsed, 3),
+        "quarantined": n_quarantined, "skipped": dict(sorted(skipped.items())), "rows_skipped": n_skipped,
+        "elapsed_s": round(elapsed, 3),
         "instructions": str(out / "instructions.parquet"), "quarantine": str(out / "quarantine.parquet"),
     })
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     if log:
-        log(f"{rows_written} verified rows, {n_quarantined} quarantined, {sum(skipped.values())} skipped "
+        log(f"{rows_written} verified rows, {n_quarantined} quarantined, {n_skipped} skipped "
             f"({elapsed:.1f} s) -> {out}")
     return summary

@@ -66,7 +66,7 @@ class LLMJobRunner:
         self.build_id = build_id
         self.seed = seed
         self.image_root = image_root
-        self.ok_w, self.q_w, self.f_w = writers
+        self.ok_w, self.q_w, self.f_w, self.s_w = writers
         self.log = log
         self.limiter = RateLimiter(config.requests_per_second)
         self.prompt_tpl, self.prompt_info = gen.lib.get(config.prompt_template)
@@ -115,7 +115,8 @@ class LLMJobRunner:
         try:
             ctx, roles, variant = build_context(fam, facts, self.gen.lex, self.seed)
         except Skip as exc:
-            self.skipped[f"{task}: {exc}"] += 1
+            self.skipped[f"{task}: {exc.code}"] += 1
+            self.s_w.write(exc.row(facts, task, "llm"))
             return
         tpl_messages, tinfo = self.gen.lib.render_messages(fam.template_id, ctx)
         user_msgs = tpl_messages[:-1]  # the template's question turn(s); the model writes the answer
@@ -263,8 +264,8 @@ class LLMJobRunner:
         }
 
 
-def run_llm_build(facts_list: list[StudyFacts], tasks: list[str], config, gen, build_id: str, ok_w, q_w, f_w, *,
-                  cache_path: Path, client=None, log=None) -> dict[str, Any]:
+def run_llm_build(facts_list: list[StudyFacts], tasks: list[str], config, gen, build_id: str, ok_w, q_w, f_w,
+                  s_w, *, cache_path: Path, client=None, log=None) -> dict[str, Any]:
     """Run LLM jobs for ``facts_list`` x ``tasks`` (called by :func:`grok.instruct.generate.build_instructions`)."""
     cfg: LLMConfig = config.llm
     image_root = Path(cfg.image_root) if cfg.image_root else None
@@ -273,7 +274,7 @@ def run_llm_build(facts_list: list[StudyFacts], tasks: list[str], config, gen, b
     async def main() -> dict[str, Any]:
         own = client is None
         cl = OpenAIChatClient(cfg) if own else client
-        runner = LLMJobRunner(cfg, gen, cl, cache, build_id, config.seed, image_root, (ok_w, q_w, f_w), log)
+        runner = LLMJobRunner(cfg, gen, cl, cache, build_id, config.seed, image_root, (ok_w, q_w, f_w, s_w), log)
         try:
             await runner.run((f, t) for f in facts_list for t in tasks)
         finally:

@@ -33,15 +33,23 @@ DATA_SECTIONS = ("source", "knowledge_base", "deid", "measure", "instruct")
 
 @dataclass
 class StageReport:
-    """What a stage did: counts in / out / quarantined (in = out + quarantined), seconds, output paths."""
+    """What a stage did: counts in / out / quarantined / skipped (in = out + quarantined + skipped), seconds,
+    output paths. Skipped items are rows in a table of their own with a reason (e.g. an instruction family
+    that does not apply to a study), never dropped without a trace."""
 
     stage: str
     n_in: int = 0
     n_out: int = 0
     n_quarantined: int = 0
+    n_skipped: int = 0
     seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_in != self.n_out + self.n_quarantined + self.n_skipped:
+            raise ValueError(f"stage {self.stage}: {self.n_in} in but {self.n_out} out + {self.n_quarantined} "
+                             f"quarantined + {self.n_skipped} skipped; every item must be accounted for")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,14 +105,20 @@ class BuildFolder:
         return data
 
     def finish(self, report: StageReport) -> StageReport:
-        """Record a finished stage; stop the build when it quarantined (almost) everything."""
-        if report.n_in and report.n_out < max(1, self.cfg.min_output_fraction * report.n_in):
+        """Record a finished stage; stop the build when it quarantined (almost) everything it could work on
+        (skipped items, which a stage does not apply to, are left out of that fraction)."""
+        base = report.n_in - report.n_skipped
+        if base and report.n_out < max(1, self.cfg.min_output_fraction * base):
             self.update(complete=False, ready_to_publish=False, last_stage=report.stage,
                         failed_stage=report.to_dict())
-            raise StageFailed(f"stage {report.stage}: {report.n_out} of {report.n_in} items came out "
-                              f"({report.n_quarantined} quarantined); stopping instead of publishing an empty "
+            raise StageFailed(f"stage {report.stage}: {report.n_out} of {base} items came out "
+                              f"({report.n_quarantined} quarantined, {report.n_skipped} skipped); stopping instead "
+                              "of publishing an empty "
                               f"dataset. See the quarantine tables in {self.root}")
-        self.update(last_stage=report.stage)
+        counts = {k: getattr(report, k) for k in ("n_in", "n_out", "n_quarantined", "n_skipped")}
+        if "accounting" in report.details:  # the instruct stage: every generated row by family and reason
+            counts["accounting"] = report.details["accounting"]
+        self.update(last_stage=report.stage, stages={**self.info().get("stages", {}), report.stage: counts})
         return report
 
     # -------------------------------------------------------------------------------- shared by stages

@@ -35,7 +35,7 @@ class Source(SingleStage):
                                             oct_spacing_um=tuple(ph.oct_spacing_um), cfp_size=ph.cfp_size,
                                             circle_scans=ph.circle_scans, noise=ph.noise, exports=False,
                                             workers=min(2, os.cpu_count() or 1)), out)
-            rep.n_out = ph.subjects
+            rep.n_in = rep.n_out = ph.subjects  # subjects generated
         return rep
 
 
@@ -55,8 +55,8 @@ class Ingest(SingleStage):
         out = folder.ingest_dir
         res = ingest(folder.source()["archive"], out, IngestConfig(deid=folder.deid()))
         folder.update(complete=False, ready_to_publish=False, last_stage="ingest", build_id=folder.build_id())
-        return StageReport("ingest", n_in=res.files_seen, n_out=res.files_ingested + res.files_skipped,
-                           n_quarantined=res.files_quarantined,
+        return StageReport("ingest", n_in=res.files_seen, n_out=res.files_ingested,
+                           n_quarantined=res.files_quarantined, n_skipped=res.files_skipped,
                            outputs={"manifest": str(out / "manifest.parquet"),
                                     "studies": str(out / "studies.parquet"),
                                     "quarantine": str(out / "quarantine.parquet")},

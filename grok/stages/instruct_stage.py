@@ -7,8 +7,9 @@ Records are cut into shards (``instruct.shard_size``); each shard runs
 itself done with a ``DONE`` file holding the content key of its inputs (:mod:`grok.stages.keys`), so a
 restarted build skips finished shards and a changed record, setting or template regenerates its
 shard (LLM calls of an unfinished shard are replayed from the shard's SQLite request cache, never
-repeated). :meth:`Instruct.merge` writes ``BUILD/instructions.parquet`` and
-``BUILD/instructions_quarantine.parquet``.
+repeated). :meth:`Instruct.merge` writes ``BUILD/instructions.parquet``,
+``BUILD/instructions_quarantine.parquet`` and ``BUILD/instructions_skipped.parquet`` (a family that made
+no row for a study, with the reason code) and accounts for every generated row in its report.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
+from grok.instruct.accounting import account
+from grok.instruct.export import INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
 from grok.instruct.generate import InstructConfig, build_instructions
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
 from grok.stages.stage import Shard, Stage
+
+#: The build's instruction tables -> (the shard file each is merged from, its schema).
+MERGED = {"instructions": ("instructions.parquet", INSTRUCTIONS_SCHEMA),
+          "instructions_quarantine": ("quarantine.parquet", QUARANTINE_SCHEMA),
+          "instructions_skipped": ("skipped.parquet", SKIPPED_SCHEMA)}
 
 
 def instruct_config(folder: BuildFolder, shards: int = 1) -> InstructConfig:
@@ -46,7 +54,8 @@ class Instruct(Stage):
 
     name = "instruct"
     inputs: ClassVar[tuple[str, ...]] = ("records.jsonl", "media/")
-    outputs: ClassVar[tuple[str, ...]] = ("instructions.parquet", "instructions_quarantine.parquet", "instruct/")
+    outputs: ClassVar[tuple[str, ...]] = ("instructions.parquet", "instructions_quarantine.parquet",
+                                          "instructions_skipped.parquet", "instruct/")
 
     def retries(self, folder: BuildFolder) -> int:
         # LLM calls (a retried shard replays its finished requests from the cache); templates never fail
@@ -105,24 +114,30 @@ class Instruct(Stage):
         return str(out)
 
     def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
-        tables, qtables, summaries = [], [], []
+        """Concatenate the shards' verified, quarantined and skipped rows into the build's three tables;
+        the report accounts for every generated row (:func:`grok.instruct.accounting.account`)."""
+        merged: dict[str, list[pa.Table]] = {name: [] for name in MERGED}
+        summaries = []
         for d in sorted(results):
             p = Path(d)
-            tables.append(pq.read_table(p / "instructions.parquet"))
-            if (p / "quarantine.parquet").exists():
-                qtables.append(pq.read_table(p / "quarantine.parquet"))
+            for name, (shard_file, _) in MERGED.items():
+                if (p / shard_file).exists():
+                    merged[name].append(pq.read_table(p / shard_file))
             if (p / "summary.json").exists():
                 summaries.append(json.loads((p / "summary.json").read_text()))
-        ins = pa.concat_tables(tables).sort_by("id") if tables else None
-        if ins is not None:
-            pq.write_table(ins, folder.path("instructions.parquet"), compression="zstd")
-        q = pa.concat_tables(qtables) if qtables else None
-        if q is not None:
-            pq.write_table(q, folder.path("instructions_quarantine.parquet"), compression="zstd")
-        n_out = ins.num_rows if ins is not None else 0
-        n_q = q.num_rows if q is not None else 0
+        tables: dict[str, pa.Table] = {}
+        for name, (_, schema) in MERGED.items():
+            t = pa.concat_tables(merged[name]) if merged[name] else schema.empty_table()
+            if name == "instructions":
+                t = t.sort_by("id")
+            tables[name] = t
+            pq.write_table(t, folder.path(name + ".parquet"), compression="zstd")
+        acc = account(tables["instructions"].select(["task"]).to_pylist(),
+                      tables["instructions_quarantine"].select(["task", "verifier_reasons", "error_class"]).to_pylist(),
+                      tables["instructions_skipped"].select(["task", "reason_code"]).to_pylist())
+        n_out, n_q, n_s = (tables[n].num_rows for n in MERGED)
         return folder.finish(StageReport(
-            "instruct", n_in=n_out + n_q, n_out=n_out, n_quarantined=n_q, seconds=seconds,
-            outputs={"instructions": str(folder.path("instructions.parquet")),
-                     "quarantine": str(folder.path("instructions_quarantine.parquet"))},
-            details={"shards": len(results), "usage": [s.get("usage") for s in summaries if s.get("usage")]}))
+            "instruct", n_in=n_out + n_q + n_s, n_out=n_out, n_quarantined=n_q, n_skipped=n_s, seconds=seconds,
+            outputs={n: str(folder.path(n + ".parquet")) for n in MERGED},
+            details={"shards": len(results), "accounting": acc,
+                     "usage": [s.get("usage") for s in summaries if s.get("usage")]}))

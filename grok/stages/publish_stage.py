@@ -36,10 +36,10 @@ class Publish(SingleStage):
             name=p.name, version=p.version, bump=p.bump, registry=p.registry, split_ratios=tuple(p.split_ratios),
             seed=p.split_seed, verifier_pass_rate=p.verifier_pass_rate, near_dup_threshold=p.near_dup_threshold,
             deny_list=deny, pseudonym_key=folder.deid().key, hub_repo=p.hub_repo, license=p.license,
-            synthetic=folder.cfg.source.phantom is not None))
+            synthetic=folder.cfg.source.phantom is not None), kb=folder.kb)
         folder.update(complete=True, last_stage="publish", published=f"{res.name}@{res.version}",
                       fingerprint=res.fingerprint)
-        n_pub = sum(sum(v.values()) for k, v in res.counts["published"].items() if k != "alignment")
+        n_pub = sum(sum(v.values()) for k, v in res.counts["published"].items() if k in ("instructions", "benchmark"))
         return StageReport("publish", n_in=res.counts["instructions_in"], n_out=n_pub,
                            n_quarantined=res.counts["failed_verification_excluded"] + res.counts["duplicates_removed"],
                            outputs={"dataset": f"{res.name}@{res.version}", "path": res.path, "card": res.card,
