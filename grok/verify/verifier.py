@@ -2,41 +2,72 @@
 
 Run as: grok verify DIR/instructions.parquet [--studies DIR/studies.jsonl] [--json]
 
-Rules (each failed rule adds a reason ``code: detail``; *hard* codes fail the row):
+Rules (each failed rule adds a reason ``code: detail``; *hard* codes fail the row). Each assistant
+turn is first lower-cased and normalised (:mod:`grok.verify.textnorm`: number words to digits,
+HTML tags blanked, offsets kept), then read clause by clause:
 
-* ``wrong_number`` / ``hallucinated_number`` (hard): a number with a unit (µm, mm, mm³, nl, px, %)
-  or a number tied to a ratio/count biomarker must match, within ``tolerance`` (default ±10 %, the
-  tolerance GROK's judge used, and never tighter than the rounding of the written number), the
-  value of the biomarker it is written about (the last biomarker named before it in the same
-  clause). A number introduced by a reference cue ("normal range", "percentile", "at least",
-  "cut-off", ...) may instead match a reference value (5th/95th percentile, mean, threshold) of
-  the knowledge base for a biomarker with that unit. A number tied to no biomarker must match
-  some biomarker of the record with that unit, else it is hallucinated.
-* ``diagnosis_mismatch`` (hard): a concluding statement ("Diagnosis: X", "most consistent with
-  X", "Answer: X") names a category other than the label.
+* ``wrong_number`` / ``hallucinated_number`` (hard): a number must match, within ``tolerance``
+  (default ±10 %, the tolerance GROK's judge used, and never tighter than the rounding of the
+  written number), the value of the biomarker it is written about: the last biomarker named before
+  it in the clause (or a count named just after it: "3 microaneurysms", "4 intraretinal
+  haemorrhages"), with or without a unit (a bare number is read in the biomarker's own unit:
+  "CST is 400"), in scientific notation ("2.62e2 µm", "2.62 × 10^2 µm") or in words ("about two
+  hundred and sixty microns"). A number after a reference cue ("normal range", "percentile", "at
+  least", "cut-off", ...) may instead match a reference value (5th/95th percentile, mean,
+  threshold) of the knowledge base; "at least 2 microaneurysms" is a bound on the count. A range
+  with no cue before it ("CST 255-265 µm") must contain the value (or be the normal range, ±2 %).
+  A number with a unit tied to no biomarker must match some biomarker of the record with that unit,
+  else it is hallucinated.
+* ``wrong_unit`` (hard): the number is written in a unit of another quantity than its biomarker's
+  ("CST 262 nl"), or is the biomarker's value in its unit but written in another ("CST 262 mm").
+* ``diagnosis_mismatch`` (hard): a disease put forward anywhere, in any turn and however hedged
+  ("Diagnosis: X", "suggests X", "consistent with X", "in keeping with X", "points to X", "we
+  favour X", "likely X", "X is the leading diagnosis", a terse "X.") is not the study's category
+  (a second disease the reasoner supports may be named as coexisting: "also", "coexisting").
+  Negated ("no X", "X is unlikely / less likely / ruled out", "rather than X") and open ("cannot
+  exclude X", "possible X", "X remains in the differential") mentions are not statements
+  (:func:`grok.verify.claims.disease_polarity`); names inside parentheses are evidence lists.
+* ``wrong_stage`` (hard): a stage of the category ("early AMD", "proliferative diabetic
+  retinopathy", "malignant hypertensive retinopathy", "late-stage (neovascular) AMD") that is not
+  the reasoner's stage (:data:`grok.verify.claims.STAGE_WORDS`, ``STAGE_MODIFIERS``).
 * ``contradiction`` (hard): a qualitative claim about a biomarker (thinned / thickened / within
-  normal limits / present / absent) disagrees with the reasoner, or the label is "ruled out".
+  normal limits) or a finding (present / absent, negated lists "no microaneurysms, haemorrhages or
+  exudates" included) disagrees with the reasoner, or the category is negated.
   Words inside the reasoner's own stage name (e.g. "macular oedema signs without central
   subfield thickening") are its conclusion, not a claim about a biomarker named nearby.
-* ``forbidden_phrase`` (hard): the text refers to a label, a provided report/list/data sheet,
-  JSON, metadata or a record (things a model looking at the images could not know).
-* ``laterality`` (hard): the wrong eye is named (right eye / OD for OS, and the reverse).
-* ``format`` / ``length`` (hard): roles, ``<image>`` tokens, one paragraph and at most 300 words
-  for reports, numbered steps for chains of thought, a conclusion where the task states one,
-  word limits per task.
+* ``self_contradiction`` (hard): the row both states and negates the same disease, or says the same
+  finding is present and absent.
+* ``invented_finding`` (hard): a finding claimed present that the record does not show (the
+  reasoner could not evaluate it), or a lesion the pipeline never measures claimed at all (a
+  macular hole, an epiretinal membrane, a vitreous haemorrhage, ...; negated or hedged mentions
+  are not claims).
+* ``forbidden_phrase`` (hard): the text refers to a label, a provided report/list/data sheet or
+  the measurements "you provided", ground truth, a dataset, annotations or an answer key, JSON,
+  metadata or a record (things a model looking at the images could not know).
+* ``laterality`` (hard): the wrong eye is named (right/left eye, macula, fundus, retina, disc in any
+  case; OD / OS).
+* ``format`` / ``length`` (hard): roles, ``<image>`` tokens (missing or extra images), empty turns,
+  content that is not text or not UTF-8, one paragraph and at most 300 words for reports,
+  numbered steps for chains of thought, a stated diagnosis where the task needs one, word limits
+  per task.
 * ``box`` (hard): a box that does not parse, lies outside [0, 1000), or matches no lesion of the
   row's images (IoU below ``iou_min``).
+* ``unreadable`` (hard): anything else the checks cannot read; :meth:`Verifier.verify` never raises.
 * ``unsupported_claim`` (soft): a claim the reasoner can neither confirm nor refute (no normal
-  range, finding not evaluable). Soft reasons lower the score but do not fail the row.
+  range, finding absent but not evaluable, a supported disease ruled out). Soft reasons lower the
+  score but do not fail the row.
 
 The score is the share of checks passed (a soft reason counts half).
 
 Speed (a build verifies every row, so this runs thousands of times per second): each pattern
 scans a message once and its matches are handed to the clauses they lie in (``_ClauseScan``);
-the patterns start with a literal character or digit so the regex engine can skip positions
-where none can start; rare patterns (forbidden phrasing, the wrong eye, boxes) run only when a
-substring that every match contains is present; per-study lookups are kept in ``facts.memo``.
-Each rewritten pattern documents the plain form it is equivalent to.
+one scan finds every biomarker, finding, lesion, disease and stage name (``_scan_rx``); the
+patterns start with a literal character or digit so the regex engine can skip positions where
+none can start; rare patterns (forbidden phrasing, the wrong eye, boxes, number words) run only
+when a substring that every match contains is present; per-study lookups are kept in
+``facts.memo``; the readings of the words around a disease or finding name are cached on those
+words (generated rows repeat their sentences). Each rewritten pattern documents the plain form it
+is equivalent to.
 """
 
 from __future__ import annotations
@@ -255,6 +286,26 @@ def _forbidden_hits(low: str):
                 which.append(i)
                 break
     return _forbidden_re(tuple(which)).finditer(low) if which else ()
+def _phrasing(content: str, low: str, eye: str) -> list[tuple[str, str]]:
+    """``(code, detail)`` of the forbidden phrases and the wrong-eye names of one turn (``low``: its
+    lower-case text with boxes removed)."""
+    out = [("forbidden_phrase", f"{_FORBIDDEN_LIST[int(hit.lastgroup[1:])][1]} ({hit.group(0)!r})")
+           for hit in _forbidden_hits(low)]
+    words, abbrev = _WRONG_EYE[eye]
+    needles = _WRONG_EYE_NEEDLES[eye]
+    bad = (words.search(low) if needles[0] in low else None) or (abbrev.search(content) if needles[1] in content
+                                                                 else None)
+    if bad:
+        out.append(("laterality", f"names {bad.group(0)!r}"))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _turn_phrasing(content: str, low: str, eye: str) -> tuple[tuple[str, str], ...]:
+    """:func:`_phrasing` of a question turn, cached (generated rows ask the same questions)."""
+    return tuple(_phrasing(content, low, eye))
+
+
 _EYE_PARTS = r"(?:eye|retina|fundus|macula|optic disc|optic nerve|disc)"
 #: The other eye named in words (searched in the lower-case text; "Left eye" at the start of a
 #: sentence is the left eye too) or by its abbreviation (searched in the original text: "OS", not "os").
@@ -1004,8 +1055,6 @@ class Verifier:
         self._check_format(task, fam, messages, images, row, t)
         if facts.eye != row.get("eye", facts.eye):
             t.fail("format", f"row eye {row.get('eye')!r} differs from the study's {facts.eye!r}")
-        wrong_eye = _WRONG_EYE[facts.eye]
-        eye_needles = _WRONG_EYE_NEEDLES[facts.eye]
         rc = _RowClaims([])
         assistant_texts = []
         for msg in messages:
@@ -1015,13 +1064,14 @@ class Verifier:
             has_box = BOX_START in content
             text = strip_boxes(content) if has_box else content
             low = _lower(text)
-            for hit in _forbidden_hits(low):
-                why = _FORBIDDEN_LIST[int(hit.lastgroup[1:])][1]
-                t.fail("forbidden_phrase", f"{why} ({hit.group(0)!r})")
-            bad_eye = (wrong_eye[0].search(low) if eye_needles[0] in low else None) or (
-                wrong_eye[1].search(content) if eye_needles[1] in content else None)
-            if bad_eye:
-                t.fail("laterality", f"names {bad_eye.group(0)!r} for the {facts.eye_words} ({facts.eye})")
+            if msg["role"] != "assistant" and len(content) < 600:  # question turns repeat: cached
+                for code, detail in _turn_phrasing(content, low, facts.eye):
+                    t.fail(code, detail if code == "forbidden_phrase" else f"{detail} for the {facts.eye_words} "
+                                                                         f"({facts.eye})")
+                continue
+            for code, detail in _phrasing(content, low, facts.eye):
+                t.fail(code, detail if code == "forbidden_phrase" else f"{detail} for the {facts.eye_words} "
+                                                                     f"({facts.eye})")
             if msg["role"] != "assistant":
                 continue
             assistant_texts.append(content)
