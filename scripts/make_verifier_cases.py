@@ -17,7 +17,8 @@ values and the reasoner's statuses. A wrong answer is a right answer in one of t
 one planted error of its type (a number without its unit that is off, a wrong unit, a value off by
 more than 10 %, two biomarkers' values swapped, a wrong diagnosis in hedged words, a true finding
 negated, a lesion the study does not have, the other eye, a wrong stage, a label or data-sheet
-leak, a self-contradiction, a value of the fellow eye). The wording lists here are the writer's
+leak, a self-contradiction, a value of the fellow eye); every fourth wrong answer is the second
+assistant turn of a conversation. The wording lists here are the writer's
 own; they are not the verifier's word lists. ``benchmarks/verifier.py`` and
 ``tests/test_verifier_corpus.py`` score the verifier on the file.
 """
@@ -616,7 +617,14 @@ def make_cases(records: list[dict], kb, lex, seed: int = 0) -> list[dict]:
                     raise RuntimeError(f"too few records for {kind}")
                 continue
             text, why = wrong_other_eye(w, fellow) if kind == "other_eye_number" else WRONG[kind](w)
-            row = _row(f, "report", text, "Write a diagnostic report for this eye.")
+            if n % 4 == 3:  # every fourth wrong answer is the second turn of a conversation
+                opener = w.pick([f"This looks like {w.disease(f.label)}.", f"Diagnosis: {w.disease(f.label)}.",
+                                 "Let me describe the images first."])
+                row = _row(f, "multiturn", [("", opener), ("Can you go through the findings?", text)],
+                           "What do you see in these images?")
+                why += " (second turn)"
+            else:
+                row = _row(f, "report", text, "Write a diagnostic report for this eye.")
             cases.append({"id": f"wrong-{kind}-{n:02d}", "kind": "wrong", "type": kind, "study_id": f.study_id,
                           **row, "why": why})
             n += 1
