@@ -156,3 +156,26 @@ def test_config_validation_names_the_field():
         VerifyConfig(tolerance=1.5)
     with pytest.raises(ValueError, match="iou_min"):
         VerifyConfig(iou_min=0)
+
+
+def test_numbers_that_are_not_measurements(ctx):
+    facts, v = ctx
+    for text in ("The CST is 1.3 times the upper limit of normal.", "The CST z-score is 2.1.",
+                 "The CST lies 2 SD above the mean.", "RNFL thinning is seen in 2 quadrants."):
+        res = v.verify(_row("biomarker_qa", text, facts), facts)
+        assert not {"wrong_number", "hallucinated_number"} & _codes(res), (text, res.reasons)
+    res = v.verify(_row("biomarker_qa", "The CST is 400.", facts), facts)
+    assert "wrong_number" in _codes(res)  # a bare number about a biomarker is still checked
+
+
+def test_comparisons_and_hedges_of_diagnoses(ctx):
+    facts, v = ctx
+    assert facts.label == "amd"
+    for text in ("Glaucoma is less likely than AMD.", "AMD is more likely than glaucoma.",
+                 "Drusen are present; the picture is more consistent with AMD than with glaucoma.",
+                 "Drusen are present, in keeping with AMD; glaucoma cannot be excluded."):
+        res = v.verify(_row("diagnosis", text, facts), facts)
+        assert res.passed, (text, res.reasons)
+    for text in ("AMD is less likely than glaucoma.", "The findings point to glaucoma rather than AMD."):
+        res = v.verify(_row("diagnosis", text, facts), facts)
+        assert not res.passed and {"diagnosis_mismatch", "contradiction"} & _codes(res), (text, res.reasons)

@@ -59,6 +59,9 @@ _POSSIBLE_BEFORE = re.compile(
     + "|" + _lead_trie(("possible", "possibly", "may be", "might be", "could be", "differential includes",
                         "differential diagnosis includes", "consider", "considering", "considered", "versus", "vs",
                         "vs.", "or")) + _GAP2)
+#: Before the name: a comparison ("less likely than X", "more consistent with Y than X").
+_THAN_BEFORE = re.compile(r"\b(less|more) (?:likely|probable|consistent with [\w'’ -]{1,40}?|in keeping with "
+                          r"[\w'’ -]{1,40}?) than\s+(?:[\w'’-]+\s+){0,2}$")
 #: Before the name: it is negated (a negator at most three words before it).
 _NEG_BEFORE = re.compile(_lead_trie((
     "no", "not", "without", "nor", "neither", "against", "exclude", "excludes", "excluded", "excluding", "rule out",
@@ -104,6 +107,9 @@ def _polarity(before: str, after: str) -> str | None:
         return "stated"
     if _POSSIBLE_BEFORE.search(before):
         return "possible"
+    m = _THAN_BEFORE.search(before)
+    if m is not None:  # "glaucoma is less likely than AMD": AMD is put forward; "more likely than X": X is not
+        return "stated" if m.group(1) == "less" else "negated"
     if _NEG_BEFORE.search(before):
         return "negated"
     if _POS_BEFORE.search(before):

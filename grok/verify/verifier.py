@@ -138,10 +138,14 @@ _MM = r"\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
 _MASK_WORD_RE = re.compile("|".join(a.format(wb=_WB) for a in (
     r"c{wb}entral" + _MM, r"i{wb}nner" + _MM, r"o{wb}uter" + _MM, r"w{wb}ithin the" + _MM, r"t{wb}he central" + _MM,
     r"a{wb}ged?\s+\d+\b", r"s{wb}tep\s+\d+\b", r"g{wb}rade\s+\d+\b", r"s{wb}tage\s+\d+\b", r"t{wb}ype\s+\d+\b",
-    r"c{wb}ategory\s+\d+\b", r"p{wb}\d+\b")))
+    r"c{wb}ategory\s+\d+\b", r"p{wb}\d+\b", r"z{wb}(?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)?")))
+#: Also masked: multiples and deviations ("1.3 times", "2-fold", "2 SD", "z-score of 2.1"), counts of
+#: places rather than lesions ("2 quadrants", "3 clock hours", "1 disc diameter").
 _MASK_NUM_RE = re.compile(
     rf"\d{_WB}(?:(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
-    r"|\d*(?:\.\d+)?(?:st|nd|rd|th)\b|\d*-year-old\b|\d*\s*(?:years?|y)\b(?!\w))")
+    r"|\d*(?:\.\d+)?(?:st|nd|rd|th)\b|\d*-year-old\b|\d*\s*(?:years?|y)\b(?!\w)"
+    r"|\d*(?:\.\d+)?\s*(?:times|-?fold|sds?\b|standard deviations?|quadrants?|sectors?|clock hours?|o'clock|"
+    r"disc diameters?|dd\b))")
 
 
 def _mask(text: str) -> str:
@@ -699,7 +703,8 @@ class Verifier:
                     a_val, float(b_raw), _decimals(b_raw), unit, m.group(0).strip(), subj, facts, t):
                 continue
             # a range after a reference cue is two reference values
-            nums = ((a_val, a_dec, a), (float(b_raw), _decimals(b_raw), b_raw)) if b_raw else ((a_val, a_dec, a),)
+            a_text = a + e.strip() if e else a
+            nums = ((a_val, a_dec, a_text), (float(b_raw), _decimals(b_raw), b_raw)) if b_raw else ((a_val, a_dec, a_text),)
             for k, (x, dec, s) in enumerate(nums):
                 if unit in UNIT_BASE:
                     self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t)
