@@ -9,8 +9,10 @@ First runs, before the verifier was changed for them (the changes were general: 
 "left macula"/"right optic disc", "Left eye" capitalised, "raise suspicion for", "Impression —",
 "at the top of the differential", a count a few words before its lesion, a negated list "no
 microaneurysms, haemorrhages or exudates", a bare "Normal."): batch 1 (``RIGHT[:12]``,
-``WRONG[:20]``) 8 of 12 right answers passed and 20 of 20 wrong ones were caught; batch 2 (the
-rest) 5 of 8 and 9 of 10.
+``WRONG[:20]``) 8 of 12 right answers passed and 20 of 20 wrong ones were caught; batch 2, 5 of 8
+and 9 of 10; batch 3, 7 of 10 and 10 of 10 (a CST written as "central subfield (404 µm)" after
+"subretinal fluid" read as a wrong unit of the fluid volume, "graded as", and one answer that broke
+the report family's one-paragraph rule, moved to a free-form task).
 """
 
 from __future__ import annotations
@@ -87,6 +89,17 @@ RIGHT = [
     (DM_OS, "report", ("Left eye: no microaneurysms, haemorrhages or exudates are visible, and the macula is dry "
      "(CST 266 µm). There is no diabetic retinopathy at present. Diagnosis: diabetes mellitus without retinopathy.")),
     (DM_OS, "biomarker_qa", "Central subfield thickness: 265.7 µm — normal for her age."),
+    # batch 3
+    (AMD_OS,"report","**Summary (left eye):** The OCT demonstrates a pigment epithelial detachment (~205 µm) with overlying subretinal fluid and a thickened central subfield (404 µm). Sub-RPE drusen are also visible. **Assessment:** exudative (neovascular) age-related macular degeneration is the most likely diagnosis; an anti-VEGF work-up would be appropriate."),
+    (AMD_OS,"biomarker_qa","Yes — at 404 µm the CST is well above the upper limit of normal (about 316 µm for a man of this age)."),
+    (DR_OD,"diagnosis","Diabetic retinopathy — moderate NPDR, with eight microaneurysms, four haemorrhages and cotton-wool spots."),
+    (DR_OD,"biomarker_qa","### Right eye\n* Microaneurysms: 8\n* Haemorrhages: 4\n* Hard exudates: 12\n* Cotton-wool spots: 2\n* Intraretinal fluid: 18.8 nL\n\nThe combination of haemorrhages, exudates and cotton-wool spots indicates at least moderate non-proliferative diabetic retinopathy."),
+    (GLAUC_OS,"multiturn",[("","The disc looks suspicious for glaucoma."),("What's the cup-to-disc ratio?","The vertical CDR is 0.70, which is enlarged."),("Anything at the macula?","No — the macula is dry and the CST is 267 µm, within normal limits.")]),
+    (HTN_OS,"report","Left fundus: there are 2 cotton-wool spots and 1 retinal haemorrhage, and the arteriolar calibre appears reduced (AVR 0.58). The macula on OCT shows no fluid. In a hypertensive patient these appearances would be graded as moderate hypertensive retinopathy."),
+    (HTN_OS,"diagnosis","Systemic hypertension (hypertensive retinopathy)."),
+    (NORMAL_OS,"report","Both the fundus photograph and the OCT of the left eye are within normal limits: CST 273.6 µm, cup-to-disc ratio 0.28, no haemorrhages, exudates or drusen. No pathology is identified; this is a normal eye."),
+    (AMD_OD,"biomarker_qa","The PED measures approximately 85 microns in maximal height."),
+    (DM_OS,"diagnosis","Diabetes mellitus, with no diabetic retinopathy visible."),
 ]
 
 WRONG = [
@@ -146,6 +159,17 @@ WRONG = [
     (DM_OS, "report", "Left eye: CST 266 µm with several microaneurysms. Diagnosis: diabetes mellitus.",
      {"contradiction", "invented_finding"}),
     (DM_OS, "report", "Left eye: dry macula, CST 266 nL. Diagnosis: diabetes mellitus.", {"wrong_unit"}),
+    # batch 3
+    (AMD_OS,"report","**Left eye:** PED (~205 µm) with subretinal fluid and a CST of 404 µm. **Assessment:** central serous chorioretinopathy is favoured over AMD.",{"diagnosis_mismatch","contradiction"}),
+    (AMD_OS,"biomarker_qa","The CST is about 310 µm, just within normal limits.",{"wrong_number","contradiction"}),
+    (DR_OD,"biomarker_qa","### Right eye\n* Microaneurysms: 3\n* Haemorrhages: 4\n\nModerate NPDR.",{"wrong_number"}),
+    (DR_OD,"report","Right eye: microaneurysms, haemorrhages and exudates, plus neovascularisation at the disc. This is proliferative diabetic retinopathy.",{"wrong_stage","invented_finding","contradiction"}),
+    (GLAUC_OS,"multiturn",[("","The disc looks suspicious for glaucoma."),("Is the macula ok?","There is a small amount of subretinal fluid at the fovea.")],{"contradiction","invented_finding"}),
+    (HTN_OS,"report","Left fundus: 2 cotton-wool spots and 1 haemorrhage; AVR 0.58. The ground-truth category is hypertension.",{"forbidden_phrase"}),
+    (HTN_OS,"diagnosis","Diabetic retinopathy (cotton-wool spots and a haemorrhage).",{"diagnosis_mismatch"}),
+    (NORMAL_OS,"report","Right eye: CST 273.6 µm, CDR 0.28, no haemorrhages. Normal eye.",{"laterality"}),
+    (AMD_OD,"biomarker_qa","The PED measures approximately 85 mm in maximal height.",{"wrong_unit"}),
+    (DM_OS,"report","Left eye: CST 265.7 µm, no retinopathy. Diagnosis: diabetes mellitus. On reflection the patient does not have diabetes.",{"self_contradiction","contradiction"}),
 ]
 
 

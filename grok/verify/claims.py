@@ -80,7 +80,8 @@ _POS_BEFORE = re.compile(_lead_trie((
     "working diagnosis", "due to", "secondary to", "caused by", "has", "have", "show", "shows", "established",
     "confirm", "confirms", "confirmed", "most likely", "most consistent with", "category", "look like", "looks like",
     "appears to be", "seems to be", "in favour of", "in favor of", "fits with", "suspicion for", "suspicion of",
-    "suspicious for", "concerning for", "concern for", "worrying for", "raises the possibility of"))
+    "suspicious for", "concerning for", "concern for", "worrying for", "raises the possibility of", "graded as", "classed as",
+    "classified as", "categorised as", "categorized as"))
     + r"\s*[:—–-]?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
 #: A name that opens its clause and ends it or is followed by punctuation or "with/given/...": a terse
 #: answer ("Glaucoma.", "Glaucoma, given the enlarged cup").

@@ -17,7 +17,8 @@ from functools import lru_cache
 BIOMARKER_SYNONYMS: dict[str, tuple[str, ...]] = {
     "macular_thickness_central_um": ("cst", "central subfield thickness", "central retinal thickness",
                                      "central macular thickness", "centre subfield thickness",
-                                     "center subfield thickness", "central thickness"),
+                                     "center subfield thickness", "central thickness", "central subfield",
+                                     "centre subfield", "center subfield"),
     "macular_thickness_overall_um": ("overall macular thickness", "mean macular thickness",
                                      "average macular thickness", "macular thickness"),
     "macular_volume_mm3": ("macular volume",),

@@ -707,7 +707,8 @@ class Verifier:
             nums = ((a_val, a_dec, a_text), (float(b_raw), _decimals(b_raw), b_raw)) if b_raw else ((a_val, a_dec, a_text),)
             for k, (x, dec, s) in enumerate(nums):
                 if unit in UNIT_BASE:
-                    self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t)
+                    self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t,
+                                            subj is not None and ms - subj[1] <= 20)
                 elif unit == "percent":
                     self._check_percent(x, dec, s, subj, facts, t)
                 else:
@@ -764,7 +765,9 @@ class Verifier:
                     table[bid] = (b.value * bf, [r * bf for r in b.references])
         return table
 
-    def _check_unit_number(self, x, dec, unit, s, subj, cue, facts, t: _Tally) -> None:
+    def _check_unit_number(self, x, dec, unit, s, subj, cue, facts, t: _Tally, near_subject: bool = True) -> None:
+        """``near_subject``: the subject is named close before the number (a unit of another quantity
+        is then a wrong unit; otherwise the number may be about something else and is looked up)."""
         quantity, factor = UNIT_BASE[unit]
         cands = self._candidates(subj[2], quantity, facts) if subj else []
         table = self._quantity_table(facts, quantity)
@@ -802,7 +805,7 @@ class Verifier:
                 return t.fail("wrong_number", f"{written} for {b.name}, which is {b.text}")
             return t.fail("hallucinated_number", f"{written} for {self.lex.biomarker_names[cands[0]]}, which was not "
                                                  "measured")
-        if subj is not None:
+        if subj is not None and near_subject:  # a far subject may not be what the number is about
             other = [facts.biomarkers[b] for b in subj[2]
                      if b in facts.biomarkers and facts.biomarkers[b].unit in UNIT_BASE]
             if other:
