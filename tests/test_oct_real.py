@@ -79,3 +79,7 @@ def test_vol_line_scan_normal_eye_shows_no_lesion(line):
     assert b["srf_volume_nl"] <= 1.0 and b["irf_volume_nl"] <= 1.0, b
     assert b["ped_max_height_um"] <= 50.0 and b["drusen_volume_3mm_mm3"] <= 0.003, b
     assert "outer_retina_absent" in m.quality["flags"]
+    # no sharp choroid-sclera edge on this scan (the choroid fades into the noise): NaN with the reason,
+    # never the ~57 um the first strong step under Bruch's membrane gave
+    ch = "subfoveal_choroidal_thickness_um"
+    assert math.isnan(b[ch]) and "choroid-sclera interface not found" in m.quality["reasons"][ch]

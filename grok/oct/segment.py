@@ -904,13 +904,42 @@ def _choroid_sclera(s1, bm, axial_um, lateral_um, dexp, flags) -> np.ndarray:
     cost = (1.0 - np.minimum(gnn, 1.0)).astype(np.float32)
     lo_i = np.clip(np.floor(np.nan_to_num(lo, nan=1.0)), 1, hr - 2).astype(np.int64)
     hi_i = np.maximum(np.clip(np.ceil(np.nan_to_num(hi, nan=hr - 2.0)), 1, hr - 2).astype(np.int64), lo_i)
-    path = _dp_path(cost, lo_i, hi_i, dexp / 2.0, 1, 0.3, np.zeros(cols), 0.0)
+    # the choroid as a whole: averaged over ~400 um along the layers its vessel lumens merge into one
+    # level, and the interface is the deepest row still half-way from the tissue under it (sclera, or the
+    # noise floor where the signal fades) up to that level. Vessel lumens' own edges, the first strong
+    # steps under Bruch's membrane, do not answer to it. The path is pulled to that row.
+    wide = ndimage.uniform_filter1d(s3, _box(max(4.0, 400.0 / lateral_um)), axis=1, mode="nearest")
+    c = np.arange(cols)
+    rr = np.arange(hr)[:, None]
+    inside = (rr >= lo_i[None, :]) & (rr <= hi_i[None, :])
+    upper = inside & (rr <= (lo_i + 150.0 * P2)[None, :])
+    level = np.nanpercentile(np.where(upper, wide, np.nan), 75, axis=0)
+    floor = np.nanpercentile(np.where(inside, wide, np.nan), 10, axis=0)
+    above = inside & (wide >= (floor + 0.5 * (level - floor))[None, :])
+    guide = np.where(above.any(axis=0), hr - 1 - np.argmax(above[::-1], axis=0), lo_i).astype(np.float64)
+    guide = ndimage.median_filter(guide, size=max(3, int(300.0 / lateral_um)) | 1, mode="nearest")
+    g_lo = np.maximum(lo_i, np.floor(guide - 60.0 * P2)).astype(np.int64)
+    g_hi = np.maximum(np.minimum(hi_i, np.ceil(guide + 60.0 * P2)).astype(np.int64), g_lo)
+    path = _dp_path(cost, g_lo, g_hi, dexp / 2.0, 1, 0.3, guide, 0.02)
     csi = top + 2.0 * _subpixel(gnn, path, 2)
-    strength = gnn[path, np.arange(cols)]
-    weak = ndimage.uniform_filter1d(strength, 25) < 0.15
+    # a real interface is a fall, not a fade: across ~100 um around it the choroid's averaged level drops
+    # by at least half of its contrast over the tissue under it (the signal fading with depth drops far
+    # less there). The lumens' sharp edges set no scale for this
+    d50 = max(1, int(round(50.0 * P2)))
+    pu, pd = np.clip(path - d50, 0, hr - 1), np.clip(path + d50, 0, hr - 1)
+    fall = (wide[pu, c] - wide[pd, c]) / np.maximum(level - floor, 1e-6)
+    weak = ndimage.uniform_filter1d(fall, 25, mode="nearest") < 0.5
     at_edge = path >= hr - 3
-    bad = weak | at_edge
+    # an interface at the top of its search window (60 um under BM) is the choriocapillaris' or a vessel
+    # lumen's edge, not the sclera's: a choroid that thin is not measured from this B-scan
+    at_top = path <= lo_i + max(1.0, 15.0 * P2)
+    # the level must stand clear of the floor: where the choroid does not stand out from the tissue under
+    # it the interface cannot be placed
+    flat = (level - floor) < 0.1 * max(float(np.percentile(s3[: max(2, int(np.nanmin(lo_i)))], 99)) - float(np.nanmin(floor)), 1e-6)
+    bad = weak | at_edge | at_top | flat
     if bad.mean() > 0.5:
-        flags["choroid_low_contrast"] = "the choroid-sclera interface is faint or below the image"
+        why = ("the interface found lies at the top of the choroid (its vessels' edges): no choroid-sclera "
+               "interface below it" if at_top.mean() > 0.3 else "the choroid-sclera interface is faint or below the image")
+        flags["choroid_low_contrast"] = why
     csi[bad] = np.nan
     return csi

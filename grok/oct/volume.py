@@ -309,6 +309,9 @@ def measure_volume(
             seg, spacing, fovea, lat or "OD", choroid_sclera=csi, masks=masks, hrf_count=len(hrf),
             ez_disrupted=ez_dis,
         )
+        ch = "subfoveal_choroidal_thickness_um"
+        if not math.isfinite(bio.get(ch, math.nan)) and "choroid_low_contrast" in flags:
+            reasons[ch] = f"choroid-sclera interface not found ({flags['choroid_low_contrast']})"
         if lat is None:
             for k in bio:
                 if "nasal" in k or "temporal" in k:
