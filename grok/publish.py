@@ -33,14 +33,16 @@ import html
 import json
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow.parquet as pq
+from pydantic import Field, field_validator
 
 from grok import __version__
+from grok.config import Settings
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok.instruct.accounting import account, describe, pass_rate
 from grok.instruct.evidence import records_features, records_row
@@ -52,51 +54,38 @@ class PublishError(RuntimeError):
     """Publication refused; the message says why and what to fix."""
 
 
-@dataclass
-class PublishConfig:
-    """How a build becomes a dataset version.
+class PublishConfig(Settings):
+    """How a build becomes a dataset version (``grok publish``; the build's ``publish`` section extends it
+    with the deny-list file, :class:`grok.stages.config.PublishSettings`).
 
-    Attributes
-    ----------
-    name : registry dataset name (lower case, digits, ``.-_``).
-    version : explicit X.Y.Z, or None to bump the latest by ``bump``.
-    registry : registry root (folder or fsspec URL); default ``$GROK_REGISTRY`` or ``./registry``.
-    split_ratios : train, validation, test fractions of patients.
-    seed : split seed.
-    verifier_pass_rate : minimum share of verified rows among every generated row (verified + quarantined +
-        skipped, :func:`grok.instruct.accounting.pass_rate`); below it publication is refused with the counts
-        per reason.
-    near_dup_threshold : Jaccard similarity (5-word shingles) at or above which texts are duplicates.
-    deny_list : identifier strings that must appear nowhere (e.g. the phantom's planted ones), added to the
-        build's own hashed ``ingest/deny_list.json``; hashed at once, never written.
-    pseudonym_key : the secret the build was ingested with (default ``$GROK_PSEUDONYM_KEY``, else the demo
-        key); the deny list's hashes are keyed with it.
-    report_rows_per_group : rows per (label, task) in the curator report.
-    hub_repo : ``org/name`` to also push to the Hugging Face Hub (needs a token), or None.
-    license : licence id for the card.
-    synthetic : the data are phantom data (tagged in the card).
+    What is not a setting is an argument of :func:`publish_build`: the identifiers to deny, the pseudonym
+    secret they are hashed with, whether the data are synthetic.
     """
 
-    name: str
-    version: str | None = None
-    bump: str = "minor"
-    registry: str | None = None
-    split_ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    verifier_pass_rate: float = 0.9
-    near_dup_threshold: float = 0.9
-    deny_list: list[str] = field(default_factory=list)
-    pseudonym_key: str | None = field(default=None, repr=False)
-    report_rows_per_group: int = 2
-    hub_repo: str | None = None
-    license: str = "other"
-    synthetic: bool = False
+    name: str = Field(..., pattern=r"^[a-z0-9][a-z0-9._-]*$", description=(
+        "Registry dataset name (lower case, digits, '.', '-', '_')."))
+    version: str | None = Field(None, description="Explicit X.Y.Z; default: bump the latest by `bump`.")
+    bump: Literal["major", "minor", "patch"] = Field("minor", description="Which part of the latest version to bump.")
+    registry: str | None = Field(None, description=(
+        "Registry root (folder or fsspec URL); default $GROK_REGISTRY or ./registry."))
+    split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description=(
+        "Train, validation, test fractions of patients."))
+    split_seed: int = Field(0, description="Seed of the patient split.")
+    verifier_pass_rate: float = Field(0.9, ge=0, le=1, description=(
+        "Minimum share of verified rows among every generated row (verified + quarantined + skipped); below "
+        "it publication is refused with the counts per reason."))
+    near_dup_threshold: float = Field(0.9, gt=0, le=1, description=(
+        "Jaccard similarity (5-word shingles) at or above which two texts are duplicates."))
+    report_rows_per_group: int = Field(2, ge=1, description="Rows per (label, task) in the curator report.")
+    hub_repo: str | None = Field(None, description="Also push to this Hugging Face Hub dataset repo (org/name).")
+    license: str = Field("other", description="Licence id for the dataset card.")
 
-    def __post_init__(self) -> None:
-        if not 0.0 < self.near_dup_threshold <= 1.0:
-            raise ValueError("publish.near_dup_threshold must be in (0, 1]")
-        if not 0.0 <= self.verifier_pass_rate <= 1.0:
-            raise ValueError("publish.verifier_pass_rate must be in [0, 1]")
+    @field_validator("split_ratios")
+    @classmethod
+    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(v) - 1.0) > 1e-6 or min(v) < 0:
+            raise ValueError("{here}split_ratios must be three non-negative numbers summing to 1")
+        return v
 
 
 REQUIRED = ("records.jsonl", "biomarkers.parquet", "instructions.parquet")
@@ -166,7 +155,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     pat = pd.DataFrame([{"patient_id": r["patient_id"], "label": r["label"]} for r in records.values()])
     if pat.empty:
         raise PublishError(f"{build_dir}: no labelled study records; nothing to publish (see records_quarantine)")
-    split_of = assign_splits(pat, ratios=cfg.split_ratios, seed=cfg.seed)
+    split_of = assign_splits(pat, ratios=cfg.split_ratios, seed=cfg.split_seed)
     ins["split"] = ins["patient_id"].map(split_of)
     orphan = ins["split"].isna()
     if orphan.any():
@@ -223,15 +212,16 @@ def check_pass_rate(prep: dict[str, Any], cfg: PublishConfig) -> None:
             "re-checks a table), fix the prompts, templates or records, or lower the threshold deliberately.")
 
 
-def deny_list(build_dir: Path, cfg: PublishConfig):
-    """The build's hashed deny list (``ingest/deny_list.json``) plus ``cfg.deny_list``, keyed with the build's secret."""
+def deny_list(build_dir: Path, identifiers=(), pseudonym_key: str | None = None):
+    """The build's hashed deny list (``ingest/deny_list.json``) plus ``identifiers``, keyed with the build's
+    secret ``pseudonym_key`` (default ``$GROK_PSEUDONYM_KEY``)."""
     from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 
-    deny = DenyList.from_identifiers([str(x) for x in cfg.deny_list], cfg.pseudonym_key)
+    deny = DenyList.from_identifiers([str(x) for x in identifiers], pseudonym_key)
     path = build_dir / "ingest" / DENY_LIST_FILE
     if path.is_file():
         try:
-            deny.update(DenyList.load(path, cfg.pseudonym_key))
+            deny.update(DenyList.load(path, pseudonym_key))
         except ValueError as exc:
             raise PublishError(f"{exc}; nothing was published") from exc
     return deny
@@ -277,7 +267,7 @@ def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, den
     if prep["labels"] is not None:
         tables["labels"] = prep["labels"]
     for name, df in tables.items():
-        res = validate(df, name, params=params, deny_list=deny if deny is not None else cfg.deny_list,
+        res = validate(df, name, params=params, deny_list=deny if deny is not None else [],
                        docs_dir=docs / name)
         results[name] = res
     return results
@@ -369,7 +359,7 @@ def _versions(build_dir: Path, prep: dict[str, Any]) -> dict[str, Any]:
 
 
 def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, Any], info: dict[str, Any],
-               versions: dict[str, Any]) -> str:
+               versions: dict[str, Any], synthetic: bool = False) -> str:
     import jinja2
 
     ins = prep["instructions"]
@@ -393,7 +383,7 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
         msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
         examples.append({"task": task, "messages": [{"role": m["role"], "content": m["content"][:600]} for m in msgs]})
     return env.get_template("card.md.j2").render(
-        cfg=cfg, counts=counts, tasks=tasks, dist=dist, examples=examples[:6], versions=versions, build=info,
+        cfg=cfg, synthetic=synthetic, counts=counts, tasks=tasks, dist=dist, examples=examples[:6], versions=versions, build=info,
         contracts={k: {"success": v.success, "n_rows": v.n_rows, "failed": len(v.failed),
                        "distributions": v.distributions} for k, v in contracts.items()},
         removed=prep["removed"].groupby("reason").size().to_dict() if len(prep["removed"]) else {},
@@ -490,10 +480,15 @@ class PublishResult:
         return asdict(self)
 
 
-def publish_build(build_dir: str | Path, cfg: PublishConfig, kb=None) -> PublishResult:
+def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_identifiers=(),
+                  pseudonym_key: str | None = None, synthetic: bool = False) -> PublishResult:
     """Validate, split, dedup and publish a build; see the module docstring. Raises :class:`PublishError`.
 
-    ``kb``: the build's knowledge base (units of the ``records`` config); default the bundled one."""
+    ``kb``: the build's knowledge base (units of the ``records`` config); default the bundled one.
+    ``deny_identifiers``: strings that must appear nowhere (e.g. the phantom's planted ones), added to the
+    build's own hashed ``ingest/deny_list.json``; hashed at once, never written. ``pseudonym_key``: the
+    secret the build was ingested with (default ``$GROK_PSEUDONYM_KEY``), which keys those hashes.
+    ``synthetic``: the data are phantom data (tagged in the card)."""
     import datasets
 
     from grok import registry
@@ -502,7 +497,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, kb=None) -> Publish
     build = Path(build_dir)
     info = check_build(build)
     prep = prepare(build, cfg, kb)
-    deny = deny_list(build, cfg)
+    deny = deny_list(build, deny_identifiers, pseudonym_key)
     contracts = run_contracts(build, prep, cfg, deny)
     bad = {k: v for k, v in contracts.items() if not v.success}
     if bad:
@@ -512,7 +507,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, kb=None) -> Publish
     check_pass_rate(prep, cfg)
     tables = build_datasets(build, prep)
     versions = _versions(build, prep)
-    body = _card_body(cfg, prep, contracts, info, versions)
+    body = _card_body(cfg, prep, contracts, info, versions, synthetic)
     counts = {
         "instructions_in": prep["instructions_in"], "failed_verification_excluded": prep["failed_verification"],
         "duplicates_removed": int(len(prep["removed"])),
@@ -523,7 +518,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, kb=None) -> Publish
         "build_id": info.get("build_id"), "versions": versions, "counts": None,
         "contracts": {k: {"success": v.success, "n_rows": v.n_rows, "distributions": v.distributions}
                       for k, v in contracts.items()},
-        "publish_counts": counts, "split_seed": cfg.seed, "split_ratios": list(cfg.split_ratios),
+        "publish_counts": counts, "split_seed": cfg.split_seed, "split_ratios": list(cfg.split_ratios),
     }
     manifest_extra.pop("counts")
 
@@ -533,7 +528,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, kb=None) -> Publish
         privacy_check(staging, deny, "the version about to be published", text=body)
 
     res = registry.publish(tables, cfg.name, version=cfg.version, bump=cfg.bump, registry=cfg.registry,
-                           card_body=body, card_meta={"license": cfg.license, "synthetic": cfg.synthetic,
+                           card_body=body, card_meta={"license": cfg.license, "synthetic": synthetic,
                                                       "pretty_name": cfg.name},
                            manifest_extra=manifest_extra, extra_writer=extra)
     if cfg.hub_repo:

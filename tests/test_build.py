@@ -155,7 +155,7 @@ def test_planted_identifier_blocks_publication(built, tmp_path):
     t.at[0, "messages"] = msgs
     t.to_parquet(work / "instructions.parquet")
     with pytest.raises(PublishError, match="contracts failed"):
-        publish_build(work, PublishConfig(name="small", registry=str(tmp_path / "reg"), deny_list=planted))
+        publish_build(work, PublishConfig(name="small", registry=str(tmp_path / "reg")), deny_identifiers=planted)
     assert not (tmp_path / "reg" / "small").exists() or not any((tmp_path / "reg" / "small").glob("[0-9]*"))
 
 

@@ -90,8 +90,9 @@ def publish_cmd(
 
     deny = json.loads(deny_list.read_text()) if deny_list else []
     try:
-        res = publish_build(build_dir, PublishConfig(name=name, version=version, bump=bump, registry=registry,
-                                                     deny_list=deny, hub_repo=hub_repo))
+        cfg = PublishConfig.parse({"name": name, "version": version, "bump": bump, "registry": registry,
+                                   "hub_repo": hub_repo}, where="options: ")
+        res = publish_build(build_dir, cfg, deny_identifiers=deny)
     except ValueError as exc:
         if isinstance(exc, RegistryError):
             fail(str(exc), ExitCode.FAILED)

@@ -22,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 from grok.config import ConfigError, Settings, deep_merge, read_yaml_mapping
 from grok.instruct.families import FAMILIES
 from grok.instruct.generate import InstructConfig
+from grok.publish import PublishConfig
 
 __all__ = ["BuildConfig", "ConfigError", "InstructSettings", "json_schema", "load_config"]
 
@@ -96,25 +97,11 @@ class InstructSettings(InstructConfig):
         return out
 
 
-class PublishSettings(Settings):
-    name: str = Field(..., description="Registry dataset name.")
-    version: str | None = Field(None, description="Explicit X.Y.Z; default: bump the latest.")
-    bump: Literal["major", "minor", "patch"] = Field("minor")
-    registry: str | None = Field(None, description="Registry root (folder or fsspec URL); default $GROK_REGISTRY.")
-    split_ratios: tuple[float, float, float] = Field((0.8, 0.1, 0.1), description="Train, validation, test.")
-    split_seed: int = Field(0)
-    verifier_pass_rate: float = Field(0.9, ge=0, le=1, description="Contract: minimum verified share.")
-    near_dup_threshold: float = Field(0.9, gt=0, le=1, description="Jaccard threshold for near duplicates.")
-    deny_list: str | None = Field(None, description="JSON list of identifier strings that must appear nowhere.")
-    hub_repo: str | None = Field(None, description="Also push to this Hugging Face Hub dataset repo.")
-    license: str = Field("other")
+class PublishSettings(PublishConfig):
+    """The build's ``publish`` section: :class:`grok.publish.PublishConfig` plus the archive's deny list."""
 
-    @field_validator("split_ratios")
-    @classmethod
-    def _ratios(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
-        if abs(sum(v) - 1.0) > 1e-6 or min(v) < 0:
-            raise ValueError("publish.split_ratios must be three non-negative numbers summing to 1")
-        return v
+    deny_list: str | None = Field(None, description=(
+        "JSON file listing identifier strings of the source archive that must appear nowhere (hashed at once)."))
 
 
 class TrainSettings(Settings):

@@ -32,11 +32,9 @@ class Publish(SingleStage):
         deny = json.loads(Path(deny_list).read_text()) if deny_list and Path(deny_list).is_file() else []
         p = folder.cfg.publish
         folder.update(complete=False, ready_to_publish=True)  # complete means published
-        res = publish_build(folder.root, PublishConfig(
-            name=p.name, version=p.version, bump=p.bump, registry=p.registry, split_ratios=tuple(p.split_ratios),
-            seed=p.split_seed, verifier_pass_rate=p.verifier_pass_rate, near_dup_threshold=p.near_dup_threshold,
-            deny_list=deny, pseudonym_key=folder.deid().key, hub_repo=p.hub_repo, license=p.license,
-            synthetic=folder.cfg.source.phantom is not None), kb=folder.kb)
+        res = publish_build(folder.root, PublishConfig.model_validate(p.model_dump(exclude={"deny_list"})),
+                            kb=folder.kb, deny_identifiers=deny, pseudonym_key=folder.deid().key,
+                            synthetic=folder.cfg.source.phantom is not None)
         folder.update(complete=True, last_stage="publish", published=f"{res.name}@{res.version}",
                       fingerprint=res.fingerprint)
         n_pub = sum(sum(v.values()) for k, v in res.counts["published"].items() if k in ("instructions", "benchmark"))
