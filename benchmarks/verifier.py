@@ -43,8 +43,7 @@ def verifier_at(rev: str):
 
 
 def _clear_caches() -> None:
-    import grok.verify.claims as claims
-    import grok.verify.verifier as verifier
+    from grok.verify import claims, verifier
 
     for fn in (claims._polarity, claims._stage_modifier, verifier._presence_claim, verifier._turn_phrasing):
         fn.cache_clear()
