@@ -9,9 +9,9 @@ import pytest
 
 from grok.instruct.boxes import NORM, Box, format_box, normalise_box, parse_boxes
 from grok.instruct.export import INSTRUCTIONS_SCHEMA, read_rows, to_openai, to_sharegpt
-from grok.instruct.families import FAMILIES, Skip, build_context
+from grok.instruct.families import FAMILIES, Skip, _device_phrase
 from grok.instruct.generate import InstructConfig, TemplateGenerator, build_instructions, prepare
-from grok.instruct.records import build_facts
+from grok.instruct.records import _device_name, build_facts
 from grok.instruct.samples import sample_record, sample_records
 from grok.instruct.templating import TemplateLibrary, split_messages
 from grok.knowledge import load_knowledge_base
@@ -102,7 +102,7 @@ def test_rendering_is_deterministic_and_seed_dependent(records, kb, lex, gen):
 def test_strict_undefined_refuses_missing_values(records, kb, lex):
     lib = TemplateLibrary()
     facts = build_facts(records[0], kb, lex)
-    ctx, _, _ = build_context(FAMILIES["report"], facts, lex, 0)
+    ctx, _, _ = FAMILIES["report"].context(facts, lex, 0)
     del ctx["measured"]
     with pytest.raises(jinja2.UndefinedError):
         lib.render_messages("instruct/report.j2", ctx)
@@ -180,10 +180,6 @@ def test_box_convention():
 def test_device_is_named_by_its_short_name_and_never_by_an_id():
     """A Spectralis record's text says "on a Spectralis scan"; unknown / unrecognised / generic devices
     are not named at all (never "on a unrecognised scan" or a lower-case id)."""
-    from grok.instruct.families import _device_phrase
-    from grok.instruct.records import _device_name
-    from grok.knowledge.loader import load_knowledge_base
-
     kb = load_knowledge_base()
     assert _device_phrase(_device_name("spectralis", kb)) == " on a Spectralis scan"
     assert _device_phrase(_device_name("cirrus", kb)) == " on a Cirrus HD-OCT scan"

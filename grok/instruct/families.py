@@ -1,4 +1,4 @@
-"""The six instruction task families and the context each one's template receives.
+"""The six instruction task families, one class each: context, template, LLM rules and format.
 
 Run as: python -c "from grok.instruct.families import FAMILIES; print(list(FAMILIES))"
 
@@ -14,6 +14,22 @@ family             what a row teaches
 ``multiturn``      a conversation mixing the above
 =================  ===========================================================================
 
+A family is a subclass of :class:`Family`; everything that makes and checks its rows is on it:
+
+* **what it is:** ``id``, ``description``, ``variants`` (main phrasings) and ``template_id``
+  (``templates/instruct/<id>.j2`` unless set);
+* **its context:** :meth:`Family.fill` adds the family's own fields to the context every family
+  gets (:meth:`Family.context`), chooses the images and raises :class:`Skip` when the family does
+  not apply to a study; ``caps_to_try`` shortens a long answer until it fits ``max_words``;
+* **its LLM rules:** ``llm_rules``, the line of the GROK prompt that says how to answer (``None``:
+  LLM mode leaves the family a template row);
+* **its format**, which the verifier checks: ``max_words``, ``states_diagnosis``,
+  ``one_paragraph``, ``numbered_steps``, ``min_user_turns``, ``needs_box``, ``names_eye``.
+
+Adding a family: a subclass here (added to :data:`FAMILIES`), its template
+``templates/instruct/<id>.j2`` and a case in ``tests/test_families.py``. Rows are built from a
+family's context by :mod:`grok.instruct.rows`, the same way in template and LLM mode.
+
 Phrasings are chosen by a random generator seeded from ``(study_id, task, seed)``, so a row is
 the same on every run and every machine. Templates only print values prepared here from
 :class:`~grok.instruct.records.StudyFacts`; nothing mentions a label, a data sheet or a record.
@@ -23,41 +39,20 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from grok import ids as canonical
 from grok.instruct.boxes import format_box
-from grok.instruct.records import CORE_BIOMARKERS, PRESENCE_BIOMARKERS, StudyFacts
+from grok.instruct.records import CORE_BIOMARKERS, PRESENCE_BIOMARKERS, StudyFacts, disease_mid
+from grok.verify.lexicon import DISPLAY_NAMES
 
 ROLE_WORDS = {"cfp": "fundus photograph"}
 
-
-@dataclass(frozen=True)
-class Family:
-    """One task family: its template, how many main phrasings it has and its rules."""
-
-    id: str
-    template_id: str
-    variants: int
-    #: The assistant states a diagnosis (so a label the reasoner rules out cannot be used).
-    states_diagnosis: bool
-    #: Upper bound on the words of all assistant turns together.
-    max_words: int
-    #: LLM mode may write the assistant turn of this family (single-turn families only).
-    llm: bool
-    description: str
-
-
-FAMILIES: dict[str, Family] = {f.id: f for f in (
-    Family("diagnosis", "instruct/diagnosis.j2", 3, True, 80, True, "closed-set diagnosis question"),
-    Family("report", "instruct/report.j2", 3, True, 300, True, "GROK-style single-paragraph report"),
-    Family("cot", "instruct/cot.j2", 3, True, 500, True, "grounded chain of thought"),
-    Family("biomarker_qa", "instruct/biomarker_qa.j2", 3, False, 120, True, "biomarker interpretation question"),
-    Family("localisation", "instruct/localisation.j2", 3, False, 250, False, "lesion boxes (Qwen2-VL)"),
-    Family("multiturn", "instruct/multiturn.j2", 1, True, 500, False, "multi-turn mix"),
-)}
-
+#: How many (measured biomarkers, presence statements, alternatives) a long answer lists.
+Caps = tuple[int, int, int]
+DEFAULT_CAPS: Caps = (6, 4, 10)
+#: Caps tried in turn until a narrative answer fits its family's ``max_words``.
+NARRATIVE_CAPS: tuple[Caps, ...] = (DEFAULT_CAPS, (5, 3, 7), (4, 2, 5), (3, 2, 3), (2, 1, 2))
 
 #: Why a family produced no row for a study (``Skip.code``) -> what it means. A skipped row is a row of
 #: ``instructions_skipped.parquet`` with its code, counted in the stage report, the card and build.json.
@@ -100,6 +95,196 @@ def image_words(role: str) -> str:
     return ROLE_WORDS.get(role, "OCT B-scan")
 
 
+def base_roles(facts: StudyFacts) -> list[str]:
+    """Images shown with whole-eye questions: the photograph and the foveal B-scan, when usable."""
+    return [r for r in ("cfp", "oct_foveal") if r in facts.images]
+
+
+class Family:
+    """One task family. Subclass it, set the class attributes and override :meth:`fill`.
+
+    A family holds no state; :data:`FAMILIES` holds one instance of each.
+    """
+
+    id: ClassVar[str]
+    """The ``task`` of its rows, a part of every row id."""
+    description: ClassVar[str]
+    template_id: ClassVar[str]
+    """Its Jinja template under ``templates/`` (default ``instruct/<id>.j2``)."""
+    variants: ClassVar[int] = 3
+    """Main phrasings (``v`` in the template); the variant drawn is part of the row id."""
+    caps_to_try: ClassVar[tuple[Caps, ...]] = (DEFAULT_CAPS,)
+    """Caps of the long lists tried in turn until the assistant turns fit ``max_words`` (template mode)."""
+    llm_rules: ClassVar[str | None] = None
+    """How the LLM is told to answer (the GROK prompt's ``task_rules``); ``None``: always a template row."""
+
+    # -- format: what the verifier checks on every row of the family ------------------------------
+    max_words: ClassVar[int]
+    """Upper bound on the words of all assistant turns together (boxes not counted)."""
+    states_diagnosis: ClassVar[bool] = False
+    """The answer states a diagnosis (so a label the reasoner rules out cannot be used: :class:`Skip`)."""
+    one_paragraph: ClassVar[bool] = False
+    """Exactly one assistant turn, one paragraph (no line break)."""
+    numbered_steps: ClassVar[int] = 0
+    """At least this many steps 'Step 1', 'Step 2', ... numbered from 1, in the last assistant turn (0: none)."""
+    min_user_turns: ClassVar[int] = 1
+    """At least this many user turns (the alternation check already ensures one)."""
+    needs_box: ClassVar[bool] = False
+    """Some assistant turn holds at least one parseable box."""
+    names_eye: ClassVar[bool] = False
+    """The answer or the question names the eye (right / left eye, OD / OS)."""
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "id" in cls.__dict__ and "template_id" not in cls.__dict__:
+            cls.template_id = f"instruct/{cls.id}.j2"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r})"
+
+    @property
+    def llm(self) -> bool:
+        """LLM mode may write this family's assistant turn (single-turn families with ``llm_rules``)."""
+        return self.llm_rules is not None
+
+    def context(self, facts: StudyFacts, lex, seed: int, *, caps: Caps = DEFAULT_CAPS
+                ) -> tuple[dict[str, Any], list[str], int]:
+        """``(template context, image roles in <image> order, variant)`` of this family for one study.
+
+        ``caps`` = (measured biomarkers, presence statements, alternatives) to keep long answers short.
+        Raises :class:`Skip` when the family does not apply to this study.
+        """
+        rng = random.Random(row_seed(facts.study_id, self.id, seed))
+        variant = rng.randrange(self.variants)
+        parts = _parts(facts)
+        label = parts["label"]
+        if self.states_diagnosis and label.get("status") == "ruled_out":
+            raise Skip("label_contradicted_by_findings",
+                       f"label {facts.label!r} is ruled out by the reasoner; a grounded {self.id} row cannot state it")
+        roles = list(parts["roles"])
+        ctx: dict[str, Any] = {
+            "f": facts, "v": variant, "pick": rng.choice, "eye_words": facts.eye_words, "person": parts["person"],
+            "a_person": parts["a_person"], "device_phrase": parts["device_phrase"], "label": label, "images": roles,
+        }
+        return ctx, self.fill(ctx, facts, lex, rng, caps), variant
+
+    def fill(self, ctx: dict[str, Any], facts: StudyFacts, lex, rng: random.Random, caps: Caps) -> list[str]:
+        """Add this family's fields to ``ctx`` and return the row's image roles in ``<image>`` order
+        (default: ``ctx["images"]``, the photograph and the foveal B-scan). Draw phrasings only from
+        ``rng``; raise :class:`Skip` when the family does not apply."""
+        return ctx["images"]
+
+    def llm_context(self, facts: StudyFacts, ctx: dict[str, Any], question: str) -> dict[str, Any]:
+        """The GROK prompt's context (``templates/llm/grok_prompt.j2``) for this family's ``ctx``:
+        the measurements (up to 12), findings and alternatives, this family's rules and the question."""
+        parts = _parts(facts)
+        pctx = dict(ctx)
+        pctx.setdefault("measured", parts["measured"][:12])
+        pctx.setdefault("missing", parts["missing"][:4])
+        pctx["presence"] = facts.presence()
+        pctx["alternatives"] = [d for d in facts.differential if not d["is_label"]]
+        pctx.update({"task": self.id, "task_rules": self.llm_rules, "question": question})
+        return pctx
+
+
+class Diagnosis(Family):
+    id = "diagnosis"
+    description = "closed-set diagnosis question"
+    max_words = 80
+    states_diagnosis = True
+    llm_rules = "Answer with 'Answer: <one of the options>.' followed by at most one sentence naming the key evidence."
+
+    def fill(self, ctx, facts, lex, rng, caps):
+        ctx["options"] = _options(facts, lex)
+        return ctx["images"]
+
+
+class NarrativeFamily(Family):
+    """A family whose answer walks through the measurements, findings and alternatives (cut to ``caps``)."""
+
+    caps_to_try = NARRATIVE_CAPS
+
+    def fill(self, ctx, facts, lex, rng, caps):
+        parts = _parts(facts)
+        n_bm, n_pres, n_alt = caps
+        ctx["measured"] = parts["measured"][:n_bm]
+        ctx["presence"] = parts["presence_ordered"][:n_pres]
+        ctx["missing"] = parts["missing"][:2]
+        ctx["alternatives"] = parts["alternatives"][:n_alt]
+        return ctx["images"]
+
+
+class Report(NarrativeFamily):
+    id = "report"
+    description = "GROK-style single-paragraph report"
+    max_words = 300
+    states_diagnosis = True
+    one_paragraph = True
+    names_eye = True
+    llm_rules = (f"Write one paragraph of at most {max_words} words: the key measurements with their values, the "
+                 "findings, each alternative ruled out with its finding, and end with 'Diagnosis: <diagnosis>.'")
+
+
+class ChainOfThought(NarrativeFamily):
+    id = "cot"
+    description = "grounded chain of thought"
+    max_words = 500
+    states_diagnosis = True
+    numbered_steps = 3
+    llm_rules = ("Reason in numbered steps on separate lines: 'Step 1 (measurements): ...', 'Step 2 (findings): ...', "
+                 "'Step 3 (differential): ...', 'Step 4 (diagnosis): ... Diagnosis: <diagnosis>.'")
+
+
+class BiomarkerQA(Family):
+    id = "biomarker_qa"
+    description = "biomarker interpretation question"
+    max_words = 120
+    llm_rules = "Answer the question in at most three sentences, quoting the measurement and its normal range."
+
+    def fill(self, ctx, facts, lex, rng, caps):
+        ctx["qa"] = _qa(facts, rng)
+        if ctx["qa"] is None:
+            raise Skip("no_interpretable_biomarker")
+        return ctx["images"]
+
+
+class Localisation(Family):
+    id = "localisation"
+    description = "lesion boxes (Qwen2-VL)"
+    max_words = 250
+    needs_box = True
+
+    def fill(self, ctx, facts, lex, rng, caps):
+        ctx["loc"] = _loc(facts, sorted(facts.images), rng)
+        if ctx["loc"] is None:
+            raise Skip("no_localisable_finding")
+        return [ctx["loc"]["role"]]  # one image per row: the one whose boxes are asked for
+
+
+class MultiTurn(NarrativeFamily):
+    id = "multiturn"
+    description = "multi-turn mix"
+    variants = 1
+    max_words = 500
+    states_diagnosis = True
+    min_user_turns = 2
+
+    def fill(self, ctx, facts, lex, rng, caps):
+        super().fill(ctx, facts, lex, rng, caps)
+        ctx["qa"] = _qa(facts, rng)
+        ctx["loc"] = _loc(facts, ctx["images"], rng)
+        if not ctx["images"]:
+            raise Skip("no_usable_image")
+        return ctx["images"]
+
+
+#: Every family by id, in the order rows are generated (the default ``tasks``).
+FAMILIES: dict[str, Family] = {f.id: f for f in (
+    Diagnosis(), Report(), ChainOfThought(), BiomarkerQA(), Localisation(), MultiTurn(),
+)}
+
+
+# -- what the families' contexts are made of ---------------------------------------------------------
 def _device_phrase(device_name: str) -> str:
     return f" on a {device_name} scan" if device_name else ""
 
@@ -112,8 +297,6 @@ def _parts(facts: StudyFacts) -> dict[str, Any]:
     parts = facts.memo.get("families")
     if parts is not None:
         return parts
-    from grok.verify.lexicon import DISPLAY_NAMES
-
     chosen: list[str] = []
     for bid, b in facts.biomarkers.items():  # abnormal values first
         if b.status in ("low", "high") and bid not in PRESENCE_BIOMARKERS and b.unit != "count":
@@ -136,14 +319,6 @@ def _parts(facts: StudyFacts) -> dict[str, Any]:
     }
     facts.memo["families"] = parts
     return parts
-
-
-def _measured(facts: StudyFacts, cap: int) -> list:
-    return _parts(facts)["measured"][:cap]
-
-
-def _missing(facts: StudyFacts, cap: int) -> list[str]:
-    return _parts(facts)["missing"][:cap]
 
 
 def _qa(facts: StudyFacts, rng: random.Random) -> dict[str, Any] | None:
@@ -173,10 +348,8 @@ def _label_entry(facts: StudyFacts) -> dict[str, Any]:
     for d in facts.differential:
         if d["is_label"]:
             return d
-    from grok.instruct.records import disease_mid
-
-    return {"id": facts.label, "name": facts.label_name, "name_mid": disease_mid(facts.label_name), "status": None, "supporting": [], "opposing": [],
-            "absent_support": [], "is_label": True}
+    return {"id": facts.label, "name": facts.label_name, "name_mid": disease_mid(facts.label_name), "status": None,
+            "supporting": [], "opposing": [], "absent_support": [], "is_label": True}
 
 
 def _options(facts: StudyFacts, lex) -> list[str]:
@@ -187,52 +360,3 @@ def _options(facts: StudyFacts, lex) -> list[str]:
     if facts.label not in canonical.CATEGORIES:
         names.append(facts.label_name)
     return names
-
-
-def base_roles(facts: StudyFacts) -> list[str]:
-    """Images shown with whole-eye questions: the photograph and the foveal B-scan, when usable."""
-    return [r for r in ("cfp", "oct_foveal") if r in facts.images]
-
-
-def build_context(family: Family, facts: StudyFacts, lex, seed: int, *, caps: tuple[int, int, int] = (6, 4, 10)
-                  ) -> tuple[dict[str, Any], list[str], int]:
-    """``(template context, image roles in <image> order, variant)`` for one family and study.
-
-    ``caps`` = (measured biomarkers, presence statements, alternatives) to keep reports short.
-    Raises :class:`Skip` when the family does not apply to this study.
-    """
-    rng = random.Random(row_seed(facts.study_id, family.id, seed))
-    variant = rng.randrange(family.variants)
-    parts = _parts(facts)
-    label = parts["label"]
-    if family.states_diagnosis and label.get("status") == "ruled_out":
-        raise Skip("label_contradicted_by_findings",
-                   f"label {facts.label!r} is ruled out by the reasoner; a grounded {family.id} row cannot state it")
-    roles = list(parts["roles"])
-    ctx: dict[str, Any] = {
-        "f": facts, "v": variant, "pick": rng.choice, "eye_words": facts.eye_words, "person": parts["person"],
-        "a_person": parts["a_person"],
-        "device_phrase": parts["device_phrase"], "label": label, "images": roles,
-    }
-    if family.id in ("report", "cot", "multiturn"):
-        n_bm, n_pres, n_alt = caps
-        ctx["measured"] = parts["measured"][:n_bm]
-        ctx["presence"] = parts["presence_ordered"][:n_pres]
-        ctx["missing"] = parts["missing"][:2]
-        ctx["alternatives"] = parts["alternatives"][:n_alt]
-    if family.id == "diagnosis":
-        ctx["options"] = _options(facts, lex)
-    if family.id in ("biomarker_qa", "multiturn"):
-        ctx["qa"] = _qa(facts, rng)
-        if ctx["qa"] is None and family.id == "biomarker_qa":
-            raise Skip("no_interpretable_biomarker")
-    if family.id in ("localisation", "multiturn"):
-        all_roles = roles if family.id == "multiturn" else sorted(facts.images)
-        ctx["loc"] = _loc(facts, all_roles, rng)
-        if ctx["loc"] is None and family.id == "localisation":
-            raise Skip("no_localisable_finding")
-        if family.id == "localisation":
-            roles = [ctx["loc"]["role"]]
-    if family.id == "multiturn" and not roles:
-        raise Skip("no_usable_image")
-    return ctx, roles, variant

@@ -32,15 +32,15 @@ from grok.instruct.export import (
     SKIPPED_SCHEMA,
     TableWriter,
 )
-from grok.instruct.families import FAMILIES, Family, Skip, build_context, row_id
+from grok.instruct.families import FAMILIES, Family, Skip
 from grok.instruct.llm import LLMConfig
+from grok.instruct.llm_mode import run_llm_build
 from grok.instruct.records import StudyError, StudyFacts, build_facts, load_studies
+from grok.instruct.rows import build_row, canonical_json, quarantine_row
 from grok.instruct.templating import TemplateLibrary
+from grok.knowledge import load_knowledge_base, reason
 from grok.verify.lexicon import build_lexicon
 from grok.verify.verifier import Verifier, VerifyConfig
-
-#: Report caps tried in turn until the paragraph fits its word limit: (biomarkers, presence, alternatives).
-_CAPS = ((6, 4, 10), (5, 3, 7), (4, 2, 5), (3, 2, 3), (2, 1, 2))
 
 
 class InstructConfig(Settings):
@@ -84,31 +84,6 @@ class InstructConfig(Settings):
         return v
 
 
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def provenance_of(facts: StudyFacts, *, template_id: str, template_sha256: str, mode: str, seed: int,
-                  variant: int, build_id: str, llm: dict[str, Any] | None = None) -> str:
-    """The provenance JSON of a row (DESIGN.md: sources, extractors, KB, template, code, LLM, build)."""
-    up = facts.provenance
-    return _json({
-        "source_sha256s": list(up.get("source_sha256s") or []),
-        "extractors": dict(up.get("extractors") or {}),
-        "kb_snapshot": facts.kb_snapshot,
-        "template_id": template_id,
-        "template_sha256": template_sha256,
-        "code_version": __version__,
-        "generator": f"grok.instruct@{__version__}",
-        "mode": mode,
-        "seed": seed,
-        "variant": variant,
-        "build_id": build_id,
-        "upstream_build_id": up.get("build_id"),
-        "llm": llm,
-    })
-
-
 class TemplateGenerator:
     """Renders rows of any family from :class:`StudyFacts`; deterministic given the seed."""
 
@@ -118,23 +93,17 @@ class TemplateGenerator:
         self.verifier = verifier
 
     def render(self, facts: StudyFacts, family: Family, seed: int, build_id: str) -> dict[str, Any]:
-        """One unverified row; raises :class:`Skip` when the family does not apply."""
-        caps_list = _CAPS if family.id in ("report", "cot", "multiturn") else _CAPS[:1]
-        for caps in caps_list:
-            ctx, roles, variant = build_context(family, facts, self.lex, seed, caps=caps)
+        """One unverified row; raises :class:`Skip` when the family does not apply.
+
+        The family's caps are tried in turn until the assistant turns fit its ``max_words``."""
+        for caps in family.caps_to_try:
+            ctx, roles, variant = family.context(facts, self.lex, seed, caps=caps)
             messages, info = self.lib.render_messages(family.template_id, ctx)
             words = sum(len(m["content"].split()) for m in messages if m["role"] == "assistant")
             if words <= family.max_words:
                 break
-        return {
-            "id": row_id(facts.study_id, family.id, variant, seed), "study_id": facts.study_id,
-            "patient_id": facts.patient_id, "eye": facts.eye, "task": family.id, "label": facts.label,
-            "messages": messages, "images": [facts.images[r] for r in roles], "image_roles": roles,
-            "mode": "template", "template_id": info.id, "template_sha256": info.sha256, "seed": seed,
-            "kb_snapshot": facts.kb_snapshot, "attempts": 1, "_variant": variant,
-            "provenance": provenance_of(facts, template_id=info.id, template_sha256=info.sha256, mode="template",
-                                        seed=seed, variant=variant, build_id=build_id),
-        }
+        return build_row(facts, family.id, variant=variant, seed=seed, messages=messages, roles=roles,
+                         mode="template", template=info, build_id=build_id)
 
     def verify(self, row: dict[str, Any], facts: StudyFacts) -> dict[str, Any]:
         res = self.verifier.verify(row, facts)
@@ -167,7 +136,7 @@ def prepare(records: list[dict[str, Any]], kb, lex) -> tuple[list[StudyFacts], l
 def default_build_id(records_digest: str, config: InstructConfig, library: TemplateLibrary) -> str:
     h = hashlib.sha256()
     h.update(records_digest.encode())
-    h.update(_json({"mode": config.mode, "tasks": config.tasks, "seed": config.seed, "v": __version__}).encode())
+    h.update(canonical_json({"mode": config.mode, "tasks": config.tasks, "seed": config.seed, "v": __version__}).encode())
     for t in sorted(FAMILIES[x].template_id for x in config.tasks):
         h.update(library.get(t)[1].sha256.encode())
     return "build-" + h.hexdigest()[:16]
@@ -176,23 +145,13 @@ def default_build_id(records_digest: str, config: InstructConfig, library: Templ
 def _records_digest(records: list[dict[str, Any]]) -> str:
     h = hashlib.sha256()
     for r in records:
-        h.update(_json(r).encode() if isinstance(r, dict) else repr(r).encode())
+        h.update(canonical_json(r).encode() if isinstance(r, dict) else repr(r).encode())
     return h.hexdigest()
-
-
-def quarantine_row(row: dict[str, Any], error_class: str, reasons: list[str]) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if not k.startswith("_")}
-    out["source_key"] = row.get("id") or row.get("study_id")
-    out["reason"] = "; ".join(reasons) or error_class
-    out["error_class"] = error_class
-    return out
 
 
 def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Path, config: InstructConfig,
                        kb=None, log: Callable[[str], None] | None = None, llm_client=None) -> dict[str, Any]:
     """Generate, verify and write the instruction tables for ``studies``; returns the summary dict."""
-    from grok.knowledge import load_knowledge_base
-
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,10 +176,8 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
             if isinstance(rec, dict) and str(rec.get("study_id")) in used:
                 r = dict(rec)
                 if not isinstance(r.get("reasoning"), dict) or "findings" not in r["reasoning"]:
-                    from grok.knowledge import reason
-
                     r["reasoning"] = reason({**r, "laterality": r["eye"]}, kb).to_dict()
-                fh.write(_json(r) + "\n")
+                fh.write(canonical_json(r) + "\n")
                 used.discard(str(rec.get("study_id")))
     llm_tasks = [t for t in config.tasks if config.mode == "llm" and FAMILIES[t].llm]
     tpl_tasks = [t for t in config.tasks if t not in llm_tasks]
@@ -238,7 +195,6 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
                     skipped[f"{task}: {exc.code}"] += 1
                     s_w.write(exc.row(facts, task, "template"))
                     continue
-                row.pop("_variant", None)
                 if row["verifier_passed"]:
                     ok_w.write(row)
                     per_task[task] += 1
@@ -247,8 +203,6 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
                     q_w.write(quarantine_row(row, "verification", row["verifier_reasons"]))
                     n_quarantined += 1
         if llm_tasks:
-            from grok.instruct.llm_mode import run_llm_build
-
             with TableWriter(out / "failures.parquet", FAILURES_SCHEMA, batch_rows=500) as f_w:
                 llm_summary = run_llm_build(facts_list, llm_tasks, config, gen, build_id, ok_w, q_w, f_w, s_w,
                                             cache_path=out / "llm_cache.sqlite", client=llm_client, log=log)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from grok.instruct.families import FAMILIES, Skip, build_context, row_id
+from grok.instruct.families import FAMILIES, Family, Skip, row_id
 from grok.instruct.llm import (
     ChatRequest,
     LLMCallError,
@@ -38,15 +38,8 @@ from grok.instruct.llm import (
     response_format,
 )
 from grok.instruct.records import StudyFacts
-
-TASK_RULES = {
-    "diagnosis": "Answer with 'Answer: <one of the options>.' followed by at most one sentence naming the key evidence.",
-    "report": ("Write one paragraph of at most 300 words: the key measurements with their values, the findings, "
-               "each alternative ruled out with its finding, and end with 'Diagnosis: <diagnosis>.'"),
-    "cot": ("Reason in numbered steps on separate lines: 'Step 1 (measurements): ...', 'Step 2 (findings): ...', "
-            "'Step 3 (differential): ...', 'Step 4 (diagnosis): ... Diagnosis: <diagnosis>.'"),
-    "biomarker_qa": "Answer the question in at most three sentences, quoting the measurement and its normal range.",
-}
+from grok.instruct.rows import build_row, quarantine_row, row_header
+from grok.instruct.templating import split_messages
 
 
 def _data_url(path: Path) -> str:
@@ -81,17 +74,8 @@ class LLMJobRunner:
         self.cost_unknown = 0
 
     # -- one job ---------------------------------------------------------------------------------
-    def _prompt(self, facts: StudyFacts, task: str, ctx: dict[str, Any], question: str, roles: list[str]):
-        from grok.instruct.families import _measured, _missing
-
-        pctx = dict(ctx)
-        pctx.setdefault("measured", _measured(facts, 12))
-        pctx.setdefault("missing", _missing(facts, 4))
-        pctx["presence"] = facts.presence()
-        pctx["alternatives"] = [d for d in facts.differential if not d["is_label"]]
-        pctx.update({"task": task, "task_rules": TASK_RULES[task], "question": question})
-        from grok.instruct.templating import split_messages
-
+    def _prompt(self, facts: StudyFacts, fam: Family, ctx: dict[str, Any], question: str, roles: list[str]):
+        pctx = fam.llm_context(facts, ctx, question)
         msgs = split_messages(self.prompt_tpl.render(pctx), self.prompt_info.id, keep_lines=True)
         if self.cfg.send_images and roles:
             root = self.image_root or Path(".")
@@ -113,7 +97,7 @@ class LLMJobRunner:
     async def run_job(self, facts: StudyFacts, task: str) -> None:
         fam = FAMILIES[task]
         try:
-            ctx, roles, variant = build_context(fam, facts, self.gen.lex, self.seed)
+            ctx, roles, variant = fam.context(facts, self.gen.lex, self.seed)
         except Skip as exc:
             self.skipped[f"{task}: {exc.code}"] += 1
             self.s_w.write(exc.row(facts, task, "llm"))
@@ -123,7 +107,7 @@ class LLMJobRunner:
         question = user_msgs[-1]["content"].replace("<image>", "").strip()
         rid = row_id(facts.study_id, task, variant, self.seed)
         try:
-            prompt = self._prompt(facts, task, ctx, question, roles)
+            prompt = self._prompt(facts, fam, ctx, question, roles)
         except FileNotFoundError as exc:
             self._fail(facts, task, rid, 0, 0, "", "bad_input", str(exc), True)
             self.q_w.write({"source_key": rid, "reason": str(exc), "error_class": "bad_input", "id": rid,
@@ -172,19 +156,10 @@ class LLMJobRunner:
                         "cached": cached is not None, "prompt_template_id": self.prompt_info.id,
                         "prompt_template_sha256": self.prompt_info.sha256, "question_template_id": tinfo.id,
                         "question_template_sha256": tinfo.sha256, "attempt": attempt}
-            from grok.instruct.generate import provenance_of
-
-            row = {
-                "id": rid, "study_id": facts.study_id, "patient_id": facts.patient_id, "eye": facts.eye,
-                "task": task, "label": facts.label,
-                "messages": user_msgs + [{"role": "assistant", "content": answer}],
-                "images": [facts.images[r] for r in roles], "image_roles": roles, "mode": "llm",
-                "template_id": self.prompt_info.id, "template_sha256": self.prompt_info.sha256, "seed": self.seed,
-                "kb_snapshot": facts.kb_snapshot, "attempts": attempt,
-                "provenance": provenance_of(facts, template_id=self.prompt_info.id,
-                                            template_sha256=self.prompt_info.sha256, mode="llm", seed=self.seed,
-                                            variant=variant, build_id=self.build_id, llm=llm_prov),
-            }
+            row = build_row(facts, task, variant=variant, seed=self.seed,
+                            messages=user_msgs + [{"role": "assistant", "content": answer}], roles=roles,
+                            mode="llm", template=self.prompt_info, build_id=self.build_id, attempts=attempt,
+                            llm=llm_prov)
             self.gen.verify(row, facts)
             if row["verifier_passed"]:
                 self.ok_w.write(row)
@@ -199,11 +174,8 @@ class LLMJobRunner:
             last_row = row
             self._fail(facts, task, rid, attempt, -1, req.key, "verification", "; ".join(last_reasons), False)
         # every attempt failed: quarantine (with the last generated row when there is one)
-        from grok.instruct.generate import quarantine_row
-
         self._fail(facts, task, rid, self.cfg.max_attempts, -1, "", "gave_up", "; ".join(last_reasons), True)
-        base = last_row or {"id": rid, "study_id": facts.study_id, "patient_id": facts.patient_id, "eye": facts.eye,
-                            "task": task, "label": facts.label, "mode": "llm", "seed": self.seed,
+        base = last_row or {**row_header(facts, task, rid), "mode": "llm", "seed": self.seed,
                             "attempts": self.cfg.max_attempts}
         self.q_w.write(quarantine_row(base, "llm_generation" if last_row is None else "verification", last_reasons))
         self.counts["quarantined"] += 1
