@@ -102,13 +102,27 @@ def test_each_error_is_caught_for_its_reason(kb, cases):
     assert not wrong_reason, wrong_reason[:10]
 
 
-def test_committed_corpus_is_what_the_script_writes(tmp_path, kb):
+def _script():
     spec = importlib.util.spec_from_file_location("make_verifier_cases", ROOT / "scripts" / "make_verifier_cases.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_committed_corpus_is_what_the_script_writes(tmp_path, kb):
     out = tmp_path / "cases.jsonl"
-    mod.main(["--out", str(out)])
+    _script().main(["--out", str(out)])
     assert out.read_text(encoding="utf-8") == DEFAULT_CASES.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_targets_hold_on_other_draws_of_the_generator(tmp_path, kb, seed):
+    """Other seeds draw other records, phrasings and planted errors than the committed corpus."""
+    out = tmp_path / f"cases{seed}.jsonl"
+    _script().main(["--out", str(out), "--seed", str(seed)])
+    assert out.read_text(encoding="utf-8") != DEFAULT_CASES.read_text(encoding="utf-8")
+    res = score_corpus(out, kb=kb)
+    assert res["targets_met"], {t: v["missed"] for t, v in res["wrong"].items() if v["missed"]}
 
 
 def test_every_template_row_over_the_corpus_records_passes(kb):

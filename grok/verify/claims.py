@@ -28,22 +28,25 @@ from functools import lru_cache
 from grok.verify.lexicon import _lead_trie
 
 #: After the name: it is kept open.
+#: A coordinated head word after a name ("a normal fundus and macula is ...") is skipped.
+_AND = r"(?:and [\w-]+\s+)?"
 _POSSIBLE_AFTER = re.compile(
-    r"^[\s,:]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:is|are)\s+)?(?:also\s+|still\s+)?"
+    r"^[\s,:]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?" + _AND + r"(?:(?:is|are)\s+)?(?:also\s+|still\s+)?"
     r"(?:cannot|can't|can not|could not|may not)\s+be\s+(?:fully\s+|completely\s+|entirely\s+|confidently\s+)?"
-    r"(?:excluded|ruled out)|^[\s,:]*(?:(?:is|are)\s+)?(?:also\s+|still\s+)?(?:not (?:excluded|ruled out)|"
+    r"(?:excluded|ruled out)|^[\s,:]*" + _AND + r"(?:(?:is|are)\s+)?(?:also\s+|still\s+)?(?:not (?:excluded|ruled out)|"
     r"remains? (?:possible|in the differential|a possibility|on the differential)|(?:is|are) (?:possible|"
     r"a possibility|in the differential)|also has supporting|has supporting|should be considered|"
     r"(?:is|are) worth considering|would need)")
 #: After the name: it is negated.
 _NEG_AFTER = re.compile(
-    r"^[\s,:–—-]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:is|are|was|seems|appears|looks|would be|"
-    r"remains|becomes|being|can be|could be|may be|has been|have been|is being)\s+)?(?:(?:very|much|far|considerably|somewhat|also|therefore|thus|then|"
-    r"clinically)\s+)?(?:less likely|unlikely|improbable|doubtful|not\b|ruled out|excluded|absent)")
+    r"^[\s,:–—-]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?" + _AND
+    + r"(?:(?:is|are|was|seems|appears|looks|would be|remains|becomes|being|can be|could be|may be|has been|"
+    r"have been|is being)\s+)?(?:(?:very|much|far|considerably|somewhat|also|therefore|thus|then|clinically)\s+)?"
+    r"(?:less likely|unlikely|improbable|doubtful|not\b|ruled out|excluded|absent)")
 #: After the name: it is put forward as the diagnosis.
 _POS_AFTER = re.compile(
-    r"^[\s,]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:damage|changes|disease|features|signs|and [\w-]+)\s+)?"
-    r"(?:(?:category\s+)?(?:is|seems|appears|remains)\s+"
+    r"^[\s,]*(?:\([^()]{0,120}(?:\([^()]*\)[^()]{0,80})*\)\s*)?(?:(?:damage|changes|disease|features|signs)\s+)?" + _AND
+    + r"(?:(?:category\s+)?(?:is|seems|appears|remains)\s+"
     r"(?:(?:therefore|thus|clearly|by far)\s+)?(?:the\s+)?(?:most\s+|more\s+|very\s+|highly\s+|quite\s+)?"
     r"(?:likely|probable|favou?red|suggested|supported|(?:the\s+)?(?:diagnosis|likeliest|leading|best|working|"
     r"unifying|most likely)|present|evident|confirmed)|fits best|best fits|is what (?:this|the)|"
