@@ -161,7 +161,9 @@ def test_config_validation_names_the_field():
 def test_numbers_that_are_not_measurements(ctx):
     facts, v = ctx
     for text in ("The CST is 1.3 times the upper limit of normal.", "The CST z-score is 2.1.",
-                 "The CST lies 2 SD above the mean.", "RNFL thinning is seen in 2 quadrants."):
+                 "The CST lies 2 SD above the mean.", "RNFL thinning is seen in 2 quadrants.",
+                 "The CST should be rechecked in 3 months.", "The cup-to-disc ratio is 0.43 with an IOP of 24 mmHg.",
+                 "The CST is normal and visual acuity is 6/12."):
         res = v.verify(_row("biomarker_qa", text, facts), facts)
         assert not {"wrong_number", "hallucinated_number"} & _codes(res), (text, res.reasons)
     res = v.verify(_row("biomarker_qa", "The CST is 400.", facts), facts)

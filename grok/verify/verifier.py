@@ -140,12 +140,14 @@ _MASK_WORD_RE = re.compile("|".join(a.format(wb=_WB) for a in (
     r"a{wb}ged?\s+\d+\b", r"s{wb}tep\s+\d+\b", r"g{wb}rade\s+\d+\b", r"s{wb}tage\s+\d+\b", r"t{wb}ype\s+\d+\b",
     r"c{wb}ategory\s+\d+\b", r"p{wb}\d+\b", r"z{wb}(?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)?")))
 #: Also masked: multiples and deviations ("1.3 times", "2-fold", "2 SD", "z-score of 2.1"), counts of
-#: places rather than lesions ("2 quadrants", "3 clock hours", "1 disc diameter").
+#: places rather than lesions ("2 quadrants", "3 clock hours", "1 disc diameter"), intervals ("in 3
+#: months"), other quantities ("IOP 24 mmHg", "-2.5 dioptres") and fractions (visual acuity "6/12").
 _MASK_NUM_RE = re.compile(
     rf"\d{_WB}(?:(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
     r"|\d*(?:\.\d+)?(?:st|nd|rd|th)\b|\d*-year-old\b|\d*\s*(?:years?|y)\b(?!\w)"
     r"|\d*(?:\.\d+)?\s*(?:times|-?fold|sds?\b|standard deviations?|quadrants?|sectors?|clock hours?|o'clock|"
-    r"disc diameters?|dd\b))")
+    r"disc diameters?|dd\b|months?|weeks?|days?|hours?|minutes?|mmhg|mg|ml|dioptres?|diopters?)\b"
+    r"|\d*/\d+)")
 
 
 def _mask(text: str) -> str:
