@@ -46,6 +46,7 @@ from grok.config import Settings
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok.instruct.accounting import account, describe, pass_rate
 from grok.instruct.evidence import records_features, records_row
+from grok.instruct.records import load_studies
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "report"
 
@@ -135,13 +136,12 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts, and
     the accounting of every generated row (verified, quarantined, skipped)."""
     from grok.splits import assign_splits, decontaminate, dedup
-    from grok.stages.records_stage import read_records
 
     if kb is None:
         from grok.knowledge import load_knowledge_base
 
         kb = load_knowledge_base()
-    records = {r["study_id"]: r for r in read_records(build_dir)}
+    records = {r["study_id"]: r for r in load_studies(build_dir / "records.jsonl")}
     ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()
     n_in = len(ins)
     failed = ins[~ins["verifier_passed"].astype(bool)]

@@ -20,18 +20,23 @@ Information with Modified Dates" option when ``date_mode="shift"``):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-#: Used when no secret is configured. Pseudonyms made with it are reproducible by anyone who has
-#: this source code, so builds warn loudly and demos only should rely on it.
-DEMO_KEY = "grok-demo-key-not-secret"
-KEY_ENV = "GROK_PSEUDONYM_KEY"
+from grok.privacy.pseudonyms import (  # the keyed constructions live in grok.privacy, below ingest
+    DEMO_KEY,
+    KEY_ENV,
+    keyed_hash,
+    keyed_uid,
+    mac,
+    pseudonymise_patient_id,
+    resolve_key,
+)
+
+__all__ = ["DEMO_KEY", "KEY_ENV", "DeidConfig", "apply_basic_profile", "date_offset_days", "keyed_hash", "keyed_uid",
+           "pseudonymise_patient_id", "transform_date"]
 
 #: Attributes the Basic Profile removes (X) or empties (Z), by keyword. Not exhaustive on its own:
 #: the blanket rules in :func:`apply_basic_profile` (all PN, private tags, comments) back it up.
@@ -167,48 +172,16 @@ class DeidConfig:
         if self.max_shift_days < 1:
             raise ValueError("deid.max_shift_days must be at least 1")
         if not self.key:
-            env = os.environ.get(KEY_ENV)
-            if env:
-                self.key = env
-            else:
-                self.key = DEMO_KEY
-                self.demo_key_used = True
+            self.key, self.demo_key_used = resolve_key(None)
 
     @property
     def key_bytes(self) -> bytes:
         return str(self.key).encode()
 
 
-def _mac(key: bytes, *parts: str) -> bytes:
-    return hmac.new(key, "\x1f".join(parts).encode("utf-8"), hashlib.sha256).digest()
-
-
-def pseudonymise_patient_id(original: str, key: str | bytes | None = None) -> str:
-    """Keyed pseudonym of a patient id: ``"P"`` + 16 hex digits of HMAC-SHA256(key, normalised id).
-
-    The id is normalised (stripped, upper-cased) so "mrn123 " and "MRN123" are the same patient.
-    ``key=None`` uses :class:`DeidConfig`'s default (environment variable or the demo key).
-    """
-    if key is None:
-        key = DeidConfig().key
-    kb = key.encode() if isinstance(key, str) else key
-    return "P" + _mac(kb, "patient", str(original).strip().upper()).hex()[:16]
-
-
-def keyed_hash(value: str, key: str | bytes, *, purpose: str, length: int = 16) -> str:
-    """A keyed, non-reversible token for ``value`` (e.g. a source path) for the given purpose."""
-    kb = key.encode() if isinstance(key, str) else key
-    return _mac(kb, purpose, value).hex()[:length]
-
-
-def keyed_uid(uid: str, key: bytes) -> str:
-    """Replace a DICOM instance UID by a keyed one under the 2.25 root (consistent within a key)."""
-    return "2.25." + str(int.from_bytes(_mac(key, "uid", uid)[:16], "big"))
-
-
 def date_offset_days(patient_pseudonym: str, cfg: DeidConfig) -> int:
     """Per-patient date shift in days, in ``[-max_shift_days, -1]``."""
-    n = int.from_bytes(_mac(cfg.key_bytes, "dateshift", patient_pseudonym)[:4], "big")
+    n = int.from_bytes(mac(cfg.key_bytes, "dateshift", patient_pseudonym)[:4], "big")
     return -(1 + n % cfg.max_shift_days)
 
 

@@ -21,8 +21,6 @@ Output: one row per participant visit x eye (OD, OS) with ``patient_id`` (pseudo
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import math
 import os
 from collections.abc import Callable
@@ -34,6 +32,7 @@ import pandas as pd
 from grok.knowledge.loader import KnowledgeBase, load_knowledge_base
 from grok.knowledge.models import CohortCheck, CohortLabel, CohortSettings, Evidence
 from grok.knowledge.reasoner import finite_float
+from grok.privacy.pseudonyms import pseudonymise_patient_id
 
 EYES = ("OD", "OS")
 _MISSING_COLUMN = object()
@@ -41,19 +40,7 @@ _MISSING_COLUMN = object()
 
 def default_pseudonymise(original: str) -> str:
     """Keyed pseudonym of a patient id, identical to the ingest's (HMAC-SHA256 with the secret in
-    ``GROK_PSEUDONYM_KEY``), so labels join the manifest on ``patient_id``."""
-    try:
-        from grok.ingest.deid import pseudonymise_patient_id
-    except ImportError:  # the ingest package is absent: same construction, environment key required
-        key = os.environ.get("GROK_PSEUDONYM_KEY")
-        if not key:
-            raise RuntimeError(
-                "set GROK_PSEUDONYM_KEY to the pseudonymisation secret (or pass pseudonymise=...)"
-            )
-        mac = hmac.new(
-            key.encode(), "\x1f".join(("patient", str(original).strip().upper())).encode(), hashlib.sha256
-        )
-        return "P" + mac.hexdigest()[:16]
+    ``GROK_PSEUDONYM_KEY``, :mod:`grok.privacy.pseudonyms`), so labels join the manifest on ``patient_id``."""
     return pseudonymise_patient_id(original)
 
 

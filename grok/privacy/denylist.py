@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grok.ingest.deid import DeidConfig, keyed_hash
+from grok.privacy.pseudonyms import keyed_hash, resolve_key
 
 FORMAT = "grok-deny-list/1"
 #: The name ingestion writes its deny list under, in its output folder.
@@ -251,6 +251,5 @@ class DenyList:
 
 
 def _key_bytes(key: str | bytes | None) -> bytes:
-    if key is None:
-        return DeidConfig().key_bytes
-    return key.encode() if isinstance(key, str) else key
+    k, _ = resolve_key(key)
+    return k.encode() if isinstance(k, str) else k

@@ -49,8 +49,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grok.ingest.deid import keyed_hash
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
+from grok.privacy.pseudonyms import keyed_hash
 
 OPERATOR_ONLY_GLOBS = ("*operator-only*",)
 PHANTOM_MARKER = Path("truth") / "planted_identifiers.json"
