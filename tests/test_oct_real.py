@@ -54,6 +54,10 @@ def test_circle_scan_rnfl_is_plausible_and_near_manual(circle):
     assert m.quality["usable"]
     assert abs(m.biomarkers["rnfl_peripapillary_mean_um"] - manual) <= 15.0, (m.biomarkers, manual)
     assert abs(m.biomarkers["rnfl_peripapillary_temporal_um"] - 69.5) <= 10.0
+    # the targets, met since the RNFL_GCL search ignores the edges under vessel shadows
+    # (-3.9 um mean, -8.5 um inferior): mean within 5 um, sectors within 10 um of the manual lines
+    assert abs(m.biomarkers["rnfl_peripapillary_mean_um"] - manual) <= 5.0, (m.biomarkers, manual)
+    assert abs(m.biomarkers["rnfl_peripapillary_inferior_um"] - 141.9) <= 10.0, m.biomarkers
 
 
 def test_classic_method_on_circle_scan_is_not_published(circle):

@@ -672,6 +672,23 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
         +1, elo, ehi, jump=J(1.6), penalty=0.12, ref=ez - 22 * P, ref_w=0.01)
     elm = fctx.find(+1, np.maximum(filmn, ridge - 6 * P), np.maximum(ridge, filmn + 1), jump=J(1.6), penalty=0.12,
                     ref=ridge - 2 * P, ref_w=0.02)
+    # the retinal vessels lie in the nerve fibre and ganglion cell layers: under a vessel's shadow the
+    # edges at RNFL_GCL's depth are the vessel's own (its walls, its lumen). Those columns give the
+    # RNFL_GCL search no edge evidence (every row costs the same), so its path crosses them on its
+    # smoothness from the clear columns on both sides instead of being drawn to the vessel and carrying
+    # that into the columns beside it. All inner boundaries are then bridged there, as graders do
+    level = _outer_level(band_mean, ez, bm)
+    shadow = _vessel_shadows(level, int(400.0 / lateral_um), max(1, int(800.0 / lateral_um)),
+                             max(1, int(round(50.0 / lateral_um))))
+
+    def blind(cost: np.ndarray) -> np.ndarray:
+        if not shadow.any():
+            return cost
+        out = cost.copy()
+        out[:, shadow] = 1.0
+        return out
+
+    fin = _Ctx(rows, cols, fctx.gp, fctx.gn, blind(fctx.cost_p), blind(fctx.cost_n), zero)
     # inner retina (Chiu 2010's order): INL_OPL is the one clear dark-to-bright step between the ILM and
     # the ELM; OPL_ONL and IPL_INL are the light-to-dark steps just below and above it; RNFL_GCL is the
     # strongest light-to-dark step between the ILM and IPL_INL.
@@ -718,18 +735,13 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     if pattern == "circle":
         # around the disc the RNFL is the thick bright top layer: its lower edge is the broad light-to-dark
         # step (box gradient, ~15 um each side) above the ganglion cell and inner plexiform layers
-        rnfl_cost = (1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32)
+        rnfl_cost = blind((1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32))
         rnfl_gcl = _Ctx(rows, cols, fctx.gn, fctx.gn, rnfl_cost, rnfl_cost, zero).find(
             -1, filmn + 12 * P, np.maximum(filmn + 13 * P, ipl_inl - 15 * P), jump=J(0.9), penalty=0.08)
     else:
-        rnfl_gcl = fctx.find(-1, filmn, np.maximum(filmn, ipl_inl - 12 * P), jump=J(0.7), penalty=0.1)
+        rnfl_gcl = fin.find(-1, filmn, np.maximum(filmn, ipl_inl - 12 * P), jump=J(0.7), penalty=0.1)
     # where the outer complex is missing over a stretch (the optic disc at the edge of a macular line
     # scan, a dense shadow) there are no outer boundaries to find, nor layers between them: NaN, flagged
-    level = _outer_level(band_mean, ez, bm)
-    # under a retinal vessel's shadow the inner boundaries' edges are the vessel's own: they are bridged
-    # from both sides, as graders do
-    shadow = _vessel_shadows(level, int(400.0 / lateral_um), max(1, int(800.0 / lateral_um)),
-                             max(1, int(round(50.0 / lateral_um))))
     rnfl_gcl, ipl_inl, inl_opl, opl_onl = (_bridge(v, shadow) for v in (rnfl_gcl, ipl_inl, inl_opl, opl_onl))
     absent = _outer_complex_absent(level, max(3, int(round(150.0 / lateral_um))))
     if absent.any():
