@@ -2,6 +2,9 @@
 
 Run as: grok demo [--out runs/demo] [--fresh]
 
+It lives with the flows (not in the ``grok`` library, which never imports Prefect or the flows) because it
+runs the Prefect build flow.
+
 Phantom archive (7 subjects: every category, both eyes, DICOM OPT/OP with planted identifiers) ->
 the Prefect build flow (ingest, measure, label/reason, instruct/verify, contracts, publish) ->
 CPU smoke runs of the alignment and LoRA SFT jobs on the published version. Needs no data and no
@@ -46,7 +49,8 @@ def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
         log(f"[yellow]grok demo[/]: ${cfg.deid.key_env} is not set, so the build runs with --demo-key (the public "
             "demo pseudonym key): fine for the phantom, never for real data.")
     res = build_dataset(config=cfg.model_dump(mode="json"), demo_key=True)
-    stages = {s["stage"]: {k: s[k] for k in ("n_in", "n_out", "n_quarantined")} | {"seconds": round(s["seconds"], 1)}
+    stages = {s["stage"]: {k: s[k] for k in ("n_in", "n_out", "n_quarantined", "n_skipped")}
+              | {"seconds": round(s["seconds"], 1)}
               for s in res["stages"]}
     training = {}
     for t in res.get("training", []):

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from grok.config import ConfigError
-from grok.demo import demo_config
+from flows.demo import demo_config
 from grok.instruct.generate import InstructConfig
 from grok.instruct.llm import LLMConfig, RateLimiter
 from grok.stages.config import BuildConfig, json_schema, load_config
@@ -168,7 +168,7 @@ prefect_env()
 from prefect import flow
 from prefect.client.orchestration import get_client
 from flows.build import set_concurrency_limit
-from grok.demo import demo_config
+from flows.demo import demo_config
 from grok.stages.config import BuildConfig
 from grok.stages.folder import BuildFolder
 from grok.stages.instruct_stage import Instruct

@@ -117,7 +117,7 @@ def demo(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Run every stage that exists end to end on a small phantom archive (no data, no network needed)."""
-    from grok.demo import run_demo
+    from flows.demo import run_demo
 
     if fresh and out.exists():
         shutil.rmtree(out)
