@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from grok.instruct.boxes import parse_boxes
+from grok.instruct.boxes import parse_boxes, strip_boxes
 from grok.instruct.families import FAMILIES, SKIP_REASONS, Family, Skip
 from grok.instruct.generate import TemplateGenerator, prepare
 from grok.instruct.records import build_facts
@@ -104,6 +104,54 @@ def test_rows_keep_the_format_their_family_declares(fid, facts, gen):
             assert _EYE[f.eye].search(" ".join(answers + users))
         # states_diagnosis: the verifier's own diagnosis reader passed the row above
     assert made >= len(facts) // 2
+
+
+def _mutate(row, how):
+    """``row`` with one format property broken (or left alone where the row does not have it)."""
+    msgs = [dict(m) for m in row["messages"]]
+    answers = [m for m in msgs if m["role"] == "assistant"]
+    if how == "line_break":
+        answers[-1]["content"] = answers[-1]["content"].replace(", ", ",\n", 1)
+    elif how == "no_steps":
+        for m in answers:
+            m["content"] = m["content"].replace("Step ", "Stage ")
+    elif how == "no_boxes":
+        for m in answers:
+            m["content"] = strip_boxes(m["content"])
+    elif how == "one_turn":
+        msgs = [msgs[0], {"role": "assistant", "content": " ".join(m["content"] for m in answers)}]
+    elif how == "no_eye":
+        for m in msgs:
+            m["content"] = re.sub(r"\b(right|left) eye\b", "eye", m["content"])
+    return {**row, "messages": msgs}
+
+
+#: Which format attribute each mutation breaks: the verifier must report ``format`` exactly when it is set.
+_BREAKS = {"line_break": lambda fam: fam.one_paragraph, "no_steps": lambda fam: bool(fam.numbered_steps),
+           "no_boxes": lambda fam: fam.needs_box, "one_turn": lambda fam: fam.min_user_turns > 1,
+           "no_eye": lambda fam: fam.names_eye}
+
+
+@pytest.mark.parametrize("how", list(_BREAKS))
+@pytest.mark.parametrize("fid", list(FAMILIES))
+def test_verifier_format_checks_follow_the_family_attributes(fid, how, facts, gen):
+    """The verifier's format checks fail a row exactly where its family's attributes say they apply (the
+    contract for reading them from the family instead of branching on the family id)."""
+    fam = FAMILIES[fid]
+    checked = 0
+    for f in facts[:8]:
+        try:
+            row = gen.render(f, fam, 0, "t")
+        except Skip:
+            continue
+        assert gen.verifier.verify(row, f).passed
+        bad = _mutate(row, how)
+        if bad["messages"] == row["messages"]:
+            continue
+        checked += 1
+        reasons = gen.verifier.verify(bad, f).reasons
+        assert any(r.startswith("format:") for r in reasons) == _BREAKS[how](fam), (how, reasons)
+    assert checked or not _BREAKS[how](fam)
 
 
 @pytest.mark.parametrize("fid", list(FAMILIES))

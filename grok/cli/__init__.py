@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "grok.cli.build_cmd",  # build, publish
     "grok.cli.datasets_cmd",  # datasets list | show | pull
     "grok.cli.train_cmd",  # train align | sft | predict | merge (grok_train)
+    "grok.cli.eval_cmd",  # eval PREDICTIONS --dataset, eval compare A B
 )
 
 

@@ -1,0 +1,119 @@
+"""``grok eval``: score a model's benchmark answers, or compare two score files.
+
+Run as: grok eval PREDICTIONS.jsonl --dataset NAME@VERSION [--out eval] [--json]
+        grok eval compare A.json B.json [--json]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from grok.cli._common import ExitCode, console, fail, print_json
+
+
+def _fmt(m: dict | None, digits: int = 3) -> str:
+    if not m or m.get("mean") is None:
+        return "n/a"
+    ci = m.get("ci95")
+    return f"{m['mean']:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _print_summary(res: dict) -> None:
+    o = res["overall"]
+    c = o["classification"]
+    console.print(f"{res['dataset']} {res['config']}/{res['split']}: {res['counts']['scored_answers']} of "
+                  f"{res['counts']['benchmark_items']} items answered ({res['seconds']} s)", highlight=False)
+    if c["n"]:
+        ci = c.get("macro_f1_ci95")
+        console.print(f"  classification: macro F1 {c['macro_f1']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                      + f", accuracy {c['accuracy']:.3f}, {c['abstained']} abstained of {c['n']}", highlight=False)
+    for m in ("quantitative", "coverage", "findings_agreement", "invented", "wrong_eye", "rouge_l"):
+        console.print(f"  {m}: {_fmt(o[m])}", highlight=False)
+    if o.get("bleu"):
+        console.print(f"  bleu: {o['bleu']['score']} {o['bleu']['ci95'] or ''}", highlight=False)
+    elif res.get("bleu_note"):
+        console.print(f"  {res['bleu_note']}", highlight=False)
+    for task, g in res["per_task"].items():
+        f1 = g["classification"]["macro_f1"]
+        console.print(f"  task {task}: n {g['n']}, macro F1 {'n/a' if f1 is None else f'{f1:.3f}'}, "
+                      f"quantitative {_fmt(g['quantitative'], 2)}, ROUGE-L {_fmt(g['rouge_l'], 2)}", highlight=False)
+    for prob, n in sorted(res["problems"].items()):
+        ex = ", ".join(res["problem_examples"].get(prob, [])[:5])
+        console.print(f"[yellow]warning:[/] {prob}: {n} ({ex})", highlight=False)
+
+
+def eval_command(
+    args: list[str] = typer.Argument(..., help="PREDICTIONS.jsonl, or: compare A.json B.json"),
+    dataset: str = typer.Option(None, "--dataset", help="The reference version, NAME@VERSION (or NAME@latest)."),
+    config: str = typer.Option("benchmark", "--config", help="Config of the reference rows."),
+    split: str = typer.Option("test", "--split", help="Split of the reference rows."),
+    registry: str = typer.Option(None, "--registry", help="Registry (default $GROK_REGISTRY or ./registry)."),
+    out: Path = typer.Option(Path("eval"), "--out", help="Folder for eval.json and index.html."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the 95 % intervals (0: none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resamples."),
+    tolerance: float = typer.Option(0.10, "--tolerance", help="Relative tolerance for numbers (0.10 = ±10 %)."),
+    no_bleu: bool = typer.Option(False, "--no-bleu", help="Skip BLEU (its tokeniser is the slowest part)."),
+    worst: int = typer.Option(20, "--worst", help="How many worst-scored answers the report shows."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Score benchmark answers against a published version (classification, grounded report quality,
+    text overlap; per task, per category and overall, with 95 % bootstrap intervals), or compare two
+    score files (paired bootstrap). Writes OUT/eval.json and OUT/index.html."""
+    from grok.eval.data import EvalInputError
+
+    if args and args[0] == "compare":
+        if len(args) != 3:
+            fail("usage: grok eval compare A.json B.json", ExitCode.USAGE)
+        from grok.eval.compare import compare, load_scores
+
+        if bootstrap < 0:
+            fail("--bootstrap must be >= 0", ExitCode.USAGE)
+        try:
+            a, b = load_scores(args[1]), load_scores(args[2])
+            res = compare(a, b, bootstrap, seed, names=(Path(args[1]).parent.name or args[1],
+                                                        Path(args[2]).parent.name or args[2]))
+        except EvalInputError as exc:
+            fail(str(exc), ExitCode.BAD_INPUT)
+        if as_json:
+            print_json(res)
+        else:
+            console.print(res["verdict"], highlight=False)
+            for line in res["differences"]:
+                console.print(f"  {line}", highlight=False)
+        return
+    if len(args) != 1:
+        fail("give one PREDICTIONS.jsonl (or: grok eval compare A.json B.json)", ExitCode.USAGE)
+    if not dataset:
+        fail("--dataset NAME@VERSION is required: the published version whose benchmark the answers are for",
+             ExitCode.USAGE)
+    if bootstrap < 0:
+        fail("--bootstrap must be >= 0", ExitCode.USAGE)
+    if not 0.0 < tolerance < 1.0:
+        fail(f"--tolerance {tolerance}: give a relative tolerance in (0, 1), e.g. 0.10", ExitCode.USAGE)
+    from grok.eval.data import load_benchmark, load_predictions
+    from grok.eval.report import write_report
+    from grok.eval.score import evaluate, write_scores
+
+    try:
+        preds = load_predictions(args[0])
+        bench = load_benchmark(dataset, registry, config, split)
+    except EvalInputError as exc:
+        fail(str(exc), ExitCode.BAD_INPUT)
+    res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+    scores_path = write_scores(res, out / "eval.json")
+    report = write_report(res, out / "index.html", bench)
+    res_out = {**res, "scores_path": str(scores_path), "report_path": str(report)}
+    if as_json:
+        print_json(res_out)
+    else:
+        _print_summary(res)
+        console.print(f"scores: {scores_path}\nreport: {report}", highlight=False)
+    if res["counts"]["scored_answers"] == 0:
+        raise SystemExit(int(ExitCode.FAILED))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` to the ``grok`` app."""
+    app.command("eval")(eval_command)

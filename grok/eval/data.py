@@ -1,0 +1,279 @@
+"""The benchmark's reference items and a predictions file, read with every problem counted.
+
+Run as: python -c "from grok.eval.data import load_predictions; help(load_predictions)"
+
+**Reference.** A published version's ``benchmark`` config (test split) holds the questions and the
+reference answers; its ``records`` config holds, per study, the evidence the verifier checks text
+against (:mod:`grok.instruct.evidence`), joined on ``study_id`` -- the same join
+``grok verify --dataset`` replays (:mod:`grok.verify.replay`).
+
+**Predictions** (JSONL, one object a line, as ``grok-train predict`` writes them): ``id`` (the
+benchmark row's id) and the answer text in ``prediction`` (``grok-train predict``'s field) or
+``answer``. Other fields (``task``, ``reference``, ``finish_reason``, ``dataset`` ...) are kept
+only to report a file made for another dataset version (``dataset``) and answers cut by the
+generation budget (``finish_reason: length``).
+
+Nothing is dropped silently: unreadable lines, lines without an id or an answer field, ids not in
+the split, duplicate ids (the first is scored), benchmark ids with no prediction (scored as
+abstentions), empty answers (abstentions) and answers that are likely not in English (scored,
+flagged) are each counted and listed in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Fields that may hold the answer text, in order of preference.
+ANSWER_FIELDS = ("prediction", "answer")
+#: How many ids each problem lists in the report (the counts are always complete).
+MAX_LISTED = 20
+
+_WORD = re.compile(r"[^\W\d_]+")
+_EN_FUNCTION = frozenset((
+    "the", "a", "an", "of", "and", "or", "is", "are", "was", "were", "in", "on", "with", "to",
+    "for", "no", "not", "this", "that", "there", "by", "as", "at", "be", "which", "from", "it",
+    "its", "than",
+))
+
+
+#: Function words of other European languages that are not English words.
+_OTHER_FUNCTION = frozenset((
+    "der", "die", "das", "und", "ist", "nicht", "ein", "eine", "mit", "bei", "wir", "den", "dem",
+    "des", "zu", "von", "auf", "le", "la", "les", "et", "est", "une", "avec", "pour", "dans", "sur",
+    "du", "il", "pas", "el", "los", "las", "es", "y", "una", "con", "por", "para", "del", "se",
+    "que", "il", "della", "delle", "gli", "sono", "non", "con", "per", "che", "os", "um", "uma",
+    "com", "para", "não", "são", "het", "een", "van", "en", "niet", "zijn", "met", "voor",
+)) - _EN_FUNCTION
+
+
+class EvalInputError(ValueError):
+    """A predictions file or dataset version that cannot be read (the message names it and the fix)."""
+
+
+@dataclass
+class Item:
+    """One benchmark question: its reference answer and the study's facts (``facts_error`` when unusable)."""
+
+    id: str
+    study_id: str
+    task: str
+    label: str
+    eye: str
+    question: str
+    reference: str
+    images: list[str]
+    facts: Any = None
+    facts_error: str | None = None
+
+
+@dataclass
+class Benchmark:
+    dataset: str
+    fingerprint: str
+    config: str
+    split: str
+    kb_snapshot: str
+    items: dict[str, Item]
+    #: Where the rows came from (``None`` for a benchmark made in memory): the report reloads a few images.
+    registry: str | None = None
+    published: bool = False
+
+
+def _last_turns(messages: list[dict[str, Any]]) -> tuple[str, str]:
+    """(the last user turn, the last assistant turn) of a chat row."""
+    q = a = ""
+    last_a = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=None)
+    if last_a is not None:
+        a = str(messages[last_a].get("content") or "")
+        q = next((str(m.get("content") or "") for m in reversed(messages[:last_a]) if m.get("role") == "user"), "")
+    return q, a
+
+
+def load_benchmark(spec: str, registry: str | None = None, config: str = "benchmark", split: str = "test",
+                   kb=None, lexicon=None) -> Benchmark:
+    """The reference items of ``spec`` (``NAME@VERSION``), each with its study's verifier facts.
+
+    Raises :class:`EvalInputError` naming the version, config or split that does not exist, or a
+    version published before the ``records`` config.
+    """
+    import datasets
+
+    from grok.instruct.evidence import record_from_evidence
+    from grok.instruct.records import StudyError, build_facts
+    from grok.knowledge import load_knowledge_base
+    from grok.registry import RegistryError, list_versions, load, resolve
+    from grok.verify.lexicon import build_lexicon
+
+    try:
+        info = resolve(spec, registry)
+    except RegistryError as exc:
+        name = spec.split("@", 1)[0]
+        try:
+            known = list_versions(name, registry)
+        except Exception:  # noqa: BLE001 - only to enrich the message
+            known = []
+        hint = ("" if "versions" in str(exc) else f"; versions of {name}: {', '.join(known)}" if known
+                else " (grok datasets list shows what exists)")
+        raise EvalInputError(f"{exc}{hint}") from exc
+    counts = info["manifest"]["counts"]
+    if "records" not in counts:
+        raise EvalInputError(f"{info['name']}@{info['version']} has no records config (published before the evidence "
+                             "was carried in the dataset), so its answers cannot be checked; republish it")
+    kb = kb or load_knowledge_base()
+    lex = lexicon or build_lexicon(kb)
+
+    def rows(cfg: str, sp: str) -> list[dict[str, Any]]:
+        ds = load(spec, cfg, sp, registry=registry)
+        if "images" in ds.features:
+            ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
+        return ds.to_list()
+
+    try:
+        bench_rows = rows(config, split)
+    except RegistryError as exc:
+        raise EvalInputError(str(exc)) from exc
+    records: dict[str, dict[str, Any]] = {}
+    for sp in counts["records"]:
+        for r in rows("records", sp):
+            records[r["study_id"]] = record_from_evidence(r["evidence"])
+    facts: dict[str, Any] = {}
+    items: dict[str, Item] = {}
+    for r in bench_rows:
+        sid = str(r["study_id"])
+        if sid not in facts:
+            rec = records.get(sid)
+            try:
+                facts[sid] = build_facts(rec, kb, lex) if rec is not None else "not in the records config"
+            except StudyError as exc:
+                facts[sid] = f"unusable record: {exc}"
+        q, a = _last_turns(list(r.get("messages") or []))
+        f = facts[sid]
+        items[str(r["id"])] = Item(
+            id=str(r["id"]), study_id=sid, task=str(r.get("task")), label=str(r.get("label")), eye=str(r.get("eye")),
+            question=q, reference=a, images=[(im or {}).get("path") or "" for im in r.get("images") or []],
+            facts=None if isinstance(f, str) else f, facts_error=f if isinstance(f, str) else None)
+    return Benchmark(f"{info['name']}@{info['version']}", info["fingerprint"], config, split, kb.snapshot_id, items,
+                     registry=registry, published=True)
+
+
+def likely_not_english(text: str) -> bool:
+    """True for an answer mostly outside the Latin script, or one whose common function words are more
+    often those of another European language (German, French, Spanish, Italian, Portuguese, Dutch)
+    than English ones. Lists and box answers without function words are not flagged."""
+    if not text.isascii():
+        letters = [c for c in text if c.isalpha()]
+        if letters and sum(1 for c in letters if c.isascii() or "\u00c0" <= c <= "\u024f") < 0.7 * len(letters):
+            return True
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) < 5:
+        return False
+    en = sum(1 for w in words if w in _EN_FUNCTION)
+    other = sum(1 for w in words if w in _OTHER_FUNCTION)
+    return other >= 3 and other > en
+
+
+@dataclass
+class Predictions:
+    """Answers by benchmark id, and every problem the file had (counts complete, ids listed up to 20)."""
+
+    path: str
+    answers: dict[str, str]
+    lines: int = 0
+    problems: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    datasets_named: dict[str, int] = field(default_factory=dict)
+    cut_by_length: int = 0
+
+    def note(self, problem: str, example: str) -> None:
+        self.problems[problem] = self.problems.get(problem, 0) + 1
+        ex = self.examples.setdefault(problem, [])
+        if len(ex) < MAX_LISTED:
+            ex.append(example)
+
+
+def load_predictions(path: str | Path) -> Predictions:
+    """Read a predictions JSONL file (see the module docstring). Raises :class:`EvalInputError` when the file
+    cannot be read at all; a bad line is counted (``unreadable_line``, ``no_id``, ``no_answer_field``,
+    ``duplicate_id``) and the rest are read."""
+    p = Path(path)
+    if not p.is_file():
+        raise EvalInputError(f"{p}: predictions file not found (JSONL with 'id' and 'prediction' per line, as "
+                             "'grok-train predict' writes)")
+    out = Predictions(str(p), {})
+    named: Counter[str] = Counter()
+    try:
+        fh = p.open("r", encoding="utf-8", errors="strict")
+        with fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                out.lines += 1
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    out.note("unreadable_line", f"line {n}: {exc.msg}")
+                    continue
+                if not isinstance(obj, dict):
+                    out.note("unreadable_line", f"line {n}: not a JSON object")
+                    continue
+                rid = obj.get("id")
+                if rid is None or str(rid) == "":
+                    out.note("no_id", f"line {n}")
+                    continue
+                rid = str(rid)
+                field_name = next((f for f in ANSWER_FIELDS if f in obj), None)
+                if field_name is None:
+                    out.note("no_answer_field", f"line {n} ({rid}): no 'prediction' or 'answer'")
+                    continue
+                if rid in out.answers:
+                    out.note("duplicate_id", f"line {n}: {rid} (the first answer is scored)")
+                    continue
+                ans = obj[field_name]
+                out.answers[rid] = ans if isinstance(ans, str) else ("" if ans is None else json.dumps(ans))
+                if obj.get("dataset"):
+                    named[str(obj["dataset"])] += 1
+                if obj.get("finish_reason") == "length":
+                    out.cut_by_length += 1
+    except UnicodeDecodeError as exc:
+        raise EvalInputError(f"{p}: not UTF-8 text ({exc}); write the predictions as UTF-8 JSONL") from exc
+    out.datasets_named = dict(named)
+    return out
+
+
+def benchmark_from_records(records: list[dict[str, Any]], seed: int = 0, kb=None, lexicon=None,
+                           name: str = "synthetic@0.0.0") -> Benchmark:
+    """A benchmark made in memory from study records: every family's verified template row per study.
+
+    For tests and ``benchmarks/eval.py`` (hundreds of items over all seven categories without a
+    build); a published version is read with :func:`load_benchmark`.
+    """
+    from grok.instruct.families import FAMILIES, Skip
+    from grok.instruct.generate import TemplateGenerator, prepare
+    from grok.instruct.templating import TemplateLibrary
+    from grok.knowledge import load_knowledge_base
+    from grok.verify.lexicon import build_lexicon
+    from grok.verify.verifier import Verifier
+
+    kb = kb or load_knowledge_base()
+    lex = lexicon or build_lexicon(kb)
+    facts, _bad = prepare(records, kb, lex)
+    gen = TemplateGenerator(TemplateLibrary(), lex, Verifier(lex))
+    items: dict[str, Item] = {}
+    for f in facts:
+        for fam in FAMILIES.values():
+            try:
+                row = gen.verify(gen.render(f, fam, seed, "eval"), f)
+            except Skip:
+                continue
+            if not row["verifier_passed"]:
+                continue
+            q, a = _last_turns(list(row["messages"]))
+            items[str(row["id"])] = Item(id=str(row["id"]), study_id=f.study_id, task=str(row["task"]), label=f.label,
+                                         eye=f.eye, question=q, reference=a, images=list(row.get("images") or []),
+                                         facts=f)
+    return Benchmark(name, "", "benchmark", "test", kb.snapshot_id, items)
