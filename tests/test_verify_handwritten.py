@@ -12,7 +12,9 @@ microaneurysms, haemorrhages or exudates", a bare "Normal."): batch 1 (``RIGHT[:
 ``WRONG[:20]``) 8 of 12 right answers passed and 20 of 20 wrong ones were caught; batch 2, 5 of 8
 and 9 of 10; batch 3, 7 of 10 and 10 of 10 (a CST written as "central subfield (404 µm)" after
 "subretinal fluid" read as a wrong unit of the fluid volume, "graded as", and one answer that broke
-the report family's one-paragraph rule, moved to a free-form task).
+the report family's one-paragraph rule, moved to a free-form task); batch 4 (sample records), 7 of 10
+and 8 of 10 ("that of", "Grade:", the reasoner's own stage name as a terse answer, volumes in µL,
+"several cotton-wool spots").
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ GLAUC_OD = "S69b106604671029a"  # glaucoma (no stage); vertical CDR 0.69, RNFL 5
 HTN_OD = "Sbf255984a6fb7c29"  # moderate hypertensive retinopathy signs; 2 haemorrhages, 1 CWS, AVR 0.67
 ALZ_OS = "S19f713c850c5cab2"  # Alzheimer's disease; CST 268.6 µm, RNFL 91.0 µm, EZ disruption
 DM_OS = "S90c6eb8c275915c5"  # diabetes, no retinopathy; CST 265.7 µm
+# sample records (grok.instruct.samples), for the categories and stages the phantom build lacks
+DME_OD = "S3adf4e63cc74"  # centre-involved DME; CST 374.1 µm, IRF 46.6 nl, 2 MAs, 2 hard exudates
+AMDI_OS = "S59a5a0c7c397"  # intermediate AMD; central 3 mm drusen volume 0.049 mm³, no fluid
+GLA_OD = "S749ce3286f34"  # glaucoma, advanced structural damage; vertical CDR 0.78
+DR_OS = "Sbb352f840be2"  # moderate NPDR or worse; 4 MAs, 2 haemorrhages, 1 hard exudate, no CWS
+HT_OS = "S0e1db62f5d25"  # moderate hypertensive retinopathy signs; 1 haemorrhage, 1 CWS, AVR 0.54
 
 RIGHT = [
     (AMD_OS, "report", ("The left macula is markedly thickened, with a central subfield thickness of roughly 404 µm, "
@@ -100,6 +108,17 @@ RIGHT = [
     (NORMAL_OS,"report","Both the fundus photograph and the OCT of the left eye are within normal limits: CST 273.6 µm, cup-to-disc ratio 0.28, no haemorrhages, exudates or drusen. No pathology is identified; this is a normal eye."),
     (AMD_OD,"biomarker_qa","The PED measures approximately 85 microns in maximal height."),
     (DM_OS,"diagnosis","Diabetes mellitus, with no diabetic retinopathy visible."),
+    # batch 4
+    (DME_OD,"report","In this 56-year-old man's right eye the fovea is thickened (CST 374 µm) by intraretinal cystoid spaces totalling roughly 47 nl. A couple of microaneurysms and two hard exudates are seen on the photograph. Findings are consistent with centre-involving diabetic macular edema."),
+    (DME_OD,"diagnosis","Centre-involved diabetic macular oedema."),
+    (AMDI_OS,"report","Left eye: numerous soft drusen are visible on the colour photograph and sub-RPE deposits on OCT, with a central 3 mm drusen volume of 0.049 mm³. There is no fluid and no PED; the CST is 277 µm. This is intermediate age-related macular degeneration."),
+    (AMDI_OS,"multiturn",[("","Intermediate AMD."),("Is there any sign of wet AMD?","No — there is no subretinal or intraretinal fluid, so no sign of neovascular activity.")]),
+    (GLA_OD,"report","Right eye: the optic disc is markedly cupped with a vertical cup-to-disc ratio of 0.78, while the macula is normal (CST 265 µm, no fluid). The picture is that of advanced glaucomatous optic neuropathy."),
+    (GLA_OD,"diagnosis","Glaucoma (advanced)."),
+    (DR_OS,"report","Left eye, 73-year-old woman: four microaneurysms, two blot haemorrhages and a single hard exudate, no cotton-wool spots; macula dry with CST 266 µm. Grade: moderate non-proliferative diabetic retinopathy."),
+    (DR_OS,"biomarker_qa","There are 4 microaneurysms in this photograph."),
+    (HT_OS,"report","Left eye of a 52-year-old woman: one flame-shaped haemorrhage and one cotton-wool spot, with arteriolar narrowing (AVR 0.54). OCT is unremarkable (CST 274 µm). These signs suggest hypertensive retinopathy."),
+    (HT_OS,"biomarker_qa","The arteriole-to-venule ratio is 0.54."),
 ]
 
 WRONG = [
@@ -170,6 +189,17 @@ WRONG = [
     (NORMAL_OS,"report","Right eye: CST 273.6 µm, CDR 0.28, no haemorrhages. Normal eye.",{"laterality"}),
     (AMD_OD,"biomarker_qa","The PED measures approximately 85 mm in maximal height.",{"wrong_unit"}),
     (DM_OS,"report","Left eye: CST 265.7 µm, no retinopathy. Diagnosis: diabetes mellitus. On reflection the patient does not have diabetes.",{"self_contradiction","contradiction"}),
+    # batch 4
+    (DME_OD,"report","Right eye: CST 374 µm with intraretinal fluid of about 47 µL. Diagnosis: DME.",{"wrong_unit","hallucinated_number","wrong_number"}),
+    (DME_OD,"report","Right eye: CST 374 µm with intraretinal fluid. The appearance favours a branch retinal vein occlusion.",{"diagnosis_mismatch"}),
+    (DME_OD,"report","Right eye: intraretinal fluid with a CST of 374 µm. Non-centre-involved DME.",{"wrong_stage"}),
+    (AMDI_OS,"report","Left eye: drusen volume 0.49 mm³ in the central 3 mm. Intermediate AMD.",{"wrong_number"}),
+    (AMDI_OS,"report","Left eye: drusen with a small amount of subretinal fluid. Intermediate AMD.",{"contradiction"}),
+    (GLA_OD,"report","Right eye: vertical CDR 0.58, within normal limits. Glaucoma.",{"wrong_number","contradiction"}),
+    (GLA_OD,"report","Right eye: CDR 0.78. The macular OCT is normal. Early glaucoma is the most likely diagnosis.",{"wrong_stage"}),
+    (DR_OS,"report","Left eye: microaneurysms and haemorrhages. In the accompanying spreadsheet this eye is coded as DR.",{"forbidden_phrase"}),
+    (DR_OS,"report","Left eye: 4 microaneurysms, 2 haemorrhages and several cotton-wool spots. Moderate NPDR.",{"contradiction"}),
+    (HT_OS,"report","OD: one haemorrhage and one cotton-wool spot, AVR 0.54. Hypertensive retinopathy.",{"laterality"}),
 ]
 
 

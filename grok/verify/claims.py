@@ -84,7 +84,8 @@ _POS_BEFORE = re.compile(_lead_trie((
     "confirm", "confirms", "confirmed", "most likely", "most consistent with", "category", "look like", "looks like",
     "appears to be", "seems to be", "in favour of", "in favor of", "fits with", "suspicion for", "suspicion of",
     "suspicious for", "concerning for", "concern for", "worrying for", "raises the possibility of", "graded as", "classed as",
-    "classified as", "categorised as", "categorized as"))
+    "classified as", "categorised as", "categorized as", "is that of", "are those of", "grade", "grading",
+    "staging", "classification"))
     + r"\s*[:—–-]?\s+(?:[\w'’-]+\s+|\([^()]{0,40}\)\s+){0,4}$")
 #: A name that opens its clause and ends it or is followed by punctuation or "with/given/...": a terse
 #: answer ("Glaucoma.", "Glaucoma, given the enlarged cup").

@@ -133,6 +133,7 @@ UNIT_ALIASES: dict[str, str] = {
     "micrometre": "um", "micrometer": "um",
     "mm³": "mm3", "mm3": "mm3", "mm^3": "mm3", "cubic millimetres": "mm3", "cubic millimeters": "mm3",
     "nl": "nl", "nanolitres": "nl", "nanoliters": "nl", "nanolitre": "nl", "nanoliter": "nl",
+    "µl": "ul", "μl": "ul", "ul": "ul", "microlitres": "ul", "microliters": "ul", "microlitre": "ul", "microliter": "ul",
     "mm": "mm", "millimetres": "mm", "millimeters": "mm", "millimetre": "mm", "millimeter": "mm",
     "px": "px", "pixels": "px", "pixel": "px",
     "%": "percent",
@@ -141,6 +142,7 @@ UNIT_ALIASES: dict[str, str] = {
 #: Factors to a base unit per quantity: lengths in µm, volumes in nl.
 UNIT_BASE: dict[str, tuple[str, float]] = {
     "um": ("length", 1.0), "mm": ("length", 1000.0), "nl": ("volume", 1.0), "mm3": ("volume", 1000.0),
+    "ul": ("volume", 1000.0),
     "px": ("pixels", 1.0),
 }
 

@@ -210,7 +210,9 @@ _POS_AFTER = re.compile(r"^\s*[:–—-]?\s*(?:\w+\s+){0,3}?(?:is |are |was |wer
                         r"visible|identified|noted|observed|evident)\b")
 _POS_BEFORE = re.compile(_lead_trie(("presence of", "show", "shows", "showing", "there is", "there are", "evidence of",
                                      "reveal", "reveals", "revealing", "demonstrate", "demonstrates", "with", "has",
-                                     "have", "signs of", "area of", "areas of", "focus of", "foci of"))
+                                     "have", "signs of", "area of", "areas of", "focus of", "foci of", "several",
+                                     "multiple", "numerous", "a few", "scattered", "many", "some", "a single",
+                                     "occasional", "isolated"))
                          + r"\s+(?:[\w-]+\s+){0,4}$")
 #: "Diagnosis: normal", "the diagnosis is a normal eye" (a bare "normal" is read as a diagnosis only here;
 #: elsewhere it describes a measurement).
@@ -931,11 +933,14 @@ class Verifier:
                 if stage is not None and stage[0] == facts.label:
                     self._check_stage(clause, ms, me, word, stage[1], None, facts, t, inside)
                 continue
-            if inside and any(a <= ms and me <= b for a, b in inside):
-                continue
-            if "(" in clause and clause.count("(", 0, ms) > clause.count(")", 0, ms):
+            in_stage = bool(inside) and any(a <= ms and me <= b for a, b in inside)
+            if not in_stage and "(" in clause and clause.count("(", 0, ms) > clause.count(")", 0, ms):
                 continue  # evidence listed in parentheses, e.g. "(central subfield thickening (DME range))"
             pol = disease_polarity(clause[:ms], clause[me:])
+            if in_stage:  # the reasoner's own stage name ("Intermediate AMD."): what it claims, no stage check
+                if pol is not None and did == facts.label:
+                    self._check_disease(clause, word, did, pol, facts, t, rc)
+                continue
             stage = self._names_stage.get(word)
             if stage is not None and stage[0] == facts.label:
                 self._check_stage(clause, ms, me, word, stage[1], pol, facts, t, inside)
