@@ -38,9 +38,10 @@ def phantom(
     from grok.phantom.archive import PhantomConfig, write_phantom
 
     try:
-        cfg = PhantomConfig(subjects=subjects, seed=seed, oct_shape=oct_shape, oct_spacing_um=oct_spacing_um,
-                            cfp_size=cfp_size, noise=noise,
-                            circle_scans=circle_scans, exports=exports, workers=workers)
+        cfg = PhantomConfig.parse({"subjects": subjects, "seed": seed, "oct_shape": oct_shape,
+                                   "oct_spacing_um": oct_spacing_um, "cfp_size": cfp_size, "noise": noise,
+                                   "circle_scans": circle_scans, "exports": exports, "workers": workers},
+                                  where="options: ")
     except ValueError as exc:
         fail(str(exc), ExitCode.USAGE)
     with _progress() as prog:

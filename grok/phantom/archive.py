@@ -32,12 +32,14 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
+from grok.config import Settings
 from grok.ids import CATEGORIES
 from grok.phantom.dicom import DicomIdentity, phantom_uid, write_op, write_opt
 
@@ -71,59 +73,42 @@ PHANTOM_OCT_DEVICES: tuple[tuple[str, str], ...] = (
 _OCULAR = {"amd", "glaucoma", "diabetic_retinopathy"}
 
 
-@dataclass
-class PhantomConfig:
-    """Options of ``grok phantom``.
+class PhantomConfig(Settings):
+    """Options of ``grok phantom`` (the build's ``source.phantom`` section extends it:
+    :class:`grok.stages.config.PhantomSource`). Everything written is a deterministic function of the
+    seed and these options."""
 
-    Attributes
-    ----------
-    subjects : int
-        Number of subjects; each has both eyes (CFP + OCT per eye). Categories are dealt round-robin
-        in a seeded order, so 7 subjects cover all seven categories.
-    seed : int
-        Everything written is a deterministic function of the seed and the options.
-    oct_shape : (n_bscans, rows, cols)
-        Macular cube size; default 49 x 496 x 512 (Spectralis-like).
-    oct_spacing_um : (axial, lateral, between B-scans)
-        Default 3.87, 11.7, 120 um.
-    cfp_size : int
-        Fundus photograph side in pixels (square), default 1024.
-    noise : float
-        OCT speckle level (0.5 easy, 1 typical, 2 hard).
-    circle_scans : bool
-        Also write a peripapillary RNFL circle scan per eye.
-    exports : bool
-        Also write the image-export layout (PNG + sidecars) of the same data.
-    single_frame_fraction : float
-        Fraction of subjects whose OCT is written as a single-frame-per-B-scan series.
-    workers : int
-        Processes used to synthesise subjects.
-    """
+    subjects: int = Field(14, ge=1, description=(
+        "Subjects; each has both eyes (CFP + OCT per eye). Categories are dealt round-robin in a seeded order, "
+        "so 7 subjects cover all seven categories."))
+    seed: int = Field(0, description="Seed of everything the phantom writes.")
+    oct_shape: tuple[int, int, int] = Field((49, 496, 512), description=(
+        "Macular cube size: B-scans, rows, columns (rows and columns >= 64; default Spectralis-like)."))
+    oct_spacing_um: tuple[float, float, float] = Field((3.87, 11.7, 120.0), description=(
+        "Axial, lateral and between-B-scan spacing (um)."))
+    cfp_size: int = Field(1024, ge=128, description="Fundus photograph side in pixels (square).")
+    noise: float = Field(1.0, gt=0, description="OCT speckle level (0.5 easy, 1 typical, 2 hard).")
+    circle_scans: bool = Field(False, description="Also write a peripapillary RNFL circle scan per eye.")
+    exports: bool = Field(True, description="Also write the image-export layout (PNG + sidecars) of the same data.")
+    single_frame_fraction: float = Field(0.25, ge=0, le=1, description=(
+        "Fraction of subjects whose OCT is written as a single-frame-per-B-scan series."))
+    workers: int = Field(1, ge=1, description="Processes used to synthesise subjects.")
+    categories: tuple[str, ...] = Field(CATEGORIES, min_length=1, description="Categories dealt to subjects.")
 
-    subjects: int = 14
-    seed: int = 0
-    oct_shape: tuple[int, int, int] = (49, 496, 512)
-    oct_spacing_um: tuple[float, float, float] = (3.87, 11.7, 120.0)
-    cfp_size: int = 1024
-    noise: float = 1.0
-    circle_scans: bool = False
-    exports: bool = True
-    single_frame_fraction: float = 0.25
-    workers: int = 1
-    categories: tuple[str, ...] = CATEGORIES
+    @field_validator("oct_shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(v) < 1 or v[1] < 64 or v[2] < 64:
+            raise ValueError("{here}oct_shape must be N ROWS COLS with N >= 1 and ROWS, COLS >= 64 (--oct-shape)")
+        return v
 
-    def __post_init__(self) -> None:
-        if self.subjects < 1:
-            raise ValueError("--subjects must be at least 1")
-        if len(self.oct_shape) != 3 or min(self.oct_shape) < 1 or self.oct_shape[1] < 64 or self.oct_shape[2] < 64:
-            raise ValueError("--oct-shape must be N ROWS COLS with ROWS, COLS >= 64")
-        if self.cfp_size < 128:
-            raise ValueError("--cfp-size must be at least 128")
-        if not 0.0 <= self.single_frame_fraction <= 1.0:
-            raise ValueError("single_frame_fraction must be in [0, 1]")
-        unknown = set(self.categories) - set(CATEGORIES)
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(v) - set(CATEGORIES)
         if unknown:
             raise ValueError(f"unknown categories {sorted(unknown)}; use {', '.join(CATEGORIES)}")
+        return v
 
 
 @dataclass
@@ -472,7 +457,7 @@ def write_phantom(cfg: PhantomConfig, out: str | os.PathLike, progress=None) -> 
     for s in subjects:
         per_cat[s.category] = per_cat.get(s.category, 0) + 1
     return {"out": str(out), "subjects": len(subjects), "images": len(truth), "categories": per_cat,
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
+            "config": cfg.model_dump(mode="json")}
 
 
 def _json_default(o: Any) -> Any:

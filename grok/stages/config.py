@@ -22,21 +22,23 @@ from pydantic import Field, field_validator, model_validator
 from grok.config import ConfigError, Settings, deep_merge, read_yaml_mapping
 from grok.instruct.families import FAMILIES
 from grok.instruct.generate import InstructConfig
+from grok.phantom.archive import PhantomConfig
 from grok.publish import PublishConfig
 
 __all__ = ["BuildConfig", "ConfigError", "InstructSettings", "json_schema", "load_config"]
 
 
-class PhantomSource(Settings):
-    """Generate the source archive with the phantom (demos, tests, benchmarks)."""
+class PhantomSource(PhantomConfig):
+    """Generate the source archive with the phantom (demos, tests, benchmarks): :class:`PhantomConfig` with
+    the build's defaults (7 subjects, no export layout, two worker processes)."""
+
+    # fields the section gained when it became PhantomConfig: hashed only when changed (same build ids)
+    KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({"exports", "single_frame_fraction", "categories"})
+    KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"workers"})
 
     subjects: int = Field(7, ge=1, description="Phantom subjects (both eyes each).")
-    seed: int = Field(0, description="Phantom seed.")
-    oct_shape: tuple[int, int, int] = Field((49, 496, 512), description="B-scans, rows, columns.")
-    oct_spacing_um: tuple[float, float, float] = Field((3.87, 11.7, 120.0), description="Axial, lateral, slice um.")
-    cfp_size: int = Field(1024, ge=128, description="Fundus photograph side (px).")
-    circle_scans: bool = Field(False, description="Also write peripapillary circle scans.")
-    noise: float = Field(1.0, gt=0, description="OCT speckle level.")
+    exports: bool = Field(False, description="Also write the image-export layout (the build ingests the DICOM).")
+    workers: int = Field(2, ge=1, description="Processes used to synthesise subjects (never part of the build id).")
 
 
 class SourceConfig(Settings):

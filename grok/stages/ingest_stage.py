@@ -10,7 +10,6 @@ unchanged files are reused by sha256) and starts a fresh ``build.json`` progress
 
 from __future__ import annotations
 
-import os
 from typing import ClassVar
 
 from grok.stages.folder import BuildFolder, StageReport
@@ -24,17 +23,14 @@ class Source(SingleStage):
     outputs: ClassVar[tuple[str, ...]] = ("phantom/",)
 
     def work(self, folder: BuildFolder) -> StageReport:
-        from grok.phantom.archive import PhantomConfig, write_phantom
+        from grok.phantom.archive import write_phantom
 
         rep = StageReport("source", outputs=folder.source())
         ph = folder.cfg.source.phantom
         if ph is not None:
             out = folder.path("phantom")
             if not (out / "truth" / "truth.jsonl").exists():
-                write_phantom(PhantomConfig(subjects=ph.subjects, seed=ph.seed, oct_shape=tuple(ph.oct_shape),
-                                            oct_spacing_um=tuple(ph.oct_spacing_um), cfp_size=ph.cfp_size,
-                                            circle_scans=ph.circle_scans, noise=ph.noise, exports=False,
-                                            workers=min(2, os.cpu_count() or 1)), out)
+                write_phantom(ph, out)
             rep.n_in = rep.n_out = ph.subjects  # subjects generated
         return rep
 
