@@ -221,8 +221,8 @@ _NORMAL_CONCL = re.compile(r"\b(?:diagnosis|answer|impression|conclusion)\s*(?:i
 _FORBIDDEN_LIST = [(p, why) for p, why in (
     (r"\blabel(?:s|led|ed)?\b", "mentions a label"),
     (r"\bas (?:given|provided|stated|listed|indicated)\b", "refers to given information"),
-    (r"\b(?:provided|given|supplied|attached|accompanying) (?:report|data|list|table|labels?|diagnosis|biomarkers?|"
-     r"json|values|measurements|sheet|information|findings)\b", "refers to provided material"),
+    ((r"\b(?:provided|given|supplied|attached|accompanying) (?:report|data|list|table|labels?|diagnosis|biomarkers?|"
+      r"json|values|measurements|sheet|information|findings)\b"), "refers to provided material"),
     (r"\bdata ?sheet\b|\bspreadsheet\b", "mentions a data sheet"),
     (r"\bground[- ]truth\b", "mentions ground truth"),
     (r"\bjson\b", "mentions JSON"),
