@@ -22,9 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 import warnings
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field, PrivateAttr
+
+from grok.config import Settings
 from grok.privacy.pseudonyms import (  # the keyed constructions live in grok.privacy, below ingest
     DEMO_KEY,
     KEY_ENV,
@@ -141,38 +143,35 @@ _DEID_CODES = {
 }
 
 
-@dataclass
-class DeidConfig:
-    """How identifiers are replaced.
+class DeidPolicy(Settings):
+    """How dates and burned-in text are handled (the secret is not a setting: :class:`DeidConfig` adds it;
+    the build's ``deid`` section adds the name of the variable that holds it)."""
 
-    Attributes
-    ----------
-    key : str
-        Secret for the keyed pseudonyms and date shifts. Default: the ``GROK_PSEUDONYM_KEY`` environment
-        variable, else a demo key (with a warning: pseudonyms are then reproducible by anyone).
-    date_mode : str
-        ``"shift"`` (every date moved by a per-patient offset, intervals kept) or ``"year"`` (dates
-        reduced to 1 January of their year).
-    max_shift_days : int
-        Offsets are drawn (deterministically from the key and patient) in ``[-max_shift_days, -1]``.
-    allow_burned_in : bool
-        Ingest images whose header says ``BurnedInAnnotation = YES``, and image exports whose pixels show
-        text (:mod:`grok.privacy.burned_in`), with a quality flag instead of quarantining them.
-    """
+    date_mode: Literal["shift", "year"] = Field("shift", description=(
+        "'shift': every date moved by a per-patient offset, intervals kept; 'year': dates reduced to 1 January "
+        "of their year."))
+    max_shift_days: int = Field(365, ge=1, description=(
+        "Offsets are drawn (deterministically from the key and patient) in [-max_shift_days, -1]."))
+    allow_burned_in: bool = Field(False, description=(
+        "Ingest images whose header says BurnedInAnnotation = YES, and image exports whose pixels show text, "
+        "with a quality flag instead of quarantining them."))
 
-    key: str | None = None
-    date_mode: str = "shift"
-    max_shift_days: int = 365
-    allow_burned_in: bool = False
-    demo_key_used: bool = field(default=False, init=False)
 
-    def __post_init__(self) -> None:
-        if self.date_mode not in ("shift", "year"):
-            raise ValueError(f"deid.date_mode must be 'shift' or 'year', got {self.date_mode!r}")
-        if self.max_shift_days < 1:
-            raise ValueError("deid.max_shift_days must be at least 1")
+class DeidConfig(DeidPolicy):
+    """How identifiers are replaced: :class:`DeidPolicy` plus the secret ``key`` of the keyed pseudonyms and
+    date shifts (default ``$GROK_PSEUDONYM_KEY``, else the public demo key, and ``demo_key_used`` says so:
+    pseudonyms are then reproducible by anyone)."""
+
+    key: str | None = Field(None, repr=False, exclude=True, description="The pseudonym secret (never written).")
+    _demo_key_used: bool = PrivateAttr(False)
+
+    def model_post_init(self, context: Any) -> None:
         if not self.key:
-            self.key, self.demo_key_used = resolve_key(None)
+            self.key, self._demo_key_used = resolve_key(None)
+
+    @property
+    def demo_key_used(self) -> bool:
+        return self._demo_key_used
 
     @property
     def key_bytes(self) -> bytes:

@@ -36,13 +36,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import Field
 
 from grok import __version__
+from grok.config import Settings
 from grok.ingest import readers
 from grok.ingest.deid import (
     DeidConfig,
@@ -140,32 +142,18 @@ FILES_SCHEMA = pa.schema(
 )
 
 
-@dataclass
-class IngestConfig:
-    """Settings of one ingestion run.
+class IngestConfig(Settings):
+    """Settings of one ingestion run."""
 
-    Attributes
-    ----------
-    deid : DeidConfig
-        Pseudonym secret, date handling, burned-in annotation policy.
-    max_pixels : int
-        Largest image (width x height x frames) decoded; larger ones are quarantined as possible
-        decompression bombs.
-    quarantine_paths : str
-        ``"redacted"`` (default): the quarantine names files by their keyed ``source_key`` only,
-        because clinic file and folder names often carry patient names; ``"plain"``: also store the
-        path inside the archive, for sites that know their paths hold no identifiers.
-    """
-
-    deid: DeidConfig = field(default_factory=DeidConfig)
-    max_pixels: int = readers.DEFAULT_MAX_PIXELS
-    quarantine_paths: str = "redacted"
-
-    def __post_init__(self) -> None:
-        if self.quarantine_paths not in ("redacted", "plain"):
-            raise ValueError("ingest.quarantine_paths must be 'redacted' or 'plain'")
-        if self.max_pixels < 1:
-            raise ValueError("ingest.max_pixels must be positive")
+    deid: DeidConfig = Field(default_factory=DeidConfig, description=(
+        "Pseudonym secret, date handling, burned-in annotation policy."))
+    max_pixels: int = Field(readers.DEFAULT_MAX_PIXELS, ge=1, description=(
+        "Largest image (width x height x frames) decoded; larger ones are quarantined as possible "
+        "decompression bombs."))
+    quarantine_paths: Literal["redacted", "plain"] = Field("redacted", description=(
+        "'redacted': the quarantine names files by their keyed source_key only, because clinic file and folder "
+        "names often carry patient names; 'plain': also store the path inside the archive, for sites that know "
+        "their paths hold no identifiers."))
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from grok.config import ConfigError, Settings, deep_merge, read_yaml_mapping
+from grok.ingest.deid import DeidPolicy
 from grok.instruct.families import FAMILIES
 from grok.instruct.generate import InstructConfig
 from grok.phantom.archive import PhantomConfig
@@ -53,9 +54,12 @@ class SourceConfig(Settings):
         return self
 
 
-class DeidSettings(Settings):
-    date_mode: Literal["shift", "year"] = Field("shift", description="Shift dates per patient, or keep the year.")
-    allow_burned_in: bool = Field(False, description="Ingest BurnedInAnnotation=YES images instead of quarantining.")
+class DeidSettings(DeidPolicy):
+    """The build's ``deid`` section: :class:`grok.ingest.deid.DeidPolicy` plus where the secret is (never the
+    secret itself)."""
+
+    KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({"max_shift_days"})  # added later: same build ids
+
     key_env: str = Field("GROK_PSEUDONYM_KEY", description="Environment variable holding the pseudonym secret.")
 
 

@@ -149,7 +149,7 @@ class BuildFolder:
         from grok.ingest.deid import DeidConfig
 
         d = self.cfg.deid
-        return DeidConfig(key=self.pseudonym_key(), date_mode=d.date_mode, allow_burned_in=d.allow_burned_in)
+        return DeidConfig(key=self.pseudonym_key(), **d.model_dump(exclude={"key_env"}))
 
     def require_pseudonym_key(self, *, demo_key: bool = False) -> bool:
         """Refuse to build without a pseudonym secret unless ``demo_key``; True when the demo key will be used.
