@@ -47,9 +47,9 @@ HTML tags blanked, offsets kept), then read clause by clause:
 * ``laterality`` (hard): the wrong eye is named (right/left eye, macula, fundus, retina, disc in any
   case; OD / OS).
 * ``format`` / ``length`` (hard): roles, ``<image>`` tokens (missing or extra images), empty turns,
-  content that is not text or not UTF-8, one paragraph and at most 300 words for reports,
-  numbered steps for chains of thought, a stated diagnosis where the task needs one, word limits
-  per task.
+  content that is not text or not UTF-8, and the format the row's family declares
+  (``grok.instruct.families``: ``one_paragraph``, ``numbered_steps``, ``min_user_turns``,
+  ``needs_box``, ``names_eye``, ``states_diagnosis``, ``max_words``).
 * ``box`` (hard): a box that does not parse, lies outside [0, 1000), or matches no lesion of the
   row's images (IoU below ``iou_min``).
 * ``unreadable`` (hard): anything else the checks cannot read; :meth:`Verifier.verify` never raises.
@@ -1104,9 +1104,9 @@ class Verifier:
                 t.ok()
             if fam.states_diagnosis and not rc.stated:
                 t.fail("format", f"a {task} row must state a diagnosis (e.g. 'Diagnosis: ...')")
-            if task == "report" and not _RIGHT_EYE[facts.eye].search(all_text + " " + " ".join(
-                    m["content"] for m in messages if m["role"] == "user")):
-                t.fail("format", "a report must name the eye it describes")
+            if getattr(fam, "names_eye", task == "report") and not _RIGHT_EYE[facts.eye].search(
+                    all_text + " " + " ".join(m["content"] for m in messages if m["role"] == "user")):
+                t.fail("format", f"a {task} row must name the eye it describes")
         score = 1.0 if t.checks == 0 else max(0.0, (t.checks - t.hard - 0.5 * t.soft) / t.checks)
         return VerifyResult(t.hard == 0, round(score, 4), t.reasons, t.checks)
 
@@ -1177,25 +1177,30 @@ class Verifier:
         else:
             t.ok()
         assistant = [str(m.get("content", "")) for m in messages if m.get("role") == "assistant"]
-        if task == "report":
+        # the family's declared format (grok.instruct.families.Family attributes; the defaults are the
+        # formats of the built-in families, for family objects that do not declare them)
+        if getattr(fam, "one_paragraph", task == "report"):
             if len(assistant) != 1 or "\n" in assistant[0].strip():
-                t.fail("format", "a report is one assistant turn of one paragraph")
+                t.fail("format", f"a {task} row is one assistant turn of one paragraph")
             else:
                 t.ok()
-        elif task == "cot":
+        n_steps = int(getattr(fam, "numbered_steps", 3 if task == "cot" else 0) or 0)
+        if n_steps:
             steps = [int(s) for s in _STEP_RE.findall(assistant[-1] if assistant else "")]
-            if len(steps) < 3 or steps != list(range(1, len(steps) + 1)):
-                t.fail("format", f"a chain of thought needs numbered steps 'Step 1', 'Step 2', ... (found {steps})")
+            if len(steps) < n_steps or steps != list(range(1, len(steps) + 1)):
+                t.fail("format", f"a {task} row needs at least {n_steps} numbered steps 'Step 1', 'Step 2', ... "
+                                 f"(found {steps})")
             else:
                 t.ok()
-        elif task == "multiturn":
-            if sum(1 for r in roles if r == "user") < 2:
-                t.fail("format", "a multi-turn row needs at least two user turns")
+        min_user = int(getattr(fam, "min_user_turns", 2 if task == "multiturn" else 1) or 1)
+        if min_user > 1:
+            if sum(1 for r in roles if r == "user") < min_user:
+                t.fail("format", f"a {task} row needs at least {min_user} user turns")
             else:
                 t.ok()
-        elif task == "localisation":
+        if getattr(fam, "needs_box", task == "localisation"):
             if not any(parse_boxes(a)[0] for a in assistant):
-                t.fail("format", "a localisation answer needs at least one box")
+                t.fail("format", f"a {task} answer needs at least one box")
             else:
                 t.ok()
 
