@@ -81,6 +81,27 @@ def _robust_spread(img: np.ndarray, mask: np.ndarray, level: np.ndarray) -> floa
     return float(1.4826 * np.median(np.abs(d - np.median(d)))) if d.size >= 20 else 0.0
 
 
+def _sag_not_lift(rpe: np.ndarray, bm: np.ndarray, c0: int, c1: int) -> bool:
+    """True when a sub-RPE "elevation" over columns ``c0 .. c1 - 1`` comes from Bruch's membrane sagging
+    below the line joining its rows just outside the run, more than from the RPE rising above its own such
+    line: drusen and PED lift the RPE and leave Bruch's membrane on the eye's curvature, a Bruch's
+    membrane path that slipped into the choroid does the opposite. The lines make it tilt-free."""
+    cols = rpe.size
+    a, z = max(0, c0 - 1), min(cols - 1, c1)
+    x = np.arange(c0, c1)
+
+    def off(y: np.ndarray) -> np.ndarray:
+        ya, yz = y[a], y[z]
+        if not (np.isfinite(ya) and np.isfinite(yz)):
+            return np.zeros(x.size)
+        line = ya + (yz - ya) * (x - a) / max(z - a, 1)
+        return np.nan_to_num(y[c0:c1] - line)
+
+    lift = float(np.max(-off(rpe), initial=0.0))  # rows grow downwards: a lifted RPE has smaller rows
+    sag = float(np.max(off(bm), initial=0.0))
+    return sag > lift
+
+
 def _keep_components(mask: np.ndarray, min_area: int, min_height: int) -> np.ndarray:
     if not mask.any():
         return mask
@@ -230,6 +251,8 @@ def detect_bscan_lesions(
         run = lab[cs] == k
         peak_um = float(elev[cs][run].max()) * axial_um
         if peak_um < 25.0 or run.sum() < min_cols:
+            continue
+        if _sag_not_lift(b[_RPE], b[_BM], cs.start, cs.stop):
             continue
         top_r = b[_RPE, cs] + rpe_ref_px
         region = _band_mask(rows, np.where(run, top_r, np.nan), np.where(run, b[_BM, cs], np.nan))
