@@ -328,3 +328,26 @@ def test_zone_b_vessels_are_typed_against_each_other():
     # the graph's labels stay in use without the retyping
     _, _, recs0 = zone_b_widths(segs, disc, dd, dark, vessel_mask=dark > 0.02, recover_merged=False, retype=False)
     assert {segs[d["segment"]].vessel: d["kind"] for d in recs0}[0] == "artery"
+
+
+def test_ring_priors_type_the_vessels_of_a_ring_against_each_other():
+    """Beyond zone B the vessels of each ring around the disc are compared with each other
+    (``_ring_priors``): vein colour gives positive log-odds, artery colour negative, scaled by reliability;
+    a ring with too few coloured vessels, and a vessel without colour, gives nothing."""
+    from grok.cfp.vessels import RING_PRIOR_WEIGHT, _ring_priors
+
+    disc, dd = (500.0, 500.0), 100.0
+    segs = []
+    for k in range(8):  # 8 short tangential pieces 3 DD from the disc: alternately vein / artery colour
+        a = 2 * math.pi * k / 8
+        c = (disc[0] + 300 * math.cos(a), disc[1] + 300 * math.sin(a))
+        t = (-math.sin(a) * 20, math.cos(a) * 20)
+        segs.append(_seg((c[0] - t[0], c[1] - t[1]), (c[0] + t[0], c[1] + t[1]),
+                         colour=VEIN if k % 2 == 0 else ARTERY, reliability=0.5))
+    segs.append(_seg((disc[0], disc[1] + 300), (disc[0] + 5, disc[1] + 330), colour=GREY))  # no colour
+    for k in range(2):  # a ring with only two vessels
+        segs.append(_seg((disc[0] + 600 + 10 * k, disc[1]), (disc[0] + 620 + 10 * k, disc[1] + 20), colour=VEIN))
+    pri = _ring_priors(segs, disc, dd, min_width_px=2.0)
+    assert sorted(pri) == list(range(8))
+    assert all((pri[k] > 0) == (k % 2 == 0) for k in range(8))
+    assert max(abs(v) for v in pri.values()) <= RING_PRIOR_WEIGHT * 2 * 0.5 + 1e-9

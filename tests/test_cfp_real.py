@@ -46,7 +46,9 @@ def test_chase_db1_vessel_f1(stem):
 
 def test_hrf_vessel_f1_and_artery_vein_accuracy():
     """One healthy HRF eye at 3504 x 2336 (never trained on): vessel F1 against any label (0.813 now with the
-    default classical path, 0.790 before issue #14), A/V accuracy and share labelled at least 0.70 / 0.77."""
+    default classical path, 0.790 before issue #14), A/V accuracy and share labelled at least 0.82 / 0.76
+    (0.859 / 0.770 with the ring typing of the A/V labels; 0.739 / 0.774 before it; 12_h is not one of the 9 photos
+    its weights were compared on)."""
     folder = REAL / "hrf_av" / "test"
     _, m = _measure(folder / "images" / "12_h.jpg")
     lab = _load_mask(folder / "1st_manual" / "12_h_AVmanual.png")
@@ -59,6 +61,6 @@ def test_hrf_vessel_f1_and_artery_vein_accuracy():
     correct = labelled & ((art & (lab == 1)) | (vein & ~art & (lab == 2)))
     acc = correct.sum() / max(labelled.sum(), 1)
     share = labelled.sum() / max(ref_av.sum(), 1)
-    assert acc >= 0.70 and share >= 0.77, (acc, share)
+    assert acc >= 0.82 and share >= 0.76, (acc, share)
     assert m.biomarkers["disc_center_xy_px"] is not None
     assert np.isfinite(m.biomarkers["vessel_density"])
