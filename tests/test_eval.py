@@ -31,6 +31,7 @@ from grok.stages.config import BuildConfig
 from grok.stages.runner import run_build
 from grok.verify.lexicon import build_lexicon
 from grok.verify.verifier import _NUMBER_RE, Verifier, _mask
+from tests.llm_server import Faults, LocalLLMServer
 from tests.test_build import small_config
 
 MARKS = ("correct", "coverage", "findings_agreement", "invented", "wrong_eye")
@@ -300,9 +301,17 @@ def test_report_renders_in_chromium(published, tmp_path):
     refs = [bench.items[i].reference for i in ids]
     preds = _write(tmp_path / "rot.jsonl", [{"id": k, "prediction": refs[(i + 1) % len(refs)]}
                                             for i, k in enumerate(ids)])
-    r = CliRunner().invoke(app, ["eval", str(preds), "--dataset", spec, "--registry", registry, "--out",
-                                 str(tmp_path / "eval"), "--bootstrap", "50", "--worst", "4"])
+    # a judge whose replies never parse (the test server answers {"answer": ...}): every judged answer is
+    # unscored with its reason, none counted as zero, and the report still renders
+    with LocalLLMServer(Faults(), seed=0) as server:
+        r = CliRunner().invoke(app, ["eval", str(preds), "--dataset", spec, "--registry", registry, "--out",
+                                     str(tmp_path / "eval"), "--bootstrap", "50", "--worst", "4",
+                                     "--judge-url", server.url, "--judge-model", "judge-test", "--json"])
     assert r.exit_code == 0, r.output
+    judge = json.loads(r.stdout)["judge"]
+    n_judged = sum(1 for it in bench.items.values() if it.task in ("report", "cot"))
+    assert judge["judged"] == judge["unscored"] == n_judged and judge["scored"] == 0
+    assert judge["total_mean"] is None and all(v.startswith("unparsable") for v in judge["unscored_reasons"].values())
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
@@ -319,8 +328,10 @@ def test_report_renders_in_chromium(published, tmp_path):
         n_images = page.evaluate("document.images.length")
         broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
         title = page.title()
+        rubric = page.locator("#rubric").inner_text()
         browser.close()
     assert errors == []
     assert bars >= 1 and confusion_rows >= 2 and worst == 4
     assert n_images >= 1 and broken == 0
     assert title.startswith("Evaluation")
+    assert f"{n_judged} answer(s) unscored" in rubric

@@ -56,6 +56,11 @@ def eval_command(
     tolerance: float = typer.Option(0.10, "--tolerance", help="Relative tolerance for numbers (0.10 = ±10 %)."),
     no_bleu: bool = typer.Option(False, "--no-bleu", help="Skip BLEU (its tokeniser is the slowest part)."),
     worst: int = typer.Option(20, "--worst", help="How many worst-scored answers the report shows."),
+    judge_config: Path = typer.Option(None, "--judge-config", help="Score the rubric with an LLM judge: a YAML/JSON "
+                                      "file of grok.instruct.llm.LLMConfig fields (as grok instruct --llm-config)."),
+    judge_url: str = typer.Option(None, "--judge-url", help="Judge's OpenAI-compatible base URL (overrides the file)."),
+    judge_model: str = typer.Option(None, "--judge-model", help="Judge's model name (overrides the file)."),
+    judge_tasks: str = typer.Option("report,cot", "--judge-tasks", help="Comma-separated tasks the judge grades."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Score benchmark answers against a published version (classification, grounded report quality,
@@ -101,7 +106,25 @@ def eval_command(
         bench = load_benchmark(dataset, registry, config, split)
     except EvalInputError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
+    judge_cfg = None
+    if judge_config is not None or judge_url or judge_model:
+        from grok.config import ConfigError
+        from grok.instruct.llm import LLMConfig
+
+        try:
+            judge_cfg = (LLMConfig.from_file(judge_config, base_url=judge_url, model=judge_model) if judge_config
+                         else LLMConfig.from_env(base_url=judge_url, model=judge_model))
+        except FileNotFoundError as exc:
+            fail(str(exc), ExitCode.BAD_INPUT)
+        except (ConfigError, ValueError) as exc:
+            fail(f"judge settings: {exc}", ExitCode.USAGE)
     res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+    if judge_cfg is not None:
+        from grok.eval.judge import run_judge, summarise_judge
+
+        tasks = tuple(t.strip() for t in judge_tasks.split(",") if t.strip())
+        run = run_judge(judge_cfg, bench.items, preds.answers, out / "judge_cache.sqlite", tasks, tolerance)
+        res["judge"] = summarise_judge(run, res["items"], judge_cfg)
     scores_path = write_scores(res, out / "eval.json")
     report = write_report(res, out / "index.html", bench)
     res_out = {**res, "scores_path": str(scores_path), "report_path": str(report)}
@@ -109,6 +132,11 @@ def eval_command(
         print_json(res_out)
     else:
         _print_summary(res)
+        j = res.get("judge")
+        if j:
+            console.print(f"  rubric (LLM judge {j['model']['model']}): total {j['total_mean']} over {j['scored']} "
+                          f"answers; {j['unscored']} unscored (never counted as zero); usage {j['usage']}",
+                          highlight=False)
         console.print(f"scores: {scores_path}\nreport: {report}", highlight=False)
     if res["counts"]["scored_answers"] == 0:
         raise SystemExit(int(ExitCode.FAILED))

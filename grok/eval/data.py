@@ -34,6 +34,8 @@ ANSWER_FIELDS = ("prediction", "answer")
 MAX_LISTED = 20
 
 _WORD = re.compile(r"[^\W\d_]+")
+_LETTER = re.compile(r"[^\W\d_]")
+_NON_LATIN = re.compile(r"[^\W\d_a-zA-Z\u00c0-\u024f]")
 _EN_FUNCTION = frozenset((
     "the", "a", "an", "of", "and", "or", "is", "are", "was", "were", "in", "on", "with", "to",
     "for", "no", "not", "this", "that", "there", "by", "as", "at", "be", "which", "from", "it",
@@ -166,8 +168,8 @@ def likely_not_english(text: str) -> bool:
     often those of another European language (German, French, Spanish, Italian, Portuguese, Dutch)
     than English ones. Lists and box answers without function words are not flagged."""
     if not text.isascii():
-        letters = [c for c in text if c.isalpha()]
-        if letters and sum(1 for c in letters if c.isascii() or "\u00c0" <= c <= "\u024f") < 0.7 * len(letters):
+        n_letters = len(_LETTER.findall(text))
+        if n_letters and len(_NON_LATIN.findall(text)) > 0.3 * n_letters:
             return True
     words = [w.lower() for w in _WORD.findall(text)]
     if len(words) < 5:

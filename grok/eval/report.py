@@ -59,6 +59,20 @@ def f1_bars_svg(per_class: dict[str, dict[str, Any]], width: int = 640) -> str:
     return "".join(parts)
 
 
+def rubric_svg(parts_mean: dict[str, float | None], width: int = 640) -> str:
+    """The judge's mean score per rubric part as a share of the part's range (inline SVG bars)."""
+    from grok.eval.judge import RUBRIC_PARTS
+
+    rows = {}
+    for k, (lo, hi) in RUBRIC_PARTS.items():
+        v = parts_mean.get(k)
+        if v is not None:
+            # the penalty (-15..0) is drawn as the share of its range kept (0 = no penalty = full bar)
+            rows[k.replace("_", " ")] = {"f1": (v - lo) / (hi - lo), "support": f"{v:g} of {hi if hi else lo}"}
+    return f1_bars_svg(rows, width).replace('aria-label="per-class F1"', 'aria-label="rubric profile"').replace(
+        " (n ", " (")
+
+
 def _data_uri(data: bytes) -> str:
     kind = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg" if data[:2] == b"\xff\xd8" else "octet-stream"
     return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
@@ -98,7 +112,8 @@ def write_report(res: dict[str, Any], path: str | Path, bench: Benchmark | None 
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     page = env.get_template("report.html.j2").render(
         res=res, worst=worst, metrics=MEAN_METRICS, fmt=_fmt, ci=_ci, shade=_shade,
-        f1_svg=f1_bars_svg(res["overall"]["classification"].get("per_class") or {}))
+        f1_svg=f1_bars_svg(res["overall"]["classification"].get("per_class") or {}),
+        rubric_svg=rubric_svg(res["judge"]["parts_mean"]) if res.get("judge") else "")
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(page, encoding="utf-8")

@@ -26,7 +26,7 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,12 @@ class ItemScore:
     reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = {k: getattr(self, k) for k in _ITEM_FIELDS}
+        d["reasons"] = list(self.reasons)
+        return d
+
+
+_ITEM_FIELDS = tuple(f.name for f in fields(ItemScore))
 
 
 def _share(n: int, d: int) -> float | None:
