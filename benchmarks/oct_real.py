@@ -14,7 +14,8 @@ Cases (read ``shared/real/README.md`` for sources and licences; nothing is copie
 Per case and method: mean absolute boundary error (px and um) over the columns where the reference is
 defined (columns we leave NaN are counted in ``nan_fraction``, not in the error), the mean signed error,
 and for the circle scan the mean and sector peripapillary RNFL (grok.oct.circle) against the same
-computation on the manual lines; for the line scan the lesion measures a normal macula must not show.
+computation on the manual lines, and ``light_to_dark_share`` (how often each outer line, manual or ours, sits
+on a light-to-dark edge: the manual EZ of this scan follows another convention than ours); for the line scan the lesion measures a normal macula must not show.
 The phantom summary runs ``grok.oct.measure_volume`` on default cubes (noise 1) and
 ``synth_circle_scan`` circles, in the standard and the ``device`` appearance (per-eye random layer
 reflectivities, contrast and PSF), so real and phantom figures come from one run.
@@ -93,6 +94,30 @@ def boundary_errors(ours: np.ndarray, ref: np.ndarray, axial_um: float) -> dict:
     return out
 
 
+def edge_polarity(image: np.ndarray, lines: np.ndarray, axial_um: float) -> dict:
+    """Per ELM / EZ / RPE line: the share of its columns where the image falls going down across it (a
+    light-to-dark edge; the change over ~8 um on each side of the row, image normalised as for segmentation
+    and smoothed ~1 px axially, ~2 px laterally). Our ELM / EZ / RPE are dark-to-bright edges by definition
+    (``grok.oct.segment.POLARITY``); a reference line mostly on light-to-dark edges follows another
+    convention."""
+    from scipy import ndimage
+
+    from grok.oct.segment import prepare_bscan
+
+    a, _ = prepare_bscan(image)
+    s = ndimage.gaussian_filter(a, (1.0, 2.0))
+    d = max(1, int(round(8.0 / axial_um)))
+    c = np.arange(s.shape[1])
+    out = {}
+    for name in ("ELM", "EZ", "RPE"):
+        r = lines[BOUNDARIES.index(name)]
+        ok = np.isfinite(r)
+        ri = np.clip(np.round(r[ok]).astype(int), d, s.shape[0] - 1 - d)
+        g = s[ri + d, c[ok]] - s[ri - d, c[ok]]
+        out[name] = round(float(np.mean(g < 0)), 3) if ok.any() else math.nan
+    return out
+
+
 def _circle_case(case: dict, method: str) -> dict:
     from grok.oct.volume import measure_circle
 
@@ -110,6 +135,8 @@ def _circle_case(case: dict, method: str) -> dict:
             "vs_device": boundary_errors(ours, case["device"], case["axial_um"]),
             "device_vs_manual": boundary_errors(case["device"], case["manual"], case["axial_um"]),
             "rnfl_um": rnfl, "measure_usable": m.quality["usable"],
+            "light_to_dark_share": {"manual": edge_polarity(case["image"], case["manual"], case["axial_um"]),
+                                    "ours": edge_polarity(case["image"], ours, case["axial_um"])},
             "measure_flags": sorted(m.quality["flags"])}
 
 
