@@ -2,7 +2,7 @@
 
 Run as: OMP_NUM_THREADS=1 python benchmarks/instruct.py [--studies 400] [--repeats 5] [--llm-requests 20000]
         [--llm-repeats 1] [--latency-ms 100] [--concurrency 32] [--http-transport auto|sdk] [--skip-llm]
-        [--skip-template]
+        [--skip-template] [--llm-build BUILD_DIR [--llm-build-copies 20]]
 
 Prints one JSON object. Template mode: rows generated *and verified* per second on one core, over
 all six families (study facts are prepared before the clock starts, as the records stage hands
@@ -17,6 +17,14 @@ rate is concurrency / latency. Resident memory is sampled every 1,000 requests t
 stays flat; the client's and the server's CPU time per request are reported. The 1-minute load
 average is recorded before and after each part. Nothing here is a test: the figures depend on the
 machine and its load.
+
+``--llm-build BUILD_DIR`` adds ``llm_mode_build``: the build's own LLM path
+(:func:`grok.instruct.generate.build_instructions` in LLM mode) over the study records of a finished
+build folder (``records.jsonl`` and ``media/``, e.g. the demo's), with the real generation prompt and
+the study's images sent as data URLs, each verified, against the same local server; the records are
+repeated ``--llm-build-copies`` times under new study ids so there is enough work to fill the
+concurrency. It reports rows and requests per second, the ideal, the request bodies' mean size and
+the images per request: the figure that belongs next to a build's LLM settings.
 """
 
 from __future__ import annotations
@@ -207,6 +215,60 @@ def bench_llm(n_requests: int, latency_ms: float, concurrency: int, repeats: int
             "rss_samples_every_1000": [s[1] for s in samples]}
 
 
+def _copy_record(rec: dict, k: int) -> dict:
+    """Copy ``k`` of a study record: a new study id and every measurement scaled by 1 + k/1000 (so its prompt,
+    and the request's cache key, differ from the other copies'; the findings stay the record's own)."""
+    bio = {b: v * (1 + k / 1000) if isinstance(v, float) else v for b, v in (rec.get("biomarkers") or {}).items()}
+    return {**rec, "study_id": f"{rec['study_id']}-{k}", "biomarkers": bio}
+
+
+def bench_llm_build(build: Path, copies: int, latency_ms: float, concurrency: int) -> dict:
+    """LLM mode through the build's own path: real prompts, real images, every answer verified."""
+    import psutil
+
+    from grok.instruct.generate import InstructConfig, build_instructions
+    from grok.instruct.llm import LLMConfig
+    from grok.instruct.records import load_studies
+    from grok.knowledge import load_knowledge_base
+
+    base = load_studies(build / "records.jsonl")
+    records = [_copy_record(r, k) for k in range(copies) for r in base]
+    kb = load_knowledge_base()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "llm_server.py"), "--port", "0", "--latency-ms",
+                             str(latency_ms)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        server = psutil.Process(proc.pid)
+        llm = LLMConfig(base_url=url, model="bench", concurrency=concurrency, requests_per_second=0, timeout_s=60,
+                        image_root=str(build), send_images=True)
+        out = Path(tempfile.mkdtemp(prefix="grok-bench-build-"))
+        load_before = _load()
+        srv0 = sum(server.cpu_times()[:2])
+        t, c = time.perf_counter(), time.process_time()
+        summary = build_instructions(records, out, InstructConfig(mode="llm", llm=llm), kb=kb)
+        secs, cpu = time.perf_counter() - t, time.process_time() - c
+        server_cpu = sum(server.cpu_times()[:2]) - srv0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "instructions.parquet", columns=["mode", "images"]).to_pylist()
+    llm_rows = [r for r in rows if r["mode"] == "llm"]
+    calls = summary["llm"]["calls"]
+    ideal = concurrency / (latency_ms / 1000.0)
+    return {"build": str(build), "studies": len(records), "copies": copies, "concurrency": concurrency,
+            "latency_ms": latency_ms, "seconds": round(secs, 2), "rows_written": summary["rows"],
+            "llm_rows": len(llm_rows), "quarantined": summary["quarantined"], "skipped": summary["rows_skipped"],
+            "llm_calls": calls, "requests_per_s": round(calls / secs, 1), "ideal_requests_per_s": round(ideal, 1),
+            "fraction_of_ideal": round(calls / secs / ideal, 3),
+            "images_per_llm_row": round(sum(len(r["images"] or []) for r in llm_rows) / max(1, len(llm_rows)), 2),
+            "client_cpu_ms_per_request": round(cpu / max(1, calls) * 1000, 2),
+            "server_cpu_ms_per_request": round(server_cpu / max(1, calls) * 1000, 2),
+            "load_avg_1min_before": load_before, "load_avg_1min_after": _load(),
+            "tokens_billed": summary["llm"].get("tokens_billed_this_run")}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", type=int, default=400)
@@ -220,12 +282,17 @@ def main(argv: list[str] | None = None) -> None:
                     help="LLMConfig.http_transport (auto: lean transport for the http:// test server)")
     ap.add_argument("--skip-llm", action="store_true")
     ap.add_argument("--skip-template", action="store_true")
+    ap.add_argument("--llm-build", type=Path, default=None,
+                    help="a finished build folder: also run LLM mode through the build's path on its records")
+    ap.add_argument("--llm-build-copies", type=int, default=20)
     a = ap.parse_args(argv)
     out: dict = {"threads": os.environ.get("OMP_NUM_THREADS", "unset"), "cpu_count": os.cpu_count()}
     if not a.skip_template:
         out["template_mode"] = bench_template(a.studies, a.seed, a.repeats)
     if not a.skip_llm:
         out["llm_mode"] = bench_llm(a.llm_requests, a.latency_ms, a.concurrency, a.llm_repeats, a.http_transport)
+    if a.llm_build is not None:
+        out["llm_mode_build"] = bench_llm_build(a.llm_build, a.llm_build_copies, a.latency_ms, a.concurrency)
     print(json.dumps(out, indent=2))
 
 

@@ -212,6 +212,30 @@ class StudyFacts:
                 "boxes": {k: [b.to_dict() for b in v] for k, v in self.boxes.items()}}
 
 
+#: knowledge-base snapshot id -> (biomarker -> ids of the findings about it, biomarker -> its absolute cut-offs)
+_KB_INDEX: dict[str, tuple[dict[str, list[str]], dict[str, list[float]]]] = {}
+
+
+def _kb_index(kb) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    """Per biomarker: the findings that read it and every absolute cut the knowledge base applies to it
+    (built once per knowledge-base snapshot, not once per study and biomarker)."""
+    idx = _KB_INDEX.get(kb.snapshot_id) if kb.snapshot_id else None
+    if idx is None:
+        rules: dict[str, list[str]] = {}
+        cuts: dict[str, list[float]] = {}
+        for fid, f in kb.findings.items():
+            bid = getattr(f, "biomarker", None)
+            if bid is None:
+                continue
+            rules.setdefault(bid, []).append(fid)
+            for ts in getattr(f, "thresholds", []) or []:
+                cuts.setdefault(bid, []).extend(float(g.cut) for g in ts.grades)
+        idx = (rules, cuts)
+        if kb.snapshot_id:
+            _KB_INDEX[kb.snapshot_id] = idx
+    return idx
+
+
 def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, BiomarkerFact]:
     meas = {m["biomarker"]: m for m in reasoning.get("measurements", [])}
     by_bm: dict[str, list[dict]] = {}
@@ -219,6 +243,7 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
         if f.get("biomarker"):
             by_bm.setdefault(f["biomarker"], []).append(f)
     absent = set(reasoning.get("absent", []))
+    rules_of, cuts_of = _kb_index(kb)
     out: dict[str, BiomarkerFact] = {}
     for bid, raw in (rec.get("biomarkers") or {}).items():
         b = kb.biomarkers.get(bid)
@@ -241,7 +266,7 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
         elif m is not None and m.get("within_normal") is False and m.get("percentile") is not None:
             status = "low" if m["percentile"] < 5 else "high"
         else:
-            rules = [fid for fid, f in kb.findings.items() if getattr(f, "biomarker", None) == bid]
+            rules = rules_of.get(bid, [])
             if rules and all(fid in absent for fid in rules):
                 status = "normal"
         refs: list[float] = []
@@ -257,10 +282,7 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
             th = f.get("threshold") or {}
             if finite_float(th.get("value")) is not None:
                 refs.append(float(th["value"]))
-        for f in kb.findings.values():  # every absolute cut the knowledge base applies to this biomarker
-            for ts in getattr(f, "thresholds", []) or []:
-                if getattr(f, "biomarker", None) == bid:
-                    refs.extend(float(g.cut) for g in ts.grades)
+        refs.extend(cuts_of.get(bid, ()))  # every absolute cut the knowledge base applies to this biomarker
         out[bid] = BiomarkerFact(bid, lex.display_name(bid), v, b.unit, sym, fmt_with_unit(v, b.decimals, sym),
                                  status, term, low_text, high_text, sorted(set(refs)))
     return out
@@ -392,11 +414,20 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
     )
 
 
+_KB_LENGTHS: dict[str, list[float]] = {}
+
+
 def _kb_lengths(kb) -> list[float]:
-    out = set()
-    for f in kb.findings.values():
-        for attr in ("min_diameter_um", "max_diameter_um"):
-            v = finite_float(getattr(f, attr, None))
-            if v is not None:
-                out.add(v)
-    return sorted(out)
+    """Lesion diameters the knowledge base's findings use as cut-offs (once per snapshot; callers get a copy)."""
+    out = _KB_LENGTHS.get(kb.snapshot_id) if kb.snapshot_id else None
+    if out is None:
+        vals = set()
+        for f in kb.findings.values():
+            for attr in ("min_diameter_um", "max_diameter_um"):
+                v = finite_float(getattr(f, attr, None))
+                if v is not None:
+                    vals.add(v)
+        out = sorted(vals)
+        if kb.snapshot_id:
+            _KB_LENGTHS[kb.snapshot_id] = out
+    return list(out)
