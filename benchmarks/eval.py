@@ -15,6 +15,12 @@ process:
   second model scored on the same benchmark in one process);
 * ``reads_per_s``: :meth:`grok.eval.reader.AnswerReader.read` alone (the verifier's reading).
 
+``--judge-requests N`` also times the rubric judge against the local latency server
+(``tests/llm_server.py`` in its own process, ``--latency-ms``, ``--concurrency``): requests per
+second against the ideal concurrency / latency. The server's rule-based model does not write
+judgements, so every reply is unparsable and, with ``max_attempts`` 1, unscored: the figure is the
+judge's request pipeline (prompt rendering, client, cache, rate limiter), not a judgement.
+
 The 1-minute load average is recorded. Nothing here is a test: the figures depend on the machine.
 """
 
@@ -42,6 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--judge-requests", type=int, default=0)
+    ap.add_argument("--latency-ms", type=float, default=100.0)
+    ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args(argv)
 
     from grok.eval.data import Predictions, benchmark_from_records
@@ -98,8 +107,47 @@ def main(argv: list[str] | None = None) -> dict:
         "target_answers_per_s": TARGET_ANSWERS_PER_S,
         "load_avg_1min_before": load_before, "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
+    if args.judge_requests:
+        res["judge"] = bench_judge(bench, args.judge_requests, args.latency_ms, args.concurrency)
     print(json.dumps(res, indent=1))
     return res
+
+
+def bench_judge(bench, n_requests: int, latency_ms: float, concurrency: int) -> dict:
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from grok.eval.judge import run_judge
+    from grok.instruct.llm import LLMConfig
+
+    root = Path(__file__).resolve().parents[1]
+    base = [it for it in bench.items.values() if it.task in ("report", "cot")]
+    items, answers = {}, {}
+    for k in range(n_requests):  # distinct answers, so every request is a new cache key
+        it = base[k % len(base)]
+        iid = f"{it.id}-{k}"
+        items[iid] = it
+        answers[iid] = f"{it.reference} ({k})"
+    proc = subprocess.Popen([sys.executable, str(root / "tests" / "llm_server.py"), "--port", "0", "--latency-ms",
+                             str(latency_ms)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        cfg = LLMConfig(base_url=url, model="bench", concurrency=concurrency, requests_per_second=0, timeout_s=60,
+                        max_retries=3, max_attempts=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            t, c = time.perf_counter(), time.process_time()
+            run = run_judge(cfg, items, answers, Path(tmp) / "cache.sqlite")
+            wall, cpu = time.perf_counter() - t, time.process_time() - c
+    finally:
+        proc.terminate()
+        proc.wait()
+    ideal = concurrency / (latency_ms / 1000.0)
+    return {"requests": run.calls, "unscored": sum(r["status"] != "scored" for r in run.results.values()),
+            "latency_ms": latency_ms, "concurrency": concurrency, "requests_per_s": round(run.calls / wall, 1),
+            "ideal_requests_per_s": ideal, "share_of_ideal": round(run.calls / wall / ideal, 3),
+            "client_cpu_ms_per_request": round(1000 * cpu / max(1, run.calls), 3)}
 
 
 if __name__ == "__main__":

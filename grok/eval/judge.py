@@ -182,8 +182,9 @@ class JudgeRun:
     failures: dict[str, int] = field(default_factory=dict)
 
 
-async def _judge_all(cfg: LLMConfig, jobs: list[tuple[str, list[dict], str]], cache: RequestCache, client,
-                     run: JudgeRun, categories: list[str]) -> None:
+async def _judge_all(cfg: LLMConfig, jobs: list[tuple[str, Item, str]], cache: RequestCache, client,
+                     run: JudgeRun, categories: list[str], tolerance: float) -> None:
+    library = TemplateLibrary()
     limiter = RateLimiter(cfg.requests_per_second)
     sem = asyncio.Semaphore(cfg.concurrency)
     schema = rubric_schema(categories)
@@ -194,8 +195,9 @@ async def _judge_all(cfg: LLMConfig, jobs: list[tuple[str, list[dict], str]], ca
     def failed(_i: int, exc: LLMCallError) -> None:
         run.failures[exc.kind] = run.failures.get(exc.kind, 0) + 1
 
-    async def one(iid: str, messages: list[dict], sha: str) -> None:
-        async with sem:
+    async def one(iid: str, item: Item, answer: str) -> None:
+        async with sem:  # the prompt is rendered here, so requests start while later prompts wait
+            messages, sha = judge_messages(library, item, answer, tolerance, categories)
             reasons = []
             for attempt in range(1, cfg.max_attempts + 1):
                 sampling = {**cfg.sampling(), "temperature": 0.0 if attempt == 1 else cfg.temperature,
@@ -230,28 +232,23 @@ async def _judge_all(cfg: LLMConfig, jobs: list[tuple[str, list[dict], str]], ca
             run.results[iid] = {"status": "unscored", "attempts": cfg.max_attempts,
                                 "reason": reasons[-1] if reasons else "no attempt", "all_reasons": reasons}
 
-    await asyncio.gather(*(one(i, m, s) for i, m, s in jobs))
+    await asyncio.gather(*(one(i, it, a) for i, it, a in jobs))
 
 
 def run_judge(cfg: LLMConfig, items: dict[str, Item], answers: dict[str, str], cache_path: str | Path,
               tasks: tuple[str, ...] = DEFAULT_TASKS, tolerance: float = 0.10, client=None) -> JudgeRun:
     """Judge every answered item of ``tasks`` (an item without an answer is not sent: it has no text to
     grade, and the deterministic scores already count it)."""
-    library = TemplateLibrary()
     categories = kb_categories()
-    jobs = []
-    for iid, it in items.items():
-        ans = answers.get(iid)
-        if it.task in tasks and it.facts is not None and ans and ans.strip():
-            msgs, sha = judge_messages(library, it, ans, tolerance, categories)
-            jobs.append((iid, msgs, sha))
+    jobs = [(iid, it, answers[iid]) for iid, it in items.items()
+            if it.task in tasks and it.facts is not None and (answers.get(iid) or "").strip()]
     run = JudgeRun()
     cache = RequestCache(cache_path)
 
     async def main() -> None:
         cl = client or OpenAIChatClient(cfg)
         try:
-            await _judge_all(cfg, jobs, cache, cl, run, categories)
+            await _judge_all(cfg, jobs, cache, cl, run, categories, tolerance)
         finally:
             if client is None:
                 await cl.aclose()
