@@ -62,7 +62,7 @@ def bench_template(n_studies: int, seed: int, repeats: int = 5) -> dict:
     from grok.instruct.samples import sample_records
     from grok.instruct.templating import TemplateLibrary
     from grok.knowledge import load_knowledge_base
-    from grok.verify.lexicon import build_lexicon
+    from grok.knowledge.lexicon import build_lexicon
     from grok.verify.verifier import Verifier
 
     kb = load_knowledge_base()

@@ -56,7 +56,7 @@ def speed_against(other_cls, rounds: int = 5) -> dict:
     from grok.instruct.samples import sample_records
     from grok.instruct.templating import TemplateLibrary
     from grok.knowledge import load_knowledge_base
-    from grok.verify.lexicon import build_lexicon
+    from grok.knowledge.lexicon import build_lexicon
     from grok.verify.verifier import Verifier
 
     kb = load_knowledge_base()
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     out = score_corpus(args.cases, args.records)
     if args.against:
-        from grok.verify.lexicon import build_lexicon
+        from grok.knowledge.lexicon import build_lexicon
 
         other = verifier_at(args.against)
         prev = score_corpus(args.cases, args.records, verifier=other(build_lexicon()))

@@ -633,7 +633,7 @@ def make_cases(records: list[dict], kb, lex, seed: int = 0) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     from grok.knowledge import load_knowledge_base
-    from grok.verify.lexicon import build_lexicon
+    from grok.knowledge.lexicon import build_lexicon
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records-from", type=Path, help="a build's records.jsonl to refresh the corpus records from")

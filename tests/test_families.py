@@ -18,7 +18,7 @@ from grok.instruct.rows import build_row
 from grok.instruct.samples import sample_record, sample_records
 from grok.instruct.templating import TemplateLibrary, templates_dir
 from grok.knowledge import load_knowledge_base
-from grok.verify.lexicon import build_lexicon
+from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Verifier
 
 _STEP = re.compile(r"(?m)^Step (\d+)\b")

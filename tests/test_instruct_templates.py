@@ -15,7 +15,7 @@ from grok.instruct.records import _device_name, build_facts
 from grok.instruct.samples import sample_record, sample_records
 from grok.instruct.templating import TemplateLibrary, split_messages
 from grok.knowledge import load_knowledge_base
-from grok.verify.lexicon import (
+from grok.knowledge.lexicon import (
     BIOMARKER_SYNONYMS,
     DISEASE_SYNONYMS,
     DISPLAY_NAMES,

@@ -29,7 +29,7 @@ from grok.verify.corpus import (
     read_jsonl,
     score_corpus,
 )
-from grok.verify.lexicon import build_lexicon
+from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Verifier
 
 #: The hard reason codes that count as catching each planted error (a self-contradiction always

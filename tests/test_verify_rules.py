@@ -7,7 +7,7 @@ import pytest
 from grok.instruct.records import build_facts
 from grok.instruct.samples import sample_record
 from grok.knowledge import load_knowledge_base
-from grok.verify.lexicon import build_lexicon
+from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Verifier, VerifyConfig
 
 

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 from grok import ids as canonical
 from grok.instruct.boxes import format_box
 from grok.instruct.records import CORE_BIOMARKERS, PRESENCE_BIOMARKERS, StudyFacts, disease_mid
-from grok.verify.lexicon import DISPLAY_NAMES
+from grok.knowledge.lexicon import DISPLAY_NAMES
 
 ROLE_WORDS = {"cfp": "fundus photograph"}
 

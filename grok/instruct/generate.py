@@ -39,7 +39,7 @@ from grok.instruct.records import StudyError, StudyFacts, build_facts, load_stud
 from grok.instruct.rows import build_row, canonical_json, quarantine_row
 from grok.instruct.templating import TemplateLibrary
 from grok.knowledge import load_knowledge_base, reason
-from grok.verify.lexicon import build_lexicon
+from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Verifier, VerifyConfig
 
 

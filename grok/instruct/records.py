@@ -18,7 +18,7 @@ from typing import Any
 
 from grok.instruct.boxes import Box, normalise_box
 from grok.knowledge.reasoner import finite_float
-from grok.verify.lexicon import Lexicon
+from grok.knowledge.lexicon import Lexicon
 
 REQUIRED_FIELDS = ("study_id", "patient_id", "eye", "label", "biomarkers")
 EYE_WORDS = {"OD": "right eye", "OS": "left eye"}

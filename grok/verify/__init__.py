@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from grok.verify.lexicon import Lexicon, build_lexicon
+from grok.knowledge.lexicon import Lexicon, build_lexicon
 from grok.verify.verifier import HARD_CODES, Verifier, VerifyConfig, VerifyResult
 
 __all__ = ["HARD_CODES", "Lexicon", "Verifier", "VerifyConfig", "VerifyResult", "build_lexicon", "verify_table"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from grok.verify.lexicon import _lead_trie
+from grok.knowledge.lexicon import _lead_trie
 
 #: After the name: it is kept open.
 #: A coordinated head word after a name ("a normal fundus and macula is ...") is skipped.

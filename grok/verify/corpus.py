@@ -51,7 +51,7 @@ def score_corpus(cases: str | Path = DEFAULT_CASES, records: str | Path = DEFAUL
     """Verify every case against its study; per type: cases, failed, rate, misses (ids with reasons)."""
     from grok.instruct.records import build_facts
     from grok.knowledge import load_knowledge_base
-    from grok.verify.lexicon import build_lexicon
+    from grok.knowledge.lexicon import build_lexicon
     from grok.verify.verifier import Verifier
 
     kb = kb or load_knowledge_base()

@@ -47,7 +47,7 @@ def verify_dataset(spec: str, registry: str | None = None, config=None, kb=None,
     from grok.instruct.records import StudyError, build_facts
     from grok.knowledge import load_knowledge_base
     from grok.registry import RegistryError, resolve
-    from grok.verify.lexicon import build_lexicon
+    from grok.knowledge.lexicon import build_lexicon
     from grok.verify.verifier import Verifier, VerifyConfig
 
     info = resolve(spec, registry)

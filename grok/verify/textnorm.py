@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from grok.verify.lexicon import _lead_trie
+from grok.knowledge.lexicon import _lead_trie
 
 _UNITS = {"zero": 0, "nought": 0, "naught": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
           "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
@@ -26,7 +26,7 @@ _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "sev
 _SCALES = {"hundred": 100, "thousand": 1000}
 _WORD = "|".join(sorted([*_UNITS, *_TENS, *_SCALES], key=len, reverse=True))
 #: A run of number words joined by spaces, hyphens or "and", with an optional "point d d ..." tail;
-#: the first word starts with a literal character (see ``grok.verify.lexicon._WB``) so the scan skips fast.
+#: the first word starts with a literal character (see ``grok.knowledge.lexicon._WB``) so the scan skips fast.
 _NUMBER_WORDS_RE = re.compile(
     rf"(?:a\s+(?:hundred|thousand)\b|{_lead_trie([*_UNITS, *_TENS, *_SCALES])}\b)"
     rf"(?:(?:\s+and\s+|[\s-]+)(?:{_WORD})\b)*(?:\s+point(?:\s+(?:{'|'.join(_UNITS)})\b)+)?")

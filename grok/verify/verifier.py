@@ -90,7 +90,7 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
-from grok.verify.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
+from grok.knowledge.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
 from grok.verify.textnorm import normalise
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
