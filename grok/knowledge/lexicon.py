@@ -1,6 +1,6 @@
 """The words the verifier reads: biomarker, disease, lesion and unit names, built from the knowledge base.
 
-Run as: python -c "from grok.verify.lexicon import build_lexicon; print(len(build_lexicon().biomarker_alias))"
+Run as: python -c "from grok.knowledge.lexicon import build_lexicon; print(len(build_lexicon().biomarker_alias))"
 
 Every alias points to canonical ids of the knowledge base (``grok.ids`` spellings); the hand-written
 lists below only add the abbreviations and synonyms that clinicians write (CST, GC-IPL, CDR, ...).
