@@ -40,7 +40,7 @@ from grok.instruct.rows import build_row, canonical_json, quarantine_row
 from grok.instruct.templating import TemplateLibrary
 from grok.knowledge import load_knowledge_base, reason
 from grok.knowledge.lexicon import build_lexicon
-from grok.verify.verifier import Verifier, VerifyConfig
+from grok.verify.verifier import Tolerance, Verifier, VerifyConfig
 
 
 class InstructConfig(Settings):
@@ -57,7 +57,7 @@ class InstructConfig(Settings):
     """Family ids (see :data:`grok.instruct.families.FAMILIES`); default (or null): all six."""
     seed: int = Field(0, ge=0)
     """Chooses phrasings; part of every row id."""
-    tolerance: float = 0.10
+    tolerance: Tolerance = 0.10
     """Verifier tolerance for numbers (0.10 = +-10 %)."""
     templates_dir: str | None = None
     """Your own templates folder (default: the bundled ``templates/``)."""
@@ -76,12 +76,6 @@ class InstructConfig(Settings):
         if not isinstance(tasks, tuple) or not tasks or any(t not in FAMILIES for t in tasks):
             raise ValueError(f"{v!r}: choose from {', '.join(FAMILIES)} (--tasks)")
         return tuple(dict.fromkeys(tasks))
-
-    @field_validator("tolerance")
-    @classmethod
-    def _tolerance(cls, v: float) -> float:
-        VerifyConfig(tolerance=v)
-        return v
 
 
 class TemplateGenerator:

@@ -74,11 +74,15 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, PositiveInt
+
+from grok.config import Settings
 from grok.instruct.boxes import BOX_START, iou, parse_boxes, strip_boxes
+from grok.knowledge.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
 from grok.verify.claims import (
     COEXIST_RE,
     LESION_HEDGE_BEFORE,
@@ -90,7 +94,6 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
-from grok.knowledge.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
 from grok.verify.textnorm import normalise
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
@@ -333,30 +336,19 @@ _IMAGE_TOKEN = "<image>"
 _DIMENSIONLESS_UNITS = ("count", "ratio", "fraction", "dimensionless")
 
 
-@dataclass
-class VerifyConfig:
-    """Verifier settings.
+#: A relative tolerance for numbers (0.10 = +-10 %), the type every config that sets one uses.
+Tolerance = Annotated[float, Field(gt=0, lt=1, description=(
+    "Relative tolerance for numbers (0.10 = +-10 %); in (0, 1)."))]
 
-    tolerance:
-        Relative tolerance for numbers (0.10 = ±10 %); must lie in (0, 1).
-    iou_min:
-        Smallest intersection-over-union for a box to count as grounded; in (0, 1].
-    max_words:
-        Per-task word limits of the assistant turns (defaults: each family's ``max_words``).
-    """
 
-    tolerance: float = 0.10
-    iou_min: float = 0.5
-    max_words: dict[str, int] = field(default_factory=dict)
+class VerifyConfig(Settings):
+    """Verifier settings (``grok verify --tolerance``; instruction generation's ``tolerance``)."""
 
-    def __post_init__(self) -> None:
-        if not 0.0 < float(self.tolerance) < 1.0:
-            raise ValueError(f"tolerance={self.tolerance!r}: give a relative tolerance in (0, 1), e.g. 0.10 for ±10 %")
-        if not 0.0 < float(self.iou_min) <= 1.0:
-            raise ValueError(f"iou_min={self.iou_min!r}: give an IoU in (0, 1], e.g. 0.5")
-        for k, v in self.max_words.items():
-            if int(v) < 1:
-                raise ValueError(f"max_words[{k!r}]={v!r}: word limits must be positive integers")
+    tolerance: Tolerance = 0.10
+    iou_min: float = Field(0.5, gt=0, le=1, description=(
+        "Smallest intersection-over-union for a box to count as grounded; in (0, 1]."))
+    max_words: dict[str, PositiveInt] = Field(default_factory=dict, description=(
+        "Per-task word limits of the assistant turns (default: each family's max_words)."))
 
 
 @dataclass
