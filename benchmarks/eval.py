@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
                 score_item(it, ans, reader, cache)
 
         out["refs_read"].append(_timed(scored_with_cache))
-        items = list(bench.items.values())
-
-        def reads():
+        def reads(items=tuple(bench.items.values())):
             for it, ans in zip(items, refs, strict=True):
                 reader.read(it.question, ans, it.facts, it.images)
 

@@ -335,3 +335,25 @@ def test_report_renders_in_chromium(published, tmp_path):
     assert n_images >= 1 and broken == 0
     assert title.startswith("Evaluation")
     assert f"{n_judged} answer(s) unscored" in rubric
+
+
+def test_cli_asks_a_model_server_and_scores_it(published, tmp_path):
+    """--model-url: every benchmark row asked (images as data URLs), answers scored; a reply that fails or does
+    not parse is an empty answer with its error, counted, never dropped."""
+    _tmp, registry, out = published
+    spec = out["dataset"]
+    with LocalLLMServer(Faults(p_malformed=0.25, p500=0.1), seed=3) as server:
+        r = CliRunner().invoke(app, ["eval", "--model-url", server.url, "--model", "baseline", "--dataset", spec,
+                                     "--registry", registry, "--out", str(tmp_path / "ask"), "--bootstrap", "20",
+                                     "--json"])
+        image_parts = server.stats["image_parts"]
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    asked = res["asked"]
+    lines = [json.loads(x) for x in (tmp_path / "ask" / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == asked["rows"] == res["counts"]["benchmark_items"]
+    assert image_parts > 0 and asked["calls"] > 0
+    failed = [x for x in lines if x["error"]]
+    assert asked["failed"] == len(failed) > 0 and all(x["prediction"] == "" for x in failed)
+    assert res["problems"].get("empty_answer", 0) == len(failed)
+    assert res["counts"]["scored_answers"] == asked["answered"]

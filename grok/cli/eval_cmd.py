@@ -45,7 +45,7 @@ def _print_summary(res: dict) -> None:
 
 
 def eval_command(
-    args: list[str] = typer.Argument(..., help="PREDICTIONS.jsonl, or: compare A.json B.json"),
+    args: list[str] = typer.Argument(None, help="PREDICTIONS.jsonl, or: compare A.json B.json (none with --model-url)"),
     dataset: str = typer.Option(None, "--dataset", help="The reference version, NAME@VERSION (or NAME@latest)."),
     config: str = typer.Option("benchmark", "--config", help="Config of the reference rows."),
     split: str = typer.Option("test", "--split", help="Split of the reference rows."),
@@ -56,6 +56,11 @@ def eval_command(
     tolerance: float = typer.Option(0.10, "--tolerance", help="Relative tolerance for numbers (0.10 = ±10 %)."),
     no_bleu: bool = typer.Option(False, "--no-bleu", help="Skip BLEU (its tokeniser is the slowest part)."),
     worst: int = typer.Option(20, "--worst", help="How many worst-scored answers the report shows."),
+    model_url: str = typer.Option(None, "--model-url", help="Ask this OpenAI-compatible server the benchmark's "
+                                  "questions (with their images) and score its answers (OUT/predictions.jsonl)."),
+    model: str = typer.Option(None, "--model", help="The model name for --model-url."),
+    model_config: Path = typer.Option(None, "--model-config", help="LLMConfig file for --model-url (concurrency, "
+                                      "timeouts, send_images, ...); --model-url and --model override it."),
     judge_config: Path = typer.Option(None, "--judge-config", help="Score the rubric with an LLM judge: a YAML/JSON "
                                       "file of grok.instruct.llm.LLMConfig fields (as grok instruct --llm-config)."),
     judge_url: str = typer.Option(None, "--judge-url", help="Judge's OpenAI-compatible base URL (overrides the file)."),
@@ -68,6 +73,7 @@ def eval_command(
     score files (paired bootstrap). Writes OUT/eval.json and OUT/index.html."""
     from grok.eval.data import EvalInputError
 
+    args = list(args or [])
     if args and args[0] == "compare":
         if len(args) != 3:
             fail("usage: grok eval compare A.json B.json", ExitCode.USAGE)
@@ -88,8 +94,12 @@ def eval_command(
             for line in res["differences"]:
                 console.print(f"  {line}", highlight=False)
         return
-    if len(args) != 1:
-        fail("give one PREDICTIONS.jsonl (or: grok eval compare A.json B.json)", ExitCode.USAGE)
+    asking = bool(model_url or model_config)
+    if asking and args:
+        fail("give either PREDICTIONS.jsonl or --model-url URL --model NAME, not both", ExitCode.USAGE)
+    if not asking and len(args) != 1:
+        fail("give one PREDICTIONS.jsonl, or --model-url URL --model NAME (or: grok eval compare A.json B.json)",
+             ExitCode.USAGE)
     if not dataset:
         fail("--dataset NAME@VERSION is required: the published version whose benchmark the answers are for",
              ExitCode.USAGE)
@@ -101,30 +111,35 @@ def eval_command(
     from grok.eval.report import write_report
     from grok.eval.score import evaluate, write_scores
 
+    judge_cfg = _llm_settings("judge", judge_config, judge_url, judge_model) if (
+        judge_config is not None or judge_url or judge_model) else None
+    if asking:
+        from grok.eval.ask import ask_benchmark
+
+        ask_cfg = _llm_settings("model", model_config, model_url, model)
+        try:
+            asked = ask_benchmark(ask_cfg, dataset, out / "predictions.jsonl", registry, config, split)
+        except EvalInputError as exc:
+            fail(str(exc), ExitCode.BAD_INPUT)
+        console.print(f"asked {ask_cfg.model}: {asked['answered']} of {asked['rows']} rows answered, {asked['failed']} "
+                      f"failed ({asked['failures'] or 'no failed tries'}); {asked['path']}", highlight=False)
+        args = [asked["path"]]
     try:
         preds = load_predictions(args[0])
         bench = load_benchmark(dataset, registry, config, split)
     except EvalInputError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
-    judge_cfg = None
-    if judge_config is not None or judge_url or judge_model:
-        from grok.config import ConfigError
-        from grok.instruct.llm import LLMConfig
-
-        try:
-            judge_cfg = (LLMConfig.from_file(judge_config, base_url=judge_url, model=judge_model) if judge_config
-                         else LLMConfig.from_env(base_url=judge_url, model=judge_model))
-        except FileNotFoundError as exc:
-            fail(str(exc), ExitCode.BAD_INPUT)
-        except (ConfigError, ValueError) as exc:
-            fail(f"judge settings: {exc}", ExitCode.USAGE)
     res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+    if asking:
+        res["asked"] = asked
     if judge_cfg is not None:
         from grok.eval.judge import run_judge, summarise_judge
 
         tasks = tuple(t.strip() for t in judge_tasks.split(",") if t.strip())
         run = run_judge(judge_cfg, bench.items, preds.answers, out / "judge_cache.sqlite", tasks, tolerance)
         res["judge"] = summarise_judge(run, res["items"], judge_cfg)
+        for w in res["worst"]:
+            w["judge"] = res["judge"]["items"].get(w["id"])
     scores_path = write_scores(res, out / "eval.json")
     report = write_report(res, out / "index.html", bench)
     res_out = {**res, "scores_path": str(scores_path), "report_path": str(report)}
@@ -140,6 +155,20 @@ def eval_command(
         console.print(f"scores: {scores_path}\nreport: {report}", highlight=False)
     if res["counts"]["scored_answers"] == 0:
         raise SystemExit(int(ExitCode.FAILED))
+
+
+def _llm_settings(what: str, path: Path | None, url: str | None, name: str | None):
+    """LLMConfig from a file and/or flags (``what``: judge or model); exits 3 / 2 naming the problem."""
+    from grok.config import ConfigError
+    from grok.instruct.llm import LLMConfig
+
+    try:
+        return (LLMConfig.from_file(path, base_url=url, model=name) if path is not None
+                else LLMConfig.from_env(base_url=url, model=name))
+    except FileNotFoundError as exc:
+        fail(str(exc), ExitCode.BAD_INPUT)
+    except (ConfigError, ValueError) as exc:
+        fail(f"{what} settings: {exc}", ExitCode.USAGE)
 
 
 def register(app: typer.Typer) -> None:

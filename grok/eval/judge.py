@@ -235,20 +235,15 @@ async def _judge_all(cfg: LLMConfig, jobs: list[tuple[str, Item, str]], cache: R
     await asyncio.gather(*(one(i, it, a) for i, it, a in jobs))
 
 
-def run_judge(cfg: LLMConfig, items: dict[str, Item], answers: dict[str, str], cache_path: str | Path,
-              tasks: tuple[str, ...] = DEFAULT_TASKS, tolerance: float = 0.10, client=None) -> JudgeRun:
-    """Judge every answered item of ``tasks`` (an item without an answer is not sent: it has no text to
-    grade, and the deterministic scores already count it)."""
-    categories = kb_categories()
-    jobs = [(iid, it, answers[iid]) for iid, it in items.items()
-            if it.task in tasks and it.facts is not None and (answers.get(iid) or "").strip()]
-    run = JudgeRun()
+def run_with_client(cfg: LLMConfig, cache_path: str | Path, client, work) -> None:
+    """Run ``await work(client, cache)`` in a fresh event loop with LLM mode's client (``client`` when given,
+    e.g. a test double; else an :class:`OpenAIChatClient`, closed afterwards) and request cache (closed)."""
     cache = RequestCache(cache_path)
 
     async def main() -> None:
         cl = client or OpenAIChatClient(cfg)
         try:
-            await _judge_all(cfg, jobs, cache, cl, run, categories, tolerance)
+            await work(cl, cache)
         finally:
             if client is None:
                 await cl.aclose()
@@ -257,6 +252,18 @@ def run_judge(cfg: LLMConfig, items: dict[str, Item], answers: dict[str, str], c
         asyncio.run(main())
     finally:
         cache.close()
+
+
+def run_judge(cfg: LLMConfig, items: dict[str, Item], answers: dict[str, str], cache_path: str | Path,
+              tasks: tuple[str, ...] = DEFAULT_TASKS, tolerance: float = 0.10, client=None) -> JudgeRun:
+    """Judge every answered item of ``tasks`` (an item without an answer is not sent: it has no text to
+    grade, and the deterministic scores already count it)."""
+    categories = kb_categories()
+    jobs = [(iid, it, answers[iid]) for iid, it in items.items()
+            if it.task in tasks and it.facts is not None and (answers.get(iid) or "").strip()]
+    run = JudgeRun()
+    run_with_client(cfg, cache_path, client,
+                    lambda cl, cache: _judge_all(cfg, jobs, cache, cl, run, categories, tolerance))
     if run.cost_usd is not None and cfg.model not in cfg.prices:
         run.cost_usd = None
     return run

@@ -73,7 +73,7 @@ def rubric_svg(parts_mean: dict[str, float | None], width: int = 640) -> str:
         " (n ", " (")
 
 
-def _data_uri(data: bytes) -> str:
+def data_uri(data: bytes) -> str:
     kind = "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpeg" if data[:2] == b"\xff\xd8" else "octet-stream"
     return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
 
@@ -91,7 +91,7 @@ def _images(bench: Benchmark | None, ids: set[str]) -> dict[str, list[str]]:
     keep = [i for i, rid in enumerate(ds["id"]) if rid in ids]
     out = {}
     for row in ds.select(keep):
-        out[row["id"]] = [_data_uri(im["bytes"]) for im in row["images"] or [] if im and im.get("bytes")]
+        out[row["id"]] = [data_uri(im["bytes"]) for im in row["images"] or [] if im and im.get("bytes")]
     return out
 
 
