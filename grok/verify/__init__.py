@@ -13,10 +13,32 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from grok.instruct.export import read_rows
+from grok.instruct.records import StudyError, build_facts, load_studies
+from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import Lexicon, build_lexicon
 from grok.verify.verifier import HARD_CODES, Verifier, VerifyConfig, VerifyResult
 
 __all__ = ["HARD_CODES", "Lexicon", "Verifier", "VerifyConfig", "VerifyResult", "build_lexicon", "verify_table"]
+
+
+def verify_row(verifier: Verifier, row: dict[str, Any], records: dict[str, dict[str, Any]],
+               facts_cache: dict[str, Any], kb, *, where: str) -> VerifyResult:
+    """Verify ``row`` against the facts of its study in ``records`` (built once per study into
+    ``facts_cache``); a study that is missing or unusable fails with a ``format`` reason naming ``where``."""
+    sid = str(row.get("study_id"))
+    if sid not in facts_cache:
+        rec = records.get(sid)
+        try:
+            facts_cache[sid] = build_facts(rec, kb, verifier.lex) if rec is not None else None
+        except StudyError as exc:
+            facts_cache[sid] = exc
+    facts = facts_cache[sid]
+    if facts is None:
+        return VerifyResult(False, 0.0, [f"format: study {sid} not in {where}"], 1)
+    if isinstance(facts, Exception):
+        return VerifyResult(False, 0.0, [f"format: study {sid} not usable ({facts})"], 1)
+    return verifier.verify(row, facts)
 
 
 def verify_table(table: str | Path, studies: str | Path | None = None, config: VerifyConfig | None = None,
@@ -25,10 +47,6 @@ def verify_table(table: str | Path, studies: str | Path | None = None, config: V
 
     Raises ``FileNotFoundError`` naming the missing table or studies file.
     """
-    from grok.instruct.export import read_rows
-    from grok.instruct.records import StudyError, build_facts, load_studies
-    from grok.knowledge import load_knowledge_base
-
     table = Path(table)
     rows = read_rows(table)
     studies_path = Path(studies) if studies else table.parent / "studies.jsonl"
@@ -47,18 +65,7 @@ def verify_table(table: str | Path, studies: str | Path | None = None, config: V
     snapshots: Counter[str] = Counter()
     for row in rows:
         sid = str(row.get("study_id"))
-        if sid not in facts_cache:
-            rec = records.get(sid)
-            try:
-                facts_cache[sid] = build_facts(rec, kb, lex) if rec is not None else None
-            except StudyError as exc:
-                facts_cache[sid] = exc
-        facts = facts_cache[sid]
-        if facts is None or isinstance(facts, Exception):
-            why = f"format: study {sid} not usable ({facts})" if facts else f"format: study {sid} not in {studies_path}"
-            res = VerifyResult(False, 0.0, [why], 1)
-        else:
-            res = verifier.verify(row, facts)
+        res = verify_row(verifier, row, records, facts_cache, kb, where=str(studies_path))
         snapshots[str(row.get("kb_snapshot"))] += 1
         score_sum += res.score
         if res.passed:

@@ -16,16 +16,21 @@ import math
 from collections import Counter
 from typing import Any
 
+import datasets
+
+from grok.instruct.evidence import record_from_evidence
+from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
+from grok.registry import RegistryError, load, resolve
+from grok.verify import verify_row
+from grok.verify.verifier import Verifier, VerifyConfig
+
 #: Configs and splits whose rows are verified (``records`` and ``alignment`` hold no text).
 ROW_CONFIGS = (("instructions", "train"), ("instructions", "validation"), ("benchmark", "test"))
 
 
 def _rows(spec: str, config: str, split: str, registry: str | None) -> list[dict[str, Any]]:
     """The rows of one split with their images left undecoded (only their number matters here)."""
-    import datasets
-
-    from grok.registry import RegistryError, load
-
     try:
         ds = load(spec, config, split, registry=registry)
     except RegistryError:
@@ -43,13 +48,6 @@ def verify_dataset(spec: str, registry: str | None = None, config=None, kb=None,
     knowledge-base snapshots. Raises :class:`grok.registry.RegistryError` when the version does not
     exist or predates the ``records`` config.
     """
-    from grok.instruct.evidence import record_from_evidence
-    from grok.instruct.records import StudyError, build_facts
-    from grok.knowledge import load_knowledge_base
-    from grok.registry import RegistryError, resolve
-    from grok.knowledge.lexicon import build_lexicon
-    from grok.verify.verifier import Verifier, VerifyConfig
-
     info = resolve(spec, registry)
     if "records" not in info["manifest"]["counts"]:
         raise RegistryError(f"{info['name']}@{info['version']} has no records config (published before the "
@@ -71,20 +69,9 @@ def verify_dataset(spec: str, registry: str | None = None, config=None, kb=None,
         for row in _rows(spec, config_name, split, registry):
             n += 1
             sid = row["study_id"]
-            if sid not in facts:
-                rec = records.get(sid)
-                try:
-                    facts[sid] = build_facts(rec, kb, lex) if rec is not None else None
-                except StudyError as exc:
-                    facts[sid] = exc
-            f = facts[sid]
-            if f is None or isinstance(f, Exception):
-                got = {"passed": False, "score": 0.0,
-                       "reasons": [f"format: study {sid} has no usable records row ({f})" if f else
-                                   f"format: study {sid} is not in the records config"]}
-            else:
-                res = verifier.verify({**row, "images": [im.get("path") or "" for im in row["images"] or []]}, f)
-                got = {"passed": res.passed, "score": res.score, "reasons": list(res.reasons)}
+            res = verify_row(verifier, {**row, "images": [im.get("path") or "" for im in row["images"] or []]},
+                             records, facts, kb, where="the records config")
+            got = {"passed": res.passed, "score": res.score, "reasons": list(res.reasons)}
             snapshots[str(row.get("kb_snapshot"))] += 1
             n_pass += got["passed"]
             reasons.update(r.split(":", 1)[0] for r in got["reasons"])
