@@ -273,6 +273,8 @@ def test_cli_scores_a_published_version(published, tmp_path):
     assert res["overall"]["quantitative"]["mean"] == 1.0 and res["overall"]["rouge_l"]["mean"] == 1.0
     assert res["problems"] == {}
     assert (tmp_path / "eval" / "eval.json").exists() and (tmp_path / "eval" / "index.html").exists()
+    for name in ("f1.png", "confusion.png"):  # the figures for papers
+        assert (tmp_path / "eval" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a version that does not exist, a missing file, a missing flag: clear messages and exit codes
     r = runner.invoke(app, ["eval", str(preds), "--dataset", "small@9.9.9", "--registry", registry])
     assert r.exit_code == 3 and "9.9.9" in r.output and spec.split("@")[1] in r.output

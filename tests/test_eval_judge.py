@@ -18,6 +18,7 @@ from grok.eval.judge import (
     run_judge,
     summarise_judge,
 )
+from grok.eval.report import write_figures
 from grok.eval.score import evaluate
 from grok.instruct.llm import LLMConfig
 from grok.instruct.samples import sample_records
@@ -94,6 +95,8 @@ def test_judge_scores_every_answer_and_caches(bench, judge_server, tmp_path):
         assert summary["total_mean"] == 100 - 2  # every part full but quantitative 18 of 20
         agree = summary["agreement_with_deterministic"]
         assert agree["diagnosis_items"] == n and agree["diagnosis_agreement"] == 1.0
+        figures = write_figures({**det, "judge": summary}, tmp_path / "fig")
+        assert [f.name for f in figures] == ["f1.png", "confusion.png", "rubric.png"]
         # rerun: every answer from the cache, no call
         again = run_judge(cfg, bench.items, answers, tmp_path / "cache.sqlite")
         assert again.calls == 0 and again.cached == n and again.results == run.results

@@ -108,7 +108,7 @@ def eval_command(
     if not 0.0 < tolerance < 1.0:
         fail(f"--tolerance {tolerance}: give a relative tolerance in (0, 1), e.g. 0.10", ExitCode.USAGE)
     from grok.eval.data import load_benchmark, load_predictions
-    from grok.eval.report import write_report
+    from grok.eval.report import write_figures, write_report
     from grok.eval.score import evaluate, write_scores
 
     judge_cfg = _llm_settings("judge", judge_config, judge_url, judge_model) if (
@@ -142,7 +142,9 @@ def eval_command(
             w["judge"] = res["judge"]["items"].get(w["id"])
     scores_path = write_scores(res, out / "eval.json")
     report = write_report(res, out / "index.html", bench)
-    res_out = {**res, "scores_path": str(scores_path), "report_path": str(report)}
+    figures = write_figures(res, out / "figures")
+    res_out = {**res, "scores_path": str(scores_path), "report_path": str(report),
+               "figures": [str(f) for f in figures]}
     if as_json:
         print_json(res_out)
     else:
@@ -152,7 +154,8 @@ def eval_command(
             console.print(f"  rubric (LLM judge {j['model']['model']}): total {j['total_mean']} over {j['scored']} "
                           f"answers; {j['unscored']} unscored (never counted as zero); usage {j['usage']}",
                           highlight=False)
-        console.print(f"scores: {scores_path}\nreport: {report}", highlight=False)
+        console.print(f"scores: {scores_path}\nreport: {report}\nfigures: {', '.join(str(f) for f in figures)}",
+                      highlight=False)
     if res["counts"]["scored_answers"] == 0:
         raise SystemExit(int(ExitCode.FAILED))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 
 from grok.eval.data import Benchmark
 from grok.eval.score import MEAN_METRICS
@@ -118,3 +119,69 @@ def write_report(res: dict[str, Any], path: str | Path, bench: Benchmark | None 
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(page, encoding="utf-8")
     return p
+
+
+def write_figures(res: dict[str, Any], folder: str | Path) -> list[Path]:
+    """The report's figures as PNG for papers (150 dpi): ``f1.png`` (per-class F1 with support),
+    ``confusion.png`` (rows: category, columns: stated diagnosis and abstentions) and, when a judge ran,
+    ``rubric.png`` (mean score per part). matplotlib is imported here, with the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    cls = res["overall"]["classification"]
+    per = cls.get("per_class") or {}
+    if per:
+        names = list(per)
+        fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1))
+        ax.barh(names, [per[n]["f1"] for n in names], color="#3b6fd0")
+        for i, n in enumerate(names):
+            ax.text(per[n]["f1"] + 0.01, i, f"{per[n]['f1']:.2f} (n {per[n]['support']})", va="center", fontsize=8)
+        ax.set_xlim(0, 1.15)
+        ax.invert_yaxis()
+        ax.set_xlabel("F1")
+        ax.set_title(f"Per-class F1 ({res['dataset']}), macro {cls['macro_f1']:.3f}", fontsize=9)
+        fig.tight_layout()
+        written.append(out / "f1.png")
+        fig.savefig(written[-1], dpi=150)
+        plt.close(fig)
+    conf = cls.get("confusion")
+    if conf:
+        m = np.array(conf["matrix"], dtype=float)
+        keep = m.sum(axis=1) > 0
+        rows = [c for c, k in zip(conf["classes"], keep, strict=True) if k]
+        m = m[keep]
+        fig, ax = plt.subplots(figsize=(0.6 * len(conf["columns"]) + 2, 0.5 * len(rows) + 1.5))
+        share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        for i in range(m.shape[0]):
+            for j in range(m.shape[1]):
+                ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.6 else "black")
+        ax.set_xticks(range(len(conf["columns"])), conf["columns"], rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+        ax.set_xlabel("stated diagnosis")
+        ax.set_ylabel("category")
+        fig.tight_layout()
+        written.append(out / "confusion.png")
+        fig.savefig(written[-1], dpi=150)
+        plt.close(fig)
+    judge = res.get("judge")
+    if judge and judge.get("scored"):
+        from grok.eval.judge import RUBRIC_PARTS
+
+        parts = [k for k in RUBRIC_PARTS if judge["parts_mean"].get(k) is not None]
+        fig, ax = plt.subplots(figsize=(6, 0.35 * len(parts) + 1))
+        ax.barh(parts, [judge["parts_mean"][k] for k in parts], color="#d07a3b")
+        ax.barh(parts, [RUBRIC_PARTS[k][1] or RUBRIC_PARTS[k][0] for k in parts], fill=False, edgecolor="#888")
+        ax.invert_yaxis()
+        ax.set_title(f"Rubric (judge {judge['model']['model']}): total {judge['total_mean']:.1f} of 100", fontsize=9)
+        fig.tight_layout()
+        written.append(out / "rubric.png")
+        fig.savefig(written[-1], dpi=150)
+        plt.close(fig)
+    return written
