@@ -359,3 +359,34 @@ def test_cli_asks_a_model_server_and_scores_it(published, tmp_path):
     assert asked["failed"] == len(failed) > 0 and all(x["prediction"] == "" for x in failed)
     assert res["problems"].get("empty_answer", 0) == len(failed)
     assert res["counts"]["scored_answers"] == asked["answered"]
+
+
+def test_training_overlap_is_refused_unless_allowed(published, tmp_path, monkeypatch):
+    import grok.eval.data as eval_data
+    from grok.eval.data import Benchmark, Item, load_benchmark, training_overlap
+    from grok.registry import load
+
+    _tmp, registry, out = published
+    spec = out["dataset"]
+    bench = load_benchmark(spec, registry)
+    clean = training_overlap(bench, spec, registry)  # the version's own test split: no patient trained on
+    assert clean["patients_shared"] == 0 and clean["benchmark_patients"] >= 1
+    train_patients = sorted(set(load(spec, "instructions", "train", registry=registry)["patient_id"]))
+    leaky = Benchmark(spec, "", "benchmark", "test", "", {
+        "x": Item("x", "s", "report", "amd", "OD", "q", "r", [], patient_id=train_patients[0])})
+    assert training_overlap(leaky, spec, registry)["patients_shared"] == 1
+    with pytest.raises(EvalInputError, match="9.9.9"):
+        training_overlap(bench, "small@9.9.9", registry)
+    # the command refuses a leaky training version, and records an allowed one
+    preds = _write(tmp_path / "p.jsonl", [{"id": k, "prediction": it.reference} for k, it in bench.items.items()])
+    monkeypatch.setattr(eval_data, "training_overlap",
+                        lambda b, t, r: {"trained_on": t, "benchmark_patients": 2, "patients_shared": 1,
+                                         "examples": ["p1"]})
+    args = ["eval", str(preds), "--dataset", spec, "--registry", registry, "--out", str(tmp_path / "o"),
+            "--bootstrap", "0", "--trained-on", spec]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "--allow-overlap" in r.output and not (tmp_path / "o" / "eval.json").exists()
+    r = CliRunner().invoke(app, [*args, "--allow-overlap", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["training_overlap"] == {"trained_on": spec, "benchmark_patients": 2,
+                                                         "patients_shared": 1, "examples": ["p1"], "allowed": True}

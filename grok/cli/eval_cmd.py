@@ -61,6 +61,9 @@ def eval_command(
     model: str = typer.Option(None, "--model", help="The model name for --model-url."),
     model_config: Path = typer.Option(None, "--model-config", help="LLMConfig file for --model-url (concurrency, "
                                       "timeouts, send_images, ...); --model-url and --model override it."),
+    trained_on: str = typer.Option(None, "--trained-on", help="The version (NAME@VERSION) the model was trained on: "
+                                   "scoring is refused when it trained on any benchmark patient."),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="Score despite shared patients (recorded)."),
     judge_config: Path = typer.Option(None, "--judge-config", help="Score the rubric with an LLM judge: a YAML/JSON "
                                       "file of grok.instruct.llm.LLMConfig fields (as grok instruct --llm-config)."),
     judge_url: str = typer.Option(None, "--judge-url", help="Judge's OpenAI-compatible base URL (overrides the file)."),
@@ -129,7 +132,23 @@ def eval_command(
         bench = load_benchmark(dataset, registry, config, split)
     except EvalInputError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
+    overlap = None
+    if trained_on:
+        from grok.eval.data import training_overlap
+
+        try:
+            overlap = training_overlap(bench, trained_on, registry)
+        except EvalInputError as exc:
+            fail(str(exc), ExitCode.BAD_INPUT)
+        overlap["allowed"] = bool(allow_overlap)
+        if overlap["patients_shared"] and not allow_overlap:
+            fail(f"{overlap['trained_on']} trained on {overlap['patients_shared']} of the "
+                 f"{overlap['benchmark_patients']} patients of {bench.dataset}'s {config}/{split} "
+                 f"(e.g. {', '.join(overlap['examples'][:3])}): its scores would not measure generalisation. "
+                 "Score a model trained on a version without them, or pass --allow-overlap (recorded in eval.json)",
+                 ExitCode.FAILED)
     res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+    res["training_overlap"] = overlap
     if asking:
         res["asked"] = asked
     if judge_cfg is not None:

@@ -71,6 +71,7 @@ class Item:
     images: list[str]
     facts: Any = None
     facts_error: str | None = None
+    patient_id: str = ""
 
 
 @dataclass
@@ -158,7 +159,8 @@ def load_benchmark(spec: str, registry: str | None = None, config: str = "benchm
         items[str(r["id"])] = Item(
             id=str(r["id"]), study_id=sid, task=str(r.get("task")), label=str(r.get("label")), eye=str(r.get("eye")),
             question=q, reference=a, images=[(im or {}).get("path") or "" for im in r.get("images") or []],
-            facts=None if isinstance(f, str) else f, facts_error=f if isinstance(f, str) else None)
+            facts=None if isinstance(f, str) else f, facts_error=f if isinstance(f, str) else None,
+            patient_id=str(r.get("patient_id") or ""))
     return Benchmark(f"{info['name']}@{info['version']}", info["fingerprint"], config, split, kb.snapshot_id, items,
                      registry=registry, published=True)
 
@@ -277,5 +279,26 @@ def benchmark_from_records(records: list[dict[str, Any]], seed: int = 0, kb=None
             q, a = _last_turns(list(row["messages"]))
             items[str(row["id"])] = Item(id=str(row["id"]), study_id=f.study_id, task=str(row["task"]), label=f.label,
                                          eye=f.eye, question=q, reference=a, images=list(row.get("images") or []),
-                                         facts=f)
+                                         facts=f, patient_id=f.patient_id)
     return Benchmark(name, "", "benchmark", "test", kb.snapshot_id, items)
+
+
+def training_overlap(bench: Benchmark, trained_on: str, registry: str | None = None) -> dict[str, Any]:
+    """Patients of the benchmark that the version ``trained_on`` (``NAME@VERSION``) trained on (its
+    ``instructions`` train and validation splits). Patient ids are the build's keyed pseudonyms, the same
+    for one patient in every version built with one secret. Raises :class:`EvalInputError` when the
+    version does not exist."""
+    from grok.registry import RegistryError, load, resolve
+
+    try:
+        info = resolve(trained_on, registry)
+    except RegistryError as exc:
+        raise EvalInputError(f"--trained-on: {exc}") from exc
+    seen: set[str] = set()
+    for split in ("train", "validation"):
+        if split in info["manifest"]["counts"].get("instructions", {}):
+            seen.update(str(p) for p in load(trained_on, "instructions", split, registry=registry)["patient_id"])
+    bench_patients = {it.patient_id for it in bench.items.values() if it.patient_id}
+    shared = sorted(bench_patients & seen)
+    return {"trained_on": f"{info['name']}@{info['version']}", "benchmark_patients": len(bench_patients),
+            "patients_shared": len(shared), "examples": shared[:MAX_LISTED]}
