@@ -63,4 +63,6 @@ def test_hrf_vessel_f1_and_artery_vein_accuracy():
     share = labelled.sum() / max(ref_av.sum(), 1)
     assert acc >= 0.82 and share >= 0.76, (acc, share)
     assert m.biomarkers["disc_center_xy_px"] is not None
+    # a healthy eye's AV ratio (0.60 now; the healthy HRF eyes 0.65 +- 0.08, population about 0.7)
+    assert 0.55 <= m.biomarkers["av_ratio"] <= 0.80, m.biomarkers["av_ratio"]
     assert np.isfinite(m.biomarkers["vessel_density"])
