@@ -1,11 +1,18 @@
 """Ingestion throughput and memory on phantom DICOM archives of 100 and 400 studies.
 
 Run as: .venv/bin/python benchmarks/ingest.py [--studies 100 400] [--work /tmp/grok-bench-ingest]
+        [--compress none jpeg-lossless j2k rle] [--page-cache warm|cold]
 
 A study is one patient-eye-visit (CFP + OCT cube, default 49 x 496 x 512). Each ingest runs in a
 fresh subprocess so its peak RSS is its own. Prints one JSON object: files/s, MB/s of decoded pixel
 data, MB/s of source bytes, peak RSS, for every archive size. Targets (issue 2): >= 50 MB/s of
 DICOM pixel data on this 2-core machine, and peak memory that does not grow with the archive.
+
+``--compress`` also re-encodes each archive losslessly, as clinics store it (JPEG Lossless process 14
+with dcmtk's ``dcmcjpeg``, JPEG 2000 Lossless and RLE Lossless with pydicom's encoders), and ingests
+those copies; decoded pixels are the same, so MB/s of pixel data compares like with like. With
+``--page-cache cold`` every archive file is evicted from the page cache (``posix_fadvise
+DONTNEED``) before each first ingest, so the figure includes reading from disk rather than memory.
 """
 
 from __future__ import annotations
@@ -34,6 +41,34 @@ print(json.dumps({"wall_s": dt, "files": r.files_seen, "images": r.images, "quar
 """
 
 
+def _evict(root: Path) -> None:
+    """Drop ``root``'s files from the page cache (clean pages only; the next read comes from disk)."""
+    for p in root.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _compress(src: Path, dst: Path, codec: str) -> None:
+    """A losslessly re-encoded copy of the DICOM archive ``src`` (same folders and names)."""
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
+    for f in sorted(src.rglob("*.dcm")):
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if codec == "jpeg-lossless":
+            # dcmcjpeg's default: JPEG Lossless, first-order prediction (process 14, selection value 1)
+            subprocess.run(["dcmcjpeg", str(f), str(out)], check=True, capture_output=True)
+            continue
+        ds = pydicom.dcmread(f)
+        ds.compress(JPEG2000Lossless if codec == "j2k" else RLELossless)
+        ds.save_as(out)
+
+
 def _ingest(src: Path, out: Path) -> dict:
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(out)], capture_output=True, text=True,
                           check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -45,6 +80,8 @@ def main() -> None:
     ap.add_argument("--studies", type=int, nargs="+", default=[100, 400])
     ap.add_argument("--work", type=Path, default=Path("/tmp/grok-bench-ingest"))
     ap.add_argument("--workers", type=int, default=2, help="processes used to generate the phantom")
+    ap.add_argument("--compress", nargs="+", default=["none"], choices=["none", "jpeg-lossless", "j2k", "rle"])
+    ap.add_argument("--page-cache", choices=["warm", "cold"], default="warm")
     args = ap.parse_args()
     from grok.phantom.archive import PhantomConfig, write_phantom
 
@@ -59,27 +96,39 @@ def main() -> None:
             gen_s = time.perf_counter() - t
         else:
             gen_s = None
-        out = args.work / f"ingest_{n_studies}"
-        shutil.rmtree(out, ignore_errors=True)
-        cold = _ingest(arch / "dicom", out)
-        warm = _ingest(arch / "dicom", out)  # re-ingest: everything cached
-        shutil.rmtree(out, ignore_errors=True)
-        results.append({
-            "studies": n_studies,
-            "subjects": subjects,
-            "phantom_generation_s": None if gen_s is None else round(gen_s, 1),
-            "files": cold["files"],
-            "images": cold["images"],
-            "quarantined": cold["quarantined"],
-            "wall_s": round(cold["wall_s"], 2),
-            "files_per_s": round(cold["files"] / cold["wall_s"], 1),
-            "pixel_mb_per_s": round(cold["pixel_bytes"] / 1e6 / cold["wall_s"], 1),
-            "source_mb_per_s": round(cold["source_bytes"] / 1e6 / cold["wall_s"], 1),
-            "pixel_gb": round(cold["pixel_bytes"] / 1e9, 2),
-            "peak_rss_mb": round(cold["peak_rss_mb"], 1),
-            "reingest_wall_s": round(warm["wall_s"], 2),
-            "reingest_cached_files": warm["cached"],
-        })
+        for codec in args.compress:
+            src = arch / "dicom"
+            if codec != "none":
+                src = args.work / f"phantom_{n_studies}_{codec}"
+                if not src.exists():
+                    _compress(arch / "dicom", src, codec)
+            out = args.work / f"ingest_{n_studies}_{codec}"
+            shutil.rmtree(out, ignore_errors=True)
+            if args.page_cache == "cold":
+                _evict(src)
+            first = _ingest(src, out)
+            again = _ingest(src, out)  # re-ingest: everything cached
+            shutil.rmtree(out, ignore_errors=True)
+            results.append({
+                "studies": n_studies,
+                "subjects": subjects,
+                "compression": codec,
+                "page_cache": args.page_cache,
+                "phantom_generation_s": None if gen_s is None else round(gen_s, 1),
+                "files": first["files"],
+                "images": first["images"],
+                "quarantined": first["quarantined"],
+                "wall_s": round(first["wall_s"], 2),
+                "files_per_s": round(first["files"] / first["wall_s"], 1),
+                "pixel_mb_per_s": round(first["pixel_bytes"] / 1e6 / first["wall_s"], 1),
+                "source_mb_per_s": round(first["source_bytes"] / 1e6 / first["wall_s"], 1),
+                "pixel_gb": round(first["pixel_bytes"] / 1e9, 2),
+                "source_gb": round(first["source_bytes"] / 1e9, 2),
+                "peak_rss_mb": round(first["peak_rss_mb"], 1),
+                "reingest_wall_s": round(again["wall_s"], 2),
+                "reingest_cached_files": again["cached"],
+                "load_avg_1min": round(os.getloadavg()[0], 2),
+            })
     print(json.dumps({
         "benchmark": "ingest",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
