@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from grok.eval.data import EvalInputError
 from grok.eval.judge import run_with_client
 from grok.eval.report import data_uri
 from grok.instruct.llm import (
@@ -33,6 +34,7 @@ from grok.instruct.llm import (
     call_with_retries,
     parse_answer,
 )
+from grok.registry import RegistryError, load
 
 IMAGE_TOKEN = "<image>"
 
@@ -71,8 +73,6 @@ def ask_benchmark(cfg: LLMConfig, spec: str, out_path: str | Path, registry: str
     (JSONL, one line per row, in the split's order). Returns counts, token usage and failures by kind."""
     import datasets
 
-    from grok.eval.data import EvalInputError
-    from grok.registry import RegistryError, load
 
     try:
         ds = load(spec, config, split, registry=registry)

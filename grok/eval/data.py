@@ -28,6 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grok.instruct.evidence import record_from_evidence
+from grok.instruct.families import FAMILIES, Skip
+from grok.instruct.generate import TemplateGenerator, prepare
+from grok.instruct.records import StudyError, build_facts
+from grok.instruct.templating import TemplateLibrary
+from grok.knowledge import load_knowledge_base
+from grok.registry import RegistryError, list_versions, load, resolve
+from grok.verify.lexicon import build_lexicon
+from grok.verify.verifier import Verifier
+
 #: Fields that may hold the answer text, in order of preference.
 ANSWER_FIELDS = ("prediction", "answer")
 #: How many ids each problem lists in the report (the counts are always complete).
@@ -104,13 +114,7 @@ def load_benchmark(spec: str, registry: str | None = None, config: str = "benchm
     Raises :class:`EvalInputError` naming the version, config or split that does not exist, or a
     version published before the ``records`` config.
     """
-    import datasets
-
-    from grok.instruct.evidence import record_from_evidence
-    from grok.instruct.records import StudyError, build_facts
-    from grok.knowledge import load_knowledge_base
-    from grok.registry import RegistryError, list_versions, load, resolve
-    from grok.verify.lexicon import build_lexicon
+    import datasets  # slow to import
 
     try:
         info = resolve(spec, registry)
@@ -256,12 +260,6 @@ def benchmark_from_records(records: list[dict[str, Any]], seed: int = 0, kb=None
     For tests and ``benchmarks/eval.py`` (hundreds of items over all seven categories without a
     build); a published version is read with :func:`load_benchmark`.
     """
-    from grok.instruct.families import FAMILIES, Skip
-    from grok.instruct.generate import TemplateGenerator, prepare
-    from grok.instruct.templating import TemplateLibrary
-    from grok.knowledge import load_knowledge_base
-    from grok.verify.lexicon import build_lexicon
-    from grok.verify.verifier import Verifier
 
     kb = kb or load_knowledge_base()
     lex = lexicon or build_lexicon(kb)
@@ -288,7 +286,6 @@ def training_overlap(bench: Benchmark, trained_on: str, registry: str | None = N
     ``instructions`` train and validation splits). Patient ids are the build's keyed pseudonyms, the same
     for one patient in every version built with one secret. Raises :class:`EvalInputError` when the
     version does not exist."""
-    from grok.registry import RegistryError, load, resolve
 
     try:
         info = resolve(trained_on, registry)

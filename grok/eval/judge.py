@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from grok.eval.data import Item
@@ -37,6 +38,7 @@ from grok.instruct.llm import (
     cost_usd,
 )
 from grok.instruct.templating import TemplateLibrary, split_messages
+from grok.knowledge import load_knowledge_base
 
 #: GROK's rubric: part -> (lowest, highest) score. Total 100 (the penalty lowers it).
 RUBRIC_PARTS: dict[str, tuple[int, int]] = {
@@ -71,8 +73,6 @@ RUBRIC_SCHEMA: dict[str, Any] = rubric_schema()
 
 def kb_categories(kb=None) -> list[str]:
     """``normal`` and every disease of the knowledge base (GROK's categories first)."""
-    from grok.knowledge import load_knowledge_base
-
     kb = kb or load_knowledge_base()
     return [*CATEGORIES, *sorted(d for d in kb.diseases if d not in CATEGORIES)]
 
@@ -270,8 +270,6 @@ def run_judge(cfg: LLMConfig, items: dict[str, Item], answers: dict[str, str], c
 
 
 def _pearson(x: list[float], y: list[float]) -> float | None:
-    import numpy as np
-
     if len(x) < 3:
         return None
     a, b = np.asarray(x, float), np.asarray(y, float)

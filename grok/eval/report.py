@@ -20,7 +20,9 @@ import jinja2
 import numpy as np
 
 from grok.eval.data import Benchmark
+from grok.eval.judge import RUBRIC_PARTS
 from grok.eval.score import MEAN_METRICS
+from grok.registry import load
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "eval"
 
@@ -62,8 +64,6 @@ def f1_bars_svg(per_class: dict[str, dict[str, Any]], width: int = 640) -> str:
 
 def rubric_svg(parts_mean: dict[str, float | None], width: int = 640) -> str:
     """The judge's mean score per rubric part as a share of the part's range (inline SVG bars)."""
-    from grok.eval.judge import RUBRIC_PARTS
-
     rows = {}
     for k, (lo, hi) in RUBRIC_PARTS.items():
         v = parts_mean.get(k)
@@ -84,8 +84,6 @@ def _images(bench: Benchmark | None, ids: set[str]) -> dict[str, list[str]]:
     if bench is None or not bench.published or not ids:
         return {}
     import datasets
-
-    from grok.registry import load
 
     ds = load(bench.dataset, bench.config, bench.split, registry=bench.registry)
     ds = ds.cast_column("images", datasets.List(datasets.Image(decode=False)))
@@ -172,8 +170,6 @@ def write_figures(res: dict[str, Any], folder: str | Path) -> list[Path]:
         plt.close(fig)
     judge = res.get("judge")
     if judge and judge.get("scored"):
-        from grok.eval.judge import RUBRIC_PARTS
-
         parts = [k for k in RUBRIC_PARTS if judge["parts_mean"].get(k) is not None]
         fig, ax = plt.subplots(figsize=(6, 0.35 * len(parts) + 1))
         ax.barh(parts, [judge["parts_mean"][k] for k in parts], color="#d07a3b")

@@ -36,6 +36,9 @@ from grok.eval.data import MAX_LISTED, Benchmark, Item, Predictions, likely_not_
 from grok.eval.reader import AnswerReader
 from grok.eval.text import SACREBLEU_INSTALL, bleu_from_stats, bleu_segment_stats, rouge_l
 from grok.ids import CATEGORIES
+from grok.knowledge import load_knowledge_base
+from grok.verify.lexicon import build_lexicon
+from grok.verify.verifier import VerifyConfig
 
 #: Column of the confusion matrix for answers that state no diagnosis.
 ABSTAIN = "abstained"
@@ -246,13 +249,9 @@ def evaluate(bench: Benchmark, preds: Predictions, resamples: int = 1000, seed: 
     """Score ``preds`` against ``bench``: the scores JSON ``grok eval`` writes (``schema`` ``grok-eval/1``).
 
     ``bleu=False`` skips BLEU (sacrebleu's tokeniser costs more than the rest of the scoring)."""
-    from grok.verify.lexicon import build_lexicon
-    from grok.verify.verifier import VerifyConfig
 
     t0 = time.perf_counter()
     if reader is None:
-        from grok.knowledge import load_knowledge_base
-
         reader = AnswerReader(build_lexicon(load_knowledge_base()), VerifyConfig(tolerance=tolerance))
     problems = dict(preds.problems)
     examples = {k: list(v) for k, v in preds.examples.items()}

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 #: Install command named when ``sacrebleu`` is missing.
@@ -65,8 +67,6 @@ def bleu_segment_stats(candidates: list[str], references: list[str]):
         from sacrebleu.metrics import BLEU
     except ImportError:
         return None
-    import numpy as np
-
     if not candidates:
         return np.zeros((0, 10), dtype=np.int64)
     stats = BLEU()._extract_corpus_statistics(list(candidates), [list(references)])
