@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from grok.eval.score import evaluate, score_item
     from grok.instruct.samples import sample_records
     from grok.knowledge import load_knowledge_base
-    from grok.verify.lexicon import build_lexicon
+    from grok.knowledge.lexicon import build_lexicon
 
     kb = load_knowledge_base()
     lex = build_lexicon(kb)
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(ids)
     evaluate(bench, Predictions("warm-up", {ids[0]: refs[0]}), resamples=10, reader=reader)  # regex caches
     load_before = round(os.getloadavg()[0], 2)
+    all_items = tuple(bench.items.values())
     out: dict[str, list[tuple[float, float]]] = {"full": [], "no_bleu": [], "refs_read": [], "reads": []}
     for _ in range(max(1, args.repeats)):
         out["full"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader)))
@@ -84,8 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
                 score_item(it, ans, reader, cache)
 
         out["refs_read"].append(_timed(scored_with_cache))
-        def reads(items=tuple(bench.items.values())):
-            for it, ans in zip(items, refs, strict=True):
+
+        def reads():
+            for it, ans in zip(all_items, refs, strict=True):
                 reader.read(it.question, ans, it.facts, it.images)
 
         out["reads"].append(_timed(reads))

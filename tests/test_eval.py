@@ -27,9 +27,9 @@ from grok.eval.score import classification, evaluate
 from grok.eval.text import lcs_length, rouge_l
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
 from grok.stages.config import BuildConfig
 from grok.stages.runner import run_build
-from grok.verify.lexicon import build_lexicon
 from grok.verify.verifier import _NUMBER_RE, Verifier, _mask
 from tests.llm_server import Faults, LocalLLMServer
 from tests.test_build import small_config

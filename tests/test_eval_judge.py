@@ -23,7 +23,7 @@ from grok.eval.score import evaluate
 from grok.instruct.llm import LLMConfig
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
-from grok.verify.lexicon import build_lexicon
+from grok.knowledge.lexicon import build_lexicon
 from tests import llm_server
 from tests.llm_server import Faults, LocalLLMServer
 

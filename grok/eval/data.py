@@ -34,8 +34,8 @@ from grok.instruct.generate import TemplateGenerator, prepare
 from grok.instruct.records import StudyError, build_facts
 from grok.instruct.templating import TemplateLibrary
 from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
 from grok.registry import RegistryError, list_versions, load, resolve
-from grok.verify.lexicon import build_lexicon
 from grok.verify.verifier import Verifier
 
 #: Fields that may hold the answer text, in order of preference.

@@ -37,7 +37,7 @@ from grok.eval.reader import AnswerReader
 from grok.eval.text import SACREBLEU_INSTALL, bleu_from_stats, bleu_segment_stats, rouge_l
 from grok.ids import CATEGORIES
 from grok.knowledge import load_knowledge_base
-from grok.verify.lexicon import build_lexicon
+from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import VerifyConfig
 
 #: Column of the confusion matrix for answers that state no diagnosis.
