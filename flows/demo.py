@@ -17,6 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flows import prefect_env
+from grok.stages.config import BuildConfig
+from grok.stages.runner import BuildFolder
+
 
 def demo_config(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True) -> dict[str, Any]:
     out = Path(out).resolve()
@@ -35,12 +39,8 @@ def demo_config(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = Tr
 def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the build flow on a phantom archive; returns a JSON-able summary."""
-    from flows import prefect_env
-    from grok.stages.config import BuildConfig
-    from grok.stages.runner import BuildFolder
-
     prefect_env()
-    from flows.build import build_dataset
+    from flows.build import build_dataset  # after prefect_env(): Prefect reads its settings when imported
 
     cfg = BuildConfig.model_validate(demo_config(out, subjects=subjects, seed=seed, train=train))
     log(f"[bold]grok demo[/]: phantom ({subjects} subjects) -> ingest -> measure -> label/reason -> instruct/verify "

@@ -41,12 +41,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from grok import __version__
+from grok import __version__, registry
 from grok.config import Settings
+from grok.contracts import validate
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok.instruct.accounting import account, describe, pass_rate
 from grok.instruct.evidence import records_features, records_row
 from grok.instruct.records import load_studies
+from grok.knowledge import load_knowledge_base
+from grok.privacy.denylist import DENY_LIST_FILE, DenyList
+from grok.privacy.scan import scan_path
+from grok.splits import assign_splits, decontaminate, dedup
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "report"
 
@@ -135,11 +140,7 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
 def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts, and
     the accounting of every generated row (verified, quarantined, skipped)."""
-    from grok.splits import assign_splits, decontaminate, dedup
-
     if kb is None:
-        from grok.knowledge import load_knowledge_base
-
         kb = load_knowledge_base()
     records = {r["study_id"]: r for r in load_studies(build_dir / "records.jsonl")}
     ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()
@@ -215,8 +216,6 @@ def check_pass_rate(prep: dict[str, Any], cfg: PublishConfig) -> None:
 def deny_list(build_dir: Path, identifiers=(), pseudonym_key: str | None = None):
     """The build's hashed deny list (``ingest/deny_list.json``) plus ``identifiers``, keyed with the build's
     secret ``pseudonym_key`` (default ``$GROK_PSEUDONYM_KEY``)."""
-    from grok.privacy.denylist import DENY_LIST_FILE, DenyList
-
     deny = DenyList.from_identifiers([str(x) for x in identifiers], pseudonym_key)
     path = build_dir / "ingest" / DENY_LIST_FILE
     if path.is_file():
@@ -230,8 +229,6 @@ def deny_list(build_dir: Path, identifiers=(), pseudonym_key: str | None = None)
 def privacy_check(root: Path, deny, what: str, files: list[str] | None = None, text: str = "") -> None:
     """Refuse to publish when the scan of ``files`` below ``root`` (all of them by default) or ``text`` finds a
     known identifier; the error names the files and counts, never the identifier."""
-    from grok.privacy.scan import scan_path
-
     if not deny:
         return
     rep = scan_path(root, deny, files=files)
@@ -257,8 +254,6 @@ def _media_inputs(prep: dict[str, Any]) -> list[str]:
 
 
 def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, deny=None) -> dict[str, Any]:
-    from grok.contracts import validate
-
     params = {"verifier_pass_rate": cfg.verifier_pass_rate}
     docs = build_dir / "contracts"
     results = {}
@@ -490,8 +485,6 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     secret the build was ingested with (default ``$GROK_PSEUDONYM_KEY``), which keys those hashes.
     ``synthetic``: the data are phantom data (tagged in the card)."""
     import datasets
-
-    from grok import registry
 
     datasets.disable_progress_bars()
     build = Path(build_dir)

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from grok.ids import OCT_GROK_BIOMARKERS
 from grok_train._compat import guard_torchvision, require, resolve_device, seed_everything
 from grok_train.biomarkers import BiomarkerNormaliser, load_normal_ranges, values_matrix
-from grok_train.config import AlignConfig, config_to_dict
+from grok_train.config import AlignConfig, config_from_dict, config_to_dict
 from grok_train.data import DatasetPin, load_split, resolve_dataset
 from grok_train.errors import BadInputError, CheckpointNotFoundError, ConfigError
-from grok_train.runs import now_iso, write_json
+from grok_train.modeling import VISION_TOWER_FILE, build_image_processor, build_vision_tower
+from grok_train.runs import now_iso, read_json, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -125,7 +127,6 @@ def build_image_encoder(cfg: AlignConfig) -> Any:
 
         def __init__(self, model_cfg: Any) -> None:
             super().__init__()
-            from grok_train.modeling import build_image_processor, build_vision_tower
 
             self.visual = build_vision_tower(model_cfg, torch.float32)
             self.image_processor = build_image_processor(model_cfg)
@@ -238,8 +239,6 @@ def retrieval_metrics(img: torch.Tensor, bio: torch.Tensor, loss: float = float(
 # data
 # --------------------------------------------------------------------------------------------------
 def _expected_ids(ds: Any, split: str) -> tuple[str, ...]:
-    from grok.ids import OCT_GROK_BIOMARKERS
-
     for col in ("image", "biomarker_ids", "biomarker_values"):
         if col not in ds.column_names:
             raise BadInputError(f"split {split!r} has no column {col!r} (columns: {ds.column_names}); "
@@ -445,8 +444,6 @@ def save_align_checkpoint(model: Any, cfg: AlignConfig, out: Path, pin: DatasetP
     both carry the dataset pin in their safetensors metadata."""
     from safetensors.torch import save_file
 
-    from grok_train.modeling import VISION_TOWER_FILE
-
     meta = {"dataset": f"{pin.name}@{pin.version}", "dataset_fingerprint": pin.fingerprint, "encoder": cfg.encoder}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / ALIGN_MODEL_FILE), metadata=meta)
@@ -459,8 +456,6 @@ def load_align_model(run_dir: str | Path) -> tuple[Any, BiomarkerNormaliser, dic
     """Rebuild a trained alignment model (eval mode) with its normaliser and run record."""
     from safetensors.torch import load_file
 
-    from grok_train.config import config_from_dict
-    from grok_train.runs import read_json
 
     p = Path(run_dir)
     if not (p / ALIGN_MODEL_FILE).is_file():

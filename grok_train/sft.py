@@ -21,8 +21,10 @@ from typing import Any
 from grok_train._compat import resolve_device, rng_state, seed_everything, set_rng_state
 from grok_train.config import SFTConfig, config_to_dict
 from grok_train.data import DatasetPin, load_split, resolve_dataset
-from grok_train.errors import ConfigError
+from grok_train.errors import CheckpointNotFoundError, ConfigError
+from grok_train.losses import AnswerTokenLoss
 from grok_train.modeling import (
+    VISION_TOWER_FILE,
     apply_lora,
     build_model,
     build_processor,
@@ -205,7 +207,6 @@ class SFTTrainer:
         self.model = model.to(self.device)
         self.trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         self.total_params = sum(p.numel() for p in self.model.parameters())
-        from grok_train.losses import AnswerTokenLoss
 
         self.loss_module = AnswerTokenLoss(self.model)
         self.ddp_model: Any = self.loss_module
@@ -465,8 +466,6 @@ class SFTTrainer:
 
 def _check_paths(cfg: SFTConfig) -> None:
     """Fail fast (before reading data or building models) on paths the config refers to."""
-    from grok_train.errors import CheckpointNotFoundError
-    from grok_train.modeling import VISION_TOWER_FILE
 
     if cfg.model.path is not None and not (Path(cfg.model.path) / "config.json").is_file():
         raise CheckpointNotFoundError(f"model.path {cfg.model.path}: no config.json there; fix model.path")

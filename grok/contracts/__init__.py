@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import yaml
 
+from grok.ids import CATEGORIES
 from grok.privacy.denylist import DenyList
 
 CONTRACTS_ENV = "GROK_DATA_CONTRACTS"
@@ -421,6 +422,5 @@ def _default_label_set() -> list[str]:
             return sorted(set(ids) | {"normal"})
     except Exception:  # noqa: BLE001 - fall back to the canonical categories
         pass
-    from grok.ids import CATEGORIES
 
     return list(CATEGORIES)

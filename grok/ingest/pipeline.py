@@ -58,6 +58,7 @@ from grok.ingest.deid import (
 )
 from grok.ingest.readers import ReaderError
 from grok.ingest.source import SourceFile, iter_source
+from grok.privacy.burned_in import find_text_regions
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 
 INGEST_VERSION = "1"
@@ -600,8 +601,6 @@ class Ingestor:
     def _burned_in_text(self, arr: np.ndarray) -> list[str]:
         """Quarantine an export whose pixels show text-like lines (a name banner, a report header), unless the
         operator allows burned-in content; then the image is flagged instead."""
-        from grok.privacy.burned_in import find_text_regions
-
         regions = find_text_regions(arr)
         if not regions:
             return []

@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 
 from grok.config import ConfigError, Settings, read_yaml_mapping
+from grok.instruct.http1 import Http1Transport, http_module
 
 API_KEY_ENVS = ("GROK_LLM_API_KEY", "OPENAI_API_KEY")
 #: LLMConfig fields read by :meth:`LLMConfig.from_env`, and their variables.
@@ -281,7 +282,6 @@ class OpenAIChatClient:
             import openai
         except ImportError as exc:  # pragma: no cover - openai is a declared dependency of the pipeline extra
             raise ImportError("LLM mode needs the openai client: pip install 'grok-data-engine[pipeline]'") from exc
-        from grok.instruct.http1 import Http1Transport, http_module
 
         self._openai = openai
         http = http_module(openai)  # the HTTP library this openai version is built on (httpx2 or httpx)

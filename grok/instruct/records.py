@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from grok.instruct.boxes import Box, normalise_box
-from grok.knowledge.reasoner import finite_float
+from grok.knowledge import reason
 from grok.knowledge.lexicon import Lexicon
+from grok.knowledge.reasoner import finite_float
 
 REQUIRED_FIELDS = ("study_id", "patient_id", "eye", "label", "biomarkers")
 EYE_WORDS = {"OD": "right eye", "OS": "left eye"}
@@ -364,8 +365,6 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
         raise StudyError("; ".join(problems))
     reasoning = rec.get("reasoning")
     if not isinstance(reasoning, dict) or "findings" not in reasoning:
-        from grok.knowledge import reason
-
         reasoning = reason({**rec, "laterality": rec["eye"]}, kb).to_dict()
     notes: list[str] = []
     bms = _biomarker_facts(rec, reasoning, kb, lex)

@@ -14,6 +14,8 @@ import json
 import random
 from typing import Any
 
+from grok.knowledge import reason
+
 CFP_SIZE = [512, 512]
 OCT_SIZE = [384, 256]
 
@@ -52,8 +54,6 @@ def _sha(text: str) -> str:
 
 def sample_record(i: int, label: str, seed: int = 0, kb=None, *, with_reasoning: bool = True) -> dict[str, Any]:
     """One synthetic study record of category ``label`` (a key of the patterns above)."""
-    from grok.knowledge import reason
-
     rng = random.Random(f"{seed}-{i}-{label}")
     pattern = dict(_PATTERNS[label])
     lesion_specs = pattern.pop("_lesions", [])

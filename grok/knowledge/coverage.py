@@ -18,6 +18,7 @@ from typing import Any
 from grok import ids as canonical
 from grok.knowledge.loader import KnowledgeBase
 from grok.knowledge.models import DeviationFinding, LesionFinding, ThresholdFinding
+from grok.knowledge.reasoner import _Context
 
 EVALUABLE, NO_RANGE, NO_EXTRACTOR = "evaluable", "no_range", "no_extractor"
 
@@ -105,8 +106,6 @@ def kb_coverage(
     ``engine_measured`` evaluates as for a build's records (values measured by this engine, so the
     engine-convention ranges are the last fallback); the default is for values exported by the scanner.
     """
-    from grok.knowledge.reasoner import _Context
-
     ctx = _Context({"biomarkers": {}, "device": device, "sex": sex, "age_years": age_years,
                     "engine_measured": engine_measured}, kb)
     cats: list[CategoryCoverage] = []

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from grok.knowledge import load_knowledge_base
+
 #: Extra names for biomarkers (lower case), beyond the knowledge base's ``name``.
 BIOMARKER_SYNONYMS: dict[str, tuple[str, ...]] = {
     "macular_thickness_central_um": ("cst", "central subfield thickness", "central retinal thickness",
@@ -295,6 +297,4 @@ def build_lexicon(kb=None) -> Lexicon:
 
 @lru_cache(maxsize=1)
 def _default_kb():
-    from grok.knowledge import load_knowledge_base
-
     return load_knowledge_base()

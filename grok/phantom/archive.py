@@ -41,7 +41,9 @@ from pydantic import Field, field_validator
 
 from grok.config import Settings
 from grok.ids import CATEGORIES
+from grok.phantom.cfp import synth_fundus
 from grok.phantom.dicom import DicomIdentity, phantom_uid, write_op, write_opt
+from grok.phantom.oct import OctGeometry, synth_circle_scan, synth_oct_volume
 
 _GIVEN_F = ["ETHELINDA", "PERPETUA", "MARIGOLD", "ROSALIND", "WINIFRED", "GWENDOLYN", "HENRIETTA", "OCTAVIA",
             "ISOLDE", "PHILIPPA", "CLEMENTINE", "BERNADETTE"]
@@ -323,8 +325,6 @@ def _report_page(bscan: np.ndarray, ident: DicomIdentity, eye: str) -> np.ndarra
 
 def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, Any]]:
     """Synthesise and write one subject; returns its truth lines."""
-    from grok.phantom.cfp import synth_fundus
-    from grok.phantom.oct import OctGeometry, synth_circle_scan, synth_oct_volume
 
     cfg, s, out_s = args
     out = Path(out_s)

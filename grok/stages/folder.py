@@ -25,6 +25,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from grok.ingest.deid import DeidConfig
+from grok.knowledge import load_knowledge_base
 from grok.stages.config import BuildConfig, ConfigError
 
 #: Config sections that change the generated rows (publishing and training settings do not).
@@ -137,8 +139,6 @@ class BuildFolder:
     @cached_property
     def kb(self):
         """The knowledge base of this build (``knowledge_base`` folders, or the bundled one)."""
-        from grok.knowledge import load_knowledge_base
-
         return load_knowledge_base(self.cfg.knowledge_base) if self.cfg.knowledge_base else load_knowledge_base()
 
     def pseudonym_key(self) -> str | None:
@@ -146,8 +146,6 @@ class BuildFolder:
 
     def deid(self):
         """The de-identification settings of ingestion (key from the environment, date mode from the config)."""
-        from grok.ingest.deid import DeidConfig
-
         d = self.cfg.deid
         return DeidConfig(key=self.pseudonym_key(), **d.model_dump(exclude={"key_env"}))
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from grok.ingest.pipeline import IngestConfig, ingest
+from grok.phantom.archive import write_phantom
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.stage import SingleStage
 
@@ -23,8 +25,6 @@ class Source(SingleStage):
     outputs: ClassVar[tuple[str, ...]] = ("phantom/",)
 
     def work(self, folder: BuildFolder) -> StageReport:
-        from grok.phantom.archive import write_phantom
-
         rep = StageReport("source", outputs=folder.source())
         ph = folder.cfg.source.phantom
         if ph is not None:
@@ -46,8 +46,6 @@ class Ingest(SingleStage):
         return 2  # I/O: the archive may be remote; unchanged files are reused, so a retry is cheap
 
     def work(self, folder: BuildFolder) -> StageReport:
-        from grok.ingest.pipeline import IngestConfig, ingest
-
         out = folder.ingest_dir
         res = ingest(folder.source()["archive"], out, IngestConfig(deid=folder.deid()))
         folder.update(complete=False, ready_to_publish=False, last_stage="ingest", build_id=folder.build_id())

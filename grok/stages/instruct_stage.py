@@ -26,6 +26,7 @@ from grok import __version__
 from grok.instruct.accounting import account
 from grok.instruct.export import INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
 from grok.instruct.generate import InstructConfig, build_instructions
+from grok.instruct.templating import templates_dir
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
@@ -65,8 +66,6 @@ class Instruct(Stage):
     def plan(self, folder: BuildFolder) -> list[Shard]:
         """A shard's key covers its study records, the instruct settings, the build id, the knowledge-base
         snapshot, every template file and the code version."""
-        from grok.instruct.templating import templates_dir
-
         cfg = folder.cfg
         records = {r["study_id"]: r for r in read_records(folder.root)}
         ids = sorted(records)

@@ -29,7 +29,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from grok import __version__
+from grok.cfp import measure_fundus, overlay_png
+from grok.cfp.measure import EXTRACTOR_NAME as CFP_NAME
+from grok.cfp.measure import EXTRACTOR_VERSION as CFP_V
 from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+from grok.oct import measure_circle, measure_volume, select_bscans
+from grok.oct.measures import band_maps_um
+from grok.oct.overlay import bscan_png, thickness_map_png
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, shard_name, source_digest
 from grok.stages.stage import Shard, Stage
@@ -91,15 +97,13 @@ def measure_inputs(study: dict[str, Any] | None, manifest: dict[str, dict[str, A
 def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True) -> list[Shard]:
     """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match), each with the
     content key of its real inputs (see :mod:`grok.stages.keys`): ``[{"ids": [...], "key": "..."}]``."""
-    from grok.cfp.measure import EXTRACTOR_VERSION as cfp_v
-
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
     ingest_dir = Path(build_dir) / "ingest"
     studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
     manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
     ids = sorted(studies)
-    code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": cfp_v,
+    code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": CFP_V,
             "source": source_digest("grok.oct", "grok.cfp", "grok.ids", __name__)}
     shards = []
     for i in range(0, len(ids), shard_size):
@@ -162,11 +166,6 @@ def _nan(v: Any) -> float:
 def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], ingest_dir: Path,
                   build_dir: Path, *, overlays: bool = True) -> _StudyResult:
     """Measure one study; never raises for bad image content (it is quarantined with the reason)."""
-    from grok.cfp import measure_fundus
-    from grok.cfp.measure import EXTRACTOR_NAME as CFP_NAME
-    from grok.cfp.measure import EXTRACTOR_VERSION as CFP_V
-    from grok.oct import measure_circle, measure_volume, select_bscans
-
     sid = study["study_id"]
     media = build_dir / "media" / sid
     if media.exists():  # media of an earlier measurement (other images, other settings) never survive
@@ -248,8 +247,6 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
             images[key] = rel
             sizes[key] = [int(vol.shape[2]), int(vol.shape[1])]
             if overlays:
-                from grok.oct.overlay import bscan_png
-
                 orel = f"media/{sid}/{key}_overlay.png"
                 bmasks = {k: v[b] for k, v in meas.masks.items()} if meas.masks else None
                 bscan_png(np.asarray(vol[b]), meas.segmentation[b], build_dir / orel, masks=bmasks,
@@ -261,8 +258,6 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
             lesions.append({"type": les["type"], "modality": "oct", "image": key, "bscan": int(les["bscan"]),
                             "box_xyxy_px": [float(x) for x in les["box_xyxy_px"]], "score": les.get("score")})
         if overlays and meas.fovea is not None and meas.segmentation.shape[0] > 1 and math.isfinite(spacing[0]):
-            from grok.oct.measures import band_maps_um
-            from grok.oct.overlay import thickness_map_png
 
             maps = band_maps_um(meas.segmentation, spacing[0] * 1000.0)
             total = maps.get("total") if isinstance(maps, dict) else None
@@ -315,8 +310,6 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
         if math.isfinite(_nan(c["pixel_spacing_mm"])) and math.isfinite(_nan(cm.biomarkers.get("disc_diameter_px"))):
             row["disc_diameter_vertical_mm"] = float(cm.biomarkers["disc_diameter_px"]) * _nan(c["pixel_spacing_mm"])
         if overlays:
-            from grok.cfp import overlay_png
-
             orel = f"media/{sid}/cfp_overlay.png"
             overlay_png(rgb, cm, build_dir / orel)
             over["cfp"] = orel

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import ClassVar
 
+from grok.publish import PublishConfig, publish_build
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.stage import SingleStage
 
@@ -26,8 +27,6 @@ class Publish(SingleStage):
     outputs: ClassVar[tuple[str, ...]] = ("contracts/",)
 
     def work(self, folder: BuildFolder) -> StageReport:
-        from grok.publish import PublishConfig, publish_build
-
         deny_list = folder.source()["deny_list"]
         deny = json.loads(Path(deny_list).read_text()) if deny_list and Path(deny_list).is_file() else []
         p = folder.cfg.publish

@@ -29,6 +29,8 @@ import pyarrow.parquet as pq
 
 from grok import __version__
 from grok.ingest.deid import DeidConfig, pseudonymise_patient_id, transform_date
+from grok.knowledge import label_cohort, load_knowledge_base, reason
+from grok.knowledge.labeller import read_cohort
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.measure_stage import POSITION_IDS, SCALAR_IDS
 from grok.stages.stage import SingleStage
@@ -147,8 +149,6 @@ def build_records(
     pseudonymises the cohort's patient ids and its date shift turns the cohort's ``visit_date`` into
     the studies' visits (without it, cohort rows count as undated).
     """
-    from grok.knowledge import label_cohort, load_knowledge_base, reason
-    from grok.knowledge.labeller import read_cohort
 
     build = Path(build_dir)
     kb = kb or load_knowledge_base()
