@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from grok.cfp.preprocess import background, erode, fill_outside, smooth
+from grok.cfp.vessels import skeleton_segments
 
 #: Disc candidate: least brightness above its 2.5-DD background, least z-score over the photograph's
 #: brightness variation, and the brightness above the background that counts without the z test.
@@ -371,8 +372,6 @@ def vessel_bends(near: np.ndarray, er: np.ndarray, dd_px: float) -> list[tuple[f
     the arcades leaving the disc), and its largest value, if at least BEND_MIN_DEG and inside BEND_RHO_RANGE of the disc radius, is kept (one
     per piece). Returns [(x, y, turn_deg)] in crop px.
     """
-    from grok.cfp.vessels import skeleton_segments
-
     if not np.isfinite(dd_px) or dd_px <= 0:
         return []
     k = max(int(round(BEND_CHORD_DD * dd_px)), 3)

@@ -49,6 +49,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp._kernels import update_best_blob
+from grok.cfp.preprocess import background, fill_outside, local_scale
+from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
+
 #: Disc diameters per FOV radius of a 45-degree photograph (FOV about 7.2 DD across).
 LESION_DD_PER_FOV_RADIUS = 2 / 7.2
 #: Radius (DD) of the central disc whose green excess over the fundus is the unit of lesion brightness.
@@ -224,8 +228,6 @@ def _blob_z(hessian: list[tuple[float, np.ndarray, np.ndarray]], polarity: str, 
     scale's Laplacian inside ``allowed`` times the local noise ratio. ``hessian``: (sigma, l1, l2) of the
     darkness map per scale; dark blobs have both eigenvalues negative (blob = -l1), bright blobs both
     positive (blob = l2). Returns (z, sigma_px of the best scale), both (h, w)."""
-    from grok.cfp._kernels import update_best_blob
-
     best = np.zeros(noise_rel.shape, np.float32)
     best_s = np.zeros(noise_rel.shape, np.float32)
     inv_noise = (1.0 / noise_rel).astype(np.float32)
@@ -253,8 +255,6 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
     of the vessel darkness map per scale (``VesselMaps.hessian``), computed here when not given;
     highpass : (h, w) fine-scale residual of the relative green (``VesselMaps.highpass``; sign is irrelevant).
     """
-    from grok.cfp.preprocess import background, fill_outside
-    from grok.cfp.vessels import _local_scale
 
     r = rules or LesionRules()
     h, w = fov_mask.shape
@@ -272,7 +272,7 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
     lvl = background(np.where(base, rg, 0).astype(np.float32) + 1.0, base, 42 * sc) - 1.0
     g = ndi.gaussian_filter(rg - lvl, 0.7 * sc)
     hp = highpass if highpass is not None else rg - ndi.gaussian_filter(rg, 1.5 * sc)
-    noise_map = _local_scale(hp, base, int(64 * sc))
+    noise_map = local_scale(hp, base, int(64 * sc))
     noise_glob = float(np.median(noise_map[allowed]))
     noise_rel = noise_map / max(noise_glob, 1e-9)
     # illumination of the green channel (vignetting, gradients): a 3-DD median, which the macula, the
@@ -286,8 +286,6 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
                rules=r, illum=illum, illum_disc=illum_disc)
     out: list[Candidate] = []
     if not hessian:
-        from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
-
         ds = ndi.gaussian_filter(-rg, 0.6 * sc)
         hessian = [(s * sc, *hessian_eigen(ds, s * sc)) for s in VESSEL_SCALES]
     max_area = math.pi * (0.5 * r.dark_max_diameter_dd * dd_px) ** 2 * 1.5

@@ -1,6 +1,6 @@
 """All CFP measures for one photograph: ``measure_fundus(rgb) -> CfpMeasurement``.
 
-Run as: python -m grok.cfp.measure PATH   (prints the measurement JSON; the CLI is ``grok cfp measure``)
+Run as: grok cfp measure PATH --json   (the CLI command wraps ``measure_fundus``)
 
 Photographs larger than ``WORKING_MAX_SIDE_PX`` are analysed at that working resolution; every position,
 length and box is reported in the ORIGINAL image's pixels. Each measure is NaN (positions None, counts
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp._kernels import channel_mean_min_max
 from grok.cfp.disc import find_disc, find_fovea, laterality_from_image
 from grok.cfp.lesions import find_lesions, lesions_assessable
 from grok.cfp.preprocess import (
@@ -28,7 +29,7 @@ from grok.cfp.preprocess import (
     to_working,
 )
 from grok.cfp.quality import Quality, QualityThresholds, illumination_cv, sharpness_ratio
-from grok.cfp.vessels import measure_vessels, segment_vessels
+from grok.cfp.vessels import measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
@@ -162,7 +163,6 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         q.add("reject", "no colour: a greyscale or red-free image (or an OCT B-scan); the CFP measures need "
                         "an RGB colour fundus photograph")
     img = wk.rgb
-    from grok.cfp._kernels import channel_mean_min_max
 
     lum, ch_min, _ = channel_mean_min_max(img)
     fov = find_fov(img)
@@ -361,8 +361,6 @@ def _vessel_masks_at(vm, art: np.ndarray, vein: np.ndarray, shape: tuple[int, in
     """Vessel, artery and vein masks at the original size: the vessel border found again at that
     resolution on the photograph's own green channel ``green`` (``grok.cfp.vessels.vessel_mask_at``),
     each of its pixels typed as the nearest working pixel labelled artery or vein (within 2 working px)."""
-    from grok.cfp.vessels import vessel_mask_at
-
     ves = vessel_mask_at(vm, shape, green)
     lab = np.zeros(art.shape, np.uint8)
     lab[art] = 1
@@ -381,23 +379,3 @@ def _upsample_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     yi = np.minimum(((np.arange(H) + 0.5) * h / H).astype(int), h - 1)
     xi = np.minimum(((np.arange(W) + 0.5) * w / W).astype(int), w - 1)
     return m[yi[:, None], xi[None, :]]
-
-
-def _main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from grok.cli._common import print_json
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.stderr.write("usage: python -m grok.cfp.measure PATH\n")
-        return 2
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(args[0]).convert("RGB"))
-    print_json(measure_fundus(rgb).to_dict())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp._kernels import block_mean, block_median_abs, channel_mean_min_max
+
 #: Photographs whose longer side exceeds this are analysed downscaled to it; results are mapped back
 #: to original pixels.
 WORKING_MAX_SIDE_PX = 1024
@@ -112,8 +114,6 @@ def find_fov(rgb: np.ndarray) -> Fov:
     rgb : (h, w, 3) float in [0, 1]. The threshold is a fraction of the bright-pixel level of the red
     channel (the fundus is red-dominated), so exposure changes do not move it.
     """
-    from grok.cfp._kernels import channel_mean_min_max
-
     h, w = rgb.shape[:2]
     lum = channel_mean_min_max(np.asarray(rgb, np.float32))[2]
     hi = float(np.percentile(lum[::2, ::2], 90))  # a quarter of the pixels fix a percentile well enough
@@ -192,7 +192,6 @@ def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     hs, ws = h // f, w // f
     if hs < 4 or ws < 4:
         return ndi.gaussian_filter(x, sigma)
-    from grok.cfp._kernels import block_mean
 
     small = block_mean(x, f)
     small = ndi.gaussian_filter(small, math.sqrt(max(sigma**2 / f**2 - 1 / 12, 0.25)), mode="nearest")
@@ -243,8 +242,6 @@ def background(channel: np.ndarray, mask: np.ndarray, size_px: float) -> np.ndar
     A median over windows of about ``size_px`` (computed at reduced resolution for speed), then
     upsampled. channel : (h, w) float, already filled outside ``mask``. Returns (h, w) float32 > 0.
     """
-    from grok.cfp._kernels import block_mean
-
     h, w = channel.shape
     f = max(int(size_px // 6), 1)
     small = block_mean(np.asarray(channel, dtype=np.float32), f)
@@ -265,3 +262,20 @@ def _fit_shape(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if ww < w:
         out[:, ww:] = out[:, ww - 1 : ww]
     return out
+
+
+def local_scale(x: np.ndarray, mask: np.ndarray, block: int) -> np.ndarray:
+    """Spatially varying robust spread of ``x``: 1.4826 x the median of |x| over blocks of ``block`` px
+    inside ``mask`` (vessels are a minority of any block, so the median sees the noise), smoothed and
+    upsampled to (h, w)."""
+    h, w = x.shape
+    b = max(block, 8)
+    hb, wb = -(-h // b), -(-w // b)
+    med = block_median_abs(np.asarray(x, np.float32), np.asarray(mask, np.bool_), b)
+    glob = float(np.nanmedian(med)) if np.isfinite(med).any() else 1e-6
+    med = np.where(np.isfinite(med), med, glob)
+    med = np.maximum(med, 0.25 * glob)
+
+    med = ndi.gaussian_filter(med, 1.0)
+    up = upsample(med, (hb * b, wb * b))[:h, :w]
+    return np.maximum(1.4826 * up, 1e-6).astype(np.float32)

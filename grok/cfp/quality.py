@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp._kernels import block_mean
+from grok.cfp.preprocess import erode
+
 
 @dataclass(frozen=True)
 class QualityThresholds:
@@ -67,8 +70,6 @@ def sharpness_ratio(green: np.ndarray, mask: np.ndarray, sc: float) -> float:
     The coarse scale is measured on a 2 x 2 block-averaged copy at half the sigma (the same quantity,
     scale-normalised, for a quarter of the work); percentiles use every other inner-FOV pixel.
     """
-    from grok.cfp._kernels import block_mean
-    from grok.cfp.preprocess import erode
 
     inner = erode(mask, max(int(10 * sc), 1))
     if inner.sum() < 100:
@@ -86,8 +87,6 @@ def sharpness_ratio(green: np.ndarray, mask: np.ndarray, sc: float) -> float:
 
 def illumination_cv(lum_bg: np.ndarray, mask: np.ndarray) -> float:
     """Coefficient of variation of a coarse background over the inner FOV."""
-    from grok.cfp.preprocess import erode
-
     inner = erode(mask, 5)
     v = lum_bg[inner] if inner.any() else lum_bg[mask]
     return float(np.std(v) / max(np.mean(v), 1e-6)) if v.size else float("nan")

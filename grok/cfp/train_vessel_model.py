@@ -28,6 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, relative_channels, to_working
+from grok.cfp.vessel_model import FEATURES, vessel_features
+from grok.cfp.vessels import _vessel_inputs
+from grok.ingest.readers import read_cfp
+
 DEFAULT_REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real" / "cfp"
 DEFAULT_OUT = Path(__file__).resolve().parent / "vessel_model_weights.py"
 SAMPLES_PER_PHOTO = 60_000
@@ -58,10 +63,6 @@ def photo_samples(photo: Path, ref_path: Path, rng: np.random.Generator) -> tupl
     from PIL import Image
     from skimage.transform import resize
 
-    from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, relative_channels, to_working
-    from grok.cfp.vessel_model import vessel_features
-    from grok.cfp.vessels import _vessel_inputs
-    from grok.ingest.readers import read_cfp
 
     rgb = read_cfp(photo).rgb
     wk = to_working(rgb)
@@ -119,8 +120,6 @@ def _fmt(a: np.ndarray) -> str:
 
 
 def write_weights(model: dict, names: list[str], out: Path) -> None:
-    from grok.cfp.vessel_model import FEATURES
-
     lines = [
         '"""Weights of the learned vessel classifier (``grok.cfp.vessel_model``). GENERATED: do not edit.',
         "",

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp.preprocess import local_scale
+
 #: Feature names, in order (the weights module records the same list and is checked against it).
 FEATURES = (
     [f"{k}_s{i}" for i in range(5) for k in ("l1", "l2")]
@@ -33,8 +35,6 @@ def vessel_features(ds: np.ndarray, eig_z: list[tuple[np.ndarray, np.ndarray]], 
     FOV (noise statistics); sc : length scale (FOV radius / 480 px); fine : the unsmoothed darkness minus
     its 1.5-px x scale Gaussian (the finest detail, where capillary-size vessels are).
     """
-    from grok.cfp.vessels import _local_scale
-
     h, w = ds.shape
     out = np.empty((N_FEATURES, h, w), np.float32)
     k = 0
@@ -43,7 +43,7 @@ def vessel_features(ds: np.ndarray, eig_z: list[tuple[np.ndarray, np.ndarray]], 
         out[k + 1] = l2
         k += 2
     hp = ds - ndi.gaussian_filter(ds, 1.5 * sc)
-    nl = _local_scale(hp, inner, int(48 * sc))
+    nl = local_scale(hp, inner, int(48 * sc))
     b3 = ds - ndi.gaussian_filter(ds, 3.0 * sc)
     b8 = ds - ndi.gaussian_filter(ds, 8.0 * sc)
     out[k] = ds / nl
@@ -51,7 +51,7 @@ def vessel_features(ds: np.ndarray, eig_z: list[tuple[np.ndarray, np.ndarray]], 
     out[k + 2] = b8 / nl
     red = ndi.gaussian_filter(-rel[0], 0.6 * sc)
     rhp = red - ndi.gaussian_filter(red, 1.5 * sc)
-    out[k + 3] = red / _local_scale(rhp, inner, int(48 * sc))
+    out[k + 3] = red / local_scale(rhp, inner, int(48 * sc))
     out[k + 4] = zmax
     out[k + 5] = fine / nl
     np.clip(out, -CLIP, CLIP, out=out)

@@ -47,13 +47,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp._kernels import (
+    block_mean,
+    hessian_eigen_fd,
+    ising_belief_propagation,
+    profile_stats,
+    ridge_from_eigen,
+)
 from grok.cfp.formulas import (
     KNUDTSON_ARTERY_COEFFICIENT,
     KNUDTSON_VEIN_COEFFICIENT,
     box_counting_dimension,
     knudtson_equivalent,
+    resample_polyline,
     tortuosity_per_dd,
 )
+from grok.cfp.preprocess import erode, local_scale, relative_channels, upsample
+from grok.cfp.vessel_model import predict, vessel_features
 
 #: An isolated piece (free at both ends) counts in zone B only if it reaches within 1.0 DD + this of
 #: the disc centre, or ...
@@ -111,8 +121,6 @@ class VesselMaps:
 
 def _half(img: np.ndarray) -> np.ndarray:
     """2 x 2 block mean (h // 2, w // 2) of a 2-D float array."""
-    from grok.cfp._kernels import block_mean
-
     return block_mean(np.asarray(img, dtype=np.float32), 2)
 
 
@@ -123,11 +131,7 @@ def hessian_eigen(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray
     differences (one smoothing instead of three derivative filters); scales of 3 px and more are
     computed on a 2x block-averaged copy and upsampled. Returns (l1, l2), (h, w) float32 each.
     """
-    from grok.cfp._kernels import hessian_eigen_fd
-
     if sigma >= 3.0 and min(img.shape) >= 64:
-        from grok.cfp.preprocess import upsample
-
         h, w = img.shape
         l1, l2 = hessian_eigen(_half(img), sigma / 2)
         return upsample(l1, (h, w)), upsample(l2, (h, w))
@@ -141,8 +145,6 @@ def _hessian_ridge(img: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarra
     Returns (ridge, blob, l2): ridge = max(0, -l2) * exp(-(l1/l2)^2 / 0.5) with l2 the more negative
     (scale-normalised) eigenvalue; blob = max(0, -l1) (both eigenvalues negative: a dark spot in the photo).
     """
-    from grok.cfp._kernels import ridge_from_eigen
-
     l1, l2 = hessian_eigen(img, sigma)
     return ridge_from_eigen(l1, l2), np.maximum(-l1, 0), l2
 
@@ -158,8 +160,6 @@ def _robust_scale(x: np.ndarray, mask: np.ndarray) -> float:
 
 def _vessel_inputs(rgb: np.ndarray, fov_mask: np.ndarray, sc: float, rel: list[np.ndarray]) -> dict:
     """The multi-scale maps both vessel methods start from (see ``segment_vessels``)."""
-    from grok.cfp._kernels import ridge_from_eigen
-    from grok.cfp.preprocess import erode
 
     d = (-rel[1]).astype(np.float32)
     ds = ndi.gaussian_filter(d, 0.6 * sc)
@@ -172,7 +172,7 @@ def _vessel_inputs(rgb: np.ndarray, fov_mask: np.ndarray, sc: float, rel: list[n
         sig = s * sc
         l1, l2 = hessian_eigen(ds, sig)
         hess.append((sig, l1, l2))
-        ls = _local_scale(l2, inner, int(48 * sc))
+        ls = local_scale(l2, inner, int(48 * sc))
         eig_z.append((l1 / ls, l2 / ls))
         z = ridge_from_eigen(l1, l2) / ls
         np.maximum(zmax, z, out=zmax)
@@ -207,8 +207,6 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     allows shipping derived weights) and do not carry to another camera: on HRF they score vessel F1
     0.60 against 0.73 for the classical path (``benchmarks/cfp_real.py``), so they are not the default.
     """
-    from grok.cfp.preprocess import relative_channels
-
     if rel is None:
         rel = relative_channels(rgb, fov_mask, sc)
     if learned is None:
@@ -232,8 +230,6 @@ def segment_vessels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float,
     band_ok = (band & (peak > 0) & (ds > HALF_K * noise)) | mask
     gbg = np.where(fov_mask, rgb[..., 1] / np.maximum(1.0 + rel[1], 1e-3), 0.0).astype(np.float32)
     if learned:
-        from grok.cfp.vessel_model import predict, vessel_features
-
         prob = predict(vessel_features(ds, inp["eig_z"], zmax, rel, inp["inner"], sc, hp), fov_mask)
         vm = _mask_from_probability(prob, ds, zmax, noise, hess, hp, fov_mask, sc)
         vm.graph_mask = mask
@@ -336,26 +332,6 @@ def fill_reflex_holes(mask: np.ndarray, max_half_thickness_px: int) -> np.ndarra
             continue
         out[sl] |= hole
     return out
-
-
-def _local_scale(x: np.ndarray, mask: np.ndarray, block: int) -> np.ndarray:
-    """Spatially varying robust spread of ``x``: 1.4826 x the median of |x| over blocks of ``block`` px
-    inside ``mask`` (vessels are a minority of any block, so the median sees the noise), smoothed and
-    upsampled to (h, w)."""
-    from grok.cfp._kernels import block_median_abs
-
-    h, w = x.shape
-    b = max(block, 8)
-    hb, wb = -(-h // b), -(-w // b)
-    med = block_median_abs(np.asarray(x, np.float32), np.asarray(mask, np.bool_), b)
-    glob = float(np.nanmedian(med)) if np.isfinite(med).any() else 1e-6
-    med = np.where(np.isfinite(med), med, glob)
-    med = np.maximum(med, 0.25 * glob)
-    from grok.cfp.preprocess import upsample
-
-    med = ndi.gaussian_filter(med, 1.0)
-    up = upsample(med, (hb * b, wb * b))[:h, :w]
-    return np.maximum(1.4826 * up, 1e-6).astype(np.float32)
 
 
 def _remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
@@ -462,8 +438,6 @@ def skeleton_segments(mask: np.ndarray, min_len_px: int = 6) -> tuple[list[Segme
 def _profile_frames(xy: np.ndarray, step_px: float, smooth_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Profile centres (k, 2), unit normals (k, 2) and arc positions (k,) px every ``step_px`` along a
     centreline (xy (N, 2), resampled at 1 px and smoothed at ``smooth_px`` for the direction)."""
-    from grok.cfp.formulas import resample_polyline
-
     pts = resample_polyline(xy, 1.0)
     if len(pts) < 5:
         return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
@@ -504,8 +478,6 @@ def profile_widths(darkness: np.ndarray, xy: np.ndarray, max_half_px: float, ste
     ``grok.cfp._kernels.profile_stats``). Returns an array of widths, one per profile every ``step_px``,
     NaN where a profile has no clear half-maximum crossing on both sides.
     """
-    from grok.cfp._kernels import profile_stats
-
     c, nrm, _ = _profile_frames(xy, step_px, smooth_px)
     if len(c) == 0:
         return np.full(0, np.nan)
@@ -822,8 +794,6 @@ def av_features(segments: list[Segment], rel: list[np.ndarray], darkness: np.nda
     than ``RED_SATURATED_MAX_SHARE`` of its samples there gets NaN red features (its label then comes
     from the graph, and an image saturated in red throughout gets no A/V labels at all).
     """
-    from grok.cfp._kernels import profile_stats
-
     cfg = config or AvConfig()
     ls = max(float(length_scale), 1e-3)
     dk = -rel[1] if darkness is None else darkness
@@ -963,7 +933,6 @@ def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: fl
             tj += [math.tanh(j)] * 2
         src_a = np.asarray(src, np.int64)
         rev = np.arange(len(src)) ^ 1
-        from grok.cfp._kernels import ising_belief_propagation
 
         belief = ising_belief_propagation(0.5 * evidence, src_a, np.asarray(dst, np.int64), rev.astype(np.int64),
                                           np.asarray(tj, float), cfg.bp_iterations, 0.5)
