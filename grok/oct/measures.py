@@ -32,7 +32,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from grok.ids import BOUNDARIES, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS
-from grok.oct.grid import QUADRANTS, CubeSpacing, EtdrsGrid, etdrs_grid
+from grok.oct.grid import (
+    QUADRANTS,
+    CubeSpacing,
+    EtdrsGrid,
+    enface_coordinates,
+    etdrs_grid,
+    interpolation_matrix,
+)
 
 B = {name: i for i, name in enumerate(BOUNDARIES)}
 
@@ -66,8 +73,6 @@ def band_maps_um(boundaries: np.ndarray, axial_um: float) -> dict[str, np.ndarra
 
 def _extend_grid(grid: EtdrsGrid, n_bscans: int, cols: int, spacing: CubeSpacing, upsample: int) -> None:
     """Add the ``foveola`` (r < 0.15 mm) and ``rim`` (0.9-1.2 mm) regions used by the pit and choroid."""
-    from grok.oct.grid import enface_coordinates, interpolation_matrix
-
     _, x, y = enface_coordinates(n_bscans, cols, spacing, grid.fovea, grid.laterality, upsample)
     r = np.hypot(x[None, :], y[:, None])
     p = interpolation_matrix(n_bscans, upsample)

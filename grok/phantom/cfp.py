@@ -32,7 +32,13 @@ import numba
 import numpy as np
 from scipy import ndimage as ndi
 
-from grok.cfp.formulas import av_ratio_knudtson, box_counting_dimension, tortuosity_per_dd
+from grok.cfp.formulas import (
+    av_ratio_knudtson,
+    box_counting_dimension,
+    knudtson_equivalent,
+    resample_polyline,
+    tortuosity_per_dd,
+)
 from grok.ids import CATEGORIES, CFP_LESION_TYPES, LATERALITIES
 
 __all__ = ["TRUTH_MIN_WIDTH_DD", "ZONE_B_MID_DD", "CfpPhantom", "draw_lesion", "render_vessels", "synth_fundus"]
@@ -204,7 +210,6 @@ class _TreeBuilder:
         u = np.linspace(0, 7.5, 4000)
         v = rise_dd * (1 - np.exp(-u / bend_dd)) + 0.12 * u
         pts = self.disc + dd * (u[:, None] * ut + v[:, None] * vt)
-        from grok.cfp.formulas import resample_polyline
 
         pts = resample_polyline(pts, 1.0)
         pts = _add_wiggle(pts, self.tort * 0.022 * dd, self.rng, dd, ramp_px=0.8 * dd)
@@ -848,7 +853,6 @@ def synth_fundus(
 
     # --- truth ------------------------------------------------------------------------------------
     a_w, v_w = _zone_b_widths(vessels, disc, dd)
-    from grok.cfp.formulas import knudtson_equivalent
 
     crae = knudtson_equivalent(a_w, 0.88)
     crve = knudtson_equivalent(v_w, 0.95)

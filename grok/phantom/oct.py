@@ -35,6 +35,11 @@ from grok.ids import (
     OCT_GROK_BIOMARKERS,
     OCT_PERIPAPILLARY_BIOMARKERS,
 )
+from grok.oct.circle import circle_biomarkers
+from grok.oct.grid import CubeSpacing
+from grok.oct.lesions import lesion_boxes
+from grok.oct.measures import macular_biomarkers
+from grok.oct.overlay import bscan_png
 
 LATERALITIES = ("OD", "OS")
 
@@ -790,9 +795,6 @@ def synth_oct_volume(
     boundaries = np.ascontiguousarray(z[:, list(_Z_OF_BOUNDARY), :].astype(np.float32))
     csi = z[:, _Z_CSI, :].astype(np.float32)
 
-    from grok.oct.grid import CubeSpacing
-    from grok.oct.lesions import lesion_boxes
-    from grok.oct.measures import macular_biomarkers
 
     spacing = CubeSpacing(geom.axial_um, geom.lateral_um, geom.bscan_spacing_um)
     bio, _ = macular_biomarkers(
@@ -895,7 +897,6 @@ def synth_circle_scan(
         z, refl, is_ped, gain, shadow_start, factor, np.zeros((0, 5)), rows, axial_um, noise, rng, look
     )
     boundaries = z[0, list(_Z_OF_BOUNDARY), :].astype(np.float32)
-    from grok.oct.circle import circle_biomarkers
 
     bio, _ = circle_biomarkers(boundaries, axial_um)
     return CirclePhantom(vol[0], boundaries, laterality, axial_um, lateral_um,
@@ -918,8 +919,6 @@ def main(argv: list[str] | None = None) -> int:
     ph = synth_oct_volume(args.category, args.laterality, np.random.default_rng(args.seed),
                           severity=args.severity, noise=args.noise, appearance=args.appearance)
     if args.png:
-        from grok.oct.overlay import bscan_png
-
         i = int(round(ph.fovea[0]))
         bscan_png(ph.volume[i], ph.boundaries[i], args.png, masks={k: m[i] for k, m in ph.masks.items()},
                   title=f"{args.category} {args.laterality} B-scan {i} (truth)")

@@ -19,6 +19,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from grok.instruct.records import build_facts
+from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
+from grok.verify.verifier import Verifier
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CASES = ROOT / "tests" / "data" / "verifier_cases.jsonl"
 DEFAULT_RECORDS = ROOT / "tests" / "data" / "verifier_records.jsonl"
@@ -49,10 +54,6 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 def score_corpus(cases: str | Path = DEFAULT_CASES, records: str | Path = DEFAULT_RECORDS, verifier=None,
                  kb=None) -> dict[str, Any]:
     """Verify every case against its study; per type: cases, failed, rate, misses (ids with reasons)."""
-    from grok.instruct.records import build_facts
-    from grok.knowledge import load_knowledge_base
-    from grok.knowledge.lexicon import build_lexicon
-    from grok.verify.verifier import Verifier
 
     kb = kb or load_knowledge_base()
     lex = build_lexicon(kb)

@@ -82,6 +82,7 @@ from pydantic import Field, PositiveInt
 
 from grok.config import Settings
 from grok.instruct.boxes import BOX_START, iou, parse_boxes, strip_boxes
+from grok.instruct.families import FAMILIES
 from grok.knowledge.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
 from grok.verify.claims import (
     COEXIST_RE,
@@ -624,8 +625,6 @@ class Verifier:
     """
 
     def __init__(self, lexicon: Lexicon, config: VerifyConfig | None = None, families: dict | None = None):
-        from grok.instruct.families import FAMILIES
-
         self.lex = lexicon
         self.config = config or VerifyConfig()
         self.families = families or FAMILIES
