@@ -174,18 +174,15 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         sat = float(np.mean((ch_min >= 0.97)[fov.mask]))
         mean_l = float(lum[fov.mask].mean())
         q.metrics.update(saturated_fraction=sat, mean_luminance=mean_l)
-        if sat > th.max_saturated_reject:
-            q.add("reject", f"over-exposed: {100 * sat:.0f}% of the field is saturated")
-        elif sat > th.max_saturated_usable:
-            q.add("usable", f"partly over-exposed: {100 * sat:.1f}% of the field is saturated")
-        if mean_l < th.min_mean_luminance_reject:
-            q.add("reject", f"under-exposed: mean brightness {mean_l:.3f} of full scale")
-        elif mean_l < th.min_mean_luminance_usable:
-            q.add("usable", f"dark (under-exposed): mean brightness {mean_l:.3f} of full scale")
-        if fov.circularity < th.min_circularity_reject:
-            q.add("reject", f"the bright area is not a circular field of view (circularity {fov.circularity:.2f})")
-        elif fov.circularity < th.min_circularity_usable:
-            q.add("usable", f"field of view cut off or irregular (circularity {fov.circularity:.2f})")
+        _grade(q, sat, th.max_saturated_reject, th.max_saturated_usable, high_is_bad=True,
+               reject=f"over-exposed: {100 * sat:.0f}% of the field is saturated",
+               usable=f"partly over-exposed: {100 * sat:.1f}% of the field is saturated")
+        _grade(q, mean_l, th.min_mean_luminance_reject, th.min_mean_luminance_usable, high_is_bad=False,
+               reject=f"under-exposed: mean brightness {mean_l:.3f} of full scale",
+               usable=f"dark (under-exposed): mean brightness {mean_l:.3f} of full scale")
+        _grade(q, fov.circularity, th.min_circularity_reject, th.min_circularity_usable, high_is_bad=False,
+               reject=f"the bright area is not a circular field of view (circularity {fov.circularity:.2f})",
+               usable=f"field of view cut off or irregular (circularity {fov.circularity:.2f})")
     if q.grade == "reject":
         extras["seconds"] = time.perf_counter() - t0
         return _rejected(q, laterality, (H, W), extras)
@@ -195,14 +192,11 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     cv = illumination_cv(background(lf, fov.mask, 120 * sc), fov.mask)
     sharp = sharpness_ratio(img[..., 1].astype(np.float32), fov.mask, sc)
     q.metrics.update(illumination_cv=cv, sharpness=sharp)
-    if cv > th.max_illumination_cv_reject:
-        q.add("reject", f"very uneven illumination (background varies by {100 * cv:.0f}%)")
-    elif cv > th.max_illumination_cv_usable:
-        q.add("usable", f"uneven illumination (background varies by {100 * cv:.0f}%)")
-    if sharp < th.min_sharpness_reject:
-        q.add("reject", f"out of focus (sharpness {sharp:.2f})")
-    elif sharp < th.min_sharpness_usable:
-        q.add("usable", f"slightly blurred (sharpness {sharp:.2f})")
+    _grade(q, cv, th.max_illumination_cv_reject, th.max_illumination_cv_usable, high_is_bad=True,
+           reject=f"very uneven illumination (background varies by {100 * cv:.0f}%)",
+           usable=f"uneven illumination (background varies by {100 * cv:.0f}%)")
+    _grade(q, sharp, th.min_sharpness_reject, th.min_sharpness_usable, high_is_bad=False,
+           reject=f"out of focus (sharpness {sharp:.2f})", usable=f"slightly blurred (sharpness {sharp:.2f})")
 
     tick("input_fov_quality")
     rel = relative_channels(img, fov.mask, sc)
@@ -370,6 +364,17 @@ def _vessel_masks_at(vm, art: np.ndarray, vein: np.ndarray, shape: tuple[int, in
         lab = np.where(dist <= 2.0, lab[iy, ix], 0).astype(np.uint8)
     up = _upsample_mask(lab, shape)
     return {"vessels": ves, "arteries": ves & (up == 1), "veins": ves & (up == 2)}
+
+
+def _grade(q, value: float, reject_at: float, usable_at: float, *, high_is_bad: bool, reject: str,
+           usable: str) -> None:
+    """Grade one quality metric: ``reject`` past ``reject_at``, else ``usable`` past ``usable_at`` (past =
+    above when ``high_is_bad``, below otherwise)."""
+    past = (lambda lim: value > lim) if high_is_bad else (lambda lim: value < lim)
+    if past(reject_at):
+        q.add("reject", reject)
+    elif past(usable_at):
+        q.add("usable", usable)
 
 
 def _upsample_mask(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -398,6 +398,19 @@ def _rough_ilm(s2: np.ndarray, flags: dict[str, str]):
     return bg, fg, above.any(axis=0), np.argmax(above, axis=0).astype(np.float64)
 
 
+def _retina_like(top: np.ndarray, bottom: np.ndarray, axial_um: float, low: np.ndarray, flags: dict[str, str],
+                 what: str) -> bool:
+    """False (flag ``not_oct_like``) when the median ``top``-to-``bottom`` distance is not that of a retina
+    (60-1500 um); otherwise flag the low-signal columns left NaN, if any, and return True."""
+    thick_um = float(np.median(bottom - top)) * axial_um
+    if not (60.0 <= thick_um <= 1500.0):
+        flags["not_oct_like"] = f"{what} distance {thick_um:.0f} um is not that of a retina"
+        return False
+    if low.any():
+        flags["low_signal_columns"] = f"{int(low.sum())} columns without usable signal are NaN"
+    return True
+
+
 def _low_signal(has: np.ndarray, col_peak: np.ndarray, bg: float, fg: float, flags: dict[str, str]):
     """Columns without usable signal (no tissue, or a peak under 25 % of the way to the foreground);
     None (with a flag) when they are more than 70 % of the B-scan."""
@@ -462,12 +475,8 @@ def _boundaries_classic(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
         return None
     ilm_r, rpe_r = _bridge(ilm_r, low), _bridge(rpe_r, low)
     rpe_r = ndimage.median_filter(rpe_r, size=max(3, int(60.0 / lateral_um)) | 1, mode="nearest")
-    thick_um = float(np.median(rpe_r - ilm_r)) * axial_um
-    if not (60.0 <= thick_um <= 1500.0):
-        flags["not_oct_like"] = f"ILM-to-RPE distance {thick_um:.0f} um is not that of a retina"
+    if not _retina_like(ilm_r, rpe_r, axial_um, low, flags, "ILM-to-RPE"):
         return None
-    if low.any():
-        flags["low_signal_columns"] = f"{int(low.sum())} columns without usable signal are NaN"
     ref = _lower_envelope(rpe_r, sigma=max(5.0, 600.0 / lateral_um), iters=4, tol=8.0)
     dexp = np.concatenate([[0.0], np.diff(ref)])
     slope_px_per_mm = np.abs(np.diff(ref)).mean() / (lateral_um * 1e-3) if cols > 1 else 0.0
@@ -556,12 +565,8 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     ref = _smooth_odd(outer_s, max(2.0, 60.0 / lateral_um))
     dexp = np.concatenate([[0.0], np.diff(ref)])
     ctx.dexp = dexp
-    thick_um = float(np.median(ref - ilm)) * axial_um
-    if not (60.0 <= thick_um <= 1500.0):
-        flags["not_oct_like"] = f"ILM-to-outer-retina distance {thick_um:.0f} um is not that of a retina"
+    if not _retina_like(ilm, ref, axial_um, low, flags, "ILM-to-outer-retina"):
         return None
-    if low.any():
-        flags["low_signal_columns"] = f"{int(low.sum())} columns without usable signal are NaN"
     slope_px_per_mm = np.abs(np.diff(ref)).mean() / (lateral_um * 1e-3) if cols > 1 else 0.0
     if slope_px_per_mm * axial_um > 150.0 and pattern != "circle":  # ~8.5 degrees mean tilt
         flags["extreme_tilt"] = f"retina tilted by {slope_px_per_mm * axial_um:.0f} um per mm on average"
