@@ -151,20 +151,15 @@ def _evidence(ev: Evidence, row: _Row, bp: dict[str, Any]) -> dict[str, Any] | N
                 row._miss(row.column(f))
             return None
         parts, hit = [], False
-        if bp["mean_systolic"] is not None:
-            ok = bp["mean_systolic"] >= rule.systolic_threshold_mmhg
+        limits = (("systolic", rule.systolic_threshold_mmhg), ("diastolic", rule.diastolic_threshold_mmhg))
+        for side, limit in limits:
+            mean = bp[f"mean_{side}"]
+            if mean is None:
+                continue
+            ok = mean >= limit
             hit |= ok
-            parts.append(
-                f"mean systolic {bp['mean_systolic']:.1f} mmHg of {bp['n_systolic']} reading(s) "
-                f"{'>=' if ok else '<'} {rule.systolic_threshold_mmhg:g}"
-            )
-        if bp["mean_diastolic"] is not None:
-            ok = bp["mean_diastolic"] >= rule.diastolic_threshold_mmhg
-            hit |= ok
-            parts.append(
-                f"mean diastolic {bp['mean_diastolic']:.1f} mmHg of {bp['n_diastolic']} reading(s) "
-                f"{'>=' if ok else '<'} {rule.diastolic_threshold_mmhg:g}"
-            )
+            parts.append(f"mean {side} {mean:.1f} mmHg of {bp[f'n_{side}']} reading(s) "
+                         f"{'>=' if ok else '<'} {limit:g}")
         if not hit:
             return None
         value = (

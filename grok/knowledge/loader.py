@@ -420,6 +420,12 @@ class _Checker:
             KBIssue(self.where(section, id_), f"{section}[id={id_}]{('.' + key) if key else ''}", msg, fix)
         )
 
+
+    def _not_a_position(self, kb, section: str, item: str, biomarker: str, why: str, fix: str) -> None:
+        """Report ``item`` of ``section`` when it refers to a position-valued biomarker (``why`` it cannot)."""
+        b = kb.biomarkers.get(biomarker)
+        if b is not None and b.value_kind == "position":
+            self.err(section, item, "biomarker", f"{biomarker!r} is a position; {why}", fix)
     def warn(self, section: str, id_: str, key: str, msg: str, fix: str) -> None:
         self.warnings.append(
             KBIssue(
@@ -488,15 +494,8 @@ class _Checker:
             for i, d in enumerate(r.devices):
                 if d != "any":
                     self.ref("normative_ranges", rid, f"devices[{i}]", d, "devices")
-            b = kb.biomarkers.get(r.biomarker)
-            if b is not None and b.value_kind == "position":
-                self.err(
-                    "normative_ranges",
-                    rid,
-                    "biomarker",
-                    f"{r.biomarker!r} is a position; it has no normal range",
-                    "remove this range",
-                )
+            self._not_a_position(kb, "normative_ranges", rid, r.biomarker, "it has no normal range",
+                                 "remove this range")
             with_range.add(r.biomarker)
         self._overlapping_bands()
         for bid, b in kb.biomarkers.items():
@@ -524,15 +523,8 @@ class _Checker:
                 self.ref("findings", fid, "lesion_type", f.lesion_type, "lesion_types")
                 continue
             self.ref("findings", fid, "biomarker", f.biomarker, "biomarkers")
-            b = kb.biomarkers.get(f.biomarker)
-            if b is not None and b.value_kind == "position":
-                self.err(
-                    "findings",
-                    fid,
-                    "biomarker",
-                    f"{f.biomarker!r} is a position and cannot be graded",
-                    "point the finding at a scalar or count biomarker",
-                )
+            self._not_a_position(kb, "findings", fid, f.biomarker, "it cannot be graded",
+                                 "point the finding at a scalar or count biomarker")
             if isinstance(f, ThresholdFinding):
                 for ti, ts in enumerate(f.thresholds):
                     for di, d in enumerate(ts.devices):
