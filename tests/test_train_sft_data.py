@@ -124,8 +124,6 @@ def test_render_matches_the_stored_chat_template(encoder, processor):
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_image_tokens_match_grids_for_cfp_and_oct(encoder, processor, family):
-    from dataclasses import replace
-
     from grok_train.modeling import build_model
 
     tok = processor.tokenizer
@@ -146,7 +144,7 @@ def test_image_tokens_match_grids_for_cfp_and_oct(encoder, processor, family):
     assert [e - s - 1 for s, e in zip(starts, ends)] == per_image
     assert int(batch["mm_token_type_ids"].sum()) == sum(per_image)
     assert batch["pixel_values"].shape[0] == int(grid.prod(-1).sum())
-    model = build_model(replace(MODEL_CFG, family=family), tok, torch.float32).eval()
+    model = build_model(MODEL_CFG.model_copy(update={"family": family}), tok, torch.float32).eval()
     with torch.no_grad():
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
     assert out.logits.shape[:2] == batch["input_ids"].shape
