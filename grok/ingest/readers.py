@@ -260,15 +260,19 @@ def pixels_from_dicom(ds, *, name: str) -> np.ndarray:
     return arr
 
 
-def _read_oct_dicom(src, name: str) -> OctScan:
+def _dicom_of_class(src, name: str, classes, what: str, fix: str):
+    """``(dataset, SOP class UID)`` of ``src``; :class:`ReaderError` (``wrong_sop_class``) naming ``what`` the
+    reader expects and the ``fix`` when the object is of another class."""
     ds = dcmread_any(src, name=name)
     sop = str(getattr(ds, "SOPClassUID", ""))
-    if sop not in OCT_SOP_CLASSES:
-        raise ReaderError(
-            f"{name}: SOP class {sop or 'missing'} is not Ophthalmic Tomography ({OPT_SOP_CLASS}); "
-            "pass an OPT object or a B-scan image export",
-            error_class="wrong_sop_class",
-        )
+    if sop not in classes:
+        raise ReaderError(f"{name}: SOP class {sop or 'missing'} is not {what}; {fix}", error_class="wrong_sop_class")
+    return ds, sop
+
+
+def _read_oct_dicom(src, name: str) -> OctScan:
+    ds, sop = _dicom_of_class(src, name, OCT_SOP_CLASSES, f"Ophthalmic Tomography ({OPT_SOP_CLASS})",
+                              "pass an OPT object or a B-scan image export")
     frames, rows, cols, samples = check_pixel_budget(ds, name=name)
     arr = pixels_from_dicom(ds, name=name)
     if samples != 1:
@@ -291,14 +295,9 @@ def _read_oct_dicom(src, name: str) -> OctScan:
 
 
 def _read_cfp_dicom(src, name: str) -> CfpImage:
-    ds = dcmread_any(src, name=name)
-    sop = str(getattr(ds, "SOPClassUID", ""))
-    if sop not in CFP_SOP_CLASSES:
-        raise ReaderError(
-            f"{name}: SOP class {sop or 'missing'} is not Ophthalmic Photography ({OP8_SOP_CLASS} / {OP16_SOP_CLASS}); "
-            "pass an OP object or an image export",
-            error_class="wrong_sop_class",
-        )
+    ds, sop = _dicom_of_class(src, name, CFP_SOP_CLASSES,
+                              f"Ophthalmic Photography ({OP8_SOP_CLASS} / {OP16_SOP_CLASS})",
+                              "pass an OP object or an image export")
     check_pixel_budget(ds, name=name)
     arr = pixels_from_dicom(ds, name=name)
     rgb = to_rgb8(arr, photometric=str(getattr(ds, "PhotometricInterpretation", "RGB")), name=name)
