@@ -424,13 +424,20 @@ def _read_oct_export_folder(path: Path) -> OctScan:
                    meta.get("manufacturer"), 16 if vol.max(initial=0) > 255 else 8, {"source": "export_folder"})
 
 
-def _read_oct_image(path: Path) -> OctScan:
+def _export_with_sidecar(path: Path, modality: str, what: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """An exported image's pixels and its sidecar's fields (``{}`` without one); :class:`ReaderError`
+    (``wrong_modality``) when the sidecar names another modality than ``modality`` (``what`` it should be)."""
     arr = decode_image(path, name=str(path))
     side = sidecar_for(path)
     meta = parse_sidecar(side.read_text(), name=str(side)) if side else {}
-    if meta.get("modality", "oct") != "oct":
-        raise ReaderError(f"{path}: its sidecar says modality {meta['modality']!r}, not an OCT B-scan",
+    if meta.get("modality", modality) != modality:
+        raise ReaderError(f"{path}: its sidecar says modality {meta['modality']!r}, not {what}",
                           error_class="wrong_modality")
+    return arr, meta
+
+
+def _read_oct_image(path: Path) -> OctScan:
+    arr, meta = _export_with_sidecar(path, "oct", "an OCT B-scan")
     bscan = _gray(arr).astype(np.float32)
     return OctScan(bscan[None], _spacing_from_meta(meta), meta.get("eye"), meta.get("scan_pattern", "bscan"),
                    meta.get("manufacturer"), 16 if arr.dtype == np.uint16 else 8, {"source": "image_export"})
@@ -740,12 +747,7 @@ def read_cfp(path: str | os.PathLike) -> CfpImage:
     if p.stat().st_size == 0:
         raise ReaderError(f"{p}: zero-byte file; re-export it", error_class="empty_file")
     if p.suffix.lower() in IMAGE_SUFFIXES:
-        arr = decode_image(p, name=str(p))
-        side = sidecar_for(p)
-        meta = parse_sidecar(side.read_text(), name=str(side)) if side else {}
-        if meta.get("modality", "cfp") != "cfp":
-            raise ReaderError(f"{p}: its sidecar says modality {meta['modality']!r}, not a fundus photograph",
-                              error_class="wrong_modality")
+        arr, meta = _export_with_sidecar(p, "cfp", "a fundus photograph")
         channels = 3 if arr.ndim == 3 else 1
         return CfpImage(to_rgb8(arr, name=str(p)), meta.get("eye"), _float(meta.get("pixel_spacing_mm")),
                         meta.get("manufacturer"), {"source": "image_export", "source_channels": channels})
