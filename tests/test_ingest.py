@@ -343,3 +343,17 @@ def test_missing_source_is_a_clear_error(tmp_path):
 
     with pytest.raises(SourceError, match="no such folder or archive"):
         ingest(str(tmp_path / "nope"), tmp_path / "out", _cfg())
+
+
+@pytest.mark.parametrize("reader, says", [("read_oct", "cfp"), ("read_cfp", "oct")])
+def test_export_whose_sidecar_names_another_modality_is_refused(tmp_path, reader, says):
+    from PIL import Image
+
+    from grok.ingest import readers
+
+    png = tmp_path / "img.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(png)
+    (tmp_path / "img.png.json").write_text(json.dumps({"modality": says, "eye": "OD"}))
+    with pytest.raises(readers.ReaderError, match=f"sidecar says modality '{says}'") as err:
+        getattr(readers, reader)(png)
+    assert err.value.error_class == "wrong_modality"
