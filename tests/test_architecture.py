@@ -10,6 +10,8 @@
   a package's PEP 562 ``__getattr__`` facade is not counted either.
 * A third-party import inside a function must be of a heavy or optional package (:data:`LATE_OK`):
   an optional extra (torch, transformers, openai, ...) or one whose import would slow every command.
+* ``ruff check`` passes with the rules in ``pyproject.toml`` (pyflakes, import order, syntax, mutable
+  defaults, exception chaining) over the code, tests, benchmarks and scripts.
 """
 
 from __future__ import annotations
@@ -84,3 +86,10 @@ def test_no_new_imports_inside_functions():
                        f"to the module top: {grown}")
     stale = {f: (internal.get(f, 0), n) for f, n in baseline.items() if internal.get(f, 0) < n}
     assert not stale, f"fewer late imports than the baseline allows: lower tests/data/late_imports.json: {stale}"
+
+
+def test_ruff_rules_hold():
+    ruff = Path(sys.executable).with_name("ruff")
+    out = subprocess.run([str(ruff), "check", "grok", "flows", "grok_train", "tests", "benchmarks", "scripts"],
+                         cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]

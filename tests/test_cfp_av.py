@@ -299,7 +299,7 @@ def test_zone_b_vessels_are_typed_against_each_other():
     and a vessel without colour is left out of the calibres."""
     n, dd = 600, 100.0
     disc = (300.0, 300.0)
-    segs, widths = [], []
+    segs = []
     for k in range(7):
         a = 2 * math.pi * k / 7
         p0 = (disc[0] + 40 * math.cos(a), disc[1] + 40 * math.sin(a))

@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 import yaml
 
-from grok.config import ConfigError
 from flows.demo import demo_config
+from grok.config import ConfigError
 from grok.instruct.generate import InstructConfig
 from grok.instruct.llm import LLMConfig, RateLimiter
 from grok.stages.config import BuildConfig, json_schema, load_config

@@ -36,7 +36,12 @@ def test_identifier_patterns_compile_and_catch():
 
 
 def test_biomarker_bounds_use_known_ids():
-    from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+    from grok.ids import (
+        CFP_BIOMARKERS,
+        OCT_EXTRA_BIOMARKERS,
+        OCT_GROK_BIOMARKERS,
+        OCT_PERIPAPILLARY_BIOMARKERS,
+    )
 
     known = set(OCT_GROK_BIOMARKERS) | set(OCT_EXTRA_BIOMARKERS) | set(OCT_PERIPAPILLARY_BIOMARKERS) | set(CFP_BIOMARKERS)
     bounds = load_contract("biomarkers").plausible_bounds

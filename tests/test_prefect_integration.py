@@ -98,7 +98,7 @@ print(json.dumps({{"state": run.state.type.value, "id": str(run.id)}}))
         assert info["version"] == "0.1.0"
         assert len(load("small@0.1.0", "instructions", "train", registry=str(tmp_path / "registry"))) > 0
         # the training deployments ran on that version, in CPU smoke mode, to completion
-        check = f"""
+        check = """
 import asyncio, json
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, DeploymentFilter
@@ -112,8 +112,8 @@ async def main():
                 if runs and runs[0].state.is_final():
                     break
                 await asyncio.sleep(2)
-            out.append({{"name": name, "n": len(runs), "state": runs[0].state.type.value if runs else None,
-                         "params": runs[0].parameters if runs else None}})
+            out.append({"name": name, "n": len(runs), "state": runs[0].state.type.value if runs else None,
+                         "params": runs[0].parameters if runs else None})
         print(json.dumps(out))
 asyncio.run(main())
 """

@@ -9,13 +9,11 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from tests.train_fixtures import make_alignment_dataset, write_dataset_folder
-
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok_train.biomarkers import BiomarkerNormaliser, values_matrix
 from grok_train.config import AlignConfig, config_from_dict
 from grok_train.errors import BadInputError, MissingDependencyError
-
+from tests.train_fixtures import make_alignment_dataset, write_dataset_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -12,10 +12,10 @@ guard_torchvision()  # hide a broken torchvision before transformers / peft are 
 pytest.importorskip("torch")
 pytest.importorskip("peft")
 import typer
-from tests.train_fixtures import make_alignment_dataset, make_instruction_dataset, write_dataset_folder
 from typer.testing import CliRunner
 
 from grok_train.cli import app, register
+from tests.train_fixtures import make_alignment_dataset, make_instruction_dataset, write_dataset_folder
 
 runner = CliRunner()
 

@@ -8,10 +8,9 @@ import types
 import pytest
 
 pytest.importorskip("datasets")
-from tests.train_fixtures import make_alignment_dataset, write_dataset_folder
-
 from grok_train.data import load_split, parse_spec, resolve_dataset
 from grok_train.errors import DatasetNotFoundError
+from tests.train_fixtures import make_alignment_dataset, write_dataset_folder
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from tests.train_fixtures import make_instruction_dataset, write_dataset_folder
-
 from grok_train.config import PredictConfig, SFTConfig, config_from_dict
 from grok_train.errors import CheckpointNotFoundError, DatasetNotFoundError
-
+from tests.train_fixtures import make_instruction_dataset, write_dataset_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -213,11 +211,11 @@ def test_missing_inputs_fail_before_training(dataset, tmp_path):
 def test_vision_tower_initialised_from_qwen2vl_alignment(dataset, tmp_path):
     """encoder: qwen2vl alignment writes a vision tower that the SFT model then starts from."""
     from safetensors.torch import load_file
-    from tests.train_fixtures import make_alignment_dataset
 
     from grok_train.align import run_align
     from grok_train.config import AlignConfig
     from grok_train.modeling import build_model, build_processor, load_vision_init, visual_module
+    from tests.train_fixtures import make_alignment_dataset
 
     ds = write_dataset_folder(tmp_path / "ads", {"alignment": {"train": make_alignment_dataset(8, seed=5),
                                                                "validation": make_alignment_dataset(4, seed=6)}})

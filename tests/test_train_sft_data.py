@@ -13,11 +13,11 @@ pytest.importorskip("transformers")
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from tests.train_fixtures import draw_bscan
 
 from grok_train.config import ModelConfig, TinyModelConfig
 from grok_train.errors import ImageTokenMismatchError, SequenceTooLongError
 from grok_train.sft_data import IGNORE_INDEX, ChatEncoder, epoch_batches
+from tests.train_fixtures import draw_bscan
 
 MODEL_CFG = ModelConfig(tiny=TinyModelConfig(), image_min_pixels=56 * 56, image_max_pixels=112 * 112)
 

@@ -20,6 +20,7 @@ from grok.instruct.generate import TemplateGenerator
 from grok.instruct.records import build_facts
 from grok.instruct.templating import TemplateLibrary
 from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
 from grok.verify.corpus import (
     DEFAULT_CASES,
     DEFAULT_RECORDS,
@@ -29,7 +30,6 @@ from grok.verify.corpus import (
     read_jsonl,
     score_corpus,
 )
-from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Verifier
 
 #: The hard reason codes that count as catching each planted error (a self-contradiction always

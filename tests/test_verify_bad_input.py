@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from grok.instruct.records import build_facts
 from grok.knowledge import load_knowledge_base
-from grok.verify.corpus import DEFAULT_RECORDS, read_jsonl
 from grok.knowledge.lexicon import build_lexicon
+from grok.verify.corpus import DEFAULT_RECORDS, read_jsonl
 from grok.verify.verifier import Verifier
 
 KB = load_knowledge_base()

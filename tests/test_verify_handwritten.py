@@ -23,8 +23,8 @@ import pytest
 
 from grok.instruct.records import build_facts
 from grok.knowledge import load_knowledge_base
-from grok.verify.corpus import DEFAULT_RECORDS, chat_row, read_jsonl
 from grok.knowledge.lexicon import build_lexicon
+from grok.verify.corpus import DEFAULT_RECORDS, chat_row, read_jsonl
 from grok.verify.verifier import Verifier
 
 KB = load_knowledge_base()
