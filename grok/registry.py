@@ -149,11 +149,6 @@ def content_fingerprint(tables: Mapping[str, Mapping[str, pa.Table]]) -> str:
     return h.hexdigest()
 
 
-def _features_yaml(ds) -> list[dict[str, Any]]:
-    """The features in the dataset-card YAML form that ``datasets.load_dataset`` reads back."""
-    return ds.features._to_yaml_list()
-
-
 def publish(
     tables: Mapping[str, Mapping[str, Any]],
     name: str,
@@ -212,10 +207,10 @@ def publish(
         staging.mkdir(parents=True)
         arrow_tables: dict[str, dict[str, pa.Table]] = {}
         counts: dict[str, dict[str, int]] = {}
-        configs_yaml = []
-        features_yaml: dict[str, Any] = {}
+        data_files: dict[str, list[dict[str, str]]] = {}
+        infos: dict[str, Any] = {}
         for config in sorted(tables):
-            files = []
+            info = datasets.DatasetInfo(splits=datasets.SplitDict(), download_size=0, dataset_size=0)
             for split in sorted(tables[config]):
                 ds = tables[config][split]
                 if not isinstance(ds, datasets.Dataset):
@@ -223,11 +218,21 @@ def publish(
                 rel = f"data/{config}/{split}-00000-of-00001.parquet"
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 ds.to_parquet(str(staging / rel))
-                arrow_tables.setdefault(config, {})[split] = ds.data.table
+                table = _rows_table(ds)
+                arrow_tables.setdefault(config, {})[split] = table
                 counts.setdefault(config, {})[split] = len(ds)
-                files.append({"split": split, "path": rel})
-                features_yaml[config] = _features_yaml(ds)
-            configs_yaml.append({"config_name": config, "data_files": files})
+                if len(ds) == 0:
+                    continue  # kept as a file (see load), left out of the card: datasets cannot load it
+                # sizes as the Hub and datasets.load_dataset count them: Arrow bytes per split, file bytes
+                nbytes = _arrow_nbytes(staging / rel)
+                data_files.setdefault(config, []).append({"split": split, "path": rel})
+                info.features = ds.features
+                info.splits.add(datasets.SplitInfo(name=split, num_bytes=nbytes, num_examples=len(ds)))
+                info.download_size += (staging / rel).stat().st_size
+                info.dataset_size += nbytes
+            if info.splits:
+                info.size_in_bytes = info.download_size + info.dataset_size
+                infos[config] = info
         fingerprint = content_fingerprint(arrow_tables)
         manifest = {
             "name": ref.name,
@@ -240,7 +245,7 @@ def publish(
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         if extra_writer is not None:
             extra_writer(staging)
-        (staging / "README.md").write_text(_card(ref.name, version, configs_yaml, features_yaml, counts,
+        (staging / "README.md").write_text(_card(ref.name, version, data_files, infos, counts,
                                                  dict(card_meta or {}), card_body, fingerprint))
         if local:
             if fs.exists(final):  # re-check under the lock just before the atomic rename
@@ -281,27 +286,71 @@ def _stale_lock(lock: str) -> bool:
     return False
 
 
-def _card(name: str, version: str, configs: list[dict], features: dict, counts: dict, meta: dict, body: str,
-          fingerprint: str) -> str:
-    import yaml
+def _size_category(n: int) -> str:
+    """The Hub's ``size_categories`` tag for ``n`` rows."""
+    for limit, tag in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < limit:
+            return tag
+    return "1M<n<10M"
 
-    front = {
-        "pretty_name": meta.get("pretty_name", name),
-        "license": meta.get("license", "other"),
-        "task_categories": meta.get("task_categories", ["image-text-to-text"]),
-        "tags": meta.get("tags", ["ophthalmology", "oct", "fundus", "synthetic" if meta.get("synthetic") else "clinical"]),
-        "configs": configs,
-        "dataset_info": [{"config_name": c, "features": features[c],
-                          "splits": [{"name": s, "num_examples": n} for s, n in counts[c].items()]}
-                         for c in sorted(features)],
-    }
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "", f"# {name} {version}", "",
-             f"Content fingerprint: `{fingerprint}`", "", "| config | split | rows |", "|---|---|---|"]
+
+def card_data(name: str, data_files: Mapping[str, list[dict]], infos: Mapping[str, Any], meta: Mapping[str, Any]):
+    """The card's YAML metadata as a ``huggingface_hub.DatasetCardData``, in the form the Hub validates.
+
+    ``data_files[config]``: ``[{"split", "path"}]``; ``infos[config]``: a ``datasets.DatasetInfo`` with the
+    features and, per split, ``num_examples`` and ``num_bytes`` (Arrow bytes), plus ``download_size``
+    (parquet bytes) and ``dataset_size``. Written through ``datasets``' own card writers (what
+    ``push_to_hub`` uses), so ``datasets.load_dataset`` reads every field back without a warning.
+    """
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+    from huggingface_hub import DatasetCardData
+
+    rows = sum(s.num_examples for info in infos.values() for s in info.splits.values())
+    data = DatasetCardData(
+        pretty_name=meta.get("pretty_name", name),
+        license=meta.get("license", "other"),
+        task_categories=meta.get("task_categories", ["image-text-to-text"]),
+        size_categories=[_size_category(rows)],
+        tags=meta.get("tags", ["ophthalmology", "oct", "fundus", "synthetic" if meta.get("synthetic") else "clinical"]),
+    )
+    MetadataConfigs({c: {"data_files": list(files)} for c, files in data_files.items()}).to_dataset_card_data(data)
+    DatasetInfosDict(dict(infos)).to_dataset_card_data(data)
+    return data
+
+
+def _card(name: str, version: str, data_files: Mapping[str, list[dict]], infos: Mapping[str, Any], counts: dict,
+          meta: dict, body: str, fingerprint: str) -> str:
+    from huggingface_hub import DatasetCard
+
+    lines = [f"# {name} {version}", "", f"Content fingerprint: `{fingerprint}`", "", "| config | split | rows |",
+             "|---|---|---|"]
     for c in sorted(counts):
         for s, n in counts[c].items():
             lines.append(f"| {c} | {s} | {n} |")
+    empty = [f"{c}/{s}" for c in sorted(counts) for s, n in counts[c].items() if n == 0]
+    if empty:
+        lines += ["", f"Empty splits ({', '.join(empty)}) are published as parquet files with their features but are "
+                  "not listed in the card's `configs`: `datasets.load_dataset` cannot load a split without rows "
+                  "(`grok.registry.load` reads them)."]
     lines += ["", body.strip(), ""]
-    return "\n".join(lines)
+    card = DatasetCard(f"---\n{card_data(name, data_files, infos, meta).to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)
+
+
+def _arrow_nbytes(parquet: Path) -> int:
+    """Bytes of a parquet file's rows as Arrow, what ``datasets`` records as a split's ``num_bytes`` when it
+    loads the file (read one column at a time, so at most one column is in memory)."""
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(parquet).names
+    return sum(pq.read_table(parquet, columns=[name]).nbytes for name in names)
+
+
+def _rows_table(ds) -> pa.Table:
+    """The Arrow table of a dataset's rows as published: an indices mapping (``select``, ``shuffle``) applied,
+    zero-copy when there is none, so the fingerprint covers the rows in the parquet file."""
+    return ds.with_format("arrow")[:]
 
 
 def load(spec: str, config: str, split: str, registry: str | None = None):
