@@ -17,6 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 from PIL import Image
 
 from grok import registry as reg
+from tests.test_registry import _ds as _align
 
 datasets.disable_progress_bars()
 
@@ -35,17 +36,6 @@ def _chat(n: int) -> datasets.Dataset:
                      for i in range(n)],
         "images": [[Image.fromarray((rng.random((8, 8)) * 255).astype(np.uint8))] for _ in range(n)],
         "score": [0.5 * i for i in range(n)],
-    }, features=feats)
-
-
-def _align(n: int) -> datasets.Dataset:
-    rng = np.random.default_rng(0)
-    feats = datasets.Features({"sample_id": datasets.Value("string"), "image": datasets.Image(),
-                               "biomarker_values": datasets.List(datasets.Value("float32"))})
-    return datasets.Dataset.from_dict({
-        "sample_id": [f"s{i}" for i in range(n)],
-        "image": [Image.fromarray((rng.random((16, 24)) * 255).astype(np.uint8)) for _ in range(n)],
-        "biomarker_values": [[float(i), None if i % 2 else 1.0] for i in range(n)],
     }, features=feats)
 
 
