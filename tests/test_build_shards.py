@@ -145,3 +145,21 @@ def test_code_changes_change_the_key(tmp_path, monkeypatch):
     assert source_digest("extractor_pkg") == before
     (pkg / "thickness.py").write_text("def um(px):\n    return px * 3.9\n")  # an edited extractor
     assert source_digest("extractor_pkg") != before
+
+
+def test_only_generation_templates_key_instruction_shards(tmp_path):
+    """An edited card, report or evaluation template leaves the instruct shards' key alone; an edited task
+    family template changes it."""
+    from grok.instruct.templating import templates_dir
+    from grok.stages.instruct_stage import _generation_templates
+
+    mine = tmp_path / "templates"
+    shutil.copytree(templates_dir(), mine)
+    before = _generation_templates(str(mine))
+    assert before and all(k.split("/")[0] in ("instruct", "llm") for k in before)
+    for other in ("report/card.md.j2", "eval/judge_prompt.j2"):
+        (mine / other).write_text((mine / other).read_text() + "\n{# edited #}\n")
+    assert _generation_templates(str(mine)) == before
+    diag = mine / "instruct" / "diagnosis.j2"
+    diag.write_text(diag.read_text() + "\n{# edited #}\n")
+    assert _generation_templates(str(mine)) != before

@@ -33,6 +33,11 @@ _PUNCT_AFTER_SPACE = (" .", " ,", " ;", " :")
 _DICT_ATTRS = frozenset(dir(dict))
 
 
+#: Subfolders of the templates folder that instruction generation reads (task families, the LLM prompt);
+#: the dataset card, curator report and evaluation templates beside them do not shape instruction rows.
+GENERATION_TEMPLATES = ("instruct", "llm")
+
+
 def templates_dir() -> Path:
     """The templates folder: ``$GROK_TEMPLATES`` or the repository's ``templates/``."""
     env = os.environ.get(TEMPLATES_ENV)

@@ -26,7 +26,7 @@ from grok import __version__
 from grok.instruct.accounting import account
 from grok.instruct.export import INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
 from grok.instruct.generate import InstructConfig, build_instructions
-from grok.instruct.templating import templates_dir
+from grok.instruct.templating import GENERATION_TEMPLATES, templates_dir
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
@@ -48,6 +48,14 @@ def instruct_config(folder: BuildFolder, shards: int = 1) -> InstructConfig:
     llm = s.llm.shared_by(at_once).model_copy(update={"image_root": str(folder.root)})
     return InstructConfig.parse({**s.model_dump(round_trip=True, exclude={"shard_size", "llm_parallel_shards", "llm"}),
                                  "llm": llm, "build_id": folder.build_id()})
+
+
+def _generation_templates(configured: str | None) -> dict[str, str]:
+    """Digest of the templates instruction rows come from (``instruct/`` and ``llm/``), so an edited card,
+    report or evaluation template does not regenerate instruction shards."""
+    root = Path(configured) if configured else templates_dir()
+    return {f"{sub}/{k}": v for sub in GENERATION_TEMPLATES if (root / sub).is_dir()
+            for k, v in files_digest(root / sub).items()}
 
 
 class Instruct(Stage):
@@ -73,7 +81,7 @@ class Instruct(Stage):
         code = {"grok": __version__, "source": source_digest("grok.instruct", "grok.verify", "grok.knowledge", __name__)}
         common = {"stage": "instruct", "code": code, "build_id": folder.build_id(),
                   "config": {k: v for k, v in cfg.instruct.key_dump().items() if k != "shard_size"},
-                  "kb": folder.kb.snapshot_id, "templates": files_digest(cfg.instruct.templates_dir or templates_dir())}
+                  "kb": folder.kb.snapshot_id, "templates": _generation_templates(cfg.instruct.templates_dir)}
         return [Shard(ids=ids[i:i + n], key=content_key({**common, "records": [records[s] for s in ids[i:i + n]]}))
                 for i in range(0, len(ids), n)]
 
