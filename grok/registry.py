@@ -7,6 +7,7 @@ Layout of a registry root (a local folder by default, or any fsspec URL)::
     <root>/<name>/<version>/data/<config>/<split>-00000-of-00001.parquet
     <root>/<name>/<version>/README.md       dataset card (YAML front matter: configs, splits, features)
     <root>/<name>/<version>/manifest.json   fingerprint, versions, build id, row counts
+    <root>/<name>/<version>/croissant.json  Croissant 1.0 metadata (record sets, field types, licence, provenance)
 
 A version folder is written under a temporary name and renamed into place only when complete, so
 a killed publish leaves no partial version; an existing version is never overwritten; a lock
@@ -30,7 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 DEFAULT_REGISTRY_ENV = "GROK_REGISTRY"
 DEFAULT_REGISTRY = "registry"
@@ -65,8 +68,6 @@ def registry_root(registry: str | os.PathLike | None = None) -> str:
 
 
 def _fs(root: str):
-    import fsspec
-
     return fsspec.core.url_to_fs(root)
 
 
@@ -247,6 +248,8 @@ def publish(
             extra_writer(staging)
         (staging / "README.md").write_text(_card(ref.name, version, data_files, infos, counts,
                                                  dict(card_meta or {}), card_body, fingerprint))
+        (staging / "croissant.json").write_text(json.dumps(
+            croissant(ref.name, version, data_files, infos, dict(card_meta or {}), manifest), indent=2))
         if local:
             if fs.exists(final):  # re-check under the lock just before the atomic rename
                 raise RegistryError(f"{ref.name}@{version} appeared while publishing; nothing was changed")
@@ -338,11 +341,111 @@ def _card(name: str, version: str, data_files: Mapping[str, list[dict]], infos: 
     return str(card)
 
 
+#: The JSON-LD context of a Croissant 1.0 file (as mlcroissant writes it).
+CROISSANT_CONTEXT: dict[str, Any] = {
+    "@language": "en", "@vocab": "https://schema.org/", "citeAs": "cr:citeAs", "column": "cr:column",
+    "conformsTo": "dct:conformsTo", "cr": "http://mlcommons.org/croissant/", "rai": "http://mlcommons.org/croissant/RAI/",
+    "data": {"@id": "cr:data", "@type": "@json"}, "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
+    "dct": "http://purl.org/dc/terms/", "equivalentProperty": "cr:equivalentProperty",
+    "examples": {"@id": "cr:examples", "@type": "@json"}, "extract": "cr:extract", "field": "cr:field",
+    "fileProperty": "cr:fileProperty", "fileObject": "cr:fileObject", "fileSet": "cr:fileSet", "format": "cr:format",
+    "includes": "cr:includes", "isLiveDataset": "cr:isLiveDataset", "jsonPath": "cr:jsonPath", "key": "cr:key",
+    "md5": "cr:md5", "parentField": "cr:parentField", "path": "cr:path", "recordSet": "cr:recordSet",
+    "references": "cr:references", "regex": "cr:regex", "repeated": "cr:repeated", "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate", "sc": "https://schema.org/", "separator": "cr:separator", "source": "cr:source",
+    "subField": "cr:subField", "transform": "cr:transform",
+}
+_CROISSANT_TYPES = {"string": "sc:Text", "large_string": "sc:Text", "bool": "sc:Boolean", "date32": "sc:Date",
+                    **{f"{p}int{b}": "sc:Integer" for p in ("", "u") for b in (8, 16, 32, 64)},
+                    **{f"float{b}": "sc:Float" for b in (16, 32, 64)}}
+
+
+def _croissant_field(fid: str, column: str, feature: Any, file_set: str, json_path: str | None = None) -> dict:
+    """One Croissant field for a ``datasets`` feature: a value, an image (the embedded bytes), a list of
+    either (``repeated``) or a struct (``subField`` per key, read by JSON path from the same column)."""
+    import datasets
+
+    field: dict[str, Any] = {"@type": "cr:Field", "@id": fid, "name": fid.rsplit("/", 1)[-1]}
+    source: dict[str, Any] = {"fileSet": {"@id": file_set}, "extract": {"column": column}}
+    transforms = [{"jsonPath": json_path}] if json_path else []
+    if isinstance(feature, datasets.List | datasets.Sequence | list):
+        inner = feature[0] if isinstance(feature, list) else feature.feature
+        return {**_croissant_field(fid, column, inner, file_set, json_path), "repeated": True}
+    if isinstance(feature, dict):
+        field["dataType"] = "cr:RecordSet"
+        field["subField"] = [_croissant_field(f"{fid}/{k}", column, v, file_set, k) for k, v in feature.items()]
+    elif isinstance(feature, datasets.Image):
+        field["dataType"] = "sc:ImageObject"
+        transforms.append({"jsonPath": "bytes"})
+    elif isinstance(feature, datasets.Value) and (feature.dtype in _CROISSANT_TYPES
+                                                  or feature.dtype.startswith("timestamp")):
+        field["dataType"] = _CROISSANT_TYPES.get(feature.dtype, "sc:Date")
+    else:
+        raise RegistryError(f"feature {fid} ({feature!r}) has no Croissant data type; use a string, number, "
+                            "boolean, date, image, list or struct feature")
+    if transforms:
+        source["transform"] = transforms if len(transforms) > 1 else transforms[0]
+    field["source"] = source
+    return field
+
+
+def croissant(name: str, version: str, data_files: Mapping[str, list[dict]], infos: Mapping[str, Any],
+              meta: Mapping[str, Any], manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The version's Croissant 1.0 metadata (``croissant.json``, MLCommons): one file set and one record set
+    per config, a field per column with its type (images as ``sc:ImageObject`` from the embedded bytes,
+    lists as ``repeated``, structs as sub-fields) plus the split read from the file name; the licence, the
+    content fingerprint and the provenance (build id, code, knowledge-base and template versions).
+    Paths are relative to the version folder, so the file is read where the folder is."""
+    versions = manifest.get("versions") or {}
+    provenance = [f"content fingerprint sha256:{manifest['fingerprint']}"]
+    if manifest.get("build_id"):
+        provenance.append(f"build id {manifest['build_id']}")
+    for key in ("code_version", "templates_fingerprint"):
+        if versions.get(key):
+            provenance.append(f"{key.replace('_', ' ')} {versions[key]}")
+    if versions.get("kb_snapshots"):
+        provenance.append("knowledge-base snapshots " + ", ".join(versions["kb_snapshots"]))
+    distribution, record_sets = [], []
+    for config in sorted(infos):
+        file_set = f"{config}-parquet"
+        distribution.append({"@type": "cr:FileSet", "@id": file_set, "name": file_set,
+                             "description": f"The parquet files of the {config!r} config, one per split.",
+                             "encodingFormat": "application/x-parquet",
+                             "includes": [f["path"] for f in data_files[config]]})
+        fields = [{"@type": "cr:Field", "@id": f"{config}/split", "name": "split", "dataType": "sc:Text",
+                   "description": "The split (train, validation, test), from the file name.",
+                   "source": {"fileSet": {"@id": file_set}, "extract": {"fileProperty": "filename"},
+                              "transform": {"regex": r"^(.+)-\d{5}-of-\d{5}\.parquet$"}}}]
+        fields += [_croissant_field(f"{config}/{col}", col, feat, file_set) for col, feat in infos[config].features.items()]
+        record_sets.append({"@type": "cr:RecordSet", "@id": config, "name": config,
+                            "description": f"The rows of the {config!r} config "
+                                           f"({sum(s.num_examples for s in infos[config].splits.values())} rows).",
+                            "field": fields})
+    doc: dict[str, Any] = {
+        "@context": CROISSANT_CONTEXT,
+        "@type": "sc:Dataset",
+        "name": name,
+        "description": meta.get("description") or f"{meta.get('pretty_name', name)} {version}: ophthalmic instruction "
+                       "data published by the GROK data engine (" + "; ".join(provenance) + ").",
+        "conformsTo": "http://mlcommons.org/croissant/1.0",
+        "citeAs": f"@misc{{{re.sub(r'[^a-z0-9]', '_', name)}_{version.replace('.', '_')}, title = {{{name} "
+                  f"{version}}}, note = {{content fingerprint sha256:{manifest['fingerprint']}}}}}",
+        "datePublished": manifest["created_utc"],
+        "license": meta.get("license", "other"),
+        "version": version,
+        "identifier": f"sha256:{manifest['fingerprint']}",
+        "keywords": list(meta.get("tags", ["ophthalmology", "oct", "fundus"])),
+        "distribution": distribution,
+        "recordSet": record_sets,
+    }
+    if meta.get("url"):
+        doc["url"] = meta["url"]
+    return doc
+
+
 def _arrow_nbytes(parquet: Path) -> int:
     """Bytes of a parquet file's rows as Arrow, what ``datasets`` records as a split's ``num_bytes`` when it
     loads the file (read one column at a time, so at most one column is in memory)."""
-    import pyarrow.parquet as pq
-
     names = pq.read_schema(parquet).names
     return sum(pq.read_table(parquet, columns=[name]).nbytes for name in names)
 
@@ -372,8 +475,6 @@ def load(spec: str, config: str, split: str, registry: str | None = None):
     path = f"{info['path']}/data/{config}/{split}-00000-of-00001.parquet"
     if "://" in path or files[split] == 0:
         # a remote registry (any fsspec URL) is read through fsspec; an empty split keeps its features
-        import fsspec
-        import pyarrow.parquet as pq
 
         with fsspec.open(path, "rb") as fh:
             ds = datasets.Dataset(pq.read_table(fh))
