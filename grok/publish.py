@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import jinja2
 import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
@@ -355,8 +356,6 @@ def _versions(build_dir: Path, prep: dict[str, Any]) -> dict[str, Any]:
 
 def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, Any], info: dict[str, Any],
                versions: dict[str, Any], synthetic: bool = False) -> str:
-    import jinja2
-
     ins = prep["instructions"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
@@ -408,8 +407,6 @@ def _contradicted(prep: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
 def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *, rows_per_group: int = 2,
                          title: str = "") -> Path:
     """A static HTML page: rows sampled by class and task, images with overlays, biomarkers, findings, flags."""
-    import jinja2
-
     out_dir.mkdir(parents=True, exist_ok=True)
     media = out_dir / "media"
     media.mkdir(exist_ok=True)

@@ -9,6 +9,8 @@ import sys
 import warnings
 from typing import Any
 
+import numpy as np
+
 from grok_train.errors import MissingDependencyError
 
 _TORCHVISION_CHECKED = False
@@ -86,7 +88,6 @@ def resolve_device(device: str) -> Any:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
-    import numpy as np
     import torch
 
     random.seed(seed)
@@ -96,7 +97,6 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG state a resumed run needs to replay the next step exactly."""
-    import numpy as np
     import torch
 
     state: dict[str, Any] = {
@@ -111,7 +111,6 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`rng_state` returned."""
-    import numpy as np
     import torch
 
     random.setstate(state["python"])

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok_train._compat import guard_torchvision, require, resolve_device, seed_everything
@@ -54,7 +55,6 @@ def _nn() -> Any:
 def _grey_batch(images: Sequence[Any], size_px: int) -> torch.Tensor:
     """PIL images -> (B, 1, size_px, size_px) float32, intensities scaled to mean ~0, sd ~1."""
     import torch
-    from PIL import Image
 
     arrs = [np.asarray(im.convert("L").resize((size_px, size_px), Image.BILINEAR), dtype=np.float32) for im in images]
     x = torch.from_numpy(np.stack(arrs))[:, None] / 255.0

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from grok_train.errors import BadInputError, ConfigError
 
@@ -35,8 +36,6 @@ def values_matrix(rows_values: Sequence[Sequence[float | None]], n_ids: int) -> 
 
 def load_normal_ranges(path: str | Path) -> dict[str, tuple[float, float]]:
     """Read ``{id: [mean, sd]}`` or ``{id: {mean: .., sd: ..}}`` from a YAML or JSON file."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"normal_ranges_file {p} not found; export the knowledge base's ranges or drop the key")

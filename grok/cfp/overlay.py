@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
 from grok.cfp.measure import MASK_NAMES, CfpMeasurement
@@ -45,8 +46,6 @@ def overlay_png(rgb: np.ndarray, measurement: CfpMeasurement, path: str | os.Pat
     rgb : (H, W, 3) the photograph measured; path : output file (parent folders are created).
     Returns the path written.
     """
-    from PIL import Image, ImageDraw
-
     img = _to_uint8_rgb(rgb)
     H, W = img.shape[:2]
     m = measurement.masks
@@ -86,8 +85,6 @@ def overlay_png(rgb: np.ndarray, measurement: CfpMeasurement, path: str | os.Pat
 
 def write_masks(measurement: CfpMeasurement, directory: str | os.PathLike) -> list[Path]:
     """Write fov.png, vessels.png, arteries.png, veins.png, disc.png, cup.png (0/255, 8-bit, original size)."""
-    from PIL import Image
-
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
 
 from grok.cfp._kernels import block_mean, block_median_abs, channel_mean_min_max
@@ -74,8 +75,6 @@ def to_working(image: np.ndarray) -> Working:
 
 def _resize(f: np.ndarray, scale: float) -> np.ndarray:
     """Area-averaging downscale of a float image (H, W, C) by ``scale`` < 1 (Pillow box filter)."""
-    from PIL import Image
-
     H, W = f.shape[:2]
     h, w = max(int(round(H * scale)), 1), max(int(round(W * scale)), 1)
     out = np.empty((h, w, f.shape[2]), dtype=np.float32)
@@ -200,8 +199,6 @@ def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
 
 def upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float 2-D array to ``shape`` (h, w) (Pillow; pixel-centre aligned)."""
-    from PIL import Image
-
     h, w = shape
     im = Image.fromarray(np.ascontiguousarray(small, dtype=np.float32), mode="F")
     return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, relative_channels, to_working
 from grok.cfp.vessel_model import FEATURES, vessel_features
@@ -60,7 +61,6 @@ def is_training_photo(set_name: str, stem: str) -> bool:
 
 def photo_samples(photo: Path, ref_path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(features (n, F), soft targets (n,)) sampled from one photograph at the working resolution."""
-    from PIL import Image
     from skimage.transform import resize
 
 

@@ -20,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 
 from grok.ids import CATEGORIES
@@ -235,8 +237,6 @@ def _identifier_columns(df: pd.DataFrame, out: pd.DataFrame, contract: Contract,
     """Per text column (nested ones serialised): the count of known identifiers (keyed-hash deny list) and of
     identifier-pattern matches per row, as derived columns that must be 0. A cell with any hit is replaced by a
     placeholder in the batch Great Expectations sees, so no suite, result or data doc can hold an identifier."""
-    import numpy as np
-
     patterns, date_pat = identifier_patterns()
     regs = [re.compile(p["regex"]) for p in patterns]
     date_re = re.compile(date_pat["regex"])
@@ -313,7 +313,6 @@ def validate(
     table_path = None
     if isinstance(data, (str, os.PathLike)):
         table_path = Path(data)
-        import pyarrow.parquet as pq
 
         data = pq.read_table(table_path)
     schema_problems = check_schema(data, c)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from PIL import Image
 
 from grok.ids import BOUNDARIES
 
@@ -364,8 +365,6 @@ def parse_sidecar(data: bytes | str, *, name: str) -> dict[str, Any]:
 
 def decode_image(data: bytes | IO[bytes] | Path, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode PNG/JPEG/TIFF/BMP/PPM/PGM bytes (8- or 16-bit) with Pillow, refusing decompression bombs and corrupt files."""
-    from PIL import Image
-
     src = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     old = Image.MAX_IMAGE_PIXELS
     try:

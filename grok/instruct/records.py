@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from grok.instruct.boxes import Box, normalise_box
 from grok.knowledge import reason
 from grok.knowledge.lexicon import Lexicon
@@ -67,8 +69,6 @@ def load_studies(path: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{p}: study records not found (pass the studies JSONL/parquet written by the "
                                 "records stage)")
     if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
         rows = pq.read_table(p).to_pylist()
         for r in rows:  # nested dicts may arrive JSON-encoded from other writers
             for k in ("biomarkers", "quality", "images", "image_sizes", "reasoning", "provenance"):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from grok.instruct.records import lower_first
 
 TEMPLATES_ENV = "GROK_TEMPLATES"
@@ -134,8 +136,6 @@ class TemplateLibrary:
     """Jinja environment over ``templates/`` with the instruction families and LLM prompts."""
 
     def __init__(self, root: str | Path | None = None):
-        import jinja2
-
         self.root = Path(root) if root is not None else templates_dir()
         if not (self.root / "instruct").is_dir():
             raise FileNotFoundError(f"{self.root}/instruct: template folder not found (set {TEMPLATES_ENV} to the "

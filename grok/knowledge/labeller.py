@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from grok.knowledge.loader import KnowledgeBase, load_knowledge_base
 from grok.knowledge.models import CohortCheck, CohortLabel, CohortSettings, Evidence
@@ -452,8 +454,6 @@ def write_labels(labels: pd.DataFrame, path: str | os.PathLike) -> Path:
             flat[c] = flat[c].map(lambda v: json.dumps(v, ensure_ascii=False))
         flat.to_csv(p, index=False)
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         rule_t = pa.struct(
             [

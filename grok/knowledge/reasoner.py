@@ -39,6 +39,8 @@ from itertools import pairwise
 from statistics import NormalDist
 from typing import Any
 
+import numpy as np
+
 from grok import ids as canonical
 from grok.knowledge.loader import UNRECOGNISED_DEVICE, KnowledgeBase, load_knowledge_base
 from grok.knowledge.models import (
@@ -290,14 +292,7 @@ def _is_missing(v: Any) -> bool:
         return True
     if isinstance(v, str) and v.strip() == "":
         return True
-    try:  # numpy / pandas NA scalars
-        import numpy as np
-
-        if isinstance(v, np.floating) and np.isnan(v):
-            return True
-    except ImportError:  # pragma: no cover - numpy is a core dependency
-        pass
-    return False
+    return isinstance(v, np.floating) and bool(np.isnan(v))  # numpy / pandas NA scalars
 
 
 def finite_float(v: Any) -> float | None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field, field_validator
 
 from grok.config import Settings
@@ -281,8 +282,6 @@ COHORT_COLUMNS = [
 
 
 def _png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-
     Image.fromarray(arr).save(path, compress_level=1)
 
 
@@ -294,8 +293,6 @@ def _banner_text(ident: DicomIdentity) -> str:
 def _with_banner(image: np.ndarray, text: str) -> np.ndarray:
     """``image`` with a black header bar carrying ``text`` in white (Pillow's default font), as screenshots and
     photo exports of some clinic viewers show the patient."""
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     _, y0, _, y1 = probe.textbbox((0, 0), text, font=font)
@@ -309,8 +306,6 @@ def _with_banner(image: np.ndarray, text: str) -> np.ndarray:
 
 def _report_page(bscan: np.ndarray, ident: DicomIdentity, eye: str) -> np.ndarray:
     """An OCT report page: white page, black header lines (name, ids, birth date, eye), the B-scan below."""
-    from PIL import Image, ImageDraw, ImageFont
-
     font = ImageFont.load_default()
     lines = [f"Patient: {ident.patient_name.replace('^', ', ')}",
              f"ID: {ident.patient_id}   DOB: {ident.birth_date.isoformat()}",
@@ -408,7 +403,6 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
                 side_common, manufacturer=oct_maker, model=oct_model, modality="oct", scan_pattern="volume",
                 spacing_mm={"axial": spacing_mm[0], "lateral": spacing_mm[1], "slice": spacing_mm[2]}), indent=1))
             if s.index % 2 == 0:  # some exports show the patient in the pixels (ingestion must quarantine them)
-                from PIL import Image
 
                 Image.fromarray(_with_banner(fundus.image, _banner_text(ident))).save(edir / "cfp_banner.jpg",
                                                                                      quality=90)

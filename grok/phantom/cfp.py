@@ -30,7 +30,9 @@ from typing import Any
 
 import numba
 import numpy as np
+from PIL import Image
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from grok.cfp.formulas import (
     av_ratio_knudtson,
@@ -387,8 +389,6 @@ def _zone_b_widths(vessels: list[_Vessel], disc, dd) -> tuple[list[float], list[
 
 def _av_nicking(vessels: list[_Vessel], strength: float, rng: np.random.Generator) -> int:
     """Narrow venules where an arteriole crosses them (hypertensive AV nicking); returns the count."""
-    from scipy.spatial import cKDTree
-
     arts = [v for v in vessels if v.kind == "artery"]
     if not arts or strength <= 0:
         return 0
@@ -913,8 +913,6 @@ def synth_fundus(
 
 def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
     """Compress and decompress in memory (JPEG block artefacts, as in archived fundus photographs)."""
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="JPEG", quality=quality, subsampling=0)
     buf.seek(0)
@@ -924,8 +922,6 @@ def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
 def _main(argv: list[str] | None = None) -> int:
     import argparse
     import json
-
-    from PIL import Image
 
     ap = argparse.ArgumentParser(description="Write one phantom fundus photograph (PNG) and its truth (JSON).")
     ap.add_argument("--category", default="normal", choices=CATEGORIES)

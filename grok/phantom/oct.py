@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numba
 import numpy as np
+from scipy import ndimage
 
 from grok.ids import (
     CATEGORIES,
@@ -625,8 +626,6 @@ class DeviceLook:
         return out
 
     def blur(self, vol: np.ndarray) -> np.ndarray:
-        from scipy import ndimage
-
         f = ndimage.gaussian_filter(vol.astype(np.float32), (0.0, *self.psf_px), mode="nearest")
         return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
 
 #: Longer side (px) the detector works at; larger images are area-reduced by an integer factor.
 WORK_SIDE = 2048
@@ -84,8 +86,6 @@ def _reduce(grey: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _glyphs(grey: np.ndarray, tophat: np.ndarray) -> list[tuple[int, int, int, int, float]]:
     """Candidate glyphs (y0, y1, x0, x1, contrast) of one polarity: glyph-sized marks on a flat background."""
-    from scipy import ndimage as ndi
-
     mask = tophat > MIN_CONTRAST
     if not mask.any():
         return []
@@ -141,8 +141,6 @@ def _lines(glyphs: list[tuple[int, int, int, int, float]]) -> list[list[int]]:
 
 def find_text_regions(image: np.ndarray) -> list[TextRegion]:
     """Text-like lines in ``image`` ((H, W) grey or (H, W, 3|4) colour, 8 or 16 bit); empty when none."""
-    from scipy import ndimage as ndi
-
     grey, f = _reduce(_grey(image))
     if min(grey.shape) < 16:
         return []
@@ -188,8 +186,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the detector over images and folders of images; print the flagged files and a summary (exit 0)."""
-    from PIL import Image
-
     ap = argparse.ArgumentParser(prog="python -m grok.privacy.burned_in", description=main.__doc__)
     ap.add_argument("paths", nargs="+", type=Path, help="image files or folders (searched recursively)")
     ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")

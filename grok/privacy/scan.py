@@ -49,6 +49,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.pseudonyms import keyed_hash
 
@@ -223,8 +227,6 @@ def _walk_value(v: Any, depth: int = 0) -> Iterator[str]:
 
 
 def _parquet(source: Any, depth: int) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
     pf = pq.ParquetFile(source)
     for k, v in (pf.schema_arrow.metadata or {}).items():
         yield k.decode("utf-8", "replace")
@@ -313,8 +315,6 @@ def _jpeg(data: bytes) -> Iterator[str]:
 
 
 def _pil_image(data: bytes) -> Iterator[str]:
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as im:
         for v in im.info.values():
             yield from _walk_value(v if not isinstance(v, tuple) else list(v))
@@ -350,8 +350,6 @@ def _dicom(data: bytes) -> Iterator[str]:
 
 def _npy(fh, depth: int) -> Iterator[str]:
     """The header; the values too when they are strings (pixel arrays hold no text)."""
-    import numpy as np
-
     start = fh.tell()
     version = np.lib.format.read_magic(fh)
     read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0

@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from grok import __version__
 from grok.cfp import measure_fundus, overlay_png
@@ -128,15 +129,11 @@ def finished_shard(build_dir: str | Path, shard: Shard) -> Path | None:
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, optimize=False, compress_level=6)
 
 
 def _save_jpeg(path: Path, rgb: np.ndarray) -> None:
-    from PIL import Image
-
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path, quality=92, subsampling=0)
 
