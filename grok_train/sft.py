@@ -23,6 +23,7 @@ from grok_train.config import SFTConfig, config_to_dict
 from grok_train.data import DatasetPin, load_split, resolve_dataset
 from grok_train.errors import CheckpointNotFoundError, ConfigError
 from grok_train.losses import AnswerTokenLoss
+from grok_train.model_card import read_evaluation, write_model_card
 from grok_train.modeling import (
     VISION_TOWER_FILE,
     apply_lora,
@@ -315,6 +316,7 @@ class SFTTrainer:
             return None
         ckpt = self.out / CHECKPOINTS_DIR / checkpoint_name(self.state.step)
         self.model.save_pretrained(str(ckpt / ADAPTER_DIR))
+        self._card(ckpt / ADAPTER_DIR, [h["loss"] for h in self.state.history], None)
         torch.save({
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -435,6 +437,8 @@ class SFTTrainer:
                 self.save_checkpoint()
         final_dir = self._save_final() if self.dist.is_main else None
         val_loss = self.evaluate() if self.dist.is_main else None
+        if final_dir is not None:
+            self._card(final_dir, [h["loss"] for h in self.state.history], val_loss)
         if val_loss is not None:
             log.info("validation loss (answer tokens, %d rows) %.4f", len(self.val_encoded), val_loss)
         seconds = time.perf_counter() - t0
@@ -454,6 +458,13 @@ class SFTTrainer:
         return SFTResult(str(self.out), str(final_dir) if final_dir else None, self.state.step, losses,
                          self.pin.to_dict(), len(self.encoded), seconds,
                          str(self.resume_dir) if self.resume_dir else None, val_loss)
+
+    def _card(self, folder: Path, losses: list[float], val_loss: float | None) -> None:
+        """The model card beside an adapter (replacing peft's placeholder card)."""
+        write_model_card(folder, kind="adapter", model=self.cfg.model, lora=self.cfg.lora, dataset=self.pin.to_dict(),
+                         metrics={"steps": self.state.step, "losses": losses, "val_loss": val_loss,
+                                  "val_rows": len(self.val_encoded), "train_rows": len(self.encoded)},
+                         evaluation=read_evaluation(self.out))
 
     def _save_final(self) -> Path:
         final = self.out / FINAL_DIR

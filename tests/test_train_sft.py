@@ -126,6 +126,27 @@ def test_run_records_the_pinned_version_everywhere(finished_run, dataset):
     assert (out / "final" / "tokenizer.json").is_file() and (out / "final" / "chat_template.jinja").is_file()
 
 
+def _assert_card(folder, out, kind: str) -> None:
+    """A model card that names the pinned version, its fingerprint and the base, with no placeholder or path."""
+    from huggingface_hub import ModelCard
+
+    text = (folder / "README.md").read_text()
+    assert "phantom-sft@0.3.1" in text and "fp-sft-031" in text and "not a medical device" in text
+    assert "More Information Needed" not in text and str(out) not in text and "/tmp" not in text
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == ("peft" if kind == "adapter" else "transformers")
+    assert card.data.datasets == ["phantom-sft"]
+
+
+def test_every_adapter_has_a_model_card(finished_run):
+    out, result = finished_run
+    _assert_card(out / "final", out, "adapter")
+    text = (out / "final" / "README.md").read_text()
+    assert f"last {result.losses[-1]:.4f}" in text and f"{result.val_loss:.4f}" in text
+    assert "Not evaluated yet" in text  # no eval/eval.json in this run
+    _assert_card(out / "checkpoints" / "step-000002" / "adapter", out, "adapter")
+
+
 def test_resume_gives_the_same_next_loss(finished_run, dataset, tmp_path):
     from grok_train.sft import run_sft
 
@@ -169,6 +190,7 @@ def test_adapter_save_load_merge_round_trip(finished_run, dataset, tmp_path):
     torch.testing.assert_close(merged_logits, with_adapter, atol=2e-4, rtol=1e-4)
     meta = json.loads((merged_dir / "grok_merge.json").read_text())
     assert meta["dataset"]["version"] == "0.3.1"
+    _assert_card(merged_dir, out, "merged")
 
 
 def test_predict_writes_jsonl_for_the_split(finished_run, dataset, tmp_path):
@@ -244,3 +266,18 @@ def test_bf16_sft_step_on_gpu(dataset, tmp_path):
     res = run_sft(_cfg(dataset, tmp_path / "gpu", precision="bf16", device="cuda", max_steps=4,
                        gradient_checkpointing=True))
     assert res.losses[-1] < res.losses[0]
+
+
+def test_model_card_carries_the_evaluation_when_the_run_has_one(tmp_path):
+    from grok_train.config import LoraSettings, ModelConfig, TinyModelConfig
+    from grok_train.model_card import EVAL_FILE, model_card, read_evaluation
+
+    (tmp_path / EVAL_FILE).parent.mkdir(parents=True)
+    (tmp_path / EVAL_FILE).write_text(json.dumps({"dataset": "phantom-sft@0.3.1", "overall": {
+        "n": 12, "classification": {"macro_f1": 0.4167, "accuracy": 0.5},
+        "quantitative": {"mean": 0.75, "n": 10, "ci95": [0.6, 0.9]}}}))
+    card = str(model_card(kind="adapter", model=ModelConfig(tiny=TinyModelConfig()), lora=LoraSettings(),
+                          dataset={"name": "phantom-sft", "version": "0.3.1", "fingerprint": "fp"}, metrics={},
+                          evaluation=read_evaluation(tmp_path)))
+    assert "diagnosis macro f1: 0.417" in card and "quantitative (mean per answer): 0.750" in card
+    assert "12 answers" in card and "Not evaluated yet" not in card
