@@ -472,6 +472,15 @@ class PublishResult:
         return asdict(self)
 
 
+def card_meta(cfg: PublishConfig, synthetic: bool) -> dict[str, Any]:
+    """What the dataset card and ``croissant.json`` say about a version beyond its data: licence, name,
+    whether it is synthetic, and (when it is pushed) the Hub page it will live at."""
+    meta: dict[str, Any] = {"license": cfg.license, "synthetic": synthetic, "pretty_name": cfg.name}
+    if cfg.hub_repo:
+        meta["url"] = f"https://huggingface.co/datasets/{cfg.hub_repo}"
+    return meta
+
+
 def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_identifiers=(),
                   pseudonym_key: str | None = None, synthetic: bool = False) -> PublishResult:
     """Validate, split, dedup and publish a build; see the module docstring. Raises :class:`PublishError`.
@@ -518,8 +527,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
         privacy_check(staging, deny, "the version about to be published", text=body)
 
     res = registry.publish(tables, cfg.name, version=cfg.version, bump=cfg.bump, registry=cfg.registry,
-                           card_body=body, card_meta={"license": cfg.license, "synthetic": synthetic,
-                                                      "pretty_name": cfg.name},
+                           card_body=body, card_meta=card_meta(cfg, synthetic),
                            manifest_extra=manifest_extra, extra_writer=extra)
     if cfg.hub_repo:
         push_to_hub(res["path"], cfg.hub_repo, res["version"])

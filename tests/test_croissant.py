@@ -116,3 +116,22 @@ def test_croissant_not_in_fingerprint_and_unknown_feature_refused(tmp_path):
     with pytest.raises(reg.RegistryError, match="no Croissant data type"):
         reg.publish({"grid": {"train": arr}}, "c", registry=str(tmp_path / "reg"))
     assert reg.list_versions("c", str(tmp_path / "reg")) == []
+
+
+def test_pushed_versions_name_their_hub_page(tmp_path):
+    """publish.card_meta gives a version pushed with --hub-repo its Hub page as the Croissant url, and a
+    local version none; the url reaches croissant.json, never the fingerprint."""
+    from grok.publish import PublishConfig, card_meta
+
+    local = card_meta(PublishConfig(name="phantom"), synthetic=True)
+    pushed = card_meta(PublishConfig(name="phantom", hub_repo="org/grok-phantom"), synthetic=True)
+    assert "url" not in local and pushed["url"] == "https://huggingface.co/datasets/org/grok-phantom"
+    chat = _chat(3)
+    fps = []
+    for meta, where in ((local, "a"), (pushed, "b")):
+        info = reg.publish({"instructions": {"train": chat}}, "phantom", registry=str(tmp_path / where),
+                           card_meta=meta, manifest_extra={"build_id": "b-1"})
+        doc = json.loads((Path(info["path"]) / "croissant.json").read_text())
+        assert doc.get("url") == meta.get("url")
+        fps.append(info["fingerprint"])
+    assert fps[0] == fps[1]
