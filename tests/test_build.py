@@ -16,6 +16,7 @@ import pytest
 
 from grok.stages.config import BuildConfig, ConfigError, load_config
 from grok.stages.runner import run_build
+from tests.browser import chromium_page
 
 SMALL_PHANTOM = {"subjects": 7, "seed": 1, "oct_shape": [5, 160, 128], "oct_spacing_um": [8.0, 46.875, 1500.0],
                  "cfp_size": 384, "circle_scans": True}
@@ -217,30 +218,15 @@ def test_everything_quarantined_stops_before_publish(tmp_path):
 
 def test_curator_report_renders_in_chromium(built):
     """Headless Chromium (Debian's, driven by Playwright): the page renders, every image loads, no console errors."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (bash scripts/bootstrap.sh --test installs it)")
-    from playwright.sync_api import sync_playwright
-
     tmp, cfg, rep = built
     report = Path(rep["publish"].outputs["path"]) / "report" / "index.html"
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(report.as_uri())
-        page.wait_for_load_state("load")
+    with chromium_page(report) as (page, errors):
         n_images = page.evaluate("document.images.length")
         broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0))"
                                ".map(i => i.src)")
         rows = page.locator("section.row").count()
         title = page.title()
         page.screenshot(path=str(tmp / "report.png"), full_page=False)
-        browser.close()
     assert errors == []
     assert n_images >= 10 and broken == []
     assert rows >= 6 and title.startswith("Curator report")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from grok.knowledge.lexicon import build_lexicon
 from grok.stages.config import BuildConfig
 from grok.stages.runner import run_build
 from grok.verify.verifier import _NUMBER_RE, Verifier, _mask
+from tests.browser import chromium_page
 from tests.llm_server import Faults, LocalLLMServer
 from tests.test_build import small_config
 
@@ -289,11 +289,6 @@ def test_cli_scores_a_published_version(published, tmp_path):
 def test_report_renders_in_chromium(published, tmp_path):
     """Headless Chromium: the report opens from file://, F1 bars and the confusion matrix render, images load,
     no console errors."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("chromium is not installed (bash scripts/bootstrap.sh --test installs it)")
-    from playwright.sync_api import sync_playwright
-
     _tmp, registry, out = published
     spec = out["dataset"]
     from grok.eval.data import load_benchmark
@@ -314,16 +309,7 @@ def test_report_renders_in_chromium(published, tmp_path):
     n_judged = sum(1 for it in bench.items.values() if it.task in ("report", "cot"))
     assert judge["judged"] == judge["unscored"] == n_judged and judge["scored"] == 0
     assert judge["total_mean"] is None and all(v.startswith("unparsable") for v in judge["unscored_reasons"].values())
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        page = browser.new_page()
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto((tmp_path / "eval" / "index.html").as_uri())
-        page.wait_for_load_state("load")
+    with chromium_page(tmp_path / "eval" / "index.html") as (page, errors):
         bars = page.locator("#per-class svg rect.bar").count()
         confusion_rows = page.locator("#confusion tr").count()
         worst = page.locator("#worst .item").count()
@@ -331,7 +317,6 @@ def test_report_renders_in_chromium(published, tmp_path):
         broken = page.evaluate("Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).length")
         title = page.title()
         rubric = page.locator("#rubric").inner_text()
-        browser.close()
     assert errors == []
     assert bars >= 1 and confusion_rows >= 2 and worst == 4
     assert n_images >= 1 and broken == 0
