@@ -213,25 +213,32 @@ class StudyFacts:
                 "boxes": {k: [b.to_dict() for b in v] for k, v in self.boxes.items()}}
 
 
-#: knowledge-base snapshot id -> (biomarker -> ids of the findings about it, biomarker -> its absolute cut-offs)
-_KB_INDEX: dict[str, tuple[dict[str, list[str]], dict[str, list[float]]]] = {}
+#: knowledge-base snapshot id -> (biomarker -> ids of the findings about it, biomarker -> its absolute
+#: cut-offs, the lesion diameters the findings use as cut-offs)
+_KB_INDEX: dict[str, tuple[dict[str, list[str]], dict[str, list[float]], list[float]]] = {}
 
 
-def _kb_index(kb) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
-    """Per biomarker: the findings that read it and every absolute cut the knowledge base applies to it
-    (built once per knowledge-base snapshot, not once per study and biomarker)."""
+def _kb_index(kb) -> tuple[dict[str, list[str]], dict[str, list[float]], list[float]]:
+    """What study facts look up in the knowledge base's findings, built once per snapshot (not once per study
+    and biomarker): the findings that read each biomarker, every absolute cut applied to it, and the lesion
+    diameters used as cut-offs."""
     idx = _KB_INDEX.get(kb.snapshot_id) if kb.snapshot_id else None
     if idx is None:
         rules: dict[str, list[str]] = {}
         cuts: dict[str, list[float]] = {}
+        lengths: set[float] = set()
         for fid, f in kb.findings.items():
+            for attr in ("min_diameter_um", "max_diameter_um"):
+                v = finite_float(getattr(f, attr, None))
+                if v is not None:
+                    lengths.add(v)
             bid = getattr(f, "biomarker", None)
             if bid is None:
                 continue
             rules.setdefault(bid, []).append(fid)
             for ts in getattr(f, "thresholds", []) or []:
                 cuts.setdefault(bid, []).extend(float(g.cut) for g in ts.grades)
-        idx = (rules, cuts)
+        idx = (rules, cuts, sorted(lengths))
         if kb.snapshot_id:
             _KB_INDEX[kb.snapshot_id] = idx
     return idx
@@ -244,7 +251,7 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
         if f.get("biomarker"):
             by_bm.setdefault(f["biomarker"], []).append(f)
     absent = set(reasoning.get("absent", []))
-    rules_of, cuts_of = _kb_index(kb)
+    rules_of, cuts_of, _ = _kb_index(kb)
     out: dict[str, BiomarkerFact] = {}
     for bid, raw in (rec.get("biomarkers") or {}).items():
         b = kb.biomarkers.get(bid)
@@ -409,24 +416,5 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
         provenance=dict(rec.get("provenance") or {}), problems=notes,
         lesion_lengths_um=sorted({float(d) for les in rec.get("lesions") or [] if isinstance(les, dict)
                                   for d in [finite_float(les.get("diameter_um"))] if d is not None}),
-        kb_lengths_um=_kb_lengths(kb),
+        kb_lengths_um=list(_kb_index(kb)[2]),
     )
-
-
-_KB_LENGTHS: dict[str, list[float]] = {}
-
-
-def _kb_lengths(kb) -> list[float]:
-    """Lesion diameters the knowledge base's findings use as cut-offs (once per snapshot; callers get a copy)."""
-    out = _KB_LENGTHS.get(kb.snapshot_id) if kb.snapshot_id else None
-    if out is None:
-        vals = set()
-        for f in kb.findings.values():
-            for attr in ("min_diameter_um", "max_diameter_um"):
-                v = finite_float(getattr(f, attr, None))
-                if v is not None:
-                    vals.add(v)
-        out = sorted(vals)
-        if kb.snapshot_id:
-            _KB_LENGTHS[kb.snapshot_id] = out
-    return list(out)
