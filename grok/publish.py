@@ -52,9 +52,10 @@ from grok.instruct.records import load_studies
 from grok.knowledge import load_knowledge_base
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
+from grok.resources import bundled_dir
 from grok.splits import assign_splits, decontaminate, dedup
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "report"
+TEMPLATES = bundled_dir("templates") / "report"
 
 
 class PublishError(RuntimeError):

@@ -28,6 +28,7 @@ import yaml
 
 from grok.ids import CATEGORIES
 from grok.privacy.denylist import DenyList
+from grok.resources import bundled_dir
 
 CONTRACTS_ENV = "GROK_DATA_CONTRACTS"
 
@@ -51,11 +52,11 @@ class ContractError(ValueError):
 
 
 def contracts_dir() -> Path:
-    """``$GROK_DATA_CONTRACTS`` or the repository's ``data_contracts/`` folder."""
+    """``$GROK_DATA_CONTRACTS``, else the bundled ``data_contracts/`` folder (see grok.resources)."""
     env = os.environ.get(CONTRACTS_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "data_contracts"
+    return bundled_dir("data_contracts")
 
 
 @dataclass

@@ -23,8 +23,9 @@ from grok.eval.data import Benchmark
 from grok.eval.judge import RUBRIC_PARTS
 from grok.eval.score import MEAN_METRICS
 from grok.registry import load
+from grok.resources import bundled_dir
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "eval"
+TEMPLATES = bundled_dir("templates") / "eval"
 
 
 def _fmt(v: Any, digits: int = 3) -> str:

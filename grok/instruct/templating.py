@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 
 from grok.instruct.records import lower_first
+from grok.resources import bundled_dir
 
 TEMPLATES_ENV = "GROK_TEMPLATES"
 #: A line ``@@ role``. Same as ``^@@ (system|user|assistant)\s*$`` (multi-line), written to start
@@ -41,11 +42,11 @@ GENERATION_TEMPLATES = ("instruct", "llm")
 
 
 def templates_dir() -> Path:
-    """The templates folder: ``$GROK_TEMPLATES`` or the repository's ``templates/``."""
+    """The templates folder: ``$GROK_TEMPLATES``, else the bundled ``templates/`` (see grok.resources)."""
     env = os.environ.get(TEMPLATES_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "templates"
+    return bundled_dir("templates")
 
 
 def capitalize_first(text: str) -> str:

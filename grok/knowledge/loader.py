@@ -47,6 +47,7 @@ from grok.knowledge.models import (
     ThresholdFinding,
     Unit,
 )
+from grok.resources import bundled_dir
 
 #: Environment variable naming the knowledge-base folder(s) to use when none is passed
 #: (several folders separated by ``os.pathsep``, later ones overlaying earlier ones).
@@ -65,8 +66,8 @@ _SCHEMA_HINT = "see the schema in grok/knowledge/models.py and docs/knowledge.md
 
 
 def bundled_knowledge_base_dir() -> Path:
-    """The ``knowledge_base/`` folder shipped at the repository root (next to the ``grok`` package)."""
-    return Path(__file__).resolve().parents[2] / "knowledge_base"
+    """The bundled ``knowledge_base/`` folder (the checkout's, or the installed wheel's copy; see grok.resources)."""
+    return bundled_dir("knowledge_base")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grok.privacy.pseudonyms import keyed_hash, resolve_key
+from grok.resources import bundled_dir
 
 FORMAT = "grok-deny-list/1"
 #: The name ingestion writes its deny list under, in its output folder.
@@ -49,7 +50,6 @@ _TOKEN_RE = re.compile(r"\d+(?:\.\d+)*|[^\W\d_]+")
 _HASH_LEN = 32
 #: Kinds whose single words are not denied when the product's own text uses them (see :func:`vocabulary`).
 NAME_KINDS = frozenset({"patient_name", "person_name", "name"})
-_REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,7 +59,7 @@ def vocabulary() -> frozenset[str]:
     every generated row that uses the word."""
     words: set[str] = set()
     for folder, pattern in (("templates", "*"), ("knowledge_base", "*.yaml")):
-        for p in (_REPO / folder).rglob(pattern):
+        for p in bundled_dir(folder).rglob(pattern):
             if p.is_file():
                 words.update(tokens(p.read_text(errors="replace")))
     return frozenset(words)
