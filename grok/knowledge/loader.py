@@ -552,6 +552,8 @@ class _Checker:
             for part in ("supporting", "opposing"):
                 for i, r in enumerate(getattr(d.differential, part)):
                     self._finding_ref("diseases", did, f"differential.{part}[{i}]", r.finding, r.min_grade)
+                    if r.source is not None:
+                        self.ref("diseases", did, f"differential.{part}[{i}].source", r.source, "sources")
             if d.differential.rule_out_if is not None:
                 self._expr("diseases", did, "differential.rule_out_if", d.differential.rule_out_if)
             for si, st in enumerate(d.staging):

@@ -414,6 +414,9 @@ class FindingRef(_Model):
     finding: Id
     when: Literal["present", "absent"] = "present"
     min_grade: int = Field(default=1, ge=1)
+    source: Id | None = None
+    """Where the rule comes from (an id under ``sources:``); every ``opposing`` rule needs one, since
+    instruction text states it as a clinical claim ("X is less likely given Y")."""
 
 
 class Expr(_Model):
