@@ -19,8 +19,9 @@ from grok.oct.volume import measure_circle, measure_volume
 
 pytestmark = pytest.mark.skipif(not DEFAULT_REAL.is_dir(), reason=f"real OCT data not found at {DEFAULT_REAL}")
 
-#: (boundary, bound in px) for the manual circle scan with the default (layered) circle method
-CIRCLE_BOUNDS = {"ILM": 1.4, "RNFL_GCL": 2.6, "IPL_INL": 2.25, "INL_OPL": 1.9, "OPL_ONL": 1.7, "ELM": 4.7, "EZ": 5.0,
+#: (boundary, bound in px) for the manual circle scan with the default (layered) circle method; RNFL_GCL and
+#: IPL_INL at the issue's target (2 px), met since their second pass keeps the running layer thickness
+CIRCLE_BOUNDS = {"ILM": 1.4, "RNFL_GCL": 2.0, "IPL_INL": 2.0, "INL_OPL": 1.9, "OPL_ONL": 1.7, "ELM": 4.7, "EZ": 5.0,
                  "RPE": 1.6, "BM": 0.95}
 #: device lines of the .vol line scan, layered method
 LINE_BOUNDS = {"ILM": 0.6, "BM": 0.5}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from grok.ids import BOUNDARIES
-from grok.oct.segment import segment_bscan
+from grok.oct.segment import _running_thickness, segment_bscan
 from grok.phantom.oct import OctGeometry, synth_oct_volume
 
 #: (boundary, thickness in px of the band below it, intensity of that band); ELM and EZ are thin lines
@@ -180,3 +180,16 @@ def test_choroid_sclera_is_the_choroid_edge_not_a_vessel_lumen():
     ok = np.isfinite(ours)
     assert ok.mean() > 0.5
     assert np.median(np.abs(ours[ok] - true[ok])) < 30.0
+
+
+def test_running_thickness_outvotes_a_slip_and_wraps_round_the_circle():
+    cols = 200
+    upper = np.full(cols, 100.0)
+    lower = np.full(cols, 108.0)
+    upper[:25] = 92.0  # an edge slipped up by 8 px over the first columns ...
+    upper[-5:] = 92.0  # ... and the last: one stretch of 30 columns across the circle's seam
+    upper[100] = np.nan
+    t = _running_thickness(upper, lower, 81)
+    # the slipped stretch is outvoted by the columns on both sides of the seam (mirrored at the edge instead,
+    # its 25 columns would count twice and win there); a NaN column takes the median
+    assert np.allclose(t, 8.0), t

@@ -317,6 +317,14 @@ def _bridge(y: np.ndarray, gap: np.ndarray) -> np.ndarray:
     return np.where(gap, np.interp(x, x[~gap], y[~gap]), y)
 
 
+def _running_thickness(upper: np.ndarray, lower: np.ndarray, window: int) -> np.ndarray:
+    """Running median over ``window`` columns (wrapping round: a circle scan closes on itself) of the
+    thickness ``lower - upper``: what a layer's thickness is expected to be where one of its edges slipped."""
+    t = lower - upper
+    t = np.where(np.isfinite(t), t, np.nanmedian(t))
+    return ndimage.median_filter(t, size=min(window, t.size) | 1, mode="wrap")
+
+
 def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float = 0.5) -> np.ndarray:
     """Per column, the first row in ``lo..hi`` where ``f`` rises ``frac`` of the way from the dark level
     (20th percentile of the window) to the window's peak; sub-pixel by linear interpolation."""
@@ -715,6 +723,7 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     # at the foveola the inner layers end on the ILM: a faint pull towards it decides where no edge does
     # (a macular scan only; a circle scan has no foveola)
     to_ilm = 0.003 if pattern != "circle" else 0.0
+    circ_win = max(3, int(round(1500.0 / lateral_um))) | 1
     # OPL_ONL: the nearest clear light-to-dark step above the outer nuclear layer's centre (the RNFL's
     # and the IPL's lower edges lie further up); where no step stands out (the foveola, where the inner
     # layers end) the path is drawn to the ILM instead
@@ -738,11 +747,22 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     near = ndimage.median_filter(near, size=max(3, int(60.0 / lateral_um)) | 1, mode="nearest")
     ipl_inl = fctx.find(-1, ilo, ihi, jump=J(0.7), penalty=0.1, ref=near, ref_w=0.01)
     if pattern == "circle":
+        # around the disc the inner nuclear layer is thin and the inner plexiform layer faint: over a stretch
+        # the nearest step above INL_OPL can be the RNFL's lower edge instead. The INL's thickness changes
+        # slowly around the circle: a second pass is pulled to its running median (~1.5 mm, wrapping round)
+        ipl_inl = fctx.find(-1, ilo, ihi, jump=J(0.7), penalty=0.1,
+                            ref=inl_opl - _running_thickness(ipl_inl, inl_opl, circ_win), ref_w=0.02 * axial_um)
         # around the disc the RNFL is the thick bright top layer: its lower edge is the broad light-to-dark
         # step (box gradient, ~15 um each side) above the ganglion cell and inner plexiform layers
         rnfl_cost = blind((1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32))
-        rnfl_gcl = _Ctx(rows, cols, fctx.gn, fctx.gn, rnfl_cost, rnfl_cost, zero).find(
-            -1, filmn + 12 * P, np.maximum(filmn + 13 * P, ipl_inl - 15 * P), jump=J(0.9), penalty=0.08)
+        rctx = _Ctx(rows, cols, fctx.gn, fctx.gn, rnfl_cost, rnfl_cost, zero)
+        rlo, rhi = filmn + 12 * P, np.maximum(filmn + 13 * P, ipl_inl - 15 * P)
+        rnfl_gcl = rctx.find(-1, rlo, rhi, jump=J(0.9), penalty=0.08)
+        # the nerve fibre layer is striated (bundles, vessels): a step inside it can outdo its lower edge over
+        # a stretch, while the ganglion cell and inner plexiform layers under it keep their thickness: a
+        # second pass is pulled to that thickness's running median
+        rnfl_gcl = rctx.find(-1, rlo, rhi, jump=J(0.9), penalty=0.08,
+                             ref=ipl_inl - _running_thickness(rnfl_gcl, ipl_inl, circ_win), ref_w=0.02 * axial_um)
     else:
         rnfl_gcl = fin.find(-1, filmn, np.maximum(filmn, ipl_inl - 12 * P), jump=J(0.7), penalty=0.1)
     # where the outer complex is missing over a stretch (the optic disc at the edge of a macular line
