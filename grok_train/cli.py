@@ -1,4 +1,4 @@
-"""The ``grok-train`` command line (mounted as ``grok train`` by the lead): align, sft, predict, merge.
+"""The ``grok-train`` command line (mounted as ``grok train`` by the lead): align, sft, predict, merge, push.
 
 Run as: python -m grok_train --help
 
@@ -195,6 +195,29 @@ def merge(
         if precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"--precision must be auto, bf16 or fp32, got {precision!r}")
         return run_merge(checkpoint, output, precision=precision, device=device)
+
+    _run(job, as_json)
+
+
+@app.command()
+def push(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="SFT run folder, its final/, checkpoints/step-N, or a "
+                                   "merged model folder."),
+    hub_repo: str = typer.Option(..., "--hub-repo", help="Hub model repo ORG/NAME."),
+    to_folder: str | None = typer.Option(None, "--to-folder", help="Write the repo's files to DIR/ORG/NAME/ instead "
+                                         "of uploading (air-gapped sites, mirrors, tests)."),
+    tag: str | None = typer.Option(None, "--tag", help="Tag the pushed commit (e.g. the dataset version)."),
+    private: bool = typer.Option(False, "--private", help="Create the Hub repo private."),
+    as_json: bool = JsonOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Push a trained model with a fresh model card (and its grok eval results) to the Hugging Face Hub."""
+    _setup_logging(quiet)
+
+    def job() -> Any:
+        from grok_train.push import push_model
+
+        return push_model(checkpoint, hub_repo, to_folder=to_folder, tag=tag, private=private).to_dict()
 
     _run(job, as_json)
 

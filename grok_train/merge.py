@@ -15,9 +15,9 @@ from typing import Any
 from grok_train._compat import resolve_device
 from grok_train.config import LoraSettings, config_from_dict
 from grok_train.errors import ConfigError
-from grok_train.model_card import read_evaluation, write_model_card
+from grok_train.model_card import read_evaluation, run_metrics, write_model_card
 from grok_train.predict import load_for_inference
-from grok_train.runs import MERGE_FILE, find_trained, now_iso, read_json, write_json
+from grok_train.runs import MERGE_FILE, find_trained, now_iso, write_json
 from grok_train.sft import resolve_dtype
 
 
@@ -46,13 +46,9 @@ def run_merge(checkpoint: str | Path, output: str | Path, precision: str = "auto
     }
     write_json(out / MERGE_FILE, record)
     run_dir = Path(tm.run["_run_dir"])
-    metrics = read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
     write_model_card(out, kind="merged", model=tm.model_cfg,
                      lora=config_from_dict(LoraSettings, tm.run["config"].get("lora") or {}),
-                     dataset=tm.run.get("dataset") or {},
-                     metrics={"steps": metrics.get("total_steps"), "val_loss": metrics.get("val_loss"),
-                              "val_rows": metrics.get("val_rows"),
-                              "losses": [h["loss"] for h in metrics.get("steps", [])]},
+                     dataset=tm.run.get("dataset") or {}, metrics=run_metrics(run_dir),
                      evaluation=read_evaluation(run_dir))
     return {"output": str(out), "source_adapter": str(tm.model_dir), "dataset": tm.run.get("dataset"),
             "parameters": sum(p.numel() for p in merged.parameters()), "seconds": round(time.perf_counter() - t0, 3)}

@@ -121,6 +121,14 @@ def model_card(*, kind: str, model: ModelConfig, lora: LoraSettings, dataset: di
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 
+def run_metrics(run_dir: Path) -> dict[str, Any]:
+    """The training figures a card shows, from the run folder's ``metrics.json`` (empty when it has none)."""
+    p = Path(run_dir) / "metrics.json"
+    metrics = json.loads(p.read_text()) if p.is_file() else {}
+    return {"steps": metrics.get("total_steps"), "val_loss": metrics.get("val_loss"),
+            "val_rows": metrics.get("val_rows"), "losses": [h["loss"] for h in metrics.get("steps", [])]}
+
+
 def read_evaluation(run_dir: Path) -> dict[str, Any] | None:
     """``eval/eval.json`` of a run folder, when ``grok eval`` wrote one."""
     p = Path(run_dir) / EVAL_FILE

@@ -32,6 +32,8 @@ FINAL_DIR = "final"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 TRAINER_STATE = "trainer_state.pt"
+#: Beside every saved adapter (``final/``, ``checkpoints/step-N/``): step, dataset pin, processor format.
+META_FILE = "meta.json"
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -39,6 +39,7 @@ from grok_train.runs import (
     BASE_DIR,
     CHECKPOINTS_DIR,
     FINAL_DIR,
+    META_FILE,
     RUN_FILE,
     TRAINER_STATE,
     checkpoint_name,
@@ -323,7 +324,7 @@ class SFTTrainer:
             "rng": rng_state(),
             "state": self.state.__dict__,
         }, ckpt / TRAINER_STATE)
-        write_json(ckpt / "meta.json", {"step": self.state.step, "dataset": self.pin.to_dict(),
+        write_json(ckpt / META_FILE, {"step": self.state.step, "dataset": self.pin.to_dict(),
                                         "total_steps": self.total_steps, "saved": now_iso()})
         return ckpt
 
@@ -470,7 +471,7 @@ class SFTTrainer:
         final = self.out / FINAL_DIR
         self.model.save_pretrained(str(final))
         processor_info = self.processor.save_pretrained(final)
-        write_json(final / "meta.json", {"step": self.state.step, "dataset": self.pin.to_dict(),
+        write_json(final / META_FILE, {"step": self.state.step, "dataset": self.pin.to_dict(),
                                          "processor": processor_info, "saved": now_iso()})
         return final
 
