@@ -43,6 +43,7 @@ _COMMAND_MODULES = (
     "grok.cli.datasets_cmd",  # datasets list | show | pull
     "grok.cli.train_cmd",  # train align | sft | predict | merge (grok_train)
     "grok.cli.eval_cmd",  # eval PREDICTIONS --dataset, eval compare A B
+    "grok.cli.review_cmd",  # review SOURCE | export | add-curator (the curator review app)
 )
 
 
