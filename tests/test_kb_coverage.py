@@ -44,11 +44,15 @@ KEY_BY_DEVICE = {
     "spectralis": {"dme": {"cst_dme_threshold", "central_subfield_thickening"},
                    "rvo": {"central_subfield_thickening"}},
 }
-#: ... and on one device for part of the grid (Alasil 2013 covers Spectralis RNFL for ages 9-86).
+#: ... and for part of the grid: Alasil 2013 covers Spectralis RNFL for ages 9-86, and Cirrus mean RNFL
+#: for 20-86 through Leite 2011's same-eye offset (a derived range; quadrants not).
 _RNFL = {"rnfl_peripapillary_thinning", "rnfl_peripapillary_superior_thinning",
          "rnfl_peripapillary_inferior_thinning"}
-KEY_BY_DEVICE_AGE = {("spectralis", a): {"glaucoma": _RNFL, "alzheimers": {"rnfl_peripapillary_thinning"}}
-                     for a in AGES if a < 87}
+KEY_BY_DEVICE_AGE = {
+    **{("spectralis", a): {"glaucoma": _RNFL, "alzheimers": {"rnfl_peripapillary_thinning"}} for a in AGES if a < 87},
+    **{("cirrus", a): {"glaucoma": {"rnfl_peripapillary_thinning"}, "alzheimers": {"rnfl_peripapillary_thinning"}}
+       for a in AGES if a < 87},
+}
 
 GRID = [(d, a, s) for d in DEVICES for a in AGES for s in SEXES]
 
@@ -78,6 +82,18 @@ def test_every_category_has_an_evaluable_key_finding(device, age, sex):
         assert empty == ["alzheimers"]
         pytest.xfail("alzheimers: no verified GC-IPL / RNFL / fractal-dimension range on " + device)
     assert empty == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_engine_measured_records_get_a_key_alzheimers_finding_to_86(device):
+    """A build's records carry engine-measured values: the engine's circle-scan RNFL falls back to the
+    Spectralis-convention range (Alasil 2013, 9-86 y) on every device, and the finding says so."""
+    for age in [a for a in AGES if a < 87]:
+        cats = _by_cat(kb_coverage(KB, device=device, age_years=age, sex="F", engine_measured=True))
+        assert "rnfl_peripapillary_thinning" in cats["alzheimers"]["key_evaluable"], (device, age)
+        assert set(KEY["glaucoma"]) <= set(cats["glaucoma"]["evaluable"])
+    scanner = _by_cat(kb_coverage(KB, device="topcon", age_years=60, sex="F"))
+    assert "rnfl_peripapillary_thinning" not in scanner["alzheimers"]["evaluable"]  # an export never borrows
 
 
 def test_reasons_name_the_range_file_and_the_fix():

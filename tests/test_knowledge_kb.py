@@ -436,8 +436,13 @@ _EXTRA_RANGE = {
         ({"source": None}, "normative_ranges[id=cst_cirrus_overlapping]", "source"),
         ({"source": "nobody2099", "age_band": None}, "normative_ranges[id=cst_cirrus_overlapping].source",
          "not a known source"),
+        ({"age_band": None, "derived": "shifted by an offset", "derived_sources": ["nobody2099"]},
+         "normative_ranges[id=cst_cirrus_overlapping].derived_sources[0]", "not a known source"),
+        ({"age_band": None, "derived_sources": ["chalam2012"]}, "normative_ranges[id=cst_cirrus_overlapping]",
+         "without 'derived'"),
     ],
-    ids=["overlapping_bands", "missing_source", "unknown_source"],
+    ids=["overlapping_bands", "missing_source", "unknown_source", "unknown_derived_source",
+         "derived_sources_without_derived"],
 )
 def test_bad_range_file_names_file_and_fix(tmp_path, change, key, msg):
     work = tmp_path / "kb"

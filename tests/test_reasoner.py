@@ -61,9 +61,11 @@ def test_dme_threshold_is_sex_specific_and_needs_sex():
 def test_range_choice_prefers_the_age_band_and_reports_no_match():
     old = reason(rec({"macular_thickness_central_um": 270.0}, sex="F", age_years=75))
     assert old.measurements[0].normal_range.id == "cst_spectralis_etheridge2021_f69"
-    r = reason(rec({"rnfl_peripapillary_mean_um": 70.0}, device="cirrus", age_years=62))
+    # an age outside every Cirrus RNFL band (16-20 y sample, 20-87 y derived fallback): not evaluable
+    r = reason(rec({"rnfl_peripapillary_mean_um": 70.0}, device="cirrus", age_years=90))
     why = {n["finding"]: n["reason"] for n in r.not_evaluable}["rnfl_peripapillary_thinning"]
-    assert "16-20 y" in why and r.finding("rnfl_peripapillary_thinning") is None
+    assert "16-20 y" in why and "20-87 y" in why and r.finding("rnfl_peripapillary_thinning") is None
+    assert "normative_ranges.yaml" in why and "Fix:" in why
     young = reason(
         rec({"rnfl_peripapillary_mean_um": 70.0}, device="Carl Zeiss Cirrus HD-OCT 5000", age_years=18)
     )
@@ -374,3 +376,49 @@ def test_spectralis_example_from_issue_20():
     # no verified Spectralis GC-IPL range is bundled: not evaluable, with the reason and the fix
     why = {n["finding"]: n["reason"] for n in r.not_evaluable}["gcipl_thinning"]
     assert "device spectralis" in why and "Fix:" in why
+
+
+def test_derived_range_says_so_in_the_finding():
+    """Cirrus adults: Alasil 2013 moved to the Cirrus scale by Leite 2011's same-eye offset; the finding
+    names the derivation and both sources; the young-adult Cirrus sample keeps its own figures."""
+    r = reason(rec({"rnfl_peripapillary_mean_um": 62.0}, device="Carl Zeiss Meditec Cirrus HD-OCT 5000",
+                   age_years=61))
+    f = r.finding("rnfl_peripapillary_thinning")
+    assert f.normal_range.id == "rnfl_pp_mean_cirrus_alasil2013_leite2011" and f.grade == 2
+    assert "derived range" in f.explanation and "Leite 2011" in f.explanation
+    assert {"alasil2013", "leite2011"} <= set(f.sources)
+    d = f.normal_range.to_dict()
+    assert d["mean"] == pytest.approx(97.3 - (106.6 - 98.7)) and "7.9" in d["derived"]
+    young = reason(rec({"rnfl_peripapillary_mean_um": 68.0}, device="cirrus", age_years=18))
+    yf = young.finding("rnfl_peripapillary_thinning")
+    assert yf.normal_range.id == "rnfl_pp_mean_cirrus_tariq2012" and "derived" not in yf.normal_range.to_dict()
+    assert "derived" not in yf.explanation
+    # quadrants have no Cirrus adult range (the offset is for the mean only)
+    q = reason(rec({"rnfl_peripapillary_superior_um": 60.0}, device="cirrus", age_years=61))
+    assert "rnfl_peripapillary_superior_thinning" in {n["finding"] for n in q.not_evaluable}
+
+
+def test_overall_thickness_and_volume_from_ring_means_for_older_women():
+    women = reason(rec({"macular_thickness_overall_um": 250.0, "macular_volume_mm3": 7.0},
+                       device="spectralis", sex="F", age_years=75))
+    thin, vol = women.finding("macular_thinning_overall"), women.finding("macular_volume_reduced")
+    assert thin.normal_range.id == "overall_spectralis_etheridge2021_f69" and "derived range" in thin.explanation
+    assert vol.normal_range.id == "volume_spectralis_etheridge2021_f69" and vol.grade == 2
+    # the area weighting of the reported ring means (1 : 8 : 27 of the 6 mm circle)
+    mean = (277 * 1 + 326 * 8 + 282 * 27) / 36
+    assert thin.normal_range.mean == pytest.approx(mean, abs=0.05)
+    assert vol.normal_range.mean == pytest.approx(mean * math.pi * 9 / 1000, abs=0.005)
+    men = reason(rec({"macular_thickness_overall_um": 250.0}, device="spectralis", sex="M", age_years=75))
+    why = {n["finding"]: n["reason"] for n in men.not_evaluable}["macular_thinning_overall"]
+    assert "overall_spectralis_etheridge2021_f69" in why and "Fix:" in why
+
+
+def test_engine_measured_circle_scan_rnfl_uses_the_engine_convention_on_other_devices():
+    bms = {"rnfl_peripapillary_mean_um": 70.0, "rnfl_peripapillary_inferior_um": 90.0}
+    scanner = reason(rec(bms, device="topcon", age_years=66))
+    assert scanner.finding("rnfl_peripapillary_thinning") is None  # a Topcon export never borrows
+    engine = reason(rec(bms, device="topcon", age_years=66, engine_measured=True))
+    f = engine.finding("rnfl_peripapillary_thinning")
+    assert f.normal_range.id == "rnfl_pp_mean_spectralis_alasil2013" and f.normal_range.device_matched == "generic"
+    assert "engine" in f.explanation and "topcon" in f.explanation
+    assert engine.finding("rnfl_peripapillary_inferior_thinning").grade >= 1

@@ -492,6 +492,8 @@ class _Checker:
         for rid, r in kb.normative_ranges.items():
             self.ref("normative_ranges", rid, "biomarker", r.biomarker, "biomarkers")
             self.ref("normative_ranges", rid, "source", r.source, "sources")
+            for i, sid in enumerate(r.derived_sources):
+                self.ref("normative_ranges", rid, f"derived_sources[{i}]", sid, "sources")
             for i, d in enumerate(r.devices):
                 if d != "any":
                     self.ref("normative_ranges", rid, f"devices[{i}]", d, "devices")

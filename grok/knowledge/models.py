@@ -188,6 +188,18 @@ class NormativeRange(_Model):
     convention: str = ""
     source: Id
     note: str = ""
+    derived: str = ""
+    """How figures the source does not state were obtained (e.g. another device's range shifted by a
+    published same-eye inter-device offset, or ring means area-weighted into a 6 mm mean); empty when
+    every figure is the source's own. A finding graded against a derived range says so in its text."""
+    derived_sources: list[Id] = []
+    """The further sources a derived range rests on (the offset's, for instance)."""
+
+    @model_validator(mode="after")
+    def _derived_has_sources(self) -> NormativeRange:
+        if self.derived_sources and not self.derived:
+            raise ValueError("derived_sources given without 'derived' (say how the figures were derived)")
+        return self
 
     @field_validator("percentiles")
     @classmethod

@@ -126,6 +126,7 @@ class RangeUsed:
     derivation: str
     population: str
     source: str
+    derived: str = ""
 
     @classmethod
     def of(cls, rng: NormativeRange, device_matched: str) -> RangeUsed:
@@ -144,10 +145,14 @@ class RangeUsed:
             rng.derivation,
             rng.population,
             rng.source,
+            rng.derived,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.derived:  # the source's own figures: records keep their former shape
+            del d["derived"]
+        return d
 
 
 @dataclass
@@ -494,6 +499,8 @@ def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
     )
     if dev_info["z"] is not None:
         expl += f"; z = {dev_info['z']:.2f}"
+    if rng.derived:
+        expl += f"; a derived range: {rng.derived}"
     expl += ctx.fallback_note(dev)
     finding = Finding(
         f.id,
@@ -509,7 +516,7 @@ def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
         dev_info,
         {"percentile": p, "value": cut, "method": cut_how},
         None,
-        sorted({f.source, rng.source}),
+        sorted({f.source, rng.source, *rng.derived_sources}),
         expl,
     )
     return _State(PRESENT, grade, finding=finding)
