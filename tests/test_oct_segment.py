@@ -193,3 +193,22 @@ def test_running_thickness_outvotes_a_slip_and_wraps_round_the_circle():
     # the slipped stretch is outvoted by the columns on both sides of the seam (mirrored at the edge instead,
     # its 25 columns would count twice and win there); a NaN column takes the median
     assert np.allclose(t, 8.0), t
+
+
+def test_half_level_finds_a_blurred_step_where_the_compressed_gradient_does_not():
+    from scipy import ndimage
+
+    from grok.oct.segment import _half_level
+
+    rows, cols, edge = 60, 5, 30.3  # a step from 0.01 to 1 (linear) at row 30.3, blurred by a 1.5 px PSF
+    r = np.arange(rows, dtype=np.float64)[:, None]
+    inside = np.clip(r + 0.5 - edge, 0.0, 1.0)  # the bright share of each pixel (pixel r covers r +- 0.5)
+    lin = ndimage.gaussian_filter1d(0.01 + 0.99 * inside, 1.5, axis=0) * np.ones((1, cols))
+    shown = lin ** 0.25  # a 4th-root display, as Spectralis exports
+    g = np.diff(shown, axis=0)
+    steepest = np.argmax(g, axis=0) + 0.5  # on the dark side of the true edge
+    assert np.all(steepest < edge - 0.5)
+    found = _half_level(shown, steepest, +1, 6, power=4.0)
+    assert np.allclose(found, edge, atol=0.15), found
+    # a path with no crossing near it is kept
+    assert np.allclose(_half_level(shown, np.full(cols, 10.0), +1, 4, power=4.0), 10.0)

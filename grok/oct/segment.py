@@ -317,6 +317,28 @@ def _bridge(y: np.ndarray, gap: np.ndarray) -> np.ndarray:
     return np.where(gap, np.interp(x, x[~gap], y[~gap]), y)
 
 
+def _half_level(f: np.ndarray, path: np.ndarray, polarity: int, span: int, power: float = 1.0) -> np.ndarray:
+    """Per column, the row near ``path`` where ``f ** power`` crosses half-way between its levels at the ends
+    of a window of ``span`` rows on either side (the mean of three rows each), going the edge's way
+    (``polarity`` +1: dark to light); the crossing nearest ``path``, linearly interpolated. Columns without
+    one keep ``path``. ``power=4`` undoes a 4th-root display compression (Spectralis), so the half-way
+    point is that of the blurred step in about linear intensity, where the point-spread function acts."""
+    rows, cols = f.shape
+    c = np.arange(cols)
+    r0 = np.clip(np.round(np.nan_to_num(path, nan=0.0)).astype(np.int64), span, rows - 1 - span)
+    win = np.clip(f[r0[None, :] + np.arange(-span, span + 1)[:, None], c[None, :]], 0.0, None) ** power
+    half = 0.5 * (win[:3].mean(axis=0) + win[-3:].mean(axis=0))
+    d = polarity * (win - half[None, :])
+    cross = (d[:-1] < 0) & (d[1:] >= 0)
+    x = np.arange(-span, span)[:, None] + r0[None, :]  # row of the sample before each crossing
+    dist = np.where(cross, np.abs(x + 0.5 - path[None, :]), np.inf)
+    i = np.argmin(dist, axis=0)
+    lo, hi = win[i, c], win[i + 1, c]
+    frac = np.clip((half - lo) / np.where(hi != lo, hi - lo, 1.0), 0.0, 1.0)
+    out = x[i, c] + frac
+    return np.where(np.isfinite(dist[i, c]) & np.isfinite(path), out, path)
+
+
 def _running_thickness(upper: np.ndarray, lower: np.ndarray, window: int) -> np.ndarray:
     """Running median over ``window`` columns (wrapping round: a circle scan closes on itself) of the
     thickness ``lower - upper``: what a layer's thickness is expected to be where one of its edges slipped."""
@@ -672,6 +694,9 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     spikeless = ndimage.median_filter(rpeo, size=max(3, int(80.0 / lateral_um)) | 1, mode="nearest")
     env = bm_envelope(spikeless)
     bm = fctx.find(-1, env - 20 * P, env + 12 * P, jump=J(0.55), penalty=0.15, ref=env, ref_w=0.012 * axial_um)
+    # the RPE's inner edge where its rise is half-way in expanded (about linear) intensity: the steepest
+    # row of the compressed image lies on the dark side of a strong step
+    rpe = _half_level(f1, rpe, +1, max(2, int(round(15.0 * P))), power=4.0)
     # the ELM is a thin bright line above the EZ: follow the ridge of a line detector (the image minus
     # the mean of the bands ~6 um above and below), then take the line's upper edge
     d6 = max(1, int(round(6.0 * P)))
