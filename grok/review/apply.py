@@ -1,0 +1,80 @@
+"""Curators' decisions applied to the rows of the next version (``grok publish ... --reviews DB``).
+
+For every verified row of the build, its outcome under the review log (:mod:`grok.review.decisions`, on the
+row's current content hash):
+
+* ``reject``: the row is not published (counted as removed, ``rejected_by_curator``);
+* ``edit``: the edited text is verified again against the row's study record (the knowledge base may have
+  changed since the edit); when it passes it replaces the row's messages, verifier score and reasons, when
+  it fails the row is not published (``edit_failed_verification``): a curator said the original was wrong;
+* ``accept``, ``needs_review`` (an edit that failed verification, waiting for a clinician) and ``flag``: the
+  row is published as built, and counted;
+* decisions on an older content hash (``stale``) do not apply.
+
+The summary (coverage, acceptance by family, agreement and Cohen's kappa) goes into the card and
+``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+
+from grok.knowledge.lexicon import build_lexicon
+from grok.review.decisions import content_hash, outcomes, summarise
+from grok.review.store import Store
+from grok.verify import Verifier, VerifyConfig, verify_row
+
+
+def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str, kb,
+                  config: VerifyConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """``(kept rows, removed rows with a reason, summary)`` for the instruction rows ``ins`` (columns of the
+    build's ``instructions.parquet``) under the review log at ``db``. ``records``: study id -> study record
+    (what the verifier reads)."""
+    store = Store(db)
+    try:
+        events = store.events()
+    finally:
+        store.close()
+    rows = {str(r["id"]): (content_hash(r), str(r["task"])) for r in ins.to_dict("records")}
+    outs = outcomes(events, {rid: h for rid, (h, _f) in rows.items()})
+    verifier = Verifier(build_lexicon(kb), config or VerifyConfig())
+    facts: dict[str, Any] = {}
+    drop: dict[str, str] = {}
+    applied = {"rejected_removed": 0, "edits_applied": 0, "edits_failed_verification": 0, "accepted": 0,
+               "needs_review": 0, "flagged": 0, "stale": 0}
+    edited: dict[Any, tuple[list[dict[str, str]], float, list[str]]] = {}
+    for i, r in zip(ins.index, ins.to_dict("records")):
+        o = outs.get(str(r["id"]))
+        if o is None:
+            continue
+        if o.state == "stale":
+            applied["stale"] += 1
+        elif o.action == "reject":
+            drop[str(r["id"])] = "rejected_by_curator"
+            applied["rejected_removed"] += 1
+        elif o.action == "edit":
+            msgs = json.loads(o.after)
+            row = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in r.items()}  # arrays from parquet
+            res = verify_row(verifier, {**row, "messages": msgs}, records, facts, kb, where="the build's records")
+            if not res.passed:
+                drop[str(r["id"])] = "edit_failed_verification"
+                applied["edits_failed_verification"] += 1
+                continue
+            edited[i] = ([{"role": m["role"], "content": m["content"]} for m in msgs], res.score, list(res.reasons))
+            applied["edits_applied"] += 1
+        else:
+            applied[{"accept": "accepted", "needs_review": "needs_review", "flag": "flagged"}[o.action]] += 1
+    ins = ins.copy()
+    if edited:
+        ins["messages"] = [edited[i][0] if i in edited else m for i, m in zip(ins.index, ins["messages"])]
+        ins["verifier_score"] = [edited[i][1] if i in edited else v for i, v in zip(ins.index, ins["verifier_score"])]
+        ins["verifier_reasons"] = [edited[i][2] if i in edited else v
+                                   for i, v in zip(ins.index, ins["verifier_reasons"])]
+    gone = ins["id"].astype(str).isin(drop)
+    removed = pd.DataFrame({"id": ins.loc[gone, "id"], "duplicate_of": None,
+                            "reason": [drop[str(x)] for x in ins.loc[gone, "id"]]})
+    summary = {**summarise(events, rows), "applied": applied}
+    return ins[~gone], removed, summary
