@@ -53,6 +53,7 @@ from grok.knowledge import load_knowledge_base
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
+from grok.review.apply import apply_reviews
 from grok.splits import assign_splits, decontaminate, dedup
 
 TEMPLATES = bundled_dir("templates") / "report"
@@ -87,6 +88,10 @@ class PublishConfig(Settings):
     report_rows_per_group: int = Field(2, ge=1, description="Rows per (label, task) in the curator report.")
     hub_repo: str | None = Field(None, description="Also push to this Hugging Face Hub dataset repo (org/name).")
     license: str = Field("other", description="Licence id for the dataset card.")
+    reviews: str | None = Field(None, description=(
+        "Curator review database (SQLAlchemy URL or SQLite file, see grok review) whose decisions apply: rejected "
+        "rows are dropped, accepted edits replace the text after a new verification; coverage, acceptance and "
+        "agreement go into the card and manifest.json."))
 
     @field_validator("split_ratios")
     @classmethod
@@ -356,7 +361,7 @@ def _versions(build_dir: Path, prep: dict[str, Any]) -> dict[str, Any]:
 
 
 def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, Any], info: dict[str, Any],
-               versions: dict[str, Any], synthetic: bool = False) -> str:
+               versions: dict[str, Any], synthetic: bool = False, reviews: dict[str, Any] | None = None) -> str:
     ins = prep["instructions"]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
@@ -383,7 +388,7 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
                        "distributions": v.distributions} for k, v in contracts.items()},
         removed=prep["removed"].groupby("reason").size().to_dict() if len(prep["removed"]) else {},
         failed_verification=prep["failed_verification"], instructions_in=prep["instructions_in"],
-        accounting=prep["accounting"])
+        accounting=prep["accounting"], reviews=reviews)
 
 
 def _contradicted(prep: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -497,6 +502,10 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     build = Path(build_dir)
     info = check_build(build)
     prep = prepare(build, cfg, kb)
+    reviews = None
+    if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits
+        prep["instructions"], _dropped, reviews = apply_reviews(prep["instructions"], prep["records"], cfg.reviews,
+                                                                kb or load_knowledge_base())
     deny = deny_list(build, deny_identifiers, pseudonym_key)
     contracts = run_contracts(build, prep, cfg, deny)
     bad = {k: v for k, v in contracts.items() if not v.success}
@@ -507,7 +516,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     check_pass_rate(prep, cfg)
     tables = build_datasets(build, prep)
     versions = _versions(build, prep)
-    body = _card_body(cfg, prep, contracts, info, versions, synthetic)
+    body = _card_body(cfg, prep, contracts, info, versions, synthetic, reviews)
     counts = {
         "instructions_in": prep["instructions_in"], "failed_verification_excluded": prep["failed_verification"],
         "duplicates_removed": int(len(prep["removed"])),
@@ -521,6 +530,8 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
         "publish_counts": counts, "split_seed": cfg.split_seed, "split_ratios": list(cfg.split_ratios),
     }
     manifest_extra.pop("counts")
+    if reviews is not None:
+        manifest_extra["reviews"] = reviews
 
     def extra(staging: Path) -> None:
         write_curator_report(staging / "report", build, prep, rows_per_group=cfg.report_rows_per_group,
