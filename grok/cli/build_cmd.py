@@ -82,6 +82,8 @@ def publish_cmd(
     registry: str = typer.Option(None, "--registry", help="Registry root (folder or fsspec URL)."),
     deny_list: Path = typer.Option(None, "--deny-list", help="JSON list of identifier strings that must not appear."),
     hub_repo: str = typer.Option(None, "--hub-repo", help="Also push to this Hugging Face Hub dataset repo."),
+    reviews: str = typer.Option(None, "--reviews", help=(
+        "Apply curators' decisions from this review database (grok review; SQLAlchemy URL or SQLite file).")),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Validate the contracts, split, dedup and publish BUILD_DIR as NAME@VERSION (atomic)."""
@@ -91,7 +93,7 @@ def publish_cmd(
     deny = json.loads(deny_list.read_text()) if deny_list else []
     try:
         cfg = PublishConfig.parse({"name": name, "version": version, "bump": bump, "registry": registry,
-                                   "hub_repo": hub_repo}, where="options: ")
+                                   "hub_repo": hub_repo, "reviews": reviews}, where="options: ")
         res = publish_build(build_dir, cfg, deny_identifiers=deny)
     except ValueError as exc:
         if isinstance(exc, RegistryError):
