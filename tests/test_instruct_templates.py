@@ -103,7 +103,7 @@ def test_strict_undefined_refuses_missing_values(records, kb, lex):
     lib = TemplateLibrary()
     facts = build_facts(records[0], kb, lex)
     ctx, _, _ = FAMILIES["report"].context(facts, lex, 0)
-    del ctx["measured"]
+    del ctx["groups"]
     with pytest.raises(jinja2.UndefinedError):
         lib.render_messages("instruct/report.j2", ctx)
 

@@ -43,6 +43,7 @@ from typing import Any, ClassVar
 
 from grok import ids as canonical
 from grok.instruct.boxes import format_box
+from grok.instruct.phrasing import group_measurements, missing_notes, presence_lists, select_alternatives
 from grok.instruct.records import CORE_BIOMARKERS, PRESENCE_BIOMARKERS, StudyFacts, disease_mid
 from grok.knowledge.lexicon import DISPLAY_NAMES
 
@@ -50,9 +51,9 @@ ROLE_WORDS = {"cfp": "fundus photograph"}
 
 #: How many (measured biomarkers, presence statements, alternatives) a long answer lists.
 Caps = tuple[int, int, int]
-DEFAULT_CAPS: Caps = (6, 4, 10)
+DEFAULT_CAPS: Caps = (6, 4, 3)
 #: Caps tried in turn until a narrative answer fits its family's ``max_words``.
-NARRATIVE_CAPS: tuple[Caps, ...] = (DEFAULT_CAPS, (5, 3, 7), (4, 2, 5), (3, 2, 3), (2, 1, 2))
+NARRATIVE_CAPS: tuple[Caps, ...] = (DEFAULT_CAPS, (5, 3, 3), (4, 2, 2), (3, 2, 2), (2, 1, 1))
 
 #: Why a family produced no row for a study (``Skip.code``) -> what it means. A skipped row is a row of
 #: ``instructions_skipped.parquet`` with its code, counted in the stage report, the card and build.json.
@@ -180,9 +181,9 @@ class Family:
         parts = _parts(facts)
         pctx = dict(ctx)
         pctx.setdefault("measured", parts["measured"][:12])
-        pctx.setdefault("missing", parts["missing"][:4])
+        pctx["missing"] = [DISPLAY_NAMES[b] for b in parts["missing_ids"][:4]]
         pctx["presence"] = facts.presence()
-        pctx["alternatives"] = [d for d in facts.differential if not d["is_label"]]
+        pctx["alternatives"] = list(parts["selected"])
         pctx.update({"task": self.id, "task_rules": self.llm_rules, "question": question})
         return pctx
 
@@ -190,6 +191,7 @@ class Family:
 class Diagnosis(Family):
     id = "diagnosis"
     description = "closed-set diagnosis question"
+    variants = 6
     max_words = 80
     states_diagnosis = True
     llm_rules = "Answer with 'Answer: <one of the options>.' followed by at most one sentence naming the key evidence."
@@ -208,15 +210,19 @@ class NarrativeFamily(Family):
         parts = _parts(facts)
         n_bm, n_pres, n_alt = caps
         ctx["measured"] = parts["measured"][:n_bm]
-        ctx["presence"] = parts["presence_ordered"][:n_pres]
-        ctx["missing"] = parts["missing"][:2]
-        ctx["alternatives"] = parts["alternatives"][:n_alt]
+        ctx["groups"] = group_measurements(ctx["measured"])
+        present, absent = parts["present"], parts["absent"]
+        ctx["present"] = present[:n_pres]
+        ctx["absent"] = absent[:n_pres]
+        ctx["missing"] = [{**m, "name": DISPLAY_NAMES[m["id"]]} for m in missing_notes(facts, parts["missing_ids"][:2])]
+        ctx["alternatives"] = parts["selected"][:n_alt]
         return ctx["images"]
 
 
 class Report(NarrativeFamily):
     id = "report"
-    description = "GROK-style single-paragraph report"
+    description = "GROK-style single-paragraph report (variants 6 and 7: structured, under headings)"
+    variants = 8
     max_words = 300
     states_diagnosis = True
     one_paragraph = True
@@ -228,6 +234,7 @@ class Report(NarrativeFamily):
 class ChainOfThought(NarrativeFamily):
     id = "cot"
     description = "grounded chain of thought"
+    variants = 6
     max_words = 500
     states_diagnosis = True
     numbered_steps = 3
@@ -238,6 +245,7 @@ class ChainOfThought(NarrativeFamily):
 class BiomarkerQA(Family):
     id = "biomarker_qa"
     description = "biomarker interpretation question"
+    variants = 5
     max_words = 120
     llm_rules = "Answer the question in at most three sentences, quoting the measurement and its normal range."
 
@@ -251,6 +259,7 @@ class BiomarkerQA(Family):
 class Localisation(Family):
     id = "localisation"
     description = "lesion boxes (Qwen2-VL)"
+    variants = 6
     max_words = 250
     needs_box = True
 
@@ -305,16 +314,18 @@ def _parts(facts: StudyFacts) -> dict[str, Any]:
         if bid in facts.biomarkers and bid not in chosen and bid not in PRESENCE_BIOMARKERS:
             chosen.append(bid)
     pres = facts.presence()
+    label = _label_entry(facts)
+    present, absent = presence_lists(pres)
     parts = {
+        "present": present, "absent": absent, "selected": select_alternatives(facts, label),
         "measured": [facts.biomarkers[b] for b in chosen],
-        "missing": [DISPLAY_NAMES[bid] for bid in CORE_BIOMARKERS
-                    if bid not in facts.biomarkers and bid not in PRESENCE_BIOMARKERS and bid in DISPLAY_NAMES],
+        "missing_ids": [bid for bid in CORE_BIOMARKERS
+                        if bid not in facts.biomarkers and bid not in PRESENCE_BIOMARKERS and bid in DISPLAY_NAMES],
         "presence": pres,
-        "presence_ordered": [p for p in pres if p["state"] == "present"] + [p for p in pres if p["state"] == "absent"],
         "alternatives": [d for d in facts.differential if not d["is_label"]],
         "ranged": sorted((b for b in facts.biomarkers.values() if b.has_range and b.status is not None),
                          key=lambda b: b.id),
-        "label": _label_entry(facts), "person": facts.person, "a_person": facts.a_person,
+        "label": label, "person": facts.person, "a_person": facts.a_person,
         "device_phrase": _device_phrase(facts.device_name), "roles": base_roles(facts),
     }
     facts.memo["families"] = parts

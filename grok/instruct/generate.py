@@ -35,6 +35,7 @@ from grok.instruct.export import (
 from grok.instruct.families import FAMILIES, Family, Skip
 from grok.instruct.llm import LLMConfig
 from grok.instruct.llm_mode import run_llm_build
+from grok.instruct.phrasing import spell
 from grok.instruct.records import StudyError, StudyFacts, build_facts, load_studies
 from grok.instruct.rows import build_row, canonical_json, quarantine_row
 from grok.instruct.templating import TemplateLibrary
@@ -48,7 +49,7 @@ class InstructConfig(Settings):
     model plus its sharding (:class:`grok.stages.config.InstructSettings`)."""
 
     # added to the build's section when the two instruct configs became one: hashed only when changed
-    KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({"tolerance"})
+    KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({"tolerance", "spelling"})
 
     mode: Literal["template", "llm"] = "template"
     """``template`` (no network) or ``llm`` (an OpenAI-compatible server writes the assistant turns of
@@ -57,6 +58,9 @@ class InstructConfig(Settings):
     """Family ids (see :data:`grok.instruct.families.FAMILIES`); default (or null): all six."""
     seed: int = Field(0, ge=0)
     """Chooses phrasings; part of every row id."""
+    spelling: Literal["british", "american"] = "british"
+    """How rows spell ("haemorrhage, oedema, centre" or "hemorrhage, edema, center"); the verifier reads both.
+    Hashed into build keys only when changed, so builds made before it keep their ids."""
     tolerance: Tolerance = 0.10
     """Verifier tolerance for numbers (0.10 = +-10 %)."""
     templates_dir: str | None = None
@@ -81,10 +85,16 @@ class InstructConfig(Settings):
 class TemplateGenerator:
     """Renders rows of any family from :class:`StudyFacts`; deterministic given the seed."""
 
-    def __init__(self, library: TemplateLibrary, lexicon, verifier: Verifier):
+    def __init__(self, library: TemplateLibrary, lexicon, verifier: Verifier, spelling: str = "british"):
         self.lib = library
         self.lex = lexicon
         self.verifier = verifier
+        self.spelling = spelling
+
+    def messages(self, template_id: str, ctx: dict[str, Any]):
+        """``(messages, TemplateInfo)`` of a family template for ``ctx``, in the configured spelling."""
+        messages, info = self.lib.render_messages(template_id, ctx)
+        return spell(messages, self.spelling), info
 
     def render(self, facts: StudyFacts, family: Family, seed: int, build_id: str) -> dict[str, Any]:
         """One unverified row; raises :class:`Skip` when the family does not apply.
@@ -92,7 +102,7 @@ class TemplateGenerator:
         The family's caps are tried in turn until the assistant turns fit its ``max_words``."""
         for caps in family.caps_to_try:
             ctx, roles, variant = family.context(facts, self.lex, seed, caps=caps)
-            messages, info = self.lib.render_messages(family.template_id, ctx)
+            messages, info = self.messages(family.template_id, ctx)
             words = sum(len(m["content"].split()) for m in messages if m["role"] == "assistant")
             if words <= family.max_words:
                 break
@@ -130,7 +140,9 @@ def prepare(records: list[dict[str, Any]], kb, lex) -> tuple[list[StudyFacts], l
 def default_build_id(records_digest: str, config: InstructConfig, library: TemplateLibrary) -> str:
     h = hashlib.sha256()
     h.update(records_digest.encode())
-    h.update(canonical_json({"mode": config.mode, "tasks": config.tasks, "seed": config.seed, "v": __version__}).encode())
+    spelling = {"spelling": config.spelling} if config.spelling != "british" else {}  # old ids unchanged
+    h.update(canonical_json({"mode": config.mode, "tasks": config.tasks, "seed": config.seed, "v": __version__,
+                             **spelling}).encode())
     for t in sorted(FAMILIES[x].template_id for x in config.tasks):
         h.update(library.get(t)[1].sha256.encode())
     return "build-" + h.hexdigest()[:16]
@@ -154,7 +166,7 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
     lex = build_lexicon(kb)
     lib = TemplateLibrary(config.templates_dir)
     verifier = Verifier(lex, VerifyConfig(tolerance=config.tolerance))
-    gen = TemplateGenerator(lib, lex, verifier)
+    gen = TemplateGenerator(lib, lex, verifier, config.spelling)
     build_id = config.build_id or default_build_id(_records_digest(records), config, lib)
     facts_list, bad = prepare(records, kb, lex)
     skipped: Counter[str] = Counter()

@@ -102,7 +102,7 @@ class LLMJobRunner:
             self.skipped[f"{task}: {exc.code}"] += 1
             self.s_w.write(exc.row(facts, task, "llm"))
             return
-        tpl_messages, tinfo = self.gen.lib.render_messages(fam.template_id, ctx)
+        tpl_messages, tinfo = self.gen.messages(fam.template_id, ctx)
         user_msgs = tpl_messages[:-1]  # the template's question turn(s); the model writes the answer
         question = user_msgs[-1]["content"].replace("<image>", "").strip()
         rid = row_id(facts.study_id, task, variant, self.seed)

@@ -12,6 +12,7 @@ values, which is what lets the verifier check every number and claim against the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,46 @@ PRESENCE_BIOMARKERS: dict[str, tuple[str, str]] = {
     "cotton_wool_spot_count": ("cotton-wool spots", "cotton_wool_spots_present"),
     "drusen_count": ("drusen on the photograph", "drusen_present_cfp"),
 }
+
+
+_PARENTHETICAL = re.compile(r"\s*\([^()]*\)")
+
+
+def short_term(term: str) -> str:
+    """A finding's term as a row names it: without the parenthetical glosses of the knowledge base
+    ("drusen (sub-RPE deposits)" -> "drusen", "large drusen (over 125 µm)" -> "large drusen"), so that
+    lists never nest parentheses; "(DME range)" becomes "in the DME range"."""
+    term = term.replace(" (DME range)", " in the DME range")
+    return _PARENTHETICAL.sub("", term).strip() if "(" in term else term
+
+
+def distinct_terms(terms) -> list[str]:
+    """``terms`` in order, each named once: a term another one already contains as whole words
+    ("drusen" beside "large drusen") is dropped."""
+    out: list[str] = []
+    for t in dict.fromkeys(terms):
+        padded = f" {t} "
+        if any(padded in f" {o} " for o in terms if o != t and len(o) > len(t)):
+            continue
+        out.append(t)
+    return out
+
+
+def qualifier(term: str | None, name: str, cut_text: str | None) -> str | None:
+    """What a finding's term adds to the biomarker it is about, without repeating its name:
+    "markedly enlarged vertical cup-to-disc ratio" on the vertical cup-to-disc ratio -> "markedly
+    enlarged"; a term that restates the biomarker ("drusen volume of at least 0.03 mm³ in the central
+    3 mm") -> "at or above the 0.030 mm³ cut-off"."""
+    if not term:
+        return None
+    t = short_term(term)
+    core = _PARENTHETICAL.sub("", name).split(",")[0].strip().lower()
+    if core and t.lower().endswith(core):
+        return t[: len(t) - len(core)].strip(" ,") or None
+    head = " ".join(core.split()[:2])
+    if head and t.lower().startswith(head):
+        return f"at or above the {cut_text} cut-off" if cut_text else None
+    return t
 
 
 class StudyError(ValueError):
@@ -132,6 +173,14 @@ class BiomarkerFact:
     low_text: str | None = None  # 5th percentile of the normative range, with unit
     high_text: str | None = None  # 95th percentile
     references: list[float] = field(default_factory=list)
+    #: The knowledge-base cut the present finding applies (with unit), when it is an absolute one.
+    cut_text: str | None = None
+
+    @property
+    def qual(self) -> str | None:
+        """The qualitative reading as a row writes it after the name ("markedly enlarged"), never
+        repeating the biomarker's name; None when there is no finding term."""
+        return qualifier(self.term, self.name, self.cut_text)
 
     @property
     def has_range(self) -> bool:
@@ -278,7 +327,11 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
             if rules and all(fid in absent for fid in rules):
                 status = "normal"
         refs: list[float] = []
-        low_text = high_text = None
+        low_text = high_text = cut_text = None
+        if present and "percentile" not in (present[0].get("threshold") or {}):
+            cut = finite_float((present[0].get("threshold") or {}).get("value"))
+            if cut is not None:
+                cut_text = fmt_with_unit(cut, b.decimals, sym)
         if rng:
             for key in ("p5", "p95", "mean"):
                 if finite_float(rng.get(key)) is not None:
@@ -292,7 +345,7 @@ def _biomarker_facts(rec: dict, reasoning: dict, kb, lex: Lexicon) -> dict[str, 
                 refs.append(float(th["value"]))
         refs.extend(cuts_of.get(bid, ()))  # every absolute cut the knowledge base applies to this biomarker
         out[bid] = BiomarkerFact(bid, lex.display_name(bid), v, b.unit, sym, fmt_with_unit(v, b.decimals, sym),
-                                 status, term, low_text, high_text, sorted(set(refs)))
+                                 status, term, low_text, high_text, sorted(set(refs)), cut_text)
     return out
 
 
@@ -356,10 +409,10 @@ def _ref_phrase(ref: dict, kb) -> str:
     e.g. "thickened", would not say what is thickened), else the reasoner's term."""
     f = kb.findings.get(ref.get("finding"))
     if f is not None and ref.get("when") == "absent":
-        return "no " + lower_first(f.name)
-    if f is not None and getattr(f, "kind", None) == "deviation":
-        return lower_first(f.name)
-    return ref["term"]
+        return "no " + short_term(lower_first(f.name))
+    if f is not None and (getattr(f, "kind", None) == "deviation" or any(ch.isdigit() for ch in ref["term"])):
+        return short_term(lower_first(f.name))  # a grade word alone, or a restated cut-off, says too little or too much
+    return short_term(ref["term"])
 
 
 def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
@@ -386,14 +439,16 @@ def build_facts(rec: dict[str, Any], kb, lex: Lexicon) -> StudyFacts:
         if disease is not None:
             for ref in disease.differential.supporting:
                 if ref.when == "present" and state.get(ref.finding) == "absent":
-                    name = kb.findings[ref.finding].name
+                    name = short_term(kb.findings[ref.finding].name)
                     if name not in absent_support:
                         absent_support.append(name)
         dname = lex.disease_names.get(d["id"], d.get("name", d["id"]))
         entry = {"id": d["id"], "name": dname, "name_mid": disease_mid(dname),
-                 "status": d.get("status"), "supporting": [_ref_phrase(s, kb) for s in d.get("supporting", [])],
-                 "opposing": [_ref_phrase(s, kb) for s in d.get("opposing", [])], "absent_support": absent_support,
-                 "is_label": d["id"] == rec["label"]}
+                 "status": d.get("status"),
+                 "supporting": distinct_terms([_ref_phrase(s, kb) for s in d.get("supporting", [])]),
+                 "opposing": distinct_terms([_ref_phrase(s, kb) for s in d.get("opposing", [])]),
+                 "absent_support": absent_support, "is_label": d["id"] == rec["label"],
+                 "considers": list(disease.rule_out) if disease is not None else []}
         diff.append(entry)
         if d["id"] == rec["label"]:
             for st in d.get("staging", []):

@@ -83,6 +83,7 @@ from pydantic import Field, PositiveInt
 from grok.config import Settings
 from grok.instruct.boxes import BOX_START, iou, parse_boxes, strip_boxes
 from grok.instruct.families import FAMILIES
+from grok.instruct.phrasing import americanise
 from grok.knowledge.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
 from grok.verify.claims import (
     COEXIST_RE,
@@ -1208,7 +1209,8 @@ class Verifier:
             if probs:
                 t.fail("box", f"box {b.label or ''} ({b.x1:g},{b.y1:g}),({b.x2:g},{b.y2:g}): {'; '.join(probs)}")
                 continue
-            best = max((iou(b, e) for e in expected if not b.label or e.label == b.label), default=0.0)
+            label = americanise(b.label) if b.label else b.label  # either spelling names the lesion
+            best = max((iou(b, e) for e in expected if not label or americanise(e.label) == label), default=0.0)
             if best >= self.config.iou_min:
                 t.ok()
             else:

@@ -1,0 +1,212 @@
+"""Style rules and variety measures of instruction text (``grok lint-text``; a contract of the build).
+
+Run as: grok lint-text BUILD_OR_DIR/instructions.parquet [--json]
+        python -c "from grok.instruct.lint import lint_rows; help(lint_rows)"
+
+The verifier decides whether a row is *true* to its record; this module decides whether it reads like
+a specialist's note. Each rule has a reason code (:data:`RULES`) and looks at the assistant turns only
+(questions are the user's words), sentence by sentence:
+
+=====================  ==========================================================================
+code                   what it flags
+=====================  ==========================================================================
+``nested_parens``      a parenthesis inside a parenthesis
+``repeated_term``      the same finding, biomarker or disease name twice in one sentence
+``long_sentence``      a sentence of more than :data:`MAX_SENTENCE_WORDS` words (boxes not counted)
+``differential_size``  more than :data:`MAX_ALTERNATIVES` alternatives named besides the label
+``unsupported_rule``   "X is less likely given Y" where no sourced opposing rule of the knowledge
+                       base ties finding Y to X
+``label_reveal``       wording that gives away a label, an answer key or provided material
+=====================  ==========================================================================
+
+Variety, per family (:func:`variety`): the answer and question *skeletons* (the text with every number
+masked), how many distinct ones there are, the share of rows the most common one takes, and distinct-2
+(distinct word bigrams over all bigrams of the answers). Targets of issue 21: no violation, the most
+common answer skeleton in at most 30 % of a family's rows and the most common question skeleton in at
+most 25 %.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from grok.instruct.boxes import strip_boxes
+from grok.instruct.phrasing import MAX_ALTERNATIVES
+from grok.instruct.records import lower_first, short_term
+from grok.knowledge.lexicon import DISEASE_SYNONYMS, DISPLAY_NAMES, PRESENCE_ENTITIES
+
+RULES: dict[str, str] = {
+    "nested_parens": "a parenthesis inside a parenthesis",
+    "repeated_term": "the same finding, biomarker or disease name twice in one sentence",
+    "long_sentence": "a sentence too long to follow",
+    "differential_size": f"more than {MAX_ALTERNATIVES} alternatives named besides the label",
+    "unsupported_rule": "a rule-out stated without a sourced knowledge-base rule behind it",
+    "label_reveal": "wording that reveals a label, an answer key or provided material",
+}
+MAX_SENTENCE_WORDS = 45
+#: Share of a family's rows the most common skeleton may take (answers, questions): issue 21's targets.
+MAX_ANSWER_SKELETON_SHARE = 0.30
+MAX_QUESTION_SKELETON_SHARE = 0.25
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z<])|\n+")
+_WORD = re.compile(r"[\w'’-]+")
+_RULE_CUE = re.compile(r"\b(?:less likely|unlikely|ruled out|excluded|not supported)\s+(?:given|because of|in the presence "
+                       r"of|owing to|due to)\s+(?P<why>[^.;]+)", re.IGNORECASE)
+_REVEAL = re.compile(r"\b(?:label(?:led|ed|s)?|ground[- ]truth|answer key|annotat\w+|provided|data ?sheet|dataset|"
+                     r"metadata|json|the record|as stated|we were told|you told me)\b", re.IGNORECASE)
+
+
+def _alternation(terms: Iterable[str]) -> re.Pattern:
+    words = sorted({t.lower() for t in terms if t}, key=len, reverse=True)
+    return re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])", re.IGNORECASE)
+
+
+class TextLinter:
+    """The rules over one knowledge base (its disease names and sourced opposing rules)."""
+
+    def __init__(self, kb, lex):
+        self.disease_of: dict[str, str] = {}
+        for did, names in DISEASE_SYNONYMS.items():
+            for n in names:
+                self.disease_of[n.lower()] = did
+        for did, name in lex.disease_names.items():
+            self.disease_of[name.lower()] = did
+        for n in ("normal eye", "normal retina", "normal fundus"):
+            self.disease_of[n] = "normal"
+        # "normal" alone is an adjective ("within normal limits"), not the category
+        self.disease_of = {k: v for k, v in self.disease_of.items()
+                           if k != "normal" and (len(k) > 3 or k in ("amd", "dme", "rvo", "csc"))}
+        self._diseases = _alternation(self.disease_of)
+        vocab = set(PRESENCE_ENTITIES) | {n.lower() for n in DISPLAY_NAMES.values()} | set(self.disease_of)
+        vocab |= {short_term(lower_first(f.name)).lower() for f in kb.findings.values()}
+        self._terms = _alternation(t for t in vocab if len(t) > 3)
+        #: finding names that contain a disease's name ("central subfield thickening in the DME range")
+        self._finding_names = _alternation(short_term(lower_first(f.name)) for f in kb.findings.values())
+        #: disease id -> the phrases of its opposing findings that have a source (what may follow "given")
+        self.sourced: dict[str, set[str]] = {}
+        for did, d in kb.diseases.items():
+            for r in d.differential.opposing:
+                f = kb.findings.get(r.finding)
+                if r.source is None or r.source not in kb.sources or f is None:
+                    continue
+                names = {short_term(lower_first(f.name)).lower()}
+                names |= {short_term(g.term).lower() for ts in getattr(f, "thresholds", []) or [] for g in ts.grades}
+                names |= {short_term(g.term).lower() for g in getattr(f, "grades", []) or []}
+                if getattr(f, "term", None):
+                    names.add(short_term(f.term).lower())
+                self.sourced.setdefault(did, set()).update(names)
+
+    def check_row(self, row: dict[str, Any]) -> list[tuple[str, str]]:
+        """``[(code, detail), ...]`` for one row (``messages`` and ``label``); empty when it reads well."""
+        out: list[tuple[str, str]] = []
+        named: set[str] = set()
+        label = row.get("label")
+        for m in row.get("messages") or []:
+            if m.get("role") != "assistant" or not isinstance(m.get("content"), str):
+                continue
+            text = strip_boxes(m["content"])
+            for sent in _SENTENCE_END.split(text):
+                sent = sent.strip()
+                if not sent:
+                    continue
+                out.extend(self._sentence(sent))
+                plain = self._finding_names.sub("#", sent)
+                named |= {self.disease_of[x.group(0).lower()] for x in self._diseases.finditer(plain)}
+        extra = sorted(named - {label, None})
+        if len(extra) > MAX_ALTERNATIVES:
+            out.append(("differential_size", f"{len(extra)} alternatives named: {', '.join(extra)}"))
+        return out
+
+    def _sentence(self, sent: str) -> list[tuple[str, str]]:
+        out = []
+        depth = 0
+        for ch in sent:
+            if ch == "(":
+                depth += 1
+                if depth > 1:
+                    out.append(("nested_parens", sent[:80]))
+                    break
+            elif ch == ")":
+                depth = max(0, depth - 1)
+        seen = Counter(x.group(0).lower() for x in self._terms.finditer(sent))
+        rep = [t for t, n in seen.items() if n > 1]
+        if rep:
+            out.append(("repeated_term", f"{', '.join(sorted(rep))} twice in: {sent[:80]}"))
+        n_words = len(_WORD.findall(sent))
+        if n_words > MAX_SENTENCE_WORDS:
+            out.append(("long_sentence", f"{n_words} words: {sent[:80]}"))
+        for cue in _RULE_CUE.finditer(sent):
+            head = sent[:cue.start()]
+            ds = [self.disease_of[x.group(0).lower()] for x in self._diseases.finditer(head)]
+            why = cue.group("why").lower()
+            if not ds or not any(p in why for p in self.sourced.get(ds[-1], ())):
+                out.append(("unsupported_rule", f"no sourced rule behind: {sent[:100]}"))
+        if _REVEAL.search(sent):
+            out.append(("label_reveal", sent[:80]))
+        return out
+
+
+def skeleton(text: str) -> str:
+    """``text`` with every number masked (``#``): two rows share a skeleton when only numbers differ."""
+    return _NUMBER.sub("#", text)
+
+
+def _turns(row: dict[str, Any], role: str) -> str:
+    return "\n".join(m["content"] for m in row.get("messages") or []
+                     if m.get("role") == role and isinstance(m.get("content"), str))
+
+
+def variety(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Variety of one family's rows: distinct answer/question skeletons, the share the most common one
+    takes, and distinct-2 of the answers."""
+    answers = Counter(skeleton(_turns(r, "assistant")) for r in rows)
+    questions = Counter(skeleton(_turns(r, "user")) for r in rows)
+    bigrams: Counter[tuple[str, str]] = Counter()
+    for r in rows:
+        words = _WORD.findall(strip_boxes(_turns(r, "assistant")).lower())
+        bigrams.update(zip(words, words[1:]))
+    n = len(rows)
+    return {
+        "rows": n,
+        "answer_skeletons": len(answers),
+        "answer_top_share": round(answers.most_common(1)[0][1] / n, 4) if n else 0.0,
+        "question_skeletons": len(questions),
+        "question_top_share": round(questions.most_common(1)[0][1] / n, 4) if n else 0.0,
+        "distinct_2": round(len(bigrams) / sum(bigrams.values()), 4) if bigrams else 0.0,
+    }
+
+
+def lint_rows(rows: Iterable[dict[str, Any]], kb, lex, examples: int = 3) -> dict[str, Any]:
+    """Lint every row; returns the report: ``violations`` (count per code), ``examples`` (a few per code,
+    with row id and task), ``per_family`` (rows, violations and :func:`variety`) and ``targets_met``."""
+    linter = TextLinter(kb, lex)
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    counts: Counter[str] = Counter()
+    fam_counts: dict[str, Counter[str]] = {}
+    shown: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        task = str(row.get("task"))
+        by_family.setdefault(task, []).append(row)
+        for code, detail in linter.check_row(row):
+            counts[code] += 1
+            fam_counts.setdefault(task, Counter())[code] += 1
+            if len(shown.setdefault(code, [])) < examples:
+                shown[code].append({"id": str(row.get("id")), "task": task, "detail": detail})
+    per_family = {}
+    met = not counts
+    for task, fam_rows in sorted(by_family.items()):
+        v = variety(fam_rows)
+        v["violations"] = dict(sorted(fam_counts.get(task, Counter()).items()))
+        v["answer_target_met"] = v["answer_top_share"] <= MAX_ANSWER_SKELETON_SHARE
+        v["question_target_met"] = v["question_top_share"] <= MAX_QUESTION_SKELETON_SHARE
+        met = met and v["answer_target_met"] and v["question_target_met"]
+        per_family[task] = v
+    return {"rows": sum(len(v) for v in by_family.values()), "violations": dict(sorted(counts.items())),
+            "violations_total": sum(counts.values()), "examples": shown, "per_family": per_family,
+            "targets": {"violations": 0, "answer_top_share": MAX_ANSWER_SKELETON_SHARE,
+                        "question_top_share": MAX_QUESTION_SKELETON_SHARE},
+            "targets_met": met}
