@@ -6,7 +6,8 @@ Cases (read ``shared/real/README.md`` for sources and licences; nothing is copie
 
 * ``spectralis_circle_manual9``: one Heidelberg Spectralis peripapillary circle scan (``circularScan.mat``,
   raw float intensities) with **manual** lines for all nine boundaries (Rathke et al. 2014, MIT) and the
-  device's ILM / BM / RNFL lines.
+  device's ILM / BM / RNFL lines, both stored as MATLAB 1-based rows and shifted to our 0-based ones
+  (:data:`MATLAB_ROW_BASE`; ``vs_manual_as_stored`` keeps the unshifted comparison).
 * ``spectralis_linescan``: a Heidelberg ``.vol`` macular line scan (OCTolyzer demo data, GPL-3.0) read
   **from the file as exported** with ``grok.ingest.readers.read_oct``; reference = the device's ILM and BM
   lines stored in the file.
@@ -52,21 +53,32 @@ LESION_IDS = ("irf_volume_nl", "srf_volume_nl", "ped_max_height_um", "drusen_vol
               "drusen_volume_5mm_mm3", "hrf_count", "subfoveal_choroidal_thickness_um")
 
 
+#: Rows of the lines in ``circularScan*.mat`` are MATLAB image coordinates: the labelling tool of Rathke et al.
+#: (``libraries/labelTool.m`` in their octSegmentation repository) shows the B-scan with ``imagesc``, which
+#: centres 1-based pixel ``i`` on ``y = i``, and stores the clicked ``y``. Ours are 0-based pixel centres, so
+#: one row is subtracted. The device lines stored beside them (``B0seg``) follow the same convention: after
+#: the shift ours and the device's agree on this scan as on the ``.vol`` line scan read by our own reader
+#: (ILM +0.07 / BM -0.03 px against -0.15 / -0.03 px; unshifted -0.93 / -1.02 px).
+MATLAB_ROW_BASE = 1.0
+
+
 def load_circle_manual9(folder: Path) -> dict:
-    """The manual-9 circle scan: image (rows, cols) float32, manual (9, cols), device (9, cols), spacing um."""
+    """The manual-9 circle scan: image (rows, cols) float32, manual (9, cols), device (9, cols) in 0-based rows,
+    spacing um; ``manual_as_stored`` keeps the file's 1-based rows."""
     import scipy.io as sio
 
     m = sio.loadmat(folder / "circularScan.mat")
     c = sio.loadmat(folder / "circularScan_0_coordinates.mat")
     image = np.asarray(m["B0"], np.float32)
-    manual = np.asarray(c["interpolation"], np.float64)
-    device = np.full_like(manual, np.nan)
+    stored = np.asarray(c["interpolation"], np.float64)
+    device = np.full_like(stored, np.nan)
     seg = np.asarray(m["B0seg"], np.float64)
     seg = np.where(seg < 1e30, seg, np.nan)
     for j, name in enumerate(("ILM", "BM", "RNFL_GCL")):
-        device[BOUNDARIES.index(name)] = seg[j]
-    return {"image": image, "manual": manual, "device": device, "axial_um": float(m["ScaleZ"][0, 0]) * 1000.0,
-            "lateral_um": float(m["ScaleX"][0, 0]) * 1000.0, "pattern": "circle"}
+        device[BOUNDARIES.index(name)] = seg[j] - MATLAB_ROW_BASE
+    return {"image": image, "manual": stored - MATLAB_ROW_BASE, "manual_as_stored": stored, "device": device,
+            "axial_um": float(m["ScaleZ"][0, 0]) * 1000.0, "lateral_um": float(m["ScaleX"][0, 0]) * 1000.0,
+            "pattern": "circle"}
 
 
 def load_linescan(folder: Path) -> dict:
@@ -118,6 +130,28 @@ def edge_polarity(image: np.ndarray, lines: np.ndarray, axial_um: float) -> dict
     return out
 
 
+def outer_convention(ours: np.ndarray, manual: np.ndarray, axial_um: float) -> dict:
+    """Our ELM / EZ / RPE against every one of the manual ELM / EZ / RPE lines (MAE and median signed error,
+    px), and each line's mean row above BM (ours against our BM, manual against the manual BM): where two
+    conventions name different edges, this shows which of our lines follows which manual one."""
+    out: dict = {"mean_rows_above_bm": {}}
+    outer = ("ELM", "EZ", "RPE")
+    for a in outer:
+        da = ours[BOUNDARIES.index(a)]
+        out[f"ours_{a}"] = {}
+        for b in outer:
+            d = da - manual[BOUNDARIES.index(b)]
+            d = d[np.isfinite(d)]
+            out[f"ours_{a}"][f"vs_manual_{b}"] = {"mae_px": round(float(np.abs(d).mean()), 3) if d.size else math.nan,
+                                                   "median_signed_px": round(float(np.median(d)), 3) if d.size else math.nan}
+    bm = BOUNDARIES.index("BM")
+    for name in ("OPL_ONL", *outer):
+        k = BOUNDARIES.index(name)
+        out["mean_rows_above_bm"][name] = {"ours": round(float(np.nanmean(ours[bm] - ours[k])), 2),
+                                           "manual": round(float(np.nanmean(manual[bm] - manual[k])), 2)}
+    return out
+
+
 def _circle_case(case: dict, method: str) -> dict:
     from grok.oct.volume import measure_circle
 
@@ -132,6 +166,10 @@ def _circle_case(case: dict, method: str) -> dict:
         "ours": round(ours_bio[k], 1), "manual": round(ref_bio[k], 1), "device": round(dev_bio[k], 1),
         "error_um": round(ours_bio[k] - ref_bio[k], 1)} for k in ref_bio}
     return {"method": method, "seconds": round(secs, 3), "vs_manual": boundary_errors(ours, case["manual"], case["axial_um"]),
+            # the same against the file's 1-based rows, as figures before the row-base correction were taken
+            "vs_manual_as_stored": {k: v["mae_px"] for k, v in
+                                    boundary_errors(ours, case["manual_as_stored"], case["axial_um"]).items()},
+            "outer_convention": outer_convention(ours, case["manual"], case["axial_um"]),
             "vs_device": boundary_errors(ours, case["device"], case["axial_um"]),
             "device_vs_manual": boundary_errors(case["device"], case["manual"], case["axial_um"]),
             "rnfl_um": rnfl, "measure_usable": m.quality["usable"],
