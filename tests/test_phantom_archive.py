@@ -102,3 +102,37 @@ def test_cohort_table(phantom_archive):
         if s["category"] == "hypertension":
             sbp = np.mean([float(x) for x in (r["systolic_bp_auto_1"], r["systolic_bp_auto_2"]) if x])
             assert sbp > 125
+
+
+def test_each_device_gets_its_scan_pattern_and_name():
+    """device_geometry: each OCT cube takes the standard macular scan pattern of the device it is named
+    after; oct_devices deals only the listed devices; without it every cube keeps oct_shape."""
+    from grok.phantom.archive import PHANTOM_OCT_SCAN_PATTERNS
+
+    cfg = PhantomConfig(device_geometry=True)
+    assert [cfg.oct_device(i)[0] for i in range(4)] == ["spectralis", "cirrus", "topcon", "spectralis"]
+    for dev, ((n, rows, cols), (ax, lat, bs)) in PHANTOM_OCT_SCAN_PATTERNS.items():
+        g = cfg.oct_geometry(dev)
+        assert (g.n_bscans, g.rows, g.cols) == (n, rows, cols)
+        assert n * bs == pytest.approx(6000, rel=0.03) and cols * lat == pytest.approx(6000, rel=0.01)  # 6 x 6 mm
+        assert PhantomConfig(oct_shape=(3, 320, 96)).oct_geometry(dev).rows == 320  # off: the configured cube
+    assert PhantomConfig(oct_devices=("cirrus",)).oct_device(5)[1:] == ("Carl Zeiss Meditec", "Cirrus HD-OCT 5000")
+    with pytest.raises(ValueError, match="unknown oct_devices"):
+        PhantomConfig(oct_devices=("acme",))
+
+
+def test_a_single_device_archive_is_written_with_that_devices_cube(tmp_path):
+    from grok.phantom.archive import PHANTOM_OCT_SCAN_PATTERNS, write_phantom
+
+    write_phantom(PhantomConfig(subjects=1, oct_devices=("topcon",), device_geometry=True, cfp_size=128,
+                                exports=False, single_frame_fraction=0.0), tmp_path)
+    (n, rows, cols), (ax, lat, bs) = PHANTOM_OCT_SCAN_PATTERNS["topcon"]
+    octs = sorted((tmp_path / "dicom").rglob("OCT_*.dcm"))
+    assert len(octs) == 2
+    for f in octs:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert (ds.Manufacturer, ds.ManufacturerModelName) == ("Topcon", "3D OCT-1000 Mark II")
+        assert (int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns)) == (n, rows, cols)
+        pm = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert [float(v) * 1000 for v in pm.PixelSpacing] == pytest.approx([ax, lat])
+        assert float(pm.SliceThickness) * 1000 == pytest.approx(bs)

@@ -71,6 +71,22 @@ PHANTOM_OCT_DEVICES: tuple[tuple[str, str], ...] = (
     ("Carl Zeiss Meditec", "Cirrus HD-OCT 5000"),
     ("Topcon", "3D OCT-1000 Mark II"),
 )
+#: The knowledge-base device id of each entry of PHANTOM_OCT_DEVICES (same order).
+PHANTOM_OCT_DEVICE_IDS: tuple[str, ...] = ("spectralis", "cirrus", "topcon")
+#: Each emulated device's standard macular cube, used with ``device_geometry``: (B-scans, rows, A-scans)
+#: and (axial, lateral, between-B-scan) spacing in micrometres, all over a 6 x 6 mm field.
+#: Spectralis: 20 x 20 degree volume, 49 lines of 512 A-scans, 496 rows of 3.87 um (the default cube);
+#: Cirrus: Macular Cube 512 x 128, 1024 rows over a 2 mm scan depth; Topcon 3D OCT-1000: 3D macula
+#: 512 x 128, rows chosen for its stated 2.3 mm scan depth (the export's exact row count is not
+#: verified here).
+PHANTOM_OCT_SCAN_PATTERNS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
+    "spectralis": ((49, 496, 512), (3.87, 11.7, 120.0)),
+    "cirrus": ((128, 1024, 512), (1.96, 11.7, 47.2)),
+    "topcon": ((128, 650, 512), (3.5, 11.7, 47.2)),
+}
+
+#: PhantomConfig fields added after builds were first keyed (hashed only when changed).
+_ADDED_LATER = ("oct_devices", "device_geometry")
 
 #: Ocular categories may affect one eye only; systemic ones show in both.
 _OCULAR = {"amd", "glaucoma", "diabetic_retinopathy"}
@@ -97,6 +113,12 @@ class PhantomConfig(Settings):
         "Fraction of subjects whose OCT is written as a single-frame-per-B-scan series."))
     workers: int = Field(1, ge=1, description="Processes used to synthesise subjects.")
     categories: tuple[str, ...] = Field(CATEGORIES, min_length=1, description="Categories dealt to subjects.")
+    oct_devices: tuple[str, ...] = Field(PHANTOM_OCT_DEVICE_IDS, min_length=1, description=(
+        "Devices named on the OCT objects, dealt to subjects by index (knowledge-base ids: spectralis, cirrus, "
+        "topcon); one id gives a single-device archive."))
+    device_geometry: bool = Field(False, description=(
+        "Give each OCT cube the standard macular scan pattern of the device it is named after "
+        "(grok.phantom.archive.PHANTOM_OCT_SCAN_PATTERNS) instead of oct_shape / oct_spacing_um."))
 
     @field_validator("oct_shape")
     @classmethod
@@ -104,6 +126,36 @@ class PhantomConfig(Settings):
         if min(v) < 1 or v[1] < 64 or v[2] < 64:
             raise ValueError("{here}oct_shape must be N ROWS COLS with N >= 1 and ROWS, COLS >= 64 (--oct-shape)")
         return v
+
+    @field_validator("oct_devices")
+    @classmethod
+    def _oct_devices(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [d for d in v if d not in PHANTOM_OCT_DEVICE_IDS]
+        if unknown:
+            raise ValueError(f"unknown oct_devices {unknown}; the phantom emulates {', '.join(PHANTOM_OCT_DEVICE_IDS)}")
+        return v
+
+    def key_dump(self) -> dict[str, Any]:
+        """As :meth:`grok.config.Settings.key_dump`; the device fields, added after builds were first keyed,
+        enter content keys only when changed (so the build's ``source.phantom`` keeps its build ids)."""
+        out = super().key_dump()
+        for name in _ADDED_LATER:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                out.pop(name, None)
+        return out
+
+    def oct_device(self, index: int) -> tuple[str, str, str]:
+        """(device id, manufacturer, model) named on subject ``index``'s OCT objects."""
+        dev = self.oct_devices[index % len(self.oct_devices)]
+        maker, model = PHANTOM_OCT_DEVICES[PHANTOM_OCT_DEVICE_IDS.index(dev)]
+        return dev, maker, model
+
+    def oct_geometry(self, device: str) -> OctGeometry:
+        """The macular cube written for ``device``: its scan pattern with ``device_geometry``, else the
+        configured ``oct_shape`` / ``oct_spacing_um``."""
+        (n, rows, cols), (ax, lat, bs) = (PHANTOM_OCT_SCAN_PATTERNS[device] if self.device_geometry
+                                          else (self.oct_shape, self.oct_spacing_um))
+        return OctGeometry(n_bscans=n, rows=rows, cols=cols, axial_um=ax, lateral_um=lat, bscan_spacing_um=bs)
 
     @field_validator("categories")
     @classmethod
@@ -329,11 +381,10 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
     ddir.mkdir(parents=True, exist_ok=True)
     study_uid = phantom_uid("study", cfg.seed, s.index)
     truth_lines: list[dict[str, Any]] = []
-    n, rows, cols = cfg.oct_shape
-    oct_maker, oct_model = PHANTOM_OCT_DEVICES[s.index % len(PHANTOM_OCT_DEVICES)]
-    geom = OctGeometry(n_bscans=n, rows=rows, cols=cols, axial_um=cfg.oct_spacing_um[0],
-                       lateral_um=cfg.oct_spacing_um[1], bscan_spacing_um=cfg.oct_spacing_um[2])
-    spacing_mm = (cfg.oct_spacing_um[0] / 1000.0, cfg.oct_spacing_um[1] / 1000.0, cfg.oct_spacing_um[2] / 1000.0)
+    device, oct_maker, oct_model = cfg.oct_device(s.index)
+    geom = cfg.oct_geometry(device)
+    n = geom.n_bscans
+    spacing_mm = (geom.axial_um / 1000.0, geom.lateral_um / 1000.0, geom.bscan_spacing_um / 1000.0)
     for eye in ("OD", "OS"):
         label = s.eye_label(eye)
         sev = s.severity[eye]
@@ -377,7 +428,8 @@ def _write_subject(args: tuple[PhantomConfig, Subject, str]) -> list[dict[str, A
         if cfg.circle_scans:
             rng_r = np.random.default_rng([cfg.seed, s.index, 0 if eye == "OD" else 1, 33])
             circ = synth_circle_scan(label, eye, rng_r, severity=sev if label != "normal" else 0.0,
-                                     noise=cfg.noise, rows=max(256, rows), cols=768 if cols >= 512 else 256)
+                                     noise=cfg.noise, rows=max(256, cfg.oct_shape[1]),
+                                     cols=768 if cfg.oct_shape[2] >= 512 else 256)
             cvol = circ.bscan[None]
             write_opt(ddir / f"RNFL_{eye}.dcm", cvol, ident, laterality=eye, study_uid=study_uid,
                       series_uid=phantom_uid("rnfl-series", cfg.seed, s.index, eye),
