@@ -20,6 +20,7 @@ import json
 import os
 import time
 import uuid
+from functools import lru_cache
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -27,6 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.runtime import flow_run
@@ -38,8 +40,30 @@ from grok.stages.runner import STAGE_BY_NAME, STAGES, BuildFolder, StageReport, 
 PUBLISHED_EVENT = "grok.dataset.published"
 
 
+#: Numeric libraries use one thread per worker process (a shard is the unit of parallelism: more threads
+#: inside a shard only oversubscribe the cores the other workers use).
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                  "NUMBA_NUM_THREADS": "1"}
+
+
+@lru_cache(maxsize=4)
+def _folder_of(config_json: str) -> BuildFolder:
+    return BuildFolder(BuildConfig.model_validate_json(config_json))
+
+
 def _folder(config: dict[str, Any]) -> BuildFolder:
-    return BuildFolder(BuildConfig.model_validate(config))
+    """The build folder of ``config``, one per process and config: a worker loads the knowledge base
+    (``BuildFolder.kb``) once, not once per shard."""
+    return _folder_of(json.dumps(config, sort_keys=True))
+
+
+def warm_worker() -> int:
+    """Ready a worker process for shards (run on every Dask worker when the flow starts, and again by each
+    shard, where it costs nothing after the first): one thread for numeric libraries that read the
+    environment late, and the stage modules imported (importing this module imported them). Returns the pid."""
+    for k, v in ONE_THREAD_ENV.items():
+        os.environ.setdefault(k, v)
+    return os.getpid()
 
 
 def _artifact(report: StageReport) -> None:
@@ -63,6 +87,7 @@ def _shard_cache_key(_ctx, params: dict[str, Any]) -> str:
 
 @task(name="shard", cache_key_fn=_shard_cache_key, persist_result=True, result_serializer="json")
 def shard_task(config: dict[str, Any], stage: str, shard: dict[str, Any]) -> str:
+    warm_worker()
     folder, st = _folder(config), STAGE_BY_NAME[stage]
     limit = st.limit(folder)
     if limit is None:
@@ -132,6 +157,7 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
     folder.require_pseudonym_key(demo_key=demo_key)
     logger = get_run_logger()
     folder.update(flow_run_id=str(flow_run.get_id() or ""))
+    folder.workers = _start_workers(folder)
     reports = []
     for stage in STAGES:
         t0 = time.perf_counter()
@@ -158,6 +184,23 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
             "training": trained}
 
 
+def _start_workers(folder: BuildFolder) -> int:
+    """How many shards run at once (what ``shard_size: auto`` sizes shards for). On Dask: connect now (a local
+    cluster starts here, not inside the first stage that maps shards), warm every worker (:func:`warm_worker`)
+    and record the scheduler, its dashboard and its worker threads in ``build.json`` (``dask``)."""
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if type(runner).__name__ != "DaskTaskRunner":
+        folder.update(dask=None)
+        return max(1, min(getattr(runner, "_max_workers", None) or 1, os.cpu_count() or 1))
+    client = runner.client
+    pids = client.run(warm_worker)
+    threads = sum(client.nthreads().values())
+    folder.update(dask={"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
+                        "workers": len(pids), "threads": threads})
+    return threads
+
+
 def with_runner(cfg: BuildConfig):
     """The flow with the task runner the config asks for (Dask for scale-out)."""
     if cfg.runner.kind == "dask":
@@ -167,7 +210,8 @@ def with_runner(cfg: BuildConfig):
             runner = DaskTaskRunner(address=cfg.runner.dask_address)
         else:
             runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.runner.n_workers, "threads_per_worker": 1,
-                                                    "processes": True, "dashboard_address": None})
+                                                    "processes": True, "dashboard_address": None,
+                                                    "env": ONE_THREAD_ENV})
         return build_dataset.with_options(task_runner=runner)
     # Prefect's default thread pool is effectively unbounded: dozens of shards measuring at once only
     # multiply memory (each holds a cube and its masks) without more cores. Default: one per core.

@@ -64,8 +64,28 @@ class DeidSettings(DeidPolicy):
 
 
 class MeasureSettings(Settings):
-    shard_size: int = Field(8, ge=1, description="Studies per measure task (a shard).")
+    """The measure stage: shard sizes, overlays and the per-study time limit."""
+
+    #: how long a study may take is an operational limit, like the workers a shard runs on (never hashed)
+    KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"study_timeout_s"})
+    #: what ``shard_size: auto`` enters the build id as: the old default, so builds keep their ids
+    AUTO_KEY: ClassVar[int] = 8
+
+    shard_size: int | Literal["auto"] = Field("auto", description=(
+        "Studies per measure task (a shard), or auto: about four shards per worker (so a slow shard does not "
+        "leave the other workers idle), 1 to 64 studies each, chosen once per build folder (build.json "
+        "measure_shard_size) so a rerun on another number of workers reuses the finished shards. The size "
+        "never changes the data."))
     overlays: bool = Field(True, description="Write overlay PNGs for curators.")
+    study_timeout_s: float | None = Field(600.0, gt=0, description=(
+        "Seconds one study may take to measure; a study over it is quarantined (error_class study_timeout) "
+        "and the shard goes on. None: no limit. A rerun with a larger limit measures those shards again."))
+
+    def key_dump(self) -> dict[str, Any]:
+        out = super().key_dump()
+        if out.get("shard_size") == "auto":
+            out["shard_size"] = self.AUTO_KEY
+        return out
 
 
 class InstructSettings(InstructConfig):
@@ -125,7 +145,9 @@ class TrainSettings(Settings):
 class RunnerSettings(Settings):
     kind: Literal["default", "dask"] = Field("default", description="Task runner for measure and instruct.")
     threads: int | None = Field(None, ge=1, description="Threads of the default runner (None: one per CPU core).")
-    dask_address: str | None = Field(None, description="Existing Dask scheduler (tcp://host:8786); None = local cluster.")
+    dask_address: str | None = Field(None, description=(
+        "Existing Dask scheduler (tcp://host:8786); None = local cluster. Start its workers with one thread "
+        "each (dask worker ADDRESS --nworkers N --nthreads 1); numeric libraries run one thread per task."))
     n_workers: int = Field(2, ge=1, description="Local Dask workers when no address is given.")
 
 

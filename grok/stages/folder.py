@@ -68,9 +68,11 @@ class PseudonymKeyMissing(ConfigError):
 class BuildFolder:
     """Paths, ``build.json`` and accounting of one build (``cfg.work_dir``)."""
 
-    def __init__(self, cfg: BuildConfig):
+    def __init__(self, cfg: BuildConfig, *, workers: int = 1):
         self.cfg = cfg
         self.root = Path(cfg.work_dir)
+        #: processes (or threads) the executor runs shards on: what ``shard_size: auto`` sizes shards for
+        self.workers = workers
 
     # -------------------------------------------------------------------------------------------- paths
     def path(self, *parts: str) -> Path:

@@ -15,9 +15,14 @@ quarantine with its reason. :func:`merge_shards` concatenates the shards into
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
 import shutil
+import socket
+import threading
+import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -95,14 +100,45 @@ def measure_inputs(study: dict[str, Any] | None, manifest: dict[str, dict[str, A
     return {"study": study, "images": {i: manifest.get(i) for i in ids}}
 
 
+#: ``shard_size: auto``: shards per worker (a slow shard then leaves the others about a quarter of a
+#: worker's share to take over) and the bounds of a shard's size.
+AUTO_WAVES, AUTO_MIN, AUTO_MAX = 4, 1, 64
+
+
+def auto_shard_size(n_studies: int, workers: int) -> int:
+    """Studies per shard for ``n_studies`` on ``workers``: about :data:`AUTO_WAVES` shards per worker, between
+    :data:`AUTO_MIN` and :data:`AUTO_MAX` studies each (many small shards cost orchestration per shard; few
+    large ones leave workers idle at the end)."""
+    return max(AUTO_MIN, min(AUTO_MAX, -(-n_studies // max(1, workers * AUTO_WAVES))))
+
+
+_TABLES: dict[str, tuple[tuple[int, int], dict[str, dict[str, Any]]]] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+def ingest_rows(build_dir: str | Path, table: str) -> dict[str, dict[str, Any]]:
+    """``ingest/studies.parquet`` (by study id) or ``ingest/manifest.parquet`` (by image id), read once per
+    process while the file is unchanged (a worker measuring many shards does not re-read them per shard)."""
+    path = Path(build_dir) / "ingest" / f"{table}.parquet"
+    st = path.stat()
+    stamp = (st.st_mtime_ns, st.st_size)
+    key = str(path.resolve())
+    with _TABLES_LOCK:
+        hit = _TABLES.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        by = "study_id" if table == "studies" else "image_id"
+        rows = {r[by]: r for r in pq.read_table(path).to_pylist()}
+        _TABLES[key] = (stamp, rows)
+        return rows
+
+
 def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True) -> list[Shard]:
     """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match), each with the
     content key of its real inputs (see :mod:`grok.stages.keys`): ``[{"ids": [...], "key": "..."}]``."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
-    ingest_dir = Path(build_dir) / "ingest"
-    studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
-    manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
+    studies, manifest = ingest_rows(build_dir, "studies"), ingest_rows(build_dir, "manifest")
     ids = sorted(studies)
     code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": CFP_V,
             "source": source_digest("grok.oct", "grok.cfp", "grok.ids", __name__)}
@@ -119,13 +155,74 @@ def shard_path(build_dir: str | Path, study_ids: Iterable[str]) -> Path:
     return Path(build_dir) / "measure" / f"shard-{shard_name(study_ids)}.parquet"
 
 
-def finished_shard(build_dir: str | Path, shard: Shard) -> Path | None:
-    """The shard's output when it exists and was written from the same inputs (its recorded key matches)."""
+def finished_shard(build_dir: str | Path, shard: Shard, *, study_timeout_s: float | None = None) -> Path | None:
+    """The shard's output when it exists, reads back whole and was written from the same inputs (its recorded
+    key matches); a corrupt or truncated file, or one that timed out a study under a smaller limit than
+    ``study_timeout_s``, is not finished (the shard is measured again)."""
     out = shard_path(build_dir, shard["ids"])
     if not out.exists():
         return None
-    meta = pq.read_schema(out).metadata or {}
-    return out if meta.get(b"grok.content_key", b"").decode() == shard["key"] else None
+    try:
+        table = pq.read_table(out)
+    except (OSError, ValueError, pa.ArrowException):  # corrupt, truncated or not parquet: redo it
+        return None
+    meta = table.schema.metadata or {}
+    if meta.get(b"grok.content_key", b"").decode() != shard["key"]:
+        return None
+    try:
+        quarantine = json.loads(meta.get(b"grok.quarantine", b"[]"))
+        if len(quarantine) + table.num_rows != len(shard["ids"]):
+            return None  # not every study of the shard is accounted for
+        limit = json.loads(meta.get(b"grok.study_timeout_s", b"null"))
+    except ValueError:
+        return None
+    timed_out = any(q.get("error_class") == "study_timeout" for q in quarantine)
+    if timed_out and (study_timeout_s is None or (limit is not None and study_timeout_s > limit)):
+        return None  # studies that ran out of time get the larger limit now asked for
+    return out
+
+
+class StudyTimeout(BaseException):
+    """Raised inside a study's measurement when it runs past ``measure.study_timeout_s`` (a BaseException, so
+    the per-image ``except Exception`` of a study does not swallow it)."""
+
+
+class _Deadline:
+    """Raise :class:`StudyTimeout` in the calling thread once ``seconds`` have passed (any thread: the main
+    one, a thread pool's or a Dask worker's). The exception arrives at the next Python bytecode the thread
+    runs, so a single native call that never returns is not interrupted; measurement code is many short
+    numpy/numba calls, so a study stuck in a loop stops within one of them."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._armed = False
+        self._fired = False
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._armed:
+                self._fired = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._tid), ctypes.py_object(StudyTimeout))
+
+    def __enter__(self) -> _Deadline:
+        if self.seconds is not None:
+            self._tid = threading.get_ident()
+            self._armed = True
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is None:
+            return
+        self._timer.cancel()
+        with self._lock:
+            self._armed = False
+            if self._fired:  # fired as the study finished: clear it if it has not been raised yet
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._tid), None)
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
@@ -377,30 +474,40 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def measure_shard(build_dir: str | Path, shard: Shard, *, overlays: bool = True) -> Path:
+def measure_shard(build_dir: str | Path, shard: Shard, *, overlays: bool = True,
+                  study_timeout_s: float | None = None) -> Path:
     """Measure a shard (``{"ids", "key"}`` from :func:`plan_shards`) into ``BUILD/measure/shard-<name>.parquet``;
-    a finished shard whose recorded key matches is returned as is."""
+    a finished shard whose recorded key matches is returned as is. A study that raises or runs past
+    ``study_timeout_s`` is quarantined with the reason; the shard goes on. The file's metadata records the
+    quarantine, the content key and where and how long each study took (``grok.timing``)."""
     build = Path(build_dir)
-    done = finished_shard(build, shard)
+    done = finished_shard(build, shard, study_timeout_s=study_timeout_s)
     if done is not None:
         return done
+    started = time.time()
     out = shard_path(build, shard["ids"])
     study_ids = shard["ids"]
     ingest_dir = build / "ingest"
-    studies = {r["study_id"]: r for r in pq.read_table(ingest_dir / "studies.parquet").to_pylist()}
-    manifest = {r["image_id"]: r for r in pq.read_table(ingest_dir / "manifest.parquet").to_pylist()}
-    rows, quarantine = [], []
+    studies, manifest = ingest_rows(build, "studies"), ingest_rows(build, "manifest")
+    rows, quarantine, seconds = [], [], {}
     for sid in sorted(study_ids):
         if sid not in studies:
             quarantine.append(dict(study_id=sid, stage="measure", reason="study id not in studies.parquet",
                                    error_class="unknown_study"))
             continue
+        t0 = time.perf_counter()
         try:
-            res = measure_study(studies[sid], manifest, ingest_dir, build, overlays=overlays)
+            with _Deadline(study_timeout_s):
+                res = measure_study(studies[sid], manifest, ingest_dir, build, overlays=overlays)
+        except StudyTimeout:
+            res = _StudyResult(None, dict(study_id=sid, stage="measure", error_class="study_timeout", reason=(
+                f"measuring took longer than measure.study_timeout_s = {study_timeout_s:g} s; raise it (the shard "
+                "is measured again on the next run) or check the study's images")))
         except Exception as exc:  # noqa: BLE001 - one study never stops the shard
             tb = traceback.format_exc(limit=2).strip().splitlines()[-1]
             res = _StudyResult(None, dict(study_id=sid, stage="measure", error_class="measure_failure",
                                           reason=f"{type(exc).__name__}: {str(exc)[:300]} ({tb[:200]})"))
+        seconds[sid] = round(time.perf_counter() - t0, 3)
         if res.row is not None:
             rows.append(res.row)
         if res.quarantine is not None:
@@ -408,60 +515,120 @@ def measure_shard(build_dir: str | Path, shard: Shard, *, overlays: bool = True)
     out.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=BIOMARKER_SCHEMA)
     qtable = pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA)
-    meta = {b"grok.quarantine": json.dumps(qtable.to_pylist()).encode(), b"grok.content_key": shard["key"].encode()}
+    timing = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "ended": time.time(),
+              "study_seconds": seconds}
+    meta = {b"grok.quarantine": json.dumps(qtable.to_pylist()).encode(), b"grok.content_key": shard["key"].encode(),
+            b"grok.study_timeout_s": json.dumps(study_timeout_s).encode(), b"grok.timing": json.dumps(timing).encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(out)
     return out
 
 
+def shard_timing(shard_paths: list[Path], since: float) -> dict[str, Any]:
+    """What the shards of one measure stage cost, from their ``grok.timing`` metadata: shard sizes, seconds per
+    study, busy seconds per worker process and the span from the first shard's start to the last one's end
+    (shards finished before ``since``, a Unix time, were reused and are only counted)."""
+    per_study, busy, starts, ends, sizes, reused = [], {}, [], [], [], 0
+    for p in shard_paths:
+        timing = json.loads((pq.read_schema(p).metadata or {}).get(b"grok.timing", b"{}"))
+        if not timing or timing["started"] < since:
+            reused += 1
+            continue
+        sizes.append(len(timing["study_seconds"]))
+        per_study += list(timing["study_seconds"].values())
+        worker = f"{timing['host']}:{timing['pid']}"
+        busy[worker] = busy.get(worker, 0.0) + timing["ended"] - timing["started"]
+        starts.append(timing["started"])
+        ends.append(timing["ended"])
+    out: dict[str, Any] = {"shards": len(shard_paths), "reused": reused, "sizes": sorted(set(sizes))}
+    if per_study:
+        per_study.sort()
+        out.update(
+            studies_measured_here=len(per_study), study_seconds_mean=round(sum(per_study) / len(per_study), 3),
+            study_seconds_p50=per_study[len(per_study) // 2], study_seconds_max=per_study[-1],
+            workers=len(busy), worker_busy_s=sorted(round(b, 1) for b in busy.values()),
+            first_shard_start_s=round(min(starts) - since, 1), shards_span_s=round(max(ends) - min(starts), 1))
+    return out
+
+
 def merge_shards(build_dir: str | Path, shard_paths: list[Path]) -> dict[str, int]:
-    """Concatenate shard outputs into ``biomarkers.parquet`` and ``measure_quarantine.parquet``."""
+    """Concatenate shard outputs into ``biomarkers.parquet`` and ``measure_quarantine.parquet``, one shard in
+    memory at a time (shards hold contiguous runs of the sorted study ids, so writing them in the order of
+    their first id keeps the table sorted; anything else is refused rather than written out of order)."""
     build = Path(build_dir)
-    rows, quarantine = [], []
-    for p in sorted(shard_paths):
-        t = pq.read_table(p)
-        rows += t.to_pylist()
-        quarantine += json.loads((t.schema.metadata or {}).get(b"grok.quarantine", b"[]"))
-    rows.sort(key=lambda r: r["study_id"])
+    firsts = []
+    for p in shard_paths:
+        ids = pq.read_table(p, columns=["study_id"]).column("study_id").to_pylist()
+        firsts.append((min(ids) if ids else "", str(p)))
+    quarantine: list[dict[str, Any]] = []
+    n_rows, last = 0, ""
+    with pq.ParquetWriter(build / "biomarkers.parquet", BIOMARKER_SCHEMA, compression="zstd") as writer:
+        for _, p in sorted(firsts):
+            t = pq.read_table(p)
+            quarantine += json.loads((t.schema.metadata or {}).get(b"grok.quarantine", b"[]"))
+            ids = t.column("study_id").to_pylist()
+            if not ids:
+                continue
+            if ids != sorted(ids) or ids[0] <= last:
+                raise ValueError(f"{p}: measure shards overlap or are out of order; delete {build / 'measure'} "
+                                 "and rerun the build")
+            last = ids[-1]
+            writer.write_table(t.replace_schema_metadata(None).cast(BIOMARKER_SCHEMA))
+            n_rows += t.num_rows
     quarantine.sort(key=lambda r: r["study_id"])
-    pq.write_table(pa.Table.from_pylist(rows, schema=BIOMARKER_SCHEMA), build / "biomarkers.parquet",
-                   compression="zstd")
     pq.write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), build / "measure_quarantine.parquet")
-    return {"studies_measured": len(rows), "studies_quarantined": len(quarantine)}
+    return {"studies_measured": n_rows, "studies_quarantined": len(quarantine)}
 
 
-def measure_build(build_dir: str | Path, *, shard_size: int = 8, overlays: bool = True) -> dict[str, int]:
+def measure_build(build_dir: str | Path, *, shard_size: int = 8, overlays: bool = True,
+                  study_timeout_s: float | None = None) -> dict[str, int]:
     """Measure every study of a build, shard by shard (finished shards are reused)."""
     build = Path(build_dir)
     shards = plan_shards(build, shard_size, overlays=overlays)
-    paths = [measure_shard(build, s, overlays=overlays) for s in shards]
+    paths = [measure_shard(build, s, overlays=overlays, study_timeout_s=study_timeout_s) for s in shards]
     res = merge_shards(build, paths)
     res["studies_in"] = sum(len(s["ids"]) for s in shards)
     return res
 
 
 class Measure(Stage):
-    """OCT and CFP biomarkers of every study, sharded (``measure.shard_size`` studies per shard)."""
+    """OCT and CFP biomarkers of every study, sharded (``measure.shard_size`` studies per shard, or auto)."""
 
     name = "measure"
     inputs: ClassVar[tuple[str, ...]] = ("ingest/studies.parquet", "ingest/manifest.parquet", "ingest/images/")
     outputs: ClassVar[tuple[str, ...]] = ("biomarkers.parquet", "measure_quarantine.parquet", "media/")
 
+    def shard_size(self, folder: BuildFolder) -> int:
+        """``measure.shard_size``, or for ``auto`` the size this build folder recorded (``build.json``
+        ``measure_shard_size``), else :func:`auto_shard_size` for its studies on ``folder.workers``, recorded."""
+        size = folder.cfg.measure.shard_size
+        if size != "auto":
+            return size
+        recorded = folder.info().get("measure_shard_size")
+        if recorded:
+            return int(recorded)
+        size = auto_shard_size(len(ingest_rows(folder.root, "studies")), folder.workers)
+        folder.update(measure_shard_size=size)
+        return size
+
     def plan(self, folder: BuildFolder) -> list[Shard]:
-        return plan_shards(folder.root, folder.cfg.measure.shard_size, overlays=folder.cfg.measure.overlays)
+        return plan_shards(folder.root, self.shard_size(folder), overlays=folder.cfg.measure.overlays)
 
     def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
-        return str(measure_shard(folder.root, shard, overlays=folder.cfg.measure.overlays))
+        m = folder.cfg.measure
+        return str(measure_shard(folder.root, shard, overlays=m.overlays, study_timeout_s=m.study_timeout_s))
 
     def finished(self, folder: BuildFolder, shard: Shard) -> Path | None:
-        return finished_shard(folder.root, shard)
+        return finished_shard(folder.root, shard, study_timeout_s=folder.cfg.measure.study_timeout_s)
 
     def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
-        res = merge_shards(folder.root, [Path(p) for p in results])
+        paths = [Path(p) for p in results]
+        res = merge_shards(folder.root, paths)
         return folder.finish(StageReport(
             "measure", n_in=res["studies_measured"] + res["studies_quarantined"], n_out=res["studies_measured"],
             n_quarantined=res["studies_quarantined"], seconds=seconds,
             outputs={"biomarkers": str(folder.path("biomarkers.parquet")),
-                     "quarantine": str(folder.path("measure_quarantine.parquet"))}))
+                     "quarantine": str(folder.path("measure_quarantine.parquet"))},
+            details={"shards": shard_timing(paths, time.time() - seconds)}))
