@@ -29,6 +29,7 @@ most 25 %.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from grok.instruct.boxes import strip_boxes
 from grok.instruct.phrasing import MAX_ALTERNATIVES
 from grok.instruct.records import lower_first, short_term
-from grok.knowledge.lexicon import DISEASE_SYNONYMS, DISPLAY_NAMES, PRESENCE_ENTITIES
+from grok.knowledge.lexicon import DISEASE_SYNONYMS, DISPLAY_NAMES, PRESENCE_ENTITIES, _lead_trie
 
 RULES: dict[str, str] = {
     "nested_parens": "a parenthesis inside a parenthesis",
@@ -60,9 +61,12 @@ _REVEAL = re.compile(r"\b(?:label(?:led|ed|s)?|ground[- ]truth|answer key|annota
                      r"metadata|json|the record|as stated|we were told|you told me)\b", re.IGNORECASE)
 
 
+_NESTED = re.compile(r"\([^()]*\(")
+
+
 def _alternation(terms: Iterable[str]) -> re.Pattern:
-    words = sorted({t.lower() for t in terms if t}, key=len, reverse=True)
-    return re.compile(r"(?<![\w-])(?:" + "|".join(re.escape(w) for w in words) + r")(?![\w-])", re.IGNORECASE)
+    """Whole-word matches of any of ``terms`` in lower-case text, the longest first (a prefix trie: fast)."""
+    return re.compile(_lead_trie({t.lower() for t in terms if t}) + r"(?![\w-])")
 
 
 class TextLinter:
@@ -109,30 +113,34 @@ class TextLinter:
             if m.get("role") != "assistant" or not isinstance(m.get("content"), str):
                 continue
             text = strip_boxes(m["content"])
-            for sent in _SENTENCE_END.split(text):
-                sent = sent.strip()
-                if not sent:
-                    continue
-                out.extend(self._sentence(sent))
-                plain = self._finding_names.sub("#", sent)
-                named |= {self.disease_of[x.group(0).lower()] for x in self._diseases.finditer(plain)}
+            low = text.lower()
+            # sentences as spans; each pattern scans the message once and its matches go to their sentence
+            starts, ends, pos = [], [], 0
+            for sep in _SENTENCE_END.finditer(text):
+                starts.append(pos)
+                ends.append(sep.start())
+                pos = sep.end()
+            starts.append(pos)
+            ends.append(len(text))
+            terms: list[Counter[str]] = [Counter() for _ in starts]
+            for x in self._terms.finditer(low):
+                terms[bisect_right(starts, x.start()) - 1][x.group(0)] += 1
+            plain = self._finding_names.sub(lambda x: "#" * len(x.group(0)), low)
+            for x in self._diseases.finditer(plain):
+                named.add(self.disease_of[x.group(0)])
+            for i, (a, b) in enumerate(zip(starts, ends)):
+                sent = text[a:b].strip()
+                if sent:
+                    out.extend(self._sentence(sent, terms[i]))
         extra = sorted(named - {label, None})
         if len(extra) > MAX_ALTERNATIVES:
             out.append(("differential_size", f"{len(extra)} alternatives named: {', '.join(extra)}"))
         return out
 
-    def _sentence(self, sent: str) -> list[tuple[str, str]]:
+    def _sentence(self, sent: str, seen: Counter[str]) -> list[tuple[str, str]]:
         out = []
-        depth = 0
-        for ch in sent:
-            if ch == "(":
-                depth += 1
-                if depth > 1:
-                    out.append(("nested_parens", sent[:80]))
-                    break
-            elif ch == ")":
-                depth = max(0, depth - 1)
-        seen = Counter(x.group(0).lower() for x in self._terms.finditer(sent))
+        if sent.count("(") > 1 and _NESTED.search(sent):
+            out.append(("nested_parens", sent[:80]))
         rep = [t for t, n in seen.items() if n > 1]
         if rep:
             out.append(("repeated_term", f"{', '.join(sorted(rep))} twice in: {sent[:80]}"))
@@ -141,7 +149,7 @@ class TextLinter:
             out.append(("long_sentence", f"{n_words} words: {sent[:80]}"))
         for cue in _RULE_CUE.finditer(sent):
             head = sent[:cue.start()]
-            ds = [self.disease_of[x.group(0).lower()] for x in self._diseases.finditer(head)]
+            ds = [self.disease_of[x.group(0)] for x in self._diseases.finditer(head.lower())]
             why = cue.group("why").lower()
             if not ds or not any(p in why for p in self.sourced.get(ds[-1], ())):
                 out.append(("unsupported_rule", f"no sourced rule behind: {sent[:100]}"))
