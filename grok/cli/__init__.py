@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "grok.cli.cfp_cmd",  # cfp measure
     "grok.cli.kb_cmd",  # kb validate, reason, label
     "grok.cli.instruct_cmd",  # instruct, verify
+    "grok.cli.lint_cmd",  # lint-text
     "grok.cli.contracts_cmd",  # validate
     "grok.cli.privacy_cmd",  # privacy-scan
     "grok.cli.build_cmd",  # build, publish

@@ -109,7 +109,7 @@ class TextLinter:
         out: list[tuple[str, str]] = []
         named: set[str] = set()
         label = row.get("label")
-        for m in row.get("messages") or []:
+        for m in _messages(row):
             if m.get("role") != "assistant" or not isinstance(m.get("content"), str):
                 continue
             text = strip_boxes(m["content"])
@@ -163,8 +163,14 @@ def skeleton(text: str) -> str:
     return _NUMBER.sub("#", text)
 
 
+def _messages(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A row's messages as a list (a parquet row read through pandas holds an array)."""
+    msgs = row.get("messages")
+    return [] if msgs is None else list(msgs)
+
+
 def _turns(row: dict[str, Any], role: str) -> str:
-    return "\n".join(m["content"] for m in row.get("messages") or []
+    return "\n".join(m["content"] for m in _messages(row)
                      if m.get("role") == role and isinstance(m.get("content"), str))
 
 
@@ -194,6 +200,7 @@ def lint_rows(rows: Iterable[dict[str, Any]], kb, lex, examples: int = 3) -> dic
     linter = TextLinter(kb, lex)
     by_family: dict[str, list[dict[str, Any]]] = {}
     counts: Counter[str] = Counter()
+    by_mode: Counter[str] = Counter()
     fam_counts: dict[str, Counter[str]] = {}
     shown: dict[str, list[dict[str, str]]] = {}
     for row in rows:
@@ -201,6 +208,7 @@ def lint_rows(rows: Iterable[dict[str, Any]], kb, lex, examples: int = 3) -> dic
         by_family.setdefault(task, []).append(row)
         for code, detail in linter.check_row(row):
             counts[code] += 1
+            by_mode[str(row.get("mode") or "template")] += 1
             fam_counts.setdefault(task, Counter())[code] += 1
             if len(shown.setdefault(code, [])) < examples:
                 shown[code].append({"id": str(row.get("id")), "task": task, "detail": detail})
@@ -214,7 +222,8 @@ def lint_rows(rows: Iterable[dict[str, Any]], kb, lex, examples: int = 3) -> dic
         met = met and v["answer_target_met"] and v["question_target_met"]
         per_family[task] = v
     return {"rows": sum(len(v) for v in by_family.values()), "violations": dict(sorted(counts.items())),
-            "violations_total": sum(counts.values()), "examples": shown, "per_family": per_family,
+            "violations_total": sum(counts.values()), "violations_by_mode": dict(sorted(by_mode.items())),
+            "examples": shown, "per_family": per_family,
             "targets": {"violations": 0, "answer_top_share": MAX_ANSWER_SKELETON_SHARE,
                         "question_top_share": MAX_QUESTION_SKELETON_SHARE},
             "targets_met": met}
