@@ -257,3 +257,52 @@ def test_classical_vessel_path_is_the_default():
     ph = synth_fundus("normal", "OD", np.random.default_rng(0), size=512)
     m = measure_fundus(ph.image)
     assert m.masks["vessels"].any()
+
+
+# ----------------------------------------------------------------------------------------- bad input (issue #14)
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])
+def test_everyday_photographs_are_not_fundi(name):
+    """scikit-image's colour photographs (a red-brown coffee cup included) are graded reject for their colour
+    and give no number (before issue #14's colour check they were graded usable, some with an AV ratio)."""
+    from skimage import data
+
+    m = measure_fundus(np.asarray(getattr(data, name)())[..., :3])
+    assert m.quality["grade"] == "reject"
+    assert any("not a colour fundus photograph" in r for r in m.quality["reasons"]), m.quality
+    assert all(not (isinstance(v, float) and np.isfinite(v)) for v in m.biomarkers.values())
+    assert m.biomarkers["disc_center_xy_px"] is None
+
+
+def _blurred_retina(sigma_px: float) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage import data
+
+    f = data.retina().astype(np.float32)
+    return np.stack([ndi.gaussian_filter(f[..., c], sigma_px) for c in range(3)], axis=2).astype(np.uint8)
+
+
+def test_blur_removes_calibre_measures_then_rejects():
+    """A blur of ~4 px (sharpness 0.46, under 0.50) widens thin vessels: AV ratio, vessel density and fractal
+    dimensions are NaN with the reason, the disc is still given; ~8 px (sharpness 0.37) is rejected."""
+    m = measure_fundus(_blurred_retina(4.2))
+    assert m.quality["grade"] == "usable" and any("blurred" in r for r in m.quality["reasons"])
+    for k in ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension"):
+        assert np.isnan(m.biomarkers[k]), k
+    assert any(r.startswith("blurred") for r in m.extras["reasons"]["vessels"])
+    assert m.biomarkers["disc_center_xy_px"] is not None
+    m = measure_fundus(_blurred_retina(8.4))
+    assert m.quality["grade"] == "reject" and any("out of focus" in r for r in m.quality["reasons"])
+    assert np.isnan(m.biomarkers["av_ratio"])
+
+
+def test_grain_is_rejected_and_a_crop_says_so():
+    from skimage import data
+
+    im = data.retina()
+    noisy = np.clip(im + np.random.default_rng(0).normal(0, 60, im.shape), 0, 255).astype(np.uint8)
+    m = measure_fundus(noisy)
+    assert m.quality["grade"] == "reject" and any("noise" in r for r in m.quality["reasons"]), m.quality
+    h, w = im.shape[:2]
+    m = measure_fundus(im[h // 4: 3 * h // 4, w // 4: 3 * w // 4])
+    assert m.quality["grade"] in ("usable", "reject")
+    assert any("no edge of the camera's field of view" in r for r in m.quality["reasons"]), m.quality

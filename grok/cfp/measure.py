@@ -28,7 +28,14 @@ from grok.cfp.preprocess import (
     relative_channels,
     to_working,
 )
-from grok.cfp.quality import Quality, QualityThresholds, illumination_cv, sharpness_ratio
+from grok.cfp.quality import (
+    FUNDUS_RED_CHROMATICITY,
+    Quality,
+    QualityThresholds,
+    illumination_cv,
+    non_fundus_colour_share,
+    sharpness_ratio,
+)
 from grok.cfp.vessels import measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
@@ -45,6 +52,11 @@ RED_CLIP_LEVEL = 0.98
 RED_SATURATED_USABLE = 0.25
 #: ... and above this share no artery/vein-dependent measure is given (their labels rest on red).
 RED_SATURATED_NO_AV = 0.5
+#: Measures that blur biases (calibres widen, the thinnest vessels vanish): NaN under
+#: ``QualityThresholds.min_sharpness_calibre`` (issue #14: a 2-px blur moved real AV ratios by 0.07-0.38).
+BLUR_DEPENDENT = ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension")
+#: A bright area covering more of the frame than this shows no edge of the camera's field (a crop).
+FRAME_FILLED_COVERAGE = 0.97
 AV_DEPENDENT = ("av_ratio", "arterial_tortuosity", "venular_tortuosity", "arterial_fractal_dimension",
                 "venular_fractal_dimension")
 
@@ -183,6 +195,15 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         _grade(q, fov.circularity, th.min_circularity_reject, th.min_circularity_usable, high_is_bad=False,
                reject=f"the bright area is not a circular field of view (circularity {fov.circularity:.2f})",
                usable=f"field of view cut off or irregular (circularity {fov.circularity:.2f})")
+        non_fundus = non_fundus_colour_share(img, fov.mask)
+        q.metrics["non_fundus_colour_share"] = non_fundus
+        if non_fundus > th.max_non_fundus_colour:
+            q.add("reject", f"not a colour fundus photograph: {100 * non_fundus:.0f}% of the bright area is not "
+                            "fundus-coloured (red share of R+G+B under "
+                            f"{FUNDUS_RED_CHROMATICITY}; a fundus keeps it above nearly everywhere)")
+        if fov.coverage > FRAME_FILLED_COVERAGE and q.grade != "reject":
+            q.add("usable", f"no edge of the camera's field of view is visible (the bright area fills "
+                            f"{100 * fov.coverage:.0f}% of the frame: a crop?); length scales are taken from the frame")
     if q.grade == "reject":
         extras["seconds"] = time.perf_counter() - t0
         return _rejected(q, laterality, (H, W), extras)
@@ -197,6 +218,9 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
            usable=f"uneven illumination (background varies by {100 * cv:.0f}%)")
     _grade(q, sharp, th.min_sharpness_reject, th.min_sharpness_usable, high_is_bad=False,
            reject=f"out of focus (sharpness {sharp:.2f})", usable=f"slightly blurred (sharpness {sharp:.2f})")
+    if sharp > th.max_sharpness_reject:
+        q.add("reject", f"dominated by noise or grain (fine-to-coarse gradient ratio {sharp:.2f}, over "
+                        f"{th.max_sharpness_reject})")
 
     tick("input_fov_quality")
     rel = relative_channels(img, fov.mask, sc)
@@ -279,9 +303,16 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         vmeas.reasons.append(f"red channel saturated over {100 * red_share:.0f}% of the field (need under "
                              f"{100 * RED_SATURATED_NO_AV:.0f}%): artery/vein labels, and the AV ratio, tortuosities "
                              "and fractal dimensions per class, are not given")
+    if sharp < th.min_sharpness_calibre:
+        for k in BLUR_DEPENDENT:
+            bm[k] = float("nan")
+        vmeas.crae_px = vmeas.crve_px = float("nan")
+        vmeas.reasons.append(f"blurred (sharpness {sharp:.2f}, need {th.min_sharpness_calibre}): blur widens thin "
+                             "vessels more than wide ones and loses the thinnest, so the AV ratio, vessel density "
+                             "and fractal dimensions are not given")
     fov_diam = 2.0 * float(np.sqrt(fov.mask.sum() / np.pi))
     if fov_diam >= MIN_FRACTAL_FOV_DIAMETER_PX:
-        if red_share <= RED_SATURATED_NO_AV:
+        if red_share <= RED_SATURATED_NO_AV and sharp >= th.min_sharpness_calibre:
             bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
             bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
     else:

@@ -35,10 +35,21 @@ class QualityThresholds:
     max_illumination_cv_reject: float = 0.55
     min_sharpness_usable: float = 0.55
     """Fine-to-coarse gradient ratio (1-px vs 3-px scale) of the green channel."""
-    min_sharpness_reject: float = 0.35
+    min_sharpness_reject: float = 0.42
+    """0.35 until issue #14's bad-input checks: a Gaussian blur of 5 px (x FOV radius / 480) left real
+    photographs at 0.37-0.40, graded usable with AV ratios 0.3 off; originals of CHASE_DB1 and HRF 0.53-0.81."""
+    min_sharpness_calibre: float = 0.50
+    """Below this, vessel calibres are widened by blur (AV ratio, vessel density): those are NaN with the reason."""
+    max_sharpness_reject: float = 1.5
+    """Above this the finest scale is dominated by noise (real photographs 0.53-0.81, the 512-px phantom 1.24;
+    grain of 40/255 on real photographs: 1.3 (HRF, 3504 px) to 2.0 (CHASE_DB1, 999 px))."""
     min_vessel_density_usable: float = 0.035
     min_vessel_density_reject: float = 0.01
     max_aspect_ratio: float = 1.8
+    max_non_fundus_colour: float = 0.10
+    """Share of FOV pixels whose red chromaticity R / (R + G + B) is under ``FUNDUS_RED_CHROMATICITY`` above
+    which the image is not a colour fundus photograph (reject): 0-0.012 on the 73 CHASE_DB1/HRF photos and
+    ``skimage.data.retina()`` (0.018 with grain of 40/255); 0.27 (coffee) to 1.0 on scikit-image's everyday photographs."""
 
     def __post_init__(self) -> None:
         for k, v in asdict(self).items():
@@ -83,6 +94,23 @@ def sharpness_ratio(green: np.ndarray, mask: np.ndarray, sc: float) -> float:
     gm2 = ndi.gaussian_gradient_magnitude(half, 1.5 * fine) * (1.5 * fine)
     v_coarse = float(np.percentile(gm2[ih][::2], 95)) if ih.any() else float("nan")
     return v_fine / max(v_coarse, 1e-9)
+
+
+#: A fundus is lit through red-dominated tissue: its pixels keep R / (R + G + B) above this (the pale disc ~0.5).
+FUNDUS_RED_CHROMATICITY = 0.5
+
+
+def non_fundus_colour_share(rgb: np.ndarray, mask: np.ndarray) -> float:
+    """Share of ``mask`` pixels of ``rgb`` (h, w, 3) float whose red chromaticity is under
+    ``FUNDUS_RED_CHROMATICITY``, on 4 x 4 block means (grain and JPEG chroma noise averaged out): near 0
+    for any colour fundus photograph, large for other photographs."""
+    f = 4
+    m = block_mean(np.asarray(mask, np.float32), f) > 0.99
+    if not m.any():
+        return float("nan")
+    ch = [block_mean(np.ascontiguousarray(rgb[..., c], dtype=np.float32), f)[m] for c in range(3)]
+    r = ch[0] / np.maximum(ch[0] + ch[1] + ch[2], 1e-6)
+    return float(np.mean(r < FUNDUS_RED_CHROMATICITY))
 
 
 def illumination_cv(lum_bg: np.ndarray, mask: np.ndarray) -> float:
