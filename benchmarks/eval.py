@@ -11,8 +11,8 @@ process:
 * ``answers_per_s``: :func:`grok.eval.score.evaluate` end to end (reference answers read too,
   bootstrap intervals, BLEU);
 * ``answers_per_s_no_bleu``: the same with ``bleu=False``;
-* ``answers_per_s_references_read``: the same, no BLEU, the reference readings already cached (a
-  second model scored on the same benchmark in one process);
+* ``answers_per_s_references_read``: the same with BLEU, the reference readings already made (a
+  further model scored on the same benchmark in one process);
 * ``reads_per_s``: :meth:`grok.eval.reader.AnswerReader.read` alone (the verifier's reading).
 
 ``--judge-requests N`` also times the rubric judge against the local latency server
@@ -20,6 +20,11 @@ process:
 second against the ideal concurrency / latency. The server's rule-based model does not write
 judgements, so every reply is unparsable and, with ``max_attempts`` 1, unscored: the figure is the
 judge's request pipeline (prompt rendering, client, cache, rate limiter), not a judgement.
+
+``--memory-studies N`` (default 50, 0: skip) also measures peak memory (tracemalloc) of scoring a
+predictions file of 6 N answers and of 60 N answers (the benchmark's items repeated under new ids;
+the benchmark and its reference readings loaded first): the predictions are streamed, so the peak
+grows only by each answer's marks, not by its text.
 
 The 1-minute load average is recorded. Nothing here is a test: the figures depend on the machine.
 """
@@ -51,11 +56,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--judge-requests", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--memory-studies", type=int, default=50,
+                    help="studies of the memory check (N answers, then 10 N: the benchmark's items repeated)")
     args = ap.parse_args(argv)
 
     from grok.eval.data import Predictions, benchmark_from_records
     from grok.eval.reader import AnswerReader
-    from grok.eval.score import evaluate, score_item
+    from grok.eval.score import evaluate
     from grok.instruct.samples import sample_records
     from grok.knowledge import load_knowledge_base
     from grok.knowledge.lexicon import build_lexicon
@@ -74,17 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
     all_items = tuple(bench.items.values())
     out: dict[str, list[tuple[float, float]]] = {"full": [], "no_bleu": [], "refs_read": [], "reads": []}
     for _ in range(max(1, args.repeats)):
+        bench.readings.clear()  # a first model on a freshly loaded benchmark: the references are read too
         out["full"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader)))
+        bench.readings.clear()
         out["no_bleu"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader, bleu=False)))
-        cache: dict = {}
-        for it in bench.items.values():  # the references read once, as a second model in one process would
-            score_item(it, None, reader, cache)
-
-        def scored_with_cache(cache=cache):
-            for it, ans in zip(bench.items.values(), refs, strict=True):
-                score_item(it, ans, reader, cache)
-
-        out["refs_read"].append(_timed(scored_with_cache))
+        # a further model scored on the same benchmark in one process: the reference readings are kept
+        out["refs_read"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader)))
 
         def reads():
             for it, ans in zip(all_items, refs, strict=True):
@@ -107,10 +109,51 @@ def main(argv: list[str] | None = None) -> dict:
         "target_answers_per_s": TARGET_ANSWERS_PER_S,
         "load_avg_1min_before": load_before, "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
+    if args.memory_studies:
+        res["memory"] = bench_memory(args.memory_studies, args.seed, kb, lex, reader, args.bootstrap)
     if args.judge_requests:
         res["judge"] = bench_judge(bench, args.judge_requests, args.latency_ms, args.concurrency)
     print(json.dumps(res, indent=1))
     return res
+
+
+def bench_memory(studies: int, seed: int, kb, lex, reader, resamples: int, factor: int = 10) -> dict:
+    """Peak memory (tracemalloc) of :func:`grok.eval.score.evaluate` over a predictions file of N answers and
+    of ``factor`` N answers (the benchmark's items repeated under new ids, answers shuffled references):
+    the benchmark and its reference readings are loaded before the measurement, so the peak is what
+    scoring the answers costs."""
+    import dataclasses
+    import random
+    import tempfile
+    import tracemalloc
+    from pathlib import Path
+
+    from grok.eval.data import Benchmark, benchmark_from_records
+    from grok.eval.score import evaluate, reference_readings
+    from grok.instruct.samples import sample_records
+
+    base = benchmark_from_records(sample_records(studies, seed, kb), kb=kb, lexicon=lex)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in (1, factor):
+            items = {f"{rid}#{r}": dataclasses.replace(it, id=f"{rid}#{r}") for r in range(k)
+                     for rid, it in base.items.items()}
+            bench = Benchmark(base.dataset, "", "benchmark", "test", base.kb_snapshot, items)
+            answers = [it.reference for it in items.values()]
+            random.Random(seed).shuffle(answers)
+            path = Path(tmp) / f"preds{k}.jsonl"
+            with path.open("w", encoding="utf-8") as fh:
+                for rid, ans in zip(items, answers):
+                    fh.write(json.dumps({"id": rid, "prediction": ans}) + "\n")
+            reference_readings(bench, reader)
+            tracemalloc.start()
+            evaluate(bench, path, resamples, reader=reader)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            out.append({"answers": len(items), "predictions_file_mb": round(path.stat().st_size / 1e6, 2),
+                        "peak_mb": round(peak / 1e6, 2), "peak_bytes_per_answer": round(peak / len(items))})
+    return {"runs": out, "peak_ratio": round(out[1]["peak_mb"] / out[0]["peak_mb"], 2),
+            "answers_ratio": factor}
 
 
 def bench_judge(bench, n_requests: int, latency_ms: float, concurrency: int) -> dict:

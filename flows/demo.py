@@ -7,8 +7,10 @@ runs the Prefect build flow.
 
 Phantom archive (7 subjects: every category, both eyes, DICOM OPT/OP with planted identifiers) ->
 the Prefect build flow (ingest, measure, label/reason, instruct/verify, contracts, publish) ->
-CPU smoke runs of the alignment and LoRA SFT jobs on the published version. Needs no data and no
-network; prints where the dataset, its card and the curator report are.
+CPU smoke runs of the alignment and LoRA SFT jobs on the published version -> ``grok-train predict``
+and ``grok eval`` of the SFT smoke model on the benchmark split (:func:`flows.train.evaluate_run`).
+Needs no data and no network; prints where the dataset, its card, the curator report and the
+evaluation are.
 """
 
 from __future__ import annotations
@@ -40,15 +42,16 @@ def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the build flow on a phantom archive; returns a JSON-able summary."""
     prefect_env()
-    from flows.build import build_dataset  # after prefect_env(): Prefect reads its settings when imported
+    with_training = train
+    from flows import build, train  # after prefect_env(): Prefect reads its settings when imported
 
-    cfg = BuildConfig.model_validate(demo_config(out, subjects=subjects, seed=seed, train=train))
+    cfg = BuildConfig.model_validate(demo_config(out, subjects=subjects, seed=seed, train=with_training))
     log(f"[bold]grok demo[/]: phantom ({subjects} subjects) -> ingest -> measure -> label/reason -> instruct/verify "
-        f"-> contracts -> publish{' -> train (CPU smoke)' if train else ''}; work folder {cfg.work_dir}")
+        f"-> contracts -> publish{' -> train (CPU smoke) -> eval' if with_training else ''}; work folder {cfg.work_dir}")
     if BuildFolder(cfg).require_pseudonym_key(demo_key=True):
         log(f"[yellow]grok demo[/]: ${cfg.deid.key_env} is not set, so the build runs with --demo-key (the public "
             "demo pseudonym key): fine for the phantom, never for real data.")
-    res = build_dataset(config=cfg.model_dump(mode="json"), demo_key=True)
+    res = build.build_dataset(config=cfg.model_dump(mode="json"), demo_key=True)
     stages = {s["stage"]: {k: s[k] for k in ("n_in", "n_out", "n_quarantined", "n_skipped")}
               | {"seconds": round(s["seconds"], 1)}
               for s in res["stages"]}
@@ -66,6 +69,15 @@ def run_demo(out: Path, *, subjects: int = 7, seed: int = 0, train: bool = True,
             steps = json.loads(metrics.read_text()).get("steps", [])
             if steps:
                 training[t["stage"]].update(steps=len(steps), first_loss=steps[0]["loss"], last_loss=steps[-1]["loss"])
-    return {"dataset": res["dataset"], "fingerprint": res["fingerprint"], "registry": str(Path(out).resolve() / "registry"),
+    registry = str(Path(out).resolve() / "registry")
+    evaluation = None
+    sft_run = (training.get("train_sft") or {}).get("run_dir")
+    if sft_run:
+        log("[bold]grok demo[/]: grok-train predict + grok eval of the SFT smoke model on the benchmark split "
+            "(a tiny random model: scores near chance are expected; the plumbing is the point)")
+        ev = train.eval_sft(run_dir=sft_run, trained_on=res["dataset"], registry=registry,
+                            max_new_tokens=train.EVAL_MAX_NEW_TOKENS["cpu_smoke"], bootstrap=200)
+        evaluation = {k: v for k, v in ev.items() if k != "headline"}
+    return {"dataset": res["dataset"], "fingerprint": res["fingerprint"], "registry": registry,
             "card": res["outputs"]["card"], "curator_report": res["outputs"]["report"], "stages": stages,
-            "training": training, "failed_stages": []}
+            "training": training, "evaluation": evaluation, "failed_stages": []}

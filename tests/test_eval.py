@@ -5,13 +5,17 @@ the reader's verdicts are the verifier's, compare's paired bootstrap, the report
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import grok.eval.score as score_mod
 from grok.cli import app
 from grok.eval.compare import compare, load_scores
 from grok.eval.data import (
@@ -22,7 +26,14 @@ from grok.eval.data import (
     load_predictions,
 )
 from grok.eval.reader import AnswerReader
-from grok.eval.score import classification, evaluate
+from grok.eval.score import (
+    class_columns,
+    class_index,
+    classification,
+    evaluate,
+    macro_f1_accuracy,
+    resample_weights,
+)
 from grok.eval.text import lcs_length, rouge_l
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
@@ -185,11 +196,32 @@ def test_lcs_is_the_dynamic_programme():
 
 
 def test_classification_counts_abstentions_against_recall():
-    r = classification(["amd", "amd", "glaucoma", "normal"], ["amd", None, "glaucoma", "amd"], None)
+    r = classification(["amd", "amd", "glaucoma", "normal"], ["amd", None, "glaucoma", "amd"])
     assert r["abstained"] == 1 and r["per_class"]["amd"]["recall"] == 0.5
     assert r["per_class"]["amd"]["precision"] == 0.5 and r["per_class"]["normal"]["f1"] == 0.0
     assert r["macro_f1"] == pytest.approx((0.5 + 1.0 + 0.0) / 3, abs=1e-4)
     assert r["confusion"]["columns"][-1] == "abstained"
+
+
+def test_bootstrap_columns_reproduce_the_point_estimates(monkeypatch):
+    """The bootstrap's linear columns give, under weights of one per item, exactly the macro F1 and accuracy
+    of classification(); every resample draws n items."""
+    rng = random.Random(3)
+    cats = ["amd", "glaucoma", "normal", "dr", "rvo"]
+    true = [rng.choice(cats) for _ in range(300)]
+    pred = [None if rng.random() < 0.1 else (t if rng.random() < 0.6 else rng.choice(cats)) for t in true]
+    classes, t, p = class_index(true, pred)
+    cols = class_columns(t, p, len(classes))
+    macro, acc = macro_f1_accuracy(np.ones((1, len(t)), dtype=np.float32) @ cols, len(classes))
+    ref = classification(true, pred)
+    assert round(float(macro[0]), 4) == ref["macro_f1"] and round(float(acc[0]), 4) == ref["accuracy"]
+    blocks = list(resample_weights(len(t), 250, seed=0))
+    w = np.vstack(blocks)
+    assert w.shape == (250, 300) and (w.sum(axis=1) == 300).all()
+    assert np.array_equal(w, np.vstack(list(resample_weights(len(t), 250, seed=0))))  # seeded
+    monkeypatch.setattr(score_mod, "BOOTSTRAP_BLOCK_CELLS", 3000)  # memory bound: blocks of 10 resamples
+    small = list(resample_weights(len(t), 250, seed=0))
+    assert len(small) == 25 and all(b.shape == (10, 300) for b in small)
 
 
 def test_likely_not_english():
@@ -224,6 +256,46 @@ def test_bad_predictions_are_counted_never_dropped(synthetic, tmp_path):
     (tmp_path / "latin1.jsonl").write_bytes('{"id": "x", "prediction": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(EvalInputError, match="UTF-8"):
         load_predictions(tmp_path / "latin1.jsonl")
+
+
+def test_streamed_scoring_keeps_no_answer_text(synthetic, reader, tmp_path):
+    """A predictions file is streamed: the scores equal those of the answers held in memory, and scoring
+    memory does not grow with the answers' text (only the few worst answers are kept)."""
+    ids = list(synthetic.items)
+    refs = [synthetic.items[i].reference for i in ids]
+    random.Random(2).shuffle(refs)
+    short = _write(tmp_path / "short.jsonl", [{"id": k, "prediction": a} for k, a in zip(ids, refs)])
+    in_memory = evaluate(synthetic, Predictions(str(short), dict(zip(ids, refs)), lines=len(ids)), resamples=50,
+                         reader=reader)
+    streamed = evaluate(synthetic, short, resamples=50, reader=reader)
+    for key in ("overall", "per_task", "per_category", "items", "worst", "problems", "counts"):
+        assert streamed[key] == in_memory[key], key
+    filler = " ".join(["unremarkable"] * 200)  # ~2.6 KB more per answer, 1 MB in all
+    long = _write(tmp_path / "long.jsonl", [{"id": k, "prediction": f"{a} {filler}"} for k, a in zip(ids, refs)])
+    extra = long.stat().st_size - short.stat().st_size
+    peaks = []
+    for path in (short, long):
+        tracemalloc.start()
+        evaluate(synthetic, path, resamples=50, reader=reader, worst=3)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    assert extra > 1e6 and peaks[1] - peaks[0] < 0.2 * extra, (peaks, extra)
+
+
+def test_reference_answers_are_read_once_per_benchmark(kb, synthetic):
+    class Counting(AnswerReader):
+        reads = 0
+
+        def read(self, *a, **kw):
+            Counting.reads += 1
+            return super().read(*a, **kw)
+
+    counting = Counting(build_lexicon(kb))
+    preds = _perfect(synthetic)
+    evaluate(synthetic, preds, resamples=0, reader=counting, bleu=False)
+    first = Counting.reads
+    evaluate(synthetic, preds, resamples=0, reader=counting, bleu=False)
+    assert first == 2 * len(synthetic.items) and Counting.reads - first == len(synthetic.items)
 
 
 # -- compare ---------------------------------------------------------------------------------------
@@ -375,3 +447,42 @@ def test_training_overlap_is_refused_unless_allowed(published, tmp_path, monkeyp
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["training_overlap"] == {"trained_on": spec, "benchmark_patients": 2,
                                                          "patients_shared": 1, "examples": ["p1"], "allowed": True}
+
+
+# -- the training loop -------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_training_flow_scores_the_sft_model_and_refuses_overlap(published, tmp_path, monkeypatch):
+    """flows.train: SFT (CPU smoke, one step) -> grok-train predict on the benchmark split -> grok eval: eval.json
+    where the model card reads it, the report, a Prefect artifact with the headline table; a benchmark whose
+    patients the model trained on is refused before anything is generated (--allow-overlap and its record:
+    require_no_overlap, shared with the command, tested in test_training_overlap_is_refused_unless_allowed)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    pytest.importorskip("prefect")
+    import flows.train as train_flow
+    from grok.eval.data import TrainingOverlapError
+    from grok_train.model_card import read_evaluation
+
+    _tmp, registry, out = published
+    spec = out["dataset"]
+    artifacts: list[dict] = []
+    monkeypatch.setattr(train_flow, "create_markdown_artifact", lambda **kw: artifacts.append(kw))
+    monkeypatch.setattr(train_flow, "get_run_logger", lambda: logging.getLogger("test"))
+    res = train_flow.train_sft.fn(spec, registry, profile="cpu_smoke", overrides=["max_steps=1", "batch_size=2"],
+                                  output_root=str(tmp_path / "runs"), eval_max_new_tokens=8)
+    run = Path(res["run_dir"])
+    scores = read_evaluation(run)  # the path the model card reads
+    assert scores is not None and scores["dataset"] == spec and res["evaluation"]["eval_json"] == str(run / "eval" / "eval.json")
+    lines = (run / "eval" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == scores["counts"]["benchmark_items"] == len(scores["items"]) > 0
+    assert "unknown_id" not in scores["problems"] and "missing_id" not in scores["problems"]
+    assert scores["training_overlap"]["patients_shared"] == 0 and scores["training_overlap"]["allowed"] is False
+    assert (run / "eval" / "index.html").is_file()
+    assert [a["key"] for a in artifacts] == ["grok-train-sft", "grok-eval"]
+    table = artifacts[-1]["markdown"]
+    assert "| macro F1 (diagnosis) |" in table and "| rouge l |" in table and spec in table
+    # the version's own training split: every patient was trained on
+    before = (run / "eval" / "predictions.jsonl").stat().st_mtime_ns
+    with pytest.raises(TrainingOverlapError, match="--allow-overlap"):
+        train_flow.evaluate_run(run, registry=registry, config="instructions", split="train", artifact=False)
+    assert (run / "eval" / "predictions.jsonl").stat().st_mtime_ns == before  # refused before generating

@@ -110,7 +110,13 @@ def eval_command(
         fail("--bootstrap must be >= 0", ExitCode.USAGE)
     if not 0.0 < tolerance < 1.0:
         fail(f"--tolerance {tolerance}: give a relative tolerance in (0, 1), e.g. 0.10", ExitCode.USAGE)
-    from grok.eval.data import load_benchmark, load_predictions
+    from grok.eval.data import (
+        TrainingOverlapError,
+        load_benchmark,
+        load_predictions,
+        open_predictions,
+        require_no_overlap,
+    )
     from grok.eval.report import write_figures, write_report
     from grok.eval.score import evaluate, write_scores
 
@@ -128,26 +134,22 @@ def eval_command(
                       f"failed ({asked['failures'] or 'no failed tries'}); {asked['path']}", highlight=False)
         args = [asked["path"]]
     try:
-        preds = load_predictions(args[0])
+        preds = open_predictions(args[0])  # streamed while scoring: no answer text is kept
         bench = load_benchmark(dataset, registry, config, split)
     except EvalInputError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
     overlap = None
     if trained_on:
-        from grok.eval.data import training_overlap
-
         try:
-            overlap = training_overlap(bench, trained_on, registry)
+            overlap = require_no_overlap(bench, trained_on, registry, allow_overlap)
         except EvalInputError as exc:
             fail(str(exc), ExitCode.BAD_INPUT)
-        overlap["allowed"] = bool(allow_overlap)
-        if overlap["patients_shared"] and not allow_overlap:
-            fail(f"{overlap['trained_on']} trained on {overlap['patients_shared']} of the "
-                 f"{overlap['benchmark_patients']} patients of {bench.dataset}'s {config}/{split} "
-                 f"(e.g. {', '.join(overlap['examples'][:3])}): its scores would not measure generalisation. "
-                 "Score a model trained on a version without them, or pass --allow-overlap (recorded in eval.json)",
-                 ExitCode.FAILED)
-    res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+        except TrainingOverlapError as exc:
+            fail(str(exc), ExitCode.FAILED)
+    try:
+        res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+    except EvalInputError as exc:
+        fail(str(exc), ExitCode.BAD_INPUT)
     res["training_overlap"] = overlap
     if asking:
         res["asked"] = asked
@@ -155,7 +157,8 @@ def eval_command(
         from grok.eval.judge import run_judge, summarise_judge
 
         tasks = tuple(t.strip() for t in judge_tasks.split(",") if t.strip())
-        run = run_judge(judge_cfg, bench.items, preds.answers, out / "judge_cache.sqlite", tasks, tolerance)
+        judged = load_predictions(args[0], ids={k for k, it in bench.items.items() if it.task in tasks})
+        run = run_judge(judge_cfg, bench.items, judged.answers, out / "judge_cache.sqlite", tasks, tolerance)
         res["judge"] = summarise_judge(run, res["items"], judge_cfg)
         for w in res["worst"]:
             w["judge"] = res["judge"]["items"].get(w["id"])

@@ -3,7 +3,7 @@
 Run as: grok eval compare A.json B.json [--bootstrap 1000] [--seed 0] [--json]
 
 Both files must score the same dataset version (fingerprint) and split. Items are paired by id;
-one bootstrap resample draws the same item indices for A and B, so the interval of B - A reflects
+one bootstrap resample draws the same items (weights) for A and B, so the interval of B - A reflects
 how the two models differ on the same questions, not how the questions vary. Metrics: macro F1
 and accuracy of the classification items, and every per-answer mean of :data:`grok.eval.score.MEAN_METRICS`.
 A difference is called when its 95 % interval excludes 0; ``invented`` and ``wrong_eye`` are
@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from grok.eval.data import EvalInputError
-from grok.eval.score import MEAN_METRICS, SCHEMA, classification
+from grok.eval.score import (
+    MEAN_METRICS,
+    SCHEMA,
+    class_columns,
+    class_index,
+    classification,
+    resample_weights,
+    resampled_metrics,
+)
 
 #: Metrics where a lower value is better.
 LOWER_IS_BETTER = frozenset({"invented", "wrong_eye"})
@@ -40,32 +48,13 @@ def load_scores(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _vals(items: list[dict[str, Any]], metric: str) -> np.ndarray:
-    return np.array([np.nan if it.get(metric) is None else float(it[metric]) for it in items])
-
-
-def _boot_mean(v: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    ok = np.isfinite(v)
-    w = np.where(ok, v, 0.0)
-    cnt = ok[idx].sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cnt > 0, w[idx].sum(axis=1) / np.maximum(cnt, 1), np.nan)
-
-
-def _macro(items: list[dict[str, Any]], idx: np.ndarray) -> tuple[float | None, np.ndarray, float | None, np.ndarray]:
-    """Macro F1 and accuracy of the classification items, on the items and per resample (``idx``)."""
-    cls = [i for i, it in enumerate(items) if it.get("classified")]
-    true = [items[i]["category"] for i in cls]
-    pred = [items[i]["predicted"] for i in cls]
-    full = classification(true, pred, None)
-    pos = {i: k for k, i in enumerate(cls)}
-    f1s, accs = [], []
-    for row in idx:
-        sel = [pos[i] for i in row if i in pos]
-        r = classification([true[k] for k in sel], [pred[k] for k in sel], None)
-        f1s.append(np.nan if r["macro_f1"] is None else r["macro_f1"])
-        accs.append(np.nan if r["accuracy"] is None else r["accuracy"])
-    return full["macro_f1"], np.array(f1s), full["accuracy"], np.array(accs)
+def _columns(items: list[dict[str, Any]], t: np.ndarray, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(marks with NaN for not applicable, per-item matrix [marks | marks present | classification counts])."""
+    vals = np.array([[np.nan if it.get(m) is None else float(it[m]) for m in MEAN_METRICS] for it in items],
+                    dtype=np.float64).reshape(len(items), len(MEAN_METRICS))
+    ok = np.isfinite(vals)
+    cls = np.array([bool(it.get("classified")) for it in items], dtype=bool)
+    return vals, np.hstack([np.where(ok, vals, 0.0), ok, class_columns(t, p, k, cls)]).astype(np.float32)
 
 
 def _interval(d: np.ndarray) -> list[float] | None:
@@ -88,22 +77,32 @@ def compare(a: dict[str, Any], b: dict[str, Any], resamples: int = 1000, seed: i
     common = sorted(set(ia) & set(ib))
     A = [ia[i] for i in common]
     B = [ib[i] for i in common]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(common), size=(resamples, len(common))) if common and resamples > 0 else \
-        np.zeros((0, len(common)), dtype=np.int64)
+    n = len(common)
+    classes, t, p = class_index([it["category"] for it in A + B], [it["predicted"] for it in A + B])
+    k = len(classes)
+    va, xa = _columns(A, t[:n], p[:n], k)
+    vb, xb = _columns(B, t[n:], p[n:], k)
+    diffs: list[np.ndarray] = []  # per resample: B - A of [macro F1, accuracy, means...]
+    for w in resample_weights(n, resamples, seed):
+        ma, fa, aa = resampled_metrics(w @ xa, k)
+        mb, fb, ab = resampled_metrics(w @ xb, k)
+        diffs.append(np.column_stack([fb - fa, ab - aa, mb - ma]))
+    d = np.vstack(diffs) if diffs else np.zeros((0, 2 + len(MEAN_METRICS)))
+    ca = classification([it["category"] for it in A if it.get("classified")],
+                        [it["predicted"] for it in A if it.get("classified")])
+    cb = classification([it["category"] for it in B if it.get("classified")],
+                        [it["predicted"] for it in B if it.get("classified")])
     metrics: dict[str, Any] = {}
-    fa, fa_b, acc_a, acc_ab = _macro(A, idx)
-    fb, fb_b, acc_b, acc_bb = _macro(B, idx)
-    for name, va, vb, ba, bb in (("macro_f1", fa, fb, fa_b, fb_b), ("accuracy", acc_a, acc_b, acc_ab, acc_bb)):
-        metrics[name] = {"a": va, "b": vb, "diff": None if va is None or vb is None else round(vb - va, 4),
-                         "ci95": _interval(bb - ba), "higher_is_better": True}
-    for m in MEAN_METRICS:
-        va, vb = _vals(A, m), _vals(B, m)
-        ma = float(np.nanmean(va)) if np.isfinite(va).any() else None
-        mb = float(np.nanmean(vb)) if np.isfinite(vb).any() else None
-        metrics[m] = {"a": None if ma is None else round(ma, 4), "b": None if mb is None else round(mb, 4),
-                      "diff": None if ma is None or mb is None else round(mb - ma, 4),
-                      "ci95": _interval(_boot_mean(vb, idx) - _boot_mean(va, idx)) if idx.size else None,
+    for j, name in enumerate(("macro_f1", "accuracy")):
+        xa_, xb_ = ca[name], cb[name]
+        metrics[name] = {"a": xa_, "b": xb_, "diff": None if xa_ is None or xb_ is None else round(xb_ - xa_, 4),
+                         "ci95": _interval(d[:, j]) if len(d) else None, "higher_is_better": True}
+    for j, m in enumerate(MEAN_METRICS):
+        ma_ = float(np.nanmean(va[:, j])) if np.isfinite(va[:, j]).any() else None
+        mb_ = float(np.nanmean(vb[:, j])) if np.isfinite(vb[:, j]).any() else None
+        metrics[m] = {"a": None if ma_ is None else round(ma_, 4), "b": None if mb_ is None else round(mb_, 4),
+                      "diff": None if ma_ is None or mb_ is None else round(mb_ - ma_, 4),
+                      "ci95": _interval(d[:, 2 + j]) if len(d) else None,
                       "higher_is_better": m not in LOWER_IS_BETTER}
     verdicts = []
     for m, r in metrics.items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,10 @@ class EvalInputError(ValueError):
     """A predictions file or dataset version that cannot be read (the message names it and the fix)."""
 
 
+class TrainingOverlapError(ValueError):
+    """The model trained on patients of the benchmark split (scoring refused; ``--allow-overlap`` overrides)."""
+
+
 @dataclass
 class Item:
     """One benchmark question: its reference answer and the study's facts (``facts_error`` when unusable)."""
@@ -95,6 +100,9 @@ class Benchmark:
     #: Where the rows came from (``None`` for a benchmark made in memory): the report reloads a few images.
     registry: str | None = None
     published: bool = False
+    #: What scoring reads from each reference answer once (:func:`grok.eval.score.reference_readings`),
+    #: by reader settings; kept for the next model scored in this process.
+    readings: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 def _last_turns(messages: list[dict[str, Any]]) -> tuple[str, str]:
@@ -187,7 +195,10 @@ def likely_not_english(text: str) -> bool:
 
 @dataclass
 class Predictions:
-    """Answers by benchmark id, and every problem the file had (counts complete, ids listed up to 20)."""
+    """Answers by benchmark id, and every problem the file had (counts complete, ids listed up to 20).
+
+    In memory (``answers``); :func:`open_predictions` streams a file instead (:class:`PredictionStream`).
+    Scoring reads either through :meth:`pairs`."""
 
     path: str
     answers: dict[str, str]
@@ -203,54 +214,79 @@ class Predictions:
         if len(ex) < MAX_LISTED:
             ex.append(example)
 
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        """``(id, answer)`` of every usable prediction, each id once."""
+        yield from self.answers.items()
 
-def load_predictions(path: str | Path) -> Predictions:
-    """Read a predictions JSONL file (see the module docstring). Raises :class:`EvalInputError` when the file
-    cannot be read at all; a bad line is counted (``unreadable_line``, ``no_id``, ``no_answer_field``,
-    ``duplicate_id``) and the rest are read."""
+
+class PredictionStream(Predictions):
+    """A predictions JSONL file read line by line (:meth:`pairs`): only the ids seen are kept, never the
+    answers, so scoring memory does not grow with the answers' text. The counts fill as it is read."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(str(path), {})
+
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        p = Path(self.path)
+        seen: set[str] = set()
+        named: Counter[str] = Counter(self.datasets_named)
+        try:
+            with p.open("r", encoding="utf-8", errors="strict") as fh:
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    self.lines += 1
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        self.note("unreadable_line", f"line {n}: {exc.msg}")
+                        continue
+                    if not isinstance(obj, dict):
+                        self.note("unreadable_line", f"line {n}: not a JSON object")
+                        continue
+                    rid = obj.get("id")
+                    if rid is None or str(rid) == "":
+                        self.note("no_id", f"line {n}")
+                        continue
+                    rid = str(rid)
+                    field_name = next((f for f in ANSWER_FIELDS if f in obj), None)
+                    if field_name is None:
+                        self.note("no_answer_field", f"line {n} ({rid}): no 'prediction' or 'answer'")
+                        continue
+                    if rid in seen:
+                        self.note("duplicate_id", f"line {n}: {rid} (the first answer is scored)")
+                        continue
+                    seen.add(rid)
+                    if obj.get("dataset"):
+                        named[str(obj["dataset"])] += 1
+                    if obj.get("finish_reason") == "length":
+                        self.cut_by_length += 1
+                    ans = obj[field_name]
+                    yield rid, ans if isinstance(ans, str) else ("" if ans is None else json.dumps(ans))
+        except UnicodeDecodeError as exc:
+            raise EvalInputError(f"{p}: not UTF-8 text ({exc}); write the predictions as UTF-8 JSONL") from exc
+        finally:
+            self.datasets_named = dict(named)
+
+
+def open_predictions(path: str | Path) -> PredictionStream:
+    """A predictions JSONL file (see the module docstring) to be streamed by scoring. Raises
+    :class:`EvalInputError` when the file does not exist; a bad line is counted (``unreadable_line``,
+    ``no_id``, ``no_answer_field``, ``duplicate_id``) and the rest are read."""
     p = Path(path)
     if not p.is_file():
         raise EvalInputError(f"{p}: predictions file not found (JSONL with 'id' and 'prediction' per line, as "
                              "'grok-train predict' writes)")
-    out = Predictions(str(p), {})
-    named: Counter[str] = Counter()
-    try:
-        fh = p.open("r", encoding="utf-8", errors="strict")
-        with fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                out.lines += 1
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    out.note("unreadable_line", f"line {n}: {exc.msg}")
-                    continue
-                if not isinstance(obj, dict):
-                    out.note("unreadable_line", f"line {n}: not a JSON object")
-                    continue
-                rid = obj.get("id")
-                if rid is None or str(rid) == "":
-                    out.note("no_id", f"line {n}")
-                    continue
-                rid = str(rid)
-                field_name = next((f for f in ANSWER_FIELDS if f in obj), None)
-                if field_name is None:
-                    out.note("no_answer_field", f"line {n} ({rid}): no 'prediction' or 'answer'")
-                    continue
-                if rid in out.answers:
-                    out.note("duplicate_id", f"line {n}: {rid} (the first answer is scored)")
-                    continue
-                ans = obj[field_name]
-                out.answers[rid] = ans if isinstance(ans, str) else ("" if ans is None else json.dumps(ans))
-                if obj.get("dataset"):
-                    named[str(obj["dataset"])] += 1
-                if obj.get("finish_reason") == "length":
-                    out.cut_by_length += 1
-    except UnicodeDecodeError as exc:
-        raise EvalInputError(f"{p}: not UTF-8 text ({exc}); write the predictions as UTF-8 JSONL") from exc
-    out.datasets_named = dict(named)
-    return out
+    return PredictionStream(p)
+
+
+def load_predictions(path: str | Path, ids: set[str] | None = None) -> Predictions:
+    """A predictions JSONL file read into memory (the answers of ``ids`` only, when given), with the
+    counts of :func:`open_predictions`. Raises :class:`EvalInputError` when the file cannot be read."""
+    stream = open_predictions(path)
+    answers = {rid: ans for rid, ans in stream.pairs() if ids is None or rid in ids}
+    return Predictions(stream.path, answers, stream.lines, stream.problems, stream.examples, stream.datasets_named,
+                       stream.cut_by_length)
 
 
 def benchmark_from_records(records: list[dict[str, Any]], seed: int = 0, kb=None, lexicon=None,
@@ -299,3 +335,19 @@ def training_overlap(bench: Benchmark, trained_on: str, registry: str | None = N
     shared = sorted(bench_patients & seen)
     return {"trained_on": f"{info['name']}@{info['version']}", "benchmark_patients": len(bench_patients),
             "patients_shared": len(shared), "examples": shared[:MAX_LISTED]}
+
+
+def require_no_overlap(bench: Benchmark, trained_on: str, registry: str | None = None,
+                       allow: bool = False) -> dict[str, Any]:
+    """:func:`training_overlap` with ``allowed`` recorded; raises :class:`TrainingOverlapError` when the
+    version shares patients with the benchmark and ``allow`` is false (:class:`EvalInputError` when the
+    version does not exist)."""
+    overlap = training_overlap(bench, trained_on, registry)
+    overlap["allowed"] = bool(allow)
+    if overlap["patients_shared"] and not allow:
+        raise TrainingOverlapError(
+            f"{overlap['trained_on']} trained on {overlap['patients_shared']} of the {overlap['benchmark_patients']} "
+            f"patients of {bench.dataset}'s {bench.config}/{bench.split} (e.g. {', '.join(overlap['examples'][:3])}): "
+            "its scores would not measure generalisation. Score a model trained on a version without them, or "
+            "pass --allow-overlap (recorded in eval.json)")
+    return overlap

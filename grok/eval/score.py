@@ -16,8 +16,17 @@ study's facts, and so is its reference answer. Per answer:
   (claimed present, shown by no measurement); **wrong eye** named.
 * **ROUGE-L** F1 with the reference answer (:mod:`grok.eval.text`); BLEU per group (corpus BLEU).
 
-Groups: overall, per task and per category (the study's label). Means and macro F1 carry 95 %
-percentile bootstrap intervals (items resampled, ``bootstrap`` resamples, fixed ``seed``).
+Groups: overall, per task and per category (the study's label). Means, macro F1, accuracy and BLEU
+carry 95 % percentile bootstrap intervals: one resampling of the whole benchmark's items
+(``bootstrap`` resamples, fixed ``seed``) serves every group, each resample a row of item weights
+(how often each item was drawn), so every group statistic of every resample is one matrix product
+of those weights with the per-item columns (marks, classification counts, BLEU statistics).
+
+Speed and memory: what the reference answers give (the verifier's reading, ROUGE-L bit masks, BLEU
+n-gram counts) is computed once per benchmark and reader settings (:func:`reference_readings`,
+kept on the :class:`~grok.eval.data.Benchmark`); the predictions are streamed
+(:class:`~grok.eval.data.PredictionStream`) and each answer is reduced to its marks as it is read,
+so no answer text is kept but the few worst ones the report shows.
 """
 
 from __future__ import annotations
@@ -26,15 +35,16 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from grok.eval.data import MAX_LISTED, Benchmark, Item, Predictions, likely_not_english
+from grok.eval.data import MAX_LISTED, Benchmark, Item, Predictions, likely_not_english, open_predictions
 from grok.eval.reader import AnswerReader
-from grok.eval.text import SACREBLEU_INSTALL, bleu_from_stats, bleu_segment_stats, rouge_l
+from grok.eval.text import BleuRef, RougeRef, bleu_from_stats, bleu_stats, rouge_l_with, tokens
 from grok.ids import CATEGORIES
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
@@ -46,9 +56,12 @@ ABSTAIN = "abstained"
 MEAN_METRICS = ("correct", "quantitative", "coverage", "findings_agreement", "invented", "wrong_eye", "rouge_l")
 #: Schema version of the scores JSON (``grok eval compare`` refuses other versions).
 SCHEMA = "grok-eval/1"
+#: Bootstrap weights are drawn in blocks of at most this many cells (resamples x items), so memory stays
+#: bounded whatever the number of answers.
+BOOTSTRAP_BLOCK_CELLS = 1_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class ItemScore:
     """The deterministic marks of one answer (``None``: not applicable to this item)."""
 
@@ -73,80 +86,113 @@ class ItemScore:
     wrong_eye: float
     rouge_l: float | None
     not_english: bool
-    reasons: list[str]
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in _ITEM_FIELDS}
-        d["reasons"] = list(self.reasons)
-        return d
+        return {k: getattr(self, k) for k in _ITEM_FIELDS}
 
 
 _ITEM_FIELDS = tuple(f.name for f in fields(ItemScore))
+
+
+@dataclass(slots=True)
+class RefReading:
+    """What scoring needs from one reference answer, read once: whether it states a diagnosis, whether it
+    writes numbers the verifier checks, the biomarkers it names, and its ROUGE-L and BLEU forms."""
+
+    classified: bool
+    checks_numbers: bool
+    biomarkers: frozenset[str]
+    rouge: RougeRef | None
+    bleu: BleuRef | None
 
 
 def _share(n: int, d: int) -> float | None:
     return None if d == 0 else n / d
 
 
-def score_item(item: Item, answer: str | None, reader: AnswerReader, ref_cache: dict[str, Any]) -> ItemScore:
-    """Score one answer (``None``: no prediction for this id) against its item."""
-    base = {"id": item.id, "study_id": item.study_id, "task": item.task, "category": item.label}
-    if item.facts is None:
-        return ItemScore(**base, status="unscorable", classified=False, predicted=None, correct=None,
-                         quantitative=None, numbers_checked=0, numbers_wrong=0, reference_numbers_checked=0,
-                         reference_numbers_wrong=0, coverage=None, findings_agree=0,
-                         findings_disagree=0, findings_agreement=None, invented=0.0, wrong_eye=0.0, rouge_l=None,
-                         not_english=False, reasons=[f"unscorable: study {item.study_id}: {item.facts_error}"])
-    ref = ref_cache.get(item.id)
+def reference_readings(bench: Benchmark, reader: AnswerReader) -> dict[str, RefReading]:
+    """The :class:`RefReading` of every scorable item, computed on first use per reader settings and kept
+    on ``bench`` (a second model scored on the same benchmark reads no reference again)."""
+    key = (type(reader).__qualname__, reader.config.tolerance)
+    refs = bench.readings.get(key)
+    if refs is None:
+        refs = {}
+        for rid, item in bench.items.items():
+            if item.facts is None:
+                continue
+            r = reader.read(item.question, item.reference, item.facts, item.images)
+            refs[rid] = RefReading(r.diagnosis is not None, r.numbers_checked > 0, r.biomarkers_named,
+                                   RougeRef(tokens(item.reference)) if item.reference else None,
+                                   BleuRef(item.reference) if item.reference else None)
+        bench.readings[key] = refs
+    return refs
+
+
+def _base(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "study_id": item.study_id, "task": item.task, "category": item.label}
+
+
+def unanswered(item: Item, ref: RefReading | None, status: str) -> ItemScore:
+    """The marks of an item without an answer (``missing``, ``empty``) or without usable facts (``unscorable``)."""
     if ref is None:
-        ref = ref_cache[item.id] = reader.read(item.question, item.reference, item.facts, item.images)
-    classified = ref.diagnosis is not None
-    status = "missing" if answer is None else ("empty" if not answer.strip() else "answered")
-    if status != "answered":
-        quant = 0.0 if ref.numbers_checked else None
-        cov = 0.0 if ref.biomarkers_named else None
-        return ItemScore(**base, status=status, classified=classified, predicted=None,
-                         correct=0.0 if classified else None, quantitative=quant, numbers_checked=0, numbers_wrong=0,
-                         reference_numbers_checked=0, reference_numbers_wrong=0, coverage=cov, findings_agree=0, findings_disagree=0, findings_agreement=None, invented=0.0,
-                         wrong_eye=0.0, rouge_l=0.0 if item.reference else None, not_english=False, reasons=[])
+        return ItemScore(**_base(item), status="unscorable", classified=False, predicted=None, correct=None,
+                         quantitative=None, numbers_checked=0, numbers_wrong=0, reference_numbers_checked=0,
+                         reference_numbers_wrong=0, coverage=None, findings_agree=0, findings_disagree=0,
+                         findings_agreement=None, invented=0.0, wrong_eye=0.0, rouge_l=None, not_english=False)
+    return ItemScore(**_base(item), status=status, classified=ref.classified, predicted=None,
+                     correct=0.0 if ref.classified else None, quantitative=0.0 if ref.checks_numbers else None,
+                     numbers_checked=0, numbers_wrong=0, reference_numbers_checked=0, reference_numbers_wrong=0,
+                     coverage=0.0 if ref.biomarkers else None, findings_agree=0, findings_disagree=0,
+                     findings_agreement=None, invented=0.0, wrong_eye=0.0,
+                     rouge_l=0.0 if ref.rouge is not None else None, not_english=False)
+
+
+def score_answer(item: Item, answer: str, reader: AnswerReader, ref: RefReading) -> tuple[ItemScore, list[str]]:
+    """The marks of one non-empty answer to a scorable item, and the verifier's reasons."""
     got = reader.read(item.question, answer, item.facts, item.images)
-    if ref.numbers_checked:
+    if ref.checks_numbers:
         quant = (got.numbers_checked - got.numbers_wrong) / got.numbers_checked if got.numbers_checked else 0.0
     else:
         quant = None
-    cov = _share(len(got.biomarkers_named & ref.biomarkers_named), len(ref.biomarkers_named))
-    return ItemScore(
-        **base, status=status, classified=classified, predicted=got.diagnosis,
-        correct=float(got.diagnosis == item.label) if classified else None, quantitative=quant,
+    s = ItemScore(
+        **_base(item), status="answered", classified=ref.classified, predicted=got.diagnosis,
+        correct=float(got.diagnosis == item.label) if ref.classified else None, quantitative=quant,
         numbers_checked=got.numbers_checked, numbers_wrong=got.numbers_wrong,
         reference_numbers_checked=got.reference_numbers_checked, reference_numbers_wrong=got.reference_numbers_wrong,
-        coverage=cov,
+        coverage=_share(len(got.biomarkers_named & ref.biomarkers), len(ref.biomarkers)),
         findings_agree=got.findings_agree, findings_disagree=got.findings_disagree,
         findings_agreement=_share(got.findings_agree, got.findings_agree + got.findings_disagree),
         invented=float(got.invented), wrong_eye=float(got.wrong_eye),
-        rouge_l=rouge_l(answer, item.reference) if item.reference else None,
-        not_english=likely_not_english(answer), reasons=got.reasons)
+        rouge_l=rouge_l_with(tokens(answer), ref.rouge) if ref.rouge is not None else None,
+        not_english=likely_not_english(answer))
+    return s, got.reasons
 
 
 # -- aggregation ---------------------------------------------------------------------------------
-def _ci(samples: np.ndarray) -> list[float] | None:
-    s = samples[np.isfinite(samples)]
-    if s.size == 0:
-        return None
-    return [round(float(np.percentile(s, 2.5)), 4), round(float(np.percentile(s, 97.5)), 4)]
+def resample_weights(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of ``n`` items as weights (how often each item is drawn), ``(block, n)`` float32
+    blocks of at most :data:`BOOTSTRAP_BLOCK_CELLS` cells, ``resamples`` rows in all, from ``seed``."""
+    if n == 0 or resamples <= 0:
+        return
+    rng = np.random.default_rng(seed)
+    block = max(1, min(resamples, BOOTSTRAP_BLOCK_CELLS // n))
+    done = 0
+    while done < resamples:
+        b = min(block, resamples - done)
+        draws = rng.integers(0, n, size=(b, n))
+        draws += (np.arange(b) * n)[:, None]
+        yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
+        done += b
 
 
-def _mean_with_ci(values: list[float | None], idx: np.ndarray) -> dict[str, Any]:
-    v = np.array([np.nan if x is None else float(x) for x in values])
-    ok = np.isfinite(v)
-    if not ok.any():
-        return {"mean": None, "n": 0, "ci95": None}
-    w = np.where(ok, v, 0.0)
-    sums = w[idx].sum(axis=1)
-    cnt = ok[idx].sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
-    return {"mean": round(float(v[ok].mean()), 4), "n": int(ok.sum()), "ci95": _ci(boot)}
+def _ci_columns(samples: np.ndarray) -> list[list[float] | None]:
+    """95 % percentile interval of each column (non-finite resamples left out; ``None`` if none is left)."""
+    out = []
+    for col in samples.T:
+        c = col[np.isfinite(col)]
+        out.append(None if c.size == 0 else [round(float(np.percentile(c, 2.5)), 4),
+                                             round(float(np.percentile(c, 97.5)), 4)])
+    return out
 
 
 def _f1_from_counts(tp: np.ndarray, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -156,17 +202,60 @@ def _f1_from_counts(tp: np.ndarray, pred: np.ndarray, true: np.ndarray) -> np.nd
         return np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
 
 
-def classification(true: list[str], pred: list[str | None], idx: np.ndarray | None) -> dict[str, Any]:
-    """Per-class precision/recall/F1, macro F1 over the classes that occur in ``true``, the confusion
-    matrix (rows: true, columns: predicted + ``abstained``), abstentions; bootstrap CI of macro F1 and
-    accuracy over ``idx`` (resample x item indices)."""
+def class_index(true: list[str], pred: list[str | None]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(classes: the knowledge-base categories then any other label seen, true index, predicted index with
+    ``len(classes)`` for an abstention)."""
     classes = list(CATEGORIES)
-    extra = sorted({c for c in true if c not in classes} | {p for p in pred if p is not None and p not in classes})
-    classes += extra
-    k = len(classes)
+    classes += sorted({c for c in true if c not in classes} | {p for p in pred if p is not None and p not in classes})
     col = {c: i for i, c in enumerate(classes)}
-    t = np.array([col[c] for c in true], dtype=np.int64)
-    p = np.array([k if x is None else col[x] for x in pred], dtype=np.int64)
+    k = len(classes)
+    return (classes, np.array([col[c] for c in true], dtype=np.int64),
+            np.array([k if x is None else col[x] for x in pred], dtype=np.int64))
+
+
+def class_columns(t: np.ndarray, p: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
+    """Per item, ``3k`` indicator columns (true positive of class c, predicted c, truly c; zero rows where
+    ``mask`` is false): summed with bootstrap weights they give each resample's per-class counts."""
+    n = len(t)
+    cols = np.zeros((n, 3 * k), dtype=np.float32)
+    keep = np.ones(n, dtype=bool) if mask is None else mask
+    rows = np.flatnonzero(keep)
+    hit = rows[t[rows] == p[rows]]
+    cols[hit, t[hit]] = 1.0
+    said = rows[p[rows] < k]
+    cols[said, k + p[said]] = 1.0
+    cols[rows, 2 * k + t[rows]] = 1.0
+    return cols
+
+
+def macro_f1_accuracy(sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Macro F1 (over the classes present) and accuracy per row of summed :func:`class_columns`."""
+    tp, pred, true = sums[:, :k].astype(float), sums[:, k:2 * k].astype(float), sums[:, 2 * k:].astype(float)
+    f1 = _f1_from_counts(tp, pred, true)
+    present = true > 0
+    n = true.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        macro = np.where(present.any(axis=1), (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1), np.nan)
+        acc = np.where(n > 0, tp.sum(axis=1) / np.maximum(n, 1), np.nan)
+    return macro, acc
+
+
+def resampled_metrics(sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean of each of :data:`MEAN_METRICS`, macro F1, accuracy) per resample, from weighted sums of the
+    per-item columns [marks | marks present | :func:`class_columns`] (columns after those are ignored)."""
+    m = len(MEAN_METRICS)
+    s = np.asarray(sums, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(s[:, m:2 * m] > 0, s[:, :m] / np.maximum(s[:, m:2 * m], 1e-12), np.nan)
+    macro, acc = macro_f1_accuracy(s[:, 2 * m:2 * m + 3 * k], k)
+    return means, macro, acc
+
+
+def classification(true: list[str], pred: list[str | None]) -> dict[str, Any]:
+    """Per-class precision/recall/F1, macro F1 over the classes that occur in ``true``, the confusion
+    matrix (rows: true, columns: predicted + ``abstained``), abstentions."""
+    classes, t, p = class_index(true, pred)
+    k = len(classes)
     n = len(t)
     if n == 0:
         return {"n": 0, "macro_f1": None, "accuracy": None, "abstained": 0, "per_class": {}, "confusion": None}
@@ -183,136 +272,82 @@ def classification(true: list[str], pred: list[str | None], idx: np.ndarray | No
         per_class[c] = {"precision": round(float(tp[i] / pred_n[i]), 4) if pred_n[i] else None,
                         "recall": round(float(tp[i] / true_n[i]), 4) if true_n[i] else None,
                         "f1": round(float(f1[i]), 4), "support": int(true_n[i]), "predicted": int(pred_n[i])}
-    out = {"n": n, "macro_f1": round(float(f1[present].mean()), 4), "accuracy": round(float(tp.sum() / n), 4),
-           "abstained": int((p == k).sum()), "per_class": per_class,
-           "confusion": {"classes": [c for c in classes], "columns": classes + [ABSTAIN],
-                         "matrix": conf.tolist()}}
-    if idx is not None and idx.size:
-        b = idx.shape[0]
-        bt, bp = t[idx], p[idx]
-        off = (np.arange(b)[:, None] * (k * (k + 1)))
-        cb = np.bincount((off + bt * (k + 1) + bp).ravel(), minlength=b * k * (k + 1)).reshape(b, k, k + 1)
-        tpb = np.diagonal(cb[:, :, :k], axis1=1, axis2=2).astype(float)
-        predb = cb[:, :, :k].sum(axis=1).astype(float)
-        trueb = cb.sum(axis=2).astype(float)
-        f1b = _f1_from_counts(tpb, predb, trueb)
-        presb = trueb > 0
-        macro = (f1b * presb).sum(axis=1) / np.maximum(presb.sum(axis=1), 1)
-        out["macro_f1_ci95"] = _ci(macro)
-        out["accuracy_ci95"] = _ci(tpb.sum(axis=1) / n)
-    return out
+    return {"n": n, "macro_f1": round(float(f1[present].mean()), 4), "accuracy": round(float(tp.sum() / n), 4),
+            "abstained": int((p == k).sum()), "per_class": per_class,
+            "confusion": {"classes": list(classes), "columns": classes + [ABSTAIN], "matrix": conf.tolist()}}
 
 
-def _bootstrap_idx(n: int, resamples: int, seed: int) -> np.ndarray:
-    if n == 0 or resamples <= 0:
-        return np.zeros((0, n), dtype=np.int64)
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+class _Table:
+    """Every item's marks as columns, in benchmark order: what the groups and the bootstrap read."""
 
+    def __init__(self, scores: list[ItemScore], stats: np.ndarray | None):
+        m = len(MEAN_METRICS)
+        self.scores = scores
+        vals = np.array([[np.nan if (x := getattr(s, k)) is None else float(x) for k in MEAN_METRICS]
+                         for s in scores], dtype=np.float64).reshape(len(scores), m)
+        self.ok = np.isfinite(vals)
+        self.vals = np.where(self.ok, vals, 0.0)
+        cls = np.array([s.classified for s in scores], dtype=bool)
+        self.classes, t, p = class_index([s.category for s in scores], [s.predicted for s in scores])
+        self.k = len(self.classes)
+        self.cls = cls
+        self.stats = stats  # (n, 10) BLEU statistics, zero rows for items without a reference; None: no BLEU
+        self.has_ref = None if stats is None else stats[:, 1] > 0
+        # one matrix per item: [marks | marks present | classification counts | BLEU statistics]
+        parts = [self.vals, self.ok.astype(np.float64), class_columns(t, p, self.k, cls)]
+        if stats is not None:
+            parts.append(stats.astype(np.float64))
+        self.x = np.hstack(parts).astype(np.float32)
 
-def _bleu(stats: np.ndarray | None, idx: np.ndarray) -> dict[str, Any] | None:
-    if stats is None or stats.shape[0] == 0:
-        return None
-    total = stats.sum(axis=0)
-    out = {"score": None if (b := bleu_from_stats(total)) is None else round(b, 2), "n": int(stats.shape[0]),
-           "ci95": None}
-    if idx.size and out["score"] is not None:
-        boot = stats[idx].sum(axis=1)  # (resamples, 10)
-        out["ci95"] = _ci(np.array([bleu_from_stats(r) if r[1] else np.nan for r in boot], dtype=float))
-    return out
+    def bootstrap(self, groups: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
+        """Per group (item index arrays), the 95 % intervals of the means, macro F1, accuracy and BLEU."""
+        k = self.k
+        acc: dict[str, list[np.ndarray]] = {g: [] for g in groups}
+        x = self.x
+        for w in resample_weights(len(self.scores), resamples, seed):
+            for g, idx in groups.items():
+                acc[g].append(w[:, idx] @ x[idx] if len(idx) < len(self.scores) else w @ x)
+        out: dict[str, dict[str, Any]] = {}
+        for g, blocks in acc.items():
+            if not blocks:
+                out[g] = {}
+                continue
+            sums = np.vstack(blocks)
+            means, macro, accuracy = resampled_metrics(sums, k)
+            cis = _ci_columns(means)
+            res = {"means": dict(zip(MEAN_METRICS, cis)), "macro_f1": _ci_columns(macro[:, None])[0],
+                   "accuracy": _ci_columns(accuracy[:, None])[0]}
+            if self.stats is not None:
+                res["bleu"] = _ci_columns(bleu_from_stats(sums[:, 2 * len(MEAN_METRICS) + 3 * k:])[:, None])[0]
+            out[g] = res
+        return out
 
-
-def summarise(scores: list[ItemScore], stats: dict[str, np.ndarray] | None, resamples: int = 1000,
-              seed: int = 0) -> dict[str, Any]:
-    """Group metrics (see the module docstring) for a list of item scores; ``stats``: each item's BLEU
-    statistics by id (``None`` without sacrebleu)."""
-    idx = _bootstrap_idx(len(scores), resamples, seed)
-    out: dict[str, Any] = {"n": len(scores), "status": dict(Counter(s.status for s in scores))}
-    for m in MEAN_METRICS:
-        out[m] = _mean_with_ci([getattr(s, m) for s in scores], idx)
-    cls = [s for s in scores if s.classified]
-    cidx = _bootstrap_idx(len(cls), resamples, seed + 1)
-    out["classification"] = classification([s.category for s in cls], [s.predicted for s in cls], cidx)
-    with_ref = [s.id for s in scores if stats is not None and s.id in stats]
-    bidx = _bootstrap_idx(len(with_ref), min(resamples, 200), seed + 2)
-    out["bleu"] = _bleu(np.array([stats[i] for i in with_ref]).reshape(-1, 10) if stats is not None else None, bidx)
-    out["findings_agree"] = int(sum(s.findings_agree for s in scores))
-    out["findings_disagree"] = int(sum(s.findings_disagree for s in scores))
-    out["numbers_checked"] = int(sum(s.numbers_checked for s in scores))
-    out["numbers_wrong"] = int(sum(s.numbers_wrong for s in scores))
-    out["reference_numbers_checked"] = int(sum(s.reference_numbers_checked for s in scores))
-    out["reference_numbers_wrong"] = int(sum(s.reference_numbers_wrong for s in scores))
-    return out
-
-
-def evaluate(bench: Benchmark, preds: Predictions, resamples: int = 1000, seed: int = 0, reader: AnswerReader | None = None,
-             tolerance: float = 0.10, worst: int = 20, bleu: bool = True) -> dict[str, Any]:
-    """Score ``preds`` against ``bench``: the scores JSON ``grok eval`` writes (``schema`` ``grok-eval/1``).
-
-    ``bleu=False`` skips BLEU (sacrebleu's tokeniser costs more than the rest of the scoring)."""
-
-    t0 = time.perf_counter()
-    if reader is None:
-        reader = AnswerReader(build_lexicon(load_knowledge_base()), VerifyConfig(tolerance=tolerance))
-    problems = dict(preds.problems)
-    examples = {k: list(v) for k, v in preds.examples.items()}
-
-    def note(problem: str, example: str) -> None:
-        problems[problem] = problems.get(problem, 0) + 1
-        ex = examples.setdefault(problem, [])
-        if len(ex) < MAX_LISTED:
-            ex.append(example)
-
-    for rid in preds.answers:
-        if rid not in bench.items:
-            note("unknown_id", rid)
-    ref_cache: dict[str, Any] = {}
-    scores: list[ItemScore] = []
-    for rid, item in bench.items.items():
-        ans = preds.answers.get(rid)
-        s = score_item(item, ans, reader, ref_cache)
-        if s.status == "missing":
-            note("missing_id", rid)
-        elif s.status == "empty":
-            note("empty_answer", rid)
-        elif s.status == "unscorable":
-            note("unscorable_item", f"{rid}: {item.facts_error}")
-        if s.not_english:
-            note("likely_not_english", rid)
-        scores.append(s)
-    # BLEU statistics of every item with a reference (a missing or empty answer is an empty hypothesis)
-    ref_ids = [rid for rid, it in bench.items.items() if it.reference and it.facts is not None]
-    seg = bleu_segment_stats([preds.answers.get(rid) or "" for rid in ref_ids],
-                             [bench.items[rid].reference for rid in ref_ids]) if bleu else None
-    stats = None if seg is None else dict(zip(ref_ids, seg))
-    groups: dict[str, dict[str, list[ItemScore]]] = {"task": {}, "category": {}}
-    for s in scores:
-        groups["task"].setdefault(s.task, []).append(s)
-        groups["category"].setdefault(s.category, []).append(s)
-    result = {
-        "schema": SCHEMA,
-        "dataset": bench.dataset, "fingerprint": bench.fingerprint, "config": bench.config, "split": bench.split,
-        "kb_snapshot": bench.kb_snapshot, "predictions": preds.path, "tolerance": reader.config.tolerance,
-        "bootstrap": {"resamples": resamples, "seed": seed, "interval": "95 % percentile"},
-        "counts": {"benchmark_items": len(bench.items), "prediction_lines": preds.lines,
-                   "scored_answers": sum(1 for s in scores if s.status == "answered"),
-                   "cut_by_generation_budget": preds.cut_by_length},
-        "problems": problems, "problem_examples": examples,
-        "predictions_name_dataset": preds.datasets_named,
-        "bleu_note": ("BLEU not computed (--no-bleu)" if not bleu else
-                      f"BLEU not computed: sacrebleu is not installed ({SACREBLEU_INSTALL})" if stats is None else
-                      "corpus BLEU (sacrebleu, 13a tokens) over each group's items with a reference"),
-        "overall": summarise(scores, stats, resamples, seed),
-        "per_task": {k: summarise(v, stats, resamples, seed) for k, v in sorted(groups["task"].items())},
-        "per_category": {k: summarise(v, stats, resamples, seed) for k, v in sorted(groups["category"].items())},
-        "items": [s.to_dict() for s in scores],
-    }
-    other = [d for d in preds.datasets_named if d != bench.dataset]
-    if other:
-        problems["predictions_for_another_version"] = sum(preds.datasets_named[d] for d in other)
-        examples["predictions_for_another_version"] = other[:MAX_LISTED]
-    result["worst"] = [{**w, "answer": preds.answers.get(w["id"], "")} for w in worst_items(scores, worst)]
-    result["seconds"] = round(time.perf_counter() - t0, 3)
-    return result
+    def summary(self, idx: np.ndarray, boot: dict[str, Any]) -> dict[str, Any]:
+        """Group metrics (see the module docstring) of the items ``idx``."""
+        sc = [self.scores[i] for i in idx]
+        out: dict[str, Any] = {"n": len(sc), "status": dict(Counter(s.status for s in sc))}
+        for j, metric in enumerate(MEAN_METRICS):
+            ok = self.ok[idx, j]
+            n = int(ok.sum())
+            out[metric] = {"mean": round(float(self.vals[idx, j][ok].mean()), 4) if n else None, "n": n,
+                           "ci95": (boot.get("means") or {}).get(metric) if n else None}
+        cls = [s for s in sc if s.classified]
+        c = classification([s.category for s in cls], [s.predicted for s in cls])
+        if c["n"] and boot:
+            c["macro_f1_ci95"], c["accuracy_ci95"] = boot["macro_f1"], boot["accuracy"]
+        out["classification"] = c
+        if self.stats is None:
+            out["bleu"] = None
+        else:
+            rows = self.stats[idx][self.has_ref[idx]]
+            score = float(bleu_from_stats(rows.sum(axis=0))) if len(rows) else math.nan
+            out["bleu"] = None if not len(rows) else {
+                "score": None if math.isnan(score) else round(score, 2), "n": int(len(rows)),
+                "ci95": boot.get("bleu") if boot and not math.isnan(score) else None}
+        for key in ("findings_agree", "findings_disagree", "numbers_checked", "numbers_wrong",
+                    "reference_numbers_checked", "reference_numbers_wrong"):
+            out[key] = int(sum(getattr(s, key) for s in sc))
+        return out
 
 
 def item_total(s: dict[str, Any]) -> float:
@@ -322,11 +357,132 @@ def item_total(s: dict[str, Any]) -> float:
     return sum(marks) / len(marks)
 
 
-def worst_items(scores: list[ItemScore], n: int) -> list[dict[str, Any]]:
-    """The ``n`` answered items with the lowest :func:`item_total`, worst first (ties by id)."""
-    rows = [s.to_dict() for s in scores if s.status == "answered"]
-    rows.sort(key=lambda d: (item_total(d), d["id"]))
-    return [{**d, "total": round(item_total(d), 4)} for d in rows[:n]]
+class _Worst:
+    """The ``n`` answered items with the lowest :func:`item_total` (ties by id), with their answers and the
+    verifier's reasons: the only answer texts scoring keeps."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.rows: list[tuple[float, str, dict[str, Any]]] = []
+
+    def offer(self, s: ItemScore, reasons: list[str], answer: str) -> None:
+        if self.n <= 0:
+            return
+        d = s.to_dict()
+        total = item_total(d)
+        if len(self.rows) >= self.n and (total, s.id) >= self.rows[-1][:2]:
+            return
+        self.rows.append((total, s.id, {**d, "reasons": list(reasons), "answer": answer}))
+        if len(self.rows) >= 4 * self.n:
+            self._trim()
+
+    def _trim(self) -> None:
+        self.rows.sort(key=lambda r: r[:2])
+        del self.rows[self.n:]
+
+    def result(self) -> list[dict[str, Any]]:
+        self._trim()
+        return [{**d, "total": round(t, 4)} for t, _i, d in self.rows]
+
+
+def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int = 1000, seed: int = 0,
+             reader: AnswerReader | None = None, tolerance: float = 0.10, worst: int = 20,
+             bleu: bool = True) -> dict[str, Any]:
+    """Score ``preds`` (in memory, a :class:`~grok.eval.data.PredictionStream` or a JSONL path, streamed)
+    against ``bench``: the scores JSON ``grok eval`` writes (``schema`` ``grok-eval/1``).
+
+    ``bleu=False`` skips BLEU."""
+
+    t0 = time.perf_counter()
+    if reader is None:
+        reader = AnswerReader(build_lexicon(load_knowledge_base()), VerifyConfig(tolerance=tolerance))
+    if isinstance(preds, (str, Path)):
+        preds = open_predictions(preds)
+    refs = reference_readings(bench, reader)
+    problems: dict[str, int] = {}
+    examples: dict[str, list[str]] = {}
+
+    def note(problem: str, example: str) -> None:
+        problems[problem] = problems.get(problem, 0) + 1
+        ex = examples.setdefault(problem, [])
+        if len(ex) < MAX_LISTED:
+            ex.append(example)
+
+    items = bench.items
+    got: dict[str, tuple[ItemScore, list[int] | None]] = {}
+    worst_rows = _Worst(worst)
+    for rid, ans in preds.pairs():
+        item = items.get(rid)
+        if item is None:
+            note("unknown_id", rid)
+            continue
+        ref = refs.get(rid)
+        if ref is None:
+            continue  # unscorable: counted below with the items no one answered
+        if not ans.strip():
+            got[rid] = (unanswered(item, ref, "empty"), None)
+            continue
+        s, reasons = score_answer(item, ans, reader, ref)
+        got[rid] = (s, bleu_stats(ans, ref.bleu) if bleu and ref.bleu is not None else None)
+        worst_rows.offer(s, reasons, ans)
+    # every benchmark item, in benchmark order; no answer is an abstention, an empty answer too
+    scores: list[ItemScore] = []
+    stats = np.zeros((len(items), 10), dtype=np.int64) if bleu else None
+    for i, (rid, item) in enumerate(items.items()):
+        ref = refs.get(rid)
+        s, row = got.get(rid) or (unanswered(item, ref, "missing"), None)
+        if s.status == "missing":
+            note("missing_id", rid)
+        elif s.status == "empty":
+            note("empty_answer", rid)
+        elif s.status == "unscorable":
+            note("unscorable_item", f"{rid}: {item.facts_error}")
+        if s.not_english:
+            note("likely_not_english", rid)
+        if stats is not None and ref is not None and ref.bleu is not None:
+            stats[i] = row if row is not None else (0, ref.bleu.length, 0, 0, 0, 0, 0, 0, 0, 0)
+        scores.append(s)
+    del got
+    # the file's own problems (counted while it was read) first
+    problems = {**preds.problems, **problems}
+    examples = {**{k: list(v) for k, v in preds.examples.items()}, **examples}
+    table = _Table(scores, stats)
+    groups: dict[str, np.ndarray] = {"overall": np.arange(len(scores))}
+    by: dict[str, dict[str, list[int]]] = {"task": {}, "category": {}}
+    for i, s in enumerate(scores):
+        by["task"].setdefault(s.task, []).append(i)
+        by["category"].setdefault(s.category, []).append(i)
+    for kind, gs in by.items():
+        for g, idx in gs.items():
+            groups[f"{kind}:{g}"] = np.array(idx, dtype=np.int64)
+    boot = table.bootstrap(groups, resamples, seed)
+    result = {
+        "schema": SCHEMA,
+        "dataset": bench.dataset, "fingerprint": bench.fingerprint, "config": bench.config, "split": bench.split,
+        "kb_snapshot": bench.kb_snapshot, "predictions": preds.path, "tolerance": reader.config.tolerance,
+        "bootstrap": {"resamples": resamples, "seed": seed, "interval": "95 % percentile",
+                      "scheme": "benchmark items resampled once for all groups"},
+        "counts": {"benchmark_items": len(items), "prediction_lines": preds.lines,
+                   "scored_answers": sum(1 for s in scores if s.status == "answered"),
+                   "cut_by_generation_budget": preds.cut_by_length},
+        "problems": problems, "problem_examples": examples,
+        "predictions_name_dataset": preds.datasets_named,
+        "bleu_note": ("BLEU not computed (--no-bleu)" if not bleu else
+                      "corpus BLEU (sacrebleu's definition: 13a tokens, 4-grams, exp smoothing) over each group's "
+                      "items with a reference"),
+        "overall": table.summary(groups["overall"], boot.get("overall", {})),
+        "per_task": {g: table.summary(groups[f"task:{g}"], boot.get(f"task:{g}", {})) for g in sorted(by["task"])},
+        "per_category": {g: table.summary(groups[f"category:{g}"], boot.get(f"category:{g}", {}))
+                         for g in sorted(by["category"])},
+        "items": [s.to_dict() for s in scores],
+    }
+    other = [d for d in preds.datasets_named if d != bench.dataset]
+    if other:
+        problems["predictions_for_another_version"] = sum(preds.datasets_named[d] for d in other)
+        examples["predictions_for_another_version"] = other[:MAX_LISTED]
+    result["worst"] = worst_rows.result()
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    return result
 
 
 def write_scores(result: dict[str, Any], path: str | Path) -> Path:
