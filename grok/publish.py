@@ -48,8 +48,10 @@ from grok.contracts import validate
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok.instruct.accounting import account, describe, pass_rate
 from grok.instruct.evidence import records_features, records_row
+from grok.instruct.lint import lint_rows
 from grok.instruct.records import load_studies
 from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -154,6 +156,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     n_in = len(ins)
     failed = ins[~ins["verifier_passed"].astype(bool)]
     ins = ins[ins["verifier_passed"].astype(bool)].copy()
+    # style and variety of the verified text (grok lint-text), before curator edits: the card's figures
+    text_lint = lint_rows(ins.to_dict("records"), kb, build_lexicon(kb), examples=2)
     quarantine = _table(build_dir / "instructions_quarantine.parquet", ["task", "verifier_reasons", "error_class"])
     skipped = _table(build_dir / "instructions_skipped.parquet", ["study_id", "task", "reason_code", "label"])
     acc = account(ins[["task"]].to_dict("records"),
@@ -204,7 +208,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     evidence = [{**records_row(r, kb), "split": split_of[r["patient_id"]]} for _, r in sorted(records.items())]
     return {"records": records, "instructions": ins, "removed": removed_df, "failed_verification": len(failed),
             "instructions_in": n_in, "alignment": align, "biomarkers": bio.reset_index(), "labels": labels,
-            "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence}
+            "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
 
 
 def check_pass_rate(prep: dict[str, Any], cfg: PublishConfig) -> None:
@@ -218,6 +222,19 @@ def check_pass_rate(prep: dict[str, Any], cfg: PublishConfig) -> None:
             f"= {cfg.verifier_pass_rate:.0%}; nothing was published.\n{describe(prep['accounting'])}\nSee "
             "instructions_quarantine.parquet and instructions_skipped.parquet in the build folder (grok verify "
             "re-checks a table), fix the prompts, templates or records, or lower the threshold deliberately.")
+
+
+def check_text_lint(prep: dict[str, Any]) -> None:
+    """Refuse publication when a template row breaks a text style rule (grok lint-text): the engine wrote it,
+    so it is a template bug. Rows an LLM wrote are measured (the card shows them), not gated."""
+    lint = prep["text_lint"]
+    n = lint["violations_by_mode"].get("template", 0)
+    if n:
+        shown = "; ".join(f"{code}: {ex['task']} {ex['id']} {ex['detail']}" for code, exs in lint["examples"].items()
+                          for ex in exs)
+        raise PublishError(f"{n} text style violations in template rows ({lint['violations']}); nothing was "
+                           f"published. Examples: {shown}. Run grok lint-text on the build folder and fix the "
+                           "templates under templates/instruct/.")
 
 
 def deny_list(build_dir: Path, identifiers=(), pseudonym_key: str | None = None):
@@ -388,7 +405,7 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
                        "distributions": v.distributions} for k, v in contracts.items()},
         removed=prep["removed"].groupby("reason").size().to_dict() if len(prep["removed"]) else {},
         failed_verification=prep["failed_verification"], instructions_in=prep["instructions_in"],
-        accounting=prep["accounting"], reviews=reviews)
+        accounting=prep["accounting"], reviews=reviews, text_lint=prep["text_lint"])
 
 
 def _contradicted(prep: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
@@ -514,6 +531,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
                   + _media_inputs(prep))
     check_pass_rate(prep, cfg)
+    check_text_lint(prep)
     tables = build_datasets(build, prep)
     versions = _versions(build, prep)
     body = _card_body(cfg, prep, contracts, info, versions, synthetic, reviews)
