@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -71,7 +71,7 @@ class MeasureSettings(Settings):
     #: what ``shard_size: auto`` enters the build id as: the old default, so builds keep their ids
     AUTO_KEY: ClassVar[int] = 8
 
-    shard_size: int | Literal["auto"] = Field("auto", description=(
+    shard_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "Studies per measure task (a shard), or auto: about four shards per worker (so a slow shard does not "
         "leave the other workers idle), 1 to 64 studies each, chosen once per build folder (build.json "
         "measure_shard_size) so a rerun on another number of workers reuses the finished shards. The size "

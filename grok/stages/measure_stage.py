@@ -109,7 +109,7 @@ def auto_shard_size(n_studies: int, workers: int) -> int:
     """Studies per shard for ``n_studies`` on ``workers``: about :data:`AUTO_WAVES` shards per worker, between
     :data:`AUTO_MIN` and :data:`AUTO_MAX` studies each (many small shards cost orchestration per shard; few
     large ones leave workers idle at the end)."""
-    return max(AUTO_MIN, min(AUTO_MAX, -(-n_studies // max(1, workers * AUTO_WAVES))))
+    return max(AUTO_MIN, min(AUTO_MAX, n_studies // max(1, workers * AUTO_WAVES)))
 
 
 _TABLES: dict[str, tuple[tuple[int, int], dict[str, dict[str, Any]]]] = {}
@@ -533,7 +533,7 @@ def shard_timing(shard_paths: list[Path], since: float) -> dict[str, Any]:
     per_study, busy, starts, ends, sizes, reused = [], {}, [], [], [], 0
     for p in shard_paths:
         timing = json.loads((pq.read_schema(p).metadata or {}).get(b"grok.timing", b"{}"))
-        if not timing or timing["started"] < since:
+        if not timing or timing["ended"] < since:
             reused += 1
             continue
         sizes.append(len(timing["study_seconds"]))

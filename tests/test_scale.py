@@ -1,0 +1,131 @@
+"""The measure stage at scale: shard sizes from the work and the workers (never shaping the data nor the
+build id), a study that hangs is quarantined with its reason while the build goes on, a corrupt shard
+file is measured again, and rerunning the same command resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from grok.stages import measure_stage
+from grok.stages.config import BuildConfig
+from grok.stages.folder import BuildFolder
+from grok.stages.measure_stage import AUTO_MAX, AUTO_WAVES, auto_shard_size, shard_path
+from grok.stages.runner import STAGE_BY_NAME, run_stage
+from tests.test_build_shards import tiny_config
+
+MEASURE = STAGE_BY_NAME["measure"]
+
+
+@pytest.fixture(scope="module")
+def ingested(tmp_path_factory) -> Path:
+    """A tiny phantom (one subject, two eyes: two studies) written and ingested once; tests copy it."""
+    tmp = tmp_path_factory.mktemp("scale")
+    cfg = tiny_config(tmp)
+    run_stage(cfg, "source")
+    run_stage(cfg, "ingest")
+    return tmp
+
+
+@pytest.fixture
+def copy(ingested, tmp_path) -> Path:
+    shutil.copytree(ingested / "build", tmp_path / "build")
+    return tmp_path
+
+
+def _table(tmp: Path) -> str:
+    """biomarkers.parquet as JSON text (NaN compares equal to NaN there)."""
+    return json.dumps(pq.read_table(tmp / "build" / "biomarkers.parquet").to_pylist(), default=str)
+
+
+def test_auto_shards_fill_the_workers_within_bounds():
+    for n, workers in [(1, 1), (40, 2), (5000, 2), (5000, 100), (170_000, 64)]:
+        size = auto_shard_size(n, workers)
+        shards = -(-n // size)
+        assert 1 <= size <= AUTO_MAX
+        assert shards >= min(n, workers * AUTO_WAVES) or size == AUTO_MAX
+
+
+def test_shard_size_changes_neither_the_build_id_nor_the_data(copy, tmp_path):
+    ids = {BuildFolder(tiny_config(copy, measure=m)).build_id()
+           for m in ({}, {"shard_size": "auto"}, {"shard_size": 8}, {"study_timeout_s": 5})}
+    assert len(ids) == 1  # auto keys as the old default 8; the time limit is operational
+    assert BuildFolder(tiny_config(copy, measure={"shard_size": 1})).build_id() not in ids  # as before: ids stay
+    whole = tiny_config(copy, measure={"shard_size": 8})
+    run_stage(whole, "measure")
+    one_shard = _table(copy)
+    shutil.rmtree(copy / "build" / "measure")
+    run_stage(tiny_config(copy, measure={"shard_size": 1}), "measure")
+    assert _table(copy) == one_shard  # merged from two shards, streamed in order
+
+
+def test_auto_size_is_recorded_and_reused_on_other_workers(copy):
+    cfg = tiny_config(copy)  # shard_size: auto
+    folder = BuildFolder(cfg, workers=2)
+    shards = MEASURE.plan(folder)
+    assert [len(s["ids"]) for s in shards] == [1, 1]  # two studies on two workers: one study per shard
+    assert folder.info()["measure_shard_size"] == 1
+    assert MEASURE.plan(BuildFolder(cfg, workers=16)) == shards  # the rerun keeps the finished shards' plan
+
+
+def test_hanging_study_is_quarantined_and_the_build_goes_on(copy, monkeypatch):
+    real = measure_stage.measure_study
+    studies = sorted(pq.read_table(copy / "build" / "ingest" / "studies.parquet").column("study_id").to_pylist())
+    victim = studies[0]
+
+    def hangs(study, *a, **kw):
+        if study["study_id"] == victim:
+            while True:  # a study stuck in a loop
+                time.sleep(0.01)
+        return real(study, *a, **kw)
+
+    # a limit well above what the other study takes here (this machine's load varies)
+    took = run_stage(tiny_config(copy, measure={"shard_size": 8}), "measure").details["shards"]["study_seconds_max"]
+    limit = round(3 * took + 1)
+    shutil.rmtree(copy / "build" / "measure")
+    monkeypatch.setattr(measure_stage, "measure_study", hangs)
+    cfg = tiny_config(copy, measure={"shard_size": 8, "study_timeout_s": limit})
+    rep = run_stage(cfg, "measure")
+    time.sleep(limit + 0.5)  # the other study's deadline was cancelled: nothing is raised later in this thread
+    q = pq.read_table(copy / "build" / "measure_quarantine.parquet").to_pylist()
+    assert [(r["study_id"], r["error_class"]) for r in q] == [(victim, "study_timeout")]
+    assert f"measure.study_timeout_s = {limit} s" in q[0]["reason"]
+    assert rep.n_in == len(studies) and rep.n_out == len(studies) - 1 and rep.n_quarantined == 1
+    # the same command again resumes: the shard is finished and not measured again
+    out = shard_path(copy / "build", studies)
+    mtime = out.stat().st_mtime_ns
+    run_stage(cfg, "measure")
+    assert out.stat().st_mtime_ns == mtime
+    # a larger limit measures the study that ran out of time
+    monkeypatch.setattr(measure_stage, "measure_study", real)
+    rep = run_stage(tiny_config(copy, measure={"shard_size": 8, "study_timeout_s": limit + 60}), "measure")
+    assert rep.n_out == len(studies) and rep.n_quarantined == 0
+
+
+def test_corrupt_shard_file_is_measured_again(copy):
+    cfg = tiny_config(copy, measure={"shard_size": 1})
+    run_stage(cfg, "measure")
+    before = _table(copy)
+    files = sorted((copy / "build" / "measure").glob("shard-*.parquet"))
+    assert len(files) == 2
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])  # truncated, e.g. by a full disk or a killed copy
+    timing = json.loads(pq.read_schema(files[1]).metadata[b"grok.timing"])
+    rep = run_stage(cfg, "measure")
+    assert pq.read_table(files[0]).num_rows == 1  # rewritten whole
+    assert json.loads(pq.read_schema(files[1]).metadata[b"grok.timing"]) == timing  # the intact one was kept
+    assert _table(copy) == before
+    assert rep.details["shards"]["shards"] == 2 and rep.details["shards"]["reused"] == 1
+
+
+def test_config_refuses_a_bad_shard_size(tmp_path):
+    from grok.config import ConfigError
+
+    for bad in (0, "many"):
+        with pytest.raises(ConfigError, match="measure.shard_size"):
+            BuildConfig.parse({**tiny_config(tmp_path).model_dump(mode="json"), "measure": {"shard_size": bad}})
