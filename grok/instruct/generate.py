@@ -51,9 +51,11 @@ class InstructConfig(Settings):
     # added to the build's section when the two instruct configs became one: hashed only when changed
     KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset({"tolerance", "spelling"})
 
-    mode: Literal["template", "llm"] = "template"
-    """``template`` (no network) or ``llm`` (an OpenAI-compatible server writes the assistant turns of
-    the single-turn families; the others stay template rows)."""
+    mode: Literal["template", "llm", "rewrite"] = "template"
+    """``template`` (no network), ``llm`` (an OpenAI-compatible server writes the assistant turns of the
+    single-turn families; the others stay template rows) or ``rewrite`` (the server rewrites the verified
+    template answer of those families into natural prose with the same facts; a rewrite that fails the
+    verifier is retried, then the template answer is kept and its provenance says so)."""
     tasks: tuple[str, ...] = tuple(FAMILIES)
     """Family ids (see :data:`grok.instruct.families.FAMILIES`); default (or null): all six."""
     seed: int = Field(0, ge=0)
@@ -185,7 +187,7 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
                     r["reasoning"] = reason({**r, "laterality": r["eye"]}, kb).to_dict()
                 fh.write(canonical_json(r) + "\n")
                 used.discard(str(rec.get("study_id")))
-    llm_tasks = [t for t in config.tasks if config.mode == "llm" and FAMILIES[t].llm]
+    llm_tasks = [t for t in config.tasks if config.mode in ("llm", "rewrite") and FAMILIES[t].llm]
     tpl_tasks = [t for t in config.tasks if t not in llm_tasks]
     with TableWriter(out / "instructions.parquet", INSTRUCTIONS_SCHEMA) as ok_w, \
             TableWriter(out / "quarantine.parquet", QUARANTINE_SCHEMA) as q_w, \
@@ -214,7 +216,8 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
                                             cache_path=out / "llm_cache.sqlite", client=llm_client, log=log)
             for task, n in llm_summary.pop("rows_per_task").items():
                 per_task[task] += n
-            per_mode["llm"] += llm_summary["rows"]
+            for m, n in llm_summary.pop("rows_per_mode").items():
+                per_mode[m] += n
             n_quarantined += llm_summary["quarantined"]
             for k, n in llm_summary.pop("skipped").items():
                 skipped[k] += n

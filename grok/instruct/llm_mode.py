@@ -3,6 +3,12 @@ up to N attempts, every failed request recorded.
 
 Run as: grok instruct STUDIES --out DIR --mode llm --base-url http://127.0.0.1:8000/v1 --model NAME
 
+Rewrite mode (``instruct.mode: rewrite``) starts from the family's verified template row instead: the
+rewrite prompt (``templates/llm/rewrite_prompt.j2``) hands the model that draft answer to rewrite into
+natural prose with the same facts; each rewrite is verified against the same record and retried like an
+LLM row, and when no attempt passes the draft is kept (mode ``template``), its provenance saying
+``rewrite.fallback: true`` with the last reasons. No row is lost either way.
+
 Per (study, family) job: the family's template supplies the user turn (and the images); the GROK
 prompt (``templates/llm/grok_prompt.j2``) gives the model the facts, the knowledge-base findings and
 differential, and the diagnosis to reach; the answer comes back as JSON (schema-constrained where
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import json
 import mimetypes
 import time
 from collections import Counter
@@ -38,8 +46,16 @@ from grok.instruct.llm import (
     response_format,
 )
 from grok.instruct.records import StudyFacts
-from grok.instruct.rows import build_row, quarantine_row, row_header
+from grok.instruct.rows import build_row, canonical_json, quarantine_row, row_header
 from grok.instruct.templating import split_messages
+
+
+#: The prompt of rewrite mode (the GROK prompt of LLM mode is ``LLMConfig.prompt_template``).
+REWRITE_PROMPT = "llm/rewrite_prompt.j2"
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _data_url(path: Path) -> str:
@@ -51,7 +67,7 @@ class LLMJobRunner:
     """Runs LLM jobs with a shared client, cache, rate limiter and counters."""
 
     def __init__(self, config: LLMConfig, gen, client, cache: RequestCache, build_id: str, seed: int,
-                 image_root: Path | None, writers, log: Callable[[str], None] | None = None):
+                 image_root: Path | None, writers, log: Callable[[str], None] | None = None, mode: str = "llm"):
         self.cfg = config
         self.gen = gen
         self.client = client
@@ -62,11 +78,14 @@ class LLMJobRunner:
         self.ok_w, self.q_w, self.f_w, self.s_w = writers
         self.log = log
         self.limiter = RateLimiter(config.requests_per_second)
-        self.prompt_tpl, self.prompt_info = gen.lib.get(config.prompt_template)
+        self.mode = mode
+        #: rewrite mode: the model rewrites the verified template answer (REWRITE_PROMPT), else the GROK prompt
+        self.prompt_tpl, self.prompt_info = gen.lib.get(REWRITE_PROMPT if mode == "rewrite" else config.prompt_template)
         self.rformat = response_format(config.structured_output)
         self.counts: Counter[str] = Counter()
         self.failure_kinds: Counter[str] = Counter()
         self.rows_per_task: Counter[str] = Counter()
+        self.rows_per_mode: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
         self.tokens = Counter()
         self.cost_run = 0.0
@@ -74,8 +93,11 @@ class LLMJobRunner:
         self.cost_unknown = 0
 
     # -- one job ---------------------------------------------------------------------------------
-    def _prompt(self, facts: StudyFacts, fam: Family, ctx: dict[str, Any], question: str, roles: list[str]):
+    def _prompt(self, facts: StudyFacts, fam: Family, ctx: dict[str, Any], question: str, roles: list[str],
+                draft: str | None = None):
         pctx = fam.llm_context(facts, ctx, question)
+        if draft is not None:
+            pctx["draft"] = draft
         msgs = split_messages(self.prompt_tpl.render(pctx), self.prompt_info.id, keep_lines=True)
         if self.cfg.send_images and roles:
             root = self.image_root or Path(".")
@@ -100,14 +122,25 @@ class LLMJobRunner:
             ctx, roles, variant = fam.context(facts, self.gen.lex, self.seed)
         except Skip as exc:
             self.skipped[f"{task}: {exc.code}"] += 1
-            self.s_w.write(exc.row(facts, task, "llm"))
+            self.s_w.write(exc.row(facts, task, self.mode))
             return
-        tpl_messages, tinfo = self.gen.messages(fam.template_id, ctx)
+        draft_row = None
+        if self.mode == "rewrite":  # the verified template row is the draft (and the fallback)
+            draft_row = self.gen.verify(self.gen.render(facts, fam, self.seed, self.build_id), facts)
+            if not draft_row["verifier_passed"]:
+                self.q_w.write(quarantine_row(draft_row, "verification", draft_row["verifier_reasons"]))
+                self.counts["quarantined"] += 1
+                return
+            tpl_messages = draft_row["messages"]
+            tinfo = self.gen.lib.get(fam.template_id)[1]
+        else:
+            tpl_messages, tinfo = self.gen.messages(fam.template_id, ctx)
         user_msgs = tpl_messages[:-1]  # the template's question turn(s); the model writes the answer
         question = user_msgs[-1]["content"].replace("<image>", "").strip()
         rid = row_id(facts.study_id, task, variant, self.seed)
         try:
-            prompt = self._prompt(facts, fam, ctx, question, roles)
+            prompt = self._prompt(facts, fam, ctx, question, roles,
+                                  draft_row["messages"][-1]["content"] if draft_row is not None else None)
         except FileNotFoundError as exc:
             self._fail(facts, task, rid, 0, 0, "", "bad_input", str(exc), True)
             self.q_w.write({"source_key": rid, "reason": str(exc), "error_class": "bad_input", "id": rid,
@@ -156,14 +189,17 @@ class LLMJobRunner:
                         "cached": cached is not None, "prompt_template_id": self.prompt_info.id,
                         "prompt_template_sha256": self.prompt_info.sha256, "question_template_id": tinfo.id,
                         "question_template_sha256": tinfo.sha256, "attempt": attempt}
+            if draft_row is not None:
+                llm_prov["rewrite"] = {"fallback": False, "draft_sha256": _sha(draft_row["messages"][-1]["content"])}
             row = build_row(facts, task, variant=variant, seed=self.seed,
                             messages=user_msgs + [{"role": "assistant", "content": answer}], roles=roles,
-                            mode="llm", template=self.prompt_info, build_id=self.build_id, attempts=attempt,
+                            mode=self.mode, template=self.prompt_info, build_id=self.build_id, attempts=attempt,
                             llm=llm_prov)
             self.gen.verify(row, facts)
             if row["verifier_passed"]:
                 self.ok_w.write(row)
                 self.rows_per_task[task] += 1
+                self.rows_per_mode[self.mode] += 1
                 self.counts["rows"] += 1
                 if row_cost is not None:
                     self.cost_rows += row_cost
@@ -175,7 +211,20 @@ class LLMJobRunner:
             self._fail(facts, task, rid, attempt, -1, req.key, "verification", "; ".join(last_reasons), False)
         # every attempt failed: quarantine (with the last generated row when there is one)
         self._fail(facts, task, rid, self.cfg.max_attempts, -1, "", "gave_up", "; ".join(last_reasons), True)
-        base = last_row or {**row_header(facts, task, rid), "mode": "llm", "seed": self.seed,
+        if draft_row is not None:  # rewrite mode: keep the verified draft, and say so in its provenance
+            prov = json.loads(draft_row["provenance"])
+            prov["rewrite"] = {"fallback": True, "attempts": self.cfg.max_attempts, "model": self.cfg.model,
+                               "prompt_template_sha256": self.prompt_info.sha256,
+                               "last_reasons": [r[:200] for r in last_reasons[:3]]}
+            draft_row["provenance"] = canonical_json(prov)
+            draft_row["attempts"] = self.cfg.max_attempts
+            self.ok_w.write(draft_row)
+            self.rows_per_task[task] += 1
+            self.rows_per_mode["template"] += 1
+            self.counts["rows"] += 1
+            self.counts["rewrite_fallbacks"] += 1
+            return
+        base = last_row or {**row_header(facts, task, rid), "mode": self.mode, "seed": self.seed,
                             "attempts": self.cfg.max_attempts}
         self.q_w.write(quarantine_row(base, "llm_generation" if last_row is None else "verification", last_reasons))
         self.counts["quarantined"] += 1
@@ -231,7 +280,8 @@ class LLMJobRunner:
             "cost_this_run_usd": round(self.cost_run, 9) if self.cfg.model in self.cfg.prices else None,
             "cost_of_rows_usd": round(self.cost_rows, 9) if self.cfg.model in self.cfg.prices else None,
             "rows_without_price": self.cost_unknown,
-            "rows_per_task": dict(self.rows_per_task), "skipped": dict(self.skipped),
+            "rows_per_task": dict(self.rows_per_task), "rows_per_mode": dict(self.rows_per_mode),
+            "rewrite_fallbacks": self.counts["rewrite_fallbacks"], "skipped": dict(self.skipped),
             "config": self.cfg.public(), "prompt_template_sha256": self.prompt_info.sha256,
         }
 
@@ -246,7 +296,8 @@ def run_llm_build(facts_list: list[StudyFacts], tasks: list[str], config, gen, b
     async def main() -> dict[str, Any]:
         own = client is None
         cl = OpenAIChatClient(cfg) if own else client
-        runner = LLMJobRunner(cfg, gen, cl, cache, build_id, config.seed, image_root, (ok_w, q_w, f_w, s_w), log)
+        runner = LLMJobRunner(cfg, gen, cl, cache, build_id, config.seed, image_root, (ok_w, q_w, f_w, s_w), log,
+                              mode=config.mode)
         try:
             await runner.run((f, t) for f in facts_list for t in tasks)
         finally:
