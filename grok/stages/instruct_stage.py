@@ -44,7 +44,7 @@ def instruct_config(folder: BuildFolder, shards: int = 1) -> InstructConfig:
     build id and the build folder as the image root, and its client gets an equal share of
     ``llm.requests_per_second`` among the LLM shards that may run at once."""
     s = folder.cfg.instruct
-    at_once = min(s.llm_parallel_shards, max(1, shards)) if s.mode == "llm" else 1
+    at_once = min(s.llm_parallel_shards, max(1, shards)) if s.mode != "template" else 1
     llm = s.llm.shared_by(at_once).model_copy(update={"image_root": str(folder.root)})
     return InstructConfig.parse({**s.model_dump(round_trip=True, exclude={"shard_size", "llm_parallel_shards", "llm"}),
                                  "llm": llm, "build_id": folder.build_id()})
@@ -69,7 +69,7 @@ class Instruct(Stage):
     def retries(self, folder: BuildFolder) -> int:
         # LLM calls (a retried shard replays its finished requests from the cache); templates never fail
         # in a way a retry fixes
-        return 2 if folder.cfg.instruct.mode == "llm" else 0
+        return 2 if folder.cfg.instruct.mode != "template" else 0
 
     def plan(self, folder: BuildFolder) -> list[Shard]:
         """A shard's key covers its study records, the instruct settings, the build id, the knowledge-base
@@ -98,7 +98,7 @@ class Instruct(Stage):
         # at most `instruct.llm_parallel_shards` LLM shards at once across every worker, each with its
         # share of the request rate (instruct_config)
         s = folder.cfg.instruct
-        return ("grok-llm", s.llm_parallel_shards) if s.mode == "llm" else None
+        return ("grok-llm", s.llm_parallel_shards) if s.mode != "template" else None
 
     def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
         """Generate and verify one shard; a shard finished from the same inputs is returned as is. Outputs
