@@ -19,7 +19,8 @@ process:
 (``tests/llm_server.py`` in its own process, ``--latency-ms``, ``--concurrency``): requests per
 second against the ideal concurrency / latency. The server's rule-based model does not write
 judgements, so every reply is unparsable and, with ``max_attempts`` 1, unscored: the figure is the
-judge's request pipeline (prompt rendering, client, cache, rate limiter), not a judgement.
+judge's request pipeline (prompt rendering, client, cache, rate limiter), not a judgement. The
+knowledge base is loaded before the clock starts (``run_judge(kb=...)``), as one command loads it once.
 
 ``--memory-studies N`` (default 50, 0: skip) also measures peak memory (tracemalloc) of scoring a
 predictions file of 6 N answers and of 60 N answers (the benchmark's items repeated under new ids;
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.memory_studies:
         res["memory"] = bench_memory(args.memory_studies, args.seed, kb, lex, reader, args.bootstrap)
     if args.judge_requests:
-        res["judge"] = bench_judge(bench, args.judge_requests, args.latency_ms, args.concurrency)
+        res["judge"] = bench_judge(bench, args.judge_requests, args.latency_ms, args.concurrency, kb)
     print(json.dumps(res, indent=1))
     return res
 
@@ -156,7 +157,7 @@ def bench_memory(studies: int, seed: int, kb, lex, reader, resamples: int, facto
             "answers_ratio": factor}
 
 
-def bench_judge(bench, n_requests: int, latency_ms: float, concurrency: int) -> dict:
+def bench_judge(bench, n_requests: int, latency_ms: float, concurrency: int, kb) -> dict:
     import subprocess
     import sys
     import tempfile
@@ -181,7 +182,7 @@ def bench_judge(bench, n_requests: int, latency_ms: float, concurrency: int) -> 
                         max_retries=3, max_attempts=1)
         with tempfile.TemporaryDirectory() as tmp:
             t, c = time.perf_counter(), time.process_time()
-            run = run_judge(cfg, items, answers, Path(tmp) / "cache.sqlite")
+            run = run_judge(cfg, items, answers, Path(tmp) / "cache.sqlite", kb=kb)
             wall, cpu = time.perf_counter() - t, time.process_time() - c
     finally:
         proc.terminate()

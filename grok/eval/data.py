@@ -185,12 +185,11 @@ def likely_not_english(text: str) -> bool:
         n_letters = len(_LETTER.findall(text))
         if n_letters and len(_NON_LATIN.findall(text)) > 0.3 * n_letters:
             return True
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = _WORD.findall(text.lower())
     if len(words) < 5:
         return False
-    en = sum(1 for w in words if w in _EN_FUNCTION)
-    other = sum(1 for w in words if w in _OTHER_FUNCTION)
-    return other >= 3 and other > en
+    other = sum(map(_OTHER_FUNCTION.__contains__, words))
+    return other >= 3 and other > sum(map(_EN_FUNCTION.__contains__, words))
 
 
 @dataclass

@@ -255,10 +255,11 @@ def run_with_client(cfg: LLMConfig, cache_path: str | Path, client, work) -> Non
 
 
 def run_judge(cfg: LLMConfig, items: dict[str, Item], answers: dict[str, str], cache_path: str | Path,
-              tasks: tuple[str, ...] = DEFAULT_TASKS, tolerance: float = 0.10, client=None) -> JudgeRun:
+              tasks: tuple[str, ...] = DEFAULT_TASKS, tolerance: float = 0.10, client=None, kb=None) -> JudgeRun:
     """Judge every answered item of ``tasks`` (an item without an answer is not sent: it has no text to
-    grade, and the deterministic scores already count it)."""
-    categories = kb_categories()
+    grade, and the deterministic scores already count it). ``kb``: the knowledge base already loaded
+    (its categories are the schema's diagnoses; loaded here when not given)."""
+    categories = kb_categories(kb)
     jobs = [(iid, it, answers[iid]) for iid, it in items.items()
             if it.task in tasks and it.facts is not None and (answers.get(iid) or "").strip()]
     run = JudgeRun()

@@ -58,7 +58,7 @@ MEAN_METRICS = ("correct", "quantitative", "coverage", "findings_agreement", "in
 SCHEMA = "grok-eval/1"
 #: Bootstrap weights are drawn in blocks of at most this many cells (resamples x items), so memory stays
 #: bounded whatever the number of answers.
-BOOTSTRAP_BLOCK_CELLS = 1_000_000
+BOOTSTRAP_BLOCK_CELLS = 1 << 18
 
 
 @dataclass(slots=True)
@@ -179,8 +179,8 @@ def resample_weights(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
     done = 0
     while done < resamples:
         b = min(block, resamples - done)
-        draws = rng.integers(0, n, size=(b, n))
-        draws += (np.arange(b) * n)[:, None]
+        draws = rng.integers(0, n, size=(b, n), dtype=np.int32)
+        draws += (np.arange(b, dtype=np.int32) * n)[:, None]
         yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
         done += b
 

@@ -99,7 +99,7 @@ _13A_RULES = ((re.compile(r"([^0-9])([\.,])"), r"\1 \2 "), (re.compile(r"([\.,])
 _PUNCT_RULES = frozenset(".,-")
 #: 13a tokens of the white-space-separated chunks seen, reused across answers (bounded).
 _CHUNK_CACHE: dict[str, list[str]] = {}
-_CHUNK_CACHE_MAX = 200_000
+_CHUNK_CACHE_MAX = 50_000
 
 
 def _chunk_13a(chunk: str) -> list[str]:
@@ -118,16 +118,14 @@ def tokens_13a(line: str) -> list[str]:
         line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
     out: list[str] = []
     cache = _CHUNK_CACHE
+    get = cache.get
     for chunk in _13A_CHUNKS.findall(line):
-        if _PUNCT_RULES.isdisjoint(chunk):
-            out.append(chunk)
-            continue
-        toks = cache.get(chunk)
+        toks = get(chunk)
         if toks is None:
             if len(cache) >= _CHUNK_CACHE_MAX:
                 cache.clear()
-            toks = cache[chunk] = _chunk_13a(chunk)
-        out.extend(toks)
+            toks = cache[chunk] = [chunk] if _PUNCT_RULES.isdisjoint(chunk) else _chunk_13a(chunk)
+        out += toks
     return out
 
 
