@@ -60,20 +60,35 @@ SORTS = {"id": ("row_id", True), "family": ("task", True), "category": ("label",
          "-score": ("score", False)}
 
 
+_STATE_CODES = ("unreviewed", "reviewed", "stale")
+
+
 class ReviewState:
     """Each row's outcome, kept in step with the event log (read incrementally: other servers on the same
-    database are seen on the next request)."""
+    database are seen on the next request), and the queue's precomputed columns: integer codes of every
+    filterable column and one mask per verifier reason code, so a filter over 100,000 rows is a few vector
+    operations."""
 
     def __init__(self, source: ReviewSource, store: Store, double_share: float, seed: int):
         self.source, self.store = source, store
-        self.hashes = dict(zip(source.rows["row_id"], source.rows["hash"]))
-        n = len(source.rows)
-        self.state = np.full(n, "unreviewed", dtype=object)
-        self.action = np.full(n, "", dtype=object)
-        self.double = np.array([double_review(r, double_share, seed) for r in source.rows["row_id"]], dtype=bool)
+        rows = source.rows
+        self.hashes = dict(zip(rows["row_id"], rows["hash"]))
+        n = len(rows)
+        self.state = np.zeros(n, dtype=np.int8)  #: index into _STATE_CODES
+        self.action = np.full(n, -1, dtype=np.int8)  #: index into ACTIONS, -1 none
+        self.double = np.array([double_review(r, double_share, seed) for r in rows["row_id"]], dtype=bool)
         self.n_curators = np.zeros(n, dtype=np.int16)
-        self.by_curator: dict[str, set[int]] = {}
+        self.by_curator: dict[str, np.ndarray] = {}
         self.outs: dict[str, RowOutcome] = {}
+        self.cats: dict[str, tuple[list[str], np.ndarray]] = {}
+        for param, col in COLUMN_FILTERS.items():
+            cat = pd.Categorical(rows[col])
+            self.cats[param] = (list(cat.categories), np.asarray(cat.codes))
+        self.reason_masks: dict[str, np.ndarray] = {}
+        for i, r in enumerate(rows["reasons"]):
+            for code in r.split(" ") if r else ():
+                self.reason_masks.setdefault(code, np.zeros(n, dtype=bool))[i] = True
+        self.score = rows["score"].fillna(-1.0).to_numpy(dtype=float)
         self.last_id = 0
         self.lock = threading.Lock()
         self.refresh()
@@ -89,63 +104,74 @@ class ReviewState:
         if o is None:
             return
         i = self.source.position[ev["row_id"]]
-        self.state[i] = o.state
-        self.action[i] = o.action or ""
+        self.state[i] = _STATE_CODES.index(o.state)
+        self.action[i] = ACTIONS.index(o.action) if o.action else -1
         self.n_curators[i] = len(o.by_curator)
         for c in o.by_curator:
-            self.by_curator.setdefault(c, set()).add(i)
+            if c not in self.by_curator:
+                self.by_curator[c] = np.zeros(len(self.state), dtype=bool)
+            self.by_curator[c][i] = True
 
-    def add(self, ev: dict[str, Any]) -> None:
-        with self.lock:
-            for e in self.store.events(after_id=self.last_id):
-                self._apply(e)
+    def state_name(self, i: int) -> str:
+        return _STATE_CODES[self.state[i]]
 
+    def action_name(self, i: int) -> str:
+        return ACTIONS[self.action[i]] if self.action[i] >= 0 else ""
 
-def _filter(rows: pd.DataFrame, st: ReviewState, q: dict[str, str], me: str | None) -> np.ndarray:
-    """Boolean mask of the rows ``q`` selects."""
-    mask = np.ones(len(rows), dtype=bool)
-    for param, col in COLUMN_FILTERS.items():
-        v = q.get(param)
-        if v:
-            mask &= (rows[col].to_numpy() == v)
-    if q.get("reason"):
-        code = q["reason"]
-        mask &= np.fromiter((code in r.split(" ") for r in rows["reasons"]), dtype=bool, count=len(rows))
-    state = q.get("state")
-    if state == "needs_second":
-        mask &= st.double & (st.n_curators < 2) & (st.state != "stale")
-    elif state in ("unreviewed", "reviewed", "stale"):
-        mask &= st.state == state
-    elif state in ACTIONS:
-        mask &= (st.state == "reviewed") & (st.action == state)
-    cur = q.get("curator")
-    if cur:
-        sel = np.zeros(len(rows), dtype=bool)
-        sel[list(st.by_curator.get(cur, ()))] = True
-        mask &= sel
-    if q.get("todo") and me:
-        mine = np.zeros(len(rows), dtype=bool)
-        mine[list(st.by_curator.get(me, ()))] = True
-        open_ = (st.state != "reviewed") | (st.double & (st.n_curators < 2))
-        mask &= open_ & ~mine
-    text = (q.get("q") or "").strip().lower()
-    if text:
-        mask &= rows["search"].str.contains(text, regex=False).to_numpy()
-    return mask
+    def mask(self, q: dict[str, str], me: str | None) -> np.ndarray:
+        """Boolean mask of the rows the queue query ``q`` selects for curator ``me``."""
+        n = len(self.state)
+        mask = np.ones(n, dtype=bool)
+        for param in COLUMN_FILTERS:
+            v = q.get(param)
+            if v:
+                cats, codes = self.cats[param]
+                mask &= (codes == cats.index(v)) if v in cats else False
+        if q.get("reason"):
+            mask &= self.reason_masks.get(q["reason"], np.zeros(n, dtype=bool))
+        state = q.get("state")
+        if state == "needs_second":
+            mask &= self.double & (self.n_curators < 2) & (self.state != 2)
+        elif state in _STATE_CODES:
+            mask &= self.state == _STATE_CODES.index(state)
+        elif state in ACTIONS:
+            mask &= (self.state == 1) & (self.action == ACTIONS.index(state))
+        cur = q.get("curator")
+        if cur:
+            mask &= self.by_curator.get(cur, np.zeros(n, dtype=bool))
+        if q.get("todo") and me:
+            mine = self.by_curator.get(me, np.zeros(n, dtype=bool))
+            mask &= ((self.state != 1) | (self.double & (self.n_curators < 2))) & ~mine
+        text = (q.get("q") or "").strip()
+        if text and mask.any():
+            mask = self.source.text_matches(text, within=mask)
+        return mask
 
+    def ordered(self, mask: np.ndarray, sort: str) -> np.ndarray:
+        """Positions of the selected rows in the queue's order."""
+        pos = np.flatnonzero(mask)
+        col, asc = SORTS.get(sort, SORTS["id"])
+        if col == "row_id":
+            return pos  # source order: by file, then row
+        if col == "score":
+            vals = self.score[pos]
+            return pos[np.argsort(vals if asc else -vals, kind="stable")]
+        param = {"task": "family", "label": "category"}[col]
+        return pos[np.argsort(self.cats[param][1][pos], kind="stable")]
 
-def _sorted_positions(rows: pd.DataFrame, mask: np.ndarray, sort: str) -> np.ndarray:
-    pos = np.flatnonzero(mask)
-    col, asc = SORTS.get(sort, SORTS["id"])
-    if col == "row_id":
-        return pos  # rows are kept in id order within their file; stable
-    vals = rows[col].to_numpy()[pos]
-    if col == "score":
-        vals = np.where(pd.isna(vals), -1.0, vals).astype(float)
-        order = np.argsort(vals if asc else -vals, kind="stable")
-    else:
-        order = np.argsort(vals.astype(str), kind="stable")
-    return pos[order]
+    def facets(self, mask: np.ndarray) -> dict[str, Any]:
+        """Counts of every filter's values among the selected rows."""
+        out: dict[str, Any] = {}
+        for param, (cats, codes) in self.cats.items():
+            counts = np.bincount(codes[mask], minlength=len(cats))
+            out[param] = {c: int(k) for c, k in zip(cats, counts) if k}
+        out["reason"] = {code: int((m & mask).sum()) for code, m in sorted(self.reason_masks.items())}
+        out["reason"] = {k: v for k, v in sorted(out["reason"].items(), key=lambda kv: -kv[1]) if v}
+        st = np.bincount(self.state[mask], minlength=3)
+        out["states"] = {s: int(k) for s, k in zip(_STATE_CODES, st) if k}
+        acts = np.bincount(self.action[mask & (self.state == 1)].astype(np.int64) + 1, minlength=len(ACTIONS) + 1)
+        out["actions"] = {a: int(k) for a, k in zip(ACTIONS, acts[1:]) if k}
+        return out
 
 
 class _Auth:
@@ -268,8 +294,8 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         q = query(request)
         me = auth.read(request)[0]
         rows = source.rows
-        mask = _filter(rows, st, q, me)
-        positions = _sorted_positions(rows, mask, q.get("sort", "id"))
+        mask = st.mask(q, me)
+        positions = st.ordered(mask, q.get("sort", "id"))
         n = len(positions)
         try:
             pg = max(0, int(q.get("page", "0")))
@@ -277,13 +303,10 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
             pg = 0
         show = positions[pg * PAGE_SIZE:(pg + 1) * PAGE_SIZE]
         sub = rows.iloc[show]
-        items = [{**r, "state": st.state[i], "action": st.action[i], "double": bool(st.double[i]),
+        items = [{**r, "state": st.state_name(i), "action": st.action_name(i), "double": bool(st.double[i]),
                   "n_curators": int(st.n_curators[i])} for i, r in zip(show, sub.to_dict("records"))]
-        sel = rows[mask]
-        facets = {p: sel[c].value_counts().to_dict() for p, c in COLUMN_FILTERS.items()}
-        states = pd.Series(st.state[mask]).value_counts().to_dict()
-        actions = pd.Series(st.action[mask & (st.state == "reviewed")]).value_counts().to_dict()
-        reasons = pd.Series([c for r in sel["reasons"] if r for c in r.split(" ")], dtype=object).value_counts().to_dict()
+        facets = st.facets(mask)
+        states, actions, reasons = facets.pop("states"), facets.pop("actions"), facets.pop("reason")
         keep = {k: v for k, v in q.items() if k != "page"}
         return page(request, "queue.html.j2", items=items, n=n, total=len(rows), page=pg, page_size=PAGE_SIZE,
                     q=q, qs=urlencode(keep), facets=facets, states=states, actions=actions, reasons=reasons,
@@ -311,7 +334,7 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         return page(request, "row.html.j2", row=r, idx=r.index, messages=messages, images=_images(source, r, ev),
                     biomarkers=_biomarkers(source, rec), findings=rec.get("findings") or [],
                     differential=rec.get("differential") or [], not_evaluable=rec.get("not_evaluable") or [],
-                    events=events, state=st.state[i], action=st.action[i], double=bool(st.double[i]),
+                    events=events, state=st.state_name(i), action=st.action_name(i), double=bool(st.double[i]),
                     n_curators=int(st.n_curators[i]), reject_reasons=REJECT_REASONS,
                     back=request.query_params.get("from", ""), messages_json=json.dumps(r.messages))
 
@@ -387,20 +410,29 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
                               verdict=verdict)
         except ReviewError as exc:
             raise HTTPException(422, str(exc)) from exc
-        st.add(ev)
-        nxt = _next(request, body.get("from") or "", row_id, curator)
+        st.refresh()
         return {"event": {k: ev[k] for k in ("id", "action", "reason_code", "curator", "created_at")},
-                "verdict": verdict, "next": nxt}
+                "verdict": verdict}
 
-    def _next(request: Request, from_qs: str, row_id: str, me: str) -> str | None:
-        """The row after ``row_id`` in the queue the curator came from."""
-        q = {k: v for k, v in parse_qsl(from_qs) if k != "page" and v}
-        positions = _sorted_positions(source.rows, _filter(source.rows, st, q, me), q.get("sort", "id"))
+    @app.get("/api/next/{row_id}")
+    def next_row(request: Request, row_id: str):
+        """The row after ``row_id`` in the queue the curator came from (``?from=`` the queue's query)."""
+        if row_id not in source.position:
+            raise HTTPException(404, f"no row {row_id}")
+        st.refresh()
+        q = {k: v for k, v in parse_qsl(request.query_params.get("from", "")) if k != "page" and v}
+        me = auth.read(request)[0]
+        positions = st.ordered(st.mask(q, me), q.get("sort", "id"))
         here = source.position[row_id]
         where = np.flatnonzero(positions == here)
-        after = positions[where[0] + 1:] if len(where) else positions
-        after = [p for p in after if p != here]
-        return str(source.rows["row_id"].iat[after[0]]) if after else None
+        if len(where):
+            after = positions[where[0] + 1:]
+        elif q.get("sort", "id") == "id":  # the row left the queue (e.g. reviewed): the next one in source order
+            after = positions[positions > here]
+        else:
+            after = positions
+        nxt = next((int(p) for p in after[:2] if p != here), None)
+        return {"next": str(source.rows["row_id"].iat[nxt]) if nxt is not None else None}
 
     @app.get("/api/summary")
     def summary():
@@ -443,7 +475,7 @@ def _images(source: ReviewSource, r, ev: dict[str, Any]) -> list[dict[str, Any]]
                     "size": size, "lesions": lesions if size else [],
                     "text_boxes": text_boxes if len(r.image_names) == 1 else []})
     for key, rel in overlays.items():  # overlays that are images of their own (the thickness map)
-        if key not in {im["key"] for im in out}:
+        if "map" in key and key not in {im["key"] for im in out}:
             out.append({"i": None, "key": key, "url": f"/media/{rel}", "overlay": None, "size": None, "lesions": [],
                         "text_boxes": [], "standalone": True})
     return out

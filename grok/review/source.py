@@ -14,13 +14,16 @@ folder (``grok review NAME@VERSION --build DIR``) to show every row's overlays.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import mimetypes
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -34,7 +37,7 @@ from grok.review.decisions import content_hash
 ROW_CONFIGS = (("instructions", "train"), ("instructions", "validation"), ("benchmark", "test"))
 #: Columns of the row index (one entry per row; what the queue filters and sorts on).
 INDEX_COLUMNS = ("row_id", "study_id", "eye", "task", "label", "split", "verdict", "reasons", "status_reason",
-                 "score", "hash", "search")
+                 "score", "hash")
 
 
 class SourceError(ValueError):
@@ -105,7 +108,12 @@ class ReviewSource:
             self._open_version(Path(info["path"]), info["manifest"])
         if build is not None:
             self._overlays_from_build(Path(build))
-        self.rows = pd.DataFrame(self._index, columns=list(INDEX_COLUMNS))
+        # free-text search: every row's lower-cased text in one string, rows separated by NUL (see text_matches)
+        texts = [t.encode() for *_r, t in self._index]
+        self._blob = b"\x00".join(texts) + b"\x00"
+        self._starts = [0, *itertools.accumulate(len(t) + 1 for t in texts)]
+        del texts
+        self.rows = pd.DataFrame([r[:-1] for r in self._index], columns=list(INDEX_COLUMNS))
         del self._index
         if self.rows["row_id"].duplicated().any():
             dup = self.rows.loc[self.rows["row_id"].duplicated(), "row_id"].iloc[0]
@@ -204,6 +212,29 @@ class ReviewSource:
                             (text + " " + rid + " " + str(row.get("study_id") or "")).lower()))
 
     # -- reading -----------------------------------------------------------------------------------
+    def text_matches(self, text: str, within: np.ndarray | None = None) -> np.ndarray:
+        """Boolean mask of the rows (among ``within``, a mask) whose text, row id or study id contains ``text``
+        (case-insensitive). A large selection is one scan of the joined UTF-8 texts, skipping to the next row
+        after each hit; a small one (under an eighth of the rows) checks its rows one by one."""
+        needle = text.lower().replace("\x00", "").encode()
+        n = len(self.rows)
+        out = np.zeros(n, dtype=bool)
+        if not needle:
+            out[:] = True if within is None else within
+            return out
+        blob, starts = self._blob, self._starts
+        if within is not None and within.sum() < n // 8:
+            for i in np.flatnonzero(within):
+                out[i] = blob.find(needle, starts[i], starts[i + 1]) >= 0
+            return out
+        find = blob.find
+        pos = find(needle)
+        while pos >= 0:
+            i = bisect_right(starts, pos) - 1
+            out[i] = True
+            pos = find(needle, starts[i + 1])
+        return out if within is None else out & within
+
     def row(self, row_id: str) -> Row:
         """The row ``row_id`` with its record; ``KeyError`` when there is none."""
         i = self.position[row_id]

@@ -172,6 +172,6 @@ def _json(v: Any) -> str | None:
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL: a commit survives a killed process; atomic either way
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()

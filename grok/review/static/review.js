@@ -90,8 +90,11 @@
     return msgs;
   }
 
-  function goNext(next) {
+  async function goNext() {
     const from = decide.dataset.from;
+    const r = await fetch("/api/next/" + encodeURIComponent(rowId) + "?from=" + encodeURIComponent(from),
+                          {credentials: "same-origin"});
+    const next = r.ok ? (await r.json()).next : null;
     if (next) { window.location.href = "/row/" + encodeURIComponent(next) + "?from=" + encodeURIComponent(from); }
     else { window.location.href = "/?" + from; }
   }
@@ -106,7 +109,6 @@
     if (r.ok) {
       say("saved: " + action + " (event " + r.data.event.id + ")", "ok");
       document.getElementById("row-state").textContent = "review: reviewed · " + action;
-      decide.dataset.next = r.data.next || "";
       return true;
     }
     if (r.status === 422 && r.data.verdict) {
@@ -177,7 +179,7 @@
   document.getElementById("btn-flag").addEventListener("click", () => send("flag"));
   document.getElementById("btn-reject").addEventListener("click", startReject);
   document.getElementById("btn-edit").addEventListener("click", startEdit);
-  document.getElementById("btn-next").addEventListener("click", () => goNext(decide.dataset.next));
+  document.getElementById("btn-next").addEventListener("click", goNext);
   document.getElementById("btn-save-edit").addEventListener("click", () => saveEdit("edit"));
   document.getElementById("btn-needs-review").addEventListener("click", () => saveEdit("needs_review"));
   const reasons = Array.from(document.querySelectorAll("#reject-box button.reason"));
@@ -200,7 +202,7 @@
     else if (key === "r") startReject();
     else if (key === "e") { ev.preventDefault(); startEdit(); }
     else if (key === "f") send("flag");
-    else if (key === "n" || key === "j") goNext(decide.dataset.next);
+    else if (key === "n" || key === "j") goNext();
     else if (key === "o") flip(tOverlay);
     else if (key === "l") flip(tLesions);
     else if (key === "g") flip(tBoxes);
