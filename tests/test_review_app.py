@@ -120,6 +120,14 @@ def _saved(page, action: str) -> None:
                            arg=action, timeout=10000)
 
 
+def _edit(page, text: str, verdict: str) -> None:
+    """Start editing (``e``), type ``text`` at the end, wait for the live verdict to start with ``verdict``."""
+    page.keyboard.press("e")
+    page.keyboard.press("Control+End")
+    page.keyboard.type(text)
+    page.wait_for_function("(v) => document.getElementById('live-verdict').textContent.startsWith(v)", arg=verdict)
+
+
 def _next_row(page, base: str) -> str:
     before = page.url
     page.keyboard.press("n")
@@ -159,20 +167,14 @@ def test_curator_reviews_a_version_by_keyboard(published, tmp_path):
         page.keyboard.press("2")  # the second reason code
         _saved(page, "reject")
         ids.append(_next_row(page, base))
-        page.keyboard.press("e")
-        page.keyboard.press("Control+End")
-        page.keyboard.type(FAILING_EDIT)
-        page.wait_for_function("document.getElementById('live-verdict').textContent.startsWith('fails')")
+        _edit(page, FAILING_EDIT, "fails")
         assert "wrong_number" in page.locator("#live-reasons").inner_text()
         page.keyboard.press("Control+Enter")
         page.wait_for_function("document.getElementById('status').textContent.includes('fails verification')")
         page.click("#btn-needs-review")
         _saved(page, "needs_review")
         ids.append(_next_row(page, base))
-        page.keyboard.press("e")
-        page.keyboard.press("Control+End")
-        page.keyboard.type(PASSING_EDIT)
-        page.wait_for_function("document.getElementById('live-verdict').textContent.startsWith('verifies')")
+        _edit(page, PASSING_EDIT, "verifies")
         page.keyboard.press("Control+Enter")
         _saved(page, "edit")
         ids.append(_next_row(page, base))

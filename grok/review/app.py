@@ -324,9 +324,7 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         i = source.position[row_id]
         rec = r.record or {}
         ev = r.evidence or {}
-        anchors = ({f"bm-{b['id']}" for b in rec.get("biomarkers") or []}
-                   | {f"finding-{f['id']}" for f in rec.get("findings") or []}
-                   | {f"dx-{d['id']}" for d in rec.get("differential") or []})
+        anchors = _anchors(rec)
         messages = [{"role": m["role"], "content": m["content"],
                      "html": render(m["content"], lex, r.reasons, anchors) if m["role"] == "assistant" else None}
                     for m in r.messages]
@@ -375,10 +373,7 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         body = await _json_body(request)
         msgs = _messages(body, row_id)
         verdict = reverify(row_id, msgs)
-        rec = source.row(row_id).record or {}
-        anchors = ({f"bm-{b['id']}" for b in rec.get("biomarkers") or []}
-                   | {f"finding-{f['id']}" for f in rec.get("findings") or []}
-                   | {f"dx-{d['id']}" for d in rec.get("differential") or []})
+        anchors = _anchors(source.row(row_id).record or {})
         verdict["html"] = [str(render(m["content"], lex, verdict["reasons"], anchors)) if m["role"] == "assistant"
                            else None for m in msgs]
         return verdict
@@ -457,6 +452,13 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise HTTPException(422, "the body must be a JSON object")
     return body
+
+
+def _anchors(rec: dict[str, Any]) -> set[str]:
+    """The anchors of a row page: its biomarker, finding and differential table rows."""
+    return ({f"bm-{b['id']}" for b in rec.get("biomarkers") or []}
+            | {f"finding-{f['id']}" for f in rec.get("findings") or []}
+            | {f"dx-{d['id']}" for d in rec.get("differential") or []})
 
 
 def _images(source: ReviewSource, r, ev: dict[str, Any]) -> list[dict[str, Any]]:
