@@ -51,9 +51,11 @@ ROLE_WORDS = {"cfp": "fundus photograph"}
 
 #: How many (measured biomarkers, presence statements, alternatives) a long answer lists.
 Caps = tuple[int, int, int]
-DEFAULT_CAPS: Caps = (6, 4, 3)
+DEFAULT_CAPS: Caps = (6, 6, 3)
 #: Caps tried in turn until a narrative answer fits its family's ``max_words``.
-NARRATIVE_CAPS: tuple[Caps, ...] = (DEFAULT_CAPS, (5, 3, 3), (4, 2, 2), (3, 2, 2), (2, 1, 1))
+NARRATIVE_CAPS: tuple[Caps, ...] = (DEFAULT_CAPS, (5, 4, 3), (4, 3, 2), (3, 2, 2), (2, 1, 1))
+#: Absent findings a narrative answer lists (one negated list).
+MAX_ABSENT = 4
 
 #: Why a family produced no row for a study (``Skip.code``) -> what it means. A skipped row is a row of
 #: ``instructions_skipped.parquet`` with its code, counted in the stage report, the card and build.json.
@@ -213,7 +215,7 @@ class NarrativeFamily(Family):
         ctx["groups"] = group_measurements(ctx["measured"])
         present, absent = parts["present"], parts["absent"]
         ctx["present"] = present[:n_pres]
-        ctx["absent"] = absent[:n_pres]
+        ctx["absent"] = absent[:min(n_pres, MAX_ABSENT)]
         ctx["missing"] = [{**m, "name": DISPLAY_NAMES[m["id"]]} for m in missing_notes(facts, parts["missing_ids"][:2])]
         ctx["alternatives"] = parts["selected"][:n_alt]
         return ctx["images"]
