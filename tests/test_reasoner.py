@@ -422,3 +422,20 @@ def test_engine_measured_circle_scan_rnfl_uses_the_engine_convention_on_other_de
     assert f.normal_range.id == "rnfl_pp_mean_spectralis_alasil2013" and f.normal_range.device_matched == "generic"
     assert "engine" in f.explanation and "topcon" in f.explanation
     assert engine.finding("rnfl_peripapillary_inferior_thinning").grade >= 1
+
+
+def test_engine_measured_values_never_meet_a_range_of_another_convention():
+    """The Cirrus cube volume (6 x 6 mm), GC-IPL annulus and ILM -> RPE CST are not what this engine
+    measures (6 mm circle, ILM -> BM): an engine-measured value on a Cirrus record is not graded against
+    them (it falls back to the engine's own convention where one exists); an exported Cirrus value is."""
+    bms = {"macular_volume_mm3": 8.5, "gcipl_thickness_um": 68.0, "macular_thickness_central_um": 330.0}
+    exported = reason(rec(bms, device="cirrus", sex="M", age_years=65))
+    assert exported.finding("macular_volume_reduced").normal_range.id == "volume_cirrus_hu2010"
+    assert exported.finding("gcipl_thinning").normal_range.id == "gcipl_cirrus_xu2021"
+    engine = reason(rec(bms, device="cirrus", sex="M", age_years=65, engine_measured=True))
+    why = {n["finding"]: n["reason"] for n in engine.not_evaluable}
+    assert "another convention than this engine's" in why["macular_volume_reduced"]
+    assert "gcipl_cirrus_xu2021" in why["gcipl_thinning"] and engine.finding("gcipl_thinning") is None
+    cst = engine.finding("central_subfield_thickening")
+    assert cst.normal_range.id == "cst_spectralis_chalam2012_m" and cst.normal_range.device_matched == "generic"
+    assert "this engine's convention" in cst.explanation

@@ -194,6 +194,11 @@ class NormativeRange(_Model):
     every figure is the source's own. A finding graded against a derived range says so in its text."""
     derived_sources: list[Id] = []
     """The further sources a derived range rests on (the offset's, for instance)."""
+    engine_comparable: bool = True
+    """False when the range's convention differs from how this engine measures the biomarker (another
+    region, e.g. the Cirrus 6 x 6 mm cube or GC-IPL annulus, or another boundary, e.g. ILM -> RPE), so a
+    value this engine measured (``engine_measured``) is never graded against it; scanner-exported values
+    still are."""
 
     @model_validator(mode="after")
     def _derived_has_sources(self) -> NormativeRange:

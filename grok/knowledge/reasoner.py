@@ -393,8 +393,10 @@ class _Context:
                 "",
                 f"no normative range for {biomarker} ({b.no_normal_range_reason or 'none in the knowledge base'})",
             )
+        # a value this engine measured is graded only against ranges of its own convention
+        usable = [r for r in ranges if r.engine_comparable or not self.engine_measured]
         for dev in self._devices_to_try():
-            pool = [r for r in ranges if dev in r.devices]
+            pool = [r for r in usable if dev in r.devices]
             if not pool:
                 continue
             pool = self._filter_sex_age(pool)
@@ -403,6 +405,7 @@ class _Context:
         avail = "; ".join(
             f"{r.id} ({'/'.join(r.devices)}, sex {r.sex}"
             + (f", {r.age_band.min_years:g}-{r.age_band.max_years:g} y" if r.age_band else "")
+            + ("" if r.engine_comparable or not self.engine_measured else ", another convention than this engine's")
             + ")"
             for r in ranges
         )
@@ -438,8 +441,8 @@ class _Context:
         if device_matched != "generic" or self.device == "generic":
             return ""
         return (
-            f"; no {self.device} range or cut-off covers this record, so this engine's own ILM -> BM "
-            "reference ('generic') was used for its engine-measured value"
+            f"; no {self.device} range or cut-off of this engine's convention covers this record, so this "
+            "engine's own ILM -> BM reference ('generic') was used for its engine-measured value"
         )
 
     def choose_thresholds(self, f: ThresholdFinding) -> tuple[ThresholdSet | None, str]:
