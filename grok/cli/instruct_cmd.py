@@ -1,6 +1,6 @@
 """CLI: ``grok instruct`` (study records -> verified instruction rows) and ``grok verify`` (re-check a table).
 
-Run as: grok instruct STUDIES --out DIR [--mode template|llm] [--tasks report,cot] [--seed N] [--json]
+Run as: grok instruct STUDIES --out DIR [--mode template|llm|rewrite] [--tasks report,cot] [--seed N] [--json]
         grok verify DIR/instructions.parquet [--studies FILE] [--tolerance 0.1] [--json]
         grok verify --dataset NAME@VERSION [--registry DIR] [--json]
 
@@ -28,7 +28,8 @@ def _tasks(value: str | None) -> tuple[str, ...] | None:
 def instruct(
     studies: Path = typer.Argument(..., help="Study records (.jsonl, .json or .parquet), one per eye-visit."),
     out: Path = typer.Option(..., "--out", help="Output folder (instructions.parquet, quarantine.parquet, ...)."),
-    mode: str = typer.Option(None, "--mode", help="template (default; no network) or llm (OpenAI-compatible server)."),
+    mode: str = typer.Option(None, "--mode", help="template (default; no network), llm (an OpenAI-compatible server writes "
+                                                "answers) or rewrite (it rewrites the verified template answers)."),
     tasks: str = typer.Option(None, "--tasks", help="Comma-separated families: diagnosis, report, cot, "
                                                     "biomarker_qa, localisation, multiturn (default: all)."),
     seed: int = typer.Option(None, "--seed", help="Seed for phrasings (part of every row id; default 0)."),
@@ -58,7 +59,7 @@ def instruct(
              ExitCode.BAD_INPUT)
     try:
         llm = LLMConfig()
-        if mode == "llm":  # template mode reads no LLM settings (a stale GROK_LLM_* variable cannot break it)
+        if mode in ("llm", "rewrite"):  # template mode reads no LLM settings (a stale GROK_LLM_* variable cannot break it)
             overrides = {"base_url": base_url, "model": model, "concurrency": concurrency,
                          "requests_per_second": rps, "max_attempts": max_attempts, "send_images": images}
             llm = LLMConfig.from_file(llm_config, **overrides) if llm_config else LLMConfig.from_env(**overrides)
