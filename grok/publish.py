@@ -94,6 +94,9 @@ class PublishConfig(Settings):
         "Curator review database (SQLAlchemy URL or SQLite file, see grok review) whose decisions apply: rejected "
         "rows are dropped, accepted edits replace the text after a new verification; coverage, acceptance and "
         "agreement go into the card and manifest.json."))
+    max_shard_bytes: int = Field(500_000_000, ge=1, description=(
+        "Largest data file of a split (Arrow bytes): a larger split is written as several parquet shards "
+        "(<split>-NNNNN-of-MMMMM.parquet), which datasets.load_dataset and grok.registry.load read lazily."))
 
     @field_validator("split_ratios")
     @classmethod
@@ -558,7 +561,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
 
     res = registry.publish(tables, cfg.name, version=cfg.version, bump=cfg.bump, registry=cfg.registry,
                            card_body=body, card_meta=card_meta(cfg, synthetic),
-                           manifest_extra=manifest_extra, extra_writer=extra)
+                           manifest_extra=manifest_extra, extra_writer=extra, max_shard_bytes=cfg.max_shard_bytes)
     if cfg.hub_repo:
         push_to_hub(res["path"], cfg.hub_repo, res["version"])
     return PublishResult(name=res["name"], version=res["version"], fingerprint=res["fingerprint"], path=res["path"],

@@ -4,7 +4,7 @@ Run as: grok datasets list | show NAME | pull NAME@VERSION
 
 Layout of a registry root (a local folder by default, or any fsspec URL)::
 
-    <root>/<name>/<version>/data/<config>/<split>-00000-of-00001.parquet
+    <root>/<name>/<version>/data/<config>/<split>-00000-of-00001.parquet  (or -NNNNN-of-MMMMM shards)
     <root>/<name>/<version>/README.md       dataset card (YAML front matter: configs, splits, features)
     <root>/<name>/<version>/manifest.json   fingerprint, versions, build id, row counts
     <root>/<name>/<version>/croissant.json  Croissant 1.0 metadata (record sets, field types, licence, provenance)
@@ -161,10 +161,14 @@ def publish(
     card_meta: Mapping[str, Any] | None = None,
     manifest_extra: Mapping[str, Any] | None = None,
     extra_writer: Callable[[Path], None] | None = None,
+    max_shard_bytes: int = 500_000_000,
 ) -> dict[str, Any]:
     """Publish ``tables[config][split]`` (``datasets.Dataset`` objects) as ``name@version``.
 
     ``extra_writer(staging_dir)`` may add files (e.g. a curator report) before the atomic rename.
+    A split larger than ``max_shard_bytes`` (Arrow bytes) is written as ``<split>-NNNNN-of-MMMMM.parquet``
+    files of at most about that size each (the Hub's advice is <= 500 MB), read lazily by ``load`` and
+    ``datasets.load_dataset``; the fingerprint does not depend on the files.
 
     Returns what :func:`resolve` returns for the new version. Raises :class:`RegistryError` if the
     version exists, the registry is not writable, or another publish of ``name`` holds the lock.
@@ -216,20 +220,23 @@ def publish(
                 ds = tables[config][split]
                 if not isinstance(ds, datasets.Dataset):
                     raise RegistryError(f"tables[{config!r}][{split!r}] must be a datasets.Dataset")
-                rel = f"data/{config}/{split}-00000-of-00001.parquet"
-                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-                ds.to_parquet(str(staging / rel))
+                n = max(1, min(len(ds), -(-ds.data.nbytes // max_shard_bytes)))
+                rels = [f"data/{config}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
+                (staging / rels[0]).parent.mkdir(parents=True, exist_ok=True)
+                for i, rel in enumerate(rels):
+                    (ds if n == 1 else ds.shard(n, i, contiguous=True)).to_parquet(str(staging / rel))
                 table = _rows_table(ds)
                 arrow_tables.setdefault(config, {})[split] = table
                 counts.setdefault(config, {})[split] = len(ds)
                 if len(ds) == 0:
                     continue  # kept as a file (see load), left out of the card: datasets cannot load it
                 # sizes as the Hub and datasets.load_dataset count them: Arrow bytes per split, file bytes
-                nbytes = _arrow_nbytes(staging / rel)
-                data_files.setdefault(config, []).append({"split": split, "path": rel})
+                nbytes = sum(_arrow_nbytes(staging / rel) for rel in rels)
+                data_files.setdefault(config, []).append(
+                    {"split": split, "path": rels[0] if n == 1 else f"data/{config}/{split}-*-of-{n:05d}.parquet"})
                 info.features = ds.features
                 info.splits.add(datasets.SplitInfo(name=split, num_bytes=nbytes, num_examples=len(ds)))
-                info.download_size += (staging / rel).stat().st_size
+                info.download_size += sum((staging / rel).stat().st_size for rel in rels)
                 info.dataset_size += nbytes
             if info.splits:
                 info.size_in_bytes = info.download_size + info.dataset_size
@@ -472,14 +479,17 @@ def load(spec: str, config: str, split: str, registry: str | None = None):
     if split not in files:
         raise RegistryError(f"{info['name']}@{info['version']} config {config!r} has no split {split!r}; "
                             f"splits: {', '.join(files)}")
-    path = f"{info['path']}/data/{config}/{split}-00000-of-00001.parquet"
-    if "://" in path or files[split] == 0:
+    fs, root = fsspec.core.url_to_fs(f"{info['path']}/data/{config}")
+    paths = sorted(fs.glob(f"{root}/{split}-*-of-*.parquet"))  # one file, or shards of a large split
+    if "://" in info["path"] or files[split] == 0:
         # a remote registry (any fsspec URL) is read through fsspec; an empty split keeps its features
-
-        with fsspec.open(path, "rb") as fh:
-            ds = datasets.Dataset(pq.read_table(fh))
+        tables = []
+        for path in paths:
+            with fs.open(path, "rb") as fh:
+                tables.append(pq.read_table(fh))
+        ds = datasets.Dataset(pa.concat_tables(tables))
     else:
-        ds = datasets.Dataset.from_parquet(path, keep_in_memory=False)
+        ds = datasets.Dataset.from_parquet(paths if len(paths) > 1 else paths[0], keep_in_memory=False)
     ds.info.description = json.dumps({"dataset": f"{info['name']}@{info['version']}",
                                       "fingerprint": info["fingerprint"]})
     return ds
