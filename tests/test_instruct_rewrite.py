@@ -91,3 +91,12 @@ def test_no_row_is_lost_under_faults(tmp_path, records, kb, drafts):
     modes = {r["mode"] for r in rows.values() if r["task"] in REWRITTEN}
     assert modes <= {"rewrite", "template"} and "rewrite" in modes
     assert all(r["verifier_passed"] for r in rows.values())
+
+
+def test_a_rewrite_that_cannot_be_asked_keeps_the_draft(tmp_path, records, kb, drafts):
+    """Images the prompt would send are missing (bad input for the request): the draft needs none, so it is kept."""
+    with LocalLLMServer(Faults(), seed=4) as srv:
+        summary, rows = _rewrite(records, tmp_path, srv.url, kb, send_images=True, image_root=str(tmp_path / "none"))
+    assert set(rows) == set(drafts) and summary["quarantined"] == 0 and summary["llm"]["calls"] == 0
+    kept = [r for r in rows.values() if r["task"] in REWRITTEN]
+    assert kept and all(json.loads(r["provenance"])["rewrite"]["last_reasons"][0].startswith("bad_input") for r in kept)

@@ -143,6 +143,9 @@ class LLMJobRunner:
                                   draft_row["messages"][-1]["content"] if draft_row is not None else None)
         except FileNotFoundError as exc:
             self._fail(facts, task, rid, 0, 0, "", "bad_input", str(exc), True)
+            if draft_row is not None:  # rewrite mode: the verified draft needs no image
+                self._keep_draft(draft_row, task, 0, [f"bad_input: {exc}"])
+                return
             self.q_w.write({"source_key": rid, "reason": str(exc), "error_class": "bad_input", "id": rid,
                             "study_id": facts.study_id, "task": task})
             self.counts["quarantined"] += 1
@@ -212,22 +215,27 @@ class LLMJobRunner:
         # every attempt failed: quarantine (with the last generated row when there is one)
         self._fail(facts, task, rid, self.cfg.max_attempts, -1, "", "gave_up", "; ".join(last_reasons), True)
         if draft_row is not None:  # rewrite mode: keep the verified draft, and say so in its provenance
-            prov = json.loads(draft_row["provenance"])
-            prov["rewrite"] = {"fallback": True, "attempts": self.cfg.max_attempts, "model": self.cfg.model,
-                               "prompt_template_sha256": self.prompt_info.sha256,
-                               "last_reasons": [r[:200] for r in last_reasons[:3]]}
-            draft_row["provenance"] = canonical_json(prov)
-            draft_row["attempts"] = self.cfg.max_attempts
-            self.ok_w.write(draft_row)
-            self.rows_per_task[task] += 1
-            self.rows_per_mode["template"] += 1
-            self.counts["rows"] += 1
-            self.counts["rewrite_fallbacks"] += 1
+            self._keep_draft(draft_row, task, self.cfg.max_attempts, last_reasons)
             return
         base = last_row or {**row_header(facts, task, rid), "mode": self.mode, "seed": self.seed,
                             "attempts": self.cfg.max_attempts}
         self.q_w.write(quarantine_row(base, "llm_generation" if last_row is None else "verification", last_reasons))
         self.counts["quarantined"] += 1
+
+    def _keep_draft(self, draft_row: dict[str, Any], task: str, attempts: int, reasons: list[str]) -> None:
+        """Rewrite mode: no rewrite passed, so the verified template row is written, its provenance recording
+        the fallback (``rewrite.fallback``, attempts, the last reasons)."""
+        prov = json.loads(draft_row["provenance"])
+        prov["rewrite"] = {"fallback": True, "attempts": attempts, "model": self.cfg.model,
+                           "prompt_template_sha256": self.prompt_info.sha256,
+                           "last_reasons": [r[:200] for r in reasons[:3]]}
+        draft_row["provenance"] = canonical_json(prov)
+        draft_row["attempts"] = attempts
+        self.ok_w.write(draft_row)
+        self.rows_per_task[task] += 1
+        self.rows_per_mode["template"] += 1
+        self.counts["rows"] += 1
+        self.counts["rewrite_fallbacks"] += 1
 
     # -- the pool ----------------------------------------------------------------------------------
     async def run(self, jobs) -> None:
