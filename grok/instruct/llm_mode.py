@@ -49,7 +49,6 @@ from grok.instruct.records import StudyFacts
 from grok.instruct.rows import build_row, canonical_json, quarantine_row, row_header
 from grok.instruct.templating import split_messages
 
-
 #: The prompt of rewrite mode (the GROK prompt of LLM mode is ``LLMConfig.prompt_template``).
 REWRITE_PROMPT = "llm/rewrite_prompt.j2"
 
