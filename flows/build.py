@@ -193,11 +193,12 @@ def _start_workers(folder: BuildFolder) -> int:
     if type(runner).__name__ != "DaskTaskRunner":
         folder.update(dask=None)
         return max(1, min(getattr(runner, "_max_workers", None) or 1, os.cpu_count() or 1))
+    t0 = time.perf_counter()
     client = runner.client
     pids = client.run(warm_worker)
     threads = sum(client.nthreads().values())
     folder.update(dask={"scheduler": client.scheduler.address, "dashboard": client.dashboard_link,
-                        "workers": len(pids), "threads": threads})
+                        "workers": len(pids), "threads": threads, "start_s": round(time.perf_counter() - t0, 2)})
     return threads
 
 
