@@ -118,34 +118,39 @@ class ReviewState:
     def action_name(self, i: int) -> str:
         return ACTIONS[self.action[i]] if self.action[i] >= 0 else ""
 
-    def mask(self, q: dict[str, str], me: str | None) -> np.ndarray:
-        """Boolean mask of the rows the queue query ``q`` selects for curator ``me``."""
+    def parts(self, q: dict[str, str], me: str | None) -> dict[str, np.ndarray]:
+        """One boolean mask per filter of the queue query ``q`` (curator ``me``); their AND is the selection."""
         n = len(self.state)
-        mask = np.ones(n, dtype=bool)
+        none = np.zeros(n, dtype=bool)
+        out: dict[str, np.ndarray] = {}
         for param in COLUMN_FILTERS:
             v = q.get(param)
             if v:
                 cats, codes = self.cats[param]
-                mask &= (codes == cats.index(v)) if v in cats else False
+                out[param] = (codes == cats.index(v)) if v in cats else none
         if q.get("reason"):
-            mask &= self.reason_masks.get(q["reason"], np.zeros(n, dtype=bool))
+            out["reason"] = self.reason_masks.get(q["reason"], none)
         state = q.get("state")
         if state == "needs_second":
-            mask &= self.double & (self.n_curators < 2) & (self.state != 2)
+            out["state"] = self.double & (self.n_curators < 2) & (self.state != 2)
         elif state in _STATE_CODES:
-            mask &= self.state == _STATE_CODES.index(state)
+            out["state"] = self.state == _STATE_CODES.index(state)
         elif state in ACTIONS:
-            mask &= (self.state == 1) & (self.action == ACTIONS.index(state))
-        cur = q.get("curator")
-        if cur:
-            mask &= self.by_curator.get(cur, np.zeros(n, dtype=bool))
+            out["state"] = (self.state == 1) & (self.action == ACTIONS.index(state))
+        if q.get("curator"):
+            out["curator"] = self.by_curator.get(q["curator"], none)
         if q.get("todo") and me:
-            mine = self.by_curator.get(me, np.zeros(n, dtype=bool))
-            mask &= ((self.state != 1) | (self.double & (self.n_curators < 2))) & ~mine
+            mine = self.by_curator.get(me, none)
+            out["todo"] = ((self.state != 1) | (self.double & (self.n_curators < 2))) & ~mine
         text = (q.get("q") or "").strip()
-        if text and mask.any():
-            mask = self.source.text_matches(text, within=mask)
-        return mask
+        if text:  # searched within the review filters only, so the facet counts of the others stay exact
+            within = _all([m for k, m in out.items() if k in ("state", "curator", "todo")], n)
+            out["q"] = self.source.text_matches(text, within=within) if within.any() else none
+        return out
+
+    def mask(self, q: dict[str, str], me: str | None) -> np.ndarray:
+        """Boolean mask of the rows the queue query ``q`` selects for curator ``me``."""
+        return _all(list(self.parts(q, me).values()), len(self.state))
 
     def ordered(self, mask: np.ndarray, sort: str) -> np.ndarray:
         """Positions of the selected rows in the queue's order."""
@@ -159,19 +164,32 @@ class ReviewState:
         param = {"task": "family", "label": "category"}[col]
         return pos[np.argsort(self.cats[param][1][pos], kind="stable")]
 
-    def facets(self, mask: np.ndarray) -> dict[str, Any]:
-        """Counts of every filter's values among the selected rows."""
+    def facets(self, parts: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, Any]]:
+        """The selection and the counts of every filter's values among the rows the *other* filters select
+        (so each list offers its alternatives), with the review states and decisions of the selection."""
+        n = len(self.state)
+        mask = _all(list(parts.values()), n)
         out: dict[str, Any] = {}
         for param, (cats, codes) in self.cats.items():
-            counts = np.bincount(codes[mask], minlength=len(cats))
+            others = _all([m for k, m in parts.items() if k != param], n)
+            counts = np.bincount(codes[others], minlength=len(cats))
             out[param] = {c: int(k) for c, k in zip(cats, counts) if k}
-        out["reason"] = {code: int((m & mask).sum()) for code, m in sorted(self.reason_masks.items())}
+        others = _all([m for k, m in parts.items() if k != "reason"], n)
+        out["reason"] = {code: int((m & others).sum()) for code, m in sorted(self.reason_masks.items())}
         out["reason"] = {k: v for k, v in sorted(out["reason"].items(), key=lambda kv: -kv[1]) if v}
         st = np.bincount(self.state[mask], minlength=3)
         out["states"] = {s: int(k) for s, k in zip(_STATE_CODES, st) if k}
         acts = np.bincount(self.action[mask & (self.state == 1)].astype(np.int64) + 1, minlength=len(ACTIONS) + 1)
         out["actions"] = {a: int(k) for a, k in zip(ACTIONS, acts[1:]) if k}
-        return out
+        return mask, out
+
+
+def _all(masks: list[np.ndarray], n: int) -> np.ndarray:
+    """The AND of ``masks`` (all rows when there is none)."""
+    out = np.ones(n, dtype=bool)
+    for m in masks:
+        out &= m
+    return out
 
 
 class _Auth:
@@ -294,7 +312,7 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         q = query(request)
         me = auth.read(request)[0]
         rows = source.rows
-        mask = st.mask(q, me)
+        mask, facets = st.facets(st.parts(q, me))
         positions = st.ordered(mask, q.get("sort", "id"))
         n = len(positions)
         try:
@@ -305,7 +323,6 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         sub = rows.iloc[show]
         items = [{**r, "state": st.state_name(i), "action": st.action_name(i), "double": bool(st.double[i]),
                   "n_curators": int(st.n_curators[i])} for i, r in zip(show, sub.to_dict("records"))]
-        facets = st.facets(mask)
         states, actions, reasons = facets.pop("states"), facets.pop("actions"), facets.pop("reason")
         keep = {k: v for k, v in q.items() if k != "page"}
         return page(request, "queue.html.j2", items=items, n=n, total=len(rows), page=pg, page_size=PAGE_SIZE,
