@@ -522,10 +522,10 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     build = Path(build_dir)
     info = check_build(build)
     prep = prepare(build, cfg, kb)
-    reviews = None
+    reviews, dropped = None, []
     if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits
-        prep["instructions"], _dropped, reviews = apply_reviews(prep["instructions"], prep["records"], cfg.reviews,
-                                                                kb or load_knowledge_base())
+        prep["instructions"], dropped, reviews = apply_reviews(prep["instructions"], prep["records"], cfg.reviews,
+                                                               kb or load_knowledge_base())
     deny = deny_list(build, deny_identifiers, pseudonym_key)
     contracts = run_contracts(build, prep, cfg, deny)
     bad = {k: v for k, v in contracts.items() if not v.success}
@@ -540,7 +540,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     body = _card_body(cfg, prep, contracts, info, versions, synthetic, reviews)
     counts = {
         "instructions_in": prep["instructions_in"], "failed_verification_excluded": prep["failed_verification"],
-        "duplicates_removed": int(len(prep["removed"])),
+        "duplicates_removed": int(len(prep["removed"])), "removed_by_review": len(dropped),
         "published": {c: {s: len(d) for s, d in v.items()} for c, v in tables.items()},
         "generated": prep["accounting"], "pass_rate": pass_rate(prep["accounting"]),
     }
