@@ -38,7 +38,8 @@ class Publish(SingleStage):
                       fingerprint=res.fingerprint)
         n_pub = sum(sum(v.values()) for k, v in res.counts["published"].items() if k in ("instructions", "benchmark"))
         return StageReport("publish", n_in=res.counts["instructions_in"], n_out=n_pub,
-                           n_quarantined=res.counts["failed_verification_excluded"] + res.counts["duplicates_removed"],
+                           n_quarantined=res.counts["failed_verification_excluded"] + res.counts["duplicates_removed"]
+                           + res.counts.get("removed_by_review", 0),
                            outputs={"dataset": f"{res.name}@{res.version}", "path": res.path, "card": res.card,
                                     "report": res.report},
                            details={"fingerprint": res.fingerprint, "counts": res.counts})
