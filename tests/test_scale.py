@@ -17,25 +17,12 @@ from grok.stages.config import BuildConfig
 from grok.stages.folder import BuildFolder
 from grok.stages.measure_stage import AUTO_MAX, AUTO_WAVES, auto_shard_size, shard_path
 from grok.stages.runner import STAGE_BY_NAME, run_stage
+from tests import test_build_shards
 from tests.test_build_shards import tiny_config
 
 MEASURE = STAGE_BY_NAME["measure"]
-
-
-@pytest.fixture(scope="module")
-def ingested(tmp_path_factory) -> Path:
-    """A tiny phantom (one subject, two eyes: two studies) written and ingested once; tests copy it."""
-    tmp = tmp_path_factory.mktemp("scale")
-    cfg = tiny_config(tmp)
-    run_stage(cfg, "source")
-    run_stage(cfg, "ingest")
-    return tmp
-
-
-@pytest.fixture
-def copy(ingested, tmp_path) -> Path:
-    shutil.copytree(ingested / "build", tmp_path / "build")
-    return tmp_path
+#: fixtures: the tiny phantom (two studies) ingested once, and a copy of its build folder per test
+ingested, tiny_copy = test_build_shards.ingested, test_build_shards.copy
 
 
 def _table(tmp: Path) -> str:
@@ -51,21 +38,21 @@ def test_auto_shards_fill_the_workers_within_bounds():
         assert shards >= min(n, workers * AUTO_WAVES) or size == AUTO_MAX
 
 
-def test_shard_size_changes_neither_the_build_id_nor_the_data(copy, tmp_path):
-    ids = {BuildFolder(tiny_config(copy, measure=m)).build_id()
+def test_shard_size_changes_neither_the_build_id_nor_the_data(tiny_copy, tmp_path):
+    ids = {BuildFolder(tiny_config(tiny_copy, measure=m)).build_id()
            for m in ({}, {"shard_size": "auto"}, {"shard_size": 8}, {"study_timeout_s": 5})}
     assert len(ids) == 1  # auto keys as the old default 8; the time limit is operational
-    assert BuildFolder(tiny_config(copy, measure={"shard_size": 1})).build_id() not in ids  # as before: ids stay
-    whole = tiny_config(copy, measure={"shard_size": 8})
+    assert BuildFolder(tiny_config(tiny_copy, measure={"shard_size": 1})).build_id() not in ids  # as before: ids stay
+    whole = tiny_config(tiny_copy, measure={"shard_size": 8})
     run_stage(whole, "measure")
-    one_shard = _table(copy)
-    shutil.rmtree(copy / "build" / "measure")
-    run_stage(tiny_config(copy, measure={"shard_size": 1}), "measure")
-    assert _table(copy) == one_shard  # merged from two shards, streamed in order
+    one_shard = _table(tiny_copy)
+    shutil.rmtree(tiny_copy / "build" / "measure")
+    run_stage(tiny_config(tiny_copy, measure={"shard_size": 1}), "measure")
+    assert _table(tiny_copy) == one_shard  # merged from two shards, streamed in order
 
 
-def test_auto_size_is_recorded_and_reused_on_other_workers(copy):
-    cfg = tiny_config(copy)  # shard_size: auto
+def test_auto_size_is_recorded_and_reused_on_other_workers(tiny_copy):
+    cfg = tiny_config(tiny_copy)  # shard_size: auto
     folder = BuildFolder(cfg, workers=2)
     shards = MEASURE.plan(folder)
     assert [len(s["ids"]) for s in shards] == [1, 1]  # two studies on two workers: one study per shard
@@ -73,9 +60,9 @@ def test_auto_size_is_recorded_and_reused_on_other_workers(copy):
     assert MEASURE.plan(BuildFolder(cfg, workers=16)) == shards  # the rerun keeps the finished shards' plan
 
 
-def test_hanging_study_is_quarantined_and_the_build_goes_on(copy, monkeypatch):
+def test_hanging_study_is_quarantined_and_the_build_goes_on(tiny_copy, monkeypatch):
     real = measure_stage.measure_study
-    studies = sorted(pq.read_table(copy / "build" / "ingest" / "studies.parquet").column("study_id").to_pylist())
+    studies = sorted(pq.read_table(tiny_copy / "build" / "ingest" / "studies.parquet").column("study_id").to_pylist())
     victim = studies[0]
 
     def hangs(study, *a, **kw):
@@ -85,41 +72,41 @@ def test_hanging_study_is_quarantined_and_the_build_goes_on(copy, monkeypatch):
         return real(study, *a, **kw)
 
     # a limit well above what the other study takes here (this machine's load varies)
-    took = run_stage(tiny_config(copy, measure={"shard_size": 8}), "measure").details["shards"]["study_seconds_max"]
+    took = run_stage(tiny_config(tiny_copy, measure={"shard_size": 8}), "measure").details["shards"]["study_seconds_max"]
     limit = round(3 * took + 1)
-    shutil.rmtree(copy / "build" / "measure")
+    shutil.rmtree(tiny_copy / "build" / "measure")
     monkeypatch.setattr(measure_stage, "measure_study", hangs)
-    cfg = tiny_config(copy, measure={"shard_size": 8, "study_timeout_s": limit})
+    cfg = tiny_config(tiny_copy, measure={"shard_size": 8, "study_timeout_s": limit})
     rep = run_stage(cfg, "measure")
     time.sleep(limit + 0.5)  # the other study's deadline was cancelled: nothing is raised later in this thread
-    q = pq.read_table(copy / "build" / "measure_quarantine.parquet").to_pylist()
+    q = pq.read_table(tiny_copy / "build" / "measure_quarantine.parquet").to_pylist()
     assert [(r["study_id"], r["error_class"]) for r in q] == [(victim, "study_timeout")]
     assert f"measure.study_timeout_s = {limit} s" in q[0]["reason"]
     assert rep.n_in == len(studies) and rep.n_out == len(studies) - 1 and rep.n_quarantined == 1
     # the same command again resumes: the shard is finished and not measured again
-    out = shard_path(copy / "build", studies)
+    out = shard_path(tiny_copy / "build", studies)
     mtime = out.stat().st_mtime_ns
     run_stage(cfg, "measure")
     assert out.stat().st_mtime_ns == mtime
     # a larger limit measures the study that ran out of time
     monkeypatch.setattr(measure_stage, "measure_study", real)
-    rep = run_stage(tiny_config(copy, measure={"shard_size": 8, "study_timeout_s": limit + 60}), "measure")
+    rep = run_stage(tiny_config(tiny_copy, measure={"shard_size": 8, "study_timeout_s": limit + 60}), "measure")
     assert rep.n_out == len(studies) and rep.n_quarantined == 0
 
 
-def test_corrupt_shard_file_is_measured_again(copy):
-    cfg = tiny_config(copy, measure={"shard_size": 1})
+def test_corrupt_shard_file_is_measured_again(tiny_copy):
+    cfg = tiny_config(tiny_copy, measure={"shard_size": 1})
     run_stage(cfg, "measure")
-    before = _table(copy)
-    files = sorted((copy / "build" / "measure").glob("shard-*.parquet"))
+    before = _table(tiny_copy)
+    files = sorted((tiny_copy / "build" / "measure").glob("shard-*.parquet"))
     assert len(files) == 2
     data = files[0].read_bytes()
-    files[0].write_bytes(data[: len(data) // 2])  # truncated, e.g. by a full disk or a killed copy
+    files[0].write_bytes(data[: len(data) // 2])  # truncated, e.g. by a full disk or a killed tiny_copy
     timing = json.loads(pq.read_schema(files[1]).metadata[b"grok.timing"])
     rep = run_stage(cfg, "measure")
     assert pq.read_table(files[0]).num_rows == 1  # rewritten whole
     assert json.loads(pq.read_schema(files[1]).metadata[b"grok.timing"]) == timing  # the intact one was kept
-    assert _table(copy) == before
+    assert _table(tiny_copy) == before
     assert rep.details["shards"]["shards"] == 2 and rep.details["shards"]["reused"] == 1
 
 
