@@ -164,3 +164,22 @@ def test_dark_speckled_onl_and_vessel_shadows_are_not_fluid():
     assert ph.biomarkers["irf_volume_nl"] == 0.0
     m = measure_volume(ph.volume[::4], ph.geometry.spacing_mm, lat)
     assert m.masks["irf"].sum() < 1000
+
+
+def test_ped_rim_classed_as_drusen_joins_the_ped():
+    from grok.oct.volume import ped_periphery_to_ped
+
+    n, rows, cols = 5, 40, 60
+    masks = {k: np.zeros((n, rows, cols), bool) for k in ("irf", "srf", "ped", "drusen")}
+    masks["ped"][2, 10:30, 20:30] = True  # a PED on the middle B-scan ...
+    masks["drusen"][1, 25:30, 22:28] = True  # ... its lower rim on the B-scans beside it (overlapping columns)
+    masks["drusen"][3, 26:30, 18:24] = True
+    masks["drusen"][2, 26:30, 30:34] = True  # and next to it on its own B-scan
+    masks["drusen"][2, 26:30, 45:50] = True  # a druse apart from it
+    masks["drusen"][4, 26:30, 5:9] = True  # and one on another B-scan, columns clear of the PED's
+    rim = masks["drusen"][1].sum() + masks["drusen"][3].sum() + masks["drusen"][2, :, 30:34].sum()
+    before_ped = masks["ped"].sum()
+    ped_periphery_to_ped(masks)
+    assert masks["ped"].sum() == before_ped + rim
+    assert masks["drusen"][2, :, 45:50].sum() == 20 and masks["drusen"][4].sum() == 16
+    assert masks["drusen"].sum() == 36

@@ -165,6 +165,22 @@ def find_fovea(
     return (fi, fc), {"status": "ok", "inner_retina_centre_um": centre_val, "inner_retina_rim_um": rim}
 
 
+def ped_periphery_to_ped(masks: dict[str, np.ndarray]) -> None:
+    """In place: sub-RPE elevation classed as drusen that touches a PED en face (neighbouring columns of the
+    same B-scan or overlapping columns of the next one) is that PED's sloping rim, where the RPE rises less
+    than the PED's height test asks on each B-scan: it moves to the PED mask."""
+    ped_cols = masks["ped"].any(axis=1)  # (n_bscans, cols)
+    dru_cols = masks["drusen"].any(axis=1)
+    if not (ped_cols.any() and dru_cols.any()):
+        return
+    lab, _ = ndimage.label(ped_cols | dru_cols)
+    with_ped = np.unique(lab[ped_cols])
+    rim = np.isin(lab, with_ped[with_ped > 0]) & dru_cols
+    move = masks["drusen"] & rim[:, None, :]
+    masks["ped"] |= move
+    masks["drusen"] &= ~move
+
+
 #: Axial offset (um) of a B-scan's Bruch's membrane from the median of its neighbours above which the
 #: B-scan is taken to have moved (eye motion between B-scans; the retina's own curvature between
 #: neighbours is far smaller at any usual B-scan spacing).
@@ -294,6 +310,7 @@ def measure_volume(
         ez_dis[i] = e
     images.clear()
     fines.clear()
+    ped_periphery_to_ped(masks)
 
     fovea, fovea_q = find_fovea(seg, spacing)
     reasons: dict[str, str] = {}
