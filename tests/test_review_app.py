@@ -386,6 +386,10 @@ def test_next_publish_applies_the_decisions(published, tmp_path):
     before = {r["id"] for f in (version / "data").glob("*/*.parquet") if f.parent.name in ("instructions", "benchmark")
               for r in pq.read_table(f, columns=["id"]).to_pylist()}
     assert rej not in ids and ids.keys() == before - {rej}
+    c = res.counts
+    n_pub = sum(n for cfg, splits in c["published"].items() if cfg in ("instructions", "benchmark") for n in splits.values())
+    assert c["removed_by_review"] == 1
+    assert c["instructions_in"] == n_pub + c["duplicates_removed"] + c["failed_verification_excluded"] + 1
     assert ids[edit]["messages"][-1]["content"].endswith(PASSING_EDIT)
     man = json.loads((new / "manifest.json").read_text())["reviews"]
     assert man["applied"]["rejected_removed"] == 1 and man["applied"]["edits_applied"] == 1
@@ -393,3 +397,35 @@ def test_next_publish_applies_the_decisions(published, tmp_path):
     card = (new / "README.md").read_text()
     assert "## Curator review" in card and "1 rejected rows are not published" in card
     assert "| report |" in card.split("## Curator review")[1]
+
+
+def test_double_review_queue_until_two_curators_decided(published, tmp_path):
+    from fastapi.testclient import TestClient
+
+    _build, version = published
+    src = ReviewSource(version)
+    app = create_app(src, Store(tmp_path / "r.sqlite"), double_share=1.0)
+    rid, h = src.rows["row_id"].iat[0], src.rows["hash"].iat[0]
+
+    def curator(name: str) -> tuple[TestClient, str]:
+        c = TestClient(app)
+        assert c.post("/api/login", json={"name": name}).status_code == 200
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', c.get(f"/row/{rid}").text).group(1)
+        return c, csrf
+
+    def second(c: TestClient) -> list[str]:
+        return re.findall(r'href="/row/([^"?]+)\?', c.get("/", params={"state": "needs_second"}).text)
+
+    a, ta = curator("ann")
+    b, tb = curator("ben")
+    assert rid in second(a)
+    a.post(f"/api/decision/{rid}", json={"action": "accept", "content_hash": h}, headers={"X-CSRF-Token": ta})
+    assert rid in second(a)  # one of two decisions
+    mine = re.findall(r'href="/row/([^"?]+)\?', a.get("/", params={"todo": "1"}).text)
+    assert rid not in mine and rid in re.findall(r'href="/row/([^"?]+)\?', b.get("/", params={"todo": "1"}).text)
+    b.post(f"/api/decision/{rid}", json={"action": "reject", "reason_code": "other", "content_hash": h},
+           headers={"X-CSRF-Token": tb})
+    assert rid not in second(a)
+    s = a.get("/api/summary").json()
+    fam = src.rows["task"].iat[0]
+    assert s["double_reviewed"] == 1 and s["per_family"][fam]["agreement"] == 0.0
