@@ -95,7 +95,7 @@ def _row_common(name: str, m, sec: float, cpu: float) -> dict:
     avr = bm["av_ratio"]
     return {
         "photo": name, "grade": m.quality["grade"], "disc_found": bm["disc_center_xy_px"] is not None,
-        "fovea_found": bm["fovea_center_xy_px"] is not None,
+        "fovea_found": bm["fovea_center_xy_px"] is not None, "laterality": m.laterality,
         "av_ratio": None if not np.isfinite(avr) else round(float(avr), 4),
         "av_ratio_reasons": [] if np.isfinite(avr) else list(m.extras.get("reasons", {}).get("vessels", [])),
         "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3),
@@ -113,6 +113,7 @@ def run_chase(folder: Path, limit: int | None) -> list[dict]:
         row = _row_common(p.stem, m, sec, cpu)
         row["vessel"] = pixel_scores(m.masks["vessels"], ref1, fov)
         row["second_observer"] = pixel_scores(ref2, ref1, fov)
+        row["laterality_truth"] = "OS" if p.stem.endswith("L") else "OD"  # CHASE_DB1 names: L = left eye
         rows.append(row)
         print(f"chase_db1 {p.stem}: F1 {row['vessel']['f1']:.3f} (2nd obs {row['second_observer']['f1']:.3f}) "
               f"disc {row['disc_found']} AVR {row['av_ratio']} {sec:.2f} s", file=sys.stderr)
@@ -180,6 +181,11 @@ def summarise(rows: list[dict]) -> dict:
         "seconds_mean": _mean(r["seconds"] for r in rows), "seconds_max": max(r["seconds"] for r in rows),
         "cpu_seconds_mean": _mean(r["cpu_seconds"] for r in rows),
     }
+    if "laterality_truth" in rows[0]:
+        out["laterality_from_image"] = {
+            "right": sum(r["laterality"] == r["laterality_truth"] for r in rows),
+            "wrong": sum(r["laterality"] is not None and r["laterality"] != r["laterality_truth"] for r in rows),
+            "not_given": sum(r["laterality"] is None for r in rows)}
     if "second_observer" in rows[0]:
         s = [r["second_observer"] for r in rows]
         out["second_observer"] = {"f1": _mean(x["f1"] for x in s), "sensitivity": _mean(x["sensitivity"] for x in s),

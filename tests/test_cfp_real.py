@@ -42,6 +42,11 @@ def test_chase_db1_vessel_f1(stem):
     s = pixel_scores(m.masks["vessels"], ref, lit_fov(rgb))
     assert s["f1"] >= CHASE_FLOORS[stem], s
     assert m.quality["grade"] != "reject"
+    # CHASE_DB1 is disc-centred: the macula lies near the rim on a side the photograph does not fix, so no
+    # fovea and no laterality are inferred rather than a guess (the old guess named the wrong eye on 20 of 28)
+    assert m.biomarkers["fovea_center_xy_px"] is None
+    assert any("disc-centred" in r for r in m.extras["reasons"]["fovea"])
+    assert m.laterality is None
 
 
 def test_hrf_vessel_f1_and_artery_vein_accuracy():
