@@ -192,3 +192,25 @@ def test_unusable_database_names_the_fix(tmp_path):
     with pytest.raises(ReviewError, match="cannot be opened"):
         Store(tmp_path / "missing-dir" / "reviews.sqlite")
     assert Path(tmp_path).exists()
+
+
+def test_cli_add_curator_and_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from grok.cli import app
+
+    db = tmp_path / "reviews.sqlite"
+    run = CliRunner().invoke(app, ["review", "add-curator", "ann", "--db", str(db)])
+    assert run.exit_code == 0, run.output
+    token = run.stdout.strip().splitlines()[-1]
+    store = Store(db)
+    assert store.curator_for(token) == "ann"
+    _rec(store, "r1", "accept", curator="ann")
+    out = tmp_path / "d.parquet"
+    run = CliRunner().invoke(app, ["review", "export", "--db", str(db), "--out", str(out), "--json"])
+    assert run.exit_code == 0 and json.loads(run.stdout)["events"] == 1
+    assert pd.read_parquet(out)["curator"].tolist() == ["ann"]
+    run = CliRunner().invoke(app, ["review", "export", "--out", str(out)])
+    assert run.exit_code == 2 and "--db" in run.output  # neither --db nor --source: names the fix
+    run = CliRunner().invoke(app, ["review", str(tmp_path / "nowhere")])
+    assert run.exit_code == 3 and "no such folder" in run.output

@@ -16,7 +16,7 @@ class _DefaultServe(TyperGroup):
     """``grok review SOURCE ...`` means ``grok review serve SOURCE ...`` (SOURCE is not a subcommand name)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and not args[0].startswith("-") and args[0] not in self.commands:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["serve", *args]
         return super().parse_args(ctx, args)
 

@@ -97,6 +97,9 @@ class ReviewSource:
         elif path.exists():
             raise SourceError(f"{path}: neither a published version folder (with manifest.json) nor a build folder "
                               "(with instructions.parquet); pass NAME@VERSION, a version folder or a build folder")
+        elif "@" not in self.spec and ("/" in self.spec or self.spec.startswith(".")):
+            raise SourceError(f"{path}: no such folder; pass NAME@VERSION, a published version folder or a build "
+                              "folder")
         else:
             try:
                 info = resolve(self.spec, registry)
