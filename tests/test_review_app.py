@@ -160,6 +160,10 @@ def test_curator_reviews_a_version_by_keyboard(published, tmp_path):
         assert not overlay.is_visible() and not page.is_checked("#t-overlay")
         page.keyboard.press("o")
         assert overlay.is_visible()
+        disc = page.locator(".layer-disc circle.disc").first  # drawn from the measured disc centre and diameter
+        assert disc.is_visible()
+        page.keyboard.press("d")
+        assert not disc.is_visible() and overlay.is_visible()
         page.keyboard.press("a")
         _saved(page, "accept")
         ids.append(_next_row(page, base))

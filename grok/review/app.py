@@ -492,12 +492,25 @@ def _images(source: ReviewSource, r, ev: dict[str, Any]) -> list[dict[str, Any]]
         out.append({"i": i, "key": key, "url": f"/img/{r.row_id}/{i}",
                     "overlay": f"/media/{overlays[key]}" if key in overlays else None,
                     "size": size, "lesions": lesions if size else [],
+                    "disc": _disc(ev.get("biomarkers") or {}) if size and key == "cfp" else None,
                     "text_boxes": text_boxes if len(r.image_names) == 1 else []})
     for key, rel in overlays.items():  # overlays that are images of their own (the thickness map)
         if "map" in key and key not in {im["key"] for im in out}:
             out.append({"i": None, "key": key, "url": f"/media/{rel}", "overlay": None, "size": None, "lesions": [],
                         "text_boxes": [], "standalone": True})
     return out
+
+
+def _disc(bio: dict[str, Any]) -> dict[str, Any] | None:
+    """The optic disc (centre, radius), the cup (radius: vertical cup-to-disc ratio x disc radius) and the
+    fovea as measured on a photograph, in its pixels; None when the disc was not found."""
+    c, d = bio.get("disc_center_xy_px"), bio.get("disc_diameter_px")
+    if not (isinstance(c, list) and len(c) == 2 and isinstance(d, int | float) and d > 0):
+        return None
+    cdr = bio.get("cup_disc_ratio_vertical")
+    fovea = bio.get("fovea_center_xy_px")
+    return {"cx": c[0], "cy": c[1], "r": d / 2, "cup_r": d / 2 * cdr if isinstance(cdr, int | float) else None,
+            "fovea": fovea if isinstance(fovea, list) and len(fovea) == 2 else None}
 
 
 def _biomarkers(source: ReviewSource, rec: dict[str, Any]) -> list[dict[str, Any]]:

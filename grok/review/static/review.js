@@ -80,6 +80,7 @@
     return box;
   }
   const tOverlay = toggle("t-overlay", "hide-overlay");
+  const tDisc = toggle("t-disc", "hide-disc");
   const tLesions = toggle("t-lesions", "hide-lesions");
   const tBoxes = toggle("t-textboxes", "hide-textboxes");
   const flip = (box) => { box.checked = !box.checked; box.dispatchEvent(new Event("change")); };
@@ -204,6 +205,7 @@
     else if (key === "f") send("flag");
     else if (key === "n" || key === "j") goNext();
     else if (key === "o") flip(tOverlay);
+    else if (key === "d") flip(tDisc);
     else if (key === "l") flip(tLesions);
     else if (key === "g") flip(tBoxes);
     else if (key === "u") window.location.href = "/?" + decide.dataset.from;
