@@ -435,3 +435,30 @@ def test_double_review_queue_until_two_curators_decided(published, tmp_path):
     s = a.get("/api/summary").json()
     fam = src.rows["task"].iat[0]
     assert s["double_reviewed"] == 1 and s["per_family"][fam]["agreement"] == 0.0
+
+
+def test_reviews_survive_a_rebuild_unless_the_row_changed(published, tmp_path):
+    import pyarrow as pa
+    from fastapi.testclient import TestClient
+
+    build, _version = published
+    db = Store(tmp_path / "r.sqlite")
+    before = ReviewSource(build)
+    kept, changed = before.rows["row_id"].iat[0], before.rows["row_id"].iat[1]
+    for rid in (kept, changed):
+        db.record(row_id=rid, content_hash=before.rows["hash"].iat[before.position[rid]], source="b", family="f",
+                  curator="ann", action="accept")
+    rebuilt = tmp_path / "build"  # the same build with one row's text changed
+    shutil.copytree(build, rebuilt, ignore=shutil.ignore_patterns("phantom", "ingest", "measure", "contracts"))
+    rows = pq.read_table(rebuilt / "instructions.parquet").to_pylist()
+    row = next(r for r in rows if r["id"] == changed)
+    row["messages"][-1]["content"] += " Changed in a rebuild."
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(rebuilt / "instructions.parquet")),
+                   rebuilt / "instructions.parquet")
+    c = TestClient(create_app(ReviewSource(rebuilt), db))
+
+    def listed(state: str) -> list[str]:
+        return re.findall(r'<a href="/row/([^"?]+)\?', c.get("/", params={"state": state}).text)
+
+    assert listed("reviewed") == [kept] and listed("stale") == [changed]  # stale: back in the queue, unreviewed
+    assert "no (stale)" in c.get(f"/row/{changed}").text and "no (stale)" not in c.get(f"/row/{kept}").text
