@@ -101,3 +101,16 @@ def test_reference_rows_share_our_convention(circle, line):
     for err in (on_circle, on_line):
         for name in ("ILM", "BM"):
             assert abs(err[name]["signed_px"]) <= 0.3, (name, err[name])
+
+
+def test_circle_scan_with_a_blink_reports_no_biased_sector(circle):
+    # a blink blanks 60 of the 192 inferior columns, over the inferior hump: the sector's partial mean would be
+    # ~14 um thin, so it is NaN with the reason; the other sectors are still measured
+    img = circle["image"].copy()
+    img[:, 560:620] = 0.0
+    m = measure_circle(img, circle["axial_um"], circle["lateral_um"], "OD")
+    assert "low_signal_columns" in m.quality["flags"]
+    assert math.isnan(m.biomarkers["rnfl_peripapillary_inferior_um"])
+    assert "blink" in m.quality["reasons"]["rnfl_peripapillary_inferior_um"]
+    assert abs(m.biomarkers["rnfl_peripapillary_superior_um"] - 92.3) <= 10.0
+    assert abs(m.biomarkers["rnfl_peripapillary_temporal_um"] - 69.5) <= 10.0

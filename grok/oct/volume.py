@@ -412,11 +412,15 @@ def measure_circle(
         flags["missing_spacing"] = "no axial spacing: RNFL thickness in um cannot be computed"
         why = {k: flags["missing_spacing"] for k in OCT_PERIPAPILLARY_BIOMARKERS}
         bio = {k: math.nan for k in OCT_PERIPAPILLARY_BIOMARKERS}
-    mean_rnfl = bio["rnfl_peripapillary_mean_um"]
-    if math.isfinite(mean_rnfl) and not PLAUSIBLE_RNFL_UM[0] <= mean_rnfl <= PLAUSIBLE_RNFL_UM[1]:
-        # end-stage glaucoma keeps ~40-50 um of RNFL (glia, vessels); a mean outside the plausible range
-        # is a segmentation failure, not a finding: never published as a number
-        flags["implausible_rnfl"] = (f"mean peripapillary RNFL {mean_rnfl:.0f} um is outside the plausible "
+    # end-stage glaucoma keeps ~40-50 um of RNFL (glia, vessels) in every sector; a mean (or, where the mean
+    # is not given for lack of coverage, a sector) outside the plausible range is a segmentation failure, not
+    # a finding: never published as a number
+    off = {k: v for k, v in bio.items()
+           if math.isfinite(v) and not PLAUSIBLE_RNFL_UM[0] <= v <= PLAUSIBLE_RNFL_UM[1]}
+    if off:
+        k, v = next(iter(off.items()))
+        what = k.replace("rnfl_peripapillary_", "").replace("_um", "")
+        flags["implausible_rnfl"] = (f"{what} peripapillary RNFL {v:.0f} um is outside the plausible "
                                      f"{PLAUSIBLE_RNFL_UM[0]:.0f}-{PLAUSIBLE_RNFL_UM[1]:.0f} um; not reported")
         why = {k: flags["implausible_rnfl"] for k in OCT_PERIPAPILLARY_BIOMARKERS}
         bio = {k: math.nan for k in OCT_PERIPAPILLARY_BIOMARKERS}
