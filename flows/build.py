@@ -32,6 +32,7 @@ from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.events import emit_event
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from grok.stages.config import BuildConfig, load_config
@@ -202,8 +203,29 @@ def _start_workers(folder: BuildFolder) -> int:
     return threads
 
 
+def _one_api(flow_):
+    """Run ``flow_`` so that Dask workers report to the flow's Prefect API. Without ``PREFECT_API_URL`` Prefect
+    starts a temporary API server in every process that runs a task: each Dask worker would start its own
+    (measured: the first shard on each worker waited 25-30 s for it, and its task runs, caches and the LLM
+    concurrency limit were not the flow's). Here the flow's temporary server is started first and its URL
+    put in the settings that travel with every task to the workers."""
+
+    def run(**kw: Any) -> dict[str, Any]:
+        if get_current_settings().api.url or not get_current_settings().server.ephemeral.enabled:
+            return flow_(**kw)
+        from prefect.server.api.server import SubprocessASGIServer  # the server extra, started on demand
+
+        server = SubprocessASGIServer()
+        server.start(timeout=get_current_settings().server.ephemeral.startup_timeout_seconds)
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            return flow_(**kw)
+
+    return run
+
+
 def with_runner(cfg: BuildConfig):
-    """The flow with the task runner the config asks for (Dask for scale-out)."""
+    """The flow with the task runner the config asks for (Dask for scale-out); call it with the flow's
+    parameters."""
     if cfg.runner.kind == "dask":
         from prefect_dask import DaskTaskRunner  # the dask extra
 
@@ -213,7 +235,7 @@ def with_runner(cfg: BuildConfig):
             runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.runner.n_workers, "threads_per_worker": 1,
                                                     "processes": True, "dashboard_address": None,
                                                     "env": ONE_THREAD_ENV})
-        return build_dataset.with_options(task_runner=runner)
+        return _one_api(build_dataset.with_options(task_runner=runner))
     # Prefect's default thread pool is effectively unbounded: dozens of shards measuring at once only
     # multiply memory (each holds a cube and its masks) without more cores. Default: one per core.
     threads = cfg.runner.threads or os.cpu_count() or 1
