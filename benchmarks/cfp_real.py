@@ -96,6 +96,7 @@ def _row_common(name: str, m, sec: float, cpu: float) -> dict:
     return {
         "photo": name, "grade": m.quality["grade"], "disc_found": bm["disc_center_xy_px"] is not None,
         "fovea_found": bm["fovea_center_xy_px"] is not None, "laterality": m.laterality,
+        "disc_centred": any("disc-centred" in r for r in m.extras.get("reasons", {}).get("fovea", [])),
         "av_ratio": None if not np.isfinite(avr) else round(float(avr), 4),
         "av_ratio_reasons": [] if np.isfinite(avr) else list(m.extras.get("reasons", {}).get("vessels", [])),
         "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3),
@@ -169,13 +170,16 @@ def summarise(rows: list[dict]) -> dict:
     v = [r["vessel"] for r in rows]
     tp, fp, fn = (sum(x[k] for x in v) for k in ("tp", "fp", "fn"))
     gradable = [r for r in rows if r["grade"] != "reject"]
+    macula = [r for r in gradable if not r["disc_centred"]]
     out = {
         "n": len(rows), "n_gradable": len(gradable),
         "vessel_f1": _mean(x["f1"] for x in v), "vessel_sensitivity": _mean(x["sensitivity"] for x in v),
         "vessel_precision": _mean(x["precision"] for x in v), "vessel_f1_min": round(min(x["f1"] for x in v), 4),
         "pooled_f1": round(2 * tp / max(2 * tp + fp + fn, 1), 4),
         "disc_found_rate": round(sum(r["disc_found"] for r in gradable) / max(len(gradable), 1), 4),
-        "fovea_found_rate": round(sum(r["fovea_found"] for r in gradable) / max(len(gradable), 1), 4),
+        "n_disc_centred": sum(r["disc_centred"] for r in gradable),
+        # the fovea is sought on macula-centred photographs only (a disc-centred one says why it has none)
+        "fovea_found_rate": (round(sum(r["fovea_found"] for r in macula) / len(macula), 4) if macula else None),
         "av_ratio_mean": _mean(r["av_ratio"] for r in rows), "av_ratio_sd": _sd(r["av_ratio"] for r in rows),
         "av_ratio_n": sum(r["av_ratio"] is not None for r in rows),
         "seconds_mean": _mean(r["seconds"] for r in rows), "seconds_max": max(r["seconds"] for r in rows),

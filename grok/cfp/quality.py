@@ -98,18 +98,23 @@ def sharpness_ratio(green: np.ndarray, mask: np.ndarray, sc: float) -> float:
 
 #: A fundus is lit through red-dominated tissue: its pixels keep R / (R + G + B) above this (the pale disc ~0.5).
 FUNDUS_RED_CHROMATICITY = 0.5
+#: Blocks whose mean red reaches this are left out of the colour test (a clipped red channel, not the tissue).
+RED_CLIPPED = 0.97
 
 
 def non_fundus_colour_share(rgb: np.ndarray, mask: np.ndarray) -> float:
     """Share of ``mask`` pixels of ``rgb`` (h, w, 3) float whose red chromaticity is under
-    ``FUNDUS_RED_CHROMATICITY``, on 4 x 4 block means (grain and JPEG chroma noise averaged out): near 0
-    for any colour fundus photograph, large for other photographs."""
+    ``FUNDUS_RED_CHROMATICITY``, on 4 x 4 block means (grain and JPEG chroma noise averaged out) whose red is
+    not clipped: near 0 for any colour fundus photograph, large for other photographs; NaN when no block is left."""
     f = 4
     m = block_mean(np.asarray(mask, np.float32), f) > 0.99
     if not m.any():
         return float("nan")
     ch = [block_mean(np.ascontiguousarray(rgb[..., c], dtype=np.float32), f)[m] for c in range(3)]
-    r = ch[0] / np.maximum(ch[0] + ch[1] + ch[2], 1e-6)
+    ok = ch[0] < RED_CLIPPED  # where red is clipped (over-exposure) its share says nothing about the tissue
+    if not ok.any():
+        return float("nan")
+    r = ch[0][ok] / np.maximum(ch[0][ok] + ch[1][ok] + ch[2][ok], 1e-6)
     return float(np.mean(r < FUNDUS_RED_CHROMATICITY))
 
 
