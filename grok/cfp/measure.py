@@ -197,7 +197,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                usable=f"field of view cut off or irregular (circularity {fov.circularity:.2f})")
         non_fundus = non_fundus_colour_share(img, fov.mask)
         q.metrics["non_fundus_colour_share"] = non_fundus
-        if non_fundus > th.max_non_fundus_colour:
+        if non_fundus > th.max_non_fundus_colour and not wk.greyscale:  # a grey image has its own reason
             q.add("reject", f"not a colour fundus photograph: {100 * non_fundus:.0f}% of the bright area is not "
                             "fundus-coloured (red share of R+G+B under "
                             f"{FUNDUS_RED_CHROMATICITY}; a fundus keeps it above nearly everywhere)")
