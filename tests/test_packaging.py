@@ -60,6 +60,9 @@ def test_wheel_carries_the_data_folders_and_the_licence(dist):
         assert not missing, f"{folder}: {len(missing)} files missing from the wheel, e.g. {missing[:3]}"
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert {"grok_train/configs/sft_gpu.yaml", "flows/build.py"} <= names
+    review = {p.relative_to(ROOT).as_posix() for p in (ROOT / "grok" / "review").rglob("*")
+              if p.is_file() and p.parent.name in ("templates", "static")}
+    assert review and review <= names, sorted(review - names)
     # nothing from the checkout that is not the product
     assert not [n for n in names if n.startswith(("tests/", "benchmarks/", "runs/", "scripts/"))]
 
