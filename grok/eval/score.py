@@ -474,8 +474,11 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
         "per_task": {g: table.summary(groups[f"task:{g}"], boot.get(f"task:{g}", {})) for g in sorted(by["task"])},
         "per_category": {g: table.summary(groups[f"category:{g}"], boot.get(f"category:{g}", {}))
                          for g in sorted(by["category"])},
-        "items": [s.to_dict() for s in scores],
     }
+    del table, by, groups
+    for i, sc in enumerate(scores):  # each item's marks as a row of eval.json, replacing its ItemScore
+        scores[i] = sc.to_dict()
+    result["items"] = scores
     other = [d for d in preds.datasets_named if d != bench.dataset]
     if other:
         problems["predictions_for_another_version"] = sum(preds.datasets_named[d] for d in other)
