@@ -72,18 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--real", type=Path, default=DEFAULT_REAL, help="the shared/real/cfp folder")
     ap.add_argument("--every", type=int, default=7, help="take every N-th photograph of the 73")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="comma-separated degradations (original always runs)")
     args = ap.parse_args(argv)
     if not args.real.is_dir():
         print(f"no real-data folder at {args.real}; pass --real", file=sys.stderr)
         return 3
     photos = sorted((args.real / "chase_db1" / "images").glob("*.jpg")) + [t[0] for t in _hrf_photos(args.real / "hrf_av")]
-    rows: dict[str, list[dict]] = {k: [] for k in KINDS}
+    kinds = ["original"] + [k for k in args.kinds.split(",") if k in KINDS and k != "original"]
+    rows: dict[str, list[dict]] = {k: [] for k in kinds}
     for p in photos[:: args.every]:
         rgb = read_cfp(p).rgb
         wk = to_working(rgb)
         sc = find_fov(wk.rgb).radius / REFERENCE_FOV_RADIUS_PX / wk.scale
         base = None
-        for kind in KINDS:
+        for kind in kinds:
             try:
                 r = _row(measure_fundus(degrade(rgb, kind, sc)))
             except Exception as e:  # a crash is a finding, not a stop

@@ -296,6 +296,7 @@ def test_blur_removes_calibre_measures_then_rejects():
 
 
 def test_grain_is_rejected_and_a_crop_says_so():
+    """Grain of 60/255 is rejected; the central half of the photograph (no FOV edge) is graded with the reason."""
     from skimage import data
 
     im = data.retina()
@@ -306,3 +307,7 @@ def test_grain_is_rejected_and_a_crop_says_so():
     m = measure_fundus(im[h // 4: 3 * h // 4, w // 4: 3 * w // 4])
     assert m.quality["grade"] in ("usable", "reject")
     assert any("no edge of the camera's field of view" in r for r in m.quality["reasons"]), m.quality
+    # vessel scales come from the frame there: the scale-dependent measures are NaN with the reason
+    for k in ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension"):
+        assert np.isnan(m.biomarkers[k]), k
+    assert any("a crop" in r for r in m.extras["reasons"]["vessels"])

@@ -52,9 +52,11 @@ RED_CLIP_LEVEL = 0.98
 RED_SATURATED_USABLE = 0.25
 #: ... and above this share no artery/vein-dependent measure is given (their labels rest on red).
 RED_SATURATED_NO_AV = 0.5
-#: Measures that blur biases (calibres widen, the thinnest vessels vanish): NaN under
-#: ``QualityThresholds.min_sharpness_calibre`` (issue #14: a 2-px blur moved real AV ratios by 0.07-0.38).
-BLUR_DEPENDENT = ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension")
+#: Measures that blur biases (calibres widen, the thinnest vessels vanish), or a crop without any FOV edge
+#: (vessel scales from the frame): NaN under ``QualityThresholds.min_sharpness_calibre`` or with the frame
+#: filled (issue #14, benchmarks/cfp_quality.py: a 2-px blur moved real AV ratios by up to 0.38, the central
+#: crop by up to 0.21).
+SCALE_DEPENDENT = ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension")
 #: A bright area covering more of the frame than this shows no edge of the camera's field (a crop).
 FRAME_FILLED_COVERAGE = 0.97
 AV_DEPENDENT = ("av_ratio", "arterial_tortuosity", "venular_tortuosity", "arterial_fractal_dimension",
@@ -203,7 +205,8 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                             f"{FUNDUS_RED_CHROMATICITY}; a fundus keeps it above nearly everywhere)")
         if fov.coverage > FRAME_FILLED_COVERAGE and q.grade != "reject":
             q.add("usable", f"no edge of the camera's field of view is visible (the bright area fills "
-                            f"{100 * fov.coverage:.0f}% of the frame: a crop?); length scales are taken from the frame")
+                            f"{100 * fov.coverage:.0f}% of the frame: a crop?); length scales are taken from the frame, "
+                            "and the scale-dependent vessel measures are not given")
     if q.grade == "reject":
         extras["seconds"] = time.perf_counter() - t0
         return _rejected(q, laterality, (H, W), extras)
@@ -303,16 +306,21 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         vmeas.reasons.append(f"red channel saturated over {100 * red_share:.0f}% of the field (need under "
                              f"{100 * RED_SATURATED_NO_AV:.0f}%): artery/vein labels, and the AV ratio, tortuosities "
                              "and fractal dimensions per class, are not given")
-    if sharp < th.min_sharpness_calibre:
-        for k in BLUR_DEPENDENT:
+    blurred, cropped = sharp < th.min_sharpness_calibre, fov.coverage > FRAME_FILLED_COVERAGE
+    if blurred or cropped:
+        for k in SCALE_DEPENDENT:
             bm[k] = float("nan")
         vmeas.crae_px = vmeas.crve_px = float("nan")
+    if blurred:
         vmeas.reasons.append(f"blurred (sharpness {sharp:.2f}, need {th.min_sharpness_calibre}): blur widens thin "
                              "vessels more than wide ones and loses the thinnest, so the AV ratio, vessel density "
                              "and fractal dimensions are not given")
+    if cropped:
+        vmeas.reasons.append("no edge of the field of view is visible (a crop): the vessel scales and the area the "
+                             "density and fractal dimensions cover are unknown, so those and the AV ratio are not given")
     fov_diam = 2.0 * float(np.sqrt(fov.mask.sum() / np.pi))
     if fov_diam >= MIN_FRACTAL_FOV_DIAMETER_PX:
-        if red_share <= RED_SATURATED_NO_AV and sharp >= th.min_sharpness_calibre:
+        if red_share <= RED_SATURATED_NO_AV and not (blurred or cropped):
             bm["arterial_fractal_dimension"] = vmeas.arterial_fractal_dimension
             bm["venular_fractal_dimension"] = vmeas.venular_fractal_dimension
     else:
