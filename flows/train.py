@@ -29,7 +29,7 @@ from grok.eval.data import load_benchmark, require_no_overlap
 from grok.eval.report import write_report
 from grok.eval.score import MEAN_METRICS, evaluate, write_scores
 from grok.stages.train import run_train_job, train_command
-from grok_train.model_card import EVAL_FILE
+from grok_train.model_card import EVAL_FILE, refresh_model_card
 
 #: Generation budget per benchmark answer by training profile (the CPU smoke model writes noise).
 EVAL_MAX_NEW_TOKENS = {"gpu": 512, "cpu_smoke": 24}
@@ -113,6 +113,7 @@ def evaluate_run(run_dir: str | Path, trained_on: str | None = None, registry: s
     res["training_overlap"] = overlap
     res["predict"] = {k: predicted.get(k) for k in ("rows", "finished_eos", "hit_length_limit", "seconds")}
     scores = write_scores(res, run / EVAL_FILE)
+    refresh_model_card(run)  # the final adapter's card, written before this eval existed, now shows it
     report = write_report(res, out / "index.html", bench)
     markdown = headline_markdown(res, run)
     if artifact:

@@ -18,7 +18,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from grok_train.config import LoraSettings, ModelConfig
+from grok_train.config import LoraSettings, ModelConfig, config_from_dict
+from grok_train.runs import RUN_FILE, TrainedModel, find_trained
 
 EVAL_FILE = Path("eval") / "eval.json"
 
@@ -139,4 +140,35 @@ def write_model_card(folder: str | Path, **kw: Any) -> Path:
     """Write :func:`model_card` as ``folder/README.md`` (over peft's placeholder card); returns its path."""
     path = Path(folder) / "README.md"
     model_card(**kw).save(path)
+    return path
+
+
+def trained_run_dir(tm: TrainedModel) -> Path | None:
+    """The SFT run folder a trained model came from (its metrics and eval), when it is still there."""
+    if tm.kind == "adapter":
+        return Path(tm.run["_run_dir"])
+    source = tm.run.get("source_adapter")
+    if not source:
+        return None
+    src = Path(source)
+    return next((q for q in (src, *src.parents[:3]) if (q / RUN_FILE).is_file()), None)
+
+
+def model_card_for(tm: TrainedModel) -> ModelCard:
+    """The card of a trained adapter or merged model as its run stands now (metrics, and the evaluation when
+    ``eval/eval.json`` exists: an eval that ran after training reaches the card)."""
+    run_dir = trained_run_dir(tm)
+    return model_card(kind=tm.kind, model=tm.model_cfg,
+                      lora=config_from_dict(LoraSettings, tm.run["config"].get("lora") or {}),
+                      dataset=tm.dataset or {},
+                      metrics={**run_metrics(run_dir), "train_rows": tm.run.get("train_rows")} if run_dir else {},
+                      evaluation=read_evaluation(run_dir) if run_dir else None)
+
+
+def refresh_model_card(checkpoint: str | Path) -> Path:
+    """Rewrite the ``README.md`` of a run's final adapter (or of a checkpoint or merged model) from the run as
+    it stands now; the training flow calls it after ``grok eval`` so the card shows the evaluation."""
+    tm = find_trained(checkpoint)
+    path = tm.model_dir / "README.md"
+    model_card_for(tm).save(path)
     return path

@@ -35,10 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from grok import __version__
-from grok_train.config import LoraSettings, config_from_dict
 from grok_train.errors import BadInputError, ConfigError, GrokTrainError, MissingDependencyError
-from grok_train.model_card import base_model_name, read_evaluation, run_metrics, write_model_card
-from grok_train.runs import MERGE_FILE, META_FILE, RUN_FILE, TrainedModel, find_trained, now_iso, read_json
+from grok_train.model_card import base_model_name, model_card_for, trained_run_dir
+from grok_train.runs import MERGE_FILE, META_FILE, TrainedModel, find_trained, now_iso, read_json
 
 PROVENANCE_FILE = "grok_provenance.json"
 #: File names/suffixes a model repo carries.
@@ -87,26 +86,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _run_dir(tm: TrainedModel) -> Path | None:
-    """The SFT run folder a model came from (for its metrics and eval), when it is still there."""
-    if tm.kind == "adapter":
-        return Path(tm.run["_run_dir"])
-    source = tm.run.get("source_adapter")
-    if not source:
-        return None
-    src = Path(source)
-    return next((q for q in (src, *src.parents[:3]) if (q / RUN_FILE).is_file()), None)
-
-
-def _card(tm: TrainedModel, staging: Path) -> None:
-    """Write the model card afresh into ``staging`` (the eval may have run after training)."""
-    run_dir = _run_dir(tm)
-    write_model_card(staging, kind=tm.kind, model=tm.model_cfg,
-                     lora=config_from_dict(LoraSettings, tm.run["config"].get("lora") or {}),
-                     dataset=tm.dataset or {}, metrics=run_metrics(run_dir) if run_dir else {},
-                     evaluation=read_evaluation(run_dir) if run_dir else None)
-
-
 def _provenance(tm: TrainedModel) -> dict[str, Any]:
     ds = tm.dataset or {}
     # final/meta.json, or checkpoints/step-N/meta.json beside step-N/adapter/
@@ -140,7 +119,7 @@ def _sanitise_json(path: Path, tm: TrainedModel) -> None:
 def _local_paths(tm: TrainedModel) -> list[str]:
     """Folders of this machine that must not appear in a pushed file."""
     paths = {str(tm.model_dir.resolve()), str(Path.home())}
-    run_dir = _run_dir(tm)
+    run_dir = trained_run_dir(tm)
     if run_dir:
         paths.add(str(run_dir.resolve()))
     ds_path = (tm.dataset or {}).get("path")
@@ -178,7 +157,7 @@ def stage(tm: TrainedModel, staging: Path) -> tuple[dict[str, str], dict[str, st
     if not any(p.suffix == ".safetensors" for p in staging.iterdir()):
         raise BadInputError(f"{tm.model_dir}: no *.safetensors weights to push; did the run finish?")
     (staging / PROVENANCE_FILE).write_text(json.dumps(_provenance(tm), indent=2, sort_keys=True) + "\n")
-    _card(tm, staging)
+    model_card_for(tm).save(staging / "README.md")
     _refuse_local_paths(staging, _local_paths(tm))
     return {p.name: _sha256(p) for p in sorted(staging.iterdir())}, excluded
 

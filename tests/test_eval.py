@@ -478,6 +478,9 @@ def test_training_flow_scores_the_sft_model_and_refuses_overlap(published, tmp_p
     assert "unknown_id" not in scores["problems"] and "missing_id" not in scores["problems"]
     assert scores["training_overlap"]["patients_shared"] == 0 and scores["training_overlap"]["allowed"] is False
     assert (run / "eval" / "index.html").is_file()
+    card = (run / "final" / "README.md").read_text()  # the adapter's card, refreshed after the eval
+    assert f"From `grok eval` on `{spec}`" in card and "Not evaluated yet" not in card
+    assert "training rows:" in card
     assert [a["key"] for a in artifacts] == ["grok-train-sft", "grok-eval"]
     table = artifacts[-1]["markdown"]
     assert "| macro F1 (diagnosis) |" in table and "| rouge l |" in table and spec in table
