@@ -311,3 +311,19 @@ def test_grain_is_rejected_and_a_crop_says_so():
     for k in ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension"):
         assert np.isnan(m.biomarkers[k]), k
     assert any("a crop" in r for r in m.extras["reasons"]["vessels"])
+
+
+def test_too_dark_green_gives_no_artery_vein_measures():
+    """Darkened 8-bit photographs keep too few green grey levels for the A/V colour (issue #14: CHASE_DB1
+    darkened x 0.3 moved its AV ratio by up to 0.26): under 30 levels per working pixel the A/V-dependent
+    measures are NaN with the reason; the vessel mask itself stays. x 0.35 (39 levels) still gives them."""
+    from skimage import data
+
+    im = data.retina().astype(np.float32)
+    m = measure_fundus((im * 0.25).astype(np.uint8))
+    assert m.extras["green_levels"] < 30 and m.quality["grade"] == "usable"
+    assert np.isnan(m.biomarkers["av_ratio"]) and np.isnan(m.biomarkers["arterial_tortuosity"])
+    assert any("green channel too dark" in r for r in m.extras["reasons"]["vessels"])
+    assert np.isfinite(m.biomarkers["vessel_density"])
+    ok = measure_fundus((im * 0.35).astype(np.uint8))
+    assert ok.extras["green_levels"] >= 30 and np.isfinite(ok.biomarkers["av_ratio"])

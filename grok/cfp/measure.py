@@ -57,6 +57,10 @@ RED_SATURATED_NO_AV = 0.5
 #: filled (issue #14, benchmarks/cfp_quality.py: a 2-px blur moved real AV ratios by up to 0.38, the central
 #: crop by up to 0.21).
 SCALE_DEPENDENT = ("av_ratio", "vessel_density", "arterial_fractal_dimension", "venular_fractal_dimension")
+#: Below this many grey levels of median green per working pixel (``_green_levels``) the A/V colour is not
+#: given (issue #14, benchmarks/cfp_quality.py: real photographs 39-100 levels at 8 bit; CHASE_DB1 darkened
+#: x 0.3, 12-28 levels, moved its AV ratio by up to 0.26; HRF darkened x 0.3 keeps 44-100 per working pixel).
+MIN_GREEN_LEVELS = 30.0
 #: A bright area covering more of the frame than this shows no edge of the camera's field (a crop).
 FRAME_FILLED_COVERAGE = 0.97
 AV_DEPENDENT = ("av_ratio", "arterial_tortuosity", "venular_tortuosity", "arterial_fractal_dimension",
@@ -300,6 +304,14 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     bm["av_ratio"] = vmeas.av_ratio
     bm["arterial_tortuosity"] = vmeas.arterial_tortuosity
     bm["venular_tortuosity"] = vmeas.venular_tortuosity
+    levels = _green_levels(arr, img, fov.mask, wk.scale)
+    extras["green_levels"] = levels
+    if levels < MIN_GREEN_LEVELS:
+        for k in AV_DEPENDENT:
+            bm[k] = float("nan")
+        vmeas.reasons.append(f"green channel too dark for artery/vein colour: its median is {levels:.0f} grey levels "
+                             f"per working pixel (need {MIN_GREEN_LEVELS}); quantisation swamps the vessels' colour "
+                             "contrast, so the AV ratio, tortuosities and fractal dimensions per class are not given")
     if red_share > RED_SATURATED_NO_AV:
         for k in AV_DEPENDENT:
             bm[k] = float("nan")
@@ -370,6 +382,16 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     extras["seconds"] = time.perf_counter() - t0
     return CfpMeasurement(biomarkers=bm, lesions=les_out, quality=q.to_dict(), laterality=lat, masks=masks,
                           extras=extras)
+
+
+def _green_levels(arr: np.ndarray, img: np.ndarray, fov_mask: np.ndarray, scale: float) -> float:
+    """Median green of the field in the input's grey levels (255 for 8-bit, 65535 for 16-bit integer input,
+    inf for float input), times the working image's averaging factor (1 / ``scale``, the square root of the
+    original pixels averaged into one working pixel): how finely a working pixel's green is resolved."""
+    if not np.issubdtype(arr.dtype, np.integer) or not fov_mask.any():
+        return float("inf")
+    full = float(np.iinfo(arr.dtype).max) if arr.dtype in (np.uint8, np.uint16) else float(arr.max() or 1)
+    return float(np.median(img[..., 1][fov_mask])) * full / scale
 
 
 def _green_at_full(arr: np.ndarray) -> np.ndarray | None:
