@@ -164,6 +164,14 @@ def test_curator_reviews_a_version_by_keyboard(published, tmp_path):
         assert disc.is_visible()
         page.keyboard.press("d")
         assert not disc.is_visible() and overlay.is_visible()
+        # one transparent layer per structure, each toggled on its own (y: layer boundaries, v: vessels)
+        for key, layer in (("y", "layers"), ("v", "vessels")):
+            img = page.locator(f"img.layer-s-{layer}").first
+            assert img.is_visible() and page.is_checked(f"#t-s-{layer}")
+            page.keyboard.press(key)
+            assert not img.is_visible() and not page.is_checked(f"#t-s-{layer}") and overlay.is_visible()
+            page.keyboard.press(key)
+            assert img.is_visible()
         page.keyboard.press("a")
         _saved(page, "accept")
         ids.append(_next_row(page, base))

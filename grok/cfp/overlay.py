@@ -96,3 +96,62 @@ def write_masks(measurement: CfpMeasurement, directory: str | os.PathLike) -> li
         Image.fromarray((np.asarray(mk, dtype=bool) * 255).astype(np.uint8), mode="L").save(p)
         written.append(p)
     return written
+
+
+#: The structure layers :func:`cfp_layer_pngs` writes (the review app toggles each on its own).
+CFP_LAYERS = ("vessels", "disc_cup")
+
+
+def _fit(mask: np.ndarray | None, size_wh: tuple[int, int]) -> np.ndarray | None:
+    """A boolean mask resized to ``size_wh`` = (width, height): a shown pixel is set when any measured pixel
+    under it is (area resampling, so a one-pixel vessel stays visible when the photograph is shown smaller)."""
+    if mask is None or not np.any(mask):
+        return None
+    m = np.asarray(mask, bool)
+    if (m.shape[1], m.shape[0]) == tuple(size_wh):
+        return m
+    return np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size_wh, Image.BOX)) > 0
+
+
+def cfp_layer_pngs(measurement: CfpMeasurement, size_wh: tuple[int, int], path_prefix: str | os.PathLike,
+                   scale: float = 1.0) -> dict[str, str]:
+    """Transparent PNGs of ``size_wh`` (the photograph as shown, ``scale`` x the measured one), one per
+    structure, for viewers that toggle them separately: ``vessels`` (arteries red, veins blue, vessels not
+    typed grey) and ``disc_cup`` (disc green and cup yellow outlines from the segmentation masks, fovea cross).
+    A structure the measurement did not find gets no file. Written as ``<path_prefix>_<layer>.png``; returns
+    ``{layer: path}``."""
+    w, h = int(size_wh[0]), int(size_wh[1])
+    m = measurement.masks
+    out: dict[str, str] = {}
+
+    def save(name: str, img: Image.Image) -> None:
+        p = Path(f"{os.fspath(path_prefix)}_{name}.png")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        img.save(p, optimize=False)
+        out[name] = os.fspath(p)
+
+    arteries, veins = _fit(m.get("arteries"), (w, h)), _fit(m.get("veins"), (w, h))
+    vessels = _fit(m.get("vessels"), (w, h))
+    if vessels is not None or arteries is not None or veins is not None:
+        rgba = np.zeros((h, w, 4), np.uint8)
+        if vessels is not None:
+            rgba[vessels] = (220, 220, 220, 150)
+        for mk, col in ((arteries, (255, 60, 60, 210)), (veins, (60, 110, 255, 210))):
+            if mk is not None:
+                rgba[mk] = col
+        save("vessels", Image.fromarray(rgba, "RGBA"))
+    lw = max(int(round(max(w, h) / 500)), 1)
+    disc, cup = _fit(m.get("disc"), (w, h)), _fit(m.get("cup"), (w, h))
+    fc = measurement.biomarkers.get("fovea_center_xy_px")
+    if disc is not None or cup is not None or fc is not None:
+        rgba = np.zeros((h, w, 4), np.uint8)
+        for mk, col in ((disc, (0, 255, 0, 255)), (cup, (255, 230, 0, 255))):
+            if mk is not None:
+                rgba[_outline(mk, lw)] = col
+        img = Image.fromarray(rgba, "RGBA")
+        if fc is not None and all(np.isfinite(fc)):
+            d, s, x, y = ImageDraw.Draw(img), 12 * lw, fc[0] * scale, fc[1] * scale
+            d.line([x - s, y, x + s, y], fill=(0, 255, 0, 255), width=lw)
+            d.line([x, y - s, x, y + s], fill=(0, 255, 0, 255), width=lw)
+        save("disc_cup", img)
+    return out

@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from grok.ids import BOUNDARIES
 
@@ -143,3 +144,73 @@ def thickness_map_png(
     fig.savefig(os.fspath(path))
     plt.close(fig)
     return os.fspath(path)
+
+
+#: The structure layers :func:`bscan_layer_pngs` writes (the review app toggles each on its own).
+BSCAN_LAYERS = ("layers", "fluid", "drusen")
+
+
+def _hex_rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def bscan_layer_pngs(
+    shape: tuple[int, int],
+    boundaries: np.ndarray | None,
+    path_prefix: str | os.PathLike,
+    *,
+    masks: Mapping[str, np.ndarray] | None = None,
+    hrf: list[tuple[float, float]] | None = None,
+) -> dict[str, str]:
+    """Transparent PNGs the size of the B-scan, one per structure, for viewers that toggle them separately:
+    ``layers`` (each boundary as a line in its colour, NaN gaps left open), ``fluid`` (IRF, SRF and PED
+    translucent) and ``drusen`` (drusen translucent, hyperreflective foci as rings). A structure with nothing
+    on this B-scan gets no file. Written as ``<path_prefix>_<layer>.png``; returns ``{layer: path}``."""
+    rows, cols = int(shape[0]), int(shape[1])
+    out: dict[str, str] = {}
+
+    def save(name: str, img: Image.Image) -> None:
+        p = f"{os.fspath(path_prefix)}_{name}.png"
+        os.makedirs(os.path.dirname(p) or ".", exist_ok=True)
+        img.save(p, optimize=False)
+        out[name] = p
+
+    if boundaries is not None and np.isfinite(boundaries).any():
+        img = Image.new("RGBA", (cols, rows), (0, 0, 0, 0))
+        draw = ImageDraw.Draw(img)
+        xs = np.arange(cols, dtype=float)
+        for k in range(min(len(boundaries), len(BOUNDARY_COLOURS))):
+            y = np.asarray(boundaries[k], dtype=float)
+            ok = np.isfinite(y)
+            # contiguous finite runs: starts where ok turns on, ends where it turns off
+            edges = np.flatnonzero(np.diff(np.r_[0, ok.astype(np.int8), 0]))
+            for a, b in zip(edges[::2], edges[1::2]):
+                pts = list(zip(xs[a:b].tolist(), y[a:b].tolist()))
+                if len(pts) == 1:
+                    draw.point(pts, fill=(*_hex_rgb(BOUNDARY_COLOURS[k]), 255))
+                else:
+                    draw.line(pts, fill=(*_hex_rgb(BOUNDARY_COLOURS[k]), 255), width=1)
+        save("layers", img)
+
+    def mask_layer(kinds: tuple[str, ...]) -> np.ndarray | None:
+        rgba = np.zeros((rows, cols, 4), np.uint8)
+        hit = False
+        for kind in kinds:
+            m = None if masks is None else masks.get(kind)
+            if m is not None and np.shape(m) == (rows, cols) and np.any(m):
+                rgba[np.asarray(m, bool), :3] = [int(round(255 * c)) for c in MASK_COLOURS[kind]]
+                rgba[np.asarray(m, bool), 3] = 120
+                hit = True
+        return rgba if hit else None
+
+    fluid = mask_layer(("irf", "srf", "ped"))
+    if fluid is not None:
+        save("fluid", Image.fromarray(fluid, "RGBA"))
+    drusen = mask_layer(("drusen",))
+    if drusen is not None or hrf:
+        img = Image.fromarray(drusen if drusen is not None else np.zeros((rows, cols, 4), np.uint8), "RGBA")
+        draw = ImageDraw.Draw(img)
+        for r, c in hrf or []:
+            draw.ellipse([c - 3, r - 3, c + 3, r + 3], outline=(255, 0, 255, 255), width=1)
+        save("drusen", img)
+    return out

@@ -346,7 +346,10 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
                      "html": render(m["content"], lex, r.reasons, anchors) if m["role"] == "assistant" else None}
                     for m in r.messages]
         events = store.events(row_id=row_id)
-        return page(request, "row.html.j2", row=r, idx=r.index, messages=messages, images=_images(source, r, ev),
+        images = _images(source, r, ev)
+        present = {layer["name"] for im in images for layer in im["layers"]}
+        return page(request, "row.html.j2", row=r, idx=r.index, messages=messages, images=images,
+                    structure_layers=[(n, k, label) for n, k, label in STRUCTURE_LAYERS if n in present],
                     biomarkers=_biomarkers(source, rec), findings=rec.get("findings") or [],
                     differential=rec.get("differential") or [], not_evaluable=rec.get("not_evaluable") or [],
                     events=events, state=st.state_name(i), action=st.action_name(i), double=bool(st.double[i]),
@@ -478,6 +481,17 @@ def _anchors(rec: dict[str, Any]) -> set[str]:
             | {f"dx-{d['id']}" for d in rec.get("differential") or []})
 
 
+#: Structure layers the measure stage writes per image (grok.oct.overlay.BSCAN_LAYERS,
+#: grok.cfp.overlay.CFP_LAYERS): name, keyboard key, label of the toggle.
+STRUCTURE_LAYERS = (
+    ("layers", "y", "retinal layer boundaries"),
+    ("fluid", "w", "fluid (IRF, SRF, PED)"),
+    ("drusen", "s", "drusen and hyperreflective foci"),
+    ("vessels", "v", "vessels (arteries red, veins blue)"),
+    ("disc_cup", "c", "disc and cup (segmented)"),
+)
+
+
 def _images(source: ReviewSource, r, ev: dict[str, Any]) -> list[dict[str, Any]]:
     """Per image of the row: its URL, the overlay URL, lesion boxes (pixels) and text boxes (0-1000)."""
     overlays = source.overlays(r.index["study_id"])
@@ -491,12 +505,16 @@ def _images(source: ReviewSource, r, ev: dict[str, Any]) -> list[dict[str, Any]]
         lesions = [les for les in ev.get("lesions") or [] if les.get("image") == key and les.get("box_xyxy_px")]
         out.append({"i": i, "key": key, "url": f"/img/{r.row_id}/{i}",
                     "overlay": f"/media/{overlays[key]}" if key in overlays else None,
+                    # one transparent PNG per structure ("<image key>/<layer>" in the study's overlays)
+                    "layers": [{"name": k.split("/", 1)[1], "url": f"/media/{rel}"}
+                               for k, rel in sorted(overlays.items()) if k.startswith(f"{key}/")],
                     "size": size, "lesions": lesions if size else [],
                     "disc": _disc(ev.get("biomarkers") or {}) if size and key == "cfp" else None,
                     "text_boxes": text_boxes if len(r.image_names) == 1 else []})
     for key, rel in overlays.items():  # overlays that are images of their own (the thickness map)
-        if "map" in key and key not in {im["key"] for im in out}:
-            out.append({"i": None, "key": key, "url": f"/media/{rel}", "overlay": None, "size": None, "lesions": [],
+        if "map" in key and "/" not in key and key not in {im["key"] for im in out}:
+            out.append({"i": None, "key": key, "url": f"/media/{rel}", "overlay": None, "layers": [], "size": None,
+                        "lesions": [],
                         "text_boxes": [], "standalone": True})
     return out
 

@@ -38,10 +38,11 @@ from grok import __version__
 from grok.cfp import measure_fundus, overlay_png
 from grok.cfp.measure import EXTRACTOR_NAME as CFP_NAME
 from grok.cfp.measure import EXTRACTOR_VERSION as CFP_V
+from grok.cfp.overlay import cfp_layer_pngs
 from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
 from grok.oct import measure_circle, measure_volume, select_bscans
 from grok.oct.measures import band_maps_um
-from grok.oct.overlay import bscan_png, thickness_map_png
+from grok.oct.overlay import bscan_layer_pngs, bscan_png, thickness_map_png
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, shard_name, source_digest
 from grok.stages.stage import Shard, Stage
@@ -343,9 +344,13 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
             if overlays:
                 orel = f"media/{sid}/{key}_overlay.png"
                 bmasks = {k: v[b] for k, v in meas.masks.items()} if meas.masks else None
-                bscan_png(np.asarray(vol[b]), meas.segmentation[b], build_dir / orel, masks=bmasks,
-                          hrf=[(r, c) for (bb, r, c) in meas.hrf if bb == b])
+                hrf = [(r, c) for (bb, r, c) in meas.hrf if bb == b]
+                bscan_png(np.asarray(vol[b]), meas.segmentation[b], build_dir / orel, masks=bmasks, hrf=hrf)
                 over[key] = orel
+                # one transparent PNG per structure ("<image key>/<layer>"), toggled separately by grok review
+                for name in bscan_layer_pngs(vol[b].shape, meas.segmentation[b], build_dir / f"media/{sid}/{key}",
+                                             masks=bmasks, hrf=hrf):
+                    over[f"{key}/{name}"] = f"media/{sid}/{key}_{name}.png"
         shown = {b: key for key, b in keys}
         for les in meas.lesions:
             key = shown.get(int(les["bscan"]))
@@ -407,6 +412,9 @@ def measure_study(study: dict[str, Any], manifest: dict[str, dict[str, Any]], in
             orel = f"media/{sid}/cfp_overlay.png"
             overlay_png(rgb, cm, build_dir / orel)
             over["cfp"] = orel
+            for name in cfp_layer_pngs(cm, (int(media_rgb.shape[1]), int(media_rgb.shape[0])),
+                                       build_dir / f"media/{sid}/cfp", scale=scale):
+                over[f"cfp/{name}"] = f"media/{sid}/cfp_{name}.png"
         cfp_extractor = f"{CFP_NAME}@{CFP_V}"
     else:
         flags.append("no_cfp")

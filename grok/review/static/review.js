@@ -84,6 +84,15 @@
   const tLesions = toggle("t-lesions", "hide-lesions");
   const tBoxes = toggle("t-textboxes", "hide-textboxes");
   const flip = (box) => { box.checked = !box.checked; box.dispatchEvent(new Event("change")); };
+  // one toggle per structure layer the measure stage wrote (layers, fluid, drusen, vessels, disc_cup)
+  const structures = {};
+  document.querySelectorAll("input.t-structure").forEach((box) => {
+    const apply = () => document.querySelectorAll("img.layer-s-" + box.dataset.layer)
+      .forEach((img) => { img.style.display = box.checked ? "" : "none"; });
+    box.addEventListener("change", apply);
+    apply();
+    structures[box.dataset.key] = box;
+  });
 
   function edited() {
     const msgs = original.map((m) => ({role: m.role, content: m.content}));
@@ -208,6 +217,7 @@
     else if (key === "d") flip(tDisc);
     else if (key === "l") flip(tLesions);
     else if (key === "g") flip(tBoxes);
+    else if (structures[key]) flip(structures[key]);
     else if (key === "u") window.location.href = "/?" + decide.dataset.from;
   });
 })();
