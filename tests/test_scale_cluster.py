@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from distributed import Client
@@ -113,6 +114,9 @@ def test_build_on_a_cluster_survives_a_killed_worker(cluster, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert killed, "no measure shard was seen running on a worker"
     assert cluster["workers"][killed[0]["pid"]].wait(timeout=10) == -signal.SIGKILL
+    survivor = next(pid for pid in cluster["workers"] if pid != killed[0]["pid"])
+    servers = [c for c in psutil.Process(survivor).children(recursive=True) if "prefect.server" in " ".join(c.cmdline())]
+    assert not servers  # the workers report to the flow's Prefect API; none started a server of its own
     res = json.loads(proc.stdout)
     assert res["fingerprint"] == fingerprint
     info = json.loads((work / "build.json").read_text())
