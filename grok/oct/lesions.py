@@ -230,9 +230,7 @@ def detect_bscan_lesions(
         rpe_row = np.where(np.isfinite(b[_RPE]), b[_RPE], np.inf)
         touches = np.zeros(n + 1, bool)
         rr_idx, cc_idx = np.nonzero(lab)
-        # the RPE row is the half-way point of its rise in about linear intensity, the pocket's thresholded
-        # edge the dark end of that rise: a pocket resting on the RPE ends up to ~12 um above the row
-        near = rr_idx >= rpe_row[cc_idx] - max(3.0, 12.0 * px_um)
+        near = rr_idx >= rpe_row[cc_idx] - max(2.0, 8.0 * px_um)
         touches[np.unique(lab[rr_idx[near], cc_idx[near]])] = True
         touches[0] = False
         is_srf = touches[lab] & keep
