@@ -106,6 +106,11 @@ def strip_boxes(text: str) -> str:
     return _BOX_RE.sub(" ", text)
 
 
+def box_spans(text: str) -> list[tuple[int, int]]:
+    """The ``(start, end)`` in ``text`` of each box :func:`strip_boxes` replaces by one space."""
+    return [m.span() for m in _BOX_RE.finditer(text)]
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (0 when disjoint)."""
     ix = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))

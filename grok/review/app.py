@@ -342,9 +342,20 @@ def create_app(source: ReviewSource, store: Store, *, require_token: bool = Fals
         rec = r.record or {}
         ev = r.evidence or {}
         anchors = _anchors(rec)
+        # what the verifier checked each number, term and name against, to link and flag the text
+        claims: dict[int, list[dict[str, Any]]] | None = None
+        if r.messages:
+            res = verify_row(verifier, source.verify_row(row_id, r.messages), source.records_for_verifier(),
+                             facts_cache, source.kb, where=source.label, claims=True)
+            if res.claims is not None:
+                claims = {}
+                for c in res.claims:
+                    claims.setdefault(c["turn"], []).append(c)
         messages = [{"role": m["role"], "content": m["content"],
-                     "html": render(m["content"], lex, r.reasons, anchors) if m["role"] == "assistant" else None}
-                    for m in r.messages]
+                     "html": render(m["content"], lex, r.reasons, anchors,
+                                    None if claims is None else claims.get(i, []))
+                     if m["role"] == "assistant" else None}
+                    for i, m in enumerate(r.messages)]
         events = store.events(row_id=row_id)
         images = _images(source, r, ev)
         present = {layer["name"] for im in images for layer in im["layers"]}

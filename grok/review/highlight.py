@@ -53,35 +53,22 @@ def _flagged_words(reasons: list[str]) -> tuple[set[str], set[str]]:
     return nums, words
 
 
-def marks(text: str, lex: Lexicon, reasons: list[str], anchors: set[str] | None = None) -> list[Mark]:
+def marks(text: str, lex: Lexicon, reasons: list[str], anchors: set[str] | None = None,
+          claims: list[dict] | None = None) -> list[Mark]:
     """The marks of ``text`` (sorted, not overlapping). ``anchors``: the anchors the row page has
-    (``bm-<id>``, ``finding-<id>``, ``dx-<id>``); a mark about anything else links nowhere."""
-    low = text.lower()
-    if len(low) != len(text):  # a rare character whose lower case is longer: offsets would drift
-        low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    (``bm-<id>``, ``finding-<id>``, ``dx-<id>``); a mark about anything else links nowhere.
+
+    ``claims``: the verifier's claims for this turn (``VerifyResult.claims``, ``Verifier.verify(...,
+    claims=True)``). With them every number, term and name links to what the verifier checked it against and
+    is flagged exactly when the verifier did not accept it (with its reason); without them, a number links to
+    the biomarker named before it in its sentence and flags come from the reasons' text."""
+    if claims is not None:
+        return _claim_marks(text, lex, claims, anchors)
+    low = _lower(text)
     bad_nums, bad_words = _flagged_words(reasons)
-    out: list[Mark] = []
-    for m in lex.biomarker_re.finditer(low):
-        ids = lex.biomarker_alias.get(m.group(0), ())
-        if ids:
-            out.append(Mark(m.start(), m.end(), "bm", f"bm-{ids[0]}", any(m.group(0) in w for w in bad_words),
-                            lex.biomarker_names.get(ids[0], ids[0])))
-    for m in lex.presence_re.finditer(low):
-        ids = lex.presence_alias.get(m.group(0), ())
-        if ids:
-            out.append(Mark(m.start(), m.end(), "finding", f"finding-{ids[0]}",
-                            any(m.group(0) in w for w in bad_words), f"finding {ids[0]}"))
-    for m in lex.disease_re.finditer(low):
-        did = lex.disease_alias.get(m.group(0))
-        if did:
-            out.append(Mark(m.start(), m.end(), "dx", f"dx-{did}",
-                            any(m.group(0) in w for w in bad_words), lex.disease_names.get(did, did)))
-    out.sort(key=lambda k: (k.start, -(k.end - k.start)))
-    names: list[Mark] = []
-    for k in out:  # longest first at a position, no overlaps
-        if names and k.start < names[-1].end:
-            continue
-        names.append(k)
+    names = _name_marks(low, lex)
+    for k in names:
+        k.flagged = any(low[k.start:k.end] in w for w in bad_words)
     box_spans = []
     if "<|box_start|>" in text:
         pos = 0
@@ -112,11 +99,73 @@ def marks(text: str, lex: Lexicon, reasons: list[str], anchors: set[str] | None 
     return merged
 
 
-def render(text: str, lex: Lexicon, reasons: list[str], anchors: set[str] | None = None) -> Markup:
+def _lower(text: str) -> str:
+    """``text`` lower-cased at the same offsets (a character whose lower case is longer stays as it is)."""
+    low = text.lower()
+    return low if len(low) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
+def _name_marks(low: str, lex: Lexicon) -> list[Mark]:
+    """Biomarker, finding and disease names (the knowledge base's alias patterns), longest first, no overlaps."""
+    out: list[Mark] = []
+    for rx, alias, kind in ((lex.biomarker_re, lex.biomarker_alias, "bm"), (lex.presence_re, lex.presence_alias, "finding")):
+        for m in rx.finditer(low):
+            ids = alias.get(m.group(0), ())
+            if ids:
+                title = lex.biomarker_names.get(ids[0], ids[0]) if kind == "bm" else f"finding {ids[0]}"
+                out.append(Mark(m.start(), m.end(), kind, f"{kind}-{ids[0]}", False, title))
+    for m in lex.disease_re.finditer(low):
+        did = lex.disease_alias.get(m.group(0))
+        if did:
+            out.append(Mark(m.start(), m.end(), "dx", f"dx-{did}", False, lex.disease_names.get(did, did)))
+    out.sort(key=lambda k: (k.start, -(k.end - k.start)))
+    names: list[Mark] = []
+    for k in out:
+        if names and k.start < names[-1].end:
+            continue
+        names.append(k)
+    return names
+
+
+def _claim_marks(text: str, lex: Lexicon, claims: list[dict], anchors: set[str] | None) -> list[Mark]:
+    """Marks from the verifier's own claims (see :func:`marks`)."""
+    low = _lower(text)
+    out: list[Mark] = []
+    for c in claims:
+        refs = [r for r in c.get("refs") or [] if anchors is None or r in anchors]
+        bad = c.get("status") == "unmatched"
+        title = (c.get("reason") or "not accepted by the verifier") if bad else (
+            f"checked against {', '.join(c.get('refs') or []) or 'this study'}: matches")
+        kind = {"number": "num", "term": "term"}.get(c.get("kind"), "claim")
+        out.append(Mark(int(c["start"]), int(c["end"]), kind, refs[0] if refs else None, bad, title))
+    for k in _name_marks(low, lex):  # names the verifier read as no claim still link to their table row
+        if anchors is not None and k.ref not in anchors:
+            k.ref = None
+        hit = [c for c in out if c.start < k.end and k.start < c.end]
+        if not hit:
+            out.append(k)
+        elif all(c.kind == "claim" for c in hit):  # a name claim: keep the name's own kind (bm/finding/dx)
+            for c in hit:
+                c.kind = k.kind
+                c.ref = c.ref or k.ref
+    for m in _NUMBER.finditer(text):  # every number is shown; those the verifier did not read link nowhere
+        if not any(c.start <= m.start() < c.end for c in out):
+            out.append(Mark(m.start(), m.end(), "num", None, False, "not read as a measurement by the verifier"))
+    out.sort(key=lambda k: (k.start, -(k.end - k.start)))
+    merged: list[Mark] = []
+    for k in out:
+        if merged and k.start < merged[-1].end:
+            continue
+        merged.append(k)
+    return merged
+
+
+def render(text: str, lex: Lexicon, reasons: list[str], anchors: set[str] | None = None,
+           claims: list[dict] | None = None) -> Markup:
     """``text`` as HTML: escaped, with a ``<a class="hl ...">`` (or ``<span>`` when it links nowhere) per mark."""
     parts: list[str] = []
     pos = 0
-    for k in marks(text, lex, reasons, anchors):
+    for k in marks(text, lex, reasons, anchors, claims):
         parts.append(html.escape(text[pos:k.start]))
         cls = f"hl {k.kind}" + (" bad" if k.flagged else "")
         inner = html.escape(text[k.start:k.end])

@@ -23,9 +23,10 @@ __all__ = ["HARD_CODES", "Lexicon", "Verifier", "VerifyConfig", "VerifyResult", 
 
 
 def verify_row(verifier: Verifier, row: dict[str, Any], records: dict[str, dict[str, Any]],
-               facts_cache: dict[str, Any], kb, *, where: str) -> VerifyResult:
+               facts_cache: dict[str, Any], kb, *, where: str, claims: bool = False) -> VerifyResult:
     """Verify ``row`` against the facts of its study in ``records`` (built once per study into
-    ``facts_cache``); a study that is missing or unusable fails with a ``format`` reason naming ``where``."""
+    ``facts_cache``); a study that is missing or unusable fails with a ``format`` reason naming ``where``.
+    ``claims``: also return what every number, term and name was checked against (``VerifyResult.claims``)."""
     sid = str(row.get("study_id"))
     if sid not in facts_cache:
         rec = records.get(sid)
@@ -38,7 +39,7 @@ def verify_row(verifier: Verifier, row: dict[str, Any], records: dict[str, dict[
         return VerifyResult(False, 0.0, [f"format: study {sid} not in {where}"], 1)
     if isinstance(facts, Exception):
         return VerifyResult(False, 0.0, [f"format: study {sid} not usable ({facts})"], 1)
-    return verifier.verify(row, facts)
+    return verifier.verify(row, facts, claims=claims)
 
 
 def verify_table(table: str | Path, studies: str | Path | None = None, config: VerifyConfig | None = None,

@@ -81,7 +81,7 @@ from typing import Annotated, Any
 from pydantic import Field, PositiveInt
 
 from grok.config import Settings
-from grok.instruct.boxes import BOX_START, iou, parse_boxes, strip_boxes
+from grok.instruct.boxes import BOX_START, box_spans, iou, parse_boxes, strip_boxes
 from grok.instruct.families import FAMILIES
 from grok.instruct.phrasing import americanise
 from grok.knowledge.lexicon import _WB, UNIT_ALIASES, UNIT_BASE, Lexicon, _lead_trie
@@ -355,12 +355,20 @@ class VerifyConfig(Settings):
 
 @dataclass
 class VerifyResult:
-    """Outcome for one row: ``passed`` (no hard reason), ``score`` in [0, 1], ``reasons``."""
+    """Outcome for one row: ``passed`` (no hard reason), ``score`` in [0, 1], ``reasons``.
+
+    ``claims`` (only when asked, ``Verifier.verify(..., claims=True)``): every number, qualitative term and
+    named finding or disease the checks read, as ``{"turn", "start", "end", "kind", "refs", "status",
+    "reason"}``: ``turn`` is the index of the (readable) turn, ``start``/``end`` character offsets in that
+    turn's content, ``kind`` ``number`` | ``term`` | ``name``, ``refs`` what it was checked against
+    (``bm-<biomarker>``, ``finding-<id>``, ``dx-<disease>``), ``status`` ``matched`` or ``unmatched`` (then
+    ``reason`` is the verifier's reason). Review tools link and flag the text from it."""
 
     passed: bool
     score: float
     reasons: list[str]
     checks: int
+    claims: list[dict[str, Any]] | None = None
 
     @property
     def hard_reasons(self) -> list[str]:
@@ -371,20 +379,40 @@ class VerifyResult:
 
 
 class _Tally:
-    __slots__ = ("checks", "hard", "reasons", "soft")
+    __slots__ = ("base", "checks", "claims", "failures", "hard", "last", "reasons", "soft", "turn")
 
-    def __init__(self) -> None:
+    def __init__(self, claims: bool = False) -> None:
         self.checks = 0
         self.hard = 0
         self.soft = 0
         self.reasons: list[str] = []
+        # claim recording (only when asked): every fail call, the last reason, where the clause starts
+        self.claims: list[dict[str, Any]] | None = [] if claims else None
+        self.failures = 0
+        self.last = ""
+        self.base = 0
+        self.turn = 0
 
     def ok(self) -> None:
         self.checks += 1
 
+    def mark(self) -> tuple[int, int]:
+        return self.checks, self.failures
+
+    def claim(self, before: tuple[int, int], start: int, end: int, kind: str, refs: list[str]) -> None:
+        """Record what the checks since ``before`` decided about the text at clause offsets [start, end)."""
+        if self.checks == before[0]:
+            return  # nothing was checked: not a claim
+        ok = self.failures == before[1]
+        self.claims.append({"turn": self.turn, "start": self.base + start, "end": self.base + end, "kind": kind,
+                            "refs": refs, "status": "matched" if ok else "unmatched",
+                            "reason": None if ok else self.last})
+
     def fail(self, code: str, detail: str) -> None:
         self.checks += 1
         msg = f"{code}: {detail}"
+        self.failures += 1
+        self.last = msg
         if msg in self.reasons:
             return
         self.reasons.append(msg)
@@ -507,6 +535,18 @@ def _turn_text(content: Any) -> tuple[str, str | None]:
         texts = [p.get("text") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
         return "\n".join(texts), "is a list of parts, not text"
     return str(content), f"is a {type(content).__name__}, not text"
+
+
+def _unstrip_offsets(content: str, claims: list[dict[str, Any]]) -> None:
+    """Move ``claims``' offsets in ``strip_boxes(content)`` (each box became one space) to ``content``."""
+    shifts = []  # (position in the stripped text after which a box was, characters it took less)
+    removed = 0
+    for s, e in box_spans(content):
+        shifts.append((s - removed, e - s - 1))
+        removed += e - s - 1
+    for c in claims:
+        for key in ("start", "end"):
+            c[key] += sum(n for at, n in shifts if at < c[key])
 
 
 def _clean_messages(messages: Any, t) -> list[dict[str, str]]:
@@ -691,25 +731,35 @@ class Verifier:
             subj = self._subject_before(mentions, ms)
             if subj is None and not mentions and carried is not None:
                 subj = carried
-            cue = _LazyCue(clause, subj[1] if subj else 0, ms)
-            a_val, a_dec = _number_value(a, e) if e else (float(a), _decimals(a))
-            if ms and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
-                a_val = -a_val  # a sign, not a range dash ("-73.4 µm")
-            if b_raw and subj is not None and not cue and self._check_range(
-                    a_val, float(b_raw), _decimals(b_raw), unit, m.group(0).strip(), subj, facts, t):
-                continue
-            # a range after a reference cue is two reference values
-            a_text = a + e.strip() if e else a
-            nums = ((a_val, a_dec, a_text), (float(b_raw), _decimals(b_raw), b_raw)) if b_raw else ((a_val, a_dec, a_text),)
-            for k, (x, dec, s) in enumerate(nums):
-                if unit in UNIT_BASE:
-                    self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t,
-                                            subj is not None and ms - subj[1] <= 20)
-                elif unit == "percent":
-                    self._check_percent(x, dec, s, subj, facts, t)
-                else:
-                    self._check_bare_number(clause, x, dec, s, ms, m.end() - off, mentions, subj,
-                                            True if b_raw else cue, facts, t)
+            if t.claims is None:
+                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
+            else:
+                before = t.mark()
+                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
+                t.claim(before, ms, m.end() - off, "number", [f"bm-{b}" for b in subj[2]] if subj else [])
+
+    def _check_number(self, clause: str, m, ms: int, off: int, a, e, b_raw, unit, subj, mentions, facts,
+                      t: _Tally) -> None:
+        """One number (or range) of a clause, tied to ``subj`` (the biomarker mention before it)."""
+        cue = _LazyCue(clause, subj[1] if subj else 0, ms)
+        a_val, a_dec = _number_value(a, e) if e else (float(a), _decimals(a))
+        if ms and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
+            a_val = -a_val  # a sign, not a range dash ("-73.4 µm")
+        if b_raw and subj is not None and not cue and self._check_range(
+                a_val, float(b_raw), _decimals(b_raw), unit, m.group(0).strip(), subj, facts, t):
+            return
+        # a range after a reference cue is two reference values
+        a_text = a + e.strip() if e else a
+        nums = ((a_val, a_dec, a_text), (float(b_raw), _decimals(b_raw), b_raw)) if b_raw else ((a_val, a_dec, a_text),)
+        for k, (x, dec, s) in enumerate(nums):
+            if unit in UNIT_BASE:
+                self._check_unit_number(x, dec, unit, s, subj, True if (k == 1 or b_raw) else cue, facts, t,
+                                        subj is not None and ms - subj[1] <= 20)
+            elif unit == "percent":
+                self._check_percent(x, dec, s, subj, facts, t)
+            else:
+                self._check_bare_number(clause, x, dec, s, ms, m.end() - off, mentions, subj,
+                                        True if b_raw else cue, facts, t)
 
     def _check_range(self, lo, hi, dec, unit, written, subj, facts, t: _Tally) -> bool:
         """A measurement written as a range ("CST 255-265 µm", no reference cue before it): it must
@@ -863,85 +913,107 @@ class Verifier:
         """``inside``: the spans of the reasoner's stage name in the clause. Its words ("... without central
         subfield thickening") are the reasoner's own conclusion, not a claim about a biomarker named nearby."""
         for m in matches:
-            ms, me = m.start() - off, m.end() - off
-            if inside and any(a <= ms and me <= b for a, b in inside):
-                continue
-            word = m.group(0)
-            claim = _TERM_CLASS[word]
-            subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 2), None)
-            if subj is None:
-                subj = self._subject_before(mentions, ms)
-            if subj is None:
-                subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 30), None)
-            if subj is None and not mentions:
-                subj = carried
-            if subj is None:
-                continue
-            negated = claim != "normal" and bool(_NEG_TERM_BEFORE.search(clause[max(0, ms - 40):ms]))
-            ids = [b for b in subj[2] if b in facts.biomarkers]
-            if not ids:
-                continue
-            statuses = {facts.biomarkers[b].status for b in ids}
-            name = facts.biomarkers[ids[0]].name
-            if statuses == {None}:
-                t.fail("unsupported_claim", f"'{word}' about {name}: no normal range or rule decides it")
-                continue
-            if negated:
-                bad = claim in statuses and len(statuses) == 1
-                if bad:
-                    t.fail("contradiction", f"says {name} is not {word}, but the reasoner finds it {claim}")
-                else:
-                    t.ok()
-                continue
-            if claim in statuses:
-                t.ok()
-            elif None in statuses:
-                t.fail("unsupported_claim", f"'{word}' about {name}: no normal range or rule decides it")
+            if t.claims is None:
+                self._check_term(clause, m, off, mentions, facts, t, carried, inside)
             else:
-                st = min(s for s in statuses if s)
-                t.fail("contradiction", f"says {name} is {word}, but the reasoner finds it {st}")
+                before = t.mark()
+                subj = self._check_term(clause, m, off, mentions, facts, t, carried, inside)
+                t.claim(before, m.start() - off, m.end() - off, "term", [f"bm-{b}" for b in subj[2]] if subj else [])
+
+    def _check_term(self, clause: str, m, off: int, mentions, facts, t: _Tally, carried, inside):
+        """One qualitative term ("thickened", "normal") about the biomarker named next to it; returns that
+        mention (or None)."""
+        ms, me = m.start() - off, m.end() - off
+        if inside and any(a <= ms and me <= b for a, b in inside):
+            return None
+        word = m.group(0)
+        claim = _TERM_CLASS[word]
+        subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 2), None)
+        if subj is None:
+            subj = self._subject_before(mentions, ms)
+        if subj is None:
+            subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 30), None)
+        if subj is None and not mentions:
+            subj = carried
+        if subj is None:
+            return subj
+        negated = claim != "normal" and bool(_NEG_TERM_BEFORE.search(clause[max(0, ms - 40):ms]))
+        ids = [b for b in subj[2] if b in facts.biomarkers]
+        if not ids:
+            return subj
+        statuses = {facts.biomarkers[b].status for b in ids}
+        name = facts.biomarkers[ids[0]].name
+        if statuses == {None}:
+            t.fail("unsupported_claim", f"'{word}' about {name}: no normal range or rule decides it")
+            return subj
+        if negated:
+            bad = claim in statuses and len(statuses) == 1
+            if bad:
+                t.fail("contradiction", f"says {name} is not {word}, but the reasoner finds it {claim}")
+            else:
+                t.ok()
+            return subj
+        if claim in statuses:
+            t.ok()
+        elif None in statuses:
+            t.fail("unsupported_claim", f"'{word}' about {name}: no normal range or rule decides it")
+        else:
+            st = min(s for s in statuses if s)
+            t.fail("contradiction", f"says {name} is {word}, but the reasoner finds it {st}")
+        return subj
 
     # -- named things: findings, unmeasured lesions, diseases, stages ----------------------------------
     def _check_names(self, clause: str, matches, off: int, facts, t: _Tally, rc: _RowClaims, inside) -> None:
         """Every finding, lesion, disease and stage name of the clause (one scan finds them all; the
         name's tables say which it is)."""
-        palias = self.lex.presence_alias
         name_of = self._name_of
         for m in matches:
             part = name_of.get(m.group(0))
             if part is None:
                 continue  # a biomarker name only
-            word = part[0]
-            ms = m.start() - off + part[1]
-            me = ms + len(word)
-            fids = palias.get(word)
-            if fids is not None:
-                self._check_presence(clause, ms, me, word, fids, facts, t, rc)
-            elif word in self._unmeasured:
-                self._check_unmeasured(clause, ms, me, word, t)
-            did = self._names_disease.get(word)
-            if did is None:
-                stage = self._names_stage.get(word)
-                if stage is not None and stage[0] == facts.label:
-                    self._check_stage(clause, ms, me, word, stage[1], None, facts, t, inside)
-                continue
-            in_stage = bool(inside) and any(a <= ms and me <= b for a, b in inside)
-            if not in_stage and "(" in clause and clause.count("(", 0, ms) > clause.count(")", 0, ms):
-                continue  # evidence listed in parentheses, e.g. "(central subfield thickening (DME range))"
-            pol = disease_polarity(clause[:ms], clause[me:])
-            if in_stage:  # the reasoner's own stage name ("Intermediate AMD."): what it claims, no stage check
-                if pol is not None and did == facts.label:
-                    self._check_disease(clause, word, did, pol, facts, t, rc)
-                continue
+            if t.claims is None:
+                self._check_name(clause, m, part, off, facts, t, rc, inside)
+            else:
+                before = t.mark()
+                ms, me, refs = self._check_name(clause, m, part, off, facts, t, rc, inside)
+                t.claim(before, ms, me, "name", refs)
+
+    def _check_name(self, clause: str, m, part, off: int, facts, t: _Tally, rc: _RowClaims, inside):
+        """One finding, lesion, disease or stage name; returns its clause span and what it names
+        (``finding-<id>``, ``dx-<disease>``)."""
+        word = part[0]
+        ms = m.start() - off + part[1]
+        me = ms + len(word)
+        fids = self.lex.presence_alias.get(word)
+        did = self._names_disease.get(word)
+        span = (ms, me, [f"finding-{f}" for f in fids or ()] + ([f"dx-{did}"] if did else []))
+        if fids is not None:
+            self._check_presence(clause, ms, me, word, fids, facts, t, rc)
+        elif word in self._unmeasured:
+            self._check_unmeasured(clause, ms, me, word, t)
+        if did is None:
             stage = self._names_stage.get(word)
             if stage is not None and stage[0] == facts.label:
-                self._check_stage(clause, ms, me, word, stage[1], pol, facts, t, inside)
-            elif did == facts.label and facts.stage:
-                cls = stage_modifier(did, clause[:ms])
-                if cls is not None:
-                    self._check_stage(clause, ms, me, word, cls, pol, facts, t, inside)
-            if pol is not None:
+                self._check_stage(clause, ms, me, word, stage[1], None, facts, t, inside)
+            return span
+        in_stage = bool(inside) and any(a <= ms and me <= b for a, b in inside)
+        if not in_stage and "(" in clause and clause.count("(", 0, ms) > clause.count(")", 0, ms):
+            return span  # evidence listed in parentheses, e.g. "(central subfield thickening (DME range))"
+        pol = disease_polarity(clause[:ms], clause[me:])
+        if in_stage:  # the reasoner's own stage name ("Intermediate AMD."): what it claims, no stage check
+            if pol is not None and did == facts.label:
                 self._check_disease(clause, word, did, pol, facts, t, rc)
+            return span
+        stage = self._names_stage.get(word)
+        if stage is not None and stage[0] == facts.label:
+            self._check_stage(clause, ms, me, word, stage[1], pol, facts, t, inside)
+        elif did == facts.label and facts.stage:
+            cls = stage_modifier(did, clause[:ms])
+            if cls is not None:
+                self._check_stage(clause, ms, me, word, cls, pol, facts, t, inside)
+        if pol is not None:
+            self._check_disease(clause, word, did, pol, facts, t, rc)
+        return span
 
     def _check_presence(self, clause: str, ms: int, me: int, entity: str, fids, facts, t: _Tally,
                         rc: _RowClaims) -> None:
@@ -1038,19 +1110,21 @@ class Verifier:
                 t.fail("self_contradiction", f"says {entity} is both present and absent")
 
     # -- main ----------------------------------------------------------------------------------------
-    def verify(self, row: dict[str, Any], facts) -> VerifyResult:
+    def verify(self, row: dict[str, Any], facts, *, claims: bool = False) -> VerifyResult:
         """Check one instruction row (``task``, ``messages``, ``images``, ``eye``) against its study.
 
-        Never raises on a malformed row: unreadable turns (not text, not UTF-8, empty) are ``format``
-        reasons, and anything else the checks cannot read is an ``unreadable`` reason."""
+        ``claims``: also return what each number, term and name of the answers was checked against
+        (:attr:`VerifyResult.claims`; review tools use it; a little slower). Never raises on a malformed
+        row: unreadable turns (not text, not UTF-8, empty) are ``format`` reasons, and anything else the
+        checks cannot read is an ``unreadable`` reason."""
         try:
-            return self._verify(row, facts)
+            return self._verify(row, facts, claims)
         except Exception as exc:  # noqa: BLE001 - a row the checks cannot read fails with its reason, never crashes
             why = f"unreadable: the row could not be read ({type(exc).__name__}: {str(exc)[:200]})"
             return VerifyResult(False, 0.0, [why], 1)
 
-    def _verify(self, row: dict[str, Any], facts) -> VerifyResult:
-        t = _Tally()
+    def _verify(self, row: dict[str, Any], facts, claims: bool = False) -> VerifyResult:
+        t = _Tally(claims)
         if not isinstance(row, dict):
             t.fail("format", f"a row is a mapping with task and messages, got {type(row).__name__}")
             return VerifyResult(False, 0.0, t.reasons, t.checks)
@@ -1064,7 +1138,7 @@ class Verifier:
             t.fail("format", f"row eye {row.get('eye')!r} differs from the study's {facts.eye!r}")
         rc = _RowClaims([])
         assistant_texts = []
-        for msg in messages:
+        for turn, msg in enumerate(messages):
             content = msg["content"]
             if msg["role"] == "system":
                 continue
@@ -1084,7 +1158,13 @@ class Verifier:
             assistant_texts.append(content)
             if has_box:
                 self._check_boxes(content, images, row, facts, t)
-            self._check_claims(normalise(low), facts, t, rc)
+            if t.claims is None:
+                self._check_claims(normalise(low), facts, t, rc)
+            else:
+                t.turn, first = turn, len(t.claims)
+                self._check_claims(normalise(low), facts, t, rc)
+                if has_box:  # offsets of the text without boxes -> offsets of the turn's content
+                    _unstrip_offsets(content, t.claims[first:])
         self._row_claims(rc, facts, t)
         all_text = "\n".join(assistant_texts)
         if fam is not None:
@@ -1100,7 +1180,8 @@ class Verifier:
                     all_text + " " + " ".join(m["content"] for m in messages if m["role"] == "user")):
                 t.fail("format", f"a {task} row must name the eye it describes")
         score = 1.0 if t.checks == 0 else max(0.0, (t.checks - t.hard - 0.5 * t.soft) / t.checks)
-        return VerifyResult(t.hard == 0, round(score, 4), t.reasons, t.checks)
+        return VerifyResult(t.hard == 0, round(score, 4), t.reasons, t.checks,
+                            sorted(t.claims, key=lambda c: (c["turn"], c["start"])) if claims else None)
 
     def _check_claims(self, text: str, facts, t: _Tally, rc: _RowClaims) -> None:
         """Numbers, qualitative terms, presence claims, diagnoses and stages of one (lower-cased,
@@ -1134,6 +1215,7 @@ class Verifier:
             if not mentions and carried is not None and not _ANAPHORA.search(clause):
                 carried = None
             inside = _spans_of(clause, stage) if stage and stage in clause else ()
+            t.base = a  # claims are recorded at text offsets
             if p_num[ci] is not None:
                 ms, off = s_num.get(ci, masked_text[a:b])
                 self._check_numbers(clause, ms, off, mentions, facts, t, carried)
