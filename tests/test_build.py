@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -112,6 +113,12 @@ def test_card_and_report(built):
     path = Path(rep["publish"].outputs["path"])
     card = (path / "README.md").read_text()
     assert card.startswith("---\n") and "configs:" in card and "## Data contracts" in card
+    # the text lint and variety figures of the version (grok lint-text): template rows break no rule
+    lint = card.split("## Text style and variety", 1)[1].split("\n## ", 1)[0]
+    m = re.search(r"`grok lint-text` over the (\d+) verified rows: (\d+) style violations", lint)
+    assert m and int(m.group(1)) > 0 and m.group(2) == "0", lint[:400]
+    tasks = set(pq.read_table(Path(cfg.work_dir) / "instructions.parquet", columns=["task"]).column("task").to_pylist())
+    assert tasks and all(f"| {task} |" in lint for task in tasks)
     report = (path / "report" / "index.html").read_text()
     assert report.count('class="row"') >= 6
     for src in __import__("re").findall(r'src="([^"]+)"', report):
