@@ -975,18 +975,18 @@ class Verifier:
                 self._check_name(clause, m, part, off, facts, t, rc, inside)
             else:
                 before = t.mark()
-                ms, me, refs = self._check_name(clause, m, part, off, facts, t, rc, inside)
-                t.claim(before, ms, me, "name", refs)
+                ms, me, fids, did = self._check_name(clause, m, part, off, facts, t, rc, inside)
+                t.claim(before, ms, me, "name", [f"finding-{f}" for f in fids or ()] + ([f"dx-{did}"] if did else []))
 
     def _check_name(self, clause: str, m, part, off: int, facts, t: _Tally, rc: _RowClaims, inside):
-        """One finding, lesion, disease or stage name; returns its clause span and what it names
-        (``finding-<id>``, ``dx-<disease>``)."""
+        """One finding, lesion, disease or stage name; returns its clause span and what it names (finding ids,
+        disease id)."""
         word = part[0]
         ms = m.start() - off + part[1]
         me = ms + len(word)
         fids = self.lex.presence_alias.get(word)
         did = self._names_disease.get(word)
-        span = (ms, me, [f"finding-{f}" for f in fids or ()] + ([f"dx-{did}"] if did else []))
+        span = (ms, me, fids, did)
         if fids is not None:
             self._check_presence(clause, ms, me, word, fids, facts, t, rc)
         elif word in self._unmeasured:
