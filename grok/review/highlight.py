@@ -118,13 +118,18 @@ def _name_marks(low: str, lex: Lexicon) -> list[Mark]:
         did = lex.disease_alias.get(m.group(0))
         if did:
             out.append(Mark(m.start(), m.end(), "dx", f"dx-{did}", False, lex.disease_names.get(did, did)))
-    out.sort(key=lambda k: (k.start, -(k.end - k.start)))
-    names: list[Mark] = []
-    for k in out:
-        if names and k.start < names[-1].end:
+    return _no_overlap(out)
+
+
+def _no_overlap(found: list[Mark]) -> list[Mark]:
+    """``found`` sorted by position, the longest first where several start together, overlaps dropped."""
+    found.sort(key=lambda k: (k.start, -(k.end - k.start)))
+    kept: list[Mark] = []
+    for k in found:
+        if kept and k.start < kept[-1].end:
             continue
-        names.append(k)
-    return names
+        kept.append(k)
+    return kept
 
 
 def _claim_marks(text: str, lex: Lexicon, claims: list[dict], anchors: set[str] | None) -> list[Mark]:
@@ -151,13 +156,7 @@ def _claim_marks(text: str, lex: Lexicon, claims: list[dict], anchors: set[str] 
     for m in _NUMBER.finditer(text):  # every number is shown; those the verifier did not read link nowhere
         if not any(c.start <= m.start() < c.end for c in out):
             out.append(Mark(m.start(), m.end(), "num", None, False, "not read as a measurement by the verifier"))
-    out.sort(key=lambda k: (k.start, -(k.end - k.start)))
-    merged: list[Mark] = []
-    for k in out:
-        if merged and k.start < merged[-1].end:
-            continue
-        merged.append(k)
-    return merged
+    return _no_overlap(out)
 
 
 def render(text: str, lex: Lexicon, reasons: list[str], anchors: set[str] | None = None,
