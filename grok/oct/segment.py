@@ -33,6 +33,10 @@ from scipy import ndimage
 from grok.ids import BOUNDARIES
 
 _I = {name: i for i, name in enumerate(BOUNDARIES)}
+#: The EZ band (see :func:`_ez_band`) counts in a column where its prominence is at least this share of the
+#: outer complex's contrast; gaps up to :data:`_EZ_BRIDGE_UM` wide are bridged from both sides
+_EZ_MIN_PROM = 0.12
+_EZ_BRIDGE_UM = 500.0
 
 
 @dataclass
@@ -369,6 +373,70 @@ def _half_rise(f: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float = 0.5)
     cur = f[r, c]
     frac = np.clip((half - prev) / np.maximum(cur - prev, 1e-6), 0.0, 1.0)
     return (r - 1 + frac).astype(np.float64)
+
+
+def _ez_band(f: np.ndarray, rpe: np.ndarray, P: float, lo_um: float = 16.0, hi_um: float = 65.0,
+             side_um: float = 25.0, power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per column, the ellipsoid zone as a band of its own above the RPE: ``(upper_edge_row, prominence)``.
+
+    Going up from the RPE's inner edge ``rpe`` the outer retina shows the interdigitation zone (on the RPE),
+    the outer segments (dark), the EZ band, the inner-segment myoids (dark) and the thin, faint ELM line. The
+    EZ band is the local maximum of ``f`` whose peak lies ``lo_um``..``hi_um`` above ``rpe`` and stands out
+    most from the dips on both sides (within ``side_um`` above it, and down to the RPE), relative to the
+    contrast from the dark level above the RPE to the RPE complex's peak. Its upper edge is where ``f ** power``
+    falls half-way from that peak to the dip above it (linear interpolation; ``power=4`` undoes a 4th-root
+    display compression, as for the RPE's inner edge). Where the EZ is not resolved from the
+    RPE complex (or lost) no maximum stands out: the prominence is low there and the caller keeps another
+    estimate.
+    """
+    rows, cols = f.shape
+    c = np.arange(cols)
+    base = np.round(np.nan_to_num(rpe, nan=rows // 2)).astype(np.int64)
+    k0, k1 = max(1, int(round(lo_um * P))), max(2, int(round(hi_um * P)))
+    sa = max(2, int(round(side_um * P)))
+    prof = f[np.clip(base[None, :] - np.arange(0, k1 + sa + 2)[:, None], 0, rows - 1), c]  # k rows above rpe
+    peak = f[np.clip(base[None, :] + np.arange(0, max(2, int(round(20.0 * P))) + 1)[:, None], 0, rows - 1), c].max(axis=0)
+    dark = np.percentile(prof[k0:], 20, axis=0)
+    contrast = np.maximum(peak - dark, 1e-6)
+    ks = np.arange(k0, k1 + 1)
+    v = prof[ks]
+    is_max = (v >= prof[ks - 1]) & (v >= prof[ks + 1])
+    dip_below = np.minimum.accumulate(prof, axis=0)[ks - 1]
+    dip_above = np.stack([prof[ks + j] for j in range(1, sa + 1)]).min(axis=0)
+    prom = np.where(is_max, np.minimum(v - dip_below, v - dip_above) / contrast[None, :], -np.inf)
+    i = np.argmax(prom, axis=0)
+    kpk = ks[i]
+    lin = np.clip(prof, 0.0, None) ** power  # the crossing in about linear intensity (as the RPE's)
+    half = 0.5 * (lin[kpk, c] + np.clip(dip_above[i, c], 0.0, None) ** power)
+    edge = np.full(cols, np.nan)
+    for j in range(1, sa + 1):
+        k = kpk + j
+        a, b = lin[k - 1, c], lin[k, c]
+        new = np.isnan(edge) & (b < half)
+        edge = np.where(new, k - 1 + np.clip((a - half) / np.maximum(a - b, 1e-9), 0.0, 1.0), edge)
+    return base - edge, prom[i, c]
+
+
+def _ez_from_band(f: np.ndarray, rpe: np.ndarray, ez: np.ndarray, P: float, lateral_um: float) -> np.ndarray:
+    """The EZ row per column: the upper edge of the EZ band (:func:`_ez_band`, half-way in about linear
+    intensity) where the band stands out in most of the ~100 um around a column; across gaps of up to
+    :data:`_EZ_BRIDGE_UM` (a vessel shadow, a short EZ loss) the edge interpolated from both sides, unless
+    ``ez`` (the outer complex's half-rise) lies higher there (photoreceptors lifted by subretinal fluid);
+    ``ez`` elsewhere."""
+    edge, prom = _ez_band(f, rpe, P, power=4.0)
+    band = np.isfinite(edge) & (prom >= _EZ_MIN_PROM)
+    if band.sum() < 2:
+        return ez
+    wz = max(3, int(round(100.0 / lateral_um))) | 1
+    use = ndimage.uniform_filter1d(band.astype(np.float64), wz, mode="nearest") >= 0.5
+    guide = ndimage.median_filter(_bridge(np.where(band, edge, 0.0), ~band), size=wz, mode="nearest")
+    out = np.where(use, guide, ez)
+    if use.any() and not use.all():
+        lab, n = ndimage.label(~use)
+        sizes = ndimage.sum(~use, lab, index=np.arange(1, n + 1))
+        gap = np.concatenate([[False], sizes * lateral_um <= _EZ_BRIDGE_UM])[lab]
+        out = np.where(gap, np.minimum(guide, ez), out)
+    return out
 
 
 def _nan_result(rows: int, cols: int, flags: dict[str, str], image=None) -> BscanSegmentation:
@@ -710,6 +778,12 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
         +1, elo, ehi, jump=J(1.6), penalty=0.12, ref=ez - 22 * P, ref_w=0.01)
     elm = fctx.find(+1, np.maximum(filmn, ridge - 6 * P), np.maximum(ridge, filmn + 1), jump=J(1.6), penalty=0.12,
                     ref=ridge - 2 * P, ref_w=0.02)
+    # the EZ where it is a band of its own above the RPE complex (the ellipsoid zone; the phantom and the
+    # IN-OCT consensus put the boundary on its upper edge, the old IS/OS junction). The half-rise above takes
+    # the EZ only where that band is brighter than half the complex: on a single-frame scan whose EZ is
+    # fainter than its RPE it lands on the complex's own rise (the interdigitation zone / RPE) instead.
+    # The ELM search above stays anchored on the half-rise (the inner layers' search depends on the ELM)
+    ez_band = _ez_from_band(f1, rpe, ez, P, lateral_um)
     # the retinal vessels lie in the nerve fibre and ganglion cell layers: under a vessel's shadow the
     # edges at RNFL_GCL's depth are the vessel's own (its walls, its lumen). Those columns give the
     # RNFL_GCL search no edge evidence (every row costs the same), so its path crosses them on its
@@ -797,9 +871,11 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     if absent.any():
         flags["outer_retina_absent"] = (f"{int(absent.sum())} columns show no photoreceptor / RPE complex (optic "
                                         "disc or dense shadow): only the ILM is given there")
+    # the continuity check measures the edge at the outer complex's half-rise (its steepest step)
+    rise = np.where(absent, ilm, ez + sh)
     ez, rpeo, rpe, bm, elm, inl_opl, opl_onl, ipl_inl, rnfl_gcl = (
-        np.where(absent, np.nan, v + sh) for v in (ez, rpeo, rpe, bm, elm, inl_opl, opl_onl, ipl_inl, rnfl_gcl))
-    if not _oct_like(g / scale, ilm, np.where(absent, ilm, ez), flags):
+        np.where(absent, np.nan, v + sh) for v in (ez_band, rpeo, rpe, bm, elm, inl_opl, opl_onl, ipl_inl, rnfl_gcl))
+    if not _oct_like(g / scale, ilm, rise, flags):
         return None
     # the vitreous above the ILM is the darkest part of a B-scan; an inverted or mirror-image B-scan
     # puts the choroid there
