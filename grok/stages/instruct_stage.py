@@ -10,16 +10,22 @@ shard (LLM calls of an unfinished shard are replayed from the shard's SQLite req
 repeated). :meth:`Instruct.merge` writes ``BUILD/instructions.parquet``,
 ``BUILD/instructions_quarantine.parquet`` and ``BUILD/instructions_skipped.parquet`` (a family that made
 no row for a study, with the reason code) and accounts for every generated row in its report.
+
+Nothing here holds the archive: the plan keys shards while it reads ``records.jsonl`` (one shard's records at
+a time) and gives each shard the byte range of its records, which the shard reads alone; the merge writes the
+quarantined and skipped rows shard after shard and the verified rows sorted by id, :data:`MERGE_ROWS` at a time.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grok import __version__
@@ -31,6 +37,31 @@ from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
 from grok.stages.stage import Shard, Stage
+
+#: Instruction rows sorted in memory at a time when the shards are merged into ``instructions.parquet``
+#: (sorted by row id): more rows than this are merged in several passes over the shard files, each taking
+#: one range of ids, so the merge's memory does not grow with the archive.
+MERGE_ROWS = 50_000
+
+
+class InstructShard(Shard, total=False):
+    """An instruct shard as :meth:`Instruct.plan` makes it: also where its records are in ``records.jsonl``
+    (``at``: start and end byte) and how many shards the stage has (``of``), so a shard reads its own records,
+    not the whole file. Shards without them (made elsewhere) read the file."""
+
+    at: list[int]
+    of: int
+
+
+def _record_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """``records.jsonl`` one record at a time: (start byte, end byte, record)."""
+    with open(path, "rb") as fh:
+        pos = 0
+        for line in fh:
+            end = pos + len(line)
+            if line.strip():
+                yield pos, end, json.loads(line)
+            pos = end
 
 #: The build's instruction tables -> (the shard file each is merged from, its schema).
 MERGED = {"instructions": ("instructions.parquet", INSTRUCTIONS_SCHEMA),
@@ -75,15 +106,65 @@ class Instruct(Stage):
         """A shard's key covers its study records, the instruct settings, the build id, the knowledge-base
         snapshot, every template file and the code version."""
         cfg = folder.cfg
-        records = {r["study_id"]: r for r in read_records(folder.root)}
-        ids = sorted(records)
         n = cfg.instruct.shard_size
         code = {"grok": __version__, "source": source_digest("grok.instruct", "grok.verify", "grok.knowledge", __name__)}
         common = {"stage": "instruct", "code": code, "build_id": folder.build_id(),
                   "config": {k: v for k, v in cfg.instruct.key_dump().items() if k != "shard_size"},
                   "kb": folder.kb.snapshot_id, "templates": _generation_templates(cfg.instruct.templates_dir)}
+        # streamed: records.jsonl is in study-id order (the records stage writes biomarkers' sorted rows), so
+        # shards are runs of n consecutive records, keyed as they are read; one shard's records in memory
+        shards: list[InstructShard] = []
+        chunk: list[dict[str, Any]] = []
+        start, last = 0, None
+
+        def close(end: int) -> None:
+            shards.append(InstructShard(ids=[r["study_id"] for r in chunk],
+                                        key=content_key({**common, "records": chunk}), at=[start, end]))
+
+        end = 0
+        for begin, end_, rec in _record_lines(folder.path("records.jsonl")):
+            if last is not None and rec["study_id"] <= last:
+                return self._plan_in_memory(folder, common, n)  # not sorted (written elsewhere): sort in memory
+            last = rec["study_id"]
+            if not chunk:
+                start = begin
+            chunk.append(rec)
+            end = end_
+            if len(chunk) == n:
+                close(end)
+                chunk = []
+        if chunk:
+            close(end)
+        for sh in shards:
+            sh["of"] = len(shards)
+        return list(shards)
+
+    @staticmethod
+    def _plan_in_memory(folder: BuildFolder, common: dict[str, Any], n: int) -> list[Shard]:
+        records = {r["study_id"]: r for r in read_records(folder.root)}
+        ids = sorted(records)
         return [Shard(ids=ids[i:i + n], key=content_key({**common, "records": [records[s] for s in ids[i:i + n]]}))
                 for i in range(0, len(ids), n)]
+
+    @staticmethod
+    def _shard_records(folder: BuildFolder, shard: Shard) -> tuple[list[dict[str, Any]], int]:
+        """The shard's study records and the number of shards of the stage: read at the shard's byte range when
+        the plan gave one and it holds exactly the shard's ids, else from the whole file."""
+        path = folder.path("records.jsonl")
+        at, of = shard.get("at"), shard.get("of")
+        if at and of:
+            with open(path, "rb") as fh:
+                fh.seek(at[0])
+                blob = fh.read(at[1] - at[0])
+            records = [json.loads(line) for line in blob.splitlines() if line.strip()]
+            if [r["study_id"] for r in records] == list(shard["ids"]):
+                return records, of
+        want, records, total = set(shard["ids"]), [], 0
+        for _, _, r in _record_lines(path):
+            total += 1
+            if r["study_id"] in want:
+                records.append(r)
+        return records, -(-total // folder.cfg.instruct.shard_size)
 
     @staticmethod
     def shard_dir(folder: BuildFolder, ids: list[str]) -> Path:
@@ -112,10 +193,7 @@ class Instruct(Stage):
             for p in out.iterdir():
                 if not p.name.startswith("llm_cache.sqlite"):
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
-        want = set(shard["ids"])
-        everything = read_records(folder.root)
-        records = [r for r in everything if r["study_id"] in want]
-        shards = -(-len(everything) // folder.cfg.instruct.shard_size)
+        records, shards = self._shard_records(folder, shard)
         build_instructions(records, out, instruct_config(folder, shards), kb=folder.kb)
         (out / "DONE").write_text(shard["key"] + "\n")
         return str(out)
@@ -123,28 +201,78 @@ class Instruct(Stage):
     def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
         """Concatenate the shards' verified, quarantined and skipped rows into the build's three tables;
         the report accounts for every generated row (:func:`grok.instruct.accounting.account`)."""
-        merged: dict[str, list[pa.Table]] = {name: [] for name in MERGED}
-        summaries = []
-        for d in sorted(results):
-            p = Path(d)
-            for name, (shard_file, _) in MERGED.items():
-                if (p / shard_file).exists():
-                    merged[name].append(pq.read_table(p / shard_file))
-            if (p / "summary.json").exists():
-                summaries.append(json.loads((p / "summary.json").read_text()))
-        tables: dict[str, pa.Table] = {}
+        dirs = [Path(d) for d in sorted(results)]
+        files = {name: [p / shard_file for p in dirs if (p / shard_file).exists()]
+                 for name, (shard_file, _) in MERGED.items()}
+        summaries = [json.loads((p / "summary.json").read_text()) for p in dirs if (p / "summary.json").exists()]
+        counts = {}
         for name, (_, schema) in MERGED.items():
-            t = pa.concat_tables(merged[name]) if merged[name] else schema.empty_table()
+            out = folder.path(name + ".parquet")
             if name == "instructions":
-                t = t.sort_by("id")
-            tables[name] = t
-            pq.write_table(t, folder.path(name + ".parquet"), compression="zstd")
-        acc = account(tables["instructions"].select(["task"]).to_pylist(),
-                      tables["instructions_quarantine"].select(["task", "verifier_reasons", "error_class"]).to_pylist(),
-                      tables["instructions_skipped"].select(["task", "reason_code"]).to_pylist())
-        n_out, n_q, n_s = (tables[n].num_rows for n in MERGED)
+                counts[name] = _merge_sorted(files[name], out, schema)
+            else:
+                counts[name] = _concat(files[name], out, schema)
+        acc = account(_rows(files["instructions"], ["task"]),
+                      _rows(files["instructions_quarantine"], ["task", "verifier_reasons", "error_class"]),
+                      _rows(files["instructions_skipped"], ["task", "reason_code"]))
+        n_out, n_q, n_s = (counts[n] for n in MERGED)
         return folder.finish(StageReport(
             "instruct", n_in=n_out + n_q + n_s, n_out=n_out, n_quarantined=n_q, n_skipped=n_s, seconds=seconds,
             outputs={n: str(folder.path(n + ".parquet")) for n in MERGED},
             details={"shards": len(results), "accounting": acc,
                      "usage": [s.get("usage") for s in summaries if s.get("usage")]}))
+
+
+def _rows(files: list[Path], columns: list[str]) -> Iterator[dict[str, Any]]:
+    """The rows of ``files`` (only ``columns``), one file's batch at a time."""
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=4096):
+            yield from batch.to_pylist()
+
+
+def _schema(files: list[Path], default: pa.Schema) -> pa.Schema:
+    return pq.read_schema(files[0]) if files else default
+
+
+def _concat(files: list[Path], out: Path, default: pa.Schema) -> int:
+    """The shard tables one after another into ``out``, one shard in memory at a time; returns the rows."""
+    n = 0
+    with pq.ParquetWriter(out, _schema(files, default), compression="zstd") as writer:
+        for f in files:
+            t = pq.read_table(f)
+            if t.num_rows:
+                writer.write_table(t)
+                n += t.num_rows
+    return n
+
+
+def _merge_sorted(files: list[Path], out: Path, default: pa.Schema) -> int:
+    """The shard tables into ``out`` sorted by ``id`` (what one concatenation and sort gives), about
+    :data:`MERGE_ROWS` rows in memory at a time: the id space is cut into as many ranges as the row count asks
+    for (row ids are sha256 hex digests, so even ranges of the hex space hold about equal shares; any other
+    ids still land in exactly one range) and each range is read from every shard, sorted and written in
+    turn. Returns the rows."""
+    schema = _schema(files, default)
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    parts = max(1, -(-rows // MERGE_ROWS))
+    bounds = [None] + [format(i * 16**8 // parts, "08x") for i in range(1, parts)] + [None]
+    n = 0
+    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
+        for lo, hi in zip(bounds, bounds[1:]):
+            chunks = []
+            for f in files:
+                t = pq.read_table(f)
+                if parts > 1:
+                    col = t.column("id")
+                    keep = pc.is_null(col) if hi is None else pc.less(col, hi).fill_null(False)
+                    if lo is not None:
+                        keep = pc.and_(keep, pc.greater_equal(col, lo).fill_null(False)) if hi is not None else \
+                            pc.or_(pc.greater_equal(col, lo).fill_null(False), keep)
+                    t = t.filter(keep)
+                if t.num_rows:
+                    chunks.append(t)
+            if chunks:
+                t = pa.concat_tables(chunks).sort_by("id")
+                writer.write_table(t)
+                n += t.num_rows
+    return n

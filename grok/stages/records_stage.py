@@ -12,6 +12,9 @@ each date is de-identified exactly as ingestion does it and a study takes the ro
 Undated rows label every visit of that patient and eye only when they agree. A study with no label
 (no cohort row, rows of other visits only, rows that disagree, or a conflicting row) is not guessed:
 it goes to ``BUILD/records_quarantine.parquet`` with the reason, so studies in = records + quarantined.
+
+Streamed: biomarkers are read :data:`BATCH_ROWS` rows at a time and each record is written as soon as it is
+made, so the stage holds one batch (and the cohort's labels), not the archive's records.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from grok.stages.measure_stage import POSITION_IDS, SCALAR_IDS
 from grok.stages.stage import SingleStage
 
 RECORDS_VERSION = "1"
+#: Biomarker rows read (and records written) at a time: the stage's memory does not grow with the archive.
+BATCH_ROWS = 256
 QUARANTINE_SCHEMA = pa.schema([("study_id", pa.string()), ("stage", pa.string()), ("reason", pa.string()),
                                ("error_class", pa.string())])
 
@@ -173,68 +178,82 @@ def build_records(
             by_key.setdefault((r["patient_id"], r["eye"]), []).append(r)
     else:
         by_key = {}
-    bio = pq.read_table(build / "biomarkers.parquet").to_pylist()
     devices = _manifest_devices(build)
-    records, quarantine = [], []
-    for row in bio:
-        sid = row["study_id"]
-        lab_row, (error_class, why) = _label_for_visit(by_key.get((row["patient_id"], row["eye"]), []), row["visit"])
-        if lab_row is None:
-            quarantine.append(dict(study_id=sid, stage="records", error_class=error_class, reason=why))
-            continue
-        primary = lab_row.get("primary_label")
-        if not primary or (isinstance(primary, float) and math.isnan(primary)):
-            conflicts = lab_row.get("conflicts")
-            quarantine.append(dict(study_id=sid, stage="records", error_class="label_conflict",
-                                   reason=f"cohort fields give no primary label (conflicts: {conflicts})"))
-            continue
-        lab_list = lab_row.get("labels")
-        if isinstance(lab_list, str):
-            try:
-                lab_list = json.loads(lab_list)
-            except json.JSONDecodeError:
-                lab_list = [lab_list]
-        biomarkers = {b: _clean(row.get(b)) for b in SCALAR_IDS}
-        for b in POSITION_IDS:
-            biomarkers[b] = row.get(b)
-        lesions = json.loads(row["lesions"] or "[]")
-        device = _device_of(row, devices, kb)
-        rec_in = {
-            "biomarkers": biomarkers, "device": device["device_text"], "engine_measured": True, "sex": row.get("sex"),
-            "age_years": _clean(row.get("age_years")), "laterality": row["eye"],
-            "lesions": _lesions_for_reasoner(lesions, row.get("oct_spacing_mm"), row.get("cfp_pixel_spacing_mm")),
-        }
+    n_in = n_records = n_quarantined = 0
+    # streamed: biomarkers are read BATCH_ROWS rows at a time and every record is written as it is made,
+    # so the memory of this stage is one batch (plus the cohort's labels), not the archive
+    bio_file = pq.ParquetFile(build / "biomarkers.parquet")
+    with open(build / "records.jsonl", "w") as fh, \
+            pq.ParquetWriter(build / "records_quarantine.parquet", QUARANTINE_SCHEMA) as qw:
+        for batch in bio_file.iter_batches(batch_size=BATCH_ROWS):
+            quarantine = []
+            for row in batch.to_pylist():
+                n_in += 1
+                record, why = _record(row, by_key, devices, kb, build_id)
+                if record is None:
+                    quarantine.append(why)
+                    continue
+                n_records += 1
+                fh.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+            if quarantine:
+                n_quarantined += len(quarantine)
+                qw.write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA))
+    return {"studies_in": n_in, "records": n_records, "quarantined": n_quarantined}
+
+
+def _record(row: dict[str, Any], by_key: dict[tuple[Any, Any], list[dict[str, Any]]], devices, kb,
+            build_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """One biomarkers row -> its study record, or None and its quarantine row (with the reason)."""
+    sid = row["study_id"]
+    lab_row, (error_class, why) = _label_for_visit(by_key.get((row["patient_id"], row["eye"]), []), row["visit"])
+    if lab_row is None:
+        return None, dict(study_id=sid, stage="records", error_class=error_class, reason=why)
+    primary = lab_row.get("primary_label")
+    if not primary or (isinstance(primary, float) and math.isnan(primary)):
+        conflicts = lab_row.get("conflicts")
+        return None, dict(study_id=sid, stage="records", error_class="label_conflict",
+                          reason=f"cohort fields give no primary label (conflicts: {conflicts})")
+    lab_list = lab_row.get("labels")
+    if isinstance(lab_list, str):
         try:
-            reasoning = reason(rec_in, kb).to_dict()
-        except Exception as exc:  # noqa: BLE001 - a record the reasoner refuses is quarantined, not lost
-            quarantine.append(dict(study_id=sid, stage="records", error_class="reasoner_error",
-                                   reason=f"{type(exc).__name__}: {str(exc)[:300]}"))
-            continue
-        extractors = json.loads(row["extractors"] or "{}")
-        records.append({
-            "study_id": sid, "patient_id": row["patient_id"], "eye": row["eye"], "visit": row["visit"],
-            "age_years": _clean(row.get("age_years")), "sex": row.get("sex"), "device": device["device"],
-            "device_source": {k: device[k] for k in ("device_text", "device_image_id", "manufacturer", "model",
-                                                     "device_note")},
-            "label": primary, "labels": list(lab_list or [primary]),
-            "biomarkers": biomarkers,
-            "quality": {"oct": json.loads(row["oct_quality"] or "{}"),
-                        "cfp": {"grade": row.get("cfp_quality_grade"),
-                                "reasons": list(row.get("cfp_quality_reasons") or [])}},
-            "lesions": lesions,
-            "images": json.loads(row["images"] or "{}"),
-            "image_sizes": json.loads(row["image_sizes"] or "{}"),
-            "overlays": json.loads(row["overlays"] or "{}"),
-            "reasoning": reasoning,
-            "provenance": {"source_sha256s": list(row.get("source_sha256s") or []), "extractors": extractors,
-                           "kb_snapshot": kb.snapshot_id, "code_version": __version__, "build_id": build_id,
-                           "records_stage": RECORDS_VERSION},
-        })
-    with open(build / "records.jsonl", "w") as fh:
-        for r in records:
-            fh.write(json.dumps(r, sort_keys=True, default=_json_default) + "\n")
-    pq.write_table(pa.Table.from_pylist(quarantine, schema=QUARANTINE_SCHEMA), build / "records_quarantine.parquet")
-    return {"studies_in": len(bio), "records": len(records), "quarantined": len(quarantine)}
+            lab_list = json.loads(lab_list)
+        except json.JSONDecodeError:
+            lab_list = [lab_list]
+    biomarkers = {b: _clean(row.get(b)) for b in SCALAR_IDS}
+    for b in POSITION_IDS:
+        biomarkers[b] = row.get(b)
+    lesions = json.loads(row["lesions"] or "[]")
+    device = _device_of(row, devices, kb)
+    rec_in = {
+        "biomarkers": biomarkers, "device": device["device_text"], "engine_measured": True, "sex": row.get("sex"),
+        "age_years": _clean(row.get("age_years")), "laterality": row["eye"],
+        "lesions": _lesions_for_reasoner(lesions, row.get("oct_spacing_mm"), row.get("cfp_pixel_spacing_mm")),
+    }
+    try:
+        reasoning = reason(rec_in, kb).to_dict()
+    except Exception as exc:  # noqa: BLE001 - a record the reasoner refuses is quarantined, not lost
+        return None, dict(study_id=sid, stage="records", error_class="reasoner_error",
+                          reason=f"{type(exc).__name__}: {str(exc)[:300]}")
+    extractors = json.loads(row["extractors"] or "{}")
+    return {
+        "study_id": sid, "patient_id": row["patient_id"], "eye": row["eye"], "visit": row["visit"],
+        "age_years": _clean(row.get("age_years")), "sex": row.get("sex"), "device": device["device"],
+        "device_source": {k: device[k] for k in ("device_text", "device_image_id", "manufacturer", "model",
+                                                 "device_note")},
+        "label": primary, "labels": list(lab_list or [primary]),
+        "biomarkers": biomarkers,
+        "quality": {"oct": json.loads(row["oct_quality"] or "{}"),
+                    "cfp": {"grade": row.get("cfp_quality_grade"),
+                            "reasons": list(row.get("cfp_quality_reasons") or [])}},
+        "lesions": lesions,
+        "images": json.loads(row["images"] or "{}"),
+        "image_sizes": json.loads(row["image_sizes"] or "{}"),
+        "overlays": json.loads(row["overlays"] or "{}"),
+        "reasoning": reasoning,
+        "provenance": {"source_sha256s": list(row.get("source_sha256s") or []), "extractors": extractors,
+                       "kb_snapshot": kb.snapshot_id, "code_version": __version__, "build_id": build_id,
+                       "records_stage": RECORDS_VERSION},
+    }, None
 
 
 def _json_default(o: Any) -> Any:

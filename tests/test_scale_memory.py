@@ -1,0 +1,109 @@
+"""The driver's stages stream their tables: the records and instruct stages' peak memory does not grow with
+the number of studies (issue 22). Measured with tracemalloc (Python objects: the records, rows and lists a
+stage would hold) on 20 and 80 synthetic studies copied from a measured tiny phantom, with batches smaller
+than the archive so that streaming is what is tested. Not a timing test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from grok.stages import instruct_stage, records_stage
+from grok.stages.folder import BuildFolder
+from grok.stages.runner import STAGE_BY_NAME, run_stage
+from tests import test_build_shards
+from tests.test_build_shards import tiny_config
+
+ingested = test_build_shards.ingested  # the tiny phantom (two studies) ingested once
+
+
+@pytest.fixture(scope="module")
+def measured(ingested, tmp_path_factory) -> Path:
+    """The tiny phantom measured and its records made (two real studies to copy)."""
+    tmp = tmp_path_factory.mktemp("measured")
+    shutil.copytree(ingested / "build", tmp / "build")
+    cfg = tiny_config(tmp)
+    run_stage(cfg, "measure")
+    run_stage(cfg, "records")
+    return tmp
+
+
+def _peak(fn) -> int:
+    """Peak bytes of Python allocations while ``fn`` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _biomarkers(measured: Path, n: int, out: Path) -> pd.DataFrame:
+    """``n`` studies copied from the two measured ones (new study and patient ids); their labels."""
+    rows = pq.read_table(measured / "build" / "biomarkers.parquet").to_pylist()
+    bio = [{**rows[i % len(rows)], "study_id": f"S{i:05d}", "patient_id": f"P{i // 2:05d}"} for i in range(n)]
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(bio, schema=pq.read_schema(measured / "build" / "biomarkers.parquet")),
+                   out / "biomarkers.parquet")
+    shutil.copytree(measured / "build" / "ingest", out / "ingest", dirs_exist_ok=True)
+    return pd.DataFrame([{"patient_id": r["patient_id"], "eye": r["eye"], "primary_label": "normal",
+                          "labels": ["normal"]} for r in bio])
+
+
+def test_records_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatch):
+    monkeypatch.setattr(records_stage, "BATCH_ROWS", 8)
+    cfg = tiny_config(measured)
+    folder = BuildFolder(cfg)
+    kb = folder.kb
+    peaks, sizes = {}, {}
+    for n in (20, 80):
+        out = tmp_path / f"n{n}"
+        labels = _biomarkers(measured, n, out)
+        records_stage.build_records(out, labels=labels, kb=kb)  # warm (the reasoner's caches)
+        peaks[n] = _peak(lambda: records_stage.build_records(out, labels=labels, kb=kb))
+        sizes[n] = (out / "records.jsonl").stat().st_size
+        assert sum(1 for _ in open(out / "records.jsonl")) == n  # every study became a record
+    grown, more_records = peaks[80] - peaks[20], sizes[80] - sizes[20]
+    # holding the 60 extra records (as dicts, larger than their JSON) would grow the peak by more than their
+    # text; streamed, only the labels and the device table grow (a few hundred bytes per study)
+    assert grown < 0.25 * more_records, (peaks, sizes)
+
+
+def test_instruct_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatch):
+    monkeypatch.setattr(instruct_stage, "MERGE_ROWS", 16)
+    real = [json.loads(line) for line in (measured / "build" / "records.jsonl").read_text().splitlines()]
+    stage = STAGE_BY_NAME["instruct"]
+    peaks, sizes, rows = {}, {}, {}
+    for n in (20, 80):
+        root = tmp_path / f"n{n}"
+        shutil.copytree(measured / "build", root / "build")
+        with open(root / "build" / "records.jsonl", "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({**real[i % len(real)], "study_id": f"S{i:05d}", "patient_id": f"P{i // 2:05d}"},
+                                    sort_keys=True) + "\n")
+        folder = BuildFolder(tiny_config(root, instruct={"shard_size": 4}))
+        folder.kb  # noqa: B018 - loaded before measuring (the worker's warm knowledge base)
+        rep = None
+
+        def run(folder=folder):
+            nonlocal rep
+            rep = stage.run(folder)
+
+        peaks[n] = _peak(run)
+        sizes[n] = (root / "build" / "records.jsonl").stat().st_size
+        rows[n] = rep.n_in
+        assert rep.details["shards"] == n // 4
+        merged = pq.read_table(root / "build" / "instructions.parquet")
+        assert merged.column("id").to_pylist() == sorted(merged.column("id").to_pylist())  # merged in id order
+        assert rep.n_in == rep.n_out + rep.n_quarantined + rep.n_skipped
+    assert rows[80] > 3 * rows[20] > 0
+    grown, more_records = peaks[80] - peaks[20], sizes[80] - sizes[20]
+    # the plan keys shards as it reads them, a shard reads its own byte range, the merge sorts 16 rows at a time
+    assert grown < 0.25 * more_records, (peaks, sizes)
