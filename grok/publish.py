@@ -33,6 +33,8 @@ import html
 import json
 import math
 import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -49,7 +51,7 @@ from grok.ids import OCT_GROK_BIOMARKERS
 from grok.instruct.accounting import account, describe, pass_rate
 from grok.instruct.evidence import records_features, records_row
 from grok.instruct.lint import lint_rows
-from grok.instruct.records import load_studies
+from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
@@ -149,12 +151,66 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
     return pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame(columns=columns)
 
 
+class StudyRecords(Mapping):
+    """The build's study records by study id, read from ``records.jsonl`` when asked for: only each record's
+    place in the file (and its patient and label, which the split needs) stays in memory, so publication does
+    not hold every record of the archive at once. Iteration follows the file (as a dict read from it would; a
+    study id written twice keeps its first place and its last record)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._at: dict[str, tuple[int, int]] = {}
+        self._patient: dict[str, tuple[Any, Any]] = {}
+        if self.path.suffix != ".jsonl":  # another format: read whole (small, hand-made inputs)
+            self._whole: dict[str, dict[str, Any]] | None = {r["study_id"]: r for r in load_studies(self.path)}
+            self._patient = {k: (r["patient_id"], r["label"]) for k, r in self._whole.items()}
+            return
+        self._whole = None
+        if not self.path.exists():
+            load_studies(self.path)  # the error that names the file and the fix
+        with open(self.path, "rb") as fh:
+            pos = 0
+            for i, line in enumerate(fh, 1):
+                start, pos = pos, pos + len(line)
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise StudyError(f"{self.path}:{i}: not valid JSON ({exc.msg}); each line must be one study "
+                                     "record") from exc
+                self._at[r["study_id"]] = (start, pos - start)
+                self._patient[r["study_id"]] = (r["patient_id"], r["label"])
+
+    def __getitem__(self, sid: str) -> dict[str, Any]:
+        if self._whole is not None:
+            return self._whole[sid]
+        start, n = self._at[sid]
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            return json.loads(fh.read(n))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._patient)
+
+    def __len__(self) -> int:
+        return len(self._patient)
+
+    def patients(self) -> Iterator[tuple[Any, Any]]:
+        """(patient id, label) of every record, in file order, without reading the records."""
+        return iter(self._patient.values())
+
+    def sorted_values(self) -> Iterator[dict[str, Any]]:
+        """Every record in study-id order, one at a time."""
+        return (self[sid] for sid in sorted(self._patient))
+
+
 def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts, and
     the accounting of every generated row (verified, quarantined, skipped)."""
     if kb is None:
         kb = load_knowledge_base()
-    records = {r["study_id"]: r for r in load_studies(build_dir / "records.jsonl")}
+    records = StudyRecords(build_dir / "records.jsonl")
     ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()
     n_in = len(ins)
     failed = ins[~ins["verifier_passed"].astype(bool)]
@@ -167,7 +223,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
                   pd.concat([failed, quarantine])[["task", "verifier_reasons", "error_class"]].to_dict("records")
                   if len(failed) + len(quarantine) else [],
                   skipped[["task", "reason_code"]].to_dict("records"))
-    pat = pd.DataFrame([{"patient_id": r["patient_id"], "label": r["label"]} for r in records.values()])
+    pat = pd.DataFrame([{"patient_id": p, "label": lab} for p, lab in records.patients()])
     if pat.empty:
         raise PublishError(f"{build_dir}: no labelled study records; nothing to publish (see records_quarantine)")
     split_of = assign_splits(pat, ratios=cfg.split_ratios, seed=cfg.split_seed)
@@ -197,7 +253,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     # alignment: one row per record with a foveal B-scan
     bio = pq.read_table(build_dir / "biomarkers.parquet").to_pandas().set_index("study_id")
     align_rows = []
-    for sid, r in sorted(records.items()):
+    for r in records.sorted_values():
+        sid = r["study_id"]
         img = r["images"].get("oct_foveal")
         if not img:
             continue
@@ -208,10 +265,23 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
                            "split": split_of[r["patient_id"]]})
     align = pd.DataFrame(align_rows)
     labels = pd.read_parquet(build_dir / "labels.parquet") if (build_dir / "labels.parquet").exists() else None
-    evidence = [{**records_row(r, kb), "split": split_of[r["patient_id"]]} for _, r in sorted(records.items())]
+    # the records config's rows, made one at a time when the dataset is written (build_datasets)
+    evidence = _Evidence(records, kb, split_of)
     return {"records": records, "instructions": ins, "removed": removed_df, "failed_verification": len(failed),
             "instructions_in": n_in, "alignment": align, "biomarkers": bio.reset_index(), "labels": labels,
             "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
+
+
+class _Evidence:
+    """The ``records`` config's rows (:func:`grok.instruct.evidence.records_row` of every record in study-id
+    order, with its split), made when iterated rather than held."""
+
+    def __init__(self, records: StudyRecords, kb, split_of: Mapping[str, str]):
+        self.records, self.kb, self.split_of = records, kb, split_of
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for r in self.records.sorted_values():
+            yield {**records_row(r, self.kb), "split": self.split_of[r["patient_id"]]}
 
 
 def check_pass_rate(prep: dict[str, Any], cfg: PublishConfig) -> None:
@@ -274,7 +344,7 @@ def _media_inputs(prep: dict[str, Any]) -> list[str]:
     for imgs in prep["instructions"]["images"]:
         rels.update(list(imgs) if imgs is not None else [])
     rels.update(prep["alignment"]["image_path"] if len(prep["alignment"]) else [])
-    for r in prep["records"].values():
+    for r in prep["records"].values():  # one record at a time (StudyRecords reads them from the file)
         rels.update(v for v in (r.get("images") or {}).values() if v)
         rels.update(v for v in (r.get("overlays") or {}).values() if v)
     return sorted(rels)
@@ -317,36 +387,83 @@ def _features():
     return instr, align
 
 
-def build_datasets(build_dir: Path, prep: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    import datasets
+#: Rows of a published split made (with their images read) at a time: each split is written batch by batch to
+#: an Arrow file that the dataset then maps from disk, so the images of the archive are never all in memory.
+DATASET_BATCH_ROWS = 256
 
+
+class _SplitWriter:
+    """Rows of one split -> a memory-mapped ``datasets.Dataset`` (its Arrow file in ``tmp``), a batch at a time.
+    The rows are encoded exactly as ``datasets.Dataset.from_dict`` of the whole split encodes them."""
+
+    def __init__(self, tmp: Path | None, name: str, features):
+        self.features, self.path = features, (tmp / f"{name}.arrow" if tmp is not None else None)
+        self.rows: dict[str, list[Any]] = {k: [] for k in features}
+        self.tables: list[Any] = []
+        self.writer = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        for k in self.features:
+            self.rows[k].append(row[k])
+        if len(self.rows["id" if "id" in self.rows else next(iter(self.rows))]) >= DATASET_BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        import datasets
+        import pyarrow as pa
+
+        n = len(next(iter(self.rows.values())))
+        if not n:
+            return
+        table = datasets.Dataset.from_dict(self.rows, features=self.features).data.table
+        self.rows = {k: [] for k in self.features}
+        if self.path is None:
+            self.tables.append(table)
+            return
+        if self.writer is None:
+            self.sink = pa.OSFile(str(self.path), "wb")
+            self.writer = pa.ipc.new_stream(self.sink, table.schema)
+        self.writer.write_table(table)
+
+    def dataset(self):
+        import datasets
+
+        self._flush()
+        if self.writer is None:  # in memory (no folder given) or no rows
+            if not self.tables:
+                return datasets.Dataset.from_dict({k: [] for k in self.features}, features=self.features)
+            return datasets.concatenate_datasets([datasets.Dataset(datasets.table.InMemoryTable(t))
+                                                  for t in self.tables])
+        self.writer.close()
+        self.sink.close()
+        return datasets.Dataset.from_file(str(self.path), info=datasets.DatasetInfo(features=self.features))
+
+
+def build_datasets(build_dir: Path, prep: dict[str, Any], tmp: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The version's configs and splits as ``datasets.Dataset`` objects, images embedded. With ``tmp`` (a folder
+    removed after publication) every split is written there batch by batch and mapped from disk, so memory
+    holds one batch of rows, not the archive's images."""
     instr_f, align_f = _features()
     out: dict[str, dict[str, Any]] = {"instructions": {}, "benchmark": {}, "alignment": {}}
     ins = prep["instructions"]
     for split in ("train", "validation", "test"):
         part = ins[ins.split == split]
-        rows = {k: [] for k in instr_f}
+        w = _SplitWriter(tmp, f"instructions-{split}", instr_f)
         for r in part.to_dict("records"):
             msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
             imgs = r["images"].tolist() if hasattr(r["images"], "tolist") else list(r["images"] or [])
             roles = r.get("image_roles")
             roles = roles.tolist() if hasattr(roles, "tolist") else list(roles or [])
-            rows["id"].append(r["id"])
-            rows["study_id"].append(r["study_id"])
-            rows["patient_id"].append(r["patient_id"])
-            rows["eye"].append(r["eye"])
-            rows["task"].append(r["task"])
-            rows["label"].append(r["label"])
-            rows["messages"].append([{"role": m["role"], "content": m["content"]} for m in msgs])
-            rows["images"].append([_image_bytes(build_dir, p) for p in imgs])
-            rows["image_roles"].append(roles)
-            rows["verifier_score"].append(float(r.get("verifier_score") or 0.0))
             reasons = r.get("verifier_reasons")
-            rows["verifier_reasons"].append([str(x) for x in (list(reasons) if reasons is not None else [])])
-            rows["template_id"].append(str(r.get("template_id") or ""))
-            rows["kb_snapshot"].append(str(r.get("kb_snapshot") or ""))
-            rows["provenance"].append(str(r.get("provenance") or "{}"))
-        ds = datasets.Dataset.from_dict(rows, features=instr_f)
+            w.add({"id": r["id"], "study_id": r["study_id"], "patient_id": r["patient_id"], "eye": r["eye"],
+                   "task": r["task"], "label": r["label"],
+                   "messages": [{"role": m["role"], "content": m["content"]} for m in msgs],
+                   "images": [_image_bytes(build_dir, p) for p in imgs], "image_roles": roles,
+                   "verifier_score": float(r.get("verifier_score") or 0.0),
+                   "verifier_reasons": [str(x) for x in (list(reasons) if reasons is not None else [])],
+                   "template_id": str(r.get("template_id") or ""), "kb_snapshot": str(r.get("kb_snapshot") or ""),
+                   "provenance": str(r.get("provenance") or "{}")})
+        ds = w.dataset()
         if split == "test":
             out["benchmark"]["test"] = ds
         else:
@@ -354,21 +471,20 @@ def build_datasets(build_dir: Path, prep: dict[str, Any]) -> dict[str, dict[str,
     al = prep["alignment"]
     for split in ("train", "validation", "test"):
         part = al[al.split == split] if len(al) else al
-        rows = {k: [] for k in align_f}
+        w = _SplitWriter(tmp, f"alignment-{split}", align_f)
         for r in part.to_dict("records"):
-            rows["sample_id"].append(r["sample_id"])
-            rows["patient_id"].append(r["patient_id"])
-            rows["eye"].append(r["eye"])
-            rows["label"].append(r["label"])
-            rows["image"].append(_image_bytes(build_dir, r["image_path"]))
-            rows["biomarker_ids"].append(list(r["biomarker_ids"]))
-            rows["biomarker_values"].append(list(r["biomarker_values"]))
-        out["alignment"][split] = datasets.Dataset.from_dict(rows, features=align_f)
+            w.add({"sample_id": r["sample_id"], "patient_id": r["patient_id"], "eye": r["eye"], "label": r["label"],
+                   "image": _image_bytes(build_dir, r["image_path"]), "biomarker_ids": list(r["biomarker_ids"]),
+                   "biomarker_values": list(r["biomarker_values"])})
+        out["alignment"][split] = w.dataset()
     rec_f = records_features()
     out["records"] = {}
     for split in ("train", "validation", "test"):
-        part = [r for r in prep["evidence"] if r["split"] == split]
-        out["records"][split] = datasets.Dataset.from_dict({k: [r[k] for r in part] for k in rec_f}, features=rec_f)
+        w = _SplitWriter(tmp, f"records-{split}", rec_f)
+        for r in prep["evidence"]:
+            if r["split"] == split:
+                w.add(r)
+        out["records"][split] = w.dataset()
     return {k: v for k, v in out.items() if v}
 
 
@@ -535,7 +651,13 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
                   + _media_inputs(prep))
     check_pass_rate(prep, cfg)
     check_text_lint(prep)
-    tables = build_datasets(build, prep)
+    with tempfile.TemporaryDirectory(dir=build, prefix=".publish-") as tmp:
+        return _publish_tables(build, cfg, prep, info, contracts, deny, dropped, reviews, synthetic, Path(tmp))
+
+
+def _publish_tables(build: Path, cfg: PublishConfig, prep: dict[str, Any], info: dict[str, Any], contracts, deny,
+                    dropped, reviews, synthetic: bool, tmp: Path) -> PublishResult:
+    tables = build_datasets(build, prep, tmp)
     versions = _versions(build, prep)
     body = _card_body(cfg, prep, contracts, info, versions, synthetic, reviews)
     counts = {

@@ -136,10 +136,30 @@ def next_version(name: str, bump: str = "minor", registry: str | None = None) ->
 def table_fingerprint(table: pa.Table) -> str:
     """sha256 of a table's canonical Arrow IPC stream (schema without metadata + data)."""
     table = table.replace_schema_metadata(None).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    h = hashlib.sha256()
+    # the stream is hashed as it is written (not buffered, then copied to bytes: two more copies of the split)
+    with pa.PythonFile(_HashSink(h), mode="w") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+    return h.hexdigest()
+
+
+class _HashSink:
+    """A write-only file object that feeds what is written to a hash."""
+
+    closed = False
+
+    def __init__(self, h):
+        self.h = h
+
+    def write(self, data) -> int:
+        self.h.update(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def content_fingerprint(tables: Mapping[str, Mapping[str, pa.Table]]) -> str:
