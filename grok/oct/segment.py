@@ -37,6 +37,8 @@ _I = {name: i for i, name in enumerate(BOUNDARIES)}
 #: outer complex's contrast; gaps up to :data:`_EZ_BRIDGE_UM` wide are bridged from both sides
 _EZ_MIN_PROM = 0.12
 _EZ_BRIDGE_UM = 500.0
+#: Width of the running median over the RPE's inner edge (see its search)
+_RPE_MEDIAN_UM = 150.0
 
 
 @dataclass
@@ -765,6 +767,10 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     # the RPE's inner edge where its rise is half-way in expanded (about linear) intensity: the steepest
     # row of the compressed image lies on the dark side of a strong step
     rpe = _half_level(f1, rpe, +1, max(2, int(round(15.0 * P))), power=4.0)
+    # the half-way row is taken per column: on a single-frame B-scan its speckle moves it by a pixel from
+    # column to column, while the RPE is smooth over ~150 um (a running median keeps the steps of drusen
+    # and PED, which are wider)
+    rpe = ndimage.median_filter(rpe, size=max(3, int(round(_RPE_MEDIAN_UM / lateral_um))) | 1, mode="nearest")
     # the ELM is a thin bright line above the EZ: follow the ridge of a line detector (the image minus
     # the mean of the bands ~6 um above and below), then take the line's upper edge
     d6 = max(1, int(round(6.0 * P)))
