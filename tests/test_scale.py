@@ -136,3 +136,18 @@ def test_local_dask_workers_start_without_malloc_trimming(tmp_path):
         assert {k: v for k, v in before.items() if k != "MALLOC_TRIM_THRESHOLD_"} == env
     finally:
         dask.config.set({key: before})
+
+
+def test_templates_compile_once_per_process_and_again_when_edited(tmp_path):
+    from grok.instruct.templating import library, templates_dir
+
+    root = tmp_path / "templates"
+    shutil.copytree(templates_dir(), root)
+    lib = library(root)
+    assert library(root) is lib  # a worker's second shard reuses the compiled environment
+    tid = lib.ids()[0]
+    lib.get(tid)
+    edited = root / tid
+    edited.write_text(edited.read_text() + "\n")
+    again = library(root)
+    assert again is not lib and again.get(tid)[1].sha256 != lib.get(tid)[1].sha256  # an edit is seen

@@ -38,7 +38,7 @@ from grok.instruct.llm_mode import run_llm_build
 from grok.instruct.phrasing import spell
 from grok.instruct.records import StudyError, StudyFacts, build_facts, load_studies
 from grok.instruct.rows import build_row, canonical_json, quarantine_row
-from grok.instruct.templating import TemplateLibrary
+from grok.instruct.templating import TemplateLibrary, library
 from grok.knowledge import load_knowledge_base, reason
 from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Tolerance, Verifier, VerifyConfig
@@ -166,7 +166,7 @@ def build_instructions(studies: str | Path | list[dict[str, Any]], out: str | Pa
     records = load_studies(studies) if not isinstance(studies, list) else studies
     kb = kb or load_knowledge_base()
     lex = build_lexicon(kb)
-    lib = TemplateLibrary(config.templates_dir)
+    lib = library(config.templates_dir)  # compiled once per process (a worker reuses it across shards)
     verifier = Verifier(lex, VerifyConfig(tolerance=config.tolerance))
     gen = TemplateGenerator(lib, lex, verifier, config.spelling)
     build_id = config.build_id or default_build_id(_records_digest(records), config, lib)

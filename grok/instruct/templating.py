@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,25 @@ class TemplateLibrary:
     def render_text(self, template_id: str, context: dict[str, Any]) -> tuple[str, TemplateInfo]:
         tpl, info = self.get(template_id)
         return tpl.render(context), info
+
+
+_LIBRARIES: dict[str, tuple[tuple[Any, ...], TemplateLibrary]] = {}
+_LIBRARIES_LOCK = threading.Lock()
+
+
+def library(root: str | Path | None = None) -> TemplateLibrary:
+    """The :class:`TemplateLibrary` of ``root`` for this process: its Jinja environment is made and its templates
+    compiled once per process (a worker generating many shards does not recompile them per shard), and made
+    again when a template file under ``root`` changed (name, size or modification time)."""
+    path = Path(root) if root is not None else templates_dir()
+    files = sorted(path.glob("*/*.j2"))
+    stamp = tuple((str(f), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
+    key = str(path.resolve())
+    with _LIBRARIES_LOCK:
+        hit = _LIBRARIES.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    lib = TemplateLibrary(root)
+    with _LIBRARIES_LOCK:
+        _LIBRARIES[key] = (stamp, lib)
+    return lib
