@@ -78,9 +78,10 @@ def test_every_category_has_an_evaluable_key_finding(device, age, sex):
     if device == "topcon" or (device == "spectralis" and age >= 87):
         # Known gap, no verified source yet: GC-IPL and macular RNFL ranges on Spectralis and Topcon,
         # peripapillary RNFL on Topcon (and on Spectralis past the Alasil 2013 sample's 86 y), and
-        # fractal-dimension ranges for any tool (see docs/knowledge.md).
+        # the fractal-dimension ranges are on this engine's scale, for engine-measured values only
+        # (see docs/knowledge.md).
         assert empty == ["alzheimers"]
-        pytest.xfail("alzheimers: no verified GC-IPL / RNFL / fractal-dimension range on " + device)
+        pytest.xfail("alzheimers: no verified GC-IPL / RNFL range for scanner-exported values on " + device)
     assert empty == []
 
 

@@ -214,7 +214,8 @@ def test_overlay_adds_and_overrides_by_id(tmp_path, kb):
     over = {
         "normative_ranges": [
             dict(
-                yaml.safe_load((KB_DIR / "normative_ranges.yaml").read_text())["normative_ranges"][-1],
+                next(r for r in yaml.safe_load((KB_DIR / "normative_ranges.yaml").read_text())["normative_ranges"]
+                     if r["id"] == "sfct_kong2018"),
                 mean=300.0,
             )
         ]
@@ -225,8 +226,9 @@ def test_overlay_adds_and_overrides_by_id(tmp_path, kb):
     assert both.normative_ranges["sfct_kong2018"].mean == 300.0
     assert any(o["id"] == "sfct_kong2018" for o in both.overrides)
     assert both.snapshot_id != kb.snapshot_id
-    # the overlay's range makes the bundled arteriolar-narrowing finding evaluable
+    # a second av_ratio range beside the bundled engine-scale one: the finding stays evaluable
     assert not any(w.key.startswith("findings[id=arteriolar_narrowing]") for w in both.warnings)
+    assert {r.id for r in both.ranges_for("av_ratio")} == {"av_ratio_local", "av_ratio_engine_ukb2024_hrf"}
 
 
 def test_overlay_alone_fails_with_coverage_errors(tmp_path):

@@ -38,8 +38,10 @@ BIOMARKER_SYNONYMS: dict[str, tuple[str, ...]] = {
     "cup_disc_ratio_vertical": ("cup-to-disc ratio", "cup-disc ratio", "cup/disc ratio", "cup to disc ratio",
                                 "vertical cup-to-disc ratio", "cdr", "vertical cdr", "c/d ratio", "vertical c/d ratio",
                                 "c:d ratio", "cup:disc ratio", "c/d", "vertical c/d", "cup-disc", "cup/disc"),
+    # "arteriolar" / "arterioles": the calibre that generalised arteriolar narrowing ("narrowed arterioles")
+    # is graded on here; longer aliases ("arteriolar tortuosity", "arteriolar fractal dimension") win
     "av_ratio": ("av ratio", "a/v ratio", "avr", "arteriole-to-venule ratio", "arteriolar-to-venular ratio",
-                 "arteriovenous ratio"),
+                 "arteriovenous ratio", "arteriolar", "arterioles"),
     "vessel_density": ("vessel density", "vascular density"),
     "arterial_tortuosity": ("arteriolar tortuosity", "arterial tortuosity"),
     "venular_tortuosity": ("venular tortuosity", "venous tortuosity"),

@@ -510,6 +510,14 @@ class _Checker:
                     "biomarker has no normative range and does not say why",
                     "add a normative_ranges entry with its source, or set no_normal_range_reason",
                 )
+            elif bid in with_range and b.no_normal_range_reason:
+                self.warn(
+                    "biomarkers",
+                    bid,
+                    "no_normal_range_reason",
+                    "biomarker has a normative range but still says why it has none (a stale reason)",
+                    "remove no_normal_range_reason (or set it to null where a YAML anchor supplies it)",
+                )
         for cid in CANONICAL_BIOMARKERS:
             if cid not in kb.biomarkers:
                 self.issues.append(

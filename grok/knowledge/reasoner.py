@@ -436,10 +436,12 @@ class _Context:
         fallback = ("generic",) if self.engine_measured and self.device != "generic" else ()
         return (self.device, "any", *fallback)
 
-    def fallback_note(self, device_matched: str) -> str:
+    def fallback_note(self, device_matched: str, biomarker: str) -> str:
         """Text added to a finding evaluated with the engine-convention fallback."""
         if device_matched != "generic" or self.device == "generic":
             return ""
+        if self.kb.biomarkers[biomarker].modality == "cfp":  # the record's device is its OCT's
+            return "; this engine's own reference for its fundus-photograph measure ('generic') was used"
         return (
             f"; no {self.device} range or cut-off of this engine's convention covers this record, so this "
             "engine's own ILM -> BM reference ('generic') was used for its engine-measured value"
@@ -470,6 +472,14 @@ def _fmt(v: float, decimals: int) -> str:
     return f"{v:.{decimals}f}"
 
 
+def _ordinal(p: float) -> str:
+    """``1st``, ``2nd``, ``5th``, ``95th``, ``2.5th`` (a percentile as prose writes it)."""
+    n = f"{p:g}"
+    if p != int(p) or 11 <= int(p) % 100 <= 13:
+        return n + "th"
+    return n + {1: "st", 2: "nd", 3: "rd"}.get(int(p) % 10, "th")
+
+
 def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
     b = ctx.kb.biomarkers[f.biomarker]
     value = ctx.value(f.biomarker)
@@ -496,7 +506,7 @@ def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
     p, cut = cut_used
     side = "below" if f.direction == "low" else "above"
     expl = (
-        f"{b.name} {_fmt(value, b.decimals)} {unit}".rstrip() + f" is {side} the {p:g}th percentile "
+        f"{b.name} {_fmt(value, b.decimals)} {unit}".rstrip() + f" is {side} the {_ordinal(p)} percentile "
         f"({_fmt(cut, b.decimals)} {unit}; {cut_how.replace('_', ' ')}) of range {rng.id} "
         f"[{rng.population}]"
     )
@@ -504,7 +514,7 @@ def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
         expl += f"; z = {dev_info['z']:.2f}"
     if rng.derived:
         expl += f"; a derived range: {rng.derived}"
-    expl += ctx.fallback_note(dev)
+    expl += ctx.fallback_note(dev, f.biomarker)
     finding = Finding(
         f.id,
         f.name,
@@ -561,7 +571,7 @@ def _eval_threshold(f: ThresholdFinding, ctx: _Context) -> _State:
         + f" (cut-off for {scope})"
     )
     if ctx.device not in ts.devices and "any" not in ts.devices:
-        expl += ctx.fallback_note("generic")
+        expl += ctx.fallback_note("generic", f.biomarker)
     dev_info = None
     rng_used = None
     rng, dev, _ = ctx.choose_range(f.biomarker) if ctx.kb.ranges_for(f.biomarker) else (None, "", "")
