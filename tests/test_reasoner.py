@@ -408,9 +408,13 @@ def test_overall_thickness_and_volume_from_ring_means_for_older_women():
     mean = (277 * 1 + 326 * 8 + 282 * 27) / 36
     assert thin.normal_range.mean == pytest.approx(mean, abs=0.05)
     assert vol.normal_range.mean == pytest.approx(mean * math.pi * 9 / 1000, abs=0.005)
-    men = reason(rec({"macular_thickness_overall_um": 250.0}, device="spectralis", sex="M", age_years=75))
-    why = {n["finding"]: n["reason"] for n in men.not_evaluable}["macular_thinning_overall"]
-    assert "overall_spectralis_etheridge2021_f69" in why and "Fix:" in why
+    # everyone else: the unbanded Thai Spectralis sample (a band beats an unbanded range for women 69+)
+    men = reason(rec({"macular_thickness_overall_um": 250.0, "macular_volume_mm3": 8.4},
+                     device="spectralis", sex="M", age_years=75))
+    mthin = men.finding("macular_thinning_overall")
+    assert mthin.normal_range.id == "overall_spectralis_thai_pmid23053633" and "28.27" in mthin.explanation
+    assert mthin.normal_range.mean == pytest.approx(8.59 / (math.pi * 9) * 1000, abs=0.05)
+    assert "macular_volume_reduced" in men.absent  # 8.4 mm³ lies within 8.59 ± 0.37
 
 
 def test_engine_measured_circle_scan_rnfl_uses_the_engine_convention_on_other_devices():
@@ -434,7 +438,10 @@ def test_engine_measured_values_never_meet_a_range_of_another_convention():
     assert exported.finding("gcipl_thinning").normal_range.id == "gcipl_cirrus_xu2021"
     engine = reason(rec(bms, device="cirrus", sex="M", age_years=65, engine_measured=True))
     why = {n["finding"]: n["reason"] for n in engine.not_evaluable}
-    assert "another convention than this engine's" in why["macular_volume_reduced"]
+    # the engine's 6 mm-circle volume falls back to its own convention (the Spectralis ILM -> BM sample)
+    vol = next(m for m in engine.measurements if m.biomarker == "macular_volume_mm3")
+    assert vol.normal_range.id == "volume_spectralis_thai_pmid23053633" and vol.normal_range.device_matched == "generic"
+    assert "macular_volume_reduced" in engine.absent
     assert "gcipl_cirrus_xu2021" in why["gcipl_thinning"] and engine.finding("gcipl_thinning") is None
     cst = engine.finding("central_subfield_thickening")
     assert cst.normal_range.id == "cst_spectralis_chalam2012_m" and cst.normal_range.device_matched == "generic"
