@@ -8,10 +8,14 @@ label-shuffled predictor (other studies' reference answers: every answer read in
 diagnoses, wrong numbers). Figures, medians over the repeats, wall clock and per CPU-second of this
 process:
 
-* ``answers_per_s``: :func:`grok.eval.score.evaluate` end to end (reference answers read too,
-  bootstrap intervals, BLEU);
-* ``answers_per_s_no_bleu``: the same with ``bleu=False``;
-* ``answers_per_s_references_read``: the same with BLEU, the reference readings already made (a
+* ``answers_per_s``: :func:`grok.eval.score.evaluate` end to end as ``grok eval`` runs it for a first
+  model in a new process whose version was scored before: the reference readings loaded from the disk
+  cache (``cache_dir``), every answer read, bootstrap intervals, BLEU, the per-item rows written to a
+  JSONL file;
+* ``answers_per_s_cold``: the same with an empty disk cache (the reference answers read too: the first
+  scoring of a version, or after the reading code, knowledge base or tolerance changed);
+* ``answers_per_s_no_bleu``: ``answers_per_s`` with ``bleu=False``;
+* ``answers_per_s_references_read``: ``answers_per_s`` with the reference readings already in memory (a
   further model scored on the same benchmark in one process);
 * ``reads_per_s``: :meth:`grok.eval.reader.AnswerReader.read` alone (the verifier's reading).
 
@@ -24,8 +28,9 @@ knowledge base is loaded before the clock starts (``run_judge(kb=...)``), as one
 
 ``--memory-studies N`` (default 50, 0: skip) also measures peak memory (tracemalloc) of scoring a
 predictions file of 6 N answers and of 60 N answers (the benchmark's items repeated under new ids;
-the benchmark and its reference readings loaded first): the predictions are streamed, so the peak
-grows only by each answer's marks, not by its text.
+the benchmark and its reference readings loaded first; the per-item rows written to a file, as the
+command does): the predictions are streamed and the rows written as JSONL, so the peak grows only by
+each item's marks as numbers (the bootstrap's columns), not by its text or its eval.json row.
 
 The 1-minute load average is recorded. Nothing here is a test: the figures depend on the machine.
 """
@@ -37,7 +42,9 @@ import json
 import os
 import random
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 TARGET_ANSWERS_PER_S = 5000
 
@@ -77,17 +84,28 @@ def main(argv: list[str] | None = None) -> dict:
     preds = Predictions("shuffled", dict(zip(ids, refs)))
     reader = AnswerReader(lex)
     n = len(ids)
-    evaluate(bench, Predictions("warm-up", {ids[0]: refs[0]}), resamples=10, reader=reader)  # regex caches
+    work = Path(tempfile.mkdtemp(prefix="grok-eval-bench-"))
+    cache, items_file, cold_cache = work / "cache", work / "items.jsonl", work / "cold"
+    evaluate(bench, Predictions("warm-up", {ids[0]: refs[0]}), resamples=10, reader=reader,  # regex caches,
+             cache_dir=cache)  # and the version's reference readings on disk, as an earlier run leaves them
     load_before = round(os.getloadavg()[0], 2)
     all_items = tuple(bench.items.values())
-    out: dict[str, list[tuple[float, float]]] = {"full": [], "no_bleu": [], "refs_read": [], "reads": []}
+    out: dict[str, list[tuple[float, float]]] = {"full": [], "cold": [], "no_bleu": [], "refs_read": [], "reads": []}
+
+    def run(**kw):
+        return evaluate(bench, preds, args.bootstrap, reader=reader, items_path=items_file, **kw)
+
     for _ in range(max(1, args.repeats)):
-        bench.readings.clear()  # a first model on a freshly loaded benchmark: the references are read too
-        out["full"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader)))
+        bench.readings.clear()  # a first model in a new process: the reference readings come from the disk cache
+        out["full"].append(_timed(lambda: run(cache_dir=cache)))
+        bench.readings.clear()  # ... or, the cache empty, are read
+        for f in cold_cache.glob("*"):
+            f.unlink()
+        out["cold"].append(_timed(lambda: run(cache_dir=cold_cache)))
         bench.readings.clear()
-        out["no_bleu"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader, bleu=False)))
+        out["no_bleu"].append(_timed(lambda: run(cache_dir=cache, bleu=False)))
         # a further model scored on the same benchmark in one process: the reference readings are kept
-        out["refs_read"].append(_timed(lambda: evaluate(bench, preds, args.bootstrap, reader=reader)))
+        out["refs_read"].append(_timed(lambda: run(cache_dir=cache)))
 
         def reads():
             for it, ans in zip(all_items, refs, strict=True):
@@ -103,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tasks": dict(sorted({it.task: sum(1 for x in bench.items.values() if x.task == it.task)
                               for it in bench.items.values()}.items())),
         "answers_per_s": rate("full", 0), "answers_per_cpu_s": rate("full", 1),
+        "answers_per_s_cold": rate("cold", 0), "answers_per_cpu_s_cold": rate("cold", 1),
         "answers_per_s_no_bleu": rate("no_bleu", 0), "answers_per_cpu_s_no_bleu": rate("no_bleu", 1),
         "answers_per_s_references_read": rate("refs_read", 0),
         "answers_per_cpu_s_references_read": rate("refs_read", 1),
@@ -110,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         "target_answers_per_s": TARGET_ANSWERS_PER_S,
         "load_avg_1min_before": load_before, "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     if args.memory_studies:
         res["memory"] = bench_memory(args.memory_studies, args.seed, kb, lex, reader, args.bootstrap)
     if args.judge_requests:
@@ -125,9 +147,7 @@ def bench_memory(studies: int, seed: int, kb, lex, reader, resamples: int, facto
     scoring the answers costs."""
     import dataclasses
     import random
-    import tempfile
     import tracemalloc
-    from pathlib import Path
 
     from grok.eval.data import Benchmark, benchmark_from_records
     from grok.eval.score import evaluate, reference_readings
@@ -147,8 +167,9 @@ def bench_memory(studies: int, seed: int, kb, lex, reader, resamples: int, facto
                 for rid, ans in zip(items, answers):
                     fh.write(json.dumps({"id": rid, "prediction": ans}) + "\n")
             reference_readings(bench, reader)
+            bench.positions()
             tracemalloc.start()
-            evaluate(bench, path, resamples, reader=reader)
+            evaluate(bench, path, resamples, reader=reader, items_path=Path(tmp) / f"items{k}.jsonl")
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             out.append({"answers": len(items), "predictions_file_mb": round(path.stat().st_size / 1e6, 2),

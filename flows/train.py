@@ -27,7 +27,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from grok.eval.data import load_benchmark, require_no_overlap
 from grok.eval.report import write_report
-from grok.eval.score import MEAN_METRICS, evaluate, write_scores
+from grok.eval.score import MEAN_METRICS, default_cache_dir, evaluate, write_scores
 from grok.stages.train import run_train_job, train_command
 from grok_train.model_card import EVAL_FILE, refresh_model_card
 
@@ -109,7 +109,7 @@ def evaluate_run(run_dir: str | Path, trained_on: str | None = None, registry: s
     preds = out / "predictions.jsonl"
     predicted = run_train_job(predict_command(run, benchmark, preds, registry=registry, config=config, split=split,
                                               max_new_tokens=max_new_tokens, overrides=predict_overrides))
-    res = evaluate(bench, preds, bootstrap)
+    res = evaluate(bench, preds, bootstrap, items_path=out / "items.jsonl", cache_dir=default_cache_dir())
     res["training_overlap"] = overlap
     res["predict"] = {k: predicted.get(k) for k in ("rows", "finished_eos", "hit_length_limit", "seconds")}
     scores = write_scores(res, run / EVAL_FILE)

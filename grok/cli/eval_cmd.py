@@ -118,7 +118,7 @@ def eval_command(
         require_no_overlap,
     )
     from grok.eval.report import write_figures, write_report
-    from grok.eval.score import evaluate, write_scores
+    from grok.eval.score import default_cache_dir, evaluate, iter_items, write_scores
 
     judge_cfg = _llm_settings("judge", judge_config, judge_url, judge_model) if (
         judge_config is not None or judge_url or judge_model) else None
@@ -147,7 +147,8 @@ def eval_command(
         except TrainingOverlapError as exc:
             fail(str(exc), ExitCode.FAILED)
     try:
-        res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu)
+        res = evaluate(bench, preds, bootstrap, seed, tolerance=tolerance, worst=worst, bleu=not no_bleu,
+                       items_path=out / "items.jsonl", cache_dir=default_cache_dir())
     except EvalInputError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
     res["training_overlap"] = overlap
@@ -159,7 +160,7 @@ def eval_command(
         tasks = tuple(t.strip() for t in judge_tasks.split(",") if t.strip())
         judged = load_predictions(args[0], ids={k for k, it in bench.items.items() if it.task in tasks})
         run = run_judge(judge_cfg, bench.items, judged.answers, out / "judge_cache.sqlite", tasks, tolerance)
-        res["judge"] = summarise_judge(run, res["items"], judge_cfg)
+        res["judge"] = summarise_judge(run, iter_items(res), judge_cfg)
         for w in res["worst"]:
             w["judge"] = res["judge"]["items"].get(w["id"])
     scores_path = write_scores(res, out / "eval.json")

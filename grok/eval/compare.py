@@ -25,6 +25,7 @@ from grok.eval.score import (
     class_columns,
     class_index,
     classification,
+    iter_items,
     resample_weights,
     resampled_metrics,
 )
@@ -43,18 +44,43 @@ def load_scores(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise EvalInputError(f"{p}: not a JSON file ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("items"), list):
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not (
+            isinstance(data.get("items"), list) or isinstance(data.get("items_file"), str)):
         raise EvalInputError(f"{p}: not a grok eval scores file (schema {SCHEMA!r} with per-item scores)")
+    if "items" not in data:  # the per-item rows beside it (a path relative to the scores file), read when needed
+        items = p.parent / data["items_file"]
+        if not items.is_file():
+            raise EvalInputError(f"{p}: its per-item scores {items} are missing (grok eval writes them beside "
+                                 "eval.json; copy both)")
+        data["items_file"] = str(items)
     return data
 
 
-def _columns(items: list[dict[str, Any]], t: np.ndarray, p: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(marks with NaN for not applicable, per-item matrix [marks | marks present | classification counts])."""
-    vals = np.array([[np.nan if it.get(m) is None else float(it[m]) for m in MEAN_METRICS] for it in items],
-                    dtype=np.float64).reshape(len(items), len(MEAN_METRICS))
+class _Items:
+    """What compare needs of a scores file's per-item rows, read in one pass (the rows are not kept): ids,
+    categories, stated diagnoses, whether classified, and the marks (NaN: not applicable)."""
+
+    def __init__(self, scores: dict[str, Any]):
+        self.ids: list[str] = []
+        self.category: list[str] = []
+        self.predicted: list[str | None] = []
+        cls: list[bool] = []
+        vals: list[float] = []
+        for it in iter_items(scores):
+            self.ids.append(it["id"])
+            self.category.append(it["category"])
+            self.predicted.append(it["predicted"])
+            cls.append(bool(it.get("classified")))
+            vals.extend(np.nan if it.get(m) is None else float(it[m]) for m in MEAN_METRICS)
+        self.classified = np.array(cls, dtype=bool)
+        self.vals = np.array(vals, dtype=np.float64).reshape(len(self.ids), len(MEAN_METRICS))
+        self.pos = {rid: i for i, rid in enumerate(self.ids)}
+
+
+def _columns(vals: np.ndarray, cls: np.ndarray, t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """The per-item matrix [marks | marks present | classification counts]."""
     ok = np.isfinite(vals)
-    cls = np.array([bool(it.get("classified")) for it in items], dtype=bool)
-    return vals, np.hstack([np.where(ok, vals, 0.0), ok, class_columns(t, p, k, cls)]).astype(np.float32)
+    return np.hstack([np.where(ok, vals, 0.0), ok, class_columns(t, p, k, cls)]).astype(np.float32)
 
 
 def _interval(d: np.ndarray) -> list[float] | None:
@@ -72,26 +98,26 @@ def compare(a: dict[str, Any], b: dict[str, Any], resamples: int = 1000, seed: i
         if a.get(key) != b.get(key):
             raise EvalInputError(f"the two score files differ in {key} ({a.get(key)!r} vs {b.get(key)!r}): "
                                  "compare models scored on the same dataset version and split")
-    ia = {it["id"]: it for it in a["items"]}
-    ib = {it["id"]: it for it in b["items"]}
-    common = sorted(set(ia) & set(ib))
-    A = [ia[i] for i in common]
-    B = [ib[i] for i in common]
+    ia, ib = _Items(a), _Items(b)
+    common = sorted(set(ia.pos) & set(ib.pos))
     n = len(common)
-    classes, t, p = class_index([it["category"] for it in A + B], [it["predicted"] for it in A + B])
+    A = np.array([ia.pos[i] for i in common], dtype=np.int64)
+    B = np.array([ib.pos[i] for i in common], dtype=np.int64)
+    cat = [ia.category[i] for i in A.tolist()] + [ib.category[i] for i in B.tolist()]
+    classes, t, p = class_index(cat, [ia.predicted[i] for i in A.tolist()] + [ib.predicted[i] for i in B.tolist()])
     k = len(classes)
-    va, xa = _columns(A, t[:n], p[:n], k)
-    vb, xb = _columns(B, t[n:], p[n:], k)
+    va, vb = ia.vals[A], ib.vals[B]
+    ca_mask, cb_mask = ia.classified[A], ib.classified[B]
+    xa = _columns(va, ca_mask, t[:n], p[:n], k)
+    xb = _columns(vb, cb_mask, t[n:], p[n:], k)
     diffs: list[np.ndarray] = []  # per resample: B - A of [macro F1, accuracy, means...]
     for w in resample_weights(n, resamples, seed):
         ma, fa, aa = resampled_metrics(w @ xa, k)
         mb, fb, ab = resampled_metrics(w @ xb, k)
         diffs.append(np.column_stack([fb - fa, ab - aa, mb - ma]))
     d = np.vstack(diffs) if diffs else np.zeros((0, 2 + len(MEAN_METRICS)))
-    ca = classification([it["category"] for it in A if it.get("classified")],
-                        [it["predicted"] for it in A if it.get("classified")])
-    cb = classification([it["category"] for it in B if it.get("classified")],
-                        [it["predicted"] for it in B if it.get("classified")])
+    ca = classification([ia.category[i] for i in A[ca_mask].tolist()], [ia.predicted[i] for i in A[ca_mask].tolist()])
+    cb = classification([ib.category[i] for i in B[cb_mask].tolist()], [ib.predicted[i] for i in B[cb_mask].tolist()])
     metrics: dict[str, Any] = {}
     for j, name in enumerate(("macro_f1", "accuracy")):
         xa_, xb_ = ca[name], cb[name]
@@ -125,6 +151,7 @@ def compare(a: dict[str, Any], b: dict[str, Any], resamples: int = 1000, seed: i
         headline = (f"no clear difference in macro F1: {names[1]} - {names[0]} = {head['diff']:+.2f} "
                     f"[{head['ci95'][0]:+.2f}, {head['ci95'][1]:+.2f}]")
     return {"dataset": a.get("dataset"), "fingerprint": a.get("fingerprint"), "a": names[0], "b": names[1],
-            "paired_items": len(common), "only_in_a": len(set(ia) - set(ib)), "only_in_b": len(set(ib) - set(ia)),
+            "paired_items": len(common), "only_in_a": len(set(ia.pos) - set(ib.pos)),
+            "only_in_b": len(set(ib.pos) - set(ia.pos)),
             "bootstrap": {"resamples": resamples, "seed": seed, "paired": True}, "metrics": metrics,
             "verdict": headline, "differences": verdicts}

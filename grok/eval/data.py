@@ -21,6 +21,7 @@ flagged) are each counted and listed in the report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
@@ -64,6 +65,11 @@ _OTHER_FUNCTION = frozenset((
 )) - _EN_FUNCTION
 
 
+#: Every ASCII character that is not a letter, as a space (``likely_not_english``'s ASCII path).
+_ASCII_NON_LETTERS = str.maketrans({chr(c): " " for c in range(128) if not chr(c).isalpha()})
+_ASCII_NON_LETTER_BYTES = bytes(c for c in range(128) if not chr(c).isalpha())
+
+
 class EvalInputError(ValueError):
     """A predictions file or dataset version that cannot be read (the message names it and the fix)."""
 
@@ -103,6 +109,13 @@ class Benchmark:
     #: What scoring reads from each reference answer once (:func:`grok.eval.score.reference_readings`),
     #: by reader settings; kept for the next model scored in this process.
     readings: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    _positions: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def positions(self) -> dict[str, int]:
+        """Each item id's position in :attr:`items` (built once per benchmark)."""
+        if self._positions is None or len(self._positions) != len(self.items):
+            self._positions = {rid: i for i, rid in enumerate(self.items)}
+        return self._positions
 
 
 def _last_turns(messages: list[dict[str, Any]]) -> tuple[str, str]:
@@ -182,11 +195,14 @@ def likely_not_english(text: str) -> bool:
     often those of another European language (German, French, Spanish, Italian, Portuguese, Dutch)
     than English ones. Lists and box answers without function words are not flagged."""
     if not text.isascii():
-        n_letters = len(_LETTER.findall(text))
-        if n_letters and len(_NON_LATIN.findall(text)) > 0.3 * n_letters:
+        non_latin = len(_NON_LATIN.findall(text))  # all letters are counted only when the ASCII ones are too few
+        if non_latin and non_latin > 0.3 * len(text.encode("ascii", "ignore").translate(None, _ASCII_NON_LETTER_BYTES)) \
+                and non_latin > 0.3 * len(_LETTER.findall(text)):
             return True
-    words = _WORD.findall(text.lower())
-    if len(words) < 5:
+        words = _WORD.findall(text.lower())
+    else:  # the same words: in ASCII the letters are a-z, and every other character separates them
+        words = text.lower().translate(_ASCII_NON_LETTERS).split()
+    if len(words) < 5 or _OTHER_FUNCTION.isdisjoint(words):
         return False
     other = sum(map(_OTHER_FUNCTION.__contains__, words))
     return other >= 3 and other > sum(map(_EN_FUNCTION.__contains__, words))
@@ -213,9 +229,30 @@ class Predictions:
         if len(ex) < MAX_LISTED:
             ex.append(example)
 
-    def pairs(self) -> Iterator[tuple[str, str]]:
-        """``(id, answer)`` of every usable prediction, each id once."""
+    def pairs(self, index: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
+        """``(id, answer)`` of every usable prediction, each id once. ``index``: the benchmark's ids and
+        positions (:meth:`Benchmark.positions`), which a stream uses to remember the ids seen compactly."""
         yield from self.answers.items()
+
+
+class _Seen:
+    """The ids read so far: a bit per benchmark position for the ids of ``index``, a set for any other."""
+
+    def __init__(self, index: dict[str, int] | None):
+        self.index = index or {}
+        self.bits = bytearray(len(self.index))
+        self.other: set[str] = set()
+
+    def __contains__(self, rid: str) -> bool:
+        i = self.index.get(rid)
+        return rid in self.other if i is None else bool(self.bits[i])
+
+    def add(self, rid: str) -> None:
+        i = self.index.get(rid)
+        if i is None:
+            self.other.add(rid)
+        else:
+            self.bits[i] = 1
 
 
 class PredictionStream(Predictions):
@@ -225,9 +262,9 @@ class PredictionStream(Predictions):
     def __init__(self, path: str | Path):
         super().__init__(str(path), {})
 
-    def pairs(self) -> Iterator[tuple[str, str]]:
+    def pairs(self, index: dict[str, int] | None = None) -> Iterator[tuple[str, str]]:
         p = Path(self.path)
-        seen: set[str] = set()
+        seen = _Seen(index)
         named: Counter[str] = Counter(self.datasets_named)
         try:
             with p.open("r", encoding="utf-8", errors="strict") as fh:
@@ -293,7 +330,8 @@ def benchmark_from_records(records: list[dict[str, Any]], seed: int = 0, kb=None
     """A benchmark made in memory from study records: every family's verified template row per study.
 
     For tests and ``benchmarks/eval.py`` (hundreds of items over all seven categories without a
-    build); a published version is read with :func:`load_benchmark`.
+    build); a published version is read with :func:`load_benchmark`. Its fingerprint is a digest of the
+    records, the seed, the name and the rows made.
     """
 
     kb = kb or load_knowledge_base()
@@ -313,7 +351,12 @@ def benchmark_from_records(records: list[dict[str, Any]], seed: int = 0, kb=None
             items[str(row["id"])] = Item(id=str(row["id"]), study_id=f.study_id, task=str(row["task"]), label=f.label,
                                          eye=f.eye, question=q, reference=a, images=list(row.get("images") or []),
                                          facts=f, patient_id=f.patient_id)
-    return Benchmark(name, "", "benchmark", "test", kb.snapshot_id, items)
+    # the version fingerprint of a benchmark made in memory: its records, seed and name, and its rows
+    h = hashlib.sha256(json.dumps([name, seed, records], sort_keys=True, default=repr).encode())
+    for it in items.values():
+        h.update(json.dumps([it.id, it.study_id, it.task, it.label, it.eye, it.question, it.reference, it.images],
+                            ensure_ascii=False).encode())
+    return Benchmark(name, f"sha256:{h.hexdigest()}", "benchmark", "test", kb.snapshot_id, items)
 
 
 def training_overlap(bench: Benchmark, trained_on: str, registry: str | None = None) -> dict[str, Any]:

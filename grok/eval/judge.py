@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,12 +280,13 @@ def _pearson(x: list[float], y: list[float]) -> float | None:
     return round(float(np.corrcoef(a, b)[0, 1]), 4)
 
 
-def summarise_judge(run: JudgeRun, items_scores: list[dict[str, Any]], cfg: LLMConfig) -> dict[str, Any]:
+def summarise_judge(run: JudgeRun, items_scores: Iterable[dict[str, Any]], cfg: LLMConfig) -> dict[str, Any]:
     """Rubric means (scored answers only; unscored ones are counted, never zero), usage, cost, and the
-    judge's agreement with the deterministic scores on the parts they share."""
+    judge's agreement with the deterministic scores on the parts they share. ``items_scores``: the
+    per-item rows (``grok.eval.score.iter_items``, read once; only the judged ones are kept)."""
     scored = {k: v for k, v in run.results.items() if v["status"] == "scored"}
     unscored = {k: v["reason"] for k, v in run.results.items() if v["status"] != "scored"}
-    det = {s["id"]: s for s in items_scores}
+    det = {s["id"]: s for s in items_scores if s["id"] in scored}
     parts = {k: (round(sum(v["parts"][k] for v in scored.values()) / len(scored), 3) if scored else None)
              for k in RUBRIC_PARTS}
     by_task: dict[str, list[int]] = {}

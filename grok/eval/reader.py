@@ -2,13 +2,14 @@
 
 Run as: python -c "from grok.eval.reader import AnswerReader; help(AnswerReader)"
 
-Scoring uses the verifier's own reading of a text (:class:`grok.verify.verifier.Verifier`), so a
+Scoring uses the verifier's own reading of a text (:meth:`grok.verify.verifier.Verifier.read`), so a
 benchmark answer and a training row are read by one implementation: the diagnoses it states
 (``Diagnosis: X``, "consistent with X", a bare "Normal."), its numbers checked against the
 study's biomarkers within the tolerance, its present/absent and thinned/thickened claims checked
-against the reasoner, invented lesions and the wrong eye. :class:`AnswerReader` adds only
-bookkeeping around four of the verifier's steps (the claims it collected, the biomarkers it saw
-named, how many number and finding checks passed and failed); every verdict is the verifier's.
+against the reasoner, invented lesions and the wrong eye. :class:`AnswerReader` only puts the answer
+in a row and turns the verifier's :class:`~grok.verify.verifier.Reading` into marks' inputs; every
+verdict is the verifier's. The verifier's reasons (``verify``) are made only when asked
+(:meth:`AnswerReader.reasons`: the report's worst answers), as they cost a second pass.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from grok.verify.verifier import HARD_CODES, Verifier, VerifyConfig, _LazyCue
+from grok.verify.verifier import NUMBER_CODES, Verifier
 
-#: Verifier reason codes that mark a number as wrong (not within the tolerance of its biomarker).
-NUMBER_CODES = frozenset({"wrong_number", "hallucinated_number", "wrong_unit"})
+__all__ = ["NUMBER_CODES", "AnswerReader", "AnswerReading"]
 
 
 @dataclass
@@ -48,7 +48,8 @@ class AnswerReading:
     wrong_eye:
         The other eye is named (``laterality``).
     reasons:
-        The verifier's reasons, ``code: detail``.
+        Empty (the verifier's reasons cost a second pass: :meth:`AnswerReader.reasons`), but the
+        ``unreadable`` reason of an answer the checks cannot read.
     """
 
     stated: list[str]
@@ -74,99 +75,32 @@ def _diagnosis(stated: list[str]) -> str | None:
 
 
 class AnswerReader(Verifier):
-    """The verifier, keeping what it read. Not thread-safe (one reader per thread)."""
-
-    def __init__(self, lexicon, config: VerifyConfig | None = None, families: dict | None = None):
-        super().__init__(lexicon, config, families)
-        self._reset()
-
-    def _reset(self) -> None:
-        self._stated: list[str] = []
-        self._named: set[str] = set()
-        self._num = [0, 0, 0, 0]  # measured: checked, wrong; reference values: checked, wrong
-        self._find = [0, 0]  # agree, disagree
-
-    # -- bookkeeping around the verifier's own steps ---------------------------------------------
-    def _mentions(self, matches, off: int):
-        out = super()._mentions(matches, off)
-        for _s, _e, ids in out:
-            self._named.update(ids)
-        return out
+    """The verifier, reading benchmark answers (:meth:`read`) and giving its reasons on request (:meth:`reasons`)."""
 
     @staticmethod
-    def _isolated(t, call) -> list[str]:
-        """Run ``call()`` with the tally's reason list emptied and return the reasons it added, repeats
-        included (the tally keeps a repeated reason once, so a number written wrong twice with the same
-        text would otherwise look right the second time). The tally ends as the verifier leaves it."""
-        saved = t.reasons
-        t.reasons = []
-        try:
-            call()
-        finally:
-            new, t.reasons = t.reasons, saved
-            for r in new:
-                if r in saved:  # the verifier would not have counted it again
-                    if r.split(":", 1)[0] in HARD_CODES:
-                        t.hard -= 1
-                    else:
-                        t.soft -= 1
-                else:
-                    saved.append(r)
-        return new
+    def _row(question: str, answer: str, facts, images) -> dict:
+        # the question turn is kept so the verifier sees the exchange as it was asked
+        return {"task": None, "eye": facts.eye, "images": list(images or []),
+                "messages": [{"role": "user", "content": question or "?"}, {"role": "assistant", "content": answer}]}
 
-    def _check_numbers(self, clause, matches, off, mentions, facts, t, carried) -> None:
-        # one match at a time, so each number's verdict is known; a number after a reference cue
-        # ("normal range 240 to 316 µm", "at least 0.03 mm³") is a reference value, not a measurement
-        sup = super()._check_numbers
-        for m in matches:
-            c0 = t.checks
-            new = self._isolated(t, lambda m=m: sup(clause, (m,), off, mentions, facts, t, carried))
-            wrong = sum(1 for r in new if r.split(":", 1)[0] in NUMBER_CODES)
-            ms = m.start() - off
-            subj = self._subject_before(mentions, ms)
-            if subj is None and not mentions and carried is not None:
-                subj = carried
-            k = 2 if _LazyCue(clause, subj[1] if subj else 0, ms) else 0
-            self._num[k] += t.checks - c0
-            self._num[k + 1] += wrong
-
-    def _tally_findings(self, t, checks: int, new: list[str]) -> None:
-        self._find[0] += max(0, checks - len(new))
-        self._find[1] += sum(1 for r in new if r.startswith("contradiction:"))
-
-    def _check_terms(self, clause, matches, off, mentions, facts, t, carried, inside=()) -> None:
-        c0 = t.checks
-        new = self._isolated(t, lambda: super(AnswerReader, self)._check_terms(
-            clause, matches, off, mentions, facts, t, carried, inside))
-        self._tally_findings(t, t.checks - c0, new)
-
-    def _check_presence(self, clause, ms, me, entity, fids, facts, t, rc) -> None:
-        c0 = t.checks
-        new = self._isolated(t, lambda: super(AnswerReader, self)._check_presence(
-            clause, ms, me, entity, fids, facts, t, rc))
-        self._tally_findings(t, t.checks - c0, new)
-
-    def _row_claims(self, rc, facts, t) -> None:
-        self._stated = list(rc.stated)
-        super()._row_claims(rc, facts, t)
-
-    # -- public ------------------------------------------------------------------------------------
     def read(self, question: str, answer: str, facts, images: list[str] | None = None) -> AnswerReading:
         """Read ``answer`` (one assistant turn) given the ``question`` it answers and the study's facts.
 
-        The question turn is kept only so the verifier sees the exchange as it was asked; claims are
-        read from the answer alone. ``images``: the row's image paths (boxes are matched on them).
-        """
-        self._reset()
-        row = {"task": None, "eye": facts.eye, "images": list(images or []),
-               "messages": [{"role": "user", "content": question or "?"}, {"role": "assistant", "content": answer}]}
-        res = self.verify(row, facts)
+        Claims are read from the answer alone; the question only for the eye it names. ``images``: the
+        row's image paths. ``reasons`` is left empty (see :meth:`reasons`), but for an answer the checks
+        cannot read (its ``unreadable`` reason)."""
+        r = Verifier.read(self, self._row(question, answer, facts, images), facts)
         facts_bm = facts.biomarkers
-        codes = [r.split(":", 1)[0] for r in res.reasons]
         return AnswerReading(
-            stated=self._stated, diagnosis=_diagnosis(self._stated), numbers_checked=self._num[0],
-            numbers_wrong=self._num[1], reference_numbers_checked=self._num[2],
-            reference_numbers_wrong=self._num[3], biomarkers_named=frozenset(b for b in self._named if b in facts_bm),
-            findings_agree=self._find[0], findings_disagree=self._find[1],
-            invented=codes.count("invented_finding"), wrong_eye="laterality" in codes,
-            reasons=[r for r in res.reasons if not r.startswith("format: unknown task")])
+            stated=r.stated, diagnosis=_diagnosis(r.stated), numbers_checked=r.numbers_checked,
+            numbers_wrong=r.numbers_wrong, reference_numbers_checked=r.reference_numbers_checked,
+            reference_numbers_wrong=r.reference_numbers_wrong,
+            biomarkers_named=frozenset(b for b in r.named if b in facts_bm),
+            findings_agree=r.findings_agree, findings_disagree=r.findings_disagree, invented=r.invented,
+            wrong_eye=r.wrong_eye, reasons=[r.unreadable] if r.unreadable else [])
+
+    def reasons(self, question: str, answer: str, facts, images: list[str] | None = None) -> list[str]:
+        """The verifier's reasons for ``answer`` (``code: detail``; the row has no task, so the format
+        reason that says so is left out)."""
+        res = self.verify(self._row(question, answer, facts, images), facts)
+        return [r for r in res.reasons if not r.startswith("format: unknown task")]

@@ -31,12 +31,16 @@ so no answer text is kept but the few worst ones the report shows.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import marshal
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,37 +65,23 @@ SCHEMA = "grok-eval/1"
 BOOTSTRAP_BLOCK_CELLS = 1 << 18
 
 
-@dataclass(slots=True)
-class ItemScore:
-    """The deterministic marks of one answer (``None``: not applicable to this item)."""
-
-    id: str
-    study_id: str
-    task: str
-    category: str
-    status: str  # answered | empty | missing | unscorable
-    classified: bool
-    predicted: str | None
-    correct: float | None
-    quantitative: float | None
-    numbers_checked: int
-    numbers_wrong: int
-    reference_numbers_checked: int
-    reference_numbers_wrong: int
-    coverage: float | None
-    findings_agree: int
-    findings_disagree: int
-    findings_agreement: float | None
-    invented: float
-    wrong_eye: float
-    rouge_l: float | None
-    not_english: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in _ITEM_FIELDS}
-
-
-_ITEM_FIELDS = tuple(f.name for f in fields(ItemScore))
+#: Counts kept per item (eval.json's per-item rows hold them with the marks).
+COUNT_FIELDS = ("numbers_checked", "numbers_wrong", "reference_numbers_checked", "reference_numbers_wrong",
+                "findings_agree", "findings_disagree")
+#: An item's status: answered, an empty answer, no answer, or a study whose evidence cannot be read.
+STATUSES = ("missing", "answered", "empty", "unscorable")
+_MISSING, _ANSWERED, _EMPTY, _UNSCORABLE = range(4)
+#: The marks of every benchmark item while scoring, one record an item in benchmark order (about 110
+#: bytes; NaN: not applicable; ``predicted``: index of the stated diagnosis among the names seen, -1 none).
+MARKS_DTYPE = np.dtype([("status", np.int8), ("classified", np.bool_), ("not_english", np.bool_),
+                        ("predicted", np.int16), *[(m, np.float64) for m in MEAN_METRICS],
+                        *[(c, np.int32) for c in COUNT_FIELDS]])
+#: The fields of an eval.json per-item row, in order.
+ITEM_FIELDS = ("id", "study_id", "task", "category", "status", "classified", "predicted", "correct", "quantitative",
+               "numbers_checked", "numbers_wrong", "reference_numbers_checked", "reference_numbers_wrong", "coverage",
+               "findings_agree", "findings_disagree", "findings_agreement", "invented", "wrong_eye", "rouge_l",
+               "not_english")
+_NAN = math.nan
 
 
 @dataclass(slots=True)
@@ -106,66 +96,196 @@ class RefReading:
     bleu: BleuRef | None
 
 
-def _share(n: int, d: int) -> float | None:
-    return None if d == 0 else n / d
+def _share(n: int, d: int) -> float:
+    return _NAN if d == 0 else n / d
 
 
-def reference_readings(bench: Benchmark, reader: AnswerReader) -> dict[str, RefReading]:
-    """The :class:`RefReading` of every scorable item, computed on first use per reader settings and kept
-    on ``bench`` (a second model scored on the same benchmark reads no reference again)."""
-    key = (type(reader).__qualname__, reader.config.tolerance)
-    refs = bench.readings.get(key)
-    if refs is None:
-        refs = {}
-        for rid, item in bench.items.items():
-            if item.facts is None:
-                continue
-            r = reader.read(item.question, item.reference, item.facts, item.images)
-            refs[rid] = RefReading(r.diagnosis is not None, r.numbers_checked > 0, r.biomarkers_named,
-                                   RougeRef(tokens(item.reference)) if item.reference else None,
-                                   BleuRef(item.reference) if item.reference else None)
-        bench.readings[key] = refs
+# -- the reference readings, kept per process and cached on disk -----------------------------------
+#: Version of the on-disk format of :func:`reference_readings`' cache.
+REF_CACHE_FORMAT = 1
+#: Sources whose code decides a reference reading (the verifier, the facts it reads, the text forms):
+#: a change to any of them makes a new cache key.
+_READING_SOURCES = ("grok/verify/*.py", "grok/knowledge/lexicon.py", "grok/instruct/records.py",
+                    "grok/instruct/evidence.py", "grok/instruct/boxes.py", "grok/instruct/phrasing.py",
+                    "grok/eval/reader.py", "grok/eval/text.py", "grok/eval/score.py")
+
+
+@lru_cache(maxsize=1)
+def reading_source_digest() -> str:
+    """SHA-256 of the source files that decide how an answer is read (:data:`_READING_SOURCES`)."""
+    root = Path(__file__).resolve().parents[2]
+    h = hashlib.sha256()
+    for pattern in _READING_SOURCES:
+        for f in sorted(root.glob(pattern)):
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _lexicon_digest(lex) -> str:
+    tables = {k: getattr(lex, k) for k in ("biomarker_alias", "disease_alias", "disease_names", "presence_alias",
+                                            "biomarker_units", "biomarker_names")}
+    return hashlib.sha256(json.dumps(tables, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def reference_cache_key(bench: Benchmark, reader: AnswerReader) -> str | None:
+    """The key of ``bench``'s reference readings on disk: the version (name, fingerprint, config, split),
+    the knowledge-base snapshot, the reader's settings (the tolerance) and lexicon, and the digest of the
+    code that reads (:func:`reading_source_digest`). None for a benchmark without a fingerprint."""
+    if not bench.fingerprint:
+        return None
+    lex_digest = reader.__dict__.get("_lexicon_digest")
+    if lex_digest is None:
+        lex_digest = reader.__dict__["_lexicon_digest"] = _lexicon_digest(reader.lex)
+    parts = {"format": REF_CACHE_FORMAT, "dataset": bench.dataset, "fingerprint": bench.fingerprint,
+             "config": bench.config, "split": bench.split, "kb_snapshot": bench.kb_snapshot,
+             "reader": type(reader).__qualname__, "settings": reader.config.model_dump(mode="json"),
+             "lexicon": lex_digest, "source": reading_source_digest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _read_references(bench: Benchmark, reader: AnswerReader) -> dict[str, RefReading]:
+    refs = {}
+    for rid, item in bench.items.items():
+        if item.facts is None:
+            continue
+        r = reader.read(item.question, item.reference, item.facts, item.images)
+        refs[rid] = RefReading(r.diagnosis is not None, r.numbers_checked > 0, r.biomarkers_named,
+                               RougeRef(tokens(item.reference)) if item.reference else None,
+                               BleuRef(item.reference) if item.reference else None)
     return refs
 
 
-def _base(item: Item) -> dict[str, Any]:
-    return {"id": item.id, "study_id": item.study_id, "task": item.task, "category": item.label}
+def _load_refs(path: Path, key: str) -> dict[str, RefReading] | None:
+    try:
+        data = marshal.loads(path.read_bytes())
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if not isinstance(data, tuple) or len(data) != 2 or data[0] != key:
+        return None
+    return {rid: RefReading(c, q, frozenset(bms), None if masks is None else RougeRef.from_masks(masks, n),
+                            None if counts is None else BleuRef.from_counts(length, counts))
+            for rid, (c, q, bms, masks, n, length, counts) in data[1].items()}
 
 
-def unanswered(item: Item, ref: RefReading | None, status: str) -> ItemScore:
-    """The marks of an item without an answer (``missing``, ``empty``) or without usable facts (``unscorable``)."""
+def _save_refs(path: Path, key: str, refs: dict[str, RefReading]) -> None:
+    data = {rid: (r.classified, r.checks_numbers, tuple(sorted(r.biomarkers)),
+                  None if r.rouge is None else r.rouge.masks, 0 if r.rouge is None else r.rouge.n,
+                  0 if r.bleu is None else r.bleu.length,
+                  None if r.bleu is None else tuple(dict(c) for c in r.bleu.counts))
+            for rid, r in refs.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(marshal.dumps((key, data)))
+        tmp.replace(path)
+    except OSError:
+        pass  # a cache that cannot be written is only slower next time
+
+
+def default_cache_dir() -> Path:
+    """Where ``grok eval`` keeps reference readings: ``$GROK_EVAL_CACHE``, else ``$XDG_CACHE_HOME/grok/eval``
+    (``~/.cache/grok/eval``)."""
+    env = os.environ.get("GROK_EVAL_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "grok" / "eval"
+
+
+def reference_readings(bench: Benchmark, reader: AnswerReader,
+                       cache_dir: str | Path | None = None) -> dict[str, RefReading]:
+    """The :class:`RefReading` of every scorable item, computed on first use per reader settings and kept
+    on ``bench`` (a second model scored on the same benchmark reads no reference again).
+
+    ``cache_dir``: also keep them on disk (one file per :func:`reference_cache_key`, written with
+    ``marshal``), so a new process scoring a model on the same version, knowledge base, tolerance and
+    reading code loads them instead of reading the references again. Benchmarks without a fingerprint
+    are not cached on disk."""
+    key = (type(reader).__qualname__, reader.config.tolerance)
+    refs = bench.readings.get(key)
+    if refs is not None:
+        return refs
+    disk_key = reference_cache_key(bench, reader) if cache_dir is not None else None
+    path = Path(cache_dir) / f"refs-{disk_key[:40]}.marshal" if disk_key else None
+    refs = _load_refs(path, disk_key) if path is not None and path.is_file() else None
+    if refs is None:
+        refs = _read_references(bench, reader)
+        if path is not None:
+            _save_refs(path, disk_key, refs)
+    bench.readings[key] = refs
+    return refs
+
+
+# -- one answer --------------------------------------------------------------------------------------
+def unanswered(ref: RefReading | None, status: int = _MISSING) -> tuple:
+    """The marks (a :data:`MARKS_DTYPE` record) of an item without an answer (``_MISSING``, ``_EMPTY``) or
+    without usable facts (``ref`` None: unscorable)."""
     if ref is None:
-        return ItemScore(**_base(item), status="unscorable", classified=False, predicted=None, correct=None,
-                         quantitative=None, numbers_checked=0, numbers_wrong=0, reference_numbers_checked=0,
-                         reference_numbers_wrong=0, coverage=None, findings_agree=0, findings_disagree=0,
-                         findings_agreement=None, invented=0.0, wrong_eye=0.0, rouge_l=None, not_english=False)
-    return ItemScore(**_base(item), status=status, classified=ref.classified, predicted=None,
-                     correct=0.0 if ref.classified else None, quantitative=0.0 if ref.checks_numbers else None,
-                     numbers_checked=0, numbers_wrong=0, reference_numbers_checked=0, reference_numbers_wrong=0,
-                     coverage=0.0 if ref.biomarkers else None, findings_agree=0, findings_disagree=0,
-                     findings_agreement=None, invented=0.0, wrong_eye=0.0,
-                     rouge_l=0.0 if ref.rouge is not None else None, not_english=False)
+        return (_UNSCORABLE, False, False, -1, _NAN, _NAN, _NAN, _NAN, 0.0, 0.0, _NAN, 0, 0, 0, 0, 0, 0)
+    return (status, ref.classified, False, -1, 0.0 if ref.classified else _NAN, 0.0 if ref.checks_numbers else _NAN,
+            0.0 if ref.biomarkers else _NAN, _NAN, 0.0, 0.0, 0.0 if ref.rouge is not None else _NAN, 0, 0, 0, 0, 0, 0)
 
 
-def score_answer(item: Item, answer: str, reader: AnswerReader, ref: RefReading) -> tuple[ItemScore, list[str]]:
-    """The marks of one non-empty answer to a scorable item, and the verifier's reasons."""
+def score_answer(item: Item, answer: str, reader: AnswerReader, ref: RefReading) -> tuple[tuple, str | None]:
+    """The marks (a :data:`MARKS_DTYPE` record, ``predicted`` left -1) of one non-empty answer to a scorable
+    item, and the diagnosis it states (None: an abstention)."""
     got = reader.read(item.question, answer, item.facts, item.images)
+    nc = got.numbers_checked
     if ref.checks_numbers:
-        quant = (got.numbers_checked - got.numbers_wrong) / got.numbers_checked if got.numbers_checked else 0.0
+        quant = (nc - got.numbers_wrong) / nc if nc else 0.0
     else:
-        quant = None
-    s = ItemScore(
-        **_base(item), status="answered", classified=ref.classified, predicted=got.diagnosis,
-        correct=float(got.diagnosis == item.label) if ref.classified else None, quantitative=quant,
-        numbers_checked=got.numbers_checked, numbers_wrong=got.numbers_wrong,
-        reference_numbers_checked=got.reference_numbers_checked, reference_numbers_wrong=got.reference_numbers_wrong,
-        coverage=_share(len(got.biomarkers_named & ref.biomarkers), len(ref.biomarkers)),
-        findings_agree=got.findings_agree, findings_disagree=got.findings_disagree,
-        findings_agreement=_share(got.findings_agree, got.findings_agree + got.findings_disagree),
-        invented=float(got.invented), wrong_eye=float(got.wrong_eye),
-        rouge_l=rouge_l_with(tokens(answer), ref.rouge) if ref.rouge is not None else None,
-        not_english=likely_not_english(answer))
-    return s, got.reasons
+        quant = _NAN
+    agree, disagree = got.findings_agree, got.findings_disagree
+    return ((_ANSWERED, ref.classified, likely_not_english(answer), -1,
+             float(got.diagnosis == item.label) if ref.classified else _NAN, quant,
+             _share(len(got.biomarkers_named & ref.biomarkers), len(ref.biomarkers)),
+             _share(agree, agree + disagree), float(got.invented), float(got.wrong_eye),
+             rouge_l_with(tokens(answer), ref.rouge) if ref.rouge is not None else _NAN,
+             nc, got.numbers_wrong, got.reference_numbers_checked, got.reference_numbers_wrong, agree, disagree),
+            got.diagnosis)
+
+
+def _none(x: float) -> float | None:
+    return None if x != x else x
+
+
+def item_rows(items, marks: np.ndarray, names: list[str], chunk: int = 4096) -> Iterator[dict[str, Any]]:
+    """eval.json's per-item rows (:data:`ITEM_FIELDS`) of ``items`` (benchmark :class:`Item` objects, in the
+    order of their ``marks``), ``chunk`` records converted at a time."""
+    it = iter(items)
+    for a in range(0, len(marks), chunk):
+        for (st, cls, ne, pred, *fl, c0, c1, c2, c3, c4, c5) in marks[a:a + chunk].tolist():
+            item = next(it)
+            correct, quant, cov, fa, inv, eye, rouge = fl
+            yield {"id": item.id, "study_id": item.study_id, "task": item.task, "category": item.label,
+                   "status": STATUSES[st], "classified": cls, "predicted": names[pred] if pred >= 0 else None,
+                   "correct": _none(correct), "quantitative": _none(quant), "numbers_checked": c0,
+                   "numbers_wrong": c1, "reference_numbers_checked": c2, "reference_numbers_wrong": c3,
+                   "coverage": _none(cov), "findings_agree": c4, "findings_disagree": c5,
+                   "findings_agreement": _none(fa), "invented": inv, "wrong_eye": eye, "rouge_l": _none(rouge),
+                   "not_english": ne}
+
+
+def write_items(rows, path: str | Path) -> Path:
+    """Write per-item rows as JSONL (one row a line, streamed), atomically; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(dumps(r) + "\n" for r in rows)
+    tmp.replace(p)
+    return p
+
+
+def iter_items(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The per-item rows of a scores dict: its ``items`` list, or its ``items_file`` (JSONL) read line by line."""
+    if isinstance(res.get("items"), list):
+        yield from res["items"]
+        return
+    with Path(res["items_file"]).open("r", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
 
 
 # -- aggregation ---------------------------------------------------------------------------------
@@ -213,11 +333,13 @@ def class_index(true: list[str], pred: list[str | None]) -> tuple[list[str], np.
             np.array([k if x is None else col[x] for x in pred], dtype=np.int64))
 
 
-def class_columns(t: np.ndarray, p: np.ndarray, k: int, mask: np.ndarray | None = None) -> np.ndarray:
+def class_columns(t: np.ndarray, p: np.ndarray, k: int, mask: np.ndarray | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Per item, ``3k`` indicator columns (true positive of class c, predicted c, truly c; zero rows where
-    ``mask`` is false): summed with bootstrap weights they give each resample's per-class counts."""
+    ``mask`` is false): summed with bootstrap weights they give each resample's per-class counts. ``out``: a
+    zeroed ``(n, 3k)`` array (or view) to write them to."""
     n = len(t)
-    cols = np.zeros((n, 3 * k), dtype=np.float32)
+    cols = np.zeros((n, 3 * k), dtype=np.float32) if out is None else out
     keep = np.ones(n, dtype=bool) if mask is None else mask
     rows = np.flatnonzero(keep)
     hit = rows[t[rows] == p[rows]]
@@ -280,33 +402,35 @@ def classification(true: list[str], pred: list[str | None]) -> dict[str, Any]:
 class _Table:
     """Every item's marks as columns, in benchmark order: what the groups and the bootstrap read."""
 
-    def __init__(self, scores: list[ItemScore], stats: np.ndarray | None):
+    def __init__(self, marks: np.ndarray, categories: list[str], predicted: list[str | None],
+                 stats: np.ndarray | None):
+        self.marks = marks
+        self.n = n = len(marks)
         m = len(MEAN_METRICS)
-        self.scores = scores
-        vals = np.array([[np.nan if (x := getattr(s, k)) is None else float(x) for k in MEAN_METRICS]
-                         for s in scores], dtype=np.float64).reshape(len(scores), m)
-        self.ok = np.isfinite(vals)
-        self.vals = np.where(self.ok, vals, 0.0)
-        cls = np.array([s.classified for s in scores], dtype=bool)
-        self.classes, t, p = class_index([s.category for s in scores], [s.predicted for s in scores])
-        self.k = len(self.classes)
-        self.cls = cls
+        self.categories, self.predicted = categories, predicted
+        self.classes, t, p = class_index(categories, predicted)
+        self.k = k = len(self.classes)
         self.stats = stats  # (n, 10) BLEU statistics, zero rows for items without a reference; None: no BLEU
         self.has_ref = None if stats is None else stats[:, 1] > 0
-        # one matrix per item: [marks | marks present | classification counts | BLEU statistics]
-        parts = [self.vals, self.ok.astype(np.float64), class_columns(t, p, self.k, cls)]
+        # one matrix per item: [marks | marks present | classification counts | BLEU statistics], filled in place
+        self.x = x = np.zeros((n, 2 * m + 3 * k + (0 if stats is None else stats.shape[1])), dtype=np.float32)
+        for j, metric in enumerate(MEAN_METRICS):
+            col = marks[metric]
+            ok = np.isfinite(col)
+            x[:, j] = np.where(ok, col, 0.0)
+            x[:, m + j] = ok
+        class_columns(t, p, k, marks["classified"], out=x[:, 2 * m:2 * m + 3 * k])
         if stats is not None:
-            parts.append(stats.astype(np.float64))
-        self.x = np.hstack(parts).astype(np.float32)
+            x[:, 2 * m + 3 * k:] = stats
 
     def bootstrap(self, groups: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
         """Per group (item index arrays), the 95 % intervals of the means, macro F1, accuracy and BLEU."""
         k = self.k
         acc: dict[str, list[np.ndarray]] = {g: [] for g in groups}
         x = self.x
-        for w in resample_weights(len(self.scores), resamples, seed):
+        for w in resample_weights(self.n, resamples, seed):
             for g, idx in groups.items():
-                acc[g].append(w[:, idx] @ x[idx] if len(idx) < len(self.scores) else w @ x)
+                acc[g].append(w[:, idx] @ x[idx] if len(idx) < self.n else w @ x)
         out: dict[str, dict[str, Any]] = {}
         for g, blocks in acc.items():
             if not blocks:
@@ -324,15 +448,16 @@ class _Table:
 
     def summary(self, idx: np.ndarray, boot: dict[str, Any]) -> dict[str, Any]:
         """Group metrics (see the module docstring) of the items ``idx``."""
-        sc = [self.scores[i] for i in idx]
-        out: dict[str, Any] = {"n": len(sc), "status": dict(Counter(s.status for s in sc))}
-        for j, metric in enumerate(MEAN_METRICS):
-            ok = self.ok[idx, j]
+        mk = self.marks[idx]
+        out: dict[str, Any] = {"n": len(idx), "status": dict(Counter(STATUSES[s] for s in mk["status"].tolist()))}
+        for metric in MEAN_METRICS:
+            col = mk[metric]
+            ok = np.isfinite(col)
             n = int(ok.sum())
-            out[metric] = {"mean": round(float(self.vals[idx, j][ok].mean()), 4) if n else None, "n": n,
+            out[metric] = {"mean": round(float(col[ok].mean()), 4) if n else None, "n": n,
                            "ci95": (boot.get("means") or {}).get(metric) if n else None}
-        cls = [s for s in sc if s.classified]
-        c = classification([s.category for s in cls], [s.predicted for s in cls])
+        cls = idx[mk["classified"]].tolist()
+        c = classification([self.categories[i] for i in cls], [self.predicted[i] for i in cls])
         if c["n"] and boot:
             c["macro_f1_ci95"], c["accuracy_ci95"] = boot["macro_f1"], boot["accuracy"]
         out["classification"] = c
@@ -340,39 +465,42 @@ class _Table:
             out["bleu"] = None
         else:
             rows = self.stats[idx][self.has_ref[idx]]
-            score = float(bleu_from_stats(rows.sum(axis=0))) if len(rows) else math.nan
+            score = float(bleu_from_stats(rows.sum(axis=0, dtype=np.int64))) if len(rows) else math.nan
             out["bleu"] = None if not len(rows) else {
                 "score": None if math.isnan(score) else round(score, 2), "n": int(len(rows)),
                 "ci95": boot.get("bleu") if boot and not math.isnan(score) else None}
         for key in ("findings_agree", "findings_disagree", "numbers_checked", "numbers_wrong",
                     "reference_numbers_checked", "reference_numbers_wrong"):
-            out[key] = int(sum(getattr(s, key) for s in sc))
+            out[key] = int(mk[key].sum(dtype=np.int64))
         return out
+
+
+def _total(correct, quantitative, coverage, findings_agreement, rouge_l, invented, wrong_eye) -> float:
+    marks = [m for m in (correct, quantitative, coverage, findings_agreement, rouge_l) if m is not None and m == m]
+    marks += [1.0 - min(1.0, invented), 1.0 - wrong_eye]
+    return sum(marks) / len(marks)
 
 
 def item_total(s: dict[str, Any]) -> float:
     """One number per answer for ranking the worst: the mean of its applicable marks (lower is worse)."""
-    marks = [s[m] for m in ("correct", "quantitative", "coverage", "findings_agreement", "rouge_l") if s.get(m) is not None]
-    marks += [1.0 - min(1.0, s["invented"]), 1.0 - s["wrong_eye"]]
-    return sum(marks) / len(marks)
+    return _total(s.get("correct"), s.get("quantitative"), s.get("coverage"), s.get("findings_agreement"),
+                  s.get("rouge_l"), s["invented"], s["wrong_eye"])
 
 
 class _Worst:
-    """The ``n`` answered items with the lowest :func:`item_total` (ties by id), with their answers and the
-    verifier's reasons: the only answer texts scoring keeps."""
+    """The ``n`` answered items with the lowest :func:`item_total` (ties by id) and their answers: the only
+    answer texts scoring keeps. The verifier's reasons are made for the ``n`` kept at the end."""
 
     def __init__(self, n: int):
         self.n = n
-        self.rows: list[tuple[float, str, dict[str, Any]]] = []
+        self.rows: list[tuple[float, str, int, str]] = []
 
-    def offer(self, s: ItemScore, reasons: list[str], answer: str) -> None:
+    def offer(self, total: float, rid: str, i: int, answer: str) -> None:
         if self.n <= 0:
             return
-        d = s.to_dict()
-        total = item_total(d)
-        if len(self.rows) >= self.n and (total, s.id) >= self.rows[-1][:2]:
+        if len(self.rows) >= self.n and (total, rid) >= self.rows[-1][:2]:
             return
-        self.rows.append((total, s.id, {**d, "reasons": list(reasons), "answer": answer}))
+        self.rows.append((total, rid, i, answer))
         if len(self.rows) >= 4 * self.n:
             self._trim()
 
@@ -380,25 +508,35 @@ class _Worst:
         self.rows.sort(key=lambda r: r[:2])
         del self.rows[self.n:]
 
-    def result(self) -> list[dict[str, Any]]:
+    def result(self, bench: Benchmark, marks: np.ndarray, names: list[str], reader: AnswerReader) -> list[dict]:
         self._trim()
-        return [{**d, "total": round(t, 4)} for t, _i, d in self.rows]
+        items = bench.items
+        out = []
+        for total, rid, i, answer in self.rows:
+            item = items[rid]
+            row = next(item_rows((item,), marks[i:i + 1], names))
+            reasons = reader.reasons(item.question, answer, item.facts, item.images)
+            out.append({**row, "reasons": reasons, "answer": answer, "total": round(total, 4)})
+        return out
 
 
 def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int = 1000, seed: int = 0,
              reader: AnswerReader | None = None, tolerance: float = 0.10, worst: int = 20,
-             bleu: bool = True) -> dict[str, Any]:
+             bleu: bool = True, items_path: str | Path | None = None,
+             cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Score ``preds`` (in memory, a :class:`~grok.eval.data.PredictionStream` or a JSONL path, streamed)
     against ``bench``: the scores JSON ``grok eval`` writes (``schema`` ``grok-eval/1``).
 
-    ``bleu=False`` skips BLEU."""
+    ``bleu=False`` skips BLEU. ``items_path``: write the per-item rows there (JSONL, streamed from the
+    marks; the result names it as ``items_file``) instead of returning them as ``items``. ``cache_dir``:
+    keep the reference readings on disk there (:func:`reference_readings`)."""
 
     t0 = time.perf_counter()
     if reader is None:
         reader = AnswerReader(build_lexicon(load_knowledge_base()), VerifyConfig(tolerance=tolerance))
     if isinstance(preds, (str, Path)):
         preds = open_predictions(preds)
-    refs = reference_readings(bench, reader)
+    refs = reference_readings(bench, reader, cache_dir)
     problems: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
 
@@ -409,49 +547,66 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
             ex.append(example)
 
     items = bench.items
-    got: dict[str, tuple[ItemScore, list[int] | None]] = {}
+    n = len(items)
+    pos = bench.positions()
+    item_list = list(items.values())
+    marks = np.zeros(n, dtype=MARKS_DTYPE)
+    scored = np.zeros(n, dtype=bool)
+    stats = np.zeros((n, 10), dtype=np.int32) if bleu else None
+    names: list[str] = []  # the diagnoses stated, in order of first appearance (MARKS_DTYPE's ``predicted``)
+    name_ix: dict[str, int] = {}
     worst_rows = _Worst(worst)
-    for rid, ans in preds.pairs():
-        item = items.get(rid)
-        if item is None:
+    for rid, ans in preds.pairs(pos):
+        i = pos.get(rid)
+        if i is None:
             note("unknown_id", rid)
             continue
         ref = refs.get(rid)
         if ref is None:
             continue  # unscorable: counted below with the items no one answered
+        scored[i] = True
         if not ans.strip():
-            got[rid] = (unanswered(item, ref, "empty"), None)
+            marks[i] = unanswered(ref, _EMPTY)
+            if stats is not None and ref.bleu is not None:
+                stats[i, 1] = ref.bleu.length
             continue
-        s, reasons = score_answer(item, ans, reader, ref)
-        got[rid] = (s, bleu_stats(ans, ref.bleu) if bleu and ref.bleu is not None else None)
-        worst_rows.offer(s, reasons, ans)
+        row, dx = score_answer(item_list[i], ans, reader, ref)
+        if dx is not None:
+            j = name_ix.get(dx)
+            if j is None:
+                j = name_ix[dx] = len(names)
+                names.append(dx)
+            row = (*row[:3], j, *row[4:])
+        marks[i] = row
+        if stats is not None and ref.bleu is not None:
+            stats[i] = bleu_stats(ans, ref.bleu)
+        worst_rows.offer(_total(*row[4:8], row[10], row[8], row[9]), rid, i, ans)
     # every benchmark item, in benchmark order; no answer is an abstention, an empty answer too
-    scores: list[ItemScore] = []
-    stats = np.zeros((len(items), 10), dtype=np.int64) if bleu else None
-    for i, (rid, item) in enumerate(items.items()):
-        ref = refs.get(rid)
-        s, row = got.get(rid) or (unanswered(item, ref, "missing"), None)
-        if s.status == "missing":
-            note("missing_id", rid)
-        elif s.status == "empty":
-            note("empty_answer", rid)
-        elif s.status == "unscorable":
-            note("unscorable_item", f"{rid}: {item.facts_error}")
-        if s.not_english:
-            note("likely_not_english", rid)
+    for i in np.flatnonzero(~scored).tolist():
+        ref = refs.get(item_list[i].id)
+        marks[i] = unanswered(ref, _MISSING)
         if stats is not None and ref is not None and ref.bleu is not None:
-            stats[i] = row if row is not None else (0, ref.bleu.length, 0, 0, 0, 0, 0, 0, 0, 0)
-        scores.append(s)
-    del got
+            stats[i, 1] = ref.bleu.length
+    del scored
+    for item, st, ne in zip(item_list, marks["status"].tolist(), marks["not_english"].tolist(), strict=True):
+        if st == _MISSING:
+            note("missing_id", item.id)
+        elif st == _EMPTY:
+            note("empty_answer", item.id)
+        elif st == _UNSCORABLE:
+            note("unscorable_item", f"{item.id}: {item.facts_error}")
+        if ne:
+            note("likely_not_english", item.id)
     # the file's own problems (counted while it was read) first
     problems = {**preds.problems, **problems}
     examples = {**{k: list(v) for k, v in preds.examples.items()}, **examples}
-    table = _Table(scores, stats)
-    groups: dict[str, np.ndarray] = {"overall": np.arange(len(scores))}
+    table = _Table(marks, [it.label for it in item_list],
+                   [names[p] if p >= 0 else None for p in marks["predicted"].tolist()], stats)
+    groups: dict[str, np.ndarray] = {"overall": np.arange(n)}
     by: dict[str, dict[str, list[int]]] = {"task": {}, "category": {}}
-    for i, s in enumerate(scores):
-        by["task"].setdefault(s.task, []).append(i)
-        by["category"].setdefault(s.category, []).append(i)
+    for i, it in enumerate(item_list):
+        by["task"].setdefault(it.task, []).append(i)
+        by["category"].setdefault(it.label, []).append(i)
     for kind, gs in by.items():
         for g, idx in gs.items():
             groups[f"{kind}:{g}"] = np.array(idx, dtype=np.int64)
@@ -462,8 +617,8 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
         "kb_snapshot": bench.kb_snapshot, "predictions": preds.path, "tolerance": reader.config.tolerance,
         "bootstrap": {"resamples": resamples, "seed": seed, "interval": "95 % percentile",
                       "scheme": "benchmark items resampled once for all groups"},
-        "counts": {"benchmark_items": len(items), "prediction_lines": preds.lines,
-                   "scored_answers": sum(1 for s in scores if s.status == "answered"),
+        "counts": {"benchmark_items": n, "prediction_lines": preds.lines,
+                   "scored_answers": int((marks["status"] == _ANSWERED).sum()),
                    "cut_by_generation_budget": preds.cut_by_length},
         "problems": problems, "problem_examples": examples,
         "predictions_name_dataset": preds.datasets_named,
@@ -476,20 +631,22 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
                          for g in sorted(by["category"])},
     }
     del table, by, groups
-    for i, sc in enumerate(scores):  # each item's marks as a row of eval.json, replacing its ItemScore
-        scores[i] = sc.to_dict()
-    result["items"] = scores
+    if items_path is not None:
+        result["items_file"] = str(write_items(item_rows(item_list, marks, names), items_path))
+    else:
+        result["items"] = list(item_rows(item_list, marks, names))
     other = [d for d in preds.datasets_named if d != bench.dataset]
     if other:
         problems["predictions_for_another_version"] = sum(preds.datasets_named[d] for d in other)
         examples["predictions_for_another_version"] = other[:MAX_LISTED]
-    result["worst"] = worst_rows.result()
+    result["worst"] = worst_rows.result(bench, marks, names, reader)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     return result
 
 
 def write_scores(result: dict[str, Any], path: str | Path) -> Path:
-    """Write the scores JSON (NaN as null) to ``path`` (parents created); returns the path."""
+    """Write the scores JSON (NaN as null) to ``path`` (parents created); returns the path. An ``items_file``
+    is written relative to the scores file's folder."""
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
             return None
@@ -503,6 +660,8 @@ def write_scores(result: dict[str, Any], path: str | Path) -> Path:
 
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    if result.get("items_file"):  # named relative to the scores file, so the folder can move
+        result = {**result, "items_file": os.path.relpath(Path(result["items_file"]).resolve(), p.parent.resolve())}
     tmp = p.with_suffix(p.suffix + ".tmp")
     tmp.write_text(json.dumps(clean(result), indent=1, ensure_ascii=False), encoding="utf-8")
     tmp.replace(p)

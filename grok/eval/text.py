@@ -50,6 +50,13 @@ class RougeRef:
             masks[tok] = masks.get(tok, 0) | (1 << i)
         self.masks, self.n, self.full = masks, len(toks), (1 << len(toks)) - 1
 
+    @classmethod
+    def from_masks(cls, masks: dict[str, int], n: int) -> RougeRef:
+        """The reference of ``n`` tokens whose bit masks are ``masks`` (as :attr:`masks` holds them)."""
+        ref = cls.__new__(cls)
+        ref.masks, ref.n, ref.full = masks, n, (1 << n) - 1
+        return ref
+
 
 def lcs_with(candidate: list[str], ref: RougeRef) -> int:
     """Length of the longest common subsequence of ``candidate`` and the reference (bit-parallel)."""
@@ -143,6 +150,13 @@ class BleuRef:
         toks = tokens_13a(reference)
         self.length = len(toks)
         self.counts = _ngram_counts(toks)
+
+    @classmethod
+    def from_counts(cls, length: int, counts) -> BleuRef:
+        """The reference of ``length`` tokens with these 1- to 4-gram counts (mappings, as :attr:`counts`)."""
+        ref = cls.__new__(cls)
+        ref.length, ref.counts = length, tuple(counts)
+        return ref
 
 
 def bleu_stats(hypothesis: str, ref: BleuRef) -> list[int]:

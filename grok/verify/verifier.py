@@ -59,6 +59,11 @@ HTML tags blanked, offsets kept), then read clause by clause:
 
 The score is the share of checks passed (a soft reason counts half).
 
+:meth:`Verifier.read` runs the same checks of numbers, terms and names on a row's assistant turns and
+returns what they read (:class:`Reading`: the diagnoses stated, the biomarkers named, each number's and
+claim's verdict, invented lesions, the other eye) without judging the row: scoring model answers
+(``grok.eval``) reads them with it.
+
 Speed (a build verifies every row, so this runs thousands of times per second): each pattern
 scans a message once and its matches are handed to the clauses they lie in (``_ClauseScan``);
 one scan finds every biomarker, finding, lesion, disease and stage name (``_scan_rx``); the
@@ -304,13 +309,18 @@ def _phrasing(content: str, low: str, eye: str) -> list[tuple[str, str]]:
     lower-case text with boxes removed)."""
     out = [("forbidden_phrase", f"{_FORBIDDEN_LIST[int(hit.lastgroup[1:])][1]} ({hit.group(0)!r})")
            for hit in _forbidden_hits(low)]
-    words, abbrev = _WRONG_EYE[eye]
-    needles = _WRONG_EYE_NEEDLES[eye]
-    bad = (words.search(low) if needles[0] in low else None) or (abbrev.search(content) if needles[1] in content
-                                                                 else None)
+    bad = _wrong_eye(content, low, eye)
     if bad:
         out.append(("laterality", f"names {bad.group(0)!r}"))
     return out
+
+
+def _wrong_eye(content: str, low: str, eye: str) -> re.Match | None:
+    """The first name of the other eye in one turn (``low``: its lower-case text with boxes removed), or None."""
+    words, abbrev = _WRONG_EYE[eye]
+    needles = _WRONG_EYE_NEEDLES[eye]
+    return (words.search(low) if needles[0] in low else None) or (abbrev.search(content) if needles[1] in content
+                                                                  else None)
 
 
 @lru_cache(maxsize=4096)
@@ -379,9 +389,10 @@ class VerifyResult:
 
 
 class _Tally:
-    __slots__ = ("base", "checks", "claims", "failures", "hard", "last", "reasons", "soft", "turn")
+    __slots__ = ("base", "checks", "claims", "failures", "hard", "last", "reading", "reasons", "soft", "turn")
 
     def __init__(self, claims: bool = False) -> None:
+        self.reading = False  # a _ReadTally: the checks also keep what they read (Verifier.read)
         self.checks = 0
         self.hard = 0
         self.soft = 0
@@ -420,6 +431,92 @@ class _Tally:
             self.hard += 1
         else:
             self.soft += 1
+
+
+#: Reason codes of a number that is not within the tolerance of its biomarker.
+NUMBER_CODES = frozenset({"wrong_number", "hallucinated_number", "wrong_unit"})
+
+
+@dataclass(slots=True)
+class Reading:
+    """What :meth:`Verifier.read` read in a row's assistant turns (the checks ran, the row is not judged).
+
+    stated:
+        Diseases (category ids, ``normal`` included) the answers put forward, in order.
+    named:
+        Biomarker ids (of the lexicon) the answers name.
+    numbers_checked / numbers_wrong:
+        Measured values checked (numbers tied to a biomarker) and how many of them failed
+        (``wrong_number``, ``hallucinated_number``, ``wrong_unit``).
+    reference_numbers_checked / reference_numbers_wrong:
+        The same for numbers after a reference cue ("normal range 240 to 316 µm", "at least 0.03 mm³").
+    findings_agree / findings_disagree:
+        Qualitative claims (thinned / thickened / within normal limits, present / absent) the reasoner
+        confirms, and those it contradicts.
+    invented:
+        Distinct ``invented_finding`` reasons (lesions claimed present that no measurement shows).
+    wrong_eye:
+        A turn names the other eye (``laterality``).
+    unreadable:
+        Why the checks could not read the row (``verify`` would give this ``unreadable`` reason), else None.
+
+    A failed check counts once per number, per clause's qualitative terms and per finding name (a
+    reason repeated inside one of those counts once, as in ``verify``'s reasons; repeated across them,
+    once each)."""
+
+    stated: list[str]
+    named: frozenset[str]
+    numbers_checked: int
+    numbers_wrong: int
+    reference_numbers_checked: int
+    reference_numbers_wrong: int
+    findings_agree: int
+    findings_disagree: int
+    invented: int
+    wrong_eye: bool
+    unreadable: str | None = None
+
+
+class _ReadTally(_Tally):
+    """A tally for :meth:`Verifier.read`: counts checks and failures per scope (one number, one clause's
+    terms, one finding name) instead of collecting the row's reasons."""
+
+    __slots__ = ("findings", "invented", "named", "numbers", "scope", "wrong_eye")
+
+    def __init__(self) -> None:
+        super().__init__(False)
+        self.reading = True
+        self.named: set[str] = set()
+        self.numbers = [0, 0, 0, 0]  # measured: checked, wrong; after a reference cue: checked, wrong
+        self.findings = [0, 0]  # agree, disagree
+        self.invented: set[str] = set()
+        self.scope: dict[str, str] | None = None  # the failures of the open scope, reason -> code
+        self.wrong_eye = False
+
+    def fail(self, code: str, detail: str) -> None:
+        self.checks += 1
+        self.failures += 1
+        msg = f"{code}: {detail}"
+        if self.scope is not None:
+            self.scope[msg] = code
+        if code == "invented_finding":
+            self.invented.add(msg)
+
+    def open(self) -> int:
+        self.scope = {}
+        return self.checks
+
+    def close_number(self, c0: int, cue) -> None:
+        k = 2 if cue else 0
+        self.numbers[k] += self.checks - c0
+        self.numbers[k + 1] += sum(1 for c in self.scope.values() if c in NUMBER_CODES)
+        self.scope = None
+
+    def close_findings(self, c0: int) -> None:
+        new = self.scope
+        self.findings[0] += max(0, self.checks - c0 - len(new))
+        self.findings[1] += sum(1 for c in new.values() if c == "contradiction")
+        self.scope = None
 
 
 def _lower(text: str) -> str:
@@ -731,8 +828,12 @@ class Verifier:
             subj = self._subject_before(mentions, ms)
             if subj is None and not mentions and carried is not None:
                 subj = carried
-            if t.claims is None:
+            if t.claims is None and not t.reading:
                 self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
+            elif t.reading:  # one number's verdict; after a reference cue it is a reference value
+                c0 = t.open()
+                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
+                t.close_number(c0, _LazyCue(clause, subj[1] if subj else 0, ms))
             else:
                 before = t.mark()
                 self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
@@ -912,6 +1013,12 @@ class Verifier:
                      inside=()) -> None:
         """``inside``: the spans of the reasoner's stage name in the clause. Its words ("... without central
         subfield thickening") are the reasoner's own conclusion, not a claim about a biomarker named nearby."""
+        if t.reading:
+            c0 = t.open()
+            for m in matches:
+                self._check_term(clause, m, off, mentions, facts, t, carried, inside)
+            t.close_findings(c0)
+            return
         for m in matches:
             if t.claims is None:
                 self._check_term(clause, m, off, mentions, facts, t, carried, inside)
@@ -988,7 +1095,12 @@ class Verifier:
         did = self._names_disease.get(word)
         span = (ms, me, fids, did)
         if fids is not None:
-            self._check_presence(clause, ms, me, word, fids, facts, t, rc)
+            if t.reading:
+                c0 = t.open()
+                self._check_presence(clause, ms, me, word, fids, facts, t, rc)
+                t.close_findings(c0)
+            else:
+                self._check_presence(clause, ms, me, word, fids, facts, t, rc)
         elif word in self._unmeasured:
             self._check_unmeasured(clause, ms, me, word, t)
         if did is None:
@@ -1123,6 +1235,38 @@ class Verifier:
             why = f"unreadable: the row could not be read ({type(exc).__name__}: {str(exc)[:200]})"
             return VerifyResult(False, 0.0, [why], 1)
 
+    def read(self, row: dict[str, Any], facts) -> Reading:
+        """What the checks read in ``row``'s assistant turns (:class:`Reading`): the diagnoses stated, the
+        biomarkers named, each number's and each qualitative claim's verdict, invented lesions and the
+        other eye named; the numbers, terms and names are checked exactly as :meth:`verify` checks them.
+
+        Nothing else is checked (format, forbidden phrasing, boxes, length, row-level contradictions):
+        those only make reasons, which :meth:`verify` gives. Scoring answers (``grok.eval``) reads them
+        with this. Never raises: a row the checks cannot read has ``unreadable`` set (and no stated
+        diagnosis, invented lesion or wrong eye, as ``verify`` would keep only that reason)."""
+        t = _ReadTally()
+        rc = _RowClaims([])
+        try:
+            eye = facts.eye
+            for msg in _clean_messages(row.get("messages"), t):
+                content, role = msg["content"], msg["role"]
+                if role == "system":
+                    continue
+                has_box = BOX_START in content
+                low = _lower(strip_boxes(content) if has_box else content)
+                if role != "assistant":
+                    if not t.wrong_eye:
+                        hits = _turn_phrasing(content, low, eye) if len(content) < 600 else _phrasing(content, low, eye)
+                        t.wrong_eye = any(code == "laterality" for code, _ in hits)
+                    continue
+                if not t.wrong_eye:
+                    t.wrong_eye = _wrong_eye(content, low, eye) is not None
+                self._check_claims(normalise(low), facts, t, rc)
+        except Exception as exc:  # noqa: BLE001 - as verify: a row the checks cannot read is said so, never a crash
+            why = f"unreadable: the row could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+            return Reading([], frozenset(t.named), *t.numbers, *t.findings, 0, False, why)
+        return Reading(rc.stated, frozenset(t.named), *t.numbers, *t.findings, len(t.invented), t.wrong_eye)
+
     def _verify(self, row: dict[str, Any], facts, claims: bool = False) -> VerifyResult:
         t = _Tally(claims)
         if not isinstance(row, dict):
@@ -1210,6 +1354,9 @@ class Verifier:
             if p_names[ci] is not None:
                 names, names_off = s_names.get(ci, clause)
                 mentions = self._mentions(names, names_off)
+                if t.reading:
+                    for _s, _e, ids in mentions:
+                        t.named.update(ids)
             else:
                 mentions = []
             if not mentions and carried is not None and not _ANAPHORA.search(clause):
