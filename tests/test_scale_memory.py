@@ -107,3 +107,17 @@ def test_instruct_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatc
     grown, more_records = peaks[80] - peaks[20], sizes[80] - sizes[20]
     # the plan keys shards as it reads them, a shard reads its own byte range, the merge sorts 16 rows at a time
     assert grown < 0.25 * more_records, (peaks, sizes)
+
+
+def test_privacy_scan_reads_large_json_lines_one_line_at_a_time(tmp_path, monkeypatch):
+    from grok.privacy import scan
+
+    path = tmp_path / "records.jsonl"
+    rows = [{"study_id": f"S{i}", "note": f"text {i}", "nested": {"who": "Jane Roe" if i == 7 else "nobody"}}
+            for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    whole = list(scan.file_texts(path)[1])
+    monkeypatch.setattr(scan, "_CHUNK", 64)  # "large": streamed, and the same texts come out
+    kind, texts = scan.file_texts(path)
+    assert kind == "json" and not isinstance(texts, list)
+    assert list(texts) == whole and "Jane Roe" in whole and "not json" in whole

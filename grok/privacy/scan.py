@@ -459,6 +459,16 @@ def file_texts(path: Path) -> tuple[str, Iterator[str]]:
         return kind, _parquet(str(path), 0)
     if kind == "zip":
         return kind, _zip(str(path), 0)
+    if kind == "json" and size > _CHUNK and path.suffix.lower() in (".jsonl", ".ndjson"):
+        def lines() -> Iterator[str]:  # JSON lines (a build's records.jsonl): one line in memory at a time
+            with open(path, "rb") as fh:
+                for raw in fh:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    try:
+                        yield from _walk_value(json.loads(line), 0)
+                    except (json.JSONDecodeError, RecursionError):
+                        yield line
+        return kind, lines()
     if kind == "binary" and size > _CHUNK:
         def chunks() -> Iterator[str]:
             with open(path, "rb") as fh:
