@@ -398,12 +398,13 @@ def _ez_band(f: np.ndarray, rpe: np.ndarray, P: float, lo_um: float = 16.0, hi_u
     sa = max(2, int(round(side_um * P)))
     prof = f[np.clip(base[None, :] - np.arange(0, k1 + sa + 2)[:, None], 0, rows - 1), c]  # k rows above rpe
     peak = f[np.clip(base[None, :] + np.arange(0, max(2, int(round(20.0 * P))) + 1)[:, None], 0, rows - 1), c].max(axis=0)
-    dark = np.percentile(prof[k0:], 20, axis=0)
+    q = int(0.2 * (prof.shape[0] - k0 - 1))
+    dark = np.partition(prof[k0:], q, axis=0)[q]  # the 20th percentile (by rank) of the window above
     contrast = np.maximum(peak - dark, 1e-6)
     ks = np.arange(k0, k1 + 1)
     v = prof[ks]
     is_max = (v >= prof[ks - 1]) & (v >= prof[ks + 1])
-    dip_below = np.minimum.accumulate(prof, axis=0)[ks - 1]
+    dip_below = np.minimum.accumulate(prof[:k1], axis=0)[ks - 1]
     dip_above = np.stack([prof[ks + j] for j in range(1, sa + 1)]).min(axis=0)
     prom = np.where(is_max, np.minimum(v - dip_below, v - dip_above) / contrast[None, :], -np.inf)
     i = np.argmax(prom, axis=0)
