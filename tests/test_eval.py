@@ -315,8 +315,8 @@ def test_items_file_rows_equal_the_in_memory_rows(synthetic, reader, tmp_path):
 def test_scoring_memory_does_not_grow_with_per_item_rows(kb, synthetic, reader, tmp_path, monkeypatch):
     """Peak traced memory of scoring N and 10 N answers (the benchmark's items repeated under new ids, loaded
     with their reference readings before): the rows go to the items file, so 9 N more answers cost only each
-    item's marks as numbers (under 0.6 KB an item; eval.json rows kept in memory cost about 2 KB). The
-    bootstrap's weight blocks are bounded (here 2^12 cells, so both runs reach the bound)."""
+    item's marks as numbers (under 0.6 KB an item; the eval.json rows kept in memory as before fail this).
+    The bootstrap's weight blocks are bounded (here 2^12 cells, so both runs reach the bound)."""
     import dataclasses
 
     from grok.eval.data import Benchmark
