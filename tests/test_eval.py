@@ -244,6 +244,8 @@ def test_bad_predictions_are_counted_never_dropped(synthetic, tmp_path):
     assert preds.lines == 9
     assert preds.problems == {"duplicate_id": 1, "unreadable_line": 2, "no_id": 1, "no_answer_field": 1}
     res = evaluate(synthetic, preds, resamples=0, bleu=False)
+    streamed = evaluate(synthetic, path, resamples=0, bleu=False)  # ids seen kept as bits per benchmark item
+    assert streamed["problems"] == res["problems"] and streamed["items"] == res["items"]
     p = res["problems"]
     assert p["unknown_id"] == 1 and p["empty_answer"] == 1 and p["likely_not_english"] == 1
     assert p["missing_id"] == len(ids) - 3
