@@ -18,6 +18,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GROK_PSEUDONYM_KEY", "test-secret-key")
+# grok eval caches reference readings on disk: one throwaway folder per test session, never the
+# user's ~/.cache (a stale or shared cache must not decide a test)
+if "GROK_EVAL_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["GROK_EVAL_CACHE"] = tempfile.mkdtemp(prefix="grok-eval-cache-")
 
 #: Small but complete geometry so tests stay fast on 2 cores.
 SMALL_OCT = (7, 160, 128)
