@@ -3,7 +3,7 @@ what a build costs per study (the figures the README's sizing model rests on).
 
 Run as: .venv/bin/python benchmarks/build.py [--studies 100] [--work /tmp/grok-bench-build]
         [--geometry default|small] [--runs direct,flow_1thread,flow_threads,flow_dask]
-        [--shard-size auto|N] [--n-workers 2]
+        [--shard-size auto|N] [--n-workers 2] [--memory-curve 250,500]
 
 A phantom archive of STUDIES studies (STUDIES/2 subjects; ``--geometry small``: 8 x 128 x 128 OCT cubes
 and 256-px photographs, the geometry of the thousands-of-studies runs) is generated once; then each
@@ -20,13 +20,23 @@ started) and, on Dask, how long starting and warming the workers took; then Pref
 ((flow_1thread - direct) / flow_1thread; target <= 15 %), Prefect's overhead per study in the measure
 stage, the speed-ups of threads and Dask (whole build and measure stage), the load average before and
 after, and whether all builds published the same fingerprint.
+
+Per run also: the driver's peak RSS in each stage (``driver_peak_rss_mb_by_stage``, from the flow's
+"<stage>: N in" log lines; anonymous memory beside it, ``driver_peak_anon_mb``, since memory-mapped files
+count in RSS too), the number of Prefect task runs, the published parquet files and their sizes, whether
+``datasets.load_dataset`` maps the published train split from disk (and the RSS it adds), and on Dask the
+orchestration time per study ((worker threads x measure stage - worker busy time) / studies).
+``--memory-curve 250,500`` first builds phantoms of those sizes with the same runs and reports the driver's
+peak RSS against the number of studies (``memory_curve``): flat when the stages stream their tables.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,20 +77,39 @@ def _role(proc: psutil.Process) -> str:
     return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"
 
 
+def _anon_kb(pid: int) -> int:
+    """Anonymous resident memory of a process (kB): RSS without mapped files (``/proc/PID/status`` RssAnon)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("RssAnon:")), 0)
+    except OSError:
+        return 0
+
+
+#: a stage's end in the flow's log: "HH:MM:SS.mmm | INFO    | Flow run 'x' - records: 60 in, ..."
+STAGE_END = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) \| INFO .* - (\w+): \d+ in, ")
+TASK_DONE = re.compile(r"Task run '[^']+' - Finished in state ")
+
+
 def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
     """One ``grok build``; its wall time, JSON result and peak RSS (MB) of the driver and of its largest
-    descendant of each kind (the Prefect server, worker processes), sampled every 0.2 s."""
+    descendant of each kind (the Prefect server, worker processes), sampled every 0.2 s; the driver's peak per
+    stage (stages end where the flow logs their counts) and the number of Prefect task runs."""
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MKL_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1")
     out, err = cfg.with_suffix(".out"), cfg.with_suffix(".err")
     t0 = time.perf_counter()
+    samples: list[tuple[float, int]] = []  # (wall-clock time, driver RSS bytes)
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen([sys.executable, "-m", "grok", "build", str(cfg), "--json", "--demo-key", *extra],
                                 stdout=fo, stderr=fe, env=env)
-        driver, peak, others = psutil.Process(proc.pid), 0, {}
+        driver, peak, anon, others = psutil.Process(proc.pid), 0, 0, {}
         while proc.poll() is None:
             try:
-                peak = max(peak, driver.memory_info().rss)
+                rss = driver.memory_info().rss
+                peak = max(peak, rss)
+                anon = max(anon, _anon_kb(proc.pid))
+                samples.append((time.time(), rss))
                 for child in driver.children(recursive=True):
                     role = _role(child)
                     others[role] = max(others.get(role, 0), child.memory_info().rss)
@@ -90,9 +119,42 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"build failed:\n{err.read_text()[-4000:]}")
-    rss = {"driver_peak_rss_mb": round(peak / 2**20),
-           **{f"{role}_peak_rss_mb": round(b / 2**20) for role, b in sorted(others.items())}}
+    log = err.read_text(errors="replace").splitlines()
+    by_stage, start = {}, samples[0][0] if samples else 0.0
+    day = dt.datetime.fromtimestamp(start).date()
+    for line in log:
+        m = STAGE_END.match(line)
+        if not m:
+            continue
+        end = dt.datetime.combine(day, dt.time.fromisoformat(m.group(1))).timestamp()
+        inside = [r for t, r in samples if start <= t <= end + 0.2]
+        by_stage[m.group(2)] = round(max(inside) / 2**20) if inside else None
+        start = end
+    rss = {"driver_peak_rss_mb": round(peak / 2**20), "driver_peak_anon_mb": round(anon / 1024),
+           **{f"{role}_peak_rss_mb": round(b / 2**20) for role, b in sorted(others.items())},
+           "driver_peak_rss_mb_by_stage": by_stage or None,
+           "prefect_task_runs": sum(1 for line in log if TASK_DONE.search(line)) or None}
     return wall, json.loads(out.read_text()), rss
+
+
+def _published(registry: Path) -> dict:
+    """The published parquet files and their sizes; whether ``datasets.load_dataset`` maps the instructions'
+    train split from disk (cache files, RSS added by loading it against the split's bytes)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    files = sorted(p for p in registry.rglob("*.parquet") if "/data/" in str(p))
+    version = files[0].parents[2] if files else None
+    out = {"parquet_files": len(files), "parquet_mb": {str(p.relative_to(version)): round(p.stat().st_size / 2**20, 2)
+                                                      for p in files} if files else {},
+           "largest_parquet_mb": round(max((p.stat().st_size for p in files), default=0) / 2**20, 2)}
+    if version is not None:
+        before = psutil.Process().memory_info().rss
+        ds = datasets.load_dataset(str(version), "instructions", split="train")
+        out["load_dataset"] = {"rows": len(ds), "memory_mapped": bool(ds.cache_files),
+                               "arrow_mb": round(ds.data.nbytes / 2**20, 1),
+                               "rss_added_mb": round((psutil.Process().memory_info().rss - before) / 2**20, 1)}
+    return out
 
 
 def _stage(result: dict, name: str) -> dict:
@@ -108,7 +170,19 @@ def main() -> None:
     ap.add_argument("--shard-size", default="auto", help="measure.shard_size of every run: auto or a number")
     ap.add_argument("--n-workers", type=int, default=2, help="local Dask worker processes of flow_dask")
     ap.add_argument("--no-dask", action="store_true", help="leave out flow_dask")
+    ap.add_argument("--memory-curve", default="", help="also build phantoms of these sizes (comma-separated) "
+                    "with the same runs, first, and report the driver's peak RSS against the number of studies")
     args = ap.parse_args()
+    curve = sorted({int(x) for x in args.memory_curve.split(",") if x.strip()} - {args.studies})
+    points = {}
+    for n in curve:  # the smaller builds of the curve, each a whole benchmark of its own
+        res = subprocess.run([sys.executable, __file__, "--studies", str(n), "--work", str(args.work / f"curve_{n}"),
+                              "--geometry", args.geometry, "--runs", args.runs, "--shard-size", args.shard_size,
+                              "--n-workers", str(args.n_workers), *(["--no-dask"] if args.no_dask else [])],
+                             check=True, capture_output=True, text=True)
+        points[n] = json.loads(res.stdout)
+        (args.work / f"curve_{n}.json").write_text(res.stdout)  # kept as each point finishes
+        shutil.rmtree(args.work / f"curve_{n}", ignore_errors=True)
     from grok.phantom.archive import PhantomConfig, write_phantom
 
     runs = [r for r in args.runs.split(",") if r and not (args.no_dask and r == "flow_dask")]
@@ -135,6 +209,13 @@ def main() -> None:
         wall, res, rss = _run(cfg, *extra)
         measure = _stage(res, "measure")
         info = json.loads((args.work / name / "build" / "build.json").read_text())
+        shards = measure["details"].get("shards") or {}
+        dask = info.get("dask") or {}
+        if dask.get("threads") and shards.get("worker_busy_s"):
+            # worker time outside the shards' studies (Prefect and Dask work, the last shard's tail) per study
+            rss["orchestration_ms_per_study"] = round(1000 * (dask["threads"] * measure["seconds"]
+                                                              - sum(shards["worker_busy_s"])) / measure["n_in"], 1)
+        rss["published"] = _published(args.work / name / "registry")
         results[name] = {"wall_s": round(wall, 1), "stages_s": {s["stage"]: round(s["seconds"], 2)
                                                                  for s in res["stages"]},
                          "fingerprint": _stage(res, "publish")["details"]["fingerprint"], **rss,
@@ -155,6 +236,11 @@ def main() -> None:
         "results": results,
         "same_fingerprint": len({r["fingerprint"] for r in results.values()}) == 1,
     }
+    if points:
+        out["memory_curve"] = {run: {str(n): {k: p["results"][run].get(k) for k in (
+            "driver_peak_rss_mb", "driver_peak_anon_mb", "driver_peak_rss_mb_by_stage", "wall_s")}
+            for n, p in sorted({**points, args.studies: out}.items())} for run in results}
+        out["memory_curve_load_avg"] = {str(n): p["machine"] for n, p in sorted(points.items())}
     wall = {k: r["wall_s"] for k, r in results.items()}
     meas = {k: r["stages_s"]["measure"] for k, r in results.items()}
     if "direct" in wall and "flow_1thread" in wall:
