@@ -117,9 +117,10 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
                 pass
             time.sleep(0.2)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"build failed:\n{err.read_text()[-4000:]}")
     log = err.read_text(errors="replace").splitlines()
+    failed = None
+    if proc.returncode != 0:  # what it measured up to the failure is still reported, with the error
+        failed = next((line for line in reversed(log) if "Error: " in line), log[-1] if log else "")[-600:]
     by_stage, start = {}, samples[0][0] if samples else 0.0
     day = dt.datetime.fromtimestamp(start).date()
     for line in log:
@@ -134,6 +135,9 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
            **{f"{role}_peak_rss_mb": round(b / 2**20) for role, b in sorted(others.items())},
            "driver_peak_rss_mb_by_stage": by_stage or None,
            "prefect_task_runs": sum(1 for line in log if TASK_DONE.search(line)) or None}
+    if failed is not None:
+        rss["failed"] = failed
+        return wall, {"stages": []}, rss
     return wall, json.loads(out.read_text()), rss
 
 
@@ -207,6 +211,9 @@ def main() -> None:
         cfg = _config(args.work, arch / "dicom", arch / "cohort.csv", name, runner, shard_size,
                       0.5 if args.geometry == "small" else 0.9)
         wall, res, rss = _run(cfg, *extra)
+        if "failed" in rss:
+            results[name] = {"wall_s": round(wall, 1), **rss}
+            continue
         measure = _stage(res, "measure")
         info = json.loads((args.work / name / "build" / "build.json").read_text())
         shards = measure["details"].get("shards") or {}
@@ -234,15 +241,16 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg_before": [round(x, 2) for x in load_before],
                     "load_avg_after": [round(x, 2) for x in os.getloadavg()]},
         "results": results,
-        "same_fingerprint": len({r["fingerprint"] for r in results.values()}) == 1,
+        "same_fingerprint": len({r.get("fingerprint") for r in results.values()}) == 1,
     }
     if points:
         out["memory_curve"] = {run: {str(n): {k: p["results"][run].get(k) for k in (
             "driver_peak_rss_mb", "driver_peak_anon_mb", "driver_peak_rss_mb_by_stage", "wall_s")}
             for n, p in sorted({**points, args.studies: out}.items())} for run in results}
         out["memory_curve_load_avg"] = {str(n): p["machine"] for n, p in sorted(points.items())}
-    wall = {k: r["wall_s"] for k, r in results.items()}
-    meas = {k: r["stages_s"]["measure"] for k, r in results.items()}
+    results_ok = {k: r for k, r in results.items() if "failed" not in r}
+    wall = {k: r["wall_s"] for k, r in results_ok.items()}
+    meas = {k: r["stages_s"]["measure"] for k, r in results_ok.items()}
     if "direct" in wall and "flow_1thread" in wall:
         out["prefect_overhead_share"] = round((wall["flow_1thread"] - wall["direct"]) / wall["flow_1thread"], 3)
         out["target_overhead_share"] = 0.15
