@@ -17,10 +17,11 @@ repository.
   artery/vein pixels (labels 1, 2) that we label artery or vein whose label is right; ``av_share_labelled``
   = share of those reference pixels we label at all. AV ratio by diagnosis group (``_h``, ``_dr``, ``_g``).
 
-The default vessel path is classical (no training). The opt-in learned classifier
-(``grok.cfp.vessel_model``, ``vessel_maps(..., learned=True)``) was trained on CHASE_DB1 children 01-10
-only (``grok.cfp.train_vessel_model``; HRF's labels are GPL-3.0); each set's ``heldout`` block summarises
-the photographs it never saw (CHASE_DB1 children 11-14, all of HRF). Rows carry ``training_split``.
+The default vessel mask is the vessel network's (``grok.cfp.vessel_net``, a compact U-Net trained on
+CHASE_DB1 children 01-10 only by ``grok.cfp.train_vessel_net``; HRF's labels are GPL-3.0 and never
+trained on); ``--vessels classical`` scores the classical ridge path (no training). Each set's
+``heldout`` block summarises the photographs the network never saw (CHASE_DB1 children 11-14, all of
+HRF). Rows carry ``training_split``.
 
 Scores are pixel scores over the field of view at the image's own resolution: F1 (= Dice), sensitivity,
 precision, per photograph, then the mean over the set (``pooled_f1`` pools the pixel counts). ``seconds``
@@ -80,13 +81,17 @@ def pixel_scores(pred: np.ndarray, ref: np.ndarray, fov: np.ndarray) -> dict:
     return {"f1": f1, "sensitivity": sens, "precision": prec, "tp": tp, "fp": fp, "fn": fn}
 
 
+#: Vessel method passed to ``measure_fundus`` (None: its default); set by ``--vessels``.
+VESSELS: str | None = None
+
+
 def _measure(path: Path):
     from grok.cfp import measure_fundus
     from grok.ingest.readers import read_cfp
 
     img = read_cfp(path)
     t0, c0 = time.perf_counter(), time.process_time()
-    m = measure_fundus(img.rgb, laterality=img.laterality, pixel_spacing_mm=img.pixel_spacing_mm)
+    m = measure_fundus(img.rgb, laterality=img.laterality, pixel_spacing_mm=img.pixel_spacing_mm, vessels=VESSELS)
     return img.rgb, m, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -99,7 +104,7 @@ def _row_common(name: str, m, sec: float, cpu: float) -> dict:
         "disc_centred": any("disc-centred" in r for r in m.extras.get("reasons", {}).get("fovea", [])),
         "av_ratio": None if not np.isfinite(avr) else round(float(avr), 4),
         "av_ratio_reasons": [] if np.isfinite(avr) else list(m.extras.get("reasons", {}).get("vessels", [])),
-        "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3),
+        "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3), "vessel_method": m.extras.get("vessel_method"),
     }
 
 
@@ -220,11 +225,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sets", default="chase_db1,hrf_av", help="comma-separated: chase_db1, hrf_av")
     ap.add_argument("--limit", type=int, default=None, help="first N photographs of each set (while iterating)")
     ap.add_argument("--rows", action="store_true", help="include the per-photograph rows")
+    ap.add_argument("--vessels", choices=("net", "classical"), default=None,
+                    help="vessel method (default: measure_fundus's, the network)")
     args = ap.parse_args(argv)
+    global VESSELS
+    VESSELS = args.vessels
     if not args.real.is_dir():
         print(f"no real-data folder at {args.real}; pass --real", file=sys.stderr)
         return 3
-    out: dict = {"targets": TARGETS, "sets": {}}
+    from grok.cfp.vessels import VESSEL_METHOD
+
+    out: dict = {"targets": TARGETS, "vessels": args.vessels or VESSEL_METHOD, "sets": {}}
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         if name == "chase_db1":
             rows = run_chase(args.real / "chase_db1", args.limit)

@@ -249,14 +249,20 @@ def test_vessel_model_weights_are_consistent():
 
 
 def test_classical_vessel_path_is_the_default():
-    """The shipped classifier (CHASE_DB1 only) does not carry to other cameras (HRF F1 0.60 vs 0.73), so
-    vessel_maps uses the classical path unless asked for the learned one."""
+    """The per-pixel MLP (CHASE_DB1 only) does not carry to other cameras (HRF F1 0.60 vs 0.73), so
+    segment_vessels uses the classical path unless asked for it; measure_fundus reports the vessel network's
+    mask by default (HRF 0.777 held out) and the classical one when asked, the graph reading the ridge mask."""
     from grok.cfp import vessels
 
     assert vessels.LEARNED_BY_DEFAULT is False
+    assert vessels.VESSEL_METHOD == "net"
     ph = synth_fundus("normal", "OD", np.random.default_rng(0), size=512)
     m = measure_fundus(ph.image)
-    assert m.masks["vessels"].any()
+    assert m.masks["vessels"].any() and m.extras["vessel_method"] == "net"
+    c = measure_fundus(ph.image, vessels="classical")
+    assert c.extras["vessel_method"] == "classical"
+    # the AV ratio is read from the ridge mask's graph either way
+    assert m.biomarkers["av_ratio"] == c.biomarkers["av_ratio"] or not np.isfinite(c.biomarkers["av_ratio"])
 
 
 # ----------------------------------------------------------------------------------------- bad input (issue #14)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp import vessel_net
 from grok.cfp._kernels import channel_mean_min_max
 from grok.cfp.disc import find_disc, find_fovea, laterality_from_image
 from grok.cfp.lesions import find_lesions, lesions_assessable
@@ -137,7 +138,7 @@ def _rejected(q: Quality, laterality: str | None, shape: tuple[int, int], extras
 
 
 def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing_mm: float = float("nan"),
-                   *, thresholds: QualityThresholds | None = None) -> CfpMeasurement:
+                   *, thresholds: QualityThresholds | None = None, vessels: str | None = None) -> CfpMeasurement:
     """Measure a colour fundus photograph.
 
     Parameters
@@ -147,6 +148,9 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     laterality : the header's "OD" / "OS", or None. The image's own evidence (disc left/right of the
         fovea) is always computed; a disagreement is flagged in ``quality["reasons"]`` and extras.
     pixel_spacing_mm : mm per pixel when known; adds ``disc_diameter_mm`` to extras.
+    vessels : "net" (the vessel network, ``grok.cfp.vessel_net``) or "classical" (ridge hysteresis and
+        half-maximum borders); None: ``grok.cfp.vessels.VESSEL_METHOD``. The vessel graph, A/V colour,
+        zone-B calibres, disc and lesion rules read the classical ridge mask either way.
 
     Never raises on bad image content; raises ValueError only for arrays that cannot be an image.
     """
@@ -243,6 +247,16 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     if q.grade == "reject":
         extras["seconds"] = time.perf_counter() - t0
         return _rejected(q, laterality, (H, W), extras)
+    from grok.cfp import vessels as vessels_module
+
+    method = vessels or vessels_module.VESSEL_METHOD
+    if method not in ("net", "classical"):
+        raise ValueError(f"measure_fundus: vessels={vessels!r}; use 'net', 'classical' or None")
+    green_full = _green_at_full(arr)
+    if method == "net" and vessel_net.available():
+        vm = vessel_net.segment(vm, green_full, (H, W), wk.scale, fov.mask)
+    extras["vessel_method"] = "net" if vm.net_probability is not None else "classical"
+    tick("vessel_network")
 
     # disc, fovea and lesion rules read the ridge mask they were built on (the learned mask when present
     # is the reported vessel mask; see grok.cfp.vessels.VesselMaps.graph_mask)
@@ -376,7 +390,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     }
     if wk.scale != 1.0:
         masks = {k: _upsample_mask(m, (H, W)) for k, m in masks.items() if k not in ("vessels", "arteries", "veins")}
-        masks.update(_vessel_masks_at(vm, art, vein, (H, W), _green_at_full(arr)))
+        masks.update(_vessel_masks_at(vm, art, vein, (H, W), green_full))
     tick("output")
     extras["timing_cpu_s"] = {k: round(v, 4) for k, v in timing.items()}
     extras["seconds"] = time.perf_counter() - t0

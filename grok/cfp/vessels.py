@@ -78,6 +78,10 @@ RED_SATURATED_MAX_SHARE = 0.3
 #: venules): on real photographs they come from swapped or mixed artery/vein labels in zone B, so the
 #: ratio is NaN with a reason (issue #14: HRF healthy eyes gave 0.4-1.3 before this guard).
 AV_RATIO_PLAUSIBLE = (0.4, 1.0)
+#: With a reported mask other than the ridge mask (the vessel network's), only its pixels within this many
+#: px of the ridge mask (the vessel graph's vessels, whose colour was measured) are typed artery or vein;
+#: None: every pixel takes its nearest labelled centreline's type.
+AV_GRAPH_REACH_PX: int | None = 2
 #: Hessian scales (px at the 1024-px reference scale) of the vessel (and lesion blob) measures.
 VESSEL_SCALES = (1.0, 1.5, 2.3, 3.5, 5.0)
 #: Hysteresis thresholds on the ridge z-score, half-maximum border fraction, darkness floors (x noise).
@@ -117,6 +121,13 @@ class VesselMaps:
     green_background: np.ndarray | None = field(default=None, repr=False)
     """The green channel's background (``green / (1 + relative green)``), float32 (h, w): with ``peak``,
     the half-maximum border is found again on an original-resolution green channel (``vessel_mask_at``)."""
+    net_probability: np.ndarray | None = field(default=None, repr=False)
+    """Vessel probability of the vessel network (``grok.cfp.vessel_net``) on its own grid (calibre-normalised,
+    float32); when set, ``mask`` is the network's and ``vessel_mask_at`` resamples this map instead."""
+    net_threshold: float = 0.5
+    """The network's probability threshold (chosen on its training photographs)."""
+    fov: np.ndarray | None = field(default=None, repr=False)
+    """The working field-of-view mask (bool (h, w)), set with ``net_probability``."""
 
 
 def _half(img: np.ndarray) -> np.ndarray:
@@ -182,6 +193,9 @@ def _vessel_inputs(rgb: np.ndarray, fov_mask: np.ndarray, sc: float, rel: list[n
     return {"ds": ds, "hp": hp, "inner": inner, "noise": noise, "zmax": zmax, "hess": hess, "eig_z": eig_z}
 
 
+#: The reported vessel mask of ``grok.cfp.measure_fundus`` when not told: "net" (``grok.cfp.vessel_net``,
+#: the compact U-Net trained on CHASE_DB1 children 01-10) or "classical" (``segment_vessels``).
+VESSEL_METHOD = "net"
 #: Whether :func:`vessel_maps` uses the learned classifier when not told (see its docstring: no).
 LEARNED_BY_DEFAULT = False
 
@@ -286,11 +300,18 @@ def vessel_mask_at(vm: VesselMaps, shape: tuple[int, int], green: np.ndarray | N
     (issue #14: HRF 3504 x 2336, vessel F1 0.732 -> 0.736, and faster). Otherwise ``vm.border`` (darkness
     minus half the local peak, or the learned probability minus its threshold) is interpolated
     bilinearly and thresholded at 0 (HRF: F1 +0.01 over nearest-neighbour upsampling). Falls back to
-    nearest-neighbour when the maps are missing. Returns bool (H, W)."""
+    nearest-neighbour when the maps are missing. With the vessel network's maps (``vm.net_probability``,
+    the default path since issue #14's network) its probability is resampled from the network's own grid
+    to (H, W) and thresholded, inside the field of view. Returns bool (H, W)."""
     H, W = shape
     h, w = vm.mask.shape
     yi = np.minimum(((np.arange(H) + 0.5) * h / H).astype(int), h - 1)
     xi = np.minimum(((np.arange(W) + 0.5) * w / W).astype(int), w - 1)
+    if vm.net_probability is not None and vm.fov is not None:
+        from grok.cfp.vessel_net import _resample
+
+        p = vm.net_probability
+        return (_resample(p, (H, W)) >= vm.net_threshold) & vm.fov[yi[:, None], xi[None, :]]
     near = vm.mask[yi[:, None], xi[None, :]]
     if vm.border is None or vm.band is None or (H, W) == (h, w):
         return near
@@ -1251,8 +1272,12 @@ def measure_vessels(maps: VesselMaps, rel: list[np.ndarray], fov_mask: np.ndarra
     if (lab_img > 0).any():
         _, (iy, ix) = ndi.distance_transform_edt(lab_img == 0, return_indices=True)
         near = lab_img[iy, ix]
-        art = mask & (near == 1)
-        vein = mask & (near == 2)
+        typed = mask
+        if AV_GRAPH_REACH_PX is not None and maps.graph_mask is not None:
+            # a vessel the graph does not hold (thin ones the network adds) has no colour evidence of its own
+            typed = mask & ndi.binary_dilation(gmask, iterations=AV_GRAPH_REACH_PX)
+        art = typed & (near == 1)
+        vein = typed & (near == 2)
     else:
         art = np.zeros_like(mask)
         vein = np.zeros_like(mask)
