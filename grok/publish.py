@@ -478,13 +478,10 @@ def build_datasets(build_dir: Path, prep: dict[str, Any], tmp: Path | None = Non
                    "biomarker_values": list(r["biomarker_values"])})
         out["alignment"][split] = w.dataset()
     rec_f = records_features()
-    out["records"] = {}
-    for split in ("train", "validation", "test"):
-        w = _SplitWriter(tmp, f"records-{split}", rec_f)
-        for r in prep["evidence"]:
-            if r["split"] == split:
-                w.add(r)
-        out["records"][split] = w.dataset()
+    writers = {split: _SplitWriter(tmp, f"records-{split}", rec_f) for split in ("train", "validation", "test")}
+    for r in prep["evidence"]:  # one pass over the records, each row to its split's file
+        writers[r["split"]].add(r)
+    out["records"] = {split: w.dataset() for split, w in writers.items()}
     return {k: v for k, v in out.items() if v}
 
 
