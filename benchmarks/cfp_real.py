@@ -43,6 +43,8 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
 
 import numpy as np
 
+from grok.cfp.preprocess import lit_fov
+
 #: Where ``shared/`` lies relative to the repository root (CI and sessions have it beside the clone).
 DEFAULT_REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "cfp"
 #: Targets of issue #14 (benchmark, not timed tests).
@@ -58,15 +60,6 @@ def _load_mask(path: Path) -> np.ndarray:
     if a.ndim == 3:
         a = a[..., :3].max(axis=-1)
     return a
-
-
-def lit_fov(rgb: np.ndarray) -> np.ndarray:
-    """The photograph's lit area (max channel > 20 of 255, holes filled): a FOV for sets without masks."""
-    from scipy import ndimage as ndi
-
-    m = rgb.max(axis=-1) > 20
-    m = ndi.binary_opening(m, iterations=2)
-    return ndi.binary_fill_holes(m)
 
 
 def pixel_scores(pred: np.ndarray, ref: np.ndarray, fov: np.ndarray) -> dict:

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import jinja2
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
@@ -410,7 +411,6 @@ class _SplitWriter:
 
     def _flush(self) -> None:
         import datasets
-        import pyarrow as pa
 
         n = len(next(iter(self.rows.values())))
         if not n:

@@ -13,7 +13,13 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.oct_real import DEFAULT_REAL, boundary_errors, load_circle_manual9, load_linescan, vs_manual_read
+from benchmarks.oct_real import (
+    DEFAULT_REAL,
+    boundary_errors,
+    load_circle_manual9,
+    load_linescan,
+    vs_manual_read,
+)
 from grok.oct.segment import segment_bscan
 from grok.oct.volume import measure_circle, measure_volume
 

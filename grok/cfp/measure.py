@@ -37,7 +37,7 @@ from grok.cfp.quality import (
     non_fundus_colour_share,
     sharpness_ratio,
 )
-from grok.cfp.vessels import measure_vessels, segment_vessels, vessel_mask_at
+from grok.cfp.vessels import VESSEL_METHOD, measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
@@ -247,9 +247,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     if q.grade == "reject":
         extras["seconds"] = time.perf_counter() - t0
         return _rejected(q, laterality, (H, W), extras)
-    from grok.cfp import vessels as vessels_module
-
-    method = vessels or vessels_module.VESSEL_METHOD
+    method = vessels or VESSEL_METHOD
     if method not in ("net", "classical"):
         raise ValueError(f"measure_fundus: vessels={vessels!r}; use 'net', 'classical' or None")
     green_full = _green_at_full(arr)

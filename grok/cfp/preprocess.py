@@ -173,6 +173,14 @@ def _cut_circle(m: np.ndarray, r_area: float) -> tuple[float, float, float] | No
     return float(cx), float(cy), float(r)
 
 
+def lit_fov(rgb: np.ndarray) -> np.ndarray:
+    """The photograph's lit area (max channel > 20 of 255, holes filled): the field of view that scoring
+    uses for sets without FOV masks (CHASE_DB1), in ``benchmarks/cfp_real.py`` and the vessel trainers."""
+    m = rgb.max(axis=-1) > 20
+    m = ndi.binary_opening(m, iterations=2)
+    return ndi.binary_fill_holes(m)
+
+
 def erode(mask: np.ndarray, k: int) -> np.ndarray:
     """``mask`` (h, w) bool eroded by ``k`` steps of the 4-neighbour cross (image outside = background)."""
     if k <= 0:

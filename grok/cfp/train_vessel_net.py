@@ -38,7 +38,7 @@ from PIL import Image
 
 from grok.cfp import vessel_net as vn
 from grok.cfp.measure import _green_at_full
-from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, relative_channels, to_working
+from grok.cfp.preprocess import REFERENCE_FOV_RADIUS_PX, find_fov, lit_fov, relative_channels, to_working
 from grok.cfp.train_vessel_model import CHASE_TRAIN_CHILDREN
 from grok.cfp.vessels import segment_vessels
 from grok.ingest.readers import read_cfp
@@ -215,8 +215,6 @@ def loss_fn(logits, y, f, torch):
 
 def choose_threshold(items, weights) -> tuple[float, float]:
     """(threshold, mean F1) maximising the mean F1 of the training photographs at their own resolution."""
-    from benchmarks.cfp_real import lit_fov
-
     grid_t = np.round(np.arange(0.30, 0.71, 0.025), 3)
     f1s = np.zeros(grid_t.size)
     for it in items:

@@ -64,6 +64,7 @@ from grok.cfp.formulas import (
 )
 from grok.cfp.preprocess import erode, local_scale, relative_channels, upsample
 from grok.cfp.vessel_model import predict, vessel_features
+from grok.cfp.vessel_net import _resample
 
 #: An isolated piece (free at both ends) counts in zone B only if it reaches within 1.0 DD + this of
 #: the disc centre, or ...
@@ -308,8 +309,6 @@ def vessel_mask_at(vm: VesselMaps, shape: tuple[int, int], green: np.ndarray | N
     yi = np.minimum(((np.arange(H) + 0.5) * h / H).astype(int), h - 1)
     xi = np.minimum(((np.arange(W) + 0.5) * w / W).astype(int), w - 1)
     if vm.net_probability is not None and vm.fov is not None:
-        from grok.cfp.vessel_net import _resample
-
         p = vm.net_probability
         return (_resample(p, (H, W)) >= vm.net_threshold) & vm.fov[yi[:, None], xi[None, :]]
     near = vm.mask[yi[:, None], xi[None, :]]
