@@ -15,7 +15,8 @@ from grok.instruct.generate import InstructConfig, TemplateGenerator, build_inst
 from grok.instruct.lint import RULES, TextLinter, lint_rows, skeleton
 from grok.instruct.phrasing import MAX_ALTERNATIVES, americanise
 from grok.instruct.samples import sample_records
-from grok.instruct.templating import TemplateLibrary
+from grok.instruct.records import BiomarkerFact
+from grok.instruct.templating import TemplateLibrary, sentence_groups
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
 from grok.verify.verifier import Verifier
@@ -183,3 +184,31 @@ def test_lint_text_cli(tmp_path, kb):
     report = json.loads(res.output)
     assert report["rows"] > 0 and report["violations_total"] == 0 and set(report["per_family"]) <= set(FAMILIES)
     assert runner.invoke(app, ["lint-text", str(tmp_path / "nothing")]).exit_code == 3
+
+
+def _fact(name: str, text: str, low: str, high: str, term: str | None = None) -> BiomarkerFact:
+    return BiomarkerFact(id=name.replace(" ", "_"), name=name, value=1.0, unit="um", symbol="µm", text=text,
+                         status="high", term=term, low_text=low, high_text=high)
+
+
+def test_report_lists_never_pair_abnormal_values_into_a_long_sentence():
+    """A 49-word "In addition, there is a drusen volume, central 3 mm of ... and a ..." once refused a
+    120-study publication (the lint gates template rows). Pairs are formed only when the longest way
+    ``_common.j2`` can write them stays within the sentence budget: every phrasing of every group is
+    rendered here and counted."""
+    short = [_fact("CST", "330 µm", "230 µm", "310 µm"), _fact("AVR", "0.45", "0.52", "0.78")]
+    long_ = [_fact("drusen volume, central 3 mm within the ETDRS grid", "0.210 mm³", "0.001 mm³", "0.030 mm³",
+                   "at or above the 0.030 mm³ cut-off for large drusen"),
+             _fact("subfoveal choroidal thickness under the fovea", "512 µm", "138.2 µm", "447.3 µm",
+                   "markedly thickened beyond its normal range")]
+    assert sentence_groups(short, first=1) == [short[:1], short[1:]]
+    assert sentence_groups(short + short) == [short, short]  # short values still share a sentence
+    assert sentence_groups(long_) == [long_[:1], long_[1:]]  # these two would not fit one sentence
+    env = TemplateLibrary().env
+    macro = env.from_string('{% import "instruct/_common.j2" as c %}In addition, there is '
+                            '{{ c.abnormal_list(part, pick, "a ") }}.')
+    for items in (short + long_, long_ + short, short + short + long_):
+        for part in sentence_groups(items):
+            for k in range(3):  # each of reading()'s three phrasings
+                text = macro.render(part=part, pick=lambda xs, k=k: xs[k % len(xs)])
+                assert len(text.split()) <= 45, text

@@ -55,6 +55,42 @@ def capitalize_first(text: str) -> str:
     return text[:1].upper() + text[1:] if text else text
 
 
+#: Words a template can spend on one abnormal biomarker besides its name, value, reading word and range
+#: texts: "of", the longest bracketed phrase of ``_common.j2``'s ``reading`` ("(below the 5th percentile
+#: of ...)", "(normal range ... to ...)") and the joining "and a".
+_ABNORMAL_OVERHEAD_WORDS = 9
+#: Word budget of the biomarkers one sentence lists: the lint's limit (45 words, grok.instruct.lint) less
+#: the longest lead-in of a follow-on sentence ("In addition, there is").
+SENTENCE_LIST_WORDS = 41
+
+
+def _words(text: str | None) -> int:
+    return len(text.split()) if text else 0
+
+
+def _abnormal_cost(b) -> int:
+    """An upper bound of the words ``_common.j2`` writes for one abnormal ``BiomarkerFact``."""
+    return (_words(b.name) + _words(b.text) + _words(b.qual or "increased") + _words(b.low_text)
+            + _words(b.high_text) + _ABNORMAL_OVERHEAD_WORDS)
+
+
+def sentence_groups(items: list, first: int | None = None, size: int = 2,
+                    budget: int = SENTENCE_LIST_WORDS) -> list[list]:
+    """Abnormal biomarkers split into sentences as the report lists them: at most ``size`` per sentence
+    (the first at most ``first``), and a second one joins a sentence only when the longest way the
+    templates can write the two stays within ``budget`` words, so no sentence breaks the lint's length
+    rule whichever phrasing ``pick`` chooses (a 49-word pair once refused a 120-study publication)."""
+    groups: list[list] = []
+    for b in items:
+        last = groups[-1] if groups else None
+        limit = first if first is not None and len(groups) == 1 else size
+        if last is not None and len(last) < limit and sum(map(_abnormal_cost, last)) + _abnormal_cost(b) <= budget:
+            last.append(b)
+        else:
+            groups.append([b])
+    return groups
+
+
 def _squeeze(line: str) -> str:
     """Runs of spaces/tabs -> one space, and no space before . , ; : (each step only when it applies)."""
     if "\t" in line or "  " in line:
@@ -151,6 +187,7 @@ class TemplateLibrary:
         )
         self.env.filters["capitalize_first"] = capitalize_first
         self.env.filters["lower_first"] = lower_first
+        self.env.filters["sentence_groups"] = sentence_groups
         self._cache: dict[str, Any] = {}
         self._info: dict[str, TemplateInfo] = {}
 
