@@ -144,3 +144,19 @@ def test_schema_problems_reported(tmp_path):
 def test_unknown_contract_names_known_ones():
     with pytest.raises(ContractError, match="known contracts: .*manifest"):
         load_contract("nope")
+
+
+def test_identifier_checks_read_missing_text_of_any_string_dtype(manifest, planted, tmp_path):
+    """A 400-study build stopped in the contracts with "expected string or bytes-like object, got 'float'":
+    a text column of pandas' string dtype with a missing value. Missing text counts no identifier; a
+    planted one in the same column is still found."""
+    df = pd.read_parquet(manifest / "manifest.parquet")
+    for dtype in ("str", "string", object):
+        d = df.copy()
+        d["model"] = d["model"].astype(dtype)
+        d.loc[0, "model"] = None
+        assert d["model"].isna().iloc[0]
+        assert validate(d, "manifest", deny_list=planted, docs_dir=tmp_path / f"ok-{dtype}").success
+        d.loc[1, "model"] = f"scanned for {planted[0].title()}"
+        bad = validate(d, "manifest", deny_list=planted, docs_dir=tmp_path / f"bad-{dtype}")
+        assert {o.column for o in bad.failed} == {"__known_identifiers__model"}, dtype

@@ -246,10 +246,13 @@ def _identifier_columns(df: pd.DataFrame, out: pd.DataFrame, contract: Contract,
         sample = next((v for v in df[col] if v is not None and not (isinstance(v, float) and v != v)), None)
         if sample is None or isinstance(sample, (int, float, bool, np.number, np.bool_, bytes)):
             continue
-        texts = df[col].map(_textify)
+        # a plain object Series: with pandas 3 string dtypes, .map() would turn None back into NaN (a float)
+        texts = pd.Series([_textify(v) for v in df[col]], index=df.index, dtype=object)
         use = regs if col in contract.date_columns else regs + [date_re]
-        n_pat = texts.map(lambda t, use=use: 0 if not t else sum(1 for r in use for _ in r.finditer(t)))
-        n_known = (texts.map(deny.count) if deny else pd.Series(0, index=df.index)).astype("int64")
+        n_pat = texts.map(lambda t, use=use: sum(1 for r in use for _ in r.finditer(t)) if isinstance(t, str) and t
+                          else 0)
+        n_known = (texts.map(lambda t: deny.count(t) if isinstance(t, str) and t else 0) if deny
+                   else pd.Series(0, index=df.index)).astype("int64")
         n_pat = n_pat.astype("int64")
         out[PATTERN_PREFIX + col] = n_pat
         extra.append(("ExpectColumnValuesToBeInSet", {"column": PATTERN_PREFIX + col, "value_set": [0]}))
