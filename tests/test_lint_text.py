@@ -14,8 +14,8 @@ from grok.instruct.families import FAMILIES, Skip
 from grok.instruct.generate import InstructConfig, TemplateGenerator, build_instructions, prepare
 from grok.instruct.lint import RULES, TextLinter, lint_rows, skeleton
 from grok.instruct.phrasing import MAX_ALTERNATIVES, americanise
-from grok.instruct.samples import sample_records
 from grok.instruct.records import BiomarkerFact
+from grok.instruct.samples import sample_records
 from grok.instruct.templating import TemplateLibrary, sentence_groups
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
