@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grok.eval.data import benchmark_from_records
-from grok.eval.text import BleuRef, bleu_from_stats, bleu_stats, tokens_13a
+from grok.eval.text import AnswerWords, BleuRef, BleuTable, bleu_from_stats, bleu_stats, tokens_13a
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
 
@@ -61,3 +61,56 @@ def test_segment_statistics_and_corpus_bleu_are_sacrebleus(texts):
     assert np.array_equal(np.isnan(got), np.isnan(expected))
     assert np.nanmax(np.abs(got - expected)) < 1e-9
     assert (expected == 0).sum() > 10  # the edge cases were exercised
+
+
+def test_bleu_table_statistics_are_sacrebleus(texts):
+    """Many answers at once (BleuTable.stats, in batches and in any order) give sacrebleu's statistics, and
+    the table kept on disk (its state) gives the same; references without words included."""
+    hyps, refs = texts
+    refs = [None if i % 97 == 5 else r for i, r in enumerate(refs)]
+    theirs = np.asarray(BLEU()._extract_corpus_statistics(hyps, [[r or "" for r in refs]]), dtype=np.int64)
+    table = BleuTable(refs)
+    words = AnswerWords(table)
+    order = np.random.default_rng(0).permutation(len(hyps))
+    for tab in (table, BleuTable.from_state(table.state())):
+        got = np.zeros_like(theirs)
+        for batch in np.array_split(order, 7):
+            ids = [words(hyps[j])[0] for j in batch]
+            got[batch] = tab.stats(batch, np.frombuffer(b"".join(ids), dtype=np.int64), [len(b) // 8 for b in ids])
+        assert np.array_equal(got, theirs)
+    for row in (0, 1, 5, len(refs) - 1):
+        assert [dict(c) for c in table.counts_of(row)] == [dict(c) for c in BleuRef(refs[row] or "").counts]
+    with pytest.raises(ValueError, match="one answer per reference"):
+        table.stats([1, 1], [], [0, 0])
+
+
+def test_answer_words_are_the_whole_answers_tokens_and_language_check(texts):
+    """Word by word (cached) the answer's ROUGE-L tokens, 13a tokens and language check are those of the whole
+    answer, on benchmark texts, random strings and answers in other languages."""
+    from grok.eval.data import likely_not_english, likely_not_english_words, not_english_word
+    from grok.eval.text import tokens
+
+    others = ["Der Sehnerv zeigt eine vergrößerte Exkavation und wir vermuten ein Glaukom.", "视神经乳头凹陷扩大，考虑青光眼。",
+              "La papille montre une excavation et il est probable que le glaucome", "OS la y os", "µm³ ΣΑΣ σ İi K"]
+    lines = texts[0] + texts[1] + others
+    table = BleuTable(texts[1])
+    words = AnswerWords(table, not_english_word, max_words=500)  # small: the cache is cleared on the way
+    for line in lines + lines[:50]:
+        ids, rouge, flags = words(line)
+        assert rouge == tokens(line), repr(line)
+        assert np.frombuffer(ids, dtype=np.int64).tolist() == table.ids(tokens_13a(line)), repr(line)
+        assert likely_not_english_words(line, flags) == likely_not_english(line), repr(line)
+    assert sum(likely_not_english(x) for x in others) >= 2
+
+
+def test_int_index_finds_every_value_and_nothing_else():
+    from grok.eval.text import IntIndex
+
+    rng = np.random.default_rng(1)
+    values = np.unique(rng.integers(0, 1 << 40, 5000))
+    index = IntIndex(values)
+    keys = np.concatenate([values, rng.integers(0, 1 << 40, 5000), values[:100] + 1])
+    expected = np.array([int(np.searchsorted(values, k)) if k in set(values.tolist()) else -1 for k in keys.tolist()])
+    assert np.array_equal(index.find(keys), expected)
+    assert np.array_equal(IntIndex(values, index.slots).find(keys), expected)
+    assert IntIndex(np.zeros(0, dtype=np.int64)).find(keys[:3]).tolist() == [-1, -1, -1]

@@ -208,6 +208,30 @@ def likely_not_english(text: str) -> bool:
     return other >= 3 and other > sum(map(_EN_FUNCTION.__contains__, words))
 
 
+def not_english_word(word: str) -> tuple[int, int] | None:
+    """What one white-space-separated word adds to :func:`likely_not_english`'s counts: its letters outside
+    the Latin script and its function words of another language (None when both are 0)."""
+    if word.isascii():  # no letter outside the Latin script; the words are the runs of a-z
+        non_latin, words = 0, word.lower().translate(_ASCII_NON_LETTERS).split()
+    else:
+        non_latin, words = len(_NON_LATIN.findall(word)), _WORD.findall(word.lower())
+    other = sum(map(_OTHER_FUNCTION.__contains__, words))
+    return (non_latin, other) if non_latin or other else None
+
+
+def likely_not_english_words(text: str, flags: list[tuple[int, int]]) -> bool:
+    """:func:`likely_not_english` of ``text`` given the :func:`not_english_word` of its words that are not
+    None (in any order): it needs 3 function words of another language, or more non-Latin letters than 30 %
+    of the ASCII letters, so only such a text is checked in full."""
+    if not flags:
+        return False
+    non_latin = sum(f[0] for f in flags)
+    if sum(f[1] for f in flags) >= 3 or (non_latin and non_latin > 0.3 * len(
+            text.encode("ascii", "ignore").translate(None, _ASCII_NON_LETTER_BYTES))):
+        return likely_not_english(text)
+    return False
+
+
 @dataclass
 class Predictions:
     """Answers by benchmark id, and every problem the file had (counts complete, ids listed up to 20).

@@ -46,9 +46,18 @@ from typing import Any
 
 import numpy as np
 
-from grok.eval.data import MAX_LISTED, Benchmark, Item, Predictions, likely_not_english, open_predictions
+from grok.eval.data import (
+    MAX_LISTED,
+    Benchmark,
+    Item,
+    Predictions,
+    likely_not_english,
+    likely_not_english_words,
+    not_english_word,
+    open_predictions,
+)
 from grok.eval.reader import AnswerReader
-from grok.eval.text import BleuRef, RougeRef, bleu_from_stats, bleu_stats, rouge_l_with, tokens
+from grok.eval.text import AnswerWords, BleuRow, BleuTable, RougeRef, bleu_from_stats, rouge_l_with, tokens
 from grok.ids import CATEGORIES
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
@@ -63,6 +72,9 @@ SCHEMA = "grok-eval/1"
 #: Bootstrap weights are drawn in blocks of at most this many cells (resamples x items), so memory stays
 #: bounded whatever the number of answers.
 BOOTSTRAP_BLOCK_CELLS = 1 << 18
+#: BLEU statistics are computed for the answers of about this many 13a tokens together
+#: (:meth:`~grok.eval.text.BleuTable.stats`; memory about 100 bytes a token while they are).
+BLEU_BATCH_TOKENS = 1 << 14
 
 
 #: Counts kept per item (eval.json's per-item rows hold them with the marks).
@@ -82,6 +94,8 @@ ITEM_FIELDS = ("id", "study_id", "task", "category", "status", "classified", "pr
                "findings_agree", "findings_disagree", "findings_agreement", "invented", "wrong_eye", "rouge_l",
                "not_english")
 _NAN = math.nan
+#: JSON text of a string as ``json.dumps(..., ensure_ascii=False)`` writes it.
+_ENCODE_STR = json.encoder.encode_basestring
 
 
 @dataclass(slots=True)
@@ -93,7 +107,18 @@ class RefReading:
     checks_numbers: bool
     biomarkers: frozenset[str]
     rouge: RougeRef | None
-    bleu: BleuRef | None
+    bleu: BleuRow | None
+
+
+class ReferenceReadings(dict):
+    """:class:`RefReading` by item id, with what scoring shares across the answers: the references' BLEU
+    n-grams (``table``, :class:`~grok.eval.text.BleuTable`) and the answers' words seen (``words``,
+    :class:`~grok.eval.text.AnswerWords`)."""
+
+    def __init__(self, readings: dict[str, RefReading], table: BleuTable):
+        super().__init__(readings)
+        self.table = table
+        self.words = AnswerWords(table, not_english_word)
 
 
 def _share(n: int, d: int) -> float:
@@ -102,7 +127,7 @@ def _share(n: int, d: int) -> float:
 
 # -- the reference readings, kept per process and cached on disk -----------------------------------
 #: Version of the on-disk format of :func:`reference_readings`' cache.
-REF_CACHE_FORMAT = 1
+REF_CACHE_FORMAT = 2
 #: Sources whose code decides a reference reading (the verifier, the facts it reads, the text forms):
 #: a change to any of them makes a new cache key.
 _READING_SOURCES = ("grok/verify/*.py", "grok/knowledge/lexicon.py", "grok/instruct/records.py",
@@ -143,40 +168,48 @@ def reference_cache_key(bench: Benchmark, reader: AnswerReader) -> str | None:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _read_references(bench: Benchmark, reader: AnswerReader) -> dict[str, RefReading]:
+def _read_references(bench: Benchmark, reader: AnswerReader) -> ReferenceReadings:
     refs = {}
+    texts: list[str | None] = []  # the BLEU table's rows: one per benchmark item, None without a reference
     for rid, item in bench.items.items():
         if item.facts is None:
+            texts.append(None)
             continue
+        texts.append(item.reference or None)
         r = reader.read(item.question, item.reference, item.facts, item.images)
         refs[rid] = RefReading(r.diagnosis is not None, r.numbers_checked > 0, r.biomarkers_named,
                                RougeRef(tokens(item.reference)) if item.reference else None,
-                               BleuRef(item.reference) if item.reference else None)
-    return refs
+                               len(texts) - 1 if item.reference else None)
+    table = BleuTable(texts)
+    for r in refs.values():
+        if r.bleu is not None:
+            r.bleu = BleuRow(table, r.bleu)
+    return ReferenceReadings(refs, table)
 
 
-def _load_refs(path: Path, key: str) -> dict[str, RefReading] | None:
+def _load_refs(path: Path, key: str) -> ReferenceReadings | None:
     try:
         data = marshal.loads(path.read_bytes())
+        if not isinstance(data, tuple) or len(data) != 3 or data[0] != key:
+            return None
+        table = BleuTable.from_state(data[2])
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if not isinstance(data, tuple) or len(data) != 2 or data[0] != key:
-        return None
-    return {rid: RefReading(c, q, frozenset(bms), None if masks is None else RougeRef.from_masks(masks, n),
-                            None if counts is None else BleuRef.from_counts(length, counts))
-            for rid, (c, q, bms, masks, n, length, counts) in data[1].items()}
+    return ReferenceReadings({
+        rid: RefReading(c, q, frozenset(bms), None if masks is None else RougeRef.from_masks(masks, n),
+                        None if row < 0 else BleuRow(table, row))
+        for rid, (c, q, bms, masks, n, row) in data[1].items()}, table)
 
 
-def _save_refs(path: Path, key: str, refs: dict[str, RefReading]) -> None:
+def _save_refs(path: Path, key: str, refs: ReferenceReadings) -> None:
     data = {rid: (r.classified, r.checks_numbers, tuple(sorted(r.biomarkers)),
                   None if r.rouge is None else r.rouge.masks, 0 if r.rouge is None else r.rouge.n,
-                  0 if r.bleu is None else r.bleu.length,
-                  None if r.bleu is None else tuple(dict(c) for c in r.bleu.counts))
+                  -1 if r.bleu is None else r.bleu.row)
             for rid, r in refs.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(marshal.dumps((key, data)))
+        tmp.write_bytes(marshal.dumps((key, data, refs.table.state())))
         tmp.replace(path)
     except OSError:
         pass  # a cache that cannot be written is only slower next time
@@ -192,7 +225,7 @@ def default_cache_dir() -> Path:
 
 
 def reference_readings(bench: Benchmark, reader: AnswerReader,
-                       cache_dir: str | Path | None = None) -> dict[str, RefReading]:
+                       cache_dir: str | Path | None = None) -> ReferenceReadings:
     """The :class:`RefReading` of every scorable item, computed on first use per reader settings and kept
     on ``bench`` (a second model scored on the same benchmark reads no reference again).
 
@@ -225,21 +258,26 @@ def unanswered(ref: RefReading | None, status: int = _MISSING) -> tuple:
             0.0 if ref.biomarkers else _NAN, _NAN, 0.0, 0.0, 0.0 if ref.rouge is not None else _NAN, 0, 0, 0, 0, 0, 0)
 
 
-def score_answer(item: Item, answer: str, reader: AnswerReader, ref: RefReading) -> tuple[tuple, str | None]:
+def score_answer(item: Item, answer: str, reader: AnswerReader, ref: RefReading, rouge_tokens: list[str] | None = None,
+                 not_english: bool | None = None) -> tuple[tuple, str | None]:
     """The marks (a :data:`MARKS_DTYPE` record, ``predicted`` left -1) of one non-empty answer to a scorable
-    item, and the diagnosis it states (None: an abstention)."""
+    item, and the diagnosis it states (None: an abstention). ``rouge_tokens`` (:func:`~grok.eval.text.tokens`
+    of the answer) and ``not_english`` (:func:`~grok.eval.data.likely_not_english`): computed when not given."""
     got = reader.read(item.question, answer, item.facts, item.images)
+    if not_english is None:
+        not_english = likely_not_english(answer)
     nc = got.numbers_checked
     if ref.checks_numbers:
         quant = (nc - got.numbers_wrong) / nc if nc else 0.0
     else:
         quant = _NAN
     agree, disagree = got.findings_agree, got.findings_disagree
-    return ((_ANSWERED, ref.classified, likely_not_english(answer), -1,
+    return ((_ANSWERED, ref.classified, not_english, -1,
              float(got.diagnosis == item.label) if ref.classified else _NAN, quant,
              _share(len(got.biomarkers_named & ref.biomarkers), len(ref.biomarkers)),
              _share(agree, agree + disagree), float(got.invented), float(got.wrong_eye),
-             rouge_l_with(tokens(answer), ref.rouge) if ref.rouge is not None else _NAN,
+             rouge_l_with(tokens(answer) if rouge_tokens is None else rouge_tokens, ref.rouge)
+             if ref.rouge is not None else _NAN,
              nc, got.numbers_wrong, got.reference_numbers_checked, got.reference_numbers_wrong, agree, disagree),
             got.diagnosis)
 
@@ -263,6 +301,43 @@ def item_rows(items, marks: np.ndarray, names: list[str], chunk: int = 4096) -> 
                    "coverage": _none(cov), "findings_agree": c4, "findings_disagree": c5,
                    "findings_agreement": _none(fa), "invented": inv, "wrong_eye": eye, "rouge_l": _none(rouge),
                    "not_english": ne}
+
+
+def item_lines(items, marks: np.ndarray, names: list[str], chunk: int = 4096) -> Iterator[str]:
+    """The JSON lines of :func:`item_rows` (``json.JSONEncoder(ensure_ascii=False)``'s text of each row, with
+    its newline), formatted directly: the same text without a dict and an encoder call per item."""
+    enc = _ENCODE_STR
+    status = [enc(x) for x in STATUSES]
+    predicted = [enc(x) for x in names]
+    flag = {True: "true", False: "false"}
+
+    def num(x: float) -> str:
+        return "null" if x != x else repr(x)
+
+    it = iter(items)
+    for a in range(0, len(marks), chunk):
+        for (st, cls, ne, pred, correct, quant, cov, fa, inv, eye, rouge, c0, c1, c2, c3, c4, c5) \
+                in marks[a:a + chunk].tolist():
+            item = next(it)
+            yield (f'{{"id": {enc(item.id)}, "study_id": {enc(item.study_id)}, "task": {enc(item.task)}, '
+                   f'"category": {enc(item.label)}, "status": {status[st]}, "classified": {flag[cls]}, '
+                   f'"predicted": {predicted[pred] if pred >= 0 else "null"}, "correct": {num(correct)}, '
+                   f'"quantitative": {num(quant)}, "numbers_checked": {c0}, "numbers_wrong": {c1}, '
+                   f'"reference_numbers_checked": {c2}, "reference_numbers_wrong": {c3}, "coverage": {num(cov)}, '
+                   f'"findings_agree": {c4}, "findings_disagree": {c5}, "findings_agreement": {num(fa)}, '
+                   f'"invented": {inv!r}, "wrong_eye": {eye!r}, "rouge_l": {num(rouge)}, '
+                   f'"not_english": {flag[ne]}}}\n')
+
+
+def write_item_lines(lines, path: str | Path) -> Path:
+    """Write JSON lines (:func:`item_lines`) to ``path``, atomically; returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.writelines(lines)
+    tmp.replace(p)
+    return p
 
 
 def write_items(rows, path: str | Path) -> Path:
@@ -306,10 +381,20 @@ def resample_weights(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
 
 
 def _ci_columns(samples: np.ndarray) -> list[list[float] | None]:
-    """95 % percentile interval of each column (non-finite resamples left out; ``None`` if none is left)."""
-    out = []
-    for col in samples.T:
-        c = col[np.isfinite(col)]
+    """95 % percentile interval of each column (non-finite resamples left out; ``None`` if none is left).
+    The columns without a non-finite value are done in one call (numpy's per-column arithmetic is the same)."""
+    finite = np.isfinite(samples)
+    whole = finite.all(axis=0)
+    if whole.any():
+        lo_hi = np.percentile(samples[:, whole], [2.5, 97.5], axis=0)
+    out: list[list[float] | None] = []
+    j = 0
+    for i, col in enumerate(samples.T):
+        if whole[i]:
+            out.append([round(float(lo_hi[0, j]), 4), round(float(lo_hi[1, j]), 4)])
+            j += 1
+            continue
+        c = col[finite[:, i]]
         out.append(None if c.size == 0 else [round(float(np.percentile(c, 2.5)), 4),
                                              round(float(np.percentile(c, 97.5)), 4)])
     return out
@@ -556,6 +641,23 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
     names: list[str] = []  # the diagnoses stated, in order of first appearance (MARKS_DTYPE's ``predicted``)
     name_ix: dict[str, int] = {}
     worst_rows = _Worst(worst)
+    words, bleu_table = refs.words, refs.table
+    # BLEU statistics are computed for BLEU_BATCH_TOKENS tokens of answers at a time: their positions, reference
+    # rows, numbers of tokens and token ids
+    at: list[int] = []
+    pending = 0
+    rows: list[int] = []
+    lengths: list[int] = []
+    ids: list[bytes] = []
+
+    def flush() -> None:
+        nonlocal pending
+        pending = 0
+        if at:
+            stats[at] = bleu_table.stats(rows, np.frombuffer(b"".join(ids), dtype=np.int64), lengths)
+            for buf in (at, rows, lengths, ids):
+                buf.clear()
+
     for rid, ans in preds.pairs(pos):
         i = pos.get(rid)
         if i is None:
@@ -570,7 +672,9 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
             if stats is not None and ref.bleu is not None:
                 stats[i, 1] = ref.bleu.length
             continue
-        row, dx = score_answer(item_list[i], ans, reader, ref)
+        bleu_ids, rouge_tokens, flags = words(ans)
+        row, dx = score_answer(item_list[i], ans, reader, ref, rouge_tokens,
+                               likely_not_english_words(ans, flags))
         if dx is not None:
             j = name_ix.get(dx)
             if j is None:
@@ -579,8 +683,16 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
             row = (*row[:3], j, *row[4:])
         marks[i] = row
         if stats is not None and ref.bleu is not None:
-            stats[i] = bleu_stats(ans, ref.bleu)
+            at.append(i)
+            rows.append(ref.bleu.row)
+            lengths.append(len(bleu_ids) // 8)
+            ids.append(bleu_ids)
+            pending += len(bleu_ids)
+            if pending >= 8 * BLEU_BATCH_TOKENS:
+                flush()
         worst_rows.offer(_total(*row[4:8], row[10], row[8], row[9]), rid, i, ans)
+    if stats is not None:
+        flush()
     # every benchmark item, in benchmark order; no answer is an abstention, an empty answer too
     for i in np.flatnonzero(~scored).tolist():
         ref = refs.get(item_list[i].id)
@@ -632,7 +744,7 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
     }
     del table, by, groups
     if items_path is not None:
-        result["items_file"] = str(write_items(item_rows(item_list, marks, names), items_path))
+        result["items_file"] = str(write_item_lines(item_lines(item_list, marks, names), items_path))
     else:
         result["items"] = list(item_rows(item_list, marks, names))
     other = [d for d in preds.datasets_named if d != bench.dataset]

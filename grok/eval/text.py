@@ -23,7 +23,9 @@ sacrebleu as the reference implementation). Corpus BLEU of many resamples at onc
 from __future__ import annotations
 
 import re
+from array import array
 from collections import Counter
+from typing import Any
 
 import numpy as np
 
@@ -186,3 +188,274 @@ def bleu_from_stats(stats) -> np.ndarray:
     # no match at all, or an order the hypotheses never reach: sacrebleu's score is 0
     score = np.where(~zero.all(axis=-1) & (total > 0).all(axis=-1), score, 0.0)
     return np.where(ref_len > 0, score, np.nan)
+
+
+# -- many answers at once: integer token ids ---------------------------------------------------------
+def _segments(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(segment of each token, position of each token in its segment) of segments of ``lengths`` tokens."""
+    n = int(lengths.sum())
+    seg = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    starts = np.cumsum(lengths) - lengths
+    return seg, np.arange(n, dtype=np.int64) - starts[seg]
+
+
+_HASH_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+class IntIndex:
+    """Where each of some distinct non-negative int64 ``values`` is (:meth:`find`), by open addressing:
+    a multiplicative hash and linear probing in a table of at least twice as many slots, built and
+    searched with whole-array operations (a sorted search of unsorted keys costs several times more)."""
+
+    __slots__ = ("bits", "slots", "values")
+
+    def __init__(self, values: np.ndarray, slots: np.ndarray | None = None):
+        self.values = values = np.asarray(values, dtype=np.int64)
+        self.bits = bits = max(4, (2 * len(values)).bit_length())
+        if slots is not None:
+            self.slots = slots
+            return
+        self.slots = slots = np.full(1 << bits, -1, dtype=np.int32)
+        pending = np.arange(len(values), dtype=np.int32)
+        h = self._hash(values)
+        mask = (1 << bits) - 1
+        while len(pending):  # each value takes its slot, or the next one when that is taken (linear probing)
+            hp = h[pending]
+            free = slots[hp] == -1
+            cand, hc = pending[free], hp[free]
+            slots[hc] = cand  # of several values wanting one slot, one (the last written) gets it
+            lost = slots[hc] != cand
+            moved = np.concatenate([pending[~free], cand[lost]])
+            h[moved] = (h[moved] + 1) & mask
+            pending = moved
+
+    def _hash(self, keys: np.ndarray) -> np.ndarray:
+        h = keys.view(np.uint64) * _HASH_MUL
+        h >>= np.uint64(64 - self.bits)
+        return h.view(np.int64)
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """The position of each of ``keys`` (non-negative int64) in ``values``, -1 where it is not one of them."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if not len(self.values) or not len(keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        mask = (1 << self.bits) - 1
+        slots, values = self.slots, self.values
+        h = self._hash(keys)
+        out = slots[h].astype(np.int64)  # -1: an empty slot, the key is not there
+        todo = np.flatnonzero((values[out] != keys) & (out >= 0))  # a slot taken by another value
+        out[todo] = -1
+        h = h[todo]
+        while len(todo):  # probe the next slot
+            h = (h + 1) & mask
+            s = slots[h].astype(np.int64)
+            found = (s >= 0) & (values[s] == keys[todo])
+            out[todo[found]] = s[found]
+            go_on = (s >= 0) & ~found
+            todo, h = todo[go_on], h[go_on]
+        return out
+
+
+class BleuTable:
+    """The 13a n-grams of every reference answer of a benchmark, numbered, so that the BLEU statistics of
+    many answers are a few whole-array operations (:meth:`stats`) instead of four ``Counter`` objects
+    an answer. Equal to :func:`bleu_stats` (tests/test_eval_text.py).
+
+    Tokens are ids (``vocab``, 1 up; 0 for a token no reference has). Reference ``row``'s distinct
+    k-grams are entries of order k, numbered through their prefix: an entry of order 1 has the key
+    ``row x (V + 1) + id(token)``, one of order k the key ``entry(its first k-1 tokens) x (V + 1) +
+    id(last token)``, so a key names the reference as well as the n-gram and never overflows.
+    ``keys[k]`` (sorted), ``counts[k]`` (how often the n-gram occurs in the reference), ``rows[k]``
+    (the reference) per entry; ``index[k]`` finds keys (:class:`IntIndex`)."""
+
+    __slots__ = ("counts", "index", "keys", "lengths", "rows", "vocab")
+
+    def __init__(self, references: list[str | None]):
+        vocab: dict[str, int] = {}
+        ids: list[int] = []
+        lengths = np.zeros(len(references), dtype=np.int64)
+        setdefault = vocab.setdefault
+        for r, text in enumerate(references):
+            if text:
+                toks = tokens_13a(text)
+                lengths[r] = len(toks)
+                ids += [setdefault(t, len(vocab) + 1) for t in toks]
+        self.vocab, self.lengths = vocab, lengths
+        a = np.asarray(ids, dtype=np.int64)
+        seg, pos = _segments(lengths)
+        v1 = len(vocab) + 1
+        self.keys, self.counts, self.rows, self.index = [], [], [], []
+        e = seg  # entry of the n-gram before (order 0: the reference)
+        for k in range(1, MAX_ORDER + 1):
+            n = len(a) - k + 1
+            if n <= 0:
+                key = np.zeros(0, dtype=np.int64)
+                valid = np.zeros(0, dtype=bool)
+            else:
+                key = e[:n] * v1 + a[k - 1:]
+                valid = pos[:n] <= lengths[seg[:n]] - k
+            keys, counts = np.unique(key[valid], return_counts=True)
+            rows = keys // v1 if k == 1 else self.rows[-1][keys // v1]
+            self.keys.append(keys)
+            self.counts.append(counts.astype(np.int32))
+            self.rows.append(rows.astype(np.int32))
+            self.index.append(IntIndex(keys))
+            e = np.where(valid, np.searchsorted(keys, key), -1)
+
+    def ids(self, toks: list[str]) -> list[int]:
+        """The token ids of ``toks`` (0 for tokens no reference has)."""
+        get = self.vocab.get
+        return [get(t, 0) for t in toks]
+
+    def state(self) -> tuple:
+        """What :meth:`from_state` needs (plain types and bytes: cheap to ``marshal``)."""
+        arrays = [self.lengths, *self.keys, *self.counts, *self.rows, *(i.slots for i in self.index)]
+        return (list(self.vocab), [(x.dtype.str, x.tobytes()) for x in arrays])
+
+    @classmethod
+    def from_state(cls, state) -> BleuTable:
+        words, arrays = state
+        table = cls.__new__(cls)
+        table.vocab = {w: i for i, w in enumerate(words, 1)}
+        xs = [np.frombuffer(b, dtype=np.dtype(dt)) for dt, b in arrays]
+        m = MAX_ORDER
+        table.lengths = xs[0]
+        table.keys, table.counts, table.rows = xs[1:1 + m], xs[1 + m:1 + 2 * m], xs[1 + 2 * m:1 + 3 * m]
+        table.index = [IntIndex(k, s) for k, s in zip(table.keys, xs[1 + 3 * m:1 + 4 * m], strict=True)]
+        return table
+
+    def counts_of(self, row: int) -> tuple[Counter, ...]:
+        """The 1- to 4-gram counts of reference ``row`` as :class:`BleuRef` keeps them (unigrams as tokens,
+        longer n-grams as token tuples): for tests and inspection, not used in scoring."""
+        words = ["", *self.vocab]
+        v1 = len(words)
+        out = []
+        grams: list[tuple[str, ...]] = []
+        for k in range(MAX_ORDER):
+            keys = self.keys[k].tolist()
+            grams = [(words[c % v1],) if k == 0 else grams[c // v1] + (words[c % v1],) for c in keys]
+            sel = np.flatnonzero(self.rows[k] == row).tolist()
+            out.append(Counter({(grams[i][0] if k == 0 else grams[i]): int(self.counts[k][i]) for i in sel}))
+        return tuple(out)
+
+    def stats(self, rows, ids, lengths) -> np.ndarray:
+        """BLEU sufficient statistics (as :func:`bleu_stats`, an ``(m, 10)`` int64 array) of ``m`` answers
+        to distinct references: answer j is ``lengths[j]`` token ids (:meth:`ids`) of the flat ``ids``,
+        scored against reference ``rows[j]``. Raises ``ValueError`` when a reference repeats."""
+        rows = np.asarray(rows, dtype=np.int64)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        a = np.asarray(ids, dtype=np.int64)
+        m = len(rows)
+        order = np.argsort(rows)
+        if m > 1 and (np.diff(rows[order]) == 0).any():
+            raise ValueError("BleuTable.stats: one answer per reference")
+        out = np.zeros((m, 10), dtype=np.int64)
+        out[:, 0] = lengths
+        out[:, 1] = self.lengths[rows]
+        for k in range(MAX_ORDER):
+            out[:, 6 + k] = np.maximum(0, lengths - k)
+        if not len(a):
+            return out
+        seg, pos = _segments(lengths)
+        left = lengths[seg] - pos  # tokens from each one to the end of its answer
+        v1 = len(self.vocab) + 1
+        known = a > 0
+        # order 1: positions of known tokens; then the positions whose n-gram one order shorter was found
+        at = np.flatnonzero(known)
+        e = rows[seg[at]]  # the entry of order 0: the reference
+        for k in range(1, MAX_ORDER + 1):
+            if k > 1:
+                more = left[at] >= k
+                at, e = at[more], e[more]
+                more = known[at + (k - 1)]
+                at, e = at[more], e[more]
+            if not len(at):
+                break
+            e = self.index[k - 1].find(e * v1 + a[at + (k - 1)])
+            found = e >= 0
+            at, e = at[found], e[found]
+            if not len(e):
+                break
+            hits = np.sort(e)
+            first = np.flatnonzero(np.concatenate(([True], hits[1:] != hits[:-1])))
+            entries = hits[first]
+            times = np.diff(np.append(first, len(hits)))
+            matched = np.minimum(times, self.counts[k - 1][entries])
+            slot = order[np.searchsorted(rows, self.rows[k - 1][entries], sorter=order)]
+            out[:, 1 + k] = np.bincount(slot, weights=matched, minlength=m).astype(np.int64)
+        return out
+
+
+class BleuRow:
+    """One reference of a :class:`BleuTable` (what :class:`BleuRef` is for one reference alone)."""
+
+    __slots__ = ("row", "table")
+
+    def __init__(self, table: BleuTable, row: int):
+        self.table, self.row = table, row
+
+    @property
+    def length(self) -> int:
+        """The reference's 13a tokens."""
+        return int(self.table.lengths[self.row])
+
+    @property
+    def counts(self) -> tuple[Counter, ...]:
+        """Its 1- to 4-gram counts (:meth:`BleuTable.counts_of`)."""
+        return self.table.counts_of(self.row)
+
+
+class AnswerWords:
+    """An answer's tokens for ROUGE-L and BLEU and its words' flags, from one ``str.split`` and a cache of the
+    words seen (at most ``max_words``, then cleared): each white-space-separated word's 13a token ids (of
+    ``table``, as int64 bytes), its :func:`tokens` and ``flag(word)`` are computed once.
+
+    Equal to :func:`tokens` and :func:`tokens_13a` of the whole answer: neither kind of token crosses
+    white space (``str.split`` and the patterns' ``\\s`` are the same white space), lower-casing is per
+    character, and 13a's rules look one character either side; an answer 13a would change first
+    (``<skipped>``, ``-`` before a line break, ``&`` entities) gets its 13a tokens from :func:`tokens_13a`."""
+
+    __slots__ = ("cache", "flag", "flagged", "max_words", "table")
+
+    def __init__(self, table: BleuTable | None, flag=None, max_words: int = 50_000):
+        self.table, self.flag, self.max_words = table, flag, max_words
+        self.cache: dict[str, tuple[bytes, list[str]]] = {}
+        self.flagged: dict[str, Any] = {}
+
+    def _ids(self, text: str) -> bytes:
+        if self.table is None:
+            return b""
+        return array("q", self.table.ids(tokens_13a(text))).tobytes()
+
+    def _word(self, w: str) -> tuple[bytes, list[str]]:
+        entry = self.cache[w] = (self._ids(w), _TOKEN.findall(w.lower()))
+        if self.flag is not None:
+            f = self.flag(w)
+            if f:
+                self.flagged[w] = f
+        return entry
+
+    def __call__(self, answer: str) -> tuple[bytes, list[str], list]:
+        """(the 13a token ids as int64 bytes, the ROUGE-L tokens, the flags of the answer's flagged words in
+        order: ``flag(word)`` where it is truthy)."""
+        words = answer.split()
+        if len(self.cache) + len(words) > self.max_words:
+            self.cache.clear()
+            self.flagged.clear()
+        get = self.cache.get
+        ids: list[bytes] = []
+        rouge: list[str] = []
+        for w in words:
+            e = get(w)
+            if e is None:
+                e = self._word(w)
+            ids.append(e[0])
+            rouge += e[1]
+        if "&" in answer or "<skipped>" in answer or "-\n" in answer:
+            bleu = self._ids(answer)
+        else:
+            bleu = b"".join(ids)
+        flagged = self.flagged
+        flags = [] if flagged.keys().isdisjoint(words) else list(map(flagged.__getitem__,
+                                                                     filter(flagged.__contains__, words)))
+        return bleu, rouge, flags
