@@ -25,7 +25,9 @@ HRF). Rows carry ``training_split``.
 
 Scores are pixel scores over the field of view at the image's own resolution: F1 (= Dice), sensitivity,
 precision, per photograph, then the mean over the set (``pooled_f1`` pools the pixel counts). ``seconds``
-is the wall time of ``measure_fundus`` alone (one thread), ``cpu_seconds`` its CPU time.
+is the wall time of ``measure_fundus`` alone (one thread), ``cpu_seconds`` its CPU time
+(``time.process_time``), ``stages_cpu_s`` the CPU time of each of its stages; ``load_average_1min`` is the
+machine's load at the start and end of the run (2 cores shared: wall time includes waiting for one).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def _row_common(name: str, m, sec: float, cpu: float) -> dict:
         "av_ratio": None if not np.isfinite(avr) else round(float(avr), 4),
         "av_ratio_reasons": [] if np.isfinite(avr) else list(m.extras.get("reasons", {}).get("vessels", [])),
         "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3), "vessel_method": m.extras.get("vessel_method"),
+        "stages_cpu_s": dict(m.extras.get("timing_cpu_s", {})),
     }
 
 
@@ -182,6 +185,8 @@ def summarise(rows: list[dict]) -> dict:
         "av_ratio_n": sum(r["av_ratio"] is not None for r in rows),
         "seconds_mean": _mean(r["seconds"] for r in rows), "seconds_max": max(r["seconds"] for r in rows),
         "cpu_seconds_mean": _mean(r["cpu_seconds"] for r in rows),
+        "stages_cpu_s_mean": {k: _mean(r["stages_cpu_s"].get(k) for r in rows)
+                              for k in dict.fromkeys(k for r in rows for k in r["stages_cpu_s"])},
     }
     if "laterality_truth" in rows[0]:
         out["laterality_from_image"] = {
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     from grok.cfp.vessels import VESSEL_METHOD
 
-    out: dict = {"targets": TARGETS, "vessels": args.vessels or VESSEL_METHOD, "sets": {}}
+    out: dict = {"targets": TARGETS, "vessels": args.vessels or VESSEL_METHOD,
+                 "load_average_1min": {"start": round(os.getloadavg()[0], 2)}, "sets": {}}
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         if name == "chase_db1":
             rows = run_chase(args.real / "chase_db1", args.limit)
@@ -247,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             out["sets"][name]["heldout"] = summarise(held)
         if args.rows:
             out["sets"][name]["rows"] = rows
+    out["load_average_1min"]["end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out, indent=1))
     return 0
 

@@ -326,3 +326,82 @@ def ising_belief_propagation(h: np.ndarray, src: np.ndarray, dst: np.ndarray, re
     for k in range(e):
         tot[dst[k]] += msg[k]
     return tot
+
+
+@numba.njit(cache=True)
+def flood_fill4(region: np.ndarray, y: int, x: int) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """The 4-connected component of ``region`` (bool (h, w)) that holds pixel (y, x), as a bool (h, w) mask
+    (empty when ``region[y, x]`` is False): ``scipy.ndimage.label(region)[0] == label at (y, x)`` without
+    labelling every component. Also returns its int64 stats [area, min y, max y, min x, max x, sum of y,
+    sum of x]."""
+    h, w = region.shape
+    out = np.zeros((h, w), np.bool_)
+    st = np.zeros(7, np.int64)
+    if not region[y, x]:
+        return out, st
+    stack = np.empty(h * w, np.int64)  # a pixel is pushed once (marked when pushed)
+    out[y, x] = True
+    stack[0] = y * w + x
+    n = 1
+    st[1] = st[2] = y
+    st[3] = st[4] = x
+    while n > 0:
+        n -= 1
+        q = stack[n]
+        cy = q // w
+        cx = q - cy * w
+        st[0] += 1
+        st[1] = min(st[1], cy)
+        st[2] = max(st[2], cy)
+        st[3] = min(st[3], cx)
+        st[4] = max(st[4], cx)
+        st[5] += cy
+        st[6] += cx
+        if cy > 0 and region[cy - 1, cx] and not out[cy - 1, cx]:
+            out[cy - 1, cx] = True
+            stack[n] = q - w
+            n += 1
+        if cy < h - 1 and region[cy + 1, cx] and not out[cy + 1, cx]:
+            out[cy + 1, cx] = True
+            stack[n] = q + w
+            n += 1
+        if cx > 0 and region[cy, cx - 1] and not out[cy, cx - 1]:
+            out[cy, cx - 1] = True
+            stack[n] = q - 1
+            n += 1
+        if cx < w - 1 and region[cy, cx + 1] and not out[cy, cx + 1]:
+            out[cy, cx + 1] = True
+            stack[n] = q + 1
+            n += 1
+    return out, st
+
+
+@numba.njit(cache=True)
+def cityblock_distance(mask: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """City-block (4-connected) distance in px of every pixel of a bool (h, w) mask to its nearest True pixel
+    (h + w + 1 everywhere when there is none), by the two raster scans of Rosenfeld and Pfaltz (exact for
+    this metric). ``distance <= n`` is ``scipy.ndimage.binary_dilation(mask, iterations=n)`` (the default
+    cross, nothing outside the array): a shortest 4-connected path stays within its ends' bounding box."""
+    h, w = mask.shape
+    big = h + w + 1
+    d = np.empty((h, w), np.int32)
+    for i in range(h):
+        for j in range(w):
+            if mask[i, j]:
+                d[i, j] = 0
+            else:
+                v = big
+                if i > 0:
+                    v = min(v, d[i - 1, j] + 1)
+                if j > 0:
+                    v = min(v, d[i, j - 1] + 1)
+                d[i, j] = v
+    for i in range(h - 1, -1, -1):
+        for j in range(w - 1, -1, -1):
+            v = d[i, j]
+            if i < h - 1:
+                v = min(v, d[i + 1, j] + 1)
+            if j < w - 1:
+                v = min(v, d[i, j + 1] + 1)
+            d[i, j] = v
+    return d

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from grok.cfp._kernels import update_best_blob
+from grok.cfp._kernels import cityblock_distance, flood_fill4, update_best_blob
 from grok.cfp.preprocess import background, fill_outside, local_scale
 from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
 
@@ -408,20 +408,18 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     px += max(lx - r0, 0)
     reg_all = win >= 0.5 * peak
     if limit is not None:
-        reg_all &= ndi.binary_dilation(limit[0][y0:y1, x0:x1] == limit[1], iterations=2)
-    lab, _ = ndi.label(reg_all)
-    k = lab[py, px]
-    if k == 0:
+        reg_all &= cityblock_distance(limit[0][y0:y1, x0:x1] == limit[1]) <= 2  # dilated by 2 px
+    if not reg_all[py, px]:
         return None
-    reg = lab == k
-    ry, rx = np.nonzero(reg)
-    area = int(ry.size)
-    touches = bool(ry.min() == 0 or rx.min() == 0 or ry.max() == reg.shape[0] - 1 or rx.max() == reg.shape[1] - 1)
+    # the 4-connected half-maximum piece of the peak; st: area, y and x extent, sums of y and x
+    reg, st = flood_fill4(reg_all, int(py), int(px))
+    area, rymin, rymax, rxmin, rxmax = (int(v) for v in st[:5])
+    touches = bool(rymin == 0 or rxmin == 0 or rymax == reg.shape[0] - 1 or rxmax == reg.shape[1] - 1)
     tried[y0:y1, x0:x1] |= reg
     if not touches:
         taken[y0:y1, x0:x1] |= reg
-    box = [float(rx.min() + x0), float(ry.min() + y0), float(rx.max() + x0 + 1), float(ry.max() + y0 + 1)]
-    cx, cy = float(rx.mean() + x0), float(ry.mean() + y0)
+    box = [float(rxmin + x0), float(rymin + y0), float(rxmax + x0 + 1), float(rymax + y0 + 1)]
+    cx, cy = float(int(st[6]) / area + x0), float(int(st[5]) / area + y0)
     f: dict[str, float] = {}
     f["z_blob"] = zb
     f["sigma_px"] = sigma
@@ -437,6 +435,7 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     if reason:  # dropped on the cheap features: the costly ones below are not needed
         return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area,
                          features=f, reason=reason)
+    ry, rx = np.nonzero(reg)
     if area >= 3:
         cov = np.cov(np.vstack([rx, ry]).astype(float)) + np.eye(2) / 12.0
         ev, evec = np.linalg.eigh(cov)
@@ -467,11 +466,15 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     edge = reg & ~_erode4(reg)
     gm = float(np.mean(np.hypot(gx, gy)[edge])) if edge.any() else 0.0
     f["edge_width_px"] = (0.5 * peak) / max(gm, 1e-9) / sc if gm > 0 else 99.0
-    # colour of the absolute change against a ring (vessels and other regions left out)
-    d1 = ndi.binary_dilation(reg, iterations=max(int(2 * sc), 1))
-    ring = ndi.binary_dilation(d1, iterations=max(int(4 * sc), 2)) & ~d1 & ~ctx.vessel[y0:y1, x0:x1] & ~reg_all
+    # colour of the absolute change against a ring (vessels and other regions left out); dilations of
+    # the region by n px (4-connected) are its city-block distance <= n
+    dreg = cityblock_distance(reg)
+    n1 = max(int(2 * sc), 1)
+    d1 = dreg <= n1
+    ring_all = (dreg <= n1 + max(int(4 * sc), 2)) & ~d1
+    ring = ring_all & ~ctx.vessel[y0:y1, x0:x1] & ~reg_all
     if ring.sum() < 6:
-        ring = ndi.binary_dilation(d1, iterations=max(int(4 * sc), 2)) & ~d1
+        ring = ring_all
     sub = ctx.rgb[y0:y1, x0:x1]
     dcol = sub[reg].mean(axis=0) - sub[ring].mean(axis=0) if ring.any() else np.zeros(3)
     dg = float(dcol[1]) if abs(float(dcol[1])) > 1e-6 else 1e-6
@@ -494,7 +497,7 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     # pieces lying (mostly) inside the region are the lesion itself (the vessel segmentation takes in
     # dark blobs), not a vessel
     vsub = ctx.vessel[y0:y1, x0:x1]
-    grown = ndi.binary_dilation(reg, iterations=max(int(2 * sc), 1) + 1)
+    grown = dreg <= max(int(2 * sc), 1) + 1
     if vsub.any():
         vl, nv = ndi.label(vsub, structure=np.ones((3, 3)))
         if nv:
@@ -512,7 +515,7 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
         # calibre of the touching vessels: twice the largest distance to the vessel border within
         # 0.08 DD of the contact (the vessel's centre line)
         vw = 2.0 * ndi.distance_transform_edt(vsub)
-        reach = ndi.binary_dilation(touch, iterations=max(int(0.04 * dd), 1))
+        reach = cityblock_distance(touch) <= max(int(0.04 * dd), 1)
         f["vessel_branch_width_px"] = float(vw[reach].max())
     else:
         f["vessel_branch_width_px"] = 0.0

@@ -17,7 +17,7 @@ one per decoder level after concatenating the skip, ReLU, 2 x 2 max-pooling, nea
 convolution to one logit; batch normalisation folded into the convolutions at export. 63,673
 weights in ``vessel_net_weights.npz`` (package data), trained by ``python -m grok.cfp.train_vessel_net``
 on CHASE_DB1 children 01-10 only (``docs/cfp.md``, "Vessel network card"). The forward pass here is
-im2col in row stripes + one float32 matrix product per stripe (BLAS); ``tests/test_cfp_vessel_net.py``
+im2col in stripes of zero-bordered buffers + one float32 matrix product per stripe (BLAS); ``tests/test_cfp_vessel_net.py``
 checks it against torch's.
 """
 
@@ -102,61 +102,83 @@ def contrast_of(darkness: np.ndarray, mask: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- forward pass (NumPy)
+#
+# Every activation lives in a zero-bordered buffer (C, h + 2, w + 2). Flattened per channel, the 3 x 3 tap
+# (ky, kx) of the pixel at flat index q is at q + (ky - 1) * (w + 2) + (kx - 1), so the im2col matrix of a
+# run of consecutive flat indices is nine contiguous slices per channel (no window gathering, no padded
+# copy per layer). A run also covers the border columns between image rows; they are zeroed afterwards.
 
-def _stripe_conv(xp: np.ndarray, kmat: np.ndarray, taps: list[tuple[int, int]], h: int, w: int, out: np.ndarray,
-                 bias: np.ndarray | None = None, relu: bool = False) -> None:
-    """out (O, h, w) = kmat (O, C * len(taps)) applied to the shifted windows ``xp[:, dy:dy + h, dx:dx + w]`` of a
-    padded xp (C, ., .), one tap per (dy, dx): im2col in row stripes of ~256 kB (they stay in the L2 cache)
-    and one BLAS matrix product per stripe."""
-    c, t, o = xp.shape[0], len(taps), kmat.shape[0]
-    rows = max(1, (1 << 16) // (c * t * w))
-    cols = np.empty((c, t, rows, w), np.float32)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        n = r1 - r0
-        cc = cols[:, :, :n]
-        for k, (dy, dx) in enumerate(taps):
-            cc[:, k] = xp[:, r0 + dy:r1 + dy, dx:dx + w]
-        y = kmat @ cc.reshape(c * t, n * w)
+#: Floats per im2col stripe (256 kB: a stripe and its product stay in the L2 cache).
+STRIPE_FLOATS = 1 << 16
+
+
+def _buffer(c: int, h: int, w: int) -> np.ndarray:
+    """A zero-bordered activation buffer (c, h + 2, w + 2) float32."""
+    return np.zeros((c, h + 2, w + 2), np.float32)
+
+
+def _taps(wb: int, taps: list[tuple[int, int]]) -> list[int]:
+    """Flat offsets, in a buffer of row length ``wb``, of taps (dy, dx) relative to the pixel."""
+    return [dy * wb + dx for dy, dx in taps]
+
+
+_TAPS3 = [(ky - 1, kx - 1) for ky in range(3) for kx in range(3)]
+
+
+def _conv_flat(src: np.ndarray, kmat: np.ndarray, offsets: list[int], dst: np.ndarray,
+               bias: np.ndarray | None = None, relu: bool = False) -> None:
+    """dst's interior (O, h, w) = kmat (O, C * len(offsets)) applied to the taps ``offsets`` (flat, see
+    ``_taps``) of src (C, h + 2, w + 2), a zero-bordered buffer of the same size as dst: im2col of the flat
+    interior run in stripes of ~``STRIPE_FLOATS`` and one BLAS matrix product per stripe; dst's border
+    stays zero."""
+    c, hb, wb = src.shape
+    o, t = kmat.shape[0], len(offsets)
+    sf, df = src.reshape(c, -1), dst.reshape(o, -1)
+    step = max(256, STRIPE_FLOATS // (c * t))
+    cols = np.empty((c, t, step), np.float32)
+    q0, q1 = wb + 1, (hb - 1) * wb - 1  # first and one past the last interior pixel
+    for s in range(q0, q1, step):
+        n = min(step, q1 - s)
+        cc = cols[:, :, :n] if n < step else cols
+        for k, off in enumerate(offsets):
+            cc[:, k] = sf[:, s + off:s + off + n]
+        y = kmat @ cc.reshape(c * t, n)
         if bias is not None:
             y += bias[:, None]
         if relu:
             np.maximum(y, 0, out=y)
-        out[:, r0:r1] = y.reshape(o, n, w)
+        df[:, s:s + n] = y
+    dst[:, 1:-1, 0] = 0  # the border columns that the runs crossed
+    dst[:, 1:-1, -1] = 0
 
 
-def _padded(x: np.ndarray) -> np.ndarray:
-    c, h, w = x.shape
-    xp = np.zeros((c, h + 2, w + 2), np.float32)
-    xp[:, 1:-1, 1:-1] = x
-    return xp
+def _conv3x3(src: np.ndarray, wmat: np.ndarray, b: np.ndarray, relu: bool = True) -> np.ndarray:
+    """'same' 3 x 3 convolution of a zero-bordered buffer src (C, h + 2, w + 2) with wmat (O, C * 9) (torch's
+    (O, C, 3, 3) flattened) and bias b; returns a zero-bordered buffer (O, h + 2, w + 2)."""
+    dst = np.empty((wmat.shape[0],) + src.shape[1:], np.float32)
+    dst[:, 0] = 0
+    dst[:, -1] = 0
+    _conv_flat(src, wmat, _taps(src.shape[2], _TAPS3), dst, b, relu)
+    return dst
 
 
-def _conv3x3(x: np.ndarray, wmat: np.ndarray, b: np.ndarray, relu: bool = True) -> np.ndarray:
-    """'same' 3 x 3 convolution of x (C, H, W) with wmat (O, C * 9) (torch's (O, C, 3, 3) flattened), bias b."""
-    _, h, w = x.shape
-    out = np.empty((wmat.shape[0], h, w), np.float32)
-    _stripe_conv(_padded(x), wmat, [(ky, kx) for ky in range(3) for kx in range(3)], h, w, out, b, relu)
-    return out
-
-
-def _up_conv3x3(a: np.ndarray, phases: list[np.ndarray]) -> np.ndarray:
-    """3 x 3 'same' convolution (no bias) of the nearest 2x upsampling of a (C, h, w), without forming it:
-    each output phase (py, px) is a 2 x 2 convolution of ``a`` itself (``_phase_kernels``), 4/9 of the
-    multiply-adds and no upsampled copy. Returns (O, 2h, 2w)."""
-    _, h, w = a.shape
-    ap = _padded(a)
-    out = np.empty((phases[0].shape[0], 2 * h, 2 * w), np.float32)
+def _add_up_conv3x3(a: np.ndarray, phases: list[np.ndarray], dst: np.ndarray) -> None:
+    """Add to dst's interior (O, 2h, 2w) the 3 x 3 'same' convolution (no bias) of the nearest 2x upsampling
+    of the buffer a (C, h + 2, w + 2), without forming it: each output phase (py, px) is a 2 x 2 convolution
+    of ``a`` itself (``_phase_kernels``), 4/9 of the multiply-adds and no upsampled copy."""
+    _, hb, wb = a.shape
+    h, w = hb - 2, wb - 2
+    tmp = np.empty((dst.shape[0], hb, wb), np.float32)
     for py in range(2):
         for px in range(2):
-            # padded offsets: phase 0 of an axis reads low-resolution rows i-1, i; phase 1 rows i, i+1
-            taps = [(py + dy, px + dx) for dy in range(2) for dx in range(2)]
-            _stripe_conv(ap, phases[2 * py + px], taps, h, w, out[:, py::2, px::2])
-    return out
+            # phase 0 of an axis reads low-resolution rows i-1, i; phase 1 rows i, i+1
+            taps = [(py + dy - 1, px + dx - 1) for dy in range(2) for dx in range(2)]
+            _conv_flat(a, phases[2 * py + px], _taps(wb, taps), tmp)
+            dst[:, 1 + py:1 + py + 2 * h:2, 1 + px:1 + px + 2 * w:2] += tmp[:, 1:-1, 1:-1]
 
 
 def _phase_kernels(wt: np.ndarray) -> list[np.ndarray]:
-    """The four 2 x 2 kernels (O, C * 4) that ``_up_conv3x3`` applies for a 3 x 3 kernel wt (O, C, 3, 3):
+    """The four 2 x 2 kernels (O, C * 4) that ``_add_up_conv3x3`` applies for a 3 x 3 kernel wt (O, C, 3, 3):
     phase 0 of an axis merges taps 1 and 2 (they read the same low-resolution pixel), phase 1 taps 0 and 1."""
     merge = [np.array([[1, 0, 0], [0, 1, 1]], np.float32), np.array([[1, 1, 0], [0, 0, 1]], np.float32)]
     out = []
@@ -167,9 +189,16 @@ def _phase_kernels(wt: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def _pool(x: np.ndarray) -> np.ndarray:
-    """2 x 2 max-pooling of x (C, H, W) (H, W even)."""
-    return np.maximum(np.maximum(x[:, ::2, ::2], x[:, 1::2, ::2]), np.maximum(x[:, ::2, 1::2], x[:, 1::2, 1::2]))
+def _pool(src: np.ndarray) -> np.ndarray:
+    """2 x 2 max-pooling of the buffer src (C, H + 2, W + 2) (H, W even) into a buffer (C, H/2 + 2, W/2 + 2)."""
+    c, hb, wb = src.shape
+    h, w = (hb - 2) // 2, (wb - 2) // 2
+    dst = _buffer(c, h, w)
+    d = dst[:, 1:-1, 1:-1]
+    np.maximum(src[:, 1:-1:2, 1:-1:2], src[:, 2::2, 1:-1:2], out=d)
+    np.maximum(d, src[:, 1:-1:2, 2::2], out=d)
+    np.maximum(d, src[:, 2::2, 2::2], out=d)
+    return dst
 
 
 @lru_cache(maxsize=2)
@@ -190,12 +219,13 @@ def load_weights(path: str | None = None) -> dict:
 
 def forward(x: np.ndarray, weights: dict | None = None) -> np.ndarray:
     """Vessel logits (h, w) float32 of the network on an input x (h, w) (any size: padded to a multiple of 8)."""
-    L = (weights or load_weights())["layers"]
+    W8 = weights or load_weights()
+    L = W8["layers"]
     h, w = x.shape
     n = 2 ** (len(ARCH) - 1)
     hp, wp = -(-h // n) * n, -(-w // n) * n
-    a = np.zeros((1, hp, wp), np.float32)
-    a[0, :h, :w] = x
+    a = _buffer(1, hp, wp)
+    a[0, 1:h + 1, 1:w + 1] = x
     skips = []
     for lvl in range(len(ARCH)):
         if lvl:
@@ -204,20 +234,27 @@ def forward(x: np.ndarray, weights: dict | None = None) -> np.ndarray:
         a = _conv3x3(a, *L[f"enc{lvl}b"])
         skips.append(a)
     for lvl in range(len(ARCH) - 2, -1, -1):
-        # conv(concat(up(a), skip)) = conv_up(a) (sub-pixel phases, see _up_conv3x3) + conv(skip)
+        # conv(concat(up(a), skip)) = conv(skip) + conv_up(a) (sub-pixel phases, see _add_up_conv3x3)
         wm, b = L[f"dec{lvl}"]
         ca = a.shape[0]
-        wt = wm.reshape(wm.shape[0], -1, 3, 3)
-        key = f"_phases{lvl}"
-        if key not in L:
-            L[key] = _phase_kernels(wt[:, :ca])
-        ws = np.ascontiguousarray(wt[:, ca:].reshape(wm.shape[0], -1))
-        y = _up_conv3x3(a, L[key])
-        y += _conv3x3(skips[lvl], ws, b, relu=False)
+        phases, ws = _decoder_kernels(W8, lvl, ca)
+        y = _conv3x3(skips[lvl], ws, b, relu=False)
+        _add_up_conv3x3(a, phases, y)
         a = np.maximum(y, 0, out=y)
     wo, bo = L["out"]
-    y = (wo @ a.reshape(a.shape[0], -1) + bo[:, None]).reshape(hp, wp)
-    return y[:h, :w]
+    y = (wo @ a.reshape(a.shape[0], -1)).reshape(a.shape[1:])[1:h + 1, 1:w + 1]
+    return y + bo[0]
+
+
+def _decoder_kernels(weights: dict, lvl: int, ca: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """(phase kernels of the upsampled part, (O, Cs * 9) kernel of the skip part) of decoder level ``lvl``,
+    whose input concatenates ``ca`` upsampled channels and the skip's; cached in the weights dict."""
+    cache = weights.setdefault("_decoder", {})
+    if lvl not in cache:
+        wm, _ = weights["layers"][f"dec{lvl}"]
+        wt = wm.reshape(wm.shape[0], -1, 3, 3)
+        cache[lvl] = (_phase_kernels(wt[:, :ca]), np.ascontiguousarray(wt[:, ca:].reshape(wm.shape[0], -1)))
+    return cache[lvl]
 
 
 def probability(x: np.ndarray, weights: dict | None = None) -> np.ndarray:
