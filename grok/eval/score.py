@@ -22,8 +22,8 @@ carry 95 % percentile bootstrap intervals: one resampling of the whole benchmark
 (how often each item was drawn), so every group statistic of every resample is one matrix product
 of those weights with the per-item columns (marks, classification counts, BLEU statistics).
 
-Speed and memory: what the reference answers give (the verifier's reading, ROUGE-L bit masks, BLEU
-n-gram counts) is computed once per benchmark and reader settings (:func:`reference_readings`,
+Speed and memory: what the reference answers give (the verifier's reading, ROUGE-L bit masks, the BLEU
+table of their n-grams) is computed once per benchmark and reader settings (:func:`reference_readings`,
 kept on the :class:`~grok.eval.data.Benchmark`); the predictions are streamed
 (:class:`~grok.eval.data.PredictionStream`) and each answer is reduced to its marks as it is read,
 so no answer text is kept but the few worst ones the report shows.

@@ -12,12 +12,13 @@ against the dynamic programme (tests/test_eval.py).
 **BLEU** is sacrebleu's ``BLEU()`` (13a tokenisation, case-sensitive, 4-grams, ``exp`` smoothing,
 corpus statistics summed over segments), computed here because sacrebleu's per-segment path
 (three regex passes per line, n-gram tuples in Python) cost more than the verifier's reading of the
-answer. The reference's n-gram counts are built once per item (:class:`BleuRef`); per answer, the
-13a rules run as one character translation and three regex passes and the n-grams are counted by
-``collections.Counter`` over ``zip`` (C loops). Sufficient statistics and scores are identical to
-sacrebleu's on the benchmark's texts and on random strings (tests/test_eval_text.py, which uses
-sacrebleu as the reference implementation). Corpus BLEU of many resamples at once:
-:func:`bleu_from_stats` on an ``(n, 10)`` array.
+answer. Scoring numbers the references' n-grams once per benchmark (:class:`BleuTable`) and counts
+the n-grams of many answers at once over integer keys (:meth:`BleuTable.stats`); an answer's 13a
+tokens come word by word from a cache (:class:`AnswerWords`). :func:`bleu_stats` with a
+:class:`BleuRef` does one answer with ``collections.Counter``. Sufficient statistics and scores are
+identical to sacrebleu's on the benchmark's texts and on random strings, both ways
+(tests/test_eval_text.py, which uses sacrebleu as the reference implementation). Corpus BLEU of many
+resamples at once: :func:`bleu_from_stats` on an ``(n, 10)`` array.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from __future__ import annotations
 import re
 from array import array
 from collections import Counter
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -405,6 +408,9 @@ class BleuRow:
         return self.table.counts_of(self.row)
 
 
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+
+
 class AnswerWords:
     """An answer's tokens for ROUGE-L and BLEU and its words' flags, from one ``str.split`` and a cache of the
     words seen (at most ``max_words``, then cleared): each white-space-separated word's 13a token ids (of
@@ -442,19 +448,14 @@ class AnswerWords:
         if len(self.cache) + len(words) > self.max_words:
             self.cache.clear()
             self.flagged.clear()
-        get = self.cache.get
-        ids: list[bytes] = []
-        rouge: list[str] = []
-        for w in words:
-            e = get(w)
-            if e is None:
-                e = self._word(w)
-            ids.append(e[0])
-            rouge += e[1]
+        entries = list(map(self.cache.get, words))  # the loops here run in C
+        if None in entries:
+            entries = [self.cache.get(w) or self._word(w) for w in words]
         if "&" in answer or "<skipped>" in answer or "-\n" in answer:
             bleu = self._ids(answer)
         else:
-            bleu = b"".join(ids)
+            bleu = b"".join(map(_FIRST, entries))
+        rouge = list(chain.from_iterable(map(_SECOND, entries)))
         flagged = self.flagged
         flags = [] if flagged.keys().isdisjoint(words) else list(map(flagged.__getitem__,
                                                                      filter(flagged.__contains__, words)))
