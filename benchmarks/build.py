@@ -3,7 +3,7 @@ what a build costs per study (the figures the README's sizing model rests on).
 
 Run as: .venv/bin/python benchmarks/build.py [--studies 100] [--work /tmp/grok-bench-build]
         [--geometry default|small] [--runs direct,flow_1thread,flow_threads,flow_dask]
-        [--shard-size auto|N] [--n-workers 2] [--memory-curve 250,500]
+        [--shard-size auto|N] [--n-workers 2] [--memory-curve 250,500] [--resume]
 
 A phantom archive of STUDIES studies (STUDIES/2 subjects; ``--geometry small``: 8 x 128 x 128 OCT cubes
 and 256-px photographs, the geometry of the thousands-of-studies runs) is generated once; then each
@@ -26,7 +26,9 @@ Per run also: the driver's peak RSS in each stage (``driver_peak_rss_mb_by_stage
 count in RSS too), the number of Prefect task runs, the published parquet files and their sizes, whether
 ``datasets.load_dataset`` maps the published train split from disk (and the RSS it adds), and on Dask the
 orchestration time per study ((worker threads x measure stage - worker busy time) / studies).
-``--memory-curve 250,500`` first builds phantoms of those sizes with the same runs and reports the driver's
+``--resume`` keeps each run's work folder and registry: the build resumes (finished measure shards are reused,
+a stage whose code changed runs again) and publishes the next version, e.g. to measure a change to publication
+on a large build without measuring it again. ``--memory-curve 250,500`` first builds phantoms of those sizes with the same runs and reports the driver's
 peak RSS against the number of studies (``memory_curve``): flat when the stages stream their tables.
 """
 
@@ -147,11 +149,15 @@ def _published(registry: Path) -> dict:
     import datasets
 
     datasets.disable_progress_bars()
-    files = sorted(p for p in registry.rglob("*.parquet") if "/data/" in str(p))
-    version = files[0].parents[2] if files else None
+    versions = sorted((p for p in registry.glob("*/[0-9]*") if p.is_dir()),
+                      key=lambda p: tuple(int(x) for x in p.name.split(".")))
+    version = versions[-1] if versions else None  # the newest (a --resume run publishes the next one)
+    files = sorted(p for p in version.rglob("*.parquet") if "/data/" in str(p)) if version else []
     out = {"parquet_files": len(files), "parquet_mb": {str(p.relative_to(version)): round(p.stat().st_size / 2**20, 2)
                                                       for p in files} if files else {},
-           "largest_parquet_mb": round(max((p.stat().st_size for p in files), default=0) / 2**20, 2)}
+           "largest_parquet_mb": round(max((p.stat().st_size for p in files), default=0) / 2**20, 2),
+           "version": version.name if version else None,
+           "version_bytes": sum(p.stat().st_size for p in version.rglob("*") if p.is_file()) if version else 0}
     if version is not None:
         before = psutil.Process().memory_info().rss
         ds = datasets.load_dataset(str(version), "instructions", split="train")
@@ -174,6 +180,7 @@ def main() -> None:
     ap.add_argument("--shard-size", default="auto", help="measure.shard_size of every run: auto or a number")
     ap.add_argument("--n-workers", type=int, default=2, help="local Dask worker processes of flow_dask")
     ap.add_argument("--no-dask", action="store_true", help="leave out flow_dask")
+    ap.add_argument("--resume", action="store_true", help="keep each run's folder: resume it, publish a new version")
     ap.add_argument("--memory-curve", default="", help="also build phantoms of these sizes (comma-separated) "
                     "with the same runs, first, and report the driver's peak RSS against the number of studies")
     args = ap.parse_args()
@@ -206,7 +213,8 @@ def main() -> None:
         extra, runner = RUNS[name]
         if runner["kind"] == "dask":
             runner = {**runner, "n_workers": args.n_workers}
-        shutil.rmtree(args.work / name, ignore_errors=True)
+        if not args.resume:
+            shutil.rmtree(args.work / name, ignore_errors=True)
         # 8 B-scans of 128 x 128 find false drusen in more normal eyes, whose rows the reasoner then skips
         cfg = _config(args.work, arch / "dicom", arch / "cohort.csv", name, runner, shard_size,
                       0.5 if args.geometry == "small" else 0.9)
@@ -228,8 +236,7 @@ def main() -> None:
                          "fingerprint": _stage(res, "publish")["details"]["fingerprint"], **rss,
                          "studies_in": measure["n_in"], "measure_shards": measure["details"].get("shards"),
                          "dask": info.get("dask"),
-                         "published_bytes": sum(p.stat().st_size for p in (args.work / name / "registry").rglob("*")
-                                                if p.is_file()),
+                         "published_bytes": rss["published"].pop("version_bytes"),
                          "build_folder_bytes": sum(p.stat().st_size for p in (args.work / name / "build").rglob("*")
                                                    if p.is_file())}
     out = {

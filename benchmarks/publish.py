@@ -1,6 +1,7 @@
 """Publishing benchmark: validate, publish and reload a ~20,000-row build with images.
 
 Run as: .venv/bin/python benchmarks/publish.py [--rows 20000] [--work /tmp/grok-bench-publish]
+        [--memory-curve 2750,27500]
 
 The build folder is synthesised quickly, without the measure stage: study records come from
 ``grok.instruct.samples`` (plausible invented values, reasoning by the bundled knowledge base), each
@@ -10,6 +11,11 @@ real build. Then it times: the contracts (validation), the whole publish (split,
 Parquet with embedded images, card, report, atomic rename), and ``grok.registry.load`` of the pinned
 version with a full pass over the rows. Prints JSON: rows/s for each, the share of validation in
 publish, and the size on disk per 1,000 rows.
+
+``--memory-curve 2750,27500`` instead synthesises a build of each size (kept under ``--work``, so a rerun
+publishes the same folders again) and publishes each in a fresh process whose resident memory is sampled
+every 0.1 s: publication's peak RSS and anonymous memory (RSS less mapped files) against the number of
+rows (``memory_curve``: flat when publication streams), with its seconds and the published bytes.
 """
 
 from __future__ import annotations
@@ -51,45 +57,108 @@ def _media(work: Path, records: list[dict], seed: int) -> None:
                 Image.fromarray(np.roll(vol[i % 3], shift, axis=1)).save(p)
 
 
+def synthesize(build: Path, rows: int) -> int:
+    """A build folder of about ``rows`` template instruction rows (see the module docstring); the number of
+    rows made."""
+    import pyarrow.parquet as pq
+
+    from grok.instruct.samples import sample_records
+    from grok.knowledge import load_knowledge_base
+    from grok.stages.sample_build import write_sample_build
+
+    shutil.rmtree(build, ignore_errors=True)
+    kb = load_knowledge_base()
+    per_study = 5.5  # template rows per study over the six families (measured on phantom builds)
+    records = sample_records(int(math.ceil(rows / per_study)), seed=0, kb=kb)
+    build.mkdir(parents=True)
+    _media(build, records, 0)
+    summary = write_sample_build(build, records, kb, image=lambda i, key, p: None)  # the media are written
+    (build / "synthesized.json").write_text(json.dumps({
+        "rows": rows, "studies": len(records),
+        "instruct_summary": {k: summary.get(k) for k in ("studies", "studies_used", "rows", "quarantined")}}))
+    return pq.read_metadata(build / "instructions.parquet").num_rows
+
+
+def _anon_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next((int(line.split()[1]) for line in fh if line.startswith("RssAnon:")), 0)
+    except OSError:
+        return 0
+
+
+def memory_curve(work: Path, sizes: list[int]) -> dict:
+    """Publish a synthesised build of each size in a fresh process; its peak RSS, anonymous memory, seconds."""
+    import subprocess
+    import sys
+
+    import psutil
+    import pyarrow.parquet as pq
+
+    points = {}
+    for rows in sizes:
+        build = work / f"build_{rows}"
+        meta = build / "synthesized.json"
+        t = time.perf_counter()
+        if not meta.exists() or json.loads(meta.read_text()).get("rows") != rows:
+            synthesize(build, rows)
+        synth_s = time.perf_counter() - t
+        registry = work / f"registry_{rows}"
+        shutil.rmtree(registry, ignore_errors=True)
+        code = ("import sys; from pathlib import Path; from grok.publish import PublishConfig, publish_build; "
+                "r = publish_build(Path(sys.argv[1]), PublishConfig(name='bench', registry=sys.argv[2])); "
+                "print(r.fingerprint)")
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        t = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-c", code, str(build), str(registry)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        me, peak, anon = psutil.Process(proc.pid), 0, 0
+        while proc.poll() is None:
+            try:
+                peak = max(peak, me.memory_info().rss)
+                anon = max(anon, _anon_kb(proc.pid))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+        out, err = proc.communicate()
+        wall = time.perf_counter() - t
+        if proc.returncode:
+            raise SystemExit(f"publishing {build} failed:\n{err[-3000:]}")
+        info = json.loads(meta.read_text())
+        files = [p for p in registry.rglob("*") if p.is_file()]
+        points[rows] = {"rows": pq.read_metadata(build / "instructions.parquet").num_rows, "studies": info["studies"],
+                        "publish_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20),
+                        "peak_anon_mb": round(anon / 1024), "published_mb": round(sum(p.stat().st_size for p in files)
+                                                                                 / 2**20, 1),
+                        "fingerprint": out.strip().splitlines()[-1], "synthesis_s": round(synth_s, 1)}
+    ns = sorted(points)
+    out = {"benchmark": "publish_memory", "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
+           "memory_curve": {str(n): points[n] for n in ns}}
+    if len(ns) > 1:
+        a, b = points[ns[0]], points[ns[-1]]
+        out["rss_mb_per_1000_studies"] = round(1000 * (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["studies"] - a["studies"]), 1)
+        out["anon_mb_per_1000_studies"] = round(1000 * (b["peak_anon_mb"] - a["peak_anon_mb"])
+                                                / (b["studies"] - a["studies"]), 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--work", type=Path, default=Path("/tmp/grok-bench-publish"))
+    ap.add_argument("--memory-curve", default="", help="comma-separated row counts: publish a build of each size in "
+                    "a fresh process and report its peak memory (see the module docstring)")
     args = ap.parse_args()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from grok.instruct.generate import InstructConfig, build_instructions
-    from grok.instruct.samples import sample_records
-    from grok.knowledge import load_knowledge_base
-    from grok.stages.measure_stage import BIOMARKER_SCHEMA, POSITION_IDS, SCALAR_IDS
-
+    if args.memory_curve:
+        print(json.dumps(memory_curve(args.work, sorted({int(x) for x in args.memory_curve.split(",") if x.strip()})),
+                         indent=2))
+        return
     shutil.rmtree(args.work, ignore_errors=True)
     build = args.work / "build"
-    build.mkdir(parents=True)
-    kb = load_knowledge_base()
     t = time.perf_counter()
-    per_study = 5.5  # template rows per study over the six families (measured on phantom builds)
-    records = sample_records(int(math.ceil(args.rows / per_study)), seed=0, kb=kb)
-    _media(build, records, 0)
-    with open(build / "records.jsonl", "w") as fh:
-        for r in records:
-            fh.write(json.dumps(r) + "\n")
-    bio_rows = []
-    for r in records:
-        row = {k: None for k in BIOMARKER_SCHEMA.names}
-        row.update(study_id=r["study_id"], patient_id=r["patient_id"], eye=r["eye"], visit=r.get("visit"))
-        for b in SCALAR_IDS:
-            v = r["biomarkers"].get(b)
-            row[b] = float(v) if isinstance(v, (int, float)) else math.nan
-        for b in POSITION_IDS:
-            row[b] = r["biomarkers"].get(b)
-        bio_rows.append(row)
-    pq.write_table(pa.Table.from_pylist(bio_rows, schema=BIOMARKER_SCHEMA), build / "biomarkers.parquet")
-    summary = build_instructions(records, build / "instruct", InstructConfig(seed=0), kb=kb)
-    shutil.copy(build / "instruct" / "instructions.parquet", build / "instructions.parquet")
-    n_rows = pq.read_metadata(build / "instructions.parquet").num_rows
+    n_rows = synthesize(build, args.rows)
     prep_s = time.perf_counter() - t
+    summary = json.loads((build / "synthesized.json").read_text())
 
     from grok.publish import PublishConfig, prepare, publish_build, run_contracts
 
@@ -121,7 +190,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "publish",
         "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
-        "rows_generated": n_rows, "rows_published": published, "studies": len(records),
+        "rows_generated": n_rows, "rows_published": published, "studies": summary["studies"],
         "synthesis_s": round(prep_s, 1),
         "validation_s": round(validate_s, 1), "validation_rows_per_s": round(n_rows / validate_s, 1),
         "publish_s": round(publish_s, 1), "publish_rows_per_s": round(n_rows / publish_s, 1),
@@ -131,7 +200,7 @@ def main() -> None:
         "decode_500_rows_with_images_s": round(decode_s, 2), "images_decoded": n_img,
         "size_mb_per_1000_rows": round(size / 1e6 / published * 1000, 2),
         "contracts": {k: v.success for k, v in contracts.items()},
-        "instruct_summary": {k: summary.get(k) for k in ("studies", "studies_used", "rows", "quarantined")},
+        "instruct_summary": summary["instruct_summary"],
     }, indent=2))
 
 

@@ -24,6 +24,13 @@ Steps, each of which can stop publication with a clear error and nothing written
 6. the version folder (parquet, dataset card, manifest, curator report) is written atomically by
    :func:`grok.registry.publish`, after the same scan of the staged version (data, manifest, report,
    card) finds nothing; optionally pushed to the Hugging Face Hub with a tag per version.
+
+Memory: the instruction rows' text is never whole in memory. Publication keeps the rows' ids, splits, labels
+and image references (:class:`InstructionRows`, a few hundred bytes a row), reads the text from a
+memory-mapped Arrow copy of ``instructions.parquet`` a few hundred rows at a time for the lint, the
+duplicate checks (which keep an index, not the texts), the contracts (:mod:`grok.contracts` keeps the
+columns its expectations read) and the published splits (written batch by batch to memory-mapped files,
+fingerprinted a batch at a time); study records are read from ``records.jsonl`` when needed.
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
 from grok.review.apply import apply_reviews
-from grok.splits import assign_splits, decontaminate, dedup
+from grok.splits import assign_splits, decontaminate_texts, dedup_texts
 
 TEMPLATES = bundled_dir("templates") / "report"
 
@@ -148,8 +155,13 @@ def _image_bytes(build_dir: Path, rel: str) -> dict[str, Any]:
 
 
 def _table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """A build table as a frame (no rows when the file does not exist: an older or empty build)."""
-    return pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame(columns=columns)
+    """``columns`` of a build table as a frame (no rows when the file does not exist: an older or empty build;
+    a column the file lacks is empty). Only those columns are read (a quarantine table holds whole rows)."""
+    if not path.exists():
+        return pd.DataFrame(columns=columns)
+    have = [c for c in columns if c in pq.read_schema(path).names]
+    df = pq.read_table(path, columns=have).to_pandas()
+    return df.reindex(columns=columns)
 
 
 class StudyRecords(Mapping):
@@ -206,18 +218,82 @@ class StudyRecords(Mapping):
         return (self[sid] for sid in sorted(self._patient))
 
 
-def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
-    """Everything publish needs, in memory: split tables, removed rows, per-table frames for contracts, and
-    the accounting of every generated row (verified, quarantined, skipped)."""
+#: Columns of ``instructions.parquet`` that hold the rows' text: read a batch at a time, never all at once.
+TEXT_COLUMNS = ("messages", "provenance")
+#: Rows read with their text at a time (lint, dedup, contracts, the published splits).
+TEXT_BATCH_ROWS = 256
+
+
+class InstructionRows:
+    """The build's instruction rows for publication. ``frame``: every column but the text (:data:`TEXT_COLUMNS`)
+    as a pandas frame, with ``_pos``, each row's place in the file; the text stays in an Arrow copy of
+    ``instructions.parquet`` memory-mapped from ``tmp`` and is read for a few hundred rows at a time
+    (:meth:`full`), so publication holds the archive's ids and labels, not its text. Without ``tmp`` the
+    table is read into memory (small builds, tests)."""
+
+    def __init__(self, path: Path, tmp: Path | None = None):
+        if tmp is None:
+            self.table = pq.read_table(path)
+        else:
+            arrow = Path(tmp) / "instructions.arrow"
+            pf = pq.ParquetFile(path)
+            with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as writer:
+                for batch in pf.iter_batches(batch_size=4096):
+                    writer.write_batch(batch)
+            self.table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()  # zero-copy, pages from disk
+        self.text_columns = [c for c in TEXT_COLUMNS if c in self.table.column_names]
+        self.frame = self.table.drop_columns(self.text_columns).to_pandas()
+        self.frame["_pos"] = range(len(self.frame))
+
+    def full(self, frame: pd.DataFrame, batch: int = TEXT_BATCH_ROWS) -> Iterator[dict[str, Any]]:
+        """The rows of ``frame`` (a selection of :attr:`frame`, in any order) as dicts with their text, in
+        ``frame``'s order; the frame's own values win (a split, an edited score), and a curator's edit
+        (``messages_edited``) replaces the messages."""
+        text = self.table.select(self.text_columns)
+        for start in range(0, len(frame), batch):
+            part = frame.iloc[start:start + batch]
+            heavy = text.take(pa.array(part["_pos"].to_numpy(), type=pa.int64())).to_pylist()
+            for r, h in zip(part.to_dict("records"), heavy):
+                edit = r.pop("messages_edited", None)
+                r.update(h)
+                if isinstance(edit, list):
+                    r["messages"] = edit
+                yield r
+
+    def frames(self, frame: pd.DataFrame, batch: int = 4096) -> Iterator[pd.DataFrame]:
+        """:meth:`full` as pandas batches with the instructions table's columns (for the data contracts)."""
+        for start in range(0, max(len(frame), 1), batch):
+            part = frame.iloc[start:start + batch]
+            rows = list(self.full(part))
+            out = part.drop(columns=[c for c in ("_pos", "messages_edited") if c in part.columns])
+            for c in self.text_columns:
+                out = out.assign(**{c: [r[c] for r in rows]})
+            yield out
+
+
+def _row_text(r: Mapping[str, Any]) -> str:
+    """What the duplicate checks compare: the messages, then the image references (a multimodal row is its
+    images plus its text: the same templated answer about other images is not a duplicate)."""
+    imgs = r.get("images")
+    return _text(r["messages"]) + "\n" + " ".join(list(imgs) if imgs is not None else [])
+
+
+def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = None) -> dict[str, Any]:
+    """Everything publish needs: the instruction rows to publish (``instructions``: their ids, splits and labels
+    in id order, the text left in ``rows``, an :class:`InstructionRows` over a memory-mapped copy in ``tmp``),
+    removed rows, per-table frames for contracts, and the accounting of every generated row (verified,
+    quarantined, skipped)."""
     if kb is None:
         kb = load_knowledge_base()
     records = StudyRecords(build_dir / "records.jsonl")
-    ins = pq.read_table(build_dir / "instructions.parquet").to_pandas()
+    rows = InstructionRows(build_dir / "instructions.parquet", tmp)
+    ins = rows.frame
     n_in = len(ins)
-    failed = ins[~ins["verifier_passed"].astype(bool)]
-    ins = ins[ins["verifier_passed"].astype(bool)].copy()
+    passed = ins["verifier_passed"].astype(bool)
+    failed = ins[~passed]
+    ins = ins[passed].copy()
     # style and variety of the verified text (grok lint-text), before curator edits: the card's figures
-    text_lint = lint_rows(ins.to_dict("records"), kb, build_lexicon(kb), examples=2)
+    text_lint = lint_rows(rows.full(ins), kb, build_lexicon(kb), examples=2)
     quarantine = _table(build_dir / "instructions_quarantine.parquet", ["task", "verifier_reasons", "error_class"])
     skipped = _table(build_dir / "instructions_skipped.parquet", ["study_id", "task", "reason_code", "label"])
     acc = account(ins[["task"]].to_dict("records"),
@@ -233,24 +309,25 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     if orphan.any():
         raise PublishError(f"{int(orphan.sum())} instruction rows belong to patients without a study record; "
                            "the build folder is inconsistent, rerun grok build")
-    # A multimodal row is its images plus its text: the same templated answer about other images is
-    # not a duplicate (nor contamination), so the image references take part in the comparison.
-    ins["text"] = [_text(m) + "\n" + " ".join(list(i) if i is not None else [])
-                   for m, i in zip(ins["messages"], ins["images"])]
+    # exact and near duplicates within each split (first by id kept), then train rows near a held-out row; the
+    # texts are read a batch at a time and only the index of the kept ones is held
+    ins = ins.sort_values("id", kind="stable")
     removed = []
-    parts = []
+    kept: list[Any] = []
     for split in ("train", "validation", "test"):
-        kept, rem = dedup(ins[ins.split == split], text_col="text", threshold=cfg.near_dup_threshold)
-        parts.append(kept)
-        if len(rem):
-            removed.append(rem)
-    ins = pd.concat(parts)
+        part = ins[ins.split == split]
+        keep, rem = dedup_texts(((r["id"], _row_text(r)) for r in rows.full(part)), threshold=cfg.near_dup_threshold)
+        kept += keep
+        removed += rem
+    ins = ins[ins["id"].isin(kept).to_numpy()]
     held = ins[ins.split != "train"]
-    train, rem = decontaminate(ins[ins.split == "train"], held, text_col="text", threshold=cfg.near_dup_threshold)
-    if len(rem):
-        removed.append(rem)
-    ins = pd.concat([train, held]).sort_values("id", kind="stable")
-    removed_df = pd.concat(removed) if removed else pd.DataFrame(columns=["id", "duplicate_of", "reason"])
+    held = pd.concat([held[held.split == "validation"], held[held.split == "test"]])  # the order LSH saw before
+    keep, rem = decontaminate_texts(((r["id"], _row_text(r)) for r in rows.full(ins[ins.split == "train"])),
+                                    ((r["id"], _row_text(r)) for r in rows.full(held)),
+                                    threshold=cfg.near_dup_threshold)
+    removed += rem
+    ins = ins[(ins.split != "train").to_numpy() | ins["id"].isin(keep).to_numpy()]
+    removed_df = pd.DataFrame(removed, columns=["id", "duplicate_of", "reason"])
     # alignment: one row per record with a foveal B-scan
     bio = pq.read_table(build_dir / "biomarkers.parquet").to_pandas().set_index("study_id")
     align_rows = []
@@ -268,7 +345,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None) -> dict[str, Any]:
     labels = pd.read_parquet(build_dir / "labels.parquet") if (build_dir / "labels.parquet").exists() else None
     # the records config's rows, made one at a time when the dataset is written (build_datasets)
     evidence = _Evidence(records, kb, split_of)
-    return {"records": records, "instructions": ins, "removed": removed_df, "failed_verification": len(failed),
+    return {"records": records, "instructions": ins, "rows": rows, "removed": removed_df,
+            "failed_verification": len(failed),
             "instructions_in": n_in, "alignment": align, "biomarkers": bio.reset_index(), "labels": labels,
             "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
 
@@ -355,7 +433,8 @@ def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, den
     params = {"verifier_pass_rate": cfg.verifier_pass_rate}
     docs = build_dir / "contracts"
     results = {}
-    tables = {"instructions": prep["instructions"].drop(columns=["text"]), "alignment": prep["alignment"],
+    # the instruction rows a batch at a time with their text (grok.contracts keeps what the expectations read)
+    tables = {"instructions": prep["rows"].frames(prep["instructions"]), "alignment": prep["alignment"],
               "biomarkers": prep["biomarkers"]}
     if prep["labels"] is not None:
         tables["labels"] = prep["labels"]
@@ -449,7 +528,7 @@ def build_datasets(build_dir: Path, prep: dict[str, Any], tmp: Path | None = Non
     for split in ("train", "validation", "test"):
         part = ins[ins.split == split]
         w = _SplitWriter(tmp, f"instructions-{split}", instr_f)
-        for r in part.to_dict("records"):
+        for r in prep["rows"].full(part):
             msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
             imgs = r["images"].tolist() if hasattr(r["images"], "tolist") else list(r["images"] or [])
             roles = r.get("image_roles")
@@ -511,8 +590,8 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
                 dist.append({"id": b, "n": len(s), "p5": s.quantile(0.05), "median": s.median(), "p95": s.quantile(0.95),
                              "missing": int(len(bio) - len(s))})
     examples = []
-    for task, grp in ins.groupby("task"):
-        r = grp.iloc[0]
+    for r in prep["rows"].full(ins.groupby("task").head(1).sort_values("task", kind="stable")):
+        task = r["task"]
         msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
         examples.append({"task": task, "messages": [{"role": m["role"], "content": m["content"][:600]} for m in msgs]})
     return env.get_template("card.md.j2").render(
@@ -563,7 +642,7 @@ def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *
         return copied[rel]
 
     for (label, task), grp in ins.sort_values("id").groupby(["label", "task"]):
-        for r in grp.head(rows_per_group).to_dict("records"):
+        for r in prep["rows"].full(grp.head(rows_per_group)):
             rec = records.get(r["study_id"], {})
             msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
             imgs = r["images"].tolist() if hasattr(r["images"], "tolist") else list(r["images"] or [])
@@ -634,21 +713,24 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     datasets.disable_progress_bars()
     build = Path(build_dir)
     info = check_build(build)
-    prep = prepare(build, cfg, kb)
-    reviews, dropped = None, []
-    if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits
-        prep["instructions"], dropped, reviews = apply_reviews(prep["instructions"], prep["records"], cfg.reviews,
-                                                               kb or load_knowledge_base())
-    deny = deny_list(build, deny_identifiers, pseudonym_key)
-    contracts = run_contracts(build, prep, cfg, deny)
-    bad = {k: v for k, v in contracts.items() if not v.success}
-    if bad:
-        raise PublishError("data contracts failed; nothing was published:\n" + "\n".join(v.summary() for v in bad.values()))
-    privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
-                  + _media_inputs(prep))
-    check_pass_rate(prep, cfg)
-    check_text_lint(prep)
+    # the instruction rows' text, the published splits: memory-mapped files here, removed afterwards
     with tempfile.TemporaryDirectory(dir=build, prefix=".publish-") as tmp:
+        prep = prepare(build, cfg, kb, Path(tmp))
+        reviews, dropped = None, []
+        if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits
+            prep["instructions"], dropped, reviews = apply_reviews(
+                prep["instructions"], prep["records"], cfg.reviews, kb or load_knowledge_base(),
+                full_rows=prep["rows"].full)
+        deny = deny_list(build, deny_identifiers, pseudonym_key)
+        contracts = run_contracts(build, prep, cfg, deny)
+        bad = {k: v for k, v in contracts.items() if not v.success}
+        if bad:
+            raise PublishError("data contracts failed; nothing was published:\n"
+                               + "\n".join(v.summary() for v in bad.values()))
+        privacy_check(build, deny, "the build's inputs", files=[f for f in INPUTS if (build / f).exists()]
+                      + _media_inputs(prep))
+        check_pass_rate(prep, cfg)
+        check_text_lint(prep)
         return _publish_tables(build, cfg, prep, info, contracts, deny, dropped, reviews, synthetic, Path(tmp))
 
 

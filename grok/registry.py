@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -133,14 +134,41 @@ def next_version(name: str, bump: str = "minor", registry: str | None = None) ->
     return {"major": f"{a + 1}.0.0", "minor": f"{a}.{b + 1}.0", "patch": f"{a}.{b}.{c + 1}"}[bump]
 
 
-def table_fingerprint(table: pa.Table) -> str:
-    """sha256 of a table's canonical Arrow IPC stream (schema without metadata + data)."""
-    table = table.replace_schema_metadata(None).combine_chunks()
+#: Rows of a split hashed as one Arrow record batch by :func:`table_fingerprint`: the split is hashed a batch at a
+#: time, so publication never holds a split (its images embedded) in memory to fingerprint it.
+FINGERPRINT_BATCH_ROWS = 128
+#: What a fingerprint is a hash of; written to ``manifest.json`` (``fingerprint_scheme``). Versions published before
+#: it was recorded hash each split as one record batch; their fingerprints are not comparable with these.
+FINGERPRINT_SCHEME = f"arrow-ipc-stream/{FINGERPRINT_BATCH_ROWS}-row-batches/sha256"
+
+
+def table_fingerprint(table) -> str:
+    """sha256 of a table's canonical Arrow IPC stream: the schema without metadata, then the rows in record
+    batches of :data:`FINGERPRINT_BATCH_ROWS` (the last one shorter), each batch contiguous. The same rows give
+    the same hash however the table is chunked or stored; a ``datasets.Dataset`` is read a batch at a time (its
+    indices mapping applied), a ``pa.Table`` sliced, so only one batch is copied into memory at once."""
+    batches = _row_batches(table, FINGERPRINT_BATCH_ROWS)
+    first = next(batches, None)
+    schema = (first.schema if first is not None else _schema_of(table)).remove_metadata()
     h = hashlib.sha256()
-    # the stream is hashed as it is written (not buffered, then copied to bytes: two more copies of the split)
-    with pa.PythonFile(_HashSink(h), mode="w") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
+    # the stream is hashed as it is written (not buffered, then copied to bytes)
+    with pa.PythonFile(_HashSink(h), mode="w") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in itertools.chain([first] if first is not None else [], batches):
+            writer.write_table(batch.replace_schema_metadata(None).combine_chunks())
     return h.hexdigest()
+
+
+def _schema_of(table) -> pa.Schema:
+    return table.schema if isinstance(table, pa.Table) else table.with_format("arrow")[:0].schema
+
+
+def _row_batches(table, rows: int):
+    """``rows``-row slices of a ``pa.Table`` or of a ``datasets.Dataset`` (as Arrow tables, indices applied)."""
+    if isinstance(table, pa.Table):
+        for start in range(0, table.num_rows, rows):
+            yield table.slice(start, rows)
+        return
+    yield from table.with_format("arrow").iter(batch_size=rows)
 
 
 class _HashSink:
@@ -162,7 +190,8 @@ class _HashSink:
         self.closed = True
 
 
-def content_fingerprint(tables: Mapping[str, Mapping[str, pa.Table]]) -> str:
+def content_fingerprint(tables: Mapping[str, Mapping[str, Any]]) -> str:
+    """sha256 over ``config/split:table_fingerprint`` lines, configs and splits in sorted order."""
     h = hashlib.sha256()
     for config in sorted(tables):
         for split in sorted(tables[config]):
@@ -230,7 +259,7 @@ def publish(
         tmp = f"{base}/.tmp-{version}-{uuid.uuid4().hex[:8]}"
         staging = Path(tmp) if local else Path(os.path.join(os.environ.get("TMPDIR", "/tmp"), tmp.replace("/", "_")))
         staging.mkdir(parents=True)
-        arrow_tables: dict[str, dict[str, pa.Table]] = {}
+        arrow_tables: dict[str, dict[str, Any]] = {}
         counts: dict[str, dict[str, int]] = {}
         data_files: dict[str, list[dict[str, str]]] = {}
         infos: dict[str, Any] = {}
@@ -245,8 +274,7 @@ def publish(
                 (staging / rels[0]).parent.mkdir(parents=True, exist_ok=True)
                 for i, rel in enumerate(rels):
                     (ds if n == 1 else ds.shard(n, i, contiguous=True)).to_parquet(str(staging / rel))
-                table = _rows_table(ds)
-                arrow_tables.setdefault(config, {})[split] = table
+                arrow_tables.setdefault(config, {})[split] = ds  # hashed a batch at a time below
                 counts.setdefault(config, {})[split] = len(ds)
                 if len(ds) == 0:
                     continue  # kept as a file (see load), left out of the card: datasets cannot load it
@@ -266,6 +294,7 @@ def publish(
             "name": ref.name,
             "version": version,
             "fingerprint": fingerprint,
+            "fingerprint_scheme": FINGERPRINT_SCHEME,
             "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "counts": counts,
             **dict(manifest_extra or {}),
@@ -472,15 +501,10 @@ def croissant(name: str, version: str, data_files: Mapping[str, list[dict]], inf
 
 def _arrow_nbytes(parquet: Path) -> int:
     """Bytes of a parquet file's rows as Arrow, what ``datasets`` records as a split's ``num_bytes`` when it
-    loads the file (read one column at a time, so at most one column is in memory)."""
-    names = pq.read_schema(parquet).names
-    return sum(pq.read_table(parquet, columns=[name]).nbytes for name in names)
-
-
-def _rows_table(ds) -> pa.Table:
-    """The Arrow table of a dataset's rows as published: an indices mapping (``select``, ``shuffle``) applied,
-    zero-copy when there is none, so the fingerprint covers the rows in the parquet file."""
-    return ds.with_format("arrow")[:]
+    loads the file (one column of one row group in memory at a time)."""
+    f = pq.ParquetFile(parquet)
+    return sum(f.read_row_group(g, columns=[name]).nbytes for g in range(f.num_row_groups)
+               for name in f.schema_arrow.names)
 
 
 def load(spec: str, config: str, split: str, registry: str | None = None):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
@@ -78,49 +78,78 @@ def _minhash(text: str, num_perm: int):
     return m
 
 
+def dedup_texts(items: Iterable[tuple[str, str]], *, threshold: float = 0.9, num_perm: int = 128,
+                ) -> tuple[list[str], list[dict[str, str]]]:
+    """:func:`dedup` of ``(id, text)`` pairs given in id order, one at a time: only the index (a hash per kept
+    text and its MinHash LSH bands) is kept, not the texts. Returns (kept ids, removed ``{id, duplicate_of,
+    reason}``)."""
+    from datasketch import MinHashLSH
+
+    seen_exact: dict[str, str] = {}
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    kept: list[str] = []
+    removed: list[dict[str, str]] = []
+    for rid, text in items:
+        h = hashlib.sha256(normalise_text(text).encode()).hexdigest()
+        if h in seen_exact:
+            removed.append({"id": rid, "duplicate_of": seen_exact[h], "reason": "exact duplicate"})
+            continue
+        mh = _minhash(text, num_perm)
+        hits = lsh.query(mh)
+        if hits:
+            removed.append({"id": rid, "duplicate_of": sorted(hits)[0],
+                            "reason": f"near duplicate (Jaccard >= {threshold})"})
+            continue
+        seen_exact[h] = rid
+        lsh.insert(rid, mh)
+        kept.append(rid)
+    return kept, removed
+
+
+def decontaminate_texts(train: Iterable[tuple[str, str]], held_out: Iterable[tuple[str, str]], *,
+                        threshold: float = 0.9, num_perm: int = 128) -> tuple[list[str], list[dict[str, str]]]:
+    """:func:`decontaminate` of ``(id, text)`` pairs, one at a time (an index of the held-out texts is kept,
+    not the texts). Returns (kept train ids, removed ``{id, duplicate_of, reason}``)."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    exact = {}
+    for rid, text in held_out:
+        lsh.insert(rid, _minhash(text, num_perm))
+        exact[hashlib.sha256(normalise_text(text).encode()).hexdigest()] = rid
+    kept: list[str] = []
+    removed: list[dict[str, str]] = []
+    for rid, text in train:
+        h = hashlib.sha256(normalise_text(text).encode()).hexdigest()
+        hits = [exact[h]] if h in exact else lsh.query(_minhash(text, num_perm))
+        if hits:
+            removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
+        else:
+            kept.append(rid)
+    return kept, removed
+
+
 def dedup(df: pd.DataFrame, *, text_col: str = "text", id_col: str = "id", threshold: float = 0.9,
           num_perm: int = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Remove exact and near duplicates; returns (kept, removed) with ``duplicate_of`` and ``reason``."""
-    from datasketch import MinHashLSH
-
     df = df.sort_values(id_col, kind="stable")
-    seen_exact: dict[str, str] = {}
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    keep_idx, removed = [], []
-    for idx, row in df.iterrows():
-        norm = normalise_text(row[text_col])
-        h = hashlib.sha256(norm.encode()).hexdigest()
-        if h in seen_exact:
-            removed.append({**row.to_dict(), "duplicate_of": seen_exact[h], "reason": "exact duplicate"})
-            continue
-        mh = _minhash(row[text_col], num_perm)
-        hits = lsh.query(mh)
-        if hits:
-            removed.append({**row.to_dict(), "duplicate_of": sorted(hits)[0], "reason": f"near duplicate (Jaccard >= {threshold})"})
-            continue
-        seen_exact[h] = row[id_col]
-        lsh.insert(row[id_col], mh)
-        keep_idx.append(idx)
-    return df.loc[keep_idx], pd.DataFrame(removed)
+    _kept, removed = dedup_texts(zip(df[id_col], df[text_col]), threshold=threshold, num_perm=num_perm)
+    return _split_off(df, removed, id_col)
 
 
 def decontaminate(train: pd.DataFrame, held_out: pd.DataFrame, *, text_col: str = "text", id_col: str = "id",
                   threshold: float = 0.9, num_perm: int = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Drop train rows that are near duplicates of a held-out row; returns (kept, removed)."""
-    from datasketch import MinHashLSH
+    _kept, removed = decontaminate_texts(zip(train[id_col], train[text_col]), zip(held_out[id_col], held_out[text_col]),
+                                         threshold=threshold, num_perm=num_perm)
+    return _split_off(train, removed, id_col)
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    exact = {}
-    for _, row in held_out.iterrows():
-        lsh.insert(row[id_col], _minhash(row[text_col], num_perm))
-        exact[hashlib.sha256(normalise_text(row[text_col]).encode()).hexdigest()] = row[id_col]
-    keep_idx, removed = [], []
-    for idx, row in train.iterrows():
-        h = hashlib.sha256(normalise_text(row[text_col]).encode()).hexdigest()
-        hits = [exact[h]] if h in exact else lsh.query(_minhash(row[text_col], num_perm))
-        if hits:
-            removed.append({**row.to_dict(), "duplicate_of": sorted(hits)[0],
-                            "reason": "contaminates a held-out split"})
-        else:
-            keep_idx.append(idx)
-    return train.loc[keep_idx], pd.DataFrame(removed)
+
+def _split_off(df: pd.DataFrame, removed: list[dict[str, str]], id_col: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of ``df`` not removed, removed rows with every column plus ``duplicate_of`` and ``reason``)."""
+    why = {r["id"]: r for r in removed}
+    gone = df[id_col].isin(why)
+    rem = df[gone.to_numpy()]
+    rem = pd.DataFrame([{**row, "duplicate_of": why[row[id_col]]["duplicate_of"], "reason": why[row[id_col]]["reason"]}
+                        for row in rem.to_dict("records")]) if len(rem) else pd.DataFrame()
+    return df[~gone.to_numpy()], rem

@@ -173,8 +173,8 @@ def test_overlapping_patient_blocks_publication(built, tmp_path, monkeypatch):
 
     real = pub.prepare
 
-    def leaky(build_dir, c, kb=None):
-        prep = real(build_dir, c, kb)
+    def leaky(build_dir, c, kb=None, tmp=None):
+        prep = real(build_dir, c, kb, tmp)
         ins = prep["instructions"]
         pid = ins[ins.split == "train"].patient_id.iloc[0]
         ins.loc[ins.index[(ins.patient_id == pid).to_numpy()][:1], "split"] = "test"

@@ -267,28 +267,96 @@ def _identifier_columns(df: pd.DataFrame, out: pd.DataFrame, contract: Contract,
     return extra
 
 
-def _prepare(df: pd.DataFrame, contract: Contract, deny: DenyList | None) -> tuple[pd.DataFrame, list[tuple[str, dict]]]:
-    """Derived columns + the list of (expectation class name, kwargs) that GROK checks compile to."""
+#: Rows turned into derived columns at a time: a table's text (messages, provenance) is read a batch at a time and
+#: only the columns the expectations read reach Great Expectations (:func:`_ge_columns`).
+BATCH_ROWS = 4096
+
+
+def _prepare_batch(df: pd.DataFrame, contract: Contract, deny: DenyList | None
+                   ) -> tuple[pd.DataFrame, list[tuple[str, dict]]]:
+    """One batch's derived columns (identifier counts, answer lengths; identifying cells withheld) and the
+    expectations they compile to."""
     out = df.copy()
     extra: list[tuple[str, dict]] = []
-    for exp in contract.expectations:
-        if exp == "no_identifiers":
-            extra += _identifier_columns(df, out, contract, deny)
-        elif isinstance(exp, dict) and "split_disjoint_by" in exp:
-            key = exp["split_disjoint_by"]
-            if "split" in df.columns and key in df.columns:
-                derived = f"__splits_per_{key}"
-                out[derived] = df.groupby(key)["split"].transform("nunique")
-                extra.append(("ExpectColumnValuesToBeInSet", {"column": derived, "value_set": [1]}))
-        elif exp == "plausible_bounds":
-            for bid, (lo, hi) in contract.plausible_bounds.items():
-                if bid in df.columns:
-                    extra.append(("ExpectColumnValuesToBeBetween", {"column": bid, "min_value": lo, "max_value": hi}))
+    if "no_identifiers" in contract.expectations:
+        extra += _identifier_columns(df, out, contract, deny)
     if contract.name == "instructions" and "messages" in df.columns:
         out["answer_words"] = df["messages"].map(
             lambda ms: sum(len(str(m["content"]).split()) for m in (ms.tolist() if hasattr(ms, "tolist") else ms)
                            if m["role"] == "assistant"))
     return out, extra
+
+
+def _table_checks(df: pd.DataFrame, contract: Contract, identifier_checks: list[tuple[str, dict]]
+                  ) -> list[tuple[str, dict]]:
+    """The expectations GROK's checks compile to, in the contract's order: ``identifier_checks`` (made per batch)
+    where ``no_identifiers`` stands, and the checks that need the whole table (``df``: the columns Great
+    Expectations sees; derived columns are added to it)."""
+    extra: list[tuple[str, dict]] = []
+    for exp in contract.expectations:
+        if exp == "no_identifiers":
+            extra += identifier_checks
+        elif isinstance(exp, dict) and "split_disjoint_by" in exp:
+            key = exp["split_disjoint_by"]
+            if "split" in df.columns and key in df.columns:
+                derived = f"__splits_per_{key}"
+                df[derived] = df.groupby(key)["split"].transform("nunique")
+                extra.append(("ExpectColumnValuesToBeInSet", {"column": derived, "value_set": [1]}))
+        elif exp == "plausible_bounds":
+            for bid, (lo, hi) in contract.plausible_bounds.items():
+                if bid in df.columns:
+                    extra.append(("ExpectColumnValuesToBeBetween", {"column": bid, "min_value": lo, "max_value": hi}))
+    return extra
+
+
+def _ge_columns(contract: Contract, id_cols: list[str]) -> set[str]:
+    """Columns an expectation reads (besides the derived ones): ids, expectation columns, grouping keys, bounds."""
+    cols = set(id_cols)
+    for exp in contract.expectations:
+        if not isinstance(exp, dict):
+            continue
+        for k, v in exp.items():
+            if "column" in k:
+                cols.update([v] if isinstance(v, str) else [x for x in v if isinstance(x, str)])
+        if "min_mean" in exp and isinstance(exp["min_mean"], dict):
+            cols.add(str(exp["min_mean"].get("column")))
+        if "split_disjoint_by" in exp:
+            cols.update({exp["split_disjoint_by"], "split"})
+        if "report_distribution" in exp:
+            cols.add(exp["report_distribution"])
+    return cols | set(contract.plausible_bounds)
+
+
+def _frames(data: Any, rows: int):
+    """A table as ``(Arrow batch or None, pandas batch)`` pairs of ``rows`` rows: a DataFrame sliced, an Arrow
+    table sliced, a parquet file read a batch at a time, or an iterable of DataFrames as given."""
+    if isinstance(data, pd.DataFrame):
+        for start in range(0, max(len(data), 1), rows):
+            yield None, data.iloc[start:start + rows]
+    elif isinstance(data, pa.Table):
+        for start in range(0, max(data.num_rows, 1), rows):
+            part = data.slice(start, rows)
+            yield part, part.to_pandas()
+    elif isinstance(data, pq.ParquetFile):
+        n = 0
+        for batch in data.iter_batches(batch_size=rows):
+            n += 1
+            yield batch, batch.to_pandas()
+        if not n:
+            empty = data.schema_arrow.empty_table()
+            yield empty, empty.to_pandas()
+    else:
+        for df in data:
+            yield None, df
+
+
+def _nulls(arrow, df: pd.DataFrame, name: str) -> int:
+    """Missing values of a column in a batch: Arrow nulls when the batch came from Arrow (a float NaN is a value
+    there), else None in an object column or NaN in a typed one."""
+    if arrow is not None:
+        return arrow.column(name).null_count
+    v = df[name]
+    return int(v.map(lambda x: x is None).sum()) if v.dtype == object else int(v.isna().sum())
 
 
 def validate(
@@ -317,12 +385,51 @@ def validate(
     table_path = None
     if isinstance(data, (str, os.PathLike)):
         table_path = Path(data)
-
-        data = pq.read_table(table_path)
-    schema_problems = check_schema(data, c)
-    df = data.to_pandas() if isinstance(data, pa.Table) else data
+        data = pq.ParquetFile(table_path)  # read a batch at a time below
     deny = deny_list if isinstance(deny_list, DenyList) or deny_list is None else DenyList.from_json(deny_list)
-    prepared, extra = _prepare(df, c, deny)
+    schema_problems: list[str] = []
+    if isinstance(data, (pa.Table, pq.ParquetFile)):  # types and nulls from Arrow; nulls counted per batch below
+        schema = data.schema if isinstance(data, pa.Table) else data.schema_arrow
+        schema_problems = [p for p in check_schema(schema.empty_table(), c) if "nulls but" not in p]
+    # Per batch: derived columns (identifier counts, answer lengths), then only what the expectations read is
+    # kept for Great Expectations, so a table's text is never whole in memory.
+    parts, extra, names, nulls, dist = [], {}, None, {}, {}
+    report = [e["report_distribution"] for e in c.expectations if isinstance(e, dict) and "report_distribution" in e]
+    n_rows = 0
+    for arrow, df in _frames(data, BATCH_ROWS):
+        if names is None:
+            names = list(df.columns)
+            id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key")
+                       if x in names]
+            keep = _ge_columns(c, id_cols)
+        n_rows += len(df)
+        for col in c.columns:
+            if col["name"] in df.columns:
+                nulls[col["name"]] = nulls.get(col["name"], 0) + _nulls(arrow, df, col["name"])
+        for col in report:
+            if col in df.columns:
+                dist.setdefault(col, {})
+                for k, n in df[col].astype(str).value_counts().items():
+                    dist.setdefault(col, {})[str(k)] = dist.get(col, {}).get(str(k), 0) + int(n)
+        prepared_part, more = _prepare_batch(df, c, deny)
+        for cls_name, kwargs in more:
+            extra.setdefault((cls_name, kwargs["column"]), (cls_name, kwargs))
+        parts.append(prepared_part[[x for x in prepared_part.columns if x in keep or x.startswith("__")
+                                    or x == "answer_words"]])
+    names = names or []
+    id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key") if x in names]
+    prepared = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    for cls_name, kwargs in extra.values():  # a column whose batches were all empty counts no identifier
+        if kwargs["column"] in prepared.columns:
+            prepared[kwargs["column"]] = prepared[kwargs["column"]].fillna(0).astype("int64")
+        else:
+            prepared[kwargs["column"]] = 0
+    if not isinstance(data, (pa.Table, pq.ParquetFile)):
+        schema_problems = [f"column {col['name']!r} is missing" for col in c.columns if col["name"] not in names]
+    for col in c.columns:
+        if not col.get("nullable", True) and nulls.get(col["name"]):
+            schema_problems.append(f"column {col['name']!r} has {nulls[col['name']]} nulls but is not nullable")
+    extra_list = _table_checks(prepared, c, list(extra.values()))
 
     import great_expectations as gx
 
@@ -367,12 +474,11 @@ def validate(
                                                                                   min_value=float(mm["value"])))
             else:
                 schema_problems.append(f"min_mean refers to missing column {mm['column']!r}")
-    for cls_name, kwargs in extra:
+    for cls_name, kwargs in extra_list:
         suite.add_expectation(getattr(gx.expectations, cls_name)(**kwargs))
     suite = ctx.suites.add_or_update(suite)
     vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=c.name, data=batch_def, suite=suite))
     # Failing rows are named by their ids (from the batch GE sees, where identifying cells are withheld).
-    id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key") if x in df.columns]
     result_format: dict[str, Any] = {"result_format": "COMPLETE", "partial_unexpected_count": max_examples}
     if id_cols:
         result_format["unexpected_index_column_names"] = id_cols
@@ -401,14 +507,10 @@ def validate(
                 expectation=cfg.type, column=col, success=bool(r.success),
                 unexpected_count=res.get("unexpected_count"), observed=res.get("observed_value"),
                 examples=examples))
-    distributions = {}
-    for e in c.expectations:
-        if isinstance(e, dict) and "report_distribution" in e and e["report_distribution"] in df.columns:
-            vc = df[e["report_distribution"]].astype(str).value_counts()
-            distributions[e["report_distribution"]] = {str(k): int(v) for k, v in sorted(vc.items())}
+    distributions = {col: dict(sorted(dist[col].items())) for col in report if col in dist}
     index = docs_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
     success = bool(run.success) and not schema_problems
-    return ContractResult(contract=c.name, success=success, n_rows=len(df), schema_problems=schema_problems,
+    return ContractResult(contract=c.name, success=success, n_rows=n_rows, schema_problems=schema_problems,
                           outcomes=outcomes, distributions=distributions,
                           docs_index=str(index) if index.exists() else None,
                           elapsed_s=round(time.perf_counter() - t0, 3))

@@ -174,38 +174,56 @@ def _turns(row: dict[str, Any], role: str) -> str:
                      if m.get("role") == role and isinstance(m.get("content"), str))
 
 
-def variety(rows: list[dict[str, Any]]) -> dict[str, Any]:
+class Variety:
+    """:func:`variety` of rows added one at a time: it keeps the skeleton and bigram counts, not the rows."""
+
+    def __init__(self):
+        self.n = 0
+        self.answers: Counter[str] = Counter()
+        self.questions: Counter[str] = Counter()
+        self.bigrams: Counter[tuple[str, str]] = Counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.n += 1
+        answer = _turns(row, "assistant")
+        self.answers[skeleton(answer)] += 1
+        self.questions[skeleton(_turns(row, "user"))] += 1
+        words = _WORD.findall(strip_boxes(answer).lower())
+        self.bigrams.update(zip(words, words[1:]))
+
+    def result(self) -> dict[str, Any]:
+        n = self.n
+        return {
+            "rows": n,
+            "answer_skeletons": len(self.answers),
+            "answer_top_share": round(self.answers.most_common(1)[0][1] / n, 4) if n else 0.0,
+            "question_skeletons": len(self.questions),
+            "question_top_share": round(self.questions.most_common(1)[0][1] / n, 4) if n else 0.0,
+            "distinct_2": round(len(self.bigrams) / sum(self.bigrams.values()), 4) if self.bigrams else 0.0,
+        }
+
+
+def variety(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Variety of one family's rows: distinct answer/question skeletons, the share the most common one
     takes, and distinct-2 of the answers."""
-    answers = Counter(skeleton(_turns(r, "assistant")) for r in rows)
-    questions = Counter(skeleton(_turns(r, "user")) for r in rows)
-    bigrams: Counter[tuple[str, str]] = Counter()
+    v = Variety()
     for r in rows:
-        words = _WORD.findall(strip_boxes(_turns(r, "assistant")).lower())
-        bigrams.update(zip(words, words[1:]))
-    n = len(rows)
-    return {
-        "rows": n,
-        "answer_skeletons": len(answers),
-        "answer_top_share": round(answers.most_common(1)[0][1] / n, 4) if n else 0.0,
-        "question_skeletons": len(questions),
-        "question_top_share": round(questions.most_common(1)[0][1] / n, 4) if n else 0.0,
-        "distinct_2": round(len(bigrams) / sum(bigrams.values()), 4) if bigrams else 0.0,
-    }
+        v.add(r)
+    return v.result()
 
 
 def lint_rows(rows: Iterable[dict[str, Any]], kb, lex, examples: int = 3) -> dict[str, Any]:
     """Lint every row; returns the report: ``violations`` (count per code), ``examples`` (a few per code,
     with row id and task), ``per_family`` (rows, violations and :func:`variety`) and ``targets_met``."""
     linter = TextLinter(kb, lex)
-    by_family: dict[str, list[dict[str, Any]]] = {}
+    by_family: dict[str, Variety] = {}  # rows are counted, not kept: a build's rows may not fit in memory
     counts: Counter[str] = Counter()
     by_mode: Counter[str] = Counter()
     fam_counts: dict[str, Counter[str]] = {}
     shown: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         task = str(row.get("task"))
-        by_family.setdefault(task, []).append(row)
+        by_family.setdefault(task, Variety()).add(row)
         for code, detail in linter.check_row(row):
             counts[code] += 1
             by_mode[str(row.get("mode") or "template")] += 1
@@ -214,14 +232,14 @@ def lint_rows(rows: Iterable[dict[str, Any]], kb, lex, examples: int = 3) -> dic
                 shown[code].append({"id": str(row.get("id")), "task": task, "detail": detail})
     per_family = {}
     met = not counts
-    for task, fam_rows in sorted(by_family.items()):
-        v = variety(fam_rows)
+    for task, fam in sorted(by_family.items()):
+        v = fam.result()
         v["violations"] = dict(sorted(fam_counts.get(task, Counter()).items()))
         v["answer_target_met"] = v["answer_top_share"] <= MAX_ANSWER_SKELETON_SHARE
         v["question_target_met"] = v["question_top_share"] <= MAX_QUESTION_SKELETON_SHARE
         met = met and v["answer_target_met"] and v["question_target_met"]
         per_family[task] = v
-    return {"rows": sum(len(v) for v in by_family.values()), "violations": dict(sorted(counts.items())),
+    return {"rows": sum(v.n for v in by_family.values()), "violations": dict(sorted(counts.items())),
             "violations_total": sum(counts.values()), "violations_by_mode": dict(sorted(by_mode.items())),
             "examples": shown, "per_family": per_family,
             "targets": {"violations": 0, "answer_top_share": MAX_ANSWER_SKELETON_SHARE,

@@ -18,6 +18,7 @@ The summary (coverage, acceptance by family, agreement and Cohen's kappa) goes i
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pandas as pd
@@ -29,16 +30,23 @@ from grok.verify import Verifier, VerifyConfig, verify_row
 
 
 def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str, kb,
-                  config: VerifyConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+                  config: VerifyConfig | None = None,
+                  full_rows: Callable[[pd.DataFrame], Iterable[dict[str, Any]]] | None = None,
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """``(kept rows, removed rows with a reason, summary)`` for the instruction rows ``ins`` (columns of the
     build's ``instructions.parquet``) under the review log at ``db``. ``records``: study id -> study record
-    (what the verifier reads)."""
+    (what the verifier reads). ``full_rows(frame)``: the rows of ``frame`` with their text, in its order, for a
+    frame that leaves the text out (publication reads it a batch at a time); an edit then goes into a
+    ``messages_edited`` column (None where the row is not edited) instead of ``messages``."""
     store = Store(db)
     try:
         events = store.events()
     finally:
         store.close()
-    rows = {str(r["id"]): (content_hash(r), str(r["task"])) for r in ins.to_dict("records")}
+    if full_rows is None:
+        def full_rows(frame: pd.DataFrame) -> Iterable[dict[str, Any]]:
+            return frame.to_dict("records")
+    rows = {str(r["id"]): (content_hash(r), str(r["task"])) for r in full_rows(ins)}
     outs = outcomes(events, {rid: h for rid, (h, _f) in rows.items()})
     verifier = Verifier(build_lexicon(kb), config or VerifyConfig())
     facts: dict[str, Any] = {}
@@ -46,7 +54,8 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
     applied = {"rejected_removed": 0, "edits_applied": 0, "edits_failed_verification": 0, "accepted": 0,
                "needs_review": 0, "flagged": 0, "stale": 0}
     edited: dict[Any, tuple[list[dict[str, str]], float, list[str]]] = {}
-    for i, r in zip(ins.index, ins.to_dict("records")):
+    decided = ins[ins["id"].astype(str).isin(list(outs))]  # only rows with a decision are read again
+    for i, r in zip(decided.index, full_rows(decided)):
         o = outs.get(str(r["id"]))
         if o is None:
             continue
@@ -68,8 +77,11 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
         else:
             applied[{"accept": "accepted", "needs_review": "needs_review", "flag": "flagged"}[o.action]] += 1
     ins = ins.copy()
-    if edited:
+    if edited and "messages" not in ins.columns:
+        ins["messages_edited"] = [edited[i][0] if i in edited else None for i in ins.index]
+    elif edited:
         ins["messages"] = [edited[i][0] if i in edited else m for i, m in zip(ins.index, ins["messages"])]
+    if edited:
         ins["verifier_score"] = [edited[i][1] if i in edited else v for i, v in zip(ins.index, ins["verifier_score"])]
         ins["verifier_reasons"] = [edited[i][2] if i in edited else v
                                    for i, v in zip(ins.index, ins["verifier_reasons"])]
