@@ -117,48 +117,49 @@ def _buffer(c: int, h: int, w: int) -> np.ndarray:
     return np.zeros((c, h + 2, w + 2), np.float32)
 
 
-def _taps(wb: int, taps: list[tuple[int, int]]) -> list[int]:
-    """Flat offsets, in a buffer of row length ``wb``, of taps (dy, dx) relative to the pixel."""
-    return [dy * wb + dx for dy, dx in taps]
-
-
-_TAPS3 = [(ky - 1, kx - 1) for ky in range(3) for kx in range(3)]
-
-
-def _conv_flat(src: np.ndarray, kmat: np.ndarray, offsets: list[int], dst: np.ndarray,
-               bias: np.ndarray | None = None, relu: bool = False) -> None:
-    """dst's interior (O, h, w) = kmat (O, C * len(offsets)) applied to the taps ``offsets`` (flat, see
-    ``_taps``) of src (C, h + 2, w + 2), a zero-bordered buffer of the same size as dst: im2col of the flat
-    interior run in stripes of ~``STRIPE_FLOATS`` and one BLAS matrix product per stripe; dst's border
-    stays zero."""
+def _conv_flat(src: np.ndarray, kmat: np.ndarray, taps: tuple[int, int, int, int], dst: np.ndarray,
+               relu: bool = False) -> None:
+    """dst's interior (O, h, w) = kmat applied to the taps of src (C, h + 2, w + 2), a zero-bordered buffer of
+    the same size as dst: taps = (dy0, dx0, ny, nx) are the rows dy0 .. dy0 + ny - 1 and columns dx0 .. dx0 +
+    nx - 1 around each pixel, kmat (O, C * ny * nx) or, with a bias as its last column, (O, C * ny * nx + 1).
+    The im2col of a run of flat indices is one strided copy (a tap is a fixed flat offset), in stripes of
+    ~``STRIPE_FLOATS``, then one BLAS matrix product per stripe; dst's border stays zero."""
     c, hb, wb = src.shape
-    o, t = kmat.shape[0], len(offsets)
+    dy0, dx0, ny, nx = taps
+    o, k = kmat.shape[0], c * ny * nx
     sf, df = src.reshape(c, -1), dst.reshape(o, -1)
-    step = max(256, STRIPE_FLOATS // (c * t))
-    cols = np.empty((c, t, step), np.float32)
+    step = max(256, STRIPE_FLOATS // k)
+    cols = np.empty((kmat.shape[1], step), np.float32)
+    cols[k:] = 1.0  # the bias row, when kmat carries one
+    win = cols[:k].reshape(c, ny, nx, step)
+    y = np.empty((o, step), np.float32)
+    sc, se = sf.strides
     q0, q1 = wb + 1, (hb - 1) * wb - 1  # first and one past the last interior pixel
     for s in range(q0, q1, step):
         n = min(step, q1 - s)
-        cc = cols[:, :, :n] if n < step else cols
-        for k, off in enumerate(offsets):
-            cc[:, k] = sf[:, s + off:s + off + n]
-        y = kmat @ cc.reshape(c * t, n)
-        if bias is not None:
-            y += bias[:, None]
+        win[..., :n] = np.lib.stride_tricks.as_strided(sf[:, s + dy0 * wb + dx0:], (c, ny, nx, n),
+                                                       (sc, wb * se, se, se), writeable=False)
+        yy = np.matmul(kmat, cols[:, :n], out=y[:, :n]) if n == step else kmat @ cols[:, :n]
         if relu:
-            np.maximum(y, 0, out=y)
-        df[:, s:s + n] = y
+            np.maximum(yy, 0, out=df[:, s:s + n])
+        else:
+            df[:, s:s + n] = yy
     dst[:, 1:-1, 0] = 0  # the border columns that the runs crossed
     dst[:, 1:-1, -1] = 0
 
 
-def _conv3x3(src: np.ndarray, wmat: np.ndarray, b: np.ndarray, relu: bool = True) -> np.ndarray:
-    """'same' 3 x 3 convolution of a zero-bordered buffer src (C, h + 2, w + 2) with wmat (O, C * 9) (torch's
-    (O, C, 3, 3) flattened) and bias b; returns a zero-bordered buffer (O, h + 2, w + 2)."""
-    dst = np.empty((wmat.shape[0],) + src.shape[1:], np.float32)
+def _with_bias(wmat: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """wmat (O, K) with the bias b (O,) as an extra last column (the im2col's row of ones)."""
+    return np.ascontiguousarray(np.concatenate([wmat, b[:, None]], axis=1), np.float32)
+
+
+def _conv3x3(src: np.ndarray, wb: np.ndarray, relu: bool = True) -> np.ndarray:
+    """'same' 3 x 3 convolution of a zero-bordered buffer src (C, h + 2, w + 2) with wb (O, C * 9 + 1) (torch's
+    (O, C, 3, 3) flattened, the bias as the last column); returns a zero-bordered buffer (O, h + 2, w + 2)."""
+    dst = np.empty((wb.shape[0],) + src.shape[1:], np.float32)
     dst[:, 0] = 0
     dst[:, -1] = 0
-    _conv_flat(src, wmat, _taps(src.shape[2], _TAPS3), dst, b, relu)
+    _conv_flat(src, wb, (-1, -1, 3, 3), dst, relu)
     return dst
 
 
@@ -172,8 +173,7 @@ def _add_up_conv3x3(a: np.ndarray, phases: list[np.ndarray], dst: np.ndarray) ->
     for py in range(2):
         for px in range(2):
             # phase 0 of an axis reads low-resolution rows i-1, i; phase 1 rows i, i+1
-            taps = [(py + dy - 1, px + dx - 1) for dy in range(2) for dx in range(2)]
-            _conv_flat(a, phases[2 * py + px], _taps(wb, taps), tmp)
+            _conv_flat(a, phases[2 * py + px], (py - 1, px - 1, 2, 2), tmp)
             dst[:, 1 + py:1 + py + 2 * h:2, 1 + px:1 + px + 2 * w:2] += tmp[:, 1:-1, 1:-1]
 
 
@@ -220,7 +220,6 @@ def load_weights(path: str | None = None) -> dict:
 def forward(x: np.ndarray, weights: dict | None = None) -> np.ndarray:
     """Vessel logits (h, w) float32 of the network on an input x (h, w) (any size: padded to a multiple of 8)."""
     W8 = weights or load_weights()
-    L = W8["layers"]
     h, w = x.shape
     n = 2 ** (len(ARCH) - 1)
     hp, wp = -(-h // n) * n, -(-w // n) * n
@@ -230,30 +229,37 @@ def forward(x: np.ndarray, weights: dict | None = None) -> np.ndarray:
     for lvl in range(len(ARCH)):
         if lvl:
             a = _pool(a)
-        a = _conv3x3(a, *L[f"enc{lvl}a"])
-        a = _conv3x3(a, *L[f"enc{lvl}b"])
+        a = _conv3x3(a, _biased(W8, f"enc{lvl}a"))
+        a = _conv3x3(a, _biased(W8, f"enc{lvl}b"))
         skips.append(a)
     for lvl in range(len(ARCH) - 2, -1, -1):
         # conv(concat(up(a), skip)) = conv(skip) + conv_up(a) (sub-pixel phases, see _add_up_conv3x3)
-        wm, b = L[f"dec{lvl}"]
-        ca = a.shape[0]
-        phases, ws = _decoder_kernels(W8, lvl, ca)
-        y = _conv3x3(skips[lvl], ws, b, relu=False)
+        phases, ws = _decoder_kernels(W8, lvl, a.shape[0])
+        y = _conv3x3(skips[lvl], ws, relu=False)
         _add_up_conv3x3(a, phases, y)
         a = np.maximum(y, 0, out=y)
-    wo, bo = L["out"]
+    wo, bo = W8["layers"]["out"]
     y = (wo @ a.reshape(a.shape[0], -1)).reshape(a.shape[1:])[1:h + 1, 1:w + 1]
     return y + bo[0]
 
 
+def _biased(weights: dict, name: str) -> np.ndarray:
+    """Layer ``name``'s (O, C * 9 + 1) kernel with its bias as the last column; cached in the weights dict."""
+    cache = weights.setdefault("_biased", {})
+    if name not in cache:
+        cache[name] = _with_bias(*weights["layers"][name])
+    return cache[name]
+
+
 def _decoder_kernels(weights: dict, lvl: int, ca: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """(phase kernels of the upsampled part, (O, Cs * 9) kernel of the skip part) of decoder level ``lvl``,
-    whose input concatenates ``ca`` upsampled channels and the skip's; cached in the weights dict."""
+    """(phase kernels of the upsampled part, (O, Cs * 9 + 1) kernel of the skip part with the bias as its last
+    column) of decoder level ``lvl``, whose input concatenates ``ca`` upsampled channels and the skip's;
+    cached in the weights dict."""
     cache = weights.setdefault("_decoder", {})
     if lvl not in cache:
-        wm, _ = weights["layers"][f"dec{lvl}"]
+        wm, b = weights["layers"][f"dec{lvl}"]
         wt = wm.reshape(wm.shape[0], -1, 3, 3)
-        cache[lvl] = (_phase_kernels(wt[:, :ca]), np.ascontiguousarray(wt[:, ca:].reshape(wm.shape[0], -1)))
+        cache[lvl] = (_phase_kernels(wt[:, :ca]), _with_bias(wt[:, ca:].reshape(wm.shape[0], -1), b))
     return cache[lvl]
 
 
