@@ -52,6 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
+import grok.contracts
 from grok import __version__, registry
 from grok.config import Settings
 from grok.contracts import validate
@@ -260,8 +261,10 @@ class InstructionRows:
                     r["messages"] = edit
                 yield r
 
-    def frames(self, frame: pd.DataFrame, batch: int = 4096) -> Iterator[pd.DataFrame]:
-        """:meth:`full` as pandas batches with the instructions table's columns (for the data contracts)."""
+    def frames(self, frame: pd.DataFrame, batch: int | None = None) -> Iterator[pd.DataFrame]:
+        """:meth:`full` as pandas batches with the instructions table's columns, of the contracts' batch size
+        (:data:`grok.contracts.BATCH_ROWS`) by default."""
+        batch = batch or grok.contracts.BATCH_ROWS
         for start in range(0, max(len(frame), 1), batch):
             part = frame.iloc[start:start + batch]
             rows = list(self.full(part))

@@ -10,14 +10,19 @@ import shutil
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import grok.publish as pub
+from grok.instruct.samples import sample_records
+from grok.knowledge import load_knowledge_base
 from grok.stages import instruct_stage, records_stage
 from grok.stages.folder import BuildFolder
 from grok.stages.runner import STAGE_BY_NAME, run_stage
+from grok.stages.sample_build import write_sample_build
 from tests import test_build_shards
 from tests.test_build_shards import tiny_config
 
@@ -121,3 +126,50 @@ def test_privacy_scan_reads_large_json_lines_one_line_at_a_time(tmp_path, monkey
     kind, texts = scan.file_texts(path)
     assert kind == "json" and not isinstance(texts, list)
     assert list(texts) == whole and "Jane Roe" in whole and "not json" in whole
+
+
+#: Plain words (no digits, no capitals: nothing an identifier pattern matches) for long texts
+_WORDS = ("retina macula vessel layer thickness fluid drusen disc cup rim nerve fibre choroid band edge signal "
+          "scan image field photo bright dark thin thick normal mild severe central nasal temporal upper lower").split()
+
+
+def _pad_text(build: Path, words: int) -> int:
+    """Give every instruction row of ``build`` a system message of ``words`` words of its own (the rows' text
+    then outweighs their ids, labels and index entries); the bytes of text added."""
+    table = pq.read_table(build / "instructions.parquet")
+    rows = table.to_pylist()
+    rng = np.random.default_rng(len(rows))
+    for r in rows:
+        r["messages"] = [{"role": "system", "content": " ".join(rng.choice(_WORDS, words))}, *r["messages"]]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), build / "instructions.parquet")
+    return sum(len(r["messages"][0]["content"]) for r in rows)
+
+
+def test_publication_memory_is_flat_in_studies(tmp_path, monkeypatch):
+    """Publication reads the instruction rows' text a batch at a time (lint, duplicates, contracts, the
+    published splits) from a memory-mapped copy. With 60 KB of text a row, holding the rows as one pandas
+    frame with their text (and a second copy for the duplicate checks, a third for the contracts' identifier
+    scan), as publication did before, grows the traced peak by more than the text added (measured: fails on
+    that code); streamed, the peak grows by the rows' ids, labels and index entries only."""
+    monkeypatch.setattr(pub, "TEXT_BATCH_ROWS", 16)
+    monkeypatch.setattr("grok.contracts.BATCH_ROWS", 32)
+    monkeypatch.setattr(pub, "DATASET_BATCH_ROWS", 16)
+    kb = load_knowledge_base()
+    peaks, text, published = {}, {}, {}
+    for n in (12, 48):
+        build = tmp_path / f"n{n}"
+        write_sample_build(build, sample_records(n, seed=3, kb=kb), kb)
+        text[n] = _pad_text(build, 10_000)
+        res = None
+
+        def run(build=build, n=n):
+            nonlocal res
+            res = pub.publish_build(build, pub.PublishConfig(name="mem", registry=str(tmp_path / f"reg{n}"),
+                                                             bump="patch"), kb=kb)
+
+        run()  # warm: imports, Great Expectations' and datasets' first-use caches
+        peaks[n] = _peak(run)
+        published[n] = res.counts["published"]["instructions"]["train"]
+    assert published[48] > 3 * published[12] > 0  # the larger build publishes its rows
+    grown, more_text = peaks[48] - peaks[12], text[48] - text[12]
+    assert grown < 0.5 * more_text, (peaks, text)
