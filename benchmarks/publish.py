@@ -79,14 +79,6 @@ def synthesize(build: Path, rows: int) -> int:
     return pq.read_metadata(build / "instructions.parquet").num_rows
 
 
-def _anon_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith("RssAnon:")), 0)
-    except OSError:
-        return 0
-
-
 def memory_curve(work: Path, sizes: list[int]) -> dict:
     """Publish a synthesised build of each size in a fresh process; its peak RSS, anonymous memory, seconds."""
     import subprocess
@@ -115,8 +107,8 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         me, peak, anon = psutil.Process(proc.pid), 0, 0
         while proc.poll() is None:
             try:
-                peak = max(peak, me.memory_info().rss)
-                anon = max(anon, _anon_kb(proc.pid))
+                mem = me.memory_info()  # Linux: rss = anonymous + file-backed + shared; shared = the last two
+                peak, anon = max(peak, mem.rss), max(anon, mem.rss - mem.shared)
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -128,7 +120,7 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         files = [p for p in registry.rglob("*") if p.is_file()]
         points[rows] = {"rows": pq.read_metadata(build / "instructions.parquet").num_rows, "studies": info["studies"],
                         "publish_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20),
-                        "peak_anon_mb": round(anon / 1024), "published_mb": round(sum(p.stat().st_size for p in files)
+                        "peak_anon_mb": round(anon / 2**20), "published_mb": round(sum(p.stat().st_size for p in files)
                                                                                  / 2**20, 1),
                         "fingerprint": out.strip().splitlines()[-1], "synthesis_s": round(synth_s, 1)}
     ns = sorted(points)
