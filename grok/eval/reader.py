@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from grok.verify.verifier import NUMBER_CODES, Verifier
+from grok.verify.verifier import NUMBER_CODES, Verifier, clean_text
 
 __all__ = ["NUMBER_CODES", "AnswerReader", "AnswerReading"]
 
@@ -89,7 +89,11 @@ class AnswerReader(Verifier):
         Claims are read from the answer alone; the question only for the eye it names. ``images``: the
         row's image paths. ``reasons`` is left empty (see :meth:`reasons`), but for an answer the checks
         cannot read (its ``unreadable`` reason)."""
-        r = Verifier.read(self, self._row(question, answer, facts, images), facts)
+        q = question or "?"
+        if clean_text(q) and clean_text(answer):  # the row's turns as Verifier.read takes them from its messages
+            r = self.read_turns((("user", q), ("assistant", answer)), facts)
+        else:
+            r = Verifier.read(self, self._row(question, answer, facts, images), facts)
         facts_bm = facts.biomarkers
         return AnswerReading(
             stated=r.stated, diagnosis=_diagnosis(r.stated), numbers_checked=r.numbers_checked,

@@ -202,9 +202,12 @@ def _load_refs(path: Path, key: str) -> ReferenceReadings | None:
 
 
 def _save_refs(path: Path, key: str, refs: ReferenceReadings) -> None:
-    data = {rid: (r.classified, r.checks_numbers, tuple(sorted(r.biomarkers)),
-                  None if r.rouge is None else r.rouge.masks, 0 if r.rouge is None else r.rouge.n,
-                  -1 if r.bleu is None else r.bleu.row)
+    # one object per distinct word and biomarker id, so marshal writes each once and the others as references
+    # (a smaller file, and loading makes one string per word instead of one per reference using it)
+    one: dict[str, str] = {}
+    data = {rid: (r.classified, r.checks_numbers, tuple(one.setdefault(b, b) for b in sorted(r.biomarkers)),
+                  None if r.rouge is None else {one.setdefault(w, w): m for w, m in r.rouge.masks.items()},
+                  0 if r.rouge is None else r.rouge.n, -1 if r.bleu is None else r.bleu.row)
             for rid, r in refs.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

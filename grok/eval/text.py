@@ -67,15 +67,15 @@ def lcs_with(candidate: list[str], ref: RougeRef) -> int:
     """Length of the longest common subsequence of ``candidate`` and the reference (bit-parallel)."""
     if not candidate or not ref.n:
         return 0
-    masks, full = ref.masks, ref.full
-    v = full
-    for tok in candidate:
-        m = masks.get(tok)
-        if m is None:
-            continue
+    # Hyyrö's bit-vector recurrence v = ((v + u) | (v - u)) & full, u = v & m, for each candidate token with a
+    # mask m (tokens absent from the reference leave v as it is). Carries only move up, so the bits above the
+    # reference's n never reach the low n bits: v is masked once at the end instead of at every token; and as
+    # u holds only set bits of v, v - u is v ^ u.
+    v = ref.full
+    for m in filter(None, map(ref.masks.get, candidate)):  # masks are never 0
         u = v & m
-        v = ((v + u) | (v - u)) & full
-    return ref.n - v.bit_count()
+        v = (v + u) | (v ^ u)
+    return ref.n - (v & ref.full).bit_count()
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:

@@ -25,13 +25,38 @@ _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "sev
          "ninety": 90}
 _SCALES = {"hundred": 100, "thousand": 1000}
 _WORD = "|".join(sorted([*_UNITS, *_TENS, *_SCALES], key=len, reverse=True))
+
+
+def word_trie(words, not_before: str = r"\w") -> str:
+    """An alternation of ``words`` factored by common prefixes (a word that continues is tried before the
+    shorter word ending there, as ``grok.knowledge.lexicon._trie_pattern``) that matches a word only where
+    the character before it is not ``not_before`` (``\\w``: a leading ``\\b``). That test is a look-behind at
+    the end of each word (``(?<!\\w.{n})`` after its n characters, the character before the word), so the
+    regex engine runs it only where a whole word matched; at a position inside another word the trie fails
+    on a literal character first. Same matches as the test written before the word, cheaper."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict, depth: int) -> str:
+        branches = [re.escape(ch) + build(child, depth + 1) for ch, child in sorted(node.items()) if ch != ""]
+        if "" in node:
+            branches.append(f"(?<!{not_before}.{{{depth}}})")
+        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+
+    return build(trie, 0)
+
+
 #: A run of number words joined by spaces, hyphens or "and", with an optional "point d d ..." tail;
 #: the first word starts with a literal character (see ``grok.knowledge.lexicon._WB``) so the scan skips fast.
 _NUMBER_WORDS_RE = re.compile(
     rf"(?:a\s+(?:hundred|thousand)\b|{_lead_trie([*_UNITS, *_TENS, *_SCALES])}\b)"
     rf"(?:(?:\s+and\s+|[\s-]+)(?:{_WORD})\b)*(?:\s+point(?:\s+(?:{'|'.join(_UNITS)})\b)+)?")
 #: Every run of number words but a lone "one" has a word starting with one of these (a cheap pre-test).
-_FIRST_WORD_RE = re.compile(_lead_trie([w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one"]))
+_FIRST_WORD_RE = re.compile(word_trie([w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one"]))
 _HTML_TAG_RE = re.compile(r"</?[a-z][a-z0-9]*(?:\s[^<>]{0,300})?/?>")
 
 

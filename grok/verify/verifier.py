@@ -101,7 +101,7 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
-from grok.verify.textnorm import normalise
+from grok.verify.textnorm import normalise, word_trie
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
                         "contradiction", "self_contradiction", "invented_finding", "forbidden_phrase", "laterality",
@@ -136,50 +136,56 @@ _NUMBER_RE = re.compile(
     rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?P<e>e[+-]?\d+|\s*[×x]\s*10(?:\^\s*[+\-−]?\d+|[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
     rf"(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
     r"(?![\w³²])")
-#: Spans that contain numbers but are not measurements: region names, ordinals, ages, step numbers.
-#: The rule is ``\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])
-#: | \b\d(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|...)\b | \b\d+(?:\.\d+)?(?:st|nd|rd|th)\b
-#: | \b\d+-year-old\b | \baged?\s+\d+\b | \bstep\s+\d+\b | \b\d+\s*(?:years?|y)\b(?!\w)
-#: | \b(?:grade|stage|type|category)\s+\d+\b | \bp\d+\b``, split into the alternatives that start
-#: with a letter and those that start with a digit (a position can only start one kind, so
-#: :func:`_mask` finds the same matches as the single alternation) and written to start with a
-#: literal character (see :data:`_WB`).
+#: Spans that contain numbers but are not measurements: region names, ordinals, ages, step numbers,
+#: multiples and deviations ("1.3 times", "2-fold", "2 SD", "z-score of 2.1"), counts of places rather
+#: than lesions ("2 quadrants", "3 clock hours", "1 disc diameter"), intervals ("in 3 months"), other
+#: quantities ("IOP 24 mmHg", "-2.5 dioptres") and fractions (visual acuity "6/12"). The rule is the
+#: alternation (leftmost match, then the next from its end; ``tests/test_verify_scan.py`` holds it)
+#: ``\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^]) | \baged?\s+\d+\b
+#: | \bstep\s+\d+\b | \b(?:grade|stage|type|category)\s+\d+\b | \bp\d+\b | \bz(?:-score|\s+score)?\s*(?:of|is|
+#: was|=|:)?\s*[-−]?\d+(?:\.\d+)? | \b\d(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|...)\b
+#: | \b\d+(?:\.\d+)?(?:st|nd|rd|th)\b | ...``, written as one pattern whose
+#: alternatives start with a literal letter or a digit, those of one first letter grouped behind it (a
+#: position starts at most one group, so one scan finds the same matches as the alternation in its
+#: written order), and the word-start test after the literal word (see :func:`word_trie`).
 _MM = r"\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
-_MASK_WORD_RE = re.compile("|".join(a.format(wb=_WB) for a in (
-    r"c{wb}entral" + _MM, r"i{wb}nner" + _MM, r"o{wb}uter" + _MM, r"w{wb}ithin the" + _MM, r"t{wb}he central" + _MM,
-    r"a{wb}ged?\s+\d+\b", r"s{wb}tep\s+\d+\b", r"g{wb}rade\s+\d+\b", r"s{wb}tage\s+\d+\b", r"t{wb}ype\s+\d+\b",
-    r"c{wb}ategory\s+\d+\b", r"p{wb}\d+\b", r"z{wb}(?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)?")))
-#: Also masked: multiples and deviations ("1.3 times", "2-fold", "2 SD", "z-score of 2.1"), counts of
-#: places rather than lesions ("2 quadrants", "3 clock hours", "1 disc diameter"), intervals ("in 3
-#: months"), other quantities ("IOP 24 mmHg", "-2.5 dioptres") and fractions (visual acuity "6/12").
-_MASK_NUM_RE = re.compile(
-    rf"\d{_WB}(?:(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
-    r"|\d*(?:\.\d+)?(?:st|nd|rd|th)\b|\d*-year-old\b|\d*\s*(?:years?|y)\b(?!\w)"
-    r"|\d*(?:\.\d+)?\s*(?:times|-?fold|sds?\b|standard deviations?|quadrants?|sectors?|clock hours?|o'clock|"
+_MASK_WORDS = (  # (literal word, what follows it): in the rule's order
+    ("central", _MM), ("inner", _MM), ("outer", _MM), ("within the", _MM), ("the central", _MM),
+    ("age", r"d?\s+\d+\b"), ("step", r"\s+\d+\b"), ("grade", r"\s+\d+\b"), ("stage", r"\s+\d+\b"),
+    ("type", r"\s+\d+\b"), ("category", r"\s+\d+\b"), ("p", r"\d+\b"),
+    ("z", r"(?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)?"))
+#: What follows the first digit of a masked number span: in the rule, ``(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+
+#: (?:circle|...)\b | \d*(?:\.\d+)?(?:st|nd|rd|th)\b | \d*-year-old\b | \d*\s*(?:years?|y)\b(?!\w) |
+#: \d*(?:\.\d+)?\s*(?:times|...)\b | \d*/\d+``. In every alternative but the first, what follows ``\d*``
+#: and ``\.\d+`` cannot start with a digit, and what follows ``(?:\.\d+)?`` cannot start with a period, so
+#: giving any of them back never lets the rest match: they are possessive here (``\d*+``, no backtracking)
+#: and the shared ``\d*+`` is written once; the alternatives keep their order.
+_MASK_AFTER_DIGIT = (
+    r"(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
+    r"|\d*+(?:(?:\.\d++)?+(?:st|nd|rd|th)\b|-year-old\b|\s*+(?:years?|y)\b(?!\w)"
+    r"|(?:\.\d++)?+\s*+(?:times|-?fold|sds?\b|standard deviations?|quadrants?|sectors?|clock hours?|o'clock|"
     r"disc diameters?|dd\b|months?|weeks?|days?|hours?|minutes?|mmhg|mg|ml|dioptres?|diopters?)\b"
-    r"|\d*/\d+)")
+    r"|/\d+)")
+
+
+def _mask_pattern() -> str:
+    firsts: dict[str, list[str]] = {}
+    for word, rest in _MASK_WORDS:
+        firsts.setdefault(word[0], []).append(f"{re.escape(word[1:])}(?<!\\w.{{{len(word)}}}){rest}")
+    alts = [f"{c}(?:{'|'.join(rests)})" for c, rests in firsts.items()]
+    return "|".join([*alts, rf"\d{_WB}(?:{_MASK_AFTER_DIGIT})"])
+
+
+_MASK_RE = re.compile(_mask_pattern())
 
 
 def _mask(text: str) -> str:
-    """``text`` with every non-measurement number span (see ``_MASK_WORD_RE``) blanked, offsets kept."""
-    ma = _MASK_WORD_RE.search(text)
-    md = _MASK_NUM_RE.search(text)
-    if ma is None and md is None:
-        return text
-    out = []
-    last = 0
-    while ma is not None or md is not None:
-        m = ma if md is None or (ma is not None and ma.start() < md.start()) else md
-        s, e = m.span()
-        out.append(text[last:s])
-        out.append(" " * (e - s))
-        last = e
-        if ma is not None and ma.start() < e:
-            ma = _MASK_WORD_RE.search(text, e)
-        if md is not None and md.start() < e:
-            md = _MASK_NUM_RE.search(text, e)
-    out.append(text[last:])
-    return "".join(out)
+    """``text`` with every non-measurement number span (see ``_MASK_RE``) blanked, offsets kept."""
+    return _MASK_RE.sub(_blank_match, text)
+
+
+def _blank_match(m: re.Match) -> str:
+    return " " * (m.end() - m.start())
 
 
 _LOW = (r"markedly thinned|thinned|thinning|thin|reduced|decreased|lowered|low|narrowed|narrowing|"
@@ -198,7 +204,7 @@ _TERM_CLASS: dict[str, str] = {**{w: "normal" for w in _NORMAL_WORDS}, **{w: "lo
                                **{w: "high" for w in _HIGH.split("|")}}
 
 
-_TERM_RE = re.compile(_lead_trie(_TERM_CLASS) + r"\b")
+_TERM_RE = re.compile(word_trie(_TERM_CLASS) + r"\b")
 #: A reference cue before a number: ``\b(?:range|percentile|limits?|cut-?offs?|thresholds?|normal|
 #: reference|mean|average|expected|typical|above|below|under|over|exceed\w*|at least|at most|less than|
 #: more than|greater than|beyond|between)\b|[<>≥≤]`` (only whether one occurs is used), written with
@@ -509,13 +515,17 @@ class _ReadTally(_Tally):
     def close_number(self, c0: int, cue) -> None:
         k = 2 if cue else 0
         self.numbers[k] += self.checks - c0
-        self.numbers[k + 1] += sum(1 for c in self.scope.values() if c in NUMBER_CODES)
+        if self.scope:
+            self.numbers[k + 1] += sum(1 for c in self.scope.values() if c in NUMBER_CODES)
         self.scope = None
 
     def close_findings(self, c0: int) -> None:
         new = self.scope
-        self.findings[0] += max(0, self.checks - c0 - len(new))
-        self.findings[1] += sum(1 for c in new.values() if c == "contradiction")
+        if new:
+            self.findings[0] += max(0, self.checks - c0 - len(new))
+            self.findings[1] += sum(1 for c in new.values() if c == "contradiction")
+        elif self.checks > c0:
+            self.findings[0] += self.checks - c0
         self.scope = None
 
 
@@ -555,12 +565,12 @@ _COUNT_BOUND = re.compile(r"(?:(?P<ge>at least|more than|greater than|over|above
 
 @lru_cache(maxsize=32)
 def _name_regex_cached(words: tuple[str, ...]) -> re.Pattern:
-    return re.compile(_lead_trie(words, guard=r"(?<![\w-].)") + r"(?![\w-])")
+    return re.compile(word_trie(words, not_before=r"[\w-]") + r"(?![\w-])")
 
 
 def _name_regex(words) -> re.Pattern:
-    """Whole-word (hyphen-aware) alternation of ``words`` (lower case), longest first, every branch
-    starting with a literal character (see :data:`_WB`)."""
+    """Whole-word (hyphen-aware) alternation of ``words`` (lower case), longest first (:func:`word_trie`: the
+    character before a word is neither a word character nor a hyphen)."""
     return _name_regex_cached(tuple(sorted({w.lower() for w in words})))
 
 
@@ -675,6 +685,25 @@ def _utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def clean_text(text: Any) -> bool:
+    """Whether ``text`` is a ``str`` that is valid UTF-8 (a turn :func:`_clean_messages` keeps as it is)."""
+    return type(text) is str and (text.isascii() or _utf8(text))
+
+
+def _names_other_eye(content: str, eye: str) -> bool:
+    """Whether a turn names the other eye (its ``laterality`` reason, :func:`_phrasing`)."""
+    return _wrong_eye(content, _lower(strip_boxes(content) if BOX_START in content else content), eye) is not None
+
+
+_question_names_other_eye = lru_cache(maxsize=4096)(_names_other_eye)
+
+
+def _unreadable(t, exc: Exception) -> Reading:
+    """The reading of a row the checks could not read (what ``verify`` gives as its only reason)."""
+    why = f"unreadable: the row could not be read ({type(exc).__name__}: {str(exc)[:200]})"
+    return Reading([], frozenset(t.named), *t.numbers, *t.findings, 0, False, why)
 
 
 class _RowClaims:
@@ -792,6 +821,8 @@ class Verifier:
             if n is not None:
                 self._name_of[w] = n
         self._scan_rx = _name_regex(set(balias) | names)
+        # lexicon lookups per biomarker-id tuple (candidates of a quantity, of a bare number, has a count)
+        self._memo: dict[Any, Any] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def _close(self, written: float, decimals: int, truth: float) -> bool:
@@ -821,29 +852,39 @@ class Verifier:
 
     # -- numbers ---------------------------------------------------------------------------------
     def _check_numbers(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried) -> None:
+        reading, recording = t.reading, t.claims is not None
         for m in matches:
             ms = m.start() - off
-            a, e, b_raw, unit_raw = m.group("a", "e", "b", "unit")
+            a, e, b_raw, unit_raw = m.groups()  # a, e, b, unit
             unit = (UNIT_ALIASES.get(unit_raw) or UNIT_ALIASES.get(unit_raw.lower())) if unit_raw else None
-            subj = self._subject_before(mentions, ms)
+            subj = None  # _subject_before(mentions, ms), inline
+            for mention in mentions:
+                if mention[1] <= ms:
+                    subj = mention
+                else:
+                    break
             if subj is None and not mentions and carried is not None:
                 subj = carried
-            if t.claims is None and not t.reading:
-                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
-            elif t.reading:  # one number's verdict; after a reference cue it is a reference value
+            cue = _LazyCue(clause, subj[1] if subj else 0, ms)
+            if reading:  # one number's verdict; after a reference cue it is a reference value
                 c0 = t.open()
-                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
-                t.close_number(c0, _LazyCue(clause, subj[1] if subj else 0, ms))
+                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t, cue)
+                t.close_number(c0, cue)
+            elif not recording:
+                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t, cue)
             else:
                 before = t.mark()
-                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t)
+                self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t, cue)
                 t.claim(before, ms, m.end() - off, "number", [f"bm-{b}" for b in subj[2]] if subj else [])
 
     def _check_number(self, clause: str, m, ms: int, off: int, a, e, b_raw, unit, subj, mentions, facts,
-                      t: _Tally) -> None:
-        """One number (or range) of a clause, tied to ``subj`` (the biomarker mention before it)."""
-        cue = _LazyCue(clause, subj[1] if subj else 0, ms)
-        a_val, a_dec = _number_value(a, e) if e else (float(a), _decimals(a))
+                      t: _Tally, cue: _LazyCue) -> None:
+        """One number (or range) of a clause, tied to ``subj`` (the biomarker mention before it); ``cue``: whether
+        a reference cue stands between that mention and the number."""
+        if e:
+            a_val, a_dec = _number_value(a, e)
+        else:
+            a_val, a_dec = float(a), (len(a) - a.index(".") - 1 if "." in a else 0)
         if ms and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
             a_val = -a_val  # a sign, not a range dash ("-73.4 µm")
         if b_raw and subj is not None and not cue and self._check_range(
@@ -895,7 +936,13 @@ class Verifier:
         return False
 
     def _candidates(self, ids, quantity: str, facts) -> list[str]:
-        return [b for b in ids if UNIT_BASE.get(self.lex.biomarker_units.get(b, ""), ("",))[0] == quantity]
+        """The biomarkers of ``ids`` measured in ``quantity`` (kept per ids and quantity: they come from the lexicon)."""
+        key = (ids, quantity)
+        out = self._memo.get(key)
+        if out is None:
+            units = self.lex.biomarker_units
+            out = self._memo[key] = [b for b in ids if UNIT_BASE.get(units.get(b, ""), ("",))[0] == quantity]
+        return out
 
     @staticmethod
     def _quantity_table(facts, quantity: str) -> dict[str, tuple[float, list[float]]]:
@@ -939,8 +986,12 @@ class Verifier:
             if cue and any(self._close(x_um, dec, v) for v in facts.kb_lengths_um):
                 return t.ok()
         if cands:
-            if any(value_matches(b) for b in cands):
-                return t.ok()
+            for b in cands:  # any(value_matches(b) for b in cands)
+                v = table.get(b)
+                if v is not None:
+                    truth = v[0] / factor
+                    if abs(x - truth) <= max(tol * abs(truth), half):
+                        return t.ok()
             if cue and (any(ref_matches(b) for b in cands) or any(ref_matches(b) for b in table)):
                 return t.ok()
             written = f"{s} {unit}"
@@ -981,32 +1032,53 @@ class Verifier:
         """A number without a unit at ``[ms, me)`` of its clause, tied to the biomarker named just
         before it (or to a count named just after it: "3 microaneurysms"): it must match that
         biomarker's value in its own unit (or, after a reference cue, a reference value)."""
-        units = self.lex.biomarker_units
         target = None
-        after = next(((st, e, ids) for st, e, ids in mentions
-                      if 0 <= st - me and (st - me <= 2 or _COUNT_GAP.match(clause, me, st))), None)
-        if after and any(units.get(b) == "count" for b in after[2]):
+        after = None
+        for mention in mentions:
+            st = mention[0]
+            if 0 <= st - me and (st - me <= 2 or _COUNT_GAP.match(clause, me, st)):
+                after = mention
+                break
+        if after and self._bare_kinds(after[2])[1]:
             target = after
         elif subj is not None and ms - subj[1] <= 40:
             target = subj
         if target is None:
             return
-        cands = [b for b in target[2] if units.get(b) in _DIMENSIONLESS_UNITS or units.get(b) in UNIT_BASE]
+        cands = self._bare_kinds(target[2])[0]
         if not cands:
             return
-        bound = _COUNT_BOUND.search(clause, max(0, ms - 24), ms)
+        bound = False  # _COUNT_BOUND's match before the number, searched when a count needs it
+        tol = self.config.tolerance
+        half = 0.5 * 10 ** (-dec) + 1e-12  # the written rounding (as in _close)
+        biomarkers = facts.biomarkers
         for bid in cands:
-            b = facts.biomarkers.get(bid)
+            b = biomarkers.get(bid)
             if b is None:
                 continue
-            if self._close(x, dec, b.value) or (cue and any(self._close(x, dec, r) for r in b.references)):
+            v = b.value
+            if abs(x - v) <= max(tol * abs(v), half) or (cue and any(self._close(x, dec, r) for r in b.references)):
                 return t.ok()
-            if bound and b.unit == "count" and (b.value >= x if bound.group("ge") else b.value < x):
-                return t.ok()  # "at least 2 microaneurysms", "fewer than 5 haemorrhages"
-        measured = [facts.biomarkers[b] for b in cands if b in facts.biomarkers]
+            if b.unit == "count":
+                if bound is False:
+                    bound = _COUNT_BOUND.search(clause, max(0, ms - 24), ms)
+                if bound and (b.value >= x if bound.group("ge") else b.value < x):
+                    return t.ok()  # "at least 2 microaneurysms", "fewer than 5 haemorrhages"
+        measured = [biomarkers[b] for b in cands if b in biomarkers]
         if measured:
             return t.fail("wrong_number", f"{s} for {measured[0].name}, which is {measured[0].text}")
         t.fail("hallucinated_number", f"{s} for {self.lex.biomarker_names[cands[0]]}, which was not measured")
+
+    def _bare_kinds(self, ids) -> tuple[list[str], bool]:
+        """(the biomarkers of ``ids`` a bare number can be about: dimensionless or with a known unit, whether
+        one of ``ids`` is a count); kept per ids (they come from the lexicon)."""
+        key = ("kinds", ids)
+        out = self._memo.get(key)
+        if out is None:
+            units = self.lex.biomarker_units
+            cands = [b for b in ids if units.get(b) in _DIMENSIONLESS_UNITS or units.get(b) in UNIT_BASE]
+            out = self._memo[key] = (cands, any(units.get(b) == "count" for b in ids))
+        return out
 
     # -- qualitative claims ------------------------------------------------------------------------
     def _check_terms(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried,
@@ -1244,27 +1316,33 @@ class Verifier:
         those only make reasons, which :meth:`verify` gives. Scoring answers (``grok.eval``) reads them
         with this. Never raises: a row the checks cannot read has ``unreadable`` set (and no stated
         diagnosis, invented lesion or wrong eye, as ``verify`` would keep only that reason)."""
+        try:
+            turns = [(msg["role"], msg["content"]) for msg in _clean_messages(row.get("messages"), _ReadTally())]
+        except Exception as exc:  # noqa: BLE001 - as verify: a row the checks cannot read is said so, never a crash
+            return _unreadable(_ReadTally(), exc)
+        return self.read_turns(turns, facts)
+
+    def read_turns(self, turns, facts) -> Reading:
+        """:meth:`read` of a row's turns given as ``(role, text)`` pairs whose texts are ``str`` and valid UTF-8
+        (:func:`clean_text`; as :meth:`read` takes them from the row's messages)."""
         t = _ReadTally()
         rc = _RowClaims([])
         try:
             eye = facts.eye
-            for msg in _clean_messages(row.get("messages"), t):
-                content, role = msg["content"], msg["role"]
+            for role, content in turns:
                 if role == "system":
                     continue
-                has_box = BOX_START in content
-                low = _lower(strip_boxes(content) if has_box else content)
                 if role != "assistant":
-                    if not t.wrong_eye:
-                        hits = _turn_phrasing(content, low, eye) if len(content) < 600 else _phrasing(content, low, eye)
-                        t.wrong_eye = any(code == "laterality" for code, _ in hits)
+                    if not t.wrong_eye:  # the questions of a benchmark repeat: cached
+                        t.wrong_eye = (_question_names_other_eye if len(content) < 600 else _names_other_eye)(
+                            content, eye)
                     continue
+                low = _lower(strip_boxes(content) if BOX_START in content else content)
                 if not t.wrong_eye:
                     t.wrong_eye = _wrong_eye(content, low, eye) is not None
                 self._check_claims(normalise(low), facts, t, rc)
         except Exception as exc:  # noqa: BLE001 - as verify: a row the checks cannot read is said so, never a crash
-            why = f"unreadable: the row could not be read ({type(exc).__name__}: {str(exc)[:200]})"
-            return Reading([], frozenset(t.named), *t.numbers, *t.findings, 0, False, why)
+            return _unreadable(t, exc)
         return Reading(rc.stated, frozenset(t.named), *t.numbers, *t.findings, len(t.invented), t.wrong_eye)
 
     def _verify(self, row: dict[str, Any], facts, claims: bool = False) -> VerifyResult:
