@@ -246,10 +246,11 @@ class InstructionRows:
         self.frame = self.table.drop_columns(self.text_columns).to_pandas()
         self.frame["_pos"] = range(len(self.frame))
 
-    def full(self, frame: pd.DataFrame, batch: int = TEXT_BATCH_ROWS) -> Iterator[dict[str, Any]]:
+    def full(self, frame: pd.DataFrame, batch: int | None = None) -> Iterator[dict[str, Any]]:
         """The rows of ``frame`` (a selection of :attr:`frame`, in any order) as dicts with their text, in
         ``frame``'s order; the frame's own values win (a split, an edited score), and a curator's edit
-        (``messages_edited``) replaces the messages."""
+        (``messages_edited``) replaces the messages. ``batch``: rows read at a time (:data:`TEXT_BATCH_ROWS`)."""
+        batch = batch or TEXT_BATCH_ROWS
         text = self.table.select(self.text_columns)
         for start in range(0, len(frame), batch):
             part = frame.iloc[start:start + batch]
