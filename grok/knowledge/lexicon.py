@@ -151,16 +151,22 @@ UNIT_BASE: dict[str, tuple[str, float]] = {
 }
 
 
-def _trie_pattern(words) -> str:
-    """A regex alternation factored by common prefixes (much faster than a flat ``a|b|c`` of
-    hundreds of names). Longer matches are preferred: a word that continues is tried before the
-    shorter word ending here, and the word-boundary check after the group backtracks into it."""
+def prefix_tree(words) -> dict:
+    """``words`` as a nested dict by character; ``""`` marks where a word ends (the regex tries below)."""
     trie: dict = {}
     for w in words:
         node = trie
         for ch in w:
             node = node.setdefault(ch, {})
         node[""] = {}
+    return trie
+
+
+def _trie_pattern(words) -> str:
+    """A regex alternation factored by common prefixes (much faster than a flat ``a|b|c`` of
+    hundreds of names). Longer matches are preferred: a word that continues is tried before the
+    shorter word ending here, and the word-boundary check after the group backtracks into it."""
+    trie = prefix_tree(words)
 
     def build(node: dict) -> str:
         ends = "" in node

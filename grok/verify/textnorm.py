@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from grok.knowledge.lexicon import _lead_trie
+from grok.knowledge.lexicon import _lead_trie, prefix_tree
 
 _UNITS = {"zero": 0, "nought": 0, "naught": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
           "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
@@ -34,12 +34,7 @@ def word_trie(words, not_before: str = r"\w") -> str:
     the end of each word (``(?<!\\w.{n})`` after its n characters, the character before the word), so the
     regex engine runs it only where a whole word matched; at a position inside another word the trie fails
     on a literal character first. Same matches as the test written before the word, cheaper."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = {}
+    trie = prefix_tree(words)
 
     def build(node: dict, depth: int) -> str:
         branches = [re.escape(ch) + build(child, depth + 1) for ch, child in sorted(node.items()) if ch != ""]
