@@ -267,6 +267,8 @@ def _identifier_columns(df: pd.DataFrame, out: pd.DataFrame, contract: Contract,
     return extra
 
 
+#: Columns that name a row in failure examples, where a table has them.
+ID_COLUMNS = ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key")
 #: Rows turned into derived columns at a time: a table's text (messages, provenance) is read a batch at a time and
 #: only the columns the expectations read reach Great Expectations (:func:`_ge_columns`).
 BATCH_ROWS = 4096
@@ -399,9 +401,7 @@ def validate(
     for arrow, df in _frames(data, BATCH_ROWS):
         if names is None:
             names = list(df.columns)
-            id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key")
-                       if x in names]
-            keep = _ge_columns(c, id_cols)
+            keep = _ge_columns(c, [x for x in ID_COLUMNS if x in names])
         n_rows += len(df)
         for col in c.columns:
             if col["name"] in df.columns:
@@ -417,7 +417,7 @@ def validate(
         parts.append(prepared_part[[x for x in prepared_part.columns if x in keep or x.startswith("__")
                                     or x == "answer_words"]])
     names = names or []
-    id_cols = [x for x in ("id", "study_id", "image_id", "sample_id", "patient_id", "source_key") if x in names]
+    id_cols = [x for x in ID_COLUMNS if x in names]
     prepared = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     for cls_name, kwargs in extra.values():  # a column whose batches were all empty counts no identifier
         if kwargs["column"] in prepared.columns:
