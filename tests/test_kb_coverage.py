@@ -44,15 +44,21 @@ KEY_BY_DEVICE = {
     "spectralis": {"dme": {"cst_dme_threshold", "central_subfield_thickening"},
                    "rvo": {"central_subfield_thickening"}},
 }
-#: ... and for part of the grid: Alasil 2013 covers Spectralis RNFL for ages 9-86, and Cirrus mean RNFL
-#: for 20-86 through Leite 2011's same-eye offset (a derived range; quadrants not).
+#: ... and for part of the grid: Alasil 2013 covers Spectralis RNFL for ages 9-86, Cirrus mean RNFL for
+#: 20-86 through Leite 2011's same-eye offset (a derived range; quadrants not), and Daromosu 2022 the
+#: Topcon Maestro RNFL for 18-53 (its nasal and temporal quadrants too, which no category uses: see
+#: tests/test_reasoner.py).
 _RNFL = {"rnfl_peripapillary_thinning", "rnfl_peripapillary_superior_thinning",
          "rnfl_peripapillary_inferior_thinning"}
 KEY_BY_DEVICE_AGE = {
     **{("spectralis", a): {"glaucoma": _RNFL, "alzheimers": {"rnfl_peripapillary_thinning"}} for a in AGES if a < 87},
     **{("cirrus", a): {"glaucoma": {"rnfl_peripapillary_thinning"}, "alzheimers": {"rnfl_peripapillary_thinning"}}
        for a in AGES if a < 87},
+    **{("topcon", a): {"glaucoma": _RNFL, "alzheimers": {"rnfl_peripapillary_thinning"}} for a in AGES if a < 54},
 }
+#: Engine-measured values (a build's records) on every device and age 40-90: GC-IPL and macular RNFL
+#: against Xu 2018's ETDRS sectors area-weighted onto the engine's 6 mm circle (derived, unbanded).
+ENGINE_KEY = {"alzheimers": {"gcipl_thinning", "macular_rnfl_thinning"}, "glaucoma": {"gcipl_thinning"}}
 
 GRID = [(d, a, s) for d in DEVICES for a in AGES for s in SEXES]
 
@@ -75,10 +81,11 @@ def test_key_findings_stay_evaluable_for_adults_40_to_90(device, age, sex):
 def test_every_category_has_an_evaluable_key_finding(device, age, sex):
     cats = _by_cat(kb_coverage(KB, device=device, age_years=age, sex=sex))
     empty = sorted(c for c, v in cats.items() if v["key_findings"] and not v["key_evaluable"])
-    if device == "topcon" or (device == "spectralis" and age >= 87):
-        # Known gap, no verified source yet: GC-IPL and macular RNFL ranges on Spectralis and Topcon,
-        # peripapillary RNFL on Topcon (and on Spectralis past the Alasil 2013 sample's 86 y), and
-        # the fractal-dimension ranges are on this engine's scale, for engine-measured values only
+    if (device == "topcon" and age >= 54) or (device == "spectralis" and age >= 87):
+        # Known gap, no verified source yet: scanner-export GC-IPL and macular RNFL ranges on Spectralis
+        # and Topcon, peripapillary RNFL on Topcon past the Daromosu 2022 sample's 53 y (and on Spectralis
+        # past the Alasil 2013 sample's 86 y); the GC-IPL / macular RNFL (Xu 2018, derived) and
+        # fractal-dimension ranges are on this engine's convention, for engine-measured values only
         # (see docs/knowledge.md).
         assert empty == ["alzheimers"]
         pytest.xfail("alzheimers: no verified GC-IPL / RNFL range for scanner-exported values on " + device)
@@ -95,6 +102,22 @@ def test_engine_measured_records_get_a_key_alzheimers_finding_to_86(device):
         assert set(KEY["glaucoma"]) <= set(cats["glaucoma"]["evaluable"])
     scanner = _by_cat(kb_coverage(KB, device="topcon", age_years=60, sex="F"))
     assert "rnfl_peripapillary_thinning" not in scanner["alzheimers"]["evaluable"]  # an export never borrows
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_engine_measured_gcipl_and_macular_rnfl_at_every_age(device):
+    """The engine's 6 mm-circle GC-IPL and macular RNFL grade against Xu 2018 (derived, unbanded) on every
+    device and age 40-90, so Alzheimer's keeps an evaluable key finding past 86 y too; a scanner's export
+    never borrows them (the device that produced the table was not verified)."""
+    for age in AGES:
+        for sex in SEXES:
+            cats = _by_cat(kb_coverage(KB, device=device, age_years=age, sex=sex, engine_measured=True))
+            for cat, need in ENGINE_KEY.items():
+                assert need <= set(cats[cat]["evaluable"]), (device, age, sex, cat)
+            assert not [c for c, v in cats.items() if v["key_findings"] and not v["key_evaluable"]], (device, age)
+        scanner = _by_cat(kb_coverage(KB, device=device, age_years=age, sex="F"))
+        assert "macular_rnfl_thinning" not in scanner["alzheimers"]["evaluable"]
+        assert ("gcipl_thinning" in scanner["alzheimers"]["evaluable"]) == (device == "cirrus")
 
 
 def test_reasons_name_the_range_file_and_the_fix():

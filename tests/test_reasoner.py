@@ -375,7 +375,16 @@ def test_spectralis_example_from_issue_20():
     assert "alasil2013" in rnfl.sources
     # no verified Spectralis GC-IPL range is bundled: not evaluable, with the reason and the fix
     why = {n["finding"]: n["reason"] for n in r.not_evaluable}["gcipl_thinning"]
-    assert "device spectralis" in why and "Fix:" in why
+    assert "device spectralis" in why and "Fix:" in why and "gcipl_engine_xu2018" in why
+    # read as this engine's 6 mm-circle GC-IPL, 60 µm is graded against Xu 2018 (derived): it lies above
+    # the conservative range's 5th percentile, so it is not called thin (and the record says so)
+    e = reason({"biomarkers": {"rnfl_peripapillary_mean_um": 70.0, "gcipl_thickness_um": 60.0},
+                "device": "spectralis", "sex": "F", "age_years": 67, "laterality": "OD",
+                "engine_measured": True}, KB)
+    m = next(x for x in e.measurements if x.biomarker == "gcipl_thickness_um")
+    assert m.normal_range.id == "gcipl_engine_xu2018" and m.normal_range.device_matched == "generic"
+    assert m.normal_range.p5 < 60.0 and "gcipl_thinning" in e.absent
+    assert e.finding("rnfl_peripapillary_thinning").grade == 2
 
 
 def test_derived_range_says_so_in_the_finding():
@@ -396,6 +405,65 @@ def test_derived_range_says_so_in_the_finding():
     # quadrants have no Cirrus adult range (the offset is for the mean only)
     q = reason(rec({"rnfl_peripapillary_superior_um": 60.0}, device="cirrus", age_years=61))
     assert "rnfl_peripapillary_superior_thinning" in {n["finding"] for n in q.not_evaluable}
+
+
+# Xu 2018 (BMC Ophthalmol 18:169), Table 6, mean ± SD (µm): fovea, pericentral S/N/I/T, peripheral S/N/I/T
+XU2018_T6 = {
+    "RNFL": [(10.78, 2.24), (23.44, 3.68), (20.11, 2.32), (24.50, 3.10), (16.82, 1.33),
+             (37.52, 5.14), (46.12, 6.85), (38.93, 5.70), (19.21, 8.37)],
+    "GCL": [(12.31, 3.20), (52.03, 5.76), (50.12, 6.04), (51.33, 5.33), (46.66, 5.51),
+            (36.58, 3.88), (40.48, 4.26), (34.03, 3.69), (36.92, 4.74)],
+    "IPL": [(18.28, 2.85), (41.18, 3.82), (42.34, 3.84), (40.90, 3.67), (41.01, 3.64),
+            (29.67, 2.96), (31.20, 3.19), (27.81, 3.06), (32.61, 3.00)],
+}
+
+
+def _etdrs6(layer, k):
+    """Area-weighted over the 6 mm circle: fovea r 0.5 mm, rings to 1.5 and 3 mm, four sectors each."""
+    w = [0.5 ** 2] + [(1.5 ** 2 - 0.5 ** 2) / 4] * 4 + [(3 ** 2 - 1.5 ** 2) / 4] * 4
+    return sum(wi * row[k] for wi, row in zip(w, XU2018_T6[layer])) / 3 ** 2
+
+
+def test_engine_gcipl_and_macular_rnfl_from_xu2018_sectors():
+    """The engine's 6 mm-circle GC-IPL and macular RNFL: Xu 2018's sector table area-weighted (mean exact,
+    SD the weighted sum of sector SDs, an upper bound); engine-measured values on any device use it and
+    the finding says it is derived; a scanner's export does not."""
+    vals = {"gcipl_thickness_um": 52.0, "rnfl_thickness_um": 20.0}
+    r = reason(rec(vals, device="cirrus", age_years=88, engine_measured=True))
+    g, n = r.finding("gcipl_thinning"), r.finding("macular_rnfl_thinning")
+    assert g.normal_range.id == "gcipl_engine_xu2018" and n.normal_range.id == "macular_rnfl_engine_xu2018"
+    assert g.normal_range.mean == pytest.approx(_etdrs6("GCL", 0) + _etdrs6("IPL", 0), abs=0.01)
+    assert g.normal_range.sd == pytest.approx(_etdrs6("GCL", 1) + _etdrs6("IPL", 1), abs=0.01)
+    assert n.normal_range.mean == pytest.approx(_etdrs6("RNFL", 0), abs=0.01)
+    assert n.normal_range.sd == pytest.approx(_etdrs6("RNFL", 1), abs=0.01)
+    for f in (g, n):
+        assert f.grade >= 1 and "derived range" in f.explanation and "engine" in f.explanation
+        assert "xu2018" in f.sources
+    # the Cirrus annulus ranges are another convention: never used for the engine's circle mean
+    assert g.normal_range.device_matched == "generic"
+    scanner = reason(rec(vals, device="spectralis", age_years=60))
+    assert {"gcipl_thinning", "macular_rnfl_thinning"} <= {x["finding"] for x in scanner.not_evaluable}
+    # within the range: absent, not flagged
+    ok = reason(rec({"gcipl_thickness_um": 72.0, "rnfl_thickness_um": 32.0}, engine_measured=True))
+    assert {"gcipl_thinning", "macular_rnfl_thinning"} <= set(ok.absent)
+
+
+def test_topcon_peripapillary_rnfl_18_to_53_with_the_temporal_quadrant():
+    """Topcon Maestro exports (Daromosu 2022, 18-53 y): mean and quadrants, temporal included; older
+    Topcon records stay not evaluable rather than borrow another device's range."""
+    bms = {"rnfl_peripapillary_mean_um": 85.0, "rnfl_peripapillary_temporal_um": 45.0}
+    r = reason(rec(bms, device="Topcon 3D OCT-1 Maestro", age_years=45))
+    t = r.finding("rnfl_peripapillary_temporal_thinning")
+    assert r.device == "topcon" and t.normal_range.id == "rnfl_pp_temporal_topcon_daromosu2022" and t.grade == 2
+    assert r.finding("rnfl_peripapillary_thinning").normal_range.source == "daromosu2022"
+    old = reason(rec(bms, device="topcon", age_years=60))
+    why = {x["finding"]: x["reason"] for x in old.not_evaluable}
+    assert "18-54 y" in why["rnfl_peripapillary_temporal_thinning"] and old.finding("rnfl_peripapillary_thinning") is None
+    # engine-measured circle scans keep the Spectralis-convention range, not Topcon's disc-cube scale
+    eng = reason(rec(bms, device="topcon", age_years=45, engine_measured=True))
+    used = {m.biomarker: m.normal_range for m in eng.measurements}
+    assert used["rnfl_peripapillary_mean_um"].id == "rnfl_pp_mean_spectralis_alasil2013"
+    assert "rnfl_peripapillary_temporal_thinning" in {x["finding"] for x in eng.not_evaluable}
 
 
 def test_overall_thickness_and_volume_from_ring_means_for_older_women():
@@ -442,7 +510,10 @@ def test_engine_measured_values_never_meet_a_range_of_another_convention():
     vol = next(m for m in engine.measurements if m.biomarker == "macular_volume_mm3")
     assert vol.normal_range.id == "volume_spectralis_thai_pmid23053633" and vol.normal_range.device_matched == "generic"
     assert "macular_volume_reduced" in engine.absent
-    assert "gcipl_cirrus_xu2021" in why["gcipl_thinning"] and engine.finding("gcipl_thinning") is None
+    assert "gcipl_thinning" not in why  # graded, but against the engine's own 6 mm-circle convention
+    gcipl = next(m for m in engine.measurements if m.biomarker == "gcipl_thickness_um")
+    assert gcipl.normal_range.id == "gcipl_engine_xu2018" and gcipl.normal_range.device_matched == "generic"
+    assert "gcipl_thinning" in engine.absent  # 68 µm: within the circle-mean range, "thin" on the annulus one
     cst = engine.finding("central_subfield_thickening")
     assert cst.normal_range.id == "cst_spectralis_chalam2012_m" and cst.normal_range.device_matched == "generic"
     assert "this engine's convention" in cst.explanation
