@@ -26,7 +26,9 @@ BIOMARKER_SYNONYMS: dict[str, tuple[str, ...]] = {
     "macular_volume_mm3": ("macular volume",),
     "gcipl_thickness_um": ("gcipl", "gc-ipl", "ganglion cell-inner plexiform layer",
                            "ganglion cell inner plexiform layer", "ganglion cell layer"),
-    "rnfl_thickness_um": ("macular rnfl", "macular nerve fibre layer"),
+    # American spellings too: "retinal nerve fiber layer" alone names the peripapillary mean
+    "rnfl_thickness_um": ("macular rnfl", "macular nerve fibre layer", "macular nerve fiber layer",
+                          "macular retinal nerve fiber layer", "macular retinal nerve fiber layer thickness"),
     "rnfl_peripapillary_mean_um": ("peripapillary rnfl", "mean peripapillary rnfl", "rnfl", "nerve fibre layer",
                                    "nerve fiber layer", "retinal nerve fibre layer", "retinal nerve fiber layer"),
     "rnfl_peripapillary_superior_um": ("superior rnfl", "superior peripapillary rnfl"),
