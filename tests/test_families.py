@@ -236,6 +236,31 @@ def test_template_rows_are_unchanged(facts, gen):
     assert h.hexdigest()[:16] == "0301979ee4bf4090"
 
 
+@pytest.mark.parametrize("arteriolar,venular", [(1.10, 1.30), (1.25, 1.23), (1.30, 1.10)],
+                         ids=["arteriolar-low", "both-normal", "venular-low"])
+def test_template_rows_pass_the_verifier_at_every_fractal_dimension_grade(arteriolar, venular, kb, lex, gen):
+    """The sample records carry no fractal dimensions; real builds do. A reduced dimension is written
+    "reduced arteriolar branching complexity (normal range 1.182 to 1.310)", which the verifier read as the
+    AV ratio (the bare alias "arteriolar") and quarantined as a wrong number: a phantom demo build failed
+    its publication gate on it."""
+    studies = _studies(kb, lex, biomarkers=lambda rec: {**rec["biomarkers"], "arterial_fractal_dimension": arteriolar,
+                                                        "venular_fractal_dimension": venular})
+    low = {"arterial_fractal_dimension_reduced": arteriolar < 1.2, "venular_fractal_dimension_reduced": venular < 1.2}
+    for f in studies:  # the grades the rows must then state (range 1.182-1.310 / 1.185-1.271 on the engine's scale)
+        assert {k: f.finding_state.get(k) == "present" for k in low} == low, (f.study_id, f.finding_state)
+    failed, rows = [], 0
+    for f in studies:
+        for fam in FAMILIES.values():
+            try:
+                row = gen.verify(gen.render(f, fam, 0, "t"), f)
+            except Skip:
+                continue
+            rows += 1
+            if not row["verifier_passed"]:
+                failed.append((f.study_id, fam.id, row["verifier_reasons"][:2]))
+    assert rows > 50 and not failed, failed[:3]
+
+
 class EyeQuestion(Family):
     """A family written for this test: which eye is shown?"""
 
