@@ -9,7 +9,8 @@ at the end (order enforced, columns without signal NaN, tissue cut off at the to
   dark-to-bright step from the outer nuclear layer into the photoreceptor/RPE complex (a box gradient over
   ~25 um); the B-scan is flattened to it and averaged along the layers; EZ = half-rise of the outer
   complex, RPE outer edge / Bruch's membrane = the wide bright-to-dark step closing it (subretinal fluid
-  over a flat RPE recognised and searched through), drusen and PED bridged by a lower envelope; ELM =
+  over a flat RPE recognised and searched through; a serous PED's dome taken over its floor; an RPE band
+  with a brighter band under it searched again on BM), drusen and PED bridged by a lower envelope; ELM =
   ridge of a thin-line detector; the inner layers are anchored on the outer nuclear layer (the darkest
   band above the ELM): OPL_ONL, INL_OPL, IPL_INL by nearest clear steps above it, RNFL_GCL last (on circle
   scans as the broad step under the thick RNFL). Stretches without an outer complex (the optic disc at
@@ -244,6 +245,78 @@ def _fluid_over_rpe(band_mean: np.ndarray, ez: np.ndarray, rpeo: np.ndarray, env
     lower = band_mean[r_e, c]
     ref = np.maximum(upper, lower)
     return lifted & np.isfinite(gap) & (lower >= 0.85 * upper) & (gap <= 0.45 * ref)
+
+
+#: PED dome test (see :func:`_ped_dome`): the band above the outer step darker than this share of its median
+#: (fluid, not the outer nuclear layer), the complex over it stepping at least this share of the usual outer
+#: step (the RPE itself is lifted; over subretinal fluid only the thinner photoreceptor band is, and it steps
+#: 0.7-0.9 of that on the phantom), the band under the step under this share of its median (a thin BM line
+#: over the choroid, not an RPE band)
+_PED_DARK = 0.5
+_PED_STEP = 1.0
+_PED_FLOOR = 0.85
+
+
+def _ped_dome(ctx_box, box: np.ndarray, csum: np.ndarray, outer: np.ndarray, lo: np.ndarray, wb: int, P: float,
+              lateral_um: float, jump: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ped_columns, dome_row)``: columns where the outer-complex step ``outer`` (box gradient ``box``,
+    window ``wb`` rows, image cumulative sums ``csum``) is the floor of a serous PED, and the complex over it.
+
+    A serous PED lifts the RPE as a bright dome over a pocket of fluid; below the pocket lie only the thin
+    Bruch's membrane and the choroid. The step from that pocket (darker than any retinal layer) into them can
+    outdo the step from the outer nuclear layer into the lifted complex. Such columns are those where the
+    band above ``outer`` is fluid-dark (under :data:`_PED_DARK` of its median over the B-scan: the outer
+    nuclear layer elsewhere), the band under it is no RPE (under :data:`_PED_FLOOR` of its median: subretinal
+    fluid over a flat RPE ends on the full RPE band and is left to the RPE search), in runs of at least
+    ~100 um; a run is taken whole where it holds ~100 um whose best box step at least ~30 um higher
+    (``dome_row``) is at least :data:`_PED_STEP` of the usual outer step (the dome's sloping walls step
+    less). ``dome_row`` is ``outer`` where nothing was found."""
+    rows, cols = box.shape
+    c = np.arange(cols)
+    o = np.clip(np.round(outer), wb, rows - 1 - wb).astype(np.int64)
+    above = (csum[o, c] - csum[o - wb, c]) / wb
+    below = (csum[o + wb, c] - csum[o, c]) / wb
+    run = max(3, int(round(100.0 / lateral_um)))
+    cand = (above < _PED_DARK * float(np.median(above))) & (below < _PED_FLOOR * float(np.median(below)))
+    cand = ndimage.binary_opening(cand, structure=np.ones(run, bool))
+    none = np.zeros(cols, bool)
+    if not cand.any():
+        return none, outer
+    dome = ctx_box.find(+1, lo, np.maximum(outer - 30.0 * P, lo + 1), jump=jump, penalty=0.04, climb=0)
+    d = np.clip(np.round(dome), 0, rows - 1).astype(np.int64)
+    strong = box[d, c] >= _PED_STEP * float(np.median(box[o, c]))
+    core = ndimage.binary_opening(cand & strong, structure=np.ones(run, bool))
+    if not core.any():
+        return none, outer
+    # the dome's walls step less (a thin sloping band): a run of dark-topped columns holding a strong core
+    # is taken whole
+    lab, n = ndimage.label(cand)
+    keep = np.zeros(n + 1, bool)
+    keep[np.unique(lab[core])] = True
+    keep[0] = False
+    return keep[lab], dome
+
+
+#: An elevation of the RPE above Bruch's membrane is a misplaced RPE when the band under it holds a level at
+#: least this share of the "RPE" band's own (see :func:`_misplaced_rpe`)
+_RPE_MISPLACED = 1.1
+
+
+def _misplaced_rpe(band_mean: np.ndarray, rpe: np.ndarray, rpeo: np.ndarray, bm: np.ndarray, P: float,
+                   lateral_um: float) -> np.ndarray:
+    """Columns (runs of at least ~60 um) where the RPE band found (``rpe`` .. ``rpeo``) lies more than ~10 um
+    above Bruch's membrane ``bm`` and the space between them (from ~4 um under ``rpeo`` to ~6 um above
+    ``bm``, off the BM line) holds a level at least :data:`_RPE_MISPLACED` of the band's peak in
+    ``band_mean`` (the image averaged over ~20 um). Drusen lift the RPE over dimmer material, a PED over
+    dark fluid: a brighter band under the "RPE" is the real RPE, and the band found is one above it."""
+    rows, cols = band_mean.shape
+    rr = np.arange(rows)[:, None]
+    top, ro = np.round(rpe)[None, :], np.round(rpeo)[None, :]
+    up = np.where((rr >= top) & (rr <= ro), band_mean, -np.inf).max(axis=0)
+    low = np.where((rr >= ro + 4.0 * P) & (rr <= np.round(bm)[None, :] - 6.0 * P), band_mean, -np.inf).max(axis=0)
+    with np.errstate(invalid="ignore"):
+        mis = (bm - rpeo > 10.0 * P) & np.isfinite(low) & (up > 0) & (low >= _RPE_MISPLACED * up)
+    return ndimage.binary_opening(mis, structure=np.ones(max(3, int(round(60.0 / lateral_um))), bool))
 
 
 def _row_cumsum(a: np.ndarray) -> np.ndarray:
@@ -662,8 +735,18 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     cost_box = (1.0 - np.minimum(np.clip(box, 0.0, None) / max(bscale, 1e-6), 1.0)).astype(np.float32)
     ctx_box = _Ctx(rows, cols, np.clip(box, 0, None), gn, cost_box, cost_n, zero)
     outer = ctx_box.find(+1, lo_o, np.full(cols, rows - 3.0), jump=J(1.2), penalty=0.04, climb=0)
+    # a serous PED lifts the RPE off Bruch's membrane as a thin bright dome over a dark pocket: the step
+    # from the pocket into the thin BM line and the choroid under it can outdo the step into the lifted
+    # complex. Where it did, the complex over the pocket is taken instead (see _ped_dome), and Bruch's
+    # membrane's curvature (``floor``, for the envelopes below) is bridged under it
+    ped, dome = _ped_dome(ctx_box, box, csum, outer, lo_o, wb, P, lateral_um, J(1.2))
+    lift = float(np.max(outer[ped] - dome[ped])) if ped.any() else 0.0
+    floor = _bridge(outer, ped)
+    outer = np.where(ped, dome, outer)
     outer_s = ndimage.median_filter(outer, size=max(3, int(80.0 / lateral_um)) | 1, mode="nearest")
     ref = _smooth_odd(outer_s, max(2.0, 60.0 / lateral_um))
+    ref_floor = ref if not ped.any() else _smooth_odd(
+        ndimage.median_filter(floor, size=max(3, int(80.0 / lateral_um)) | 1, mode="nearest"), max(2.0, 60.0 / lateral_um))
     dexp = np.concatenate([[0.0], np.diff(ref)])
     ctx.dexp = dexp
     if not _retina_like(ilm, ref, axial_um, low, flags, "ILM-to-outer-retina"):
@@ -679,7 +762,7 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     shift = np.round(ref - np.median(ref)).astype(np.int64)
     # only the rows from just above the ILM to ~250 um below the outer retina are searched: crop to them
     r0 = int(max(0, math.floor(np.min(ilm - shift)) - 10))
-    r1 = int(min(rows, math.ceil(np.max(ref - shift) + 250.0 * P) + 1))
+    r1 = int(min(rows, math.ceil(np.max(ref - shift) + 250.0 * P + lift) + 1))  # a PED's floor lies deeper
     src_rows = np.clip(np.arange(r0, r1)[:, None] + shift[None, :], 0, rows - 1)
     flat = np.take_along_axis(img, src_rows, axis=0)
     rows = r1 - r0  # band rows from here on: band row b of column c is image row b + r0 + shift[c]
@@ -701,7 +784,7 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
 
     # Bruch's membrane follows the eye's curvature smoothly; the flattening reference may not (it can
     # step between EZ and RPE): envelopes are taken relative to a broad (~600 um) smoothing of it
-    base = _smooth_odd(ref, max(5.0, 600.0 / lateral_um)) - sh
+    base = _smooth_odd(ref_floor, max(5.0, 600.0 / lateral_um)) - sh
 
     def bm_envelope(y: np.ndarray) -> np.ndarray:
         """Lower envelope of an RPE outer edge (band rows) relative to ``base``: drusen and PED are bridged."""
@@ -765,6 +848,13 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     spikeless = ndimage.median_filter(rpeo, size=max(3, int(80.0 / lateral_um)) | 1, mode="nearest")
     env = bm_envelope(spikeless)
     bm = fctx.find(-1, env - 20 * P, env + 12 * P, jump=J(0.55), penalty=0.15, ref=env, ref_w=0.012 * axial_um)
+    # a druse's interior is never brighter than the RPE over it: where the band between the RPE found and
+    # Bruch's membrane holds one brighter than that "RPE", the search took a band above the RPE (near the
+    # fovea an EZ band brighter than the RPE, on some devices): the RPE is searched again just above BM
+    misplaced = _misplaced_rpe(band_mean, rpe, rpeo, bm, P, lateral_um)
+    if misplaced.any():
+        lower = fctx.find(+1, bm - t_ref - 12 * P, bm - 6 * P, jump=J(7.0), penalty=0.06, ref=bm - t_ref, ref_w=0.02)
+        rpe = np.where(misplaced, lower, rpe)
     # the RPE's inner edge where its rise is half-way in expanded (about linear) intensity: the steepest
     # row of the compressed image lies on the dark side of a strong step
     rpe = _half_level(f1, rpe, +1, max(2, int(round(15.0 * P))), power=4.0)
