@@ -159,3 +159,39 @@ def test_rules_validate_their_fields():
         LesionRules(dark_min_contrast=-1.0)
     with pytest.raises(ValueError, match="ma_min_diameter_dd"):
         LesionRules(ma_min_diameter_dd=0.1, ma_max_diameter_dd=0.05)
+
+
+def test_features_computed_on_demand_give_the_same_decisions(monkeypatch, retina):
+    """The costly features are computed when a rule first reads them: a candidate classified that way gets
+    the type, reason and score it gets with every feature computed first, and the features are the same.
+    On a phantom with lesions and on the real photograph; most dropped candidates skip some groups."""
+    import grok.cfp.lesions as les
+    import grok.cfp.measure as meas
+
+    calls = []
+    real = les.find_lesions
+
+    def spy(*a, **k):
+        calls.append((a, k))
+        return real(*a, **k)
+
+    monkeypatch.setattr(meas, "find_lesions", spy)
+    ph = synth_fundus("diabetic_retinopathy", "OD", np.random.default_rng(7), size=SIZE)
+    measure_fundus(ph.image)
+    measure_fundus(retina[0])
+    assert len(calls) == 2
+    skipped = checked = 0
+    for a, k in calls:
+        lazy, eager = les.lesion_candidates(*a, **k), les.lesion_candidates(*a, **k)
+        assert len(lazy) == len(eager) > 20
+        for c_lazy, c_eager in zip(lazy, eager):
+            if isinstance(c_eager.features, les._RegionFeatures):
+                c_eager.features.complete()
+            les.classify(c_lazy)
+            les.classify(c_eager)
+            assert (c_lazy.type, c_lazy.reason, c_lazy.score) == (c_eager.type, c_eager.reason, c_eager.score)
+            if isinstance(c_lazy.features, les._RegionFeatures):
+                checked += 1
+                skipped += "along_vessel" not in c_lazy.features or "edge_width_px" not in c_lazy.features
+                assert c_lazy.to_dict() == c_eager.to_dict()  # to_dict completes the lazy features
+    assert checked > 20 and skipped > checked // 3, (checked, skipped)

@@ -21,7 +21,9 @@ its features; ``classify`` sets its type or the reason it was dropped):
    the region are the same structure continuing), vessel contacts (branches of the vessel mask
    touching it, their calibre), whether the region lies along a vessel, and the distances to the
    disc and the fovea in disc diameters (DD). Regions that fail the cheap checks (size, contrast,
-   disc, unbounded) are dropped before the costly features are computed.
+   disc, unbounded) are dropped before the costly features are computed, and those are computed group
+   by group when a rule first reads them (``_RegionFeatures``): a candidate dropped by an early rule
+   never pays for the groups only later rules read (vessel contacts, nearest vessel, edge width).
 3. **Typed rules** (``classify``; every threshold is a documented field of ``LesionRules``). Common:
    not at the disc, bounded, contrast also against its own ring, inside the FOV. Dark: not a vessel
    piece (arms, vessel contacts), not pigment, not the foveal pit; microaneurysm if round, isolated,
@@ -213,9 +215,10 @@ class Candidate:
     score: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        feats = self.features.complete() if isinstance(self.features, _RegionFeatures) else self.features
         return {"polarity": self.polarity, "xy": list(self.xy), "box_xyxy_px": list(self.box_xyxy_px),
                 "area_px": self.area_px, "type": self.type, "reason": self.reason, "score": self.score,
-                **self.features}
+                **feats}
 
 
 def _logistic(z: float, z0: float, k: float = 1.0) -> float:
@@ -393,7 +396,7 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     """Half-maximum region around a seed and its features; marks the region in ``tried`` and, when it
     is bounded, in ``taken``. ``limit`` (labels, k): grow only within component k (dilated by 2 px)."""
     h, w = c.shape
-    sc, dd = ctx.sc, ctx.dd
+    dd = ctx.dd
     half = int(max(4 * sigma, 0.3 * dd)) + 3
     y0, y1, x0, x1 = max(y - half, 0), min(y + half + 1, h), max(x - half, 0), min(x + half + 1, w)
     win = c[y0:y1, x0:x1]
@@ -435,44 +438,124 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     if reason:  # dropped on the cheap features: the costly ones below are not needed
         return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area,
                          features=f, reason=reason)
-    ry, rx = np.nonzero(reg)
+    return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area,
+                     features=_RegionFeatures(f, _Region(ctx, c, win, reg, reg_all, pol, peak, half, cx, cy,
+                                                         (y0, y1, x0, x1))))
+
+
+class _Region:
+    """What the costly features of one grown region are computed from (window views and masks)."""
+
+    __slots__ = ("c", "cx", "cy", "ctx", "dreg", "half", "major", "peak", "pol", "reg", "reg_all", "vsub", "win",
+                 "window")
+
+    def __init__(self, ctx: _Ctx, c, win, reg, reg_all, pol, peak, half, cx, cy, window):
+        self.ctx, self.c, self.win, self.reg, self.reg_all, self.pol = ctx, c, win, reg, reg_all, pol
+        self.peak, self.half, self.cx, self.cy, self.window = peak, half, cx, cy, window
+        self.dreg = self.vsub = self.major = None
+
+
+class _RegionFeatures(dict):
+    """A region's features: the cheap ones given, each costly group computed on its first lookup.
+
+    ``classify`` reads features in the order of its rules, so a candidate dropped by an early rule never
+    pays for the groups only later rules read (vessel contacts, nearest vessel, edge width). Every group
+    is computed exactly as before, whichever feature asks first: the values do not depend on the order.
+    :meth:`complete` computes all of them (a full record of the candidate; ``Candidate.to_dict``).
+    """
+
+    def __init__(self, cheap: dict[str, float], region: _Region):
+        super().__init__(cheap)
+        self._region: _Region | None = region
+
+    def __missing__(self, key: str) -> float:
+        group = _GROUP_OF.get(key)
+        if group is None or self._region is None:
+            raise KeyError(key)
+        group(self, self._region)
+        return dict.__getitem__(self, key)
+
+    def complete(self) -> _RegionFeatures:
+        """Every feature computed; the region's arrays released."""
+        if self._region is not None:
+            for group in dict.fromkeys(_GROUP_OF.values()):
+                if any(k not in self for k, g in _GROUP_OF.items() if g is group):
+                    group(self, self._region)
+            self._region = None
+        return self
+
+    def release(self) -> None:
+        """Drop the region's arrays (features not computed yet stay missing)."""
+        self._region = None
+
+
+def _shape(f: dict, r: _Region) -> None:
+    ry, rx = np.nonzero(r.reg)
+    area = int(ry.size)
     if area >= 3:
         cov = np.cov(np.vstack([rx, ry]).astype(float)) + np.eye(2) / 12.0
         ev, evec = np.linalg.eigh(cov)
         f["elongation"] = float(math.sqrt(ev[1] / max(ev[0], 1e-6)))
         f["minor_px"] = float(4 * math.sqrt(max(ev[0], 1e-6)))
-        major = evec[:, 1]
+        r.major = evec[:, 1]
     else:
         f["elongation"] = 1.0
-        f["minor_px"] = eqd
-        major = np.array([1.0, 0.0])
-    f["minor_dd"] = f["minor_px"] / dd
-    # structures leaving the region: a circle just beyond its far ends (semi-major axis + margin)
+        f["minor_px"] = f["eqd_px"]
+        r.major = np.array([1.0, 0.0])
+    f["minor_dd"] = f["minor_px"] / r.ctx.dd
+
+
+def _arm_radius(f: dict, r: _Region) -> float:
+    """Radius (px) of the circle just beyond the region's far ends (semi-major axis + margin)."""
     semi_major = 0.5 * f["minor_px"] * f["elongation"]
-    rc = semi_major + max(3.0 * sc, 0.5 * f["minor_px"])
-    runs = _arms(c, cx, cy, rc, peak)
+    return semi_major + max(3.0 * r.ctx.sc, 0.5 * f["minor_px"])
+
+
+def _arm_features(f: dict, r: _Region) -> None:
+    # structures leaving the region: a circle just beyond its far ends
+    runs = _arms(r.c, r.cx, r.cy, _arm_radius(f, r), r.peak)
     f["arms"] = float(runs.size)
     ratio = runs / max(f["minor_px"], 1e-6)
     f["arm_width_ratio"] = float(ratio.max()) if runs.size else 0.0
     # arms about as wide as the region itself: the same structure going on (a vessel, not a lesion)
     f["continuing_arms"] = float(np.sum((ratio >= 0.5) & (ratio <= 2.0)))
+
+
+def _circle_in_fov(f: dict, r: _Region) -> None:
     # share of that circle inside the FOV (a piece cut off by the FOV edge cannot be judged)
+    h, w = r.c.shape
+    rc = _arm_radius(f, r)
     t = np.linspace(0, 2 * math.pi, 24, endpoint=False)
-    yy_ = np.clip(np.round(cy + rc * np.sin(t)).astype(int), 0, h - 1)
-    xx_ = np.clip(np.round(cx + rc * np.cos(t)).astype(int), 0, w - 1)
-    f["circle_in_fov"] = float(np.mean(ctx.fov_inner[yy_, xx_] > 2))
+    yy_ = np.clip(np.round(r.cy + rc * np.sin(t)).astype(int), 0, h - 1)
+    xx_ = np.clip(np.round(r.cx + rc * np.cos(t)).astype(int), 0, w - 1)
+    f["circle_in_fov"] = float(np.mean(r.ctx.fov_inner[yy_, xx_] > 2))
+
+
+def _edge_width(f: dict, r: _Region) -> None:
     # edge width: contrast over the mean gradient on the half-maximum border
-    gy, gx = np.gradient(win)
-    edge = reg & ~_erode4(reg)
+    gy, gx = np.gradient(r.win)
+    edge = r.reg & ~_erode4(r.reg)
     gm = float(np.mean(np.hypot(gx, gy)[edge])) if edge.any() else 0.0
-    f["edge_width_px"] = (0.5 * peak) / max(gm, 1e-9) / sc if gm > 0 else 99.0
-    # colour of the absolute change against a ring (vessels and other regions left out); dilations of
-    # the region by n px (4-connected) are its city-block distance <= n
-    dreg = cityblock_distance(reg)
-    n1 = max(int(2 * sc), 1)
+    f["edge_width_px"] = (0.5 * r.peak) / max(gm, 1e-9) / r.ctx.sc if gm > 0 else 99.0
+
+
+def _dreg(r: _Region) -> np.ndarray:
+    """The region's city-block distance map: its dilation by n px (4-connected) is ``dreg <= n``."""
+    if r.dreg is None:
+        r.dreg = cityblock_distance(r.reg)
+    return r.dreg
+
+
+def _colour(f: dict, r: _Region) -> None:
+    # colour of the absolute change against a ring (vessels and other regions left out)
+    ctx, reg = r.ctx, r.reg
+    y0, y1, x0, x1 = r.window
+    h, w = r.c.shape
+    dreg = _dreg(r)
+    n1 = max(int(2 * ctx.sc), 1)
     d1 = dreg <= n1
-    ring_all = (dreg <= n1 + max(int(4 * sc), 2)) & ~d1
-    ring = ring_all & ~ctx.vessel[y0:y1, x0:x1] & ~reg_all
+    ring_all = (dreg <= n1 + max(int(4 * ctx.sc), 2)) & ~d1
+    ring = ring_all & ~ctx.vessel[y0:y1, x0:x1] & ~r.reg_all
     if ring.sum() < 6:
         ring = ring_all
     sub = ctx.rgb[y0:y1, x0:x1]
@@ -483,31 +566,46 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     # the same green contrast measured against the ring around the region (independent of the
     # background model; near the FOV edge the relative map is unreliable)
     ring_g = float(sub[ring][:, 1].mean()) if ring.any() else 0.0
-    f["ring_contrast"] = (float(dcol[1]) / ring_g if ring_g > 1e-3 else 0.0) * (-1.0 if pol == "dark" else 1.0)
+    f["ring_contrast"] = (float(dcol[1]) / ring_g if ring_g > 1e-3 else 0.0) * (-1.0 if r.pol == "dark" else 1.0)
     units = float(dcol[1]) / ctx.disc_dg if np.isfinite(ctx.disc_dg) else float("nan")
     if ctx.illum is not None and np.isfinite(ctx.illum_disc):
-        units *= ctx.illum_disc / max(float(ctx.illum[int(min(cy, h - 1)), int(min(cx, w - 1))]), 1e-4)
+        units *= ctx.illum_disc / max(float(ctx.illum[int(min(r.cy, h - 1)), int(min(r.cx, w - 1))]), 1e-4)
     f["dg_disc_units"] = units
     f["db_over_dg"] = float(dcol[2]) / dg
+
+
+def _red_ratio(f: dict, r: _Region) -> None:
     # relative red darkness over relative green darkness (medians over the region): blood ~0.2-0.5,
     # dark pigment ~1 (pigment absorbs red about as much as green)
-    f["red_ratio"] = (float(np.median(-ctx.rr[y0:y1, x0:x1][reg])) / max(float(np.median(win[reg])), 1e-6)
-                      if pol == "dark" else 0.0)
-    # vessel contacts: vessel pixels in a thin ring around the region, grouped into branches; vessel-mask
-    # pieces lying (mostly) inside the region are the lesion itself (the vessel segmentation takes in
-    # dark blobs), not a vessel
-    vsub = ctx.vessel[y0:y1, x0:x1]
-    grown = dreg <= max(int(2 * sc), 1) + 1
-    if vsub.any():
-        vl, nv = ndi.label(vsub, structure=np.ones((3, 3)))
-        if nv:
-            tot = np.bincount(vl.ravel(), minlength=nv + 1)
-            ins = np.bincount(vl[grown].ravel(), minlength=nv + 1)
-            selfc = ins >= 0.7 * np.maximum(tot, 1)
-            selfc[0] = False
-            vsub = vsub & ~selfc[vl]
-    f["vessel_frac"] = float(vsub[reg].mean())
-    near = grown & ~reg
+    y0, y1, x0, x1 = r.window
+    f["red_ratio"] = (float(np.median(-r.ctx.rr[y0:y1, x0:x1][r.reg])) / max(float(np.median(r.win[r.reg])), 1e-6)
+                      if r.pol == "dark" else 0.0)
+
+
+def _vessels_near(r: _Region) -> np.ndarray:
+    """The window's vessel mask without the pieces that lie (mostly) inside the region: the vessel
+    segmentation takes in dark blobs, and such a piece is the lesion itself, not a vessel."""
+    if r.vsub is None:
+        y0, y1, x0, x1 = r.window
+        vsub = r.ctx.vessel[y0:y1, x0:x1]
+        if vsub.any():
+            vl, nv = ndi.label(vsub, structure=np.ones((3, 3)))
+            if nv:
+                tot = np.bincount(vl.ravel(), minlength=nv + 1)
+                ins = np.bincount(vl[_dreg(r) <= max(int(2 * r.ctx.sc), 1) + 1].ravel(), minlength=nv + 1)
+                selfc = ins >= 0.7 * np.maximum(tot, 1)
+                selfc[0] = False
+                vsub = vsub & ~selfc[vl]
+        r.vsub = vsub
+    return r.vsub
+
+
+def _vessel_contacts(f: dict, r: _Region) -> None:
+    # vessel contacts: vessel pixels in a thin ring around the region, grouped into branches
+    vsub = _vessels_near(r)
+    f["vessel_frac"] = float(vsub[r.reg].mean())
+    grown = _dreg(r) <= max(int(2 * r.ctx.sc), 1) + 1
+    near = grown & ~r.reg
     touch = near & vsub
     _, nbr = ndi.label(touch, structure=np.ones((3, 3)))
     f["vessel_branches"] = float(nbr)
@@ -515,22 +613,41 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
         # calibre of the touching vessels: twice the largest distance to the vessel border within
         # 0.08 DD of the contact (the vessel's centre line)
         vw = 2.0 * ndi.distance_transform_edt(vsub)
-        reach = cityblock_distance(touch) <= max(int(0.04 * dd), 1)
+        reach = cityblock_distance(touch) <= max(int(0.04 * r.ctx.dd), 1)
         f["vessel_branch_width_px"] = float(vw[reach].max())
     else:
         f["vessel_branch_width_px"] = 0.0
+
+
+def _nearest_vessel(f: dict, r: _Region) -> None:
     # vessel gap and alignment: nearest (non-self) vessel pixel from the region
+    vsub = _vessels_near(r)
+    sc = r.ctx.sc
     if vsub.any():
+        if r.major is None:
+            _shape(f, r)
         vd, (iy, ix) = ndi.distance_transform_edt(~vsub, return_indices=True)
-        j = int(np.argmin(np.where(reg, vd, np.inf)))
+        j = int(np.argmin(np.where(r.reg, vd, np.inf)))
         jy, jx = np.unravel_index(j, vd.shape)
         f["vessel_gap_px"] = float(vd[jy, jx]) / sc
         # local vessel direction from the vessel mask around the nearest vessel pixel
-        f["along_vessel"] = _alignment(vsub, int(ix[jy, jx]), int(iy[jy, jx]), major, max(int(4 * sc), 3))
+        f["along_vessel"] = _alignment(vsub, int(ix[jy, jx]), int(iy[jy, jx]), r.major, max(int(4 * sc), 3))
     else:
-        f["vessel_gap_px"] = float(half) / sc
+        f["vessel_gap_px"] = float(r.half) / sc
         f["along_vessel"] = 0.0
-    return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area, features=f)
+
+
+#: Which group computes each costly feature (``_RegionFeatures``).
+_GROUP_OF = {
+    **dict.fromkeys(("elongation", "minor_px", "minor_dd"), _shape),
+    **dict.fromkeys(("arms", "arm_width_ratio", "continuing_arms"), _arm_features),
+    "circle_in_fov": _circle_in_fov,
+    "edge_width_px": _edge_width,
+    **dict.fromkeys(("dr_over_dg", "dg_abs", "ring_contrast", "dg_disc_units", "db_over_dg"), _colour),
+    "red_ratio": _red_ratio,
+    **dict.fromkeys(("vessel_frac", "vessel_branches", "vessel_branch_width_px"), _vessel_contacts),
+    **dict.fromkeys(("vessel_gap_px", "along_vessel"), _nearest_vessel),
+}
 
 
 def _gate(f: dict[str, float], pol: str, r: LesionRules) -> str:
@@ -709,6 +826,8 @@ def find_lesions(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarray, v
     for c in lesion_candidates(rgb, rel, fov_mask, vessel_mask, sc, disc_xy, dd_px, fovea_xy, rules, hessian,
                                highpass):
         classify(c, rules)
+        if isinstance(c.features, _RegionFeatures):
+            c.features.release()  # the region's window arrays
         if c.type:
             out.append(Lesion(c.type, c.box_xyxy_px, round(c.score, 3), c.area_px))
     return merge_pieces(out)
