@@ -781,7 +781,6 @@ def _classify_bright(c: Candidate, r: LesionRules) -> None:
     if not np.isfinite(units):  # no disc: the relative green brightness over a typical disc's (~0.9)
         units = f["contrast"] / 0.9
     white = f["db_over_dg"] >= r.white_min_b_over_g
-    sharp = f["edge_width_px"] <= r.sharp_edge_px
     if f["eqd_dd"] > r.bright_max_diameter_dd:
         c.reason = "too large"
     elif f["contrast"] < r.bright_min_contrast or f["z_contrast"] < r.bright_min_z:
@@ -797,7 +796,7 @@ def _classify_bright(c: Candidate, r: LesionRules) -> None:
     elif white:
         if units < r.cws_min_disc_units:
             c.reason = "faint whitish spot (nerve-fibre sheen or reflex)"
-        elif f["eqd_dd"] >= r.cws_min_diameter_dd and not sharp:
+        elif f["eqd_dd"] >= r.cws_min_diameter_dd and not f["edge_width_px"] <= r.sharp_edge_px:  # soft edge
             c.type = "cotton_wool_spot"
         else:
             c.reason = "small or sharp whitish spot (reflex)"
