@@ -6,8 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import disk
 
-from grok.cfp.disc import disc_vessel_mask, find_disc, vessel_bends
+from grok.cfp.disc import disc_vessel_mask, disk_closing, find_disc, vessel_bends
 
 S = 400
 FUNDUS = np.array([0.80, 0.30, 0.15], np.float32)
@@ -104,3 +106,14 @@ def test_cup_from_vessel_bending_when_the_disc_has_no_pallor():
     assert abs(d.cdr_vertical - 0.5) < 0.08, d.cdr_cues
     assert any("vessel bending only" in r for r in d.reasons), d.reasons
     assert d.cup_mask is not None and d.cup_mask.any()
+
+
+@pytest.mark.parametrize("rad", [1, 2, 3, 5, 7, 10, 13])
+def test_disk_closing_equals_the_footprint_closing(rad):
+    """The disc's vessel top-hat closes by a disk row by row of the disk: the same values as scipy's 2-D
+    footprint filter, borders (reflected) and images thinner than the disk included."""
+    rng = np.random.default_rng(rad)
+    for shape in ((41, 57), (120, 90), (4, 33)):
+        a = rng.random(shape).astype(np.float32)
+        a[shape[0] // 2, :] = 0.0  # a dark line (a vessel) that the closing fills
+        assert np.array_equal(disk_closing(a, rad), ndi.grey_closing(a, footprint=disk(rad)))
