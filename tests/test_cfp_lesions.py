@@ -10,7 +10,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from grok.cfp import measure_fundus
-from grok.cfp.lesions import LesionRules
+from grok.cfp.lesions import LesionRules, _region_peaks
+from grok.cfp.preprocess import disk_filter
 from grok.ids import CFP_LESION_TYPES
 from grok.phantom.cfp import draw_lesion, synth_fundus
 
@@ -195,3 +196,26 @@ def test_features_computed_on_demand_give_the_same_decisions(monkeypatch, retina
                 skipped += "along_vessel" not in c_lazy.features or "edge_width_px" not in c_lazy.features
                 assert c_lazy.to_dict() == c_eager.to_dict()  # to_dict completes the lazy features
     assert checked > 20 and skipped > checked // 3, (checked, skipped)
+
+
+def test_region_peaks_and_flame_opening_match_their_plain_definitions():
+    """The strongest pixel of each small region (first in row-major order among equal values) and the
+    binary opening by a disk, against the plain per-region loop and scipy's binary_opening."""
+    rng = np.random.default_rng(5)
+    for t in range(60):
+        shape = tuple(int(v) for v in rng.integers(6, 90, 2))
+        c = np.round(ndi.gaussian_filter(rng.random(shape), rng.uniform(0.5, 3)), 2)  # rounded: ties
+        lab, _ = ndi.label(c > np.quantile(c, rng.uniform(0.3, 0.9)))
+        max_area = float(rng.uniform(3, 300))
+        plain = []
+        for k, sl in enumerate(ndi.find_objects(lab), start=1):
+            sub = lab[sl] == k
+            if 4 <= sub.sum() <= max_area:
+                yy, xx = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
+                plain.append((yy + sl[0].start, xx + sl[1].start, k))
+        assert _region_peaks(lab, c, max_area) == plain, t
+        rad = int(rng.integers(1, 6))
+        oy, ox = np.mgrid[-rad: rad + 1, -rad: rad + 1]
+        m = c > np.median(c)
+        assert np.array_equal(disk_filter(disk_filter(m, rad, "min", border=0), rad, "max", border=0),
+                              ndi.binary_opening(m, structure=(ox * ox + oy * oy) <= rad * rad)), t

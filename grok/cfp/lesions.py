@@ -52,7 +52,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from grok.cfp._kernels import cityblock_distance, flood_fill4, update_best_blob
-from grok.cfp.preprocess import background, fill_outside, local_scale
+from grok.cfp.preprocess import background, disk_filter, fill_outside, local_scale
 from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
 
 #: Disc diameters per FOV radius of a 45-degree photograph (FOV about 7.2 DD across).
@@ -311,8 +311,8 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
             # a flame haemorrhage touching a thin vessel joins the vessel tree in that map: an opening
             # wider than thin vessels (FLAME_OPENING_DD) cuts it free; it grows only within its piece
             rad = max(int(round(FLAME_OPENING_DD * dd_px / 2)), 1)
-            oy, ox = np.mgrid[-rad: rad + 1, -rad: rad + 1]
-            opened = ndi.binary_opening((c >= thr) & allowed, structure=(ox * ox + oy * oy) <= rad * rad)
+            # a binary opening by that disk (scipy's binary_opening with a disk structure, border 0)
+            opened = disk_filter(disk_filter((c >= thr) & allowed, rad, "min", border=0), rad, "max", border=0)
             lab_o, _ = ndi.label(opened)
             for y, x, k in _region_peaks(lab_o, c, max_area):
                 if lab_area[lab[y, x]] > max_area:  # else its region was small already: seeded above
@@ -329,18 +329,21 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
 
 
 def _region_peaks(lab: np.ndarray, c: np.ndarray, max_area: float) -> list[tuple[int, int, int]]:
-    """(y, x, label) of the strongest pixel of ``c`` in every labelled region of 4 to ``max_area`` px."""
-    out = []
-    for k, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None:
-            continue
-        sub = lab[sl] == k
-        a = int(sub.sum())
-        if a < 4 or a > max_area:
-            continue
-        yy_, xx_ = np.unravel_index(int(np.argmax(np.where(sub, c[sl], -np.inf))), sub.shape)
-        out.append((yy_ + sl[0].start, xx_ + sl[1].start, k))
-    return out
+    """(y, x, label) of the strongest pixel of ``c`` in every labelled region of 4 to ``max_area`` px, in
+    label order; among equal values the first in row-major order (``np.argmax``'s choice)."""
+    flat = lab.ravel()
+    idx = np.flatnonzero(flat)
+    if idx.size == 0:
+        return []
+    k = flat[idx]
+    area = np.bincount(k)
+    # per label: the largest value first, then the first pixel (idx ascending); labels ascending
+    order = np.lexsort((idx, -c.ravel()[idx], k))
+    k_sorted = k[order]
+    first = order[np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])]
+    keep = (area[k[first]] >= 4) & (area[k[first]] <= max_area)
+    ys, xs = np.divmod(idx[first[keep]], lab.shape[1])
+    return [(int(y), int(x), int(kk)) for y, x, kk in zip(ys, xs, k[first[keep]])]
 
 
 def _disc_green_excess(rgb: np.ndarray, vessel_mask: np.ndarray, disc_xy, dd_px: float) -> float:

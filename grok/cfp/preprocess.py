@@ -212,6 +212,28 @@ def upsample(small: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(im.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+def disk_filter(a: np.ndarray, rad: int, op: str, border: float | None = None) -> np.ndarray:
+    """Grey dilation (``op="max"``) or erosion (``"min"``) of ``a`` by a disk of radius ``rad`` (pixels with
+    x^2 + y^2 <= rad^2, scikit-image's ``disk``), exactly as scipy's 2-D footprint filter: each row of the
+    disk is a horizontal segment, so the disk's extreme is the extreme over its rows of 1-D filters of their
+    widths (one per distinct width), each shifted by its row's offset. Borders are reflected as scipy's
+    "reflect" mode, or held at ``border`` (e.g. 0 for a binary erosion / dilation, whose border value is 0).
+    About 3-6 x faster than the footprint filter for radii 4-10."""
+    filter1d, combine = (ndi.maximum_filter1d, np.maximum) if op == "max" else (ndi.minimum_filter1d, np.minimum)
+    dy = np.arange(-rad, rad + 1)
+    half = np.floor(np.sqrt(rad * rad - dy * dy)).astype(int)  # the disk's rows
+    h, w = a.shape
+    if border is None:
+        p = np.pad(a, rad, mode="symmetric")  # numpy's "symmetric" is scipy's "reflect" (d c b a | a b c d)
+    else:
+        p = np.pad(a, rad, mode="constant", constant_values=border)
+    rows = {hw: filter1d(p, size=2 * hw + 1, axis=1)[:, rad: rad + w] for hw in set(half.tolist())}
+    out = rows[int(half[0])][:h].copy()
+    for k in range(1, 2 * rad + 1):
+        combine(out, rows[int(half[k])][k: k + h], out=out)
+    return out
+
+
 def relative_channels(rgb: np.ndarray, fov_mask: np.ndarray, sc: float) -> list[np.ndarray]:
     """Each channel divided by its background minus 1: (h, w) float32 arrays, 0 on plain fundus,
     negative on vessels and haemorrhages, positive on exudates, drusen and the disc. Bright structures
