@@ -310,13 +310,19 @@ def _misplaced_rpe(band_mean: np.ndarray, rpe: np.ndarray, rpeo: np.ndarray, bm:
     ``band_mean`` (the image averaged over ~20 um). Drusen lift the RPE over dimmer material, a PED over
     dark fluid: a brighter band under the "RPE" is the real RPE, and the band found is one above it."""
     rows, cols = band_mean.shape
-    rr = np.arange(rows)[:, None]
-    top, ro = np.round(rpe)[None, :], np.round(rpeo)[None, :]
-    up = np.where((rr >= top) & (rr <= ro), band_mean, -np.inf).max(axis=0)
-    low = np.where((rr >= ro + 4.0 * P) & (rr <= np.round(bm)[None, :] - 6.0 * P), band_mean, -np.inf).max(axis=0)
+    mis = np.zeros(cols, bool)
+    run = max(3, int(round(60.0 / lateral_um)))
     with np.errstate(invalid="ignore"):
-        mis = (bm - rpeo > 10.0 * P) & np.isfinite(low) & (up > 0) & (low >= _RPE_MISPLACED * up)
-    return ndimage.binary_opening(mis, structure=np.ones(max(3, int(round(60.0 / lateral_um))), bool))
+        lifted = bm - rpeo > 10.0 * P
+    if lifted.sum() < run:  # most B-scans: nothing lifted, nothing to check
+        return mis
+    rr = np.arange(rows)[:, None]
+    sub = band_mean[:, lifted]
+    top, ro = np.round(rpe[lifted])[None, :], np.round(rpeo[lifted])[None, :]
+    up = np.where((rr >= top) & (rr <= ro), sub, -np.inf).max(axis=0)
+    low = np.where((rr >= ro + 4.0 * P) & (rr <= np.round(bm[lifted])[None, :] - 6.0 * P), sub, -np.inf).max(axis=0)
+    mis[lifted] = np.isfinite(low) & (up > 0) & (low >= _RPE_MISPLACED * up)
+    return ndimage.binary_opening(mis, structure=np.ones(run, bool))
 
 
 def _row_cumsum(a: np.ndarray) -> np.ndarray:
