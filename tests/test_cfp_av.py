@@ -15,10 +15,13 @@ import pytest
 
 from grok.cfp.vessels import (
     AvConfig,
+    AvLink,
     Segment,
+    calibrate_links,
     classify_av,
     fill_reflex_holes,
     profile_widths,
+    thin_colour_trust,
     vessel_graph,
     zone_b_widths,
 )
@@ -119,6 +122,76 @@ def test_clear_colour_outweighs_a_false_junction():
     art.features.update(GREY, reliability=0.0)
     _classify(segs)
     assert art.kind == "vein"
+
+
+def test_sharp_turn_joins_two_vessels_of_different_type():
+    # two ends meeting at a 2-way junction in a V (bend 100 degrees): not one vessel turning, but two touching
+    # vessels (on HRF such pairs were one type 0.23 of the time, issue #14); only one arm is coloured
+    a = _seg((20, 40), (100, 100), ends=(-1, 1), colour=ARTERY, width=5.0)
+    b = _seg((100, 100), (180, 40), ends=(1, -1), width=5.0)
+    segs = [a, b] + _context()
+    junctions, links = vessel_graph(segs)
+    assert [j.kind for j in junctions] == ["continuation"]
+    assert [(lk.relation, lk.reason) for lk in links] == [("differ", "sharp turn")]
+    _classify(segs)
+    assert (a.kind, b.kind) == ("artery", "vein")
+    assert a.tree != b.tree and a.vessel != b.vessel
+    # going (nearly) straight through, the same two segments are one vessel of one type
+    c = _seg((100, 100), (180, 120), ends=(1, -1), width=5.0)
+    segs = [a, c] + _context()
+    _, links = vessel_graph(segs)
+    assert [(lk.relation, lk.reason) for lk in links] == [("same", "continuation")]
+    _classify(segs)
+    assert (a.kind, c.kind) == ("artery", "artery") and a.vessel == c.vessel
+
+
+def test_links_follow_their_measured_reliability():
+    # a thin, colourless side branch leaves a coloured vein whose through pieces are linked more strongly
+    # than the side branch (straight continuations were one type 0.97-0.99 of the time on HRF, side branches
+    # 0.81): the through pieces must agree with each other, whatever their own weak colour says
+    cfg = AvConfig()
+    assert cfg.p_continuation > cfg.p_side_branch and cfg.p_bifurcation > cfg.p_side_branch
+    v1 = _seg((100, 20), (100, 100), ends=(-1, 1), colour=VEIN, width=7.0)
+    v2 = _seg((100, 100), (100, 180), ends=(1, -1), colour=ARTERY, width=7.0, reliability=0.15)
+    side = _seg((100, 100), (170, 140), ends=(1, -1), width=3.0)
+    segs = [v1, v2, side] + _context()
+    _, links = vessel_graph(segs)
+    assert sorted(lk.reason for lk in links) == ["continuation", "side branch", "side branch"]
+    _classify(segs)
+    assert (v1.kind, v2.kind, side.kind) == ("vein", "vein", "vein")
+
+
+def test_link_kinds_that_confident_colour_contradicts_are_capped():
+    # ten "crossings" whose two vessels are confidently the same type (as the phantom's trees, which cross
+    # vessels of their own type) and ten straight continuations that confident colour confirms
+    llr = np.array([4.0, 4.0] * 10 + [-4.0, -4.0] * 10)
+    links = [AvLink(2 * k, 2 * k + 1, "differ", "crossing", 0.9, k) for k in range(10)]
+    links += [AvLink(20 + 2 * k, 21 + 2 * k, "same", "continuation", 0.9, 10 + k) for k in range(10)]
+    out, stats = calibrate_links(links, llr, confidence=3.0, min_links=8)
+    assert stats["differ crossing"] == (0, 10) and stats["same continuation"] == (10, 10)
+    assert all(lk.reason != "crossing" for lk in out)  # agreeing no better than chance: no link
+    assert [lk.prob for lk in out] == [0.9] * 10  # confirmed: the measured probability stands
+    # too few confident pairs of a kind: its probability is kept
+    out, _ = calibrate_links(links[:5] + links[10:], llr, confidence=3.0, min_links=8)
+    assert sum(lk.reason == "crossing" and lk.prob == 0.9 for lk in out) == 5
+    # weak colour (|log-odds| under the confidence) does not count
+    _, stats = calibrate_links(links, llr / 4, confidence=3.0, min_links=8)
+    assert stats == {}
+
+
+def test_thin_colour_trust_follows_agreement_with_the_graph():
+    # 20 wide segments (0-19) in same-type pairs that agree; 20 thin ones (20-39) each linked to a wide one
+    wide = np.array([3.0, 3.0] * 10)
+    links = [AvLink(2 * k, 2 * k + 1, "same", "continuation", 0.9, k) for k in range(10)]
+    links += [AvLink(k, 20 + k, "same", "side branch", 0.7, 20 + k) for k in range(20)]
+    thin = np.r_[np.zeros(20, bool), np.ones(20, bool)]
+    agreeing = np.r_[wide, wide]
+    assert thin_colour_trust(agreeing, thin, links) == 1.0  # thin colour as good as wide: kept
+    coin = np.r_[wide, np.where(np.arange(20) % 2 == 0, 3.0, -3.0)]  # thin colour right half the time
+    assert thin_colour_trust(coin, thin, links) == 0.25
+    three_q = np.r_[wide, np.where(np.arange(20) % 4 == 0, -3.0, 3.0)]  # right 3 times in 4
+    assert 0.4 < thin_colour_trust(three_q, thin, links) < 0.6
+    assert thin_colour_trust(coin, thin, links[:12]) == 1.0  # too few links to tell
 
 
 def test_junctions_inside_the_disc_link_nothing():
