@@ -46,12 +46,14 @@ MIN_ENTRY_CHARS = 4
 #: A single all-digit token shorter than this is a number, not an identifier (ages, counts, house numbers).
 MIN_DIGIT_ENTRY = 6
 #: Decimal numbers stay one token ("271.123456" is not "123456"), so float digits never look like an id.
-#: A run of at least ``HEX_RUN`` hexadecimal characters between non-alphanumerics (a SHA-256 digest, the
-#: product's own ``img-...`` ids) is one token too: split at its letter/digit boundaries it holds random
-#: digit runs, and at thousands of studies some equal a denied six-digit study number (a 5,000-study
-#: build found 33 such rows and refused to publish).
+#: A word of at least ``HEX_RUN`` hexadecimal characters after at most two letters (a SHA-256 digest, the
+#: product's own pseudonyms ``S``/``P`` + 16 hex and ``img-...`` ids) is one token too: split at its
+#: letter/digit boundaries it holds random digit runs, and at thousands of studies some equal a denied
+#: six-digit study number (a 5,000-study build found 35 such rows and refused to publish). Words with a
+#: longer letter prefix (``MRN...``, a name run into a date) are split as before.
 HEX_RUN = 16
-_TOKEN_RE = re.compile(r"(?<![0-9a-z])[0-9a-f]{%d,}(?![0-9a-z]|\.\d)|\d+(?:\.\d+)*|[^\W\d_]+" % HEX_RUN)
+_TOKEN_RE = re.compile(r"(?<![0-9a-z])[a-z]{0,2}[0-9a-f]{%d,}(?![0-9a-z]|\.\d)|\d+(?:\.\d+)*|[^\W\d_]+"
+                       % HEX_RUN)
 _HASH_LEN = 32
 #: Kinds whose single words are not denied when the product's own text uses them (see :func:`vocabulary`).
 NAME_KINDS = frozenset({"patient_name", "person_name", "name"})
@@ -73,7 +75,8 @@ def vocabulary() -> frozenset[str]:
 def tokens(text: str) -> list[str]:
     """Normalised tokens of ``text``: accents dropped, case-folded, split at non-alphanumerics and letter/digit
     boundaries (``"Zoë O'Brien-Smith, MRN1234"`` -> ``['zoe', 'o', 'brien', 'smith', 'mrn', '1234']``), except
-    decimal numbers and runs of ``HEX_RUN`` or more hexadecimal characters, which stay whole."""
+    decimal numbers and words of ``HEX_RUN`` or more hexadecimal characters after at most two letters, which
+    stay whole."""
     if text.isascii():
         return _TOKEN_RE.findall(text.lower())
     flat = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
