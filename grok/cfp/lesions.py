@@ -449,13 +449,13 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
 class _Region:
     """What the costly features of one grown region are computed from (window views and masks)."""
 
-    __slots__ = ("c", "cx", "cy", "ctx", "dreg", "half", "major", "peak", "pol", "reg", "reg_all", "vsub", "win",
-                 "window")
+    __slots__ = ("c", "cx", "cy", "ctx", "dreg", "grown", "half", "major", "peak", "pol", "reg", "reg_all", "vsub",
+                 "win", "window")
 
     def __init__(self, ctx: _Ctx, c, win, reg, reg_all, pol, peak, half, cx, cy, window):
         self.ctx, self.c, self.win, self.reg, self.reg_all, self.pol = ctx, c, win, reg, reg_all, pol
         self.peak, self.half, self.cx, self.cy, self.window = peak, half, cx, cy, window
-        self.dreg = self.vsub = self.major = None
+        self.dreg = self.grown = self.vsub = self.major = None
 
 
 class _RegionFeatures(dict):
@@ -481,9 +481,8 @@ class _RegionFeatures(dict):
     def complete(self) -> _RegionFeatures:
         """Every feature computed; the region's arrays released."""
         if self._region is not None:
-            for group in dict.fromkeys(_GROUP_OF.values()):
-                if any(k not in self for k, g in _GROUP_OF.items() if g is group):
-                    group(self, self._region)
+            for key in _GROUP_OF:
+                self[key]  # noqa: B018 - a lookup computes the feature's group when it is missing
             self._region = None
         return self
 
@@ -549,6 +548,13 @@ def _dreg(r: _Region) -> np.ndarray:
     return r.dreg
 
 
+def _grown(r: _Region) -> np.ndarray:
+    """The region dilated by the vessel-contact band (2 px x scale + 1)."""
+    if r.grown is None:
+        r.grown = _dreg(r) <= max(int(2 * r.ctx.sc), 1) + 1
+    return r.grown
+
+
 def _colour(f: dict, r: _Region) -> None:
     # colour of the absolute change against a ring (vessels and other regions left out)
     ctx, reg = r.ctx, r.reg
@@ -595,7 +601,7 @@ def _vessels_near(r: _Region) -> np.ndarray:
             vl, nv = ndi.label(vsub, structure=np.ones((3, 3)))
             if nv:
                 tot = np.bincount(vl.ravel(), minlength=nv + 1)
-                ins = np.bincount(vl[_dreg(r) <= max(int(2 * r.ctx.sc), 1) + 1].ravel(), minlength=nv + 1)
+                ins = np.bincount(vl[_grown(r)].ravel(), minlength=nv + 1)
                 selfc = ins >= 0.7 * np.maximum(tot, 1)
                 selfc[0] = False
                 vsub = vsub & ~selfc[vl]
@@ -607,8 +613,7 @@ def _vessel_contacts(f: dict, r: _Region) -> None:
     # vessel contacts: vessel pixels in a thin ring around the region, grouped into branches
     vsub = _vessels_near(r)
     f["vessel_frac"] = float(vsub[r.reg].mean())
-    grown = _dreg(r) <= max(int(2 * r.ctx.sc), 1) + 1
-    near = grown & ~r.reg
+    near = _grown(r) & ~r.reg
     touch = near & vsub
     _, nbr = ndi.label(touch, structure=np.ones((3, 3)))
     f["vessel_branches"] = float(nbr)
