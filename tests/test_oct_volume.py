@@ -9,6 +9,9 @@ import pytest
 
 from grok.ids import OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
 from grok.oct import measure_circle, measure_volume, select_bscans
+from grok.oct.grid import CubeSpacing
+from grok.oct.measures import macular_biomarkers
+from grok.oct.volume import PLAUSIBLE_RETINA_UM, implausible_thickness
 from grok.phantom.oct import OctGeometry, synth_circle_scan, synth_oct_volume
 
 #: 13 B-scans 250 um apart x 320 A-scans: 3 x 3.7 mm around the fovea (covers the inner ETDRS ring)
@@ -183,3 +186,36 @@ def test_ped_rim_classed_as_drusen_joins_the_ped():
     assert masks["ped"].sum() == before_ped + rim
     assert masks["drusen"][2, :, 45:50].sum() == 20 and masks["drusen"][4].sum() == 16
     assert masks["drusen"].sum() == 36
+
+
+def test_implausible_thickness_names_the_subfield():
+    lo, hi = PLAUSIBLE_RETINA_UM
+    ok = {"macular_thickness_central_um": 270.0, "macular_thickness_outer_nasal_um": 290.0, "rnfl_thickness_um": 20.0}
+    assert implausible_thickness(ok) is None
+    assert implausible_thickness(dict(ok, macular_thickness_central_um=math.nan)) is None  # NaN is not a value
+    why = implausible_thickness(dict(ok, macular_thickness_central_um=lo - 1))
+    assert "central subfield" in why and f"{lo:.0f}-{hi:.0f}" in why
+    why = implausible_thickness(dict(ok, macular_thickness_outer_nasal_um=hi + 1, macular_thickness_central_um=10.0))
+    assert "1 more subfield" in why
+
+
+def test_implausible_thickness_is_not_reported():
+    """A cube of the 5,000-study small-geometry build (8 x 128 x 128, 10 um axial; the phantom's subject 2104,
+    left eye, regenerated pixel for pixel) whose ILM and BM meet near the fovea: its CST measured 30 um and
+    stopped the whole build at the data contract. Now every boundary-derived biomarker is NaN with the
+    reason and the cube is not usable; the raw measurement of its own segmentation is the precondition."""
+    geo = OctGeometry(n_bscans=8, rows=128, cols=128, axial_um=10.0, lateral_um=46.875, bscan_spacing_um=750.0)
+    ph = synth_oct_volume("hypertension", "OS", np.random.default_rng([7, 2104, 1, 22]),
+                          severity=0.8910923079684262, age_years=68.0, sex="F", geometry=geo)
+    m = measure_volume(ph.volume, geo.spacing_mm, "OS")
+    raw, _ = macular_biomarkers(m.segmentation, CubeSpacing.from_mm(geo.spacing_mm), m.fovea, "OS")
+    cst = raw["macular_thickness_central_um"]
+    assert not PLAUSIBLE_RETINA_UM[0] <= cst <= PLAUSIBLE_RETINA_UM[1], (
+        f"this cube now segments to a plausible CST ({cst:.0f} um): pick another failing cube for this test")
+    assert "central subfield" in m.quality["flags"]["implausible_thickness"]
+    assert not m.quality["usable"]
+    for k, v in m.biomarkers.items():
+        if k != "hrf_count":
+            assert math.isnan(v), k
+    assert "outside the plausible" in m.quality["reasons"]["macular_thickness_central_um"]
+    assert "outside the plausible" in m.quality["reasons"]["gcipl_thickness_um"]

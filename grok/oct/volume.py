@@ -29,6 +29,12 @@ _B = {n: i for i, n in enumerate(BOUNDARIES)}
 #: Mean peripapillary RNFL (um) a circle scan may report; outside it the segmentation is taken to have
 #: failed (end-stage glaucoma floors near 40-50 um; no healthy eye reaches 250 um).
 PLAUSIBLE_RNFL_UM = (30.0, 250.0)
+#: Total retinal thickness (ILM-BM, um) an ETDRS subfield mean may report. Below it the ILM and BM sit
+#: on the same edge somewhere in the subfield (a segmentation failure: even end-stage atrophy or a full-
+#: thickness macular hole averages well over 80 um across a 1-mm subfield); above it is more than the
+#: thickest macular oedema the data contract admits. Outside it, every boundary-derived biomarker of the
+#: cube is NaN with the reason, so one failed cube never reaches a record, or stops a build at its contract.
+PLAUSIBLE_RETINA_UM = (80.0, 1200.0)
 #: Units-free biomarkers that stay valid without a pixel spacing.
 _UNITLESS = ("hrf_count",)
 
@@ -336,6 +342,13 @@ def measure_volume(
                     reasons[k] = "laterality unknown: nasal and temporal cannot be told apart"
         if fovea_q["status"] != "ok":
             flags["fovea_uncertain"] = fovea_q.get("reason", "fovea uncertain")
+        implausible = implausible_thickness(bio)
+        if implausible:
+            flags["implausible_thickness"] = implausible
+            for k in MACULAR_IDS:
+                if k != "hrf_count" and math.isfinite(bio.get(k, math.nan)):
+                    bio[k] = math.nan
+                    reasons[k] = f"not measurable: {implausible}"
     if missing:
         for k in MACULAR_IDS:
             if k not in _UNITLESS and math.isfinite(bio.get(k, math.nan)):
@@ -343,7 +356,8 @@ def measure_volume(
                 reasons[k] = flags["missing_spacing"]
     bio = {k: float(bio.get(k, math.nan)) for k in MACULAR_IDS}
     quality = {
-        "usable": bool(valid_frac >= 0.2 and fovea is not None and not missing),
+        "usable": bool(valid_frac >= 0.2 and fovea is not None and not missing
+                       and "implausible_thickness" not in flags),
         "segmented_fraction": valid_frac,
         "flags": flags,
         "reasons": reasons,
@@ -365,6 +379,21 @@ def measure_volume(
         hrf=hrf,
         ez_disrupted=ez_dis,
     )
+
+
+def implausible_thickness(biomarkers: dict[str, float]) -> str | None:
+    """Why a cube's ETDRS total-thickness map cannot be right (:data:`PLAUSIBLE_RETINA_UM`), or None."""
+    lo, hi = PLAUSIBLE_RETINA_UM
+    off = [(k, v) for k, v in biomarkers.items()
+           if k.startswith("macular_thickness_") and math.isfinite(v) and not lo <= v <= hi]
+    if not off:
+        return None
+    k, v = off[0]
+    where = k.removeprefix("macular_thickness_").removesuffix("_um").replace("_", " ")
+    more = f" (and {len(off) - 1} more subfields)" if len(off) > 1 else ""
+    return (f"retinal thickness {v:.0f} um in the {where} subfield{more} is outside the plausible "
+            f"{lo:.0f}-{hi:.0f} um: the segmentation failed there; thickness, volume and lesion measures "
+            "of this cube are not reported")
 
 
 def select_bscans(measurement: OctMeasurement, max_lesion_bscans: int = 4) -> dict:
