@@ -217,6 +217,9 @@ def test_bootstrap_columns_reproduce_the_point_estimates(monkeypatch):
     w = np.vstack(blocks)
     assert w.shape == (250, 300) and (w.sum(axis=1) == 300).all()
     assert np.array_equal(w, np.vstack(list(resample_weights(len(t), 250, seed=0))))  # seeded
+    gen = np.random.default_rng(0)  # each row counts one block's row of draws (the blocks in order)
+    draws = np.vstack([gen.integers(0, len(t), size=(len(b), len(t)), dtype=np.int32) for b in blocks])
+    assert np.array_equal(w, np.stack([np.bincount(d, minlength=len(t)) for d in draws]).astype(np.float32))
     monkeypatch.setattr(score_mod, "BOOTSTRAP_BLOCK_CELLS", 3000)  # memory bound: blocks of 10 resamples
     small = list(resample_weights(len(t), 250, seed=0))
     assert len(small) == 25 and all(b.shape == (10, 300) for b in small)

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from grok.eval.data import benchmark_from_records
-from grok.eval.reader import AnswerReader
+from grok.eval.reader import AnswerReader, _diagnosis
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
@@ -134,6 +134,21 @@ def test_verifier_read_equals_the_hooked_reading(setup):
                                        ("eye", new.wrong_eye), ("stated", new.stated)) if v)
     # the texts exercised every kind of verdict, so the equality above says something about each
     assert all(seen[k] > 20 for k in ("wrong", "ref", "disagree", "invented", "eye", "stated")), seen
+
+
+def test_diagnosis_is_the_disease_stated_most_often_the_last_on_a_tie():
+    """The answer's diagnosis against the Counter it was computed with before (lists of 0 to 7 statements)."""
+    def oracle(stated):
+        if not stated:
+            return None
+        counts = Counter(stated)
+        top = max(counts.values())
+        return next(d for d in reversed(stated) if counts[d] == top)
+
+    rng = random.Random(3)
+    lists = [[rng.choice(["amd", "glaucoma", "normal", "dme"]) for _ in range(rng.randint(0, 7))] for _ in range(3000)]
+    assert all(_diagnosis(x) == oracle(x) for x in lists)
+    assert _diagnosis(["amd", "glaucoma"]) == "glaucoma" and _diagnosis(["amd", "glaucoma", "amd"]) == "amd"
 
 
 def test_read_never_raises_and_says_why(setup):

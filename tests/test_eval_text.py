@@ -44,6 +44,30 @@ def test_tokens_are_sacrebleus_13a(texts):
         assert tokens_13a(line) == tok(line.rstrip()).split(), repr(line)
 
 
+def test_number_chunks_are_tokenised_as_13a_rules_do():
+    """Chunks shaped like numbers take a path without 13a's regular expressions: the same tokens as the
+    rules (``_chunk_13a``) and sacrebleu on numbers, numbers with a mark after them, and near misses (marks
+    doubled or first, dashes, letters, other scripts' digits, superscripts)."""
+    from grok.eval import text as text_mod
+
+    rng = random.Random(7)
+    digits = "0123456789"
+    chunks = ["1.", "1,", "1.5", "0.50,", "0.83.", "553,337", "1.2.3,", "1..2", ".5", "5.,", ",5", "1,,2", "3-4",
+              "3.5-", "-3.5", "a3.5,", "3.5a,", "3.5µm", "١٢٣.٤", "١٢٣,", "²3.", "3²,", "12.", "1.2e5", "0x1."]
+    for _ in range(3000):
+        parts = ["".join(rng.choice(digits) for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        body = "".join(p + (rng.choice(".,") if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+        chunks.append(body + rng.choice(["", "", ".", ",", ".,", "-", "a", "'"]))
+        chunks.append("".join(rng.choice("12.,-a٣") for _ in range(rng.randint(1, 6))))
+    tok = Tokenizer13a()
+    for c in chunks:
+        assert text_mod._chunk_tokens(c) == text_mod._chunk_13a(c), repr(c)
+    text_mod._CHUNK_CACHE.clear()  # tokens_13a takes the new path for chunks it has not seen
+    for c in chunks:
+        assert tokens_13a(c) == tok(c.rstrip()).split(), repr(c)
+        assert tokens_13a(f"CST {c} µm") == tok(f"CST {c} µm").split(), repr(c)
+
+
 def test_segment_statistics_and_corpus_bleu_are_sacrebleus(texts):
     hyps, refs = texts
     theirs = np.asarray(BLEU()._extract_corpus_statistics(hyps, [refs]), dtype=np.int64)

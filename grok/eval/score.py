@@ -377,8 +377,8 @@ def resample_weights(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
     done = 0
     while done < resamples:
         b = min(block, resamples - done)
-        draws = rng.integers(0, n, size=(b, n), dtype=np.int32)
-        draws += (np.arange(b, dtype=np.int32) * n)[:, None]
+        draws = rng.integers(0, n, size=(b, n), dtype=np.int32).astype(np.intp)  # bincount counts intp
+        draws += (np.arange(b, dtype=np.intp) * n)[:, None]
         yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
         done += b
 

@@ -109,6 +109,11 @@ _13A_RULES = ((re.compile(r"([^0-9])([\.,])"), r"\1 \2 "), (re.compile(r"([\.,])
 
 
 _PUNCT_RULES = frozenset(".,-")
+#: A chunk that is a number, digit runs joined by single periods or commas ("381.7", "553,337"), and at most
+#: one period or comma after it: every period and comma inside has a digit on both sides and the chunk has
+#: no dash, so of 13a's rules 2-4 only the second applies, to the last mark (followed by white space), which it
+#: splits off ("0.50," -> "0.50", ","). Answers' numbers are the chunks most often seen for the first time.
+_13A_NUMBER = re.compile(r"([0-9]+(?:[.,][0-9]+)*)([.,]?)")
 #: 13a tokens of the white-space-separated chunks seen, reused across answers (bounded).
 _CHUNK_CACHE: dict[str, list[str]] = {}
 _CHUNK_CACHE_MAX = 50_000
@@ -123,22 +128,37 @@ def _chunk_13a(chunk: str) -> list[str]:
     return line.split()
 
 
+def _chunk_tokens(chunk: str) -> list[str]:
+    """:func:`_chunk_13a` of one chunk, numbers without its regular expressions."""
+    if _PUNCT_RULES.isdisjoint(chunk):
+        return [chunk]
+    m = _13A_NUMBER.fullmatch(chunk)
+    if m is None:
+        return _chunk_13a(chunk)
+    num, mark = m.groups()
+    return [num, mark] if mark else [num]
+
+
 def tokens_13a(line: str) -> list[str]:
     """sacrebleu's ``13a`` tokens of one segment (after its ``rstrip``), case kept."""
     line = line.rstrip().replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in line:
         line = line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">")
     out: list[str] = []
-    cache = _CHUNK_CACHE
-    get = cache.get
+    get = _CHUNK_CACHE.get
     for chunk in _13A_CHUNKS.findall(line):
-        toks = get(chunk)
-        if toks is None:
-            if len(cache) >= _CHUNK_CACHE_MAX:
-                cache.clear()
-            toks = cache[chunk] = [chunk] if _PUNCT_RULES.isdisjoint(chunk) else _chunk_13a(chunk)
-        out += toks
+        out += get(chunk) or _chunk_cached(chunk)
     return out
+
+
+def _chunk_cached(chunk: str) -> list[str]:
+    """:func:`_chunk_tokens` of ``chunk``, kept in ``_CHUNK_CACHE`` (cleared when full)."""
+    toks = _CHUNK_CACHE.get(chunk)
+    if toks is None:
+        if len(_CHUNK_CACHE) >= _CHUNK_CACHE_MAX:
+            _CHUNK_CACHE.clear()
+        toks = _CHUNK_CACHE[chunk] = _chunk_tokens(chunk)
+    return toks
 
 
 def _ngram_counts(toks: list[str]) -> tuple[Counter, ...]:
@@ -421,20 +441,39 @@ class AnswerWords:
     character, and 13a's rules look one character either side; an answer 13a would change first
     (``<skipped>``, ``-`` before a line break, ``&`` entities) gets its 13a tokens from :func:`tokens_13a`."""
 
-    __slots__ = ("cache", "flag", "flagged", "max_words", "table")
+    __slots__ = ("cache", "chunks", "flag", "flagged", "max_words", "table")
 
     def __init__(self, table: BleuTable | None, flag=None, max_words: int = 50_000):
         self.table, self.flag, self.max_words = table, flag, max_words
         self.cache: dict[str, tuple[bytes, list[str]]] = {}
         self.flagged: dict[str, Any] = {}
+        self.chunks: dict[str, bytes] = {}  # a 13a chunk's token ids
 
     def _ids(self, text: str) -> bytes:
         if self.table is None:
             return b""
         return array("q", self.table.ids(tokens_13a(text))).tobytes()
 
+    def _word_ids(self, w: str) -> bytes:
+        """:meth:`_ids` of one word (no white space): its 13a chunks' ids, each chunk's computed once (a word
+        seen for the first time, a number or a box, is mostly chunks seen before). Without ``&`` or
+        ``<skipped>`` (which 13a replaces first) a word's 13a tokens are its chunks' tokens in order."""
+        if self.table is None:
+            return b""
+        if "&" in w or "<skipped>" in w:
+            return self._ids(w)
+        parts = _13A_CHUNKS.findall(w)
+        got = list(map(self.chunks.get, parts))
+        if None in got:
+            got = [self.chunks.get(c) or self._chunk(c) for c in parts]
+        return b"".join(got)
+
+    def _chunk(self, c: str) -> bytes:
+        out = self.chunks[c] = array("q", self.table.ids(_chunk_cached(c))).tobytes()
+        return out
+
     def _word(self, w: str) -> tuple[bytes, list[str]]:
-        entry = self.cache[w] = (self._ids(w), _TOKEN.findall(w.lower()))
+        entry = self.cache[w] = (self._word_ids(w), _TOKEN.findall(w.lower()))
         if self.flag is not None:
             f = self.flag(w)
             if f:
@@ -448,6 +487,7 @@ class AnswerWords:
         if len(self.cache) + len(words) > self.max_words:
             self.cache.clear()
             self.flagged.clear()
+            self.chunks.clear()
         entries = list(map(self.cache.get, words))  # the loops here run in C
         if None in entries:
             entries = [self.cache.get(w) or self._word(w) for w in words]
@@ -457,6 +497,6 @@ class AnswerWords:
             bleu = b"".join(map(_FIRST, entries))
         rouge = list(chain.from_iterable(map(_SECOND, entries)))
         flagged = self.flagged
-        flags = [] if flagged.keys().isdisjoint(words) else list(map(flagged.__getitem__,
+        flags = [] if not flagged or flagged.keys().isdisjoint(words) else list(map(flagged.__getitem__,
                                                                      filter(flagged.__contains__, words)))
         return bleu, rouge, flags
