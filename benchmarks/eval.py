@@ -14,6 +14,10 @@ process:
   JSONL file;
 * ``answers_per_s_cold``: the same with an empty disk cache (the reference answers read too: the first
   scoring of a version, or after the reading code, knowledge base or tolerance changed);
+* ``answers_per_s_distinct``: ``answers_per_s`` on answers that are all new to the process: the shuffled
+  answers with every number (but step numbers) perturbed, with new numbers every repeat
+  (:func:`perturb_numbers`), so no cache keyed on text (the per-word and 13a-chunk caches, the verifier's
+  cached windows) has seen them; the figure the 5,000 answers/s target is judged on;
 * ``answers_per_s_no_bleu``: ``answers_per_s`` with ``bleu=False``;
 * ``answers_per_s_references_read``: ``answers_per_s`` with the reference readings already in memory (a
   further model scored on the same benchmark in one process);
@@ -41,12 +45,35 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 TARGET_ANSWERS_PER_S = 5000
+_NUMBER = re.compile(r"(?<![\w.])(\d+)(?:\.(\d+))?(?!\w)")
+
+
+def perturb_numbers(answers: list[str], seed: int) -> list[str]:
+    """``answers`` with every number but step numbers ("Step 2") moved by 0-30 % and a few units of its last
+    digit, its decimals kept: wrong values read as a model's would be, and text no cache has seen."""
+    rng = random.Random(seed)
+
+    def one(m: re.Match) -> str:
+        if m.string.endswith("Step ", 0, m.start()):
+            return m.group(0)
+        dec = len(m.group(2) or "")
+        x = float(m.group(0))
+        for _ in range(20):
+            y = abs(x * rng.uniform(0.7, 1.3) + rng.uniform(-3, 3) * 10 ** -dec)
+            s = f"{y:.{dec}f}"
+            if s != m.group(0):
+                return s
+        return m.group(0)
+
+    return [_NUMBER.sub(one, a) for a in answers]
+
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -90,14 +117,19 @@ def main(argv: list[str] | None = None) -> dict:
              cache_dir=cache)  # and the version's reference readings on disk, as an earlier run leaves them
     load_before = round(os.getloadavg()[0], 2)
     all_items = tuple(bench.items.values())
-    out: dict[str, list[tuple[float, float]]] = {"full": [], "cold": [], "no_bleu": [], "refs_read": [], "reads": []}
+    out: dict[str, list[tuple[float, float]]] = {"full": [], "distinct": [], "cold": [], "no_bleu": [], "refs_read": [],
+                                                 "reads": []}
 
     def run(**kw):
         return evaluate(bench, preds, args.bootstrap, reader=reader, items_path=items_file, **kw)
 
-    for _ in range(max(1, args.repeats)):
+    for rep in range(max(1, args.repeats)):
         bench.readings.clear()  # a first model in a new process: the reference readings come from the disk cache
         out["full"].append(_timed(lambda: run(cache_dir=cache)))
+        fresh = Predictions("distinct", dict(zip(ids, perturb_numbers(refs, args.seed + 1 + rep))))
+        bench.readings.clear()  # ... whose answers no cache has seen
+        out["distinct"].append(_timed(lambda: evaluate(bench, fresh, args.bootstrap, reader=reader,  # noqa: B023
+                                                       items_path=items_file, cache_dir=cache)))
         bench.readings.clear()  # ... or, the cache empty, are read
         for f in cold_cache.glob("*"):
             f.unlink()
@@ -121,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tasks": dict(sorted({it.task: sum(1 for x in bench.items.values() if x.task == it.task)
                               for it in bench.items.values()}.items())),
         "answers_per_s": rate("full", 0), "answers_per_cpu_s": rate("full", 1),
+        "answers_per_s_distinct": rate("distinct", 0), "answers_per_cpu_s_distinct": rate("distinct", 1),
         "answers_per_s_cold": rate("cold", 0), "answers_per_cpu_s_cold": rate("cold", 1),
         "answers_per_s_no_bleu": rate("no_bleu", 0), "answers_per_cpu_s_no_bleu": rate("no_bleu", 1),
         "answers_per_s_references_read": rate("refs_read", 0),
