@@ -24,6 +24,7 @@ resamples at once: :func:`bleu_from_stats` on an ``(n, 10)`` array.
 from __future__ import annotations
 
 import re
+import struct
 from array import array
 from collections import Counter
 from itertools import chain
@@ -429,6 +430,10 @@ class BleuRow:
 
 
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
+#: A word that is a number with at most one period or comma after it ("381.7", "0.50,", "12."): its 13a tokens
+#: are the number and the mark (``_13A_NUMBER``), its ROUGE-L tokens the digit runs.
+_PLAIN_NUMBER = re.compile(r"([0-9]+)(?:\.([0-9]+))?([.,]?)")
+_PACK_Q, _PACK_2Q = struct.Struct("@q").pack, struct.Struct("@2q").pack  # = array("q", ...).tobytes()
 
 
 class AnswerWords:
@@ -463,9 +468,12 @@ class AnswerWords:
         if "&" in w or "<skipped>" in w:
             return self._ids(w)
         parts = _13A_CHUNKS.findall(w)
-        got = list(map(self.chunks.get, parts))
+        chunks = self.chunks
+        got = list(map(chunks.get, parts))
         if None in got:
-            got = [self.chunks.get(c) or self._chunk(c) for c in parts]
+            for c in set(parts).difference(chunks):
+                self._chunk(c)
+            got = list(map(chunks.__getitem__, parts))
         return b"".join(got)
 
     def _chunk(self, c: str) -> bytes:
@@ -473,7 +481,19 @@ class AnswerWords:
         return out
 
     def _word(self, w: str) -> tuple[bytes, list[str]]:
-        entry = self.cache[w] = (self._word_ids(w), _TOKEN.findall(w.lower()))
+        m = _PLAIN_NUMBER.fullmatch(w)
+        if m is None:
+            entry = self.cache[w] = (self._word_ids(w), _TOKEN.findall(w.lower()))
+        else:  # a number, perhaps with a period or comma after it: one chunk (see _13A_NUMBER)
+            whole, frac, mark = m.groups()
+            get = self.table.vocab.get if self.table is not None else None
+            if get is None:
+                ids = b""
+            elif mark:
+                ids = _PACK_2Q(get(w[:-1], 0), get(mark, 0))
+            else:
+                ids = _PACK_Q(get(w, 0))
+            entry = self.cache[w] = (ids, [whole, frac] if frac else [whole])
         if self.flag is not None:
             f = self.flag(w)
             if f:
