@@ -120,8 +120,14 @@ def test_answer_words_are_the_whole_answers_tokens_and_language_check(texts):
     numbers = [" ".join(rng.choice(["0.50,", "12.", "381.7", "007", "1.", "3.5", "(0.41,", "265.5", "1,000", "2.0.",
                                     "١٢٣.٤", f"{rng.uniform(0, 500):.{rng.randint(0, 3)}f}{rng.choice(['', '.', ','])}"])
                          for _ in range(rng.randint(1, 12))) for _ in range(300)]
-    lines = texts[0] + texts[1] + others + numbers
-    table = BleuTable(texts[1] + numbers[:50])
+    digit_words = ["72-year-old", "(0.41,", "10²", "a1b22c", "1-2-3", "3.5-", "-3", "x0y", "0", "00,", "١2.5", "2nd", "5th",
+                   "µm3", "6/12", "1..2", "1.2.3", "(1)", "[12]", "1e5", "v2.0-beta", "0.5-1.0", "12,", "-0.5,", "A1c."]
+    boxes = [" ".join(f"<|object_ref_start|>{rng.choice(['drusen', 'optic disc', 'haemorrhage'])}<|object_ref_end|>"
+                      f"<|box_start|>({rng.randint(0, 999)},{rng.randint(0, 999)}),({rng.randint(0, 999)},"
+                      f"{rng.randint(0, 999)})<|box_end|>" for _ in range(rng.randint(1, 4))) for _ in range(100)]
+    shaped = [" ".join(rng.choice(digit_words) for _ in range(rng.randint(1, 8))) for _ in range(200)]
+    lines = texts[0] + texts[1] + others + numbers + boxes + shaped
+    table = BleuTable(texts[1] + numbers[:50] + boxes[:20] + shaped[:50])
     words = AnswerWords(table, not_english_word, max_words=500)  # small: the cache is cleared on the way
     for line in lines + lines[:50]:
         ids, rouge, flags = words(line)

@@ -434,6 +434,15 @@ _FIRST, _SECOND = itemgetter(0), itemgetter(1)
 #: are the number and the mark (``_13A_NUMBER``), its ROUGE-L tokens the digit runs.
 _PLAIN_NUMBER = re.compile(r"([0-9]+)(?:\.([0-9]+))?([.,]?)")
 _PACK_Q, _PACK_2Q = struct.Struct("@q").pack, struct.Struct("@2q").pack  # = array("q", ...).tobytes()
+_DIGIT_RUNS = re.compile(r"([0-9]+)")
+
+
+def _fill(pieces: list[str], runs) -> str:
+    """``pieces`` (a token split at its digit runs' places) joined with the next of ``runs``."""
+    out = pieces[0]
+    for p in pieces[1:]:
+        out += next(runs) + p
+    return out
 
 
 class AnswerWords:
@@ -446,13 +455,14 @@ class AnswerWords:
     character, and 13a's rules look one character either side; an answer 13a would change first
     (``<skipped>``, ``-`` before a line break, ``&`` entities) gets its 13a tokens from :func:`tokens_13a`."""
 
-    __slots__ = ("cache", "chunks", "flag", "flagged", "max_words", "table")
+    __slots__ = ("cache", "chunks", "flag", "flagged", "max_words", "shapes", "table")
 
     def __init__(self, table: BleuTable | None, flag=None, max_words: int = 50_000):
         self.table, self.flag, self.max_words = table, flag, max_words
         self.cache: dict[str, tuple[bytes, list[str]]] = {}
         self.flagged: dict[str, Any] = {}
         self.chunks: dict[str, bytes] = {}  # a 13a chunk's token ids
+        self.shapes: dict[str, tuple[list, list]] = {}  # a word's tokens with its digit runs left out
 
     def _ids(self, text: str) -> bytes:
         if self.table is None:
@@ -480,10 +490,49 @@ class AnswerWords:
         out = self.chunks[c] = array("q", self.table.ids(_chunk_cached(c))).tobytes()
         return out
 
+    def _shape(self, shape: str) -> tuple[list, list]:
+        """The tokens of a word whose ASCII digit runs are each written ``0`` (its shape): 13a token ids where a
+        token has no ``0`` and ROUGE-L tokens likewise, the other tokens split at their ``0``s (holes)."""
+        toks: list[str] = []
+        for c in _13A_CHUNKS.findall(shape):
+            toks += _chunk_cached(c)
+        get = self.table.vocab.get
+        bleu: list = []
+        fixed: list[int] = []
+        for t in toks:
+            if "0" in t:
+                if fixed:
+                    bleu.append(array("q", fixed).tobytes())
+                    fixed = []
+                bleu.append(t.split("0"))
+            else:
+                fixed.append(get(t, 0))
+        if fixed:
+            bleu.append(array("q", fixed).tobytes())
+        out = self.shapes[shape] = (bleu, [t.split("0") if "0" in t else t for t in _TOKEN.findall(shape.lower())])
+        return out
+
+    def _by_shape(self, parts: list[str]) -> tuple[bytes, list[str]]:
+        """A word's BLEU ids and ROUGE-L tokens from its shape's (``parts``: the word split around its ASCII digit
+        runs, ``_DIGIT_RUNS.split``): each hole takes the next digit run. 13a's rules and chunks treat every
+        ASCII digit alike and never split a run of them or look inside it, and lower-casing leaves digits
+        alone, so a word's tokens are its shape's with the runs put back in order."""
+        shape = "0".join(parts[0::2])
+        bleu, rouge = self.shapes.get(shape) or self._shape(shape)
+        get = self.table.vocab.get
+        runs = iter(parts[1::2])
+        ids = b"".join([p if p.__class__ is bytes else _PACK_Q(get(_fill(p, runs), 0)) for p in bleu])
+        runs = iter(parts[1::2])
+        return ids, [t if t.__class__ is str else _fill(t, runs) for t in rouge]
+
     def _word(self, w: str) -> tuple[bytes, list[str]]:
         m = _PLAIN_NUMBER.fullmatch(w)
         if m is None:
-            entry = self.cache[w] = (self._word_ids(w), _TOKEN.findall(w.lower()))
+            parts = _DIGIT_RUNS.split(w) if self.table is not None and "&" not in w and "<skipped>" not in w else ()
+            if len(parts) > 1:  # a word with digits: a box, "(0.41,", "72-year-old" share their shape
+                entry = self.cache[w] = self._by_shape(parts)
+            else:
+                entry = self.cache[w] = (self._word_ids(w), _TOKEN.findall(w.lower()))
         else:  # a number, perhaps with a period or comma after it: one chunk (see _13A_NUMBER)
             whole, frac, mark = m.groups()
             get = self.table.vocab.get if self.table is not None else None
@@ -508,6 +557,7 @@ class AnswerWords:
             self.cache.clear()
             self.flagged.clear()
             self.chunks.clear()
+            self.shapes.clear()
         entries = list(map(self.cache.get, words))  # the loops here run in C
         if None in entries:
             entries = [self.cache.get(w) or self._word(w) for w in words]
