@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from grok.ids import BOUNDARIES, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
+from grok.oct.atrophy import bscan_atrophy
 from grok.oct.circle import circle_biomarkers
 from grok.oct.grid import CubeSpacing
 from grok.oct.lesions import detect_bscan_lesions, lesion_boxes
@@ -54,6 +55,8 @@ class OctMeasurement:
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  #: detected lesion masks
     hrf: list[tuple[int, float, float]] = field(default_factory=list, repr=False)
     ez_disrupted: np.ndarray | None = field(default=None, repr=False)  #: (n_bscans, cols) bool
+    #: (n_bscans, cols) bool en-face map of complete RPE and outer retinal atrophy (grok.oct.atrophy)
+    atrophy: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """JSON-able summary (no pixel arrays); NaN stays NaN (``print_json`` turns it into null)."""
@@ -306,6 +309,7 @@ def measure_volume(
     masks = {k: np.zeros((n, rows, cols), bool) for k in ("irf", "srf", "ped", "drusen")}
     hrf: list[tuple[int, float, float]] = []
     ez_dis = np.zeros((n, cols), bool)
+    atrophy = np.zeros((n, cols), bool)
     for i in range(n):
         if images[i] is None or not np.isfinite(seg[i]).any():
             continue
@@ -314,6 +318,7 @@ def measure_volume(
             masks[k][i] = m[k]
         hrf.extend((i, r, c) for r, c in h)
         ez_dis[i] = e
+        atrophy[i] = bscan_atrophy(images[i], seg[i], e, ax, la, elevated=(m["ped"] | m["drusen"]).any(axis=0))
     images.clear()
     fines.clear()
     ped_periphery_to_ped(masks)
@@ -378,6 +383,7 @@ def measure_volume(
         masks=masks if keep_masks else {},
         hrf=hrf,
         ez_disrupted=ez_dis,
+        atrophy=atrophy,
     )
 
 

@@ -133,6 +133,9 @@ class OctPhantom:
     category: str = "normal"
     ez_disrupted: np.ndarray | None = None  #: (n_bscans, cols) bool, where the EZ band is missing
     params: dict = field(default_factory=dict)  #: severity, age_years, sex, noise, transform
+    #: (n_bscans, cols) bool en-face map of geographic atrophy (complete RPE and outer retinal atrophy); None
+    #: when the cube was drawn without (``atrophy=False``)
+    atrophy: np.ndarray | None = None
 
     def to_truth(self) -> dict:
         """JSON-able truth without the big arrays (NaN -> None)."""
@@ -145,7 +148,15 @@ class OctPhantom:
             "lesions": self.lesions,
             "hrf": [[int(b), float(r), float(c)] for b, r, c in self.hrf],
             "params": dict(self.params),
+            "geographic_atrophy": None if self.atrophy is None else atrophy_truth(self.atrophy, self.geometry),
         }
+
+
+def atrophy_truth(atrophy: np.ndarray, geometry: OctGeometry) -> dict:
+    """Regions (8-connected on the en-face grid of B-scans x A-scans) and area of an en-face atrophy map."""
+    _, n_regions = ndimage.label(atrophy, structure=np.ones((3, 3), bool))
+    area_mm2 = float(atrophy.sum()) * geometry.lateral_um * geometry.bscan_spacing_um * 1e-6
+    return {"regions": int(n_regions), "area_mm2": area_mm2}
 
 
 @dataclass
@@ -487,6 +498,31 @@ def _ez_patches(rng, n, x, y, les) -> None:
     les["ez"] |= _domes(x, y, cx, cy, rad, np.ones(n), 1.0) > 0
 
 
+def _atrophy(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, lay: dict[str, np.ndarray], les: dict,
+             severity: float) -> np.ndarray:
+    """Geographic atrophy (complete RPE and outer retinal atrophy, Sadda 2018): one to three confluent
+    patches 0.25-0.9 mm across near the fovea where the RPE is lost, the photoreceptors and outer nuclear
+    layer thin, the EZ is gone and drusen have collapsed. Returns the en-face map; the caller renders the
+    hypertransmission (the choroid brightens where no RPE absorbs the light)."""
+    n = int(rng.integers(1, 4))
+    cx, cy = _random_centres(rng, n, 1.2)
+    rad = rng.uniform(0.25, 0.45, n) * min(1.5, 0.7 + 0.3 * max(severity, 0.0))
+    # weight 1 inside, tapering to 0 over the outer ~15 % of each patch's radius (atrophy has sloping edges)
+    w = np.clip(4.0 * _domes(x, y, cx, cy, rad, np.ones(n), 1.0), 0.0, 1.0)
+    ga = w >= 0.5
+    lay["rpe"] = lay["rpe"] * (1.0 - 0.85 * w)
+    lay["is"] = lay["is"] * (1.0 - 0.6 * w)
+    lay["os"] = lay["os"] + w * (np.minimum(lay["os"], 19.0) - lay["os"])  # EZ and ID bands still fit (>= 18.5 um)
+    lay["onl"] = lay["onl"] * (1.0 - 0.4 * w)
+    les["drusen"] = les["drusen"] * (1.0 - w)
+    les["ez"] |= ga
+    return ga
+
+
+#: Linear gain of the choroid's signal under geographic atrophy (no RPE above it to absorb the light).
+_HYPERTRANSMISSION = 2.5
+
+
 def _vessels(
     rng: np.random.Generator, b_of_y, c_of_x, n: int, cols: int, spacing_mm: float, lateral_mm: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -703,6 +739,7 @@ def synth_oct_volume(
     noise: float = 1.0,
     geometry: OctGeometry | None = None,
     appearance: str = "standard",
+    atrophy: bool = False,
 ) -> OctPhantom:
     """Synthesise a macular cube of ``category`` with its truth (deterministic given ``rng``'s state).
 
@@ -715,9 +752,14 @@ def synth_oct_volume(
     geometry : cube sampling (default 49 x 496 x 512, 3.87 / 11.7 / 120 um)
     appearance : ``"standard"`` or ``"device"`` (per-eye random layer reflectivities, contrast and PSF:
         :class:`DeviceLook`); the anatomy and the truth are the same for the same ``rng`` state
+    atrophy : ``category="amd"`` only: add geographic atrophy (:func:`_atrophy`), drawn from a generator
+        seeded by ``rng``'s state without advancing it, so every other draw, and every cube drawn without
+        atrophy, is unchanged
     """
     _check_args(category, laterality, severity, noise)
     _check_appearance(appearance)
+    if atrophy and category != "amd":
+        raise ValueError(f"atrophy=True needs category='amd' (geographic atrophy is late dry AMD), got {category!r}")
     if sex not in ("F", "M"):
         raise ValueError(f"sex must be 'F' or 'M', got {sex!r}")
     geom = geometry or OctGeometry()
@@ -734,7 +776,9 @@ def synth_oct_volume(
     x_img = np.broadcast_to((ci - fc) * lat_mm, (n, cols)).copy()
     x = x_img * side
     lay = _macular_layers(x, y, rng, age_years, sex)
+    ga_rng = np.random.default_rng(int(rng.bit_generator.state["state"]["state"])) if atrophy else None
     les = _pathology(category, severity, x, y, lay, rng)
+    ga = _atrophy(ga_rng, x, y, lay, les, severity) if ga_rng is not None else None
     choroid = np.clip(rng.normal(290.0, 50.0) - 1.6 * (age_years - 60.0), 120.0, 450.0)
     if category == "amd":
         choroid *= 1.0 - 0.15 * min(severity, 2.0)
@@ -758,6 +802,10 @@ def synth_oct_volume(
     )
     rnfl_px = z[:, 1] - z[:, 0]
     shadow_start = np.where(present, z[:, 0] + 0.5 * rnfl_px + 3.0, np.inf)
+    if ga is not None:  # hypertransmission under the atrophy, from Bruch's membrane down (vessel shadows kept)
+        hyper = ga & ~present
+        shadow_start = np.where(hyper, z[:, 19] + 3.0, shadow_start)
+        factor = np.where(hyper, _HYPERTRANSMISSION, factor)
     # illumination: lateral vignetting, B-scan gain, occasional dim B-scans
     vign = 1.0 - 0.35 * (xc / max(np.abs(xc).max(), 1e-9)) ** 2
     bgain = np.exp(rng.normal(0.0, 0.12 * noise, (n, 1)))
@@ -815,7 +863,8 @@ def synth_oct_volume(
         category=category,
         ez_disrupted=les["ez"],
         params={"severity": severity, "age_years": age_years, "sex": sex, "noise": noise,
-                "transform": ("log10", "root4")[transform], "appearance": appearance},
+                "transform": ("log10", "root4")[transform], "appearance": appearance, "atrophy": bool(atrophy)},
+        atrophy=ga,
     )
 
 
