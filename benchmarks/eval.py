@@ -23,6 +23,13 @@ process:
   further model scored on the same benchmark in one process);
 * ``reads_per_s``: :meth:`grok.eval.reader.AnswerReader.read` alone (the verifier's reading).
 
+``--against COMMIT`` also times this tree's ``grok/eval`` against ``COMMIT``'s, paired in one process: that
+commit's ``text.py``, ``reader.py`` and ``score.py`` (``git show``) are loaded beside the current modules
+(:func:`old_eval`), and the two ``evaluate`` run alternately (the order swapped every repeat), twice
+``--repeats`` times each, a first model each time (reference readings from the disk cache) on answers with
+new numbers (a fresh :func:`perturb_numbers` per run) and on the shuffled answers; the per-repeat ratios
+new / old are robust to the load drifting, which the separate-process figures are not.
+
 ``--judge-requests N`` also times the rubric judge against the local latency server
 (``tests/llm_server.py`` in its own process, ``--latency-ms``, ``--concurrency``): requests per
 second against the ideal concurrency / latency. The server's rule-based model does not write
@@ -91,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--judge-requests", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--against", default=None, help="a commit whose grok/eval to time against, paired in one process")
     ap.add_argument("--memory-studies", type=int, default=50,
                     help="studies of the memory check (N answers, then 10 N: the benchmark's items repeated)")
     args = ap.parse_args(argv)
@@ -162,6 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
         "target_answers_per_s": TARGET_ANSWERS_PER_S,
         "load_avg_1min_before": load_before, "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
+    if args.against:
+        res["against"] = bench_against(args.against, bench, preds, ids, refs, reader, lex, cache, items_file,
+                                       args.bootstrap, 2 * max(1, args.repeats), args.seed)
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
@@ -170,6 +181,66 @@ def main(argv: list[str] | None = None) -> dict:
     if args.judge_requests:
         res["judge"] = bench_judge(bench, args.judge_requests, args.latency_ms, args.concurrency, kb)
     print(json.dumps(res, indent=1))
+    return res
+
+
+def old_eval(commit: str) -> dict:
+    """``grok.eval``'s ``text``, ``reader`` and ``score`` modules as of ``commit``, loaded (``git show``) beside the
+    current ones, the old ``score`` importing the old ``text`` and ``reader``: the old side of a paired timing."""
+    import subprocess
+    import sys
+    import types
+
+    import grok.eval.score  # noqa: F401 - the current modules, put back after the old ones are loaded
+
+    root = Path(__file__).resolve().parents[1]
+    saved = {k: sys.modules[k] for k in ("grok.eval.text", "grok.eval.reader")}
+    mods = {}
+    try:
+        for name in ("text", "reader", "score"):
+            path = f"grok/eval/{name}.py"
+            src = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, check=True, capture_output=True,
+                                 text=True).stdout
+            mod = types.ModuleType(f"grok_eval_{name}_{commit}")
+            mod.__file__ = str(root / path)  # the reading-source digest (the disk cache's key) finds the root by it
+            sys.modules[mod.__name__] = mod
+            exec(compile(src, f"{commit}:{path}", "exec"), mod.__dict__)  # noqa: S102 - the repository's own code
+            mods[name] = mod
+            if name != "score":
+                sys.modules[f"grok.eval.{name}"] = mod
+    finally:
+        sys.modules.update(saved)
+    return mods
+
+
+def bench_against(commit: str, bench, shuffled, ids, refs, reader, lex, cache, items_file, resamples: int,
+                  repeats: int, seed: int) -> dict:
+    """Answers per CPU-second of this tree's ``evaluate`` and ``commit``'s, alternating in one process (see the
+    module docstring): medians and the median of the per-repeat ratios new / old."""
+    from grok.eval.data import Predictions
+    from grok.eval.score import evaluate
+
+    old = old_eval(commit)
+    sides = {"old": (old["score"].evaluate, old["reader"].AnswerReader(lex)), "new": (evaluate, reader)}
+    sides["old"][0](bench, Predictions("warm-up", {ids[0]: refs[0]}), 10, reader=sides["old"][1], cache_dir=cache)
+    out: dict[str, list[float]] = {f"{s}_{k}": [] for s in sides for k in ("distinct", "shuffled")}
+    loads = [os.getloadavg()[0]]
+    for rep in range(repeats):
+        for j, side in enumerate(("old", "new") if rep % 2 == 0 else ("new", "old")):
+            fn, rd = sides[side]
+            fresh = Predictions("distinct", dict(zip(ids, perturb_numbers(refs, seed + 10_000 + 2 * rep + j))))
+            for kind, preds in (("distinct", fresh), ("shuffled", shuffled)):
+                bench.readings.clear()
+                c = time.process_time()
+                fn(bench, preds, resamples, reader=rd, items_path=items_file, cache_dir=cache)
+                out[f"{side}_{kind}"].append(len(ids) / (time.process_time() - c))
+        loads.append(os.getloadavg()[0])
+    res: dict = {"commit": commit, "repeats": repeats}
+    for k, v in out.items():
+        res[f"{k}_answers_per_cpu_s"] = round(statistics.median(v), 1)
+    for kind in ("distinct", "shuffled"):
+        res[f"ratio_{kind}"] = round(statistics.median(n / o for n, o in zip(out[f"new_{kind}"], out[f"old_{kind}"])), 3)
+    res["load_avg_1min"] = [round(min(loads), 2), round(max(loads), 2)]
     return res
 
 
