@@ -79,6 +79,10 @@ CFP_LESION_TYPES: tuple[str, ...] = (
     "drusen",
 )
 
+#: Vessel signs counted on the vessel graph (``grok.cfp.vessel_signs``), not by the lesion detector: each
+#: has its ``<type>_count`` biomarker and, where found, one box per sign in the photograph's lesion list.
+CFP_VESSEL_SIGN_TYPES: tuple[str, ...] = ("av_nicking",)
+
 CFP_BIOMARKERS: tuple[str, ...] = (
     "disc_center_xy_px",
     "disc_diameter_px",
@@ -91,4 +95,5 @@ CFP_BIOMARKERS: tuple[str, ...] = (
     "arterial_fractal_dimension",
     "venular_fractal_dimension",
     *(f"{t}_count" for t in CFP_LESION_TYPES),
+    *(f"{t}_count" for t in CFP_VESSEL_SIGN_TYPES),
 )

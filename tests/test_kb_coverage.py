@@ -29,7 +29,7 @@ KEY = {
     "amd": {"drusen_medium", "drusen_large", "drusen_present_oct", "drusen_present_cfp"},
     "glaucoma": {"disc_cupping"},
     "diabetes": {"microaneurysms_present", "hard_exudates_present"},
-    "hypertension": {"hemorrhages_present", "cotton_wool_spots_present"},
+    "hypertension": {"hemorrhages_present", "cotton_wool_spots_present", "av_nicking_present"},
     "diabetic_retinopathy": {"microaneurysms_present", "hemorrhages_present", "hard_exudates_present",
                              "cotton_wool_spots_present"},
     "csc": {"srf_present", "ped_present", "choroid_thickened"},
@@ -125,8 +125,11 @@ def test_reasons_name_the_range_file_and_the_fix():
     gcipl = next(f for f in cov["alzheimers"]["findings"] if f["finding"] == "gcipl_thinning")
     assert gcipl["status"] == "no_range" and "normative_ranges.yaml" in gcipl["reason"]
     assert "Fix:" in gcipl["reason"] and "gcipl_cirrus_xu2021" in gcipl["reason"]
+    swelling = next(f for f in cov["hypertension"]["findings"] if f["finding"] == "disc_swelling_present")
+    assert swelling["status"] == NO_EXTRACTOR and "count_biomarker" in swelling["reason"]
+    assert swelling["finding"] not in cov["hypertension"]["key_findings"]
     nick = next(f for f in cov["hypertension"]["findings"] if f["finding"] == "av_nicking_present")
-    assert nick["status"] == NO_EXTRACTOR and nick["finding"] not in cov["hypertension"]["key_findings"]
+    assert nick["status"] == EVALUABLE and nick["biomarker"] == "av_nicking_count"  # grok.cfp.vessel_signs
     cst = next(f for f in _by_cat(kb_coverage(KB, device="topcon", age_years=55, sex="M"))["dme"]["findings"]
                if f["finding"] == "central_subfield_thickening")
     assert cst["status"] == EVALUABLE and cst["range_id"] == "cst_topcon_patel2016" and cst["source"] == "patel2016"

@@ -37,11 +37,12 @@ from grok.cfp.quality import (
     non_fundus_colour_share,
     sharpness_ratio,
 )
+from grok.cfp.vessel_signs import find_av_nicking
 from grok.cfp.vessels import VESSEL_METHOD, measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
-EXTRACTOR_VERSION = "0.1.0"
+EXTRACTOR_VERSION = "0.2.0"  # 0.2.0: av_nicking_count and "av_nicking" lesion boxes (grok.cfp.vessel_signs)
 MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
 #: Smallest field of view (working px across) for the box-counting fractal dimensions: below it the
 #: box sizes (2 px to 1/8 of the side) span under ~4.5 octaves and every tree measures close to 1
@@ -76,7 +77,9 @@ class CfpMeasurement:
         (None when not found); scalars are floats (NaN when not measured); ``*_count`` are ints (None
         when not measured). Ratios and densities are dimensionless; tortuosity is radians per disc
         diameter; fractal dimensions are box-counting dimensions.
-    lesions : [{"type", "box_xyxy_px" [x1, y1, x2, y2] original px (pixel edges), "score" 0..1}].
+    lesions : [{"type", "box_xyxy_px" [x1, y1, x2, y2] original px (pixel edges), "score" 0..1}]: the lesion
+        detector's (``grok.ids.CFP_LESION_TYPES``) and one "av_nicking" box per nicked crossing
+        (``grok.cfp.vessel_signs``; score 1 - the larger of its two arms' near/far calibre ratios).
     quality : {"grade": "good" | "usable" | "reject", "reasons": [...]}.
     laterality : "OD" | "OS" | None (the header's value when given, else inferred from the disc).
     masks : {"fov", "vessels", "arteries", "veins", "disc", "cup"} -> (H, W) bool at the original size.
@@ -295,12 +298,14 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     extras["red_saturated_fraction"] = red_share
     if red_share > 0:
         red_sat = ndi.maximum_filter(red_sat, size=max(int(9 * sc), 3) | 1)
-    vmeas, art, vein, _segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd, exclude=exclude,
-                                              red_saturated=red_sat if red_share > 0 else None)
+    vmeas, art, vein, segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd, exclude=exclude,
+                                             red_saturated=red_sat if red_share > 0 else None)
     if red_share > RED_SATURATED_USABLE:
         q.add("usable", f"red channel saturated over {100 * red_share:.0f}% of the field: artery/vein colour "
                         "and the AV ratio are unreliable there")
     tick("vessel_measures")
+    nick = find_av_nicking(segs, vm.darkness, rmask, disc.center_xy, dd, sc, exclude=exclude)
+    tick("vessel_signs")
 
     s = 1.0 / wk.scale  # working -> original px
 
@@ -331,6 +336,14 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                              f"{100 * RED_SATURATED_NO_AV:.0f}%): artery/vein labels, and the AV ratio, tortuosities "
                              "and fractal dimensions per class, are not given")
     blurred, cropped = sharp < th.min_sharpness_calibre, fov.coverage > FRAME_FILLED_COVERAGE
+    nick_reasons = [nick.reason] if nick.reason else []
+    if levels < MIN_GREEN_LEVELS or red_share > RED_SATURATED_NO_AV:
+        nick_reasons.append("artery/vein colour not usable (see the vessel reasons): a crossing cannot be read as "
+                            "arteriole over venule, so AV nicking is not assessed")
+    if blurred:
+        nick_reasons.append(f"blurred (sharpness {sharp:.2f}, need {th.min_sharpness_calibre}): blur fills a venule's "
+                            "narrowing at a crossing, so AV nicking is not assessed")
+    nicked = [c for c in nick.crossings if c["nicked"]] if not nick_reasons else []
     if blurred or cropped:
         for k in SCALE_DEPENDENT:
             bm[k] = float("nan")
@@ -359,6 +372,14 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                         "score": round(les.score, 3)})
     for t in CFP_LESION_TYPES:
         bm[f"{t}_count"] = sum(1 for les in les_out if les["type"] == t) if les_ok else None
+    bm["av_nicking_count"] = None if nick_reasons else len(nicked)
+    for c in nicked:  # one box per nicked crossing: the crossing and the venule's narrowed arms
+        x, y = c["xy"]
+        r = 0.5 * c["arteriole_px"] + 2.0 * c["venule_px"]
+        les_out.append({"type": "av_nicking", "box_xyxy_px": [round(max(x - r, 0) * s, 1), round(max(y - r, 0) * s, 1),
+                                                              round(min(x + r + 1, img.shape[1]) * s, 1),
+                                                              round(min(y + r + 1, img.shape[0]) * s, 1)],
+                        "score": round(float(np.clip(1.0 - max(c["ratios"]), 0.0, 1.0)), 3)})
     assert set(bm) == set(CFP_BIOMARKERS)
 
     extras.update(
@@ -372,7 +393,11 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         n_arteries_zone_b=vmeas.n_arteries_zone_b,
         n_veins_zone_b=vmeas.n_veins_zone_b,
         reasons={"disc": disc.reasons, "fovea": fovea.reasons, "vessels": vmeas.reasons,
-                 "lesions": [les_reason] if les_reason else []},
+                 "lesions": [les_reason] if les_reason else [], "av_nicking": nick_reasons},
+        av_nicking={"venule_crossings": nick.n_typed, "not_assessed": dict(nick.skipped),
+                    "assessed": [{"xy": xy(c["xy"]), "venule_px": round(c["venule_px"] * s, 2),
+                                  "ratios": [round(r, 3) for r in c["ratios"]], "nicked": c["nicked"]}
+                                 for c in nick.crossings]},
         quality_metrics=q.metrics,
         fractal_dimension_resolution_px=list(img.shape[:2]),
     )

@@ -387,15 +387,22 @@ def _zone_b_widths(vessels: list[_Vessel], disc, dd) -> tuple[list[float], list[
     return a, v
 
 
-def _av_nicking(vessels: list[_Vessel], strength: float, rng: np.random.Generator) -> int:
-    """Narrow venules where an arteriole crosses them (hypertensive AV nicking); returns the count."""
+def _av_nicking(vessels: list[_Vessel], strength: float,
+                rng: np.random.Generator) -> list[tuple[float, float, float, bool]]:
+    """Narrow venules where an arteriole crosses them (hypertensive AV nicking); returns (x, y, w, crossing)
+    per narrowed place: its centre (px, the venule point nearest the arteriole's centreline), the venule's
+    calibre there before the narrowing (px), and whether the arteriole crosses the venule there with the
+    venule going on at least 2 of its calibres on both sides (else the two touch side by side, or the
+    venule ends there: no grader would call it a crossing)."""
     arts = [v for v in vessels if v.kind == "artery"]
     if not arts or strength <= 0:
-        return 0
+        return []
     apts = np.vstack([v.pts for v in arts])
     arad = np.concatenate([v.radius for v in arts])
+    owner = np.concatenate([np.full(len(v.pts), k) for k, v in enumerate(arts)])
+    start = np.concatenate([[0], np.cumsum([len(v.pts) for v in arts])[:-1]])
     tree = cKDTree(apts)
-    count = 0
+    where: list[tuple[float, float, float, bool]] = []
     for v in vessels:
         if v.kind != "vein":
             continue
@@ -411,9 +418,20 @@ def _av_nicking(vessels: list[_Vessel], strength: float, rng: np.random.Generato
             halfw = 3.0 * float(arad[j[i]]) + 2
             s = np.arange(len(v.pts)) - i
             dip = 1.0 - 0.55 * np.exp(-0.5 * (s / halfw) ** 2) * (np.abs(s) > arad[j[i]])
+            w0 = 2.0 * float(v.radius[i])
+            # the arteriole's course near the point, as signed distances from the venule's axis there
+            a = arts[int(owner[j[i]])]
+            ja = int(j[i] - start[owner[j[i]]])
+            reach = int(2 * w0 + 4)
+            seg = a.pts[max(ja - reach, 0): ja + reach + 1]
+            t = v.pts[min(i + 2, len(v.pts) - 1)] - v.pts[max(i - 2, 0)]
+            t = t / max(float(np.hypot(*t)), 1e-9)
+            side = (seg[:, 0] - v.pts[i, 0]) * t[1] - (seg[:, 1] - v.pts[i, 1]) * t[0]
+            both_arms = 2 * w0 <= i <= len(v.pts) - 1 - 2 * w0
+            crossing = bool(both_arms and side.min() < -0.5 * w0 and side.max() > 0.5 * w0)
             v.radius = v.radius * dip
-            count += 1
-    return count
+            where.append((float(v.pts[i, 0]), float(v.pts[i, 1]), w0, crossing))
+    return where
 
 
 # --------------------------------------------------------------------------------------------- lesions
@@ -660,7 +678,10 @@ def synth_fundus(
     cup_disc_ratio_vertical, av_ratio, crae_px, crve_px, arterial_tortuosity, venular_tortuosity
     (radians per DD, see ``grok.cfp.formulas.tortuosity_per_dd``), vessel_density (vessel fraction of the
     FOV), arterial_fractal_dimension, venular_fractal_dimension, fov_center_xy_px, fov_radius_px,
-    av_nicking_count, pigmentation, lesions (list of {"type", "box_xyxy_px"}; boxes are pixel-edge
+    av_nicking_count (every narrowed crossing drawn, those on the disc, where the root vessels overlap,
+    included), av_nicking_xy_px (their [x, y] centres), av_nicking_venule_width_px (the venule's calibre
+    there before narrowing), av_nicking_is_crossing (the arteriole crosses the venule there, which goes on
+    on both sides; else they touch side by side or the venule ends), pigmentation, lesions (list of {"type", "box_xyxy_px"}; boxes are pixel-edge
     coordinates [x_min, y_min, x_max + 1, y_max + 1] of the lesion's half-maximum area), and
     ``<type>_count`` for every lesion type.
     """
@@ -714,7 +735,7 @@ def synth_fundus(
     # --- vessels ----------------------------------------------------------------------------------
     vessels = _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal, float(tortuosity), float(av_ratio))
     n_bent = _bend_at_cup_margin(vessels, cup_c, cup_h, cup_v, dd, rng)
-    n_nick = _av_nicking(vessels, 0.5 * sev, rng) if category == "hypertension" else 0
+    nicks = _av_nicking(vessels, 0.5 * sev, rng) if category == "hypertension" else []
     sd_a, rel_a = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "artery"], (S, S))
     sd_v, rel_v = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "vein"], (S, S))
 
@@ -891,7 +912,10 @@ def synth_fundus(
         "vessel_density": float(vessel_mask.sum() / max(fov_mask.sum(), 1)),
         "arterial_fractal_dimension": box_counting_dimension(artery_mask),
         "venular_fractal_dimension": box_counting_dimension(vein_mask),
-        "av_nicking_count": int(n_nick),
+        "av_nicking_count": len(nicks),
+        "av_nicking_xy_px": [[x, y] for x, y, _, _ in nicks],
+        "av_nicking_venule_width_px": [w for _, _, w, _ in nicks],
+        "av_nicking_is_crossing": [c for _, _, _, c in nicks],
         "vessels_bent_at_cup_margin": int(n_bent),
         "pigmentation": float(pigmentation),
         "pixel_spacing_mm_assumed": NOMINAL_DISC_DIAMETER_MM / float(dd),
