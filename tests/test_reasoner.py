@@ -517,3 +517,13 @@ def test_engine_measured_values_never_meet_a_range_of_another_convention():
     cst = engine.finding("central_subfield_thickening")
     assert cst.normal_range.id == "cst_spectralis_chalam2012_m" and cst.normal_range.device_matched == "generic"
     assert "this engine's convention" in cst.explanation
+
+
+def test_av_nicking_is_present_from_a_box_and_never_absent_from_a_zero_count():
+    """av_nicking_count is measured, but a zero from an extractor of unproven sensitivity is no evidence of
+    absence: only a nick boxed in the lesion list makes the finding (present); otherwise not evaluable."""
+    boxed = reason(rec({"av_nicking_count": 1.0}, lesions=[{"type": "av_nicking", "modality": "cfp"}]))
+    assert boxed.finding("av_nicking_present") is not None
+    zero = reason(rec({"av_nicking_count": 0.0}))
+    assert zero.finding("av_nicking_present") is None and "av_nicking_present" not in zero.absent
+    assert "av_nicking_present" in {n["finding"] for n in zero.not_evaluable}
