@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grok.ids import BOUNDARIES
-from grok.oct.segment import _running_thickness, segment_bscan
+from grok.ids import BOUNDARIES, CATEGORIES
+from grok.oct.segment import _INL_SHARE, _rnfl_edge_taken, _running_thickness, segment_bscan
 from grok.phantom.oct import OctGeometry, synth_oct_volume
 
 #: (boundary, thickness in px of the band below it, intensity of that band); ELM and EZ are thin lines
@@ -252,3 +252,42 @@ def test_rpe_is_not_taken_from_an_ez_band_brighter_than_it():
         err = np.abs(res.boundaries[k, centre] - ph.boundaries[b, k, centre])
         assert np.nanpercentile(err, 95) < 3.0, (b, np.nanpercentile(err, 95))
         assert np.nanmedian(np.abs(res.boundaries[-1, centre] - ph.boundaries[b, -1, centre])) < 2.0
+
+
+def test_ipl_inl_is_not_taken_from_the_rnfl_edge_where_the_inner_layers_are_thin():
+    # device look, normal eye, the outermost B-scans (~2.9 mm from the fovea): the ganglion cell, inner
+    # plexiform and inner nuclear layers are thin and the IPL hardly brighter than the INL, so the nearest
+    # clear light-to-dark step above INL_OPL was the RNFL's lower edge (IPL_INL 5-7 px off, on the true
+    # RNFL_GCL in 64-100 % of the columns). The INL it left filled ~0.87 of the span from RNFL_GCL to INL_OPL
+    # (a normal INL a third): IPL_INL is searched again under that edge
+    rng = np.random.default_rng([0, CATEGORIES.index("normal"), 10])
+    lat = "OD" if rng.random() < 0.5 else "OS"
+    ph = synth_oct_volume("normal", lat, rng, severity=0.0, noise=1.0, appearance="device")
+    k = BOUNDARIES.index("IPL_INL")
+    for b in (0, ph.volume.shape[0] - 1):
+        res = segment_bscan(ph.volume[b], ph.geometry.axial_um, ph.geometry.lateral_um)
+        found, truth = res.boundaries[k], ph.boundaries[b, k]
+        assert np.nanmean(np.abs(found - truth)) < 2.0, (b, np.nanmean(np.abs(found - truth)))
+        on_rnfl = np.abs(found - ph.boundaries[b, k - 1]) < 2.0
+        assert np.nanmean(on_rnfl) < 0.25, (b, np.nanmean(on_rnfl))
+        assert np.nanmean(np.abs(res.boundaries[k - 1] - ph.boundaries[b, k - 1])) < 1.5
+        assert np.isfinite(found).mean() > 0.9
+
+
+def test_rnfl_edge_taken_needs_an_implausible_inl_share_over_a_run():
+    cols, P, lateral_um = 120, 1 / 3.87, 11.7
+    inl_opl = np.full(cols, 100.0)
+    ilm = np.full(cols, 72.0)
+    rnfl_gcl = np.full(cols, 80.0)  # span 20 px = 77 um
+    normal = inl_opl - _INL_SHARE * 20.0  # the INL a third of the span
+    assert not _rnfl_edge_taken(ilm, normal, rnfl_gcl, inl_opl, P, lateral_um).any()
+    ipl = normal.copy()
+    ipl[30:60] = rnfl_gcl[30:60] + 3.0  # the path on the RNFL's edge, 3 px under the RNFL_GCL above it
+    ipl[90] = rnfl_gcl[90] + 3.0  # one column: too short a run
+    taken = _rnfl_edge_taken(ilm, ipl, rnfl_gcl, inl_opl, P, lateral_um)
+    assert taken[30:60].all() and taken.sum() == 30
+    # the step taken closes more tissue than a macular RNFL can be (near the fovea, GCL and IPL thin first)
+    assert not _rnfl_edge_taken(ilm - 10.0, ipl, rnfl_gcl, inl_opl, P, lateral_um).any()
+    # at the foveola the layers merge: a short span says nothing
+    thin = np.full(cols, 95.0)
+    assert not _rnfl_edge_taken(ilm, np.where(np.arange(cols) < 60, 96.0, thin + 3), thin, inl_opl, P, lateral_um).any()

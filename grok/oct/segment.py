@@ -13,7 +13,8 @@ at the end (order enforced, columns without signal NaN, tissue cut off at the to
   with a brighter band under it searched again on BM), drusen and PED bridged by a lower envelope; ELM =
   ridge of a thin-line detector; the inner layers are anchored on the outer nuclear layer (the darkest
   band above the ELM): OPL_ONL, INL_OPL, IPL_INL by nearest clear steps above it, RNFL_GCL last (on circle
-  scans as the broad step under the thick RNFL). Stretches without an outer complex (the optic disc at
+  scans as the broad step under the thick RNFL; on macular scans IPL_INL is searched again under the RNFL's
+  lower edge where the INL it left would fill an implausible share of the layers above INL_OPL). Stretches without an outer complex (the optic disc at
   the edge of a macular scan) are NaN with a flag.
 * ``classic``: the first, phantom-tuned search (rough RPE = brightest deep band; boundaries searched in
   fixed bands from the RPE up). Kept selectable for comparison; on real scans it fails (docs/oct.md).
@@ -323,6 +324,37 @@ def _misplaced_rpe(band_mean: np.ndarray, rpe: np.ndarray, rpeo: np.ndarray, bm:
     low = np.where((rr >= ro + 4.0 * P) & (rr <= np.round(bm[lifted])[None, :] - 6.0 * P), sub, -np.inf).max(axis=0)
     mis[lifted] = np.isfinite(low) & (up > 0) & (low >= _RPE_MISPLACED * up)
     return ndimage.binary_opening(mis, structure=np.ones(run, bool))
+
+
+#: Normal share of the inner nuclear layer in the span from RNFL_GCL to INL_OPL, INL / (GCL + IPL + INL):
+#: 0.29-0.34 in every ETDRS sector of 9 (mean layer thicknesses of healthy eyes, Spectralis; BMC Ophthalmology
+#: 2018;18:169, doi:10.1186/s12886-018-0842-y, Table 6)
+_INL_SHARE = 0.32
+#: A first IPL_INL whose INL takes more than this share of that span took the RNFL's lower edge
+#: (see :func:`_rnfl_edge_taken`)
+_INL_SHARE_MAX = 0.55
+#: The thickest macular RNFL the step taken may close: the same table's thickest sector, 46 +- 7 um (outer
+#: nasal), plus 2 SD
+_RNFL_MAX_UM = 60.0
+#: ... over a stretch at least this wide: the outer macula's layers thin gradually, so the RNFL's edge is taken
+#: over long stretches there, while at the foveola, where the inner layers merge and the first search can
+#: already be off, a high share is local (a 60 um run there moved the foveal IPL_INL 4-9 px further off)
+_TAKEN_RUN_UM = 200.0
+
+
+def _rnfl_edge_taken(ilm: np.ndarray, ipl_inl: np.ndarray, rnfl_gcl: np.ndarray, inl_opl: np.ndarray, P: float,
+                     lateral_um: float) -> np.ndarray:
+    """Columns (runs of at least :data:`_TAKEN_RUN_UM`) where the IPL_INL path took the RNFL's lower edge: the INL it
+    leaves (IPL_INL to INL_OPL) fills more than :data:`_INL_SHARE_MAX` of the span from RNFL_GCL (found
+    above it) to INL_OPL, where a normal INL fills about a third (:data:`_INL_SHARE`), that span is at
+    least ~30 um (at the foveola the layers merge and shares mean nothing), and the tissue from the ILM down
+    to the step taken is no thicker than a macular RNFL (:data:`_RNFL_MAX_UM`; near the fovea, where the
+    ganglion cell and inner plexiform layers thin before the INL and the share can pass the limit with the
+    right step taken, that tissue holds them too)."""
+    span = inl_opl - rnfl_gcl
+    with np.errstate(invalid="ignore", divide="ignore"):
+        taken = ((inl_opl - ipl_inl) > _INL_SHARE_MAX * span) & (span > 30.0 * P) & (ipl_inl - ilm <= _RNFL_MAX_UM * P)
+    return ndimage.binary_opening(taken, structure=np.ones(max(3, int(round(_TAKEN_RUN_UM / lateral_um))), bool))
 
 
 def _row_cumsum(a: np.ndarray) -> np.ndarray:
@@ -967,6 +999,20 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
                              ref=ipl_inl - _running_thickness(rnfl_gcl, ipl_inl, circ_win), ref_w=0.02 * axial_um)
     else:
         rnfl_gcl = fin.find(-1, filmn, np.maximum(filmn, ipl_inl - 12 * P), jump=J(0.7), penalty=0.1)
+        # away from the fovea the ganglion cell, inner plexiform and inner nuclear layers are thin and, on some
+        # devices, the IPL hardly brighter than the INL: there the nearest clear step above INL_OPL can be the
+        # RNFL's lower edge. Such columns read an INL far thicker than the layers above it (a normal INL is a
+        # third of the span from RNFL_GCL to INL_OPL); IPL_INL is searched again at least ~12 um under the
+        # edge taken, pulled to the INL's normal share of the span, and RNFL_GCL follows it
+        taken = _rnfl_edge_taken(filmn, ipl_inl, rnfl_gcl, inl_opl, P, lateral_um)
+        lo2 = np.maximum(ilo, ipl_inl + 12 * P)
+        taken &= lo2 < ihi - 1
+        if taken.any():
+            prior = inl_opl - _INL_SHARE * (inl_opl - ipl_inl)
+            again = fctx.find(-1, np.where(taken, lo2, ilo), ihi, jump=J(0.7), penalty=0.1,
+                              ref=np.where(taken, prior, near), ref_w=0.01)
+            ipl_inl = np.where(taken, again, ipl_inl)
+            rnfl_gcl = fin.find(-1, filmn, np.maximum(filmn, ipl_inl - 12 * P), jump=J(0.7), penalty=0.1)
     # where the outer complex is missing over a stretch (the optic disc at the edge of a macular line
     # scan, a dense shadow) there are no outer boundaries to find, nor layers between them: NaN, flagged
     rnfl_gcl, ipl_inl, inl_opl, opl_onl = (_bridge(v, shadow) for v in (rnfl_gcl, ipl_inl, inl_opl, opl_onl))
