@@ -14,8 +14,8 @@ at the end (order enforced, columns without signal NaN, tissue cut off at the to
   ridge of a thin-line detector; the inner layers are anchored on the outer nuclear layer (the darkest
   band above the ELM): OPL_ONL, INL_OPL, IPL_INL by nearest clear steps above it, RNFL_GCL last (on circle
   scans as the broad step under the thick RNFL; on macular scans IPL_INL is searched again under the RNFL's
-  lower edge where the INL it left would fill an implausible share of the layers above INL_OPL). Stretches without an outer complex (the optic disc at
-  the edge of a macular scan) are NaN with a flag.
+  lower edge where the INL it left would fill an implausible share of the layers above INL_OPL). Stretches
+  without an outer complex (the optic disc at the edge of a macular scan) are NaN with a flag.
 * ``classic``: the first, phantom-tuned search (rough RPE = brightest deep band; boundaries searched in
   fixed bands from the RPE up). Kept selectable for comparison; on real scans it fails (docs/oct.md).
 
