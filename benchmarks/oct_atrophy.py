@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         scan = case["scan"]
         m = measure_volume(scan.volume, scan.spacing_mm, scan.laterality)
         n, area, _ = atrophy_regions(m.atrophy, scan.spacing_mm[1] * 1000.0, scan.spacing_mm[2] * 1000.0)
-        out["real"] = {"spectralis_linescan (normal macula)": {"found_regions": n, "found_area_mm2": round(area, 3)}}
+        out["real"] = {"spectralis_linescan (normal macula)": {
+            "found_regions": n, "found_area_mm2": round(area, 3) if np.isfinite(area) else None}}
     else:
         out["real"] = {"missing": f"{line} not found: pass --real (the shared/real/oct folder)"}
     rows = []
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out["phantom"] = {app: summarise([r for r in rows if r["appearance"] == app]) for app in args.appearances.split(",")}
     out["phantom"]["all"] = summarise(rows)
-    out["measure_cpu_s_mean"] = round(float(np.mean([r["measure_cpu_s"] for r in rows])), 2)
+    out["measure_cpu_s_mean"] = round(float(np.mean([r["measure_cpu_s"] for r in rows])), 2) if rows else None
     out["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.rows:
         out["rows"] = rows

@@ -65,6 +65,7 @@ OCT_EXTRA_BIOMARKERS: tuple[str, ...] = (
     "hrf_count",
     "subfoveal_choroidal_thickness_um",
     "ez_disruption_fraction",
+    "geographic_atrophy_count",
 )
 
 OCT_PERIPAPILLARY_BIOMARKERS: tuple[str, ...] = tuple(

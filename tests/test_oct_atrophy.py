@@ -3,9 +3,13 @@ measure finds it where it is and nowhere else."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
+from grok.knowledge import load_knowledge_base
+from grok.knowledge.coverage import EVALUABLE, kb_coverage
 from grok.oct.atrophy import MIN_WIDTH_UM, atrophy_regions, bscan_atrophy
 from grok.oct.volume import measure_volume
 from grok.phantom.oct import OctGeometry, synth_oct_volume
@@ -74,3 +78,23 @@ def test_bscan_atrophy_without_boundaries_is_empty():
     # a B-scan too shallow for the band under BM: nothing, not an error
     b = np.tile(np.linspace(400, 480, 9)[:, None], (1, 256))
     assert not bscan_atrophy(img, b, np.ones(256, bool), 3.87, 11.7).any()
+
+
+def test_atrophy_count_biomarker_and_when_absence_is_assessable():
+    ga, plain = _pair(0)
+    found = measure_volume(ga.volume, GEO.spacing_mm, "OS")
+    assert found.biomarkers["geographic_atrophy_count"] >= 1  # found: reported on any raster
+    assert ga.biomarkers["geographic_atrophy_count"] == ga.to_truth()["geographic_atrophy"]["regions"]
+    sparse = measure_volume(plain.volume, GEO.spacing_mm, "OS")  # B-scans 480 um apart: could pass between
+    assert math.isnan(sparse.biomarkers["geographic_atrophy_count"])
+    assert "absence not assessable" in sparse.quality["reasons"]["geographic_atrophy_count"]
+    dense_geo = OctGeometry(n_bscans=25, rows=496, cols=256, lateral_um=23.4, bscan_spacing_um=240.0)
+    normal = synth_oct_volume("normal", "OD", np.random.default_rng(5), severity=0.0, geometry=dense_geo)
+    m = measure_volume(normal.volume, dense_geo.spacing_mm, "OD")
+    assert m.biomarkers["geographic_atrophy_count"] == 0.0 and normal.biomarkers["geographic_atrophy_count"] == 0.0
+
+
+def test_geographic_atrophy_finding_is_counted_on_oct():
+    cov = {c["category"]: c for c in kb_coverage(load_knowledge_base())["categories"]}
+    ga = next(f for f in cov["amd"]["findings"] if f["finding"] == "geographic_atrophy_present")
+    assert ga["status"] == EVALUABLE and ga["biomarker"] == "geographic_atrophy_count"

@@ -15,7 +15,8 @@ import numpy as np
 from scipy import ndimage
 
 from grok.ids import BOUNDARIES, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, OCT_PERIPAPILLARY_BIOMARKERS
-from grok.oct.atrophy import bscan_atrophy
+from grok.oct.atrophy import MIN_WIDTH_UM as ATROPHY_MIN_WIDTH_UM
+from grok.oct.atrophy import atrophy_regions, bscan_atrophy
 from grok.oct.circle import circle_biomarkers
 from grok.oct.grid import CubeSpacing
 from grok.oct.lesions import detect_bscan_lesions, lesion_boxes
@@ -347,6 +348,7 @@ def measure_volume(
                     reasons[k] = "laterality unknown: nasal and temporal cannot be told apart"
         if fovea_q["status"] != "ok":
             flags["fovea_uncertain"] = fovea_q.get("reason", "fovea uncertain")
+        _atrophy_biomarkers(bio, reasons, atrophy, la, sp, n)
         implausible = implausible_thickness(bio)
         if implausible:
             flags["implausible_thickness"] = implausible
@@ -385,6 +387,22 @@ def measure_volume(
         ez_disrupted=ez_dis,
         atrophy=atrophy,
     )
+
+
+def _atrophy_biomarkers(bio: dict[str, float], reasons: dict[str, str], atrophy: np.ndarray, lateral_um: float,
+                        bscan_um: float, n_bscans: int) -> None:
+    """``geographic_atrophy_count`` from the en-face atrophy map. Atrophy found is reported on any scan; its
+    absence only where the B-scans lie at most cRORA's 250 um apart (a sparser raster, or a single line, can
+    pass between lesions): otherwise NaN with the reason."""
+    count, _, _ = atrophy_regions(atrophy, lateral_um, bscan_um)
+    if count == 0 and (n_bscans < 2 or not bscan_um <= ATROPHY_MIN_WIDTH_UM):
+        where = "a single B-scan" if n_bscans < 2 else f"B-scans {bscan_um:.0f} um apart"
+        bio["geographic_atrophy_count"] = math.nan
+        reasons["geographic_atrophy_count"] = (
+            f"no atrophy on {where}, which can pass between lesions of cRORA's {ATROPHY_MIN_WIDTH_UM:.0f} um: "
+            "absence not assessable")
+        return
+    bio["geographic_atrophy_count"] = float(count)
 
 
 def implausible_thickness(biomarkers: dict[str, float]) -> str | None:

@@ -848,6 +848,8 @@ def synth_oct_volume(
         boundaries, spacing, (fb, fc), laterality, choroid_sclera=csi, masks=masks,
         hrf_count=len(hrf_list), ez_disrupted=les["ez"],
     )
+    ga_truth = atrophy_truth(ga, geom) if ga is not None else {"regions": 0, "area_mm2": 0.0}
+    bio["geographic_atrophy_count"] = float(ga_truth["regions"])
     bio = {k: bio[k] for k in (*OCT_GROK_BIOMARKERS, *OCT_EXTRA_BIOMARKERS)}
     return OctPhantom(
         volume=volume,
