@@ -7,9 +7,9 @@ B-scan column:
 
 1. **Hypertransmission** (which is what RPE loss does to the light: nothing above absorbs it). The mean of
    the smoothed, log-like B-scan (``BscanSegmentation.image``) 150-500 um under Bruch's membrane (outer
-   choroid and sclera), smoothed over ~120 um along the B-scan, stands above its running level (the 30th
-   percentile over ~3 mm of the B-scan, robust while atrophy covers under ~70 % of it) by more than three
-   robust spreads (median absolute deviation over the B-scan's columns). Vessel shadows darken this band, so they
+   choroid and sclera), smoothed over ~120 um along the B-scan, stands above its running level (the median
+   over ~4 mm of the B-scan, robust while atrophy covers under half of it) by more than three robust
+   spreads (median absolute deviation over the B-scan's columns). Vessel shadows darken this band, so they
    never read as atrophy; gaps up to ~60 um (a shadow across the atrophy) are bridged. Columns over drusen
    or a PED are not atrophy (the RPE is there, lifted).
 2. **Width.** Runs at least 250 um wide.
@@ -21,7 +21,8 @@ RPE attenuation (criterion 2 of the definition) is not read directly: where the 
 the segmented RPE and BM fall on what is left (Bruch's membrane, the choroid's top) and a band between them
 reads bright; hypertransmission is its consequence and is read instead.
 
-The count of regions is ``geographic_atrophy_count`` and their en-face area ``geographic_atrophy_area_mm2``.
+The count of regions is ``geographic_atrophy_count`` (``grok.oct.volume``); their en-face area is
+reported by :func:`atrophy_regions` only (benchmarks), not published.
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ def _band_mean(img: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarr
 
 
 def bscan_atrophy(image: np.ndarray, boundaries: np.ndarray, ez_disrupted: np.ndarray, axial_um: float,
-                  lateral_um: float, elevated: np.ndarray | None = None) -> np.ndarray:
+                  lateral_um: float, sub_rpe_masks: tuple[np.ndarray, ...] = ()) -> np.ndarray:
     """(cols,) bool: columns of one segmented B-scan inside complete RPE and outer retinal atrophy.
 
-    elevated : (cols,) bool columns with drusen or a PED under the RPE (the lesion detector's masks); never
+    sub_rpe_masks : (rows, cols) bool masks of drusen and PED (the lesion detector's); their columns are never
         atrophy (the RPE is there, lifted), and where BM may have been found on the lifted RPE the band
-        under it would sit in the bright inner choroid"""
+        under it would sit in the bright inner choroid. Read only when the B-scan has EZ loss enough for a
+        run, so most B-scans cost nothing here"""
     img = np.asarray(image)
     rows, cols = img.shape
     out = np.zeros(cols, bool)
@@ -97,10 +99,9 @@ def bscan_atrophy(image: np.ndarray, boundaries: np.ndarray, ez_disrupted: np.nd
     w = ndimage.uniform_filter1d(good.astype(np.float32), size, mode="nearest")
     with np.errstate(invalid="ignore", divide="ignore"):
         deep_s = ndimage.uniform_filter1d(np.where(good, deep, 0.0).astype(np.float32), size, mode="nearest") / w
-    # the level to rise above: a running 30th percentile over ~3 mm (the choroid thins away from the fovea
-    # and the band's share of choroid and sclera changes along the B-scan), robust while atrophy covers
-    # under ~70 % of the window
-    # (on every 4th column, interpolated back: the level varies over millimetres)
+    # the level to rise above: a running median over ~4 mm (the choroid thins away from the fovea and the
+    # band's share of choroid and sclera changes along the B-scan), robust while atrophy covers under half
+    # of the window; on every 4th column, interpolated back (the level varies over millimetres)
     filled = np.where(good, deep_s, np.nanmedian(deep_s[good]))
     step = 4
     coarse = ndimage.percentile_filter(filled[::step], LEVEL_PERCENTILE,
@@ -109,8 +110,8 @@ def bscan_atrophy(image: np.ndarray, boundaries: np.ndarray, ez_disrupted: np.nd
     rise = deep_s - level
     spread = max(1.4826 * float(np.median(np.abs(rise[good] - np.median(rise[good])))), MIN_SPREAD)
     hyper = good & (rise > K_SPREAD * spread)
-    if elevated is not None:
-        hyper &= ~np.asarray(elevated, bool)
+    for mask in sub_rpe_masks:
+        hyper &= ~np.asarray(mask, bool).any(axis=0)
     gap = max(1, int(round(GAP_UM / lateral_um)))
     hyper = (ndimage.binary_closing(hyper, structure=np.ones(2 * gap + 1, bool)) & good) | hyper
     lab, _ = ndimage.label(hyper)

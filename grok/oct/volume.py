@@ -319,7 +319,7 @@ def measure_volume(
             masks[k][i] = m[k]
         hrf.extend((i, r, c) for r, c in h)
         ez_dis[i] = e
-        atrophy[i] = bscan_atrophy(images[i], seg[i], e, ax, la, elevated=(m["ped"] | m["drusen"]).any(axis=0))
+        atrophy[i] = bscan_atrophy(images[i], seg[i], e, ax, la, sub_rpe_masks=(m["ped"], m["drusen"]))
     images.clear()
     fines.clear()
     ped_periphery_to_ped(masks)
@@ -352,15 +352,9 @@ def measure_volume(
         implausible = implausible_thickness(bio)
         if implausible:
             flags["implausible_thickness"] = implausible
-            for k in MACULAR_IDS:
-                if k != "hrf_count" and math.isfinite(bio.get(k, math.nan)):
-                    bio[k] = math.nan
-                    reasons[k] = f"not measurable: {implausible}"
+            _withdraw(bio, reasons, f"not measurable: {implausible}")
     if missing:
-        for k in MACULAR_IDS:
-            if k not in _UNITLESS and math.isfinite(bio.get(k, math.nan)):
-                bio[k] = math.nan
-                reasons[k] = flags["missing_spacing"]
+        _withdraw(bio, reasons, flags["missing_spacing"])
     bio = {k: float(bio.get(k, math.nan)) for k in MACULAR_IDS}
     quality = {
         "usable": bool(valid_frac >= 0.2 and fovea is not None and not missing
@@ -387,6 +381,14 @@ def measure_volume(
         ez_disrupted=ez_dis,
         atrophy=atrophy,
     )
+
+
+def _withdraw(bio: dict[str, float], reasons: dict[str, str], why: str) -> None:
+    """Every measured macular value that needs the boundaries in physical units becomes NaN with ``why``."""
+    for k in MACULAR_IDS:
+        if k not in _UNITLESS and math.isfinite(bio.get(k, math.nan)):
+            bio[k] = math.nan
+            reasons[k] = why
 
 
 def _atrophy_biomarkers(bio: dict[str, float], reasons: dict[str, str], atrophy: np.ndarray, lateral_um: float,

@@ -36,6 +36,7 @@ from grok.ids import (
     OCT_GROK_BIOMARKERS,
     OCT_PERIPAPILLARY_BIOMARKERS,
 )
+from grok.oct.atrophy import atrophy_regions
 from grok.oct.circle import circle_biomarkers
 from grok.oct.grid import CubeSpacing
 from grok.oct.lesions import lesion_boxes
@@ -153,10 +154,10 @@ class OctPhantom:
 
 
 def atrophy_truth(atrophy: np.ndarray, geometry: OctGeometry) -> dict:
-    """Regions (8-connected on the en-face grid of B-scans x A-scans) and area of an en-face atrophy map."""
-    _, n_regions = ndimage.label(atrophy, structure=np.ones((3, 3), bool))
-    area_mm2 = float(atrophy.sum()) * geometry.lateral_um * geometry.bscan_spacing_um * 1e-6
-    return {"regions": int(n_regions), "area_mm2": area_mm2}
+    """Regions and area of an en-face atrophy map, counted as the measure counts them
+    (:func:`grok.oct.atrophy.atrophy_regions`)."""
+    n_regions, area_mm2, _ = atrophy_regions(atrophy, geometry.lateral_um, geometry.bscan_spacing_um)
+    return {"regions": n_regions, "area_mm2": area_mm2}
 
 
 @dataclass
