@@ -189,6 +189,8 @@ def test_curator_reviews_a_version_by_keyboard(published, tmp_path):
         _edit(page, PASSING_EDIT, "verifies")
         page.keyboard.press("Control+Enter")
         _saved(page, "edit")
+        # the saved editor is hidden and must not keep the focus, or the next shortcut is read as typing
+        assert page.evaluate("document.activeElement.tagName") != "TEXTAREA"
         ids.append(_next_row(page, base))
         page.keyboard.press("f")
         _saved(page, "flag")

@@ -165,6 +165,9 @@
   }
   function stopEdit() {
     editing = false;
+    // A hidden editor can keep the focus until the browser's next focus fixup; while it does, the
+    // keydown handler reads every shortcut as typing, so "n" right after Ctrl+Enter was lost.
+    if (editors.includes(document.activeElement)) document.activeElement.blur();
     editors.forEach((t) => { t.classList.add("hidden"); });
     editBar.classList.add("hidden");
   }
