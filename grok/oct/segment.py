@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from grok.ids import BOUNDARIES
+from grok.oct.filters import gaussian_rows, row_cumsum, uniform2d, window_mean
 
 _I = {name: i for i, name in enumerate(BOUNDARIES)}
 #: The EZ band (see :func:`_ez_band`) counts in a column where its prominence is at least this share of the
@@ -191,7 +192,7 @@ def _smooth_odd(y: np.ndarray, sigma: float) -> np.ndarray:
         return y.astype(np.float64)
     left = 2 * y[0] - y[pad:0:-1]
     right = 2 * y[-1] - y[-2 : -pad - 2 : -1]
-    z = ndimage.gaussian_filter1d(np.concatenate([left, y, right]).astype(np.float64), sigma, mode="nearest")
+    z = gaussian_rows(np.concatenate([left, y, right]).astype(np.float64), sigma)
     return z[pad : pad + len(y)]
 
 
@@ -213,12 +214,54 @@ def _lower_envelope(y: np.ndarray, sigma: float, iters: int = 12, tol: float = 2
     return _smooth_odd(cur, sigma / 3)
 
 
+@numba.njit(cache=True, nogil=True)
+def _first_strong_kernel(g, lo, hi, frac, last):
+    """:func:`_first_strong` per column over rows ``lo[c]..hi[c]`` only; ``frac`` in ``g``'s dtype, so the
+    threshold is the same product as numpy's. Returns ``(rows, ok)``; ``ok`` False when a NaN was met (the
+    caller then takes numpy's path, whose NaN rules these loops do not copy)."""
+    rows, cols = g.shape
+    out = np.empty(cols, np.float64)
+    for c in range(cols):
+        peak = -np.inf
+        am = 0  # numpy's argmax over the masked column: the first maximum, row 0 when all are -inf
+        for r in range(lo[c], hi[c] + 1):
+            v = g[r, c]
+            if np.isnan(v):
+                return out, False
+            if v > peak:
+                peak = v
+                am = r
+        res = am
+        if peak > 0:
+            thr = frac * g[am, c]  # the peak in g's dtype (``peak`` itself is a float64 variable)
+            if last:
+                for r in range(hi[c], lo[c] - 1, -1):
+                    if g[r, c] >= thr:
+                        res = r
+                        break
+            else:
+                for r in range(lo[c], hi[c] + 1):
+                    if g[r, c] >= thr:
+                        res = r
+                        break
+        out[c] = res
+    return out, True
+
+
 def _first_strong(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float, *, last: bool = False) -> np.ndarray:
     """Per column, the first (``last``: the deepest) row in ``lo..hi`` whose ``g`` reaches ``frac`` of the
     column's maximum there."""
     rows, cols = g.shape
     lo = np.clip(np.round(lo), 0, rows - 1).astype(np.int64)
     hi = np.clip(np.round(hi), 0, rows - 1).astype(np.int64)
+    out, ok = _first_strong_kernel(g, lo, hi, g.dtype.type(frac), last)
+    return out if ok else _first_strong_numpy(g, lo, hi, frac, last=last)
+
+
+def _first_strong_numpy(g: np.ndarray, lo: np.ndarray, hi: np.ndarray, frac: float, *, last: bool = False) -> np.ndarray:
+    """:func:`_first_strong` in whole-array numpy (``lo``, ``hi`` already int rows): the reference the compiled
+    loops are tested against, and their path where ``g`` holds NaN."""
+    rows, cols = g.shape
     rr = np.arange(rows)[:, None]
     inside = (rr >= lo[None, :]) & (rr <= hi[None, :])
     gm = np.where(inside, g, -np.inf)
@@ -359,15 +402,14 @@ def _rnfl_edge_taken(ilm: np.ndarray, ipl_inl: np.ndarray, rnfl_gcl: np.ndarray,
 
 def _row_cumsum(a: np.ndarray) -> np.ndarray:
     """Cumulative sum down the rows with a leading zero row (float64), for :func:`_window_mean`."""
-    return np.concatenate([np.zeros((1, a.shape[1])), np.cumsum(a, axis=0, dtype=np.float64)])
+    return row_cumsum(a)
 
 
 def _window_mean(cum: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row r, the column-wise mean of rows ``a[r]`` .. ``b[r] - 1`` (clipped to the image) from a
     :func:`_row_cumsum`; an empty window counts one row."""
     rows = cum.shape[0] - 1
-    a, b = np.clip(a, 0, rows), np.clip(b, 0, rows)
-    return (cum[b] - cum[a]) / np.maximum(b - a, 1)[:, None]
+    return window_mean(cum, np.clip(a, 0, rows), np.clip(b, 0, rows))
 
 
 def _vitreous_above(s1: np.ndarray, ilm: np.ndarray, low: np.ndarray, band_px: float, flags: dict[str, str]) -> bool:
@@ -599,10 +641,11 @@ def prepare_bscan(bscan: np.ndarray) -> tuple[np.ndarray | None, dict[str, str]]
     return a, flags
 
 
-def _rough_ilm(s2: np.ndarray, flags: dict[str, str]):
-    """``(bg, fg, has, ilm_r)``: background / foreground levels, columns with tissue and the first row above
-    35 % of the way to the foreground (a rough ILM); None (with a flag) when no bright band exists."""
-    bg, fg = np.percentile(s2[::2, ::2], [5, 99.5])
+def _rough_ilm(s2: np.ndarray, levels: np.ndarray, flags: dict[str, str]):
+    """``(bg, fg, has, ilm_r)``: background / foreground levels (``levels``: the 1st, 5th and 99.5th
+    percentiles of ``s2[::2, ::2]``), columns with tissue and the first row above 35 % of the way to the
+    foreground (a rough ILM); None (with a flag) when no bright band exists."""
+    bg, fg = levels[1], levels[2]
     if fg - bg < 0.05:
         flags["no_retina"] = "no bright retinal band found"
         return None
@@ -659,12 +702,13 @@ def _oct_like(g_scaled: np.ndarray, ilm: np.ndarray, outer: np.ndarray, flags: d
     return True
 
 
-def _boundaries_classic(img, s0, s1, s2, axial_um: float, lateral_um: float, flags: dict[str, str], pattern: str):
+def _boundaries_classic(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um: float, flags: dict[str, str],
+                      pattern: str):
     """The phantom-tuned method: rough RPE = brightest deep band, boundaries searched bottom-up in fixed bands."""
     rows, cols = img.shape
     um = 1.0 / axial_um
     # ---- rough retina -------------------------------------------------------------------------
-    rough = _rough_ilm(s2, flags)
+    rough = _rough_ilm(s2, s2_levels, flags)
     if rough is None:
         return None
     bg, fg, has, ilm_r = rough
@@ -725,13 +769,14 @@ def _boundaries_classic(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     return np.stack([ilm, rnfl_gcl, ipl_inl, inl_opl, opl_onl, elm, ez, rpe, bm]).astype(np.float64), low, dexp
 
 
-def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, flags: dict[str, str], pattern: str):
+def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um: float, flags: dict[str, str],
+                      pattern: str):
     """The real-scan method: box-gradient outer retina, flattened search, half-rise EZ, BM closing the complex."""
     rows, cols = img.shape
     um = 1.0 / axial_um
     flat_sigma_um = 40.0
     # ---- rough retina -------------------------------------------------------------------------
-    rough = _rough_ilm(s2, flags)
+    rough = _rough_ilm(s2, s2_levels, flags)
     if rough is None:
         return None
     bg, fg, has, ilm_r = rough
@@ -808,8 +853,8 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     rr = idx[:, None]
     latf = ndimage.gaussian_filter1d(flat, max(1.0, flat_sigma_um / lateral_um), axis=1, mode="nearest",
                                      truncate=2.5)
-    f1 = ndimage.gaussian_filter1d(latf, max(0.8, 4.0 * um), axis=0, mode="nearest", truncate=3.0)
-    f0 = ndimage.gaussian_filter1d(latf, 0.6, axis=0, mode="nearest", truncate=3.0)
+    f1 = gaussian_rows(latf, max(0.8, 4.0 * um), truncate=3.0)
+    f0 = gaussian_rows(latf, 0.6, truncate=3.0)
     gf = np.zeros_like(f1)
     gf[1:-1] = f1[2:] - f1[:-2]
     fscale = float(np.percentile(np.abs(gf[::2, ::2]), 99.0)) or 1.0
@@ -946,7 +991,8 @@ def _boundaries_layered(img, s0, s1, s2, axial_um: float, lateral_um: float, fla
     valley = band_mean
     vlo, vhi = np.minimum(top, elm - 12 * P), elm - 8 * P
     inside = (rr >= np.round(vlo)[None, :]) & (rr <= np.round(vhi)[None, :])
-    vmin, vmax = (float(np.percentile(valley[inside], q)) for q in (2, 98)) if inside.any() else (0.0, 1.0)
+    # one call for both (valley is float64, where a list of q interpolates as the single calls do)
+    vmin, vmax = (float(v) for v in np.percentile(valley[inside], [2, 98])) if inside.any() else (0.0, 1.0)
     dark_cost = np.clip((valley - vmin) / max(vmax - vmin, 1e-6), 0.0, 1.0).astype(np.float32)
     # the outer nuclear layer ends on the ELM: of the dark bands (the INL is nearly as dark), take the one
     # nearest above the ELM
@@ -1076,11 +1122,14 @@ def segment_bscan(
     # one lateral box pass (~30 um sigma) shared by the fine (s0) and the working (s1) images; large
     # smoothing for the rough estimates (s2) is a box filter too: O(1) per pixel whatever its size
     lat = ndimage.uniform_filter1d(img, _box(max(1.0, 30.0 / lateral_um)), axis=1, mode="nearest")
-    s1 = ndimage.gaussian_filter1d(lat, max(0.8, 5.0 * um), axis=0, mode="nearest", truncate=3.0)
-    s0 = ndimage.gaussian_filter1d(lat, 0.6, axis=0, mode="nearest", truncate=3.0)
-    s2 = ndimage.uniform_filter(s1, (_box(max(1.5, 12.0 * um)), _box(max(3.0, 90.0 / lateral_um))), mode="nearest")
+    s1 = gaussian_rows(lat, max(0.8, 5.0 * um), truncate=3.0)
+    s0 = gaussian_rows(lat, 0.6, truncate=3.0)
+    s2 = uniform2d(s1, (_box(max(1.5, 12.0 * um)), _box(max(3.0, 90.0 / lateral_um))))
 
-    found = _METHODS[chosen](img, s0, s1, s2, axial_um, lateral_um, flags, pattern)
+    # s2's levels, read once: the background / foreground of the rough search and the vitreous check below
+    # (one percentile call with the three q gives the same three values as the two calls it replaces)
+    s2_levels = np.percentile(s2[::2, ::2], [1, 5, 99.5])
+    found = _METHODS[chosen](img, s0, s1, s2, s2_levels, axial_um, lateral_um, flags, pattern)
     if found is None:
         return _nan_result(rows, cols, flags, s1 if keep_image else None)
     b, low, dexp = found
@@ -1095,7 +1144,7 @@ def segment_bscan(
     b[:, low] = np.nan
     csi[low] = np.nan
     # tissue in the first rows: the vitreous (the darkest part of a B-scan) is missing there
-    dark, fg = np.percentile(s2[::2, ::2], [1, 99.5])
+    dark, fg = s2_levels[0], s2_levels[2]
     cut = (s2[:3].mean(axis=0) > dark + 0.15 * (fg - dark)) & ~low
     if cut.mean() > 0.05:
         flags["retina_cut_off_top"] = (f"tissue touches the top edge in {int(cut.sum())} columns; the boundaries "
@@ -1107,7 +1156,7 @@ def segment_bscan(
         r0 = int(max(0, np.nanmin(b[0]) - 3)) if np.isfinite(b[0]).any() else 0
         r1 = int(min(rows, np.nanmax(b[_I["ELM"]]) + 4)) if np.isfinite(b[_I["ELM"]]).any() else rows
         if r1 > r0:
-            fine[r0:r1] = ndimage.uniform_filter(img[max(0, r0 - 1) : min(rows, r1 + 1)], 3, mode="nearest")[
+            fine[r0:r1] = uniform2d(img[max(0, r0 - 1) : min(rows, r1 + 1)], 3)[
                 r0 - max(0, r0 - 1) : r0 - max(0, r0 - 1) + (r1 - r0)]
     conf = confidence(b, s0, max(3, int(round(100.0 / lateral_um))))
     # better missing than wrong: an intermediate boundary whose edge is under 15 % of its usual
@@ -1187,7 +1236,7 @@ def _choroid_sclera(s1, bm, axial_um, lateral_um, dexp, flags) -> np.ndarray:
     if hr < 8:
         flags["choroid_not_visible"] = "too little image below Bruch's membrane to find the choroid-sclera interface"
         return np.full(cols, np.nan)
-    s3 = ndimage.uniform_filter(half, (_box(max(1.0, 16.0 * P2)), _box(max(4.0, 150.0 / lateral_um))), mode="nearest")
+    s3 = uniform2d(half, (_box(max(1.0, 16.0 * P2)), _box(max(4.0, 150.0 / lateral_um))))
     g = np.zeros_like(s3)
     g[1:-1] = s3[2:] - s3[:-2]
     g[:2] = 0.0

@@ -1,0 +1,100 @@
+"""The compiled row filters and search helpers of the OCT segmentation give scipy's / numpy's numbers exactly.
+
+grok/oct/filters.py and segment._first_strong replace scipy.ndimage / whole-array numpy calls on the hot
+path of every B-scan; the segmentation's results must not move by a bit (docs/oct.md, speed), so each is
+compared here with the call it replaces, on random arrays of both float dtypes, with ties, edges and odd
+sizes, by exact equality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from grok.oct import filters
+from grok.oct.segment import _first_strong, _first_strong_numpy
+
+
+def _arrays(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        rows, cols = int(rng.integers(1, 80)), int(rng.integers(1, 40))
+        dt = (np.float32, np.float64)[int(rng.integers(0, 2))]
+        scale = float(rng.choice([1e-3, 1.0, 300.0]))
+        x = (rng.normal(0.3, 1.0, (rows, cols)) * scale).astype(dt)
+        if rng.random() < 0.3:  # plateaus and exact ties
+            x = (np.round(x * 4) / 4).astype(dt)
+        yield rng, x
+
+
+def test_gaussian_rows_equals_scipy():
+    for rng, x in _arrays(0, 150):
+        sigma = float(rng.choice([0.6, 0.8, 1.29, 2.0, 3.4, rng.uniform(0.3, 6.0)]))
+        truncate = float(rng.choice([2.5, 3.0, 4.0]))
+        want = ndimage.gaussian_filter1d(x, sigma, axis=0, mode="nearest", truncate=truncate)
+        got = filters.gaussian_rows(x, sigma, truncate)
+        assert got.dtype == want.dtype
+        assert np.array_equal(got, want), (x.shape, x.dtype, sigma, truncate)
+
+
+def test_gaussian_rows_1d_equals_scipy():
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        y = rng.normal(0, 50, int(rng.integers(1, 700)))
+        sigma = float(rng.choice([5.0, 13.4, 40.2, rng.uniform(0.5, 60.0)]))
+        assert np.array_equal(filters.gaussian_rows(y, sigma),
+                              ndimage.gaussian_filter1d(y, sigma, mode="nearest")), (y.size, sigma)
+
+
+def test_uniform_filters_equal_scipy():
+    for rng, x in _arrays(2, 150):
+        size = int(rng.integers(1, 30))
+        assert np.array_equal(filters.uniform_rows(x, size),
+                              ndimage.uniform_filter1d(x, size, axis=0, mode="nearest")), (x.shape, x.dtype, size)
+        sizes = (int(rng.integers(1, 12)), int(rng.integers(1, 12)))
+        got = filters.uniform2d(x, sizes)
+        want = ndimage.uniform_filter(x, sizes, mode="nearest")
+        assert got.dtype == want.dtype and np.array_equal(got, want), (x.shape, x.dtype, sizes)
+    # a strided view (the choroid search filters every second row)
+    x = np.random.default_rng(3).random((101, 37), dtype=np.float32)[5::2]
+    assert np.array_equal(filters.uniform2d(x, (5, 7)), ndimage.uniform_filter(x, (5, 7), mode="nearest"))
+
+
+def test_row_cumsum_and_window_mean_equal_numpy():
+    for rng, x in _arrays(4, 80):
+        rows = x.shape[0]
+        cum = filters.row_cumsum(x)
+        want = np.concatenate([np.zeros((1, x.shape[1])), np.cumsum(x, axis=0, dtype=np.float64)])
+        assert cum.dtype == np.float64 and np.array_equal(cum, want)
+        idx = np.arange(rows)
+        da, db = sorted(int(v) for v in rng.integers(-6, 7, 2))
+        a, b = np.clip(idx + da, 0, rows), np.clip(idx + db, 0, rows)
+        assert np.array_equal(filters.window_mean(cum, a, b), (cum[b] - cum[a]) / np.maximum(b - a, 1)[:, None])
+
+
+def test_first_strong_equals_numpy_reference():
+    rng = np.random.default_rng(5)
+    for _ in range(400):
+        rows, cols = int(rng.integers(2, 50)), int(rng.integers(1, 30))
+        dt = (np.float32, np.float64)[int(rng.integers(0, 2))]
+        g = rng.normal(0, 1, (rows, cols)).astype(dt)
+        if rng.random() < 0.4:
+            g = (np.round(g * 2) / 2).astype(dt)  # ties at the threshold (float32 products round)
+        if rng.random() < 0.15:
+            g[rng.random((rows, cols)) < 0.1] = np.nan
+        lo = rng.uniform(-3, rows + 2, cols)
+        hi = lo + rng.uniform(-5, rows, cols)  # some windows empty
+        frac = float(rng.choice([0.4, 0.6, 0.75, rng.random()]))
+        lo_i = np.clip(np.round(lo), 0, rows - 1).astype(np.int64)
+        hi_i = np.clip(np.round(hi), 0, rows - 1).astype(np.int64)
+        for last in (False, True):
+            assert np.array_equal(_first_strong(g, lo, hi, frac, last=last),
+                                  _first_strong_numpy(g, lo_i, hi_i, frac, last=last)), (dt, frac, last)
+
+
+def test_gaussian_weights_are_scipys():
+    w = filters.gaussian_weights(1.29, 3.0)
+    assert w.size == 2 * int(3.0 * 1.29 + 0.5) + 1 and np.isclose(w.sum(), 1.0) and np.array_equal(w, w[::-1])
+    with pytest.raises(ValueError):
+        filters.uniform_rows(np.zeros((4, 4), np.float32), 0)
