@@ -13,7 +13,7 @@ import pytest
 from scipy import ndimage
 
 from grok.oct import filters
-from grok.oct.segment import _first_strong, _first_strong_numpy
+from grok.oct.segment import _edge_cost, _first_strong, _first_strong_numpy
 
 
 def _arrays(seed: int, n: int):
@@ -91,6 +91,18 @@ def test_first_strong_equals_numpy_reference():
         for last in (False, True):
             assert np.array_equal(_first_strong(g, lo, hi, frac, last=last),
                                   _first_strong_numpy(g, lo_i, hi_i, frac, last=last)), (dt, frac, last)
+
+
+def test_edge_cost_equals_numpy_expression():
+    for rng, x in _arrays(6, 120):
+        if rng.random() < 0.2:
+            x[rng.random(x.shape) < 0.1] = np.nan
+        scale = float(rng.choice([1e-6, 0.037, 1.0, float(np.nanmax(np.abs(x))) or 1.0]))
+        for negate in (False, True):
+            v = -x if negate else x
+            want = (1.0 - np.minimum(np.clip(v, 0.0, None) / scale, 1.0)).astype(np.float32)
+            got = _edge_cost(x, scale, negate=negate)
+            assert got.dtype == np.float32 and np.array_equal(got, want, equal_nan=True), (x.dtype, scale, negate)
 
 
 def test_gaussian_weights_are_scipys():

@@ -158,6 +158,33 @@ def _subpixel(edge, path, climb):
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _edge_cost_kernel(x, scale, negate, one, zero):
+    """See :func:`_edge_cost`; ``scale``, ``one`` and ``zero`` in ``x``'s dtype, so each step rounds as numpy's."""
+    rows, cols = x.shape
+    out = np.empty((rows, cols), np.float32)
+    for r in range(rows):
+        for c in range(cols):
+            v = -x[r, c] if negate else x[r, c]
+            if np.isnan(v):
+                out[r, c] = np.nan
+                continue
+            if not v > zero:
+                v = zero
+            v = v / scale
+            if not v < one:
+                v = one
+            out[r, c] = one - v
+    return out
+
+
+def _edge_cost(x: np.ndarray, scale: float, negate: bool = False) -> np.ndarray:
+    """``(1.0 - np.minimum(np.clip(x, 0.0, None) / scale, 1.0)).astype(np.float32)`` (``-x`` when ``negate``) in
+    one pass: an edge strength turned into a path cost in [0, 1], the same numbers as that expression."""
+    t = x.dtype.type
+    return _edge_cost_kernel(x, t(scale), negate, t(1.0), t(0.0))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------
@@ -682,8 +709,7 @@ def _edge_costs(s1: np.ndarray, s0: np.ndarray):
     g = np.zeros_like(s1)
     g[1:-1] = s1[2:] - s1[:-2]
     scale = float(np.percentile(np.abs(g[::2, ::2]), 99.0)) or 1.0
-    cost_p = (1.0 - np.minimum(np.clip(g, 0.0, None) / scale, 1.0)).astype(np.float32)
-    cost_n = (1.0 - np.minimum(np.clip(-g, 0.0, None) / scale, 1.0)).astype(np.float32)
+    cost_p, cost_n = _edge_cost(g, scale), _edge_cost(g, scale, negate=True)
     g0 = np.zeros_like(s0)
     g0[1:-1] = s0[2:] - s0[:-2]
     return g, scale, cost_p, cost_n, np.clip(g0, 0.0, None), np.clip(-g0, 0.0, None)
@@ -811,11 +837,12 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
     box = below_mean - _window_mean(csum, idx - wb, idx)
     # weighted by the brightness it steps into: the photoreceptor / RPE complex is the brightest band of
     # the outer retina, the OPL (whose step from the INL can be as large in some eyes) is not
-    box = box * np.clip(below_mean / max(float(np.percentile(below_mean[::2, ::2], 99.5)), 1e-6), 0.0, 1.0)
+    weight = below_mean / max(float(np.percentile(below_mean[::2, ::2], 99.5)), 1e-6)
+    box *= np.clip(weight, 0.0, 1.0, out=weight)
     lo_o = ilm + 60.0 * P
-    band = (rr >= lo_o[None, :]) & (rr <= rows - 3)
-    bscale = float(np.percentile(box[band & (box > 0)], 99.0)) if np.any(band & (box > 0)) else 1.0
-    cost_box = (1.0 - np.minimum(np.clip(box, 0.0, None) / max(bscale, 1e-6), 1.0)).astype(np.float32)
+    band = (rr >= lo_o[None, :]) & (rr <= rows - 3) & (box > 0)
+    bscale = float(np.percentile(box[band], 99.0)) if band.any() else 1.0
+    cost_box = _edge_cost(box, max(bscale, 1e-6))
     ctx_box = _Ctx(rows, cols, np.clip(box, 0, None), gn, cost_box, cost_n, zero)
     outer = ctx_box.find(+1, lo_o, np.full(cols, rows - 3.0), jump=J(1.2), penalty=0.04, climb=0)
     # a serous PED lifts the RPE off Bruch's membrane as a thin bright dome over a dark pocket: the step
@@ -861,8 +888,7 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
     g0f = np.zeros_like(f0)
     g0f[1:-1] = f0[2:] - f0[:-2]
     fctx = _Ctx(rows, cols, np.clip(g0f, 0.0, None), np.clip(-g0f, 0.0, None),
-                (1.0 - np.minimum(np.clip(gf, 0.0, None) / fscale, 1.0)).astype(np.float32),
-                (1.0 - np.minimum(np.clip(-gf, 0.0, None) / fscale, 1.0)).astype(np.float32), zero)
+                _edge_cost(gf, fscale), _edge_cost(gf, fscale, negate=True), zero)
     sh = (shift + r0).astype(np.float64)
 
     # Bruch's membrane follows the eye's curvature smoothly; the flattening reference may not (it can
@@ -892,7 +918,7 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
     olo, ohi = ez + 25 * P, ez + 110 * P
     in_band = (rr >= np.round(olo)[None, :]) & (rr <= np.round(ohi)[None, :]) & (fbox > 0)
     oscale = float(np.percentile(fbox[in_band], 99.0)) if in_band.any() else 1.0
-    cost_o = (1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32)
+    cost_o = _edge_cost(fbox, max(oscale, 1e-6))
     # the first strong such step from the top: the textured choroid below has steps of its own
     ofirst = _first_strong(fbox, np.clip(np.round(olo), 1, rows - 2).astype(np.int64),
                            np.clip(np.round(ohi), 1, rows - 2).astype(np.int64), 0.6)
@@ -953,7 +979,7 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
     elo, ehi = np.maximum(filmn, ez - 50 * P), ez - 8 * P
     ein = (rr >= np.round(elo)[None, :]) & (rr <= np.round(ehi)[None, :]) & (line > 0)
     lscale = float(np.percentile(line[ein], 99.0)) if ein.any() else 1.0
-    lcost = (1.0 - np.minimum(np.clip(line, 0.0, None) / max(lscale, 1e-6), 1.0)).astype(np.float32)
+    lcost = _edge_cost(line, max(lscale, 1e-6))
     ridge = _Ctx(rows, cols, np.clip(line, 0.0, None), np.clip(line, 0.0, None), lcost, lcost, zero).find(
         +1, elo, ehi, jump=J(1.6), penalty=0.12, ref=ez - 22 * P, ref_w=0.01)
     elm = fctx.find(+1, np.maximum(filmn, ridge - 6 * P), np.maximum(ridge, filmn + 1), jump=J(1.6), penalty=0.12,
@@ -1034,7 +1060,7 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
                             ref=inl_opl - _running_thickness(ipl_inl, inl_opl, circ_win), ref_w=0.02 * axial_um)
         # around the disc the RNFL is the thick bright top layer: its lower edge is the broad light-to-dark
         # step (box gradient, ~15 um each side) above the ganglion cell and inner plexiform layers
-        rnfl_cost = blind((1.0 - np.minimum(np.clip(fbox, 0.0, None) / max(oscale, 1e-6), 1.0)).astype(np.float32))
+        rnfl_cost = blind(cost_o)  # the same cost as the RPE outer edge's (blind copies before it blanks)
         rctx = _Ctx(rows, cols, fctx.gn, fctx.gn, rnfl_cost, rnfl_cost, zero)
         rlo, rhi = filmn + 12 * P, np.maximum(filmn + 13 * P, ipl_inl - 15 * P)
         rnfl_gcl = rctx.find(-1, rlo, rhi, jump=J(0.9), penalty=0.08)
