@@ -8,12 +8,13 @@ sizes, by exact equality.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from grok.oct import filters
-from grok.oct.segment import _edge_cost, _first_strong, _first_strong_numpy
+from grok.oct.segment import _dp_path, _edge_cost, _first_strong, _first_strong_numpy
 
 
 def _arrays(seed: int, n: int):
@@ -110,3 +111,74 @@ def test_gaussian_weights_are_scipys():
     assert w.size == 2 * int(3.0 * 1.29 + 0.5) + 1 and np.isclose(w.sum(), 1.0) and np.array_equal(w, w[::-1])
     with pytest.raises(ValueError):
         filters.uniform_rows(np.zeros((4, 4), np.float32), 0)
+
+
+@numba.njit(cache=False)
+def _dp_path_per_row(cost, lo, hi, dexp, max_jump, penalty, ref, ref_w):
+    """The path search as it was before the rows were updated together (commit 038d883): the reference."""
+    rows, cols = cost.shape
+    inf = 1e30
+    prev = np.full(rows, inf)
+    cur = np.full(rows, inf)
+    back = np.zeros((rows, cols), np.int32)
+    for r in range(lo[0], hi[0] + 1):
+        prev[r] = cost[r, 0] + ref_w * abs(r - ref[0])
+    for c in range(1, cols):
+        d0 = dexp[c]
+        plo, phi = lo[c - 1], hi[c - 1]
+        for r in range(lo[c], hi[c] + 1):
+            centre = int(round(r - d0))
+            best = inf
+            arg = -1
+            a = max(plo, centre - max_jump)
+            b = min(phi, centre + max_jump)
+            for rp in range(a, b + 1):
+                v = prev[rp] + penalty * abs(r - rp - d0)
+                if v < best:
+                    best = v
+                    arg = rp
+            if arg < 0:
+                rp = min(max(centre, plo), phi)
+                best = prev[rp] + penalty * abs(r - rp - d0)
+                arg = rp
+            cur[r] = best + cost[r, c] + ref_w * abs(r - ref[c])
+            back[r, c] = arg
+        for r in range(plo, phi + 1):
+            prev[r] = inf
+        for r in range(lo[c], hi[c] + 1):
+            prev[r] = cur[r]
+            cur[r] = inf
+    path = np.empty(cols, np.int64)
+    best = inf
+    arg = lo[cols - 1]
+    for r in range(lo[cols - 1], hi[cols - 1] + 1):
+        if prev[r] < best:
+            best = prev[r]
+            arg = r
+    path[cols - 1] = arg
+    for c in range(cols - 1, 0, -1):
+        path[c - 1] = back[path[c], c]
+    return path
+
+
+def test_dp_path_equals_per_row_reference():
+    """Random costs with ties, bands that shift, narrow and miss each other, slopes on and off the half."""
+    rng = np.random.default_rng(7)
+    for _ in range(1500):
+        rows, cols = int(rng.integers(4, 60)), int(rng.integers(1, 40))
+        cost = rng.random((rows, cols)).astype(np.float32)
+        if rng.random() < 0.3:
+            cost = (np.round(cost * 4) / 4).astype(np.float32)
+        lo = rng.integers(1, rows - 2, cols)
+        hi = np.minimum(lo + rng.integers(0, rows, cols), rows - 2)
+        if rng.random() < 0.5:
+            lo, hi = np.full(cols, lo.min()), np.full(cols, hi.max())
+        if rng.random() < 0.3:
+            dexp = np.round(rng.normal(0, 2, cols) * 2) / 2  # exact halves: rounding is not a plain shift
+        else:
+            dexp = float(rng.choice([0.0, 0.5, -1.5, 0.3])) + rng.normal(0, 1, cols) * float(rng.choice([0, 0.5, 1]))
+        dexp = np.asarray(dexp * np.ones(cols), np.float64)
+        ref = rng.normal(rows / 2, 5, cols)
+        args = (cost, lo.astype(np.int64), hi.astype(np.int64), dexp, int(rng.integers(1, 8)),
+                float(rng.choice([0.0, 0.04, 0.1, 0.3])), ref, float(rng.choice([0.0, 0.01, 0.02])))
+        assert np.array_equal(_dp_path(*args), _dp_path_per_row(*args))

@@ -45,20 +45,22 @@ def _correlate_rows_symmetric(x, w):
 
 @numba.njit(cache=True, nogil=True)
 def _correlate_symmetric_1d(x, w):
-    """The same for a 1-D float64 ``x`` (one column)."""
+    """The same for a 1-D float64 ``x`` (one column): the tap loop outside, so the outputs' sums (each in
+    scipy's order) run side by side instead of one long chain of dependent additions at a time."""
     n = x.size
     s = w.size // 2
     xe = np.empty(n + 2 * s, np.float64)  # edge-extended, as scipy's line buffer
     for i in range(n + 2 * s):
         xe[i] = x[min(max(i - s, 0), n - 1)]
-    out = np.empty(n, np.float64)
+    acc = np.empty(n, np.float64)
     w0 = w[s]
     for r in range(n):
-        acc = xe[r + s] * w0
-        for j in range(s, 0, -1):
-            acc += (xe[r + s - j] + xe[r + s + j]) * w[s - j]
-        out[r] = acc
-    return out
+        acc[r] = xe[r + s] * w0
+    for j in range(s, 0, -1):
+        wj = w[s - j]
+        for r in range(n):
+            acc[r] += (xe[r + s - j] + xe[r + s + j]) * wj
+    return acc
 
 
 @numba.njit(cache=True, nogil=True)

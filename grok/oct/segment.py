@@ -86,49 +86,87 @@ def _dp_path(cost, lo, hi, dexp, max_jump, penalty, ref, ref_w):
     cost : (rows, cols) float32, lower is better
     dexp : (cols,) expected row change from column c-1 to c (slope of the reference curve)
     ref, ref_w : an extra cost ``ref_w * |row - ref[c]|`` (pull towards a reference row; ref_w = 0: none)
+
+    Row ``r`` of column ``c`` continues the best of rows ``round(r - dexp[c]) +- max_jump`` of the previous
+    column's band (the first one on a tie), paying ``penalty * |r - rp - dexp[c]|``; where that window misses
+    the band it joins the band's nearest row. Where ``round(r - dexp[c]) - r`` is the same for every row of
+    the column (always, unless ``dexp[c]`` sits on a half), the rows are updated together, one window offset
+    at a time (a loop the compiler vectorises; rows outside the previous band hold 1e30 and never win), which
+    picks the same row with the same sum as the per-row loop kept for the other columns
+    (tests/test_oct_filters.py checks the two against each other).
     """
     rows, cols = cost.shape
     inf = 1e30
-    prev = np.full(rows, inf)
+    dmax = 0.0
+    for c in range(cols):
+        dmax = max(dmax, abs(dexp[c]))
+    pad = max_jump + int(dmax) + 3  # prev[r] is prevp[r + pad]: every window stays inside prevp
+    prevp = np.full(rows + 2 * pad, inf)
     cur = np.full(rows, inf)
-    back = np.zeros((rows, cols), np.int32)
+    best = np.empty(rows)
+    arg = np.empty(rows, np.int64)
+    back = np.empty((cols, rows), np.int32)  # per column, contiguous (only rows inside the band are read)
     for r in range(lo[0], hi[0] + 1):
-        prev[r] = cost[r, 0] + ref_w * abs(r - ref[0])
+        prevp[r + pad] = cost[r, 0] + ref_w * abs(r - ref[0])
     for c in range(1, cols):
         d0 = dexp[c]
         plo, phi = lo[c - 1], hi[c - 1]
-        for r in range(lo[c], hi[c] + 1):
-            centre = int(round(r - d0))
-            best = inf
-            arg = -1
-            a = max(plo, centre - max_jump)
-            b = min(phi, centre + max_jump)
-            for rp in range(a, b + 1):
-                v = prev[rp] + penalty * abs(r - rp - d0)
-                if v < best:
-                    best = v
-                    arg = rp
-            if arg < 0:  # bands do not overlap here: join the nearest row of the previous band
-                rp = min(max(centre, plo), phi)
-                best = prev[rp] + penalty * abs(r - rp - d0)
-                arg = rp
-            cur[r] = best + cost[r, c] + ref_w * abs(r - ref[c])
-            back[r, c] = arg
+        lc, hc = lo[c], hi[c]
+        k0 = int(round(lc - d0)) - lc
+        uniform = True
+        for r in range(lc, hc + 1):
+            if int(round(r - d0)) - r != k0:
+                uniform = False
+                break
+        if uniform:
+            for r in range(lc, hc + 1):
+                best[r] = inf
+                arg[r] = -1
+            for j in range(-max_jump, max_jump + 1):
+                m = k0 + j  # rp = r + m
+                t = penalty * abs(-m - d0)  # = penalty * abs(r - rp - d0), the same int and float steps
+                for r in range(lc, hc + 1):
+                    ur = np.uint64(r)  # unsigned indices: no negative-index wrap-around test in the loop
+                    v = prevp[np.uint64(r + m + pad)] + t
+                    bo = best[ur]
+                    take = v < bo
+                    best[ur] = v if take else bo
+                    arg[ur] = (r + m) if take else arg[ur]
+        else:
+            for r in range(lc, hc + 1):
+                centre = int(round(r - d0))
+                bb = inf
+                aa = -1
+                for rp in range(max(plo, centre - max_jump), min(phi, centre + max_jump) + 1):
+                    v = prevp[rp + pad] + penalty * abs(r - rp - d0)
+                    if v < bb:
+                        bb = v
+                        aa = rp
+                best[r] = bb
+                arg[r] = aa
+        for r in range(lc, hc + 1):
+            a_, b_ = arg[r], best[r]
+            if a_ < 0:  # bands do not overlap here: join the nearest row of the previous band
+                rp = min(max(int(round(r - d0)), plo), phi)
+                b_ = prevp[rp + pad] + penalty * abs(r - rp - d0)
+                a_ = rp
+            cur[r] = b_ + cost[r, c] + ref_w * abs(r - ref[c])
+            back[c, r] = a_
         for r in range(plo, phi + 1):
-            prev[r] = inf
-        for r in range(lo[c], hi[c] + 1):
-            prev[r] = cur[r]
+            prevp[r + pad] = inf
+        for r in range(lc, hc + 1):
+            prevp[r + pad] = cur[r]
             cur[r] = inf
     path = np.empty(cols, np.int64)
-    best = inf
-    arg = lo[cols - 1]
+    bb = inf
+    aa = lo[cols - 1]
     for r in range(lo[cols - 1], hi[cols - 1] + 1):
-        if prev[r] < best:
-            best = prev[r]
-            arg = r
-    path[cols - 1] = arg
+        if prevp[r + pad] < bb:
+            bb = prevp[r + pad]
+            aa = r
+    path[cols - 1] = aa
     for c in range(cols - 1, 0, -1):
-        path[c - 1] = back[path[c], c]
+        path[c - 1] = back[c, path[c]]
     return path
 
 
