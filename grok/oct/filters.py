@@ -58,8 +58,10 @@ def _correlate_symmetric_1d(x, w):
         acc[r] = xe[r + s] * w0
     for j in range(s, 0, -1):
         wj = w[s - j]
+        lo, hi = np.uint64(s - j), np.uint64(s + j)  # unsigned: no wrap-around test, the loop vectorises
         for r in range(n):
-            acc[r] += (xe[r + s - j] + xe[r + s + j]) * wj
+            ur = np.uint64(r)
+            acc[ur] += (xe[ur + lo] + xe[ur + hi]) * wj
     return acc
 
 
