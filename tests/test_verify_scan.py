@@ -8,8 +8,13 @@ against the straightforward form: the same matches, the same masked text, the sa
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
+import subprocess
+import sys
+import types
+from pathlib import Path
 
 import pytest
 
@@ -77,6 +82,7 @@ def test_word_tries_are_the_plain_alternations(setup):
         (reader._scan_rx, names, r"(?<![\w-])", r"(?![\w-])"),
         (V._TERM_RE, list(V._TERM_CLASS), r"\b", r"\b"),
         (textnorm._FIRST_WORD_RE, number_words, r"\b", ""),
+        (V._ANAPHORA, ["it", "this value", "which"], r"\b", r"\b"),
     ]
     rng = random.Random(2)
     for fast, words, before, after in cases:
@@ -111,3 +117,58 @@ def test_read_turns_is_the_read_of_the_row(setup):
                 row.stated, frozenset(b for b in row.named if b in it.facts.biomarkers), row.numbers_checked,
                 row.numbers_wrong, row.reference_numbers_checked, row.reference_numbers_wrong, row.findings_agree,
                 row.findings_disagree, row.invented, row.wrong_eye), (question, answer)
+
+
+#: The verifier before the speed changes of issue 16's round 4 (read mode's reference-cue test made at once,
+#: the anaphora pattern written with literal first characters, the reference lookup of a number with a unit
+#: made once over the study's table): its readings and verdicts are what the current code must give.
+BEFORE = "038d883"
+
+
+def _committed_verifier(commit: str):
+    """``grok/verify/verifier.py`` as of ``commit`` (``git show``), loaded as its own module beside the current one."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        src = subprocess.run(["git", "show", f"{commit}:grok/verify/verifier.py"], cwd=root, check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"the verifier of {commit} is not in this checkout's history ({exc})")
+    mod = types.ModuleType(f"grok_verify_verifier_{commit}")
+    mod.__file__ = V.__file__
+    sys.modules[mod.__name__] = mod  # (its dataclasses look their module up)
+    exec(compile(src, f"{commit}:grok/verify/verifier.py", "exec"), mod.__dict__)  # noqa: S102 - the repository's own code
+    return mod
+
+
+def _moved_numbers(text: str, rng: random.Random) -> str:
+    """``text`` with its numbers moved by up to ±40 % (decimals kept): wrong values, right ones, reference values."""
+    def one(m: re.Match) -> str:
+        dec = len(m.group(2) or "")
+        return f"{float(m.group(0)) * rng.uniform(0.6, 1.4):.{dec}f}"
+
+    return re.sub(r"(?<![\w.])(\d+)(?:\.(\d+))?(?!\w)", one, text)
+
+
+def test_reading_and_verdicts_are_those_of_the_verifier_before(setup):
+    """``read_turns`` and ``verify`` (with its claims) give what the verifier of ``BEFORE`` gave, on the references,
+    their numbers moved, other studies' answers and generated texts with reference cues, units and ranges."""
+    bench, reader = setup
+    old = _committed_verifier(BEFORE).Verifier(reader.lex)
+    new = V.Verifier(reader.lex)
+    items = list(bench.items.values())
+    rng = random.Random(6)
+    texts = [it.reference for it in items]
+    texts += [_moved_numbers(t, rng) for t in texts]
+    texts += [" ".join(_texts(1, k)) + " CST 262 µm, above the 95th percentile of 310 µm; it is thick."
+              for k in range(300)]
+    texts += list(_texts(600, 7))
+    for k, text in enumerate(texts):
+        it = items[k % len(items)] if k < 2 * len(items) else rng.choice(items)
+        turns = (("user", it.question or "?"), ("assistant", text))
+        assert dataclasses.astuple(new.read_turns(turns, it.facts)) == dataclasses.astuple(
+            old.read_turns(turns, it.facts)), text
+        row = {"task": it.task, "eye": it.facts.eye, "images": list(it.images or []),
+               "messages": [{"role": "user", "content": it.question or "?"}, {"role": "assistant", "content": text}]}
+        a, b = new.verify(row, it.facts, claims=True), old.verify(row, it.facts, claims=True)
+        assert (a.passed, a.score, a.reasons, a.checks, a.claims) == (b.passed, b.score, b.reasons, b.checks,
+                                                                       b.claims), text

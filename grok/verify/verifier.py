@@ -348,7 +348,8 @@ _RIGHT_EYE = {
     "OD": re.compile(rf"\bright {_EYE_PARTS}\b|(?<![/\w])OD\b", re.IGNORECASE),
     "OS": re.compile(rf"\bleft {_EYE_PARTS}\b|(?<![/\w])OS\b", re.IGNORECASE),
 }
-_ANAPHORA = re.compile(r"\b(?:it|this value|which)\b")
+#: ``\b(?:it|this value|which)\b``, written with literal first characters (see :data:`_WB`).
+_ANAPHORA = re.compile(_lead_trie(("it", "this value", "which")) + r"\b")
 _STEP_RE = re.compile(r"(?m)^Step (\d+)\b")
 _IMAGE_TOKEN = "<image>"
 _DIMENSIONLESS_UNITS = ("count", "ratio", "fraction", "dimensionless")
@@ -865,12 +866,14 @@ class Verifier:
                     break
             if subj is None and not mentions and carried is not None:
                 subj = carried
-            cue = _LazyCue(clause, subj[1] if subj else 0, ms)
-            if reading:  # one number's verdict; after a reference cue it is a reference value
+            if reading:  # one number's verdict; after a reference cue it is a reference value (always asked)
+                cue = _REF_CUE.search(clause, subj[1] if subj else 0, ms) is not None
                 c0 = t.open()
                 self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t, cue)
                 t.close_number(c0, cue)
-            elif not recording:
+                continue
+            cue = _LazyCue(clause, subj[1] if subj else 0, ms)
+            if not recording:
                 self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t, cue)
             else:
                 before = t.mark()
@@ -992,7 +995,7 @@ class Verifier:
                     truth = v[0] / factor
                     if abs(x - truth) <= max(tol * abs(truth), half):
                         return t.ok()
-            if cue and (any(ref_matches(b) for b in cands) or any(ref_matches(b) for b in table)):
+            if cue and any(ref_matches(b) for b in table):  # (the candidates with a value are in the table)
                 return t.ok()
             written = f"{s} {unit}"
             measured = [facts.biomarkers[b] for b in cands if b in facts.biomarkers]
