@@ -1,9 +1,10 @@
-"""The compiled row filters and search helpers of the OCT segmentation give scipy's / numpy's numbers exactly.
+"""The compiled kernels of the OCT measurement give the numbers of the code they replaced, exactly.
 
-grok/oct/filters.py and segment._first_strong replace scipy.ndimage / whole-array numpy calls on the hot
-path of every B-scan; the segmentation's results must not move by a bit (docs/oct.md, speed), so each is
-compared here with the call it replaces, on random arrays of both float dtypes, with ties, edges and odd
-sizes, by exact equality.
+grok/oct/filters.py (row filters), segment._first_strong, segment._edge_cost, segment._dp_path (rows of a
+column updated together) and lesions._band_mask replace scipy.ndimage / whole-array numpy / per-row loops on
+the hot path of every B-scan; the segmentation's results must not move by a bit (docs/oct.md, speed), so
+each is compared here with the call or loop it replaces, on random arrays of both float dtypes, with ties,
+NaN, edges and odd sizes, by exact equality.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from scipy import ndimage
 
 from grok.oct import filters
+from grok.oct.lesions import _band_mask
 from grok.oct.segment import _dp_path, _edge_cost, _first_strong, _first_strong_numpy
 
 
@@ -182,3 +184,20 @@ def test_dp_path_equals_per_row_reference():
         args = (cost, lo.astype(np.int64), hi.astype(np.int64), dexp, int(rng.integers(1, 8)),
                 float(rng.choice([0.0, 0.04, 0.1, 0.3])), ref, float(rng.choice([0.0, 0.01, 0.02])))
         assert np.array_equal(_dp_path(*args), _dp_path_per_row(*args))
+
+
+def test_band_mask_equals_numpy_reference():
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        rows, cols = int(rng.integers(1, 60)), int(rng.integers(1, 30))
+        dt = (np.float32, np.float64)[int(rng.integers(0, 2))]
+        top = rng.uniform(-5, rows + 5, cols).astype(dt)
+        bottom = (top + rng.uniform(-3, rows, cols)).astype(dt)
+        if rng.random() < 0.5:
+            top, bottom = np.round(top).astype(dt), np.round(bottom).astype(dt)  # bounds on whole rows
+        for a in (top, bottom):
+            a[rng.random(cols) < 0.1] = rng.choice([np.nan, np.inf, -np.inf])
+        rr = np.arange(rows, dtype=np.float32)[:, None]
+        want = (rr >= np.where(np.isfinite(top), top, np.inf)[None, :]) & \
+            (rr < np.where(np.isfinite(bottom), bottom, -np.inf)[None, :])
+        assert np.array_equal(_band_mask(rows, top, bottom), want)

@@ -316,7 +316,8 @@ def measure_volume(
             continue
         m, h, e = detect_bscan_lesions(images[i], seg[i], ax, la, rpe_ref, fines[i])
         for k in masks:
-            masks[k][i] = m[k]
+            if m[k].any():  # the cube was zeroed lazily: leaving an empty B-scan's pages untouched saves their faults
+                masks[k][i] = m[k]
         hrf.extend((i, r, c) for r, c in h)
         ez_dis[i] = e
         atrophy[i] = bscan_atrophy(images[i], seg[i], e, ax, la, sub_rpe_masks=(m["ped"], m["drusen"]))
