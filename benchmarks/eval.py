@@ -23,9 +23,9 @@ process:
   further model scored on the same benchmark in one process);
 * ``reads_per_s``: :meth:`grok.eval.reader.AnswerReader.read` alone (the verifier's reading).
 
-``--against COMMIT`` also times this tree's ``grok/eval`` against ``COMMIT``'s, paired in one process: that
-commit's ``text.py``, ``reader.py`` and ``score.py`` (``git show``) are loaded beside the current modules
-(:func:`old_eval`), and the two ``evaluate`` run alternately (the order swapped every repeat), twice
+``--against COMMIT`` also times this tree's ``grok/eval`` and verifier against ``COMMIT``'s, paired in one process:
+that commit's ``grok/verify/verifier.py``, ``grok/eval/text.py``, ``reader.py`` and ``score.py`` (``git show``) are
+loaded beside the current modules (:func:`old_eval`), and the two ``evaluate`` run alternately (the order swapped every repeat), twice
 ``--repeats`` times each, a first model each time (reference readings from the disk cache) on answers with
 new numbers (a fresh :func:`perturb_numbers` per run) and on the shuffled answers; the per-repeat ratios
 new / old are robust to the load drifting, which the separate-process figures are not.
@@ -185,8 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def old_eval(commit: str) -> dict:
-    """``grok.eval``'s ``text``, ``reader`` and ``score`` modules as of ``commit``, loaded (``git show``) beside the
-    current ones, the old ``score`` importing the old ``text`` and ``reader``: the old side of a paired timing."""
+    """The verifier (``grok.verify.verifier``) and ``grok.eval``'s ``text``, ``reader`` and ``score`` modules as of
+    ``commit``, loaded (``git show``) beside the current ones, the old ``reader`` reading with the old verifier and the
+    old ``score`` importing the old ``text`` and ``reader``: the old side of a paired timing."""
     import subprocess
     import sys
     import types
@@ -194,20 +195,22 @@ def old_eval(commit: str) -> dict:
     import grok.eval.score  # noqa: F401 - the current modules, put back after the old ones are loaded
 
     root = Path(__file__).resolve().parents[1]
-    saved = {k: sys.modules[k] for k in ("grok.eval.text", "grok.eval.reader")}
+    modules = {"verifier": "grok.verify.verifier", "text": "grok.eval.text", "reader": "grok.eval.reader",
+               "score": None}
+    saved = {k: sys.modules[k] for k in modules.values() if k}
     mods = {}
     try:
-        for name in ("text", "reader", "score"):
-            path = f"grok/eval/{name}.py"
+        for name, module in modules.items():
+            path = f"{(module or 'grok.eval.score').replace('.', '/')}.py"
             src = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, check=True, capture_output=True,
                                  text=True).stdout
-            mod = types.ModuleType(f"grok_eval_{name}_{commit}")
+            mod = types.ModuleType(f"grok_{name}_{commit}")
             mod.__file__ = str(root / path)  # the reading-source digest (the disk cache's key) finds the root by it
             sys.modules[mod.__name__] = mod
             exec(compile(src, f"{commit}:{path}", "exec"), mod.__dict__)  # noqa: S102 - the repository's own code
             mods[name] = mod
-            if name != "score":
-                sys.modules[f"grok.eval.{name}"] = mod
+            if module:
+                sys.modules[module] = mod
     finally:
         sys.modules.update(saved)
     return mods
