@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     nd = sum(v[2] for (f, _, name), v in st.stats.items()
              if "_nd_image" in name and ("correlate1d" in name or "uniform_filter1d" in name))
     stages["scipy.ndimage filters (self time)"] = {"seconds": nd, "fraction": nd / total if total else float("nan")}
+    # the filters down the rows that replaced scipy's there (same numbers, compiled): grok/oct/filters.py
+    rf = sum(v[3] for (f, _, name), v in st.stats.items()
+             if f.endswith("oct/filters.py") and name in ("gaussian_rows", "uniform2d", "row_cumsum", "window_mean"))
+    stages["compiled row filters (grok/oct/filters.py)"] = {"seconds": rf, "fraction": rf / total if total else float("nan")}
     out["profile_one_cube"] = {"total_seconds_profiled": total, "stages": stages}
 
     # memory: peak traced allocation during one cube vs the cube's own size
