@@ -30,6 +30,9 @@ loaded beside the current modules (:func:`old_eval`), and the two ``evaluate`` r
 new numbers (a fresh :func:`perturb_numbers` per run) and on the shuffled answers; the per-repeat ratios
 new / old are robust to the load drifting, which the separate-process figures are not.
 
+``--parts`` also times the parts of scoring a first model's new answers alone, in CPU µs per answer
+(:func:`bench_parts`): where the time of ``answers_per_cpu_s_distinct`` goes.
+
 ``--judge-requests N`` also times the rubric judge against the local latency server
 (``tests/llm_server.py`` in its own process, ``--latency-ms``, ``--concurrency``): requests per
 second against the ideal concurrency / latency. The server's rule-based model does not write
@@ -98,7 +101,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--judge-requests", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=100.0)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--against", default=None, help="a commit whose grok/eval to time against, paired in one process")
+    ap.add_argument("--against", default=None,
+                    help="a commit whose grok/eval and verifier to time against, paired in one process")
+    ap.add_argument("--parts", action="store_true",
+                    help="also time the parts of scoring a first model's new answers (µs per answer)")
     ap.add_argument("--memory-studies", type=int, default=50,
                     help="studies of the memory check (N answers, then 10 N: the benchmark's items repeated)")
     args = ap.parse_args(argv)
@@ -170,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         "target_answers_per_s": TARGET_ANSWERS_PER_S,
         "load_avg_1min_before": load_before, "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
+    if args.parts:
+        res["parts_us_per_answer"] = bench_parts(bench, ids, refs, reader, cache, items_file, args.bootstrap,
+                                                 max(1, args.repeats), args.seed)
     if args.against:
         res["against"] = bench_against(args.against, bench, preds, ids, refs, reader, lex, cache, items_file,
                                        args.bootstrap, 2 * max(1, args.repeats), args.seed)
@@ -245,6 +254,71 @@ def bench_against(commit: str, bench, shuffled, ids, refs, reader, lex, cache, i
         res[f"ratio_{kind}"] = round(statistics.median(n / o for n, o in zip(out[f"new_{kind}"], out[f"old_{kind}"])), 3)
     res["load_avg_1min"] = [round(min(loads), 2), round(max(loads), 2)]
     return res
+
+
+def bench_parts(bench, ids, refs, reader, cache, items_file, resamples: int, repeats: int, seed: int) -> dict:
+    """CPU µs per answer (medians over ``repeats``) of the parts of scoring a first model's answers with every number
+    new (:func:`perturb_numbers`, a fresh set for each timing, so no cache keyed on text has seen them): ``evaluate``
+    end to end, and alone the verifier's reading (``AnswerReader.read``) and its whole-text scans (the number-word
+    pre-test and rewrite, the number mask, the clause split, the scans of numbers, qualitative terms and names), the
+    answers' words (``AnswerWords``, a fresh cache as in a new process), ROUGE-L, BLEU's statistics, loading the
+    reference readings from the disk cache, and the bootstrap (``evaluate`` with and without its resamples)."""
+    import numpy as np
+
+    from grok.eval.data import Predictions, not_english_word
+    from grok.eval.score import evaluate, reference_readings
+    from grok.eval.text import AnswerWords, rouge_l_with
+    from grok.verify import verifier as V
+    from grok.verify.textnorm import normalise
+
+    items = [bench.items[i] for i in ids]
+    n = len(ids)
+    k = iter(range(seed + 20_000, seed + 40_000))
+
+    def new() -> list[str]:
+        return perturb_numbers(refs, next(k))
+
+    def us(fn) -> float:
+        c = time.process_time()
+        fn()
+        return (time.process_time() - c) / n * 1e6
+
+    def scored(m: int) -> float:
+        fresh = Predictions("distinct", dict(zip(ids, new())))
+        bench.readings.clear()
+        return us(lambda: evaluate(bench, fresh, m, reader=reader, items_path=items_file, cache_dir=cache))
+
+    out: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        r: dict[str, float] = {"evaluate": scored(resamples)}
+        r["bootstrap"] = r["evaluate"] - scored(0)
+        ans = new()
+        r["reading"] = us(lambda: [reader.read(it.question, a, it.facts, it.images)  # noqa: B023
+                                   for it, a in zip(items, ans, strict=True)])
+        lows = [V._lower(a) for a in new()]
+        r["reading: number words"] = us(lambda: [normalise(x) for x in lows])  # noqa: B023
+        norm = [normalise(x) for x in lows]
+        r["reading: number mask"] = us(lambda: [V._mask(x) for x in norm])  # noqa: B023
+        masked = [V._mask(x) for x in norm]
+        r["reading: clause split"] = us(lambda: [V._clause_spans(x) for x in norm])  # noqa: B023
+        for name, rx, texts in (("numbers", V._NUMBER_RE, masked), ("terms", V._TERM_RE, norm),
+                                ("names", reader._scan_rx, norm)):
+            r[f"reading: {name} scan"] = us(lambda rx=rx, texts=texts: [list(rx.finditer(x)) for x in texts])
+        bench.readings.clear()
+        r["reference readings from the disk cache"] = us(lambda: reference_readings(bench, reader, cache))
+        refs_read = reference_readings(bench, reader, cache)
+        words = AnswerWords(refs_read.table, not_english_word)
+        ans = new()
+        got: list = []
+        r["answer words (AnswerWords)"] = us(lambda: got.extend(words(a) for a in ans))  # noqa: B023
+        rows = [refs_read[i] for i in ids]
+        r["ROUGE-L"] = us(lambda: [rouge_l_with(w[1], x.rouge) for x, w in zip(rows, got, strict=True)])  # noqa: B023
+        flat = np.frombuffer(b"".join(w[0] for w in got), dtype=np.int64)
+        r["BLEU statistics"] = us(lambda: refs_read.table.stats([x.bleu.row for x in rows], flat,  # noqa: B023
+                                                                [len(w[0]) // 8 for w in got]))  # noqa: B023
+        for key, v in r.items():
+            out.setdefault(key, []).append(v)
+    return {key: round(statistics.median(v), 1) for key, v in out.items()}
 
 
 def bench_memory(studies: int, seed: int, kb, lex, reader, resamples: int, factor: int = 10) -> dict:
