@@ -63,6 +63,7 @@ from grok.instruct.lint import lint_rows
 from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
+from grok.parquet_io import iter_batches, open_parquet
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -237,9 +238,9 @@ class InstructionRows:
             self.table = pq.read_table(path)
         else:
             arrow = Path(tmp) / "instructions.arrow"
-            pf = pq.ParquetFile(path)
+            pf = open_parquet(path)
             with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as writer:
-                for batch in pf.iter_batches(batch_size=4096):
+                for batch in iter_batches(pf, 4096):
                     writer.write_batch(batch)
             self.table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()  # zero-copy, pages from disk
         self.text_columns = [c for c in TEXT_COLUMNS if c in self.table.column_names]

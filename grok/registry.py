@@ -36,10 +36,18 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from grok.parquet_io import open_parquet
+
 DEFAULT_REGISTRY_ENV = "GROK_REGISTRY"
 DEFAULT_REGISTRY = "registry"
 _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Arrow bytes per parquet row group of a published split (``datasets`` aims at 100 MB, or its
+#: ``config.MAX_ROW_GROUP_SIZE`` when that is smaller). A reader holds whole row groups: ``load_dataset``
+#: streaming, the privacy scan of the staged version, the split sizes below. With 100 MB groups a
+#: publication's memory grew with the split until a split passed 100 MB (issue 22: +0.10 MB per study
+#: from 500 to 5,000 studies); 16 MB groups keep every reader's share bounded at any size.
+ROW_GROUP_BYTES = 16 << 20
 
 
 class RegistryError(ValueError):
@@ -272,8 +280,10 @@ def publish(
                 n = max(1, min(len(ds), -(-ds.data.nbytes // max_shard_bytes)))
                 rels = [f"data/{config}/{split}-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
                 (staging / rels[0]).parent.mkdir(parents=True, exist_ok=True)
+                group_rows = _row_group_rows(ds)
                 for i, rel in enumerate(rels):
-                    (ds if n == 1 else ds.shard(n, i, contiguous=True)).to_parquet(str(staging / rel))
+                    (ds if n == 1 else ds.shard(n, i, contiguous=True)).to_parquet(str(staging / rel),
+                                                                                    batch_size=group_rows)
                 arrow_tables.setdefault(config, {})[split] = ds  # hashed a batch at a time below
                 counts.setdefault(config, {})[split] = len(ds)
                 if len(ds) == 0:
@@ -499,10 +509,23 @@ def croissant(name: str, version: str, data_files: Mapping[str, list[dict]], inf
     return doc
 
 
+def _row_group_rows(ds) -> int:
+    """Rows per parquet row group of ``ds``: about :data:`ROW_GROUP_BYTES` of its Arrow data (or ``datasets``'
+    smaller ``MAX_ROW_GROUP_SIZE``), fewer where ``datasets`` caps a feature's groups (images, audio)."""
+    import datasets
+    from datasets.arrow_writer import get_writer_batch_size_from_features
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    limit = min(ROW_GROUP_BYTES, convert_file_size_to_int(datasets.config.MAX_ROW_GROUP_SIZE))
+    rows = max(1, len(ds) * limit // max(1, ds.data.nbytes))
+    by_features = get_writer_batch_size_from_features(ds.features)
+    return min(rows, by_features) if by_features else rows
+
+
 def _arrow_nbytes(parquet: Path) -> int:
     """Bytes of a parquet file's rows as Arrow, what ``datasets`` records as a split's ``num_bytes`` when it
     loads the file (one column of one row group in memory at a time)."""
-    f = pq.ParquetFile(parquet)
+    f = open_parquet(parquet)
     return sum(f.read_row_group(g, columns=[name]).nbytes for g in range(f.num_row_groups)
                for name in f.schema_arrow.names)
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from grok.ids import CATEGORIES
+from grok.parquet_io import iter_batches, open_parquet
 from grok.privacy.denylist import DenyList
 from grok.resources import bundled_dir
 
@@ -341,7 +342,7 @@ def _frames(data: Any, rows: int):
             yield part, part.to_pandas()
     elif isinstance(data, pq.ParquetFile):
         n = 0
-        for batch in data.iter_batches(batch_size=rows):
+        for batch in iter_batches(data, rows):
             n += 1
             yield batch, batch.to_pandas()
         if not n:
@@ -387,7 +388,7 @@ def validate(
     table_path = None
     if isinstance(data, (str, os.PathLike)):
         table_path = Path(data)
-        data = pq.ParquetFile(table_path)  # read a batch at a time below
+        data = open_parquet(table_path)  # read a batch at a time below
     deny = deny_list if isinstance(deny_list, DenyList) or deny_list is None else DenyList.from_json(deny_list)
     schema_problems: list[str] = []
     if isinstance(data, (pa.Table, pq.ParquetFile)):  # types and nulls from Arrow; nulls counted per batch below

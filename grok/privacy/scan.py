@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image
 
+from grok.parquet_io import iter_batches, open_parquet
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.pseudonyms import keyed_hash
 
@@ -227,11 +227,11 @@ def _walk_value(v: Any, depth: int = 0) -> Iterator[str]:
 
 
 def _parquet(source: Any, depth: int) -> Iterator[str]:
-    pf = pq.ParquetFile(source)
+    pf = open_parquet(source)
     for k, v in (pf.schema_arrow.metadata or {}).items():
         yield k.decode("utf-8", "replace")
         yield v.decode("utf-8", "replace")
-    for batch in pf.iter_batches(batch_size=512):
+    for batch in iter_batches(pf, 512):
         for col in batch.columns:
             for v in col.to_pylist():
                 yield from _walk_value(v, depth)

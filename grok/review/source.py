@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from grok.instruct.evidence import record_from_evidence, records_row
 from grok.instruct.records import load_studies
 from grok.knowledge import load_knowledge_base
+from grok.parquet_io import iter_batches, open_parquet
 from grok.registry import RegistryError, resolve
 from grok.review.decisions import content_hash
 
@@ -137,10 +138,10 @@ class ReviewSource:
                     self._records[r["study_id"]] = r
         for config, split in ROW_CONFIGS:
             for f in sorted((folder / "data" / config).glob(f"{split}-*.parquet")):
-                pf = pq.ParquetFile(f)
+                pf = open_parquet(f)
                 cols = [c for c in pf.schema_arrow.names if c != "images"]
                 n = 0
-                for batch in pf.iter_batches(batch_size=512, columns=cols + ["images"]):
+                for batch in iter_batches(pf, 512, columns=cols + ["images"]):
                     d = batch.to_pydict()
                     d["images"] = [[{"path": im.get("path")} for im in ims or []] for ims in d["images"]]
                     for i in range(batch.num_rows):
@@ -269,7 +270,7 @@ class ReviewSource:
             p = _inside(base, rel)
             return p.read_bytes(), mimetypes.guess_type(p.name)[0] or "application/octet-stream"
         f, n = self._where[row_id]
-        pf = pq.ParquetFile(f)
+        pf = open_parquet(f)
         start = 0
         for g in range(pf.num_row_groups):
             rows = pf.metadata.row_group(g).num_rows

@@ -33,6 +33,7 @@ from grok.instruct.accounting import account
 from grok.instruct.export import INSTRUCTIONS_SCHEMA, QUARANTINE_SCHEMA, SKIPPED_SCHEMA
 from grok.instruct.generate import InstructConfig, build_instructions
 from grok.instruct.templating import GENERATION_TEMPLATES, templates_dir
+from grok.parquet_io import iter_batches
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
@@ -226,7 +227,7 @@ class Instruct(Stage):
 def _rows(files: list[Path], columns: list[str]) -> Iterator[dict[str, Any]]:
     """The rows of ``files`` (only ``columns``), one file's batch at a time."""
     for f in files:
-        for batch in pq.ParquetFile(f).iter_batches(columns=columns, batch_size=4096):
+        for batch in iter_batches(f, 4096, columns=columns):
             yield from batch.to_pylist()
 
 

@@ -35,6 +35,7 @@ from grok import __version__
 from grok.ingest.deid import DeidConfig, pseudonymise_patient_id, transform_date
 from grok.knowledge import label_cohort, load_knowledge_base, reason
 from grok.knowledge.labeller import read_cohort
+from grok.parquet_io import iter_batches
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.measure_stage import POSITION_IDS, SCALAR_IDS
 from grok.stages.stage import SingleStage
@@ -182,10 +183,9 @@ def build_records(
     n_in = n_records = n_quarantined = 0
     # streamed: biomarkers are read BATCH_ROWS rows at a time and every record is written as it is made,
     # so the memory of this stage is one batch (plus the cohort's labels), not the archive
-    bio_file = pq.ParquetFile(build / "biomarkers.parquet")
     with open(build / "records.jsonl", "w") as fh, \
             pq.ParquetWriter(build / "records_quarantine.parquet", QUARANTINE_SCHEMA) as qw:
-        for batch in bio_file.iter_batches(batch_size=BATCH_ROWS):
+        for batch in iter_batches(build / "biomarkers.parquet", BATCH_ROWS):
             quarantine = []
             for row in batch.to_pylist():
                 n_in += 1

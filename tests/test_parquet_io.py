@@ -1,0 +1,46 @@
+"""Parquet read a row group at a time (grok.parquet_io): a reader holds one row group, not the file (issue 22)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from grok.parquet_io import iter_batches, open_parquet
+
+
+def _file(path, groups: int, rows: int, blob: int) -> pa.Table:
+    """A parquet file of ``groups`` row groups of ``rows`` rows, each row an id and ``blob`` random bytes."""
+    rng = np.random.default_rng(groups)
+    table = pa.table({"id": [f"r{i:05d}" for i in range(groups * rows)],
+                      "blob": [rng.bytes(blob) for _ in range(groups * rows)]})
+    pq.write_table(table, path, row_group_size=rows)
+    return table
+
+
+def test_batches_are_the_file_in_order(tmp_path):
+    table = _file(tmp_path / "t.parquet", groups=5, rows=30, blob=64)
+    batches = list(iter_batches(tmp_path / "t.parquet", 8))
+    assert pa.Table.from_batches(batches).equals(table)
+    assert max(b.num_rows for b in batches) == 8 and len(batches) == 5 * 4  # 8+8+8+6 per row group
+    ids = pa.Table.from_batches(list(iter_batches(open_parquet(tmp_path / "t.parquet"), 50, columns=["id"])))
+    assert ids.column_names == ["id"] and ids.column("id").equals(table.column("id"))
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(table.schema.empty_table(), empty)
+    assert sum(b.num_rows for b in iter_batches(empty, 8)) == 0
+
+
+def test_a_reader_holds_one_row_group_not_the_file(tmp_path):
+    """20 row groups of ~1 MB incompressible bytes: Arrow's pool holds a few row groups' worth at most (one
+    group's pages and its decoded batch), never the file (pyarrow's pre-buffered default held 23 MB for this
+    21 MB file from the first batch on, pyarrow 26)."""
+    _file(tmp_path / "big.parquet", groups=20, rows=16, blob=64 << 10)
+    size = (tmp_path / "big.parquet").stat().st_size
+    base = pa.total_allocated_bytes()
+    held = []
+    n = 0
+    for batch in iter_batches(tmp_path / "big.parquet", 4):
+        n += batch.num_rows
+        held.append(pa.total_allocated_bytes() - base)
+    assert n == 20 * 16
+    assert max(held) < 0.25 * size, (max(held), size)
