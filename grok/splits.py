@@ -4,7 +4,8 @@
   patient is ever in two splits, the assignment depends only on the seed and the patients (not on
   row order), and each label's patients are divided by the ratios (largest remainder).
 * :func:`dedup` — exact duplicates (normalised text) and near duplicates (MinHash LSH over word
-  shingles, datasketch) of instruction texts; the first row (by id) of each group is kept.
+  shingles, datasketch's signatures and banding) of instruction texts; the first row (by id) of each group
+  is kept. The index is a SQLite file in a temporary folder, so memory does not grow with the rows.
 * :func:`decontaminate` — removes train rows that are near duplicates of any held-out row.
 
 Every removed row is returned with the id of the row it duplicates, so callers can account for it.
@@ -13,9 +14,14 @@ Every removed row is returned with the id of the row it duplicates, so callers c
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
+import sqlite3
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -78,54 +84,147 @@ def _minhash(text: str, num_perm: int):
     return m
 
 
-def dedup_texts(items: Iterable[tuple[str, str]], *, threshold: float = 0.9, num_perm: int = 128,
-                ) -> tuple[list[str], list[dict[str, str]]]:
-    """:func:`dedup` of ``(id, text)`` pairs given in id order, one at a time: only the index (a hash per kept
-    text and its MinHash LSH bands) is kept, not the texts. Returns (kept ids, removed ``{id, duplicate_of,
-    reason}``)."""
+#: SQLite's page cache for the on-disk duplicate index (KiB): what the index holds in memory, whatever the rows.
+INDEX_CACHE_KIB = 32 * 1024
+
+
+def _lsh_bands(threshold: float, num_perm: int) -> list[tuple[int, int]]:
+    """datasketch's bands for ``MinHashLSH(threshold, num_perm)`` (its ``_optimal_param``, weights 0.5/0.5) as
+    (start, end) ranges of the hash values; the same ``ValueError`` for bad parameters."""
     from datasketch import MinHashLSH
 
-    seen_exact: dict[str, str] = {}
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    kept: list[str] = []
-    removed: list[dict[str, str]] = []
-    for rid, text in items:
-        h = hashlib.sha256(normalise_text(text).encode()).hexdigest()
-        if h in seen_exact:
-            removed.append({"id": rid, "duplicate_of": seen_exact[h], "reason": "exact duplicate"})
-            continue
-        mh = _minhash(text, num_perm)
-        hits = lsh.query(mh)
-        if hits:
-            removed.append({"id": rid, "duplicate_of": sorted(hits)[0],
-                            "reason": f"near duplicate (Jaccard >= {threshold})"})
-            continue
-        seen_exact[h] = rid
-        lsh.insert(rid, mh)
-        kept.append(rid)
+    return list(MinHashLSH(threshold=threshold, num_perm=num_perm).hashranges)
+
+
+def _enc_id(rid: Any) -> str | bytes:
+    return rid if isinstance(rid, str) else pickle.dumps(rid, protocol=5)  # any other id type, as it was
+
+
+def _dec_id(v: str | bytes) -> Any:
+    return pickle.loads(v) if isinstance(v, bytes) else v
+
+
+class _DiskLSH:
+    """datasketch's ``MinHashLSH`` (dict storage) and a table of exact-text hashes, kept in a SQLite file so that
+    the process holds a bounded page cache (:data:`INDEX_CACHE_KIB`), not the index. A band's key is
+    datasketch's (``bytes(hashvalues[start:end].byteswap().data)``; datasketch has a table per band, here the
+    band number prefixes the key); each key keeps the smallest id inserted under it, which is all a caller that
+    names ``sorted(hits)[0]`` needs (the smallest hit is the smallest of the bands' smallest). A context
+    manager: the file is in a temporary folder under ``tmp`` (default: the system's), always removed."""
+
+    def __init__(self, threshold: float, num_perm: int, tmp: Path | None = None):
+        self.num_perm = num_perm
+        self.ranges = _lsh_bands(threshold, num_perm)
+        self.prefix = [i.to_bytes(2, "big") for i in range(len(self.ranges))]
+        self.tmp = tmp
+        self._query = f"SELECT id FROM bands WHERE key IN ({','.join('?' * len(self.ranges))})"
+
+    def __enter__(self) -> _DiskLSH:
+        self._dir = tempfile.TemporaryDirectory(dir=self.tmp, prefix=".dedup-index-")
+        try:
+            self.db = sqlite3.connect(Path(self._dir.name) / "index.sqlite", isolation_level=None)
+            for pragma in ("journal_mode = OFF", "synchronous = OFF", "locking_mode = EXCLUSIVE",
+                           f"cache_size = -{INDEX_CACHE_KIB}", "temp_store = FILE"):
+                self.db.execute(f"PRAGMA {pragma}")
+            for table in ("bands (key BLOB PRIMARY KEY, id)", "exact (h BLOB PRIMARY KEY, id)", "keys (id PRIMARY KEY)"):
+                self.db.execute(f"CREATE TABLE {table} WITHOUT ROWID")
+            self.db.execute("BEGIN")  # one transaction, never committed: the file is thrown away
+        except BaseException:
+            self._dir.cleanup()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.db.close()
+        finally:
+            self._dir.cleanup()
+
+    def bands(self, text: str) -> list[bytes]:
+        hv = _minhash(text, self.num_perm).hashvalues
+        raw, size = hv.byteswap().tobytes(), hv.itemsize
+        return [p + raw[a * size:b * size] for p, (a, b) in zip(self.prefix, self.ranges)]
+
+    def query(self, keys: list[bytes]) -> list[Any]:
+        """The smallest id under each colliding band key (so the smallest of them is the smallest hit)."""
+        return [_dec_id(v) for (v,) in self.db.execute(self._query, keys)]
+
+    def insert(self, rid: Any, keys: list[bytes], *, fresh: bool = False) -> None:
+        """Add ``rid`` under its band keys (``fresh``: the caller's query found none of them)."""
+        enc = _enc_id(rid)
+        try:
+            self.db.execute("INSERT INTO keys VALUES (?)", (enc,))
+        except sqlite3.IntegrityError:
+            raise ValueError("The given key already exists") from None  # as MinHashLSH.insert
+        if fresh:
+            self.db.executemany("INSERT INTO bands VALUES (?, ?)", [(key, enc) for key in keys])
+            return
+        for key in keys:
+            row = self.db.execute("SELECT id FROM bands WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO bands VALUES (?, ?)", (key, enc))
+            elif rid < _dec_id(row[0]):
+                self.db.execute("UPDATE bands SET id = ? WHERE key = ?", (enc, key))
+
+    def exact(self, h: bytes) -> tuple[Any] | None:
+        """(the id stored for the text hash ``h``,), or None."""
+        row = self.db.execute("SELECT id FROM exact WHERE h = ?", (h,)).fetchone()
+        return None if row is None else (_dec_id(row[0]),)
+
+    def set_exact(self, h: bytes, rid: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO exact VALUES (?, ?)", (h, _enc_id(rid)))
+
+
+def _text_hash(text: str) -> bytes:
+    return hashlib.sha256(normalise_text(text).encode()).digest()
+
+
+def dedup_texts(items: Iterable[tuple[Any, str]], *, threshold: float = 0.9, num_perm: int = 128,
+                tmp: Path | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+    """:func:`dedup` of ``(id, text)`` pairs given in id order, one at a time: only the index (a hash per kept
+    text and its MinHash LSH bands) is kept, not the texts, and the index is a SQLite file in a temporary
+    folder under ``tmp`` (removed afterwards), so memory does not grow with the rows. The results are those of
+    an in-memory datasketch ``MinHashLSH`` of the kept rows: a near duplicate names the smallest kept id that
+    shares a band with it. Returns (kept ids, removed ``{id, duplicate_of, reason}``)."""
+    kept: list[Any] = []
+    removed: list[dict[str, Any]] = []
+    with _DiskLSH(threshold, num_perm, tmp) as index:
+        for rid, text in items:
+            h = _text_hash(text)
+            if (first := index.exact(h)) is not None:
+                removed.append({"id": rid, "duplicate_of": first[0], "reason": "exact duplicate"})
+                continue
+            keys = index.bands(text)
+            if hits := index.query(keys):
+                removed.append({"id": rid, "duplicate_of": sorted(hits)[0],
+                                "reason": f"near duplicate (Jaccard >= {threshold})"})
+                continue
+            index.insert(rid, keys, fresh=True)
+            index.set_exact(h, rid)
+            kept.append(rid)
     return kept, removed
 
 
-def decontaminate_texts(train: Iterable[tuple[str, str]], held_out: Iterable[tuple[str, str]], *,
-                        threshold: float = 0.9, num_perm: int = 128) -> tuple[list[str], list[dict[str, str]]]:
-    """:func:`decontaminate` of ``(id, text)`` pairs, one at a time (an index of the held-out texts is kept,
-    not the texts). Returns (kept train ids, removed ``{id, duplicate_of, reason}``)."""
-    from datasketch import MinHashLSH
-
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    exact = {}
-    for rid, text in held_out:
-        lsh.insert(rid, _minhash(text, num_perm))
-        exact[hashlib.sha256(normalise_text(text).encode()).hexdigest()] = rid
-    kept: list[str] = []
-    removed: list[dict[str, str]] = []
-    for rid, text in train:
-        h = hashlib.sha256(normalise_text(text).encode()).hexdigest()
-        hits = [exact[h]] if h in exact else lsh.query(_minhash(text, num_perm))
-        if hits:
-            removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
-        else:
-            kept.append(rid)
+def decontaminate_texts(train: Iterable[tuple[Any, str]], held_out: Iterable[tuple[Any, str]], *,
+                        threshold: float = 0.9, num_perm: int = 128, tmp: Path | None = None,
+                        ) -> tuple[list[Any], list[dict[str, Any]]]:
+    """:func:`decontaminate` of ``(id, text)`` pairs, one at a time (an index of the held-out texts is kept, in
+    a SQLite file under ``tmp`` as in :func:`dedup_texts`, not the texts). A train row whose normalised text is
+    a held-out row's names the last such held-out row, otherwise the smallest held-out id sharing a band.
+    Returns (kept train ids, removed ``{id, duplicate_of, reason}``)."""
+    kept: list[Any] = []
+    removed: list[dict[str, Any]] = []
+    with _DiskLSH(threshold, num_perm, tmp) as index:
+        for rid, text in held_out:
+            index.insert(rid, index.bands(text))
+            index.set_exact(_text_hash(text), rid)
+        for rid, text in train:
+            first = index.exact(_text_hash(text))
+            hits = [first[0]] if first is not None else index.query(index.bands(text))
+            if hits:
+                removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
+            else:
+                kept.append(rid)
     return kept, removed
 
 
