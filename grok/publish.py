@@ -224,6 +224,10 @@ class StudyRecords(Mapping):
 TEXT_COLUMNS = ("messages", "provenance")
 #: Rows read with their text at a time (lint, dedup, contracts, the published splits).
 TEXT_BATCH_ROWS = 256
+#: The biomarkers whose distribution (p5, median, p95, missing) the dataset card shows.
+CARD_BIOMARKERS = ("macular_thickness_central_um", "macular_thickness_overall_um", "rnfl_thickness_um",
+                   "gcipl_thickness_um", "drusen_volume_3mm_mm3", "irf_volume_nl", "srf_volume_nl",
+                   "cup_disc_ratio_vertical", "av_ratio", "vessel_density", "rnfl_peripapillary_mean_um")
 
 
 class InstructionRows:
@@ -334,7 +338,11 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     ins = ins[(ins.split != "train").to_numpy() | ins["id"].isin(keep).to_numpy()]
     removed_df = pd.DataFrame(removed, columns=["id", "duplicate_of", "reason"])
     # alignment: one row per record with a foveal B-scan
-    bio = pq.read_table(build_dir / "biomarkers.parquet").to_pandas().set_index("study_id")
+    # the biomarker table's contract reads the file a batch at a time (run_contracts); the card's distributions
+    # need only these columns (the whole table, with its nested image measurements, was 6 KB a study)
+    bio_cols = set(pq.read_schema(build_dir / "biomarkers.parquet").names)
+    bio = pq.read_table(build_dir / "biomarkers.parquet",
+                        columns=["study_id", *(b for b in CARD_BIOMARKERS if b in bio_cols)]).to_pandas()
     align_rows = []
     for r in records.sorted_values():
         sid = r["study_id"]
@@ -352,7 +360,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     evidence = _Evidence(records, kb, split_of)
     return {"records": records, "instructions": ins, "rows": rows, "removed": removed_df,
             "failed_verification": len(failed),
-            "instructions_in": n_in, "alignment": align, "biomarkers": bio.reset_index(), "labels": labels,
+            "instructions_in": n_in, "alignment": align, "biomarkers": bio, "labels": labels,
             "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
 
 
@@ -440,7 +448,7 @@ def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, den
     results = {}
     # the instruction rows a batch at a time with their text (grok.contracts keeps what the expectations read)
     tables = {"instructions": prep["rows"].frames(prep["instructions"]), "alignment": prep["alignment"],
-              "biomarkers": prep["biomarkers"]}
+              "biomarkers": build_dir / "biomarkers.parquet"}
     if prep["labels"] is not None:
         tables["labels"] = prep["labels"]
     for name, df in tables.items():
@@ -586,9 +594,7 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
     tasks = ins.groupby(["split", "task"]).size().unstack(fill_value=0)
     bio = prep["biomarkers"]
     dist = []
-    for b in ("macular_thickness_central_um", "macular_thickness_overall_um", "rnfl_thickness_um",
-              "gcipl_thickness_um", "drusen_volume_3mm_mm3", "irf_volume_nl", "srf_volume_nl", "cup_disc_ratio_vertical",
-              "av_ratio", "vessel_density", "rnfl_peripapillary_mean_um"):
+    for b in CARD_BIOMARKERS:
         if b in bio:
             s = pd.to_numeric(bio[b], errors="coerce").dropna()
             if len(s):
