@@ -106,18 +106,23 @@ def _dec_id(v: str | bytes) -> Any:
 
 class _DiskLSH:
     """datasketch's ``MinHashLSH`` (dict storage) and a table of exact-text hashes, kept in a SQLite file so that
-    the process holds a bounded page cache (:data:`INDEX_CACHE_KIB`), not the index. A band's key is
-    datasketch's (``bytes(hashvalues[start:end].byteswap().data)``; datasketch has a table per band, here the
-    band number prefixes the key); each key keeps the smallest id inserted under it, which is all a caller that
-    names ``sorted(hits)[0]`` needs (the smallest hit is the smallest of the bands' smallest). A context
-    manager: the file is in a temporary folder under ``tmp`` (default: the system's), always removed."""
+    the process holds a bounded page cache (:data:`INDEX_CACHE_KIB`), not the index.
+
+    Every inserted row is appended to ``sigs`` (its id, text hash and band bytes, read back only to confirm a
+    collision). The random-access tables are small: ``bands`` maps (band number, 64-bit hash of datasketch's
+    band key ``bytes(hashvalues[start:end].byteswap().data)``) to rows, ``exact`` a 64-bit prefix of the text
+    hash to rows; a match counts only when the stored bytes are equal, so results are exact. Each band key
+    keeps only its smallest id, which is all a caller that names ``sorted(hits)[0]`` needs (the smallest hit
+    is the smallest of the bands' smallest). A context manager: the file is in a temporary folder under
+    ``tmp`` (default: the system's), always removed."""
 
     def __init__(self, threshold: float, num_perm: int, tmp: Path | None = None):
         self.num_perm = num_perm
         self.ranges = _lsh_bands(threshold, num_perm)
-        self.prefix = [i.to_bytes(2, "big") for i in range(len(self.ranges))]
         self.tmp = tmp
-        self._query = f"SELECT id FROM bands WHERE key IN ({','.join('?' * len(self.ranges))})"
+        self.n = 0
+        where = " OR ".join(["(b.band = ? AND b.h = ?)"] * len(self.ranges))
+        self._query = f"SELECT b.band, s.id, s.sig FROM bands b JOIN sigs s ON s.seq = b.seq WHERE {where}"
 
     def __enter__(self) -> _DiskLSH:
         self._dir = tempfile.TemporaryDirectory(dir=self.tmp, prefix=".dedup-index-")
@@ -126,8 +131,11 @@ class _DiskLSH:
             for pragma in ("journal_mode = OFF", "synchronous = OFF", "locking_mode = EXCLUSIVE",
                            f"cache_size = -{INDEX_CACHE_KIB}", "temp_store = FILE"):
                 self.db.execute(f"PRAGMA {pragma}")
-            for table in ("bands (key BLOB PRIMARY KEY, id)", "exact (h BLOB PRIMARY KEY, id)", "keys (id PRIMARY KEY)"):
-                self.db.execute(f"CREATE TABLE {table} WITHOUT ROWID")
+            for table in ("sigs (seq INTEGER PRIMARY KEY, id, sha BLOB, sig BLOB)",
+                          "bands (band INTEGER, h INTEGER, seq INTEGER, PRIMARY KEY (band, h, seq)) WITHOUT ROWID",
+                          "exact (h INTEGER, seq INTEGER, PRIMARY KEY (h, seq)) WITHOUT ROWID",
+                          "keys (id PRIMARY KEY) WITHOUT ROWID"):
+                self.db.execute(f"CREATE TABLE {table}")
             self.db.execute("BEGIN")  # one transaction, never committed: the file is thrown away
         except BaseException:
             self._dir.cleanup()
@@ -140,39 +148,60 @@ class _DiskLSH:
         finally:
             self._dir.cleanup()
 
-    def bands(self, text: str) -> list[bytes]:
+    def signature(self, text: str) -> tuple[bytes, list[int]]:
+        """(the band keys' bytes end to end, a 64-bit hash of each band key)."""
         hv = _minhash(text, self.num_perm).hashvalues
         raw, size = hv.byteswap().tobytes(), hv.itemsize
-        return [p + raw[a * size:b * size] for p, (a, b) in zip(self.prefix, self.ranges)]
+        raw = raw[: self.ranges[-1][1] * size]
+        return raw, [_h64(hashlib.blake2b(raw[a * size:b * size], digest_size=8).digest()) for a, b in self.ranges]
 
-    def query(self, keys: list[bytes]) -> list[Any]:
-        """The smallest id under each colliding band key (so the smallest of them is the smallest hit)."""
-        return [_dec_id(v) for (v,) in self.db.execute(self._query, keys)]
+    def _band(self, raw: bytes, i: int) -> bytes:
+        (a, b), size = self.ranges[i], len(raw) // self.ranges[-1][1]
+        return raw[a * size:b * size]
 
-    def insert(self, rid: Any, keys: list[bytes], *, fresh: bool = False) -> None:
-        """Add ``rid`` under its band keys (``fresh``: the caller's query found none of them)."""
+    def query(self, sig: tuple[bytes, list[int]]) -> list[Any]:
+        """The smallest id under each band key shared with ``sig`` (the smallest of them is the smallest hit)."""
+        raw, hs = sig
+        params = [v for i, h in enumerate(hs) for v in (i, h)]
+        return [_dec_id(v) for i, v, other in self.db.execute(self._query, params)
+                if self._band(other, i) == self._band(raw, i)]
+
+    def insert(self, rid: Any, sig: tuple[bytes, list[int]], sha: bytes, *, fresh: bool = False) -> None:
+        """Add ``rid`` (its band keys ``sig`` and text hash ``sha``); ``fresh``: the caller's query found none of
+        its band keys."""
         enc = _enc_id(rid)
         try:
             self.db.execute("INSERT INTO keys VALUES (?)", (enc,))
         except sqlite3.IntegrityError:
-            raise ValueError("The given key already exists") from None  # as MinHashLSH.insert
+            raise ValueError(f"The given key already exists: id {rid!r} is given twice") from None  # as MinHashLSH
+        seq, self.n = self.n, self.n + 1
+        raw, hs = sig
+        self.db.execute("INSERT INTO sigs VALUES (?, ?, ?, ?)", (seq, enc, sha, raw))
+        self.db.execute("INSERT INTO exact VALUES (?, ?)", (_h64(sha), seq))
         if fresh:
-            self.db.executemany("INSERT INTO bands VALUES (?, ?)", [(key, enc) for key in keys])
+            self.db.executemany("INSERT INTO bands VALUES (?, ?, ?)", [(i, h, seq) for i, h in enumerate(hs)])
             return
-        for key in keys:
-            row = self.db.execute("SELECT id FROM bands WHERE key = ?", (key,)).fetchone()
-            if row is None:
-                self.db.execute("INSERT INTO bands VALUES (?, ?)", (key, enc))
-            elif rid < _dec_id(row[0]):
-                self.db.execute("UPDATE bands SET id = ? WHERE key = ?", (enc, key))
+        for i, h in enumerate(hs):
+            cur = self.db.execute("SELECT b.seq, s.id, s.sig FROM bands b JOIN sigs s ON s.seq = b.seq "
+                                  "WHERE b.band = ? AND b.h = ?", (i, h)).fetchall()
+            same = [(old, _dec_id(v)) for old, v, other in cur if self._band(other, i) == self._band(raw, i)]
+            if not same:
+                self.db.execute("INSERT INTO bands VALUES (?, ?, ?)", (i, h, seq))
+            elif rid < same[0][1]:
+                self.db.execute("UPDATE bands SET seq = ? WHERE band = ? AND h = ? AND seq = ?", (seq, i, h, same[0][0]))
 
-    def exact(self, h: bytes) -> tuple[Any] | None:
-        """(the id stored for the text hash ``h``,), or None."""
-        row = self.db.execute("SELECT id FROM exact WHERE h = ?", (h,)).fetchone()
-        return None if row is None else (_dec_id(row[0]),)
+    def exact(self, sha: bytes) -> tuple[Any] | None:
+        """(the id of the last row inserted with text hash ``sha``,), or None."""
+        for v, other in self.db.execute("SELECT s.id, s.sha FROM exact e JOIN sigs s ON s.seq = e.seq WHERE e.h = ? "
+                                        "ORDER BY e.seq DESC", (_h64(sha),)):
+            if other == sha:
+                return (_dec_id(v),)
+        return None
 
-    def set_exact(self, h: bytes, rid: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO exact VALUES (?, ?)", (h, _enc_id(rid)))
+
+def _h64(digest: bytes) -> int:
+    """A signed 64-bit integer (SQLite's) from the first 8 bytes of a digest."""
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _text_hash(text: str) -> bytes:
@@ -194,13 +223,12 @@ def dedup_texts(items: Iterable[tuple[Any, str]], *, threshold: float = 0.9, num
             if (first := index.exact(h)) is not None:
                 removed.append({"id": rid, "duplicate_of": first[0], "reason": "exact duplicate"})
                 continue
-            keys = index.bands(text)
-            if hits := index.query(keys):
+            sig = index.signature(text)
+            if hits := index.query(sig):
                 removed.append({"id": rid, "duplicate_of": sorted(hits)[0],
                                 "reason": f"near duplicate (Jaccard >= {threshold})"})
                 continue
-            index.insert(rid, keys, fresh=True)
-            index.set_exact(h, rid)
+            index.insert(rid, sig, h, fresh=True)
             kept.append(rid)
     return kept, removed
 
@@ -216,11 +244,10 @@ def decontaminate_texts(train: Iterable[tuple[Any, str]], held_out: Iterable[tup
     removed: list[dict[str, Any]] = []
     with _DiskLSH(threshold, num_perm, tmp) as index:
         for rid, text in held_out:
-            index.insert(rid, index.bands(text))
-            index.set_exact(_text_hash(text), rid)
+            index.insert(rid, index.signature(text), _text_hash(text))
         for rid, text in train:
             first = index.exact(_text_hash(text))
-            hits = [first[0]] if first is not None else index.query(index.bands(text))
+            hits = [first[0]] if first is not None else index.query(index.signature(text))
             if hits:
                 removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
             else:

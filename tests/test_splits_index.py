@@ -161,3 +161,15 @@ def test_index_memory_does_not_grow_with_rows(tmp_path, monkeypatch):
         peaks = {n: _peak(lambda n=n, fn=fn: fn(iter(corpus[:n]))) for n in (2000, 8000)}
         grown[name] = peaks[8000] - peaks[2000]
     assert grown["disk"] < 0.15 * grown["memory"], grown
+
+
+@pytest.mark.parametrize("seed", [10, 11])
+def test_same_results_when_the_index_hashes_collide(seed, tmp_path, monkeypatch):
+    """The index's tables are keyed by 64-bit hashes of the band keys and texts, confirmed against the stored
+    bytes: with a 2-bit hash (every lookup collides) the results are still datasketch's."""
+    monkeypatch.setattr(splits, "_h64", lambda digest: digest[0] % 4)
+    items = _corpus(seed, n_families=15)
+    assert dedup_texts(items, threshold=0.7, tmp=tmp_path) == ref_dedup(items, threshold=0.7)
+    held = items[:40] + [("h-copy", items[0][1])]
+    assert decontaminate_texts(items[40:], held, threshold=0.7, tmp=tmp_path) == \
+        ref_decontaminate(items[40:], held, threshold=0.7)
