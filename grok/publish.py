@@ -325,7 +325,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     kept: list[Any] = []
     for split in ("train", "validation", "test"):
         part = ins[ins.split == split]
-        keep, rem = dedup_texts(((r["id"], _row_text(r)) for r in rows.full(part)), threshold=cfg.near_dup_threshold)
+        keep, rem = dedup_texts(((r["id"], _row_text(r)) for r in rows.full(part)), threshold=cfg.near_dup_threshold,
+                                tmp=tmp)
         kept += keep
         removed += rem
     ins = ins[ins["id"].isin(kept).to_numpy()]
@@ -333,7 +334,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     held = pd.concat([held[held.split == "validation"], held[held.split == "test"]])  # the order LSH saw before
     keep, rem = decontaminate_texts(((r["id"], _row_text(r)) for r in rows.full(ins[ins.split == "train"])),
                                     ((r["id"], _row_text(r)) for r in rows.full(held)),
-                                    threshold=cfg.near_dup_threshold)
+                                    threshold=cfg.near_dup_threshold, tmp=tmp)
     removed += rem
     ins = ins[(ins.split != "train").to_numpy() | ins["id"].isin(keep).to_numpy()]
     removed_df = pd.DataFrame(removed, columns=["id", "duplicate_of", "reason"])
