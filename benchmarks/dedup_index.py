@@ -45,8 +45,10 @@ def _h(text):
     return hashlib.sha256(normalise_text(text).encode()).hexdigest()
 
 
-def ref_dedup_texts(items, *, threshold=0.9, num_perm=128, tmp=None):
-    """grok.splits.dedup_texts before the on-disk index."""
+def ref_dedup_texts(items, *, threshold=0.9, num_perm=128, tmp=None, multi=None):
+    """grok.splits.dedup_texts before the on-disk index (in memory). ``multi``: a list that receives the ids
+    of rows that hit more than one kept row (so a test can see it exercised the choice of hit); ``tmp`` is ignored (the
+    signature of grok.splits')."""
     seen_exact, kept, removed = {}, [], []
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     for rid, text in items:
@@ -57,6 +59,8 @@ def ref_dedup_texts(items, *, threshold=0.9, num_perm=128, tmp=None):
         mh = _minhash(text, num_perm)
         hits = lsh.query(mh)
         if hits:
+            if multi is not None and len(hits) > 1:
+                multi.append(rid)
             removed.append({"id": rid, "duplicate_of": sorted(hits)[0],
                             "reason": f"near duplicate (Jaccard >= {threshold})"})
             continue
@@ -66,9 +70,10 @@ def ref_dedup_texts(items, *, threshold=0.9, num_perm=128, tmp=None):
     return kept, removed
 
 
-def ref_decontaminate_texts(train, held_out, *, threshold=0.9, num_perm=128, tmp=None):
-    """grok.splits.decontaminate_texts before the on-disk index."""
-    lsh, exact = MinHashLSH(threshold=threshold, num_perm=num_perm), {}
+def ref_decontaminate_texts(train, held_out, *, threshold=0.9, num_perm=128, tmp=None, multi=None):
+    """grok.splits.decontaminate_texts before the on-disk index (in memory)."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    exact = {}
     for rid, text in held_out:
         lsh.insert(rid, _minhash(text, num_perm))
         exact[_h(text)] = rid
@@ -76,6 +81,8 @@ def ref_decontaminate_texts(train, held_out, *, threshold=0.9, num_perm=128, tmp
     for rid, text in train:
         h = _h(text)
         hits = [exact[h]] if h in exact else lsh.query(_minhash(text, num_perm))
+        if multi is not None and len(hits) > 1:
+            multi.append(rid)
         if hits:
             removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
         else:

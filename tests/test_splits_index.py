@@ -1,67 +1,18 @@
 """The on-disk duplicate index of grok.splits against datasketch's in-memory MinHashLSH (the implementation it
-replaced, kept here as the reference): the same kept ids and removed rows on texts with exact and near
+replaced, kept as the reference in benchmarks/dedup_index.py): the same kept ids and removed rows on texts with exact and near
 duplicates and held-out contamination, and memory that does not grow with the rows."""
 
 from __future__ import annotations
 
-import hashlib
 import random
-import tracemalloc
 
 import pytest
-from datasketch import MinHashLSH
 
+from benchmarks import dedup_index
+from benchmarks.dedup_index import ref_decontaminate_texts, ref_dedup_texts
 from grok import splits
-from grok.splits import _minhash, decontaminate_texts, dedup_texts, normalise_text
-
-
-def _h(text):
-    return hashlib.sha256(normalise_text(text).encode()).hexdigest()
-
-
-def ref_dedup(items, *, threshold=0.9, num_perm=128, multi=None):
-    """grok.splits.dedup_texts before the on-disk index (in memory). ``multi``: a list that receives the ids
-    of rows that hit more than one kept row (so a test can see it exercised the choice of hit)."""
-    seen_exact, kept, removed = {}, [], []
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    for rid, text in items:
-        h = _h(text)
-        if h in seen_exact:
-            removed.append({"id": rid, "duplicate_of": seen_exact[h], "reason": "exact duplicate"})
-            continue
-        mh = _minhash(text, num_perm)
-        hits = lsh.query(mh)
-        if hits:
-            if multi is not None and len(hits) > 1:
-                multi.append(rid)
-            removed.append({"id": rid, "duplicate_of": sorted(hits)[0],
-                            "reason": f"near duplicate (Jaccard >= {threshold})"})
-            continue
-        seen_exact[h] = rid
-        lsh.insert(rid, mh)
-        kept.append(rid)
-    return kept, removed
-
-
-def ref_decontaminate(train, held_out, *, threshold=0.9, num_perm=128, multi=None):
-    """grok.splits.decontaminate_texts before the on-disk index (in memory)."""
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    exact = {}
-    for rid, text in held_out:
-        lsh.insert(rid, _minhash(text, num_perm))
-        exact[_h(text)] = rid
-    kept, removed = [], []
-    for rid, text in train:
-        h = _h(text)
-        hits = [exact[h]] if h in exact else lsh.query(_minhash(text, num_perm))
-        if multi is not None and len(hits) > 1:
-            multi.append(rid)
-        if hits:
-            removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
-        else:
-            kept.append(rid)
-    return kept, removed
-
+from grok.splits import decontaminate_texts, dedup_texts
+from tests.test_scale_memory import _peak
 
 _VOCAB = [f"w{i}" for i in range(400)] + ["fluid", "drusen", "macula", "RNFL", "thinning", "cup-to-disc", "um"]
 
@@ -92,7 +43,7 @@ def _corpus(seed: int, n_families: int = 40, per_family: int = 8, words: int = 1
 def test_dedup_same_as_in_memory_datasketch(seed, threshold, tmp_path):
     items = _corpus(seed)
     multi: list[str] = []
-    ref = ref_dedup(items, threshold=threshold, multi=multi)
+    ref = ref_dedup_texts(items, threshold=threshold, multi=multi)
     new = dedup_texts(iter(items), threshold=threshold, tmp=tmp_path)
     assert new == ref
     reasons = {r["reason"].split(" ")[0] for r in ref[1]}
@@ -108,7 +59,7 @@ def test_decontaminate_same_as_in_memory_datasketch(seed, threshold, tmp_path):
     held, train = items[: len(items) // 3], items[len(items) // 3:]
     held += [(f"h{i}", text) for i, (_, text) in enumerate(held[:20])]  # held-out copies: the last one is named
     multi: list[str] = []
-    ref = ref_decontaminate(iter(train), iter(held), threshold=threshold, multi=multi)
+    ref = ref_decontaminate_texts(iter(train), iter(held), threshold=threshold, multi=multi)
     new = decontaminate_texts(iter(train), iter(held), threshold=threshold, tmp=tmp_path)
     assert new == ref
     assert 0 < len(ref[1]) < len(train) and multi
@@ -118,15 +69,15 @@ def test_decontaminate_same_as_in_memory_datasketch(seed, threshold, tmp_path):
 def test_other_id_types_and_num_perm(tmp_path):
     corpus = _corpus(8, n_families=10)
     items = [(i, text) for i, (_, text) in zip(random.Random(8).sample(range(10_000), len(corpus)), corpus)]
-    assert dedup_texts(items, num_perm=64, threshold=0.6, tmp=tmp_path) == ref_dedup(items, num_perm=64, threshold=0.6)
+    assert dedup_texts(items, num_perm=64, threshold=0.6, tmp=tmp_path) == ref_dedup_texts(items, num_perm=64, threshold=0.6)
     assert decontaminate_texts(items[50:], items[:50], num_perm=32, tmp=tmp_path) == \
-        ref_decontaminate(items[50:], items[:50], num_perm=32)
+        ref_decontaminate_texts(items[50:], items[:50], num_perm=32)
 
 
 def test_errors_as_datasketch_and_index_removed(tmp_path):
     dup_id = [("a", "one text about the macula and the fovea today"), ("a", "another text entirely, the optic disc")]
     with pytest.raises(ValueError, match="key already exists"):
-        ref_dedup(dup_id)
+        ref_dedup_texts(dup_id)
     with pytest.raises(ValueError, match="key already exists"):
         dedup_texts(dup_id, tmp=tmp_path)
     with pytest.raises(ValueError, match="key already exists"):
@@ -134,15 +85,6 @@ def test_errors_as_datasketch_and_index_removed(tmp_path):
     with pytest.raises(ValueError, match="threshold"):
         dedup_texts([], threshold=1.5, tmp=tmp_path)
     assert list(tmp_path.iterdir()) == []  # removed after an error too
-
-
-def _peak(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 def test_index_memory_does_not_grow_with_rows(tmp_path, monkeypatch):
@@ -153,11 +95,11 @@ def test_index_memory_does_not_grow_with_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(splits, "INDEX_CACHE_KIB", 256)
     rng = random.Random(9)
     corpus = [(f"id{i:06d}", " ".join(rng.choice(_VOCAB) for _ in range(8))) for i in range(8000)]
-    signature = {text: _minhash(text, 128) for _, text in corpus}
+    signature = {text: splits._minhash(text, 128) for _, text in corpus}
     monkeypatch.setattr(splits, "_minhash", lambda text, num_perm: signature[text])
-    monkeypatch.setitem(globals(), "_minhash", lambda text, num_perm: signature[text])
+    monkeypatch.setattr(dedup_index, "_minhash", lambda text, num_perm: signature[text])
     grown = {}
-    for name, fn in (("memory", ref_dedup), ("disk", lambda items: dedup_texts(items, tmp=tmp_path))):
+    for name, fn in (("memory", ref_dedup_texts), ("disk", lambda items: dedup_texts(items, tmp=tmp_path))):
         peaks = {n: _peak(lambda n=n, fn=fn: fn(iter(corpus[:n]))) for n in (2000, 8000)}
         grown[name] = peaks[8000] - peaks[2000]
     assert grown["disk"] < 0.15 * grown["memory"], grown
@@ -169,7 +111,7 @@ def test_same_results_when_the_index_hashes_collide(seed, tmp_path, monkeypatch)
     bytes: with a 2-bit hash (every lookup collides) the results are still datasketch's."""
     monkeypatch.setattr(splits, "_h64", lambda digest: digest[0] % 4)
     items = _corpus(seed, n_families=15)
-    assert dedup_texts(items, threshold=0.7, tmp=tmp_path) == ref_dedup(items, threshold=0.7)
+    assert dedup_texts(items, threshold=0.7, tmp=tmp_path) == ref_dedup_texts(items, threshold=0.7)
     held = items[:40] + [("h-copy", items[0][1])]
     assert decontaminate_texts(items[40:], held, threshold=0.7, tmp=tmp_path) == \
-        ref_decontaminate(items[40:], held, threshold=0.7)
+        ref_decontaminate_texts(items[40:], held, threshold=0.7)
