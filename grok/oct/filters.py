@@ -151,7 +151,7 @@ def uniform2d(x: np.ndarray, size: tuple[int, int] | int) -> np.ndarray:
     """``scipy.ndimage.uniform_filter(x, size, mode="nearest")`` for a 2-D float array: the pass down the rows
     compiled, the pass along them (already contiguous) by scipy, in scipy's order (rows first) and dtype."""
     sr, sc = (size, size) if isinstance(size, int) else size
-    out = _uniform_rows(x, int(sr)) if sr > 1 else np.array(x, copy=True)
+    out = uniform_rows(x, int(sr)) if sr > 1 else np.array(x, copy=True)
     if sc > 1:
         ndimage.uniform_filter1d(out, int(sc), axis=1, output=out, mode="nearest")
     return out

@@ -465,14 +465,9 @@ def _rnfl_edge_taken(ilm: np.ndarray, ipl_inl: np.ndarray, rnfl_gcl: np.ndarray,
     return ndimage.binary_opening(taken, structure=np.ones(max(3, int(round(_TAKEN_RUN_UM / lateral_um))), bool))
 
 
-def _row_cumsum(a: np.ndarray) -> np.ndarray:
-    """Cumulative sum down the rows with a leading zero row (float64), for :func:`_window_mean`."""
-    return row_cumsum(a)
-
-
 def _window_mean(cum: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row r, the column-wise mean of rows ``a[r]`` .. ``b[r] - 1`` (clipped to the image) from a
-    :func:`_row_cumsum`; an empty window counts one row."""
+    :func:`grok.oct.filters.row_cumsum`; an empty window counts one row."""
     rows = cum.shape[0] - 1
     return window_mean(cum, np.clip(a, 0, rows), np.clip(b, 0, rows))
 
@@ -869,7 +864,7 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
     # photoreceptor / RPE complex. A box gradient over ~25 um on each side answers to that step and
     # not to thin lines or to the bright RNFL of a peripapillary scan (which ends light-to-dark).
     wb = max(2, int(round(25.0 * P)))
-    csum = _row_cumsum(s1)
+    csum = row_cumsum(s1)
     idx = np.arange(rows)
     below_mean = _window_mean(csum, idx, idx + wb)
     box = below_mean - _window_mean(csum, idx - wb, idx)
@@ -951,7 +946,7 @@ def _boundaries_layered(img, s0, s1, s2, s2_levels, axial_um: float, lateral_um:
     # deepest wide bright-to-dark step below the EZ, found on a box gradient over ~15 um each side so
     # that the dips between the complex's own bands (EZ -> IZ -> RPE) do not answer
     wo = max(2, int(round(15.0 * P)))
-    fsum = _row_cumsum(f1)
+    fsum = row_cumsum(f1)
     fbox = _window_mean(fsum, idx - wo, idx) - _window_mean(fsum, idx, idx + wo)
     olo, ohi = ez + 25 * P, ez + 110 * P
     in_band = (rr >= np.round(olo)[None, :]) & (rr <= np.round(ohi)[None, :]) & (fbox > 0)
