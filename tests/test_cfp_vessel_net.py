@@ -80,3 +80,60 @@ def test_measure_fundus_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_fine_tune_starts_from_the_shipped_weights():
+    """``--init``: a net without batch norm loads the folded layers of a weights file, exports them unchanged
+    and computes what the NumPy pass computes, so fine-tuning starts from the shipped network itself."""
+    torch = pytest.importorskip("torch")
+    from grok.cfp.train_vessel_net import Net, export, init_from
+
+    net = Net(bn=False)
+    init_from(net, vn.WEIGHTS_PATH)
+    net.eval()
+    w = vn.load_weights()
+    d = export(net, vn.calibre_target(w), vn.threshold(w), ["chase_db1/Image_01L"])
+    with np.load(vn.WEIGHTS_PATH) as z:
+        layers = [k for k in z.files if k.endswith((".w", ".b"))]
+        assert len(layers) == 2 * (2 * len(vn.ARCH) + len(vn.ARCH) - 1 + 1)
+        for k in layers:
+            np.testing.assert_array_equal(d[k], z[k])
+    x = np.random.default_rng(3).normal(size=(40, 56)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)[None, None])[0].numpy()
+    np.testing.assert_allclose(vn.forward(x, w), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_camera_augmentation_keeps_the_vessel_and_the_reference():
+    """``--camera-aug``: every stage changes the input, keeps a 10-px vessel darker than its surround (a
+    texture, blob, gradient, low resolution or JPEG block never erases it), leaves the reference alone, and
+    the batch stays within the input clip and zero outside the field of view."""
+    torch = pytest.importorskip("torch")
+    from grok.cfp.train_vessel_net import PATCH, _batch, _camera_aug
+
+    x0 = torch.zeros(4, PATCH, PATCH)
+    x0[:, :, 90:100] = 1.0
+    for stage in ("scene", "camera"):
+        changed = 0
+        for seed in range(12):
+            x = _camera_aug(x0.clone(), np.random.default_rng(seed), torch, stage)
+            assert x.shape == x0.shape and torch.isfinite(x).all()
+            changed += int((x - x0).abs().max() > 0.02)
+            vessel, side = x[:, :, 92:98].mean(), torch.cat([x[:, :, 60:80], x[:, :, 110:130]], 2).mean()
+            assert vessel - side > 0.4, (stage, seed, float(vessel), float(side))
+        assert changed >= 3, stage
+    yy, xx = np.mgrid[:300, :300]
+    ves = ((np.abs(xx - 150) < 5) | (np.abs(yy - 120) < 3)).astype(np.float32)
+    fov = (yy - 150) ** 2 + (xx - 150) ** 2 < 140 ** 2
+    item = {"grid": (300, 300), "x": ves, "y": ves, "netfov": fov}
+    x, y, f = _batch([item], np.random.default_rng(0), torch, camera=True)
+    assert x.shape == (8, 1, PATCH, PATCH) and y.shape == f.shape == (8, PATCH, PATCH)
+    assert float(x.abs().max()) <= vn.CLIP and float(x[:, 0][~f].abs().max()) == 0
+    assert float(y.min()) >= 0 and float(y.max()) <= 1 and float(y.max()) > 0.5
+
+
+def test_training_refuses_a_missing_init_file(tmp_path, capsys):
+    from grok.cfp.train_vessel_net import main
+
+    assert main(["--init", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "w.npz")]) == 2
+    assert "no weights file" in capsys.readouterr().err

@@ -1,7 +1,14 @@
 """Train the compact vessel U-Net (``grok.cfp.vessel_net``) and write its weights (package data).
 
-Run as: python -m grok.cfp.train_vessel_net [--real ../shared/real/cfp] [--minutes 40] [--threads 1]
-        [--out grok/cfp/vessel_net_weights.npz]
+Run as: python -m grok.cfp.train_vessel_net [--real ../shared/real/cfp] [--minutes 40 | --steps N] [--threads 1]
+        [--init WEIGHTS.npz] [--camera-aug] [--out grok/cfp/vessel_net_weights.npz]
+
+The shipped weights are two stages (``docs/cfp.md``, "Vessel network card"): stage 1 from scratch,
+``--minutes 42`` (1,598 steps; the weights of commit 6feed43), then stage 2 fine-tuned from them with the
+camera augmentation::
+
+    git show 6feed43:grok/cfp/vessel_net_weights.npz > /tmp/stage1.npz
+    OMP_NUM_THREADS=1 python -m grok.cfp.train_vessel_net --init /tmp/stage1.npz --camera-aug --steps 4000 --threads 1
 
 Data (read in place, never copied; ``shared/real/README.md``): CHASE_DB1 (Fraz et al. 2012, CC BY 4.0)
 children 01-10 only (20 photographs, 1st observer's masks). CHASE_DB1 children 11-14 and every HRF
@@ -23,6 +30,14 @@ rate 3e-3 with a cosine decay over the time budget. Then batch normalisation is 
 convolutions, the NumPy forward pass is run on the 20 training photographs at full size, and the
 threshold that maximises their mean F1 (against the 1st observer at the photograph's own resolution,
 over the lit field) is stored with the weights (``meta.threshold``).
+
+Fine-tuning (``--init``): the folded layers of a weights file are loaded into the same net without batch
+normalisation (``Net(bn=False)``, conv + bias), which keeps the calibre target of those weights; the
+learning rate then defaults to 5e-4 decaying to 2e-5 (``--lr``, ``--lr-min``). ``--camera-aug`` adds what
+other cameras and fundi show and CHASE_DB1's children do not (``_camera_aug``): background texture,
+dark and bright blobs that are not vessels, illumination gradients, low resolution, JPEG blocks, and a
+wider scale jitter (x 0.6-1.6: error of the calibre estimate). ``--steps`` fixes the number of steps
+(reproducible on any machine) where ``--minutes`` depends on its speed.
 """
 
 from __future__ import annotations
@@ -72,7 +87,7 @@ def _read_mask(path: Path) -> np.ndarray:
     return (a[..., :3].max(-1) if a.ndim == 3 else a) > 0
 
 
-def prepare(real: Path) -> list[dict]:
+def prepare(real: Path, target: float | None = None) -> tuple[list[dict], float]:
     items = []
     for name, photo, ref in training_photos(real):
         rgb = read_cfp(photo).rgb
@@ -80,7 +95,8 @@ def prepare(real: Path) -> list[dict]:
         items.append({"name": name, "rgb": rgb, "wk": wk, "fov": fov, "vm": vm, "calibre": cal, "contrast": con,
                       "ref": _read_mask(ref)})
         print(f"{name}: calibre {cal:.2f} px, contrast {con:.4f}", file=sys.stderr)
-    target = float(np.median([it["calibre"] for it in items]))
+    if target is None:  # the median training calibre (an --init net keeps the calibre it was trained at)
+        target = float(np.median([it["calibre"] for it in items]))
     for it in items:
         grid = vn.net_grid(it["rgb"].shape[:2], it["wk"].scale, target / it["calibre"])
         green = _green_at_full(it["rgb"])
@@ -92,13 +108,16 @@ def prepare(real: Path) -> list[dict]:
 
 
 class Net:
-    """The torch twin of ``vessel_net.forward`` (conv + batch norm + ReLU blocks)."""
+    """The torch twin of ``vessel_net.forward`` (conv + batch norm + ReLU blocks; ``bn=False``: conv + bias +
+    ReLU, the folded layers of a weights file, which ``init_from`` loads for fine-tuning)."""
 
-    def __new__(cls):
+    def __new__(cls, bn: bool = True):
         import torch
         from torch import nn
 
         def block(ci, co):
+            if not bn:  # conv + bias + ReLU: the exported (folded) layers themselves, for fine-tuning
+                return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1, bias=True), nn.ReLU(inplace=True))
             return nn.Sequential(nn.Conv2d(ci, co, 3, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True))
 
         class UNet(nn.Module):
@@ -134,6 +153,8 @@ def export(net, target: float, thr: float, names: list[str]) -> dict:
 
     def fold(seq):
         conv, bn = seq[0], seq[1]
+        if not isinstance(bn, torch.nn.BatchNorm2d):  # already folded (a net built with bn=False)
+            return (conv.weight.detach().numpy().astype(np.float32), conv.bias.detach().numpy().astype(np.float32))
         g = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()
         w = conv.weight.detach() * g[:, None, None, None]
         b = (bn.bias - bn.running_mean * g).detach()
@@ -155,8 +176,76 @@ def export(net, target: float, thr: float, names: list[str]) -> dict:
     return d
 
 
-def _batch(items, rng, torch):
-    """A batch of augmented patches: (x (B,1,P,P), y (B,P,P), fov (B,P,P)) tensors."""
+def init_from(net, path: Path) -> None:
+    """Load a weights file (folded layers, ``export``'s keys) into a net built with ``Net(bn=False)``."""
+    import torch
+
+    with np.load(path, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    if tuple(int(a) for a in d["meta.arch"]) != vn.ARCH:
+        raise ValueError(f"{path}: weights of architecture {d['meta.arch']} cannot initialise {vn.ARCH}")
+    convs = [(f"enc{lvl}{ab}", e[i][0]) for lvl, e in enumerate(net.enc) for i, ab in ((0, "a"), (1, "b"))]
+    convs += [(f"dec{lvl}", blk[0]) for lvl, blk in enumerate(net.dec)] + [("out", net.out)]
+    with torch.no_grad():
+        for name, conv in convs:
+            conv.weight.copy_(torch.from_numpy(d[name + ".w"]))
+            conv.bias.copy_(torch.from_numpy(d[name + ".b"]))
+
+
+_DCT8 = np.array([[math.sqrt((1 if u == 0 else 2) / 8.0) * math.cos((2 * i + 1) * u * math.pi / 16) for i in range(8)]
+                  for u in range(8)], np.float32)
+
+
+def _camera_aug(x, rng, torch, stage: str):
+    """Augmentation that mimics other cameras and fundi, on a batch x (B, P, P) of normalised inputs.
+
+    ``stage="scene"`` (before the photometric augmentation): background texture (band-passed noise at
+    4, 8 and 16 px, choroidal and nerve-fibre texture), dark and bright blobs that are not vessels
+    (haemorrhages, exudates, pigment; the reference is unchanged), a smooth illumination gradient of
+    gain and offset. ``stage="camera"`` (after the blur): low resolution (area-downsampled x 1.5-3 and
+    bilinearly upsampled), then JPEG-like blockiness (8 x 8 DCT coefficients quantised).
+    """
+    F = torch.nn.functional
+    B, P, _ = x.shape
+    if stage == "scene":
+        if rng.random() < 0.5:
+            for s in (4, 8, 16):
+                n = torch.randn(B, 1, P // s + 1, P // s + 1) * torch.empty(B, 1, 1, 1).uniform_(0, 0.2)
+                x = x + F.interpolate(n, size=(P, P), mode="bicubic", align_corners=False)[:, 0]
+        if rng.random() < 0.5:
+            yy, xx = torch.meshgrid(torch.arange(P, dtype=torch.float32), torch.arange(P, dtype=torch.float32),
+                                    indexing="ij")
+            for b in range(B):
+                for _ in range(int(rng.integers(1, 7))):
+                    cy, cx = rng.uniform(0, P, 2)
+                    sig = math.exp(rng.uniform(math.log(1.5), math.log(8.0)))
+                    amp = rng.uniform(0.3, 1.2) if rng.random() < 0.6 else -rng.uniform(0.3, 1.5)
+                    x[b] += amp * torch.exp(-0.5 * ((yy - cy) ** 2 + (xx - cx) ** 2) / sig ** 2)
+        if rng.random() < 0.5:
+            r = torch.linspace(-1, 1, P)
+            a = torch.empty(B, 2, 1, 1).uniform_(-1, 1)
+            ramp = a[:, 0] * r[None, :, None] + a[:, 1] * r[None, None, :]
+            x = x * (1 + torch.empty(B, 1, 1).uniform_(0, 0.35) * ramp) + torch.empty(B, 1, 1).uniform_(0, 0.2) * ramp
+        return x
+    if rng.random() < 0.3:
+        f = rng.uniform(1.5, 3.0)
+        m = max(int(round(P / f)), 8)
+        lo = F.interpolate(x[:, None], size=(m, m), mode="area")
+        x = F.interpolate(lo, size=(P, P), mode="bilinear", align_corners=False)[:, 0]
+    if rng.random() < 0.3:
+        D = torch.from_numpy(_DCT8)
+        blk = x.reshape(B, P // 8, 8, P // 8, 8).permute(0, 1, 3, 2, 4)
+        c = D @ blk @ D.T
+        uv = torch.arange(8, dtype=torch.float32)
+        q = rng.uniform(0.05, 0.3) * (1 + 0.5 * (uv[:, None] + uv[None, :]))
+        c = torch.round(c / q) * q
+        x = (D.T @ c @ D).permute(0, 1, 3, 2, 4).reshape(B, P, P)
+    return x
+
+
+def _batch(items, rng, torch, camera: bool = False):
+    """A batch of augmented patches: (x (B,1,P,P), y (B,P,P), fov (B,P,P)) tensors. ``camera``: the scale
+    jitter widens to x 0.6-1.6 (calibre-estimate error) and ``_camera_aug`` is applied."""
     F = torch.nn.functional
     xs, ys, fs = [], [], []
     P = PATCH
@@ -169,7 +258,7 @@ def _batch(items, rng, torch):
         k = rng.integers(fy.size)
         cy, cx = fy[k] * 8.0, fx[k] * 8.0
         ang = rng.uniform(0, 2 * math.pi)
-        s = math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
+        s = math.exp(rng.uniform(math.log(0.6), math.log(1.6))) if camera else math.exp(rng.uniform(math.log(0.7), math.log(1.4)))
         ca, sa = math.cos(ang) * s, math.sin(ang) * s
         fl = -1.0 if rng.random() < 0.5 else 1.0
         sx = cx + ca * uu * fl - sa * vv
@@ -183,6 +272,8 @@ def _batch(items, rng, torch):
         fs.append(out[2] > 0.5)
     x, y, f = torch.stack(xs), torch.stack(ys).clamp(0, 1), torch.stack(fs)
     B = x.shape[0]
+    if camera:
+        x = _camera_aug(x, rng, torch, "scene")
     # photometric augmentation of the normalised input
     k = torch.exp(torch.empty(B, 1, 1).uniform_(math.log(0.6), math.log(1.65)))
     gam = torch.exp(torch.empty(B, 1, 1).uniform_(-0.3, 0.3))
@@ -197,6 +288,8 @@ def _batch(items, rng, torch):
         t = torch.from_numpy((t / t.sum()).astype(np.float32))
         x = F.conv2d(x[:, None], t.view(1, 1, 1, -1), padding=(0, r))
         x = F.conv2d(x, t.view(1, 1, -1, 1), padding=(r, 0))[:, 0]
+    if camera:
+        x = _camera_aug(x, rng, torch, "camera")
     x = x + torch.randn(B, P, P) * torch.empty(B, 1, 1).uniform_(0, 0.3)
     noise2 = torch.randn(B, 1, P // 2, P // 2) * torch.empty(B, 1, 1, 1).uniform_(0, 0.2)
     x = x + F.interpolate(noise2, size=(P, P), mode="bilinear", align_corners=False)[:, 0]
@@ -240,20 +333,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=40.0, help="training time budget (CPU)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--checkpoint-every", type=float, default=10.0, help="minutes between interim exports")
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--checkpoint", type=Path, default=Path("/tmp/vessel_net_ck.npz"), help="interim exports")
+    ap.add_argument("--lr", type=float, default=None, help="peak learning rate (3e-3; 5e-4 with --init)")
+    ap.add_argument("--lr-min", type=float, default=None, help="final learning rate (1e-4; 2e-5 with --init)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="fine-tune from these weights (a vessel_net .npz; folded layers, trained without batch norm)")
+    ap.add_argument("--camera-aug", action="store_true",
+                    help="augmentation that mimics other cameras (background texture, blobs, illumination "
+                         "gradients, low resolution, JPEG blocks; scale jitter x 0.6-1.6)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="train for this many steps (the learning-rate schedule over them) instead of --minutes")
     args = ap.parse_args(argv)
+    if args.init is not None and not args.init.is_file():
+        print(f"--init: no weights file at {args.init}; pass a vessel_net .npz "
+              f"(e.g. {vn.WEIGHTS_PATH})", file=sys.stderr)
+        return 2
     import torch
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
-    items, target = prepare(args.real)
+    init_target = None
+    if args.init is not None:
+        with np.load(args.init, allow_pickle=False) as z:
+            init_target = float(z["meta.calibre_px"])
+    items, target = prepare(args.real, init_target)
     names = [it["name"] for it in items]
     print(f"prepared {len(items)} photographs, target calibre {target:.2f} px ({time.perf_counter() - t0:.0f} s)",
           file=sys.stderr)
-    net = Net()
-    lr0 = args.lr
+    net = Net(bn=args.init is None)
+    if args.init is not None:
+        init_from(net, args.init)
+    lr0 = args.lr or (5e-4 if args.init is not None else 3e-3)
+    lr1 = args.lr_min or (2e-5 if args.init is not None else 1e-4)
     opt = torch.optim.Adam(net.parameters(), lr=lr0)
     budget = args.minutes * 60.0
     t_start = time.perf_counter()
@@ -261,12 +375,13 @@ def main(argv: list[str] | None = None) -> int:
     step, run = 0, 0.0
     while True:
         el = time.perf_counter() - t_start
-        if el >= budget:
+        frac = step / args.steps if args.steps else el / budget
+        if frac >= 1:
             break
-        lr = 1e-4 + 0.5 * (lr0 - 1e-4) * (1 + math.cos(math.pi * el / budget))
+        lr = lr1 + 0.5 * (lr0 - lr1) * (1 + math.cos(math.pi * frac))
         for gr in opt.param_groups:
             gr["lr"] = lr
-        x, y, f = _batch(items, rng, torch)
+        x, y, f = _batch(items, rng, torch, camera=args.camera_aug)
         net.train()
         loss = loss_fn(net(x), y, f, torch)
         opt.zero_grad()
@@ -280,12 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         if time.perf_counter() - last_ck > args.checkpoint_every * 60:
             last_ck = time.perf_counter()
             net.eval()
-            ck = Path("/tmp/vessel_net_ck.npz")
+            ck = args.checkpoint
             np.savez(ck, **export(net, target, 0.5, names))
             print(f"checkpoint {ck}", file=sys.stderr, flush=True)
     net.eval()
     d = export(net, target, 0.5, names)
-    tmp = Path("/tmp/vessel_net_unthresholded.npz")
+    tmp = args.checkpoint.with_name(args.checkpoint.stem + "_unthresholded.npz")
     np.savez(tmp, **d)
     thr, f1 = choose_threshold(items, vn.load_weights(str(tmp)))
     d["meta.threshold"] = np.float64(thr)
