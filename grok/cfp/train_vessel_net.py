@@ -36,8 +36,9 @@ normalisation (``Net(bn=False)``, conv + bias), which keeps the calibre target o
 learning rate then defaults to 5e-4 decaying to 2e-5 (``--lr``, ``--lr-min``). ``--camera-aug`` adds what
 other cameras and fundi show and CHASE_DB1's children do not (``_camera_aug``): background texture,
 dark and bright blobs that are not vessels, illumination gradients, low resolution, JPEG blocks, and a
-wider scale jitter (x 0.6-1.6: error of the calibre estimate). ``--steps`` fixes the number of steps
-(reproducible on any machine) where ``--minutes`` depends on its speed.
+wider scale jitter (x 0.6-1.6: error of the calibre estimate). ``--steps`` fixes the number of steps and
+the learning-rate schedule whatever the machine's speed, where ``--minutes`` depends on it (torch's CPU
+kernels may still round differently on another processor; a rerun was not compared bit for bit).
 """
 
 from __future__ import annotations
