@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
 
 from grok.cli import app
+from grok.instruct.boxes import strip_boxes
 from grok.instruct.families import FAMILIES, Skip
 from grok.instruct.generate import InstructConfig, TemplateGenerator, build_instructions, prepare
-from grok.instruct.lint import RULES, TextLinter, lint_rows, skeleton
+from grok.instruct.lint import _WORD, RULES, HashTally, TextLinter, Variety, _turns, lint_rows, skeleton
 from grok.instruct.phrasing import MAX_ALTERNATIVES, americanise
 from grok.instruct.records import BiomarkerFact
 from grok.instruct.samples import sample_records
@@ -121,6 +123,34 @@ def test_variety_targets_per_family(rows, kb, lex):
         assert v["question_top_share"] <= 0.25, (fam, v)
         assert 0 < v["distinct_2"] <= 1
     assert report["targets_met"]
+
+
+def test_variety_counts_hashes_as_the_texts_would_be_counted(rows, monkeypatch):
+    """The variety tallies keep 64-bit hashes, not the skeletons and bigrams: the same distinct counts, top
+    shares and distinct-2 as Counters of the texts, with merges forced every few keys."""
+    monkeypatch.setattr(HashTally, "MIN_BUFFER", 7)
+    for fam in sorted({r["task"] for r in rows}):
+        fam_rows = [r for r in rows if r["task"] == fam]
+        v = Variety()
+        answers, questions, bigrams = Counter(), Counter(), Counter()
+        for r in fam_rows:
+            v.add(r)
+            answer = _turns(r, "assistant")
+            answers[skeleton(answer)] += 1
+            questions[skeleton(_turns(r, "user"))] += 1
+            words = _WORD.findall(strip_boxes(answer).lower())
+            bigrams.update(zip(words, words[1:]))
+        n = len(fam_rows)
+        assert v.result() == {
+            "rows": n, "answer_skeletons": len(answers),
+            "answer_top_share": round(answers.most_common(1)[0][1] / n, 4),
+            "question_skeletons": len(questions),
+            "question_top_share": round(questions.most_common(1)[0][1] / n, 4),
+            "distinct_2": round(len(bigrams) / sum(bigrams.values()), 4)}, fam
+    t = HashTally()
+    t.update(["a", "b", "a", "c", "a", "b"] * 5)
+    assert (t.distinct(), t.top(), t.total) == (3, 15, 30)
+    assert (HashTally().distinct(), HashTally().top()) == (0, 0)
 
 
 def test_the_differential_names_at_most_three_alternatives_each_with_its_finding(kb, lex):

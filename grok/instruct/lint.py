@@ -34,6 +34,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from grok.instruct.boxes import strip_boxes
 from grok.instruct.phrasing import MAX_ALTERNATIVES
 from grok.instruct.records import lower_first, short_term
@@ -174,20 +176,70 @@ def _turns(row: dict[str, Any], role: str) -> str:
                      if m.get("role") == role and isinstance(m.get("content"), str))
 
 
+class HashTally:
+    """Counts of keys held as their 64-bit hashes in two sorted arrays (16 bytes a distinct key, however long
+    the key), so a family's distinct answer skeletons and bigrams are counted without keeping them: a set or
+    Counter of the texts themselves grows with the archive (a chain-of-thought skeleton is a whole answer,
+    ~2 KB, and nearly every one is distinct). Keys arrive in a buffer merged into the arrays when it reaches
+    the arrays' size (amortised n log n). Two distinct keys count as one only when their hashes collide
+    (about n^2 / 2^64: none expected below billions of keys)."""
+
+    MIN_BUFFER = 65_536
+
+    def __init__(self):
+        self.keys = np.empty(0, np.int64)
+        self.counts = np.empty(0, np.int64)
+        self.total = 0
+        self._buf: list[int] = []
+
+    def add(self, key: Any) -> None:
+        self._buf.append(hash(key))
+        self._check()
+
+    def update(self, keys: Iterable[Any]) -> None:
+        self._buf.extend(map(hash, keys))
+        self._check()
+
+    def _check(self) -> None:
+        if len(self._buf) >= max(self.MIN_BUFFER, len(self.keys)):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._buf:
+            return
+        new = np.fromiter(self._buf, np.int64, len(self._buf))
+        self._buf = []
+        self.total += len(new)
+        keys, inverse = np.unique(np.concatenate([self.keys, new]), return_inverse=True)
+        weights = np.concatenate([self.counts, np.ones(len(new), np.int64)])
+        self.counts = np.bincount(inverse.ravel(), weights=weights, minlength=len(keys)).astype(np.int64)
+        self.keys = keys
+
+    def distinct(self) -> int:
+        self._merge()
+        return len(self.keys)
+
+    def top(self) -> int:
+        """The count of the most common key (0 when there is none)."""
+        self._merge()
+        return int(self.counts.max()) if len(self.counts) else 0
+
+
 class Variety:
-    """:func:`variety` of rows added one at a time: it keeps the skeleton and bigram counts, not the rows."""
+    """:func:`variety` of rows added one at a time: it keeps tallies of the skeletons' and bigrams' hashes
+    (:class:`HashTally`), not the rows or their texts."""
 
     def __init__(self):
         self.n = 0
-        self.answers: Counter[str] = Counter()
-        self.questions: Counter[str] = Counter()
-        self.bigrams: Counter[tuple[str, str]] = Counter()
+        self.answers = HashTally()
+        self.questions = HashTally()
+        self.bigrams = HashTally()
 
     def add(self, row: dict[str, Any]) -> None:
         self.n += 1
         answer = _turns(row, "assistant")
-        self.answers[skeleton(answer)] += 1
-        self.questions[skeleton(_turns(row, "user"))] += 1
+        self.answers.add(skeleton(answer))
+        self.questions.add(skeleton(_turns(row, "user")))
         words = _WORD.findall(strip_boxes(answer).lower())
         self.bigrams.update(zip(words, words[1:]))
 
@@ -195,11 +247,11 @@ class Variety:
         n = self.n
         return {
             "rows": n,
-            "answer_skeletons": len(self.answers),
-            "answer_top_share": round(self.answers.most_common(1)[0][1] / n, 4) if n else 0.0,
-            "question_skeletons": len(self.questions),
-            "question_top_share": round(self.questions.most_common(1)[0][1] / n, 4) if n else 0.0,
-            "distinct_2": round(len(self.bigrams) / sum(self.bigrams.values()), 4) if self.bigrams else 0.0,
+            "answer_skeletons": self.answers.distinct(),
+            "answer_top_share": round(self.answers.top() / n, 4) if n else 0.0,
+            "question_skeletons": self.questions.distinct(),
+            "question_top_share": round(self.questions.top() / n, 4) if n else 0.0,
+            "distinct_2": round(self.bigrams.distinct() / self.bigrams.total, 4) if self.bigrams.distinct() else 0.0,
         }
 
 
