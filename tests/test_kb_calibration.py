@@ -40,7 +40,8 @@ def test_engine_vessel_ranges_are_derived_sourced_and_engine_only():
 
 
 def test_low_engine_values_are_graded_with_the_calibration_named():
-    r = reason(_record(True, av_ratio=0.48, arterial_fractal_dimension=1.14, venular_fractal_dimension=1.30), KB)
+    # 1.12: below the arteriolar range's 1st percentile (1.221 - 2.326 x 0.039 = 1.130 since the recalibration)
+    r = reason(_record(True, av_ratio=0.48, arterial_fractal_dimension=1.12, venular_fractal_dimension=1.30), KB)
     found = {f.id: f for f in r.findings}
     avr = found["arteriolar_narrowing"]
     assert avr.grade == 1 and avr.normal_range.id == "av_ratio_engine_ukb2024_hrf"
