@@ -29,6 +29,7 @@ most 25 %.
 from __future__ import annotations
 
 import re
+from array import array
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable
@@ -180,17 +181,17 @@ class HashTally:
     """Counts of keys held as their 64-bit hashes in two sorted arrays (16 bytes a distinct key, however long
     the key), so a family's distinct answer skeletons and bigrams are counted without keeping them: a set or
     Counter of the texts themselves grows with the archive (a chain-of-thought skeleton is a whole answer,
-    ~2 KB, and nearly every one is distinct). Keys arrive in a buffer merged into the arrays when it reaches
-    the arrays' size (amortised n log n). Two distinct keys count as one only when their hashes collide
+    ~2 KB, and nearly every one is distinct). Hashes arrive in a buffer of 8-byte integers, merged into the
+    arrays when it reaches the arrays' size or :attr:`MIN_BUFFER` (amortised n log n). Two distinct keys count as one only when their hashes collide
     (about n^2 / 2^64: none expected below billions of keys)."""
 
-    MIN_BUFFER = 65_536
+    MIN_BUFFER = 16_384
 
     def __init__(self):
         self.keys = np.empty(0, np.int64)
         self.counts = np.empty(0, np.int64)
         self.total = 0
-        self._buf: list[int] = []
+        self._buf = array("q")
 
     def add(self, key: Any) -> None:
         self._buf.append(hash(key))
@@ -207,8 +208,8 @@ class HashTally:
     def _merge(self) -> None:
         if not self._buf:
             return
-        new = np.fromiter(self._buf, np.int64, len(self._buf))
-        self._buf = []
+        new = np.frombuffer(self._buf, np.int64)
+        self._buf = array("q")
         self.total += len(new)
         keys, inverse = np.unique(np.concatenate([self.keys, new]), return_inverse=True)
         weights = np.concatenate([self.counts, np.ones(len(new), np.int64)])
