@@ -115,6 +115,34 @@ def test_instruct_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatc
     assert grown < 0.25 * more_records, (peaks, sizes)
 
 
+@pytest.mark.parametrize("open_files", [2, 256])
+def test_instruct_merge_by_ranges_equals_one_sort(tmp_path, monkeypatch, open_files):
+    """The merge deals every shard's rows to ranges of ids (``open_files`` range files at a time, so 2 takes
+    several passes over the shards) and sorts each range: the same rows in the same order as one concatenation
+    and sort; a null id ends up last."""
+    rng = np.random.default_rng(3)
+    files = []
+    for k in range(7):
+        ids = [format(int(x), "016x") for x in rng.integers(0, 2**63, size=int(rng.integers(0, 40)))]
+        if k == 3:
+            ids.append(None)
+        t = pa.table({"id": pa.array(ids, pa.string()), "shard": pa.array([k] * len(ids), pa.int32())})
+        pq.write_table(t, tmp_path / f"s{k}.parquet")
+        files.append(tmp_path / f"s{k}.parquet")
+    schema = pq.read_schema(files[0])
+    monkeypatch.setattr(instruct_stage, "MERGE_OPEN_FILES", open_files)
+    monkeypatch.setattr(instruct_stage, "MERGE_ROWS", 10**9)
+    n_one = instruct_stage._merge_sorted(files, tmp_path / "one.parquet", schema)
+    monkeypatch.setattr(instruct_stage, "MERGE_ROWS", 12)
+    n = instruct_stage._merge_sorted(files, tmp_path / "ranges.parquet", schema)
+    one, ranges = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "ranges.parquet")
+    assert n == n_one == sum(pq.read_metadata(f).num_rows for f in files) > 100
+    assert ranges.to_pylist() == one.to_pylist()
+    assert ranges.column("id").to_pylist()[-1] is None
+    assert pq.ParquetFile(tmp_path / "ranges.parquet").num_row_groups > 5  # it did merge in ranges
+    assert not list(tmp_path.glob(".merge-*"))  # the range files are removed
+
+
 def test_privacy_scan_reads_large_json_lines_one_line_at_a_time(tmp_path, monkeypatch):
     from grok.privacy import scan
 
