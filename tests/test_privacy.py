@@ -57,6 +57,24 @@ def test_deny_list_matches_spellings_and_never_holds_an_identifier(tmp_path):
         DenyList.load(path, "another-secret")
 
 
+def test_deny_list_token_cache_is_bounded_and_finds_the_same(monkeypatch):
+    """Issue 22: a build's text holds hundreds of thousands of distinct tokens (every measured number); the
+    per-list cache of their keyed hashes is cleared when full, and the hits do not depend on it."""
+    import grok.privacy.denylist as denylist
+
+    d = DenyList.from_identifiers([("WINTERBOTTOM^ETHELINDA", "patient_name"), ("MRN1234567", "patient_id")], KEY)
+    rng = np.random.default_rng(0)
+    text = " ".join(f"{x:.3f} um" for x in rng.uniform(0, 400, 3000)) + " Ethelinda Winterbottom, mrn-1234567; " \
+        + " ".join(f"{x:.2f}" for x in rng.uniform(0, 1, 3000)) + " Winterbottom Ethelinda"
+    expected = {"patient_name": 2, "patient_id": 1}
+    assert d.hits(text) == expected
+    assert len(d._cache) > 3000  # the default cap holds them all
+    monkeypatch.setattr(denylist, "TOKEN_CACHE_ENTRIES", 64)
+    d._cache.clear()
+    assert d.hits(text) == expected
+    assert len(d._cache) <= 64
+
+
 def test_digests_and_hex_ids_never_match_a_denied_number_inside_them():
     """At thousands of studies, six-digit study numbers are denied by the thousand and the digit runs inside
     SHA-256 digests and the product's ``img-`` ids hit some of them (a 5,000-study build refused to publish
