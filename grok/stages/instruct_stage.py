@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from bisect import bisect_left
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from grok import __version__
@@ -251,15 +251,6 @@ def _concat(files: list[Path], out: Path, default: pa.Schema) -> int:
     return n
 
 
-def _in_range(col: pa.ChunkedArray, lo: str | None, hi: str | None) -> pa.ChunkedArray:
-    """Which ids of ``col`` fall in ``[lo, hi)`` of the hex space (a null id in the last range)."""
-    keep = pc.is_null(col) if hi is None else pc.less(col, hi).fill_null(False)
-    if lo is not None:
-        keep = pc.and_(keep, pc.greater_equal(col, lo).fill_null(False)) if hi is not None else \
-            pc.or_(pc.greater_equal(col, lo).fill_null(False), keep)
-    return keep
-
-
 def _merge_sorted(files: list[Path], out: Path, default: pa.Schema) -> int:
     """The shard tables into ``out`` sorted by ``id`` (what one concatenation and sort gives), about
     :data:`MERGE_ROWS` rows in memory at a time: the id space is cut into as many ranges as the row count asks
@@ -298,13 +289,16 @@ def _merge_ranges(files: list[Path], ranges: list[tuple[str | None, str | None]]
         paths = [Path(tmp) / f"range-{i:05d}.arrow" for i in range(len(ranges))]
         sinks: dict[int, tuple[Any, Any]] = {}
         try:
-            for f in files:  # one shard file in memory at a time
-                t = pq.read_table(f)
-                col = t.column("id")
+            for f in files:  # one shard file in memory at a time, sorted so that each range is one slice of it
+                t = pq.read_table(f).sort_by("id")
+                ids = t.column("id").to_pylist()
+                valid = len(ids) - t.column("id").null_count  # null ids sort last; they belong to the last range
                 for i, (lo, hi) in enumerate(ranges):
-                    part = t.filter(_in_range(col, lo, hi))
-                    if not part.num_rows:
+                    start = 0 if lo is None else bisect_left(ids, lo, 0, valid)
+                    end = len(ids) if hi is None else bisect_left(ids, hi, 0, valid)
+                    if end <= start:
                         continue
+                    part = t.slice(start, end - start)
                     if i not in sinks:
                         sink = pa.OSFile(str(paths[i]), "wb")
                         sinks[i] = (sink, pa.ipc.new_file(sink, part.schema))
