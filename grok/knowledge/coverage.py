@@ -5,7 +5,10 @@ Run as: grok kb coverage [--device spectralis --age 67 --sex F] [--json]
 A finding is *evaluable* for a (device, age, sex) when the knowledge base holds what it needs to turn
 a value into a grade: a normative range that matches (deviation findings), cut-offs that apply
 (threshold findings), or, for lesion findings, a lesion type some extractor counts (a
-``count_biomarker``). Whether a record actually carries the value is a different question (the
+``count_biomarker``). A finding its own rule cannot evaluate but whose ``absent_when`` condition reads
+only evaluable findings is *absent by definition* where the condition holds (AMD pigmentary
+abnormalities without medium or large drusen): listed as ``absent_by_definition``, not as evaluable,
+since it can be concluded absent but never found present from images. Whether a record actually carries the value is a different question (the
 reasoner answers it per record); this one is about the knowledge, so a gap here is a gap for every
 record of that kind. The same range choice as the reasoner is used (``_Context.choose_range``).
 """
@@ -21,6 +24,7 @@ from grok.knowledge.models import DeviationFinding, LesionFinding, ThresholdFind
 from grok.knowledge.reasoner import _Context
 
 EVALUABLE, NO_RANGE, NO_EXTRACTOR = "evaluable", "no_range", "no_extractor"
+BY_DEFINITION = "absent_by_definition"
 
 
 @dataclass
@@ -28,7 +32,7 @@ class FindingCoverage:
     finding: str
     kind: str
     biomarker: str | None
-    status: str  # evaluable | no_range | no_extractor
+    status: str  # evaluable | no_range | no_extractor | absent_by_definition
     range_id: str | None
     source: str | None
     reason: str
@@ -50,22 +54,45 @@ class CategoryCoverage:
     @property
     def key_findings(self) -> list[str]:
         """The category's supporting findings that an extractor could feed (lesion types nobody
-        counts are listed but are not *key*: no build can evaluate them from images alone)."""
-        return [f.finding for f in self.findings if f.status != NO_EXTRACTOR]
+        counts are listed but are not *key*: no build can evaluate them from images alone, and one
+        absent by definition can never support the category from images)."""
+        return [f.finding for f in self.findings if f.status not in (NO_EXTRACTOR, BY_DEFINITION)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "category": self.category,
             "name": self.name,
             "evaluable": self.evaluable,
-            "not_evaluable": [f.finding for f in self.findings if f.status != EVALUABLE],
+            "not_evaluable": [f.finding for f in self.findings if f.status not in (EVALUABLE, BY_DEFINITION)],
+            "absent_by_definition": [f.finding for f in self.findings if f.status == BY_DEFINITION],
             "key_findings": self.key_findings,
             "key_evaluable": [f for f in self.key_findings if f in self.evaluable],
             "findings": [f.to_dict() for f in self.findings],
         }
 
 
-def _finding_coverage(fid: str, kb: KnowledgeBase, ctx) -> FindingCoverage:
+def _finding_coverage(fid: str, kb: KnowledgeBase, ctx, memo: dict[str, FindingCoverage] | None = None
+                      ) -> FindingCoverage:
+    memo = {} if memo is None else memo
+    if fid not in memo:
+        own = _own_coverage(fid, kb, ctx)
+        aw = kb.findings[fid].absent_when
+        if own.status != EVALUABLE and aw is not None:  # the loader rejects absent_when cycles
+            reads = {c: _finding_coverage(c, kb, ctx, memo) for c in sorted(aw.condition.finding_ids())}
+            listed = ", ".join(f"{c} ({cov.status})" for c, cov in reads.items())
+            if all(cov.status in (EVALUABLE, BY_DEFINITION) for cov in reads.values()):
+                own = FindingCoverage(
+                    fid, own.kind, own.biomarker, BY_DEFINITION, None, aw.source,
+                    f"{own.reason}; absent by definition where its condition holds ({aw.reason}), which reads "
+                    f"{listed}; where the condition does not hold, not evaluable",
+                )
+            else:
+                own.reason += f"; its absence by definition cannot be decided here either: the condition reads {listed}"
+        memo[fid] = own
+    return memo[fid]
+
+
+def _own_coverage(fid: str, kb: KnowledgeBase, ctx) -> FindingCoverage:
     f = kb.findings[fid]
     if isinstance(f, DeviationFinding):
         rng, _dev, why = ctx.choose_range(f.biomarker)
@@ -109,6 +136,7 @@ def kb_coverage(
     ctx = _Context({"biomarkers": {}, "device": device, "sex": sex, "age_years": age_years,
                     "engine_measured": engine_measured}, kb)
     cats: list[CategoryCoverage] = []
+    memo: dict[str, FindingCoverage] = {}
     first = [c for c in canonical.CATEGORIES if c in kb.diseases]
     for did in first + sorted(set(kb.diseases) - set(first)):
         d = kb.diseases[did]
@@ -117,7 +145,7 @@ def kb_coverage(
         for r in refs:
             if r not in seen:
                 seen.append(r)
-        cats.append(CategoryCoverage(did, d.name, [_finding_coverage(fid, kb, ctx) for fid in seen]))
+        cats.append(CategoryCoverage(did, d.name, [_finding_coverage(fid, kb, ctx, memo) for fid in seen]))
     return {
         "kb_snapshot_id": kb.snapshot_id,
         "device": ctx.device,
@@ -129,4 +157,4 @@ def kb_coverage(
     }
 
 
-__all__ = ["EVALUABLE", "NO_EXTRACTOR", "NO_RANGE", "kb_coverage"]
+__all__ = ["BY_DEFINITION", "EVALUABLE", "NO_EXTRACTOR", "NO_RANGE", "kb_coverage"]

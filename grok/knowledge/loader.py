@@ -202,6 +202,38 @@ class KnowledgeBase:
 UNRECOGNISED_DEVICE = "unrecognised"
 
 
+def absent_when_order(
+    findings: dict[str, DeviationFinding | ThresholdFinding | LesionFinding],
+) -> tuple[list[str], list[list[str]]]:
+    """The ids of the findings that have ``absent_when``, each after every such finding its condition
+    reads (the order the reasoner completes them in), and the cycles found (each as a path that ends
+    where it starts, e.g. ``[a, b, a]``; the loader rejects a knowledge base with any)."""
+    deps = {
+        fid: sorted(i for i in f.absent_when.condition.finding_ids() if i in findings and findings[i].absent_when)
+        for fid, f in sorted(findings.items())
+        if f.absent_when is not None
+    }
+    order: list[str] = []
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(fid: str, path: list[str]) -> None:
+        if state.get(fid) == 2:
+            return
+        if state.get(fid) == 1:
+            cycles.append([*path[path.index(fid):], fid])
+            return
+        state[fid] = 1
+        for dep in deps[fid]:
+            visit(dep, [*path, fid])
+        state[fid] = 2
+        order.append(fid)
+
+    for fid in deps:
+        visit(fid, [])
+    return order, cycles
+
+
 def snapshot_id_of(canonical_content: dict[str, Any]) -> str:
     """``kb-`` + the first 16 hex digits of SHA-256 over sorted-key compact JSON of the content."""
     blob = json.dumps(canonical_content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -530,6 +562,9 @@ class _Checker:
                 )
         for fid, f in kb.findings.items():
             self.ref("findings", fid, "source", f.source, "sources")
+            if f.absent_when is not None:
+                self._expr("findings", fid, "absent_when.condition", f.absent_when.condition)
+                self.ref("findings", fid, "absent_when.source", f.absent_when.source, "sources")
             if isinstance(f, LesionFinding):
                 self.ref("findings", fid, "lesion_type", f.lesion_type, "lesion_types")
                 continue
@@ -554,6 +589,15 @@ class _Checker:
                     "evaluated (reported as not evaluable)",
                     "add a normative_ranges entry for it (e.g. in an overlay folder)",
                 )
+        for cycle in absent_when_order(kb.findings)[1]:
+            self.err(
+                "findings",
+                cycle[0],
+                "absent_when.condition",
+                f"absent_when conditions form a cycle: {' -> '.join(cycle)} (none of them could ever be decided)",
+                "make the condition read findings decided by their own rules (a measurement, a count), not "
+                "one that is itself absent only by a condition that reads this one",
+            )
         for did, d in kb.diseases.items():
             for i, s in enumerate(d.sources):
                 self.ref("diseases", did, f"sources[{i}]", s, "sources")
@@ -869,6 +913,7 @@ __all__ = [
     "LesionType",
     "NormativeRange",
     "Unit",
+    "absent_when_order",
     "bundled_knowledge_base_dir",
     "load_knowledge_base",
     "snapshot_id_of",

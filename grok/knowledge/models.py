@@ -27,7 +27,7 @@ import re
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -308,12 +308,44 @@ class ThresholdSet(_Model):
     grades: list[ValueGrade] = Field(min_length=1)
 
 
+class AbsentWhen(_Model):
+    """When a finding is *absent by definition*: ``condition`` is an expression over other findings
+    (the ``all`` / ``any`` / ``not`` / ``finding`` of :class:`Expr`, three-valued), ``reason`` the text an
+    absent result states ("by definition: no medium or large drusen"), ``source`` where the definition
+    comes from.
+
+    It only completes what the finding's own rule leaves *not evaluable* (a lesion type no extractor
+    assesses, say): a present or absent result of the rule is never overridden. When the condition is
+    false or unknown the finding stays not evaluable, and its reason names the condition's findings and
+    their states. The loader rejects unknown finding ids and cycles (a finding whose condition reaches,
+    through other ``absent_when`` conditions, back to itself)."""
+
+    condition: Expr
+    reason: str = Field(min_length=1)
+    source: Id
+
+
+class _Finding(_Model):
+    """What every finding kind has besides its rule: ``absent_when`` (see :class:`AbsentWhen`)."""
+
+    absent_when: AbsentWhen | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_absent_when(self, handler):
+        # a finding without absent_when dumps as before the key existed, so a knowledge base whose
+        # content did not change keeps its snapshot id
+        out = handler(self)
+        if isinstance(out, dict) and out.get("absent_when") is None:
+            out.pop("absent_when", None)
+        return out
+
+
 def _check_grades_ordered(grades: list[int]) -> None:
     if grades != list(range(1, len(grades) + 1)):
         raise ValueError(f"grades must be 1, 2, ... in order of severity (got {grades})")
 
 
-class DeviationFinding(_Model):
+class DeviationFinding(_Finding):
     """A finding graded by how far a value lies beyond a percentile of its normative range."""
 
     kind: Literal["deviation"]
@@ -346,7 +378,7 @@ class DeviationFinding(_Model):
         return self
 
 
-class ThresholdFinding(_Model):
+class ThresholdFinding(_Finding):
     """A finding graded by absolute cuts on a value (presence rules are ``above: 0``)."""
 
     kind: Literal["threshold"]
@@ -385,7 +417,7 @@ class ThresholdFinding(_Model):
         return self
 
 
-class LesionFinding(_Model):
+class LesionFinding(_Finding):
     """A finding present when the record's ``lesions`` hold at least ``min_count`` lesions of
     ``lesion_type`` whose ``diameter_um`` lies in ``(min_diameter_um, max_diameter_um]``."""
 
@@ -475,6 +507,13 @@ class Expr(_Model):
         for sub in (self.all or []) + (self.any or []) + ([self.not_] if self.not_ else []):
             out |= sub.finding_ids()
         return out
+
+
+AbsentWhen.model_rebuild()
+_Finding.model_rebuild()
+DeviationFinding.model_rebuild()
+ThresholdFinding.model_rebuild()
+LesionFinding.model_rebuild()
 
 
 class Stage(_Model):

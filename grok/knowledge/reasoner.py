@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from grok import ids as canonical
-from grok.knowledge.loader import UNRECOGNISED_DEVICE, KnowledgeBase, load_knowledge_base
+from grok.knowledge.loader import UNRECOGNISED_DEVICE, KnowledgeBase, absent_when_order, load_knowledge_base
 from grok.knowledge.models import (
     DeviationFinding,
     Disease,
@@ -258,6 +258,9 @@ class Reasoning:
     missing: list[str]
     differential: list[DiseaseAssessment]
     notes: list[str]
+    #: finding id -> why it is absent, for absences decided by a rule other than the finding's own
+    #: measurement (``absent_when``: "by definition: no medium or large drusen")
+    absent_reasons: dict[str, str] = field(default_factory=dict)
 
     def finding(self, finding_id: str) -> Finding | None:
         return next((f for f in self.findings if f.id == finding_id), None)
@@ -274,6 +277,7 @@ class Reasoning:
             "age_years": self.age_years,
             "findings": [f.to_dict() for f in self.findings],
             "absent": self.absent,
+            "absent_reasons": self.absent_reasons,
             "not_evaluable": self.not_evaluable,
             "missing": self.missing,
             "differential": [d.to_dict() for d in self.differential],
@@ -787,6 +791,30 @@ def _assess(d: Disease, kb: KnowledgeBase, states: dict[str, _State]) -> Disease
     )
 
 
+def _complete_absent_when(kb: KnowledgeBase, states: dict[str, _State]) -> None:
+    """Findings left not evaluable by their own rule but absent by definition (``absent_when``): in
+    dependency order, the condition is evaluated over the other findings' states (three-valued); true
+    makes the finding absent with the definition's reason, false or unknown keeps it not evaluable and
+    says why the definition did not apply. A present or absent result of the rule is never changed."""
+    for fid in absent_when_order(kb.findings)[0]:
+        st = states[fid]
+        if st.state != NOT_EVALUABLE:
+            continue
+        aw = kb.findings[fid].absent_when
+        holds = _eval_expr(aw.condition, states)
+        if holds is True:
+            states[fid] = _State(ABSENT, reason=aw.reason)
+            continue
+        reads = ", ".join(
+            f"{c} {states[c].state.replace('_', ' ')}" for c in sorted(aw.condition.finding_ids()) if c in states
+        )
+        states[fid] = _State(
+            NOT_EVALUABLE,
+            reason=f"{st.reason}; the absence by definition ({aw.source}) does not apply: its condition is "
+            f"{'false' if holds is False else 'unknown'} ({reads})",
+        )
+
+
 def _disease_order(kb: KnowledgeBase) -> list[str]:
     first = [c for c in canonical.CATEGORIES if c in kb.diseases]
     return first + sorted(set(kb.diseases) - set(first))
@@ -820,12 +848,14 @@ def reason(record: dict[str, Any], kb: KnowledgeBase | None = None) -> Reasoning
     Returns
     -------
     Reasoning
-        ``findings`` (present ones, with evidence), ``absent`` and ``not_evaluable`` finding ids,
+        ``findings`` (present ones, with evidence), ``absent`` finding ids (``absent_reasons`` for those
+        absent by a rule other than their own measurement), ``not_evaluable`` finding ids with reasons,
         ``missing`` biomarker ids that a rule needed, ``differential`` per category, ``measurements``.
     """
     kb = kb or _default_kb()
     ctx = _Context(record, kb)
     states = {fid: _evaluate(f, ctx) for fid, f in sorted(kb.findings.items())}
+    _complete_absent_when(kb, states)
 
     measurements: list[Measurement] = []
     for bid in sorted(ctx.values):
@@ -858,6 +888,7 @@ def reason(record: dict[str, Any], kb: KnowledgeBase | None = None) -> Reasoning
     findings = [s.finding for _, s in sorted(states.items()) if s.state == PRESENT and s.finding is not None]
     findings.sort(key=lambda f: (not f.abnormal, -f.grade, f.id))
     absent = sorted(fid for fid, s in states.items() if s.state == ABSENT)
+    absent_reasons = {fid: s.reason for fid, s in sorted(states.items()) if s.state == ABSENT and s.reason}
     not_eval = [
         {"finding": fid, "reason": s.reason} for fid, s in sorted(states.items()) if s.state == NOT_EVALUABLE
     ]
@@ -907,6 +938,7 @@ def reason(record: dict[str, Any], kb: KnowledgeBase | None = None) -> Reasoning
         missing=sorted(ctx.missing),
         differential=differential,
         notes=ctx.notes,
+        absent_reasons=absent_reasons,
     )
 
 
