@@ -125,9 +125,12 @@ def test_reasons_name_the_range_file_and_the_fix():
     gcipl = next(f for f in cov["alzheimers"]["findings"] if f["finding"] == "gcipl_thinning")
     assert gcipl["status"] == "no_range" and "normative_ranges.yaml" in gcipl["reason"]
     assert "Fix:" in gcipl["reason"] and "gcipl_cirrus_xu2021" in gcipl["reason"]
+    nv = next(f for f in cov["diabetic_retinopathy"]["findings"] if f["finding"] == "neovascularisation_present")
+    assert nv["status"] == NO_EXTRACTOR and "count_biomarker" in nv["reason"]
+    assert nv["finding"] not in cov["diabetic_retinopathy"]["key_findings"]
+    # disc swelling is graded from the OCT RNFL (tests/test_kb_disc_swelling.py): evaluable, a key finding
     swelling = next(f for f in cov["hypertension"]["findings"] if f["finding"] == "disc_swelling_present")
-    assert swelling["status"] == NO_EXTRACTOR and "count_biomarker" in swelling["reason"]
-    assert swelling["finding"] not in cov["hypertension"]["key_findings"]
+    assert swelling["status"] == EVALUABLE and swelling["range_id"] == "rnfl_pp_mean_spectralis_alasil2013"
     # measured (av_nicking_count) but not yet the type's count: a nick found is boxed in the lesion list
     # (present), no nick is no evidence of absence (the extractor's held-out sensitivity, docs/knowledge.md)
     nick = next(f for f in cov["hypertension"]["findings"] if f["finding"] == "av_nicking_present")

@@ -326,17 +326,24 @@ class AbsentWhen(_Model):
 
 
 class _Finding(_Model):
-    """What every finding kind has besides its rule: ``absent_when`` (see :class:`AbsentWhen`)."""
+    """What every finding kind has besides its rule: ``absent_when`` (see :class:`AbsentWhen`) and
+    ``absent_text``, what an absent result states: its basis and its limits ("no peripapillary RNFL
+    thickening on OCT ...; mild swelling can be missed"), reported in the reasoning's ``absent_reasons``
+    (a deviation finding adds the value and the percentile it did not pass)."""
 
     absent_when: AbsentWhen | None = None
+    absent_text: str = ""
 
     @model_serializer(mode="wrap")
-    def _omit_unset_absent_when(self, handler):
-        # a finding without absent_when dumps as before the key existed, so a knowledge base whose
-        # content did not change keeps its snapshot id
+    def _omit_unset_keys(self, handler):
+        # a finding without these keys dumps as before they existed, so a knowledge base whose content
+        # did not change keeps its snapshot id
         out = handler(self)
-        if isinstance(out, dict) and out.get("absent_when") is None:
-            out.pop("absent_when", None)
+        if isinstance(out, dict):
+            if out.get("absent_when") is None:
+                out.pop("absent_when", None)
+            if not out.get("absent_text"):
+                out.pop("absent_text", None)
         return out
 
 

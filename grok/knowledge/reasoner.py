@@ -258,8 +258,8 @@ class Reasoning:
     missing: list[str]
     differential: list[DiseaseAssessment]
     notes: list[str]
-    #: finding id -> why it is absent, for absences decided by a rule other than the finding's own
-    #: measurement (``absent_when``: "by definition: no medium or large drusen")
+    #: finding id -> why it is absent, where the knowledge base says (``absent_when``: "by definition: no
+    #: medium or large drusen"; ``absent_text``: the basis and limits of an absent result)
     absent_reasons: dict[str, str] = field(default_factory=dict)
 
     def finding(self, finding_id: str) -> Finding | None:
@@ -504,7 +504,16 @@ def _eval_deviation(f: DeviationFinding, ctx: _Context) -> _State:
             break
         grade, term, cut_used, cut_how = g.grade, g.term, (g.percentile, cut), how
     if grade == 0:
-        return _State(ABSENT)
+        if not f.absent_text:
+            return _State(ABSENT)
+        first, _ = value_at_percentile(rng, f.grades[0].percentile)
+        unit = ctx.kb.units[b.unit].symbol
+        side = "not below" if f.direction == "low" else "not above"
+        return _State(ABSENT, reason=(
+            f"{f.absent_text}: {b.name} {_fmt(value, b.decimals)} {unit}".rstrip() + f" is {side} the "
+            f"{_ordinal(f.grades[0].percentile)} percentile ({_fmt(first, b.decimals)} {unit}) of range "
+            f"{rng.id} [{rng.population}]" + ctx.fallback_note(dev, f.biomarker)
+        ))
     dev_info = deviation_of(rng, value)
     unit = ctx.kb.units[b.unit].symbol
     p, cut = cut_used
@@ -888,7 +897,11 @@ def reason(record: dict[str, Any], kb: KnowledgeBase | None = None) -> Reasoning
     findings = [s.finding for _, s in sorted(states.items()) if s.state == PRESENT and s.finding is not None]
     findings.sort(key=lambda f: (not f.abnormal, -f.grade, f.id))
     absent = sorted(fid for fid, s in states.items() if s.state == ABSENT)
-    absent_reasons = {fid: s.reason for fid, s in sorted(states.items()) if s.state == ABSENT and s.reason}
+    absent_reasons = {
+        fid: s.reason or kb.findings[fid].absent_text
+        for fid, s in sorted(states.items())
+        if s.state == ABSENT and (s.reason or kb.findings[fid].absent_text)
+    }
     not_eval = [
         {"finding": fid, "reason": s.reason} for fid, s in sorted(states.items()) if s.state == NOT_EVALUABLE
     ]
