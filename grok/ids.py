@@ -81,8 +81,9 @@ CFP_LESION_TYPES: tuple[str, ...] = (
 )
 
 #: Vessel signs counted on the vessel graph (``grok.cfp.vessel_signs``), not by the lesion detector: each
-#: has its ``<type>_count`` biomarker and, where found, one box per sign in the photograph's lesion list.
-CFP_VESSEL_SIGN_TYPES: tuple[str, ...] = ("av_nicking",)
+#: has its ``<type>_count`` biomarker; AV nicking also one box per nick in the photograph's lesion list
+#: (venous beading's segments only in the measure's extras: not specific on real photographs).
+CFP_VESSEL_SIGN_TYPES: tuple[str, ...] = ("av_nicking", "venous_beading")
 
 CFP_BIOMARKERS: tuple[str, ...] = (
     "disc_center_xy_px",

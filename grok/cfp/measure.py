@@ -37,12 +37,13 @@ from grok.cfp.quality import (
     non_fundus_colour_share,
     sharpness_ratio,
 )
-from grok.cfp.vessel_signs import find_av_nicking
+from grok.cfp.vessel_signs import find_av_nicking, find_venous_beading, um_per_px
 from grok.cfp.vessels import VESSEL_METHOD, measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
-EXTRACTOR_VERSION = "0.2.0"  # 0.2.0: av_nicking_count and "av_nicking" lesion boxes (grok.cfp.vessel_signs)
+EXTRACTOR_VERSION = "0.3.0"  # 0.2.0: av_nicking_count and "av_nicking" lesion boxes (grok.cfp.vessel_signs);
+# 0.3.0: venous_beading_count and "venous_beading" boxes (grok.cfp.vessel_signs.find_venous_beading)
 MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
 #: Smallest field of view (working px across) for the box-counting fractal dimensions: below it the
 #: box sizes (2 px to 1/8 of the side) span under ~4.5 octaves and every tree measures close to 1
@@ -79,7 +80,9 @@ class CfpMeasurement:
         diameter; fractal dimensions are box-counting dimensions.
     lesions : [{"type", "box_xyxy_px" [x1, y1, x2, y2] original px (pixel edges), "score" 0..1}]: the lesion
         detector's (``grok.ids.CFP_LESION_TYPES``) and one "av_nicking" box per nicked crossing
-        (``grok.cfp.vessel_signs``; score 1 - the larger of its two arms' near/far calibre ratios).
+        (``grok.cfp.vessel_signs``; score 1 - the larger of its two arms' near/far calibre ratios). Beaded
+        vein segments (``venous_beading_count``) are boxed in ``extras["venous_beading"]["assessed"]`` only
+        (not specific enough on real photographs to be read as lesions, docs/cfp.md).
     quality : {"grade": "good" | "usable" | "reject", "reasons": [...]}.
     laterality : "OD" | "OS" | None (the header's value when given, else inferred from the disc).
     masks : {"fov", "vessels", "arteries", "veins", "disc", "cup"} -> (H, W) bool at the original size.
@@ -305,6 +308,9 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
                         "and the AV ratio are unreliable there")
     tick("vessel_measures")
     nick = find_av_nicking(segs, vm.darkness, rmask, disc.center_xy, dd, sc, exclude=exclude)
+    um_px = um_per_px(dd, fov.radius)
+    bead = find_venous_beading(segs, vm.darkness, rmask, disc.center_xy, dd, um_px, exclude=exclude,
+                               fovea_xy=fovea.center_xy)
     tick("vessel_signs")
 
     s = 1.0 / wk.scale  # working -> original px
@@ -344,6 +350,13 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         nick_reasons.append(f"blurred (sharpness {sharp:.2f}, need {th.min_sharpness_calibre}): blur fills a venule's "
                             "narrowing at a crossing, so AV nicking is not assessed")
     nicked = [c for c in nick.crossings if c["nicked"]] if not nick_reasons else []
+    bead_reasons = [bead.reason] if bead.reason else []
+    if levels < MIN_GREEN_LEVELS or red_share > RED_SATURATED_NO_AV:
+        bead_reasons.append("artery/vein colour not usable (see the vessel reasons): veins cannot be told from "
+                            "arteries, so venous beading is not assessed")
+    if blurred:
+        bead_reasons.append(f"blurred (sharpness {sharp:.2f}, need {th.min_sharpness_calibre}): blur smooths a "
+                            "vein's calibre variation, so venous beading is not assessed")
     if blurred or cropped:
         for k in SCALE_DEPENDENT:
             bm[k] = float("nan")
@@ -373,6 +386,10 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     for t in CFP_LESION_TYPES:
         bm[f"{t}_count"] = sum(1 for les in les_out if les["type"] == t) if les_ok else None
     bm["av_nicking_count"] = None if nick_reasons else len(nicked)
+    bm["venous_beading_count"] = None if bead_reasons else sum(b["beaded"] for b in bead.segments)
+    # beaded segments are boxed in extras["venous_beading"] (and the overlay), NOT in the lesion list: a box
+    # there makes venous_beading_present present, and the detector calls beads in healthy real eyes
+    # (docs/cfp.md "Venous beading")
     for c in nicked:  # one box per nicked crossing: the crossing and the venule's narrowed arms
         x, y = c["xy"]
         r = 0.5 * c["arteriole_px"] + 2.0 * c["venule_px"]
@@ -393,11 +410,19 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         n_arteries_zone_b=vmeas.n_arteries_zone_b,
         n_veins_zone_b=vmeas.n_veins_zone_b,
         reasons={"disc": disc.reasons, "fovea": fovea.reasons, "vessels": vmeas.reasons,
-                 "lesions": [les_reason] if les_reason else [], "av_nicking": nick_reasons},
+                 "lesions": [les_reason] if les_reason else [], "av_nicking": nick_reasons,
+                 "venous_beading": bead_reasons},
         av_nicking={"venule_crossings": nick.n_typed, "not_assessed": dict(nick.skipped),
                     "assessed": [{"xy": xy(c["xy"]), "venule_px": round(c["venule_px"] * s, 2),
                                   "ratios": [round(r, 3) for r in c["ratios"]], "nicked": c["nicked"]}
                                  for c in nick.crossings]},
+        venous_beading={"vein_segments": bead.n_veins, "not_assessed": dict(bead.skipped), "um_per_px": um_px * wk.scale,
+                        "assessed": [{"box_xyxy_px": [round(min(max(v, 0), lim) * s, 1) for v, lim in
+                                                      zip(b["box_xyxy"], (img.shape[1], img.shape[0]) * 2)],
+                                      "width_px": round(b["width_px"] * s, 2), "length_px": round(b["length_px"] * s, 1),
+                                      "beads": b["beads"], "peak_ratio": round(b["peak_ratio"], 3),
+                                      "noise": round(b["noise"], 4), "min_ratio": round(b["min_ratio"], 3), "beaded": b["beaded"]}
+                                     for b in bead.segments]},
         quality_metrics=q.metrics,
         fractal_dimension_resolution_px=list(img.shape[:2]),
     )

@@ -17,6 +17,7 @@ _COLORS = {
     "hard_exudate": (255, 255, 0),
     "cotton_wool_spot": (255, 255, 255),
     "drusen": (0, 255, 255),
+    "venous_beading": (80, 160, 255),
 }
 
 
@@ -75,6 +76,10 @@ def overlay_png(rgb: np.ndarray, measurement: CfpMeasurement, path: str | os.Pat
     for les in measurement.lesions:
         x1, y1, x2, y2 = les["box_xyxy_px"]
         d.rectangle([x1 - lw, y1 - lw, x2 + lw, y2 + lw], outline=_COLORS.get(les["type"], (255, 255, 255)), width=lw)
+    for seg in (measurement.extras.get("venous_beading") or {}).get("assessed", []):
+        if seg.get("beaded") and measurement.biomarkers.get("venous_beading_count") is not None:
+            x1, y1, x2, y2 = seg["box_xyxy_px"]  # beaded vein segments (grok.cfp.vessel_signs): not lesions
+            d.rectangle([x1 - lw, y1 - lw, x2 + lw, y2 + lw], outline=_COLORS["venous_beading"], width=lw)
     q = measurement.quality
     d.text((10, 10), f"quality: {q['grade']}  laterality: {measurement.laterality}", fill=(255, 255, 255))
     p = Path(path)

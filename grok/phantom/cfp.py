@@ -434,6 +434,72 @@ def _av_nicking(vessels: list[_Vessel], strength: float,
     return where
 
 
+#: Beaded venous stretches (``synth_fundus(venous_beading=n)``): bead period in local vein calibres, the
+#: widening of each bead (fraction of the calibre), beads per stretch, and the smallest vein drawn beaded
+#: (radius as a fraction of the main venule's, ``0.036 DD``).
+BEAD_PERIOD_WIDTHS = (2.0, 3.0)
+BEAD_WIDENING = (0.35, 0.6)
+BEADS_PER_STRETCH = (3, 3)
+BEAD_MIN_RADIUS_DD = 0.02
+
+
+def _venous_beading(vessels: list[_Vessel], n: int, disc, dd: float,
+                    rng: np.random.Generator) -> list[dict[str, Any]]:
+    """Bead ``n`` vein stretches (severe NPDR's venous beading: repeated sausage-like dilatations of a
+    vein, Wilkinson 2003); returns one truth record per stretch drawn: {"xy": centre [x, y], "box_xyxy_px",
+    "beads", "period_px", "widening", "width_px" (the vein's calibre there before beading)}.
+
+    Each stretch lies on a vein at least ``BEAD_MIN_RADIUS_DD`` in radius, 1.3-3.5 DD from the disc centre,
+    clear of every other vessel (no branch point or crossing on it: the vein goes on unbroken through its
+    beads), at most one stretch per vein. Its radius is multiplied by 1 + a * b(s), b a raised cosine
+    ((1 - cos(2 pi s / period)) / 2, 0 at the stretch's ends and between beads, 1 at each bead's middle):
+    ``beads`` widenings of ``a`` (``BEAD_WIDENING``) separated by the vein's own calibre, ``BEAD_PERIOD_WIDTHS``
+    calibres apart. Fewer stretches than asked are drawn when no vein has room."""
+    out: list[dict[str, Any]] = []
+    if n <= 0:
+        return out
+    disc = np.asarray(disc, float)
+    veins = [k for k, v in enumerate(vessels) if v.kind == "vein"]
+    order = [veins[i] for i in rng.permutation(len(veins))]
+    for k in order:
+        if len(out) >= n:
+            break
+        v = vessels[k]
+        r_dd = np.hypot(v.pts[:, 0] - disc[0], v.pts[:, 1] - disc[1]) / dd
+        ok = (r_dd >= 1.3) & (r_dd <= 3.5) & (v.radius >= BEAD_MIN_RADIUS_DD * dd)
+        if ok.sum() < 8:
+            continue
+        rad = float(np.median(v.radius[ok]))
+        period = rng.uniform(*BEAD_PERIOD_WIDTHS) * 2.0 * rad
+        beads = int(rng.integers(BEADS_PER_STRETCH[0], BEADS_PER_STRETCH[1] + 1))
+        widen = float(rng.uniform(*BEAD_WIDENING))
+        L = int(math.ceil(beads * period))
+        # clear of every other vessel: no branch point, crossing or touching neighbour on the stretch
+        others = [o for j, o in enumerate(vessels) if j != k]
+        if others:
+            opts = np.vstack([o.pts for o in others])
+            orad = np.concatenate([o.radius for o in others])
+            dist, j = cKDTree(opts).query(v.pts, k=1)
+            ok &= dist > (1 + widen) * v.radius + orad[j] + 2.0
+        run = np.convolve(ok.astype(int), np.ones(L, int), mode="valid") == L  # windows wholly ok
+        starts = np.flatnonzero(run)
+        if starts.size == 0:
+            continue
+        i0 = int(starts[int(rng.integers(starts.size))])
+        sl = slice(i0, i0 + L)
+        pts = v.pts[sl]
+        w0 = 2.0 * float(np.median(v.radius[sl]))
+        v.radius = v.radius.copy()
+        v.radius[sl] *= 1.0 + widen * 0.5 * (1.0 - np.cos(2 * np.pi * np.arange(L) / period))
+        half = float(np.max(v.radius[sl]))
+        c = pts[L // 2]
+        out.append({"xy": [float(c[0]), float(c[1])],
+                    "box_xyxy_px": [float(pts[:, 0].min() - half), float(pts[:, 1].min() - half),
+                                    float(pts[:, 0].max() + half + 1), float(pts[:, 1].max() + half + 1)],
+                    "beads": beads, "period_px": float(period), "widening": widen, "width_px": w0})
+    return out
+
+
 # --------------------------------------------------------------------------------------------- lesions
 _LESION_PLAN = {
     # category: {lesion type: (min, max) count at severity 1}
@@ -654,6 +720,7 @@ def synth_fundus(
     av_ratio: float | None = None,
     tortuosity: float | None = None,
     pigmentation: float | None = None,
+    venous_beading: int = 0,
 ) -> CfpPhantom:
     """Draw one synthetic colour fundus photograph.
 
@@ -670,6 +737,10 @@ def synth_fundus(
     tortuosity : vessel wiggle amplitude factor (0 = smooth arcs, 1 = typical, 2-3 = tortuous); default
         about 1, higher in hypertension and diabetic retinopathy.
     pigmentation : 0 (light, red fundus) to 1 (dark, brown fundus); default random in [0.15, 0.85].
+    venous_beading : number of vein stretches to draw beaded (``_venous_beading``; 0: none, the default).
+        Drawn from a generator seeded by ``rng``'s state without advancing it, so every other draw, and
+        every photograph drawn without beading, is unchanged (the phantom cohort draws none: its diabetic
+        eyes have no severe-NPDR stage).
 
     Returns
     -------
@@ -681,7 +752,9 @@ def synth_fundus(
     av_nicking_count (every narrowed crossing drawn, those on the disc, where the root vessels overlap,
     included), av_nicking_xy_px (their [x, y] centres), av_nicking_venule_width_px (the venule's calibre
     there before narrowing), av_nicking_is_crossing (the arteriole crosses the venule there, which goes on
-    on both sides; else they touch side by side or the venule ends), pigmentation, lesions (list of {"type", "box_xyxy_px"}; boxes are pixel-edge
+    on both sides; else they touch side by side or the venule ends), venous_beading_count (beaded vein
+    stretches drawn), venous_beading (one record per stretch: centre, box, beads, period, widening, the
+    vein's calibre), pigmentation, lesions (list of {"type", "box_xyxy_px"}; boxes are pixel-edge
     coordinates [x_min, y_min, x_max + 1, y_max + 1] of the lesion's half-maximum area), and
     ``<type>_count`` for every lesion type.
     """
@@ -693,6 +766,9 @@ def synth_fundus(
         raise ValueError(f"synth_fundus: size={size!r} is too small; use an int >= 128 (default 1024)")
     if not (0.0 <= severity <= 3.0):
         raise ValueError(f"synth_fundus: severity={severity!r} is out of range; use 0..3")
+    if not (isinstance(venous_beading, (int, np.integer)) and not isinstance(venous_beading, bool)
+            and 0 <= venous_beading <= 8):
+        raise ValueError(f"synth_fundus: venous_beading={venous_beading!r}; use an int 0..8 (beaded vein stretches)")
     size = int(size)
     S = size
     sc = S / 1024.0
@@ -736,6 +812,10 @@ def synth_fundus(
     vessels = _build_tree(rng, disc, fovea, dd, fov_c, fov_r, nasal, float(tortuosity), float(av_ratio))
     n_bent = _bend_at_cup_margin(vessels, cup_c, cup_h, cup_v, dd, rng)
     nicks = _av_nicking(vessels, 0.5 * sev, rng) if category == "hypertension" else []
+    # beading from its own generator, seeded by rng's state without advancing it: nothing else moves
+    beads = (_venous_beading(vessels, int(venous_beading), disc, dd,
+                             np.random.default_rng(int(rng.bit_generator.state["state"]["state"])))
+             if venous_beading else [])
     sd_a, rel_a = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "artery"], (S, S))
     sd_v, rel_v = render_vessels([(v.pts, v.radius) for v in vessels if v.kind == "vein"], (S, S))
 
@@ -916,6 +996,8 @@ def synth_fundus(
         "av_nicking_xy_px": [[x, y] for x, y, _, _ in nicks],
         "av_nicking_venule_width_px": [w for _, _, w, _ in nicks],
         "av_nicking_is_crossing": [c for _, _, _, c in nicks],
+        "venous_beading_count": len(beads),
+        "venous_beading": beads,
         "vessels_bent_at_cup_margin": int(n_bent),
         "pigmentation": float(pigmentation),
         "pixel_spacing_mm_assumed": NOMINAL_DISC_DIAMETER_MM / float(dd),
@@ -953,10 +1035,11 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--severity", type=float, default=1.0)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--venous-beading", type=int, default=0, help="beaded vein stretches to draw")
     ap.add_argument("--out", default="fundus.png")
     args = ap.parse_args(argv)
     ph = synth_fundus(args.category, args.laterality, np.random.default_rng(args.seed), severity=args.severity,
-                      size=args.size)
+                      size=args.size, venous_beading=args.venous_beading)
     Image.fromarray(ph.image).save(args.out)
     with open(args.out + ".truth.json", "w") as fh:
         json.dump(ph.truth, fh, indent=2)
