@@ -131,12 +131,26 @@ def test_phantom_beading_found_where_drawn(beaded_phantom):
     assert any(_overlap(b, d) for b in boxes_s for d in drawn)
 
 
-def test_normal_phantom_has_no_beading():
-    ph = synth_fundus("normal", "OD", np.random.default_rng(SEED))
+@pytest.fixture(scope="module")
+def normal_phantom():
+    return synth_fundus("normal", "OD", np.random.default_rng(SEED))
+
+
+def test_normal_phantom_has_no_beading(normal_phantom):
+    ph = normal_phantom
     m = measure_fundus(ph.image)
     assert m.biomarkers["venous_beading_count"] == 0
     assert m.extras["venous_beading"]["assessed"], "nothing assessed: the test would not show a false positive"
     assert ph.truth["venous_beading_count"] == 0 and ph.truth["venous_beading"] == []
+
+
+def test_photo_without_usable_vein_colour_gives_none_with_a_reason(normal_phantom):
+    """Darkened to 15 grey levels of green: veins cannot be told from arteries (the A/V-dependent measures'
+    rule), so the count is None and the reason says why."""
+    m = measure_fundus((normal_phantom.image * 0.3).astype(np.uint8))
+    assert m.quality["grade"] != "reject"
+    assert m.biomarkers["venous_beading_count"] is None
+    assert any("artery/vein colour not usable" in r for r in m.extras["reasons"]["venous_beading"])
 
 
 def test_phantom_without_beading_is_unchanged(beaded_phantom):
