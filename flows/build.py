@@ -35,6 +35,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from grok.parquet_io import arrow_pool
 from grok.stages.config import BuildConfig, load_config
 from grok.stages.runner import STAGE_BY_NAME, STAGES, BuildFolder, StageReport, train_inline
 
@@ -178,22 +179,23 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
     folder.update(flow_run_id=str(flow_run.get_id() or ""))
     folder.workers = _start_workers(folder)
     reports = []
-    for stage in STAGES:
-        t0 = time.perf_counter()
-        shards = stage.plan(folder)
-        if (limit := stage.limit(folder)) is not None:
-            set_concurrency_limit(*limit)
-        run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
-                                      retries=stage.retries(folder), retry_delay_seconds=10)
-        if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers)
-            results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
-        else:  # in the flow's process, like the merges (ingest and the phantom writer start their own pools)
-            results = [run(config, stage.name, shard) for shard in shards]
-        merge = merge_task.with_options(name=f"{stage.name}-merge" if stage.sharded else f"{stage.name}-report")
-        rep = merge(config, stage.name, results, time.perf_counter() - t0)
-        logger.info("%s: %s in, %s out, %s quarantined (%d shards)", stage.name, rep["n_in"], rep["n_out"],
-                    rep["n_quarantined"], len(shards))
-        reports.append(rep)
+    with arrow_pool():  # the driver's Arrow memory given back as it is freed (grok.parquet_io.DRIVER_MEMORY_POOL)
+        for stage in STAGES:
+            t0 = time.perf_counter()
+            shards = stage.plan(folder)
+            if (limit := stage.limit(folder)) is not None:
+                set_concurrency_limit(*limit)
+            run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
+                                          retries=stage.retries(folder), retry_delay_seconds=10)
+            if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers)
+                results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
+            else:  # in the flow's process, like the merges (ingest and the phantom writer start their own pools)
+                results = [run(config, stage.name, shard) for shard in shards]
+            merge = merge_task.with_options(name=f"{stage.name}-merge" if stage.sharded else f"{stage.name}-report")
+            rep = merge(config, stage.name, results, time.perf_counter() - t0)
+            logger.info("%s: %s in, %s out, %s quarantined (%d shards)", stage.name, rep["n_in"], rep["n_out"],
+                        rep["n_quarantined"], len(shards))
+            reports.append(rep)
     pub = reports[-1]
     _publish_artifact(folder, pub)
     dataset, fingerprint = pub["outputs"]["dataset"], pub["details"]["fingerprint"]

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import jinja2
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
@@ -63,7 +64,7 @@ from grok.instruct.lint import lint_rows
 from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
-from grok.parquet_io import iter_batches, open_parquet
+from grok.parquet_io import arrow_pool, iter_batches, open_parquet
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -222,6 +223,13 @@ class StudyRecords(Mapping):
 
 #: Columns of ``instructions.parquet`` that hold the rows' text: read a batch at a time, never all at once.
 TEXT_COLUMNS = ("messages", "provenance")
+#: Columns of ``instructions.parquet`` held in memory for every row (:attr:`InstructionRows.frame`): what selecting,
+#: splitting, ordering, reviewing and accounting for rows read. The others (the text, image paths and roles,
+#: template, seed and knowledge-base ids) stay in the memory-mapped copy and are read with the text. On the
+#: 5,000-study build's 24,401 published rows the frame was 16.0 MB of pandas with every column, 10.3 MB of it
+#: the columns now left out (``DataFrame.memory_usage(deep=True)``, issue 22).
+INDEX_COLUMNS = ("id", "study_id", "patient_id", "eye", "task", "label", "verifier_passed", "verifier_score",
+                 "verifier_reasons")
 #: Rows read with their text at a time (lint, dedup, contracts, the published splits).
 TEXT_BATCH_ROWS = 256
 #: :meth:`InstructionRows.full` gives the Arrow pool's unused pages back after this many batches: a pass over the
@@ -235,12 +243,12 @@ CARD_BIOMARKERS = ("macular_thickness_central_um", "macular_thickness_overall_um
 
 
 class InstructionRows:
-    """The build's instruction rows for publication. ``frame``: every column but the text (:data:`TEXT_COLUMNS`)
-    as a pandas frame, with ``_pos``, each row's place in the file; the text stays in an Arrow copy of
-    ``instructions.parquet`` memory-mapped from ``tmp`` and is read for a few hundred rows at a time
-    (:meth:`full`), so publication holds the archive's ids and labels, not its text (:func:`prepare` takes the
-    frame, leaving ``None``, and keeps only the rows it publishes). Without ``tmp`` the
-    table is read into memory (small builds, tests)."""
+    """The build's instruction rows for publication. ``frame``: the :data:`INDEX_COLUMNS` of every row as a pandas
+    frame, with ``_pos``, each row's place in the file; the other columns (the text, image paths, template ids:
+    :attr:`heavy_columns`) stay in an Arrow copy of ``instructions.parquet`` memory-mapped from ``tmp`` and are read
+    for a few hundred rows at a time (:meth:`full`, :meth:`values`), so publication holds the archive's ids and
+    labels, not its text (:func:`prepare` takes the frame, leaving ``None``, and keeps only the rows it publishes).
+    Without ``tmp`` the table is read into memory (small builds, tests)."""
 
     def __init__(self, path: Path, tmp: Path | None = None):
         if tmp is None:
@@ -252,24 +260,32 @@ class InstructionRows:
                 for batch in iter_batches(pf, 4096):
                     writer.write_batch(batch)
             self.table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()  # zero-copy, pages from disk
-        self.text_columns = [c for c in TEXT_COLUMNS if c in self.table.column_names]
-        self.frame = self.table.drop_columns(self.text_columns).to_pandas()
+        names = self.table.column_names
+        self.heavy_columns = [c for c in names if c not in INDEX_COLUMNS]
+        self.frame = self.table.select([c for c in names if c in INDEX_COLUMNS]).to_pandas()
         self.frame["_pos"] = range(len(self.frame))
 
+    def _take(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
+        return self.table.select(columns).take(pa.array(frame["_pos"].to_numpy(), type=pa.int64()))
+
+    def values(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
+        """``columns`` (those the file has) of the rows of ``frame``, in its order, as an Arrow table."""
+        return self._take(frame, [c for c in columns if c in self.table.column_names])
+
     def full(self, frame: pd.DataFrame, batch: int | None = None) -> Iterator[dict[str, Any]]:
-        """The rows of ``frame`` (a selection of :attr:`frame`, in any order) as dicts with their text, in
+        """The rows of ``frame`` (a selection of :attr:`frame`, in any order) as dicts with every column, in
         ``frame``'s order; the frame's own values win (a split, an edited score), and a curator's edit
         (``messages_edited``) replaces the messages. ``batch``: rows read at a time (:data:`TEXT_BATCH_ROWS`)."""
         batch = batch or TEXT_BATCH_ROWS
-        text = self.table.select(self.text_columns)
+        heavy = [c for c in self.heavy_columns if c not in frame.columns]
         for start in range(0, len(frame), batch):
             part = frame.iloc[start:start + batch]
-            heavy = text.take(pa.array(part["_pos"].to_numpy(), type=pa.int64())).to_pylist()
+            read = self._take(part, heavy).to_pylist()
             # each taken batch is freed, but the pool's allocator (mimalloc) keeps its pages: over a 5,000-study
             # build's rows that was +27 MB of resident memory (issue 22), given back every few batches
             if start // batch % RELEASE_EVERY_BATCHES == RELEASE_EVERY_BATCHES - 1:
                 pa.default_memory_pool().release_unused()
-            for r, h in zip(part.to_dict("records"), heavy):
+            for r, h in zip(part.to_dict("records"), read):
                 edit = r.pop("messages_edited", None)
                 r.update(h)
                 if isinstance(edit, list):
@@ -280,11 +296,12 @@ class InstructionRows:
         """:meth:`full` as pandas batches with the instructions table's columns, of the contracts' batch size
         (:data:`grok.contracts.BATCH_ROWS`) by default."""
         batch = batch or grok.contracts.BATCH_ROWS
+        heavy = [c for c in self.heavy_columns if c not in frame.columns]
         for start in range(0, max(len(frame), 1), batch):
             part = frame.iloc[start:start + batch]
             rows = list(self.full(part))
             out = part.drop(columns=[c for c in ("_pos", "messages_edited") if c in part.columns])
-            for c in self.text_columns:
+            for c in heavy:
                 out = out.assign(**{c: [r[c] for r in rows]})
             yield out
 
@@ -443,8 +460,9 @@ def privacy_check(root: Path, deny, what: str, files: list[str] | None = None, t
 
 def _media_inputs(prep: dict[str, Any]) -> list[str]:
     rels: set[str] = set()
-    for imgs in prep["instructions"]["images"]:
-        rels.update(list(imgs) if imgs is not None else [])
+    images = prep["rows"].values(prep["instructions"], ["images"])
+    if images.num_columns:  # every image path of the rows, without a Python list per row
+        rels.update(pc.unique(pc.list_flatten(images.column(0))).drop_null().to_pylist())
     rels.update(prep["alignment"]["image_path"] if len(prep["alignment"]) else [])
     for r in prep["records"].values():  # one record at a time (StudyRecords reads them from the file)
         rels.update(v for v in (r.get("images") or {}).values() if v)
@@ -588,9 +606,13 @@ def build_datasets(build_dir: Path, prep: dict[str, Any], tmp: Path | None = Non
 
 
 def _versions(build_dir: Path, prep: dict[str, Any]) -> dict[str, Any]:
-    ins = prep["instructions"]
-    templates = sorted({f"{a}:{b}" for a, b in zip(ins.get("template_id", []), ins.get("template_sha256", []))})
-    kb = sorted(set(ins["kb_snapshot"].dropna())) if "kb_snapshot" in ins else []
+    ids = prep["rows"].values(prep["instructions"], ["template_id", "template_sha256", "kb_snapshot"])
+    pairs = (ids.select(["template_id", "template_sha256"]).group_by(["template_id", "template_sha256"]).aggregate([])
+             if {"template_id", "template_sha256"} <= set(ids.column_names) else None)
+    templates = sorted({f"{a}:{b}" for a, b in zip(pairs.column(0).to_pylist(), pairs.column(1).to_pylist())}
+                       if pairs is not None else set())
+    kb = (sorted(pc.unique(ids.column("kb_snapshot")).drop_null().to_pylist()) if "kb_snapshot" in ids.column_names
+          else [])
     th = hashlib.sha256("\n".join(templates).encode()).hexdigest()[:16]
     return {"code_version": __version__, "kb_snapshots": kb, "templates_fingerprint": th, "templates": templates}
 
@@ -735,7 +757,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     build = Path(build_dir)
     info = check_build(build)
     # the instruction rows' text, the published splits: memory-mapped files here, removed afterwards
-    with tempfile.TemporaryDirectory(dir=build, prefix=".publish-") as tmp:
+    with tempfile.TemporaryDirectory(dir=build, prefix=".publish-") as tmp, arrow_pool():
         prep = prepare(build, cfg, kb, Path(tmp))
         reviews, dropped = None, []
         if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits

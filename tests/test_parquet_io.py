@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from grok.parquet_io import iter_batches, open_parquet
+from grok.parquet_io import DRIVER_MEMORY_POOL, arrow_pool, iter_batches, open_parquet
 
 
 def _file(path, groups: int, rows: int, blob: int) -> pa.Table:
@@ -44,3 +44,26 @@ def test_a_reader_holds_one_row_group_not_the_file(tmp_path):
         held.append(pa.total_allocated_bytes() - base)
     assert n == 20 * 16
     assert max(held) < 0.25 * size, (max(held), size)
+
+
+def test_the_driver_pool_is_set_inside_and_restored(monkeypatch):
+    """A build's driver sets Arrow's pool to one that gives freed memory back (issue 22) and restores the one
+    before; buffers made inside are freed by their own pool after the block; the user's
+    ``ARROW_DEFAULT_MEMORY_POOL`` wins."""
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    before = pa.default_memory_pool().backend_name
+    with arrow_pool("system"):
+        assert pa.default_memory_pool().backend_name == "system"
+        made = pa.array(np.arange(100_000))
+        assert made.buffers()[1].size >= 800_000
+    assert pa.default_memory_pool().backend_name == before
+    assert made.sum().as_py() == 100_000 * 99_999 // 2
+    del made
+    with arrow_pool():  # the default: jemalloc where this Arrow has it, else the system allocator
+        assert pa.default_memory_pool().backend_name in {DRIVER_MEMORY_POOL, "system"}
+    assert pa.default_memory_pool().backend_name == before
+    with arrow_pool("no-such-allocator"):
+        assert pa.default_memory_pool().backend_name == "system"
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", before)
+    with arrow_pool("system"):
+        assert pa.default_memory_pool().backend_name == before

@@ -1,0 +1,93 @@
+"""Publication's index of the instruction rows (grok.publish.InstructionRows): only the columns that select and
+order rows are held for every row; the rest is read with the text, and every consumer sees the same values as
+from the whole table (issue 22)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import grok.publish as pub
+from grok.instruct.export import INSTRUCTIONS_SCHEMA
+
+
+def _rows(n: int) -> list[dict]:
+    rng = np.random.default_rng(n)
+    out = []
+    for i in range(n):
+        k = int(rng.integers(0, 3))
+        out.append({
+            "id": f"row-{rng.permutation(n)[0]:04d}-{i:04d}", "study_id": f"S{i // 3:03d}", "patient_id": f"P{i // 6:03d}",
+            "eye": ["OD", "OS"][i % 2], "task": ["report", "vqa", "cot"][k], "label": ["normal", "amd"][i % 2],
+            "messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}],
+            "images": [f"media/S{i // 3:03d}/oct_{j}.png" for j in range(k)] + ["media/shared/cfp.jpg"],
+            "image_roles": ["oct"] * k + ["cfp"],
+            "mode": "template", "template_id": None if i % 7 == 0 else f"t{k}",
+            "template_sha256": None if i % 7 == 0 else f"sha{k}", "seed": i,
+            "kb_snapshot": None if i % 5 == 0 else f"kb-{i % 2}", "verifier_passed": bool(i % 4),
+            "verifier_score": float(i % 10) / 10, "verifier_reasons": [f"reason {i % 3}"] if i % 3 else [],
+            "provenance": f'{{"row": {i}}}', "attempts": 1 + i % 2})
+    return out
+
+
+@pytest.fixture(params=[False, True], ids=["in_memory", "memory_mapped"])
+def rows_and_table(tmp_path, request):
+    table = pa.Table.from_pylist(_rows(60), schema=INSTRUCTIONS_SCHEMA)
+    path = tmp_path / "instructions.parquet"
+    pq.write_table(table, path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    return pub.InstructionRows(path, scratch if request.param else None), table
+
+
+def test_the_frame_holds_the_index_columns_only(rows_and_table):
+    rows, table = rows_and_table
+    assert list(rows.frame.columns) == [c for c in table.column_names if c in pub.INDEX_COLUMNS] + ["_pos"]
+    assert not {"messages", "provenance", "images", "image_roles", "template_sha256"} & set(rows.frame.columns)
+    assert rows.heavy_columns == [c for c in table.column_names if c not in pub.INDEX_COLUMNS]
+
+
+def test_full_rows_are_the_table_rows_in_the_frames_order(rows_and_table):
+    rows, table = rows_and_table
+    want = {r["id"]: r for r in table.to_pylist()}
+    sel = rows.frame[rows.frame["verifier_passed"]].sort_values("task", kind="stable").iloc[::2]
+    got = list(rows.full(sel, batch=7))
+    assert [r["id"] for r in got] == list(sel["id"])
+    for r in got:
+        w = want[r["id"]]
+        assert set(r) == set(w) | {"_pos"}
+        for k, v in w.items():
+            have = r[k].tolist() if hasattr(r[k], "tolist") else r[k]
+            assert have == v, (k, have, v)
+    # the frame's own values win (a split, an edited score); a curator's edit replaces the messages
+    edited = sel.head(3).assign(verifier_score=9.5, split="test",
+                                messages_edited=[[{"role": "assistant", "content": "edited"}], None, None])
+    first, second, _ = list(rows.full(edited))
+    assert first["verifier_score"] == 9.5 and first["split"] == "test" and first["messages"][0]["content"] == "edited"
+    assert second["messages"] == want[second["id"]]["messages"]
+
+
+def test_contract_frames_have_every_column(rows_and_table):
+    rows, table = rows_and_table
+    frames = list(rows.frames(rows.frame, batch=16))
+    assert [len(f) for f in frames] == [16, 16, 16, 12]
+    assert set(frames[0].columns) == set(table.column_names)
+    images = [list(v) for f in frames for v in f["images"]]
+    assert images == table.column("images").to_pylist()
+
+
+def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_path):
+    rows, table = rows_and_table
+    kept = rows.frame[rows.frame["verifier_passed"]]
+    whole = [table.slice(i, 1).to_pylist()[0] for i in kept["_pos"]]
+    prep = {"instructions": kept, "rows": rows, "alignment": pa.table({"image_path": ["media/al.png"]}).to_pandas(),
+            "records": {}}
+    templates = sorted({f"{r['template_id']}:{r['template_sha256']}" for r in whole})
+    assert "None:None" in templates and len(templates) == 4  # a row without a template id (hand-made input)
+    v = pub._versions(tmp_path, prep)
+    assert v["templates"] == templates
+    assert v["kb_snapshots"] == sorted({r["kb_snapshot"] for r in whole} - {None}) == ["kb-0", "kb-1"]
+    media = pub._media_inputs(prep)
+    assert media == sorted({p for r in whole for p in r["images"]} | {"media/al.png"})
