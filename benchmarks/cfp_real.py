@@ -78,6 +78,8 @@ def pixel_scores(pred: np.ndarray, ref: np.ndarray, fov: np.ndarray) -> dict:
 
 #: Vessel method passed to ``measure_fundus`` (None: its default); set by ``--vessels``.
 VESSELS: str | None = None
+#: Further keywords of ``measure_fundus`` (benchmarks.cfp_venous_beading turns the beading detector on).
+MEASURE_OPTIONS: dict = {}
 
 
 def _measure(path: Path):
@@ -86,7 +88,8 @@ def _measure(path: Path):
 
     img = read_cfp(path)
     t0, c0 = time.perf_counter(), time.process_time()
-    m = measure_fundus(img.rgb, laterality=img.laterality, pixel_spacing_mm=img.pixel_spacing_mm, vessels=VESSELS)
+    m = measure_fundus(img.rgb, laterality=img.laterality, pixel_spacing_mm=img.pixel_spacing_mm, vessels=VESSELS,
+                       **MEASURE_OPTIONS)
     return img.rgb, m, time.perf_counter() - t0, time.process_time() - c0
 
 

@@ -41,6 +41,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
 
 import numpy as np
 
+import benchmarks.cfp_real as cfp_real
 from benchmarks.cfp_real import DEFAULT_REAL, _hrf_photos, _measure
 
 BEADED_STRETCHES = 3
@@ -78,7 +79,7 @@ def run_phantom(n: int, seed: int, size: int) -> tuple[dict, list[dict]]:
             ph = synth_fundus(cat, eye, np.random.default_rng(sd), severity=1.0, size=size,
                               venous_beading=BEADED_STRETCHES if beaded else 0)
             c0 = time.process_time()
-            m = measure_fundus(ph.image, laterality=ph.laterality)
+            m = measure_fundus(ph.image, laterality=ph.laterality, venous_beading=True)
             cpu = time.process_time() - c0
             drawn = [t["box_xyxy_px"] for t in ph.truth["venous_beading"]]
             boxes = _boxes(m)
@@ -182,6 +183,7 @@ def paired_cpu(folder: Path, n_photos: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cfp_real.MEASURE_OPTIONS["venous_beading"] = True  # off by default in measure_fundus (not validated)
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--seed", type=int, default=2000)

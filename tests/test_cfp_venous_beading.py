@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from grok.cfp import measure_fundus
+from grok.cfp.measure import BEADING_OFF
 from grok.cfp.vessel_signs import VenousBeadingConfig, find_venous_beading, um_per_px
 from grok.cfp.vessels import profile_widths, skeleton_segments
 from grok.knowledge import load_knowledge_base, reason
@@ -119,14 +120,14 @@ def test_phantom_beading_found_where_drawn(beaded_phantom):
     ph = beaded_phantom
     drawn = [t["box_xyxy_px"] for t in ph.truth["venous_beading"]]
     assert ph.truth["venous_beading_count"] == len(drawn) >= 1
-    m = measure_fundus(ph.image)
+    m = measure_fundus(ph.image, venous_beading=True)
     boxes = _beaded_boxes(m)
     assert m.biomarkers["venous_beading_count"] == len(boxes) >= 1
     assert any(_overlap(b, d) for b in boxes for d in drawn)
     assert not any(les["type"] == "venous_beading" for les in m.lesions)  # not read as lesions (not specific)
     # the same photograph at three quarters of the size: the same stretches found (scale from the disc)
     small = np.asarray(Image.fromarray(ph.image).resize((768, 768), Image.BICUBIC))
-    ms = measure_fundus(small)
+    ms = measure_fundus(small, venous_beading=True)
     boxes_s = [[v / 0.75 for v in b] for b in _beaded_boxes(ms)]
     assert any(_overlap(b, d) for b in boxes_s for d in drawn)
 
@@ -138,7 +139,7 @@ def normal_phantom():
 
 def test_normal_phantom_has_no_beading(normal_phantom):
     ph = normal_phantom
-    m = measure_fundus(ph.image)
+    m = measure_fundus(ph.image, venous_beading=True)
     assert m.biomarkers["venous_beading_count"] == 0
     assert m.extras["venous_beading"]["assessed"], "nothing assessed: the test would not show a false positive"
     assert ph.truth["venous_beading_count"] == 0 and ph.truth["venous_beading"] == []
@@ -147,7 +148,7 @@ def test_normal_phantom_has_no_beading(normal_phantom):
 def test_photo_without_usable_vein_colour_gives_none_with_a_reason(normal_phantom):
     """Darkened to 15 grey levels of green: veins cannot be told from arteries (the A/V-dependent measures'
     rule), so the count is None and the reason says why."""
-    m = measure_fundus((normal_phantom.image * 0.3).astype(np.uint8))
+    m = measure_fundus((normal_phantom.image * 0.3).astype(np.uint8), venous_beading=True)
     assert m.quality["grade"] != "reject"
     assert m.biomarkers["venous_beading_count"] is None
     assert any("artery/vein colour not usable" in r for r in m.extras["reasons"]["venous_beading"])
@@ -199,3 +200,11 @@ def test_venous_beading_count_is_measured_but_never_reads_as_absent():
         assert "venous_beading_present" in {n["finding"] for n in r.not_evaluable}
     boxed = reason(_record(1.0, [{"type": "venous_beading", "modality": "cfp"}]), kb)  # a grader's box still counts
     assert boxed.finding("venous_beading_present") is not None
+
+
+def test_beading_is_not_measured_unless_asked(normal_phantom):
+    """Not validated on real photographs, so a build's records get no count: None with the reason."""
+    m = measure_fundus(normal_phantom.image)
+    assert m.biomarkers["venous_beading_count"] is None
+    assert m.extras["reasons"]["venous_beading"] == [BEADING_OFF]
+    assert m.extras["venous_beading"]["assessed"] == []

@@ -37,14 +37,17 @@ from grok.cfp.quality import (
     non_fundus_colour_share,
     sharpness_ratio,
 )
-from grok.cfp.vessel_signs import find_av_nicking, find_venous_beading, um_per_px
+from grok.cfp.vessel_signs import VenousBeading, find_av_nicking, find_venous_beading, um_per_px
 from grok.cfp.vessels import VESSEL_METHOD, measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
 EXTRACTOR_VERSION = "0.3.0"  # 0.2.0: av_nicking_count and "av_nicking" lesion boxes (grok.cfp.vessel_signs);
-# 0.3.0: venous_beading_count and "venous_beading" boxes (grok.cfp.vessel_signs.find_venous_beading)
+# 0.3.0: venous_beading_count and "venous_beading" boxes (grok.cfp.vessel_signs.find_venous_beading; None unless asked)
 MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
+#: Why ``venous_beading_count`` is None when :func:`measure_fundus` is not asked for it.
+BEADING_OFF = ("venous beading not measured: the detector is not validated (beads called in 15 of 43 healthy real "
+               "eyes, docs/cfp.md), so it runs only when asked (measure_fundus(..., venous_beading=True))")
 #: Smallest field of view (working px across) for the box-counting fractal dimensions: below it the
 #: box sizes (2 px to 1/8 of the side) span under ~4.5 octaves and every tree measures close to 1
 #: (phantom trees: ~1.06 at 384 px, ~1.15 at 512 px, ~1.22 at 1024 px).
@@ -144,7 +147,8 @@ def _rejected(q: Quality, laterality: str | None, shape: tuple[int, int], extras
 
 
 def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing_mm: float = float("nan"),
-                   *, thresholds: QualityThresholds | None = None, vessels: str | None = None) -> CfpMeasurement:
+                   *, thresholds: QualityThresholds | None = None, vessels: str | None = None,
+                   venous_beading: bool = False) -> CfpMeasurement:
     """Measure a colour fundus photograph.
 
     Parameters
@@ -157,6 +161,10 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     vessels : "net" (the vessel network, ``grok.cfp.vessel_net``) or "classical" (ridge hysteresis and
         half-maximum borders); None: ``grok.cfp.vessels.VESSEL_METHOD``. The vessel graph, A/V colour,
         zone-B calibres, disc and lesion rules read the classical ridge mask either way.
+    venous_beading : also run the venous-beading detector (``grok.cfp.vessel_signs.find_venous_beading``). Off by
+        default: it calls beads in 15 of 43 healthy real eyes (docs/cfp.md "Venous beading"), so its count is
+        not written into a build's records (``venous_beading_count`` None, with that reason) until it is
+        validated; benchmarks and research turn it on.
 
     Never raises on bad image content; raises ValueError only for arrays that cannot be an image.
     """
@@ -309,8 +317,9 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     tick("vessel_measures")
     nick = find_av_nicking(segs, vm.darkness, rmask, disc.center_xy, dd, sc, exclude=exclude)
     um_px = um_per_px(dd, fov.radius)
-    bead = find_venous_beading(segs, vm.darkness, rmask, disc.center_xy, dd, um_px, exclude=exclude,
-                               fovea_xy=fovea.center_xy)
+    bead = (find_venous_beading(segs, vm.darkness, rmask, disc.center_xy, dd, um_px, exclude=exclude,
+                                fovea_xy=fovea.center_xy) if venous_beading else
+            VenousBeading(reason=BEADING_OFF))
     tick("vessel_signs")
 
     s = 1.0 / wk.scale  # working -> original px
