@@ -9,9 +9,9 @@ row group, RSS +84 MB at the peak and +29 MB after. Issue 22 (flat driver memory
 version about to be published, the contracts and the publication's copy of the instruction rows reading files
 this way.
 
-A build's driver process (the plain runner, the Prefect flow, publication) also sets Arrow's memory pool to
-:data:`DRIVER_MEMORY_POOL` (:func:`arrow_pool`): mimalloc, Arrow's default, keeps pages it has freed even after
-``release_unused()``.
+Arrow's memory pool: mimalloc, Arrow's default, keeps pages it has freed even after ``release_unused()``. Importing
+``grok`` before ``pyarrow`` makes it :data:`DRIVER_MEMORY_POOL` for the process (Linux); the plain runner, the
+Prefect flow's driver and publication also ask for it (:func:`arrow_pool`) where ``pyarrow`` came first.
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ def iter_batches(source: Any | pq.ParquetFile, batch_size: int,
         pa.default_memory_pool().release_unused()
 
 
-#: Arrow's memory pool in a build's driver process (:func:`arrow_pool`). With mimalloc, Arrow's default, merging
-#: the 5,000-study build's 157 instruction shards (26,372 rows) grew anonymous memory by 82-84 MB, with jemalloc
-#: 32 MB and the system allocator 35 MB (same merged bytes, CPU 0.58-0.67 s each); publication's ``prepare`` ended
-#: 75 MB above its 500-study figure with mimalloc, 39 MB with jemalloc, 36 MB with the system allocator (ad-hoc
-#: probes, one thread, issue 22). jemalloc where this Arrow has it, else the system allocator.
+#: Arrow's memory pool in a build's driver process: ``grok`` sets it through ``ARROW_DEFAULT_MEMORY_POOL`` when it is
+#: imported before ``pyarrow`` (``grok/__init__``), :func:`arrow_pool` where it is not. With mimalloc, Arrow's default,
+#: merging the 5,000-study build's 157 instruction shards (26,372 rows) grew anonymous memory by 82-84 MB, with
+#: jemalloc 32 MB and the system allocator 35 MB (same merged bytes, CPU 0.58-0.67 s each); publication's peak went
+#: 412 -> 545 MB (mimalloc) and 379 -> 434 MB (jemalloc, set before ``pyarrow`` was imported) from 500 to 5,000
+#: studies, the same published bytes and CPU (ad-hoc probes, one thread, issue 22).
 DRIVER_MEMORY_POOL = "jemalloc"
 
 
@@ -60,14 +61,20 @@ def _pool(name: str) -> pa.MemoryPool | None:
 
 @contextmanager
 def arrow_pool(name: str = DRIVER_MEMORY_POOL) -> Iterator[None]:
-    """Arrow's default memory pool set to ``name`` (``jemalloc``, ``system`` or ``mimalloc``; the system allocator
-    where this Arrow lacks it) inside the block, the pool before restored after (a buffer is freed by the pool that
-    made it). Leaves the pool alone where ``ARROW_DEFAULT_MEMORY_POOL`` is set: the user's choice wins."""
-    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    """Arrow's default memory pool set to ``ARROW_DEFAULT_MEMORY_POOL``, else ``name`` (``jemalloc``, ``system`` or
+    ``mimalloc``; the system allocator where this Arrow lacks it) inside the block, the pool before restored after
+    (a buffer is freed by the pool that made it); nothing changes where that pool is already the default.
+
+    A fallback: ``grok`` sets ``ARROW_DEFAULT_MEMORY_POOL`` when it is imported before ``pyarrow`` (``grok/__init__``),
+    which also reaches the allocations Arrow's C++ makes without asking Python for a pool; this block reaches only
+    those that do (publication's probe, 500 -> 5,000 studies: 410 -> 520 MB with the pool set here, 380 -> 441 MB
+    with the variable set before ``pyarrow`` was imported)."""
+    want = os.environ.get("ARROW_DEFAULT_MEMORY_POOL") or name
+    before = pa.default_memory_pool()
+    if before.backend_name == want:
         yield
         return
-    before = pa.default_memory_pool()
-    pa.set_memory_pool(_pool(name) or pa.system_memory_pool())
+    pa.set_memory_pool(_pool(want) or pa.system_memory_pool())
     try:
         yield
     finally:

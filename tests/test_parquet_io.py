@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,6 +68,21 @@ def test_the_driver_pool_is_set_inside_and_restored(monkeypatch):
     assert pa.default_memory_pool().backend_name == before
     with arrow_pool("no-such-allocator"):
         assert pa.default_memory_pool().backend_name == "system"
-    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", before)
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", before)  # the user's (or grok's) choice, already in effect
     with arrow_pool("system"):
         assert pa.default_memory_pool().backend_name == before
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")  # asked for, but pyarrow was imported before
+    with arrow_pool():
+        assert pa.default_memory_pool().backend_name == "system"
+    assert pa.default_memory_pool().backend_name == before
+
+
+def test_importing_grok_first_makes_jemalloc_arrows_pool():
+    """In a fresh interpreter (Linux): grok, then pyarrow, gives jemalloc; a user's choice is kept."""
+    code = "import grok, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == ("jemalloc" if sys.platform.startswith("linux") else pa.default_memory_pool().backend_name)
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
+                         capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "system"
