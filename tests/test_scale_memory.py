@@ -199,7 +199,9 @@ def test_publication_memory_is_flat_in_studies(tmp_path, monkeypatch):
                                                              bump="patch"), kb=kb)
 
         run()  # warm: imports, Great Expectations' and datasets' first-use caches
-        peaks[n] = _peak(run)
+        # the smaller of two runs: a peak also counts other threads' transient objects where they happen to
+        # overlap (a run beside other heavy processes once peaked 12 MB higher at 63 studies, and passed alone)
+        peaks[n] = min(_peak(run), _peak(run))
         published[n] = res.counts["published"]["instructions"]["train"]
     assert published[63] > 2 * published[21] > 0  # the larger build publishes its rows
     grown, more_text = peaks[63] - peaks[21], text[63] - text[21]
