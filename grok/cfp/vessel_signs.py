@@ -111,6 +111,23 @@ class AvNicking:
     reason: str | None = None
 
 
+def _calibres_along(xy: np.ndarray, darkness: np.ndarray, mask: np.ndarray, half_px: float,
+                    smooth_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibres (k, 2) every px along the polyline ``xy`` (half-maximum width and vessel-mask width of the
+    mean profile over ``smooth_px``), the profile centres (k, 2) and arc positions (k,) px (AV nicking's arms,
+    venous beading's segments)."""
+    c, nrm, arc = _profile_frames(xy, 1.0, 2.0)
+    if len(c) == 0:
+        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
+    off, (pd, pm) = _sample_profiles([darkness, mask], c, nrm, half_px)
+    if smooth_px > 1:
+        pd = ndi.uniform_filter1d(pd, smooth_px, axis=0, mode="nearest")
+        pm = ndi.uniform_filter1d(pm, smooth_px, axis=0, mode="nearest")
+    z = np.zeros_like(pd)
+    w, mw, *_ = profile_stats(pd, pm, z, z, off, True)
+    return np.column_stack([w, mw]), c, arc
+
+
 def _arm_calibres(seg: Segment, end: int, centre: np.ndarray, darkness: np.ndarray, mask: np.ndarray,
                   reach_px: float, half_px: float, smooth_px: int) -> tuple[np.ndarray, np.ndarray]:
     """Calibres (k, 2) px every px along one arm of a junction, outwards from ``centre`` up to ``reach_px``
@@ -121,16 +138,8 @@ def _arm_calibres(seg: Segment, end: int, centre: np.ndarray, darkness: np.ndarr
     d_pts = np.hypot(xy[:, 0] - centre[0], xy[:, 1] - centre[1])
     beyond = np.flatnonzero(d_pts > reach_px)
     xy = xy[: int(beyond[0]) + 3] if beyond.size else xy
-    c, nrm, _ = _profile_frames(xy, 1.0, 2.0)
-    if len(c) == 0:
-        return np.zeros((0, 2)), np.zeros(0)
-    off, (pd, pm) = _sample_profiles([darkness, mask], c, nrm, half_px)
-    if smooth_px > 1:
-        pd = ndi.uniform_filter1d(pd, smooth_px, axis=0, mode="nearest")
-        pm = ndi.uniform_filter1d(pm, smooth_px, axis=0, mode="nearest")
-    z = np.zeros_like(pd)
-    w, mw, *_ = profile_stats(pd, pm, z, z, off, True)
-    return np.column_stack([w, mw]), np.hypot(c[:, 0] - centre[0], c[:, 1] - centre[1])
+    cal, c, _ = _calibres_along(xy, darkness, mask, half_px, smooth_px)
+    return cal, np.hypot(c[:, 0] - centre[0], c[:, 1] - centre[1])
 
 
 def _venule_through(segments: list[Segment], jn: Junction, straight_max_deg: float) -> tuple[int, int] | None:
@@ -350,22 +359,6 @@ class VenousBeading:
     reason: str | None = None
 
 
-def _segment_calibres(seg: Segment, darkness: np.ndarray, mask: np.ndarray, half_px: float,
-                      smooth_px: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Calibres (k, 2) every px along a segment (half-maximum width and vessel-mask width of the mean
-    profile over ``smooth_px``), the profile centres (k, 2) and arc positions (k,) px."""
-    c, nrm, arc = _profile_frames(seg.xy, 1.0, 2.0)
-    if len(c) == 0:
-        return np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0)
-    off, (pd, pm) = _sample_profiles([darkness, mask], c, nrm, half_px)
-    if smooth_px > 1:
-        pd = ndi.uniform_filter1d(pd, smooth_px, axis=0, mode="nearest")
-        pm = ndi.uniform_filter1d(pm, smooth_px, axis=0, mode="nearest")
-    z = np.zeros_like(pd)
-    w, mw, *_ = profile_stats(pd, pm, z, z, off, True)
-    return np.column_stack([w, mw]), c, arc
-
-
 def _fill_nan(x: np.ndarray) -> np.ndarray:
     ok = np.isfinite(x)
     if ok.all() or not ok.any():
@@ -469,7 +462,7 @@ def find_venous_beading(segments: list[Segment], darkness: np.ndarray, vessel_ma
             skip("too short")
             continue
         smooth = max(int(round(cfg.smooth_widths * wv)), cfg.min_smooth_px)
-        cal, c, arc = _segment_calibres(seg, darkness, mask, 1.2 * wv + 3, smooth)
+        cal, c, arc = _calibres_along(seg.xy, darkness, mask, 1.2 * wv + 3, smooth)
         if len(arc) == 0:
             skip("too short")
             continue
