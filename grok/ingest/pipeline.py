@@ -29,6 +29,7 @@ import hashlib
 import io
 import json
 import math
+import pickle
 import re
 import shutil
 import time
@@ -40,6 +41,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -66,6 +68,8 @@ INGEST_VERSION = "1"
 SKIP_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".xlsx", ".xls"}
 TEXT_SUFFIXES = {".txt", ".md", ".pdf", ".html", ".xml"}
+#: Rows per Arrow batch of the driver's spooled tables (file records, manifest rows).
+SPOOL_BATCH_ROWS = 1024
 OCT2017_RE = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d+)-(\d+)\.(jpe?g|png|tiff?)$", re.I)
 
 MANIFEST_SCHEMA = pa.schema(
@@ -143,6 +147,13 @@ FILES_SCHEMA = pa.schema(
 )
 
 
+#: What the driver spools of each file's record until the end of the run (``files.parquet`` and
+#: ``quarantine.parquet`` are written from it); ``path`` only with ``quarantine_paths: plain``.
+_REC_SCHEMA = pa.schema([("source_key", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
+                         ("source_sha256", pa.string()), ("status", pa.string()), ("reason", pa.string()),
+                         ("error_class", pa.string()), ("image_ids", pa.list_(pa.string())), ("stage", pa.string())])
+
+
 class IngestConfig(Settings):
     """Settings of one ingestion run."""
 
@@ -196,12 +207,53 @@ class _FileRec:
 
 @dataclass
 class _Staged:
-    """One frame of a multi-file OCT acquisition, parked on disk until its series is complete."""
+    """One frame of a multi-file OCT acquisition, parked on disk until its series is complete: its pixels in
+    ``npy`` and its metadata (the first staged member's with the de-identified header) pickled beside them, so
+    the driver keeps only the few fields the consistency checks need, however many frames an archive has."""
 
     position: int
-    npy: Path
+    npy: str
     rec: _FileRec
-    meta: dict[str, Any]
+    identity: tuple[Any, Any]  # (patient_id, eye)
+
+    def meta(self) -> dict[str, Any]:
+        with open(self.npy[:-4] + ".meta.pickle", "rb") as fh:
+            return pickle.load(fh)
+
+
+class _Spool:
+    """The rows of one output table, turned into Arrow record batches every ``SPOOL_BATCH_ROWS`` rows and appended to an
+    Arrow IPC file in the staging folder: the driver holds at most ``SPOOL_BATCH_ROWS`` rows as Python objects whatever
+    the size of the archive. :meth:`table` memory-maps the file back (its pages are the file's, not the heap's)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path, self.schema = path, schema
+        self.pending: list[dict[str, Any]] = []
+        self.writer: pa.ipc.RecordBatchFileWriter | None = None
+        self.count = 0
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.pending.append(row)
+        self.count += 1
+        if len(self.pending) >= SPOOL_BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pa.ipc.new_file(str(self.path), self.schema)
+        self.writer.write_batch(pa.RecordBatch.from_pylist(self.pending, schema=self.schema))
+        self.pending = []
+
+    def table(self) -> pa.Table:
+        self._flush()
+        if self.writer is None:
+            return self.schema.empty_table()
+        self.writer.close()
+        self.writer = None
+        return pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
 
 
 class _Quarantine(Exception):
@@ -260,13 +312,19 @@ class Ingestor:
         self.images_dir = self.out / "images"
         self.staging = self.out / ".staging"
         self.key = config.deid.key_bytes
-        self.recs: list[_FileRec] = []
-        self.rows: dict[str, dict[str, Any]] = {}
+        # Memory stays flat in the archive's size: files whose state is final and manifest rows are spooled to
+        # Arrow files in the staging folder; only files still waiting (sidecars, frames of a series) are held.
+        self.recs = _Spool(self.staging / "files.arrow", _REC_SCHEMA)
+        self.open_recs: list[_FileRec] = []
+        self.rows = _Spool(self.staging / "manifest.arrow", MANIFEST_SCHEMA)
         self.sidecars: dict[str, bytes] = {}
         self.consumed_sidecars: set[str] = set()
         self.series: dict[str, list[_Staged]] = defaultdict(list)
-        self.prev_files: dict[str, dict[str, Any]] = {}
-        self.prev_rows: dict[str, dict[str, Any]] = {}
+        # The previous run's tables (columnar) and where each file / image is in them.
+        self.prev_files: dict[str, int] = {}
+        self.prev_rows: dict[str, int] = {}
+        self._prev_files_table: pa.Table | None = None
+        self._prev_manifest: pa.Table | None = None
         self.pixel_to_image: dict[str, str] = {}
         #: Identifiers met in the source, held only as keyed hashes (written to ``deny_list.json``).
         self.deny = DenyList(key=self.key)
@@ -284,11 +342,16 @@ class Ingestor:
             return
         if prev_meta.get("ingest_version") != INGEST_VERSION or prev_meta.get("key_fingerprint") != self._key_fp():
             return  # other code or another secret: nothing can be reused
-        for r in pq.read_table(files).to_pylist():
-            self.prev_files[r["source_sha256"] + "|" + r["source_key"]] = r
-        for r in pq.read_table(manifest).to_pylist():
-            if (self.out / r["normalized_path"]).exists():
-                self.prev_rows[r["image_id"]] = r
+        ft = pq.read_table(files)
+        self._prev_files_table = ft
+        for i, (sha, key) in enumerate(zip(ft.column("source_sha256").to_pylist(), ft.column("source_key").to_pylist())):
+            self.prev_files[sha + "|" + key] = i
+        mt = pq.read_table(manifest)
+        self._prev_manifest = mt
+        for i, (image_id, path) in enumerate(zip(mt.column("image_id").to_pylist(),
+                                                 mt.column("normalized_path").to_pylist())):
+            if (self.out / path).exists():
+                self.prev_rows[image_id] = i
 
     def _key_fp(self) -> str:
         return keyed_hash("fingerprint", self.key, purpose="key-fingerprint", length=12)
@@ -309,7 +372,10 @@ class Ingestor:
         result = IngestResult(out_dir=str(self.out), demo_key_used=self.cfg.deid.demo_key_used)
         for i, sf in enumerate(iter_source(self.source)):
             rec = self._handle(sf)
-            self.recs.append(rec)
+            if rec.status in ("staged", "pending_sidecar"):
+                self.open_recs.append(rec)  # its state is settled at the end of the run
+            else:
+                self._spool_rec(rec)
             result.source_bytes += sf.size
             if self.progress:
                 self.progress(i + 1, rec.status)
@@ -323,6 +389,11 @@ class Ingestor:
         summary.write_text(json.dumps(data, indent=2, sort_keys=True))
         shutil.rmtree(self.staging, ignore_errors=True)
         return result
+
+    def _spool_rec(self, r: _FileRec) -> None:
+        self.recs.append(dict(source_key=r.source_key, path=r.relpath if self.cfg.quarantine_paths == "plain" else None,
+                              size_bytes=r.size, source_sha256=r.sha, status=r.status, reason=r.reason,
+                              error_class=r.error_class, image_ids=r.image_ids, stage=r.stage))
 
     def _new_rec(self, sf: SourceFile, data: bytes) -> _FileRec:
         return _FileRec(keyed_hash(sf.relpath, self.key, purpose="source-path"), sf.relpath, len(data), _sha(data))
@@ -381,16 +452,19 @@ class Ingestor:
             PurePosixPath(rec.relpath).name, f"<source {rec.source_key}>")
 
     def _cached(self, rec: _FileRec) -> _FileRec | None:
-        prev = self.prev_files.get(rec.sha + "|" + rec.source_key)
-        if prev is None:
+        at = self.prev_files.get(rec.sha + "|" + rec.source_key)
+        if at is None:
             return None
+        prev = self._prev_files_table.slice(at, 1).to_pylist()[0]
         if prev["status"] == "ingested":
             ids = list(prev["image_ids"] or [])
             if not ids or not all(i in self.prev_rows for i in ids):
                 return None
             for i in ids:
-                self.rows[i] = dict(self.prev_rows[i])
-                self.pixel_to_image.setdefault(self.prev_rows[i]["pixel_sha256"], i)
+                row = self._prev_manifest.slice(self.prev_rows[i], 1).to_pylist()[0]
+                if row["pixel_sha256"] not in self.pixel_to_image:  # else this image is already in the manifest
+                    self.rows.append(row)
+                    self.pixel_to_image[row["pixel_sha256"]] = i
         rec.status, rec.reason, rec.error_class = prev["status"], prev["reason"], prev["error_class"]
         rec.image_ids = list(prev["image_ids"] or [])
         rec.stage = "cached"
@@ -617,9 +691,11 @@ class Ingestor:
         npy = d / f"{position:06d}_{rec.sha[:12]}.npy"
         np.save(npy, np.ascontiguousarray(frame))
         if self.series.get(series_key):
-            # memory stays flat: only the first member keeps the (de-identified) header of the series
+            # only the first member keeps the (de-identified) header of the series
             meta = {k: v for k, v in meta.items() if k != "header"}
-        self.series[series_key].append(_Staged(position, npy, rec, meta))
+        with open(d / f"{position:06d}_{rec.sha[:12]}.meta.pickle", "wb") as fh:
+            pickle.dump(meta, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        self.series[series_key].append(_Staged(position, str(npy), rec, (meta["patient_id"], meta["eye"])))
         rec.status = "staged"
 
     def _assemble_series(self) -> None:
@@ -635,7 +711,7 @@ class Ingestor:
             elif len(set(positions)) != len(positions):
                 problem = _Quarantine("two files claim the same B-scan position in one acquisition; "
                                       "re-export the series", "duplicate_frame_position")
-            ids_meta = {(m.meta["patient_id"], m.meta["eye"]) for m in members}
+            ids_meta = {m.identity for m in members}
             if problem is None and len(ids_meta) != 1:
                 problem = _Quarantine("frames of one acquisition disagree on patient or eye", "inconsistent_series")
             if problem is not None:
@@ -643,8 +719,9 @@ class Ingestor:
                     self._q(m.rec, problem)
                 continue
             vol = np.stack(frames)
-            meta = dict(members[0].meta)
-            header = next((m.meta["header"] for m in self.series[key] if m.meta.get("header") is not None), None)
+            del frames
+            meta = members[0].meta()
+            header = self.series[key][0].meta().get("header")  # the first staged member's, as staged
             meta.pop("header", None)
             flags = meta.pop("flags", [])
             if meta.get("scan_pattern") in (None, "volume"):
@@ -711,31 +788,36 @@ class Ingestor:
             pixel_bytes=int(arr.nbytes), quality_flags=sorted(set(flags)),
             study_id=study_id_for(meta["patient_id"], meta.get("eye"), meta.get("visit")),
         )
-        self.rows[image_id] = row
+        self.rows.append(row)
         rec.status = "ingested"
         rec.image_ids = [image_id]
         return image_id
 
     def _finalise_skipped_sidecars(self) -> None:
-        for rec in self.recs:
+        for rec in self.open_recs:
             if rec.status == "pending_sidecar":
                 if rec.relpath in self.consumed_sidecars:
                     self._skip(rec, "sidecar of an image export (read with its image)")
                 else:
                     self._skip(rec, "JSON file that is no image's sidecar")
+            self._spool_rec(rec)
+        self.open_recs = []
 
     # -- outputs --------------------------------------------------------------------------------
     def _write(self, result: IngestResult) -> None:
-        rows = [self.rows[k] for k in sorted(self.rows)]
-        _write_parquet(self.out / "manifest.parquet", rows, MANIFEST_SCHEMA)
+        manifest = self.rows.table()
+        manifest = manifest.take(pc.sort_indices(manifest, [("image_id", "ascending")]))
+        _write_table(self.out / "manifest.parquet", manifest)
         studies: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            s = studies.setdefault(r["study_id"], dict(
-                study_id=r["study_id"], patient_id=r["patient_id"], eye=r["eye"], visit=r["visit"],
-                cfp_image_ids=[], oct_image_ids=[], age_years=r["age_years"], sex=r["sex"], flags=[]))
-            s["cfp_image_ids" if r["modality"] == "cfp" else "oct_image_ids"].append(r["image_id"])
-            if s["age_years"] is None or (isinstance(s["age_years"], float) and math.isnan(s["age_years"])):
-                s["age_years"] = r["age_years"]
+        cols = ("study_id", "patient_id", "eye", "visit", "modality", "image_id", "age_years", "sex")
+        for batch in manifest.select(list(cols)).to_batches(max_chunksize=4096):
+            for r in batch.to_pylist():
+                s = studies.setdefault(r["study_id"], dict(
+                    study_id=r["study_id"], patient_id=r["patient_id"], eye=r["eye"], visit=r["visit"],
+                    cfp_image_ids=[], oct_image_ids=[], age_years=r["age_years"], sex=r["sex"], flags=[]))
+                s["cfp_image_ids" if r["modality"] == "cfp" else "oct_image_ids"].append(r["image_id"])
+                if s["age_years"] is None or (isinstance(s["age_years"], float) and math.isnan(s["age_years"])):
+                    s["age_years"] = r["age_years"]
         for s in studies.values():
             s["paired"] = bool(s["cfp_image_ids"]) and bool(s["oct_image_ids"])
             flags = []
@@ -747,40 +829,42 @@ class Ingestor:
                 flags.append("eye_unknown")
             s["flags"] = flags
         study_rows = [studies[k] for k in sorted(studies)]
+        del studies
         _write_parquet(self.out / "studies.parquet", study_rows, STUDIES_SCHEMA)
-        plain = self.cfg.quarantine_paths == "plain"
-        q_rows = [dict(source_key=r.source_key, path=r.relpath if plain else None, size_bytes=r.size,
-                       source_sha256=r.sha, reason=r.reason, error_class=r.error_class, stage=r.stage)
-                  for r in sorted(self.recs, key=lambda r: r.source_key) if r.status == "quarantined"]
-        _write_parquet(self.out / "quarantine.parquet", q_rows, QUARANTINE_SCHEMA)
-        f_rows = [dict(source_key=r.source_key, size_bytes=r.size, source_sha256=r.sha, status=r.status,
-                       reason=r.reason, error_class=r.error_class, image_ids=r.image_ids)
-                  for r in sorted(self.recs, key=lambda r: r.source_key)]
-        _write_parquet(self.out / "files.parquet", f_rows, FILES_SCHEMA)
+        files = self.recs.table()
+        files = files.take(pc.sort_indices(files, [("source_key", "ascending")]))
+        status = files.column("status")
+        quarantined = pc.equal(status, "quarantined")
+        _write_table(self.out / "quarantine.parquet",
+                     files.filter(quarantined).select(QUARANTINE_SCHEMA.names).cast(QUARANTINE_SCHEMA))
+        _write_table(self.out / "files.parquet", files.select(FILES_SCHEMA.names).cast(FILES_SCHEMA))
         # Remove normalised copies no manifest row refers to any more (a file changed since the last run).
-        keep = {r["normalized_path"] for r in rows} | {r["header_path"] for r in rows if r["header_path"]}
+        keep = {p for col in ("normalized_path", "header_path") for p in manifest.column(col).to_pylist() if p}
         for p in self.images_dir.iterdir():
             if f"images/{p.name}" not in keep:
                 p.unlink()
-        result.files_seen = len(self.recs)
-        result.files_ingested = sum(r.status == "ingested" for r in self.recs)
-        result.files_quarantined = sum(r.status == "quarantined" for r in self.recs)
-        result.files_skipped = sum(r.status == "skipped" for r in self.recs)
-        result.files_cached = sum(r.stage == "cached" for r in self.recs)
-        unaccounted = [r for r in self.recs if r.status not in ("ingested", "quarantined", "skipped")]
+        del keep
+        counts = {v["values"]: v["counts"] for v in pc.value_counts(status).to_pylist()}
+        result.files_seen = files.num_rows
+        result.files_ingested = counts.get("ingested", 0)
+        result.files_quarantined = counts.get("quarantined", 0)
+        result.files_skipped = counts.get("skipped", 0)
+        result.files_cached = int(pc.sum(pc.equal(files.column("stage"), "cached")).as_py() or 0)
+        unaccounted = sorted(set(counts) - {"ingested", "quarantined", "skipped"})
         if unaccounted:  # a bug, not bad input: fail loudly rather than lose files
-            raise RuntimeError(f"ingest bug: {len(unaccounted)} files in state {unaccounted[0].status!r}")
-        result.images = len(rows)
+            raise RuntimeError(f"ingest bug: {counts[unaccounted[0]]} files in state {unaccounted[0]!r}")
+        result.images = manifest.num_rows
         result.studies = len(study_rows)
         result.paired_studies = sum(s["paired"] for s in study_rows)
-        result.pixel_bytes = int(sum(r["pixel_bytes"] for r in rows))
+        result.pixel_bytes = int(pc.sum(manifest.column("pixel_bytes")).as_py() or 0)
         qr: dict[str, int] = defaultdict(int)
         sr: dict[str, int] = defaultdict(int)
-        for r in self.recs:
-            if r.status == "quarantined":
-                qr[r.error_class] += 1
-            elif r.status == "skipped":
-                sr[r.reason.split(" image ")[0] if r.reason.startswith("duplicate") else r.reason] += 1
+        settled = files.filter(pc.invert(pc.equal(status, "ingested"))).select(["status", "reason", "error_class"])
+        for r in settled.to_pylist():
+            if r["status"] == "quarantined":
+                qr[r["error_class"]] += 1
+            elif r["status"] == "skipped":
+                sr[r["reason"].split(" image ")[0] if r["reason"].startswith("duplicate") else r["reason"]] += 1
         result.quarantine_reasons = dict(sorted(qr.items()))
         result.skip_reasons = dict(sorted(sr.items()))
         summary = result.to_dict()
@@ -821,7 +905,10 @@ def _is_grey(rgb: np.ndarray) -> bool:
 
 
 def _write_parquet(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> None:
-    table = pa.Table.from_pylist(rows, schema=schema)
+    _write_table(path, pa.Table.from_pylist(rows, schema=schema))
+
+
+def _write_table(path: Path, table: pa.Table) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp, compression="zstd")
     tmp.replace(path)
