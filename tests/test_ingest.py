@@ -357,3 +357,28 @@ def test_export_whose_sidecar_names_another_modality_is_refused(tmp_path, reader
     with pytest.raises(readers.ReaderError, match=f"sidecar says modality '{says}'") as err:
         getattr(readers, reader)(png)
     assert err.value.error_class == "wrong_modality"
+
+
+def test_folder_walk_is_sorted_path_order_without_listing_the_archive(tmp_path):
+    """A folder is read one directory listing at a time, in the same order as sorting every relative path
+    (names where a file and a folder share a prefix: "OCT_OD.dcm" before "OCT_OD/0001.dcm" before "OCT_OD0");
+    a link to a folder is not followed, as os.walk does not."""
+    from grok.ingest.source import iter_source
+
+    rng = np.random.default_rng(5)
+    names = ["a", "a.b", "a-b", "a0", "A", "a b", "ä", "ab", "OCT_OD", "OCT_OD.dcm", "OCT_OD0", "é", "a~"]
+    for _ in range(300):
+        parts = [str(rng.choice(names)) for _ in range(int(rng.integers(1, 5)))]
+        p = tmp_path.joinpath("src", *parts)
+        if any(tmp_path.joinpath("src", *parts[:k]).is_file() for k in range(1, len(parts) + 1)) or p.is_dir():
+            continue
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "f.dcm").write_bytes(b"y")
+    (tmp_path / "src" / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    expected = sorted(p.relative_to(tmp_path / "src").as_posix() for p in (tmp_path / "src").rglob("*")
+                      if p.is_file() and "link" not in p.relative_to(tmp_path / "src").parts)
+    got = [sf.relpath for sf in iter_source(tmp_path / "src")]
+    assert len(got) > 50
+    assert got == expected

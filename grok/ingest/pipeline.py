@@ -192,7 +192,7 @@ class IngestResult:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class _FileRec:
     source_key: str
     relpath: str
@@ -205,7 +205,7 @@ class _FileRec:
     stage: str = "read"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Staged:
     """One frame of a multi-file OCT acquisition, parked on disk until its series is complete: its pixels in
     ``npy`` and its metadata (the first staged member's with the de-identified header) pickled beside them, so

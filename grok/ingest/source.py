@@ -67,6 +67,21 @@ def _iter_tar(fileobj, label: str, want: Callable[[str], bool]) -> Iterator[Sour
                               "were read, re-create the archive to read the rest") from exc
 
 
+def _walk_sorted(folder: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """``(relative path, full path)`` of every file under ``folder`` in sorted relative-path order, one
+    directory listing at a time (memory bounded by the widest folder, not by the archive). Among the entries
+    of one folder a subfolder sorts as its name + "/", which is where every path below it sorts."""
+    with os.scandir(folder) as it:
+        # a link to a folder is not followed (as os.walk does not), so a link loop cannot trap the walk
+        entries = sorted((e.name + "/" if e.is_dir() else e.name, e.path) for e in it
+                         if not (e.is_symlink() and e.is_dir()))
+    for key, full in entries:
+        if key.endswith("/"):
+            yield from _walk_sorted(full, prefix + key)
+        else:
+            yield prefix + key, full
+
+
 def iter_source(source: str | os.PathLike, want: Callable[[str], bool] = lambda _n: True) -> Iterator[SourceFile]:
     """Yield every file of ``source`` whose relative path passes ``want``.
 
@@ -96,15 +111,9 @@ def iter_source(source: str | os.PathLike, want: Callable[[str], bool] = lambda 
     if not path.exists():
         raise SourceError(f"{path}: no such folder or archive; check the path")
     if path.is_dir():
-        entries = []
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for fn in filenames:
-                full = Path(dirpath) / fn
-                entries.append((full.relative_to(path).as_posix(), full))
-        for rel, full in sorted(entries):
+        for rel, full in _walk_sorted(str(path), ""):
             if want(rel):
-                yield SourceFile(rel, full.stat().st_size, lambda full=full: full.read_bytes())
+                yield SourceFile(rel, os.stat(full).st_size, lambda full=full: Path(full).read_bytes())
         return
     if path.suffix.lower() == ".zip":
         with open(path, "rb") as fh:
