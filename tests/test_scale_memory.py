@@ -266,3 +266,50 @@ def test_ingest_memory_is_flat_in_files(tmp_path, monkeypatch):
     assert images[8] == 4 * images[2] > 0
     grown_per_file = (peaks[8] - peaks[2]) / (files[8] - files[2])
     assert grown_per_file < 2_500, (peaks, files)
+
+
+def _ingest_tables(build: Path, n: int) -> None:
+    """A build folder's ingest tables for ``n`` studies of one photograph and one cube each (no pixels)."""
+    from grok.ingest.pipeline import MANIFEST_SCHEMA, STUDIES_SCHEMA
+
+    manifest, studies = [], []
+    for s in range(n):
+        ids = {m: f"img-{m}{s:019d}" for m in ("cfp", "oct")}
+        for m, image_id in ids.items():
+            row = {k: None for k in MANIFEST_SCHEMA.names}
+            row.update(image_id=image_id, study_id=f"S{s:016d}", patient_id=f"P{s // 2:016d}", eye="OD",
+                       modality=m, rows=128, cols=128, frames=8 if m == "oct" else 1, pixel_sha256=f"{s:064d}",
+                       source_sha256s=[f"{s + 1:064d}"], normalized_path=f"images/{image_id}.npy",
+                       quality_flags=[], spacing_axial_mm=0.01, age_years=60.0, sex="F")
+            manifest.append(row)
+        studies.append(dict(study_id=f"S{s:016d}", patient_id=f"P{s // 2:016d}", eye="OD", visit="2020",
+                            cfp_image_ids=[ids["cfp"]], oct_image_ids=[ids["oct"]], paired=True, age_years=60.0,
+                            sex="F", flags=[]))
+    (build / "ingest").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(manifest, schema=MANIFEST_SCHEMA), build / "ingest" / "manifest.parquet")
+    pq.write_table(pa.Table.from_pylist(studies, schema=STUDIES_SCHEMA), build / "ingest" / "studies.parquet")
+
+
+def test_measure_plan_keeps_ingest_tables_columnar(tmp_path):
+    """The measure stage's plan (in the driver) and its shards (in every worker) read the ingest tables once per
+    process and keep them; kept as Arrow tables with an index of their keys, the Python objects left behind are
+    the index, not every row as a dict. Measured (traced memory still held after planning, 200 -> 1,000
+    studies): 0.38 KB a study; the rows as dicts, the code before, 4.3 KB a study (fails)."""
+    from grok.stages import measure_stage
+
+    held, shards = {}, {}
+    for n in (200, 1000):
+        build = tmp_path / f"b{n}"
+        _ingest_tables(build, n)
+        measure_stage._TABLES.clear()
+        tracemalloc.start()
+        try:
+            shards[n] = measure_stage.plan_shards(build, 64)
+            held[n] = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert sum(len(s["ids"]) for s in shards[n]) == n
+        rows = measure_stage.ingest_rows(build, "manifest")
+        assert len(rows) == 2 * n and rows[f"img-cfp{7:019d}"]["study_id"] == f"S{7:016d}"
+    measure_stage._TABLES.clear()
+    assert (held[1000] - held[200]) / 800 < 1_500, held

@@ -24,7 +24,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -113,11 +113,39 @@ def auto_shard_size(n_studies: int, workers: int) -> int:
     return max(AUTO_MIN, min(AUTO_MAX, n_studies // max(1, workers * AUTO_WAVES)))
 
 
-_TABLES: dict[str, tuple[tuple[int, int], dict[str, dict[str, Any]]]] = {}
+class IngestRows(Mapping):
+    """An ingest table held columnar (its Arrow table) with an index from its key column to row numbers; a row
+    comes out as a fresh dict when asked for. The rows as dicts of Python objects took about ten times the
+    memory (a manifest row about 4 KB), in the driver for the whole build and in every worker."""
+
+    def __init__(self, table: pa.Table, key: str) -> None:
+        self.table = table
+        self.index = {k: i for i, k in enumerate(table.column(key).to_pylist())}  # the last row of a key wins
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return self.table.slice(self.index[key], 1).to_pylist()[0]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def subset(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The rows of ``keys`` that exist, as dicts, in one conversion."""
+        found = [k for k in dict.fromkeys(keys) if k in self.index]
+        rows = self.table.take(pa.array([self.index[k] for k in found], pa.int64())).to_pylist() if found else []
+        return dict(zip(found, rows))
+
+
+_TABLES: dict[str, tuple[tuple[int, int], IngestRows]] = {}
 _TABLES_LOCK = threading.Lock()
 
 
-def ingest_rows(build_dir: str | Path, table: str) -> dict[str, dict[str, Any]]:
+def ingest_rows(build_dir: str | Path, table: str) -> IngestRows:
     """``ingest/studies.parquet`` (by study id) or ``ingest/manifest.parquet`` (by image id), read once per
     process while the file is unchanged (a worker measuring many shards does not re-read them per shard)."""
     path = Path(build_dir) / "ingest" / f"{table}.parquet"
@@ -128,8 +156,7 @@ def ingest_rows(build_dir: str | Path, table: str) -> dict[str, dict[str, Any]]:
         hit = _TABLES.get(key)
         if hit is not None and hit[0] == stamp:
             return hit[1]
-        by = "study_id" if table == "studies" else "image_id"
-        rows = {r[by]: r for r in pq.read_table(path).to_pylist()}
+        rows = IngestRows(pq.read_table(path), "study_id" if table == "studies" else "image_id")
         _TABLES[key] = (stamp, rows)
         return rows
 
@@ -146,8 +173,11 @@ def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True
     shards = []
     for i in range(0, len(ids), shard_size):
         part = ids[i:i + shard_size]
+        rows = studies.subset(part)  # a shard's rows at a time, not every row as a dict
+        images = manifest.subset(i for r in rows.values()
+                                 for i in (*(r.get("oct_image_ids") or []), *(r.get("cfp_image_ids") or [])))
         key = content_key({"stage": "measure", "code": code, "config": {"overlays": overlays},
-                           "studies": [measure_inputs(studies.get(s), manifest) for s in part]})
+                           "studies": [measure_inputs(rows.get(s), images) for s in part]})
         shards.append(Shard(ids=part, key=key))
     return shards
 
