@@ -1,12 +1,15 @@
 """Ingestion throughput and memory on phantom DICOM archives of 100 and 400 studies.
 
 Run as: .venv/bin/python benchmarks/ingest.py [--studies 100 400] [--work /tmp/grok-bench-ingest]
-        [--compress none jpeg-lossless j2k rle] [--page-cache warm|cold]
+        [--compress none jpeg-lossless j2k rle] [--page-cache warm|cold] [--geometry default|small]
 
 A study is one patient-eye-visit (CFP + OCT cube, default 49 x 496 x 512). Each ingest runs in a
 fresh subprocess so its peak RSS is its own. Prints one JSON object: files/s, MB/s of decoded pixel
 data, MB/s of source bytes, peak RSS, for every archive size. Targets (issue 2): >= 50 MB/s of
 DICOM pixel data on this 2-core machine, and peak memory that does not grow with the archive.
+``--geometry small`` generates the thousands-of-studies phantom of ``benchmarks/build.py`` (8 x 128 x 128
+cubes, 256-px photos, seed 7: the same archive as its ``--geometry small`` runs), where the per-file costs
+dominate; ``kb_per_study`` is the peak RSS growth per study between the smallest and largest archive.
 
 ``--compress`` also re-encodes each archive losslessly, as clinics store it (JPEG Lossless process 14
 with dcmtk's ``dcmcjpeg``, JPEG 2000 Lossless and RLE Lossless with pydicom's encoders), and ingests
@@ -29,6 +32,7 @@ from pathlib import Path
 
 _CHILD = r"""
 import json, resource, sys, time
+import grok  # noqa: F401 - as the CLI does: sets Arrow's memory pool before pyarrow is imported
 from grok.ingest.deid import DeidConfig
 from grok.ingest.pipeline import IngestConfig, ingest
 t = time.perf_counter()
@@ -36,7 +40,8 @@ r = ingest(sys.argv[1], sys.argv[2], IngestConfig(deid=DeidConfig(key="bench")))
 dt = time.perf_counter() - t
 print(json.dumps({"wall_s": dt, "files": r.files_seen, "images": r.images, "quarantined": r.files_quarantined,
                   "pixel_bytes": r.pixel_bytes, "source_bytes": r.source_bytes, "cached": r.files_cached,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
 
@@ -81,17 +86,23 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes used to generate the phantom")
     ap.add_argument("--compress", nargs="+", default=["none"], choices=["none", "jpeg-lossless", "j2k", "rle"])
     ap.add_argument("--page-cache", choices=["warm", "cold"], default="warm")
+    ap.add_argument("--geometry", choices=["default", "small"], default="default")
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root for benchmarks.*
+    from benchmarks.build import SMALL
     from grok.phantom.archive import PhantomConfig, write_phantom
+
+    small = args.geometry == "small"
 
     results = []
     for n_studies in args.studies:
         subjects = max(1, n_studies // 2)
-        arch = args.work / f"phantom_{n_studies}"
+        arch = args.work / (f"phantom_{n_studies}_small" if small else f"phantom_{n_studies}")
         if not (arch / "truth" / "truth.jsonl").exists():
             shutil.rmtree(arch, ignore_errors=True)
             t = time.perf_counter()
-            write_phantom(PhantomConfig(subjects=subjects, seed=123, exports=False, workers=args.workers), arch)
+            write_phantom(PhantomConfig(subjects=subjects, seed=7 if small else 123, exports=False,
+                                        workers=args.workers, **(SMALL if small else {})), arch)
             gen_s = time.perf_counter() - t
         else:
             gen_s = None
@@ -111,6 +122,7 @@ def main() -> None:
             results.append({
                 "studies": n_studies,
                 "subjects": subjects,
+                "geometry": args.geometry,
                 "compression": codec,
                 "page_cache": args.page_cache,
                 "phantom_generation_s": None if gen_s is None else round(gen_s, 1),
@@ -118,6 +130,7 @@ def main() -> None:
                 "images": first["images"],
                 "quarantined": first["quarantined"],
                 "wall_s": round(first["wall_s"], 2),
+                "cpu_s": round(first["cpu_s"], 1),
                 "files_per_s": round(first["files"] / first["wall_s"], 1),
                 "pixel_mb_per_s": round(first["pixel_bytes"] / 1e6 / first["wall_s"], 1),
                 "source_mb_per_s": round(first["source_bytes"] / 1e6 / first["wall_s"], 1),
@@ -135,6 +148,9 @@ def main() -> None:
         "results": results,
         "rss_growth_ratio": (round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 2)
                              if len(results) > 1 else None),
+        "kb_per_study": (round(1024 * (results[-1]["peak_rss_mb"] - results[0]["peak_rss_mb"])
+                               / (results[-1]["studies"] - results[0]["studies"]), 1)
+                         if len(results) > 1 and results[-1]["studies"] != results[0]["studies"] else None),
     }, indent=2))
 
 
