@@ -424,3 +424,73 @@ def test_ring_priors_type_the_vessels_of_a_ring_against_each_other():
     assert sorted(pri) == list(range(8))
     assert all((pri[k] > 0) == (k % 2 == 0) for k in range(8))
     assert max(abs(v) for v in pri.values()) <= RING_PRIOR_WEIGHT * 2 * 0.5 + 1e-9
+
+
+def _scattered(rng, xy_list, shift) -> tuple[list[Segment], list[str]]:
+    """Short isolated segments at ``xy_list`` (x, y), alternately artery and vein, each with its colour
+    features moved by ``shift(x, y)`` (what the camera's illumination or the fundus's pigmentation does to
+    a vessel's contrast there) and a little noise."""
+    segs, truth = [], []
+    for k, (x, y) in enumerate(xy_list):
+        kind = ("artery", "vein")[k % 2]
+        base = ARTERY if kind == "artery" else VEIN
+        d = shift(x, y)
+        col = {"od_red": base["od_red"] + d + rng.normal(0, 0.01), "od_ratio": base["od_ratio"] + d + rng.normal(0, 0.01)}
+        segs.append(_seg((x, y), (x + 12, y + 12), colour=col))
+        truth.append(kind)
+    return segs, truth
+
+
+def test_a_colour_trend_across_the_fundus_is_taken_out():
+    # contrast rising from left to right (0.6 over the field): the right half's arterioles look like the
+    # left half's venules against the whole photograph; a quadratic trend fitted across the fundus removes it
+    rng = np.random.default_rng(0)
+    pts = [(x, y) for x in range(100, 1000, 75) for y in range(200, 900, 100)]
+    disc = (550.0, 550.0)
+
+    def run(**cfg) -> float:
+        segs, truth = _scattered(np.random.default_rng(1), pts, lambda x, y: 0.6 * (x - 550) / 900)
+        classify_av(segs, [], min_width_px=2.0, disc_xy=disc, dd_px=100.0, config=AvConfig(colour_sectors=1, **cfg))
+        return float(np.mean([s.kind == t for s, t in zip(segs, truth)]))
+
+    assert run() == 1.0
+    assert run(detrend_min_spread=None) < 0.85  # without it the photograph-wide model mixes the two sides
+    # no trend: the gate leaves the features exactly as they were (the phantom's case)
+    col = np.where(np.arange(60) % 2 == 0, 0.25, 0.5) + rng.normal(0, 0.01, 60)
+    xy = rng.uniform(0, 1000, (60, 2))
+    ok, wts = np.ones(60, bool), np.ones(60)
+    from grok.cfp.vessels import _detrend
+
+    assert np.array_equal(_detrend(col, xy, disc, 100.0, ok, wts, 0.5), col)
+    tilted = col + 0.3 * (xy[:, 0] - 500) / 1000
+    flat = _detrend(tilted, xy, disc, 100.0, ok, wts, 0.5)
+    assert abs(np.polyfit(xy[:, 0], flat, 1)[0]) < 0.1 * 0.3 / 1000
+
+
+def test_each_sector_around_the_disc_is_its_own_colour_reference():
+    # vessels on two opposite sides of the disc (45 and 225 degrees), the far side's contrast 0.4 higher (a
+    # step no smooth trend follows): per-sector models type both sides, the photograph-wide one does not
+    disc = (1000.0, 1000.0)
+    pts = []
+    for ang in (45, 225):
+        for k in range(24):
+            a = math.radians(ang + (k % 6 - 2.5) * 3)
+            r = 200 + 25 * k
+            pts.append((disc[0] + r * math.cos(a), disc[1] + r * math.sin(a)))
+
+    def run(**cfg) -> float:
+        segs, truth = _scattered(np.random.default_rng(2), pts, lambda x, y: 0.4 * (y < disc[1]))
+        classify_av(segs, [], min_width_px=2.0, disc_xy=disc, dd_px=100.0,
+                    config=AvConfig(detrend_min_spread=None, **cfg))
+        return float(np.mean([s.kind == t for s, t in zip(segs, truth)]))
+
+    assert run() == 1.0
+    assert run(colour_sectors=1) < 0.85
+    assert run(sector_min_segments=30) < 0.85  # too few segments per sector: the photograph-wide model
+
+
+@pytest.mark.parametrize("bad", [{"colour_sectors": 0}, {"sector_rotations": 0}, {"sector_min_segments": 0},
+                                 {"detrend_min_spread": -1.0}])
+def test_av_config_rejects_bad_sector_and_trend_settings(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        AvConfig(**bad)
