@@ -6,8 +6,10 @@ than the archive so that streaming is what is tested. Not a timing test."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import shutil
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import datasets
@@ -17,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import grok.contracts as contracts
 import grok.publish as pub
 from grok.instruct.samples import sample_records
 from grok.knowledge import load_knowledge_base
@@ -174,35 +177,45 @@ def _pad_text(build: Path, words: int) -> int:
     return sum(len(r["messages"][0]["content"]) for r in rows)
 
 
-def test_publication_memory_is_flat_in_studies(tmp_path, monkeypatch):
-    """Publication reads the instruction rows' text a batch at a time (lint, duplicates, contracts, the
-    published splits) from a memory-mapped copy, every batch made small here (``datasets`` writes parquet row
-    groups of about 100 MB, here 1 MB). Rows carry 60 KB of text each; 21 and 63 studies both fill every
-    (label, task) group of the curator report (its rows, shown whole, set the peak: bounded by the groups, not
-    the rows). Measured: 33.9 -> 30.6 MB for 15.7 MB more text; the code before, which held the rows as one
-    pandas frame with their text plus copies for the duplicate checks and the contracts, 33.5 -> 62.6 MB (fails)."""
-    monkeypatch.setattr(pub, "TEXT_BATCH_ROWS", 16)
-    monkeypatch.setattr("grok.contracts.BATCH_ROWS", 32)
-    monkeypatch.setattr(pub, "DATASET_BATCH_ROWS", 16)
-    monkeypatch.setattr(datasets.config, "MAX_ROW_GROUP_SIZE", "1MB")  # datasets' parquet batches (100 MB a row group)
+def _publication_peaks(tmp: str) -> dict[int, tuple[int, int, int]]:
+    """{studies: (traced peak of publication, bytes of text, train rows published)} for 21 and 63 studies; run in
+    a fresh process (below), with every batch made small."""
+    pub.TEXT_BATCH_ROWS = 16
+    contracts.BATCH_ROWS = 32
+    pub.DATASET_BATCH_ROWS = 16
+    datasets.config.MAX_ROW_GROUP_SIZE = "1MB"  # datasets' parquet batches (100 MB a row group)
     kb = load_knowledge_base()
-    peaks, text, published = {}, {}, {}
+    out = {}
     for n in (21, 63):
-        build = tmp_path / f"n{n}"
+        build = Path(tmp) / f"n{n}"
         write_sample_build(build, sample_records(n, seed=3, kb=kb), kb)
-        text[n] = _pad_text(build, 10_000)
+        text = _pad_text(build, 10_000)
         res = None
 
         def run(build=build, n=n):
             nonlocal res
-            res = pub.publish_build(build, pub.PublishConfig(name="mem", registry=str(tmp_path / f"reg{n}"),
+            res = pub.publish_build(build, pub.PublishConfig(name="mem", registry=str(Path(tmp) / f"reg{n}"),
                                                              bump="patch"), kb=kb)
 
         run()  # warm: imports, Great Expectations' and datasets' first-use caches
-        # the smaller of two runs: a peak also counts other threads' transient objects where they happen to
-        # overlap (a run beside other heavy processes once peaked 12 MB higher at 63 studies, and passed alone)
-        peaks[n] = min(_peak(run), _peak(run))
-        published[n] = res.counts["published"]["instructions"]["train"]
+        peak = min(_peak(run), _peak(run))  # the smaller of two runs (a peak also counts other threads' objects)
+        out[n] = (peak, text, res.counts["published"]["instructions"]["train"])
+    return out
+
+
+def test_publication_memory_is_flat_in_studies(tmp_path):
+    """Publication reads the instruction rows' text a batch at a time (lint, duplicates, contracts, the
+    published splits) from a memory-mapped copy, every batch made small here (``datasets`` writes parquet row
+    groups of about 100 MB, here 1 MB). Rows carry 60 KB of text each; 21 and 63 studies both fill every
+    (label, task) group of the curator report (its rows, shown whole, set the peak: bounded by the groups, not
+    the rows). Measured: 33.9 -> 30.6 MB for 15.7 MB more text (30.1 -> 30.4 MB at 31f271b, alone); the code
+    before, which held the rows as one pandas frame with their text plus copies for the duplicate checks and the
+    contracts, 33.5 -> 62.6 MB (fails). Measured in a fresh process: tracemalloc counts every thread of the
+    process, and in the suite's workers earlier tests leave threads running (Prefect's in-process server) whose
+    objects landed on the peak: 32.1 -> 36.1 MB at 31f271b in a fresh-clone CI run, beside 30.1 -> 30.4 alone."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as ex:
+        res = ex.submit(_publication_peaks, str(tmp_path)).result()
+    peaks, text, published = ({n: r[i] for n, r in res.items()} for i in range(3))
     assert published[63] > 2 * published[21] > 0  # the larger build publishes its rows
     grown, more_text = peaks[63] - peaks[21], text[63] - text[21]
     assert grown < 0.25 * more_text, (peaks, text)
