@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -41,6 +42,54 @@ def iter_batches(source: Any | pq.ParquetFile, batch_size: int,
     for g in range(pf.num_row_groups):
         yield from pf.iter_batches(batch_size=batch_size, row_groups=[g], columns=cols)
         pa.default_memory_pool().release_unused()
+
+
+def _blank(schema: pa.Schema, row: dict[str, Any]) -> dict[str, Any]:
+    return {name: row.get(name) for name in schema.names}
+
+
+class TableWriter:
+    """Append rows to a parquet file in batches of ``batch_rows``: a writer holds at most that many rows as Python
+    objects however many are written (the instruction tables, the ingest stage's spooled file records and manifest
+    rows)."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema, batch_rows: int = 2000):
+        self.path = Path(path)
+        self.schema = schema
+        self.batch_rows = batch_rows
+        self._buf: list[dict[str, Any]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._buf.append(_blank(self.schema, row))
+        self.rows += 1
+        if len(self._buf) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(str(self.path), self.schema)
+        self._writer.write_table(pa.Table.from_pylist(self._buf, schema=self.schema))
+        self._buf = []
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is None:  # always leave a (possibly empty) table with the right schema
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(self.schema.empty_table(), str(self.path))
+        else:
+            self._writer.close()
+        self._writer = None
+
+    def __enter__(self) -> TableWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 #: Arrow's memory pool in a build's driver process: ``grok`` sets it through ``ARROW_DEFAULT_MEMORY_POOL`` when it is

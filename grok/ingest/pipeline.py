@@ -60,6 +60,7 @@ from grok.ingest.deid import (
 )
 from grok.ingest.readers import ReaderError
 from grok.ingest.source import SourceFile, iter_source
+from grok.parquet_io import TableWriter
 from grok.privacy.burned_in import find_text_regions
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 
@@ -68,7 +69,7 @@ INGEST_VERSION = "1"
 SKIP_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".xlsx", ".xls"}
 TEXT_SUFFIXES = {".txt", ".md", ".pdf", ".html", ".xml"}
-#: Rows per Arrow batch of the driver's spooled tables (file records, manifest rows).
+#: Rows per spooled batch (one parquet row group) of the driver's staged tables: file records, manifest rows.
 SPOOL_BATCH_ROWS = 1024
 OCT2017_RE = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d+)-(\d+)\.(jpe?g|png|tiff?)$", re.I)
 
@@ -221,39 +222,12 @@ class _Staged:
             return pickle.load(fh)
 
 
-class _Spool:
-    """The rows of one output table, turned into Arrow record batches every ``SPOOL_BATCH_ROWS`` rows and appended to an
-    Arrow IPC file in the staging folder: the driver holds at most ``SPOOL_BATCH_ROWS`` rows as Python objects whatever
-    the size of the archive. :meth:`table` memory-maps the file back (its pages are the file's, not the heap's)."""
-
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path, self.schema = path, schema
-        self.pending: list[dict[str, Any]] = []
-        self.writer: pa.ipc.RecordBatchFileWriter | None = None
-        self.count = 0
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.pending.append(row)
-        self.count += 1
-        if len(self.pending) >= SPOOL_BATCH_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        if self.writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pa.ipc.new_file(str(self.path), self.schema)
-        self.writer.write_batch(pa.RecordBatch.from_pylist(self.pending, schema=self.schema))
-        self.pending = []
-
-    def table(self) -> pa.Table:
-        self._flush()
-        if self.writer is None:
-            return self.schema.empty_table()
-        self.writer.close()
-        self.writer = None
-        return pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+def _read_spool(spool: TableWriter) -> pa.Table:
+    """``spool``'s rows back, once it is closed: memory-mapped reads of its staging file, in its own schema (parquet
+    names a list's items "element"; the cast gives back Arrow's "item", so the outputs' stored schemas are the same as
+    when the rows were never spooled)."""
+    spool.close()
+    return pq.read_table(spool.path, memory_map=True).cast(spool.schema)
 
 
 class _Quarantine(Exception):
@@ -313,10 +287,11 @@ class Ingestor:
         self.staging = self.out / ".staging"
         self.key = config.deid.key_bytes
         # Memory stays flat in the archive's size: files whose state is final and manifest rows are spooled to
-        # Arrow files in the staging folder; only files still waiting (sidecars, frames of a series) are held.
-        self.recs = _Spool(self.staging / "files.arrow", _REC_SCHEMA)
+        # parquet files in the staging folder, ``SPOOL_BATCH_ROWS`` rows at a time; only files still waiting
+        # (sidecars, frames of a series) are held.
+        self.recs = TableWriter(self.staging / "files.parquet", _REC_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
         self.open_recs: list[_FileRec] = []
-        self.rows = _Spool(self.staging / "manifest.arrow", MANIFEST_SCHEMA)
+        self.rows = TableWriter(self.staging / "manifest.parquet", MANIFEST_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
         self.sidecars: dict[str, bytes] = {}
         self.consumed_sidecars: set[str] = set()
         self.series: dict[str, list[_Staged]] = defaultdict(list)
@@ -391,7 +366,7 @@ class Ingestor:
         return result
 
     def _spool_rec(self, r: _FileRec) -> None:
-        self.recs.append(dict(source_key=r.source_key, path=r.relpath if self.cfg.quarantine_paths == "plain" else None,
+        self.recs.write(dict(source_key=r.source_key, path=r.relpath if self.cfg.quarantine_paths == "plain" else None,
                               size_bytes=r.size, source_sha256=r.sha, status=r.status, reason=r.reason,
                               error_class=r.error_class, image_ids=r.image_ids, stage=r.stage))
 
@@ -463,7 +438,7 @@ class Ingestor:
             for i in ids:
                 row = self._prev_manifest.slice(self.prev_rows[i], 1).to_pylist()[0]
                 if row["pixel_sha256"] not in self.pixel_to_image:  # else this image is already in the manifest
-                    self.rows.append(row)
+                    self.rows.write(row)
                     self.pixel_to_image[row["pixel_sha256"]] = i
         rec.status, rec.reason, rec.error_class = prev["status"], prev["reason"], prev["error_class"]
         rec.image_ids = list(prev["image_ids"] or [])
@@ -788,7 +763,7 @@ class Ingestor:
             pixel_bytes=int(arr.nbytes), quality_flags=sorted(set(flags)),
             study_id=study_id_for(meta["patient_id"], meta.get("eye"), meta.get("visit")),
         )
-        self.rows.append(row)
+        self.rows.write(row)
         rec.status = "ingested"
         rec.image_ids = [image_id]
         return image_id
@@ -805,7 +780,7 @@ class Ingestor:
 
     # -- outputs --------------------------------------------------------------------------------
     def _write(self, result: IngestResult) -> None:
-        manifest = self.rows.table()
+        manifest = _read_spool(self.rows)
         manifest = manifest.take(pc.sort_indices(manifest, [("image_id", "ascending")]))
         _write_table(self.out / "manifest.parquet", manifest)
         studies: dict[str, dict[str, Any]] = {}
@@ -831,7 +806,7 @@ class Ingestor:
         study_rows = [studies[k] for k in sorted(studies)]
         del studies
         _write_parquet(self.out / "studies.parquet", study_rows, STUDIES_SCHEMA)
-        files = self.recs.table()
+        files = _read_spool(self.recs)
         files = files.take(pc.sort_indices(files, [("source_key", "ascending")]))
         status = files.column("status")
         quarantined = pc.equal(status, "quarantined")

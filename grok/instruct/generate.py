@@ -30,7 +30,6 @@ from grok.instruct.export import (
     INSTRUCTIONS_SCHEMA,
     QUARANTINE_SCHEMA,
     SKIPPED_SCHEMA,
-    TableWriter,
 )
 from grok.instruct.families import FAMILIES, Family, Skip
 from grok.instruct.llm import LLMConfig
@@ -41,6 +40,7 @@ from grok.instruct.rows import build_row, canonical_json, quarantine_row
 from grok.instruct.templating import TemplateLibrary, library
 from grok.knowledge import load_knowledge_base, reason
 from grok.knowledge.lexicon import build_lexicon
+from grok.parquet_io import TableWriter
 from grok.verify.verifier import Tolerance, Verifier, VerifyConfig
 
 
