@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from grok.parquet_io import DRIVER_MEMORY_POOL, arrow_pool, iter_batches, open_parquet
+from grok.parquet_io import DRIVER_MEMORY_POOL, TableWriter, arrow_pool, iter_batches, open_parquet
 
 
 def _file(path, groups: int, rows: int, blob: int) -> pa.Table:
@@ -86,3 +86,22 @@ def test_importing_grok_first_makes_jemalloc_arrows_pool():
     run = subprocess.run([sys.executable, "-c", code], env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
                          capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "system"
+
+
+def test_table_writer_round_trips_in_batches_in_both_formats(tmp_path):
+    schema = pa.schema([("id", pa.string()), ("tags", pa.list_(pa.string())), ("x", pa.float64())])
+    rows = [{"id": f"r{i}", "tags": [str(i)] * (i % 3), "x": float(i), "extra": "dropped"} for i in range(25)]
+    for name in ("t.arrow", "t.parquet"):
+        w = TableWriter(tmp_path / name, schema, batch_rows=10)
+        for r in rows:
+            w.write(r)
+        assert len(w._buf) == 5 and w.rows == 25  # two batches of 10 written, 5 rows held
+        table = w.read()
+        assert table.schema.equals(schema) and table.num_rows == 25
+        assert table.to_pylist() == [{k: r[k] for k in schema.names} for r in rows]
+    # the IPC spool is an Arrow file (mapped back, not decoded); the other suffix is parquet
+    assert pa.ipc.open_file(pa.memory_map(str(tmp_path / "t.arrow"))).num_record_batches == 3
+    assert pq.ParquetFile(tmp_path / "t.parquet").num_row_groups == 3
+    for name in ("e.arrow", "e.parquet"):  # nothing written: an empty table with the schema, not a missing file
+        empty = TableWriter(tmp_path / name, schema).read()
+        assert empty.num_rows == 0 and empty.schema.equals(schema)

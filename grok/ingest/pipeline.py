@@ -69,7 +69,7 @@ INGEST_VERSION = "1"
 SKIP_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".xlsx", ".xls"}
 TEXT_SUFFIXES = {".txt", ".md", ".pdf", ".html", ".xml"}
-#: Rows per spooled batch (one parquet row group) of the driver's staged tables: file records, manifest rows.
+#: Rows per spooled record batch of the driver's staged tables: file records, manifest rows.
 SPOOL_BATCH_ROWS = 1024
 OCT2017_RE = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d+)-(\d+)\.(jpe?g|png|tiff?)$", re.I)
 
@@ -222,14 +222,6 @@ class _Staged:
             return pickle.load(fh)
 
 
-def _read_spool(spool: TableWriter) -> pa.Table:
-    """``spool``'s rows back, once it is closed: memory-mapped reads of its staging file, in its own schema (parquet
-    names a list's items "element"; the cast gives back Arrow's "item", so the outputs' stored schemas are the same as
-    when the rows were never spooled)."""
-    spool.close()
-    return pq.read_table(spool.path, memory_map=True).cast(spool.schema)
-
-
 class _Quarantine(Exception):
     def __init__(self, reason: str, error_class: str, stage: str = "read") -> None:
         super().__init__(reason)
@@ -287,11 +279,11 @@ class Ingestor:
         self.staging = self.out / ".staging"
         self.key = config.deid.key_bytes
         # Memory stays flat in the archive's size: files whose state is final and manifest rows are spooled to
-        # parquet files in the staging folder, ``SPOOL_BATCH_ROWS`` rows at a time; only files still waiting
+        # Arrow IPC files in the staging folder, ``SPOOL_BATCH_ROWS`` rows at a time; only files still waiting
         # (sidecars, frames of a series) are held.
-        self.recs = TableWriter(self.staging / "files.parquet", _REC_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
+        self.recs = TableWriter(self.staging / "files.arrow", _REC_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
         self.open_recs: list[_FileRec] = []
-        self.rows = TableWriter(self.staging / "manifest.parquet", MANIFEST_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
+        self.rows = TableWriter(self.staging / "manifest.arrow", MANIFEST_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
         self.sidecars: dict[str, bytes] = {}
         self.consumed_sidecars: set[str] = set()
         self.series: dict[str, list[_Staged]] = defaultdict(list)
@@ -780,7 +772,7 @@ class Ingestor:
 
     # -- outputs --------------------------------------------------------------------------------
     def _write(self, result: IngestResult) -> None:
-        manifest = _read_spool(self.rows)
+        manifest = self.rows.read()
         manifest = manifest.take(pc.sort_indices(manifest, [("image_id", "ascending")]))
         _write_table(self.out / "manifest.parquet", manifest)
         studies: dict[str, dict[str, Any]] = {}
@@ -806,7 +798,7 @@ class Ingestor:
         study_rows = [studies[k] for k in sorted(studies)]
         del studies
         _write_parquet(self.out / "studies.parquet", study_rows, STUDIES_SCHEMA)
-        files = _read_spool(self.recs)
+        files = self.recs.read()
         files = files.take(pc.sort_indices(files, [("source_key", "ascending")]))
         status = files.column("status")
         quarantined = pc.equal(status, "quarantined")
