@@ -4,6 +4,10 @@ The project's metadata lives in ``pyproject.toml``. ``templates/``, ``knowledge_
 ``data_contracts/`` stay at the repository root (where they are edited and reviewed); a regular (non-editable)
 build copies them into ``grok/_bundled/`` of the built package, where :func:`grok.resources.bundled_dir` finds
 them. An editable install reads them from the checkout, so nothing is copied there.
+
+It also builds ``grok.verify._cscan`` (``grok/verify/_cscan.c``: the verifier's word scans and clause split,
+CPython C API, no dependency), optionally: where no C compiler is found the package installs without it and
+``grok.verify.scan`` uses its ``re`` path, which gives the same results.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
@@ -38,4 +42,7 @@ class BuildPyWithData(build_py):
             shutil.copytree(src, dst, ignore=SKIP)
 
 
-setup(cmdclass={"build_py": BuildPyWithData})
+#: Optional: a failed compile leaves the pure-Python path (grok.verify.scan), never a failed install.
+CSCAN = Extension("grok.verify._cscan", ["grok/verify/_cscan.c"], optional=True)
+
+setup(cmdclass={"build_py": BuildPyWithData}, ext_modules=[CSCAN])

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     from grok.instruct.samples import sample_records
     from grok.knowledge import load_knowledge_base
     from grok.knowledge.lexicon import build_lexicon
+    from grok.verify.scan import COMPILED
 
     kb = load_knowledge_base()
     lex = build_lexicon(kb)
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         "answers_per_cpu_s_references_read": rate("refs_read", 1),
         "reads_per_s": rate("reads", 0), "reads_per_cpu_s": rate("reads", 1),
         "target_answers_per_s": TARGET_ANSWERS_PER_S,
+        "compiled_scans": COMPILED,  # grok.verify._cscan in use (GROK_NO_CEXT=1: the re path)
         "load_avg_1min_before": load_before, "load_avg_1min_after": round(os.getloadavg()[0], 2),
     }
     if args.parts:
@@ -301,9 +303,9 @@ def bench_parts(bench, ids, refs, reader, cache, items_file, resamples: int, rep
         r["reading: number mask"] = us(lambda: [V._mask(x) for x in norm])  # noqa: B023
         masked = [V._mask(x) for x in norm]
         r["reading: clause split"] = us(lambda: [V._clause_spans(x) for x in norm])  # noqa: B023
-        for name, rx, texts in (("numbers", V._NUMBER_RE, masked), ("terms", V._TERM_RE, norm),
-                                ("names", reader._scan_rx, norm)):
-            r[f"reading: {name} scan"] = us(lambda rx=rx, texts=texts: [list(rx.finditer(x)) for x in texts])
+        for name, find, texts in (("numbers", V._NUMBER_RE.finditer, masked), ("terms", V._TERM_SCAN.findall, norm),
+                                  ("names", reader._scan.findall, norm)):
+            r[f"reading: {name} scan"] = us(lambda find=find, texts=texts: [list(find(x)) for x in texts])
         bench.readings.clear()
         r["reference readings from the disk cache"] = us(lambda: reference_readings(bench, reader, cache))
         refs_read = reference_readings(bench, reader, cache)

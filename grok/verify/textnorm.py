@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import re
 
-from grok.knowledge.lexicon import _lead_trie, prefix_tree
+from grok.knowledge.lexicon import _lead_trie
+from grok.verify.scan import WordScanner, word_trie  # noqa: F401 - word_trie: imported from here too
 
 _UNITS = {"zero": 0, "nought": 0, "naught": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
           "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
@@ -27,31 +28,14 @@ _SCALES = {"hundred": 100, "thousand": 1000}
 _WORD = "|".join(sorted([*_UNITS, *_TENS, *_SCALES], key=len, reverse=True))
 
 
-def word_trie(words, not_before: str = r"\w") -> str:
-    """An alternation of ``words`` factored by common prefixes (a word that continues is tried before the
-    shorter word ending there, as ``grok.knowledge.lexicon._trie_pattern``) that matches a word only where
-    the character before it is not ``not_before`` (``\\w``: a leading ``\\b``). That test is a look-behind at
-    the end of each word (``(?<!\\w.{n})`` after its n characters, the character before the word), so the
-    regex engine runs it only where a whole word matched; at a position inside another word the trie fails
-    on a literal character first. Same matches as the test written before the word, cheaper."""
-    trie = prefix_tree(words)
-
-    def build(node: dict, depth: int) -> str:
-        branches = [re.escape(ch) + build(child, depth + 1) for ch, child in sorted(node.items()) if ch != ""]
-        if "" in node:
-            branches.append(f"(?<!{not_before}.{{{depth}}})")
-        return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
-
-    return build(trie, 0)
-
-
 #: A run of number words joined by spaces, hyphens or "and", with an optional "point d d ..." tail;
 #: the first word starts with a literal character (see ``grok.knowledge.lexicon._WB``) so the scan skips fast.
 _NUMBER_WORDS_RE = re.compile(
     rf"(?:a\s+(?:hundred|thousand)\b|{_lead_trie([*_UNITS, *_TENS, *_SCALES])}\b)"
     rf"(?:(?:\s+and\s+|[\s-]+)(?:{_WORD})\b)*(?:\s+point(?:\s+(?:{'|'.join(_UNITS)})\b)+)?")
 #: Every run of number words but a lone "one" has a word starting with one of these (a cheap pre-test).
-_FIRST_WORD_RE = re.compile(word_trie([w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one"]))
+_FIRST_WORD = WordScanner([w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one"])
+_FIRST_WORD_RE = _FIRST_WORD.pattern
 _HTML_TAG_RE = re.compile(r"</?[a-z][a-z0-9]*(?:\s[^<>]{0,300})?/?>")
 
 
@@ -123,4 +107,4 @@ def normalise(low: str) -> str:
     """``low`` (lower-case text) with number words as digits and HTML tags blanked; same length."""
     if "<" in low:
         low = _blank(_HTML_TAG_RE, low)
-    return _replace_numbers(low) if _FIRST_WORD_RE.search(low) else low
+    return _replace_numbers(low) if _FIRST_WORD.search(low) else low

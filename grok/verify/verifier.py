@@ -101,28 +101,16 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
+from grok.verify.scan import WordScanner, clause_spans
 from grok.verify.textnorm import normalise, word_trie
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
                         "contradiction", "self_contradiction", "invented_finding", "forbidden_phrase", "laterality",
                         "format", "length", "box", "unreadable"})
 
-#: Clause separators: white space after . ; ! ? (group 1-4) and runs of line breaks (the whole
-#: match); the same spans as ``(?<=[.;!?])\s+|\n+``, see :func:`_clause_spans`.
-_CLAUSE_SPLIT = re.compile(r"\.(\s+)|;(\s+)|!(\s+)|\?(\s+)|\n\n*")
-
-
-def _clause_spans(text: str) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` of the clauses of ``text`` (separators excluded; clauses may be empty)."""
-    spans = []
-    start = 0
-    for sep in _CLAUSE_SPLIT.finditer(text):
-        g = sep.lastindex
-        a, b = sep.span(g) if g else sep.span()
-        spans.append((start, a))
-        start = b
-    spans.append((start, len(text)))
-    return spans
+#: ``[(start, end), ...]`` of the clauses of a text (separators excluded; clauses may be empty): white space
+#: after . ; ! ? and runs of line breaks separate them (compiled when built, see ``grok.verify.scan``).
+_clause_spans = clause_spans
 
 
 _UNIT_ALT = "|".join(re.escape(u) for u in sorted(UNIT_ALIASES, key=len, reverse=True))
@@ -204,7 +192,8 @@ _TERM_CLASS: dict[str, str] = {**{w: "normal" for w in _NORMAL_WORDS}, **{w: "lo
                                **{w: "high" for w in _HIGH.split("|")}}
 
 
-_TERM_RE = re.compile(word_trie(_TERM_CLASS) + r"\b")
+_TERM_SCAN = WordScanner(_TERM_CLASS, end=r"\b")
+_TERM_RE = _TERM_SCAN.pattern
 #: A reference cue before a number: ``\b(?:range|percentile|limits?|cut-?offs?|thresholds?|normal|
 #: reference|mean|average|expected|typical|above|below|under|over|exceed\w*|at least|at most|less than|
 #: more than|greater than|beyond|between)\b|[<>≥≤]`` (only whether one occurs is used), written with
@@ -722,28 +711,33 @@ class _RowClaims:
 class _ClauseScan:
     """One scan of ``rx`` over a whole text, its matches handed to the clauses (``spans``) they lie in.
 
-    ``per[ci]`` is None when no match starts in clause ``ci`` (the per-message "hit" test the
-    checks have always used), else the matches lying inside it. A match that does not lie inside
+    ``rx``: a regex (matches are ``re.Match``) or a :class:`~grok.verify.scan.WordScanner` (matches are
+    ``(start, end, word)``). ``per[ci]`` is None when no match starts in clause ``ci`` (the per-message "hit"
+    test the checks have always used), else the matches lying inside it. A match that does not lie inside
     one clause marks the clauses it touches ``dirty``; :meth:`get` scans a dirty clause again on
     its own. Clauses start after white space and end before it, and every pattern used here treats
     white space like the start or end of the text, so a clause that no match crosses gets exactly
     the matches of a scan of the clause alone.
     """
 
-    __slots__ = ("dirty", "per", "rx", "spans")
+    __slots__ = ("dirty", "per", "rx")
 
-    def __init__(self, rx: re.Pattern, src: str, spans: list[tuple[int, int]], starts: list[int]):
+    def __init__(self, rx, src: str, spans: list[tuple[int, int]], starts: list[int]):
         self.rx = rx
-        self.spans = spans
         n = len(spans)
-        per: list[list[re.Match] | None] = [None] * n
+        per: list[list | None] = [None] * n
         dirty: set[int] = set()
+        words = isinstance(rx, WordScanner)
+        found = rx.findall(src) if words else rx.finditer(src)
+        if words and not found:
+            self.per, self.dirty = per, dirty
+            return
         ci = 0
         nxt = starts[1] if n > 1 else _NO_END
         end = spans[0][1]
         lst = None
-        for m in rx.finditer(src):
-            s, e = m.span()
+        for m in found:
+            s, e = m[:2] if words else m.span()
             if s >= nxt:  # matches come in order: move to the clause of s
                 ci = bisect_right(starts, s, ci + 1) - 1
                 nxt = starts[ci + 1] if ci + 1 < n else _NO_END
@@ -762,11 +756,12 @@ class _ClauseScan:
                     k += 1
         self.per, self.dirty = per, dirty
 
-    def get(self, ci: int, clause_src: str):
+    def get(self, ci: int, clause_src: str, spans: list[tuple[int, int]]):
         """``(matches, offset)``: the matches of clause ``ci`` (positions minus ``offset`` are clause positions)."""
         if ci in self.dirty:
-            return list(self.rx.finditer(clause_src)), 0
-        return self.per[ci] or (), self.spans[ci][0]
+            rx = self.rx
+            return (rx.findall(clause_src) if isinstance(rx, WordScanner) else list(rx.finditer(clause_src))), 0
+        return self.per[ci] or (), spans[ci][0]
 
 
 _NO_END = 1 << 62
@@ -821,7 +816,8 @@ class Verifier:
             n = (w, 0) if w in names else _longest_part(w, names)
             if n is not None:
                 self._name_of[w] = n
-        self._scan_rx = _name_regex(set(balias) | names)
+        self._scan = WordScanner({w.lower() for w in set(balias) | names}, hyphen=True, end=r"(?![\w-])")
+        self._scan_rx = self._scan.pattern
         # lexicon lookups per biomarker-id tuple (candidates of a quantity, of a bare number, has a count)
         self._memo: dict[Any, Any] = {}
 
@@ -834,10 +830,10 @@ class Verifier:
         """``(start, end, biomarker ids)`` of the biomarker names among ``matches`` (clause positions)."""
         bm_of = self._bm_of
         out = []
-        for m in matches:
-            bm = bm_of.get(m.group(0))
+        for m in matches:  # (start, end, word)
+            bm = bm_of.get(m[2])
             if bm is not None:
-                s = m.start() - off
+                s = m[0] - off
                 out.append((s + bm[1], s + bm[2], bm[0]))
         return out
 
@@ -1100,15 +1096,14 @@ class Verifier:
             else:
                 before = t.mark()
                 subj = self._check_term(clause, m, off, mentions, facts, t, carried, inside)
-                t.claim(before, m.start() - off, m.end() - off, "term", [f"bm-{b}" for b in subj[2]] if subj else [])
+                t.claim(before, m[0] - off, m[1] - off, "term", [f"bm-{b}" for b in subj[2]] if subj else [])
 
     def _check_term(self, clause: str, m, off: int, mentions, facts, t: _Tally, carried, inside):
         """One qualitative term ("thickened", "normal") about the biomarker named next to it; returns that
         mention (or None)."""
-        ms, me = m.start() - off, m.end() - off
+        ms, me, word = m[0] - off, m[1] - off, m[2]
         if inside and any(a <= ms and me <= b for a, b in inside):
             return None
-        word = m.group(0)
         claim = _TERM_CLASS[word]
         subj = next(((s, e, ids) for s, e, ids in mentions if 0 <= s - me <= 2), None)
         if subj is None:
@@ -1149,8 +1144,8 @@ class Verifier:
         """Every finding, lesion, disease and stage name of the clause (one scan finds them all; the
         name's tables say which it is)."""
         name_of = self._name_of
-        for m in matches:
-            part = name_of.get(m.group(0))
+        for m in matches:  # (start, end, word)
+            part = name_of.get(m[2])
             if part is None:
                 continue  # a biomarker name only
             if t.claims is None:
@@ -1164,7 +1159,7 @@ class Verifier:
         """One finding, lesion, disease or stage name; returns its clause span and what it names (finding ids,
         disease id)."""
         word = part[0]
-        ms = m.start() - off + part[1]
+        ms = m[0] - off + part[1]
         me = ms + len(word)
         fids = self.lex.presence_alias.get(word)
         did = self._names_disease.get(word)
@@ -1424,8 +1419,8 @@ class Verifier:
         if stage is not None and stage not in text:
             stage = None
         s_num = _ClauseScan(_NUMBER_RE, masked_text, spans, starts)
-        s_term = _ClauseScan(_TERM_RE, text, spans, starts)
-        s_names = _ClauseScan(self._scan_rx, text, spans, starts)
+        s_term = _ClauseScan(_TERM_SCAN, text, spans, starts)
+        s_names = _ClauseScan(self._scan, text, spans, starts)
         p_num, p_term, p_names = s_num.per, s_term.per, s_names.per
         carried = None
         for ci, (a, b) in enumerate(spans):
@@ -1433,7 +1428,7 @@ class Verifier:
             if not clause:
                 continue
             if p_names[ci] is not None:
-                names, names_off = s_names.get(ci, clause)
+                names, names_off = s_names.get(ci, clause, spans)
                 mentions = self._mentions(names, names_off)
                 if t.reading:
                     for _s, _e, ids in mentions:
@@ -1445,10 +1440,10 @@ class Verifier:
             inside = _spans_of(clause, stage) if stage and stage in clause else ()
             t.base = a  # claims are recorded at text offsets
             if p_num[ci] is not None:
-                ms, off = s_num.get(ci, masked_text[a:b])
+                ms, off = s_num.get(ci, masked_text[a:b], spans)
                 self._check_numbers(clause, ms, off, mentions, facts, t, carried)
             if p_term[ci] is not None:
-                self._check_terms(clause, *s_term.get(ci, clause), mentions, facts, t, carried, inside)
+                self._check_terms(clause, *s_term.get(ci, clause, spans), mentions, facts, t, carried, inside)
             if p_names[ci] is not None:
                 self._check_names(clause, names, names_off, facts, t, rc, inside)
             if "normal" in clause and ("diagnos" in clause or "answer" in clause or "impression" in clause

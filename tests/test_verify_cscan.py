@@ -1,0 +1,162 @@
+"""The compiled scanner (``grok/verify/_cscan.c``) against the ``re`` path it stands for: identical results.
+
+``grok.verify.scan`` runs the verifier's whole-text scans compiled when the extension is built and through ``re``
+otherwise (or with ``GROK_NO_CEXT=1``). Each scan is compared here, in one process, with the regex it replaces on
+the benchmark's references, their numbers moved, and generated texts (names and terms run together, cut,
+hyphenated; other scripts' letters and digits; line breaks and other white space; lone surrogates; text of each
+of ``str``'s three widths); and the whole reading of answers with the extension against a fresh process with
+``GROK_NO_CEXT=1``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from grok.eval.data import benchmark_from_records
+from grok.eval.reader import AnswerReader
+from grok.instruct.samples import sample_records
+from grok.knowledge import load_knowledge_base
+from grok.knowledge.lexicon import build_lexicon
+from grok.verify import scan, textnorm
+from grok.verify import verifier as V
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_cext = pytest.mark.skipif(not scan.COMPILED, reason="grok.verify._cscan is not built (or GROK_NO_CEXT is set)")
+
+#: Odd characters: other scripts' letters and digits (all \w), marks, white space of other kinds, a lone
+#: surrogate, characters of 2 and 4 bytes, the hyphens and dashes the scans test.
+ODD = ["é", "ß", "µ", "μ", "٣", "४", "１", "²", "½", "Ⅻ", "_", "-", "–", "—", "’", "\u00a0", "\u2009", "\u3000",
+       "\x0b", "\x1c", "\x85", "\u2028", "\t", "\r\n", "\n\n", "\ud800", "\udcff", "😀", "𝟙", "𐌰", "≥", "µm",
+       ".", ";", "!", "?", ". ", "; ", "!\n", "?\t", "..", "(", ")", "/", "^", "³", "×", "−"]
+
+
+def _bench_and_reader():
+    kb = load_knowledge_base()
+    lex = build_lexicon(kb)
+    return benchmark_from_records(sample_records(40, 9, kb), kb=kb, lexicon=lex), AnswerReader(lex)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return _bench_and_reader()
+
+
+def _texts(reader, bench, n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    refs = [it.reference for it in bench.items.values()]
+    words = sorted({*reader._name_of, *reader._bm_of, *V._TERM_CLASS, *textnorm._UNITS, *textnorm._TENS,
+                    *textnorm._SCALES})
+    pool = [*words, *ODD, "3", "262", "0.42", "2.5", " ", "the", "is", "and"]
+    out = [*refs, *(r.lower() for r in refs), *(textnorm.normalise(r.lower()) for r in refs)]
+    for _ in range(n):
+        parts = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        parts = [p[: rng.randint(1, len(p))] if rng.random() < 0.2 else p for p in parts]
+        out.append(rng.choice([" ", "", "-", "x", " a", ", ", "\n", ". ", "_", "é"]).join(parts))
+    for r in refs[:60]:  # a reference with odd characters spliced in
+        k = rng.randrange(len(r) + 1)
+        out.append(r[:k].lower() + rng.choice(ODD) + r[k:].lower())
+    return out
+
+
+@needs_cext
+def test_word_scans_are_their_regexes(setup):
+    bench, reader = setup
+    scanners = {"names": reader._scan, "terms": V._TERM_SCAN, "number words": textnorm._FIRST_WORD}
+    texts = _texts(reader, bench, 6000, 1)
+    widths = {min(3, (max(map(ord, t), default=0).bit_length() + 7) // 8) for t in texts}
+    assert widths == {1, 2, 3}  # str's three widths (ASCII and Latin-1 are one), the scanner reads each
+    for name, sc in scanners.items():
+        hits = 0
+        for text in texts:
+            want = [(m.start(), m.end(), m.group(0)) for m in sc.pattern.finditer(text)]
+            got = sc.findall(text)
+            assert got == want, (name, text)
+            assert sc.search(text) is bool(want), (name, text)
+            hits += bool(want)
+        assert hits > 500, name  # the texts exercise each scanner
+
+
+@needs_cext
+def test_clause_spans_are_the_regex_split(setup):
+    bench, reader = setup
+    texts = _texts(reader, bench, 3000, 2)
+    texts += ["", ".", ". ", "\n", "a.\n\nb", "a. \u00a0b", "a.\x1cb", "a;\u3000b", "a?\u2028\u2029b", "\n\n\n", "x!"]
+    for text in texts:
+        assert scan.clause_spans(text) == scan._clause_spans_re(text), text
+
+
+@needs_cext
+def test_word_table_is_checked():
+    """A malformed table is refused with an error, never read out of bounds."""
+    from grok.verify import _cscan
+
+    table, words = scan._table(["ab", "b"])
+    with pytest.raises(ValueError):
+        _cscan.compile(table[:-4], words)
+    with pytest.raises(ValueError):
+        _cscan.compile(table, words[:1])
+    with pytest.raises(TypeError):
+        _cscan.words(_cscan.compile(table, words), b"ab", 0)
+
+
+def _readings(items, texts) -> list:
+    reader = AnswerReader(build_lexicon(load_knowledge_base()))
+    out = []
+    for k, text in enumerate(texts):
+        it = items[k % len(items)]
+        r = reader.read(it.question, text, it.facts, it.images)
+        out.append([sorted(x) if isinstance(x, frozenset) else x for x in dataclasses.astuple(r)])
+    return out
+
+
+_PROBE = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import test_verify_cscan as T
+from grok.verify import scan
+assert not scan.COMPILED
+bench, _ = T._bench_and_reader()
+items = list(bench.items.values())
+texts = json.loads(sys.stdin.read())
+print(json.dumps(T._readings(items, texts)))
+"""
+
+
+@needs_cext
+def test_readings_with_and_without_the_extension_are_identical(setup):
+    """Every reading of the benchmark's answers, other studies' answers and generated texts: this process (compiled)
+    against a process with ``GROK_NO_CEXT=1`` (the ``re`` path)."""
+    bench, reader = setup
+    items = list(bench.items.values())
+    rng = random.Random(3)
+    texts = [it.reference for it in items] + [rng.choice(items).reference for _ in items]
+    texts += [t.upper() for t in texts[:100]] + _texts(reader, bench, 400, 4)[-460:]
+    env = {**os.environ, "GROK_NO_CEXT": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _PROBE.format(tests=str(ROOT / "tests"))], input=json.dumps(texts),
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    want = json.loads(proc.stdout)
+    got = json.loads(json.dumps(_readings(items, texts)))
+    assert len(got) == len(want) == len(texts)
+    for text, g, w in zip(texts, got, want, strict=True):
+        assert g == w, text
+
+
+def test_extension_is_built_where_a_compiler_is():
+    """``pip install`` (editable or not) builds the extension when a C compiler is found (setup.py)."""
+    if os.environ.get("GROK_NO_CEXT", "") not in ("", "0"):
+        pytest.skip("GROK_NO_CEXT is set: the re path is forced")
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}): the package runs the re path")
+    assert scan.COMPILED, "grok.verify._cscan is not built: run pip install -e . (or python setup.py build_ext --inplace)"
