@@ -303,7 +303,7 @@ def bench_parts(bench, ids, refs, reader, cache, items_file, resamples: int, rep
         r["reading: number mask"] = us(lambda: [V._mask(x) for x in norm])  # noqa: B023
         masked = [V._mask(x) for x in norm]
         r["reading: clause split"] = us(lambda: [V._clause_spans(x) for x in norm])  # noqa: B023
-        for name, find, texts in (("numbers", V._NUMBER_RE.finditer, masked), ("terms", V._TERM_SCAN.findall, norm),
+        for name, find, texts in (("numbers", V.numbers, masked), ("terms", V._TERM_SCAN.findall, norm),
                                   ("names", reader._scan.findall, norm)):
             r[f"reading: {name} scan"] = us(lambda find=find, texts=texts: [list(find(x)) for x in texts])
         bench.readings.clear()

@@ -54,7 +54,7 @@ class HookedReader(Verifier):
         for m in matches:
             c0 = t.checks
             new = self._isolated(t, lambda m=m: sup(clause, (m,), off, mentions, facts, t, carried))
-            ms = m.start() - off
+            ms = m[0] - off  # (start, end, whole, a, e, b, unit): grok.verify.scan.numbers
             subj = self._subject_before(mentions, ms)
             if subj is None and not mentions and carried is not None:
                 subj = carried

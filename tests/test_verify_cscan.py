@@ -95,6 +95,52 @@ def test_clause_spans_are_the_regex_split(setup):
         assert scan.clause_spans(text) == scan._clause_spans_re(text), text
 
 
+#: Pieces of the number scan and the mask: digits of several scripts, marks, powers of ten, ranges, units, the
+#: mask's words and what follows them; random strings of them exercise every backtracking path of the regexes.
+RULE_TOKENS = [*"0123456789..  -e+x×^⁻⁺²³¹⁰⁴mµμunlp%/sy'\n\t٣", "10", "mm", "µm", "um", "nl", "mm³", "mm^3", "mm3",
+               "to", "and", "–", "—", "−", "e2", "x10^", "×10", "z", "-score", " score", "of", "is", "was", "=", ":",
+               "central ", "the central", "within the", "age", "aged", "step", "grade", "stage", "type", "category",
+               "p", "st", "nd", "rd", "th", "-year-old", "year", "years", "y", "times", "fold", "-fold", "sd", "sds",
+               "standard deviation", "quadrant", "sector", "clock hour", "o'clock", "disc diameter", "dd", "month",
+               "week", "day", "hour", "minute", "mmhg", "mg", "ml", "dioptre", "diopter", "circle", "ring", "zone",
+               "micrometres", "pixels", "px", "cubic millimetres", "_", "a", "é", "\ud800", "😀"]
+
+
+#: Written cases of each alternative, near misses beside them.
+RULE_CASES = ["3.5x", "3.5xyz", "2.62e2", "2.62e+2 µm", "2.62 × 10^2 µm", "2.62×10²", "2.62 x 10^-2", "2.6×10⁻³", "3-5.5x",
+              "3 - 5.55 um", "262 µm2", "262µm³", "1e", "1e+", "5 to 7 mm", "5and6", "٣٤ µm", "z-score 5", "z -score 5",
+              "z-5", "z−5", "z of -2.1", "z = 2", "z: −1.5", "z score is 2", "zis 3", "z-score", "aged 5", "age d 5",
+              "age 5x", "p95", "p95th", "step 2", "grade 3b", "central 3 mm", "central 3.5mm³", "inner 1 mm ^",
+              "3 mm circle", "1-3 mm ring", "1.5 - 3.5 mm zone", "3mm  grid", "2.5th", "1st", "3 yearsx", "3 years",
+              "3y", "3 yrs", "80-year-old", "2 sds", "2sd", "2.5 sd", "4 clock hours", "6/12", "6/", "1.3 times",
+              "2-fold", "2fold", "1.2.3", "0.5.", "12,5", "3 o'clock", "24 mmhg", "-2.5 dioptres", "1 dd", "1 ddx"]
+
+
+def _rule_texts(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    out = [*RULE_CASES, *(" ".join(rng.sample(RULE_CASES, 3)) for _ in range(n // 10))]
+    pool = [*RULE_TOKENS, *RULE_CASES]
+    out += ["".join(rng.choice(pool) for _ in range(rng.randint(1, 10))) for _ in range(n)]
+    return out
+
+
+@needs_cext
+def test_mask_and_numbers_are_their_regexes(setup):
+    """``scan.mask`` and ``scan.numbers`` (compiled) against ``_MASK_RE.sub`` and ``_NUMBER_RE.finditer``."""
+    bench, reader = setup
+    texts = _texts(reader, bench, 3000, 5) + _rule_texts(40000, 6)
+    masked_any = found_any = 0
+    for text in texts:
+        want = scan._MASK_RE.sub(scan._blank_match, text)
+        got = scan.mask(text)
+        assert got == want and type(got) is str, text
+        masked_any += got != text
+        want_n = [(*m.span(), m.group(0), *m.groups()) for m in scan._NUMBER_RE.finditer(text)]
+        assert scan.numbers(text) == want_n, text
+        found_any += bool(want_n)
+    assert masked_any > 1500 and found_any > 5000, (masked_any, found_any)
+
+
 @needs_cext
 def test_word_table_is_checked():
     """A malformed table is refused with an error, never read out of bounds."""

@@ -24,7 +24,7 @@
 
 #define TABLE_MAGIC 0x47524b31 /* "GRK1" */
 
-static unsigned char ascii_word[128];
+static unsigned char ascii_word[128], ascii_decimal[128], ascii_space[128];
 
 typedef struct {
     int32_t n_nodes, n_pairs;
@@ -35,6 +35,11 @@ static inline int is_word(Py_UCS4 c) {
     if (c < 128) return ascii_word[c];
     return Py_UNICODE_ISALNUM(c) ? 1 : 0;
 }
+
+/* \d and \s as re tests them (str.isdecimal, str.isspace); isw: \w */
+static inline int isd(Py_UCS4 c) { return c < 128 ? ascii_decimal[c] : Py_UNICODE_ISDECIMAL(c); }
+static inline int iss(Py_UCS4 c) { return c < 128 ? ascii_space[c] : Py_UNICODE_ISSPACE(c); }
+static inline int isw(Py_UCS4 c) { return c != 0 && is_word(c); }
 
 static int table_from(PyObject *obj, Table *t) {
     if (!PyBytes_Check(obj)) {
@@ -255,7 +260,7 @@ static int append_span(PyObject *out, Py_ssize_t a, Py_ssize_t b) {
         Py_ssize_t a, b;                                                                             \
         if (c == '.' || c == ';' || c == '!' || c == '?') {                                          \
             b = p + 1;                                                                               \
-            while (b < n && Py_UNICODE_ISSPACE(READ(b))) b++;                                        \
+            while (b < n && iss(READ(b))) b++;                                        \
             if (b == p + 1) { p++; continue; }                                                       \
             a = p + 1;                                                                               \
         } else if (c == '\n') {                                                                      \
@@ -284,12 +289,489 @@ static PyObject *scan_clauses(PyObject *self, PyObject *text) {
     return out;
 }
 
+
+/* ---- the number mask and the number scan, on a UCS4 copy of the text ------------------------------------ */
+
+typedef struct {
+    const Py_UCS4 *s;
+    Py_ssize_t n;
+} Text;
+
+#define AT(i) ((i) < x->n ? x->s[i] : 0)
+
+/* the end of the ASCII literal lit at i, or -1 */
+static Py_ssize_t lit(const Text *x, Py_ssize_t i, const char *lit) {
+    for (; *lit; lit++, i++) {
+        if (i >= x->n || x->s[i] != (Py_UCS4)(unsigned char)*lit) return -1;
+    }
+    return i;
+}
+static inline Py_ssize_t spaces(const Text *x, Py_ssize_t i) {
+    while (iss(AT(i))) i++;
+    return i;
+}
+static inline Py_ssize_t digits(const Text *x, Py_ssize_t i) {
+    while (isd(AT(i))) i++;
+    return i;
+}
+/* a word ends at i (the character before i is a word character): \b there, i.e. (?!\w) */
+static inline int word_end(const Text *x, Py_ssize_t i) { return !isw(AT(i)); }
+
+/* The mask rule (grok.verify.scan: _MASK_WORDS, _MASK_AFTER_DIGIT); each returns the end of the match or -1.
+   Where the regex could backtrack, the alternatives are tried in its order (see the notes there). */
+enum { F_MM = 1, F_AGE = 2, F_SPACE_INT = 3, F_INT = 4, F_Z = 5 };
+
+/* \s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^]) */
+static Py_ssize_t f_mm(const Text *x, Py_ssize_t i) {
+    Py_ssize_t r = spaces(x, i);
+    if (r == i || !isd(AT(r))) return -1;
+    r++;
+    Py_ssize_t opts[2] = {r + 2, r};
+    int k0 = (AT(r) == '.' && isd(AT(r + 1))) ? 0 : 1;
+    for (int k = k0; k < 2; k++) {
+        Py_ssize_t t = lit(x, spaces(x, opts[k]), "mm");
+        if (t < 0 || !word_end(x, t)) continue;
+        Py_UCS4 c = AT(spaces(x, t));
+        if (c == 0xB3 || c == '3' || c == '^') continue;
+        return t;
+    }
+    return -1;
+}
+
+/* \d+\b */
+static Py_ssize_t f_int(const Text *x, Py_ssize_t i) {
+    if (!isd(AT(i))) return -1;
+    Py_ssize_t r = digits(x, i);
+    return word_end(x, r) ? r : -1;
+}
+
+/* \s+\d+\b */
+static Py_ssize_t f_space_int(const Text *x, Py_ssize_t i) {
+    Py_ssize_t r = spaces(x, i);
+    return r == i ? -1 : f_int(x, r);
+}
+
+/* [-−]?\d+(?:\.\d+)? after \s*: the end (greedy; nothing follows it in the rule) */
+static Py_ssize_t z_number(const Text *x, Py_ssize_t i) {
+    Py_ssize_t u = spaces(x, i);
+    if (AT(u) == '-' || AT(u) == 0x2212) u++;
+    if (!isd(AT(u))) return -1;
+    u = digits(x, u);
+    if (AT(u) == '.' && isd(AT(u + 1))) u = digits(x, u + 1);
+    return u;
+}
+
+/* \s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)? */
+static Py_ssize_t z_rest(const Text *x, Py_ssize_t i) {
+    static const char *const words[] = {"of", "is", "was", "=", ":"};
+    Py_ssize_t t = spaces(x, i);
+    for (int k = 0; k < 5; k++) {
+        Py_ssize_t w = lit(x, t, words[k]);
+        if (w >= 0) {
+            Py_ssize_t r = z_number(x, w);
+            if (r >= 0) return r;
+            break;
+        }
+    }
+    return z_number(x, t);
+}
+
+/* (?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)? */
+static Py_ssize_t f_z(const Text *x, Py_ssize_t i) {
+    Py_ssize_t a = lit(x, i, "-score");
+    if (a < 0) {
+        Py_ssize_t t = spaces(x, i);
+        a = t > i ? lit(x, t, "score") : -1;
+    }
+    if (a >= 0) {
+        Py_ssize_t r = z_rest(x, a);
+        if (r >= 0) return r;
+    }
+    return z_rest(x, i);
+}
+
+static Py_ssize_t follow(const Text *x, int kind, Py_ssize_t i) {
+    switch (kind) {
+    case F_MM: return f_mm(x, i);
+    case F_AGE: {
+        if (AT(i) == 'd') {
+            Py_ssize_t r = f_space_int(x, i + 1);
+            if (r >= 0) return r;
+        }
+        return f_space_int(x, i);
+    }
+    case F_SPACE_INT: return f_space_int(x, i);
+    case F_INT: return f_int(x, i);
+    case F_Z: return f_z(x, i);
+    }
+    return -1;
+}
+
+/* after the first digit: (?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|...|radius)\b */
+static Py_ssize_t d_mm_rest(const Text *x, Py_ssize_t i) {
+    static const char *const words[] = {"circle", "ring", "subfield", "zone", "area", "cube", "grid", "diameter",
+                                        "radius"};
+    Py_ssize_t t = lit(x, spaces(x, i), "mm");
+    if (t < 0) return -1;
+    Py_ssize_t u = spaces(x, t);
+    if (u == t) return -1;
+    for (int k = 0; k < 9; k++) {
+        Py_ssize_t w = lit(x, u, words[k]);
+        if (w >= 0 && word_end(x, w)) return w;
+    }
+    return -1;
+}
+
+static Py_ssize_t d_mm_range(const Text *x, Py_ssize_t i) {
+    Py_ssize_t t = spaces(x, i);
+    if (AT(t) == '-') {
+        t = spaces(x, t + 1);
+        if (isd(AT(t))) {
+            t++;
+            Py_ssize_t opts[2] = {t + 2, t};
+            for (int k = (AT(t) == '.' && isd(AT(t + 1))) ? 0 : 1; k < 2; k++) {
+                Py_ssize_t r = d_mm_rest(x, opts[k]);
+                if (r >= 0) return r;
+            }
+        }
+    }
+    return d_mm_rest(x, i);
+}
+
+static const char *const D_UNITS[] = {
+    "times", "-fold", "fold", "sds", "sd", "standard deviations", "standard deviation", "quadrants", "quadrant",
+    "sectors", "sector", "clock hours", "clock hour", "o'clock", "disc diameters", "disc diameter", "dd", "months",
+    "month", "weeks", "week", "days", "day", "hours", "hour", "minutes", "minute", "mmhg", "mg", "ml", "dioptres",
+    "dioptre", "diopters", "diopter", NULL};
+
+/* the masked span starting with the digit at p (a word start), or -1 */
+static Py_ssize_t mask_digit(const Text *x, Py_ssize_t p) {
+    Py_ssize_t r = p + 1, end;
+    /* (?:\.\d)?(?:range)?\s*mm\s+(?:circle|...)\b */
+    if (AT(r) == '.' && isd(AT(r + 1)) && (end = d_mm_range(x, r + 2)) >= 0) return end;
+    if ((end = d_mm_range(x, r)) >= 0) return end;
+    /* \d*+ then the alternatives */
+    r = digits(x, r);
+    Py_ssize_t f = (AT(r) == '.' && isd(AT(r + 1))) ? digits(x, r + 1) : r; /* (?:\.\d++)?+ */
+    static const char *const ords[] = {"st", "nd", "rd", "th"};
+    for (int k = 0; k < 4; k++) {
+        Py_ssize_t w = lit(x, f, ords[k]);
+        if (w >= 0 && word_end(x, w)) return w;
+    }
+    if ((end = lit(x, r, "-year-old")) >= 0 && word_end(x, end)) return end;
+    Py_ssize_t t = spaces(x, r);
+    if ((end = lit(x, t, "year")) >= 0) {
+        if (AT(end) == 's' && word_end(x, end + 1)) return end + 1;
+        if (word_end(x, end)) return end;
+    }
+    if (AT(t) == 'y' && word_end(x, t + 1)) return t + 1;
+    t = spaces(x, f);
+    for (int k = 0; D_UNITS[k]; k++) {
+        Py_ssize_t w = lit(x, t, D_UNITS[k]);
+        if (w >= 0 && word_end(x, w)) return w;
+    }
+    if (AT(r) == '/' && isd(AT(r + 1))) return digits(x, r + 1);
+    return -1;
+}
+
+/* a UCS4 view of text (its own data when it is 4 bytes wide, else a copy into buf or the heap) */
+static const Py_UCS4 *ucs4_of(PyObject *text, Py_UCS4 *buf, Py_ssize_t buflen, Py_UCS4 **heap, Py_ssize_t *n) {
+    *heap = NULL;
+    if (PyUnicode_READY(text) < 0) return NULL;
+    *n = PyUnicode_GET_LENGTH(text);
+    if (PyUnicode_KIND(text) == PyUnicode_4BYTE_KIND) return PyUnicode_4BYTE_DATA(text);
+    if (*n + 1 <= buflen) return PyUnicode_AsUCS4(text, buf, buflen, 0);
+    *heap = PyUnicode_AsUCS4Copy(text);
+    return *heap;
+}
+
+#define STACK_CHARS 4096
+
+/* mask(text, words, kinds): text with every span of the mask rule blanked (spaces), offsets kept; words[i]
+   (lower-case ASCII) followed by the rule kinds[i] are the letter-led alternatives in the rule's order. */
+static PyObject *scan_mask(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyUnicode_Check(args[0]) || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])
+            || PyTuple_GET_SIZE(args[1]) != PyTuple_GET_SIZE(args[2]) || PyTuple_GET_SIZE(args[1]) > 32) {
+        PyErr_SetString(PyExc_TypeError, "mask(text, words, kinds): a str and two tuples of one length (<= 32)");
+        return NULL;
+    }
+    const char *words[32];
+    int kinds[32];
+    Py_ssize_t nw = PyTuple_GET_SIZE(args[1]);
+    for (Py_ssize_t k = 0; k < nw; k++) {
+        words[k] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(args[1], k));
+        kinds[k] = (int)PyLong_AsLong(PyTuple_GET_ITEM(args[2], k));
+        if (words[k] == NULL || (kinds[k] == -1 && PyErr_Occurred())) return NULL;
+        if (words[k][0] == 0 || kinds[k] < F_MM || kinds[k] > F_Z) {
+            PyErr_SetString(PyExc_ValueError, "mask: empty word or unknown rule");
+            return NULL;
+        }
+    }
+    PyObject *text = args[0];
+    Py_UCS4 buf[STACK_CHARS], *heap;
+    Text xt;
+    xt.s = ucs4_of(text, buf, STACK_CHARS, &heap, &xt.n);
+    if (xt.s == NULL) return NULL;
+    const Text *x = &xt;
+    Py_UCS4 *out = NULL; /* the blanked copy, made at the first span */
+    for (Py_ssize_t p = 0; p < x->n;) {
+        Py_UCS4 c = x->s[p];
+        Py_ssize_t end = -1;
+        if (p == 0 || !isw(x->s[p - 1])) {
+            if (isd(c)) {
+                end = mask_digit(x, p);
+            } else if (c < 128) {
+                for (Py_ssize_t k = 0; k < nw && end < 0; k++) {
+                    if ((Py_UCS4)(unsigned char)words[k][0] != c) continue;
+                    Py_ssize_t w = lit(x, p, words[k]);
+                    if (w >= 0) end = follow(x, kinds[k], w);
+                }
+            }
+        }
+        if (end <= p) {
+            p++;
+            continue;
+        }
+        if (out == NULL) {
+            out = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)(x->n ? x->n : 1));
+            if (out == NULL) {
+                PyMem_Free(heap);
+                return PyErr_NoMemory();
+            }
+            memcpy(out, x->s, sizeof(Py_UCS4) * (size_t)x->n);
+        }
+        for (Py_ssize_t i = p; i < end; i++) out[i] = ' ';
+        p = end;
+    }
+    PyMem_Free(heap);
+    if (out == NULL) {
+        Py_INCREF(text);
+        return text;
+    }
+    PyObject *res = PyUnicode_FromKindAndData(PyUnicode_4BYTE_KIND, out, x->n); /* (the narrowest str) */
+    PyMem_Free(out);
+    return res;
+}
+
+/* ---- numbers: _NUMBER_RE of grok.verify.scan, every backtracking alternative in the regex's order ---------- */
+
+typedef struct {
+    Py_ssize_t e0, e1;       /* group e, or e0 = -1 */
+    Py_ssize_t b0, b1;       /* group b, or b0 = -1 */
+    Py_ssize_t unit;         /* index in units, or -1 */
+    Py_ssize_t end;
+} NumMatch;
+
+typedef struct {
+    const Text *x;
+    PyObject *units; /* tuple of str, in the alternation's order */
+    NumMatch m;
+} NumState;
+
+static inline int num_end_ok(const Text *x, Py_ssize_t i) {
+    Py_UCS4 c = AT(i);
+    return !(isw(c) || c == 0xB3 || c == 0xB2); /* (?![\w³²]) */
+}
+
+static int unit_at(PyObject *u, const Text *x, Py_ssize_t i, Py_ssize_t *end) {
+    Py_ssize_t len = PyUnicode_GET_LENGTH(u);
+    if (i + len > x->n) return 0;
+    int kind = PyUnicode_KIND(u);
+    const void *data = PyUnicode_DATA(u);
+    for (Py_ssize_t k = 0; k < len; k++) {
+        if (PyUnicode_READ(kind, data, k) != x->s[i + k]) return 0;
+    }
+    *end = i + len;
+    return 1;
+}
+
+/* (?:\s*(?P<unit>...))?(?![\w³²]) from i */
+static int num_unit(NumState *st, Py_ssize_t i) {
+    const Text *x = st->x;
+    Py_ssize_t t = spaces(x, i), end;
+    Py_ssize_t nu = PyTuple_GET_SIZE(st->units);
+    for (Py_ssize_t k = 0; k < nu; k++) {
+        if (unit_at(PyTuple_GET_ITEM(st->units, k), x, t, &end) && num_end_ok(x, end)) {
+            st->m.unit = k;
+            st->m.end = end;
+            return 1;
+        }
+    }
+    if (num_end_ok(x, i)) {
+        st->m.unit = -1;
+        st->m.end = i;
+        return 1;
+    }
+    return 0;
+}
+
+/* \d+(?:\.\d+)? from i (a digit), each shorter form in turn, then cont */
+#define EACH_DECIMAL(i, END, BODY)                                                                   \
+    do {                                                                                             \
+        Py_ssize_t int_max_ = digits(x, (i));                                                        \
+        for (Py_ssize_t ie_ = int_max_; ie_ > (i); ie_--) {                                          \
+            if (ie_ == int_max_ && AT(ie_) == '.' && isd(AT(ie_ + 1))) {                             \
+                Py_ssize_t fmax_ = digits(x, ie_ + 1);                                               \
+                for (Py_ssize_t fe_ = fmax_; fe_ > ie_ + 1; fe_--) {                                 \
+                    Py_ssize_t END = fe_;                                                            \
+                    BODY                                                                             \
+                }                                                                                    \
+            }                                                                                        \
+            {                                                                                        \
+                Py_ssize_t END = ie_;                                                                \
+                BODY                                                                                 \
+            }                                                                                        \
+        }                                                                                            \
+    } while (0)
+
+/* (?:\s*(?:–|—|-|to|and)\s*(?P<b>\d+(?:\.\d+)?))? then the unit */
+static int num_range(NumState *st, Py_ssize_t i) {
+    const Text *x = st->x;
+    Py_ssize_t t = spaces(x, i), c = -1;
+    Py_UCS4 ch = AT(t);
+    if (ch == 0x2013 || ch == 0x2014 || ch == '-') c = t + 1;
+    else if ((c = lit(x, t, "to")) < 0) c = lit(x, t, "and");
+    if (c >= 0) {
+        Py_ssize_t b0 = spaces(x, c);
+        if (isd(AT(b0))) {
+            EACH_DECIMAL(b0, b1, {
+                st->m.b0 = b0;
+                st->m.b1 = b1;
+                if (num_unit(st, b1)) return 1;
+            });
+        }
+    }
+    st->m.b0 = -1;
+    return num_unit(st, i);
+}
+
+static int is_superscript(Py_UCS4 c) {
+    return c == 0x2070 || c == 0xB9 || c == 0xB2 || c == 0xB3 || (c >= 0x2074 && c <= 0x2079);
+}
+
+/* (?P<e>e[+-]?\d+|\s*[×x]\s*10(?:\^\s*[+\-−]?\d+|[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))? then the range */
+static int num_exp(NumState *st, Py_ssize_t i) {
+    const Text *x = st->x;
+    st->m.e0 = i;
+    if (AT(i) == 'e') {
+        Py_ssize_t d = i + 1;
+        if (AT(d) == '+' || AT(d) == '-') d++;
+        if (isd(AT(d))) {
+            for (Py_ssize_t e = digits(x, d); e > d; e--) {
+                st->m.e1 = e;
+                if (num_range(st, e)) return 1;
+            }
+        }
+    }
+    Py_ssize_t t = spaces(x, i);
+    if (AT(t) == 0xD7 || AT(t) == 'x') {
+        Py_ssize_t ten = lit(x, spaces(x, t + 1), "10");
+        if (ten >= 0) {
+            if (AT(ten) == '^') {
+                Py_ssize_t d = spaces(x, ten + 1);
+                if (AT(d) == '+' || AT(d) == '-' || AT(d) == 0x2212) d++;
+                if (isd(AT(d))) {
+                    for (Py_ssize_t e = digits(x, d); e > d; e--) {
+                        st->m.e1 = e;
+                        if (num_range(st, e)) return 1;
+                    }
+                }
+            } else {
+                Py_ssize_t d = ten;
+                if (AT(d) == 0x207B || AT(d) == 0x207A) d++;
+                Py_ssize_t e = d;
+                while (is_superscript(AT(e))) e++;
+                for (; e > d; e--) {
+                    st->m.e1 = e;
+                    if (num_range(st, e)) return 1;
+                }
+            }
+        }
+    }
+    st->m.e0 = -1;
+    return num_range(st, i);
+}
+
+static PyObject *sub_or_none(PyObject *text, Py_ssize_t a, Py_ssize_t b) {
+    if (a < 0) Py_RETURN_NONE;
+    return PyUnicode_Substring(text, a, b);
+}
+
+/* numbers(text, units): [(start, end, whole, a, e, b, unit), ...] as finditer of _NUMBER_RE gives
+   (m.span(), m.group(0), *m.groups()); units: the unit alternation's words in its order. */
+static PyObject *scan_numbers(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "numbers(text, units): a str and a tuple of str");
+        return NULL;
+    }
+    PyObject *text = args[0], *units = args[1];
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(units); k++) {
+        PyObject *u = PyTuple_GET_ITEM(units, k);
+        if (!PyUnicode_Check(u) || PyUnicode_READY(u) < 0 || PyUnicode_GET_LENGTH(u) == 0) {
+            PyErr_SetString(PyExc_TypeError, "numbers: units must be non-empty str");
+            return NULL;
+        }
+    }
+    Py_UCS4 buf[STACK_CHARS], *heap;
+    Text xt;
+    xt.s = ucs4_of(text, buf, STACK_CHARS, &heap, &xt.n);
+    if (xt.s == NULL) return NULL;
+    const Text *x = &xt;
+    PyObject *out = PyList_New(0);
+    NumState st;
+    st.x = x;
+    st.units = units;
+    for (Py_ssize_t p = 0; out != NULL && p < x->n;) {
+        Py_UCS4 c = x->s[p];
+        if (!isd(c) || (p > 0 && (isw(x->s[p - 1]) || x->s[p - 1] == '.'))) {
+            p++;
+            continue;
+        }
+        Py_ssize_t a_end = -1;
+        EACH_DECIMAL(p, ae, {
+            if (num_exp(&st, ae)) {
+                a_end = ae;
+                goto found;
+            }
+        });
+    found:
+        if (a_end < 0) {
+            p++;
+            continue;
+        }
+        NumMatch m = st.m;
+        PyObject *item = PyTuple_New(7);
+        if (item == NULL) { Py_CLEAR(out); break; }
+        PyObject *unit = m.unit >= 0 ? PyTuple_GET_ITEM(units, m.unit) : Py_None;
+        Py_INCREF(unit);
+        PyTuple_SET_ITEM(item, 0, PyLong_FromSsize_t(p));
+        PyTuple_SET_ITEM(item, 1, PyLong_FromSsize_t(m.end));
+        PyTuple_SET_ITEM(item, 2, PyUnicode_Substring(text, p, m.end));
+        PyTuple_SET_ITEM(item, 3, PyUnicode_Substring(text, p, a_end));
+        PyTuple_SET_ITEM(item, 4, sub_or_none(text, m.e0, m.e1));
+        PyTuple_SET_ITEM(item, 5, sub_or_none(text, m.b0, m.b1));
+        PyTuple_SET_ITEM(item, 6, unit);
+        int bad = 0;
+        for (int k = 0; k < 7; k++) bad |= PyTuple_GET_ITEM(item, k) == NULL;
+        if (bad || PyList_Append(out, item) < 0) { Py_DECREF(item); Py_CLEAR(out); break; }
+        Py_DECREF(item);
+        p = m.end;
+    }
+    PyMem_Free(heap);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"compile", (PyCFunction)(void (*)(void))scan_compile, METH_FASTCALL,
      "compile(table, words) -> the checked table (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
      "words(compiled, text, flags) -> [(start, end, word), ...] or a bool (flags & 8)"},
     {"clauses", (PyCFunction)scan_clauses, METH_O, "clauses(text) -> [(start, end), ...]"},
+    {"mask", (PyCFunction)(void (*)(void))scan_mask, METH_FASTCALL, "mask(text, words, kinds) -> text blanked"},
+    {"numbers", (PyCFunction)(void (*)(void))scan_numbers, METH_FASTCALL,
+     "numbers(text, units) -> [(start, end, whole, a, e, b, unit), ...]"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -298,7 +780,11 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__cscan(void) {
-    for (int c = 0; c < 128; c++) ascii_word[c] = (Py_UNICODE_ISALNUM(c) || c == '_') ? 1 : 0;
+    for (Py_UCS4 c = 0; c < 128; c++) { /* (NUL is none of them: AT() reads it past the end) */
+        ascii_word[c] = (Py_UNICODE_ISALNUM(c) || c == '_') ? 1 : 0;
+        ascii_decimal[c] = Py_UNICODE_ISDECIMAL(c) ? 1 : 0;
+        ascii_space[c] = Py_UNICODE_ISSPACE(c) ? 1 : 0;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && PyModule_AddIntConstant(m, "TABLE_MAGIC", TABLE_MAGIC) < 0) {
         Py_DECREF(m);

@@ -6,7 +6,10 @@ Run as: python -c "from grok.verify.scan import COMPILED; print(COMPILED)"
 :func:`word_trie`'s pattern (plus an end test) finds them: ``[(start, end, word), ...]``, leftmost first, the
 longest word at a position whose end passes the test, the next search from the match's end. A word starts only
 where the character before it is not ``\\w`` (``hyphen``: nor ``-``). ``clause_spans(text)`` gives the clauses
-of the verifier's split (white space after ``. ; ! ?`` and runs of line breaks are separators).
+of the verifier's split (white space after ``. ; ! ?`` and runs of line breaks are separators). ``mask(text)``
+blanks the number spans that are no measurement (``_MASK_RE``) and ``numbers(text)`` gives each number of
+``_NUMBER_RE`` as ``(start, end, whole, a, e, b, unit)``; the two regexes are defined here, and the compiled
+scanner tries their alternatives, and every way they can backtrack, in the regexes' order.
 
 The compiled scanner (``grok/verify/_cscan.c``, built by ``setup.py`` at install time) walks the same trie as
 a transition table built here from the words, with Python's own character classes (``\\w``:
@@ -21,7 +24,7 @@ import os
 import re
 from array import array
 
-from grok.knowledge.lexicon import prefix_tree
+from grok.knowledge.lexicon import _WB, UNIT_ALIASES, prefix_tree
 
 if os.environ.get("GROK_NO_CEXT", "") not in ("", "0"):
     _cscan = None
@@ -133,3 +136,88 @@ def _clause_spans_re(text: str) -> list[tuple[int, int]]:
 
 #: ``[(start, end), ...]`` of the clauses of a text (separators excluded; clauses may be empty).
 clause_spans = _cscan.clauses if _cscan is not None else _clause_spans_re
+
+
+#: The units of ``_NUMBER_RE``'s alternation, in its order (longest first).
+_UNITS = tuple(sorted(UNIT_ALIASES, key=len, reverse=True))
+_UNIT_ALT = "|".join(re.escape(u) for u in _UNITS)
+_NUM = r"\d+(?:\.\d+)?"
+#: A number (or range) with an optional unit. The pattern starts with a digit so that the regex
+#: engine skips straight from digit to digit; the look-behind after the first digit is the check
+#: "not preceded by a word character or a dot" (the same as a leading ``(?<![\w.])``).
+#: Group ``e``: a power of ten in scientific notation ("2.62e2", "2.62 × 10^2", "2.62×10²").
+_NUMBER_RE = re.compile(
+    rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?P<e>e[+-]?\d+|\s*[×x]\s*10(?:\^\s*[+\-−]?\d+|[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
+    rf"(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
+    r"(?![\w³²])")
+#: Spans that contain numbers but are not measurements: region names, ordinals, ages, step numbers,
+#: multiples and deviations ("1.3 times", "2-fold", "2 SD", "z-score of 2.1"), counts of places rather
+#: than lesions ("2 quadrants", "3 clock hours", "1 disc diameter"), intervals ("in 3 months"), other
+#: quantities ("IOP 24 mmHg", "-2.5 dioptres") and fractions (visual acuity "6/12"). The rule is the
+#: alternation (leftmost match, then the next from its end; ``tests/test_verify_scan.py`` holds it)
+#: ``\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^]) | \baged?\s+\d+\b
+#: | \bstep\s+\d+\b | \b(?:grade|stage|type|category)\s+\d+\b | \bp\d+\b | \bz(?:-score|\s+score)?\s*(?:of|is|
+#: was|=|:)?\s*[-−]?\d+(?:\.\d+)? | \b\d(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|...)\b
+#: | \b\d+(?:\.\d+)?(?:st|nd|rd|th)\b | ...``, written as one pattern whose
+#: alternatives start with a literal letter or a digit, those of one first letter grouped behind it (a
+#: position starts at most one group, so one scan finds the same matches as the alternation in its
+#: written order), and the word-start test after the literal word (see :func:`word_trie`).
+_MM = r"\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
+_AGE, _SPACE_INT, _INT = r"d?\s+\d+\b", r"\s+\d+\b", r"\d+\b"
+_Z = r"(?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)?"
+_MASK_WORDS = (  # (literal word, what follows it): in the rule's order
+    ("central", _MM), ("inner", _MM), ("outer", _MM), ("within the", _MM), ("the central", _MM),
+    ("age", _AGE), ("step", _SPACE_INT), ("grade", _SPACE_INT), ("stage", _SPACE_INT),
+    ("type", _SPACE_INT), ("category", _SPACE_INT), ("p", _INT), ("z", _Z))
+#: What follows a word of the mask, as ``_cscan.mask`` knows it (its ``F_*`` codes).
+_MASK_KINDS = {_MM: 1, _AGE: 2, _SPACE_INT: 3, _INT: 4, _Z: 5}
+#: What follows the first digit of a masked number span: in the rule, ``(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+
+#: (?:circle|...)\b | \d*(?:\.\d+)?(?:st|nd|rd|th)\b | \d*-year-old\b | \d*\s*(?:years?|y)\b(?!\w) |
+#: \d*(?:\.\d+)?\s*(?:times|...)\b | \d*/\d+``. In every alternative but the first, what follows ``\d*``
+#: and ``\.\d+`` cannot start with a digit, and what follows ``(?:\.\d+)?`` cannot start with a period, so
+#: giving any of them back never lets the rest match: they are possessive here (``\d*+``, no backtracking)
+#: and the shared ``\d*+`` is written once; the alternatives keep their order.
+#: (``mask_digit`` in ``_cscan.c`` is this rule written out; ``tests/test_verify_cscan.py`` compares the two.)
+_MASK_AFTER_DIGIT = (
+    r"(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
+    r"|\d*+(?:(?:\.\d++)?+(?:st|nd|rd|th)\b|-year-old\b|\s*+(?:years?|y)\b(?!\w)"
+    r"|(?:\.\d++)?+\s*+(?:times|-?fold|sds?\b|standard deviations?|quadrants?|sectors?|clock hours?|o'clock|"
+    r"disc diameters?|dd\b|months?|weeks?|days?|hours?|minutes?|mmhg|mg|ml|dioptres?|diopters?)\b"
+    r"|/\d+)")
+
+
+def _mask_pattern() -> str:
+    firsts: dict[str, list[str]] = {}
+    for word, rest in _MASK_WORDS:
+        firsts.setdefault(word[0], []).append(f"{re.escape(word[1:])}(?<!\\w.{{{len(word)}}}){rest}")
+    alts = [f"{c}(?:{'|'.join(rests)})" for c, rests in firsts.items()]
+    return "|".join([*alts, rf"\d{_WB}(?:{_MASK_AFTER_DIGIT})"])
+
+
+_MASK_RE = re.compile(_mask_pattern())
+
+
+
+
+
+
+def _blank_match(m: re.Match) -> str:
+    return " " * (m.end() - m.start())
+
+
+_MASK_ARGS = (tuple(w for w, _ in _MASK_WORDS), tuple(_MASK_KINDS[r] for _, r in _MASK_WORDS))
+
+
+def mask(text: str) -> str:
+    """``text`` with every non-measurement number span (``_MASK_RE``) blanked, offsets kept."""
+    if _cscan is not None:
+        return _cscan.mask(text, *_MASK_ARGS)
+    return _MASK_RE.sub(_blank_match, text)
+
+
+def numbers(text: str) -> list[tuple]:
+    """``[(start, end, whole, a, e, b, unit), ...]``: each match of ``_NUMBER_RE`` in ``text`` (its span, its text,
+    its groups)."""
+    if _cscan is not None:
+        return _cscan.numbers(text, _UNITS)
+    return [(*m.span(), m.group(0), *m.groups()) for m in _NUMBER_RE.finditer(text)]

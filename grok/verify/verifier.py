@@ -101,7 +101,7 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
-from grok.verify.scan import WordScanner, clause_spans
+from grok.verify.scan import _MASK_RE, _NUMBER_RE, WordScanner, clause_spans, mask, numbers  # noqa: F401
 from grok.verify.textnorm import normalise, word_trie
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
@@ -113,67 +113,10 @@ HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "di
 _clause_spans = clause_spans
 
 
-_UNIT_ALT = "|".join(re.escape(u) for u in sorted(UNIT_ALIASES, key=len, reverse=True))
-_NUM = r"\d+(?:\.\d+)?"
-#: A number (or range) with an optional unit. The pattern starts with a digit so that the regex
-#: engine skips straight from digit to digit; the look-behind after the first digit is the check
-#: "not preceded by a word character or a dot" (the same as a leading ``(?<![\w.])``).
+#: The number scan (``_NUMBER_RE``) and the number mask (``_MASK_RE``) are defined in ``grok.verify.scan``
+#: (compiled there when built); ``_SUPERSCRIPT`` reads a power of ten written in superscripts.
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
-#: Group ``e``: a power of ten in scientific notation ("2.62e2", "2.62 × 10^2", "2.62×10²").
-_NUMBER_RE = re.compile(
-    rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?P<e>e[+-]?\d+|\s*[×x]\s*10(?:\^\s*[+\-−]?\d+|[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
-    rf"(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
-    r"(?![\w³²])")
-#: Spans that contain numbers but are not measurements: region names, ordinals, ages, step numbers,
-#: multiples and deviations ("1.3 times", "2-fold", "2 SD", "z-score of 2.1"), counts of places rather
-#: than lesions ("2 quadrants", "3 clock hours", "1 disc diameter"), intervals ("in 3 months"), other
-#: quantities ("IOP 24 mmHg", "-2.5 dioptres") and fractions (visual acuity "6/12"). The rule is the
-#: alternation (leftmost match, then the next from its end; ``tests/test_verify_scan.py`` holds it)
-#: ``\b(?:central|inner|outer|within the|the central)\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^]) | \baged?\s+\d+\b
-#: | \bstep\s+\d+\b | \b(?:grade|stage|type|category)\s+\d+\b | \bp\d+\b | \bz(?:-score|\s+score)?\s*(?:of|is|
-#: was|=|:)?\s*[-−]?\d+(?:\.\d+)? | \b\d(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|...)\b
-#: | \b\d+(?:\.\d+)?(?:st|nd|rd|th)\b | ...``, written as one pattern whose
-#: alternatives start with a literal letter or a digit, those of one first letter grouped behind it (a
-#: position starts at most one group, so one scan finds the same matches as the alternation in its
-#: written order), and the word-start test after the literal word (see :func:`word_trie`).
-_MM = r"\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
-_MASK_WORDS = (  # (literal word, what follows it): in the rule's order
-    ("central", _MM), ("inner", _MM), ("outer", _MM), ("within the", _MM), ("the central", _MM),
-    ("age", r"d?\s+\d+\b"), ("step", r"\s+\d+\b"), ("grade", r"\s+\d+\b"), ("stage", r"\s+\d+\b"),
-    ("type", r"\s+\d+\b"), ("category", r"\s+\d+\b"), ("p", r"\d+\b"),
-    ("z", r"(?:-score|\s+score)?\s*(?:of|is|was|=|:)?\s*[-−]?\d+(?:\.\d+)?"))
-#: What follows the first digit of a masked number span: in the rule, ``(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+
-#: (?:circle|...)\b | \d*(?:\.\d+)?(?:st|nd|rd|th)\b | \d*-year-old\b | \d*\s*(?:years?|y)\b(?!\w) |
-#: \d*(?:\.\d+)?\s*(?:times|...)\b | \d*/\d+``. In every alternative but the first, what follows ``\d*``
-#: and ``\.\d+`` cannot start with a digit, and what follows ``(?:\.\d+)?`` cannot start with a period, so
-#: giving any of them back never lets the rest match: they are possessive here (``\d*+``, no backtracking)
-#: and the shared ``\d*+`` is written once; the alternatives keep their order.
-_MASK_AFTER_DIGIT = (
-    r"(?:\.\d)?(?:\s*-\s*\d(?:\.\d)?)?\s*mm\s+(?:circle|ring|subfield|zone|area|cube|grid|diameter|radius)\b"
-    r"|\d*+(?:(?:\.\d++)?+(?:st|nd|rd|th)\b|-year-old\b|\s*+(?:years?|y)\b(?!\w)"
-    r"|(?:\.\d++)?+\s*+(?:times|-?fold|sds?\b|standard deviations?|quadrants?|sectors?|clock hours?|o'clock|"
-    r"disc diameters?|dd\b|months?|weeks?|days?|hours?|minutes?|mmhg|mg|ml|dioptres?|diopters?)\b"
-    r"|/\d+)")
-
-
-def _mask_pattern() -> str:
-    firsts: dict[str, list[str]] = {}
-    for word, rest in _MASK_WORDS:
-        firsts.setdefault(word[0], []).append(f"{re.escape(word[1:])}(?<!\\w.{{{len(word)}}}){rest}")
-    alts = [f"{c}(?:{'|'.join(rests)})" for c, rests in firsts.items()]
-    return "|".join([*alts, rf"\d{_WB}(?:{_MASK_AFTER_DIGIT})"])
-
-
-_MASK_RE = re.compile(_mask_pattern())
-
-
-def _mask(text: str) -> str:
-    """``text`` with every non-measurement number span (see ``_MASK_RE``) blanked, offsets kept."""
-    return _MASK_RE.sub(_blank_match, text)
-
-
-def _blank_match(m: re.Match) -> str:
-    return " " * (m.end() - m.start())
+_mask = mask
 
 
 _LOW = (r"markedly thinned|thinned|thinning|thin|reduced|decreased|lowered|low|narrowed|narrowing|"
@@ -709,35 +652,31 @@ class _RowClaims:
 
 
 class _ClauseScan:
-    """One scan of ``rx`` over a whole text, its matches handed to the clauses (``spans``) they lie in.
+    """One scan of a whole text, its matches handed to the clauses (``spans``) they lie in.
 
-    ``rx``: a regex (matches are ``re.Match``) or a :class:`~grok.verify.scan.WordScanner` (matches are
-    ``(start, end, word)``). ``per[ci]`` is None when no match starts in clause ``ci`` (the per-message "hit"
-    test the checks have always used), else the matches lying inside it. A match that does not lie inside
+    ``find(text)`` gives the matches as tuples whose first two items are the span (``WordScanner.findall``,
+    ``grok.verify.scan.numbers``). ``per[ci]`` is None when no match starts in clause ``ci`` (the per-message
+    "hit" test the checks have always used), else the matches lying inside it. A match that does not lie inside
     one clause marks the clauses it touches ``dirty``; :meth:`get` scans a dirty clause again on
     its own. Clauses start after white space and end before it, and every pattern used here treats
     white space like the start or end of the text, so a clause that no match crosses gets exactly
     the matches of a scan of the clause alone.
     """
 
-    __slots__ = ("dirty", "per", "rx")
+    __slots__ = ("dirty", "find", "per")
 
-    def __init__(self, rx, src: str, spans: list[tuple[int, int]], starts: list[int]):
-        self.rx = rx
+    def __init__(self, find, src: str, spans: list[tuple[int, int]], starts: list[int]):
+        self.find = find
         n = len(spans)
         per: list[list | None] = [None] * n
         dirty: set[int] = set()
-        words = isinstance(rx, WordScanner)
-        found = rx.findall(src) if words else rx.finditer(src)
-        if words and not found:
-            self.per, self.dirty = per, dirty
-            return
+        self.per, self.dirty = per, dirty
         ci = 0
         nxt = starts[1] if n > 1 else _NO_END
         end = spans[0][1]
         lst = None
-        for m in found:
-            s, e = m[:2] if words else m.span()
+        for m in find(src):
+            s, e = m[0], m[1]
             if s >= nxt:  # matches come in order: move to the clause of s
                 ci = bisect_right(starts, s, ci + 1) - 1
                 nxt = starts[ci + 1] if ci + 1 < n else _NO_END
@@ -754,13 +693,11 @@ class _ClauseScan:
                 while k < n and spans[k][0] <= e:
                     dirty.add(k)
                     k += 1
-        self.per, self.dirty = per, dirty
 
     def get(self, ci: int, clause_src: str, spans: list[tuple[int, int]]):
         """``(matches, offset)``: the matches of clause ``ci`` (positions minus ``offset`` are clause positions)."""
         if ci in self.dirty:
-            rx = self.rx
-            return (rx.findall(clause_src) if isinstance(rx, WordScanner) else list(rx.finditer(clause_src))), 0
+            return self.find(clause_src), 0
         return self.per[ci] or (), spans[ci][0]
 
 
@@ -850,9 +787,9 @@ class Verifier:
     # -- numbers ---------------------------------------------------------------------------------
     def _check_numbers(self, clause: str, matches, off: int, mentions, facts, t: _Tally, carried) -> None:
         reading, recording = t.reading, t.claims is not None
-        for m in matches:
-            ms = m.start() - off
-            a, e, b_raw, unit_raw = m.groups()  # a, e, b, unit
+        for m in matches:  # (start, end, whole, a, e, b, unit)
+            ms = m[0] - off
+            a, e, b_raw, unit_raw = m[3:]
             unit = (UNIT_ALIASES.get(unit_raw) or UNIT_ALIASES.get(unit_raw.lower())) if unit_raw else None
             subj = None  # _subject_before(mentions, ms), inline
             for mention in mentions:
@@ -874,7 +811,7 @@ class Verifier:
             else:
                 before = t.mark()
                 self._check_number(clause, m, ms, off, a, e, b_raw, unit, subj, mentions, facts, t, cue)
-                t.claim(before, ms, m.end() - off, "number", [f"bm-{b}" for b in subj[2]] if subj else [])
+                t.claim(before, ms, m[1] - off, "number", [f"bm-{b}" for b in subj[2]] if subj else [])
 
     def _check_number(self, clause: str, m, ms: int, off: int, a, e, b_raw, unit, subj, mentions, facts,
                       t: _Tally, cue: _LazyCue) -> None:
@@ -887,7 +824,7 @@ class Verifier:
         if ms and clause[ms - 1] in "-−" and (ms < 2 or not clause[ms - 2].isalnum()):
             a_val = -a_val  # a sign, not a range dash ("-73.4 µm")
         if b_raw and subj is not None and not cue and self._check_range(
-                a_val, float(b_raw), _decimals(b_raw), unit, m.group(0).strip(), subj, facts, t):
+                a_val, float(b_raw), _decimals(b_raw), unit, m[2].strip(), subj, facts, t):
             return
         # a range after a reference cue is two reference values
         a_text = a + e.strip() if e else a
@@ -899,7 +836,7 @@ class Verifier:
             elif unit == "percent":
                 self._check_percent(x, dec, s, subj, facts, t)
             else:
-                self._check_bare_number(clause, x, dec, s, ms, m.end() - off, mentions, subj,
+                self._check_bare_number(clause, x, dec, s, ms, m[1] - off, mentions, subj,
                                         True if b_raw else cue, facts, t)
 
     def _check_range(self, lo, hi, dec, unit, written, subj, facts, t: _Tally) -> bool:
@@ -1418,9 +1355,9 @@ class Verifier:
         stage = _lower(facts.stage) if facts.stage else None
         if stage is not None and stage not in text:
             stage = None
-        s_num = _ClauseScan(_NUMBER_RE, masked_text, spans, starts)
-        s_term = _ClauseScan(_TERM_SCAN, text, spans, starts)
-        s_names = _ClauseScan(self._scan, text, spans, starts)
+        s_num = _ClauseScan(numbers, masked_text, spans, starts)
+        s_term = _ClauseScan(_TERM_SCAN.findall, text, spans, starts)
+        s_names = _ClauseScan(self._scan.findall, text, spans, starts)
         p_num, p_term, p_names = s_num.per, s_term.per, s_names.per
         carried = None
         for ci, (a, b) in enumerate(spans):
