@@ -43,7 +43,8 @@ from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
 from grok.stages.config import BuildConfig
 from grok.stages.runner import run_build
-from grok.verify.verifier import _NUMBER_RE, VerifyConfig, _mask
+from grok.verify.scan import _NUMBER_RE
+from grok.verify.verifier import VerifyConfig, _mask
 from tests.browser import chromium_page
 from tests.llm_server import Faults, LocalLLMServer
 from tests.test_build import small_config

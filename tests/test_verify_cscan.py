@@ -142,17 +142,23 @@ def test_mask_and_numbers_are_their_regexes(setup):
 
 
 @needs_cext
-def test_word_table_is_checked():
-    """A malformed table is refused with an error, never read out of bounds."""
+def test_bad_arguments_are_refused():
+    """Words that are not a tuple of non-empty str, text that is not str: an error, never a crash."""
     from grok.verify import _cscan
 
-    table, words = scan._table(["ab", "b"])
-    with pytest.raises(ValueError):
-        _cscan.compile(table[:-4], words)
-    with pytest.raises(ValueError):
-        _cscan.compile(table, words[:1])
+    for bad in (["ab"], ("ab", ""), ("ab", b"b"), ("ab", None)):
+        with pytest.raises(TypeError):
+            _cscan.compile(bad)
+    trie = _cscan.compile(("ab", "b"))
+    assert _cscan.words(trie, "ab b xb", 0) == [(0, 2, "ab"), (3, 4, "b")]
     with pytest.raises(TypeError):
-        _cscan.words(_cscan.compile(table, words), b"ab", 0)
+        _cscan.words(trie, b"ab", 0)
+    with pytest.raises(TypeError):
+        _cscan.words(("ab",), "ab", 0)
+    with pytest.raises(TypeError):
+        _cscan.mask(b"3 mm", (), ())
+    with pytest.raises(TypeError):
+        _cscan.numbers("3 mm", ("mm", 3))
 
 
 def _readings(items, texts) -> list:

@@ -26,7 +26,7 @@ from grok.knowledge.lexicon import build_lexicon
 from grok.verify import textnorm
 from grok.verify import verifier as V
 
-#: The mask rule written plainly: a leading word boundary, the alternatives in order (``verifier._MASK_RE``).
+#: The mask rule written plainly: a leading word boundary, the alternatives in order (``grok.verify.scan._MASK_RE``).
 _MM = r"\s+\d(?:\.\d)?\s*mm\b(?!\s*[³3^])"
 MASK_RULE = re.compile(
     rf"\b(?:central|inner|outer|within the|the central){_MM}|\baged?\s+\d+\b|\bstep\s+\d+\b"
@@ -79,9 +79,9 @@ def test_word_tries_are_the_plain_alternations(setup):
     names = sorted({m for m in reader._name_of} | set(reader._bm_of))
     number_words = [w for w in (*textnorm._UNITS, *textnorm._TENS, *textnorm._SCALES) if w != "one"]
     cases = [  # (fast pattern, its plain form: the word-start test first, longer words first)
-        (reader._scan_rx, names, r"(?<![\w-])", r"(?![\w-])"),
-        (V._TERM_RE, list(V._TERM_CLASS), r"\b", r"\b"),
-        (textnorm._FIRST_WORD_RE, number_words, r"\b", ""),
+        (reader._scan.pattern, names, r"(?<![\w-])", r"(?![\w-])"),
+        (V._TERM_SCAN.pattern, list(V._TERM_CLASS), r"\b", r"\b"),
+        (textnorm._FIRST_WORD.pattern, number_words, r"\b", ""),
         (V._ANAPHORA, ["it", "this value", "which"], r"\b", r"\b"),
     ]
     rng = random.Random(2)

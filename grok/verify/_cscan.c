@@ -3,32 +3,29 @@
    Two generic scanners over a str's code points, with Python's own `re` character classes:
    \w is Py_UNICODE_ISALNUM(c) || c == '_' (what _sre's SRE_UNI_IS_WORD tests), \s is Py_UNICODE_ISSPACE.
 
-   compile(table, words): the table (below) checked once and kept with its words, for words().
-   words(compiled, text, flags): the matches of a word trie (grok.verify.scan.WordScanner builds the
-       table from its words, once) as `re.finditer` of grok.verify.scan.word_trie's pattern finds them:
-       leftmost first, then from the end of the last match; at a position the longest word whose end
-       passes the end test. A word starts only where the character before it is not \w (flags & 1: nor
-       "-"). End tests (flags >> 1 & 3): 0 none, 1 \b, 2 (?![\w-]). flags & 8: return True/False at the
-       first match (a search). Returns [(start, end, word), ...], word being the words[] entry of the trie
-       node (the same string the match's group(0) spells).
-   clauses(text): the clause spans of grok.verify.verifier._clause_spans (separators: white space after
+   compile(words): the trie of words (a tuple of non-empty str), built here as a transition table: node 0 is
+       the root, term[i] the index in words of the word ending at node i (-1: none), a node's children are
+       cp/child[first .. first+count) sorted by code point, root_ascii[c] the root's child for an ASCII c.
+   words(compiled, text, flags): the matches of that trie as `re.finditer` of grok.verify.scan.word_trie's
+       pattern finds them: leftmost first, then from the end of the last match; at a position the longest
+       word whose end passes the end test. A word starts only where the character before it is not \w
+       (flags & 1: nor "-"). End tests (flags >> 1 & 3): 0 none, 1 \b, 2 (?![\w-]). flags & 8: return
+       True/False at the first match (a search). Returns [(start, end, word), ...], word being the words[]
+       entry (the same string the match's group(0) spells).
+   clauses(text): the clause spans of grok.verify.scan.clause_spans (separators: white space after
        . ; ! ? and runs of line breaks).
-
-   The table is a bytes object of int32: [magic, n_nodes, n_pairs, root_ascii[128], term[n_nodes],
-   first[n_nodes], count[n_nodes], cp[n_pairs], child[n_pairs]]; node 0 is the root, term[i] the index in
-   words of the word ending at node i (-1: none), a node's children are cp/child[first .. first+count)
-   sorted by code point, root_ascii[c] the root's child for an ASCII c (-1: none). */
+   mask(text, words, kinds) and numbers(text, units): the number mask and the number scan (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
-
-#define TABLE_MAGIC 0x47524b31 /* "GRK1" */
 
 static unsigned char ascii_word[128], ascii_decimal[128], ascii_space[128];
 
 typedef struct {
     int32_t n_nodes, n_pairs;
-    const int32_t *root_ascii, *term, *first, *count, *cp, *child;
+    int32_t root_ascii[128];
+    int32_t *term, *first, *count, *child; /* one block: term[n] first[n] count[n] child[n - 1] */
+    Py_UCS4 *cp;                           /* [n - 1] */
 } Table;
 
 static inline int is_word(Py_UCS4 c) {
@@ -41,44 +38,17 @@ static inline int isd(Py_UCS4 c) { return c < 128 ? ascii_decimal[c] : Py_UNICOD
 static inline int iss(Py_UCS4 c) { return c < 128 ? ascii_space[c] : Py_UNICODE_ISSPACE(c); }
 static inline int isw(Py_UCS4 c) { return c != 0 && is_word(c); }
 
-static int table_from(PyObject *obj, Table *t) {
-    if (!PyBytes_Check(obj)) {
-        PyErr_SetString(PyExc_TypeError, "table must be bytes");
-        return -1;
-    }
-    Py_ssize_t size = PyBytes_GET_SIZE(obj);
-    const int32_t *a = (const int32_t *)PyBytes_AS_STRING(obj);
-    if (size < 3 * 4 || a[0] != TABLE_MAGIC) {
-        PyErr_SetString(PyExc_ValueError, "not a word table");
-        return -1;
-    }
-    int32_t n = a[1], m = a[2];
-    if (n < 1 || m < 0 || size != (Py_ssize_t)4 * (3 + 128 + 3 * (Py_ssize_t)n + 2 * (Py_ssize_t)m)) {
-        PyErr_SetString(PyExc_ValueError, "word table of the wrong size");
-        return -1;
-    }
-    t->n_nodes = n;
-    t->n_pairs = m;
-    t->root_ascii = a + 3;
-    t->term = t->root_ascii + 128;
-    t->first = t->term + n;
-    t->count = t->first + n;
-    t->cp = t->count + n;
-    t->child = t->cp + m;
-    return 0;
-}
-
 static inline int32_t child_of(const Table *t, int32_t node, Py_UCS4 c) {
     int32_t lo = t->first[node], hi = lo + t->count[node];
     if (hi - lo <= 8) {
         for (int32_t i = lo; i < hi; i++) {
-            if ((Py_UCS4)t->cp[i] == c) return t->child[i];
+            if (t->cp[i] == c) return t->child[i];
         }
         return -1;
     }
     while (lo < hi) { /* binary search on the sorted code points */
         int32_t mid = (lo + hi) >> 1;
-        Py_UCS4 x = (Py_UCS4)t->cp[mid];
+        Py_UCS4 x = t->cp[mid];
         if (x == c) return t->child[mid];
         if (x < c) lo = mid + 1; else hi = mid;
     }
@@ -128,15 +98,15 @@ static PyObject *triple(Py_ssize_t a, Py_ssize_t b, PyObject *word) {
             if (is_word(b) || (hyphen && b == '-')) { p++; continue; }                               \
         }                                                                                            \
         Py_UCS4 c = READ(p);                                                                         \
-        int32_t node = c < 128 ? t.root_ascii[c] : child_of(&t, 0, c);                               \
+        int32_t node = c < 128 ? tp->root_ascii[c] : child_of(tp, 0, c);                              \
         if (node < 0) { p++; continue; }                                                             \
         Py_ssize_t best_end = -1, k = p + 1;                                                         \
         int32_t best_term = -1;                                                                      \
         for (;;) {                                                                                   \
-            int32_t w = t.term[node];                                                                \
+            int32_t w = tp->term[node];                                                               \
             if (w >= 0 && END_OK(k, READ)) { best_end = k; best_term = w; }                                \
-            if (k >= n || t.count[node] == 0) break;                                                 \
-            node = child_of(&t, node, READ(k));                                                      \
+            if (k >= n || tp->count[node] == 0) break;                                                \
+            node = child_of(tp, node, READ(k));                                                      \
             if (node < 0) break;                                                                     \
             k++;                                                                                     \
         }                                                                                            \
@@ -151,67 +121,119 @@ static PyObject *triple(Py_ssize_t a, Py_ssize_t b, PyObject *word) {
 
 typedef struct {
     Table t;
-    PyObject *table, *words; /* strong references: t points into table */
+    PyObject *words; /* a strong reference */
 } Compiled;
 
 static void compiled_free(PyObject *capsule) {
     Compiled *c = (Compiled *)PyCapsule_GetPointer(capsule, "grok.verify._cscan.table");
     if (c == NULL) return;
-    Py_XDECREF(c->table);
     Py_XDECREF(c->words);
+    PyMem_Free(c->t.term);
+    PyMem_Free(c->t.cp);
     PyMem_Free(c);
 }
 
-/* compile(table, words): the table checked once (sizes, word indices, child indices), kept with its words */
-static PyObject *scan_compile(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "compile(table, words)");
-        return NULL;
-    }
-    Table t;
-    if (table_from(args[0], &t) < 0) return NULL;
-    PyObject *words = args[1];
+/* compile(words): the trie of words as a transition table (see the top of this file), for words() */
+static PyObject *scan_compile(PyObject *self, PyObject *words) {
+    (void)self;
     if (!PyTuple_Check(words)) {
-        PyErr_SetString(PyExc_TypeError, "words must be a tuple");
+        PyErr_SetString(PyExc_TypeError, "compile(words): words must be a tuple of str");
         return NULL;
     }
-    Py_ssize_t nw = PyTuple_GET_SIZE(words);
-    for (int32_t i = 0; i < t.n_nodes; i++) {
-        if (t.term[i] >= nw || t.term[i] < -1 || t.first[i] < 0 || t.count[i] < 0
-                || (Py_ssize_t)t.first[i] + t.count[i] > t.n_pairs) {
-            PyErr_SetString(PyExc_ValueError, "word table and words disagree");
-            return NULL;
-        }
-    }
-    for (int32_t i = 0; i < t.n_pairs; i++) {
-        if (t.child[i] <= 0 || t.child[i] >= t.n_nodes) {
-            PyErr_SetString(PyExc_ValueError, "word table: child out of range");
-            return NULL;
-        }
-    }
-    for (int c = 0; c < 128; c++) {
-        if (t.root_ascii[c] != -1 && (t.root_ascii[c] <= 0 || t.root_ascii[c] >= t.n_nodes)) {
-            PyErr_SetString(PyExc_ValueError, "word table: root child out of range");
-            return NULL;
-        }
-    }
+    Py_ssize_t nw = PyTuple_GET_SIZE(words), total = 1;
     for (Py_ssize_t i = 0; i < nw; i++) {
-        if (!PyUnicode_Check(PyTuple_GET_ITEM(words, i))) {
-            PyErr_SetString(PyExc_TypeError, "words must be str");
+        PyObject *w = PyTuple_GET_ITEM(words, i);
+        if (!PyUnicode_Check(w) || PyUnicode_READY(w) < 0 || PyUnicode_GET_LENGTH(w) == 0) {
+            PyErr_SetString(PyExc_TypeError, "compile(words): words must be non-empty str");
             return NULL;
         }
+        total += PyUnicode_GET_LENGTH(w);
     }
-    Compiled *c = PyMem_Malloc(sizeof(Compiled));
-    if (c == NULL) return PyErr_NoMemory();
-    c->t = t;
-    Py_INCREF(args[0]);
+    if (total > INT32_MAX / 4) {
+        PyErr_SetString(PyExc_ValueError, "compile(words): too many characters");
+        return NULL;
+    }
+    /* a linked trie first (children in code-point order), then numbered breadth first into the table */
+    Py_UCS4 *lcp = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)total);
+    int32_t *lnext = PyMem_Malloc(sizeof(int32_t) * 4 * (size_t)total);
+    Compiled *c = PyMem_Calloc(1, sizeof(Compiled));
+    if (lcp == NULL || lnext == NULL || c == NULL) {
+        PyMem_Free(lcp);
+        PyMem_Free(lnext);
+        PyMem_Free(c);
+        return PyErr_NoMemory();
+    }
+    int32_t *lfirst = lnext + total, *lterm = lfirst + total, *order = lterm + total, n = 1;
+    lfirst[0] = -1;
+    lterm[0] = -1;
+    for (Py_ssize_t i = 0; i < nw; i++) {
+        PyObject *w = PyTuple_GET_ITEM(words, i);
+        int kind = PyUnicode_KIND(w);
+        const void *data = PyUnicode_DATA(w);
+        int32_t node = 0;
+        for (Py_ssize_t k = 0; k < PyUnicode_GET_LENGTH(w); k++) {
+            Py_UCS4 ch = PyUnicode_READ(kind, data, k);
+            int32_t prev = -1, x = lfirst[node];
+            while (x >= 0 && lcp[x] < ch) {
+                prev = x;
+                x = lnext[x];
+            }
+            if (x < 0 || lcp[x] != ch) {
+                int32_t m = n++;
+                lcp[m] = ch;
+                lnext[m] = x;
+                lfirst[m] = -1;
+                lterm[m] = -1;
+                if (prev < 0) lfirst[node] = m; else lnext[prev] = m;
+                x = m;
+            }
+            node = x;
+        }
+        lterm[node] = (int32_t)i;
+    }
+    Table *t = &c->t;
+    t->n_nodes = n;
+    t->n_pairs = n - 1;
+    t->term = PyMem_Malloc(sizeof(int32_t) * (4 * (size_t)n));
+    t->cp = PyMem_Malloc(sizeof(Py_UCS4) * (size_t)n);
+    if (t->term == NULL || t->cp == NULL) {
+        PyMem_Free(lcp);
+        PyMem_Free(lnext);
+        PyMem_Free(t->term);
+        PyMem_Free(t->cp);
+        PyMem_Free(c);
+        return PyErr_NoMemory();
+    }
+    t->first = t->term + n;
+    t->count = t->first + n;
+    t->child = t->count + n;
+    int32_t head = 0, tail = 0, pairs = 0;
+    order[tail++] = 0;
+    while (head < tail) { /* order[i]: the linked node numbered i */
+        int32_t i = head++, old = order[i];
+        t->term[i] = lterm[old];
+        t->first[i] = pairs;
+        t->count[i] = 0;
+        for (int32_t x = lfirst[old]; x >= 0; x = lnext[x]) {
+            t->cp[pairs] = lcp[x];
+            t->child[pairs++] = tail;
+            order[tail++] = x;
+            t->count[i]++;
+        }
+    }
+    for (int k = 0; k < 128; k++) t->root_ascii[k] = -1;
+    for (int32_t k = 0; k < t->count[0]; k++) {
+        if (t->cp[k] < 128) t->root_ascii[t->cp[k]] = t->child[k];
+    }
+    PyMem_Free(lcp);
+    PyMem_Free(lnext);
     Py_INCREF(words);
-    c->table = args[0];
     c->words = words;
     PyObject *cap = PyCapsule_New(c, "grok.verify._cscan.table", compiled_free);
     if (cap == NULL) {
-        Py_DECREF(c->table);
-        Py_DECREF(c->words);
+        Py_DECREF(words);
+        PyMem_Free(t->term);
+        PyMem_Free(t->cp);
         PyMem_Free(c);
     }
     return cap;
@@ -222,9 +244,12 @@ static PyObject *scan_words(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "words(compiled, text, flags)");
         return NULL;
     }
+    if (!PyCapsule_IsValid(args[0], "grok.verify._cscan.table")) {
+        PyErr_SetString(PyExc_TypeError, "words(compiled, text, flags): compiled comes from compile()");
+        return NULL;
+    }
     Compiled *cp = (Compiled *)PyCapsule_GetPointer(args[0], "grok.verify._cscan.table");
-    if (cp == NULL) return NULL;
-    Table t = cp->t;
+    const Table *tp = &cp->t;
     PyObject *words = cp->words, *text = args[1];
     if (!PyUnicode_Check(text)) {
         PyErr_SetString(PyExc_TypeError, "text must be a str");
@@ -764,8 +789,7 @@ static PyObject *scan_numbers(PyObject *self, PyObject *const *args, Py_ssize_t 
 }
 
 static PyMethodDef methods[] = {
-    {"compile", (PyCFunction)(void (*)(void))scan_compile, METH_FASTCALL,
-     "compile(table, words) -> the checked table (a capsule) for words()"},
+    {"compile", (PyCFunction)scan_compile, METH_O, "compile(words) -> the words' trie (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
      "words(compiled, text, flags) -> [(start, end, word), ...] or a bool (flags & 8)"},
     {"clauses", (PyCFunction)scan_clauses, METH_O, "clauses(text) -> [(start, end), ...]"},
@@ -786,9 +810,5 @@ PyMODINIT_FUNC PyInit__cscan(void) {
         ascii_space[c] = Py_UNICODE_ISSPACE(c) ? 1 : 0;
     }
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && PyModule_AddIntConstant(m, "TABLE_MAGIC", TABLE_MAGIC) < 0) {
-        Py_DECREF(m);
-        return NULL;
-    }
     return m;
 }

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import re
-from array import array
 
 from grok.knowledge.lexicon import _WB, UNIT_ALIASES, prefix_tree
 
@@ -59,62 +58,41 @@ def word_trie(words, not_before: str = r"\w") -> str:
     return build(trie, 0)
 
 
-def _table(words: list[str]) -> tuple[bytes, tuple[str, ...]]:
-    """The trie of ``words`` as ``_cscan``'s int32 table (see ``_cscan.c``) and the words its nodes name."""
-    trie = prefix_tree(words)
-    nodes: list[dict] = [trie]
-    paths = [""]
-    term, first, count, cps, child = [], [], [], [], []
-    named: list[str] = []
-    i = 0
-    while i < len(nodes):  # breadth first: children numbered after their parent
-        node, path = nodes[i], paths[i]
-        if "" in node:
-            term.append(len(named))
-            named.append(path)
-        else:
-            term.append(-1)
-        kids = sorted(ch for ch in node if ch != "")
-        first.append(len(cps))
-        count.append(len(kids))
-        for ch in kids:
-            cps.append(ord(ch))
-            child.append(len(nodes))
-            nodes.append(node[ch])
-            paths.append(path + ch)
-        i += 1
-    root_ascii = [-1] * 128
-    for k in range(count[0]):
-        if cps[k] < 128:
-            root_ascii[cps[k]] = child[k]
-    head = [_cscan.TABLE_MAGIC, len(nodes), len(cps)]
-    return array("i", head + root_ascii + term + first + count + cps + child).tobytes(), tuple(named)
-
-
 class WordScanner:
-    """The words of ``words`` in a text (see the module docstring); ``pattern`` is the equivalent regex."""
+    """The words of ``words`` in a text (see the module docstring); :attr:`pattern` is the equivalent regex."""
 
-    __slots__ = ("_compiled", "_flags", "pattern")
+    __slots__ = ("_compiled", "_flags", "_pattern", "_source")
 
     def __init__(self, words, *, hyphen: bool = False, end: str = ""):
-        words = sorted(set(words))
+        words = tuple(sorted(set(words)))
         if not words or any(not w or "\n" in w for w in words):
             raise ValueError("WordScanner: words must be non-empty and hold no line break")
-        self.pattern = re.compile(word_trie(words, r"[\w-]" if hyphen else r"\w") + end)
+        self._source = (words, r"[\w-]" if hyphen else r"\w", end)
+        self._pattern = None
         self._flags = int(hyphen) | END_TESTS[end] << 1
-        self._compiled = _cscan.compile(*_table(words)) if _cscan is not None else None
+        self._compiled = _cscan.compile(words) if _cscan is not None else None
+        if self._compiled is None:
+            self.pattern  # noqa: B018 - the re path compiles its regex now, as the verifier always did
+
+    @property
+    def pattern(self) -> re.Pattern:
+        """The regex these words stand for (compiled on first use where the compiled scanner runs)."""
+        if self._pattern is None:
+            words, not_before, end = self._source
+            self._pattern = re.compile(word_trie(words, not_before) + end)
+        return self._pattern
 
     def findall(self, text: str) -> list[tuple[int, int, str]]:
         """``[(start, end, word), ...]`` of the words in ``text``."""
         if self._compiled is not None:
             return _cscan.words(self._compiled, text, self._flags)
-        return [(m.start(), m.end(), m.group(0)) for m in self.pattern.finditer(text)]
+        return [(m.start(), m.end(), m.group(0)) for m in self._pattern.finditer(text)]
 
     def search(self, text: str) -> bool:
         """Whether a word of the list occurs in ``text``."""
         if self._compiled is not None:
             return _cscan.words(self._compiled, text, self._flags | 8)
-        return self.pattern.search(text) is not None
+        return self._pattern.search(text) is not None
 
 
 #: Clause separators: white space after . ; ! ? (group 1-4) and runs of line breaks (the whole
@@ -146,7 +124,7 @@ _NUM = r"\d+(?:\.\d+)?"
 #: engine skips straight from digit to digit; the look-behind after the first digit is the check
 #: "not preceded by a word character or a dot" (the same as a leading ``(?<![\w.])``).
 #: Group ``e``: a power of ten in scientific notation ("2.62e2", "2.62 × 10^2", "2.62×10²").
-_NUMBER_RE = re.compile(
+_NUMBER_PATTERN = (
     rf"(?P<a>\d(?<![\w.]\d)\d*(?:\.\d+)?)(?P<e>e[+-]?\d+|\s*[×x]\s*10(?:\^\s*[+\-−]?\d+|[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+))?"
     rf"(?:\s*(?:–|—|-|to|and)\s*(?P<b>{_NUM}))?(?:\s*(?P<unit>{_UNIT_ALT}))?"
     r"(?![\w³²])")
@@ -194,7 +172,18 @@ def _mask_pattern() -> str:
     return "|".join([*alts, rf"\d{_WB}(?:{_MASK_AFTER_DIGIT})"])
 
 
-_MASK_RE = re.compile(_mask_pattern())
+_MASK_PATTERN = _mask_pattern()
+#: The two regexes (the specification and the re path), compiled at import for the re path, else on first use.
+_LAZY = {"_NUMBER_RE": _NUMBER_PATTERN, "_MASK_RE": _MASK_PATTERN}
+if _cscan is None:
+    _NUMBER_RE, _MASK_RE = re.compile(_NUMBER_PATTERN), re.compile(_MASK_PATTERN)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        rx = globals()[name] = re.compile(_LAZY[name])
+        return rx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 

@@ -35,7 +35,6 @@ _NUMBER_WORDS_RE = re.compile(
     rf"(?:(?:\s+and\s+|[\s-]+)(?:{_WORD})\b)*(?:\s+point(?:\s+(?:{'|'.join(_UNITS)})\b)+)?")
 #: Every run of number words but a lone "one" has a word starting with one of these (a cheap pre-test).
 _FIRST_WORD = WordScanner([w for w in (*_UNITS, *_TENS, *_SCALES) if w != "one"])
-_FIRST_WORD_RE = _FIRST_WORD.pattern
 _HTML_TAG_RE = re.compile(r"</?[a-z][a-z0-9]*(?:\s[^<>]{0,300})?/?>")
 
 

@@ -66,7 +66,7 @@ claim's verdict, invented lesions, the other eye) without judging the row: scori
 
 Speed (a build verifies every row, so this runs thousands of times per second): each pattern
 scans a message once and its matches are handed to the clauses they lie in (``_ClauseScan``);
-one scan finds every biomarker, finding, lesion, disease and stage name (``_scan_rx``); the
+one scan finds every biomarker, finding, lesion, disease and stage name (``_scan``); the
 patterns start with a literal character or digit so the regex engine can skip positions where
 none can start; rare patterns (forbidden phrasing, the wrong eye, boxes, number words) run only
 when a substring that every match contains is present; per-study lookups are kept in
@@ -101,7 +101,7 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
-from grok.verify.scan import _MASK_RE, _NUMBER_RE, WordScanner, clause_spans, mask, numbers  # noqa: F401
+from grok.verify.scan import WordScanner, clause_spans, mask, numbers
 from grok.verify.textnorm import normalise, word_trie
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
@@ -136,7 +136,6 @@ _TERM_CLASS: dict[str, str] = {**{w: "normal" for w in _NORMAL_WORDS}, **{w: "lo
 
 
 _TERM_SCAN = WordScanner(_TERM_CLASS, end=r"\b")
-_TERM_RE = _TERM_SCAN.pattern
 #: A reference cue before a number: ``\b(?:range|percentile|limits?|cut-?offs?|thresholds?|normal|
 #: reference|mean|average|expected|typical|above|below|under|over|exceed\w*|at least|at most|less than|
 #: more than|greater than|beyond|between)\b|[<>≥≤]`` (only whether one occurs is used), written with
@@ -754,7 +753,6 @@ class Verifier:
             if n is not None:
                 self._name_of[w] = n
         self._scan = WordScanner({w.lower() for w in set(balias) | names}, hyphen=True, end=r"(?![\w-])")
-        self._scan_rx = self._scan.pattern
         # lexicon lookups per biomarker-id tuple (candidates of a quantity, of a bare number, has a count)
         self._memo: dict[Any, Any] = {}
 
