@@ -142,6 +142,22 @@ def test_mask_and_numbers_are_their_regexes(setup):
 
 
 @needs_cext
+def test_matches_by_clause_are_the_python_distribution(setup):
+    """``by_clause`` (compiled) against the Python loop it replaces, on every scan's matches of the texts, and on
+    matches that cross clauses (a clause that a match crosses into or out of is marked dirty)."""
+    bench, reader = setup
+    crossing = 0
+    for text in _texts(reader, bench, 2000, 7):
+        spans = scan.clause_spans(text)
+        for found in (reader._scan.findall(text), V._TERM_SCAN.findall(text), scan.numbers(scan.mask(text)),
+                      [(a, b + 3) for a, b in spans if b + 3 <= len(text)], [(a, a) for a, _ in spans]):
+            got, want = scan.by_clause(found, spans), scan._by_clause_py(found, spans)
+            assert got == want, (text, found)
+            crossing += bool(got[1])
+    assert crossing > 100
+
+
+@needs_cext
 def test_bad_arguments_are_refused():
     """Words that are not a tuple of non-empty str, text that is not str: an error, never a crash."""
     from grok.verify import _cscan

@@ -14,7 +14,8 @@
        entry (the same string the match's group(0) spells).
    clauses(text): the clause spans of grok.verify.scan.clause_spans (separators: white space after
        . ; ! ? and runs of line breaks).
-   mask(text, words, kinds) and numbers(text, units): the number mask and the number scan (below). */
+   mask(text, words, kinds) and numbers(text, units): the number mask and the number scan (below).
+   by_clause(matches, spans): matches handed to the clauses they lie in (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -788,11 +789,87 @@ static PyObject *scan_numbers(PyObject *self, PyObject *const *args, Py_ssize_t 
     return out;
 }
 
+
+/* by_clause(matches, spans): (per, dirty) of grok.verify.scan.by_clause: the matches (tuples whose first two
+   items are their span, in order) handed to the clauses (spans: [(start, end), ...] in order) they start in;
+   per[ci] None where no match starts in clause ci, else the matches lying inside it; dirty: the clauses a
+   match crosses into or out of. */
+static PyObject *scan_by_clause(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyList_Check(args[1]) || PyList_GET_SIZE(args[1]) == 0) {
+        PyErr_SetString(PyExc_TypeError, "by_clause(matches, spans): two lists, spans not empty");
+        return NULL;
+    }
+    PyObject *found = args[0], *spans = args[1];
+    Py_ssize_t n = PyList_GET_SIZE(spans), nm = PyList_GET_SIZE(found);
+    Py_ssize_t *st = PyMem_Malloc(sizeof(Py_ssize_t) * 2 * (size_t)n);
+    if (st == NULL) return PyErr_NoMemory();
+    Py_ssize_t *en = st + n;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *sp = PyList_GET_ITEM(spans, i);
+        if (!PyTuple_Check(sp) || PyTuple_GET_SIZE(sp) < 2) {
+            PyMem_Free(st);
+            PyErr_SetString(PyExc_TypeError, "by_clause: spans are (start, end) tuples");
+            return NULL;
+        }
+        st[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sp, 0));
+        en[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(sp, 1));
+    }
+    PyObject *per = PyList_New(n), *dirty = PySet_New(NULL);
+    if (PyErr_Occurred() || per == NULL || dirty == NULL) goto fail;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_INCREF(Py_None);
+        PyList_SET_ITEM(per, i, Py_None);
+    }
+    Py_ssize_t ci = 0;
+    for (Py_ssize_t j = 0; j < nm; j++) {
+        PyObject *m = PyList_GET_ITEM(found, j);
+        if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) < 2) {
+            PyErr_SetString(PyExc_TypeError, "by_clause: matches are tuples (start, end, ...)");
+            goto fail;
+        }
+        Py_ssize_t s = PyLong_AsSsize_t(PyTuple_GET_ITEM(m, 0)), e = PyLong_AsSsize_t(PyTuple_GET_ITEM(m, 1));
+        if (PyErr_Occurred()) goto fail;
+        while (ci + 1 < n && st[ci + 1] <= s) ci++; /* the clause of s (bisect_right(starts, s) - 1) */
+        PyObject *lst = PyList_GET_ITEM(per, ci);
+        if (lst == Py_None) {
+            lst = PyList_New(0);
+            if (lst == NULL) goto fail;
+            PyList_SET_ITEM(per, ci, lst); /* (steals lst; drops the None's reference below) */
+            Py_DECREF(Py_None);
+        }
+        if (e <= en[ci]) {
+            if (PyList_Append(lst, m) < 0) goto fail;
+        } else {
+            for (Py_ssize_t k = s <= en[ci] ? ci : ci + 1; k < n && st[k] <= e; k++) {
+                PyObject *kk = PyLong_FromSsize_t(k);
+                if (kk == NULL || PySet_Add(dirty, kk) < 0) {
+                    Py_XDECREF(kk);
+                    goto fail;
+                }
+                Py_DECREF(kk);
+            }
+        }
+    }
+    PyMem_Free(st);
+    PyObject *res = PyTuple_Pack(2, per, dirty);
+    Py_DECREF(per);
+    Py_DECREF(dirty);
+    return res;
+fail:
+    PyMem_Free(st);
+    Py_XDECREF(per);
+    Py_XDECREF(dirty);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"compile", (PyCFunction)scan_compile, METH_O, "compile(words) -> the words' trie (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
      "words(compiled, text, flags) -> [(start, end, word), ...] or a bool (flags & 8)"},
     {"clauses", (PyCFunction)scan_clauses, METH_O, "clauses(text) -> [(start, end), ...]"},
+    {"by_clause", (PyCFunction)(void (*)(void))scan_by_clause, METH_FASTCALL,
+     "by_clause(matches, spans) -> (per, dirty)"},
     {"mask", (PyCFunction)(void (*)(void))scan_mask, METH_FASTCALL, "mask(text, words, kinds) -> text blanked"},
     {"numbers", (PyCFunction)(void (*)(void))scan_numbers, METH_FASTCALL,
      "numbers(text, units) -> [(start, end, whole, a, e, b, unit), ...]"},

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+from bisect import bisect_right
 
 from grok.knowledge.lexicon import _WB, UNIT_ALIASES, prefix_tree
 
@@ -210,3 +211,42 @@ def numbers(text: str) -> list[tuple]:
     if _cscan is not None:
         return _cscan.numbers(text, _UNITS)
     return [(*m.span(), m.group(0), *m.groups()) for m in _NUMBER_RE.finditer(text)]
+
+
+_NO_END = 1 << 62
+
+
+def _by_clause_py(found: list, spans: list[tuple[int, int]]) -> tuple[list, set[int]]:
+    per: list[list | None] = [None] * len(spans)
+    dirty: set[int] = set()
+    starts = [a for a, _ in spans]
+    n = len(spans)
+    ci = 0
+    nxt = starts[1] if n > 1 else _NO_END
+    end = spans[0][1]
+    lst = None
+    for m in found:
+        s, e = m[0], m[1]
+        if s >= nxt:  # matches come in order: move to the clause of s
+            ci = bisect_right(starts, s, ci + 1) - 1
+            nxt = starts[ci + 1] if ci + 1 < n else _NO_END
+            end = spans[ci][1]
+            lst = None
+        if lst is None:
+            lst = per[ci]
+            if lst is None:
+                lst = per[ci] = []
+        if e <= end:
+            lst.append(m)
+        else:
+            k = ci if s <= end else ci + 1
+            while k < n and spans[k][0] <= e:
+                dirty.add(k)
+                k += 1
+    return per, dirty
+
+
+#: ``(per, dirty)``: ``matches`` (tuples whose first two items are their span, in order) handed to the clauses
+#: (``spans``, as :func:`clause_spans` gives them) they start in: ``per[ci]`` is None where no match starts in
+#: clause ``ci``, else the matches lying inside it; ``dirty`` holds the clauses a match crosses into or out of.
+by_clause = _cscan.by_clause if _cscan is not None else _by_clause_py

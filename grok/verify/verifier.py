@@ -78,7 +78,6 @@ is equivalent to.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -101,7 +100,7 @@ from grok.verify.claims import (
     disease_polarity,
     stage_modifier,
 )
-from grok.verify.scan import WordScanner, clause_spans, mask, numbers
+from grok.verify.scan import WordScanner, by_clause, clause_spans, mask, numbers
 from grok.verify.textnorm import normalise, word_trie
 
 HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "diagnosis_mismatch", "wrong_stage",
@@ -664,43 +663,15 @@ class _ClauseScan:
 
     __slots__ = ("dirty", "find", "per")
 
-    def __init__(self, find, src: str, spans: list[tuple[int, int]], starts: list[int]):
+    def __init__(self, find, src: str, spans: list[tuple[int, int]]):
         self.find = find
-        n = len(spans)
-        per: list[list | None] = [None] * n
-        dirty: set[int] = set()
-        self.per, self.dirty = per, dirty
-        ci = 0
-        nxt = starts[1] if n > 1 else _NO_END
-        end = spans[0][1]
-        lst = None
-        for m in find(src):
-            s, e = m[0], m[1]
-            if s >= nxt:  # matches come in order: move to the clause of s
-                ci = bisect_right(starts, s, ci + 1) - 1
-                nxt = starts[ci + 1] if ci + 1 < n else _NO_END
-                end = spans[ci][1]
-                lst = None
-            if lst is None:
-                lst = per[ci]
-                if lst is None:
-                    lst = per[ci] = []
-            if e <= end:
-                lst.append(m)
-            else:
-                k = ci if s <= end else ci + 1
-                while k < n and spans[k][0] <= e:
-                    dirty.add(k)
-                    k += 1
+        self.per, self.dirty = by_clause(find(src), spans)
 
     def get(self, ci: int, clause_src: str, spans: list[tuple[int, int]]):
         """``(matches, offset)``: the matches of clause ``ci`` (positions minus ``offset`` are clause positions)."""
         if ci in self.dirty:
             return self.find(clause_src), 0
         return self.per[ci] or (), spans[ci][0]
-
-
-_NO_END = 1 << 62
 
 
 class _LazyCue:
@@ -1349,13 +1320,12 @@ class Verifier:
         """
         masked_text = _mask(text)
         spans = _clause_spans(text)
-        starts = [a for a, _ in spans]
         stage = _lower(facts.stage) if facts.stage else None
         if stage is not None and stage not in text:
             stage = None
-        s_num = _ClauseScan(numbers, masked_text, spans, starts)
-        s_term = _ClauseScan(_TERM_SCAN.findall, text, spans, starts)
-        s_names = _ClauseScan(self._scan.findall, text, spans, starts)
+        s_num = _ClauseScan(numbers, masked_text, spans)
+        s_term = _ClauseScan(_TERM_SCAN.findall, text, spans)
+        s_names = _ClauseScan(self._scan.findall, text, spans)
         p_num, p_term, p_names = s_num.per, s_term.per, s_names.per
         carried = None
         for ci, (a, b) in enumerate(spans):
