@@ -129,6 +129,9 @@ def test_mask_and_numbers_are_their_regexes(setup):
     """``scan.mask`` and ``scan.numbers`` (compiled) against ``_MASK_RE.sub`` and ``_NUMBER_RE.finditer``."""
     bench, reader = setup
     texts = _texts(reader, bench, 3000, 5) + _rule_texts(40000, 6)
+    long = "\n".join(it.reference.lower() for it in bench.items.values())  # past the scanner's stack buffer
+    texts += [long, long + " 😀", long.replace(" ", "\u2009")]
+    assert len(long) > 10_000
     masked_any = found_any = 0
     for text in texts:
         want = scan._MASK_RE.sub(scan._blank_match, text)
@@ -147,7 +150,7 @@ def test_matches_by_clause_are_the_python_distribution(setup):
     matches that cross clauses (a clause that a match crosses into or out of is marked dirty)."""
     bench, reader = setup
     crossing = 0
-    for text in _texts(reader, bench, 2000, 7):
+    for text in [*_texts(reader, bench, 2000, 7), "\n".join(it.reference.lower() for it in bench.items.values())]:
         spans = scan.clause_spans(text)
         for found in (reader._scan.findall(text), V._TERM_SCAN.findall(text), scan.numbers(scan.mask(text)),
                       [(a, b + 3) for a, b in spans if b + 3 <= len(text)], [(a, a) for a, _ in spans]):

@@ -524,15 +524,17 @@ static PyObject *scan_mask(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     const char *words[32];
     int kinds[32];
+    unsigned char first[128] = {0}; /* the first letters of words */
     Py_ssize_t nw = PyTuple_GET_SIZE(args[1]);
     for (Py_ssize_t k = 0; k < nw; k++) {
         words[k] = PyUnicode_AsUTF8(PyTuple_GET_ITEM(args[1], k));
         kinds[k] = (int)PyLong_AsLong(PyTuple_GET_ITEM(args[2], k));
         if (words[k] == NULL || (kinds[k] == -1 && PyErr_Occurred())) return NULL;
-        if (words[k][0] == 0 || kinds[k] < F_MM || kinds[k] > F_Z) {
-            PyErr_SetString(PyExc_ValueError, "mask: empty word or unknown rule");
+        if (words[k][0] == 0 || (unsigned char)words[k][0] >= 128 || kinds[k] < F_MM || kinds[k] > F_Z) {
+            PyErr_SetString(PyExc_ValueError, "mask: empty or non-ASCII word, or unknown rule");
             return NULL;
         }
+        first[(unsigned char)words[k][0]] = 1;
     }
     PyObject *text = args[0];
     Py_UCS4 buf[STACK_CHARS], *heap;
@@ -547,7 +549,7 @@ static PyObject *scan_mask(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (p == 0 || !isw(x->s[p - 1])) {
             if (isd(c)) {
                 end = mask_digit(x, p);
-            } else if (c < 128) {
+            } else if (c < 128 && first[c]) {
                 for (Py_ssize_t k = 0; k < nw && end < 0; k++) {
                     if ((Py_UCS4)(unsigned char)words[k][0] != c) continue;
                     Py_ssize_t w = lit(x, p, words[k]);
