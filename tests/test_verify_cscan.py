@@ -161,6 +161,24 @@ def test_matches_by_clause_are_the_python_distribution(setup):
 
 
 @needs_cext
+def test_answer_words_gathered_in_c_are_the_python_joins(setup, monkeypatch):
+    """``AnswerWords`` with the compiled join of its cached entries against its Python loops: the same BLEU ids,
+    ROUGE-L tokens and flags for every answer, words seen before or not (a small cache, cleared on the way)."""
+    from grok.eval import text as T
+    from grok.eval.data import not_english_word
+
+    bench, reader = setup
+    refs = [it.reference for it in bench.items.values()]
+    lines = refs + _texts(reader, bench, 1500, 8) + [r.replace(" ", " &amp; ", 1) + " <skipped> -\n" for r in refs[:40]]
+    table = T.BleuTable(refs)
+    fast = T.AnswerWords(table, not_english_word, max_words=700)
+    got = [fast(x) for x in lines]
+    monkeypatch.setattr(T, "_gather", None)
+    slow = T.AnswerWords(table, not_english_word, max_words=700)
+    assert [slow(x) for x in lines] == got
+
+
+@needs_cext
 def test_bad_arguments_are_refused():
     """Words that are not a tuple of non-empty str, text that is not str: an error, never a crash."""
     from grok.verify import _cscan
@@ -178,6 +196,11 @@ def test_bad_arguments_are_refused():
         _cscan.mask(b"3 mm", (), ())
     with pytest.raises(TypeError):
         _cscan.numbers("3 mm", ("mm", 3))
+    with pytest.raises(TypeError):
+        _cscan.gather({"a": (b"", ["a"]), "b": (b"", ("b",))}, ["a", "b"])
+    assert _cscan.gather({"a": (b"\x01", ["a"])}, ["a", "c", "c"]) == ["c", "c"]
+    assert _cscan.gather({"a": (b"\x01", ["a"]), "b": (b"\x02\x03", [])}, ["a", "b", "a"]) == (b"\x01\x02\x03\x01",
+                                                                                             ["a", "a"])
 
 
 def _readings(items, texts) -> list:

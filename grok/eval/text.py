@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from grok.verify.scan import gather as _gather
+
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 #: Maximum n-gram order of BLEU.
@@ -558,14 +560,26 @@ class AnswerWords:
             self.flagged.clear()
             self.chunks.clear()
             self.shapes.clear()
-        entries = list(map(self.cache.get, words))  # the loops here run in C
-        if None in entries:
-            entries = [self.cache.get(w) or self._word(w) for w in words]
-        if "&" in answer or "<skipped>" in answer or "-\n" in answer:
-            bleu = self._ids(answer)
+        if _gather is not None:  # compiled (grok.verify._cscan): the same joins without the per-word loops
+            got = _gather(self.cache, words)
+            if got.__class__ is list:  # the words not seen before
+                cache = self.cache
+                for w in got:
+                    if w not in cache:
+                        self._word(w)
+                got = _gather(cache, words)
+            bleu, rouge = got
+            if "&" in answer or "<skipped>" in answer or "-\n" in answer:
+                bleu = self._ids(answer)
         else:
-            bleu = b"".join(map(_FIRST, entries))
-        rouge = list(chain.from_iterable(map(_SECOND, entries)))
+            entries = list(map(self.cache.get, words))  # the loops here run in C
+            if None in entries:
+                entries = [self.cache.get(w) or self._word(w) for w in words]
+            if "&" in answer or "<skipped>" in answer or "-\n" in answer:
+                bleu = self._ids(answer)
+            else:
+                bleu = b"".join(map(_FIRST, entries))
+            rouge = list(chain.from_iterable(map(_SECOND, entries)))
         flagged = self.flagged
         flags = [] if not flagged or flagged.keys().isdisjoint(words) else list(map(flagged.__getitem__,
                                                                      filter(flagged.__contains__, words)))

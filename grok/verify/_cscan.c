@@ -15,7 +15,8 @@
    clauses(text): the clause spans of grok.verify.scan.clause_spans (separators: white space after
        . ; ! ? and runs of line breaks).
    mask(text, words, kinds) and numbers(text, units): the number mask and the number scan (below).
-   by_clause(matches, spans): matches handed to the clauses they lie in (below). */
+   by_clause(matches, spans): matches handed to the clauses they lie in (below).
+   gather(cache, words): grok.eval.text.AnswerWords' per-word entries of an answer joined (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -865,6 +866,75 @@ fail:
     return NULL;
 }
 
+
+/* gather(cache, words): the entries of words in cache (a dict word -> (bytes, list)) joined: (the bytes
+   concatenated, the lists' items in one list); or, when a word has no entry, the list of those words (in
+   order, repeats kept) and nothing joined. */
+static PyObject *scan_gather(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyDict_Check(args[0]) || !PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "gather(cache, words): a dict and a list");
+        return NULL;
+    }
+    PyObject *cache = args[0], *words = args[1], *missing = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(words), nbytes = 0, nitems = 0;
+    PyObject **entries = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n ? n : 1));
+    if (entries == NULL) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++) { /* borrowed: nothing below runs Python code that could change cache */
+        PyObject *w = PyList_GET_ITEM(words, i);
+        PyObject *e = PyUnicode_CheckExact(w) ? PyDict_GetItemWithError(cache, w) : NULL;
+        if (e == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            if (!PyUnicode_CheckExact(w)) {
+                PyErr_SetString(PyExc_TypeError, "gather: words must be str");
+                goto fail;
+            }
+            if (missing == NULL && (missing = PyList_New(0)) == NULL) goto fail;
+            if (PyList_Append(missing, w) < 0) goto fail;
+            continue;
+        }
+        if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(e, 0))
+                || !PyList_CheckExact(PyTuple_GET_ITEM(e, 1))) {
+            PyErr_SetString(PyExc_TypeError, "gather: cache entries are (bytes, list)");
+            goto fail;
+        }
+        entries[i] = e;
+        nbytes += PyBytes_GET_SIZE(PyTuple_GET_ITEM(e, 0));
+        nitems += PyList_GET_SIZE(PyTuple_GET_ITEM(e, 1));
+    }
+    if (missing != NULL) {
+        PyMem_Free(entries);
+        return missing;
+    }
+    PyObject *b = PyBytes_FromStringAndSize(NULL, nbytes), *l = PyList_New(nitems);
+    if (b == NULL || l == NULL) {
+        Py_XDECREF(b);
+        Py_XDECREF(l);
+        goto fail;
+    }
+    char *dst = PyBytes_AS_STRING(b);
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *bs = PyTuple_GET_ITEM(entries[i], 0), *ts = PyTuple_GET_ITEM(entries[i], 1);
+        memcpy(dst, PyBytes_AS_STRING(bs), (size_t)PyBytes_GET_SIZE(bs));
+        dst += PyBytes_GET_SIZE(bs);
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(ts); j++) {
+            PyObject *x = PyList_GET_ITEM(ts, j);
+            Py_INCREF(x);
+            PyList_SET_ITEM(l, k++, x);
+        }
+    }
+    PyMem_Free(entries);
+    PyObject *res = PyTuple_Pack(2, b, l);
+    Py_DECREF(b);
+    Py_DECREF(l);
+    return res;
+fail:
+    PyMem_Free(entries);
+    Py_XDECREF(missing);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"compile", (PyCFunction)scan_compile, METH_O, "compile(words) -> the words' trie (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
@@ -872,6 +942,8 @@ static PyMethodDef methods[] = {
     {"clauses", (PyCFunction)scan_clauses, METH_O, "clauses(text) -> [(start, end), ...]"},
     {"by_clause", (PyCFunction)(void (*)(void))scan_by_clause, METH_FASTCALL,
      "by_clause(matches, spans) -> (per, dirty)"},
+    {"gather", (PyCFunction)(void (*)(void))scan_gather, METH_FASTCALL,
+     "gather(cache, words) -> (bytes joined, items joined) or [words without an entry]"},
     {"mask", (PyCFunction)(void (*)(void))scan_mask, METH_FASTCALL, "mask(text, words, kinds) -> text blanked"},
     {"numbers", (PyCFunction)(void (*)(void))scan_numbers, METH_FASTCALL,
      "numbers(text, units) -> [(start, end, whole, a, e, b, unit), ...]"},

@@ -250,3 +250,8 @@ def _by_clause_py(found: list, spans: list[tuple[int, int]]) -> tuple[list, set[
 #: (``spans``, as :func:`clause_spans` gives them) they start in: ``per[ci]`` is None where no match starts in
 #: clause ``ci``, else the matches lying inside it; ``dirty`` holds the clauses a match crosses into or out of.
 by_clause = _cscan.by_clause if _cscan is not None else _by_clause_py
+
+
+#: ``gather(cache, words)``: the cached entries ``(bytes, list)`` of ``words`` joined, ``(bytes, list)``, or the
+#: list of the words without an entry (``grok.eval.text.AnswerWords``); None where the extension is not built.
+gather = _cscan.gather if _cscan is not None else None
