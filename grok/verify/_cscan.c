@@ -793,6 +793,19 @@ static PyObject *scan_numbers(PyObject *self, PyObject *const *args, Py_ssize_t 
 }
 
 
+/* (a, b), taking over both references (NULL and both released on failure) */
+static PyObject *pair_of(PyObject *a, PyObject *b) {
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) {
+        Py_DECREF(a);
+        Py_DECREF(b);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, a);
+    PyTuple_SET_ITEM(t, 1, b);
+    return t;
+}
+
 /* by_clause(matches, spans): (per, dirty) of grok.verify.scan.by_clause: the matches (tuples whose first two
    items are their span, in order) handed to the clauses (spans: [(start, end), ...] in order) they start in;
    per[ci] None where no match starts in clause ci, else the matches lying inside it; dirty: the clauses a
@@ -855,10 +868,7 @@ static PyObject *scan_by_clause(PyObject *self, PyObject *const *args, Py_ssize_
         }
     }
     PyMem_Free(st);
-    PyObject *res = PyTuple_Pack(2, per, dirty);
-    Py_DECREF(per);
-    Py_DECREF(dirty);
-    return res;
+    return pair_of(per, dirty);
 fail:
     PyMem_Free(st);
     Py_XDECREF(per);
@@ -925,10 +935,7 @@ static PyObject *scan_gather(PyObject *self, PyObject *const *args, Py_ssize_t n
         }
     }
     PyMem_Free(entries);
-    PyObject *res = PyTuple_Pack(2, b, l);
-    Py_DECREF(b);
-    Py_DECREF(l);
-    return res;
+    return pair_of(b, l);
 fail:
     PyMem_Free(entries);
     Py_XDECREF(missing);
