@@ -78,9 +78,9 @@ static PyObject *triple(Py_ssize_t a, Py_ssize_t b, PyObject *word) {
 }
 
 /* the end test at position e (0 < e <= n) */
-#define END_OK(e, READ)                                                                              \
-    (end_mode == 0 ? 1                                                                               \
-     : end_mode == 1 ? (is_word(READ((e) - 1)) != ((e) < n ? is_word(READ(e)) : 0))                  \
+#define END_OK(e, READ)                                                                             \
+    (end_mode == 0 ? 1                                                                              \
+     : end_mode == 1 ? (is_word(READ((e) - 1)) != ((e) < n ? is_word(READ(e)) : 0))                 \
      : ((e) >= n || (!is_word(READ(e)) && READ(e) != '-')))
 
 /* a str's code point i, by its width (kind) */
@@ -88,37 +88,37 @@ static PyObject *triple(Py_ssize_t a, Py_ssize_t b, PyObject *word) {
 #define READ2(i) ((Py_UCS4)((const Py_UCS2 *)data)[i])
 #define READ4(i) (((const Py_UCS4 *)data)[i])
 /* BODY(READ) written once for each width of str */
-#define BY_KIND(BODY)                                                                                \
-    if (kind == PyUnicode_1BYTE_KIND) { BODY(READ1) }                                                \
-    else if (kind == PyUnicode_2BYTE_KIND) { BODY(READ2) }                                           \
+#define BY_KIND(BODY)                                                                               \
+    if (kind == PyUnicode_1BYTE_KIND) { BODY(READ1) }                                               \
+    else if (kind == PyUnicode_2BYTE_KIND) { BODY(READ2) }                                          \
     else { BODY(READ4) }
 
-#define SCAN_BODY(READ)                                                                                 \
-    for (Py_ssize_t p = 0; p < n;) {                                                                 \
-        if (p > 0) {                                                                                 \
-            Py_UCS4 b = READ(p - 1);                                                                 \
-            if (is_word(b) || (hyphen && b == '-')) { p++; continue; }                               \
-        }                                                                                            \
-        Py_UCS4 c = READ(p);                                                                         \
-        int32_t node = c < 128 ? tp->root_ascii[c] : child_of(tp, 0, c);                              \
-        if (node < 0) { p++; continue; }                                                             \
-        Py_ssize_t best_end = -1, k = p + 1;                                                         \
-        int32_t best_term = -1;                                                                      \
-        for (;;) {                                                                                   \
-            int32_t w = tp->term[node];                                                               \
-            if (w >= 0 && END_OK(k, READ)) { best_end = k; best_term = w; }                                \
-            if (k >= n || tp->count[node] == 0) break;                                                \
-            node = child_of(tp, node, READ(k));                                                      \
-            if (node < 0) break;                                                                     \
-            k++;                                                                                     \
-        }                                                                                            \
-        if (best_end < 0) { p++; continue; }                                                         \
-        if (any) { Py_DECREF(out); Py_RETURN_TRUE; }                                                 \
-        PyObject *word = PyTuple_GET_ITEM(words, best_term);                                         \
-        PyObject *item = triple(p, best_end, word);                                                                                    \
+#define SCAN_BODY(READ)                                                                             \
+    for (Py_ssize_t p = 0; p < n;) {                                                                \
+        if (p > 0) {                                                                                \
+            Py_UCS4 b = READ(p - 1);                                                                \
+            if (is_word(b) || (hyphen && b == '-')) { p++; continue; }                              \
+        }                                                                                           \
+        Py_UCS4 c = READ(p);                                                                        \
+        int32_t node = c < 128 ? tp->root_ascii[c] : child_of(tp, 0, c);                            \
+        if (node < 0) { p++; continue; }                                                            \
+        Py_ssize_t best_end = -1, k = p + 1;                                                        \
+        int32_t best_term = -1;                                                                     \
+        for (;;) {                                                                                  \
+            int32_t w = tp->term[node];                                                             \
+            if (w >= 0 && END_OK(k, READ)) { best_end = k; best_term = w; }                         \
+            if (k >= n || tp->count[node] == 0) break;                                              \
+            node = child_of(tp, node, READ(k));                                                     \
+            if (node < 0) break;                                                                    \
+            k++;                                                                                    \
+        }                                                                                           \
+        if (best_end < 0) { p++; continue; }                                                        \
+        if (any) { Py_DECREF(out); Py_RETURN_TRUE; }                                                \
+        PyObject *word = PyTuple_GET_ITEM(words, best_term);                                        \
+        PyObject *item = triple(p, best_end, word);                                                 \
         if (item == NULL || PyList_Append(out, item) < 0) { Py_XDECREF(item); Py_DECREF(out); return NULL; } \
-        Py_DECREF(item);                                                                             \
-        p = best_end;                                                                                \
+        Py_DECREF(item);                                                                            \
+        p = best_end;                                                                               \
     }
 
 typedef struct {
@@ -281,23 +281,23 @@ static int append_span(PyObject *out, Py_ssize_t a, Py_ssize_t b) {
 
 /* _CLAUSE_SPLIT = \.(\s+)|;(\s+)|!(\s+)|\?(\s+)|\n\n* : the separator is the white space after the mark
    (its group) or the run of line breaks (the whole match); the next search starts at its end. */
-#define CLAUSE_BODY(READ)                                                                               \
-    for (Py_ssize_t p = 0; p < n;) {                                                                 \
-        Py_UCS4 c = READ(p);                                                                         \
-        Py_ssize_t a, b;                                                                             \
-        if (c == '.' || c == ';' || c == '!' || c == '?') {                                          \
-            b = p + 1;                                                                               \
-            while (b < n && iss(READ(b))) b++;                                        \
-            if (b == p + 1) { p++; continue; }                                                       \
-            a = p + 1;                                                                               \
-        } else if (c == '\n') {                                                                      \
-            a = p;                                                                                   \
-            b = p + 1;                                                                               \
-            while (b < n && READ(b) == '\n') b++;                                                    \
-        } else { p++; continue; }                                                                    \
-        if (append_span(out, start, a) < 0) { Py_DECREF(out); return NULL; }                         \
-        start = b;                                                                                   \
-        p = b;                                                                                       \
+#define CLAUSE_BODY(READ)                                                                           \
+    for (Py_ssize_t p = 0; p < n;) {                                                                \
+        Py_UCS4 c = READ(p);                                                                        \
+        Py_ssize_t a, b;                                                                            \
+        if (c == '.' || c == ';' || c == '!' || c == '?') {                                         \
+            b = p + 1;                                                                              \
+            while (b < n && iss(READ(b))) b++;                                                      \
+            if (b == p + 1) { p++; continue; }                                                      \
+            a = p + 1;                                                                              \
+        } else if (c == '\n') {                                                                     \
+            a = p;                                                                                  \
+            b = p + 1;                                                                              \
+            while (b < n && READ(b) == '\n') b++;                                                   \
+        } else { p++; continue; }                                                                   \
+        if (append_span(out, start, a) < 0) { Py_DECREF(out); return NULL; }                        \
+        start = b;                                                                                  \
+        p = b;                                                                                      \
     }
 
 static PyObject *scan_clauses(PyObject *self, PyObject *text) {
@@ -636,22 +636,22 @@ static int num_unit(NumState *st, Py_ssize_t i) {
 }
 
 /* \d+(?:\.\d+)? from i (a digit), each shorter form in turn, then cont */
-#define EACH_DECIMAL(i, END, BODY)                                                                   \
-    do {                                                                                             \
-        Py_ssize_t int_max_ = digits(x, (i));                                                        \
-        for (Py_ssize_t ie_ = int_max_; ie_ > (i); ie_--) {                                          \
-            if (ie_ == int_max_ && AT(ie_) == '.' && isd(AT(ie_ + 1))) {                             \
-                Py_ssize_t fmax_ = digits(x, ie_ + 1);                                               \
-                for (Py_ssize_t fe_ = fmax_; fe_ > ie_ + 1; fe_--) {                                 \
-                    Py_ssize_t END = fe_;                                                            \
-                    BODY                                                                             \
-                }                                                                                    \
-            }                                                                                        \
-            {                                                                                        \
-                Py_ssize_t END = ie_;                                                                \
-                BODY                                                                                 \
-            }                                                                                        \
-        }                                                                                            \
+#define EACH_DECIMAL(i, END, BODY)                                                                  \
+    do {                                                                                            \
+        Py_ssize_t int_max_ = digits(x, (i));                                                       \
+        for (Py_ssize_t ie_ = int_max_; ie_ > (i); ie_--) {                                         \
+            if (ie_ == int_max_ && AT(ie_) == '.' && isd(AT(ie_ + 1))) {                            \
+                Py_ssize_t fmax_ = digits(x, ie_ + 1);                                              \
+                for (Py_ssize_t fe_ = fmax_; fe_ > ie_ + 1; fe_--) {                                \
+                    Py_ssize_t END = fe_;                                                           \
+                    BODY                                                                            \
+                }                                                                                   \
+            }                                                                                       \
+            {                                                                                       \
+                Py_ssize_t END = ie_;                                                               \
+                BODY                                                                                \
+            }                                                                                       \
+        }                                                                                           \
     } while (0)
 
 /* (?:\s*(?:–|—|-|to|and)\s*(?P<b>\d+(?:\.\d+)?))? then the unit */
