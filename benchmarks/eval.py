@@ -270,6 +270,7 @@ def bench_parts(bench, ids, refs, reader, cache, items_file, resamples: int, rep
     from grok.eval.data import Predictions, not_english_word
     from grok.eval.score import evaluate, reference_readings
     from grok.eval.text import AnswerWords, rouge_l_with
+    from grok.verify import scan
     from grok.verify import verifier as V
     from grok.verify.textnorm import normalise
 
@@ -300,10 +301,10 @@ def bench_parts(bench, ids, refs, reader, cache, items_file, resamples: int, rep
         lows = [V._lower(a) for a in new()]
         r["reading: number words"] = us(lambda: [normalise(x) for x in lows])  # noqa: B023
         norm = [normalise(x) for x in lows]
-        r["reading: number mask"] = us(lambda: [V._mask(x) for x in norm])  # noqa: B023
-        masked = [V._mask(x) for x in norm]
-        r["reading: clause split"] = us(lambda: [V._clause_spans(x) for x in norm])  # noqa: B023
-        for name, find, texts in (("numbers", V.numbers, masked), ("terms", V._TERM_SCAN.findall, norm),
+        r["reading: number mask"] = us(lambda: [scan.mask(x) for x in norm])  # noqa: B023
+        masked = [scan.mask(x) for x in norm]
+        r["reading: clause split"] = us(lambda: [scan.clause_spans(x) for x in norm])  # noqa: B023
+        for name, find, texts in (("numbers", scan.numbers, masked), ("terms", V._TERM_SCAN.findall, norm),
                                   ("names", reader._scan.findall, norm)):
             r[f"reading: {name} scan"] = us(lambda find=find, texts=texts: [list(find(x)) for x in texts])
         bench.readings.clear()

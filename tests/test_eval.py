@@ -43,8 +43,8 @@ from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
 from grok.stages.config import BuildConfig
 from grok.stages.runner import run_build
-from grok.verify.scan import _NUMBER_RE
-from grok.verify.verifier import VerifyConfig, _mask
+from grok.verify.scan import _NUMBER_RE, mask
+from grok.verify.verifier import VerifyConfig
 from tests.browser import chromium_page
 from tests.llm_server import Faults, LocalLLMServer
 from tests.test_build import small_config
@@ -100,7 +100,7 @@ def perturb_numbers(text: str) -> str:
     assert len(low) == len(text)
     boxes = [m.span() for m in _BOX.finditer(text)]
     edits = []
-    for m in _NUMBER_RE.finditer(_mask(low)):
+    for m in _NUMBER_RE.finditer(mask(low)):
         if any(a <= m.start() < b for a, b in boxes):
             continue
         edits += [m.span(g) for g in ("a", "b") if m.group(g)]

@@ -107,15 +107,10 @@ HARD_CODES = frozenset({"wrong_number", "wrong_unit", "hallucinated_number", "di
                         "contradiction", "self_contradiction", "invented_finding", "forbidden_phrase", "laterality",
                         "format", "length", "box", "unreadable"})
 
-#: ``[(start, end), ...]`` of the clauses of a text (separators excluded; clauses may be empty): white space
-#: after . ; ! ? and runs of line breaks separate them (compiled when built, see ``grok.verify.scan``).
-_clause_spans = clause_spans
-
-
-#: The number scan (``_NUMBER_RE``) and the number mask (``_MASK_RE``) are defined in ``grok.verify.scan``
-#: (compiled there when built); ``_SUPERSCRIPT`` reads a power of ten written in superscripts.
+#: The clause split (``clause_spans``), the number scan (``_NUMBER_RE``) and the number mask (``_MASK_RE``) are
+#: defined in ``grok.verify.scan`` (compiled there when built); ``_SUPERSCRIPT`` reads a power of ten written in
+#: superscripts.
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
-_mask = mask
 
 
 _LOW = (r"markedly thinned|thinned|thinning|thin|reduced|decreased|lowered|low|narrowed|narrowing|"
@@ -1318,8 +1313,8 @@ class Verifier:
         only unusual layouts produce) is scanned again on its own, so every clause sees exactly the
         matches a scan of the clause alone would give.
         """
-        masked_text = _mask(text)
-        spans = _clause_spans(text)
+        masked_text = mask(text)
+        spans = clause_spans(text)
         stage = _lower(facts.stage) if facts.stage else None
         if stage is not None and stage not in text:
             stage = None
