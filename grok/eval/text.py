@@ -569,17 +569,14 @@ class AnswerWords:
                         self._word(w)
                 got = _gather(cache, words)
             bleu, rouge = got
-            if "&" in answer or "<skipped>" in answer or "-\n" in answer:
-                bleu = self._ids(answer)
         else:
             entries = list(map(self.cache.get, words))  # the loops here run in C
             if None in entries:
                 entries = [self.cache.get(w) or self._word(w) for w in words]
-            if "&" in answer or "<skipped>" in answer or "-\n" in answer:
-                bleu = self._ids(answer)
-            else:
-                bleu = b"".join(map(_FIRST, entries))
+            bleu = b"".join(map(_FIRST, entries))
             rouge = list(chain.from_iterable(map(_SECOND, entries)))
+        if "&" in answer or "<skipped>" in answer or "-\n" in answer:  # the per-word ids do not hold here
+            bleu = self._ids(answer)
         flagged = self.flagged
         flags = [] if not flagged or flagged.keys().isdisjoint(words) else list(map(flagged.__getitem__,
                                                                      filter(flagged.__contains__, words)))
