@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -140,6 +141,41 @@ def test_reingest_is_cached_and_identical(phantom_archive, tmp_path):
     assert (out / "manifest.parquet").read_bytes() == before
     assert r2.files_cached == r1.files_seen
     assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == mtimes
+
+
+def _tables(out: Path) -> dict[str, str]:
+    return {t: json.dumps(pq.read_table(out / f"{t}.parquet").to_pylist(), sort_keys=True, default=str)  # NaN-safe
+            for t in ("manifest", "studies", "files", "quarantine")}
+
+
+def test_tables_written_a_batch_at_a_time_and_changed_files_leave_no_stale_copy(phantom_archive, tmp_path,
+                                                                              monkeypatch):
+    """The staged tables are written sorted a few rows at a time (issue 22): the same tables as one batch; a file
+    that changed or went away since the last run leaves no normalised copy behind."""
+    import grok.ingest.pipeline as pipeline
+
+    whole = tmp_path / "whole"
+    ingest(str(phantom_archive / "dicom"), whole, _cfg())
+    monkeypatch.setattr(pipeline, "WRITE_BATCH_ROWS", 5)
+    monkeypatch.setattr(pipeline, "SPOOL_BATCH_ROWS", 3)
+    out = tmp_path / "batched"
+    src = tmp_path / "src"
+    shutil.copytree(phantom_archive / "dicom", src)
+    ingest(str(src), out, _cfg())
+    assert _tables(out) == _tables(whole)
+    studies = pq.read_table(out / "studies.parquet").to_pylist()
+    assert len(studies) > 5 and [s["study_id"] for s in studies] == sorted(s["study_id"] for s in studies)
+    gone = sorted(src.rglob("*.dcm"))[0]
+    files = pq.read_table(out / "files.parquet").to_pylist()
+    sha = hashlib.sha256(gone.read_bytes()).hexdigest()
+    old_ids = next(f["image_ids"] for f in files if f["source_sha256"] == sha and f["status"] == "ingested")
+    gone.unlink()
+    ingest(str(src), out, _cfg())
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    refs = {p for r in manifest for p in (r["normalized_path"], r["header_path"]) if p}
+    on_disk = {f"images/{p.name}" for p in (out / "images").iterdir()}
+    assert on_disk == refs and len(refs) >= len(manifest)
+    assert old_ids and not any((out / "images" / f"{i}.npy").exists() for i in old_ids)
 
 
 def test_pseudonyms_stable_and_keyed(phantom_archive, tmp_path):

@@ -9,8 +9,17 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from grok.parquet_io import DRIVER_MEMORY_POOL, TableWriter, arrow_pool, iter_batches, open_parquet
+from grok.parquet_io import (
+    DRIVER_MEMORY_POOL,
+    ParquetSink,
+    TableWriter,
+    arrow_pool,
+    iter_batches,
+    open_parquet,
+    sorted_batches,
+)
 
 
 def _file(path, groups: int, rows: int, blob: int) -> pa.Table:
@@ -105,3 +114,32 @@ def test_table_writer_round_trips_in_batches_in_both_formats(tmp_path):
     for name in ("e.arrow", "e.parquet"):  # nothing written: an empty table with the schema, not a missing file
         empty = TableWriter(tmp_path / name, schema).read()
         assert empty.num_rows == 0 and empty.schema.equals(schema)
+
+
+def test_sorted_batches_are_the_sorted_table_a_batch_at_a_time(tmp_path):
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 20, 103)
+    table = pa.table({"k": [f"s{k:02d}" for k in keys], "i": list(range(103))})
+    parts = list(sorted_batches(table, [("k", "ascending")], 10))
+    assert [p.num_rows for p in parts] == [10] * 10 + [3]
+    whole = pa.concat_tables(parts).to_pylist()
+    # the stable sort: equal keys keep the table's order
+    assert whole == sorted(table.to_pylist(), key=lambda r: (r["k"], r["i"]))
+    assert list(sorted_batches(table.slice(0, 0), [("k", "ascending")], 10)) == []
+
+
+def test_parquet_sink_writes_the_schema_and_renames_only_when_done(tmp_path):
+    schema = pa.schema([("id", pa.string()), ("x", pa.float64())])
+    path = tmp_path / "t.parquet"
+    with ParquetSink(path, schema) as sink:
+        sink.write(pa.table({"x": [1, 2], "id": ["a", "b"], "extra": [0, 0]}))  # cast, columns in the schema's order
+        sink.write(pa.table({"id": pa.array([], pa.string()), "x": pa.array([], pa.float64())}))
+        assert not path.exists()
+    assert pq.read_table(path).to_pylist() == [{"id": "a", "x": 1.0}, {"id": "b", "x": 2.0}] and sink.rows == 2
+    with pytest.raises(RuntimeError), ParquetSink(tmp_path / "bad.parquet", schema) as sink:
+        sink.write(pa.table({"id": ["a"], "x": [1.0]}))
+        raise RuntimeError("a failed build")
+    assert not list(tmp_path.glob("bad.parquet*"))  # neither the file nor its temporary copy
+    with ParquetSink(tmp_path / "e.parquet", schema):
+        pass
+    assert pq.read_table(tmp_path / "e.parquet").schema.equals(schema)
