@@ -148,3 +148,26 @@ def test_int_index_finds_every_value_and_nothing_else():
     assert np.array_equal(index.find(keys), expected)
     assert np.array_equal(IntIndex(values, index.slots).find(keys), expected)
     assert IntIndex(np.zeros(0, dtype=np.int64)).find(keys[:3]).tolist() == [-1, -1, -1]
+
+
+def test_int_index_compiled_and_whole_array_probing_agree(monkeypatch):
+    """``IntIndex.find`` in C (``grok.verify._cscan.index_find``) and with whole-array probing: the same positions, on
+    keys that collide a lot (small and structured values, long probe runs) and on keys far apart."""
+    from grok.eval import text as T
+
+    if T._index_find is None:
+        pytest.skip("grok.verify._cscan is not built (or GROK_NO_CEXT=1)")
+    rng = np.random.default_rng(4)
+    cases = []
+    for n in (1, 7, 300, 4000):
+        cases.append(np.unique(rng.integers(0, 1 << 40, n)))
+        cases.append(np.arange(n, dtype=np.int64) * 1024)  # one stride: many equal hashes' neighbours
+        cases.append(np.unique(rng.integers(0, 3 * n, n)))
+    indexes = [T.IntIndex(v) for v in cases]
+    keys = [np.concatenate([v, v + 1, rng.integers(0, 1 << 41, 2000), v[::-1]]) for v in cases]
+    fast = [ix.find(k) for ix, k in zip(indexes, keys, strict=True)]
+    monkeypatch.setattr(T, "_index_find", None)
+    slow = [ix.find(k) for ix, k in zip(indexes, keys, strict=True)]
+    for f, s, v, k in zip(fast, slow, cases, keys, strict=True):
+        assert np.array_equal(f, s)
+        assert np.array_equal(v[f[f >= 0]], k[f >= 0]) and (f >= 0).sum() >= 2 * len(v)

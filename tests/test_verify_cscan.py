@@ -201,6 +201,26 @@ def test_bad_arguments_are_refused():
     assert _cscan.gather({"a": (b"\x01", ["a"])}, ["a", "c", "c"]) == ["c", "c"]
     assert _cscan.gather({"a": (b"\x01", ["a"]), "b": (b"\x02\x03", [])}, ["a", "b", "a"]) == (b"\x01\x02\x03\x01",
                                                                                              ["a", "a"])
+    import numpy as np
+
+    slots, values = np.full(16, -1, dtype=np.int32), np.array([5, 9], dtype=np.int64)
+    slots[3], slots[4] = 0, 1
+    keys, out = np.array([5, 9, 6], dtype=np.int64), np.zeros(3, dtype=np.int64)
+    for args, err in (((slots.astype(np.int64), values, keys, 4, out), TypeError),  # slots not int32
+                      ((slots, values.astype(np.int32), keys, 4, out), TypeError),
+                      ((slots, values, keys, 4, out[:2]), ValueError),  # one out per key
+                      ((slots, values, keys, 4, out.astype(np.int32)), TypeError),
+                      ((slots, values, keys, 5, out), ValueError),  # 2**bits slots
+                      ((slots, values, keys, 0, out), ValueError),
+                      ((slots, values, keys, 4, np.zeros(3, dtype=np.int64)[::-1]), (TypeError, ValueError, BufferError)),
+                      ((slots, values, keys, 4, b"\0" * 24), (TypeError, BufferError)),  # read-only out
+                      ((slots, values, keys, 4), TypeError)):
+        with pytest.raises(err):
+            _cscan.index_find(*args)
+    bad = slots.copy()
+    bad[3] = 7  # a slot past values
+    with pytest.raises(ValueError):
+        _cscan.index_find(bad, values, np.arange(16, dtype=np.int64), 4, np.zeros(16, dtype=np.int64))
 
 
 def _readings(items, texts) -> list:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from grok.verify.scan import gather as _gather
+from grok.verify.scan import index_find as _index_find
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -265,6 +266,10 @@ class IntIndex:
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if not len(self.values) or not len(keys):
             return np.full(len(keys), -1, dtype=np.int64)
+        if _index_find is not None:  # compiled (grok.verify._cscan): the same probing, key by key
+            out = np.empty(len(keys), dtype=np.int64)
+            _index_find(self.slots, self.values, keys, self.bits, out)
+            return out
         mask = (1 << self.bits) - 1
         slots, values = self.slots, self.values
         h = self._hash(keys)

@@ -16,7 +16,8 @@
        . ; ! ? and runs of line breaks).
    mask(text, words, kinds) and numbers(text, units): the number mask and the number scan (below).
    by_clause(matches, spans): matches handed to the clauses they lie in (below).
-   gather(cache, words): grok.eval.text.AnswerWords' per-word entries of an answer joined (below). */
+   gather(cache, words): grok.eval.text.AnswerWords' per-word entries of an answer joined (below).
+   index_find(slots, values, keys, bits, out): grok.eval.text.IntIndex's lookup of many keys (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -942,6 +943,83 @@ fail:
     return NULL;
 }
 
+/* index_find(slots, values, keys, bits, out): where each of keys is in values, by grok.eval.text.IntIndex's open
+   addressing (slots: int32, 2**bits of them, -1 empty, else an index in values; values, keys, out: int64; all
+   C-contiguous buffers): a key's slot is (key x 0x9E3779B97F4A7C15 mod 2**64) >> (64 - bits), then the next
+   ones (linear probing) until the slot holds the key (out: its index in values) or is empty (out: -1). The
+   same positions as IntIndex.find's whole-array probing. */
+static int int_buffer(PyObject *o, Py_buffer *b, Py_ssize_t itemsize, int writable, const char *what) {
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0)) < 0) return -1;
+    char f = b->format ? b->format[b->format[0] == '<' || b->format[0] == '=' || b->format[0] == '@'] : 'B';
+    int ok = b->itemsize == itemsize && (itemsize == 4 ? (f == 'i' || (f == 'l' && sizeof(long) == 4))
+                                                       : (f == 'q' || (f == 'l' && sizeof(long) == 8)));
+    if (!ok) {
+        PyBuffer_Release(b);
+        PyErr_Format(PyExc_TypeError, "index_find: %s must be a C-contiguous int%d array", what, (int)(8 * itemsize));
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *scan_index_find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "index_find(slots, values, keys, bits, out)");
+        return NULL;
+    }
+    long bits = PyLong_AsLong(args[3]);
+    if (bits == -1 && PyErr_Occurred()) return NULL;
+    if (bits < 1 || bits > 62) {
+        PyErr_SetString(PyExc_ValueError, "index_find: bits must be in 1..62");
+        return NULL;
+    }
+    Py_buffer bs, bv, bk, bo;
+    if (int_buffer(args[0], &bs, 4, 0, "slots") < 0) return NULL;
+    if (int_buffer(args[1], &bv, 8, 0, "values") < 0) goto fail_s;
+    if (int_buffer(args[2], &bk, 8, 0, "keys") < 0) goto fail_v;
+    if (int_buffer(args[4], &bo, 8, 1, "out") < 0) goto fail_k;
+    const int32_t *slots = bs.buf;
+    const int64_t *values = bv.buf, *keys = bk.buf;
+    int64_t *out = bo.buf;
+    Py_ssize_t n_slots = bs.len / 4, n_values = bv.len / 8, n = bk.len / 8;
+    if (n_slots != ((Py_ssize_t)1 << bits) || bo.len / 8 != n) {
+        PyErr_SetString(PyExc_ValueError, "index_find: 2**bits slots and one out per key");
+        goto fail;
+    }
+    uint64_t mask = ((uint64_t)1 << bits) - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t h = ((uint64_t)keys[i] * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - bits);
+        int64_t found = -1;
+        for (Py_ssize_t probes = 0; probes < n_slots; probes++, h = (h + 1) & mask) {
+            int32_t s = slots[h];
+            if (s < 0) break;
+            if (s >= n_values) {
+                PyErr_SetString(PyExc_ValueError, "index_find: a slot points past values");
+                goto fail;
+            }
+            if (values[s] == keys[i]) {
+                found = s;
+                break;
+            }
+        }
+        out[i] = found;
+    }
+    PyBuffer_Release(&bo);
+    PyBuffer_Release(&bk);
+    PyBuffer_Release(&bv);
+    PyBuffer_Release(&bs);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&bo);
+fail_k:
+    PyBuffer_Release(&bk);
+fail_v:
+    PyBuffer_Release(&bv);
+fail_s:
+    PyBuffer_Release(&bs);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"compile", (PyCFunction)scan_compile, METH_O, "compile(words) -> the words' trie (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
@@ -954,6 +1032,8 @@ static PyMethodDef methods[] = {
     {"mask", (PyCFunction)(void (*)(void))scan_mask, METH_FASTCALL, "mask(text, words, kinds) -> text blanked"},
     {"numbers", (PyCFunction)(void (*)(void))scan_numbers, METH_FASTCALL,
      "numbers(text, units) -> [(start, end, whole, a, e, b, unit), ...]"},
+    {"index_find", (PyCFunction)(void (*)(void))scan_index_find, METH_FASTCALL,
+     "index_find(slots, values, keys, bits, out) -> None; out[i]: the index of keys[i] in values, or -1"},
     {NULL, NULL, 0, NULL},
 };
 

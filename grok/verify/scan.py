@@ -255,3 +255,6 @@ by_clause = _cscan.by_clause if _cscan is not None else _by_clause_py
 #: ``gather(cache, words)``: the cached entries ``(bytes, list)`` of ``words`` joined, ``(bytes, list)``, or the
 #: list of the words without an entry (``grok.eval.text.AnswerWords``); None where the extension is not built.
 gather = _cscan.gather if _cscan is not None else None
+#: ``index_find(slots, values, keys, bits, out)``: :class:`grok.eval.text.IntIndex`'s lookup of many keys at once,
+#: compiled (None on the ``re`` path, where ``IntIndex.find`` probes with whole-array operations).
+index_find = _cscan.index_find if _cscan is not None else None
