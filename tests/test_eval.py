@@ -428,6 +428,9 @@ def test_reference_readings_are_cached_on_disk_per_version_kb_and_tolerance(kb, 
     for f in cache.iterdir():
         f.write_bytes(b"not marshal")
     assert reads(fresh())[0] == n and reads(fresh())[0] == 0
+    for f in cache.iterdir():  # the BLEU table's raw arrays cut short
+        f.write_bytes(f.read_bytes()[:-12])
+    assert reads(fresh())[0] == n and reads(fresh())[0] == 0
     # scores with cached readings are the scores with fresh ones
     ids = list(synthetic.items)
     preds = Predictions("shuffled", dict(zip(ids, [synthetic.items[i].reference for i in reversed(ids)])))

@@ -36,6 +36,7 @@ import json
 import marshal
 import math
 import os
+import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -94,6 +95,13 @@ ITEM_FIELDS = ("id", "study_id", "task", "category", "status", "classified", "pr
                "findings_agree", "findings_disagree", "findings_agreement", "invented", "wrong_eye", "rouge_l",
                "not_english")
 _NAN = math.nan
+#: The cache file's first 8 bytes: the length of its marshal header.
+_HEADER_SIZE = struct.Struct("<Q")
+
+
+def _aligned(at: int) -> int:
+    return (at + 7) & ~7
+
 #: JSON text of a string as ``json.dumps(..., ensure_ascii=False)`` writes it.
 _ENCODE_STR = json.encoder.encode_basestring
 
@@ -126,8 +134,10 @@ def _share(n: int, d: int) -> float:
 
 
 # -- the reference readings, kept per process and cached on disk -----------------------------------
-#: Version of the on-disk format of :func:`reference_readings`' cache.
-REF_CACHE_FORMAT = 2
+#: Version of the on-disk format of :func:`reference_readings`' cache: the length of a ``marshal`` header (8 bytes,
+#: little-endian), the header ``(key, readings, BLEU vocabulary, [(dtype, bytes of the array)])``, then the BLEU
+#: table's arrays, raw (loaded without a copy: ``np.frombuffer`` over the file's bytes).
+REF_CACHE_FORMAT = 3
 #: Sources whose code decides a reference reading (the verifier, the facts it reads, the text forms):
 #: a change to any of them makes a new cache key.
 _READING_SOURCES = ("grok/verify/*.py", "grok/knowledge/lexicon.py", "grok/instruct/records.py",
@@ -189,11 +199,20 @@ def _read_references(bench: Benchmark, reader: AnswerReader) -> ReferenceReading
 
 def _load_refs(path: Path, key: str) -> ReferenceReadings | None:
     try:
-        data = marshal.loads(path.read_bytes())
-        if not isinstance(data, tuple) or len(data) != 3 or data[0] != key:
+        buf = path.read_bytes()
+        (size,) = _HEADER_SIZE.unpack_from(buf)
+        data = marshal.loads(memoryview(buf)[_HEADER_SIZE.size:_HEADER_SIZE.size + size])
+        if not isinstance(data, tuple) or len(data) != 4 or data[0] != key:
             return None
-        table = BleuTable.from_state(data[2])
-    except (OSError, EOFError, ValueError, TypeError):
+        arrays, at = [], _aligned(_HEADER_SIZE.size + size)
+        for dt, nbytes in data[3]:
+            dtype = np.dtype(dt)
+            if nbytes % dtype.itemsize or at + nbytes > len(buf):
+                return None
+            arrays.append(np.frombuffer(buf, dtype=dtype, count=nbytes // dtype.itemsize, offset=at))
+            at = _aligned(at + nbytes)
+        table = BleuTable.from_arrays(data[2], arrays)
+    except (OSError, EOFError, ValueError, TypeError, struct.error):
         return None
     return ReferenceReadings({
         rid: RefReading(c, q, frozenset(bms), None if masks is None else RougeRef.from_masks(masks, n),
@@ -209,10 +228,16 @@ def _save_refs(path: Path, key: str, refs: ReferenceReadings) -> None:
                   None if r.rouge is None else {one.setdefault(w, w): m for w, m in r.rouge.masks.items()},
                   0 if r.rouge is None else r.rouge.n, -1 if r.bleu is None else r.bleu.row)
             for rid, r in refs.items()}
+    words, arrays = refs.table.arrays()
+    header = marshal.dumps((key, data, words, [(a.dtype.str, a.nbytes) for a in arrays]))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(marshal.dumps((key, data, refs.table.state())))
+        with tmp.open("wb") as fh:  # each array at a multiple of 8 bytes (aligned in the buffer it is read into)
+            at = fh.write(_HEADER_SIZE.pack(len(header))) + fh.write(header)
+            for a in arrays:
+                at += fh.write(b"\0" * (_aligned(at) - at))
+                at += fh.write(np.ascontiguousarray(a).data)
         tmp.replace(path)
     except OSError:
         pass  # a cache that cannot be written is only slower next time

@@ -338,18 +338,28 @@ class BleuTable:
         get = self.vocab.get
         return [get(t, 0) for t in toks]
 
+    def arrays(self) -> tuple[list[str], list[np.ndarray]]:
+        """(the vocabulary in id order, the table's arrays): what :meth:`from_arrays` needs."""
+        return list(self.vocab), [self.lengths, *self.keys, *self.counts, *self.rows, *(i.slots for i in self.index)]
+
     def state(self) -> tuple:
         """What :meth:`from_state` needs (plain types and bytes: cheap to ``marshal``)."""
-        arrays = [self.lengths, *self.keys, *self.counts, *self.rows, *(i.slots for i in self.index)]
-        return (list(self.vocab), [(x.dtype.str, x.tobytes()) for x in arrays])
+        words, arrays = self.arrays()
+        return (words, [(x.dtype.str, x.tobytes()) for x in arrays])
 
     @classmethod
     def from_state(cls, state) -> BleuTable:
         words, arrays = state
+        return cls.from_arrays(words, [np.frombuffer(b, dtype=np.dtype(dt)) for dt, b in arrays])
+
+    @classmethod
+    def from_arrays(cls, words: list[str], xs: list[np.ndarray]) -> BleuTable:
+        """The table of :meth:`arrays` (kept as given, not copied: arrays over a file's bytes serve as they are)."""
+        m = MAX_ORDER
+        if len(xs) != 1 + 4 * m:
+            raise ValueError(f"BleuTable.from_arrays: {1 + 4 * m} arrays, got {len(xs)}")
         table = cls.__new__(cls)
         table.vocab = {w: i for i, w in enumerate(words, 1)}
-        xs = [np.frombuffer(b, dtype=np.dtype(dt)) for dt, b in arrays]
-        m = MAX_ORDER
         table.lengths = xs[0]
         table.keys, table.counts, table.rows = xs[1:1 + m], xs[1 + m:1 + 2 * m], xs[1 + 2 * m:1 + 3 * m]
         table.index = [IntIndex(k, s) for k, s in zip(table.keys, xs[1 + 3 * m:1 + 4 * m], strict=True)]
