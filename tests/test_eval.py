@@ -439,6 +439,36 @@ def test_reference_readings_are_cached_on_disk_per_version_kb_and_tolerance(kb, 
     assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
 
 
+def test_scoring_makes_no_reference_cycles_and_restores_the_collector(kb, synthetic):
+    """``evaluate`` runs with the cyclic garbage collector off (``_cyclic_gc_paused``), which is sound because scoring
+    leaves no garbage that only the collector could free: none is found after a scoring, odd answers included. The
+    collector is on again after it, or still off when the caller had turned it off."""
+    import gc
+
+    ids = list(synthetic.items)
+    answers = [synthetic.items[i].reference for i in reversed(ids)]
+    answers[:6] = ["", "   ", "Die Antwort ist und der die das", "\udcff broken", "<skipped> &amp; x", "Step 1: 0.5"]
+    preds = Predictions("odd", dict(zip(ids, answers)))
+    reader = AnswerReader(build_lexicon(kb))
+    evaluate(synthetic, preds, resamples=20, reader=reader)  # first use: lazy imports, caches filled
+    gc.collect()
+    gc.disable()
+    try:
+        evaluate(synthetic, preds, resamples=20, reader=reader)
+        assert not gc.isenabled()  # left off, as the caller had it
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    seen = []
+
+    class Watching(AnswerReader):
+        def read(self, *a, **kw):
+            seen.append(gc.isenabled())
+            return super().read(*a, **kw)
+
+    evaluate(synthetic, preds, resamples=20, reader=Watching(build_lexicon(kb)))
+    assert gc.isenabled() and seen and not any(seen)  # off while scoring, on again after
+
 def test_reference_answers_are_read_once_per_benchmark(kb, synthetic):
     class Counting(AnswerReader):
         reads = 0
