@@ -178,6 +178,37 @@ def test_answer_words_gathered_in_c_are_the_python_joins(setup, monkeypatch):
     assert [slow(x) for x in lines] == got
 
 
+
+@needs_cext
+def test_rouge_lcs_in_c_is_the_python_recurrence(setup, monkeypatch):
+    """``grok.eval.text.lcs_with`` compiled (64-bit words, the carry taken across them) against its Python integers and
+    the dynamic programme: the benchmark's answers against other references, and random token lists whose reference
+    ends on each side of a word boundary (63-65, 127-129 tokens) or needs more words than the stack buffer holds."""
+    from grok.eval import text as T
+
+    def dp(a, b):
+        prev = [0] * (len(b) + 1)
+        for x in a:
+            cur = [0]
+            for j, y in enumerate(b):
+                cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
+            prev = cur
+        return prev[-1]
+
+    bench, reader = setup
+    rng = random.Random(12)
+    refs = [T.tokens(it.reference) for it in bench.items.values()]
+    cands = [T.tokens(x) for x in _texts(reader, bench, 200, 13)]
+    pairs = [(rng.choice(cands), rng.choice(refs)) for _ in range(600)]
+    vocab = [f"w{i}" for i in range(9)]
+    for n in (0, 1, 5, 63, 64, 65, 127, 128, 129, 200, 4097, 4200):
+        for _ in range(4 if n < 4000 else 1):
+            pairs.append(([rng.choice(vocab) for _ in range(rng.randint(0, 160))], [rng.choice(vocab) for _ in range(n)]))
+    got = [T.lcs_with(a, T.RougeRef(b)) for a, b in pairs]
+    monkeypatch.setattr(T, "_lcs", None)
+    assert [T.lcs_with(a, T.RougeRef(b)) for a, b in pairs] == got
+    assert [dp(a, b) for a, b in pairs[:700] if len(b) < 300] == [g for g, (_, b) in zip(got[:700], pairs) if len(b) < 300]
+
 @needs_cext
 def test_bad_arguments_are_refused():
     """Words that are not a tuple of non-empty str, text that is not str: an error, never a crash."""
@@ -217,6 +248,12 @@ def test_bad_arguments_are_refused():
                       ((slots, values, keys, 4), TypeError)):
         with pytest.raises(err):
             _cscan.index_find(*args)
+    for args in ((("a",), {"a": b"\x01" + b"\0" * 7}, 3), (["a"], [("a", b"")], 3), (["a"], {"a": 1}, 3),
+                 (["a"], {"a": b"\x01"}, 3), (["a"], {"a": b"\x01" + b"\0" * 7}, "3"), (["a"], {}, -1)):
+        with pytest.raises((TypeError, ValueError)):
+            _cscan.lcs(*args)
+    assert _cscan.lcs(["b", "a", "c"], {"a": b"\x01" + b"\0" * 7, "c": b"\x04" + b"\0" * 7}, 3) == 2
+    assert _cscan.lcs([], {}, 3) == 0 and _cscan.lcs(["a"], {"a": b""}, 0) == 0
     bad = slots.copy()
     bad[3] = 7  # a slot past values
     with pytest.raises(ValueError):

@@ -5,9 +5,10 @@ Run as: python -c "from grok.eval.text import rouge_l; print(rouge_l('a b c d', 
 **ROUGE-L** is the F-measure of the longest common subsequence of word tokens (Lin 2004, the
 ``rougeL`` of Google's ``rouge-score`` with beta 1): tokens are runs of lower-case letters and
 digits, as there. The LCS length is computed bit-parallel (Hyyrö 2004): the reference's token
-positions are bits of a Python integer (:class:`RougeRef`, built once per reference), and one pass
-over the candidate's tokens costs a few integer operations each instead of a table row. Checked
-against the dynamic programme (tests/test_eval.py).
+positions are bits (:class:`RougeRef`, built once per reference, as bytes of 64-bit words), and one pass
+over the candidate's tokens costs a few word operations each instead of a table row: in the optional C
+extension (``grok.verify._cscan.lcs``), else with Python integers. Checked against the dynamic programme
+(tests/test_eval.py) and each path against the other (tests/test_verify_cscan.py).
 
 **BLEU** is sacrebleu's ``BLEU()`` (13a tokenisation, case-sensitive, 4-grams, ``exp`` smoothing,
 corpus statistics summed over segments), computed here because sacrebleu's per-segment path
@@ -35,6 +36,7 @@ import numpy as np
 
 from grok.verify.scan import gather as _gather
 from grok.verify.scan import index_find as _index_find
+from grok.verify.scan import lcs as _lcs
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -49,37 +51,57 @@ def tokens(text: str) -> list[str]:
 
 # -- ROUGE-L ---------------------------------------------------------------------------------------
 class RougeRef:
-    """A reference's tokens as bit masks for :func:`lcs_with`: build once, score many candidates."""
+    """A reference's tokens as bit masks for :func:`lcs_with`: build once, score many candidates.
 
-    __slots__ = ("full", "masks", "n")
+    ``masks``: each token's positions as bits (bit i: token i), little-endian ``bytes`` of 8 x ceil(n / 64), the
+    form the compiled :func:`lcs_with` reads and the disk cache keeps; the Python path turns them into integers
+    once per reference (:meth:`ints`)."""
+
+    __slots__ = ("_ints", "masks", "n")
 
     def __init__(self, toks: list[str]):
-        masks: dict[str, int] = {}
+        ints: dict[str, int] = {}
         for i, tok in enumerate(toks):
-            masks[tok] = masks.get(tok, 0) | (1 << i)
-        self.masks, self.n, self.full = masks, len(toks), (1 << len(toks)) - 1
+            ints[tok] = ints.get(tok, 0) | (1 << i)
+        size = 8 * ((len(toks) + 63) // 64)
+        self.masks = {t: m.to_bytes(size, "little") for t, m in ints.items()}
+        self.n = len(toks)
+        self._ints = None if _lcs is not None else ints
 
     @classmethod
-    def from_masks(cls, masks: dict[str, int], n: int) -> RougeRef:
+    def from_masks(cls, masks: dict[str, bytes], n: int) -> RougeRef:
         """The reference of ``n`` tokens whose bit masks are ``masks`` (as :attr:`masks` holds them)."""
         ref = cls.__new__(cls)
-        ref.masks, ref.n, ref.full = masks, n, (1 << n) - 1
+        ref.masks, ref.n, ref._ints = masks, n, None
         return ref
+
+    @property
+    def full(self) -> int:
+        """The n low bits set."""
+        return (1 << self.n) - 1
+
+    def ints(self) -> dict[str, int]:
+        """:attr:`masks` as Python integers (made on first use)."""
+        if self._ints is None:
+            self._ints = {t: int.from_bytes(m, "little") for t, m in self.masks.items()}
+        return self._ints
 
 
 def lcs_with(candidate: list[str], ref: RougeRef) -> int:
     """Length of the longest common subsequence of ``candidate`` and the reference (bit-parallel)."""
     if not candidate or not ref.n:
         return 0
+    if _lcs is not None:  # compiled (grok.verify._cscan): the same recurrence over 64-bit words
+        return _lcs(candidate, ref.masks, ref.n)
     # Hyyrö's bit-vector recurrence v = ((v + u) | (v - u)) & full, u = v & m, for each candidate token with a
     # mask m (tokens absent from the reference leave v as it is). Carries only move up, so the bits above the
     # reference's n never reach the low n bits: v is masked once at the end instead of at every token; and as
     # u holds only set bits of v, v - u is v ^ u.
-    v = ref.full
-    for m in filter(None, map(ref.masks.get, candidate)):  # masks are never 0
+    full = v = ref.full
+    for m in filter(None, map(ref.ints().get, candidate)):  # masks are never 0
         u = v & m
         v = (v + u) | (v ^ u)
-    return ref.n - (v & ref.full).bit_count()
+    return ref.n - (v & full).bit_count()
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:

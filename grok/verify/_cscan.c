@@ -17,7 +17,8 @@
    mask(text, words, kinds) and numbers(text, units): the number mask and the number scan (below).
    by_clause(matches, spans): matches handed to the clauses they lie in (below).
    gather(cache, words): grok.eval.text.AnswerWords' per-word entries of an answer joined (below).
-   index_find(slots, values, keys, bits, out): grok.eval.text.IntIndex's lookup of many keys (below). */
+   index_find(slots, values, keys, bits, out): grok.eval.text.IntIndex's lookup of many keys (below).
+   lcs(candidate, masks, n): grok.eval.text.lcs_with's bit-parallel LCS length over 64-bit words (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
@@ -1020,6 +1021,72 @@ fail_s:
     return NULL;
 }
 
+/* lcs(candidate, masks, n): the length of the longest common subsequence of the tokens of candidate (a list) and a
+   reference of n tokens whose positions per token are masks[token] (bytes: little-endian bits, 8 x ceil(n / 64)
+   of them), by grok.eval.text.lcs_with's recurrence (Hyyro 2004) v = (v + u) | (v ^ u), u = v & m, over 64-bit
+   words with the carry taken across them; tokens without a mask leave v as it is. Carries only move up, so the
+   bits above n never reach the low n; v is masked at the end. */
+static inline int popcount64(uint64_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+    return __builtin_popcountll(x);
+#else
+    int c = 0;
+    for (; x; x &= x - 1) c++;
+    return c;
+#endif
+}
+
+static PyObject *scan_lcs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyList_Check(args[0]) || !PyDict_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "lcs(candidate, masks, n): a list, a dict and an int");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "lcs: n must be >= 0");
+        return NULL;
+    }
+    PyObject *cand = args[0], *masks = args[1];
+    Py_ssize_t words = (n + 63) / 64;
+    if (n == 0 || PyList_GET_SIZE(cand) == 0) return PyLong_FromLong(0);
+    uint64_t stack[64], *v = words <= 64 ? stack : PyMem_Malloc(sizeof(uint64_t) * (size_t)words);
+    if (v == NULL) return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < words; i++) v[i] = ~(uint64_t)0;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(cand); k++) {
+        PyObject *m = PyDict_GetItemWithError(masks, PyList_GET_ITEM(cand, k)); /* borrowed; no Python code runs */
+        if (m == NULL) {
+            if (PyErr_Occurred()) goto fail;
+            continue;
+        }
+        if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) != 8 * words) {
+            PyErr_SetString(PyExc_TypeError, "lcs: masks are bytes of 8 x ceil(n / 64)");
+            goto fail;
+        }
+        const unsigned char *mb = (const unsigned char *)PyBytes_AS_STRING(m);
+        uint64_t carry = 0;
+        for (Py_ssize_t i = 0; i < words; i++) {
+            uint64_t mw = 0;
+            for (int b = 7; b >= 0; b--) mw = (mw << 8) | mb[8 * i + b]; /* little-endian, any alignment */
+            uint64_t vi = v[i], u = vi & mw, t = vi + u, c1 = t < vi, s = t + carry, c2 = s < t;
+            carry = c1 | c2;
+            v[i] = s | (vi ^ u);
+        }
+    }
+    Py_ssize_t ones = 0;
+    for (Py_ssize_t i = 0; i < words; i++) {
+        uint64_t w = v[i];
+        if (i == words - 1 && n % 64) w &= (((uint64_t)1) << (n % 64)) - 1;
+        ones += popcount64(w);
+    }
+    if (v != stack) PyMem_Free(v);
+    return PyLong_FromSsize_t(n - ones);
+fail:
+    if (v != stack) PyMem_Free(v);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"compile", (PyCFunction)scan_compile, METH_O, "compile(words) -> the words' trie (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
@@ -1034,6 +1101,8 @@ static PyMethodDef methods[] = {
      "numbers(text, units) -> [(start, end, whole, a, e, b, unit), ...]"},
     {"index_find", (PyCFunction)(void (*)(void))scan_index_find, METH_FASTCALL,
      "index_find(slots, values, keys, bits, out) -> None; out[i]: the index of keys[i] in values, or -1"},
+    {"lcs", (PyCFunction)(void (*)(void))scan_lcs, METH_FASTCALL,
+     "lcs(candidate, masks, n) -> the LCS length of candidate's tokens and the reference of those bit masks"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -258,3 +258,6 @@ gather = _cscan.gather if _cscan is not None else None
 #: ``index_find(slots, values, keys, bits, out)``: :class:`grok.eval.text.IntIndex`'s lookup of many keys at once,
 #: compiled (None on the ``re`` path, where ``IntIndex.find`` probes with whole-array operations).
 index_find = _cscan.index_find if _cscan is not None else None
+#: ``lcs(candidate, masks, n)``: :func:`grok.eval.text.lcs_with` over a reference's masks as bytes, compiled (None on
+#: the ``re`` path).
+lcs = _cscan.lcs if _cscan is not None else None
