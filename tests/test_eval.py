@@ -227,6 +227,19 @@ def test_bootstrap_columns_reproduce_the_point_estimates(monkeypatch):
 
 
 
+def test_bootstrap_weights_counted_in_c_are_numpys(monkeypatch):
+    """``resample_weights`` counts each row's draws in C (``grok.verify._cscan.count_rows``) where it is built, else
+    with numpy's ``bincount``: the same weights, block by block (blocks of several sizes, one item, a last short block)."""
+    if score_mod._count_rows is None:
+        pytest.skip("grok.verify._cscan is not built (or GROK_NO_CEXT=1)")
+    monkeypatch.setattr(score_mod, "BOOTSTRAP_BLOCK_CELLS", 5000)
+    cases = [(1, 7), (3, 50), (300, 1000), (977, 41)]
+    fast = [list(resample_weights(n, r, seed=n)) for n, r in cases]
+    monkeypatch.setattr(score_mod, "_count_rows", None)
+    slow = [list(resample_weights(n, r, seed=n)) for n, r in cases]
+    for f, s in zip(fast, slow, strict=True):
+        assert len(f) == len(s) and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(f, s, strict=True))
+
 def test_bootstrap_of_all_groups_at_once_is_a_group_at_a_time():
     """``_Table.bootstrap`` stacks every group's weighted sums and computes the metrics and intervals once: the same
     intervals, to the bit, as the metrics and intervals of one group at a time (rows and columns are independent),

@@ -254,6 +254,15 @@ def test_bad_arguments_are_refused():
             _cscan.lcs(*args)
     assert _cscan.lcs(["b", "a", "c"], {"a": b"\x01" + b"\0" * 7, "c": b"\x04" + b"\0" * 7}, 3) == 2
     assert _cscan.lcs([], {}, 3) == 0 and _cscan.lcs(["a"], {"a": b""}, 0) == 0
+    draws, w = np.array([[0, 2, 2], [1, 1, 1]], dtype=np.int32), np.zeros((2, 3), dtype=np.float32)
+    _cscan.count_rows(draws, w)
+    assert w.tolist() == [[1, 0, 2], [0, 3, 0]]
+    for args, err in (((draws.astype(np.int64), w), TypeError), ((draws, w.astype(np.float64)), TypeError),
+                      ((draws, w[:1]), TypeError), ((draws, w.T.copy()[:2, :2]), TypeError),
+                      ((draws + 1, np.zeros((2, 3), dtype=np.float32)), ValueError),  # a draw outside [0, n)
+                      ((draws, np.zeros((2, 3), dtype=np.float32)[:, ::-1]), (TypeError, ValueError, BufferError))):
+        with pytest.raises(err):
+            _cscan.count_rows(*args)
     bad = slots.copy()
     bad[3] = 7  # a slot past values
     with pytest.raises(ValueError):

@@ -64,6 +64,7 @@ from grok.eval.text import AnswerWords, BleuRow, BleuTable, RougeRef, bleu_from_
 from grok.ids import CATEGORIES
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
+from grok.verify.scan import count_rows as _count_rows
 from grok.verify.verifier import VerifyConfig
 
 #: Column of the confusion matrix for answers that state no diagnosis.
@@ -404,9 +405,15 @@ def resample_weights(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
     done = 0
     while done < resamples:
         b = min(block, resamples - done)
-        draws = rng.integers(0, n, size=(b, n), dtype=np.int32).astype(np.intp)  # bincount counts intp
-        draws += (np.arange(b, dtype=np.intp) * n)[:, None]
-        yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
+        draws = rng.integers(0, n, size=(b, n), dtype=np.int32)
+        if _count_rows is not None:  # compiled (grok.verify._cscan): each row's counts added in place
+            w = np.zeros((b, n), dtype=np.float32)
+            _count_rows(draws, w)
+            yield w
+        else:
+            draws = draws.astype(np.intp)  # bincount counts intp
+            draws += (np.arange(b, dtype=np.intp) * n)[:, None]
+            yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float32)
         done += b
 
 

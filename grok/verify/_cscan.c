@@ -18,10 +18,12 @@
    by_clause(matches, spans): matches handed to the clauses they lie in (below).
    gather(cache, words): grok.eval.text.AnswerWords' per-word entries of an answer joined (below).
    index_find(slots, values, keys, bits, out): grok.eval.text.IntIndex's lookup of many keys (below).
-   lcs(candidate, masks, n): grok.eval.text.lcs_with's bit-parallel LCS length over 64-bit words (below). */
+   lcs(candidate, masks, n): grok.eval.text.lcs_with's bit-parallel LCS length over 64-bit words (below).
+   count_rows(draws, out): grok.eval.score.resample_weights' counts of each row's draws (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 static unsigned char ascii_word[128], ascii_decimal[128], ascii_space[128];
 
@@ -1087,6 +1089,52 @@ fail:
     return NULL;
 }
 
+/* count_rows(draws, out): for each row r of draws (int32, b x n, C-contiguous, values in [0, n)), how often each
+   value occurs in it, added to row r of out (float32, b x n, C-contiguous, zeroed by the caller): the bootstrap's
+   weights (grok.eval.score.resample_weights), as numpy's bincount of the rows' draws counts them. */
+static PyObject *scan_count_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "count_rows(draws, out)");
+        return NULL;
+    }
+    Py_buffer bd, bo;
+    if (PyObject_GetBuffer(args[0], &bd, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(args[1], &bo, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&bd);
+        return NULL;
+    }
+    const char *fd = bd.format ? bd.format + (strchr("<=@", bd.format[0]) != NULL && bd.format[0]) : "B";
+    const char *fo = bo.format ? bo.format + (strchr("<=@", bo.format[0]) != NULL && bo.format[0]) : "B";
+    if (bd.ndim != 2 || bo.ndim != 2 || bd.itemsize != 4 || bo.itemsize != 4 || strcmp(fd, "i") != 0
+            || strcmp(fo, "f") != 0 || bd.shape[0] != bo.shape[0] || bd.shape[1] != bo.shape[1]) {
+        PyErr_SetString(PyExc_TypeError, "count_rows: draws an int32 and out a float32 array, C-contiguous, of one "
+                                         "(rows, n) shape");
+        goto fail;
+    }
+    Py_ssize_t rows = bd.shape[0], n = bd.shape[1];
+    const int32_t *d = bd.buf;
+    float *out = bo.buf;
+    for (Py_ssize_t r = 0; r < rows; r++) {
+        const int32_t *dr = d + r * n;
+        float *orow = out + r * n;
+        for (Py_ssize_t j = 0; j < n; j++) {
+            if (dr[j] < 0 || dr[j] >= n) {
+                PyErr_SetString(PyExc_ValueError, "count_rows: a draw outside [0, n)");
+                goto fail;
+            }
+            orow[dr[j]] += 1.0f;
+        }
+    }
+    PyBuffer_Release(&bo);
+    PyBuffer_Release(&bd);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&bo);
+    PyBuffer_Release(&bd);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"compile", (PyCFunction)scan_compile, METH_O, "compile(words) -> the words' trie (a capsule) for words()"},
     {"words", (PyCFunction)(void (*)(void))scan_words, METH_FASTCALL,
@@ -1103,6 +1151,8 @@ static PyMethodDef methods[] = {
      "index_find(slots, values, keys, bits, out) -> None; out[i]: the index of keys[i] in values, or -1"},
     {"lcs", (PyCFunction)(void (*)(void))scan_lcs, METH_FASTCALL,
      "lcs(candidate, masks, n) -> the LCS length of candidate's tokens and the reference of those bit masks"},
+    {"count_rows", (PyCFunction)(void (*)(void))scan_count_rows, METH_FASTCALL,
+     "count_rows(draws, out) -> None; out[r, v] += how often v occurs in draws[r]"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -261,3 +261,6 @@ index_find = _cscan.index_find if _cscan is not None else None
 #: ``lcs(candidate, masks, n)``: :func:`grok.eval.text.lcs_with` over a reference's masks as bytes, compiled (None on
 #: the ``re`` path).
 lcs = _cscan.lcs if _cscan is not None else None
+#: ``count_rows(draws, out)``: ``out[r, v] += `` how often ``v`` occurs in ``draws[r]`` (int32 draws, float32 out),
+#: compiled (None on the ``re`` path): :func:`grok.eval.score.resample_weights`' counting.
+count_rows = _cscan.count_rows if _cscan is not None else None
