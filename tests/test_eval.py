@@ -482,6 +482,24 @@ def test_scoring_makes_no_reference_cycles_and_restores_the_collector(kb, synthe
     evaluate(synthetic, preds, resamples=20, reader=Watching(build_lexicon(kb)))
     assert gc.isenabled() and seen and not any(seen)  # off while scoring, on again after
 
+def test_cached_rouge_references_keep_their_tokens_whatever_vocabulary_they_were_read_with(tmp_path):
+    """The disk cache writes one ROUGE-L vocabulary: references read with other vocabularies (each its own here) are
+    renumbered into it, and load with the same token positions and the same LCS against any candidate."""
+    from grok.eval.text import BleuTable, RougeRef, lcs_with
+
+    texts = ["a b c a", "c d e", "e e f a b", "x"]
+    refs = score_mod.ReferenceReadings(
+        {f"r{i}": score_mod.RefReading(True, False, frozenset(), RougeRef(t.split()), None) for i, t in enumerate(texts)},
+        BleuTable(texts))
+    path = tmp_path / "refs.marshal"
+    score_mod._save_refs(path, "key", refs)
+    loaded = score_mod._load_refs(path, "key")
+    assert len({id(r.rouge.vocab) for r in loaded.values()}) == 1
+    for rid, r in refs.items():
+        assert loaded[rid].rouge.masks == r.rouge.masks and loaded[rid].rouge.n == r.rouge.n
+        for cand in (["a", "b"], ["e", "a", "b", "x"], ["q"], texts[0].split()):
+            assert lcs_with(cand, loaded[rid].rouge) == lcs_with(cand, r.rouge)
+
 def test_reference_answers_are_read_once_per_benchmark(kb, synthetic):
     class Counting(AnswerReader):
         reads = 0

@@ -248,12 +248,16 @@ def test_bad_arguments_are_refused():
                       ((slots, values, keys, 4), TypeError)):
         with pytest.raises(err):
             _cscan.index_find(*args)
-    for args in ((("a",), {"a": b"\x01" + b"\0" * 7}, 3), (["a"], [("a", b"")], 3), (["a"], {"a": 1}, 3),
-                 (["a"], {"a": b"\x01"}, 3), (["a"], {"a": b"\x01" + b"\0" * 7}, "3"), (["a"], {}, -1)):
+    one = b"\x01" + b"\0" * 7  # a row of a 3-token reference: token 0
+    ids = np.array([0, 2], dtype=np.int32).tobytes()  # "a" at 0, "c" at 2
+    rows = one + b"\x04" + b"\0" * 7
+    for args in ((("a",), {"a": 0}, ids, rows, 3), (["a"], [("a", 0)], ids, rows, 3), (["a"], {"a": 0}, ids[:6], rows, 3),
+                 (["a"], {"a": 0}, ids, rows[:8], 3), (["a"], {"a": 0}, ids, rows, 65), (["a"], {"a": 0}, ids, rows, "3"),
+                 (["a"], {"a": 0}, ids, rows, -1), (["a"], {"a": "0"}, ids, rows, 3), (["a"], {"a": 0}, list(ids), rows, 3)):
         with pytest.raises((TypeError, ValueError)):
             _cscan.lcs(*args)
-    assert _cscan.lcs(["b", "a", "c"], {"a": b"\x01" + b"\0" * 7, "c": b"\x04" + b"\0" * 7}, 3) == 2
-    assert _cscan.lcs([], {}, 3) == 0 and _cscan.lcs(["a"], {"a": b""}, 0) == 0
+    assert _cscan.lcs(["b", "a", "c"], {"a": 0, "b": 1, "c": 2}, ids, rows, 3) == 2  # "b" is no token of the reference
+    assert _cscan.lcs([], {}, ids, rows, 3) == 0 and _cscan.lcs(["a"], {"a": 0}, b"", b"", 0) == 0
     draws, w = np.array([[0, 2, 2], [1, 1, 1]], dtype=np.int32), np.zeros((2, 3), dtype=np.float32)
     _cscan.count_rows(draws, w)
     assert w.tolist() == [[1, 0, 2], [0, 3, 0]]

@@ -40,6 +40,7 @@ import math
 import os
 import struct
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -138,8 +139,10 @@ def _share(n: int, d: int) -> float:
 
 # -- the reference readings, kept per process and cached on disk -----------------------------------
 #: Version of the on-disk format of :func:`reference_readings`' cache: the length of a ``marshal`` header (8 bytes,
-#: little-endian), the header ``(key, readings, BLEU vocabulary, [(dtype, bytes of the array)])``, then the BLEU
-#: table's arrays, raw (loaded without a copy: ``np.frombuffer`` over the file's bytes).
+#: little-endian), the header ``(key, readings, BLEU vocabulary, [(dtype, bytes of the array)], ROUGE-L vocabulary)``
+#: (a reading: whether it states a diagnosis and checks numbers, its biomarkers, its ROUGE-L token ids and bit rows as
+#: bytes, its tokens, its BLEU row), then the BLEU table's arrays, raw (loaded without a copy: ``np.frombuffer`` over
+#: the file's bytes, each at a multiple of 8).
 REF_CACHE_FORMAT = 3
 #: Sources whose code decides a reference reading (the verifier, the facts it reads, the text forms):
 #: a change to any of them makes a new cache key.
@@ -184,6 +187,7 @@ def reference_cache_key(bench: Benchmark, reader: AnswerReader) -> str | None:
 def _read_references(bench: Benchmark, reader: AnswerReader) -> ReferenceReadings:
     refs = {}
     texts: list[str | None] = []  # the BLEU table's rows: one per benchmark item, None without a reference
+    vocab: dict[str, int] = {}  # the ROUGE-L tokens' ids, shared by the references
     for rid, item in bench.items.items():
         if item.facts is None:
             texts.append(None)
@@ -191,7 +195,7 @@ def _read_references(bench: Benchmark, reader: AnswerReader) -> ReferenceReading
         texts.append(item.reference or None)
         r = reader.read(item.question, item.reference, item.facts, item.images)
         refs[rid] = RefReading(r.diagnosis is not None, r.numbers_checked > 0, r.biomarkers_named,
-                               RougeRef(tokens(item.reference)) if item.reference else None,
+                               RougeRef(tokens(item.reference), vocab) if item.reference else None,
                                len(texts) - 1 if item.reference else None)
     table = BleuTable(texts)
     for r in refs.values():
@@ -205,8 +209,9 @@ def _load_refs(path: Path, key: str) -> ReferenceReadings | None:
         buf = path.read_bytes()
         (size,) = _HEADER_SIZE.unpack_from(buf)
         data = marshal.loads(memoryview(buf)[_HEADER_SIZE.size:_HEADER_SIZE.size + size])
-        if not isinstance(data, tuple) or len(data) != 4 or data[0] != key:
+        if not isinstance(data, tuple) or len(data) != 5 or data[0] != key:
             return None
+        vocab = {w: i for i, w in enumerate(data[4])}  # the references' ROUGE-L tokens
         arrays, at = [], _aligned(_HEADER_SIZE.size + size)
         for dt, nbytes in data[3]:
             dtype = np.dtype(dt)
@@ -218,21 +223,28 @@ def _load_refs(path: Path, key: str) -> ReferenceReadings | None:
     except (OSError, EOFError, ValueError, TypeError, struct.error):
         return None
     return ReferenceReadings({
-        rid: RefReading(c, q, frozenset(bms), None if masks is None else RougeRef.from_masks(masks, n),
+        rid: RefReading(c, q, frozenset(bms), None if ids is None else RougeRef.from_arrays(vocab, ids, bits, n),
                         None if row < 0 else BleuRow(table, row))
-        for rid, (c, q, bms, masks, n, row) in data[1].items()}, table)
+        for rid, (c, q, bms, ids, bits, n, row) in data[1].items()}, table)
 
 
 def _save_refs(path: Path, key: str, refs: ReferenceReadings) -> None:
     # one object per distinct word and biomarker id, so marshal writes each once and the others as references
     # (a smaller file, and loading makes one string per word instead of one per reference using it)
     one: dict[str, str] = {}
+    vocab: dict[str, int] = {}  # the ROUGE-L token ids of the references (one vocabulary, or each one's renumbered)
+    rouge: dict[str, tuple[bytes, bytes]] = {}
+    for rid, r in refs.items():
+        if r.rouge is not None:
+            if not vocab:
+                vocab = r.rouge.vocab
+            rouge[rid] = (r.rouge.ids, r.rouge.bits) if r.rouge.vocab is vocab else _renumbered(r.rouge, vocab)
     data = {rid: (r.classified, r.checks_numbers, tuple(one.setdefault(b, b) for b in sorted(r.biomarkers)),
-                  None if r.rouge is None else {one.setdefault(w, w): m for w, m in r.rouge.masks.items()},
-                  0 if r.rouge is None else r.rouge.n, -1 if r.bleu is None else r.bleu.row)
+                  *rouge.get(rid, (None, None)), 0 if r.rouge is None else r.rouge.n,
+                  -1 if r.bleu is None else r.bleu.row)
             for rid, r in refs.items()}
     words, arrays = refs.table.arrays()
-    header = marshal.dumps((key, data, words, [(a.dtype.str, a.nbytes) for a in arrays]))
+    header = marshal.dumps((key, data, words, [(a.dtype.str, a.nbytes) for a in arrays], list(vocab)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -244,6 +256,15 @@ def _save_refs(path: Path, key: str, refs: ReferenceReadings) -> None:
         tmp.replace(path)
     except OSError:
         pass  # a cache that cannot be written is only slower next time
+
+
+def _renumbered(ref: RougeRef, vocab: dict[str, int]) -> tuple[bytes, bytes]:
+    """The :attr:`~grok.eval.text.RougeRef.ids` and ``bits`` of ``ref`` over ``vocab`` (its tokens added to it): a
+    reference read with another vocabulary, saved with the others."""
+    masks = {vocab.setdefault(t, len(vocab)): m for t, m in ref.masks.items()}
+    size = 8 * ((ref.n + 63) // 64)
+    order = sorted(masks)
+    return array("i", order).tobytes(), b"".join([masks[t].to_bytes(size, "little") for t in order])
 
 
 def default_cache_dir() -> Path:

@@ -53,26 +53,31 @@ def tokens(text: str) -> list[str]:
 class RougeRef:
     """A reference's tokens as bit masks for :func:`lcs_with`: build once, score many candidates.
 
-    ``masks``: each token's positions as bits (bit i: token i), little-endian ``bytes`` of 8 x ceil(n / 64), the
-    form the compiled :func:`lcs_with` reads and the disk cache keeps; the Python path turns them into integers
-    once per reference (:meth:`ints`)."""
+    Its distinct tokens are ids of a vocabulary (``vocab``: token -> id, shared by the references of a benchmark, so
+    the disk cache keeps each token once); ``ids``: those ids, sorted, as int32 bytes; ``bits``: row j holds the
+    positions of token ``ids[j]`` as bits (bit i: token i), little-endian bytes of 8 x ceil(n / 64) a row. The
+    compiled :func:`lcs_with` reads them as they are; the Python path turns the rows into integers once per
+    reference (:meth:`ints`)."""
 
-    __slots__ = ("_ints", "masks", "n")
+    __slots__ = ("_ints", "bits", "ids", "n", "vocab")
 
-    def __init__(self, toks: list[str]):
-        ints: dict[str, int] = {}
+    def __init__(self, toks: list[str], vocab: dict[str, int] | None = None):
+        vocab = {} if vocab is None else vocab
+        ints: dict[int, int] = {}
         for i, tok in enumerate(toks):
-            ints[tok] = ints.get(tok, 0) | (1 << i)
+            t = vocab.setdefault(tok, len(vocab))
+            ints[t] = ints.get(t, 0) | (1 << i)
         size = 8 * ((len(toks) + 63) // 64)
-        self.masks = {t: m.to_bytes(size, "little") for t, m in ints.items()}
-        self.n = len(toks)
-        self._ints = None if _lcs is not None else ints
+        order = sorted(ints)
+        self.vocab, self.n, self._ints = vocab, len(toks), None
+        self.ids = array("i", order).tobytes()
+        self.bits = b"".join([ints[t].to_bytes(size, "little") for t in order])
 
     @classmethod
-    def from_masks(cls, masks: dict[str, bytes], n: int) -> RougeRef:
-        """The reference of ``n`` tokens whose bit masks are ``masks`` (as :attr:`masks` holds them)."""
+    def from_arrays(cls, vocab: dict[str, int], ids: bytes, bits: bytes, n: int) -> RougeRef:
+        """The reference of ``n`` tokens whose :attr:`ids` and :attr:`bits` these are, over ``vocab``."""
         ref = cls.__new__(cls)
-        ref.masks, ref.n, ref._ints = masks, n, None
+        ref.vocab, ref.ids, ref.bits, ref.n, ref._ints = vocab, ids, bits, n, None
         return ref
 
     @property
@@ -80,10 +85,19 @@ class RougeRef:
         """The n low bits set."""
         return (1 << self.n) - 1
 
-    def ints(self) -> dict[str, int]:
-        """:attr:`masks` as Python integers (made on first use)."""
+    @property
+    def masks(self) -> dict[str, int]:
+        """Each distinct token's positions as an integer (bit i: token i), for tests and inspection."""
+        word = {i: t for t, i in self.vocab.items()}
+        return {word[i]: m for i, m in self.ints().items()}
+
+    def ints(self) -> dict[int, int]:
+        """Each distinct token id's row of :attr:`bits` as an integer (made on first use)."""
         if self._ints is None:
-            self._ints = {t: int.from_bytes(m, "little") for t, m in self.masks.items()}
+            size = 8 * ((self.n + 63) // 64)
+            ids, bits = array("i"), self.bits
+            ids.frombytes(self.ids)
+            self._ints = {t: int.from_bytes(bits[j * size:(j + 1) * size], "little") for j, t in enumerate(ids)}
         return self._ints
 
 
@@ -92,13 +106,13 @@ def lcs_with(candidate: list[str], ref: RougeRef) -> int:
     if not candidate or not ref.n:
         return 0
     if _lcs is not None:  # compiled (grok.verify._cscan): the same recurrence over 64-bit words
-        return _lcs(candidate, ref.masks, ref.n)
+        return _lcs(candidate, ref.vocab, ref.ids, ref.bits, ref.n)
     # Hyyrö's bit-vector recurrence v = ((v + u) | (v - u)) & full, u = v & m, for each candidate token with a
     # mask m (tokens absent from the reference leave v as it is). Carries only move up, so the bits above the
     # reference's n never reach the low n bits: v is masked once at the end instead of at every token; and as
     # u holds only set bits of v, v - u is v ^ u.
     full = v = ref.full
-    for m in filter(None, map(ref.ints().get, candidate)):  # masks are never 0
+    for m in filter(None, map(ref.ints().get, map(ref.vocab.get, candidate))):  # masks are never 0
         u = v & m
         v = (v + u) | (v ^ u)
     return ref.n - (v & full).bit_count()

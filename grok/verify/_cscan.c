@@ -18,7 +18,7 @@
    by_clause(matches, spans): matches handed to the clauses they lie in (below).
    gather(cache, words): grok.eval.text.AnswerWords' per-word entries of an answer joined (below).
    index_find(slots, values, keys, bits, out): grok.eval.text.IntIndex's lookup of many keys (below).
-   lcs(candidate, masks, n): grok.eval.text.lcs_with's bit-parallel LCS length over 64-bit words (below).
+   lcs(candidate, vocab, ids, bits, n): grok.eval.text.lcs_with's bit-parallel LCS length over 64-bit words.
    count_rows(draws, out): grok.eval.score.resample_weights' counts of each row's draws (below). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1023,11 +1023,12 @@ fail_s:
     return NULL;
 }
 
-/* lcs(candidate, masks, n): the length of the longest common subsequence of the tokens of candidate (a list) and a
-   reference of n tokens whose positions per token are masks[token] (bytes: little-endian bits, 8 x ceil(n / 64)
-   of them), by grok.eval.text.lcs_with's recurrence (Hyyro 2004) v = (v + u) | (v ^ u), u = v & m, over 64-bit
-   words with the carry taken across them; tokens without a mask leave v as it is. Carries only move up, so the
-   bits above n never reach the low n; v is masked at the end. */
+/* lcs(candidate, vocab, ids, bits, n): the length of the longest common subsequence of the tokens of candidate (a
+   list) and a reference of n tokens (grok.eval.text.RougeRef): vocab maps a token to its id, ids (bytes: sorted
+   int32) are the reference's token ids and row j of bits (bytes: little-endian, 8 x ceil(n / 64) a row) the
+   positions of token ids[j]. grok.eval.text.lcs_with's recurrence (Hyyro 2004) v = (v + u) | (v ^ u), u = v & m,
+   over 64-bit words with the carry taken across them; tokens not in the reference leave v as it is. Carries only
+   move up, so the bits above n never reach the low n; v is masked at the end. */
 static inline int popcount64(uint64_t x) {
 #if defined(__GNUC__) || defined(__clang__)
     return __builtin_popcountll(x);
@@ -1040,40 +1041,54 @@ static inline int popcount64(uint64_t x) {
 
 static PyObject *scan_lcs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 3 || !PyList_Check(args[0]) || !PyDict_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "lcs(candidate, masks, n): a list, a dict and an int");
+    if (nargs != 5 || !PyList_Check(args[0]) || !PyDict_Check(args[1]) || !PyBytes_CheckExact(args[2])
+            || !PyBytes_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "lcs(candidate, vocab, ids, bits, n): a list, a dict, bytes, bytes, an int");
         return NULL;
     }
-    Py_ssize_t n = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[4]);
     if (n == -1 && PyErr_Occurred()) return NULL;
     if (n < 0) {
         PyErr_SetString(PyExc_ValueError, "lcs: n must be >= 0");
         return NULL;
     }
-    PyObject *cand = args[0], *masks = args[1];
-    Py_ssize_t words = (n + 63) / 64;
+    PyObject *cand = args[0], *vocab = args[1];
+    Py_ssize_t words = (n + 63) / 64, n_ids = PyBytes_GET_SIZE(args[2]) / 4;
+    if (PyBytes_GET_SIZE(args[2]) % 4 || PyBytes_GET_SIZE(args[3]) != n_ids * 8 * words) {
+        PyErr_SetString(PyExc_ValueError, "lcs: ids are int32 and bits one row of 8 x ceil(n / 64) bytes an id");
+        return NULL;
+    }
     if (n == 0 || PyList_GET_SIZE(cand) == 0) return PyLong_FromLong(0);
+    const unsigned char *idb = (const unsigned char *)PyBytes_AS_STRING(args[2]);
+    const unsigned char *bits = (const unsigned char *)PyBytes_AS_STRING(args[3]);
     uint64_t stack[64], *v = words <= 64 ? stack : PyMem_Malloc(sizeof(uint64_t) * (size_t)words);
     if (v == NULL) return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < words; i++) v[i] = ~(uint64_t)0;
     for (Py_ssize_t k = 0; k < PyList_GET_SIZE(cand); k++) {
-        PyObject *m = PyDict_GetItemWithError(masks, PyList_GET_ITEM(cand, k)); /* borrowed; no Python code runs */
-        if (m == NULL) {
+        PyObject *id = PyDict_GetItemWithError(vocab, PyList_GET_ITEM(cand, k)); /* borrowed; no Python code runs */
+        if (id == NULL) {
             if (PyErr_Occurred()) goto fail;
             continue;
         }
-        if (!PyBytes_CheckExact(m) || PyBytes_GET_SIZE(m) != 8 * words) {
-            PyErr_SetString(PyExc_TypeError, "lcs: masks are bytes of 8 x ceil(n / 64)");
-            goto fail;
+        long t = PyLong_AsLong(id);
+        if (t == -1 && PyErr_Occurred()) goto fail;
+        Py_ssize_t lo = 0, hi = n_ids; /* the id's row: a binary search of the sorted ids */
+        while (lo < hi) {
+            Py_ssize_t mid = (lo + hi) >> 1;
+            int32_t x;
+            memcpy(&x, idb + 4 * mid, 4);
+            if (x < t) lo = mid + 1; else hi = mid;
         }
-        const unsigned char *mb = (const unsigned char *)PyBytes_AS_STRING(m);
+        int32_t found;
+        if (lo == n_ids || (memcpy(&found, idb + 4 * lo, 4), found != t)) continue;
+        const unsigned char *mb = bits + 8 * words * lo;
         uint64_t carry = 0;
         for (Py_ssize_t i = 0; i < words; i++) {
             uint64_t mw = 0;
             for (int b = 7; b >= 0; b--) mw = (mw << 8) | mb[8 * i + b]; /* little-endian, any alignment */
-            uint64_t vi = v[i], u = vi & mw, t = vi + u, c1 = t < vi, s = t + carry, c2 = s < t;
+            uint64_t vi = v[i], u = vi & mw, s = vi + u, c1 = s < vi, s2 = s + carry, c2 = s2 < s;
             carry = c1 | c2;
-            v[i] = s | (vi ^ u);
+            v[i] = s2 | (vi ^ u);
         }
     }
     Py_ssize_t ones = 0;
@@ -1150,7 +1165,7 @@ static PyMethodDef methods[] = {
     {"index_find", (PyCFunction)(void (*)(void))scan_index_find, METH_FASTCALL,
      "index_find(slots, values, keys, bits, out) -> None; out[i]: the index of keys[i] in values, or -1"},
     {"lcs", (PyCFunction)(void (*)(void))scan_lcs, METH_FASTCALL,
-     "lcs(candidate, masks, n) -> the LCS length of candidate's tokens and the reference of those bit masks"},
+     "lcs(candidate, vocab, ids, bits, n) -> the LCS length of candidate's tokens and the reference"},
     {"count_rows", (PyCFunction)(void (*)(void))scan_count_rows, METH_FASTCALL,
      "count_rows(draws, out) -> None; out[r, v] += how often v occurs in draws[r]"},
     {NULL, NULL, 0, NULL},

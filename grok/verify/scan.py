@@ -258,8 +258,8 @@ gather = _cscan.gather if _cscan is not None else None
 #: ``index_find(slots, values, keys, bits, out)``: :class:`grok.eval.text.IntIndex`'s lookup of many keys at once,
 #: compiled (None on the ``re`` path, where ``IntIndex.find`` probes with whole-array operations).
 index_find = _cscan.index_find if _cscan is not None else None
-#: ``lcs(candidate, masks, n)``: :func:`grok.eval.text.lcs_with` over a reference's masks as bytes, compiled (None on
-#: the ``re`` path).
+#: ``lcs(candidate, vocab, ids, bits, n)``: :func:`grok.eval.text.lcs_with` over a reference's token ids and bit
+#: rows (:class:`grok.eval.text.RougeRef`), compiled (None on the ``re`` path).
 lcs = _cscan.lcs if _cscan is not None else None
 #: ``count_rows(draws, out)``: ``out[r, v] += `` how often ``v`` occurs in ``draws[r]`` (int32 draws, float32 out),
 #: compiled (None on the ``re`` path): :func:`grok.eval.score.resample_weights`' counting.
