@@ -56,10 +56,10 @@ class RougeRef:
     Its distinct tokens are ids of a vocabulary (``vocab``: token -> id, shared by the references of a benchmark, so
     the disk cache keeps each token once); ``ids``: those ids, sorted, as int32 bytes; ``bits``: row j holds the
     positions of token ``ids[j]`` as bits (bit i: token i), little-endian bytes of 8 x ceil(n / 64) a row. The
-    compiled :func:`lcs_with` reads them as they are; the Python path turns the rows into integers once per
-    reference (:meth:`ints`)."""
+    compiled :func:`lcs_with` reads them as they are; the Python path turns the rows into integers at each call
+    (:meth:`ints`; kept, they would grow scoring's memory by a few KB a reference)."""
 
-    __slots__ = ("_ints", "bits", "ids", "n", "vocab")
+    __slots__ = ("bits", "ids", "n", "vocab")
 
     def __init__(self, toks: list[str], vocab: dict[str, int] | None = None):
         vocab = {} if vocab is None else vocab
@@ -69,7 +69,7 @@ class RougeRef:
             ints[t] = ints.get(t, 0) | (1 << i)
         size = 8 * ((len(toks) + 63) // 64)
         order = sorted(ints)
-        self.vocab, self.n, self._ints = vocab, len(toks), None
+        self.vocab, self.n = vocab, len(toks)
         self.ids = array("i", order).tobytes()
         self.bits = b"".join([ints[t].to_bytes(size, "little") for t in order])
 
@@ -77,7 +77,7 @@ class RougeRef:
     def from_arrays(cls, vocab: dict[str, int], ids: bytes, bits: bytes, n: int) -> RougeRef:
         """The reference of ``n`` tokens whose :attr:`ids` and :attr:`bits` these are, over ``vocab``."""
         ref = cls.__new__(cls)
-        ref.vocab, ref.ids, ref.bits, ref.n, ref._ints = vocab, ids, bits, n, None
+        ref.vocab, ref.ids, ref.bits, ref.n = vocab, ids, bits, n
         return ref
 
     @property
@@ -92,13 +92,11 @@ class RougeRef:
         return {word[i]: m for i, m in self.ints().items()}
 
     def ints(self) -> dict[int, int]:
-        """Each distinct token id's row of :attr:`bits` as an integer (made on first use)."""
-        if self._ints is None:
-            size = 8 * ((self.n + 63) // 64)
-            ids, bits = array("i"), self.bits
-            ids.frombytes(self.ids)
-            self._ints = {t: int.from_bytes(bits[j * size:(j + 1) * size], "little") for j, t in enumerate(ids)}
-        return self._ints
+        """Each distinct token id's row of :attr:`bits` as an integer."""
+        size = 8 * ((self.n + 63) // 64)
+        ids, bits = array("i"), self.bits
+        ids.frombytes(self.ids)
+        return {t: int.from_bytes(bits[j * size:(j + 1) * size], "little") for j, t in enumerate(ids)}
 
 
 def lcs_with(candidate: list[str], ref: RougeRef) -> int:
