@@ -226,10 +226,17 @@ def likely_not_english_words(text: str, flags: list[tuple[int, int]]) -> bool:
     if not flags:
         return False
     non_latin = sum(f[0] for f in flags)
-    if sum(f[1] for f in flags) >= 3 or (non_latin and non_latin > 0.3 * len(
-            text.encode("ascii", "ignore").translate(None, _ASCII_NON_LETTER_BYTES))):
+    if sum(f[1] for f in flags) >= 3:
         return likely_not_english(text)
-    return False
+    # the ASCII letters of the first 256 characters are at most the text's, and 0.3 x is monotonic: enough of them
+    # there decide it without counting the whole text
+    if not non_latin or non_latin <= 0.3 * _ascii_letters(text[:256]) or non_latin <= 0.3 * _ascii_letters(text):
+        return False
+    return likely_not_english(text)
+
+
+def _ascii_letters(text: str) -> int:
+    return len(text.encode("ascii", "ignore").translate(None, _ASCII_NON_LETTER_BYTES))
 
 
 @dataclass

@@ -757,7 +757,7 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
         if ref is None:
             continue  # unscorable: counted below with the items no one answered
         scored[i] = True
-        if not ans.strip():
+        if not ans or ans.isspace():  # (what strip() would leave empty, without the copy)
             marks[i] = unanswered(ref, _EMPTY)
             if stats is not None and ref.bleu is not None:
                 stats[i, 1] = ref.bleu.length
