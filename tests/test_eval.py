@@ -226,7 +226,6 @@ def test_bootstrap_columns_reproduce_the_point_estimates(monkeypatch):
     assert len(small) == 25 and all(b.shape == (10, 300) for b in small)
 
 
-
 def test_bootstrap_weights_counted_in_c_are_numpys(monkeypatch):
     """``resample_weights`` counts each row's draws in C (``grok.verify._cscan.count_rows``) where it is built, else
     with numpy's ``bincount``: the same weights, block by block (blocks of several sizes, one item, a last short block)."""
@@ -240,42 +239,6 @@ def test_bootstrap_weights_counted_in_c_are_numpys(monkeypatch):
     for f, s in zip(fast, slow, strict=True):
         assert len(f) == len(s) and all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(f, s, strict=True))
 
-def test_bootstrap_of_all_groups_at_once_is_a_group_at_a_time():
-    """``_Table.bootstrap`` stacks every group's weighted sums and computes the metrics and intervals once: the same
-    intervals, to the bit, as the metrics and intervals of one group at a time (rows and columns are independent),
-    with NaN marks (not applicable), groups of a few items and BLEU statistics."""
-    from grok.eval.text import bleu_from_stats
-
-    rng = np.random.default_rng(5)
-    n = 400
-    marks = np.zeros(n, dtype=score_mod.MARKS_DTYPE)
-    for j, metric in enumerate(score_mod.MEAN_METRICS):
-        col = rng.random(n) if j % 2 else rng.integers(0, 2, n).astype(float)
-        col[rng.random(n) < 0.1 * j] = np.nan
-        marks[metric] = col
-    marks["classified"] = rng.random(n) < 0.8
-    cats = ["amd", "glaucoma", "normal", "dme", "rvo"]
-    true = [cats[i] for i in rng.integers(0, len(cats), n)]
-    pred = [None if rng.random() < 0.1 else cats[i] for i in rng.integers(0, len(cats), n)]
-    stats = rng.integers(0, 30, (n, 10)).astype(np.int32)
-    stats[:, 1] = rng.integers(0, 40, n)
-    groups = {"overall": np.arange(n), "few": np.array([3, 17, 250]), "half": np.arange(0, n, 2),
-              "one": np.array([7])}
-    for with_bleu in (True, False):
-        table = score_mod._Table(marks, true, pred, stats if with_bleu else None)
-        got = table.bootstrap(groups, 300, seed=2)
-        k, m = table.k, len(score_mod.MEAN_METRICS)
-        blocks = list(resample_weights(n, 300, 2))
-        for g, idx in groups.items():
-            sums = np.vstack([w[:, idx] @ table.x[idx] if len(idx) < n else w @ table.x for w in blocks])
-            means, macro, accuracy = score_mod.resampled_metrics(sums, k)
-            want = {"means": dict(zip(score_mod.MEAN_METRICS, score_mod._ci_columns(means))),
-                    "macro_f1": score_mod._ci_columns(macro[:, None])[0],
-                    "accuracy": score_mod._ci_columns(accuracy[:, None])[0]}
-            if with_bleu:
-                want["bleu"] = score_mod._ci_columns(bleu_from_stats(sums[:, 2 * m + 3 * k:])[:, None])[0]
-            assert got[g] == want, g
-    assert score_mod._Table(marks, true, pred, stats).bootstrap(groups, 0, seed=2) == {g: {} for g in groups}
 
 def test_likely_not_english():
     assert likely_not_english("Der Sehnerv zeigt eine vergrößerte Exkavation und wir vermuten ein Glaukom.")

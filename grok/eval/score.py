@@ -567,37 +567,25 @@ class _Table:
             x[:, 2 * m + 3 * k:] = stats
 
     def bootstrap(self, groups: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
-        """Per group (item index arrays), the 95 % intervals of the means, macro F1, accuracy and BLEU.
-
-        Every group's weighted sums go to one ``(groups, resamples, columns)`` array, so the metrics of every
-        resample of every group are one call each and the intervals one :func:`_ci_columns` call: the same
-        numbers as a group at a time (row-wise arithmetic, column-wise percentiles), without a few dozen
-        numpy calls per group."""
-        k, m, n, x = self.k, len(MEAN_METRICS), self.n, self.x
-        parts = [None if len(idx) == n else idx for idx in groups.values()]
-        sums = np.empty((len(parts), max(0, resamples), x.shape[1]), dtype=np.float32)
-        done = 0
-        for w in resample_weights(n, resamples, seed):
-            b = len(w)
-            for j, idx in enumerate(parts):  # (x[idx] made again for each block: memory stays flat in n)
-                np.matmul(w if idx is None else w[:, idx], x if idx is None else x[idx], out=sums[j, done:done + b])
-            done += b
-        if not done:
-            return {g: {} for g in groups}
-        flat = sums.reshape(-1, x.shape[1])
-        means, macro, accuracy = resampled_metrics(flat, k)
-        cols = [means, macro[:, None], accuracy[:, None]]
-        if self.stats is not None:
-            cols.append(bleu_from_stats(flat[:, 2 * m + 3 * k:])[:, None])
-        c = m + len(cols) - 1  # the interval columns of one group: the means, macro F1, accuracy (and BLEU)
-        per = np.hstack(cols).reshape(len(parts), done, c)
-        cis = _ci_columns(per.transpose(1, 0, 2).reshape(done, -1))
+        """Per group (item index arrays), the 95 % intervals of the means, macro F1, accuracy and BLEU."""
+        k = self.k
+        acc: dict[str, list[np.ndarray]] = {g: [] for g in groups}
+        x = self.x
+        for w in resample_weights(self.n, resamples, seed):
+            for g, idx in groups.items():
+                acc[g].append(w[:, idx] @ x[idx] if len(idx) < self.n else w @ x)
         out: dict[str, dict[str, Any]] = {}
-        for j, g in enumerate(groups):
-            ci = cis[j * c:(j + 1) * c]
-            res = {"means": dict(zip(MEAN_METRICS, ci[:m])), "macro_f1": ci[m], "accuracy": ci[m + 1]}
+        for g, blocks in acc.items():
+            if not blocks:
+                out[g] = {}
+                continue
+            sums = np.vstack(blocks)
+            means, macro, accuracy = resampled_metrics(sums, k)
+            cis = _ci_columns(means)
+            res = {"means": dict(zip(MEAN_METRICS, cis)), "macro_f1": _ci_columns(macro[:, None])[0],
+                   "accuracy": _ci_columns(accuracy[:, None])[0]}
             if self.stats is not None:
-                res["bleu"] = ci[m + 2]
+                res["bleu"] = _ci_columns(bleu_from_stats(sums[:, 2 * len(MEAN_METRICS) + 3 * k:])[:, None])[0]
             out[g] = res
         return out
 
