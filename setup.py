@@ -5,7 +5,8 @@ The project's metadata lives in ``pyproject.toml``. ``templates/``, ``knowledge_
 build copies them into ``grok/_bundled/`` of the built package, where :func:`grok.resources.bundled_dir` finds
 them. An editable install reads them from the checkout, so nothing is copied there.
 
-It also builds ``grok.verify._cscan`` (``grok/verify/_cscan.c``: the verifier's word scans and clause split,
+It also builds ``grok.verify._cscan`` (``grok/verify/_cscan.c``: the verifier's word scans and clause split and
+scoring's lookups (BLEU's n-gram index, ROUGE-L's LCS, the bootstrap's counts),
 CPython C API, no dependency), optionally: where no C compiler is found the package installs without it and
 ``grok.verify.scan`` uses its ``re`` path, which gives the same results.
 """

@@ -1,4 +1,5 @@
-/* The verifier's whole-text word scans and clause split, compiled (grok.verify.scan loads this module).
+/* The verifier's whole-text word scans and clause split, compiled (grok.verify.scan loads this module), and
+   three of grok.eval's inner loops (index_find, lcs, count_rows: below).
 
    Two generic scanners over a str's code points, with Python's own `re` character classes:
    \w is Py_UNICODE_ISALNUM(c) || c == '_' (what _sre's SRE_UNI_IS_WORD tests), \s is Py_UNICODE_ISSPACE.
@@ -1172,7 +1173,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_cscan", "The verifier's word scans and clause split, compiled.", -1, methods,
+    PyModuleDef_HEAD_INIT, "_cscan", "The verifier's word scans and clause split and grok.eval's lookups, compiled.", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__cscan(void) {
