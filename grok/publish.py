@@ -64,7 +64,7 @@ from grok.instruct.lint import lint_rows
 from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
-from grok.parquet_io import arrow_pool, iter_batches, open_parquet
+from grok.parquet_io import TableWriter, arrow_pool, iter_batches, open_parquet
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -370,18 +370,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     bio_cols = set(pq.read_schema(build_dir / "biomarkers.parquet").names)
     bio = pq.read_table(build_dir / "biomarkers.parquet",
                         columns=["study_id", *(b for b in CARD_BIOMARKERS if b in bio_cols)]).to_pandas()
-    align_rows = []
-    for r in records.sorted_values():
-        sid = r["study_id"]
-        img = r["images"].get("oct_foveal")
-        if not img:
-            continue
-        vals = [None if (v := r["biomarkers"].get(b)) is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-                for b in OCT_GROK_BIOMARKERS]
-        align_rows.append({"sample_id": sid, "patient_id": r["patient_id"], "eye": r["eye"], "label": r["label"],
-                           "image_path": img, "biomarker_ids": list(OCT_GROK_BIOMARKERS), "biomarker_values": vals,
-                           "split": split_of[r["patient_id"]]})
-    align = pd.DataFrame(align_rows)
+    align = _alignment_rows(records, split_of, tmp)
     labels = pd.read_parquet(build_dir / "labels.parquet") if (build_dir / "labels.parquet").exists() else None
     # the records config's rows, made one at a time when the dataset is written (build_datasets)
     evidence = _Evidence(records, kb, split_of)
@@ -389,6 +378,35 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
             "failed_verification": len(failed),
             "instructions_in": n_in, "alignment": align, "biomarkers": bio, "labels": labels,
             "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
+
+
+#: The alignment rows' columns (``prepare()['alignment']``), before the published config's image is read.
+ALIGNMENT_SCHEMA = pa.schema([("sample_id", pa.string()), ("patient_id", pa.string()), ("eye", pa.string()),
+                              ("label", pa.string()), ("image_path", pa.string()),
+                              ("biomarker_ids", pa.list_(pa.string())), ("biomarker_values", pa.list_(pa.float64())),
+                              ("split", pa.string())])
+
+
+def _alignment_rows(records: StudyRecords, split_of: Mapping[str, str], tmp: Path | None) -> pa.Table:
+    """One row per record with a foveal B-scan, in study-id order, as an Arrow table: with ``tmp``, an Arrow file
+    there written a batch at a time and mapped back (its pages are the file's, not the heap's), so publication
+    does not hold a Python row per study (issue 22)."""
+    rows: list[dict[str, Any]] = []
+    writer = TableWriter(Path(tmp) / "alignment.arrow", ALIGNMENT_SCHEMA) if tmp is not None else None
+    for r in records.sorted_values():
+        img = r["images"].get("oct_foveal")
+        if not img:
+            continue
+        vals = [None if (v := r["biomarkers"].get(b)) is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+                for b in OCT_GROK_BIOMARKERS]
+        row = {"sample_id": r["study_id"], "patient_id": r["patient_id"], "eye": r["eye"], "label": r["label"],
+               "image_path": img, "biomarker_ids": list(OCT_GROK_BIOMARKERS), "biomarker_values": vals,
+               "split": split_of[r["patient_id"]]}
+        if writer is not None:
+            writer.write(row)
+        else:
+            rows.append(row)
+    return writer.read() if writer is not None else pa.Table.from_pylist(rows, schema=ALIGNMENT_SCHEMA)
 
 
 class _Evidence:
@@ -463,7 +481,8 @@ def _media_inputs(prep: dict[str, Any]) -> list[str]:
     images = prep["rows"].values(prep["instructions"], ["images"])
     if images.num_columns:  # every image path of the rows, without a Python list per row
         rels.update(pc.unique(pc.list_flatten(images.column(0))).drop_null().to_pylist())
-    rels.update(prep["alignment"]["image_path"] if len(prep["alignment"]) else [])
+    for batch in prep["alignment"].select(["image_path"]).to_batches(TEXT_BATCH_ROWS):
+        rels.update(batch.column(0).to_pylist())
     for r in prep["records"].values():  # one record at a time (StudyRecords reads them from the file)
         rels.update(v for v in (r.get("images") or {}).values() if v)
         rels.update(v for v in (r.get("overlays") or {}).values() if v)
@@ -590,9 +609,9 @@ def build_datasets(build_dir: Path, prep: dict[str, Any], tmp: Path | None = Non
             out["instructions"][split] = ds
     al = prep["alignment"]
     for split in ("train", "validation", "test"):
-        part = al[al.split == split] if len(al) else al
+        part = al.filter(pc.equal(al.column("split"), split))
         w = _SplitWriter(tmp, f"alignment-{split}", align_f)
-        for r in part.to_dict("records"):
+        for r in (r for b in part.to_batches(DATASET_BATCH_ROWS) for r in b.to_pylist()):
             w.add({"sample_id": r["sample_id"], "patient_id": r["patient_id"], "eye": r["eye"], "label": r["label"],
                    "image": _image_bytes(build_dir, r["image_path"]), "biomarker_ids": list(r["biomarker_ids"]),
                    "biomarker_values": list(r["biomarker_values"])})

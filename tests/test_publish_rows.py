@@ -82,7 +82,7 @@ def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_pa
     rows, table = rows_and_table
     kept = rows.frame[rows.frame["verifier_passed"]]
     whole = [table.slice(i, 1).to_pylist()[0] for i in kept["_pos"]]
-    prep = {"instructions": kept, "rows": rows, "alignment": pa.table({"image_path": ["media/al.png"]}).to_pandas(),
+    prep = {"instructions": kept, "rows": rows, "alignment": pa.table({"image_path": ["media/al.png"]}),
             "records": {}}
     templates = sorted({f"{r['template_id']}:{r['template_sha256']}" for r in whole})
     assert "None:None" in templates and len(templates) == 4  # a row without a template id (hand-made input)
