@@ -481,8 +481,7 @@ def _media_inputs(prep: dict[str, Any]) -> list[str]:
     images = prep["rows"].values(prep["instructions"], ["images"])
     if images.num_columns:  # every image path of the rows, without a Python list per row
         rels.update(pc.unique(pc.list_flatten(images.column(0))).drop_null().to_pylist())
-    for batch in prep["alignment"].select(["image_path"]).to_batches(TEXT_BATCH_ROWS):
-        rels.update(batch.column(0).to_pylist())
+    rels.update(pc.unique(prep["alignment"].column("image_path")).drop_null().to_pylist())
     for r in prep["records"].values():  # one record at a time (StudyRecords reads them from the file)
         rels.update(v for v in (r.get("images") or {}).values() if v)
         rels.update(v for v in (r.get("overlays") or {}).values() if v)

@@ -36,7 +36,7 @@ import re
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -824,35 +824,13 @@ class Ingestor:
         self._write_deny_list()
 
     def _write_studies(self, manifest: pa.Table) -> tuple[int, int]:
-        """``studies.parquet``: one row per study in study-id order, its image ids in image-id order, made from the
-        manifest's rows sorted by (study, image) a batch at a time; (studies, paired studies)."""
-        cols = ["study_id", "patient_id", "eye", "visit", "modality", "image_id", "age_years", "sex"]
-        n = paired = 0
-        study: dict[str, Any] | None = None
+        """``studies.parquet`` (:func:`_studies`), :data:`SPOOL_BATCH_ROWS` studies at a time; (studies, paired)."""
+        rows, paired = _studies(manifest), 0
         with ParquetSink(self.out / "studies.parquet", STUDIES_SCHEMA) as sink:
-            done: list[dict[str, Any]] = []
-            for part in sorted_batches(manifest.select(cols), [("study_id", "ascending"), ("image_id", "ascending")],
-                                       WRITE_BATCH_ROWS):
-                for r in (r for b in part.to_batches(max_chunksize=SPOOL_BATCH_ROWS) for r in b.to_pylist()):
-                    if study is None or r["study_id"] != study["study_id"]:
-                        if study is not None:
-                            done.append(_finish_study(study))
-                        if len(done) >= SPOOL_BATCH_ROWS:
-                            n, paired = n + len(done), paired + sum(s["paired"] for s in done)
-                            sink.write(pa.Table.from_pylist(done, schema=STUDIES_SCHEMA))
-                            done = []
-                        study = dict(study_id=r["study_id"], patient_id=r["patient_id"], eye=r["eye"],
-                                     visit=r["visit"], cfp_image_ids=[], oct_image_ids=[], age_years=r["age_years"],
-                                     sex=r["sex"])
-                    study["cfp_image_ids" if r["modality"] == "cfp" else "oct_image_ids"].append(r["image_id"])
-                    if study["age_years"] is None or (isinstance(study["age_years"], float)
-                                                      and math.isnan(study["age_years"])):
-                        study["age_years"] = r["age_years"]
-            if study is not None:
-                done.append(_finish_study(study))
-            n, paired = n + len(done), paired + sum(s["paired"] for s in done)
-            sink.write(pa.Table.from_pylist(done, schema=STUDIES_SCHEMA))
-        return n, paired
+            while batch := list(itertools.islice(rows, SPOOL_BATCH_ROWS)):
+                paired += sum(s["paired"] for s in batch)
+                sink.write(pa.Table.from_pylist(batch, schema=STUDIES_SCHEMA))
+        return sink.rows, paired
 
     def _remove_stale_images(self, manifest: pa.Table) -> None:
         """Remove normalised copies no manifest row refers to any more (a file changed since the last run). The
@@ -895,6 +873,28 @@ def _is_grey(rgb: np.ndarray) -> bool:
         return True
     sub = rgb[::8, ::8, :3].astype(np.int16)
     return bool(np.abs(sub[..., 0] - sub[..., 1]).max(initial=0) <= 2 and np.abs(sub[..., 1] - sub[..., 2]).max(initial=0) <= 2)
+
+
+def _studies(manifest: pa.Table) -> Iterator[dict[str, Any]]:
+    """One row per study in study-id order, its image ids in image-id order, made from the manifest's rows sorted by
+    (study, image) a batch at a time."""
+    cols = ["study_id", "patient_id", "eye", "visit", "modality", "image_id", "age_years", "sex"]
+    study: dict[str, Any] | None = None
+    for part in sorted_batches(manifest.select(cols), [("study_id", "ascending"), ("image_id", "ascending")],
+                               WRITE_BATCH_ROWS):
+        for batch in part.to_batches(max_chunksize=SPOOL_BATCH_ROWS):
+            for r in batch.to_pylist():
+                if study is None or r["study_id"] != study["study_id"]:
+                    if study is not None:
+                        yield _finish_study(study)
+                    study = dict(study_id=r["study_id"], patient_id=r["patient_id"], eye=r["eye"], visit=r["visit"],
+                                 cfp_image_ids=[], oct_image_ids=[], age_years=r["age_years"], sex=r["sex"])
+                study["cfp_image_ids" if r["modality"] == "cfp" else "oct_image_ids"].append(r["image_id"])
+                if study["age_years"] is None or (isinstance(study["age_years"], float)
+                                                  and math.isnan(study["age_years"])):
+                    study["age_years"] = r["age_years"]
+    if study is not None:
+        yield _finish_study(study)
 
 
 def _finish_study(s: dict[str, Any]) -> dict[str, Any]:
