@@ -93,6 +93,23 @@ def _measure(path: Path):
     return img.rgb, m, time.perf_counter() - t0, time.process_time() - c0
 
 
+#: the lesion counts of the ICDR scale's lower steps: the knowledge base rules diabetic retinopathy out, and
+#: takes its severe and proliferative signs as absent, only when every one of them is measured 0
+DR_SIGN_COUNTS = ("microaneurysm_count", "hemorrhage_count", "hard_exudate_count", "cotton_wool_spot_count")
+
+
+def _dr_signs(rows: list[dict]) -> dict:
+    """How often the photographs show any of the lower DR signs: on eyes with diabetic retinopathy every photo
+    should (else the knowledge base's inference 'no lower sign, so no venous beading, IRMA or new vessels' would
+    call a diseased eye's severe signs absent); on other eyes, the share where that inference applies."""
+    counts = [r["dr_sign_counts"] for r in rows]
+    measured = [c for c in counts if all(c.get(k) is not None for k in DR_SIGN_COUNTS)]
+    return {"n": len(rows), "n_measured": len(measured),
+            "any_sign": sum(any(c[k] > 0 for k in DR_SIGN_COUNTS) for c in measured),
+            "none_found": sum(all(c[k] == 0 for k in DR_SIGN_COUNTS) for c in measured),
+            "by_type": {k: sum(c[k] > 0 for c in measured) for k in DR_SIGN_COUNTS}}
+
+
 def _row_common(name: str, m, sec: float, cpu: float) -> dict:
     bm = m.biomarkers
     avr = bm["av_ratio"]
@@ -103,6 +120,8 @@ def _row_common(name: str, m, sec: float, cpu: float) -> dict:
         "av_ratio": None if not np.isfinite(avr) else round(float(avr), 4),
         "av_ratio_reasons": [] if np.isfinite(avr) else list(m.extras.get("reasons", {}).get("vessels", [])),
         "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3), "vessel_method": m.extras.get("vessel_method"),
+        # the counts the knowledge base's DR rule-out reads (None: not measured on this photograph)
+        "dr_sign_counts": {k: bm.get(k) for k in DR_SIGN_COUNTS},
         "stages_cpu_s": dict(m.extras.get("timing_cpu_s", {})),
     }
 
@@ -190,6 +209,7 @@ def summarise(rows: list[dict]) -> dict:
         "cpu_seconds_mean": _mean(r["cpu_seconds"] for r in rows),
         "stages_cpu_s_mean": {k: _mean(r["stages_cpu_s"].get(k) for r in rows)
                               for k in dict.fromkeys(k for r in rows for k in r["stages_cpu_s"])},
+        "dr_signs": _dr_signs(rows),
     }
     if "laterality_truth" in rows[0]:
         out["laterality_from_image"] = {
@@ -215,7 +235,8 @@ def summarise(rows: list[dict]) -> dict:
                              "av_ratio_sd": _sd(r["av_ratio"] for r in gr),
                              "av_ratio_n": sum(r["av_ratio"] is not None for r in gr),
                              "vessel_f1": _mean(r["vessel"]["f1"] for r in gr),
-                             "av_accuracy": _mean(r["av"]["accuracy"] for r in gr)}
+                             "av_accuracy": _mean(r["av"]["accuracy"] for r in gr),
+                             "dr_signs": _dr_signs(gr)}
         out["by_group"] = groups
     return out
 

@@ -1,9 +1,13 @@
-"""``absent_when``: a finding no extractor assesses, absent by definition where the knowledge base says so.
+"""``absent_when``: a finding no extractor assesses, absent by definition (or by a stated inference) where the
+knowledge base says so.
 
 AMD pigmentary abnormalities are defined by their association with medium or large drusen (Beckman,
 Ferris 2013), so an eye whose drusen were assessed and hold no medium or large ones has none; with
 medium or large drusen, or with the drusen not assessed, the finding stays not evaluable. The rule is
-YAML on the finding (``absent_when:``), validated by the loader like the rest of the knowledge base.
+YAML on the finding (``absent_when:``), validated by the loader like the rest of the knowledge base. Diabetic
+retinopathy's venous beading, IRMA and new vessels are absent *by inference* (``basis: inference``) when none of
+its lower signs (microaneurysms, haemorrhages, hard exudates, cotton-wool spots) is found, the reading the
+knowledge base's own rule-out of the disease makes.
 
 Run as: .venv/bin/python -m pytest tests/test_kb_absent_when.py -q
 """
@@ -156,3 +160,74 @@ def test_coverage_reports_absent_by_definition_not_as_evaluable(tmp_path):
     cov = kb_coverage(load_knowledge_base([KB_DIR, no_rule]), device="spectralis", age_years=70, sex="M")
     row = next(f for c in cov["categories"] if c["category"] == "amd" for f in c["findings"] if f["finding"] == PIGMENT)
     assert row["status"] == NO_EXTRACTOR
+
+
+# ---- diabetic retinopathy's severe and proliferative signs: absent by inference (basis: inference) ----
+DR_SEVERE = ("neovascularisation_present", "venous_beading_present", "irma_present")
+LOWER = {"microaneurysm_count": 0, "hemorrhage_count": 0, "hard_exudate_count": 0, "cotton_wool_spot_count": 0}
+
+
+def dr(r):
+    return next(d for d in r.differential if d.id == "diabetic_retinopathy")
+
+
+def test_dr_severe_signs_absent_by_inference_without_any_lower_sign(tmp_path):
+    r = reason(rec(dict(LOWER)))
+    for fid in DR_SEVERE:
+        assert fid in r.absent and ne_reason(r, fid) is None
+        assert r.absent_reasons[fid].startswith("inferred, not seen: none of diabetic retinopathy's lower signs")
+    assert "sickle-cell" in r.absent_reasons["neovascularisation_present"]
+    # the grading is then complete: no more severe stage is left unassessed
+    stage = dr(r).staging[0]
+    assert stage.stage == "no_apparent_retinopathy" and stage.not_assessable_above == []
+    before = reason(rec(dict(LOWER)), load_knowledge_base(_strip_dr_rules(tmp_path)))
+    assert dr(before).staging[0].not_assessable_above == ["proliferative", "severe_npdr_signs"]
+
+
+@pytest.mark.parametrize("count", sorted(LOWER))
+def test_dr_severe_signs_stay_not_evaluable_with_any_lower_sign(count):
+    r = reason(rec({**LOWER, count: 3}))
+    for fid in DR_SEVERE:
+        why = ne_reason(r, fid)
+        assert fid not in r.absent and why is not None
+        assert "absence by inference (wilkinson2003) does not apply: its condition is false" in why
+
+
+def test_dr_severe_signs_stay_not_evaluable_when_a_lower_sign_was_not_measured():
+    partial = {k: v for k, v in LOWER.items() if k != "microaneurysm_count"}
+    r = reason(rec(partial))
+    assert all("condition is unknown" in ne_reason(r, fid) and "microaneurysms_present not evaluable"
+               in ne_reason(r, fid) for fid in DR_SEVERE)
+
+
+def test_a_listed_severe_sign_is_never_overridden_and_coverage_says_inference():
+    r = reason(rec(dict(LOWER), [{"type": "irma"}]))
+    assert r.finding("irma_present") is not None and "irma_present" not in r.absent_reasons
+    assert dr(r).staging[0].stage == "severe_npdr_signs"
+    from grok.knowledge.coverage import BY_INFERENCE
+
+    cov = {c["category"]: c for c in kb_coverage(KB, device="cirrus", age_years=60, sex="F")["categories"]}
+    rows = {f["finding"]: f for f in cov["diabetic_retinopathy"]["findings"]}
+    for fid in DR_SEVERE:
+        assert rows[fid]["status"] == BY_INFERENCE and "absent by inference" in rows[fid]["reason"]
+    assert sorted(cov["diabetic_retinopathy"]["absent_by_inference"]) == sorted(DR_SEVERE)
+    assert cov["amd"]["absent_by_definition"] == [PIGMENT] and cov["amd"]["absent_by_inference"] == []
+
+
+def test_basis_is_validated_and_defaults_to_definition(tmp_path):
+    with pytest.raises(KnowledgeBaseError) as err:
+        load_knowledge_base(_copy_with(tmp_path, "basis: inference", "basis: hunch"))
+    assert any("basis" in i.key for i in err.value.issues)
+    # a rule without the key dumps without it (its knowledge base keeps its snapshot id)
+    assert "basis" not in KB.findings[PIGMENT].model_dump(mode="json", by_alias=True)["absent_when"]
+
+
+def _strip_dr_rules(tmp_path):
+    work = tmp_path / "kb"
+    shutil.copytree(KB_DIR, work)
+    data = yaml.safe_load((work / "findings" / "cfp.yaml").read_text(encoding="utf-8"))
+    for f in data["findings"]:
+        if f["id"] in DR_SEVERE:
+            f.pop("absent_when", None)
+    (work / "findings" / "cfp.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    return work

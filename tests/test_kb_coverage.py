@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from grok.knowledge import load_knowledge_base
-from grok.knowledge.coverage import EVALUABLE, NO_EXTRACTOR, kb_coverage
+from grok.knowledge.coverage import BY_INFERENCE, EVALUABLE, NO_EXTRACTOR, kb_coverage
 
 KB = load_knowledge_base()
 DEVICES = ("spectralis", "cirrus", "topcon")
@@ -126,8 +126,11 @@ def test_reasons_name_the_range_file_and_the_fix():
     assert gcipl["status"] == "no_range" and "normative_ranges.yaml" in gcipl["reason"]
     assert "Fix:" in gcipl["reason"] and "gcipl_cirrus_xu2021" in gcipl["reason"]
     nv = next(f for f in cov["diabetic_retinopathy"]["findings"] if f["finding"] == "neovascularisation_present")
-    assert nv["status"] == NO_EXTRACTOR and "count_biomarker" in nv["reason"]
+    # no extractor counts new vessels; absent by inference where none of the lower DR signs is found
+    # (tests/test_kb_absent_when.py), never a key finding: no image can show it present
+    assert nv["status"] == BY_INFERENCE and "count_biomarker" in nv["reason"] and "absent by inference" in nv["reason"]
     assert nv["finding"] not in cov["diabetic_retinopathy"]["key_findings"]
+    assert nv["finding"] in cov["diabetic_retinopathy"]["absent_by_inference"]
     # disc swelling is graded from the OCT RNFL (tests/test_kb_disc_swelling.py): evaluable, a key finding
     swelling = next(f for f in cov["hypertension"]["findings"] if f["finding"] == "disc_swelling_present")
     assert swelling["status"] == EVALUABLE and swelling["range_id"] == "rnfl_pp_mean_spectralis_alasil2013"

@@ -171,8 +171,8 @@ def coverage_cmd(
                     highlight=False, markup=False, soft_wrap=True,
                 )
                 for f in c["findings"]:
-                    if f["status"] == "absent_by_definition":
-                        console.print(f"      absent by definition {f['finding']}: {f['reason']}",
+                    if f["status"] in ("absent_by_definition", "absent_by_inference"):
+                        console.print(f"      {f['status'].replace('_', ' ')} {f['finding']}: {f['reason']}",
                                       highlight=False, markup=False, soft_wrap=True)
                     elif f["status"] != "evaluable":
                         console.print(f"      not {f['finding']} ({f['status']}): {f['reason']}",

@@ -7,8 +7,10 @@ a value into a grade: a normative range that matches (deviation findings), cut-o
 (threshold findings), or, for lesion findings, a lesion type some extractor counts (a
 ``count_biomarker``). A finding its own rule cannot evaluate but whose ``absent_when`` condition reads
 only evaluable findings is *absent by definition* where the condition holds (AMD pigmentary
-abnormalities without medium or large drusen): listed as ``absent_by_definition``, not as evaluable,
-since it can be concluded absent but never found present from images. Whether a record actually carries the value is a different question (the
+abnormalities without medium or large drusen), or *absent by inference* when the rule's ``basis`` says
+so (diabetic retinopathy's venous beading, IRMA and new vessels without any of its lower signs): listed as
+``absent_by_definition`` / ``absent_by_inference``, not as evaluable, since it can be concluded absent but
+never found present from images. Whether a record actually carries the value is a different question (the
 reasoner answers it per record); this one is about the knowledge, so a gap here is a gap for every
 record of that kind. The same range choice as the reasoner is used (``_Context.choose_range``).
 """
@@ -24,7 +26,8 @@ from grok.knowledge.models import DeviationFinding, LesionFinding, ThresholdFind
 from grok.knowledge.reasoner import _Context
 
 EVALUABLE, NO_RANGE, NO_EXTRACTOR = "evaluable", "no_range", "no_extractor"
-BY_DEFINITION = "absent_by_definition"
+BY_DEFINITION, BY_INFERENCE = "absent_by_definition", "absent_by_inference"
+ABSENT_BY_RULE = (BY_DEFINITION, BY_INFERENCE)
 
 
 @dataclass
@@ -32,7 +35,7 @@ class FindingCoverage:
     finding: str
     kind: str
     biomarker: str | None
-    status: str  # evaluable | no_range | no_extractor | absent_by_definition
+    status: str  # evaluable | no_range | no_extractor | absent_by_definition | absent_by_inference
     range_id: str | None
     source: str | None
     reason: str
@@ -55,16 +58,17 @@ class CategoryCoverage:
     def key_findings(self) -> list[str]:
         """The category's supporting findings that an extractor could feed (lesion types nobody
         counts are listed but are not *key*: no build can evaluate them from images alone, and one
-        absent by definition can never support the category from images)."""
-        return [f.finding for f in self.findings if f.status not in (NO_EXTRACTOR, BY_DEFINITION)]
+        absent by definition or inference can never support the category from images)."""
+        return [f.finding for f in self.findings if f.status not in (NO_EXTRACTOR, *ABSENT_BY_RULE)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "category": self.category,
             "name": self.name,
             "evaluable": self.evaluable,
-            "not_evaluable": [f.finding for f in self.findings if f.status not in (EVALUABLE, BY_DEFINITION)],
+            "not_evaluable": [f.finding for f in self.findings if f.status not in (EVALUABLE, *ABSENT_BY_RULE)],
             "absent_by_definition": [f.finding for f in self.findings if f.status == BY_DEFINITION],
+            "absent_by_inference": [f.finding for f in self.findings if f.status == BY_INFERENCE],
             "key_findings": self.key_findings,
             "key_evaluable": [f for f in self.key_findings if f in self.evaluable],
             "findings": [f.to_dict() for f in self.findings],
@@ -80,14 +84,16 @@ def _finding_coverage(fid: str, kb: KnowledgeBase, ctx, memo: dict[str, FindingC
         if own.status != EVALUABLE and aw is not None:  # the loader rejects absent_when cycles
             reads = {c: _finding_coverage(c, kb, ctx, memo) for c in sorted(aw.condition.finding_ids())}
             listed = ", ".join(f"{c} ({cov.status})" for c, cov in reads.items())
-            if all(cov.status in (EVALUABLE, BY_DEFINITION) for cov in reads.values()):
+            if all(cov.status in (EVALUABLE, *ABSENT_BY_RULE) for cov in reads.values()):
                 own = FindingCoverage(
-                    fid, own.kind, own.biomarker, BY_DEFINITION, None, aw.source,
-                    f"{own.reason}; absent by definition where its condition holds ({aw.reason}), which reads "
+                    fid, own.kind, own.biomarker, BY_INFERENCE if aw.basis == "inference" else BY_DEFINITION,
+                    None, aw.source,
+                    f"{own.reason}; absent by {aw.basis} where its condition holds ({aw.reason}), which reads "
                     f"{listed}; where the condition does not hold, not evaluable",
                 )
             else:
-                own.reason += f"; its absence by definition cannot be decided here either: the condition reads {listed}"
+                own.reason += (f"; its absence by {aw.basis} cannot be decided here either: the condition reads "
+                               f"{listed}")
         memo[fid] = own
     return memo[fid]
 
@@ -157,4 +163,4 @@ def kb_coverage(
     }
 
 
-__all__ = ["BY_DEFINITION", "EVALUABLE", "NO_EXTRACTOR", "NO_RANGE", "kb_coverage"]
+__all__ = ["ABSENT_BY_RULE", "BY_DEFINITION", "BY_INFERENCE", "EVALUABLE", "NO_EXTRACTOR", "NO_RANGE", "kb_coverage"]

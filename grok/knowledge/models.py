@@ -309,10 +309,13 @@ class ThresholdSet(_Model):
 
 
 class AbsentWhen(_Model):
-    """When a finding is *absent by definition*: ``condition`` is an expression over other findings
-    (the ``all`` / ``any`` / ``not`` / ``finding`` of :class:`Expr`, three-valued), ``reason`` the text an
-    absent result states ("by definition: no medium or large drusen"), ``source`` where the definition
-    comes from.
+    """When a finding is *absent by definition* or *by inference*: ``condition`` is an expression over other
+    findings (the ``all`` / ``any`` / ``not`` / ``finding`` of :class:`Expr`, three-valued), ``reason`` the
+    text an absent result states ("by definition: no medium or large drusen"), ``source`` where the
+    definition or the inference comes from, ``basis`` which of the two it is: ``definition`` (the finding
+    cannot exist without the condition's findings, as AMD pigmentary abnormalities are defined by their
+    drusen) or ``inference`` (a clinical inference the source supports but does not define, such as
+    diabetic retinopathy's severe signs not arising without its lower ones: the reason must say so).
 
     It only completes what the finding's own rule leaves *not evaluable* (a lesion type no extractor
     assesses, say): a present or absent result of the rule is never overridden. When the condition is
@@ -323,6 +326,15 @@ class AbsentWhen(_Model):
     condition: Expr
     reason: str = Field(min_length=1)
     source: Id
+    basis: Literal["definition", "inference"] = "definition"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_basis(self, handler):
+        # a rule without ``basis`` dumps as before the key existed, so its knowledge base keeps its snapshot id
+        out = handler(self)
+        if isinstance(out, dict) and out.get("basis") == "definition":
+            out.pop("basis")
+        return out
 
 
 class _Finding(_Model):

@@ -801,7 +801,7 @@ def _assess(d: Disease, kb: KnowledgeBase, states: dict[str, _State]) -> Disease
 
 
 def _complete_absent_when(kb: KnowledgeBase, states: dict[str, _State]) -> None:
-    """Findings left not evaluable by their own rule but absent by definition (``absent_when``): in
+    """Findings left not evaluable by their own rule but absent by definition or inference (``absent_when``): in
     dependency order, the condition is evaluated over the other findings' states (three-valued); true
     makes the finding absent with the definition's reason, false or unknown keeps it not evaluable and
     says why the definition did not apply. A present or absent result of the rule is never changed."""
@@ -819,7 +819,7 @@ def _complete_absent_when(kb: KnowledgeBase, states: dict[str, _State]) -> None:
         )
         states[fid] = _State(
             NOT_EVALUABLE,
-            reason=f"{st.reason}; the absence by definition ({aw.source}) does not apply: its condition is "
+            reason=f"{st.reason}; the absence by {aw.basis} ({aw.source}) does not apply: its condition is "
             f"{'false' if holds is False else 'unknown'} ({reads})",
         )
 
