@@ -100,7 +100,7 @@ class AnswerReader(Verifier):
             stated=r.stated, diagnosis=_diagnosis(r.stated), numbers_checked=r.numbers_checked,
             numbers_wrong=r.numbers_wrong, reference_numbers_checked=r.reference_numbers_checked,
             reference_numbers_wrong=r.reference_numbers_wrong,
-            biomarkers_named=frozenset(b for b in r.named if b in facts_bm),
+            biomarkers_named=r.named.intersection(facts_bm),
             findings_agree=r.findings_agree, findings_disagree=r.findings_disagree, invented=r.invented,
             wrong_eye=r.wrong_eye, reasons=[r.unreadable] if r.unreadable else [])
 

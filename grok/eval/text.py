@@ -504,7 +504,11 @@ class AnswerWords:
     Equal to :func:`tokens` and :func:`tokens_13a` of the whole answer: neither kind of token crosses
     white space (``str.split`` and the patterns' ``\\s`` are the same white space), lower-casing is per
     character, and 13a's rules look one character either side; an answer 13a would change first
-    (``<skipped>``, ``-`` before a line break, ``&`` entities) gets its 13a tokens from :func:`tokens_13a`."""
+    (``<skipped>``, ``-`` before a line break, ``&`` entities) gets its 13a tokens from :func:`tokens_13a`.
+
+    ``flag`` looks at a word's letters only (as :func:`~grok.eval.data.not_english_word` does: ASCII digits are no
+    letters and separate words), so a plain number has no flag and is not asked, and a word with digits takes its
+    shape's flag (asked once per shape)."""
 
     __slots__ = ("cache", "chunks", "flag", "flagged", "max_words", "shapes", "table")
 
@@ -541,9 +545,10 @@ class AnswerWords:
         out = self.chunks[c] = array("q", self.table.ids(_chunk_cached(c))).tobytes()
         return out
 
-    def _shape(self, shape: str) -> tuple[list, list]:
+    def _shape(self, shape: str) -> tuple[list, list, Any]:
         """The tokens of a word whose ASCII digit runs are each written ``0`` (its shape): 13a token ids where a
-        token has no ``0`` and ROUGE-L tokens likewise, the other tokens split at their ``0``s (holes)."""
+        token has no ``0`` and ROUGE-L tokens likewise, the other tokens split at their ``0``s (holes); and the
+        shape's flag, which is its words' (see the class docstring)."""
         toks: list[str] = []
         for c in _13A_CHUNKS.findall(shape):
             toks += _chunk_cached(c)
@@ -560,31 +565,35 @@ class AnswerWords:
                 fixed.append(get(t, 0))
         if fixed:
             bleu.append(array("q", fixed).tobytes())
-        out = self.shapes[shape] = (bleu, [t.split("0") if "0" in t else t for t in _TOKEN.findall(shape.lower())])
+        out = self.shapes[shape] = (bleu, [t.split("0") if "0" in t else t for t in _TOKEN.findall(shape.lower())],
+                                    None if self.flag is None else self.flag(shape))
         return out
 
-    def _by_shape(self, parts: list[str]) -> tuple[bytes, list[str]]:
-        """A word's BLEU ids and ROUGE-L tokens from its shape's (``parts``: the word split around its ASCII digit
-        runs, ``_DIGIT_RUNS.split``): each hole takes the next digit run. 13a's rules and chunks treat every
+    def _by_shape(self, parts: list[str]) -> tuple[bytes, list[str], Any]:
+        """A word's BLEU ids, ROUGE-L tokens and flag from its shape's (``parts``: the word split around its ASCII
+        digit runs, ``_DIGIT_RUNS.split``): each hole takes the next digit run. 13a's rules and chunks treat every
         ASCII digit alike and never split a run of them or look inside it, and lower-casing leaves digits
         alone, so a word's tokens are its shape's with the runs put back in order."""
         shape = "0".join(parts[0::2])
-        bleu, rouge = self.shapes.get(shape) or self._shape(shape)
+        bleu, rouge, flag = self.shapes.get(shape) or self._shape(shape)
         get = self.table.vocab.get
         runs = iter(parts[1::2])
         ids = b"".join([p if p.__class__ is bytes else _PACK_Q(get(_fill(p, runs), 0)) for p in bleu])
         runs = iter(parts[1::2])
-        return ids, [t if t.__class__ is str else _fill(t, runs) for t in rouge]
+        return ids, [t if t.__class__ is str else _fill(t, runs) for t in rouge], flag
 
     def _word(self, w: str) -> tuple[bytes, list[str]]:
         m = _PLAIN_NUMBER.fullmatch(w)
         if m is None:
             parts = _DIGIT_RUNS.split(w) if self.table is not None and "&" not in w and "<skipped>" not in w else ()
             if len(parts) > 1:  # a word with digits: a box, "(0.41,", "72-year-old" share their shape
-                entry = self.cache[w] = self._by_shape(parts)
+                ids, toks, f = self._by_shape(parts)
+                entry = self.cache[w] = (ids, toks)
             else:
                 entry = self.cache[w] = (self._word_ids(w), _TOKEN.findall(w.lower()))
-        else:  # a number, perhaps with a period or comma after it: one chunk (see _13A_NUMBER)
+                f = None if self.flag is None else self.flag(w)
+        else:  # a number, perhaps with a period or comma after it: one chunk (see _13A_NUMBER); no letter, no flag
+            f = None
             whole, frac, mark = m.groups()
             get = self.table.vocab.get if self.table is not None else None
             if get is None:
@@ -594,10 +603,8 @@ class AnswerWords:
             else:
                 ids = _PACK_Q(get(w, 0))
             entry = self.cache[w] = (ids, [whole, frac] if frac else [whole])
-        if self.flag is not None:
-            f = self.flag(w)
-            if f:
-                self.flagged[w] = f
+        if f:
+            self.flagged[w] = f
         return entry
 
     def __call__(self, answer: str) -> tuple[bytes, list[str], list]:

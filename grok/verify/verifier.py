@@ -65,7 +65,7 @@ claim's verdict, invented lesions, the other eye) without judging the row: scori
 (``grok.eval``) reads them with it.
 
 Speed (a build verifies every row, so this runs thousands of times per second): each pattern
-scans a message once and its matches are handed to the clauses they lie in (``_ClauseScan``);
+scans a message once and its matches are handed to the clauses they lie in (``by_clause``);
 one scan finds every biomarker, finding, lesion, disease and stage name (``_scan``); the
 patterns start with a literal character or digit so the regex engine can skip positions where
 none can start; rare patterns (forbidden phrasing, the wrong eye, boxes, number words) run only
@@ -539,6 +539,27 @@ def _longest_part(word: str, table) -> tuple[str, int] | None:
     return None
 
 
+def _near_value(table: dict, x: float, factor: float, tol: float, half: float) -> bool:
+    """Whether ``x`` (in a unit ``factor`` times the base unit) is within the tolerance of a value of ``table``
+    (:meth:`Verifier._quantity_table`): ``abs(x - truth) <= max(tol * abs(truth), half)``, ``half`` the written
+    rounding."""
+    for value, _refs in table.values():
+        truth = value / factor
+        if abs(x - truth) <= max(tol * abs(truth), half):
+            return True
+    return False
+
+
+def _near_reference(table: dict, x: float, factor: float, tol: float, half: float) -> bool:
+    """:func:`_near_value` of the reference values (percentiles, means, thresholds) of ``table``."""
+    for _value, refs in table.values():
+        for r in refs:
+            truth = r / factor
+            if abs(x - truth) <= max(tol * abs(truth), half):
+                return True
+    return False
+
+
 def _spans_of(text: str, needle: str) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` of every occurrence of ``needle`` in ``text``."""
     out = []
@@ -642,31 +663,6 @@ class _RowClaims:
         self.diseases: dict[str, set[str]] = {}
         self.entities: dict[str, set[str]] = {}
         self.stated = stated
-
-
-class _ClauseScan:
-    """One scan of a whole text, its matches handed to the clauses (``spans``) they lie in.
-
-    ``find(text)`` gives the matches as tuples whose first two items are the span (``WordScanner.findall``,
-    ``grok.verify.scan.numbers``). ``per[ci]`` is None when no match starts in clause ``ci`` (the per-message
-    "hit" test the checks have always used), else the matches lying inside it. A match that does not lie inside
-    one clause marks the clauses it touches ``dirty``; :meth:`get` scans a dirty clause again on
-    its own. Clauses start after white space and end before it, and every pattern used here treats
-    white space like the start or end of the text, so a clause that no match crosses gets exactly
-    the matches of a scan of the clause alone.
-    """
-
-    __slots__ = ("dirty", "find", "per")
-
-    def __init__(self, find, src: str, spans: list[tuple[int, int]]):
-        self.find = find
-        self.per, self.dirty = by_clause(find(src), spans)
-
-    def get(self, ci: int, clause_src: str, spans: list[tuple[int, int]]):
-        """``(matches, offset)``: the matches of clause ``ci`` (positions minus ``offset`` are clause positions)."""
-        if ci in self.dirty:
-            return self.find(clause_src), 0
-        return self.per[ci] or (), spans[ci][0]
 
 
 class _LazyCue:
@@ -867,18 +863,6 @@ class Verifier:
         table = self._quantity_table(facts, quantity)
         tol = self.config.tolerance
         half = 0.5 * 10 ** (-dec) + 1e-12  # the written rounding (as in _close)
-
-        def near(truth: float) -> bool:
-            return abs(x - truth) <= max(tol * abs(truth), half)
-
-        def value_matches(bid: str) -> bool:
-            v = table.get(bid)
-            return v is not None and near(v[0] / factor)
-
-        def ref_matches(bid: str) -> bool:
-            v = table.get(bid)
-            return v is not None and any(near(r / factor) for r in v[1])
-
         if quantity == "length" and not cands:  # lesion sizes and KB size classes, for numbers about no biomarker
             x_um = x * factor
             if any(self._close(x_um, dec, v) for v in facts.lesion_lengths_um):
@@ -892,15 +876,16 @@ class Verifier:
                     truth = v[0] / factor
                     if abs(x - truth) <= max(tol * abs(truth), half):
                         return t.ok()
-            if cue and any(ref_matches(b) for b in table):  # (the candidates with a value are in the table)
+            if cue and _near_reference(table, x, factor, tol, half):  # (the candidates with a value are in the table)
                 return t.ok()
             written = f"{s} {unit}"
-            measured = [facts.biomarkers[b] for b in cands if b in facts.biomarkers]
-            if measured:
-                b = measured[0]
-                if unit != b.unit and self._close(x, dec, b.value):
-                    return t.fail("wrong_unit", f"{written} for {b.name}, which is {b.text}")
-                return t.fail("wrong_number", f"{written} for {b.name}, which is {b.text}")
+            biomarkers = facts.biomarkers
+            for c in cands:  # the first candidate measured
+                b = biomarkers.get(c)
+                if b is not None:
+                    if unit != b.unit and self._close(x, dec, b.value):
+                        return t.fail("wrong_unit", f"{written} for {b.name}, which is {b.text}")
+                    return t.fail("wrong_number", f"{written} for {b.name}, which is {b.text}")
             return t.fail("hallucinated_number", f"{written} for {self.lex.biomarker_names[cands[0]]}, which was not "
                                                  "measured")
         if subj is not None and near_subject:  # a far subject may not be what the number is about
@@ -909,9 +894,9 @@ class Verifier:
             if other:
                 return t.fail("wrong_unit", f"{s} {unit} for {other[0].name}, which is measured in "
                                             f"{other[0].symbol} ({other[0].text})")
-        if any(value_matches(b) for b in table):
+        if _near_value(table, x, factor, tol, half):
             return t.ok()
-        if cue and any(ref_matches(b) for b in table):
+        if cue and _near_reference(table, x, factor, tol, half):
             return t.ok()
         t.fail("hallucinated_number", f"{s} {unit} matches no {quantity} biomarker of this study")
 
@@ -964,9 +949,10 @@ class Verifier:
                     bound = _COUNT_BOUND.search(clause, max(0, ms - 24), ms)
                 if bound and (b.value >= x if bound.group("ge") else b.value < x):
                     return t.ok()  # "at least 2 microaneurysms", "fewer than 5 haemorrhages"
-        measured = [biomarkers[b] for b in cands if b in biomarkers]
-        if measured:
-            return t.fail("wrong_number", f"{s} for {measured[0].name}, which is {measured[0].text}")
+        for c in cands:  # the first candidate measured
+            b = biomarkers.get(c)
+            if b is not None:
+                return t.fail("wrong_number", f"{s} for {b.name}, which is {b.text}")
         t.fail("hallucinated_number", f"{s} for {self.lex.biomarker_names[cands[0]]}, which was not measured")
 
     def _bare_kinds(self, ids) -> tuple[list[str], bool]:
@@ -1103,7 +1089,7 @@ class Verifier:
         claim = _presence_claim(clause[max(0, ms - 40):ms], clause[me:me + 40])
         if claim is None:
             return
-        states = [facts.finding_state.get(f) for f in fids]
+        states = tuple(map(facts.finding_state.get, fids))
         rc.entities.setdefault(entity, set()).add(claim)
         if claim == "absent":
             if "present" in states:
@@ -1318,41 +1304,49 @@ class Verifier:
         stage = _lower(facts.stage) if facts.stage else None
         if stage is not None and stage not in text:
             stage = None
-        s_num = _ClauseScan(numbers, masked_text, spans)
-        s_term = _ClauseScan(_TERM_SCAN.findall, text, spans)
-        s_names = _ClauseScan(self._scan.findall, text, spans)
-        p_num, p_term, p_names = s_num.per, s_term.per, s_names.per
+        # each scan's matches handed to the clauses they lie in (``by_clause``): ``per[ci]`` is None when no match
+        # starts in clause ``ci`` (the per-message "hit" test the checks have always used), else the matches lying
+        # inside it; a clause a match crosses into or out of is ``dirty`` and scanned again on its own. Clauses start
+        # after white space and end before it, and every pattern used here treats white space like the start or end
+        # of the text, so a clause no match crosses gets exactly the matches of a scan of the clause alone.
+        find_terms, find_names = _TERM_SCAN.findall, self._scan.findall
+        p_num, d_num = by_clause(numbers(masked_text), spans)
+        p_term, d_term = by_clause(find_terms(text), spans)
+        p_names, d_names = by_clause(find_names(text), spans)
+        named = t.named if t.reading else None
         carried = None
         for ci, (a, b) in enumerate(spans):
             clause = text[a:b]
             if not clause:
                 continue
-            if p_names[ci] is not None:
-                names, names_off = s_names.get(ci, clause, spans)
+            names = p_names[ci]
+            if names is not None:
+                names, names_off = (find_names(clause), 0) if ci in d_names else (names, a)
                 mentions = self._mentions(names, names_off)
-                if t.reading:
+                if named is not None:
                     for _s, _e, ids in mentions:
-                        t.named.update(ids)
+                        named.update(ids)
             else:
                 mentions = []
             if not mentions and carried is not None and not _ANAPHORA.search(clause):
-                carried = None
+                carried = None  # (so a clause without mentions keeps ``carried`` only after an anaphora)
             inside = _spans_of(clause, stage) if stage and stage in clause else ()
             t.base = a  # claims are recorded at text offsets
-            if p_num[ci] is not None:
-                ms, off = s_num.get(ci, masked_text[a:b], spans)
-                self._check_numbers(clause, ms, off, mentions, facts, t, carried)
-            if p_term[ci] is not None:
-                self._check_terms(clause, *s_term.get(ci, clause, spans), mentions, facts, t, carried, inside)
-            if p_names[ci] is not None:
+            found = p_num[ci]
+            if found is not None:
+                found, off = (numbers(masked_text[a:b]), 0) if ci in d_num else (found, a)
+                self._check_numbers(clause, found, off, mentions, facts, t, carried)
+            found = p_term[ci]
+            if found is not None:
+                found, off = (find_terms(clause), 0) if ci in d_term else (found, a)
+                self._check_terms(clause, found, off, mentions, facts, t, carried, inside)
+            if names is not None:
                 self._check_names(clause, names, names_off, facts, t, rc, inside)
             if "normal" in clause and ("diagnos" in clause or "answer" in clause or "impression" in clause
                                        or "conclusion" in clause or len(clause) < 12):
                 self._check_normal(clause, facts, t, rc)
             if mentions:
                 carried = mentions[-1]
-            elif not _ANAPHORA.search(clause):
-                carried = None
 
     def _check_format(self, task, fam, messages, images, row, t: _Tally) -> None:
         if fam is None:
