@@ -453,8 +453,7 @@ def _ci_columns(samples: np.ndarray) -> list[list[float] | None]:
             j += 1
             continue
         c = col[finite[:, i]]
-        out.append(None if c.size == 0 else [round(float(np.percentile(c, 2.5)), 4),
-                                             round(float(np.percentile(c, 97.5)), 4)])
+        out.append(None if c.size == 0 else [round(float(v), 4) for v in np.percentile(c, [2.5, 97.5])])
     return out
 
 
@@ -568,7 +567,7 @@ class _Table:
 
     def bootstrap(self, groups: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, dict[str, Any]]:
         """Per group (item index arrays), the 95 % intervals of the means, macro F1, accuracy and BLEU."""
-        k = self.k
+        k, m = self.k, len(MEAN_METRICS)
         acc: dict[str, list[np.ndarray]] = {g: [] for g in groups}
         x = self.x
         for w in resample_weights(self.n, resamples, seed):
@@ -581,11 +580,13 @@ class _Table:
                 continue
             sums = np.vstack(blocks)
             means, macro, accuracy = resampled_metrics(sums, k)
-            cis = _ci_columns(means)
-            res = {"means": dict(zip(MEAN_METRICS, cis)), "macro_f1": _ci_columns(macro[:, None])[0],
-                   "accuracy": _ci_columns(accuracy[:, None])[0]}
+            columns = [means, macro[:, None], accuracy[:, None]]
             if self.stats is not None:
-                res["bleu"] = _ci_columns(bleu_from_stats(sums[:, 2 * len(MEAN_METRICS) + 3 * k:])[:, None])[0]
+                columns.append(bleu_from_stats(sums[:, 2 * m + 3 * k:])[:, None])
+            cis = _ci_columns(np.hstack(columns))  # one call: each column's interval is its own
+            res = {"means": dict(zip(MEAN_METRICS, cis[:m])), "macro_f1": cis[m], "accuracy": cis[m + 1]}
+            if self.stats is not None:
+                res["bleu"] = cis[m + 2]
             out[g] = res
         return out
 
@@ -621,6 +622,16 @@ class _Table:
 def _total(correct, quantitative, coverage, findings_agreement, rouge_l, invented, wrong_eye) -> float:
     marks = [m for m in (correct, quantitative, coverage, findings_agreement, rouge_l) if m is not None and m == m]
     marks += [1.0 - min(1.0, invented), 1.0 - wrong_eye]
+    return sum(marks) / len(marks)
+
+
+def _row_total(row: tuple) -> float:
+    """:func:`_total` of an answer's marks (a :data:`MARKS_DTYPE` record as :func:`score_answer` gives it: floats,
+    NaN where not applicable), the same sum in the same order without the calls."""
+    correct, quantitative, coverage, agreement, invented, wrong_eye, rouge_l = row[4:11]
+    marks = [m for m in (correct, quantitative, coverage, agreement, rouge_l) if m == m]
+    marks.append(1.0 - (invented if invented < 1.0 else 1.0))
+    marks.append(1.0 - wrong_eye)
     return sum(marks) / len(marks)
 
 
@@ -768,7 +779,7 @@ def evaluate(bench: Benchmark, preds: Predictions | str | Path, resamples: int =
             pending += len(bleu_ids)
             if pending >= 8 * BLEU_BATCH_TOKENS:
                 flush()
-        worst_rows.offer(_total(*row[4:8], row[10], row[8], row[9]), rid, i, ans)
+        worst_rows.offer(_row_total(row), rid, i, ans)
     if stats is not None:
         flush()
     # every benchmark item, in benchmark order; no answer is an abstention, an empty answer too
