@@ -121,7 +121,8 @@ def test_answer_words_are_the_whole_answers_tokens_and_language_check(texts):
                                     "١٢٣.٤", f"{rng.uniform(0, 500):.{rng.randint(0, 3)}f}{rng.choice(['', '.', ','])}"])
                          for _ in range(rng.randint(1, 12))) for _ in range(300)]
     digit_words = ["72-year-old", "(0.41,", "10²", "a1b22c", "1-2-3", "3.5-", "-3", "x0y", "0", "00,", "١2.5", "2nd", "5th",
-                   "µm3", "6/12", "1..2", "1.2.3", "(1)", "[12]", "1e5", "v2.0-beta", "0.5-1.0", "12,", "-0.5,", "A1c."]
+                   "µm3", "6/12", "1..2", "1.2.3", "(1)", "[12]", "1e5", "v2.0-beta", "0.5-1.0", "12,", "-0.5,", "A1c.",
+                   "der3und", "3die", "mm³2", "ЭТО7", "la1.5", "Der2"]  # a flag is its letters': the shape's
     boxes = [" ".join(f"<|object_ref_start|>{rng.choice(['drusen', 'optic disc', 'haemorrhage'])}<|object_ref_end|>"
                       f"<|box_start|>({rng.randint(0, 999)},{rng.randint(0, 999)}),({rng.randint(0, 999)},"
                       f"{rng.randint(0, 999)})<|box_end|>" for _ in range(rng.randint(1, 4))) for _ in range(100)]
@@ -134,6 +135,7 @@ def test_answer_words_are_the_whole_answers_tokens_and_language_check(texts):
         assert rouge == tokens(line), repr(line)
         assert np.frombuffer(ids, dtype=np.int64).tolist() == table.ids(tokens_13a(line)), repr(line)
         assert likely_not_english_words(line, flags) == likely_not_english(line), repr(line)
+        assert flags == [f for w in line.split() if (f := not_english_word(w))], repr(line)
     assert sum(likely_not_english(x) for x in others) >= 2
 
 
