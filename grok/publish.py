@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -169,21 +170,24 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
 
 class StudyRecords(Mapping):
     """The build's study records by study id, read from ``records.jsonl`` when asked for: only each record's
-    place in the file (and its patient and label, which the split needs) stays in memory, so publication does
-    not hold every record of the archive at once. Iteration follows the file (as a dict read from it would; a
-    study id written twice keeps its first place and its last record)."""
+    place in the file (and its patient and label, which the split needs) stays in memory, as arrays (the study
+    ids sorted, as fixed-width UTF-8 bytes, found by binary search; offsets and sizes as integers; patients and
+    labels as Arrow arrays), never a Python object per study (issue 22), so publication does not hold every
+    record of the archive at once. Iteration follows the file (as a dict read from it would; a study id written
+    twice keeps its first place and its last record)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._at: dict[str, tuple[int, int]] = {}
-        self._patient: dict[str, tuple[Any, Any]] = {}
+        self._whole: dict[str, dict[str, Any]] | None = None
         if self.path.suffix != ".jsonl":  # another format: read whole (small, hand-made inputs)
-            self._whole: dict[str, dict[str, Any]] | None = {r["study_id"]: r for r in load_studies(self.path)}
-            self._patient = {k: (r["patient_id"], r["label"]) for k, r in self._whole.items()}
+            self._whole = {r["study_id"]: r for r in load_studies(self.path)}
             return
-        self._whole = None
         if not self.path.exists():
             load_studies(self.path)  # the error that names the file and the fix
+        ids: list[bytes] = []
+        places: list[tuple[int, int]] = []
+        patients: list[Any] = []
+        labels: list[Any] = []
         with open(self.path, "rb") as fh:
             pos = 0
             for i, line in enumerate(fh, 1):
@@ -195,41 +199,88 @@ class StudyRecords(Mapping):
                 except json.JSONDecodeError as exc:
                     raise StudyError(f"{self.path}:{i}: not valid JSON ({exc.msg}); each line must be one study "
                                      "record") from exc
-                self._at[r["study_id"]] = (start, pos - start)
-                self._patient[r["study_id"]] = (r["patient_id"], r["label"])
+                ids.append(r["study_id"].encode())
+                places.append((start, pos - start))
+                patients.append(r["patient_id"])
+                labels.append(r["label"])
+        key = np.array(ids, dtype=bytes)
+        order = np.argsort(key, kind="stable")  # equal ids stay in file order
+        key = key[order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
+        last = order[np.r_[first[1:], len(key)].astype(np.int64) - 1] if len(key) else first  # each id's last line
+        #: sorted study ids; where each one's record is (bytes from the start, size); each one's patient, label
+        self._ids = key[first]
+        self._place = np.array(places, dtype=np.int64).reshape(-1, 2)[last]
+        self._patient = pa.array(patients).take(pa.array(last))
+        self._label = pa.array(labels).take(pa.array(last))
+        #: places in the sorted ids in the order of the file (each id's first line)
+        self._file_order = np.argsort(order[first], kind="stable")
+
+    def _find(self, sid: Any) -> int:
+        """The place of ``sid`` in the sorted ids; KeyError when it has no record."""
+        key = sid.encode() if isinstance(sid, str) else None
+        if key is None or len(key) > self._ids.dtype.itemsize or not len(self._ids):
+            raise KeyError(sid)
+        i = int(np.searchsorted(self._ids, key))
+        if i == len(self._ids) or self._ids[i] != key:
+            raise KeyError(sid)
+        return i
+
+    def _read(self, i: int) -> dict[str, Any]:
+        start, n = self._place[i]
+        with open(self.path, "rb") as fh:
+            fh.seek(int(start))
+            return json.loads(fh.read(int(n)))
 
     def __getitem__(self, sid: str) -> dict[str, Any]:
         if self._whole is not None:
             return self._whole[sid]
-        start, n = self._at[sid]
-        with open(self.path, "rb") as fh:
-            fh.seek(start)
-            return json.loads(fh.read(n))
+        return self._read(self._find(sid))
+
+    def __contains__(self, sid: object) -> bool:
+        if self._whole is not None:
+            return sid in self._whole
+        try:
+            self._find(sid)
+        except KeyError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._patient)
+        if self._whole is not None:
+            return iter(self._whole)
+        return (self._ids[i].decode() for i in self._file_order)
 
     def __len__(self) -> int:
-        return len(self._patient)
+        return len(self._whole) if self._whole is not None else len(self._ids)
 
     def patients(self) -> Iterator[tuple[Any, Any]]:
         """(patient id, label) of every record, in file order, without reading the records."""
-        return iter(self._patient.values())
+        if self._whole is not None:
+            return ((r["patient_id"], r["label"]) for r in self._whole.values())
+        take = pa.array(self._file_order)
+        return zip(self._patient.take(take).to_pylist(), self._label.take(take).to_pylist())
 
     def sorted_values(self) -> Iterator[dict[str, Any]]:
         """Every record in study-id order, one at a time."""
-        return (self[sid] for sid in sorted(self._patient))
+        if self._whole is not None:
+            return (self._whole[sid] for sid in sorted(self._whole))
+        return (self._read(i) for i in range(len(self._ids)))
 
 
 #: Columns of ``instructions.parquet`` that hold the rows' text: read a batch at a time, never all at once.
 TEXT_COLUMNS = ("messages", "provenance")
 #: Columns of ``instructions.parquet`` held in memory for every row (:attr:`InstructionRows.frame`): what selecting,
 #: splitting, ordering, reviewing and accounting for rows read. The others (the text, image paths and roles,
-#: template, seed and knowledge-base ids) stay in the memory-mapped copy and are read with the text. On the
-#: 5,000-study build's 24,401 published rows the frame was 16.0 MB of pandas with every column, 10.3 MB of it
-#: the columns now left out (``DataFrame.memory_usage(deep=True)``, issue 22).
-INDEX_COLUMNS = ("id", "study_id", "patient_id", "eye", "task", "label", "verifier_passed", "verifier_score",
-                 "verifier_reasons")
+#: template, seed and knowledge-base ids, the verifier's reasons) stay in the memory-mapped copy and are read with
+#: the text. On the 5,000-study build's 24,401 published rows the frame was 16.0 MB of pandas with every column,
+#: 10.3 MB of it the columns now left out (``DataFrame.memory_usage(deep=True)``, issue 22). Every column held is
+#: Arrow-backed (pandas' ``str``) or numeric, no Python object per row: ``verifier_reasons`` (a list per row, a
+#: numpy array of Python strings in pandas) was 1.76 of the frame's 3.86 MB at 2,500 synthetic studies.
+INDEX_COLUMNS = ("id", "study_id", "patient_id", "eye", "task", "label", "verifier_passed", "verifier_score")
+#: Columns a curator's edit (grok.review.apply) adds to the frame, None where a row is not edited: the value
+#: replaces the column of the row's own (read from the file) when it is written.
+EDITED_COLUMNS = {"messages_edited": "messages", "verifier_reasons_edited": "verifier_reasons"}
 #: Rows read with their text at a time (lint, dedup, contracts, the published splits).
 TEXT_BATCH_ROWS = 256
 #: :meth:`InstructionRows.full` gives the Arrow pool's unused pages back after this many batches: a pass over the
@@ -275,7 +326,8 @@ class InstructionRows:
     def full(self, frame: pd.DataFrame, batch: int | None = None) -> Iterator[dict[str, Any]]:
         """The rows of ``frame`` (a selection of :attr:`frame`, in any order) as dicts with every column, in
         ``frame``'s order; the frame's own values win (a split, an edited score), and a curator's edit
-        (``messages_edited``) replaces the messages. ``batch``: rows read at a time (:data:`TEXT_BATCH_ROWS`)."""
+        (:data:`EDITED_COLUMNS`) replaces the messages and reasons. ``batch``: rows read at a time
+        (:data:`TEXT_BATCH_ROWS`)."""
         batch = batch or TEXT_BATCH_ROWS
         heavy = [c for c in self.heavy_columns if c not in frame.columns]
         for start in range(0, len(frame), batch):
@@ -286,10 +338,9 @@ class InstructionRows:
             if start // batch % RELEASE_EVERY_BATCHES == RELEASE_EVERY_BATCHES - 1:
                 pa.default_memory_pool().release_unused()
             for r, h in zip(part.to_dict("records"), read):
-                edit = r.pop("messages_edited", None)
+                edits = {col: r.pop(edit) for edit, col in EDITED_COLUMNS.items() if edit in r}
                 r.update(h)
-                if isinstance(edit, list):
-                    r["messages"] = edit
+                r.update((col, v) for col, v in edits.items() if isinstance(v, list))
                 yield r
 
     def frames(self, frame: pd.DataFrame, batch: int | None = None) -> Iterator[pd.DataFrame]:
@@ -300,7 +351,7 @@ class InstructionRows:
         for start in range(0, max(len(frame), 1), batch):
             part = frame.iloc[start:start + batch]
             rows = list(self.full(part))
-            out = part.drop(columns=[c for c in ("_pos", "messages_edited") if c in part.columns])
+            out = part.drop(columns=[c for c in ("_pos", *EDITED_COLUMNS) if c in part.columns])
             for c in heavy:
                 out = out.assign(**{c: [r[c] for r in rows]})
             yield out
@@ -330,6 +381,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     # style and variety of the verified text (grok lint-text), before curator edits: the card's figures
     text_lint = lint_rows(rows.full(ins), kb, build_lexicon(kb), examples=2)
     quarantine = _table(build_dir / "instructions_quarantine.parquet", ["task", "verifier_reasons", "error_class"])
+    reasons = rows.values(failed, ["verifier_reasons"])  # the failed rows' reasons, from the mapped copy
+    failed = failed.assign(**{c: reasons.column(c).to_pylist() for c in reasons.column_names})
     skipped = _table(build_dir / "instructions_skipped.parquet", ["study_id", "task", "reason_code", "label"])
     acc = account(ins[["task"]].to_dict("records"),
                   pd.concat([failed, quarantine])[["task", "verifier_reasons", "error_class"]].to_dict("records")

@@ -4,6 +4,8 @@ from the whole table (issue 22)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,6 +49,9 @@ def test_the_frame_holds_the_index_columns_only(rows_and_table):
     assert list(rows.frame.columns) == [c for c in table.column_names if c in pub.INDEX_COLUMNS] + ["_pos"]
     assert not {"messages", "provenance", "images", "image_roles", "template_sha256"} & set(rows.frame.columns)
     assert rows.heavy_columns == [c for c in table.column_names if c not in pub.INDEX_COLUMNS]
+    # no Python object per row: the verifier's reasons (a list per row) are read with the text
+    assert "verifier_reasons" in rows.heavy_columns
+    assert [c for c, t in rows.frame.dtypes.items() if t == object] == []
 
 
 def test_full_rows_are_the_table_rows_in_the_frames_order(rows_and_table):
@@ -61,12 +66,16 @@ def test_full_rows_are_the_table_rows_in_the_frames_order(rows_and_table):
         for k, v in w.items():
             have = r[k].tolist() if hasattr(r[k], "tolist") else r[k]
             assert have == v, (k, have, v)
-    # the frame's own values win (a split, an edited score); a curator's edit replaces the messages
+    # the frame's own values win (a split, an edited score); a curator's edit replaces the messages and reasons
     edited = sel.head(3).assign(verifier_score=9.5, split="test",
-                                messages_edited=[[{"role": "assistant", "content": "edited"}], None, None])
-    first, second, _ = list(rows.full(edited))
+                                messages_edited=[[{"role": "assistant", "content": "edited"}], None, None],
+                                verifier_reasons_edited=[None, ["edited reason"], None])
+    first, second, third = list(rows.full(edited))
     assert first["verifier_score"] == 9.5 and first["split"] == "test" and first["messages"][0]["content"] == "edited"
     assert second["messages"] == want[second["id"]]["messages"]
+    assert first["verifier_reasons"] == want[first["id"]]["verifier_reasons"]
+    assert second["verifier_reasons"] == ["edited reason"]
+    assert not {"messages_edited", "verifier_reasons_edited"} & set(third)
 
 
 def test_contract_frames_have_every_column(rows_and_table):
@@ -74,6 +83,7 @@ def test_contract_frames_have_every_column(rows_and_table):
     frames = list(rows.frames(rows.frame, batch=16))
     assert [len(f) for f in frames] == [16, 16, 16, 12]
     assert set(frames[0].columns) == set(table.column_names)
+    assert [list(v) for f in frames for v in f["verifier_reasons"]] == table.column("verifier_reasons").to_pylist()
     images = [list(v) for f in frames for v in f["images"]]
     assert images == table.column("images").to_pylist()
 
@@ -91,3 +101,27 @@ def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_pa
     assert v["kb_snapshots"] == sorted({r["kb_snapshot"] for r in whole} - {None}) == ["kb-0", "kb-1"]
     media = pub._media_inputs(prep)
     assert media == sorted({p for r in whole for p in r["images"]} | {"media/al.png"})
+
+
+def test_study_records_are_found_by_binary_search(tmp_path):
+    """StudyRecords holds sorted ids and offsets, not a dict: the same lookups, order and duplicates rule as a
+    dict read from the file (first place, last record), for ids of any length and non-ASCII ones."""
+    recs = [{"study_id": sid, "patient_id": f"P-{sid}", "label": lab, "n": i}
+            for i, (sid, lab) in enumerate([("b", "amd"), ("a", "normal"), ("é", "dr"), ("b", "glaucoma"),
+                                            ("c", None), ("ab", "amd")])]
+    path = tmp_path / "records.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    want = {}
+    for r in recs:
+        want[r["study_id"]] = r
+    got = pub.StudyRecords(path)
+    assert list(got) == list(want) == ["b", "a", "é", "c", "ab"] and len(got) == 5
+    assert {k: got[k] for k in got} == want and want["b"]["label"] == "glaucoma"
+    assert list(got.patients()) == [(r["patient_id"], r["label"]) for r in want.values()]
+    assert [r["study_id"] for r in got.sorted_values()] == sorted(want)
+    for missing in ("", "aa", "abc", "zzzz", "éé", None):
+        assert missing not in got and got.get(missing) is None
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    none = pub.StudyRecords(empty)
+    assert len(none) == 0 and list(none) == [] and list(none.patients()) == [] and none.get("a") is None

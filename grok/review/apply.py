@@ -37,7 +37,8 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
     build's ``instructions.parquet``) under the review log at ``db``. ``records``: study id -> study record
     (what the verifier reads). ``full_rows(frame)``: the rows of ``frame`` with their text, in its order, for a
     frame that leaves the text out (publication reads it a batch at a time); an edit then goes into a
-    ``messages_edited`` column (None where the row is not edited) instead of ``messages``."""
+    ``messages_edited`` column (None where the row is not edited) instead of ``messages``, and its reasons into
+    ``verifier_reasons_edited`` when the frame leaves the reasons out too (:data:`grok.publish.EDITED_COLUMNS`)."""
     store = Store(db)
     try:
         events = store.events()
@@ -83,8 +84,11 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
         ins["messages"] = [edited[i][0] if i in edited else m for i, m in zip(ins.index, ins["messages"])]
     if edited:
         ins["verifier_score"] = [edited[i][1] if i in edited else v for i, v in zip(ins.index, ins["verifier_score"])]
-        ins["verifier_reasons"] = [edited[i][2] if i in edited else v
-                                   for i, v in zip(ins.index, ins["verifier_reasons"])]
+        if "verifier_reasons" in ins.columns:
+            ins["verifier_reasons"] = [edited[i][2] if i in edited else v
+                                       for i, v in zip(ins.index, ins["verifier_reasons"])]
+        else:
+            ins["verifier_reasons_edited"] = [edited[i][2] if i in edited else None for i in ins.index]
     gone = ins["id"].astype(str).isin(drop)
     removed = pd.DataFrame({"id": ins.loc[gone, "id"], "duplicate_of": None,
                             "reason": [drop[str(x)] for x in ins.loc[gone, "id"]]})
