@@ -48,6 +48,13 @@ def test_chase_db1_vessel_f1(stem):
     assert m.biomarkers["fovea_center_xy_px"] is None
     assert any("disc-centred" in r for r in m.extras["reasons"]["fovea"])
     assert m.laterality is None
+    # healthy children: every microaneurysm or haemorrhage is false; dark spots on long structures of the vessel
+    # network that are no clear blob are vessel pieces (LesionRules.drop_on_vessel_net): 11L 5 -> 2, 14R 13 -> 6
+    red = m.biomarkers["microaneurysm_count"] + m.biomarkers["hemorrhage_count"]
+    assert red <= CHASE_MAX_RED[stem], (stem, red)
+
+
+CHASE_MAX_RED = {"Image_11L": 3, "Image_14R": 8}
 
 
 def _av_scores(m, lab: np.ndarray, fov: np.ndarray) -> tuple[float, float]:
@@ -101,3 +108,5 @@ def test_hrf_artery_vein_accuracy_beyond_the_healthy_eyes(split, stem):
     acc, share = _av_scores(m, lab, fov)
     floor_acc, floor_share = HRF_AV_FLOORS[(split, stem)]
     assert acc >= floor_acc and share >= floor_share, (acc, share)
+    if stem.endswith("_dr"):  # the diabetic eye keeps its lower DR signs (6 microaneurysms, 2 haemorrhages)
+        assert m.biomarkers["microaneurysm_count"] >= 3 and m.biomarkers["hemorrhage_count"] >= 1, m.biomarkers

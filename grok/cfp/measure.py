@@ -42,8 +42,9 @@ from grok.cfp.vessels import VESSEL_METHOD, measure_vessels, segment_vessels, ve
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
-EXTRACTOR_VERSION = "0.3.0"  # 0.2.0: av_nicking_count and "av_nicking" lesion boxes (grok.cfp.vessel_signs);
-# 0.3.0: venous_beading_count and "venous_beading" boxes (grok.cfp.vessel_signs.find_venous_beading; None unless asked)
+EXTRACTOR_VERSION = "0.4.0"  # 0.2.0: av_nicking_count and "av_nicking" lesion boxes (grok.cfp.vessel_signs);
+# 0.3.0: venous_beading_count and "venous_beading" boxes (grok.cfp.vessel_signs.find_venous_beading; None unless asked);
+# 0.4.0: dark lesion candidates on the vessel network's mask are vessel pieces (LesionRules.drop_on_vessel_net)
 MASK_NAMES = ("fov", "vessels", "arteries", "veins", "disc", "cup")
 #: Why ``venous_beading_count`` is None when :func:`measure_fundus` is not asked for it.
 BEADING_OFF = ("venous beading not measured: the detector is not validated (beads called in 15 of 43 healthy real "
@@ -291,8 +292,11 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
 
     dd = disc.diameter_vertical_px
     les_ok, les_reason = lesions_assessable(fov.mask)
+    # with the vessel network, its mask (vm.mask) also marks the thin vessels the ridge mask misses: a dark spot
+    # on one is a vessel piece, not a haemorrhage (LesionRules.drop_on_vessel_net)
     lesions = find_lesions(img, rel, fov.mask, rmask, sc, disc.center_xy, dd, fovea.center_xy,
-                           hessian=vm.hessian, highpass=vm.highpass) if les_ok else []
+                           hessian=vm.hessian, highpass=vm.highpass,
+                           net_vessel=vm.mask if vm.net_probability is not None else None) if les_ok else []
     tick("lesions")
     # haemorrhages and cotton-wool spots are left out of the zone-B calibres (a flame haemorrhage looks
     # like a short wide vessel; a cotton-wool spot hides the vessel under it)
