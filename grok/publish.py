@@ -582,6 +582,8 @@ def _features():
 #: Rows of a published split made (with their images read) at a time: each split is written batch by batch to
 #: an Arrow file that the dataset then maps from disk, so the images of the archive are never all in memory.
 DATASET_BATCH_ROWS = 256
+#: Rows of such a batch encoded by ``datasets`` at a time (``_SplitWriter._flush``).
+DATASET_ENCODE_ROWS = 64
 
 
 class _SplitWriter:
@@ -606,8 +608,21 @@ class _SplitWriter:
         n = len(next(iter(self.rows.values())))
         if not n:
             return
-        table = datasets.Dataset.from_dict(self.rows, features=self.features).data.table
-        self.rows = {k: [] for k in self.features}
+        # encoded DATASET_ENCODE_ROWS rows at a time, each part's Python rows let go as it is made, then joined
+        # into the batch's one record batch (the file's batches, hence its parquet pages and fingerprint, as one
+        # ``from_dict`` of the batch makes them): ``from_dict`` holds several copies of what it encodes (a batch
+        # of images: about 6x their bytes), so the part bounds them, not the batch
+        rows, self.rows = self.rows, {k: [] for k in self.features}
+        parts = []
+        for start in range(0, n, DATASET_ENCODE_ROWS):
+            part = {k: v[start:start + DATASET_ENCODE_ROWS] for k, v in rows.items()}
+            for v in rows.values():
+                v[start:start + DATASET_ENCODE_ROWS] = [None] * len(v[start:start + DATASET_ENCODE_ROWS])
+            parts.append(datasets.Dataset.from_dict(part, features=self.features).data.table)
+            del part
+        del rows
+        table = parts[0] if len(parts) == 1 else pa.concat_tables(parts).combine_chunks()
+        del parts
         if self.path is None:
             self.tables.append(table)
             return

@@ -125,3 +125,33 @@ def test_study_records_are_found_by_binary_search(tmp_path):
     empty.write_text("")
     none = pub.StudyRecords(empty)
     assert len(none) == 0 and list(none) == [] and list(none.patients()) == [] and none.get("a") is None
+
+
+def _published(r: dict, i: int) -> dict:
+    """A row as build_datasets hands it to a split's writer: images as bytes (one row without any)."""
+    imgs = [] if i == 4 else [{"bytes": bytes([i % 251]) * (100 + 37 * j), "path": p} for j, p in enumerate(r["images"])]
+    return {"id": r["id"], "study_id": r["study_id"], "patient_id": r["patient_id"], "eye": r["eye"], "task": r["task"],
+            "label": r["label"], "messages": r["messages"], "images": imgs, "image_roles": r["image_roles"],
+            "verifier_score": r["verifier_score"], "verifier_reasons": r["verifier_reasons"],
+            "template_id": r["template_id"] or "", "kb_snapshot": r["kb_snapshot"] or "", "provenance": r["provenance"]}
+
+
+@pytest.mark.parametrize("encode_rows", [1, 3, 10])
+def test_a_split_file_is_the_same_however_many_rows_are_encoded_at_once(tmp_path, monkeypatch, encode_rows):
+    """_SplitWriter encodes a batch a part at a time (its memory) and joins the parts into the batch's one record
+    batch: the Arrow file is byte-for-byte the one that encoding each whole batch at once writes."""
+    instr, _ = pub._features()
+    rows = [_published(r, i) for i, r in enumerate(_rows(25))]
+    monkeypatch.setattr(pub, "DATASET_BATCH_ROWS", 10)
+    files = {}
+    for n in (10, encode_rows):  # 10: the whole batch in one from_dict, as before the parts
+        monkeypatch.setattr(pub, "DATASET_ENCODE_ROWS", n)
+        (tmp_path / str(n)).mkdir(exist_ok=True)
+        w = pub._SplitWriter(tmp_path / str(n), "split", instr)
+        for r in rows:
+            w.add(r)
+        ds = w.dataset()
+        files[n] = (tmp_path / str(n) / "split.arrow").read_bytes()
+        assert [b.num_rows for b in ds.data.table.to_batches()] == [10, 10, 5]
+        assert ds.data.table.equals(pa.Table.from_pylist(rows, schema=ds.data.table.schema))
+    assert files[encode_rows] == files[10]
