@@ -118,14 +118,29 @@ def sorted_batches(table: pa.Table, keys: Sequence[tuple[str, str]], batch_rows:
     chunks = table.to_batches()
     starts = np.cumsum([0] + [b.num_rows for b in chunks], dtype=np.int64)
     for first in range(0, len(order), batch_rows):
-        idx = order[first:first + batch_rows]
-        which = np.searchsorted(starts, idx, side="right") - 1
-        by_chunk = np.argsort(which, kind="stable")
-        groups = np.split(by_chunk, np.flatnonzero(np.diff(which[by_chunk])) + 1)
-        pieces = [chunks[which[g[0]]].take(pa.array(idx[g] - starts[which[g[0]]])) for g in groups]
-        back = np.empty_like(by_chunk)
-        back[by_chunk] = np.arange(len(by_chunk))
-        yield pa.Table.from_batches(pieces, schema=table.schema).take(pa.array(back))
+        yield _take_by_chunk(chunks, starts, order[first:first + batch_rows], table.schema)
+
+
+def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """``table.take(rows)`` gathered chunk by chunk: Arrow's ``take`` on a table of many chunks concatenates each
+    string or list column's chunks first, so a few hundred rows taken from a memory-mapped table cost its whole
+    columns (256 rows of the text columns of a 60,000-row table in 15 chunks: 61 MB of Arrow's pool and 143 ms);
+    here only the rows taken are copied. The same rows in the same order as ``table.take``."""
+    chunks = table.to_batches()
+    starts = np.cumsum([0] + [b.num_rows for b in chunks], dtype=np.int64)
+    return _take_by_chunk(chunks, starts, np.asarray(rows, dtype=np.int64), table.schema)
+
+
+def _take_by_chunk(chunks: list[pa.RecordBatch], starts: np.ndarray, idx: np.ndarray, schema: pa.Schema) -> pa.Table:
+    if not len(idx):
+        return schema.empty_table()
+    which = np.searchsorted(starts, idx, side="right") - 1
+    by_chunk = np.argsort(which, kind="stable")
+    groups = np.split(by_chunk, np.flatnonzero(np.diff(which[by_chunk])) + 1)
+    pieces = [chunks[which[g[0]]].take(pa.array(idx[g] - starts[which[g[0]]])) for g in groups]
+    back = np.empty_like(by_chunk)
+    back[by_chunk] = np.arange(len(by_chunk))
+    return pa.Table.from_batches(pieces, schema=schema).take(pa.array(back))
 
 
 class ParquetSink:

@@ -65,7 +65,7 @@ from grok.instruct.lint import lint_rows
 from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
-from grok.parquet_io import TableWriter, arrow_pool, iter_batches, open_parquet
+from grok.parquet_io import TableWriter, arrow_pool, iter_batches, open_parquet, take_rows
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -317,7 +317,7 @@ class InstructionRows:
         self.frame["_pos"] = range(len(self.frame))
 
     def _take(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
-        return self.table.select(columns).take(pa.array(frame["_pos"].to_numpy(), type=pa.int64()))
+        return take_rows(self.table.select(columns), frame["_pos"].to_numpy())
 
     def values(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
         """``columns`` (those the file has) of the rows of ``frame``, in its order, as an Arrow table."""

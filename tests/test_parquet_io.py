@@ -19,6 +19,7 @@ from grok.parquet_io import (
     iter_batches,
     open_parquet,
     sorted_batches,
+    take_rows,
 )
 
 
@@ -143,3 +144,17 @@ def test_parquet_sink_writes_the_schema_and_renames_only_when_done(tmp_path):
     with ParquetSink(tmp_path / "e.parquet", schema):
         pass
     assert pq.read_table(tmp_path / "e.parquet").schema.equals(schema)
+
+
+def test_take_rows_is_arrows_take_gathered_chunk_by_chunk():
+    """take_rows returns table.take's rows and order (repeats, across chunks, none) without joining the chunks."""
+    rows = [{"id": f"r{i}", "text": "x" * (i % 7), "tags": [str(j) for j in range(i % 3)], "v": float(i)}
+            for i in range(50)]
+    table = pa.Table.from_batches(pa.Table.from_pylist(rows).to_batches(max_chunksize=7))
+    assert table.column("text").num_chunks == 8
+    rng = np.random.default_rng(3)
+    for idx in (rng.permutation(50)[:20], np.array([49, 0, 7, 7, 6, 13]), np.array([], dtype=np.int64),
+                np.arange(50)):
+        got = take_rows(table, idx)
+        assert got.schema == table.schema
+        assert got.to_pylist() == table.take(pa.array(idx, type=pa.int64())).to_pylist()
