@@ -158,3 +158,18 @@ def test_take_rows_is_arrows_take_gathered_chunk_by_chunk():
         got = take_rows(table, idx)
         assert got.schema == table.schema
         assert got.to_pylist() == table.take(pa.array(idx, type=pa.int64())).to_pylist()
+
+
+def test_ingest_rows_subset_reads_rows_of_a_table_of_many_row_groups():
+    """The measure stage's per-shard lookup (``IngestRows.subset``) gathers chunk by chunk (``take_rows``): the same
+    dicts as Arrow's take, in the order asked, unknown and repeated keys left out, on a table of several chunks."""
+    from grok.stages.measure_stage import IngestRows
+
+    batches = [pa.record_batch({"study_id": [f"S{i}" for i in range(j, j + 4)], "v": [str(i) * 3 for i in range(j, j + 4)]})
+               for j in (0, 4, 8)]
+    table = pa.Table.from_batches(batches)
+    rows = IngestRows(table, "study_id")
+    got = rows.subset(["S9", "S1", "nope", "S9", "S5"])
+    assert list(got) == ["S9", "S1", "S5"]
+    assert got == {k: table.take(pa.array([int(k[1:])])).to_pylist()[0] for k in ("S9", "S1", "S5")}
+    assert rows.subset([]) == {} and rows.subset(["nope"]) == {}

@@ -43,6 +43,7 @@ from grok.ids import CFP_BIOMARKERS, OCT_EXTRA_BIOMARKERS, OCT_GROK_BIOMARKERS, 
 from grok.oct import measure_circle, measure_volume, select_bscans
 from grok.oct.measures import band_maps_um
 from grok.oct.overlay import bscan_layer_pngs, bscan_png, thickness_map_png
+from grok.parquet_io import take_rows
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, shard_name, source_digest
 from grok.stages.stage import Shard, Stage
@@ -137,7 +138,8 @@ class IngestRows(Mapping):
     def subset(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The rows of ``keys`` that exist, as dicts, in one conversion."""
         found = [k for k in dict.fromkeys(keys) if k in self.index]
-        rows = self.table.take(pa.array([self.index[k] for k in found], pa.int64())).to_pylist() if found else []
+        # chunk by chunk: Arrow's take on a table of many row groups concatenates each string column first
+        rows = take_rows(self.table, np.fromiter((self.index[k] for k in found), np.int64, len(found))).to_pylist()
         return dict(zip(found, rows))
 
 
