@@ -274,7 +274,8 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
     of the vessel darkness map per scale (``VesselMaps.hessian``), computed here when not given;
     highpass : (h, w) fine-scale residual of the relative green (``VesselMaps.highpass``; sign is irrelevant).
     net_vessel : (h, w) bool, the vessel network's mask (``VesselMaps.mask`` after ``vessel_net.segment``), or None:
-    its feature ``on_vessel_net`` (the peak pixel in it) drops dark candidates (``LesionRules.drop_on_vessel_net``).
+    a dark candidate's feature ``on_vessel_net`` (its peak on a structure of that mask reaching beyond
+    ``LesionRules.vessel_net_reach`` of its diameters) drops it unless it is a clear blob (``drop_on_vessel_net``).
     """
 
     r = rules or LesionRules()
@@ -457,7 +458,9 @@ def _grow(ctx: _Ctx, c: np.ndarray, x: int, y: int, sigma: float, zb: float, pol
     f["touches_window"] = float(touches)
     f["d_disc_dd"] = math.hypot(cx - ctx.disc[0], cy - ctx.disc[1]) / dd if ctx.disc is not None else 99.0
     f["d_fovea_dd"] = math.hypot(cx - ctx.fovea[0], cy - ctx.fovea[1]) / dd if ctx.fovea is not None else 99.0
-    f["on_vessel_net"] = _on_vessel_net(ctx, px + x0, py + y0, eqd) if ctx.net_vessel is not None else 0.0
+    # only the dark rules read it (a vessel piece is dark)
+    f["on_vessel_net"] = (_on_vessel_net(ctx, px + x0, py + y0, eqd)
+                          if ctx.net_vessel is not None and pol == "dark" else 0.0)
     reason = _gate(f, pol, ctx.rules)
     if reason:  # dropped on the cheap features: the costly ones below are not needed
         return Candidate(polarity=pol, xy=(float(px + x0), float(py + y0)), box_xyxy_px=box, area_px=area,

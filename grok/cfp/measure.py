@@ -292,8 +292,8 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
 
     dd = disc.diameter_vertical_px
     les_ok, les_reason = lesions_assessable(fov.mask)
-    # with the vessel network, its mask (vm.mask) also marks the thin vessels the ridge mask misses: a dark spot
-    # on one is a vessel piece, not a haemorrhage (LesionRules.drop_on_vessel_net)
+    # with the vessel network, its mask (vm.mask) also marks the thin vessels the ridge mask misses: a dark spot on
+    # a long structure of it that is no clear blob is a vessel piece, not a haemorrhage (LesionRules.drop_on_vessel_net)
     lesions = find_lesions(img, rel, fov.mask, rmask, sc, disc.center_xy, dd, fovea.center_xy,
                            hessian=vm.hessian, highpass=vm.highpass,
                            net_vessel=vm.mask if vm.net_probability is not None else None) if les_ok else []

@@ -138,7 +138,7 @@ def coverage_cmd(
 
     Exit 0; exit 1 when a device is not in the knowledge base (the message names the file to fix).
     """
-    from grok.knowledge.coverage import kb_coverage
+    from grok.knowledge.coverage import ABSENT_BY_RULE, kb_coverage
 
     kb = _load(kb_dirs, overlay)
     for s in sex or []:
@@ -171,7 +171,7 @@ def coverage_cmd(
                     highlight=False, markup=False, soft_wrap=True,
                 )
                 for f in c["findings"]:
-                    if f["status"] in ("absent_by_definition", "absent_by_inference"):
+                    if f["status"] in ABSENT_BY_RULE:
                         console.print(f"      {f['status'].replace('_', ' ')} {f['finding']}: {f['reason']}",
                                       highlight=False, markup=False, soft_wrap=True)
                     elif f["status"] != "evaluable":
