@@ -254,3 +254,54 @@ def test_a_dark_spot_on_a_long_network_structure_is_a_vessel_piece_a_compact_one
     assert _gate({**cheap, "z_blob": 4.0}, "dark", LesionRules()) == ""
     assert _gate({**cheap, "z_blob": 1.2, "on_vessel_net": 0.0}, "dark", LesionRules()) == ""
     assert _gate({**cheap, "z_blob": 1.2}, "dark", LesionRules(drop_on_vessel_net=False)) == ""
+
+
+def test_a_dark_spot_must_stand_out_from_the_fundus_texture_around_it():
+    """``LesionRules.dark_min_texture_z``: the same dark spot (contrast 0.3) is a lesion on a smooth fundus and not
+    in a choroidal pattern whose dark patches are nearly as dark (the false haemorrhages of healthy children's
+    photographs, docs/cfp.md); bright exudates around it and vessels near it do not count as texture."""
+    from types import SimpleNamespace
+
+    from grok.cfp.lesions import Candidate, _classify_dark, _Region, _texture_z
+
+    n, dd, spot = 160, 120.0, (80, 80)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:n, :n]
+    reg = (yy - spot[1]) ** 2 + (xx - spot[0]) ** 2 <= 4**2
+
+    def tz(g, vessel=None):
+        g = g.astype(np.float32)
+        g[reg] = -0.3  # the spot (g: background-relative green, dark < 0)
+        ctx = SimpleNamespace(g=g, rules=LesionRules(), dd=dd, sc=1.0, net_vessel=None,
+                              vessel=np.zeros((n, n), bool) if vessel is None else vessel,
+                              fov_inner=np.full((n, n), 100, np.int32))
+        region = _Region(ctx, -g, -g, reg, reg, "dark", 0.3, n // 2, float(spot[0]), float(spot[1]), (0, n, 0, n))
+        f = {"contrast": 0.3}
+        _texture_z(f, region)
+        return f["texture_z"]
+
+    smooth = rng.normal(0, 0.01, (n, n))
+    assert tz(smooth) > 20
+    pattern = ndi.gaussian_filter(rng.normal(0, 1, (n, n)), 3.0)
+    pattern *= 0.09 / pattern.std()  # dark and light patches as large as the spot, down to about -0.25
+    assert tz(smooth + pattern) < LesionRules().dark_min_texture_z
+    exudates = smooth.copy()
+    for _ in range(12):  # bright deposits over about a fifth of the neighbourhood
+        cy, cx = rng.integers(30, 130, 2)
+        exudates += 0.5 * ((yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2)
+    assert tz(exudates) > 20
+    vessel = np.abs(yy - 60) <= 3  # a vessel through the neighbourhood, marked in the vessel mask
+    assert tz(np.where(vessel, -0.4, smooth), vessel) > 20
+    # the rule: the last dark check; 0 turns it off
+    f = {"eqd_dd": 0.1, "eqd_px": 12.0, "elongation": 1.2, "contrast": 0.3, "z_contrast": 10.0, "d_fovea_dd": 2.0,
+         "arms": 0.0, "continuing_arms": 0.0, "vessel_branches": 0.0, "red_ratio": 0.3, "z_blob": 4.0,
+         "minor_px": 10.0, "minor_dd": 0.08, "circle_in_fov": 1.0, "vessel_gap_px": 20.0, "texture_z": 3.5}
+    c = Candidate("dark", (80.0, 80.0), [76.0, 76.0, 85.0, 85.0], 49, features=dict(f))
+    _classify_dark(c, LesionRules())
+    assert c.type == "" and "texture" in c.reason
+    c = Candidate("dark", (80.0, 80.0), [76.0, 76.0, 85.0, 85.0], 49, features=dict(f))
+    _classify_dark(c, LesionRules(dark_min_texture_z=0.0))
+    assert c.type == "hemorrhage", c.reason
+    c = Candidate("dark", (80.0, 80.0), [76.0, 76.0, 85.0, 85.0], 49, features={**f, "texture_z": 6.0})
+    _classify_dark(c, LesionRules())
+    assert c.type == "hemorrhage", c.reason
