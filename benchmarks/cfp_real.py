@@ -44,6 +44,7 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_
     os.environ.setdefault(_v, "1")
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from grok.cfp.preprocess import lit_fov
 
@@ -74,6 +75,69 @@ def pixel_scores(pred: np.ndarray, ref: np.ndarray, fov: np.ndarray) -> dict:
     prec = tp / max(tp + fp, 1)
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     return {"f1": f1, "sensitivity": sens, "precision": prec, "tp": tp, "fp": fp, "fn": fn}
+
+
+#: Field angle (degrees) of each set's camera (CHASE_DB1: Nidek NM-200-D, 30 degrees, Fraz et al. 2012; HRF: Canon
+#: CR-1, 45 degrees, Budai et al. 2013): the disc-diameter unit of the placement scores is
+#: ``grok.cfp.disc.EXPECTED_DD_PER_FOV_RADIUS`` (a 45-degree photograph) x 45 / this x the FOV's equal-area radius.
+FIELD_ANGLE_DEG = {"chase_db1": 30.0, "hrf_av": 45.0}
+#: Annotated disc: wide-vessel pixels are those whose distance to the annotation's edge is at or above this
+#: percentile of the centre-line pixels'; each votes along its own direction over this span (x the DD unit).
+REF_WIDE_PERCENTILE = 70.0
+REF_VOTE_SPAN_DD = (0.1, 2.0)
+
+
+def disc_reference(ref: np.ndarray, fov: np.ndarray, dd_px: float) -> tuple[float, float]:
+    """Where the human-annotated vessel tree converges: an optic-disc position that owes nothing to our detector.
+
+    ref, fov : (H, W) bool (the annotated vessels, the field of view); dd_px : the disc-diameter unit (px).
+    The annotation is reduced by block majority to <= ~1000 px; its wide vessels (centre-line pixels at or above
+    ``REF_WIDE_PERCENTILE`` of the centre line's half-width) each cast votes, weighted by the half-width, along
+    their own direction (structure tensor of the mask) on both sides over ``REF_VOTE_SPAN_DD``; the reference is
+    the maximum of the votes smoothed at 0.25 DD. The main vessels radiate from the disc, so their lines meet
+    there; they leave it from the vessel trunk, which lies on the disc but often towards its nasal side, so the
+    reference can sit up to ~0.3 DD off the disc's centre. Returns (x, y) px at the annotation's resolution.
+    """
+    from skimage.morphology import skeletonize
+
+    f = max(1, int(round(max(ref.shape) / 1000)))
+    v, fo = ref & fov, fov
+    if f > 1:
+        h, w = (ref.shape[0] // f) * f, (ref.shape[1] // f) * f
+        v = v[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)) >= 0.5
+        fo = fov[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)) >= 0.5
+    v &= fo
+    d = dd_px / f
+    half_width = ndi.distance_transform_edt(v)
+    ys, xs = np.nonzero(skeletonize(v))
+    hw = half_width[ys, xs]
+    wide = hw >= np.percentile(hw, REF_WIDE_PERCENTILE)
+    ys, xs, hw = ys[wide], xs[wide], hw[wide]
+    gy, gx = np.gradient(ndi.gaussian_filter(v.astype(np.float32), 1.5))
+    jxx, jyy, jxy = (ndi.gaussian_filter(a, 3.0)[ys, xs] for a in (gx * gx, gy * gy, gx * gy))
+    along = 0.5 * np.arctan2(2 * jxy, jxx - jyy) + np.pi / 2  # the vessel's direction: across the gradient
+    t = np.arange(REF_VOTE_SPAN_DD[0] * d, REF_VOTE_SPAN_DD[1] * d)
+    t = np.concatenate([t, -t])
+    X = np.rint(xs[:, None] + np.cos(along)[:, None] * t).astype(np.int64)
+    Y = np.rint(ys[:, None] + np.sin(along)[:, None] * t).astype(np.int64)
+    h, w = v.shape
+    ok = (X >= 0) & (X < w) & (Y >= 0) & (Y < h)
+    votes = np.bincount((Y * w + X)[ok], weights=np.broadcast_to(hw[:, None], X.shape)[ok], minlength=h * w)
+    votes = ndi.gaussian_filter(votes.reshape(h, w), 0.25 * d)
+    y, x = np.unravel_index(int(np.argmax(votes)), votes.shape)
+    return (x + 0.5) * f - 0.5, (y + 0.5) * f - 0.5
+
+
+def disc_placement(m, ref: np.ndarray, fov: np.ndarray, field_angle_deg: float) -> dict:
+    """Our disc centre against ``disc_reference`` of the annotation (distance in the set's DD unit)."""
+    from grok.cfp.disc import EXPECTED_DD_PER_FOV_RADIUS
+
+    dd = EXPECTED_DD_PER_FOV_RADIUS * 45.0 / field_angle_deg * math.sqrt(float(fov.sum()) / math.pi)
+    rx, ry = disc_reference(ref, fov, dd)
+    ours = m.biomarkers["disc_center_xy_px"]
+    dist = None if ours is None else math.hypot(ours[0] - rx, ours[1] - ry) / dd
+    return {"reference_xy_px": [round(rx, 1), round(ry, 1)], "dd_px": round(dd, 1),
+            "distance_dd": None if dist is None else round(dist, 3)}
 
 
 #: Vessel method passed to ``measure_fundus`` (None: its default); set by ``--vessels``.
@@ -118,6 +182,7 @@ def _row_common(name: str, m, sec: float, cpu: float) -> dict:
         "fovea_found": bm["fovea_center_xy_px"] is not None, "laterality": m.laterality,
         "disc_centred": any("disc-centred" in r for r in m.extras.get("reasons", {}).get("fovea", [])),
         "av_ratio": None if not np.isfinite(avr) else round(float(avr), 4),
+        "vcdr": None if not np.isfinite(bm["cup_disc_ratio_vertical"]) else round(float(bm["cup_disc_ratio_vertical"]), 4),
         "av_ratio_reasons": [] if np.isfinite(avr) else list(m.extras.get("reasons", {}).get("vessels", [])),
         "seconds": round(sec, 3), "cpu_seconds": round(cpu, 3), "vessel_method": m.extras.get("vessel_method"),
         # the counts the knowledge base's DR rule-out reads (None: not measured on this photograph)
@@ -137,10 +202,12 @@ def run_chase(folder: Path, limit: int | None) -> list[dict]:
         row = _row_common(p.stem, m, sec, cpu)
         row["vessel"] = pixel_scores(m.masks["vessels"], ref1, fov)
         row["second_observer"] = pixel_scores(ref2, ref1, fov)
+        row["disc_placement"] = disc_placement(m, ref1, fov, FIELD_ANGLE_DEG["chase_db1"])
         row["laterality_truth"] = "OS" if p.stem.endswith("L") else "OD"  # CHASE_DB1 names: L = left eye
         rows.append(row)
         print(f"chase_db1 {p.stem}: F1 {row['vessel']['f1']:.3f} (2nd obs {row['second_observer']['f1']:.3f}) "
-              f"disc {row['disc_found']} AVR {row['av_ratio']} {sec:.2f} s", file=sys.stderr)
+              f"disc {row['disc_found']} ({row['disc_placement']['distance_dd']} DD) AVR {row['av_ratio']} {sec:.2f} s",
+              file=sys.stderr)
     return rows
 
 
@@ -163,6 +230,7 @@ def run_hrf(folder: Path, limit: int | None) -> list[dict]:
         row = _row_common(p.stem, m, sec, cpu)
         row["group"] = p.stem.split("_")[-1]
         row["vessel"] = pixel_scores(m.masks["vessels"], ref, fov)
+        row["disc_placement"] = disc_placement(m, ref, fov, FIELD_ANGLE_DEG["hrf_av"])
         art, vein = m.masks["arteries"] & fov, m.masks["veins"] & fov
         ref_av = (lab == 1) | (lab == 2)
         labelled = ref_av & (art | vein)
@@ -174,7 +242,7 @@ def run_hrf(folder: Path, limit: int | None) -> list[dict]:
                      "share_labelled": float(n_lab / max(int(ref_av.sum()), 1))}
         rows.append(row)
         print(f"hrf_av {p.stem}: F1 {row['vessel']['f1']:.3f} A/V {row['av']['accuracy']:.3f} "
-              f"({row['av']['share_labelled']:.2f}) disc {row['disc_found']} AVR {row['av_ratio']} {sec:.2f} s",
+              f"({row['av']['share_labelled']:.2f}) disc {row['disc_found']} ({row['disc_placement']['distance_dd']} DD) AVR {row['av_ratio']} {sec:.2f} s",
               file=sys.stderr)
     return rows
 
@@ -187,6 +255,22 @@ def _mean(xs) -> float | None:
 def _sd(xs) -> float | None:
     xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
     return round(float(np.std(xs, ddof=1)), 4) if len(xs) > 1 else None
+
+
+#: A disc placed within this many DD of the annotated one counts as placed (the issue's acceptance; 1 DD beside it).
+PLACED_DD = 0.5
+
+
+def _placement(rows: list[dict]) -> dict:
+    """Disc placement against the annotation-derived reference: shares within 0.5 and 1 DD, median and max
+    distance (a disc not found counts as not placed), and the photographs placed further than ``PLACED_DD``."""
+    d = {r["photo"]: r["disc_placement"]["distance_dd"] for r in rows}
+    found = [x for x in d.values() if x is not None]
+    return {"n": len(d), "within_0_5_dd": round(sum(x <= PLACED_DD for x in found) / max(len(d), 1), 4),
+            "within_1_dd": round(sum(x <= 1.0 for x in found) / max(len(d), 1), 4),
+            "median_dd": round(float(np.median(found)), 3) if found else None,
+            "max_dd": round(max(found), 3) if found else None,
+            "misplaced": {k: x for k, x in d.items() if x is None or x > PLACED_DD}}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -205,12 +289,15 @@ def summarise(rows: list[dict]) -> dict:
         "fovea_found_rate": (round(sum(r["fovea_found"] for r in macula) / len(macula), 4) if macula else None),
         "av_ratio_mean": _mean(r["av_ratio"] for r in rows), "av_ratio_sd": _sd(r["av_ratio"] for r in rows),
         "av_ratio_n": sum(r["av_ratio"] is not None for r in rows),
+        "vcdr_mean": _mean(r["vcdr"] for r in rows), "vcdr_sd": _sd(r["vcdr"] for r in rows),
         "seconds_mean": _mean(r["seconds"] for r in rows), "seconds_max": max(r["seconds"] for r in rows),
         "cpu_seconds_mean": _mean(r["cpu_seconds"] for r in rows),
         "stages_cpu_s_mean": {k: _mean(r["stages_cpu_s"].get(k) for r in rows)
                               for k in dict.fromkeys(k for r in rows for k in r["stages_cpu_s"])},
         "dr_signs": _dr_signs(rows),
     }
+    if "disc_placement" in rows[0]:
+        out["disc_placement"] = _placement(rows)
     if "laterality_truth" in rows[0]:
         out["laterality_from_image"] = {
             "right": sum(r["laterality"] == r["laterality_truth"] for r in rows),
