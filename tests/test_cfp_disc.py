@@ -51,7 +51,7 @@ def _find(img):
     fov = np.ones((S, S), bool)
     none = np.zeros((S, S), bool)
     # a 45-degree field 7.2 DD across: the expected disc (130 px) needs a FOV radius of ~470 px
-    return find_disc(img, fov, (S / 2, S / 2), 470.0, none, np.zeros((S, S), np.float32))
+    return find_disc(img, fov, (S / 2, S / 2), 470.0, none)
 
 
 @pytest.mark.parametrize("cup", [None, 0.45, 0.8])

@@ -274,7 +274,7 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     # disc, fovea and lesion rules read the ridge mask they were built on (the learned mask when present
     # is the reported vessel mask; see grok.cfp.vessels.VesselMaps.graph_mask)
     rmask = vm.graph_mask if vm.graph_mask is not None else vm.mask
-    disc = find_disc(img, fov.mask, fov.center_xy, fov.radius, rmask, vm.darkness)
+    disc = find_disc(img, fov.mask, fov.center_xy, fov.radius, rmask)
     tick("disc_cup")
     fovea = find_fovea(img, fov.mask, fov.center_xy, fov.radius, rmask, disc)
     tick("fovea")
