@@ -305,3 +305,32 @@ def test_a_dark_spot_must_stand_out_from_the_fundus_texture_around_it():
     c = Candidate("dark", (80.0, 80.0), [76.0, 76.0, 85.0, 85.0], 49, features={**f, "texture_z": 6.0})
     _classify_dark(c, LesionRules())
     assert c.type == "hemorrhage", c.reason
+
+
+def test_the_bright_unit_is_a_property_of_the_disc_not_of_where_its_centre_lies():
+    """``_disc_green_excess``: a disc (0.1 above the fundus) whose pale cup (a bump of 0.2 more, 0.15 DD wide) lies
+    off its middle, a vessel trunk 0.2 DD beside the cup. The unit reads about the same (within 5 %) whether the centre
+    point is put on the cup or on the trunk (the disc placement of issue #14 moved it so on real photographs; the median
+    within 0.35 DD of the centre, the unit before, falls to 0.85 of itself here), and it rises with the cup's
+    brightness."""
+    from grok.cfp.lesions import _disc_green_excess
+
+    n, dd = 400, 120.0
+    yy, xx = np.mgrid[:n, :n]
+    disc, cup = (200.0, 200.0), (190.0, 200.0)  # the cup 0.08 DD temporal of the disc's middle
+
+    def fundus(cup_excess):
+        g = np.full((n, n), 0.3, np.float32)
+        g[np.hypot(xx - disc[0], yy - disc[1]) < 0.5 * dd] += 0.1
+        g += cup_excess * np.exp(-0.5 * ((xx - cup[0]) ** 2 + (yy - cup[1]) ** 2) / (0.15 * dd) ** 2)
+        rgb = np.stack([g + 0.2, g, 0.5 * g], -1)
+        trunk = np.abs(xx - (cup[0] + 0.2 * dd)) <= 4  # the vessel trunk nasal to the cup (ridge mask)
+        rgb[trunk] *= 0.5
+        return rgb, trunk
+
+    rgb, trunk = fundus(0.2)
+    on_cup = _disc_green_excess(rgb, trunk, cup, dd)
+    on_trunk = _disc_green_excess(rgb, trunk, (cup[0] + 0.2 * dd, cup[1]), dd)
+    assert on_cup > 0.1 and abs(on_trunk / on_cup - 1) < 0.05, (on_cup, on_trunk)
+    brighter = _disc_green_excess(*fundus(0.35), (cup[0] + 0.2 * dd, cup[1]), dd)
+    assert brighter > 1.1 * on_trunk, (brighter, on_trunk)

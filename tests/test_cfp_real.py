@@ -125,6 +125,20 @@ def test_hrf_artery_vein_accuracy_beyond_the_healthy_eyes(split, stem):
         assert m.biomarkers["microaneurysm_count"] >= 3 and m.biomarkers["hemorrhage_count"] >= 1, m.biomarkers
 
 
+# healthy children whose false hard exudates came with the disc-placement revision of issue #14 (its centre now on
+# the vessel trunk, its rim on the margin): the brightness unit was the median green within 0.35 DD of the
+# centre, which fell off the pale cup (05L 21 exudates, 12L 14); it is now the pale part of the whole fitted disc
+# (lesions.DISC_UNIT_PERCENTILE): 0 on both (benchmarks/cfp_real.py --rows --sets chase_db1).
+CHASE_NEW_DISC_EXUDATES = ("Image_05L", "Image_12L")
+
+
+@pytest.mark.parametrize("stem", CHASE_NEW_DISC_EXUDATES)
+def test_chase_db1_bright_unit_does_not_follow_the_disc_centre(stem):
+    _, m = _measure(REAL / "chase_db1" / "images" / f"{stem}.jpg")
+    assert m.biomarkers["hard_exudate_count"] == 0, (stem, m.biomarkers["hard_exudate_count"])
+    assert m.biomarkers["cotton_wool_spot_count"] == 0, (stem, m.biomarkers["cotton_wool_spot_count"])
+
+
 # photo -> largest distance (in the set's disc-diameter unit) of our disc centre from the annotation-derived
 # reference (``benchmarks.cfp_real.disc_reference``: where the human-annotated vessel tree's wide vessels
 # converge; checked by eye on all 73 photos). Image_04L and 06R were placed 1.08 / 1.44 DD off (on a bright

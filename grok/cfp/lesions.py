@@ -59,8 +59,11 @@ from grok.cfp.vessels import VESSEL_SCALES, hessian_eigen
 
 #: Disc diameters per FOV radius of a 45-degree photograph (FOV about 7.2 DD across).
 LESION_DD_PER_FOV_RADIUS = 2 / 7.2
-#: Radius (DD) of the central disc whose green excess over the fundus is the unit of lesion brightness.
-DISC_UNIT_RADIUS_DD = 0.35
+#: Percentile of the vessel-free green within the fitted disc rim that is the disc's pale part, whose excess
+#: over the fundus just outside the disc is the unit of lesion brightness (65: on 45-degree photographs with
+#: the centre on the cup it reads as the median within 0.35 DD of the centre did, the unit the thresholds were
+#: set in; see ``_disc_green_excess``).
+DISC_UNIT_PERCENTILE = 65.0
 #: Width (DD) of the opening that frees flame haemorrhages from the thin vessels they touch.
 FLAME_OPENING_DD = 0.045
 #: Window (DD) of the median that estimates the green illumination field for the disc-unit correction.
@@ -294,6 +297,7 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
 
     r = rules or LesionRules()
     h, w = fov_mask.shape
+    dd_fit = dd_px  # the fitted disc, before the cap: the brightness unit is a property of this disc
     # the length unit of the size rules: the disc diameter, but not more than a typical disc for this
     # field of view (a disc fit that takes in peripapillary atrophy would make every lesion "smaller")
     dd_fov = LESION_DD_PER_FOV_RADIUS * math.sqrt(fov_mask.sum() / math.pi)
@@ -318,7 +322,9 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
     illum_disc = (float(illum[int(np.clip(disc_xy[1], 0, h - 1)), int(np.clip(disc_xy[0], 0, w - 1))])
                   if disc_xy is not None else float("nan"))
     ctx = _Ctx(rgb=rgb, rr=rr, g=g, noise=noise_map, vessel=vessel_mask,
-               sc=sc, dd=dd_px, disc=disc_xy, fovea=fovea_xy, disc_dg=_disc_green_excess(rgb, vessel_mask, disc_xy, dd_px), fov_inner=inner,
+               sc=sc, dd=dd_px, disc=disc_xy, fovea=fovea_xy,
+               disc_dg=_disc_green_excess(rgb, vessel_mask, disc_xy, dd_fit if np.isfinite(dd_fit) and dd_fit > 0 else dd_px),
+               fov_inner=inner,
                rules=r, illum=illum, illum_disc=illum_disc, net_vessel=net_vessel)
     out: list[Candidate] = []
     if not hessian:
@@ -380,10 +386,15 @@ def _region_peaks(lab: np.ndarray, c: np.ndarray, max_area: float) -> list[tuple
 
 
 def _disc_green_excess(rgb: np.ndarray, vessel_mask: np.ndarray, disc_xy, dd_px: float) -> float:
-    """Green brightness of the central disc (within DISC_UNIT_RADIUS_DD of its centre: the cup and the
-    inner rim) above the fundus 0.9-1.4 DD away,
-    vessels left out (absolute, fraction of full scale); NaN without a disc. Bright lesions are
-    measured in this unit, which does not depend on exposure or on how green the fundus is."""
+    """Green brightness of the disc's pale part above the fundus just outside the disc (absolute, fraction of
+    full scale); NaN without a disc. Bright lesions are measured in this unit, which does not depend on
+    exposure or on how green the fundus is.
+
+    dd_px : the fitted disc's diameter (not the size rules' capped DD). The pale part is the
+    ``DISC_UNIT_PERCENTILE`` of the vessel-free green within the fitted rim (0.5 DD of the centre), the
+    fundus the median of the vessel-free green 0.9-1.4 DD from the centre: both are properties of the
+    disc, not of where inside it the centre point lies (on the pale cup or on the vessel trunk beside it),
+    and the ring stays off the disc when the camera's field is narrower than 45 degrees."""
     if disc_xy is None or not np.isfinite(dd_px):
         return float("nan")
     h, w = vessel_mask.shape
@@ -394,10 +405,10 @@ def _disc_green_excess(rgb: np.ndarray, vessel_mask: np.ndarray, disc_xy, dd_px:
     rho = np.hypot(xx - x0, yy - y0) / dd_px
     g = rgb[ys, xs, 1]
     nv = ~vessel_mask[ys, xs] & (g > 0.02)
-    a, b = g[(rho < DISC_UNIT_RADIUS_DD) & nv], g[(rho > 0.9) & (rho < 1.4) & nv]
+    a, b = g[(rho < 0.5) & nv], g[(rho > 0.9) & (rho < 1.4) & nv]
     if a.size < 10 or b.size < 10:
         return float("nan")
-    d = float(np.median(a) - np.median(b))
+    d = float(np.percentile(a, DISC_UNIT_PERCENTILE) - np.median(b))
     return d if d > 0.02 else float("nan")
 
 
