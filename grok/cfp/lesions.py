@@ -297,11 +297,12 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
 
     r = rules or LesionRules()
     h, w = fov_mask.shape
-    dd_fit = dd_px  # the fitted disc, before the cap: the brightness unit is a property of this disc
     # the length unit of the size rules: the disc diameter, but not more than a typical disc for this
-    # field of view (a disc fit that takes in peripapillary atrophy would make every lesion "smaller")
+    # field of view (a disc fit that takes in peripapillary atrophy would make every lesion "smaller");
+    # the brightness unit reads the fitted disc itself, before the cap
     dd_fov = LESION_DD_PER_FOV_RADIUS * math.sqrt(fov_mask.sum() / math.pi)
-    dd_px = min(dd_px, dd_fov) if np.isfinite(dd_px) and dd_px > 0 else dd_fov
+    dd_fit = dd_px if np.isfinite(dd_px) and dd_px > 0 else dd_fov
+    dd_px = min(dd_fit, dd_fov)
     inner = ndi.distance_transform_cdt(np.pad(fov_mask, 1), metric="chessboard")[1:-1, 1:-1]
     allowed = inner > max(int(8 * sc), 1)
     if not allowed.any():
@@ -323,7 +324,7 @@ def lesion_candidates(rgb: np.ndarray, rel: list[np.ndarray], fov_mask: np.ndarr
                   if disc_xy is not None else float("nan"))
     ctx = _Ctx(rgb=rgb, rr=rr, g=g, noise=noise_map, vessel=vessel_mask,
                sc=sc, dd=dd_px, disc=disc_xy, fovea=fovea_xy,
-               disc_dg=_disc_green_excess(rgb, vessel_mask, disc_xy, dd_fit if np.isfinite(dd_fit) and dd_fit > 0 else dd_px),
+               disc_dg=_disc_green_excess(rgb, vessel_mask, disc_xy, dd_fit),
                fov_inner=inner,
                rules=r, illum=illum, illum_disc=illum_disc, net_vessel=net_vessel)
     out: list[Candidate] = []
