@@ -15,7 +15,14 @@ import pytest
 from grok.stages import measure_stage
 from grok.stages.config import BuildConfig
 from grok.stages.folder import BuildFolder
-from grok.stages.measure_stage import AUTO_MAX, AUTO_WAVES, auto_shard_size, shard_path
+from grok.stages.measure_stage import (
+    AUTO_MAX,
+    AUTO_WAVES,
+    TAPER_LEVELS,
+    auto_shard_size,
+    shard_path,
+    shard_sizes,
+)
 from grok.stages.runner import STAGE_BY_NAME, run_stage
 from tests import test_build_shards
 from tests.test_build_shards import tiny_config
@@ -38,6 +45,20 @@ def test_auto_shards_fill_the_workers_within_bounds():
         assert shards >= min(n, workers * AUTO_WAVES) or size == AUTO_MAX
 
 
+def test_last_shards_taper_so_the_workers_finish_together():
+    sizes = shard_sizes(2500, 64, taper_workers=2)
+    assert sizes == [64] * 37 + [20] + [32, 32, 16, 16, 8, 8]  # a half, a quarter, an eighth per worker, last
+    assert shard_sizes(2500, 64) == [64] * 39 + [4]  # a size set by hand is kept as is
+    assert shard_sizes(10, 4, taper_workers=2) == [4, 4, 2]  # a tail over half the studies is dropped
+    assert shard_sizes(2, 1, taper_workers=2) == [1, 1]
+    for n, workers in [(1, 1), (40, 2), (500, 2), (5000, 2), (5000, 100), (170_000, 64)]:
+        size = auto_shard_size(n, workers)
+        got = shard_sizes(n, size, taper_workers=workers)
+        assert sum(got) == n and all(1 <= s <= size for s in got)
+        tail = got[-workers * TAPER_LEVELS:]
+        assert tail == sorted(tail, reverse=True) and tail[-1] <= max(1, size // 8), (n, workers)
+
+
 def test_shard_size_changes_neither_the_build_id_nor_the_data(tiny_copy, tmp_path):
     ids = {BuildFolder(tiny_config(tiny_copy, measure=m)).build_id()
            for m in ({}, {"shard_size": "auto"}, {"shard_size": 8}, {"study_timeout_s": 5})}
@@ -56,7 +77,7 @@ def test_auto_size_is_recorded_and_reused_on_other_workers(tiny_copy):
     folder = BuildFolder(cfg, workers=2)
     shards = MEASURE.plan(folder)
     assert [len(s["ids"]) for s in shards] == [1, 1]  # two studies on two workers: one study per shard
-    assert folder.info()["measure_shard_size"] == 1
+    assert folder.info()["measure_shard_size"] == 1 and folder.info()["measure_shard_taper"] == 2
     assert MEASURE.plan(BuildFolder(cfg, workers=16)) == shards  # the rerun keeps the finished shards' plan
 
 

@@ -73,9 +73,10 @@ class MeasureSettings(Settings):
 
     shard_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "Studies per measure task (a shard), or auto: about four shards per worker (so a slow shard does not "
-        "leave the other workers idle), 1 to 64 studies each, chosen once per build folder (build.json "
-        "measure_shard_size) so a rerun on another number of workers reuses the finished shards. The size "
-        "never changes the data."))
+        "leave the other workers idle), 1 to 64 studies each, the last ones a half, a quarter and an eighth "
+        "of that (one of each per worker, so the workers finish together), chosen once per build folder "
+        "(build.json measure_shard_size, measure_shard_taper) so a rerun on another number of workers reuses "
+        "the finished shards. The size never changes the data."))
     overlays: bool = Field(True, description="Write overlay PNGs for curators.")
     study_timeout_s: float | None = Field(600.0, gt=0, description=(
         "Seconds one study may take to measure; a study over it is quarantined (error_class study_timeout) "
