@@ -160,6 +160,13 @@ FILES_SCHEMA = pa.schema(
 _REC_SCHEMA = pa.schema([("source_key", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
                          ("source_sha256", pa.string()), ("status", pa.string()), ("reason", pa.string()),
                          ("error_class", pa.string()), ("image_ids", pa.list_(pa.string())), ("stage", pa.string())])
+#: A staged frame of a multi-file acquisition, spooled until the run's end (``Ingestor._assemble_series``): where
+#: its pixels are, the fields its series' consistency checks read and its file record (``path`` only with
+#: ``quarantine_paths: plain``, as in the files table). ``seq`` is the staging order.
+_STAGED_SCHEMA = pa.schema([("series_key", pa.string()), ("position", pa.int64()), ("seq", pa.int64()),
+                            ("npy", pa.string()), ("patient_id", pa.string()), ("eye", pa.string()),
+                            ("source_key", pa.string()), ("path", pa.string()), ("size_bytes", pa.int64()),
+                            ("source_sha256", pa.string()), ("stage", pa.string())])
 
 
 class IngestConfig(Settings):
@@ -223,6 +230,7 @@ class _Staged:
     npy: str
     rec: _FileRec
     identity: tuple[Any, Any]  # (patient_id, eye)
+    seq: int = 0  # staging order
 
     def meta(self) -> dict[str, Any]:
         with open(self.npy[:-4] + ".meta.pickle", "rb") as fh:
@@ -293,7 +301,10 @@ class Ingestor:
         self.rows = TableWriter(self.staging / "manifest.arrow", MANIFEST_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
         self.sidecars: dict[str, bytes] = {}
         self.consumed_sidecars: set[str] = set()
-        self.series: dict[str, list[_Staged]] = defaultdict(list)
+        # Frames of multi-file acquisitions: pixels and metadata parked in the staging folder, their records
+        # spooled here and grouped by series at the end (a Python object per frame held the driver's memory
+        # growing with the archive: ~1.4 kB a study on the small phantom, issue 22).
+        self.staged = TableWriter(self.staging / "staged.arrow", _STAGED_SCHEMA, batch_rows=SPOOL_BATCH_ROWS)
         # The previous run's tables (columnar) and where each file / image is in them.
         self.prev_files: dict[str, int] = {}
         self.prev_rows: dict[str, int] = {}
@@ -346,9 +357,9 @@ class Ingestor:
         result = IngestResult(out_dir=str(self.out), demo_key_used=self.cfg.deid.demo_key_used)
         for i, sf in enumerate(iter_source(self.source)):
             rec = self._handle(sf)
-            if rec.status in ("staged", "pending_sidecar"):
+            if rec.status == "pending_sidecar":
                 self.open_recs.append(rec)  # its state is settled at the end of the run
-            else:
+            elif rec.status != "staged":  # a staged frame's record is spooled with it (_stage)
                 self._spool_rec(rec)
             result.source_bytes += sf.size
             if self.progress:
@@ -422,6 +433,8 @@ class Ingestor:
 
     def _scrub(self, message: str, rec: _FileRec) -> str:
         """Error messages name the file; outputs must not, so the path is replaced by its key."""
+        if not rec.relpath:  # a staged frame's record read back without its path
+            return message
         return message.replace(rec.relpath, f"<source {rec.source_key}>").replace(
             PurePosixPath(rec.relpath).name, f"<source {rec.source_key}>")
 
@@ -661,54 +674,80 @@ class Ingestor:
     # -- images ---------------------------------------------------------------------------------
     def _stage(self, series_key: str, position: int, frame: np.ndarray, rec: _FileRec, meta: dict[str, Any]) -> None:
         d = self.staging / series_key
+        if d.exists():  # only the first member keeps the (de-identified) header of the series
+            meta = {k: v for k, v in meta.items() if k != "header"}
         d.mkdir(parents=True, exist_ok=True)
         npy = d / f"{position:06d}_{rec.sha[:12]}.npy"
         np.save(npy, np.ascontiguousarray(frame))
-        if self.series.get(series_key):
-            # only the first member keeps the (de-identified) header of the series
-            meta = {k: v for k, v in meta.items() if k != "header"}
         with open(d / f"{position:06d}_{rec.sha[:12]}.meta.pickle", "wb") as fh:
             pickle.dump(meta, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        self.series[series_key].append(_Staged(position, str(npy), rec, (meta["patient_id"], meta["eye"])))
+        self.staged.write(dict(series_key=series_key, position=position, seq=self.staged.rows, npy=str(npy),
+                               patient_id=meta["patient_id"], eye=meta["eye"], source_key=rec.source_key,
+                               path=rec.relpath if self.cfg.quarantine_paths == "plain" else None,
+                               size_bytes=rec.size, source_sha256=rec.sha, stage=rec.stage))
         rec.status = "staged"
 
+    def _staged_series(self) -> Iterator[list[_Staged]]:
+        """The spooled frames grouped by series (sorted by series key, then position and file digest, as the
+        files table is), one series in memory at a time."""
+        table = self.staged.read()
+        if not table.num_rows:
+            return
+        order = [("series_key", "ascending"), ("position", "ascending"), ("source_sha256", "ascending")]
+        rows = (r for batch in sorted_batches(table, order, SPOOL_BATCH_ROWS) for r in batch.to_pylist())
+        for _, group in itertools.groupby(rows, key=lambda r: r["series_key"]):
+            yield [_Staged(r["position"], r["npy"], _FileRec(r["source_key"], r["path"] or "", r["size_bytes"],
+                                                             r["source_sha256"], status="staged", stage=r["stage"]),
+                           (r["patient_id"], r["eye"]), r["seq"]) for r in group]
+
     def _assemble_series(self) -> None:
-        for key in sorted(self.series):
-            members = sorted(self.series[key], key=lambda s: (s.position, s.rec.sha))
-            frames = [np.load(m.npy) for m in members]
-            positions = [m.position for m in members]
-            shapes = {f.shape for f in frames}
-            problem = None
-            if len(shapes) != 1:
-                problem = _Quarantine(f"B-scans of one acquisition have different sizes {sorted(shapes)}; "
-                                      "re-export the series", "inconsistent_dimensions")
-            elif len(set(positions)) != len(positions):
-                problem = _Quarantine("two files claim the same B-scan position in one acquisition; "
-                                      "re-export the series", "duplicate_frame_position")
-            ids_meta = {m.identity for m in members}
-            if problem is None and len(ids_meta) != 1:
-                problem = _Quarantine("frames of one acquisition disagree on patient or eye", "inconsistent_series")
-            if problem is not None:
+        for members in self._staged_series():
+            try:
+                self._assemble(members)
+            except Exception as exc:  # noqa: BLE001 - one acquisition never stops the run
+                problem = _Quarantine(f"unexpected failure assembling the acquisition ({type(exc).__name__}: "
+                                      f"{str(exc)[:300]})", "decode_failure")
                 for m in members:
                     self._q(m.rec, problem)
-                continue
-            vol = np.stack(frames)
-            del frames
-            meta = members[0].meta()
-            header = self.series[key][0].meta().get("header")  # the first staged member's, as staged
-            meta.pop("header", None)
-            flags = meta.pop("flags", [])
-            if meta.get("scan_pattern") in (None, "volume"):
-                meta["scan_pattern"] = "volume" if vol.shape[0] > 1 else "bscan"
-            lead = members[0].rec
-            image_id = self._add_image(lead, vol, meta, header, extra_flags=flags,
-                                       source_shas=sorted(m.rec.sha for m in members))
             for m in members:
-                if lead.status == "quarantined":
-                    self._q(m.rec, _Quarantine(lead.reason, lead.error_class))
-                else:
-                    m.rec.status, m.rec.reason = lead.status, lead.reason
-                    m.rec.image_ids = [image_id] if image_id else []
+                self._spool_rec(m.rec)
+
+    def _assemble(self, members: list[_Staged]) -> None:
+        """One series' frames (sorted) into one image, or every member quarantined with the reason."""
+        frames = [np.load(m.npy) for m in members]
+        positions = [m.position for m in members]
+        shapes = {f.shape for f in frames}
+        problem = None
+        if len(shapes) != 1:
+            problem = _Quarantine(f"B-scans of one acquisition have different sizes {sorted(shapes)}; "
+                                  "re-export the series", "inconsistent_dimensions")
+        elif len(set(positions)) != len(positions):
+            problem = _Quarantine("two files claim the same B-scan position in one acquisition; "
+                                  "re-export the series", "duplicate_frame_position")
+        ids_meta = {m.identity for m in members}
+        if problem is None and len(ids_meta) != 1:
+            problem = _Quarantine("frames of one acquisition disagree on patient or eye", "inconsistent_series")
+        if problem is not None:
+            for m in members:
+                self._q(m.rec, problem)
+            return
+        vol = np.stack(frames)
+        del frames
+        meta = members[0].meta()
+        header = min(members, key=lambda m: m.seq).meta().get("header")  # the first staged member's
+        meta.pop("header", None)
+        flags = meta.pop("flags", [])
+        if meta.get("scan_pattern") in (None, "volume"):
+            meta["scan_pattern"] = "volume" if vol.shape[0] > 1 else "bscan"
+        lead = members[0].rec
+        image_id = self._add_image(lead, vol, meta, header, extra_flags=flags,
+                                   source_shas=sorted(m.rec.sha for m in members))
+        for m in members:
+            if lead.status == "quarantined":
+                self._q(m.rec, _Quarantine(lead.reason, lead.error_class))
+            else:
+                m.rec.status, m.rec.reason = lead.status, lead.reason
+                m.rec.image_ids = [image_id] if image_id else []
 
     def _add_image(self, rec: _FileRec, arr: np.ndarray, meta: dict[str, Any], header: dict | None,
                    extra_flags: list[str] = (), source_shas: list[str] | None = None) -> str | None:
