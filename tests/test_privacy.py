@@ -20,7 +20,7 @@ import pytest
 
 from grok.ingest.deid import DeidConfig
 from grok.ingest.pipeline import IngestConfig, ingest
-from grok.privacy.denylist import DENY_LIST_FILE, DenyList, tokens
+from grok.privacy.denylist import DENY_LIST_FILE, DenyList, DenyListSpool, tokens
 from grok.privacy.scan import ScanError, scan, scan_path
 
 KEY = "test-secret-key"  # conftest sets GROK_PSEUDONYM_KEY to this, so CLI runs share it
@@ -73,6 +73,37 @@ def test_deny_list_token_cache_is_bounded_and_finds_the_same(monkeypatch):
     d._cache.clear()
     assert d.hits(text) == expected
     assert len(d._cache) <= 64
+
+
+def test_spooled_deny_list_saves_the_same_file_and_holds_no_entry(tmp_path, monkeypatch):
+    """Issue 22: ingestion spools its deny list to disk (the dict grew with an archive's patients); the saved file is
+    byte for byte the one the in-memory list writes, for the same additions, repeats and a merged older list (whose
+    kinds lose to the new ones), read back a few rows at a time; an empty list too."""
+    import grok.privacy.denylist as denylist
+
+    monkeypatch.setattr(denylist, "SPOOL_ROWS", 5)
+    rng = np.random.default_rng(3)
+    people = [(f"{''.join(rng.choice(list('ABCDEFGHIJ'), 6))}^{''.join(rng.choice(list('KLMNOPQRST'), 5))}",
+               f"{int(rng.integers(10**6, 10**8))}", f"19{int(rng.integers(20, 99))}0{int(rng.integers(1, 9))}1"
+               f"{int(rng.integers(0, 9))}") for _ in range(40)]
+    added = [(v, k) for n, i, b in people for v, k in ((n, "patient_name"), (i, "patient_id"), (b, "birth_date"))]
+    older = DenyList.from_identifiers([(people[0][1], "other_id"), ("MRN7654321", "patient_id")], KEY)
+    for items, merge in ((added + added[:7], older), (added, None), ([], None), ([], older)):
+        mem, spool = DenyList(key=KEY.encode()), DenyListSpool(tmp_path / f"spool{len(items)}{merge is None}.arrow", KEY)
+        for value, kind in items:
+            mem.add(value, kind)
+            spool.add(value, kind)
+        assert not spool.entries and not spool.first  # nothing held
+        if merge is not None:
+            mem.update(merge)
+            spool.update(merge)
+        a, b = mem.save(tmp_path / "mem.json"), spool.save(tmp_path / "spool.json")
+        assert a.read_bytes() == b.read_bytes()
+        back = DenyList.load(b, KEY)
+        assert len(back) == len(mem) > (0 if items or merge else -1)
+        if items and merge is not None:  # the spooled list's own kind wins over the merged one's
+            assert back.entries[DenyList.from_identifiers([(people[0][1], "x")], KEY).entries.popitem()[0]] \
+                == "patient_id"
 
 
 def test_digests_and_hex_ids_never_match_a_denied_number_inside_them():

@@ -64,7 +64,7 @@ from grok.ingest.readers import ReaderError
 from grok.ingest.source import SourceFile, iter_source
 from grok.parquet_io import ParquetSink, TableWriter, sorted_batches
 from grok.privacy.burned_in import find_text_regions
-from grok.privacy.denylist import DENY_LIST_FILE, DenyList
+from grok.privacy.denylist import DENY_LIST_FILE, DenyList, DenyListSpool
 
 INGEST_VERSION = "1"
 
@@ -78,6 +78,15 @@ SPOOL_BATCH_ROWS = 1024
 #: (:func:`grok.parquet_io.sorted_batches`), which costs a take per chunk a batch touches: 1.28M rows sorted by a
 #: random key took 2.4 s of CPU in batches of 65,536, 5.1 s in batches of 16,384, 1.6 s as one batch (ad-hoc probe).
 WRITE_BATCH_ROWS = 65536
+#: ... and at most about this many bytes of it (manifest rows are ~560 B: 65,536 of them held 37 MB, and the stage's
+#: peak grew with the archive up to that many images, +13 MB from 2,500 to 5,000 small phantom studies; issue 22).
+WRITE_BATCH_BYTES = 2 << 20
+
+
+def _write_batch_rows(table: pa.Table) -> int:
+    """Rows per sorted batch of ``table``: :data:`WRITE_BATCH_BYTES` worth, 1,024 to :data:`WRITE_BATCH_ROWS`."""
+    per_row = table.nbytes / max(1, table.num_rows)
+    return int(min(WRITE_BATCH_ROWS, max(1024, WRITE_BATCH_BYTES // max(1.0, per_row))))
 OCT2017_RE = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d+)-(\d+)\.(jpe?g|png|tiff?)$", re.I)
 
 MANIFEST_SCHEMA = pa.schema(
@@ -311,8 +320,9 @@ class Ingestor:
         self._prev_files_table: pa.Table | None = None
         self._prev_manifest: pa.Table | None = None
         self.pixel_to_image: dict[str, str] = {}
-        #: Identifiers met in the source, held only as keyed hashes (written to ``deny_list.json``).
-        self.deny = DenyList(key=self.key)
+        #: Identifiers met in the source, only as keyed hashes, spooled to the staging folder as they are met and
+        #: written to ``deny_list.json`` at the end (held in a dict they grew with the patients: issue 22).
+        self.deny = DenyListSpool(self.staging / "deny.arrow", key=self.key)
 
     # -- caching ---------------------------------------------------------------------------
     def _load_previous(self) -> None:
@@ -822,13 +832,13 @@ class Ingestor:
         # order (8 bytes a row) and one batch, never a whole sorted table or a Python object per study (issue 22).
         manifest = self.rows.read()
         with ParquetSink(self.out / "manifest.parquet", MANIFEST_SCHEMA) as sink:
-            for part in sorted_batches(manifest, [("image_id", "ascending")], WRITE_BATCH_ROWS):
+            for part in sorted_batches(manifest, [("image_id", "ascending")], _write_batch_rows(manifest)):
                 sink.write(part)
         result.studies, result.paired_studies = self._write_studies(manifest)
         files = self.recs.read()
         with ParquetSink(self.out / "quarantine.parquet", QUARANTINE_SCHEMA) as qs, \
                 ParquetSink(self.out / "files.parquet", FILES_SCHEMA) as fs:
-            for part in sorted_batches(files, [("source_key", "ascending")], WRITE_BATCH_ROWS):
+            for part in sorted_batches(files, [("source_key", "ascending")], _write_batch_rows(files)):
                 qs.write(part.filter(pc.equal(part.column("status"), "quarantined")))
                 fs.write(part)
         self._remove_stale_images(manifest)
