@@ -9,7 +9,8 @@ data, MB/s of source bytes, peak RSS, for every archive size. Targets (issue 2):
 DICOM pixel data on this 2-core machine, and peak memory that does not grow with the archive.
 ``--geometry small`` generates the thousands-of-studies phantom of ``benchmarks/build.py`` (8 x 128 x 128
 cubes, 256-px photos, seed 7: the same archive as its ``--geometry small`` runs), where the per-file costs
-dominate; ``kb_per_study`` is the peak RSS growth per study between the smallest and largest archive.
+dominate; ``kb_per_study`` is the peak RSS growth per study between the smallest and largest archive,
+``anon_kb_per_study`` the same for the peak anonymous memory (RSS also counts the memory-mapped spool files).
 
 ``--compress`` also re-encodes each archive losslessly, as clinics store it (JPEG Lossless process 14
 with dcmtk's ``dcmcjpeg``, JPEG 2000 Lossless and RLE Lossless with pydicom's encoders), and ingests
@@ -31,16 +32,28 @@ import time
 from pathlib import Path
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, resource, sys, threading, time
 import grok  # noqa: F401 - as the CLI does: sets Arrow's memory pool before pyarrow is imported
 from grok.ingest.deid import DeidConfig
 from grok.ingest.pipeline import IngestConfig, ingest
+
+def anon_mb():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:")) / 1024
+
+peak_anon, done = [anon_mb()], threading.Event()
+def sample():  # RSS counts the memory-mapped spool files too; anonymous memory is what the stage holds
+    while not done.wait(0.01):
+        peak_anon[0] = max(peak_anon[0], anon_mb())
+threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
 r = ingest(sys.argv[1], sys.argv[2], IngestConfig(deid=DeidConfig(key="bench")))
 dt = time.perf_counter() - t
+done.set()
+peak_anon[0] = max(peak_anon[0], anon_mb())
 print(json.dumps({"wall_s": dt, "files": r.files_seen, "images": r.images, "quarantined": r.files_quarantined,
                   "pixel_bytes": r.pixel_bytes, "source_bytes": r.source_bytes, "cached": r.files_cached,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak_anon_mb": peak_anon[0],
                   "cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2])}))
 """
 
@@ -137,6 +150,7 @@ def main() -> None:
                 "pixel_gb": round(first["pixel_bytes"] / 1e9, 2),
                 "source_gb": round(first["source_bytes"] / 1e9, 2),
                 "peak_rss_mb": round(first["peak_rss_mb"], 1),
+                "peak_anon_mb": round(first["peak_anon_mb"], 1),
                 "reingest_wall_s": round(again["wall_s"], 2),
                 "reingest_cached_files": again["cached"],
                 "load_avg_1min": round(os.getloadavg()[0], 2),
@@ -148,9 +162,9 @@ def main() -> None:
         "results": results,
         "rss_growth_ratio": (round(results[-1]["peak_rss_mb"] / results[0]["peak_rss_mb"], 2)
                              if len(results) > 1 else None),
-        "kb_per_study": (round(1024 * (results[-1]["peak_rss_mb"] - results[0]["peak_rss_mb"])
-                               / (results[-1]["studies"] - results[0]["studies"]), 1)
-                         if len(results) > 1 and results[-1]["studies"] != results[0]["studies"] else None),
+        **{name: (round(1024 * (results[-1][key] - results[0][key]) / (results[-1]["studies"] - results[0]["studies"]), 1)
+                  if len(results) > 1 and results[-1]["studies"] != results[0]["studies"] else None)
+           for name, key in (("kb_per_study", "peak_rss_mb"), ("anon_kb_per_study", "peak_anon_mb"))},
     }, indent=2))
 
 
