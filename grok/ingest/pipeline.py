@@ -87,6 +87,8 @@ def _write_batch_rows(table: pa.Table) -> int:
     """Rows per sorted batch of ``table``: :data:`WRITE_BATCH_BYTES` worth, 1,024 to :data:`WRITE_BATCH_ROWS`."""
     per_row = table.nbytes / max(1, table.num_rows)
     return int(min(WRITE_BATCH_ROWS, max(1024, WRITE_BATCH_BYTES // max(1.0, per_row))))
+
+
 OCT2017_RE = re.compile(r"^(CNV|DME|DRUSEN|NORMAL)-(\d+)-(\d+)\.(jpe?g|png|tiff?)$", re.I)
 
 MANIFEST_SCHEMA = pa.schema(
