@@ -35,6 +35,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from grok.parquet_io import TableWriter, sorted_batches
 from grok.privacy.pseudonyms import keyed_hash, resolve_key
 from grok.resources import bundled_dir
 
@@ -284,10 +288,6 @@ class DenyListSpool(DenyList):
 
     def __init__(self, path: str | os.PathLike, key: str | bytes | None = None) -> None:
         super().__init__(key=_key_bytes(key))
-        import pyarrow as pa
-
-        from grok.parquet_io import TableWriter
-
         self._spool = TableWriter(path, pa.schema([("entry", pa.string()), ("kind", pa.string()),
                                                    ("first", pa.string())]), batch_rows=SPOOL_ROWS)
         self._added = 0
@@ -322,10 +322,6 @@ class DenyListSpool(DenyList):
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the hashed list as :meth:`DenyList.save` does (sorted, indent 1; atomic), streaming it."""
-        import pyarrow.compute as pc
-
-        from grok.parquet_io import sorted_batches
-
         table = self._spool.read()
         head = self.to_json()  # the fields besides the two collections (empty here: nothing is held)
         p = Path(path)
