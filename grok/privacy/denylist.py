@@ -313,10 +313,9 @@ class DenyListSpool(DenyList):
         :meth:`DenyList.update`)."""
         if other.key != self.key:
             raise ValueError("deny lists made with different secrets cannot be merged")
-        firsts = iter(sorted(other.first))
         for h, kind in other.entries.items():
-            self._spool.write({"entry": h, "kind": kind, "first": next(firsts, None)})
-        for f in firsts:
+            self._spool.write({"entry": h, "kind": kind, "first": None})
+        for f in other.first:
             self._spool.write({"entry": None, "kind": None, "first": f})
         self.max_tokens = max(self.max_tokens, other.max_tokens)
 

@@ -662,7 +662,7 @@ class Measure(Stage):
     inputs: ClassVar[tuple[str, ...]] = ("ingest/studies.parquet", "ingest/manifest.parquet", "ingest/images/")
     outputs: ClassVar[tuple[str, ...]] = ("biomarkers.parquet", "measure_quarantine.parquet", "media/")
 
-    def shard_size(self, folder: BuildFolder) -> tuple[int, int]:
+    def sizing(self, folder: BuildFolder) -> tuple[int, int]:
         """(studies per shard, workers the last shards taper over): ``measure.shard_size`` as set (no taper),
         or for ``auto`` what this build folder recorded (``build.json`` ``measure_shard_size`` and
         ``measure_shard_taper``), else :func:`auto_shard_size` for its studies on ``folder.workers`` and a
@@ -678,7 +678,7 @@ class Measure(Stage):
         return size, folder.workers
 
     def plan(self, folder: BuildFolder) -> list[Shard]:
-        size, taper = self.shard_size(folder)
+        size, taper = self.sizing(folder)
         return plan_shards(folder.root, size, overlays=folder.cfg.measure.overlays, taper_workers=taper)
 
     def run_shard(self, folder: BuildFolder, shard: Shard) -> str:
