@@ -190,10 +190,12 @@ def test_phantom_writes_each_device_and_ingest_keeps_it(tmp_path):
 
 
 #: No category lists temporal peripapillary RNFL thinning as a supporting finding, so kb_coverage's
-#: per-category table never shows it; the reasoner grades it on every record with a circle scan. Its only
-#: Spectralis-convention range (a population reference, Alienor, docs/knowledge.md) starts at 75 y.
+#: per-category table never shows it; the reasoner grades it on every record with a circle scan. Its
+#: Spectralis-convention ranges: a population reference (Alienor, 75-90 y) and the same figures applied from
+#: 40 y as a derived range (Sung 2009: the temporal sector does not thin with age; docs/knowledge.md).
 _TEMPORAL = "rnfl_peripapillary_temporal_thinning"
 _TEMPORAL_BM = "rnfl_peripapillary_temporal_um"
+_TEMPORAL_DERIVED = "rnfl_pp_temporal_spectralis_mendezgomez2017_sung2009"
 
 
 def _temporal(device, age, sex, value, engine_measured):
@@ -206,27 +208,31 @@ def _temporal(device, age, sex, value, engine_measured):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_temporal_rnfl_evaluable_for_engine_measured_records_75_to_90(device):
-    """A build's records (engine-measured circle scans) grade the temporal quadrant against the
-    Spectralis-convention range on every device from 75 to 90 y: thin below its 5th percentile, absent
-    at its mean. Below 75 y the gap is the known one (no verified temporal Spectralis figure), asserted
-    exactly so that closing it fails here as a reminder to widen the grid."""
-    for age in (75, 80, 85, 90):
+def test_temporal_rnfl_evaluable_for_engine_measured_records_40_to_90(device):
+    """A build's records (engine-measured circle scans) grade the temporal quadrant against a
+    Spectralis-convention range on every device from 40 to 90 y: thin below its 5th percentile, absent
+    at its mean; from 40 to 74 y the range is the derived one and the finding says so. Below 40 y the
+    gap is the known one, asserted so that closing it fails here as a reminder to widen the grid."""
+    for age in (40, 50, 60, 70, 74, 75, 80, 85, 90):
         for sex in SEXES:
             probe, why = _temporal(device, age, sex, 60.0, True)
             assert why is None, (device, age, sex, why)
             used = next(m.normal_range for m in probe.measurements if m.biomarker == _TEMPORAL_BM)
             rng = KB.normative_ranges[used.id]
+            assert (used.id == _TEMPORAL_DERIVED) == (age < 75), (age, used.id)
             assert used.device_matched == ("spectralis" if device == "spectralis" else "generic")
             assert set(rng.devices) == {"spectralis", "generic"} and rng.source in KB.sources and rng.n
             low, _ = _temporal(device, age, sex, rng.mean - 2.5 * rng.sd, True)
-            assert low.finding(_TEMPORAL) is not None and low.finding(_TEMPORAL).grade >= 1
-            assert rng.source in low.finding(_TEMPORAL).sources
+            thin = low.finding(_TEMPORAL)
+            assert thin is not None and thin.grade >= 1
+            assert rng.source in thin.sources and set(rng.derived_sources) <= set(thin.sources)
+            assert "a derived range" in thin.explanation  # both are: the older one's age band is derived
+            assert ("applied from 40 y" in thin.explanation) == (age < 75), thin.explanation
             mid, _ = _temporal(device, age, sex, rng.mean, True)
             assert mid.finding(_TEMPORAL) is None and _TEMPORAL in mid.absent
-    for age in (40, 50, 60, 70, 74):
+    for age in (20, 30, 39):
         _, why = _temporal(device, age, "F", 60.0, True)
-        assert why is not None and "75-91 y" in why, (device, age, why)
+        assert why is not None and "40-75 y" in why, (device, age, why)
 
 
 def test_temporal_rnfl_for_scanner_exports_only_on_spectralis():
