@@ -35,7 +35,7 @@ from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from grok.parquet_io import arrow_pool
+from grok.parquet_io import arrow_pool, release_memory
 from grok.stages.config import BuildConfig, load_config
 from grok.stages.runner import STAGE_BY_NAME, STAGES, BuildFolder, StageReport, train_inline
 
@@ -196,6 +196,7 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
             logger.info("%s: %s in, %s out, %s quarantined (%d shards)", stage.name, rep["n_in"], rep["n_out"],
                         rep["n_quarantined"], len(shards))
             reports.append(rep)
+            release_memory()  # what the stage freed in this process, given back before the next one builds on it
     pub = reports[-1]
     _publish_artifact(folder, pub)
     dataset, fingerprint = pub["outputs"]["dataset"], pub["details"]["fingerprint"]

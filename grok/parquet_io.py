@@ -16,6 +16,7 @@ Prefect flow's driver and publication also ask for it (:func:`arrow_pool`) where
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -185,6 +186,29 @@ def _pool(name: str) -> pa.MemoryPool | None:
         return getattr(pa, f"{name}_memory_pool")()
     except (AttributeError, NotImplementedError, pa.ArrowException):
         return None
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc (Linux); absent elsewhere
+    except (OSError, AttributeError):
+        return None
+
+
+#: glibc's ``malloc_trim``, or None where the C library has none.
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give the memory a finished step freed back to the system: the unused pages of Arrow's pool, then glibc's
+    free heap pages (``malloc_trim(0)`` returns free pages anywhere in the heap, not only at its top; a no-op
+    where the C library has no such call). Called between a driver's stages and publication's phases, whose
+    large freed buffers (Arrow columns, numpy arrays, pandas frames) glibc otherwise keeps for the next one:
+    on a 10,000-study publication its anonymous memory entering ``build_datasets`` was 289 MB without and 276 MB
+    with a release after each phase (issue 22, ad-hoc probe)."""
+    pa.default_memory_pool().release_unused()
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @contextmanager

@@ -65,7 +65,7 @@ from grok.instruct.lint import lint_rows
 from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
-from grok.parquet_io import TableWriter, arrow_pool, iter_batches, open_parquet, take_rows
+from grok.parquet_io import TableWriter, arrow_pool, iter_batches, open_parquet, release_memory, take_rows
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -845,6 +845,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
     # the instruction rows' text, the published splits: memory-mapped files here, removed afterwards
     with tempfile.TemporaryDirectory(dir=build, prefix=".publish-") as tmp, arrow_pool():
         prep = prepare(build, cfg, kb, Path(tmp))
+        release_memory()  # here and below: each phase's freed buffers given back before the next builds on them
         reviews, dropped = None, []
         if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits
             prep["instructions"], dropped, reviews = apply_reviews(
@@ -852,6 +853,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
                 full_rows=prep["rows"].full)
         deny = deny_list(build, deny_identifiers, pseudonym_key)
         contracts = run_contracts(build, prep, cfg, deny)
+        release_memory()
         bad = {k: v for k, v in contracts.items() if not v.success}
         if bad:
             raise PublishError("data contracts failed; nothing was published:\n"
@@ -860,12 +862,14 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
                       + _media_inputs(prep))
         check_pass_rate(prep, cfg)
         check_text_lint(prep)
+        release_memory()
         return _publish_tables(build, cfg, prep, info, contracts, deny, dropped, reviews, synthetic, Path(tmp))
 
 
 def _publish_tables(build: Path, cfg: PublishConfig, prep: dict[str, Any], info: dict[str, Any], contracts, deny,
                     dropped, reviews, synthetic: bool, tmp: Path) -> PublishResult:
     tables = build_datasets(build, prep, tmp)
+    release_memory()
     versions = _versions(build, prep)
     body = _card_body(cfg, prep, contracts, info, versions, synthetic, reviews)
     counts = {

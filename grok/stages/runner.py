@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from grok.parquet_io import arrow_pool
+from grok.parquet_io import arrow_pool, release_memory
 from grok.stages.config import BuildConfig
 from grok.stages.folder import BuildFolder, StageFailed, StageReport
 from grok.stages.ingest_stage import Ingest, Source
@@ -57,6 +57,9 @@ def run_build(cfg: BuildConfig, *, demo_key: bool = False) -> list[StageReport]:
     folder = BuildFolder(cfg)
     folder.require_pseudonym_key(demo_key=demo_key)
     with arrow_pool():  # the driver's Arrow memory given back as it is freed (grok.parquet_io.DRIVER_MEMORY_POOL)
-        reports = [stage.run(folder) for stage in STAGES]
+        reports = []
+        for stage in STAGES:
+            reports.append(stage.run(folder))
+            release_memory()  # what the stage freed, given back before the next one builds on it
     dataset = reports[-1].outputs["dataset"]
     return reports + [train_inline(cfg, job, dataset) for job in cfg.train.jobs]
