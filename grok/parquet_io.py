@@ -204,8 +204,8 @@ def release_memory() -> None:
     free heap pages (``malloc_trim(0)`` returns free pages anywhere in the heap, not only at its top; a no-op
     where the C library has no such call). Called between a driver's stages and publication's phases, whose
     large freed buffers (Arrow columns, numpy arrays, pandas frames) glibc otherwise keeps for the next one:
-    on a 10,000-study publication its anonymous memory entering ``build_datasets`` was 289 MB without and 276 MB
-    with a release after each phase (issue 22, ad-hoc probe)."""
+    publication's peak anonymous memory at 2,500 / 10,000 synthetic studies went 345 / 376 -> 336 / 366 MB
+    (``benchmarks/publish.py --memory-curve 13750,55000``, issue 22)."""
     pa.default_memory_pool().release_unused()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
