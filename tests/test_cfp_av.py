@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 
+from grok.cfp import av_learned
 from grok.cfp.vessels import (
     AvConfig,
     AvLink,
@@ -470,6 +471,7 @@ def test_a_colour_trend_across_the_fundus_is_taken_out():
 def test_each_sector_around_the_disc_is_its_own_colour_reference():
     # vessels on two opposite sides of the disc (45 and 225 degrees), the far side's contrast 0.4 higher (a
     # step no smooth trend follows): per-sector models type both sides, the photograph-wide one does not
+    # (the per-photograph model alone: the learned trees, which read its log-odds, are not under test here)
     disc = (1000.0, 1000.0)
     pts = []
     for ang in (45, 225):
@@ -481,7 +483,7 @@ def test_each_sector_around_the_disc_is_its_own_colour_reference():
     def run(**cfg) -> float:
         segs, truth = _scattered(np.random.default_rng(2), pts, lambda x, y: 0.4 * (y < disc[1]))
         classify_av(segs, [], min_width_px=2.0, disc_xy=disc, dd_px=100.0,
-                    config=AvConfig(detrend_min_spread=None, **cfg))
+                    config=AvConfig(detrend_min_spread=None, colour_model="em", **cfg))
         return float(np.mean([s.kind == t for s, t in zip(segs, truth)]))
 
     assert run() == 1.0
@@ -494,3 +496,42 @@ def test_each_sector_around_the_disc_is_its_own_colour_reference():
 def test_av_config_rejects_bad_sector_and_trend_settings(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         AvConfig(**bad)
+
+
+# ------------------------------------------------------------------------------- learned colour evidence
+def test_boosted_trees_learn_a_rule_and_survive_a_round_trip(tmp_path):
+    """``av_learned.fit_trees`` on a known rule (vein when x0 > 0.3 or x1 > 1) reproduces it, and the saved
+    weights give the same log-odds back."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, len(av_learned.FEATURES)))
+    y = ((X[:, 0] > 0.3) | (X[:, 1] > 1.0)).astype(int)
+    model = av_learned.fit_trees(X, y, n_trees=60)
+    lo = av_learned.predict_log_odds(model, X)
+    assert ((lo > 0) == y).mean() >= 0.97
+    path = tmp_path / "trees.npz"
+    av_learned.save(model, path, {"data": "synthetic"})
+    back = av_learned.load(str(path))
+    assert str(back["meta_data"]) == "synthetic"
+    assert np.allclose(av_learned.predict_log_odds(back, X), lo)
+
+
+def test_shipped_colour_trees_read_the_features_classify_av_gives_them():
+    trees = av_learned.load()
+    assert trees is not None, f"missing package data {av_learned.WEIGHTS_PATH}; run python -m scripts.train_av_colour"
+    assert tuple(str(f) for f in trees["features"]) == av_learned.FEATURES
+    assert int(trees["feature"].max()) < len(av_learned.FEATURES)
+    segs = _context()
+    classify_av(segs, [], min_width_px=2.0)
+    assert all(s.features["learned_inputs"].shape == (len(av_learned.FEATURES),) for s in segs)
+    assert all(s.kind == ("artery" if s.features["od_red"] < 0.1 else "vein") for s in segs)
+
+
+def test_learned_colour_without_weights_is_the_per_photograph_model(tmp_path):
+    def kinds(**cfg) -> list[str]:
+        segs = _context() + [_seg((100, 100), (100, 160), colour=VEIN, width=3.0, reliability=0.5)]
+        classify_av(segs, [], min_width_px=2.0, config=AvConfig(**cfg))
+        return [s.kind for s in segs] + [round(s.av_score, 9) for s in segs]
+
+    assert kinds(learned_weights=str(tmp_path / "none.npz")) == kinds(colour_model="em")
+    with pytest.raises(ValueError, match="colour_model"):
+        AvConfig(colour_model="gbt")

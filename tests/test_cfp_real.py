@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from benchmarks.cfp_real import _load_mask, lit_fov, pixel_scores
+from grok.cfp import av_learned
+from scripts.train_av_colour import main as train_av_colour
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "real" / "cfp"
 pytestmark = pytest.mark.skipif(not REAL.is_dir(), reason=f"real photographs not found at {REAL}")
@@ -164,3 +166,15 @@ def test_disc_placement_against_the_annotated_vessel_tree(set_name, stem):
         fov = _load_mask(folder / "mask" / f"{stem}_mask.tif") > 0
     p = disc_placement(m, ref, fov, FIELD_ANGLE_DEG[set_name])
     assert p["distance_dd"] is not None and p["distance_dd"] <= PLACEMENT_MAX_DD[(set_name, stem)], p
+
+
+def test_av_colour_training_runs_on_two_photographs(tmp_path):
+    """The self-training of the learned A/V colour evidence (``scripts/train_av_colour.py``, two rounds) on two
+    CHASE_DB1 photographs and one phantom writes trees that ``classify_av`` can read (the shipped weights use
+    all 28 and 14 phantoms)."""
+    out = tmp_path / "trees.npz"
+    assert train_av_colour(["--real", str(REAL), "--limit", "2", "--rounds", "2", "--phantoms", "1",
+                            "--out", str(out)]) == 0
+    trees = av_learned.load(str(out))
+    assert trees is not None and trees["feature"].shape[0] == 150
+    assert "--rounds 2" in str(trees["meta_command"])

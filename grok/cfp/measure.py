@@ -38,7 +38,7 @@ from grok.cfp.quality import (
     sharpness_ratio,
 )
 from grok.cfp.vessel_signs import VenousBeading, find_av_nicking, find_venous_beading, um_per_px
-from grok.cfp.vessels import VESSEL_METHOD, measure_vessels, segment_vessels, vessel_mask_at
+from grok.cfp.vessels import VESSEL_METHOD, AvConfig, measure_vessels, segment_vessels, vessel_mask_at
 from grok.ids import CFP_BIOMARKERS, CFP_LESION_TYPES
 
 EXTRACTOR_NAME = "grok.cfp.measure"
@@ -149,7 +149,8 @@ def _rejected(q: Quality, laterality: str | None, shape: tuple[int, int], extras
 
 def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing_mm: float = float("nan"),
                    *, thresholds: QualityThresholds | None = None, vessels: str | None = None,
-                   venous_beading: bool = False) -> CfpMeasurement:
+                   venous_beading: bool = False, av_config: AvConfig | None = None,
+                   keep_segments: bool = False) -> CfpMeasurement:
     """Measure a colour fundus photograph.
 
     Parameters
@@ -166,6 +167,10 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
         default: it calls beads in 15 of 43 healthy real eyes (docs/cfp.md "Venous beading"), so its count is
         not written into a build's records (``venous_beading_count`` None, with that reason) until it is
         validated; benchmarks and research turn it on.
+    av_config : artery/vein settings (``grok.cfp.vessels.AvConfig``; None: the defaults).
+    keep_segments : also return the vessel-graph segments (``grok.cfp.vessels.Segment``, with their colour
+        features and A/V scores) as ``extras["vessel_segments"]`` (not JSON; ``scripts/train_av_colour.py``
+        reads them).
 
     Never raises on bad image content; raises ValueError only for arrays that cannot be an image.
     """
@@ -314,7 +319,9 @@ def measure_fundus(rgb: np.ndarray, laterality: str | None = None, pixel_spacing
     if red_share > 0:
         red_sat = ndi.maximum_filter(red_sat, size=max(int(9 * sc), 3) | 1)
     vmeas, art, vein, segs = measure_vessels(vm, rel, fov.mask, sc, disc.center_xy, dd, exclude=exclude,
-                                             red_saturated=red_sat if red_share > 0 else None)
+                                             av_config=av_config, red_saturated=red_sat if red_share > 0 else None)
+    if keep_segments:
+        extras["vessel_segments"] = segs
     if red_share > RED_SATURATED_USABLE:
         q.add("usable", f"red channel saturated over {100 * red_share:.0f}% of the field: artery/vein colour "
                         "and the AV ratio are unreliable there")

@@ -25,7 +25,10 @@ Artery/vein labels (``classify_av``), tuned for real photographs rather than the
    each segment colour log-odds, so that the evidence adapts to camera, exposure and pigmentation; with a
    disc, a smooth trend of the colour across the fundus is taken out first (where it is large), and the
    model is fitted per angular sector around the disc (rotating, overlapping sectors), so that each vessel
-   is compared with vessels of its own part of the fundus;
+   is compared with vessels of its own part of the fundus; by default (``AvConfig.colour_model``) those
+   log-odds, the colour measures, calibre, position and neighbourhood contrast then go through boosted
+   trees fitted across photographs by self-training (``grok.cfp.av_learned``), whose log-odds are the
+   colour evidence;
 3. the vessel graph (``vessel_graph``): straight-through continuations and bifurcations share the type,
    the two vessels of a crossing (a 4-way junction, or two nearby 3-way ones) differ, so do the two ends
    of a 2-way junction turning sharply (two touching vessels), and nothing is linked inside the disc, so
@@ -52,6 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from grok.cfp import av_learned
 from grok.cfp._kernels import (
     block_mean,
     hessian_eigen_fd,
@@ -614,6 +618,16 @@ class AvConfig:
     """Limit of a segment's own colour log-odds (one segment can never outvote everything)."""
     bp_iterations: int = 40
     """Belief-propagation sweeps over the vessel graph."""
+    colour_model: str = "learned"
+    """Where each segment's colour log-odds come from: "learned", the boosted trees of
+    ``grok.cfp.av_learned`` (fitted across the CHASE_DB1 photographs by self-training, without human A/V
+    labels, and on phantom photographs with their true labels; they read the per-photograph model's
+    log-odds among their inputs), or "em", the per-photograph two-class model alone. Without the trees'
+    weights file, "learned" falls back to "em". Issue #14: the docstring of ``scripts/train_av_colour.py``
+    gives the figures."""
+    learned_weights: str | None = None
+    """The trees' weights file (.npz) for ``colour_model="learned"``; None: the shipped
+    ``grok/cfp/av_colour_weights.npz``."""
 
     def __post_init__(self) -> None:
         for name in ("disc_radius_dd", "reliable_length_px", "evidence_clip", "straight_max_deg",
@@ -635,6 +649,8 @@ class AvConfig:
         for name in ("colour_sectors", "sector_rotations", "sector_min_segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AvConfig.{name}={getattr(self, name)!r}: must be >= 1")
+        if self.colour_model not in ("learned", "em"):
+            raise ValueError(f"AvConfig.colour_model={self.colour_model!r}: use 'learned' or 'em'")
         if self.bp_iterations < 1:
             raise ValueError(f"AvConfig.bp_iterations={self.bp_iterations!r}: must be >= 1")
 
@@ -1110,6 +1126,10 @@ def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: fl
        scaled by the segment's reliability: thin and short segments say little by themselves. With a
        disc, the model is fitted per angular sector around it (``_sector_log_odds``,
        ``AvConfig.colour_sectors``), the log-odds averaged over the overlapping sectors holding a segment.
+       With ``AvConfig.colour_model="learned"`` (the default) and the trees' weights installed, those
+       log-odds, the colour measures, calibre, position and neighbourhood contrast
+       (``grok.cfp.av_learned.FEATURES``, kept as ``features["learned_inputs"]``) go through the boosted
+       trees fitted by self-training, whose log-odds of vein take their place.
     4. Relations from the graph (``vessel_graph``): continuation, bifurcation and side branch (same type),
        crossing and sharp turn (different types), none inside the disc, so that every vessel leaving the
        disc is its own tree.
@@ -1151,6 +1171,17 @@ def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: fl
     if have_disc and cfg.colour_sectors > 1:
         llr = _sector_log_odds(score, ok, wts, np.arctan2(mid[:, 1] - disc_xy[1], mid[:, 0] - disc_xy[0]), llr, cfg)
     mu0, mu1, sd = model["mean_artery"], model["mean_vein"], model["sd"]
+    # the learned colour model's inputs, kept on each segment (features["learned_inputs"]) also with "em":
+    # scripts/train_av_colour.py fits the trees to them
+    og = np.array([sg.features.get("od_green", np.nan) for sg in segments], float)
+    dd_unit = dd_px if have_disc else min_width_px / 0.02  # measure_vessels passes 0.02 x its DD estimate
+    X = av_learned.segment_features(score, ratio, odr, refl, og, llr, wd, relia, mid, ok, wts,
+                                    disc_xy if have_disc else None, dd_unit)
+    for sg, row in zip(segments, X):
+        sg.features["learned_inputs"] = row
+    trees = av_learned.load(cfg.learned_weights) if cfg.colour_model == "learned" else None
+    if trees is not None:
+        llr = av_learned.predict_log_odds(trees, X)
     llr = np.clip(llr, -cfg.evidence_clip, cfg.evidence_clip)
     has = np.isfinite(odr) & np.isfinite(ratio)
     llr[~has] = 0.0
