@@ -336,15 +336,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", action="store_true", help="include the per-photograph rows")
     ap.add_argument("--vessels", choices=("net", "classical"), default=None,
                     help="vessel method (default: measure_fundus's, the network)")
+    ap.add_argument("--av-colour", choices=("em", "learned"), default=None,
+                    help="artery/vein colour evidence (grok.cfp.vessels.AvConfig.colour_model; default: its default)")
     args = ap.parse_args(argv)
     global VESSELS
     VESSELS = args.vessels
+    if args.av_colour:
+        from grok.cfp.vessels import AvConfig
+
+        MEASURE_OPTIONS["av_config"] = AvConfig(colour_model=args.av_colour)
     if not args.real.is_dir():
         print(f"no real-data folder at {args.real}; pass --real", file=sys.stderr)
         return 3
     from grok.cfp.vessels import VESSEL_METHOD
 
-    out: dict = {"targets": TARGETS, "vessels": args.vessels or VESSEL_METHOD,
+    out: dict = {"targets": TARGETS, "vessels": args.vessels or VESSEL_METHOD, "av_colour": args.av_colour or "default",
                  "load_average_1min": {"start": round(os.getloadavg()[0], 2)}, "sets": {}}
     for name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         if name == "chase_db1":

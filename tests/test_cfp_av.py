@@ -521,7 +521,7 @@ def test_shipped_colour_trees_read_the_features_classify_av_gives_them():
     assert tuple(str(f) for f in trees["features"]) == av_learned.FEATURES
     assert int(trees["feature"].max()) < len(av_learned.FEATURES)
     segs = _context()
-    classify_av(segs, [], min_width_px=2.0)
+    classify_av(segs, [], min_width_px=2.0, config=AvConfig(colour_model="learned"))
     assert all(s.features["learned_inputs"].shape == (len(av_learned.FEATURES),) for s in segs)
     assert all(s.kind == ("artery" if s.features["od_red"] < 0.1 else "vein") for s in segs)
 
@@ -532,6 +532,7 @@ def test_learned_colour_without_weights_is_the_per_photograph_model(tmp_path):
         classify_av(segs, [], min_width_px=2.0, config=AvConfig(**cfg))
         return [s.kind for s in segs] + [round(s.av_score, 9) for s in segs]
 
-    assert kinds(learned_weights=str(tmp_path / "none.npz")) == kinds(colour_model="em")
+    assert kinds(colour_model="learned", learned_weights=str(tmp_path / "none.npz")) == kinds(colour_model="em")
+    assert AvConfig().colour_model == "em"  # opt-in until the engine-scale vessel ranges are recalibrated
     with pytest.raises(ValueError, match="colour_model"):
         AvConfig(colour_model="gbt")
