@@ -51,7 +51,8 @@ NEIGHBOURS_MIN = 3
 Z_CLIP = 4.0
 
 
-def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+def wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """The weighted ``q`` quantile of ``x`` (weights ``w``; the first value whose cumulative weight reaches it)."""
     o = np.argsort(x)
     cw = np.cumsum(w[o])
     return float(x[o][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
@@ -62,8 +63,8 @@ def _robust_z(col: np.ndarray, ref: np.ndarray, wts: np.ndarray) -> np.ndarray:
     if use.sum() < 3:
         return np.zeros_like(col)
     c, w = col[use], wts[use]
-    med = _wquantile(c, w, 0.5)
-    mad = _wquantile(np.abs(c - med), w, 0.5)
+    med = wquantile(c, w, 0.5)
+    mad = wquantile(np.abs(c - med), w, 0.5)
     scale = 1.4826 * mad if mad > 1e-9 else float(np.std(c)) + 1e-9
     z = np.clip((col - med) / scale, -Z_CLIP, Z_CLIP)
     return np.where(np.isfinite(z), z, 0.0)
@@ -100,7 +101,7 @@ def segment_features(score: np.ndarray, ratio: np.ndarray, red: np.ndarray, refl
         if nb.sum() < NEIGHBOURS_MIN:
             continue
         for k, col in enumerate((zd, zr, wdd)):
-            local[i, k] = col[i] - _wquantile(col[nb], wts[nb], 0.5)
+            local[i, k] = col[i] - wquantile(col[nb], wts[nb], 0.5)
         if np.isfinite(width_px[i]):
             widest[i] = width_px[i] / max(float(np.nanmax(width_px[nb])), 1e-3)
     X = np.stack([score, zr, zd, zf, zg, np.clip(em_log_odds, -10, 10), wdd, rank, dist, reliability,

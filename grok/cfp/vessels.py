@@ -63,6 +63,7 @@ from grok.cfp._kernels import (
     profile_stats,
     ridge_from_eigen,
 )
+from grok.cfp.av_learned import wquantile as _wquantile
 from grok.cfp.formulas import (
     KNUDTSON_ARTERY_COEFFICIENT,
     KNUDTSON_VEIN_COEFFICIENT,
@@ -845,12 +846,6 @@ def vessel_graph(segments: list[Segment], disc_xy: tuple[float, float] | None = 
                 links.append(AvLink(segs_at[x], segs_at[y], "same", "continuation", p_k, jid))
     links = [lk for lk in links if lk.i != lk.j]
     return junctions, links
-
-
-def _wquantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
-    o = np.argsort(x)
-    cw = np.cumsum(w[o])
-    return float(x[o][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
 
 
 def _two_class_model(x: np.ndarray, w: np.ndarray) -> dict:
