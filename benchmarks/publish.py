@@ -15,7 +15,12 @@ publish, and the size on disk per 1,000 rows.
 ``--memory-curve 2750,27500`` instead synthesises a build of each size (kept under ``--work``, so a rerun
 publishes the same folders again) and publishes each in a fresh process whose resident memory is sampled
 every 0.1 s: publication's peak RSS and anonymous memory (RSS less mapped files) against the number of
-rows (``memory_curve``: flat when publication streams), with its seconds and the published bytes.
+rows (``memory_curve``: flat when publication streams), with its seconds and the published bytes, and the peak
+anonymous memory of each of publication's phases (``phase_peak_anon_mb``, sampled inside the process; their growth
+per 1,000 studies in ``phase_anon_mb_per_1000_studies``) to show which phase holds what grows, and the exact size
+of the per-row frames publication holds (``held_frames``: the instruction rows' index, each table's frame handed to
+Great Expectations; ``DataFrame.memory_usage(deep=True)``), which do not depend on when the allocators give freed
+pages back.
 """
 
 from __future__ import annotations
@@ -79,6 +84,76 @@ def synthesize(build: Path, rows: int) -> int:
     return pq.read_metadata(build / "instructions.parquet").num_rows
 
 
+#: The publication a memory curve runs in a fresh process: ``publish_build`` with its phases (the functions of
+#: ``grok.publish`` it calls, and the registry's write) wrapped so that a thread sampling ``RssAnon`` every 0.05 s
+#: charges each sample to the innermost phase running; prints the fingerprint and each phase's peak as JSON.
+_PHASE_PROBE = r"""
+import json, sys, threading, time
+from pathlib import Path
+import grok  # noqa: F401 - as the CLI does: sets Arrow's memory pool before pyarrow is imported
+import grok.publish as P
+
+def anon_mb():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+stack, peaks = ["imports"], {}
+
+def charge():
+    peaks[stack[-1]] = max(peaks.get(stack[-1], 0.0), anon_mb())
+
+def sample():
+    while True:
+        charge()
+        time.sleep(0.05)
+
+def wrap(owner, name, label):
+    f = getattr(owner, name)
+    def g(*a, **k):
+        charge()
+        stack.append(label)
+        try:
+            return f(*a, **k)
+        finally:
+            charge()
+            stack.pop()
+    setattr(owner, name, g)
+
+# what the held index costs a row, exactly (not sampled): the instruction rows' frame that publication keeps, and
+# each table's frame handed to Great Expectations
+held = {}
+prepare = P.prepare
+def prepare_sized(*a, **k):
+    prep = prepare(*a, **k)
+    ins = prep["instructions"]
+    held["instruction_index"] = {"rows": len(ins), "mb": round(ins.memory_usage(deep=True).sum() / 1e6, 2)}
+    return prep
+P.prepare = prepare_sized
+checks = P.grok.contracts._table_checks
+def checks_sized(df, contract, *a):
+    held["contracts_frame_" + contract.name] = {"rows": len(df), "mb": round(df.memory_usage(deep=True).sum() / 1e6, 2)}
+    return checks(df, contract, *a)
+P.grok.contracts._table_checks = checks_sized
+
+for name in ("prepare", "apply_reviews", "run_contracts", "privacy_check", "build_datasets", "_versions", "_card_body",
+             "write_curator_report"):
+    wrap(P, name, name)
+wrap(P.registry, "publish", "registry.publish")
+threading.Thread(target=sample, daemon=True).start()
+charge()
+stack[0] = "publish_build (between phases)"
+r = P.publish_build(Path(sys.argv[1]), P.PublishConfig(name="bench", registry=sys.argv[2]))
+charge()
+for v in held.values():
+    v["bytes_per_row"] = round(v["mb"] * 1e6 / max(v["rows"], 1))
+print(json.dumps({"fingerprint": r.fingerprint, "phase_peak_anon_mb": {k: round(v, 1) for k, v in peaks.items()},
+                  "held_frames": held}))
+"""
+
+
 def memory_curve(work: Path, sizes: list[int]) -> dict:
     """Publish a synthesised build of each size in a fresh process; its peak RSS, anonymous memory, seconds."""
     import subprocess
@@ -97,9 +172,7 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         synth_s = time.perf_counter() - t
         registry = work / f"registry_{rows}"
         shutil.rmtree(registry, ignore_errors=True)
-        code = ("import sys; from pathlib import Path; from grok.publish import PublishConfig, publish_build; "
-                "r = publish_build(Path(sys.argv[1]), PublishConfig(name='bench', registry=sys.argv[2])); "
-                "print(r.fingerprint)")
+        code = _PHASE_PROBE
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         t = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", code, str(build), str(registry)], env=env,
@@ -117,12 +190,14 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         if proc.returncode:
             raise SystemExit(f"publishing {build} failed:\n{err[-3000:]}")
         info = json.loads(meta.read_text())
+        probe = json.loads(out.strip().splitlines()[-1])
         files = [p for p in registry.rglob("*") if p.is_file()]
         points[rows] = {"rows": pq.read_metadata(build / "instructions.parquet").num_rows, "studies": info["studies"],
                         "publish_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20),
                         "peak_anon_mb": round(anon / 2**20), "published_mb": round(sum(p.stat().st_size for p in files)
                                                                                  / 2**20, 1),
-                        "fingerprint": out.strip().splitlines()[-1], "synthesis_s": round(synth_s, 1)}
+                        "fingerprint": probe["fingerprint"], "synthesis_s": round(synth_s, 1),
+                        "phase_peak_anon_mb": probe["phase_peak_anon_mb"], "held_frames": probe["held_frames"]}
     ns = sorted(points)
     out = {"benchmark": "publish_memory", "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]},
            "memory_curve": {str(n): points[n] for n in ns}}
@@ -131,6 +206,9 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         out["rss_mb_per_1000_studies"] = round(1000 * (b["peak_rss_mb"] - a["peak_rss_mb"]) / (b["studies"] - a["studies"]), 1)
         out["anon_mb_per_1000_studies"] = round(1000 * (b["peak_anon_mb"] - a["peak_anon_mb"])
                                                 / (b["studies"] - a["studies"]), 1)
+        out["phase_anon_mb_per_1000_studies"] = {
+            k: round(1000 * (b["phase_peak_anon_mb"][k] - a["phase_peak_anon_mb"][k]) / (b["studies"] - a["studies"]), 2)
+            for k in b["phase_peak_anon_mb"] if k in a["phase_peak_anon_mb"]}
     return out
 
 
