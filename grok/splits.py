@@ -209,13 +209,14 @@ def _text_hash(text: str) -> bytes:
 
 
 def dedup_texts(items: Iterable[tuple[Any, str]], *, threshold: float = 0.9, num_perm: int = 128,
-                tmp: Path | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+                tmp: Path | None = None, kept_ids: bool = True) -> tuple[list[Any] | None, list[dict[str, Any]]]:
     """:func:`dedup` of ``(id, text)`` pairs given in id order, one at a time: only the index (a hash per kept
     text and its MinHash LSH bands) is kept, not the texts, and the index is a SQLite file in a temporary
     folder under ``tmp`` (removed afterwards), so memory does not grow with the rows. The results are those of
     an in-memory datasketch ``MinHashLSH`` of the kept rows: a near duplicate names the smallest kept id that
-    shares a band with it. Returns (kept ids, removed ``{id, duplicate_of, reason}``)."""
-    kept: list[Any] = []
+    shares a band with it. Returns (kept ids, removed ``{id, duplicate_of, reason}``); with ``kept_ids=False`` the
+    kept ids are not listed (None: they are the items not removed), so the caller holds only the few removed."""
+    kept: list[Any] | None = [] if kept_ids else None
     removed: list[dict[str, Any]] = []
     with _DiskLSH(threshold, num_perm, tmp) as index:
         for rid, text in items:
@@ -229,18 +230,19 @@ def dedup_texts(items: Iterable[tuple[Any, str]], *, threshold: float = 0.9, num
                                 "reason": f"near duplicate (Jaccard >= {threshold})"})
                 continue
             index.insert(rid, sig, h, fresh=True)
-            kept.append(rid)
+            if kept is not None:
+                kept.append(rid)
     return kept, removed
 
 
 def decontaminate_texts(train: Iterable[tuple[Any, str]], held_out: Iterable[tuple[Any, str]], *,
-                        threshold: float = 0.9, num_perm: int = 128, tmp: Path | None = None,
-                        ) -> tuple[list[Any], list[dict[str, Any]]]:
+                        threshold: float = 0.9, num_perm: int = 128, tmp: Path | None = None, kept_ids: bool = True,
+                        ) -> tuple[list[Any] | None, list[dict[str, Any]]]:
     """:func:`decontaminate` of ``(id, text)`` pairs, one at a time (an index of the held-out texts is kept, in
     a SQLite file under ``tmp`` as in :func:`dedup_texts`, not the texts). A train row whose normalised text is
     a held-out row's names the last such held-out row, otherwise the smallest held-out id sharing a band.
-    Returns (kept train ids, removed ``{id, duplicate_of, reason}``)."""
-    kept: list[Any] = []
+    Returns (kept train ids, removed ``{id, duplicate_of, reason}``); ``kept_ids=False``: as in :func:`dedup_texts`."""
+    kept: list[Any] | None = [] if kept_ids else None
     removed: list[dict[str, Any]] = []
     with _DiskLSH(threshold, num_perm, tmp) as index:
         for rid, text in held_out:
@@ -250,7 +252,7 @@ def decontaminate_texts(train: Iterable[tuple[Any, str]], held_out: Iterable[tup
             hits = [first[0]] if first is not None else index.query(index.signature(text))
             if hits:
                 removed.append({"id": rid, "duplicate_of": sorted(hits)[0], "reason": "contaminates a held-out split"})
-            else:
+            elif kept is not None:
                 kept.append(rid)
     return kept, removed
 

@@ -160,3 +160,41 @@ def test_identifier_checks_read_missing_text_of_any_string_dtype(manifest, plant
         d.loc[1, "model"] = f"scanned for {planted[0].title()}"
         bad = validate(d, "manifest", deny_list=planted, docs_dir=tmp_path / f"bad-{dtype}")
         assert {o.column for o in bad.failed} == {"__known_identifiers__model"}, dtype
+
+
+def test_repeated_text_reaches_great_expectations_coded_with_the_same_outcomes(tmp_path, monkeypatch):
+    """Batches of 5 rows (so each batch's categories differ): repeated text columns reach Great Expectations as
+    categoricals over every batch's values and a row's own id stays text, and the checks still see the whole
+    table: an id repeated in another batch, a label outside the set, a malformed patient id, a patient in two
+    splits, each named by the failing row's id; the same table validated in one batch gives the same outcomes."""
+    import grok.contracts as gc
+
+    seen = {}
+    checks = gc._table_checks
+    monkeypatch.setattr(gc, "_table_checks", lambda df, c, extra: (seen.update(df.dtypes.astype(str).to_dict()),
+                                                                   checks(df, c, extra))[1])
+    df = _instructions(40)
+    df["study_id"] = [f"S{i // 2}" for i in range(40)]  # two rows a study, four a patient
+    df["patient_id"] = [f"P{i // 4:016x}" for i in range(40)]
+    df["split"] = [["train", "validation", "test"][(i // 4) % 3] for i in range(40)]
+    df.loc[33, "id"] = "i2"  # the id of a row of the first batch
+    df.loc[17, "label"] = "not-a-label"
+    df.loc[26, "patient_id"] = "Pnot-hex"
+    df.loc[8, "split"] = "test" if df.loc[9, "split"] != "test" else "train"  # patient 2 in two splits
+    monkeypatch.setattr(gc, "BATCH_ROWS", 5)
+    small = validate(df, "instructions", docs_dir=tmp_path / "small")
+    assert {seen[c] for c in ("study_id", "patient_id", "eye", "label", "split")} == {"category"}
+    assert seen["id"] == "str" and seen["__identifier_patterns__messages"] == "uint8"
+    monkeypatch.setattr(gc, "BATCH_ROWS", 4096)
+    whole = validate(df, "instructions", docs_dir=tmp_path / "whole")
+    failed = {(o.expectation, o.column): o for o in small.failed}
+    assert set(failed) == {(o.expectation, o.column) for o in whole.failed} == {
+        ("expect_column_values_to_be_unique", "id"), ("expect_column_values_to_be_in_set", "label"),
+        ("expect_column_values_to_match_regex", "patient_id"),
+        ("expect_column_values_to_be_in_set", "__splits_per_patient_id")}
+    assert {e["id"] for e in failed[("expect_column_values_to_be_unique", "id")].examples} == {"i2"}
+    assert [e["id"] for e in failed[("expect_column_values_to_be_in_set", "label")].examples] == ["i17"]
+    assert [e["id"] for e in failed[("expect_column_values_to_match_regex", "patient_id")].examples] == ["i26"]
+    leak = failed[("expect_column_values_to_be_in_set", "__splits_per_patient_id")]
+    assert leak.unexpected_count == 4 and {e["id"] for e in leak.examples} <= {"i8", "i9", "i10", "i11"}
+    assert [o.unexpected_count for o in small.outcomes] == [o.unexpected_count for o in whole.outcomes]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -80,8 +81,11 @@ def test_full_rows_are_the_table_rows_in_the_frames_order(rows_and_table):
 
 def test_contract_frames_have_every_column(rows_and_table):
     rows, table = rows_and_table
+    # the held index codes its repeated text (a code a row); the contracts' batches get plain text back
+    assert all(isinstance(rows.frame[c].dtype, pd.CategoricalDtype) for c in pub.CATEGORY_COLUMNS if c in rows.frame)
     frames = list(rows.frames(rows.frame, batch=16))
     assert [len(f) for f in frames] == [16, 16, 16, 12]
+    assert not any(isinstance(f[c].dtype, pd.CategoricalDtype) for f in frames for c in f.columns)
     assert set(frames[0].columns) == set(table.column_names)
     assert [list(v) for f in frames for v in f["verifier_reasons"]] == table.column("verifier_reasons").to_pylist()
     images = [list(v) for f in frames for v in f["images"]]
@@ -92,15 +96,26 @@ def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_pa
     rows, table = rows_and_table
     kept = rows.frame[rows.frame["verifier_passed"]]
     whole = [table.slice(i, 1).to_pylist()[0] for i in kept["_pos"]]
-    prep = {"instructions": kept, "rows": rows, "alignment": pa.table({"image_path": ["media/al.png"]}),
-            "records": {}}
+    prep = {"instructions": kept, "rows": rows,
+            "alignment": pa.table({"sample_id": ["S-al"], "image_path": ["media/al.png"]}), "records": {}}
     templates = sorted({f"{r['template_id']}:{r['template_sha256']}" for r in whole})
     assert "None:None" in templates and len(templates) == 4  # a row without a template id (hand-made input)
     v = pub._versions(tmp_path, prep)
     assert v["templates"] == templates
     assert v["kb_snapshots"] == sorted({r["kb_snapshot"] for r in whole} - {None}) == ["kb-0", "kb-1"]
-    media = pub._media_inputs(prep)
-    assert media == sorted({p for r in whole for p in r["images"]} | {"media/al.png"})
+    # without records every row's images are given (once per batch of rows), and the alignment's
+    media = list(pub._media_inputs(prep))
+    assert sorted(set(media)) == sorted({p for r in whole for p in r["images"]} | {"media/al.png"})
+    # a path its own study's record lists comes from the record, once; one it does not list still comes
+    records: dict = {}
+    for r in whole:
+        own = records.setdefault(r["study_id"], {"images": {}, "overlays": {"ov": f"media/{r['study_id']}/ov.png"}})
+        own["images"].update({p: p for p in (r["images"][:-1] if r["id"] == whole[0]["id"] else r["images"])})
+    stray = whole[0]["images"][-1]
+    media = list(pub._media_inputs({**prep, "records": records}))
+    listed = [p for rec in records.values() for p in dict.fromkeys(v for d in rec.values() for v in d.values())]
+    assert media[:len(listed)] == listed  # each record's paths once (a file shared by studies: once a record)
+    assert set(media[len(listed):]) == ({stray} - set(listed)) | {"media/al.png"}
 
 
 def test_study_records_are_found_by_binary_search(tmp_path):

@@ -34,6 +34,7 @@ import fnmatch
 import gzip
 import html
 import io
+import itertools
 import json
 import os
 import re
@@ -519,14 +520,19 @@ def scan_path(root: str | os.PathLike, deny: DenyList, *, files: Iterable[str | 
     if not root.exists():
         raise ScanError(f"{root}: no such file or folder")
     rep = ScanReport(root=str(root), identifiers=len(deny))
-    if files is not None:
-        paths = [Path(f) if Path(f).is_absolute() else root / f for f in files]
-        targets = [(p, p.relative_to(root).as_posix()) for p in paths if p.is_file()]
-    else:
-        excl = [Path(e).resolve() for e in exclude]
-        targets = [(p, p.relative_to(root).as_posix() if root.is_dir() else p.name)
-                   for p in _files(root, excl, rep.not_scanned)]
-    targets += [(Path(p), Path(p).name) for p in extra_files]
+    excl = [Path(e).resolve() for e in exclude]
+
+    def listed() -> Iterator[tuple[Path, str]]:
+        # one path at a time: ``files`` may be a generator over an archive's media (publication streams them)
+        for f in files:
+            p = Path(f) if Path(f).is_absolute() else root / f
+            if p.is_file():
+                yield p, p.relative_to(root).as_posix()
+
+    targets = itertools.chain(
+        listed() if files is not None else ((p, p.relative_to(root).as_posix() if root.is_dir() else p.name)
+                                            for p in _files(root, excl, rep.not_scanned)),
+        ((Path(p), Path(p).name) for p in extra_files))
     globs = tuple(operator_only)
     kinds: Counter[str] = Counter()
     for path, rel in targets:
