@@ -88,7 +88,7 @@ def phantom_labels(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     Xs, ys = [], []
     for i in range(n):
         ph = synth_fundus(CATEGORIES[i % len(CATEGORIES)], "OD" if i % 2 == 0 else "OS", rng, size=1024)
-        m = measure_fundus(ph.image, av_config=AvConfig(colour_model="em"), keep_segments=True)
+        m = measure_fundus(ph.image, av_config=AvConfig(colour_model="em", keep_learned_inputs=True), keep_segments=True)
         segs, X, has = _table(m.extras.get("vessel_segments", []))
         y = np.full(len(segs), -1)
         h, w = ph.artery_mask.shape
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.phantoms:
         print(f"phantoms: {len(yp)} labelled segments, vein share {yp.mean():.3f} ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
-    config = AvConfig(colour_model="em")
+    config = AvConfig(colour_model="em", keep_learned_inputs=True)
     model: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(1, args.rounds + 1):

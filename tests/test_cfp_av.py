@@ -523,6 +523,14 @@ def test_shipped_colour_trees_read_the_features_classify_av_gives_them():
     segs = _context()
     classify_av(segs, [], min_width_px=2.0, config=AvConfig(colour_model="learned"))
     assert all(s.features["learned_inputs"].shape == (len(av_learned.FEATURES),) for s in segs)
+    # with the per-photograph model they are made only when asked for (the training script asks)
+    em, kept = _context(), _context()
+    classify_av(em, [], min_width_px=2.0, config=AvConfig(colour_model="em"))
+    classify_av(kept, [], min_width_px=2.0, config=AvConfig(colour_model="em", keep_learned_inputs=True))
+    assert not any("learned_inputs" in s.features for s in em)
+    assert [s.kind for s in em] == [s.kind for s in kept]
+    assert all(np.array_equal(a.features["learned_inputs"], b.features["learned_inputs"], equal_nan=True)
+               for a, b in zip(kept, segs))
     assert all(s.kind == ("artery" if s.features["od_red"] < 0.1 else "vein") for s in segs)
 
 

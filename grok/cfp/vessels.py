@@ -632,6 +632,9 @@ class AvConfig:
     learned_weights: str | None = None
     """The trees' weights file (.npz) for ``colour_model="learned"``; None: the shipped
     ``grok/cfp/av_colour_weights.npz``."""
+    keep_learned_inputs: bool = False
+    """Compute the learned model's per-segment inputs (``features["learned_inputs"]``) with "em" too, for
+    ``scripts/train_av_colour.py``, which fits the trees to them; otherwise they are made only for "learned"."""
 
     def __post_init__(self) -> None:
         for name in ("disc_radius_dd", "reliable_length_px", "evidence_clip", "straight_max_deg",
@@ -1169,17 +1172,18 @@ def classify_av(segments: list[Segment], rel: list[np.ndarray], min_width_px: fl
     if have_disc and cfg.colour_sectors > 1:
         llr = _sector_log_odds(score, ok, wts, np.arctan2(mid[:, 1] - disc_xy[1], mid[:, 0] - disc_xy[0]), llr, cfg)
     mu0, mu1, sd = model["mean_artery"], model["mean_vein"], model["sd"]
-    # the learned colour model's inputs, kept on each segment (features["learned_inputs"]) also with "em":
-    # scripts/train_av_colour.py fits the trees to them
-    og = np.array([sg.features.get("od_green", np.nan) for sg in segments], float)
-    dd_unit = dd_px if have_disc else min_width_px / 0.02  # measure_vessels passes 0.02 x its DD estimate
-    X = av_learned.segment_features(score, ratio, odr, refl, og, llr, wd, relia, mid, ok, wts,
-                                    disc_xy if have_disc else None, dd_unit)
-    for sg, row in zip(segments, X):
-        sg.features["learned_inputs"] = row
-    trees = av_learned.load(cfg.learned_weights) if cfg.colour_model == "learned" else None
-    if trees is not None:
-        llr = av_learned.predict_log_odds(trees, X)
+    # the learned colour model's inputs, kept on each segment (features["learned_inputs"]); with "em" only when
+    # asked for (keep_learned_inputs: scripts/train_av_colour.py fits the trees to them)
+    if cfg.colour_model == "learned" or cfg.keep_learned_inputs:
+        og = np.array([sg.features.get("od_green", np.nan) for sg in segments], float)
+        dd_unit = dd_px if have_disc else min_width_px / 0.02  # measure_vessels passes 0.02 x its DD estimate
+        X = av_learned.segment_features(score, ratio, odr, refl, og, llr, wd, relia, mid, ok, wts,
+                                        disc_xy if have_disc else None, dd_unit)
+        for sg, row in zip(segments, X):
+            sg.features["learned_inputs"] = row
+        trees = av_learned.load(cfg.learned_weights) if cfg.colour_model == "learned" else None
+        if trees is not None:
+            llr = av_learned.predict_log_odds(trees, X)
     llr = np.clip(llr, -cfg.evidence_clip, cfg.evidence_clip)
     has = np.isfinite(odr) & np.isfinite(ratio)
     llr[~has] = 0.0
