@@ -40,6 +40,7 @@ import html
 import itertools
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -153,10 +154,14 @@ def _text(messages: Any) -> str:
 
 
 def _image_bytes(build_dir: Path, rel: str) -> dict[str, Any]:
-    p = build_dir / rel
-    if not p.is_file():
+    # plain strings, no Path per image: pathlib interns every part of a path it parses (study folders, file
+    # names), and the interpreter's table of interned strings grew 3.8 MB over 10,000 studies' images and never
+    # shrinks (tracemalloc, issue 22)
+    p = os.path.join(build_dir, rel)
+    if not os.path.isfile(p):
         raise PublishError(f"{build_dir}: image {rel} referenced by a row is missing; rerun the measure stage")
-    return {"bytes": p.read_bytes(), "path": Path(rel).name}
+    with open(p, "rb") as fh:
+        return {"bytes": fh.read(), "path": os.path.basename(rel)}
 
 
 def _table(path: Path, columns: list[str]) -> pd.DataFrame:

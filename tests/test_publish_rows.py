@@ -170,3 +170,11 @@ def test_a_split_file_is_the_same_however_many_rows_are_encoded_at_once(tmp_path
         assert [b.num_rows for b in ds.data.table.to_batches()] == [10, 10, 5]
         assert ds.data.table.equals(pa.Table.from_pylist(rows, schema=ds.data.table.schema))
     assert files[encode_rows] == files[10]
+
+
+def test_image_bytes_reads_the_file_and_names_a_missing_one(tmp_path):
+    (tmp_path / "media" / "S1").mkdir(parents=True)
+    (tmp_path / "media" / "S1" / "oct_0.png").write_bytes(b"\x89PNG-bytes")
+    assert pub._image_bytes(tmp_path, "media/S1/oct_0.png") == {"bytes": b"\x89PNG-bytes", "path": "oct_0.png"}
+    with pytest.raises(pub.PublishError, match=r"image media/S2/oct_0.png referenced by a row is missing; rerun"):
+        pub._image_bytes(tmp_path, "media/S2/oct_0.png")
