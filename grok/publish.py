@@ -411,8 +411,7 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
         raise PublishError(f"{int(orphan.sum())} instruction rows belong to patients without a study record; "
                            "the build folder is inconsistent, rerun grok build")
     # exact and near duplicates within each split (first by id kept), then train rows near a held-out row; the
-    # texts are read a batch at a time and only the index of the kept ones is held
-    # (the kept rows are those not removed: no list of the kept ids is made, issue 22)
+    # texts are read a batch at a time, and the kept rows are those not removed (no list of kept ids, issue 22)
     ins = ins.sort_values("id", kind="stable")
     removed = []
     for split in ("train", "validation", "test"):

@@ -261,15 +261,15 @@ def dedup(df: pd.DataFrame, *, text_col: str = "text", id_col: str = "id", thres
           num_perm: int = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Remove exact and near duplicates; returns (kept, removed) with ``duplicate_of`` and ``reason``."""
     df = df.sort_values(id_col, kind="stable")
-    _kept, removed = dedup_texts(zip(df[id_col], df[text_col]), threshold=threshold, num_perm=num_perm)
+    _, removed = dedup_texts(zip(df[id_col], df[text_col]), threshold=threshold, num_perm=num_perm, kept_ids=False)
     return _split_off(df, removed, id_col)
 
 
 def decontaminate(train: pd.DataFrame, held_out: pd.DataFrame, *, text_col: str = "text", id_col: str = "id",
                   threshold: float = 0.9, num_perm: int = 128) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Drop train rows that are near duplicates of a held-out row; returns (kept, removed)."""
-    _kept, removed = decontaminate_texts(zip(train[id_col], train[text_col]), zip(held_out[id_col], held_out[text_col]),
-                                         threshold=threshold, num_perm=num_perm)
+    _, removed = decontaminate_texts(zip(train[id_col], train[text_col]), zip(held_out[id_col], held_out[text_col]),
+                                     threshold=threshold, num_perm=num_perm, kept_ids=False)
     return _split_off(train, removed, id_col)
 
 
