@@ -92,6 +92,39 @@ def test_contract_frames_have_every_column(rows_and_table):
     assert images == table.column("images").to_pylist()
 
 
+def test_split_rows_are_the_split_in_the_frames_order_scanned_in_parts(rows_and_table, monkeypatch):
+    rows, table = rows_and_table
+    frame = rows.frame.sort_values("id", kind="stable").assign(
+        split=pd.Categorical(["train", "validation", "test", "train", "train"] * 12))
+    monkeypatch.setattr(pub, "SPLIT_SCAN_ROWS", 7)  # parts that cut the splits' runs anywhere
+    for splits in (("train",), ("validation", "test"), ("test",)):
+        want = pd.concat([frame[frame["split"] == s] for s in splits])
+        got = list(pub.split_rows(rows, frame, *splits))
+        assert [r["id"] for r in got] == list(want["id"]) and len(got) == len(want) > 0
+        assert {r["split"] for r in got} == set(splits)
+        assert [r["messages"][0]["content"] for r in got] == [
+            m[0]["content"] for m in rows.values(want, ["messages"]).column("messages").to_pylist()]
+    assert list(pub.split_rows(rows, frame.iloc[:0], "train")) == []
+
+
+def test_card_distributions_match_pandas_and_count_the_missing(tmp_path):
+    rng = np.random.default_rng(3)
+    central = rng.normal(270, 20, 41)
+    central[[2, 9, 30]] = np.nan
+    path = tmp_path / "biomarkers.parquet"
+    pq.write_table(pa.table({"study_id": [f"S{i}" for i in range(41)], "macular_thickness_central_um": central,
+                             "av_ratio": pa.array([None] * 41, pa.float64()),
+                             "vessel_density": rng.uniform(0.05, 0.2, 41)}), path)
+    got = {d["id"]: d for d in pub.biomarker_distributions(path)}
+    assert set(got) == {"macular_thickness_central_um", "vessel_density"}  # never measured: not shown
+    for name, missing in (("macular_thickness_central_um", 3), ("vessel_density", 0)):
+        s = pd.read_parquet(path)[name].dropna()
+        assert got[name]["n"] == len(s) == 41 - missing and got[name]["missing"] == missing
+        assert got[name]["p5"] == pytest.approx(s.quantile(0.05), abs=1e-9)
+        assert got[name]["median"] == pytest.approx(s.median(), abs=1e-9)
+        assert got[name]["p95"] == pytest.approx(s.quantile(0.95), abs=1e-9)
+
+
 def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_path):
     rows, table = rows_and_table
     kept = rows.frame[rows.frame["verifier_passed"]]
