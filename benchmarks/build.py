@@ -48,6 +48,9 @@ from pathlib import Path
 import psutil
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root for benchmarks.*
+from benchmarks.memprobe import anon_kb  # noqa: E402
+
 #: ``--geometry small``: the thousands-of-studies phantom (8 x 128 x 128 cubes over 1.28 x 6 x 6 mm, 256-px photos)
 SMALL = {"oct_shape": (8, 128, 128), "oct_spacing_um": (10.0, 46.875, 750.0), "cfp_size": 256}
 RUNS = {
@@ -79,15 +82,6 @@ def _role(proc: psutil.Process) -> str:
     return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"
 
 
-def _anon_kb(pid: int) -> int:
-    """Anonymous resident memory of a process (kB): RSS without mapped files (``/proc/PID/status`` RssAnon)."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            return next((int(line.split()[1]) for line in fh if line.startswith("RssAnon:")), 0)
-    except OSError:
-        return 0
-
-
 #: a stage's end in the flow's log: "HH:MM:SS.mmm | INFO    | Flow run 'x' - records: 60 in, ..."
 STAGE_END = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) \| INFO .* - (\w+): \d+ in, ")
 TASK_DONE = re.compile(r"Task run '[^']+' - Finished in state ")
@@ -110,7 +104,7 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
             try:
                 rss = driver.memory_info().rss
                 peak = max(peak, rss)
-                anon = max(anon, _anon_kb(proc.pid))
+                anon = max(anon, anon_kb(proc.pid))
                 samples.append((time.time(), rss))
                 for child in driver.children(recursive=True):
                     role = _role(child)

@@ -31,15 +31,16 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root for benchmarks.*
+from benchmarks.memprobe import child_code  # noqa: E402
+
 _CHILD = r"""
 import json, resource, sys, threading, time
 import grok  # noqa: F401 - as the CLI does: sets Arrow's memory pool before pyarrow is imported
 from grok.ingest.deid import DeidConfig
 from grok.ingest.pipeline import IngestConfig, ingest
 
-def anon_mb():
-    with open("/proc/self/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon:")) / 1024
+from benchmarks.memprobe import anon_mb
 
 peak_anon, done = [anon_mb()], threading.Event()
 def sample():  # RSS counts the memory-mapped spool files too; anonymous memory is what the stage holds
@@ -87,7 +88,7 @@ def _compress(src: Path, dst: Path, codec: str) -> None:
 
 
 def _ingest(src: Path, out: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(out)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", child_code(_CHILD), str(src), str(out)], capture_output=True, text=True,
                           check=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

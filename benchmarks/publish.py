@@ -30,10 +30,14 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root for benchmarks.*
+from benchmarks.memprobe import child_code  # noqa: E402
 
 
 def _media(work: Path, records: list[dict], seed: int) -> None:
@@ -93,12 +97,7 @@ from pathlib import Path
 import grok  # noqa: F401 - as the CLI does: sets Arrow's memory pool before pyarrow is imported
 import grok.publish as P
 
-def anon_mb():
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from benchmarks.memprobe import anon_mb
 
 stack, peaks = ["imports"], {}
 
@@ -157,7 +156,6 @@ print(json.dumps({"fingerprint": r.fingerprint, "phase_peak_anon_mb": {k: round(
 def memory_curve(work: Path, sizes: list[int]) -> dict:
     """Publish a synthesised build of each size in a fresh process; its peak RSS, anonymous memory, seconds."""
     import subprocess
-    import sys
 
     import psutil
     import pyarrow.parquet as pq
@@ -172,7 +170,7 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         synth_s = time.perf_counter() - t
         registry = work / f"registry_{rows}"
         shutil.rmtree(registry, ignore_errors=True)
-        code = _PHASE_PROBE
+        code = child_code(_PHASE_PROBE)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         t = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", code, str(build), str(registry)], env=env,
