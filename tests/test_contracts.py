@@ -198,3 +198,55 @@ def test_repeated_text_reaches_great_expectations_coded_with_the_same_outcomes(t
     leak = failed[("expect_column_values_to_be_in_set", "__splits_per_patient_id")]
     assert leak.unexpected_count == 4 and {e["id"] for e in leak.examples} <= {"i8", "i9", "i10", "i11"}
     assert [o.unexpected_count for o in small.outcomes] == [o.unexpected_count for o in whole.outcomes]
+def test_a_long_table_is_validated_in_chunks_with_the_whole_tables_outcomes(tmp_path, monkeypatch):
+    """Past GE_CHUNK_ROWS rows, row-wise expectations run a chunk at a time and the whole-table ones (unique ids,
+    the pass rate's mean, a patient in two splits) once on their columns: every outcome equals one validation of
+    the whole table's: an id repeated in another chunk, a patient whose rows span two chunks in two splits, a
+    label and a patient id in the wrong form, an e-mail address in a late chunk's text, a pass rate too low."""
+    import grok.contracts as gc
+
+    frames = []
+    run = gc._GreatExpectations.run
+    monkeypatch.setattr(gc._GreatExpectations, "run", lambda self, name, frame, *a: (
+        frames.append((name, len(frame), set(frame.columns))), run(self, name, frame, *a))[1])
+    df = _instructions(40)
+    df["study_id"] = [f"S{i // 2}" for i in range(40)]
+    df["patient_id"] = [f"P{i // 4:016x}" for i in range(40)]
+    df["split"] = [["train", "validation", "test"][(i // 4) % 3] for i in range(40)]
+    df.loc[33, "id"] = "i2"  # the id of a row of the first chunk
+    df.loc[17, "label"] = "not-a-label"
+    df.loc[26, "patient_id"] = "Pnot-hex"
+    df.loc[9, "split"] = "test" if df.loc[8, "split"] != "test" else "train"  # patient 2: rows 8-11, two chunks
+    df.loc[37, "messages"] = [{"role": "user", "content": "<image> Scan of jane.doe@example.org"},
+                              {"role": "assistant", "content": "Normal."}]
+    df["verifier_passed"] = [i % 4 != 0 for i in range(40)]  # 75 %, under the 90 % asked for
+    monkeypatch.setattr(gc, "BATCH_ROWS", 5)
+    monkeypatch.setattr(gc, "GE_CHUNK_ROWS", 10)
+    chunked = validate(df, "instructions", docs_dir=tmp_path / "chunked")
+    assert [(n, rows) for n, rows, _ in frames] == [("instructions", 10)] * 4 + [("instructions-table", 40)]
+    whole_columns = frames[-1][2]
+    assert "messages" not in whole_columns and "label" not in whole_columns  # only what the table checks read
+    assert {"id", "verifier_passed", "patient_id", "split"} <= whole_columns
+    frames.clear()
+    monkeypatch.setattr(gc, "GE_CHUNK_ROWS", 4096)
+    whole = validate(df, "instructions", docs_dir=tmp_path / "whole")
+    assert [(n, rows) for n, rows, _ in frames] == [("instructions", 40)]
+    assert not chunked.success and not whole.success
+    key = {(o.expectation, o.column): (o.success, o.unexpected_count) for o in whole.outcomes}
+    assert {(o.expectation, o.column): (o.success, o.unexpected_count) for o in chunked.outcomes} == key
+    assert len(chunked.outcomes) == len(whole.outcomes) == len(key)
+    failed = {(o.expectation, o.column): o for o in chunked.failed}
+    assert set(failed) == {
+        ("expect_column_values_to_be_unique", "id"), ("expect_column_values_to_be_in_set", "label"),
+        ("expect_column_values_to_match_regex", "patient_id"), ("expect_column_mean_to_be_between", "verifier_passed"),
+        ("expect_column_values_to_be_in_set", "__splits_per_patient_id"),
+        ("expect_column_values_to_be_in_set", "__identifier_patterns__messages")}
+    assert {e["id"] for e in failed[("expect_column_values_to_be_unique", "id")].examples} == {"i2"}
+    assert [e["id"] for e in failed[("expect_column_values_to_be_in_set", "label")].examples] == ["i17"]
+    assert [e["id"] for e in failed[("expect_column_values_to_be_in_set", "__identifier_patterns__messages")]
+            .examples] == ["i37"]
+    assert failed[("expect_column_mean_to_be_between", "verifier_passed")].observed == pytest.approx(0.75)
+    assert failed[("expect_column_values_to_be_in_set", "__splits_per_patient_id")].unexpected_count == 4
+    assert "jane.doe" not in json.dumps(chunked.to_dict(), default=str)
+
+
