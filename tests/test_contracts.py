@@ -198,6 +198,21 @@ def test_repeated_text_reaches_great_expectations_coded_with_the_same_outcomes(t
     leak = failed[("expect_column_values_to_be_in_set", "__splits_per_patient_id")]
     assert leak.unexpected_count == 4 and {e["id"] for e in leak.examples} <= {"i8", "i9", "i10", "i11"}
     assert [o.unexpected_count for o in small.outcomes] == [o.unexpected_count for o in whole.outcomes]
+def test_great_expectations_keeps_no_validated_frame_after_validate(tmp_path):
+    """Great Expectations keeps its project's context in a module-level manager, and the pandas execution engine
+    caches each batch's data: without releasing it, the last frame validated stayed alive after validate returned
+    (through the rest of a publication, issue 22)."""
+    import gc
+
+    def batch_data():
+        gc.collect()
+        return [o for o in gc.get_objects() if type(o).__name__ == "PandasBatchData"]
+
+    r = validate(_instructions(30), "instructions", docs_dir=tmp_path / "a")
+    assert r.success and r.n_rows == 30
+    assert batch_data() == []
+
+
 def test_a_long_table_is_validated_in_chunks_with_the_whole_tables_outcomes(tmp_path, monkeypatch):
     """Past GE_CHUNK_ROWS rows, row-wise expectations run a chunk at a time and the whole-table ones (unique ids,
     the pass rate's mean, a patient in two splits) once on their columns: every outcome equals one validation of
