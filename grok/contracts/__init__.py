@@ -211,6 +211,11 @@ def _snake_to_class(name: str) -> str:
     return "".join(p.capitalize() for p in name.split("_"))
 
 
+def _class_to_snake(name: str) -> str:
+    """``ExpectColumnValuesToBeInSet`` -> ``expect_column_values_to_be_in_set`` (:func:`_snake_to_class` reversed)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def _textify(v: Any) -> str | None:
     if v is None:
         return None
@@ -323,21 +328,24 @@ def _table_checks(df: pd.DataFrame, contract: Contract, identifier_checks: list[
     return extra
 
 
-def _ge_columns(contract: Contract, id_cols: list[str]) -> set[str]:
-    """Columns an expectation reads (besides the derived ones): ids, expectation columns, grouping keys, bounds."""
+def _ge_columns(contract: Contract, id_cols: list[str], *, whole_table_only: bool = False) -> set[str]:
+    """Columns an expectation reads (besides the derived ones): ids, expectation columns, grouping keys, bounds.
+    ``whole_table_only``: the ids and the columns of the expectations that need the whole table (those not in
+    :data:`ROW_WISE`, ``min_mean``, ``split_disjoint_by``; see :data:`GE_CHUNK_ROWS`)."""
     cols = set(id_cols)
     for exp in contract.expectations:
         if not isinstance(exp, dict):
             continue
-        for k, v in exp.items():
-            if "column" in k:
-                cols.update([v] if isinstance(v, str) else [x for x in v if isinstance(x, str)])
+        if not (whole_table_only and "type" in exp and _snake_to_class(exp["type"]) in ROW_WISE):
+            for k, v in exp.items():
+                if "column" in k:
+                    cols.update([v] if isinstance(v, str) else [x for x in v if isinstance(x, str)])
         if "min_mean" in exp and isinstance(exp["min_mean"], dict):
             cols.add(str(exp["min_mean"].get("column")))
         if "split_disjoint_by" in exp:
             cols.update({exp["split_disjoint_by"], "split"})
     # (a report_distribution column is counted batch by batch in validate, not handed to Great Expectations)
-    return cols | set(contract.plausible_bounds)
+    return cols if whole_table_only else cols | set(contract.plausible_bounds)
 
 
 def _frames(data: Any, rows: int):
@@ -463,7 +471,8 @@ def validate(
         chunk = _with_counts(_concat_coded(pending), extra)
         pending, pending_rows = [], 0
         id_cols = [x for x in ID_COLUMNS if x in names]
-        table_parts.append(chunk[[x for x in chunk.columns if x in _table_columns(c, params, id_cols)]].copy())
+        table_cols = _ge_columns(c, id_cols, whole_table_only=True)
+        table_parts.append(chunk[[x for x in chunk.columns if x in table_cols]].copy())
         chunk_columns.update(chunk.columns)
         items, _ = _suite(c, params, chunk.columns, _table_checks(chunk, c, list(extra.values()),
                                                                   split_disjoint=False), row_wise=True)
@@ -555,23 +564,6 @@ def _with_counts(frame: pd.DataFrame, extra: dict) -> pd.DataFrame:
     return frame
 
 
-def _table_columns(contract: Contract, params: dict[str, Any], id_cols: list[str]) -> set[str]:
-    """The columns the expectations that need the whole table read (see :data:`GE_CHUNK_ROWS`), and the ids."""
-    cols = set(id_cols)
-    for exp in contract.expectations:
-        if not isinstance(exp, dict):
-            continue
-        if "type" in exp and _snake_to_class(exp["type"]) not in ROW_WISE:
-            for k, v in exp.items():
-                if "column" in k:
-                    cols.update([v] if isinstance(v, str) else [x for x in v if isinstance(x, str)])
-        if "min_mean" in exp:
-            cols.add(str(_subst(exp["min_mean"], params, f"{contract.path}: min_mean").get("column")))
-        if "split_disjoint_by" in exp:
-            cols.update({exp["split_disjoint_by"], "split"})
-    return cols
-
-
 def _suite(contract: Contract, params: dict[str, Any], columns, extra: list[tuple[str, dict]],
            row_wise: bool | None = None) -> tuple[list[tuple[str, dict]], list[str]]:
     """The expectations of a validation as ``(class name, kwargs)`` in the suite's order: the contract's Great
@@ -617,7 +609,7 @@ def _merged(order: list[tuple[str, dict]], runs: list[list[ExpectationOutcome]],
             by_key.setdefault((o.expectation, o.column), []).append(o)
     out = []
     for cls_name, kwargs in order:
-        key = (re.sub(r"(?<!^)(?=[A-Z])", "_", cls_name).lower(), kwargs.get("column"))
+        key = (_class_to_snake(cls_name), kwargs.get("column"))
         got = by_key.get(key, [])
         counts = [o.unexpected_count for o in got if o.unexpected_count is not None]
         out.append(ExpectationOutcome(
