@@ -19,10 +19,11 @@ import re
 import sqlite3
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 SPLITS = ("train", "validation", "test")
@@ -61,6 +62,51 @@ def assign_splits(patients: pd.DataFrame, *, ratios: Sequence[float] = (0.8, 0.1
             out[p] = split
     return out
 
+
+
+class PatientSplits(Mapping):
+    """:func:`assign_splits`' patient -> split mapping held as two arrays, for an archive's worth of patients: the
+    patient ids sorted, as fixed-width UTF-8 bytes (found by binary search), and a one-byte code into
+    :data:`SPLITS` each. The dict held a Python string and a slot per patient for the whole of publication
+    (about 100 bytes a patient; issue 22). Ids that are not strings are looked up by their ``str``."""
+
+    def __init__(self, split_of: Mapping[Any, str]):
+        keys = np.array([str(k).encode() for k in split_of], dtype=bytes)
+        codes = np.array([SPLITS.index(v) for v in split_of.values()], dtype=np.uint8)
+        order = np.argsort(keys, kind="stable")
+        self._ids, self._codes = keys[order], codes[order]
+
+    def _codes_of(self, keys: np.ndarray) -> np.ndarray:
+        """The split code of each of ``keys`` (bytes), -1 where the patient has none."""
+        if not len(self._ids) or not len(keys):
+            return np.full(len(keys), -1, dtype=np.int8)
+        keys = keys.astype(self._ids.dtype) if keys.dtype.itemsize <= self._ids.dtype.itemsize else keys
+        at = np.minimum(np.searchsorted(self._ids, keys), len(self._ids) - 1)
+        return np.where(self._ids[at] == keys, self._codes[at].astype(np.int8), np.int8(-1))
+
+    def __getitem__(self, patient: Any) -> str:
+        code = self._codes_of(np.array([str(patient).encode()], dtype=bytes))[0]
+        if code < 0:
+            raise KeyError(patient)
+        return SPLITS[code]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() for k in self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def of(self, patients: pd.Series) -> pd.Series:
+        """The split of each of ``patients`` (NaN where a patient has none), looked up once per distinct patient:
+        what ``patients.map(dict)`` gives, without the dict."""
+        cat = patients if isinstance(patients.dtype, pd.CategoricalDtype) else patients.astype("category")
+        names = cat.cat.categories
+        codes = self._codes_of(np.array([str(c).encode() for c in names], dtype=bytes)) if len(names) else \
+            np.zeros(0, np.int8)
+        per_row = np.asarray(cat.cat.codes)
+        code = np.where(per_row >= 0, codes[np.maximum(per_row, 0)] if len(codes) else -1, -1)
+        out = np.array([*SPLITS, np.nan], dtype=object)[np.where(code >= 0, code, len(SPLITS))]
+        return pd.Series(out, index=patients.index, name=patients.name)
 
 _WS = re.compile(r"\s+")
 

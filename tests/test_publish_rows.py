@@ -125,7 +125,7 @@ def test_card_distributions_match_pandas_and_count_the_missing(tmp_path):
         assert got[name]["p95"] == pytest.approx(s.quantile(0.95), abs=1e-9)
 
 
-def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_path):
+def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_path, monkeypatch):
     rows, table = rows_and_table
     kept = rows.frame[rows.frame["verifier_passed"]]
     whole = [table.slice(i, 1).to_pylist()[0] for i in kept["_pos"]]
@@ -136,6 +136,8 @@ def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_pa
     v = pub._versions(tmp_path, prep)
     assert v["templates"] == templates
     assert v["kb_snapshots"] == sorted({r["kb_snapshot"] for r in whole} - {None}) == ["kb-0", "kb-1"]
+    monkeypatch.setattr(pub, "SPLIT_SCAN_ROWS", 3)  # read in parts: the same versions
+    assert pub._versions(tmp_path, prep) == v
     # without records every row's images are given (once per batch of rows), and the alignment's
     media = list(pub._media_inputs(prep))
     assert sorted(set(media)) == sorted({p for r in whole for p in r["images"]} | {"media/al.png"})

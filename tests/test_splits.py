@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grok.splits import assign_splits, decontaminate, dedup
+from grok.splits import PatientSplits, assign_splits, decontaminate, dedup
 
 
 @settings(max_examples=60, deadline=None)
@@ -36,6 +36,23 @@ def test_strata_spread_over_splits():
     per = collections.Counter((df.label[i], a[f"p{i}"]) for i in range(300))
     for lab in "abc":
         assert abs(per[(lab, "train")] - 60) <= 2 and abs(per[(lab, "test")] - 20) <= 2
+
+
+def test_patient_splits_are_the_dict_as_arrays():
+    pat = pd.DataFrame({"patient_id": [f"P{i:03d}" for i in range(40)] + ["P7", "Q"],
+                        "label": ["amd", "normal", "dr", "normal"] * 10 + ["amd", "dr"]})
+    d = assign_splits(pat, seed=3)
+    ps = PatientSplits(d)
+    assert dict(ps) == d and len(ps) == len(d) and list(ps) == sorted(d)
+    assert all(ps[p] == s for p, s in d.items()) and "P999" not in ps and ps.get("P0000") is None
+    with pytest.raises(KeyError):
+        ps["P00"]  # a prefix of a patient id is not that patient
+    # per row, as Series.map(dict) gives it: looked up per distinct patient, NaN where a patient has no split
+    rows = pd.Series(["P001", "Q", "P039", "nobody", "P001", "a-much-longer-id-than-any-patient"] * 3)
+    for series in (rows, rows.astype("category")):
+        got, want = ps.of(series), series.map(d)
+        assert got.isna().sum() == 6 and got.astype("category").equals(want.astype("category"))
+    assert len(ps.of(pd.Series([], dtype=object))) == 0 and len(PatientSplits({}).of(rows).dropna()) == 0
 
 
 def test_bad_ratios():
