@@ -410,6 +410,8 @@ def test_next_publish_applies_the_decisions(published, tmp_path):
     man = json.loads((new / "manifest.json").read_text())["reviews"]
     assert man["applied"]["rejected_removed"] == 1 and man["applied"]["edits_applied"] == 1
     assert man["applied"]["stale"] == 1 and man["reviewed"] == 2 and man["stale"] == 1
+    # every row under review counts (the published ones and the rejected one), though only decided rows are read
+    assert man["rows"] == n_pub + 1 == sum(f["rows"] for f in man["per_family"].values())
     card = (new / "README.md").read_text()
     assert "## Curator review" in card and "1 rejected rows are not published" in card
     assert "| report |" in card.split("## Curator review")[1]

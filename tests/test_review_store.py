@@ -164,6 +164,10 @@ def test_stale_reviews_and_outcomes(store):
     assert s["rows"] == 4 and s["reviewed"] == 2 and s["stale"] == 1 and s["coverage"] == 0.5
     assert s["per_family"]["report"]["double_reviewed"] == 1 and s["per_family"]["report"]["agreement"] == 0
     assert s["per_family"]["cot"]["acceptance"] == 1.0
+    # publication hashes only the rows with events and counts every row per family: the same summary
+    decided = {"r1": ("new", "report"), "r2": ("h2", "report"), "r3": ("h3", "cot")}
+    assert summarise(store.events(), decided, family_rows={"report": 2, "cot": 2}) == s
+    assert summarise(store.events(), decided)["rows"] == 3  # without the counts, only the rows given count
 
 
 def test_cohen_kappa_textbook_values():

@@ -126,15 +126,19 @@ def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
     return (po - pe) / (1.0 - pe)
 
 
-def summarise(events: Iterable[Mapping[str, Any]], rows: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+def summarise(events: Iterable[Mapping[str, Any]], rows: Mapping[str, tuple[str, str]], *,
+              family_rows: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Review coverage, acceptance by family and agreement for ``rows`` (row id -> (content hash, family)).
+    ``family_rows``: the number of rows of each family, where ``rows`` holds only the rows with events (a
+    caller that does not read every row); by default counted from ``rows``.
 
     ``acceptance`` per family: the share of reviewed rows whose outcome is accept or an accepted edit.
     ``agreement`` per family: rows with decisions of two or more curators, the share where the first two
     (by curator name) agree, and Cohen's kappa over those pairs."""
     current = {rid: h for rid, (h, _f) in rows.items()}
     outs = outcomes(events, current)
-    fam_rows: dict[str, int] = Counter(f for _h, f in rows.values())
+    fam_rows: Mapping[str, int] = (Counter(f for _h, f in rows.values()) if family_rows is None
+                                   else Counter(family_rows))
     fam: dict[str, Counter] = defaultdict(Counter)
     pairs: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for rid, o in outs.items():
