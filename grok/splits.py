@@ -3,6 +3,7 @@
 * :func:`assign_splits` — deterministic train/validation/test by patient, stratified by label: no
   patient is ever in two splits, the assignment depends only on the seed and the patients (not on
   row order), and each label's patients are divided by the ratios (largest remainder).
+* :class:`PatientSplits` — that mapping held as two arrays, for publication (an archive's worth of patients).
 * :func:`dedup` — exact duplicates (normalised text) and near duplicates (MinHash LSH over word
   shingles, datasketch's signatures and banding) of instruction texts; the first row (by id) of each group
   is kept. The index is a SQLite file in a temporary folder, so memory does not grow with the rows.
