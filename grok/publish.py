@@ -35,6 +35,7 @@ fingerprinted a batch at a time); study records are read from ``records.jsonl`` 
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import html
@@ -834,23 +835,50 @@ def _card_body(cfg: PublishConfig, prep: dict[str, Any], contracts: dict[str, An
         accounting=prep["accounting"], reviews=reviews, text_lint=prep["text_lint"])
 
 
-def _contradicted(prep: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-    """The studies whose label the reasoner rules out (their rows were skipped), for the curator report."""
+#: Studies whose label the findings contradict that the curator report's page lists (the first, by study id); every
+#: one of them is in ``contradicted_studies.csv`` beside the page. The page listed every such study, each read from
+#: the records file and held until the page was rendered: about 12 % of a phantom build's studies (issue 22).
+CONTRADICTED_SHOWN = 200
+CONTRADICTED_CSV = "contradicted_studies.csv"
+
+
+def _contradicted(prep: dict[str, Any], csv_path: Path | None = None,
+                  shown: int | None = None) -> tuple[list[dict[str, Any]], int, int]:
+    """The studies whose label the reasoner rules out (their rows were skipped), for the curator report: the first
+    ``shown`` (:data:`CONTRADICTED_SHOWN`) by study id, how many there are, and how many rows were skipped for
+    them. With ``csv_path`` every one is written there, one record read at a time."""
+    shown = CONTRADICTED_SHOWN if shown is None else shown
     sk = prep["skipped"]
     sk = sk[sk["reason_code"] == "label_contradicted_by_findings"] if len(sk) else sk
-    out = []
-    for sid in sorted(set(sk["study_id"])) if len(sk) else []:
-        rec = prep["records"].get(sid)
-        if rec is None:
-            continue
-        rs = rec.get("reasoning") or {}
-        diff = rs.get("differential") or []
-        mine = next((d for d in diff if d.get("id") == rec["label"]), {})
-        out.append({"study_id": sid, "split": prep["split_of"].get(rec["patient_id"], ""), "eye": rec["eye"],
-                    "label": rec["label"], "reason": mine.get("reason", ""),
-                    "supported": [d["id"] for d in diff if d.get("status") == "supported"],
-                    "abnormal": [f.get("explanation") or f.get("id") for f in rs.get("findings") or [] if f.get("abnormal")]})
-    return out, len(sk)
+    sids = sk["study_id"].drop_duplicates().sort_values() if len(sk) else pd.Series([], dtype=object)
+    out: list[dict[str, Any]] = []
+    n = 0
+    fh = open(csv_path, "w", newline="", encoding="utf-8") if csv_path is not None and len(sids) else None
+    try:
+        writer = csv.writer(fh) if fh is not None else None
+        if writer is not None:
+            writer.writerow(["study_id", "split", "eye", "label", "reason", "supported", "abnormal"])
+        for sid in sids:
+            rec = prep["records"].get(sid)
+            if rec is None:
+                continue
+            rs = rec.get("reasoning") or {}
+            diff = rs.get("differential") or []
+            mine = next((d for d in diff if d.get("id") == rec["label"]), {})
+            c = {"study_id": sid, "split": prep["split_of"].get(rec["patient_id"], ""), "eye": rec["eye"],
+                 "label": rec["label"], "reason": mine.get("reason", ""),
+                 "supported": [d["id"] for d in diff if d.get("status") == "supported"],
+                 "abnormal": [f.get("explanation") or f.get("id") for f in rs.get("findings") or [] if f.get("abnormal")]}
+            n += 1
+            if writer is not None:
+                writer.writerow([c["study_id"], c["split"], c["eye"], c["label"], c["reason"], "; ".join(c["supported"]),
+                                 "; ".join(str(a) for a in c["abnormal"])])
+            if len(out) < shown:
+                out.append(c)
+    finally:
+        if fh is not None:
+            fh.close()
+    return out, n, len(sk)
 
 
 def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *, rows_per_group: int = 2,
@@ -895,12 +923,13 @@ def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *
                 "verifier": {"passed": bool(r["verifier_passed"]), "score": r.get("verifier_score"),
                              "reasons": reasons},
             })
-    contradicted, n_contradicted = _contradicted(prep)
+    contradicted, n_studies, n_contradicted = _contradicted(prep, out_dir / CONTRADICTED_CSV)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     page = env.get_template("curator.html.j2").render(title=title, samples=samples, n_rows=len(ins),
                                                       esc=html.escape, contradicted=contradicted,
-                                                      contradicted_rows=n_contradicted)
+                                                      contradicted_studies=n_studies, contradicted_rows=n_contradicted,
+                                                      contradicted_csv=CONTRADICTED_CSV)
     index = out_dir / "index.html"
     index.write_text(page)
     return index

@@ -268,6 +268,9 @@ def test_every_generated_row_is_accounted_for(built):
     contradicted = set(skipped[skipped.reason_code == "label_contradicted_by_findings"].study_id)
     assert contradicted and 'id="label-contradicted"' in report
     assert all(sid in report for sid in contradicted)
+    listed = (Path(rep["publish"].outputs["path"]) / "report" / "contradicted_studies.csv").read_text().splitlines()
+    assert sorted(line.split(",")[0] for line in listed[1:]) == sorted(contradicted)  # every one, beside the page
+    assert f"Label contradicted by the findings: {len(contradicted)} studies" in report
     for stage in json.loads((work / "build.json").read_text())["stages"].values():
         assert stage["n_in"] == stage["n_out"] + stage["n_quarantined"] + stage["n_skipped"]
 

@@ -213,3 +213,29 @@ def test_image_bytes_reads_the_file_and_names_a_missing_one(tmp_path):
     assert pub._image_bytes(tmp_path, "media/S1/oct_0.png") == {"bytes": b"\x89PNG-bytes", "path": "oct_0.png"}
     with pytest.raises(pub.PublishError, match=r"image media/S2/oct_0.png referenced by a row is missing; rerun"):
         pub._image_bytes(tmp_path, "media/S2/oct_0.png")
+
+
+def test_contradicted_studies_page_shows_the_first_and_the_csv_holds_every_one(tmp_path):
+    """The curator report lists the first studies whose label the findings contradict, by study id, and writes every
+    one to a CSV beside the page (the page listed them all: about 12 % of a build's studies, issue 22)."""
+    import csv
+
+    sids = [f"S{i:03d}" for i in (7, 3, 11, 5, 1)]
+    skipped = pd.DataFrame({"study_id": [s for s in sids for _ in range(2)] + ["S900"],  # 2 rows each; one unrelated
+                            "task": ["cot", "report"] * 5 + ["cot"],
+                            "reason_code": ["label_contradicted_by_findings"] * 10 + ["no_usable_image"]})
+    records = {s: {"patient_id": "P" + s, "eye": "OD", "label": "amd",
+                   "reasoning": {"differential": [{"id": "amd", "status": "ruled_out", "reason": "no drusen"},
+                                                  {"id": "normal", "status": "supported"}],
+                                 "findings": [{"id": "cup", "abnormal": True, "explanation": "large cup"}]}}
+               for s in sids if s != "S011"}  # one study without a record: skipped, not counted
+    prep = {"skipped": skipped, "records": records, "split_of": {"PS001": "train"}}
+    shown, n, rows = pub._contradicted(prep, tmp_path / "c.csv", shown=2)
+    assert [c["study_id"] for c in shown] == ["S001", "S003"] and n == 4 and rows == 10
+    assert shown[0]["split"] == "train" and shown[1]["split"] == "" and shown[0]["supported"] == ["normal"]
+    with open(tmp_path / "c.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [r["study_id"] for r in got] == ["S001", "S003", "S005", "S007"]
+    assert got[0]["reason"] == "no drusen" and got[0]["abnormal"] == "large cup" and got[0]["supported"] == "normal"
+    assert pub._contradicted({**prep, "skipped": skipped.iloc[10:]}, tmp_path / "none.csv") == ([], 0, 0)
+    assert not (tmp_path / "none.csv").exists()
