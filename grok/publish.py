@@ -74,7 +74,7 @@ from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
 from grok.review.apply import apply_reviews
-from grok.splits import PatientSplits, assign_splits, decontaminate_texts, dedup_texts
+from grok.splits import PatientSplits, assign_splits, decontaminate_texts, dedup_texts, sorted_positions
 
 TEMPLATES = bundled_dir("templates") / "report"
 
@@ -226,11 +226,8 @@ class StudyRecords(Mapping):
 
     def _find(self, sid: Any) -> int:
         """The place of ``sid`` in the sorted ids; KeyError when it has no record."""
-        key = sid.encode() if isinstance(sid, str) else None
-        if key is None or len(key) > self._ids.dtype.itemsize or not len(self._ids):
-            raise KeyError(sid)
-        i = int(np.searchsorted(self._ids, key))
-        if i == len(self._ids) or self._ids[i] != key:
+        i = int(sorted_positions(self._ids, np.array([sid.encode()], dtype=bytes))[0]) if isinstance(sid, str) else -1
+        if i < 0:
             raise KeyError(sid)
         return i
 

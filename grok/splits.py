@@ -64,6 +64,17 @@ def assign_splits(patients: pd.DataFrame, *, ratios: Sequence[float] = (0.8, 0.1
     return out
 
 
+def sorted_positions(ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Where each of ``keys`` (bytes) is in ``ids`` (sorted fixed-width bytes, e.g. ``np.array(..., dtype=bytes)``),
+    -1 where it is not: a binary search per key, so an archive's ids are held as one array, not as Python strings
+    (:class:`PatientSplits`, ``grok.publish.StudyRecords``)."""
+    if not len(ids) or not len(keys):
+        return np.full(len(keys), -1, dtype=np.int64)
+    if keys.dtype.itemsize <= ids.dtype.itemsize:
+        keys = keys.astype(ids.dtype)
+    at = np.minimum(np.searchsorted(ids, keys), len(ids) - 1)
+    return np.where(ids[at] == keys, at, -1)
+
 
 class PatientSplits(Mapping):
     """:func:`assign_splits`' patient -> split mapping held as two arrays, for an archive's worth of patients: the
@@ -79,11 +90,10 @@ class PatientSplits(Mapping):
 
     def _codes_of(self, keys: np.ndarray) -> np.ndarray:
         """The split code of each of ``keys`` (bytes), -1 where the patient has none."""
-        if not len(self._ids) or not len(keys):
-            return np.full(len(keys), -1, dtype=np.int8)
-        keys = keys.astype(self._ids.dtype) if keys.dtype.itemsize <= self._ids.dtype.itemsize else keys
-        at = np.minimum(np.searchsorted(self._ids, keys), len(self._ids) - 1)
-        return np.where(self._ids[at] == keys, self._codes[at].astype(np.int8), np.int8(-1))
+        at = sorted_positions(self._ids, keys)
+        out = np.full(len(keys), -1, dtype=np.int8)
+        out[at >= 0] = self._codes[at[at >= 0]]
+        return out
 
     def __getitem__(self, patient: Any) -> str:
         code = self._codes_of(np.array([str(patient).encode()], dtype=bytes))[0]
@@ -108,6 +118,7 @@ class PatientSplits(Mapping):
         code = np.where(per_row >= 0, codes[np.maximum(per_row, 0)] if len(codes) else -1, -1)
         out = np.array([*SPLITS, np.nan], dtype=object)[np.where(code >= 0, code, len(SPLITS))]
         return pd.Series(out, index=patients.index, name=patients.name)
+
 
 _WS = re.compile(r"\s+")
 

@@ -49,8 +49,9 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
             return frame.to_dict("records")
     # only rows a curator decided on are read and hashed: a hash and a family held for every row of the build was
     # about 250 bytes a row for the whole of publication (issue 22); every row still counts in its family's total
+    ids = ins["id"].astype(str)  # the rows' ids as the events name them (the index is kept by the copy below)
     decided_ids = {str(ev["row_id"]) for ev in events}
-    seen = ins[ins["id"].astype(str).isin(decided_ids).to_numpy()]
+    seen = ins[ids.isin(decided_ids).to_numpy()]
     rows = {str(r["id"]): (content_hash(r), str(r["task"])) for r in full_rows(seen)}
     del seen
     outs = outcomes(events, {rid: h for rid, (h, _f) in rows.items()})
@@ -60,7 +61,7 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
     applied = {"rejected_removed": 0, "edits_applied": 0, "edits_failed_verification": 0, "accepted": 0,
                "needs_review": 0, "flagged": 0, "stale": 0}
     edited: dict[Any, tuple[list[dict[str, str]], float, list[str]]] = {}
-    decided = ins[ins["id"].astype(str).isin(list(outs))]  # only rows with a decision are read again
+    decided = ins[ids.isin(list(outs))]  # only rows with a decision are read again
     for i, r in zip(decided.index, full_rows(decided)):
         o = outs.get(str(r["id"]))
         if o is None:
@@ -94,7 +95,7 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
                                        for i, v in zip(ins.index, ins["verifier_reasons"])]
         else:
             ins["verifier_reasons_edited"] = [edited[i][2] if i in edited else None for i in ins.index]
-    gone = ins["id"].astype(str).isin(drop)
+    gone = ids.isin(drop)
     removed = pd.DataFrame({"id": ins.loc[gone, "id"], "duplicate_of": None,
                             "reason": [drop[str(x)] for x in ins.loc[gone, "id"]]})
     family_rows = {str(k): int(v) for k, v in ins["task"].astype(str).value_counts().items()}
