@@ -15,7 +15,9 @@ publish, and the size on disk per 1,000 rows.
 ``--memory-curve 2750,27500`` instead synthesises a build of each size (kept under ``--work``, so a rerun
 publishes the same folders again) and publishes each in a fresh process whose resident memory is sampled
 every 0.1 s: publication's peak RSS and anonymous memory (RSS less mapped files) against the number of
-rows (``memory_curve``: flat when publication streams), with its seconds and the published bytes, and the peak
+rows (``memory_curve``: flat when publication streams; the process's own, and its child processes', i.e. the
+contracts' Great Expectations process, in ``children_peak_anon_mb``, the two together at each sample in
+``total_peak_anon_mb``), with its seconds and the published bytes, and the peak
 anonymous memory of each of publication's phases (``phase_peak_anon_mb``, sampled inside the process; their growth
 per 1,000 studies in ``phase_anon_mb_per_1000_studies``) to show which phase holds what grows, and the exact size
 of the per-row frames publication holds (``held_frames``: the instruction rows' index, and for each table the
@@ -27,6 +29,7 @@ which do not depend on when the allocators give freed pages back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -181,11 +184,17 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         t = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-c", code, str(build), str(registry)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        me, peak, anon = psutil.Process(proc.pid), 0, 0
+        me, peak, anon, child_anon, total_anon = psutil.Process(proc.pid), 0, 0, 0, 0
         while proc.poll() is None:
             try:
                 mem = me.memory_info()  # Linux: rss = anonymous + file-backed + shared; shared = the last two
                 peak, anon = max(peak, mem.rss), max(anon, mem.rss - mem.shared)
+                kids = 0  # publication's child processes (the contracts' Great Expectations process)
+                for kid in me.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        k = kid.memory_info()
+                        kids += k.rss - k.shared
+                child_anon, total_anon = max(child_anon, kids), max(total_anon, mem.rss - mem.shared + kids)
             except psutil.Error:
                 pass
             time.sleep(0.1)
@@ -198,7 +207,8 @@ def memory_curve(work: Path, sizes: list[int]) -> dict:
         files = [p for p in registry.rglob("*") if p.is_file()]
         points[rows] = {"rows": pq.read_metadata(build / "instructions.parquet").num_rows, "studies": info["studies"],
                         "publish_s": round(wall, 1), "peak_rss_mb": round(peak / 2**20),
-                        "peak_anon_mb": round(anon / 2**20), "published_mb": round(sum(p.stat().st_size for p in files)
+                        "peak_anon_mb": round(anon / 2**20), "children_peak_anon_mb": round(child_anon / 2**20),
+                        "total_peak_anon_mb": round(total_anon / 2**20), "published_mb": round(sum(p.stat().st_size for p in files)
                                                                                  / 2**20, 1),
                         "fingerprint": probe["fingerprint"], "synthesis_s": round(synth_s, 1),
                         "phase_peak_anon_mb": probe["phase_peak_anon_mb"], "held_frames": probe["held_frames"]}

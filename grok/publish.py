@@ -632,10 +632,11 @@ def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, den
               "biomarkers": build_dir / "biomarkers.parquet"}
     if prep["labels"] is not None:
         tables["labels"] = prep["labels"]
-    for name, df in tables.items():
-        res = validate(df, name, params=params, deny_list=deny if deny is not None else [],
-                       docs_dir=docs / name)
-        results[name] = res
+    with grok.contracts.great_expectations_process():  # GE's import and churn never held by this process
+        for name, df in tables.items():
+            res = validate(df, name, params=params, deny_list=deny if deny is not None else [],
+                           docs_dir=docs / name)
+            results[name] = res
     return results
 
 

@@ -265,3 +265,93 @@ def test_a_long_table_is_validated_in_chunks_with_the_whole_tables_outcomes(tmp_
     assert "jane.doe" not in json.dumps(chunked.to_dict(), default=str)
 
 
+
+
+def _failing_chunked_table() -> pd.DataFrame:
+    df = _instructions(24)
+    df.loc[20, "id"] = "i3"  # repeated in another chunk
+    df.loc[7, "label"] = "not-a-label"
+    return df
+
+
+def test_great_expectations_in_a_child_process_gives_the_same_outcomes(tmp_path, monkeypatch):
+    """Inside ``great_expectations_process`` every Great Expectations run (a long table's chunks and its whole-table
+    checks) happens in the child: this process's own runner is made to fail, and the outcomes, their examples and
+    the data docs are those of the same validation run here (issue 22)."""
+    from dataclasses import asdict
+
+    import grok.contracts as gc
+
+    monkeypatch.setattr(gc, "BATCH_ROWS", 5)
+    monkeypatch.setattr(gc, "GE_CHUNK_ROWS", 10)
+    df = _failing_chunked_table()
+    here = validate(df, "instructions", docs_dir=tmp_path / "here")
+
+    def not_here(self, *a, **k):
+        raise AssertionError("Great Expectations ran in the calling process")
+
+    monkeypatch.setattr(gc._GreatExpectations, "run", not_here)
+    with gc.great_expectations_process():
+        child = validate(df, "instructions", docs_dir=tmp_path / "child")
+        again = validate(_instructions(8), "instructions", docs_dir=tmp_path / "child2")  # same child, new project
+    assert gc._CHILD is None  # the child is gone with the block
+    assert not child.success and again.success
+    assert [asdict(o) for o in child.outcomes] == [asdict(o) for o in here.outcomes]
+    assert {(o.expectation, o.column) for o in child.failed} == {
+        ("expect_column_values_to_be_unique", "id"), ("expect_column_values_to_be_in_set", "label")}
+    assert child.docs_index and Path(child.docs_index).exists()
+
+
+def test_an_unknown_expectation_is_named_wherever_great_expectations_runs(tmp_path):
+    """A contract naming an expectation Great Expectations does not have fails with the name, in this process and
+    from the child process (whose own exceptions come back as a ContractError)."""
+    import grok.contracts as gc
+
+    c = load_contract("instructions")
+    c.expectations.append({"type": "expect_column_values_to_be_purple", "column": "id"})
+    for where in ("here", "child"):
+        with pytest.raises(ContractError, match="expect_column_values_to_be_purple"):
+            if where == "child":
+                with gc.great_expectations_process():
+                    validate(_instructions(4), c, docs_dir=tmp_path / where)
+            else:
+                validate(_instructions(4), c, docs_dir=tmp_path / where)
+
+
+def test_validating_in_the_child_process_never_imports_great_expectations_here(tmp_path):
+    """What a publication's driver gains (issue 22): Great Expectations' import (about 120 MB) and its churn stay in
+    the child. Checked in a fresh interpreter, since this one has imported Great Expectations already, running a
+    script without an ``if __name__ == "__main__"`` guard: the child must not run the caller's script again (as
+    ``multiprocessing``'s spawn would), so the script's line is printed once."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text("import sys, grok.contracts as gc\n"
+                      "from tests.test_contracts import _instructions\n"
+                      "with gc.great_expectations_process():\n"
+                      f"    r = gc.validate(_instructions(6), 'instructions', docs_dir={str(tmp_path / 'docs')!r})\n"
+                      "print('validated', r.success, r.n_rows, 'great_expectations' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["validated", "True", "6", "False"]
+
+
+def test_a_great_expectations_process_that_dies_is_a_clear_error(tmp_path):
+    """A child that ends mid-request (killed for memory, say) fails the validation with its exit code, never hangs;
+    the block still closes."""
+    import os
+
+    import grok.contracts as gc
+
+    class ExitsWhenRead:
+        def __reduce__(self):
+            return (os._exit, (3,))
+
+    with gc.great_expectations_process():
+        with pytest.raises(ContractError, match="exit code 3"):
+            gc._CHILD.run(tmp_path, "dies", pd.DataFrame({"a": [ExitsWhenRead()]}), [], [], 3)
+    assert gc._CHILD is None

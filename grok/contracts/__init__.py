@@ -11,11 +11,13 @@ a Great Expectations checkpoint on a pandas batch, writes the data docs (HTML) a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -467,7 +469,7 @@ def validate(
 
     def validate_chunk() -> None:  # the rows kept so far, row by row; only their whole-table columns are kept
         nonlocal pending, pending_rows, ge
-        ge = ge or _GreatExpectations(docs_dir)
+        ge = ge or _great_expectations(docs_dir)
         chunk = _with_counts(_concat_coded(pending), extra)
         pending, pending_rows = [], 0
         id_cols = [x for x in ID_COLUMNS if x in names]
@@ -507,7 +509,7 @@ def validate(
     for col in c.columns:
         if not col.get("nullable", True) and nulls.get(col["name"]):
             schema_problems.append(f"column {col['name']!r} has {nulls[col['name']]} nulls but is not nullable")
-    ge = ge or _GreatExpectations(docs_dir)
+    ge = ge or _great_expectations(docs_dir)
     if not chunk_outcomes:  # the whole table in one validation
         prepared = _with_counts(_concat_coded(pending), extra)
         del pending
@@ -569,9 +571,8 @@ def _suite(contract: Contract, params: dict[str, Any], columns, extra: list[tupl
     """The expectations of a validation as ``(class name, kwargs)`` in the suite's order: the contract's Great
     Expectations entries and its ``min_mean`` (those on a column not in ``columns`` left out and named in the
     problems returned; with ``row_wise``, only those in :data:`ROW_WISE` (True) or only the others (False)), then
-    ``extra`` (GROK's checks, as given)."""
-    import great_expectations as gx
-
+    ``extra`` (GROK's checks, as given). Whether Great Expectations knows each class is checked where its suite is
+    built (:meth:`_GreatExpectations.run`), so a process that runs it elsewhere never imports it."""
     items: list[tuple[str, dict]] = []
     problems: list[str] = []
     for exp in contract.expectations:
@@ -580,8 +581,6 @@ def _suite(contract: Contract, params: dict[str, Any], columns, extra: list[tupl
         kwargs = {k: _subst(v, params, f"{contract.path}: expectations {exp['type']}")
                   for k, v in exp.items() if k != "type"}
         cls_name = _snake_to_class(exp["type"])
-        if getattr(gx.expectations, cls_name, None) is None:
-            raise ContractError(f"{contract.path}: unknown Great Expectations expectation {exp['type']!r}")
         if "column" in kwargs and kwargs["column"] not in columns:
             problems.append(f"expectation {exp['type']} refers to missing column {kwargs['column']!r}")
             continue
@@ -664,7 +663,11 @@ class _GreatExpectations:
             batch_def = asset.add_batch_definition_whole_dataframe("whole")
         suite = gx.ExpectationSuite(name=name)
         for cls_name, kwargs in items:
-            suite.add_expectation(getattr(gx.expectations, cls_name)(**kwargs))
+            cls = getattr(gx.expectations, cls_name, None)
+            if cls is None:
+                raise ContractError(f"contract {name!r}: unknown Great Expectations expectation "
+                                    f"{_class_to_snake(cls_name)!r}; see data_contracts/README.md for the names")
+            suite.add_expectation(cls(**kwargs))
         suite = ctx.suites.add_or_update(suite)
         vd = ctx.validation_definitions.add_or_update(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
         result_format: dict[str, Any] = {"result_format": "COMPLETE", "partial_unexpected_count": max_examples}
@@ -697,6 +700,124 @@ class _GreatExpectations:
                     unexpected_count=res.get("unexpected_count"), observed=res.get("observed_value"),
                     examples=examples))
         return outcomes
+
+
+#: The child process that runs Great Expectations inside :func:`great_expectations_process` (None outside it).
+_CHILD: _GreatExpectationsChild | None = None
+
+
+@contextlib.contextmanager
+def great_expectations_process() -> Iterator[None]:
+    """Within this block every :func:`validate` hands its Great Expectations runs to one child process and receives
+    their outcomes; the caller keeps the batching, the identifier counts and the merging, and never imports Great
+    Expectations. A publication uses it for its contracts (issue 22): importing Great Expectations alone holds
+    about 120 MB, and its object churn over a long table's chunks left the caller's small-object arenas fragmented,
+    both for the rest of the process; the child's memory goes back when the block ends. Costs one interpreter
+    start and Great Expectations' import (a few seconds). Nested blocks share the outer one's child.
+
+    The child is a fresh interpreter running ``python -m grok.contracts.ge_child`` with the caller's ``sys.path``
+    (not ``multiprocessing``, whose ``spawn`` and ``forkserver`` import the caller's main script again: a script
+    without an ``if __name__ == "__main__"`` guard would publish from inside its own child), talking over a pipe
+    pair of its own, so what it prints or logs goes to the caller's output as usual."""
+    global _CHILD
+    if _CHILD is not None:
+        yield
+        return
+    _CHILD = _GreatExpectationsChild()
+    try:
+        yield
+    finally:
+        child, _CHILD = _CHILD, None
+        child.close()
+
+
+class _GreatExpectationsChild:
+    """The child process of :func:`great_expectations_process`: a request is a pickled ``(docs_dir, name, frame,
+    items, id_cols, max_examples)``, a reply ``(True, outcomes)`` or ``(False, ContractError)``, each framed by
+    its length (8 bytes, little-endian) on the pipes given to the child by number."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        to_child_r, self._to_child = os.pipe()
+        self._from_child, from_child_w = os.pipe()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in sys.path if p)))
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "grok.contracts.ge_child", str(to_child_r),
+                                          str(from_child_w)], pass_fds=(to_child_r, from_child_w), env=env,
+                                         stdin=subprocess.DEVNULL)
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
+        self._w, self._r = os.fdopen(self._to_child, "wb"), os.fdopen(self._from_child, "rb")
+
+    def run(self, docs_dir: Path, name: str, frame: pd.DataFrame, items: list[tuple[str, dict]], id_cols: list[str],
+            max_examples: int) -> list[ExpectationOutcome]:
+        import pickle
+
+        try:
+            send_message(self._w, pickle.dumps((str(docs_dir), name, frame, items, id_cols, max_examples),
+                                               protocol=pickle.HIGHEST_PROTOCOL))
+            reply = receive_message(self._r)
+        except (BrokenPipeError, EOFError) as exc:
+            try:
+                code = self.proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - still running: its pipe broke, its exit code is unknown
+                code = None
+            raise ContractError(f"the Great Expectations process ended while validating {name!r} (exit code "
+                                f"{code}; killed for memory if -9): see the log above; rerun the publication") from exc
+        ok, value = pickle.loads(reply)
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        for f in (self._w, self._r):
+            with contextlib.suppress(OSError):
+                f.close()  # the child sees the end of its input and exits
+        try:
+            self.proc.wait(timeout=60)
+        except Exception:  # noqa: BLE001 - a child that does not exit is killed, never left behind
+            self.proc.kill()
+            self.proc.wait()
+
+
+def send_message(f, data: bytes) -> None:
+    """``data`` framed by its length on the pipe ``f`` (see :class:`_GreatExpectationsChild`)."""
+    f.write(len(data).to_bytes(8, "little"))
+    f.write(data)
+    f.flush()
+
+
+def receive_message(f) -> bytes:
+    """One message framed by :func:`send_message`; ``EOFError`` at the end of the pipe."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise EOFError("pipe closed")
+    n = int.from_bytes(head, "little")
+    data = f.read(n)
+    if len(data) < n:
+        raise EOFError("pipe closed mid-message")
+    return data
+
+
+class _ChildGreatExpectations:
+    """:class:`_GreatExpectations`' ``run`` for one data-docs folder, sent to the child of
+    :func:`great_expectations_process`."""
+
+    def __init__(self, child: _GreatExpectationsChild, docs_dir: Path):
+        self.child, self.docs_dir = child, docs_dir
+
+    def run(self, name: str, frame: pd.DataFrame, items: list[tuple[str, dict]], id_cols: list[str],
+            max_examples: int) -> list[ExpectationOutcome]:
+        return self.child.run(self.docs_dir, name, frame, items, id_cols, max_examples)
+
+
+def _great_expectations(docs_dir: Path):
+    """Where a validation's Great Expectations runs go: the child of :func:`great_expectations_process` inside
+    that block, else this process."""
+    return _GreatExpectations(docs_dir) if _CHILD is None else _ChildGreatExpectations(_CHILD, docs_dir)
 
 
 def _default_label_set() -> list[str]:
