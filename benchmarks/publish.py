@@ -20,10 +20,8 @@ contracts' Great Expectations process, in ``children_peak_anon_mb``, the two tog
 ``total_peak_anon_mb``), with its seconds and the published bytes, and the peak
 anonymous memory of each of publication's phases (``phase_peak_anon_mb``, sampled inside the process; their growth
 per 1,000 studies in ``phase_anon_mb_per_1000_studies``) to show which phase holds what grows, and the exact size
-of the per-row frames publication holds (``held_frames``: the instruction rows' index, and for each table the
-largest frame handed to Great Expectations at once, with how many it was given: one, or a chunk's and the
-whole-table checks' columns past ``grok.contracts.GE_CHUNK_ROWS`` rows; ``DataFrame.memory_usage(deep=True)``),
-which do not depend on when the allocators give freed pages back.
+of the per-row frame publication holds (``held_frames``: the instruction rows' index;
+``DataFrame.memory_usage(deep=True)``), which does not depend on when the allocators give freed pages back.
 """
 
 from __future__ import annotations
@@ -125,8 +123,8 @@ def wrap(owner, name, label):
             stack.pop()
     setattr(owner, name, g)
 
-# what the held index costs a row, exactly (not sampled): the instruction rows' frame that publication keeps, and
-# the largest frame each table hands Great Expectations
+# what the held index costs a row, exactly (not sampled): the instruction rows' frame that publication keeps (the
+# frames Great Expectations validates are made in the contracts' child process, whose memory is sampled outside)
 held = {}
 prepare = P.prepare
 def prepare_sized(*a, **k):
@@ -135,17 +133,6 @@ def prepare_sized(*a, **k):
     held["instruction_index"] = {"rows": len(ins), "mb": round(ins.memory_usage(deep=True).sum() / 1e6, 2)}
     return prep
 P.prepare = prepare_sized
-checks = P.grok.contracts._table_checks
-def checks_sized(df, contract, *a, **k):  # the largest frame a table hands Great Expectations at once, and how many
-    if len(df):
-        h = held.setdefault("contracts_frame_" + contract.name, {"rows": 0, "mb": 0.0, "frames": 0})
-        mb = round(df.memory_usage(deep=True).sum() / 1e6, 2)
-        h["frames"] += 1
-        if mb > h["mb"]:
-            h.update(rows=len(df), mb=mb)
-    return checks(df, contract, *a, **k)
-P.grok.contracts._table_checks = checks_sized
-
 for name in ("prepare", "apply_reviews", "run_contracts", "privacy_check", "build_datasets", "_versions", "_card_body",
              "write_curator_report"):
     wrap(P, name, name)

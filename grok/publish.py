@@ -61,7 +61,6 @@ from pydantic import Field, field_validator
 import grok.contracts
 from grok import __version__, registry
 from grok.config import Settings
-from grok.contracts import validate
 from grok.ids import OCT_GROK_BIOMARKERS
 from grok.instruct.accounting import account, describe, pass_rate
 from grok.instruct.evidence import records_features, records_row
@@ -333,10 +332,11 @@ class InstructionRows:
     Without ``tmp`` the table is read into memory (small builds, tests)."""
 
     def __init__(self, path: Path, tmp: Path | None = None):
+        self.arrow: Path | None = None  # the memory-mapped copy, when there is one
         if tmp is None:
             self.table = pq.read_table(path)
         else:
-            arrow = Path(tmp) / "instructions.arrow"
+            arrow = self.arrow = Path(tmp) / "instructions.arrow"
             pf = open_parquet(path)
             with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as writer:
                 for batch in iter_batches(pf, 4096):
@@ -347,6 +347,19 @@ class InstructionRows:
         index = [c for c in names if c in INDEX_COLUMNS]
         self.frame = self.table.select(index).to_pandas(categories=[c for c in CATEGORY_COLUMNS if c in index])
         self.frame["_pos"] = np.arange(len(self.frame), dtype=np.int32 if len(self.frame) < 2**31 else np.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (for the contracts' child process) as the mapped copy's path, which the other process maps
+        again, not as the text; an in-memory table travels whole."""
+        state = dict(self.__dict__)
+        if self.arrow is not None:
+            del state["table"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "table" not in state:
+            self.table = pa.ipc.open_file(pa.memory_map(str(self.arrow))).read_all()
 
     def _take(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
         return take_rows(self.table.select(columns), frame["_pos"].to_numpy())
@@ -388,6 +401,18 @@ class InstructionRows:
             for c in heavy:
                 out = out.assign(**{c: [r[c] for r in rows]})
             yield out
+
+
+class InstructionFrames:
+    """The rows of ``frame`` as the contracts read them (:meth:`InstructionRows.frames`, batch by batch when
+    iterated), picklable: the rows' index and the mapped copy's path travel to the contracts' child process, not
+    the text (:func:`run_contracts`)."""
+
+    def __init__(self, rows: InstructionRows, frame: pd.DataFrame):
+        self.rows, self.frame = rows, frame
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        return self.rows.frames(self.frame)
 
 
 #: Rows of the instruction index looked at a time when one split's rows are read (:func:`split_rows`): a split is
@@ -476,7 +501,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     evidence = _Evidence(records, kb, split_of)
     return {"records": records, "instructions": ins, "rows": rows, "removed": removed_df,
             "failed_verification": len(failed),
-            "instructions_in": n_in, "alignment": align, "biomarker_distributions": bio, "labels": labels,
+            "instructions_in": n_in, "alignment": align,
+            "alignment_file": Path(tmp) / ALIGNMENT_FILE if tmp is not None else None, "biomarker_distributions": bio, "labels": labels,
             "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
 
 
@@ -487,12 +513,16 @@ ALIGNMENT_SCHEMA = pa.schema([("sample_id", pa.string()), ("patient_id", pa.stri
                               ("split", pa.string())])
 
 
+#: The alignment rows' Arrow file in publication's temporary folder (``prepare()['alignment_file']``).
+ALIGNMENT_FILE = "alignment.arrow"
+
+
 def _alignment_rows(records: StudyRecords, split_of: Mapping[str, str], tmp: Path | None) -> pa.Table:
     """One row per record with a foveal B-scan, in study-id order, as an Arrow table: with ``tmp``, an Arrow file
     there written a batch at a time and mapped back (its pages are the file's, not the heap's), so publication
     does not hold a Python row per study (issue 22)."""
     rows: list[dict[str, Any]] = []
-    writer = TableWriter(Path(tmp) / "alignment.arrow", ALIGNMENT_SCHEMA) if tmp is not None else None
+    writer = TableWriter(Path(tmp) / ALIGNMENT_FILE, ALIGNMENT_SCHEMA) if tmp is not None else None
     for r in records.sorted_values():
         img = r["images"].get("oct_foveal")
         if not img:
@@ -624,19 +654,24 @@ def _media_inputs(prep: dict[str, Any]) -> Iterator[str]:
 
 
 def run_contracts(build_dir: Path, prep: dict[str, Any], cfg: PublishConfig, deny=None) -> dict[str, Any]:
+    """Each table's contract (:func:`grok.contracts.validate`), run in a child process
+    (:func:`grok.contracts.contracts_process`) that reads the tables from their files: the instruction rows a batch
+    at a time with their text from the memory-mapped copy (the index travels, not the text), the alignment rows from
+    their mapped Arrow file, the biomarkers from their parquet file. This process only waits: Great Expectations'
+    import, the reading and the validation's churn stay in the child, whose memory goes back when it ends
+    (issue 22)."""
     params = {"verifier_pass_rate": cfg.verifier_pass_rate}
     docs = build_dir / "contracts"
     results = {}
-    # the instruction rows a batch at a time with their text (grok.contracts keeps what the expectations read)
-    tables = {"instructions": prep["rows"].frames(prep["instructions"]), "alignment": prep["alignment"],
+    tables = {"instructions": InstructionFrames(prep["rows"], prep["instructions"]),
+              "alignment": prep.get("alignment_file") or prep["alignment"],
               "biomarkers": build_dir / "biomarkers.parquet"}
     if prep["labels"] is not None:
         tables["labels"] = prep["labels"]
-    with grok.contracts.great_expectations_process():  # GE's import and churn never held by this process
-        for name, df in tables.items():
-            res = validate(df, name, params=params, deny_list=deny if deny is not None else [],
-                           docs_dir=docs / name)
-            results[name] = res
+    with grok.contracts.contracts_process() as child:
+        for name, data in tables.items():
+            results[name] = child.validate(data, name, params=params, deny_list=deny if deny is not None else [],
+                                           docs_dir=docs / name)
     return results
 
 

@@ -274,51 +274,48 @@ def _failing_chunked_table() -> pd.DataFrame:
     return df
 
 
-def test_great_expectations_in_a_child_process_gives_the_same_outcomes(tmp_path, monkeypatch):
-    """Inside ``great_expectations_process`` every Great Expectations run (a long table's chunks and its whole-table
-    checks) happens in the child: this process's own runner is made to fail, and the outcomes, their examples and
-    the data docs are those of the same validation run here (issue 22)."""
+def test_a_table_validated_in_the_contracts_process_gives_the_same_result(tmp_path, monkeypatch):
+    """``contracts_process`` validates in the child what this process would (a long table in chunks, its whole-table
+    checks once): this process's own Great Expectations runner is made to fail, and the outcomes, their examples,
+    the counts and the data docs are those of the same validation run here; the same child validates again, and it
+    is gone with the block (issue 22)."""
     from dataclasses import asdict
 
     import grok.contracts as gc
 
-    monkeypatch.setattr(gc, "BATCH_ROWS", 5)
-    monkeypatch.setattr(gc, "GE_CHUNK_ROWS", 10)
     df = _failing_chunked_table()
-    here = validate(df, "instructions", docs_dir=tmp_path / "here")
+    here = validate(df, "instructions", docs_dir=tmp_path / "here", batch_rows=5, chunk_rows=10)
 
     def not_here(self, *a, **k):
         raise AssertionError("Great Expectations ran in the calling process")
 
     monkeypatch.setattr(gc._GreatExpectations, "run", not_here)
-    with gc.great_expectations_process():
-        child = validate(df, "instructions", docs_dir=tmp_path / "child")
-        again = validate(_instructions(8), "instructions", docs_dir=tmp_path / "child2")  # same child, new project
-    assert gc._CHILD is None  # the child is gone with the block
-    assert not child.success and again.success
-    assert [asdict(o) for o in child.outcomes] == [asdict(o) for o in here.outcomes]
-    assert {(o.expectation, o.column) for o in child.failed} == {
+    with gc.contracts_process() as child:
+        there = child.validate(df, "instructions", docs_dir=tmp_path / "there", batch_rows=5, chunk_rows=10)
+        again = child.validate(_instructions(8), "instructions", docs_dir=tmp_path / "again")
+    assert child.proc.returncode == 0
+    assert not there.success and again.success and there.n_rows == 24
+    assert [asdict(o) for o in there.outcomes] == [asdict(o) for o in here.outcomes]
+    assert {(o.expectation, o.column) for o in there.failed} == {
         ("expect_column_values_to_be_unique", "id"), ("expect_column_values_to_be_in_set", "label")}
-    assert child.docs_index and Path(child.docs_index).exists()
+    assert there.docs_index and Path(there.docs_index).exists()
+    assert (tmp_path / "there" / "gx" / "expectations" / "instructions-table.json").exists()  # chunked there too
 
 
-def test_an_unknown_expectation_is_named_wherever_great_expectations_runs(tmp_path):
+def test_an_unknown_expectation_is_named_wherever_it_is_validated(tmp_path):
     """A contract naming an expectation Great Expectations does not have fails with the name, in this process and
-    from the child process (whose own exceptions come back as a ContractError)."""
+    in the contracts process (the error comes back as it was raised)."""
     import grok.contracts as gc
 
     c = load_contract("instructions")
     c.expectations.append({"type": "expect_column_values_to_be_purple", "column": "id"})
-    for where in ("here", "child"):
-        with pytest.raises(ContractError, match="expect_column_values_to_be_purple"):
-            if where == "child":
-                with gc.great_expectations_process():
-                    validate(_instructions(4), c, docs_dir=tmp_path / where)
-            else:
-                validate(_instructions(4), c, docs_dir=tmp_path / where)
+    with pytest.raises(ContractError, match="expect_column_values_to_be_purple"):
+        validate(_instructions(4), c, docs_dir=tmp_path / "here")
+    with gc.contracts_process() as child, pytest.raises(ContractError, match="expect_column_values_to_be_purple"):
+        child.validate(_instructions(4), c, docs_dir=tmp_path / "there")
 
 
-def test_validating_in_the_child_process_never_imports_great_expectations_here(tmp_path):
+def test_validating_in_the_contracts_process_never_imports_great_expectations_here(tmp_path):
     """What a publication's driver gains (issue 22): Great Expectations' import (about 120 MB) and its churn stay in
     the child. Checked in a fresh interpreter, since this one has imported Great Expectations already, running a
     script without an ``if __name__ == "__main__"`` guard: the child must not run the caller's script again (as
@@ -330,8 +327,8 @@ def test_validating_in_the_child_process_never_imports_great_expectations_here(t
     script = tmp_path / "no_guard.py"
     script.write_text("import sys, grok.contracts as gc\n"
                       "from tests.test_contracts import _instructions\n"
-                      "with gc.great_expectations_process():\n"
-                      f"    r = gc.validate(_instructions(6), 'instructions', docs_dir={str(tmp_path / 'docs')!r})\n"
+                      "with gc.contracts_process() as child:\n"
+                      f"    r = child.validate(_instructions(6), 'instructions', docs_dir={str(tmp_path / 'docs')!r})\n"
                       "print('validated', r.success, r.n_rows, 'great_expectations' in sys.modules)\n")
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=root,
@@ -340,9 +337,9 @@ def test_validating_in_the_child_process_never_imports_great_expectations_here(t
     assert out.stdout.split() == ["validated", "True", "6", "False"]
 
 
-def test_a_great_expectations_process_that_dies_is_a_clear_error(tmp_path):
-    """A child that ends mid-request (killed for memory, say) fails the validation with its exit code, never hangs;
-    the block still closes."""
+def test_a_contracts_process_that_dies_is_a_clear_error(tmp_path):
+    """A child that ends mid-request (killed for memory, say) fails the call with its exit code, never hangs; the
+    block still closes."""
     import os
 
     import grok.contracts as gc
@@ -351,7 +348,7 @@ def test_a_great_expectations_process_that_dies_is_a_clear_error(tmp_path):
         def __reduce__(self):
             return (os._exit, (3,))
 
-    with gc.great_expectations_process():
+    with gc.contracts_process() as child:
         with pytest.raises(ContractError, match="exit code 3"):
-            gc._CHILD.run(tmp_path, "dies", pd.DataFrame({"a": [ExitsWhenRead()]}), [], [], 3)
-    assert gc._CHILD is None
+            child.validate(pd.DataFrame({"a": [ExitsWhenRead()]}), "instructions", docs_dir=tmp_path)
+    assert child.proc.returncode == 3

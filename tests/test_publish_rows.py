@@ -92,6 +92,22 @@ def test_contract_frames_have_every_column(rows_and_table):
     assert images == table.column("images").to_pylist()
 
 
+def test_the_contracts_process_gets_the_index_and_the_files_path_not_the_text(rows_and_table):
+    """What run_contracts sends its child process: the rows' index and, for a memory-mapped copy, its path (the other
+    process maps it again), so the frames there are the frames here; an in-memory table travels whole."""
+    import pickle
+
+    rows, table = rows_and_table
+    sel = rows.frame[rows.frame["verifier_passed"]].iloc[::-1]
+    sent = pickle.dumps(pub.InstructionFrames(rows, sel))
+    assert (b"answer 17" in sent) == (rows.arrow is None)  # the text travels only without a mapped copy
+    got = list(pickle.loads(sent))
+    want = list(pub.InstructionFrames(rows, sel))
+    assert [len(f) for f in got] == [len(f) for f in want] and len(got) >= 1
+    for a, b in zip(got, want):
+        pd.testing.assert_frame_equal(a, b)
+
+
 def test_split_rows_are_the_split_in_the_frames_order_scanned_in_parts(rows_and_table, monkeypatch):
     rows, table = rows_and_table
     frame = rows.frame.sort_values("id", kind="stable").assign(

@@ -430,8 +430,15 @@ def validate(
     deny_list: DenyList | list[str] | dict | None = None,
     docs_dir: str | os.PathLike | None = None,
     max_examples: int = 3,
+    batch_rows: int | None = None,
+    chunk_rows: int | None = None,
 ) -> ContractResult:
     """Validate a table against a contract; see the module docstring.
+
+    ``data``: a DataFrame, an Arrow table, a parquet file's path (read a batch at a time), an Arrow IPC file's
+    path (``.arrow``, memory-mapped), or an iterable of DataFrames (batches as given). ``batch_rows`` and
+    ``chunk_rows``: rows read at a time and validated by Great Expectations at once (:data:`BATCH_ROWS`,
+    :data:`GE_CHUNK_ROWS`).
 
     ``params`` fills ``${...}`` placeholders (e.g. ``verifier_pass_rate``, ``label_set``);
     ``deny_list`` (a :class:`~grok.privacy.denylist.DenyList`, identifier strings that are hashed at once
@@ -446,9 +453,13 @@ def validate(
     params.setdefault("label_set", _default_label_set())
     params.setdefault("verifier_pass_rate", 0.9)
     table_path = None
+    batch_rows, chunk_rows = batch_rows or BATCH_ROWS, chunk_rows or GE_CHUNK_ROWS
     if isinstance(data, (str, os.PathLike)):
         table_path = Path(data)
-        data = open_parquet(table_path)  # read a batch at a time below
+        if table_path.suffix == ".arrow":  # pages from the file, not the heap
+            data = pa.ipc.open_file(pa.memory_map(str(table_path))).read_all()
+        else:
+            data = open_parquet(table_path)  # read a batch at a time below
     deny = deny_list if isinstance(deny_list, DenyList) or deny_list is None else DenyList.from_json(deny_list)
     schema_problems: list[str] = []
     if isinstance(data, (pa.Table, pq.ParquetFile)):  # types and nulls from Arrow; nulls counted per batch below
@@ -469,7 +480,7 @@ def validate(
 
     def validate_chunk() -> None:  # the rows kept so far, row by row; only their whole-table columns are kept
         nonlocal pending, pending_rows, ge
-        ge = ge or _great_expectations(docs_dir)
+        ge = ge or _GreatExpectations(docs_dir)
         chunk = _with_counts(_concat_coded(pending), extra)
         pending, pending_rows = [], 0
         id_cols = [x for x in ID_COLUMNS if x in names]
@@ -480,7 +491,7 @@ def validate(
                                                                   split_disjoint=False), row_wise=True)
         chunk_outcomes.append(ge.run(c.name, chunk, items, id_cols, max_examples))
 
-    for arrow, df in _frames(data, BATCH_ROWS):
+    for arrow, df in _frames(data, batch_rows):
         if names is None:
             names = list(df.columns)
             keep = _ge_columns(c, [x for x in ID_COLUMNS if x in names])
@@ -500,7 +511,7 @@ def validate(
                                       or x == "answer_words"]])
         pending_rows += len(prepared_part)
         del prepared_part
-        if pending_rows >= GE_CHUNK_ROWS:
+        if pending_rows >= chunk_rows:
             validate_chunk()
     names = names or []
     id_cols = [x for x in ID_COLUMNS if x in names]
@@ -509,7 +520,7 @@ def validate(
     for col in c.columns:
         if not col.get("nullable", True) and nulls.get(col["name"]):
             schema_problems.append(f"column {col['name']!r} has {nulls[col['name']]} nulls but is not nullable")
-    ge = ge or _great_expectations(docs_dir)
+    ge = ge or _GreatExpectations(docs_dir)
     if not chunk_outcomes:  # the whole table in one validation
         prepared = _with_counts(_concat_coded(pending), extra)
         del pending
@@ -702,39 +713,29 @@ class _GreatExpectations:
         return outcomes
 
 
-#: The child process that runs Great Expectations inside :func:`great_expectations_process` (None outside it).
-_CHILD: _GreatExpectationsChild | None = None
-
-
 @contextlib.contextmanager
-def great_expectations_process() -> Iterator[None]:
-    """Within this block every :func:`validate` hands its Great Expectations runs to one child process and receives
-    their outcomes; the caller keeps the batching, the identifier counts and the merging, and never imports Great
-    Expectations. A publication uses it for its contracts (issue 22): importing Great Expectations alone holds
-    about 120 MB, and its object churn over a long table's chunks left the caller's small-object arenas fragmented,
-    both for the rest of the process; the child's memory goes back when the block ends. Costs one interpreter
-    start and Great Expectations' import (a few seconds). Nested blocks share the outer one's child.
-
-    The child is a fresh interpreter running ``python -m grok.contracts.ge_child`` with the caller's ``sys.path``
-    (not ``multiprocessing``, whose ``spawn`` and ``forkserver`` import the caller's main script again: a script
-    without an ``if __name__ == "__main__"`` guard would publish from inside its own child), talking over a pipe
-    pair of its own, so what it prints or logs goes to the caller's output as usual."""
-    global _CHILD
-    if _CHILD is not None:
-        yield
-        return
-    _CHILD = _GreatExpectationsChild()
+def contracts_process() -> Iterator[ContractsProcess]:
+    """A child process that validates tables for the caller (:meth:`ContractsProcess.validate`), shut down when the
+    block ends. A publication runs its contracts there (issue 22): the caller sends where each table is (a parquet
+    or memory-mapped Arrow file's path, a small frame, or a picklable iterable of frames that reads a mapped file
+    itself) and receives the :class:`ContractResult`; the reading, the identifier counts, Great Expectations'
+    import (about 120 MB on its own) and its object churn over a long table's chunks (which left the caller's
+    small-object arenas fragmented) all stay in the child, whose memory goes back when the block ends. Costs one
+    interpreter start and the imports (a few seconds)."""
+    child = ContractsProcess()
     try:
-        yield
+        yield child
     finally:
-        child, _CHILD = _CHILD, None
         child.close()
 
 
-class _GreatExpectationsChild:
-    """The child process of :func:`great_expectations_process`: a request is a pickled ``(docs_dir, name, frame,
-    items, id_cols, max_examples)``, a reply ``(True, outcomes)`` or ``(False, ContractError)``, each framed by
-    its length (8 bytes, little-endian) on the pipes given to the child by number."""
+class ContractsProcess:
+    """A fresh interpreter running ``python -m grok.contracts.child`` with the caller's ``sys.path`` (not
+    ``multiprocessing``, whose ``spawn`` and ``forkserver`` import the caller's main script again: a script without an
+    ``if __name__ == "__main__"`` guard would run itself inside its own child), talking over a pipe pair of its own,
+    so what it prints or logs reaches the caller's output as usual. A request is a pickled ``(function, args,
+    kwargs)`` of a module-level function, a reply ``(True, value)`` or ``(False, exception)``, each framed by its
+    length (:func:`send_message`)."""
 
     def __init__(self) -> None:
         import subprocess
@@ -744,7 +745,7 @@ class _GreatExpectationsChild:
         self._from_child, from_child_w = os.pipe()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in sys.path if p)))
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "grok.contracts.ge_child", str(to_child_r),
+            self.proc = subprocess.Popen([sys.executable, "-m", "grok.contracts.child", str(to_child_r),
                                           str(from_child_w)], pass_fds=(to_child_r, from_child_w), env=env,
                                          stdin=subprocess.DEVNULL)
         finally:
@@ -752,21 +753,25 @@ class _GreatExpectationsChild:
             os.close(from_child_w)
         self._w, self._r = os.fdopen(self._to_child, "wb"), os.fdopen(self._from_child, "rb")
 
-    def run(self, docs_dir: Path, name: str, frame: pd.DataFrame, items: list[tuple[str, dict]], id_cols: list[str],
-            max_examples: int) -> list[ExpectationOutcome]:
+    def validate(self, data: Any, contract: Contract | str, **kwargs: Any) -> ContractResult:
+        """:func:`validate` in the child; ``data`` must pickle (see :func:`contracts_process`)."""
+        return self.call(validate, data, contract, **kwargs)
+
+    def call(self, fn, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` in the child (``fn`` importable there by name); what it raises is raised here
+        (as a :class:`ContractError` naming it when the exception does not pickle)."""
         import pickle
 
         try:
-            send_message(self._w, pickle.dumps((str(docs_dir), name, frame, items, id_cols, max_examples),
-                                               protocol=pickle.HIGHEST_PROTOCOL))
+            send_message(self._w, pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
             reply = receive_message(self._r)
         except (BrokenPipeError, EOFError) as exc:
             try:
                 code = self.proc.wait(timeout=30)
             except Exception:  # noqa: BLE001 - still running: its pipe broke, its exit code is unknown
                 code = None
-            raise ContractError(f"the Great Expectations process ended while validating {name!r} (exit code "
-                                f"{code}; killed for memory if -9): see the log above; rerun the publication") from exc
+            raise ContractError(f"the contracts process ended while running {fn.__name__} (exit code {code}; "
+                                "-9: killed, e.g. for memory): see the log above, then rerun") from exc
         ok, value = pickle.loads(reply)
         if not ok:
             raise value
@@ -784,7 +789,7 @@ class _GreatExpectationsChild:
 
 
 def send_message(f, data: bytes) -> None:
-    """``data`` framed by its length on the pipe ``f`` (see :class:`_GreatExpectationsChild`)."""
+    """``data`` framed by its length (8 bytes, little-endian) on the pipe ``f`` (see :class:`ContractsProcess`)."""
     f.write(len(data).to_bytes(8, "little"))
     f.write(data)
     f.flush()
@@ -800,24 +805,6 @@ def receive_message(f) -> bytes:
     if len(data) < n:
         raise EOFError("pipe closed mid-message")
     return data
-
-
-class _ChildGreatExpectations:
-    """:class:`_GreatExpectations`' ``run`` for one data-docs folder, sent to the child of
-    :func:`great_expectations_process`."""
-
-    def __init__(self, child: _GreatExpectationsChild, docs_dir: Path):
-        self.child, self.docs_dir = child, docs_dir
-
-    def run(self, name: str, frame: pd.DataFrame, items: list[tuple[str, dict]], id_cols: list[str],
-            max_examples: int) -> list[ExpectationOutcome]:
-        return self.child.run(self.docs_dir, name, frame, items, id_cols, max_examples)
-
-
-def _great_expectations(docs_dir: Path):
-    """Where a validation's Great Expectations runs go: the child of :func:`great_expectations_process` inside
-    that block, else this process."""
-    return _GreatExpectations(docs_dir) if _CHILD is None else _ChildGreatExpectations(_CHILD, docs_dir)
 
 
 def _default_label_set() -> list[str]:
