@@ -51,6 +51,11 @@ def _blank(schema: pa.Schema, row: dict[str, Any]) -> dict[str, Any]:
     return {name: row.get(name) for name in schema.names}
 
 
+def map_arrow(path: str | Path) -> pa.Table:
+    """An Arrow IPC file as a table memory-mapped from disk (zero-copy: its pages are the file's, not the heap's)."""
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
 class TableWriter:
     """Append rows to a table file in batches of ``batch_rows``: a writer holds at most that many rows as Python
     objects however many are written. A path ending in ``.arrow`` is an Arrow IPC file, which :meth:`read` maps back
@@ -99,7 +104,7 @@ class TableWriter:
         back), a parquet file read whole."""
         self.close()
         if self.ipc:
-            return pa.ipc.open_file(pa.memory_map(str(self.path))).read_all()
+            return map_arrow(self.path)
         return pq.read_table(self.path, memory_map=True)
 
     def __enter__(self) -> TableWriter:

@@ -68,7 +68,15 @@ from grok.instruct.lint import lint_rows
 from grok.instruct.records import StudyError, load_studies
 from grok.knowledge import load_knowledge_base
 from grok.knowledge.lexicon import build_lexicon
-from grok.parquet_io import TableWriter, arrow_pool, iter_batches, open_parquet, release_memory, take_rows
+from grok.parquet_io import (
+    TableWriter,
+    arrow_pool,
+    iter_batches,
+    map_arrow,
+    open_parquet,
+    release_memory,
+    take_rows,
+)
 from grok.privacy.denylist import DENY_LIST_FILE, DenyList
 from grok.privacy.scan import scan_path
 from grok.resources import bundled_dir
@@ -341,7 +349,7 @@ class InstructionRows:
             with pa.OSFile(str(arrow), "wb") as sink, pa.ipc.new_file(sink, pf.schema_arrow) as writer:
                 for batch in iter_batches(pf, 4096):
                     writer.write_batch(batch)
-            self.table = pa.ipc.open_file(pa.memory_map(str(arrow))).read_all()  # zero-copy, pages from disk
+            self.table = map_arrow(arrow)  # zero-copy, pages from disk
         names = self.table.column_names
         self.heavy_columns = [c for c in names if c not in INDEX_COLUMNS]
         index = [c for c in names if c in INDEX_COLUMNS]
@@ -359,7 +367,7 @@ class InstructionRows:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if "table" not in state:
-            self.table = pa.ipc.open_file(pa.memory_map(str(self.arrow))).read_all()
+            self.table = map_arrow(self.arrow)
 
     def _take(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
         return take_rows(self.table.select(columns), frame["_pos"].to_numpy())
@@ -502,7 +510,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     return {"records": records, "instructions": ins, "rows": rows, "removed": removed_df,
             "failed_verification": len(failed),
             "instructions_in": n_in, "alignment": align,
-            "alignment_file": Path(tmp) / ALIGNMENT_FILE if tmp is not None else None, "biomarker_distributions": bio, "labels": labels,
+            "alignment_file": Path(tmp) / ALIGNMENT_FILE if tmp is not None else None,
+            "biomarker_distributions": bio, "labels": labels,
             "split_of": split_of, "accounting": acc, "skipped": skipped, "evidence": evidence, "text_lint": text_lint}
 
 

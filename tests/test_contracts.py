@@ -265,8 +265,6 @@ def test_a_long_table_is_validated_in_chunks_with_the_whole_tables_outcomes(tmp_
     assert "jane.doe" not in json.dumps(chunked.to_dict(), default=str)
 
 
-
-
 def _failing_chunked_table() -> pd.DataFrame:
     df = _instructions(24)
     df.loc[20, "id"] = "i3"  # repeated in another chunk

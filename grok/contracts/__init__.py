@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from grok.ids import CATEGORIES
-from grok.parquet_io import iter_batches, open_parquet
+from grok.parquet_io import iter_batches, map_arrow, open_parquet
 from grok.privacy.denylist import DenyList
 from grok.resources import bundled_dir
 
@@ -457,7 +457,7 @@ def validate(
     if isinstance(data, (str, os.PathLike)):
         table_path = Path(data)
         if table_path.suffix == ".arrow":  # pages from the file, not the heap
-            data = pa.ipc.open_file(pa.memory_map(str(table_path))).read_all()
+            data = map_arrow(table_path)
         else:
             data = open_parquet(table_path)  # read a batch at a time below
     deny = deny_list if isinstance(deny_list, DenyList) or deny_list is None else DenyList.from_json(deny_list)
