@@ -99,13 +99,24 @@ def test_the_contracts_process_gets_the_index_and_the_files_path_not_the_text(ro
 
     rows, table = rows_and_table
     sel = rows.frame[rows.frame["verifier_passed"]].iloc[::-1]
-    sent = pickle.dumps(pub.InstructionFrames(rows, sel))
-    assert (b"answer 17" in sent) == (rows.arrow is None)  # the text travels only without a mapped copy
-    got = list(pickle.loads(sent))
+    rows.frame = None  # as prepare leaves it: the index is the selection's
     want = list(pub.InstructionFrames(rows, sel))
-    assert [len(f) for f in got] == [len(f) for f in want] and len(got) >= 1
-    for a, b in zip(got, want):
-        pd.testing.assert_frame_equal(a, b)
+    assert len(want) >= 1
+    for spill in (False, True):
+        frames = pub.InstructionFrames(rows, sel)
+        if spill:  # with a mapped copy, the index is written beside it and read there a part at a time
+            frames.spill()
+        sent = pickle.dumps(frames)
+        assert (b"answer 17" in sent) == (rows.arrow is None)  # the text travels only without a mapped copy
+        assert (str(sel["id"].iloc[3]).encode() in sent) == (not spill or rows.arrow is None)
+        got = pickle.loads(sent)
+        assert got.n_rows == len(sel)
+        got = list(got)
+        assert [len(f) for f in got] == [len(f) for f in want]
+        for a, b in zip(got, want):
+            pd.testing.assert_frame_equal(a, b)
+        frames.close()
+        assert frames.index_file is None or not frames.index_file.exists()
 
 
 def test_split_rows_are_the_split_in_the_frames_order_scanned_in_parts(rows_and_table, monkeypatch):

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -330,24 +331,19 @@ def _table_checks(df: pd.DataFrame, contract: Contract, identifier_checks: list[
     return extra
 
 
-def _ge_columns(contract: Contract, id_cols: list[str], *, whole_table_only: bool = False) -> set[str]:
-    """Columns an expectation reads (besides the derived ones): ids, expectation columns, grouping keys, bounds.
-    ``whole_table_only``: the ids and the columns of the expectations that need the whole table (those not in
-    :data:`ROW_WISE`, ``min_mean``, ``split_disjoint_by``; see :data:`GE_CHUNK_ROWS`)."""
+def _ge_columns(contract: Contract, id_cols: list[str]) -> set[str]:
+    """Columns an expectation reads (besides the derived ones): ids, expectation columns, grouping keys, bounds."""
     cols = set(id_cols)
     for exp in contract.expectations:
         if not isinstance(exp, dict):
             continue
-        if not (whole_table_only and "type" in exp and _snake_to_class(exp["type"]) in ROW_WISE):
-            for k, v in exp.items():
-                if "column" in k:
-                    cols.update([v] if isinstance(v, str) else [x for x in v if isinstance(x, str)])
+        cols.update(_read_columns(exp))
         if "min_mean" in exp and isinstance(exp["min_mean"], dict):
             cols.add(str(exp["min_mean"].get("column")))
         if "split_disjoint_by" in exp:
             cols.update({exp["split_disjoint_by"], "split"})
     # (a report_distribution column is counted batch by batch in validate, not handed to Great Expectations)
-    return cols if whole_table_only else cols | set(contract.plausible_bounds)
+    return cols | set(contract.plausible_bounds)
 
 
 def _frames(data: Any, rows: int):
@@ -474,23 +470,35 @@ def validate(
             os.environ.get("TMPDIR", "/tmp")) / f"grok-contracts-{os.getpid()}" / c.name
     docs_dir = Path(docs_dir)
     pending, extra, names, nulls, dist = [], {}, None, {}, {}
-    pending_rows, chunk_outcomes, table_parts, chunk_columns, ge = 0, [], [], set(), None
+    pending_rows, chunk_outcomes, chunk_columns, ge = 0, [], set(), None
+    mean_weights: list[dict[str, int]] = []  # per chunk, the values each mean expectation's column had
+    mean_bounds: dict[str, dict] = {}  # each mean expectation's arguments, by column
+    table: _WholeTableChecks | None = None
     report = [e["report_distribution"] for e in c.expectations if isinstance(e, dict) and "report_distribution" in e]
     n_rows = 0
 
-    def validate_chunk() -> None:  # the rows kept so far, row by row; only their whole-table columns are kept
-        nonlocal pending, pending_rows, ge
+    def validate_chunk() -> None:  # the rows kept so far, row by row; the whole-table checks' columns set aside
+        nonlocal pending, pending_rows, ge, table
         ge = ge or _GreatExpectations(docs_dir)
         chunk = _with_counts(_concat_coded(pending), extra)
         pending, pending_rows = [], 0
         id_cols = [x for x in ID_COLUMNS if x in names]
-        table_cols = _ge_columns(c, id_cols, whole_table_only=True)
-        table_parts.append(chunk[[x for x in chunk.columns if x in table_cols]].copy())
+        if table is None:  # the whole-table checks of the first chunk's columns (an empty frame gives their order)
+            shape = pd.DataFrame(columns=list(chunk.columns))
+            whole_items, _ = _suite(c, params, shape.columns, _table_checks(shape, c, [], plausible_bounds=False))
+            whole_items = [(n, k) for n, k in whole_items if n not in ROW_WISE and n not in MEANS
+                           or str(k.get("column", "")).startswith(SPLITS_PREFIX)]
+            table = _WholeTableChecks(whole_items, id_cols, docs_dir, _partition_bits(expected_rows, chunk_rows))
+        table.add(chunk)
         chunk_columns.update(chunk.columns)
         items, _ = _suite(c, params, chunk.columns, _table_checks(chunk, c, list(extra.values()),
-                                                                  split_disjoint=False), row_wise=True)
+                                                                  split_disjoint=False))
+        items = [(n, k) for n, k in items if n in ROW_WISE or n in MEANS]
+        mean_weights.append({k["column"]: int(chunk[k["column"]].notna().sum()) for n, k in items if n in MEANS})
+        mean_bounds.update({k["column"]: k for n, k in items if n in MEANS})
         chunk_outcomes.append(ge.run(c.name, chunk, items, id_cols, max_examples))
 
+    expected_rows = _expected_rows(data)
     for arrow, df in _frames(data, batch_rows):
         if names is None:
             names = list(df.columns)
@@ -529,16 +537,17 @@ def validate(
     else:
         if pending:
             validate_chunk()
-        whole = _concat_coded(table_parts)
-        del table_parts
-        extra_table = _table_checks(whole, c, [], plausible_bounds=False)
-        items, _ = _suite(c, params, whole.columns, extra_table, row_wise=False)
-        table_outcomes = ge.run(f"{c.name}-table", whole, items, id_cols, max_examples)
+        assert table is not None
+        try:
+            table_outcomes = table.run(ge, f"{c.name}-table", chunk_rows, max_examples)
+        finally:
+            table.close()
+        means = _merged_means(chunk_outcomes, mean_weights, mean_bounds)
         # the outcomes in the order one validation of the whole table gives them (an empty frame of every column
         # gives GROK's checks in the contract's order)
-        every = pd.DataFrame(columns=sorted(chunk_columns | set(whole.columns)))
+        every = pd.DataFrame(columns=sorted(chunk_columns))
         order, problems = _suite(c, params, every.columns, _table_checks(every, c, list(extra.values())))
-        outcomes = _merged(order, [table_outcomes, *chunk_outcomes], max_examples)
+        outcomes = _merged(order, [*table_outcomes, means, *chunk_outcomes], max_examples)
     schema_problems += problems
     distributions = {col: dict(sorted(dist[col].items())) for col in report if col in dist}
     index = docs_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
@@ -564,6 +573,230 @@ ROW_WISE = frozenset({
     "ExpectColumnValueLengthsToBeBetween", "ExpectColumnValueLengthsToEqual", "ExpectColumnValuesToBeOfType",
     "ExpectColumnValuesToBeInTypeList", "ExpectColumnValuesToMatchStrftimeFormat",
     "ExpectColumnValuesToBeDateutilParseable", "ExpectColumnValuesToBeJsonParseable"})
+#: Whole-table expectations validated on partitions of a long table by a 64-bit hash of their key columns (issue
+#: 22): rows with equal keys share a partition, so such an expectation holds on the table exactly where it holds on
+#: every partition, and its unexpected rows are the partitions' unexpected rows. A patient in one split only
+#: (``split_disjoint_by``) is partitioned by the patient. Rows whose key is missing in every key column are not
+#: written: Great Expectations ignores them for these expectations.
+PARTITIONED = {"ExpectColumnValuesToBeUnique": lambda kw: (kw["column"],),
+               "ExpectCompoundColumnsToBeUnique": lambda kw: tuple(kw["column_list"])}
+#: Whole-table expectations on a column's mean: run on every chunk, the chunks' means weighted by their values give
+#: the table's (:func:`_merged_means`).
+MEANS = frozenset({"ExpectColumnMeanToBeBetween"})
+#: The derived column of a ``split_disjoint_by`` check: splits per key value (:func:`_table_checks`).
+SPLITS_PREFIX = "__splits_per_"
+#: A partition of more than this many times the chunk's rows is split again by the hash's next bits.
+PARTITION_SLACK = 2
+#: Hash bits a partition is split by again; at most this many bits (2 ** n files) at the first level.
+PARTITION_SPLIT_BITS, PARTITION_MAX_BITS = 4, 8
+
+
+def _expected_rows(data: Any) -> int | None:
+    """Rows of a table before it is read, where that is known: a frame's or Arrow table's length, a parquet
+    file's metadata, an iterable's ``n_rows`` (e.g. :class:`grok.publish.InstructionFrames`)."""
+    if isinstance(data, pd.DataFrame):
+        return len(data)
+    if isinstance(data, pa.Table):
+        return data.num_rows
+    if isinstance(data, pq.ParquetFile):
+        return data.metadata.num_rows
+    n = getattr(data, "n_rows", None)
+    return int(n) if n is not None else None
+
+
+def _partition_bits(rows: int | None, chunk_rows: int) -> int:
+    """Hash bits of the first partitioning: partitions of about ``chunk_rows`` rows (16 partitions when the
+    table's length is not known beforehand)."""
+    if rows is None:
+        return PARTITION_SPLIT_BITS
+    return int(np.clip(np.ceil(np.log2(max(rows, 1) / chunk_rows)), 1, PARTITION_MAX_BITS))
+
+
+def _arrow_frame(df: pd.DataFrame) -> pa.Table:
+    """A frame's columns as Arrow: text (object, string or categorical) as plain strings, whatever its pandas
+    dtype in this chunk, so every chunk of a partition file has the same schema."""
+    arrays = {}
+    for name in df.columns:
+        s = df[name]
+        if s.dtype == object or isinstance(s.dtype, pd.CategoricalDtype) or pd.api.types.is_string_dtype(s.dtype):
+            try:
+                arrays[name] = pa.array(s.astype(object), type=pa.string(), from_pandas=True)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                pass
+        arrays[name] = pa.Array.from_pandas(s)
+    return pa.table(arrays)
+
+
+class _Partitions:
+    """Rows written to ``2 ** bits`` Arrow IPC stream files by bits ``shift`` to ``shift + bits`` of a 64-bit
+    hash of their ``key`` columns (``__hash``, kept in the files with ``__row``, a row's place in the table), then
+    read back one partition at a time (:meth:`frames`); a partition too long is split again by the next bits."""
+
+    def __init__(self, folder: Path, key: tuple[str, ...], bits: int, shift: int = 0):
+        self.folder, self.key, self.bits, self.shift = folder, key, bits, shift
+        self.writers: dict[int, Any] = {}
+        self.rows: dict[int, int] = {}
+        self.hash_range: dict[int, tuple[int, int]] = {}  # a partition's smallest and largest hash
+        self.schema: pa.Schema | None = None  # the first piece's: every file's
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Rows with ``__row`` and, at the first level, without ``__hash`` (made here from the key)."""
+        if "__hash" not in frame.columns:
+            keyed = frame[list(self.key)]
+            frame = frame[keyed.notna().any(axis=1).to_numpy()]
+            frame = frame.assign(__hash=pd.util.hash_pandas_object(frame[list(self.key)], index=False).to_numpy())
+        hashes = frame["__hash"].to_numpy(dtype=np.uint64)
+        part = ((hashes >> np.uint64(self.shift)) & np.uint64(2 ** self.bits - 1)).astype(np.int64)
+        order = np.argsort(part, kind="stable")  # a partition's rows stay in the table's order
+        part, hashes = part[order], hashes[order]
+        bounds = np.searchsorted(part, np.arange(2 ** self.bits + 1))
+        table = _arrow_frame(frame.iloc[order])
+        for i in np.flatnonzero(np.diff(bounds)):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            piece = table.slice(lo, hi - lo)
+            writer = self.writers.get(i)
+            if writer is None:
+                self.schema = self.schema or piece.schema
+                writer = self.writers[i] = pa.ipc.new_stream(str(self.folder / f"{i}.arrows"), self.schema)
+            if piece.schema != self.schema:
+                try:
+                    piece = piece.cast(self.schema)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                    raise ContractError(f"the columns {', '.join(piece.column_names)} change type between a "
+                                        f"table's batches ({piece.schema} after {self.schema}); write the "
+                                        "table with one type per column") from exc
+            writer.write_table(piece)
+            self.rows[i] = self.rows.get(i, 0) + hi - lo
+            first, last = self.hash_range.get(i, (hashes[lo], hashes[lo]))
+            self.hash_range[i] = (min(first, hashes[lo:hi].min()), max(last, hashes[lo:hi].max()))
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            with contextlib.suppress(Exception):
+                w.close()
+
+    def frames(self, limit: int) -> Iterator[pd.DataFrame]:
+        """Each partition as a frame (``__row`` kept, ``__hash`` dropped), in partition order; one of more than
+        ``limit`` rows with more than one hash is split again by the next bits of the hash first."""
+        self.close()
+        for i in sorted(self.writers):
+            path = self.folder / f"{i}.arrows"
+            shift = self.shift + self.bits
+            if self.rows[i] > limit and self.hash_range[i][0] != self.hash_range[i][1] and shift < 64:
+                sub = _Partitions(self.folder / f"{i}", self.key, min(PARTITION_SPLIT_BITS, 64 - shift), shift)
+                with pa.memory_map(str(path)) as src:
+                    for batch in pa.ipc.open_stream(src):
+                        sub.add(batch.to_pandas())
+                path.unlink()
+                yield from sub.frames(limit)
+                continue
+            with pa.memory_map(str(path)) as src:
+                frame = pa.ipc.open_stream(src).read_all().to_pandas()
+            path.unlink()
+            yield _concat_coded([frame.drop(columns="__hash")])
+
+
+class _WholeTableChecks:
+    """The whole-table expectations of a long table (those not in :data:`ROW_WISE` or :data:`MEANS`), fed a
+    chunk at a time (:meth:`add`) and validated at the end (:meth:`run`): those keyed by columns
+    (:data:`PARTITIONED`, a patient in one split) a partition at a time, each partition on disk until it is read
+    (under ``docs_dir``), so what is held does not grow with the table; any other (a contract may name any Great
+    Expectations expectation) once on a frame of its columns and the ids."""
+
+    def __init__(self, items: list[tuple[str, dict]], id_cols: list[str], docs_dir: Path, bits: int):
+        self.id_cols = id_cols
+        self.folder = tempfile.TemporaryDirectory(prefix="partitions-", dir=_made(docs_dir))
+        groups: dict[tuple[str, ...], list[tuple[str, dict]]] = {}
+        self.rest: list[tuple[str, dict]] = []
+        for cls_name, kwargs in items:
+            column = str(kwargs.get("column", ""))
+            if cls_name in PARTITIONED:
+                groups.setdefault(PARTITIONED[cls_name](kwargs), []).append((cls_name, kwargs))
+            elif column.startswith(SPLITS_PREFIX):
+                groups.setdefault((column[len(SPLITS_PREFIX):],), []).append((cls_name, kwargs))
+            else:
+                self.rest.append((cls_name, kwargs))
+        self.groups = []
+        for n, (key, group) in enumerate(groups.items()):
+            splits = any(str(k.get("column", "")).startswith(SPLITS_PREFIX) for _, k in group)
+            read = {k["column"] for _, k in group if "column" in k and not k["column"].startswith(SPLITS_PREFIX)}
+            cols = list(dict.fromkeys([*key, *id_cols, *sorted(read), *(["split"] if splits else [])]))
+            self.groups.append((group, cols, _Partitions(Path(self.folder.name) / str(n), key, bits)))
+        self.rest_cols = list(dict.fromkeys([*id_cols, *sorted(c for _, k in self.rest for c in _read_columns(k))]))
+        self.rest_parts: list[pd.DataFrame] = []
+        self.rows = 0
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        rows = np.arange(self.rows, self.rows + len(chunk), dtype=np.int64)
+        self.rows += len(chunk)
+        for _group, cols, parts in self.groups:
+            parts.add(chunk[[c for c in cols if c in chunk.columns]].assign(__row=rows))
+        if self.rest:
+            self.rest_parts.append(chunk[[c for c in self.rest_cols if c in chunk.columns]].copy())
+
+    def run(self, ge: _GreatExpectations, name: str, chunk_rows: int, max_examples: int
+            ) -> list[list[ExpectationOutcome]]:
+        """One list of outcomes per validation: each partition of each key, then the rest's frame."""
+        runs = []
+        for group, _cols, parts in self.groups:
+            for frame in parts.frames(PARTITION_SLACK * chunk_rows):
+                for _, kwargs in group:
+                    column = kwargs.get("column", "")
+                    if column.startswith(SPLITS_PREFIX):  # every row of a key value is in this partition
+                        frame[column] = frame.groupby(column[len(SPLITS_PREFIX):])["split"].transform("nunique")
+                runs.append(ge.run(name, frame, group, [*self.id_cols, "__row"], max_examples))
+                del frame
+        if self.rest:
+            whole = _concat_coded(self.rest_parts)
+            self.rest_parts = []
+            runs.append(ge.run(name, whole, self.rest, self.id_cols, max_examples))
+        return runs
+
+    def close(self) -> None:
+        for _group, _cols, parts in self.groups:
+            parts.close()
+        self.folder.cleanup()
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _read_columns(kwargs: dict) -> list[str]:
+    """The columns an expectation's arguments name."""
+    out: list[str] = []
+    for k, v in kwargs.items():
+        if "column" in k:
+            out += [v] if isinstance(v, str) else [x for x in v if isinstance(x, str)]
+    return out
+
+
+def _merged_means(chunk_outcomes: list[list[ExpectationOutcome]], weights: list[dict[str, int]],
+                  bounds: dict[str, dict]) -> list[ExpectationOutcome]:
+    """The table's outcome of each :data:`MEANS` expectation (``bounds``: its arguments by column) from its
+    chunks' (taken out of ``chunk_outcomes``): the chunks' observed means weighted by the values each had, judged
+    by the expectation's bounds as Great Expectations judges them (``min_value``/``max_value``, ``strict_min``/
+    ``strict_max``; a column without values fails)."""
+    name = _class_to_snake(next(iter(MEANS)))
+    sums: dict[str, tuple[float, int]] = {col: (0.0, 0) for col in bounds}
+    for outcomes, w in zip(chunk_outcomes, weights):
+        for o in [o for o in outcomes if o.expectation == name]:
+            outcomes.remove(o)
+            n = w.get(o.column or "", 0)
+            total, count = sums.get(o.column or "", (0.0, 0))
+            if n and o.observed is not None:
+                sums[o.column or ""] = (total + float(o.observed) * n, count + n)
+    out = []
+    for col, (total, count) in sums.items():
+        mean, kw = (total / count if count else None), bounds[col]
+        lo, hi = kw.get("min_value"), kw.get("max_value")
+        ok = mean is not None and (lo is None or (mean > lo if kw.get("strict_min") else mean >= lo)) and (
+            hi is None or (mean < hi if kw.get("strict_max") else mean <= hi))
+        out.append(ExpectationOutcome(expectation=name, column=col, success=bool(ok), observed=mean))
+    return out
 
 
 def _with_counts(frame: pd.DataFrame, extra: dict) -> pd.DataFrame:
@@ -626,8 +859,16 @@ def _merged(order: list[tuple[str, dict]], runs: list[list[ExpectationOutcome]],
             expectation=key[0], column=key[1], success=all(o.success for o in got),
             unexpected_count=sum(counts) if counts else (0 if not got else None),
             observed=next((o.observed for o in got if o.observed is not None), None),
-            examples=[e for o in got for e in o.examples][:max_examples]))
+            examples=_first_examples([e for o in got for e in o.examples], max_examples)))
     return out
+
+
+def _first_examples(examples: list[dict[str, Any]], max_examples: int) -> list[dict[str, Any]]:
+    """The first ``max_examples`` examples, by their row's place in the table where they carry it (``__row``, from
+    partitions, which is dropped), else as given (chunks come in the table's order)."""
+    if examples and all("__row" in e for e in examples):
+        examples = sorted(examples, key=lambda e: e["__row"])
+    return [{k: v for k, v in e.items() if k != "__row"} for e in examples[:max_examples]]
 
 
 class _GreatExpectations:
