@@ -184,55 +184,6 @@ def _table(path: Path, columns: list[str]) -> pd.DataFrame:
     return df.reindex(columns=columns)
 
 
-class _RecordBlocks:
-    """What :class:`StudyRecords` keeps of each record, gathered a block of :data:`RECORD_BLOCK` records at a time
-    into arrays: a Python object per record (its id as bytes, its place as a tuple, its patient and label) was
-    about 250 bytes a study until the file was read (13 MB at 40,000 synthetic studies; issue 22)."""
-
-    def __init__(self) -> None:
-        self.done: list[tuple[np.ndarray, np.ndarray, pa.Array, pa.Array]] = []
-        self.ids: list[bytes] = []
-        self.places: list[int] = []
-        self.patients: list[Any] = []
-        self.labels: list[Any] = []
-
-    def add(self, sid: bytes, start: int, size: int, patient: Any, label: Any) -> None:
-        self.ids.append(sid)
-        self.places += (start, size)
-        self.patients.append(patient)
-        self.labels.append(label)
-        if len(self.ids) >= RECORD_BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.ids:
-            self.done.append((np.array(self.ids, dtype=bytes), np.array(self.places, dtype=np.int64).reshape(-1, 2),
-                              pa.array(self.patients), pa.array(self.labels)))
-        self.ids, self.places, self.patients, self.labels = [], [], [], []
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, pa.Array, pa.Array]:
-        """Every record's id (fixed-width bytes), place (start, size), patient and label, in file order."""
-        self._flush()
-        if not self.done:
-            return np.zeros(0, dtype=bytes), np.zeros((0, 2), np.int64), pa.array([]), pa.array([])
-        ids, places, patients, labels = zip(*self.done)
-        self.done = []
-        return np.concatenate(ids), np.concatenate(places), _joined(patients), _joined(labels)
-
-
-def _joined(arrays: tuple[pa.Array, ...]) -> pa.Array:
-    """Arrow arrays as one, a block without a value (null-typed) taking the others' type."""
-    types = {a.type for a in arrays if a.type != pa.null()}
-    if len(types) > 1:  # e.g. numbers in one block, text in another: as the whole list would be read
-        return pa.array([v for a in arrays for v in a.to_pylist()])
-    kind = types.pop() if types else pa.null()
-    return pa.concat_arrays([a.cast(kind) if a.type != kind else a for a in arrays])
-
-
-#: Records gathered before they become arrays (:class:`_RecordBlocks`).
-RECORD_BLOCK = 4096
-
-
 class StudyRecords(Mapping):
     """The build's study records by study id, read from ``records.jsonl`` when asked for: only each record's
     place in the file (and its patient and label, which the split needs) stays in memory, as arrays (the study
@@ -249,7 +200,10 @@ class StudyRecords(Mapping):
             return
         if not self.path.exists():
             load_studies(self.path)  # the error that names the file and the fix
-        blocks = _RecordBlocks()
+        ids: list[bytes] = []
+        places: list[tuple[int, int]] = []
+        patients: list[Any] = []
+        labels: list[Any] = []
         with open(self.path, "rb") as fh:
             pos = 0
             for i, line in enumerate(fh, 1):
@@ -261,17 +215,20 @@ class StudyRecords(Mapping):
                 except json.JSONDecodeError as exc:
                     raise StudyError(f"{self.path}:{i}: not valid JSON ({exc.msg}); each line must be one study "
                                      "record") from exc
-                blocks.add(r["study_id"].encode(), start, pos - start, r["patient_id"], r["label"])
-        key, places, patients, labels = blocks.arrays()
+                ids.append(r["study_id"].encode())
+                places.append((start, pos - start))
+                patients.append(r["patient_id"])
+                labels.append(r["label"])
+        key = np.array(ids, dtype=bytes)
         order = np.argsort(key, kind="stable")  # equal ids stay in file order
         key = key[order]
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.int64)
         last = order[np.r_[first[1:], len(key)].astype(np.int64) - 1] if len(key) else first  # each id's last line
         #: sorted study ids; where each one's record is (bytes from the start, size); each one's patient, label
         self._ids = key[first]
-        self._place = places[last]
-        self._patient = patients.take(pa.array(last))
-        self._label = labels.take(pa.array(last))
+        self._place = np.array(places, dtype=np.int64).reshape(-1, 2)[last]
+        self._patient = pa.array(patients).take(pa.array(last))
+        self._label = pa.array(labels).take(pa.array(last))
         #: places in the sorted ids in the order of the file (each id's first line)
         self._file_order = np.argsort(order[first], kind="stable")
 
@@ -541,7 +498,8 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     reasons = rows.values(failed, ["verifier_reasons"])  # the failed rows' reasons, from the mapped copy
     failed = failed.assign(**{c: reasons.column(c).to_pylist() for c in reasons.column_names})
     skipped = _table(build_dir / "instructions_skipped.parquet", ["study_id", "task", "reason_code", "label"])
-    # one row at a time: a dict per row of the index was 33 MB at 40,000 synthetic studies (issue 22)
+    # one row at a time, not a list of a dict per row (33 MB while it was counted at 40,000 synthetic studies;
+    # prepare's peak is the duplicate checks' either way, issue 22)
     acc = account(({"task": t} for t in ins["task"]),
                   pd.concat([failed, quarantine])[["task", "verifier_reasons", "error_class"]].to_dict("records")
                   if len(failed) + len(quarantine) else [],

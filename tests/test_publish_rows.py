@@ -180,13 +180,9 @@ def test_versions_and_media_inputs_read_the_heavy_columns(rows_and_table, tmp_pa
     assert set(media[len(listed):]) == ({stray} - set(listed)) | {"media/al.png"}
 
 
-@pytest.mark.parametrize("block", [1, 2, 4096])
-def test_study_records_are_found_by_binary_search(tmp_path, monkeypatch, block):
+def test_study_records_are_found_by_binary_search(tmp_path):
     """StudyRecords holds sorted ids and offsets, not a dict: the same lookups, order and duplicates rule as a
-    dict read from the file (first place, last record), for ids of any length and non-ASCII ones, however many
-    records are gathered into arrays at a time (``block``: a duplicate in another block, a block whose only label
-    is missing)."""
-    monkeypatch.setattr(pub, "RECORD_BLOCK", block)
+    dict read from the file (first place, last record), for ids of any length and non-ASCII ones."""
     recs = [{"study_id": sid, "patient_id": f"P-{sid}", "label": lab, "n": i}
             for i, (sid, lab) in enumerate([("b", "amd"), ("a", "normal"), ("é", "dr"), ("b", "glaucoma"),
                                             ("c", None), ("ab", "amd")])]
