@@ -57,11 +57,12 @@ def _copy(batch: pa.RecordBatch, k: int, split: bool) -> pa.RecordBatch:
     cols = {}
     for name in batch.schema.names:
         col = batch.column(name)
-        if k and name in SUFFIXED and pa.types.is_string(col.type):
-            col = pc.binary_join_element_wise(col, pa.scalar(f"-c{k}"), "")
-        elif k and name == "patient_id" and pa.types.is_string(col.type):
+        text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+        if k and name in SUFFIXED and text:
+            col = pc.binary_join_element_wise(col, pa.scalar(f"-c{k}", col.type), pa.scalar("", col.type))
+        elif k and name == "patient_id" and text:
             col = pa.array([None if v is None else "P" + format((int(v[1:], 16) + k * 0x9E3779B97F4A7C15) % 2**64,
-                                                                 "016x") for v in col.to_pylist()], pa.string())
+                                                                 "016x") for v in col.to_pylist()], col.type)
         cols[name] = col
     if split:
         cols["split"] = pa.array([SPLITS[int(p[-4:], 16) % 10] for p in cols["patient_id"].to_pylist()], pa.string())

@@ -403,3 +403,23 @@ def test_a_contracts_process_that_dies_is_a_clear_error(tmp_path):
         with pytest.raises(ContractError, match="exit code 3"):
             child.validate(pd.DataFrame({"a": [ExitsWhenRead()]}), "instructions", docs_dir=tmp_path)
     assert child.proc.returncode == 3
+
+
+def test_the_contracts_benchmark_makes_longer_tables_that_keep_the_contract(tmp_path):
+    """benchmarks/contracts.py writes a table k times over: every id distinct per copy, patient ids still in the
+    contract's form, one split per patient (as publication adds it), so the longer table validates as the short
+    one does and its whole-table checks have real work."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from benchmarks.contracts import longer
+
+    df = _instructions(12).drop(columns=["split"])
+    src, dst = tmp_path / "instructions.parquet", tmp_path / "x3.parquet"
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), src)
+    assert longer(src, dst, 3, split=True) == 36
+    out = pq.read_table(dst).to_pandas()
+    assert out["id"].is_unique and out["study_id"].is_unique and len(out) == 36
+    assert out["patient_id"].str.fullmatch(r"P[0-9a-f]{16}").all() and out["patient_id"].nunique() == 18
+    assert (out.groupby("patient_id")["split"].nunique() == 1).all()
+    assert validate(out, "instructions", docs_dir=tmp_path / "docs").success
