@@ -321,7 +321,7 @@ def _table_checks(df: pd.DataFrame, contract: Contract, identifier_checks: list[
         elif isinstance(exp, dict) and "split_disjoint_by" in exp and split_disjoint:
             key = exp["split_disjoint_by"]
             if "split" in df.columns and key in df.columns:
-                derived = f"__splits_per_{key}"
+                derived = f"{SPLITS_PREFIX}{key}"
                 df[derived] = df.groupby(key)["split"].transform("nunique")
                 extra.append(("ExpectColumnValuesToBeInSet", {"column": derived, "value_set": [1]}))
         elif exp == "plausible_bounds" and plausible_bounds:
@@ -487,7 +487,7 @@ def validate(
             shape = pd.DataFrame(columns=list(chunk.columns))
             whole_items, _ = _suite(c, params, shape.columns, _table_checks(shape, c, [], plausible_bounds=False))
             whole_items = [(n, k) for n, k in whole_items if n not in ROW_WISE and n not in MEANS
-                           or str(k.get("column", "")).startswith(SPLITS_PREFIX)]
+                           or _split_key(k) is not None]
             table = _WholeTableChecks(whole_items, id_cols, docs_dir, _partition_bits(expected_rows, chunk_rows))
         table.add(chunk)
         chunk_columns.update(chunk.columns)
@@ -645,8 +645,8 @@ class _Partitions:
         """Rows with ``__row`` and, at the first level, without ``__hash`` (made here from the key)."""
         if "__hash" not in frame.columns:
             keyed = frame[list(self.key)]
-            frame = frame[keyed.notna().any(axis=1).to_numpy()]
-            frame = frame.assign(__hash=pd.util.hash_pandas_object(frame[list(self.key)], index=False).to_numpy())
+            present = keyed.notna().any(axis=1).to_numpy()
+            frame = frame[present].assign(__hash=pd.util.hash_pandas_object(keyed[present], index=False).to_numpy())
         hashes = frame["__hash"].to_numpy(dtype=np.uint64)
         part = ((hashes >> np.uint64(self.shift)) & np.uint64(2 ** self.bits - 1)).astype(np.int64)
         order = np.argsort(part, kind="stable")  # a partition's rows stay in the table's order
@@ -707,21 +707,21 @@ class _WholeTableChecks:
 
     def __init__(self, items: list[tuple[str, dict]], id_cols: list[str], docs_dir: Path, bits: int):
         self.id_cols = id_cols
-        self.folder = tempfile.TemporaryDirectory(prefix="partitions-", dir=_made(docs_dir))
+        docs_dir.mkdir(parents=True, exist_ok=True)
+        self.folder = tempfile.TemporaryDirectory(prefix="partitions-", dir=docs_dir)
         groups: dict[tuple[str, ...], list[tuple[str, dict]]] = {}
         self.rest: list[tuple[str, dict]] = []
         for cls_name, kwargs in items:
-            column = str(kwargs.get("column", ""))
             if cls_name in PARTITIONED:
                 groups.setdefault(PARTITIONED[cls_name](kwargs), []).append((cls_name, kwargs))
-            elif column.startswith(SPLITS_PREFIX):
-                groups.setdefault((column[len(SPLITS_PREFIX):],), []).append((cls_name, kwargs))
+            elif (split_key := _split_key(kwargs)) is not None:
+                groups.setdefault((split_key,), []).append((cls_name, kwargs))
             else:
                 self.rest.append((cls_name, kwargs))
         self.groups = []
         for n, (key, group) in enumerate(groups.items()):
-            splits = any(str(k.get("column", "")).startswith(SPLITS_PREFIX) for _, k in group)
-            read = {k["column"] for _, k in group if "column" in k and not k["column"].startswith(SPLITS_PREFIX)}
+            splits = any(_split_key(k) is not None for _, k in group)
+            read = {k["column"] for _, k in group if "column" in k and _split_key(k) is None}
             cols = list(dict.fromkeys([*key, *id_cols, *sorted(read), *(["split"] if splits else [])]))
             self.groups.append((group, cols, _Partitions(Path(self.folder.name) / str(n), key, bits)))
         self.rest_cols = list(dict.fromkeys([*id_cols, *sorted(c for _, k in self.rest for c in _read_columns(k))]))
@@ -743,9 +743,8 @@ class _WholeTableChecks:
         for group, _cols, parts in self.groups:
             for frame in parts.frames(PARTITION_SLACK * chunk_rows):
                 for _, kwargs in group:
-                    column = kwargs.get("column", "")
-                    if column.startswith(SPLITS_PREFIX):  # every row of a key value is in this partition
-                        frame[column] = frame.groupby(column[len(SPLITS_PREFIX):])["split"].transform("nunique")
+                    if (split_key := _split_key(kwargs)) is not None:  # every row of a key value is in this partition
+                        frame[kwargs["column"]] = frame.groupby(split_key)["split"].transform("nunique")
                 runs.append(ge.run(name, frame, group, [*self.id_cols, "__row"], max_examples))
                 del frame
         if self.rest:
@@ -760,9 +759,10 @@ class _WholeTableChecks:
         self.folder.cleanup()
 
 
-def _made(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def _split_key(kwargs: dict) -> str | None:
+    """The key of a ``split_disjoint_by`` check (its derived column :data:`SPLITS_PREFIX` + key), else None."""
+    column = kwargs.get("column")
+    return column[len(SPLITS_PREFIX):] if isinstance(column, str) and column.startswith(SPLITS_PREFIX) else None
 
 
 def _read_columns(kwargs: dict) -> list[str]:
@@ -810,12 +810,11 @@ def _with_counts(frame: pd.DataFrame, extra: dict) -> pd.DataFrame:
     return frame
 
 
-def _suite(contract: Contract, params: dict[str, Any], columns, extra: list[tuple[str, dict]],
-           row_wise: bool | None = None) -> tuple[list[tuple[str, dict]], list[str]]:
+def _suite(contract: Contract, params: dict[str, Any], columns, extra: list[tuple[str, dict]]
+           ) -> tuple[list[tuple[str, dict]], list[str]]:
     """The expectations of a validation as ``(class name, kwargs)`` in the suite's order: the contract's Great
     Expectations entries and its ``min_mean`` (those on a column not in ``columns`` left out and named in the
-    problems returned; with ``row_wise``, only those in :data:`ROW_WISE` (True) or only the others (False)), then
-    ``extra`` (GROK's checks, as given). Whether Great Expectations knows each class is checked where its suite is
+    problems returned), then ``extra`` (GROK's checks, as given). Whether Great Expectations knows each class is checked where its suite is
     built (:meth:`_GreatExpectations.run`), so a process that runs it elsewhere never imports it."""
     items: list[tuple[str, dict]] = []
     problems: list[str] = []
@@ -836,8 +835,6 @@ def _suite(contract: Contract, params: dict[str, Any], columns, extra: list[tupl
                 items.append(("ExpectColumnMeanToBeBetween", {"column": mm["column"], "min_value": float(mm["value"])}))
             else:
                 problems.append(f"min_mean refers to missing column {mm['column']!r}")
-    if row_wise is not None:
-        items = [(n, k) for n, k in items if (n in ROW_WISE) == row_wise]
     return items + extra, problems
 
 
