@@ -290,7 +290,7 @@ TEXT_COLUMNS = ("messages", "provenance")
 #: 10.3 MB of it the columns now left out (``DataFrame.memory_usage(deep=True)``, issue 22). Every column held is
 #: Arrow-backed (pandas' ``str``) or numeric, no Python object per row: ``verifier_reasons`` (a list per row, a
 #: numpy array of Python strings in pandas) was 1.76 of the frame's 3.86 MB at 2,500 synthetic studies.
-INDEX_COLUMNS = ("id", "study_id", "patient_id", "eye", "task", "label", "verifier_passed", "verifier_score")
+INDEX_COLUMNS = ("study_id", "patient_id", "eye", "task", "label", "verifier_passed", "verifier_score")
 #: Columns of :attr:`InstructionRows.frame` held as pandas categoricals (a small integer code a row, each distinct
 #: value once): a study's rows share its study and patient ids, and eyes, tasks, labels and splits are a handful of
 #: values. On 10,000 synthetic studies (53,291 published rows) the frame was 8.55 MB with Arrow strings, 160 bytes
@@ -334,11 +334,14 @@ def biomarker_distributions(path: Path) -> list[dict[str, Any]]:
 
 class InstructionRows:
     """The build's instruction rows for publication. ``frame``: the :data:`INDEX_COLUMNS` of every row as a pandas
-    frame, with ``_pos``, each row's place in the file; the other columns (the text, image paths, template ids:
-    :attr:`heavy_columns`) stay in an Arrow copy of ``instructions.parquet`` memory-mapped from ``tmp`` and are read
-    for a few hundred rows at a time (:meth:`full`, :meth:`values`), so publication holds the archive's ids and
-    labels, not its text (:func:`prepare` takes the frame, leaving ``None``, and keeps only the rows it publishes).
-    Without ``tmp`` the table is read into memory (small builds, tests)."""
+    frame in the order of the rows' ids (stable), with ``_pos``, each row's place in the file; the other columns
+    (the id, the text, image paths, template ids: :attr:`heavy_columns`) stay in an Arrow copy of
+    ``instructions.parquet`` memory-mapped from ``tmp`` and are read for a few hundred rows at a time
+    (:meth:`full`, :meth:`values`, :meth:`ids`), so publication holds the archive's labels and places, not its
+    text (:func:`prepare` takes the frame, leaving ``None``, and keeps only the rows it publishes). The id is read
+    with the text: as text it was 32 of the index's 66 bytes a row (issue 22); the frame is put in id order once,
+    here, and every selection of it keeps that order. Without ``tmp`` the table is read into memory (small
+    builds, tests)."""
 
     def __init__(self, path: Path, tmp: Path | None = None):
         self.arrow: Path | None = None  # the memory-mapped copy, when there is one
@@ -354,8 +357,13 @@ class InstructionRows:
         names = self.table.column_names
         self.heavy_columns = [c for c in names if c not in INDEX_COLUMNS]
         index = [c for c in names if c in INDEX_COLUMNS]
-        self.frame = self.table.select(index).to_pandas(categories=[c for c in CATEGORY_COLUMNS if c in index])
-        self.frame["_pos"] = np.arange(len(self.frame), dtype=np.int32 if len(self.frame) < 2**31 else np.int64)
+        frame = self.table.select(index).to_pandas(categories=[c for c in CATEGORY_COLUMNS if c in index])
+        pos = np.arange(len(frame), dtype=np.int32 if len(frame) < 2**31 else np.int64)
+        if "id" in names and len(frame):
+            # Arrow's sort is stable: rows with equal ids (which the contracts refuse) keep the file's order
+            pos = pc.sort_indices(self.table.column("id")).to_numpy().astype(pos.dtype)
+            frame = frame.take(pos).reset_index(drop=True)
+        self.frame = frame.assign(_pos=pos)
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled (for the contracts' child process) as the mapped copy's path, which the other process maps
@@ -372,6 +380,10 @@ class InstructionRows:
 
     def _take(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
         return take_rows(self.table.select(columns), frame["_pos"].to_numpy())
+
+    def ids(self, frame: pd.DataFrame) -> pd.Series:
+        """The ids of the rows of ``frame`` (read from the file), as text, indexed as ``frame`` is."""
+        return pd.Series(self._take(frame, ["id"]).column(0).to_pylist(), index=frame.index, dtype=object)
 
     def values(self, frame: pd.DataFrame, columns: list[str]) -> pa.Table:
         """``columns`` (those the file has) of the rows of ``frame``, in its order, as an Arrow table."""
@@ -514,19 +526,19 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     if orphan.any():
         raise PublishError(f"{int(orphan.sum())} instruction rows belong to patients without a study record; "
                            "the build folder is inconsistent, rerun grok build")
-    # exact and near duplicates within each split (first by id kept), then train rows near a held-out row; the
-    # texts are read a batch at a time, and the kept rows are those not removed (no list of kept ids, issue 22)
-    ins = ins.sort_values("id", kind="stable")
+    # exact and near duplicates within each split (first by id kept: the index is in id order), then train rows
+    # near a held-out row; the texts are read a batch at a time, a row is named by its place in the file (which
+    # row a check removes depends only on the order), and the kept rows are those not removed (issue 22)
     removed = []
     for split in ("train", "validation", "test"):
-        removed += dedup_texts(((r["id"], _row_text(r)) for r in split_rows(rows, ins, split)),
+        removed += dedup_texts(((r["_pos"], _row_text(r)) for r in split_rows(rows, ins, split)),
                                threshold=cfg.near_dup_threshold, tmp=tmp, kept_ids=False)[1]
-    ins = ins[~ins["id"].isin([r["id"] for r in removed]).to_numpy()]
-    rem = decontaminate_texts(((r["id"], _row_text(r)) for r in split_rows(rows, ins, "train")),
-                              ((r["id"], _row_text(r)) for r in split_rows(rows, ins, "validation", "test")),
+    ins = ins[~ins["_pos"].isin([r["id"] for r in removed]).to_numpy()]
+    rem = decontaminate_texts(((r["_pos"], _row_text(r)) for r in split_rows(rows, ins, "train")),
+                              ((r["_pos"], _row_text(r)) for r in split_rows(rows, ins, "validation", "test")),
                               threshold=cfg.near_dup_threshold, tmp=tmp, kept_ids=False)[1]
     removed += rem
-    ins = ins[~ins["id"].isin([r["id"] for r in rem]).to_numpy()].reset_index(drop=True)
+    ins = ins[~ins["_pos"].isin([r["id"] for r in rem]).to_numpy()].reset_index(drop=True)
     # only why each row went is kept (the card counts them): the removed rows' ids were three Python strings a
     # row for the rest of publication (issue 22)
     removed_df = pd.DataFrame({"reason": pd.Categorical([r["reason"] for r in removed])})
@@ -978,7 +990,7 @@ def write_curator_report(out_dir: Path, build_dir: Path, prep: dict[str, Any], *
             copied[rel] = f"media/{name}"
         return copied[rel]
 
-    for (label, task), grp in ins.sort_values("id").groupby(["label", "task"]):
+    for (label, task), grp in ins.groupby(["label", "task"]):  # the index is in id order
         for r in prep["rows"].full(grp.head(rows_per_group)):
             rec = records.get(r["study_id"], {})
             msgs = r["messages"].tolist() if hasattr(r["messages"], "tolist") else r["messages"]
@@ -1059,7 +1071,7 @@ def publish_build(build_dir: str | Path, cfg: PublishConfig, *, kb=None, deny_id
         if cfg.reviews:  # curators' decisions (grok review): drop rejected rows, apply verified edits
             prep["instructions"], dropped, reviews = apply_reviews(
                 prep["instructions"], prep["records"], cfg.reviews, kb or load_knowledge_base(),
-                full_rows=prep["rows"].full)
+                full_rows=prep["rows"].full, ids=prep["rows"].ids(prep["instructions"]))
         deny = deny_list(build, deny_identifiers, pseudonym_key)
         contracts = run_contracts(build, prep, cfg, deny)
         release_memory()

@@ -53,6 +53,12 @@ def test_the_frame_holds_the_index_columns_only(rows_and_table):
     # no Python object per row: the verifier's reasons (a list per row) are read with the text
     assert "verifier_reasons" in rows.heavy_columns
     assert [c for c, t in rows.frame.dtypes.items() if t == object] == []
+    # the id is read with the text; the frame is in id order, each row naming its place in the file
+    assert "id" in rows.heavy_columns and "id" not in rows.frame.columns
+    ids = table.column("id").to_pylist()
+    assert ids != sorted(ids)  # the file is not in id order
+    assert [ids[p] for p in rows.frame["_pos"]] == sorted(ids) == list(rows.ids(rows.frame))
+    assert list(rows.frame["task"]) == [table.column("task")[p].as_py() for p in rows.frame["_pos"]]
 
 
 def test_full_rows_are_the_table_rows_in_the_frames_order(rows_and_table):
@@ -60,7 +66,7 @@ def test_full_rows_are_the_table_rows_in_the_frames_order(rows_and_table):
     want = {r["id"]: r for r in table.to_pylist()}
     sel = rows.frame[rows.frame["verifier_passed"]].sort_values("task", kind="stable").iloc[::2]
     got = list(rows.full(sel, batch=7))
-    assert [r["id"] for r in got] == list(sel["id"])
+    assert [r["id"] for r in got] == list(rows.ids(sel))
     for r in got:
         w = want[r["id"]]
         assert set(r) == set(w) | {"_pos"}
@@ -87,9 +93,11 @@ def test_contract_frames_have_every_column(rows_and_table):
     assert [len(f) for f in frames] == [16, 16, 16, 12]
     assert not any(isinstance(f[c].dtype, pd.CategoricalDtype) for f in frames for c in f.columns)
     assert set(frames[0].columns) == set(table.column_names)
-    assert [list(v) for f in frames for v in f["verifier_reasons"]] == table.column("verifier_reasons").to_pylist()
+    in_order = table.take(rows.frame["_pos"].to_numpy())  # the frame's rows, in its (id) order
+    assert [v for f in frames for v in f["id"]] == in_order.column("id").to_pylist()
+    assert [list(v) for f in frames for v in f["verifier_reasons"]] == in_order.column("verifier_reasons").to_pylist()
     images = [list(v) for f in frames for v in f["images"]]
-    assert images == table.column("images").to_pylist()
+    assert images == in_order.column("images").to_pylist()
 
 
 def test_the_contracts_process_gets_the_index_and_the_files_path_not_the_text(rows_and_table):
@@ -108,7 +116,8 @@ def test_the_contracts_process_gets_the_index_and_the_files_path_not_the_text(ro
             frames.spill()
         sent = pickle.dumps(frames)
         assert (b"answer 17" in sent) == (rows.arrow is None)  # the text travels only without a mapped copy
-        assert (str(sel["id"].iloc[3]).encode() in sent) == (not spill or rows.arrow is None)
+        # the index travels (the categories of its study ids) unless it was spilled beside the mapped copy
+        assert (str(sel["study_id"].iloc[3]).encode() in sent) == (not spill or rows.arrow is None)
         got = pickle.loads(sent)
         assert got.n_rows == len(sel)
         got = list(got)
@@ -121,13 +130,13 @@ def test_the_contracts_process_gets_the_index_and_the_files_path_not_the_text(ro
 
 def test_split_rows_are_the_split_in_the_frames_order_scanned_in_parts(rows_and_table, monkeypatch):
     rows, table = rows_and_table
-    frame = rows.frame.sort_values("id", kind="stable").assign(
+    frame = rows.frame.assign(
         split=pd.Categorical(["train", "validation", "test", "train", "train"] * 12))
     monkeypatch.setattr(pub, "SPLIT_SCAN_ROWS", 7)  # parts that cut the splits' runs anywhere
     for splits in (("train",), ("validation", "test"), ("test",)):
         want = pd.concat([frame[frame["split"] == s] for s in splits])
         got = list(pub.split_rows(rows, frame, *splits))
-        assert [r["id"] for r in got] == list(want["id"]) and len(got) == len(want) > 0
+        assert [r["id"] for r in got] == list(rows.ids(want)) and len(got) == len(want) > 0
         assert {r["split"] for r in got} == set(splits)
         assert [r["messages"][0]["content"] for r in got] == [
             m[0]["content"] for m in rows.values(want, ["messages"]).column("messages").to_pylist()]

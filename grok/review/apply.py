@@ -32,13 +32,14 @@ from grok.verify import Verifier, VerifyConfig, verify_row
 def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str, kb,
                   config: VerifyConfig | None = None,
                   full_rows: Callable[[pd.DataFrame], Iterable[dict[str, Any]]] | None = None,
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+                  ids: pd.Series | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """``(kept rows, removed rows with a reason, summary)`` for the instruction rows ``ins`` (columns of the
     build's ``instructions.parquet``) under the review log at ``db``. ``records``: study id -> study record
     (what the verifier reads). ``full_rows(frame)``: the rows of ``frame`` with their text, in its order, for a
     frame that leaves the text out (publication reads it a batch at a time); an edit then goes into a
     ``messages_edited`` column (None where the row is not edited) instead of ``messages``, and its reasons into
-    ``verifier_reasons_edited`` when the frame leaves the reasons out too (:data:`grok.publish.EDITED_COLUMNS`)."""
+    ``verifier_reasons_edited`` when the frame leaves the reasons out too (:data:`grok.publish.EDITED_COLUMNS`).
+    ``ids``: the rows' ids, indexed as ``ins``, for a frame that leaves them out too (default ``ins["id"]``)."""
     store = Store(db)
     try:
         events = store.events()
@@ -49,7 +50,7 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
             return frame.to_dict("records")
     # only rows a curator decided on are read and hashed: a hash and a family held for every row of the build was
     # about 250 bytes a row for the whole of publication (issue 22); every row still counts in its family's total
-    ids = ins["id"].astype(str)  # the rows' ids as the events name them (the index is kept by the copy below)
+    ids = (ins["id"] if ids is None else ids).astype(str)  # as the events name them (the index is kept below)
     decided_ids = {str(ev["row_id"]) for ev in events}
     seen = ins[ids.isin(decided_ids).to_numpy()]
     rows = {str(r["id"]): (content_hash(r), str(r["task"])) for r in full_rows(seen)}
@@ -96,8 +97,7 @@ def apply_reviews(ins: pd.DataFrame, records: dict[str, dict[str, Any]], db: str
         else:
             ins["verifier_reasons_edited"] = [edited[i][2] if i in edited else None for i in ins.index]
     gone = ids.isin(drop)
-    removed = pd.DataFrame({"id": ins.loc[gone, "id"], "duplicate_of": None,
-                            "reason": [drop[str(x)] for x in ins.loc[gone, "id"]]})
+    removed = pd.DataFrame({"id": ids[gone], "duplicate_of": None, "reason": [drop[x] for x in ids[gone]]})
     family_rows = {str(k): int(v) for k, v in ins["task"].astype(str).value_counts().items()}
     summary = {**summarise(events, rows, family_rows=family_rows), "applied": applied}
     return ins[~gone], removed, summary
