@@ -483,6 +483,17 @@ def split_rows(rows: InstructionRows, frame: pd.DataFrame, *splits: str) -> Iter
                 pa.default_memory_pool().release_unused()
 
 
+def _failed_rows(rows: InstructionRows, failed: pd.DataFrame) -> Iterator[dict[str, Any]]:
+    """The rows of ``failed`` (rows that failed verification) as the accounting counts them, their task and
+    reasons, read :data:`SPLIT_SCAN_ROWS` rows at a time: a list of the failed rows' reasons held at once was
+    a Python list and strings for each of about a tenth of the rows (issue 22)."""
+    for start in range(0, len(failed), SPLIT_SCAN_ROWS):
+        part = failed.iloc[start:start + SPLIT_SCAN_ROWS]
+        reasons = rows.values(part, ["verifier_reasons"])
+        reasons = reasons.column(0).to_pylist() if reasons.num_columns else [None] * len(part)
+        yield from ({"task": t, "verifier_reasons": r} for t, r in zip(part["task"], reasons))
+
+
 def _row_text(r: Mapping[str, Any]) -> str:
     """What the duplicate checks compare: the messages, then the image references (a multimodal row is its
     images plus its text: the same templated answer about other images is not a duplicate)."""
@@ -507,14 +518,11 @@ def prepare(build_dir: Path, cfg: PublishConfig, kb=None, tmp: Path | None = Non
     # style and variety of the verified text (grok lint-text), before curator edits: the card's figures
     text_lint = lint_rows(rows.full(ins), kb, build_lexicon(kb), examples=2)
     quarantine = _table(build_dir / "instructions_quarantine.parquet", ["task", "verifier_reasons", "error_class"])
-    reasons = rows.values(failed, ["verifier_reasons"])  # the failed rows' reasons, from the mapped copy
-    failed = failed.assign(**{c: reasons.column(c).to_pylist() for c in reasons.column_names})
     skipped = _table(build_dir / "instructions_skipped.parquet", ["study_id", "task", "reason_code", "label"])
-    # one row at a time, not a list of a dict per row (33 MB while it was counted at 40,000 synthetic studies;
-    # prepare's peak is the duplicate checks' either way, issue 22)
+    # one row at a time, not a list of a dict per row (33 MB while it was counted at 40,000 synthetic studies),
+    # the failed rows' reasons read from the mapped copy a part at a time (issue 22)
     acc = account(({"task": t} for t in ins["task"]),
-                  pd.concat([failed, quarantine])[["task", "verifier_reasons", "error_class"]].to_dict("records")
-                  if len(failed) + len(quarantine) else [],
+                  itertools.chain(_failed_rows(rows, failed), quarantine.to_dict("records")),
                   ({"task": t, "reason_code": c} for t, c in zip(skipped["task"], skipped["reason_code"])))
     pat = pd.DataFrame([{"patient_id": p, "label": lab} for p, lab in records.patients()])
     if pat.empty:
