@@ -25,8 +25,8 @@ Steps, each of which can stop publication with a clear error and nothing written
    :func:`grok.registry.publish`, after the same scan of the staged version (data, manifest, report,
    card) finds nothing; optionally pushed to the Hugging Face Hub with a tag per version.
 
-Memory: the instruction rows' text is never whole in memory. Publication keeps the rows' ids, splits, labels
-and image references (:class:`InstructionRows`, a few hundred bytes a row), reads the text from a
+Memory: the instruction rows' text is never whole in memory. Publication keeps the rows' splits, labels,
+scores and places in the file (:class:`InstructionRows`, about 35 bytes a row), reads their ids and text from a
 memory-mapped Arrow copy of ``instructions.parquet`` a few hundred rows at a time for the lint, the
 duplicate checks (which keep an index, not the texts), the contracts (:mod:`grok.contracts` keeps the
 columns its expectations read) and the published splits (written batch by batch to memory-mapped files,
