@@ -22,8 +22,8 @@ stage, the speed-ups of threads and Dask (whole build and measure stage), the lo
 after, and whether all builds published the same fingerprint.
 
 Per run also: the driver's peak RSS in each stage (``driver_peak_rss_mb_by_stage``, from the flow's
-"<stage>: N in" log lines; anonymous memory beside it, ``driver_peak_anon_mb``, since memory-mapped files
-count in RSS too), the number of Prefect task runs, the published parquet files and their sizes, whether
+"<stage>: N in" log lines; anonymous memory beside it, ``driver_peak_anon_mb`` and by stage
+``driver_peak_anon_mb_by_stage``, since memory-mapped files count in RSS too), the number of Prefect task runs, the published parquet files and their sizes, whether
 ``datasets.load_dataset`` maps the published train split from disk (and the RSS it adds), and on Dask the
 orchestration time per study ((worker threads x measure stage - worker busy time) / studies).
 ``--resume`` keeps each run's work folder and registry: the build resumes (finished measure shards are reused,
@@ -95,7 +95,7 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
                OPENBLAS_NUM_THREADS="1")
     out, err = cfg.with_suffix(".out"), cfg.with_suffix(".err")
     t0 = time.perf_counter()
-    samples: list[tuple[float, int]] = []  # (wall-clock time, driver RSS bytes)
+    samples: list[tuple[float, int, int]] = []  # (wall-clock time, driver RSS bytes, driver anonymous kB)
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen([sys.executable, "-m", "grok", "build", str(cfg), "--json", "--demo-key", *extra],
                                 stdout=fo, stderr=fe, env=env)
@@ -104,8 +104,9 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
             try:
                 rss = driver.memory_info().rss
                 peak = max(peak, rss)
-                anon = max(anon, anon_kb(proc.pid))
-                samples.append((time.time(), rss))
+                a = anon_kb(proc.pid)
+                anon = max(anon, a)
+                samples.append((time.time(), rss, a))
                 for child in driver.children(recursive=True):
                     role = _role(child)
                     others[role] = max(others.get(role, 0), child.memory_info().rss)
@@ -117,19 +118,20 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
     failed = None
     if proc.returncode != 0:  # what it measured up to the failure is still reported, with the error
         failed = next((line for line in reversed(log) if "Error: " in line), log[-1] if log else "")[-600:]
-    by_stage, start = {}, samples[0][0] if samples else 0.0
+    by_stage, anon_by_stage, start = {}, {}, samples[0][0] if samples else 0.0
     day = dt.datetime.fromtimestamp(start).date()
     for line in log:
         m = STAGE_END.match(line)
         if not m:
             continue
         end = dt.datetime.combine(day, dt.time.fromisoformat(m.group(1))).timestamp()
-        inside = [r for t, r in samples if start <= t <= end + 0.2]
-        by_stage[m.group(2)] = round(max(inside) / 2**20) if inside else None
+        inside = [(r, a) for t, r, a in samples if start <= t <= end + 0.2]
+        by_stage[m.group(2)] = round(max(r for r, _ in inside) / 2**20) if inside else None
+        anon_by_stage[m.group(2)] = round(max(a for _, a in inside) / 1024) if inside else None
         start = end
     rss = {"driver_peak_rss_mb": round(peak / 2**20), "driver_peak_anon_mb": round(anon / 1024),
            **{f"{role}_peak_rss_mb": round(b / 2**20) for role, b in sorted(others.items())},
-           "driver_peak_rss_mb_by_stage": by_stage or None,
+           "driver_peak_rss_mb_by_stage": by_stage or None, "driver_peak_anon_mb_by_stage": anon_by_stage or None,
            "prefect_task_runs": sum(1 for line in log if TASK_DONE.search(line)) or None}
     if failed is not None:
         rss["failed"] = failed
@@ -246,7 +248,8 @@ def main() -> None:
     }
     if points:
         out["memory_curve"] = {run: {str(n): {k: p["results"][run].get(k) for k in (
-            "driver_peak_rss_mb", "driver_peak_anon_mb", "driver_peak_rss_mb_by_stage", "wall_s")}
+            "driver_peak_rss_mb", "driver_peak_anon_mb", "driver_peak_rss_mb_by_stage", "driver_peak_anon_mb_by_stage",
+            "wall_s")}
             for n, p in sorted({**points, args.studies: out}.items())} for run in results}
         out["memory_curve_load_avg"] = {str(n): p["machine"] for n, p in sorted(points.items())}
     results_ok = {k: r for k, r in results.items() if "failed" not in r}
