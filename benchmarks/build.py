@@ -23,9 +23,10 @@ after, and whether all builds published the same fingerprint.
 
 Per run also: the driver's peak RSS in each stage (``driver_peak_rss_mb_by_stage``, from the flow's
 "<stage>: N in" log lines; anonymous memory beside it, ``driver_peak_anon_mb`` and by stage
-``driver_peak_anon_mb_by_stage``, since memory-mapped files count in RSS too), the number of Prefect task runs, the published parquet files and their sizes, whether
-``datasets.load_dataset`` maps the published train split from disk (and the RSS it adds), and on Dask the
-orchestration time per study ((worker threads x measure stage - worker busy time) / studies).
+``driver_peak_anon_mb_by_stage``, since memory-mapped files count in RSS too), the number of Prefect task
+runs, the published parquet files and their sizes, whether ``datasets.load_dataset`` maps the published train
+split from disk (and the RSS it adds), and on Dask the orchestration time per study ((worker threads x measure
+stage - worker busy time) / studies).
 ``--resume`` keeps each run's work folder and registry: the build resumes (finished measure shards are reused,
 a stage whose code changed runs again) and publishes the next version, e.g. to measure a change to publication
 on a large build without measuring it again. ``--memory-curve 250,500`` first builds phantoms of those sizes with the same runs and reports the driver's

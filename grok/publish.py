@@ -284,17 +284,18 @@ class StudyRecords(Mapping):
 #: Columns of ``instructions.parquet`` that hold the rows' text: read a batch at a time, never all at once.
 TEXT_COLUMNS = ("messages", "provenance")
 #: Columns of ``instructions.parquet`` held in memory for every row (:attr:`InstructionRows.frame`): what selecting,
-#: splitting, ordering, reviewing and accounting for rows read. The others (the text, image paths and roles,
-#: template, seed and knowledge-base ids, the verifier's reasons) stay in the memory-mapped copy and are read with
-#: the text. On the 5,000-study build's 24,401 published rows the frame was 16.0 MB of pandas with every column,
+#: splitting, ordering, reviewing and accounting for rows read. The others (the row's id, the text, image paths
+#: and roles, template, seed and knowledge-base ids, the verifier's reasons) stay in the memory-mapped copy and are
+#: read with the text. On the 5,000-study build's 24,401 published rows the frame was 16.0 MB of pandas with every column,
 #: 10.3 MB of it the columns now left out (``DataFrame.memory_usage(deep=True)``, issue 22). Every column held is
-#: Arrow-backed (pandas' ``str``) or numeric, no Python object per row: ``verifier_reasons`` (a list per row, a
+#: categorical or numeric, no Python object per row: ``verifier_reasons`` (a list per row, a
 #: numpy array of Python strings in pandas) was 1.76 of the frame's 3.86 MB at 2,500 synthetic studies.
 INDEX_COLUMNS = ("study_id", "patient_id", "eye", "task", "label", "verifier_passed", "verifier_score")
 #: Columns of :attr:`InstructionRows.frame` held as pandas categoricals (a small integer code a row, each distinct
 #: value once): a study's rows share its study and patient ids, and eyes, tasks, labels and splits are a handful of
 #: values. On 10,000 synthetic studies (53,291 published rows) the frame was 8.55 MB with Arrow strings, 160 bytes
-#: a row (``memory_usage(deep=True)``, issue 22); what is left per row is the row's own id, its place and score.
+#: a row (``memory_usage(deep=True)``, issue 22); what is left per row is the codes, the row's place and score
+#: (34-37 bytes a row at 2,500-40,000 synthetic studies since the id is read from the file, 66 with it).
 CATEGORY_COLUMNS = ("study_id", "patient_id", "eye", "task", "label")
 #: Columns a curator's edit (grok.review.apply) adds to the frame, None where a row is not edited: the value
 #: replaces the column of the row's own (read from the file) when it is written.
