@@ -14,7 +14,8 @@ with one thread per core, ``flow_dask`` the flow on a local Dask cluster of ``--
 processes. Every run is a separate ``grok build`` process with one thread per numeric library.
 
 Prints JSON: per run the wall time, per-stage seconds, the peak resident memory of the driver (the
-``grok build`` process) and of its largest child of each kind (worker processes, the Prefect server), the
+``grok build`` process) and of its largest child of each kind (worker processes, the Prefect server, grok's own
+child processes by name: ``publication`` and ``contracts``; RSS and anonymous memory), the
 measure stage's shards (sizes, seconds per study, busy seconds per worker process, when the first shard
 started) and, on Dask, how long starting and warming the workers took; then Prefect's overhead share
 ((flow_1thread - direct) / flow_1thread; target <= 15 %), Prefect's overhead per study in the measure
@@ -79,7 +80,12 @@ def _config(work: Path, archive: Path, cohort: Path, name: str, runner: dict, sh
 
 
 def _role(proc: psutil.Process) -> str:
-    cmd = " ".join(proc.cmdline())
+    """What a descendant of the driver is: the Prefect server, a worker process, one of grok's own child processes
+    by the name on its command line (``publication``, ``contracts``: grok.childproc), or ``other``."""
+    cmd = proc.cmdline()
+    if "grok.childproc" in cmd:
+        return cmd[-1]
+    cmd = " ".join(cmd)
     return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"
 
 
@@ -100,7 +106,7 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
     with open(out, "w") as fo, open(err, "w") as fe:
         proc = subprocess.Popen([sys.executable, "-m", "grok", "build", str(cfg), "--json", "--demo-key", *extra],
                                 stdout=fo, stderr=fe, env=env)
-        driver, peak, anon, others = psutil.Process(proc.pid), 0, 0, {}
+        driver, peak, anon, others, others_anon = psutil.Process(proc.pid), 0, 0, {}, {}
         while proc.poll() is None:
             try:
                 rss = driver.memory_info().rss
@@ -111,6 +117,7 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
                 for child in driver.children(recursive=True):
                     role = _role(child)
                     others[role] = max(others.get(role, 0), child.memory_info().rss)
+                    others_anon[role] = max(others_anon.get(role, 0), anon_kb(child.pid))
             except psutil.Error:
                 pass
             time.sleep(0.2)
@@ -132,6 +139,7 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
         start = end
     rss = {"driver_peak_rss_mb": round(peak / 2**20), "driver_peak_anon_mb": round(anon / 1024),
            **{f"{role}_peak_rss_mb": round(b / 2**20) for role, b in sorted(others.items())},
+           **{f"{role}_peak_anon_mb": round(kb / 1024) for role, kb in sorted(others_anon.items())},
            "driver_peak_rss_mb_by_stage": by_stage or None, "driver_peak_anon_mb_by_stage": anon_by_stage or None,
            "prefect_task_runs": sum(1 for line in log if TASK_DONE.search(line)) or None}
     if failed is not None:
@@ -250,7 +258,7 @@ def main() -> None:
     if points:
         out["memory_curve"] = {run: {str(n): {k: p["results"][run].get(k) for k in (
             "driver_peak_rss_mb", "driver_peak_anon_mb", "driver_peak_rss_mb_by_stage", "driver_peak_anon_mb_by_stage",
-            "wall_s")}
+            "publication_peak_anon_mb", "contracts_peak_anon_mb", "wall_s")}
             for n, p in sorted({**points, args.studies: out}.items())} for run in results}
         out["memory_curve_load_avg"] = {str(n): p["machine"] for n, p in sorted(points.items())}
     results_ok = {k: r for k, r in results.items() if "failed" not in r}

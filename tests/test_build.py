@@ -150,6 +150,27 @@ def test_changed_template_publishes_new_version_old_untouched(built, tmp_path):
     assert _tree_digest(v1) == before
 
 
+def test_publication_runs_in_a_process_of_its_own(built, tmp_path, monkeypatch):
+    """The build's driver only waits for publication (issue 22): :func:`grok.publish.publish_build` runs in a child
+    process that ends with it (grok.childproc), so what publication allocates goes back to the system. A
+    ``publish_build`` patched to fail in this process is never called; the child publishes the same content."""
+    import grok.stages.publish_stage as ps
+    from grok.stages.runner import run_stage
+
+    tmp, cfg, rep = built
+    work = tmp_path / "b"
+    shutil.copytree(cfg.work_dir, work, ignore=shutil.ignore_patterns("phantom", "contracts"))
+    # the folder's last publication (an earlier test may have published edited rows from it since the fixture)
+    last = json.loads((work / "build.json").read_text())["fingerprint"]
+    cfg2 = BuildConfig.model_validate({**cfg.model_dump(mode="json"), "work_dir": str(work), "publish": {
+        **cfg.publish.model_dump(mode="json"), "registry": str(tmp_path / "registry")}})
+    monkeypatch.setattr(ps, "publish_build", lambda *a, **k: pytest.fail("publish_build ran in the driver"))
+    pub = run_stage(cfg2, "publish")
+    assert pub.outputs["dataset"] == "small@0.1.0" and str(tmp_path / "registry") in pub.outputs["path"]
+    assert pub.details["fingerprint"] == last
+    assert json.loads((work / "build.json").read_text())["complete"] is True
+
+
 def test_planted_identifier_blocks_publication(built, tmp_path):
     tmp, cfg, rep = built
     from grok.publish import PublishConfig, PublishError, publish_build

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from grok.childproc import ChildProcess
 from grok.ids import CATEGORIES
 from grok.parquet_io import iter_batches, map_arrow, open_parquet
 from grok.privacy.denylist import DenyList
@@ -959,7 +960,7 @@ def contracts_process() -> Iterator[ContractsProcess]:
     itself) and receives the :class:`ContractResult`; the reading, the identifier counts, Great Expectations'
     import (about 120 MB on its own) and its object churn over a long table's chunks (which left the caller's
     small-object arenas fragmented) all stay in the child, whose memory goes back when the block ends. Costs one
-    interpreter start and the imports (a few seconds)."""
+    interpreter start and the imports (a few seconds); see :mod:`grok.childproc`."""
     child = ContractsProcess()
     try:
         yield child
@@ -967,82 +968,15 @@ def contracts_process() -> Iterator[ContractsProcess]:
         child.close()
 
 
-class ContractsProcess:
-    """A fresh interpreter running ``python -m grok.contracts.child`` with the caller's ``sys.path`` (not
-    ``multiprocessing``, whose ``spawn`` and ``forkserver`` import the caller's main script again: a script without an
-    ``if __name__ == "__main__"`` guard would run itself inside its own child), talking over a pipe pair of its own,
-    so what it prints or logs reaches the caller's output as usual. A request is a pickled ``(function, args,
-    kwargs)`` of a module-level function, a reply ``(True, value)`` or ``(False, exception)``, each framed by its
-    length (:func:`send_message`)."""
+class ContractsProcess(ChildProcess):
+    """The contracts' :class:`grok.childproc.ChildProcess`: its failures are :class:`ContractError`."""
 
     def __init__(self) -> None:
-        import subprocess
-        import sys
-
-        to_child_r, self._to_child = os.pipe()
-        self._from_child, from_child_w = os.pipe()
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(dict.fromkeys(p for p in sys.path if p)))
-        try:
-            self.proc = subprocess.Popen([sys.executable, "-m", "grok.contracts.child", str(to_child_r),
-                                          str(from_child_w)], pass_fds=(to_child_r, from_child_w), env=env,
-                                         stdin=subprocess.DEVNULL)
-        finally:
-            os.close(to_child_r)
-            os.close(from_child_w)
-        self._w, self._r = os.fdopen(self._to_child, "wb"), os.fdopen(self._from_child, "rb")
+        super().__init__("contracts", ContractError)
 
     def validate(self, data: Any, contract: Contract | str, **kwargs: Any) -> ContractResult:
         """:func:`validate` in the child; ``data`` must pickle (see :func:`contracts_process`)."""
         return self.call(validate, data, contract, **kwargs)
-
-    def call(self, fn, *args: Any, **kwargs: Any) -> Any:
-        """``fn(*args, **kwargs)`` in the child (``fn`` importable there by name); what it raises is raised here
-        (as a :class:`ContractError` naming it when the exception does not pickle)."""
-        import pickle
-
-        try:
-            send_message(self._w, pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
-            reply = receive_message(self._r)
-        except (BrokenPipeError, EOFError) as exc:
-            try:
-                code = self.proc.wait(timeout=30)
-            except Exception:  # noqa: BLE001 - still running: its pipe broke, its exit code is unknown
-                code = None
-            raise ContractError(f"the contracts process ended while running {fn.__name__} (exit code {code}; "
-                                "-9: killed, e.g. for memory): see the log above, then rerun") from exc
-        ok, value = pickle.loads(reply)
-        if not ok:
-            raise value
-        return value
-
-    def close(self) -> None:
-        for f in (self._w, self._r):
-            with contextlib.suppress(OSError):
-                f.close()  # the child sees the end of its input and exits
-        try:
-            self.proc.wait(timeout=60)
-        except Exception:  # noqa: BLE001 - a child that does not exit is killed, never left behind
-            self.proc.kill()
-            self.proc.wait()
-
-
-def send_message(f, data: bytes) -> None:
-    """``data`` framed by its length (8 bytes, little-endian) on the pipe ``f`` (see :class:`ContractsProcess`)."""
-    f.write(len(data).to_bytes(8, "little"))
-    f.write(data)
-    f.flush()
-
-
-def receive_message(f) -> bytes:
-    """One message framed by :func:`send_message`; ``EOFError`` at the end of the pipe."""
-    head = f.read(8)
-    if len(head) < 8:
-        raise EOFError("pipe closed")
-    n = int.from_bytes(head, "little")
-    data = f.read(n)
-    if len(data) < n:
-        raise EOFError("pipe closed mid-message")
-    return data
 
 
 def _default_label_set() -> list[str]:
