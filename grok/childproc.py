@@ -85,6 +85,9 @@ class ChildProcess:
                 code = None
             raise self.error(f"the {self.name} process ended while running {fn.__name__} (exit code {code}; "
                              "-9: killed, e.g. for memory): see the log above, then rerun") from exc
+        except BaseException:  # interrupted while the child works (Ctrl-C, a cancelled task): stop it, now
+            self.proc.kill()
+            raise
         ok, value = pickle.loads(reply)
         if not ok:
             if isinstance(value, _Unpicklable):

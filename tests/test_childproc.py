@@ -56,3 +56,19 @@ def test_a_child_that_dies_mid_call_is_a_clear_error_not_a_hang():
                                                         r"running _exit \(exit code 7"):
         child.call(os._exit, 7)
     assert child.proc.returncode == 7
+
+
+def test_a_caller_interrupted_mid_call_stops_the_child_at_once():
+    """Ctrl-C (or a cancelled task) while the child works: the child is killed, not left running its job until
+    it finishes; the interrupt reaches the caller."""
+    import signal
+    import threading
+    import time
+
+    with child_process("sleeping") as child:
+        timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            child.call(time.sleep, 60)
+    assert time.monotonic() - t0 < 30 and child.proc.returncode == -signal.SIGKILL
