@@ -15,7 +15,8 @@ processes. Every run is a separate ``grok build`` process with one thread per nu
 
 Prints JSON: per run the wall time, per-stage seconds, the peak resident memory of the driver (the
 ``grok build`` process) and of its largest child of each kind (worker processes, the Prefect server, grok's own
-child processes by name: ``publication`` and ``contracts``; RSS and anonymous memory), the
+child processes by name: each single-process stage's (``source``, ``ingest``, ``records``, ``publish``), each
+merge's (``measure-merge``, ``instruct-merge``) and the ``contracts``'; RSS and anonymous memory), the
 measure stage's shards (sizes, seconds per study, busy seconds per worker process, when the first shard
 started) and, on Dask, how long starting and warming the workers took; then Prefect's overhead share
 ((flow_1thread - direct) / flow_1thread; target <= 15 %), Prefect's overhead per study in the measure
@@ -84,7 +85,7 @@ def _role(proc: psutil.Process) -> str:
     by the name on its command line (``publication``, ``contracts``: grok.childproc), or ``other``."""
     cmd = proc.cmdline()
     if "grok.childproc" in cmd:
-        return cmd[-1]
+        return cmd[-1].replace("-", "_")
     cmd = " ".join(cmd)
     return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"
 
@@ -256,9 +257,9 @@ def main() -> None:
         "same_fingerprint": len({r.get("fingerprint") for r in results.values()}) == 1,
     }
     if points:
-        out["memory_curve"] = {run: {str(n): {k: p["results"][run].get(k) for k in (
+        out["memory_curve"] = {run: {str(n): {k: v for k, v in p["results"][run].items() if k in (
             "driver_peak_rss_mb", "driver_peak_anon_mb", "driver_peak_rss_mb_by_stage", "driver_peak_anon_mb_by_stage",
-            "publication_peak_anon_mb", "contracts_peak_anon_mb", "wall_s")}
+            "wall_s") or k.endswith("_peak_anon_mb")}
             for n, p in sorted({**points, args.studies: out}.items())} for run in results}
         out["memory_curve_load_avg"] = {str(n): p["machine"] for n, p in sorted(points.items())}
     results_ok = {k: r for k, r in results.items() if "failed" not in r}

@@ -125,7 +125,7 @@ def set_concurrency_limit(name: str, slots: int) -> None:
 
 @task(name="merge", cache_policy=NO_CACHE)
 def merge_task(config: dict[str, Any], stage: str, results: list[str], seconds: float) -> dict[str, Any]:
-    rep = STAGE_BY_NAME[stage].merge(_folder(config), results, seconds)
+    rep = STAGE_BY_NAME[stage].run_merge(_folder(config), results, seconds)
     _artifact(rep)
     return rep.to_dict()
 
@@ -189,7 +189,7 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
                                           retries=stage.retries(folder), retry_delay_seconds=10)
             if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers)
                 results = run.map(config=unmapped(config), stage=unmapped(stage.name), shard=shards).result()
-            else:  # in the flow's process, like the merges (ingest and the phantom writer start their own pools)
+            else:  # from the flow's process, like the merges: the work in a process of its own (SingleStage)
                 results = [run(config, stage.name, shard) for shard in shards]
             merge = merge_task.with_options(name=f"{stage.name}-merge" if stage.sharded else f"{stage.name}-report")
             rep = merge(config, stage.name, results, time.perf_counter() - t0)

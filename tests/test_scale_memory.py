@@ -102,9 +102,9 @@ def test_instruct_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatc
         folder.kb  # noqa: B018 - loaded before measuring (the worker's warm knowledge base)
         rep = None
 
-        def run(folder=folder):
+        def run(folder=folder):  # plan, shards and merge in this process (a build runs the merge in a child)
             nonlocal rep
-            rep = stage.run(folder)
+            rep = stage.merge(folder, [stage.run_shard(folder, sh) for sh in stage.plan(folder)], 0.0)
 
         peaks[n] = _peak(run)
         sizes[n] = (root / "build" / "records.jsonl").stat().st_size

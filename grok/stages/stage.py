@@ -68,11 +68,19 @@ class Stage:
         shards may hold it at once (an executor sets the limit to that), or None."""
         return None
 
+    def run_merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
+        """:meth:`merge` as both executors call it: in a process of its own that ends with it
+        (:mod:`grok.childproc`; see :class:`SingleStage` for why), named ``<stage>-merge``. The merges stream and
+        bound what they hold, but what a merge allocates and frees in the driver left its level higher for the
+        rest of the build, a little more with each size of archive (issue 22)."""
+        return run_in_child(f"{self.name}-merge", _merge, self, folder.cfg.model_dump_json(), folder.workers,
+                            results, seconds, error=StageFailed)
+
     def run(self, folder: BuildFolder) -> StageReport:
-        """The whole stage in this process, shard after shard (what the plain runner calls)."""
+        """The whole stage, shard after shard, from this process (what the plain runner calls)."""
         t0 = time.perf_counter()
         results = [self.run_shard(folder, shard) for shard in self.plan(folder)]
-        return self.merge(folder, results, time.perf_counter() - t0)
+        return self.run_merge(folder, results, time.perf_counter() - t0)
 
 
 class SingleStage(Stage):
@@ -106,6 +114,14 @@ class SingleStage(Stage):
     def merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
         (result,) = results
         return folder.finish(StageReport(**json.loads(result)))
+
+    def run_merge(self, folder: BuildFolder, results: list[str], seconds: float) -> StageReport:
+        return self.merge(folder, results, seconds)  # the work's report, read back: nothing to keep apart
+
+
+def _merge(stage: Stage, config_json: str, workers: int, results: list[str], seconds: float) -> StageReport:
+    """``stage.merge`` on the build folder of ``config_json``, in the merge's own process (:meth:`Stage.run_merge`)."""
+    return stage.merge(BuildFolder(BuildConfig.model_validate_json(config_json), workers=workers), results, seconds)
 
 
 def _work(stage: SingleStage, config_json: str, workers: int) -> StageReport:
