@@ -74,7 +74,7 @@ class Stage:
         bound what they hold, but what a merge allocates and frees in the driver left its level higher for the
         rest of the build, a little more with each size of archive (issue 22)."""
         return run_in_child(f"{self.name}-merge", _merge, self, folder.cfg.model_dump_json(), folder.workers,
-                            results, seconds, error=StageFailed)
+                            results, seconds, time.time(), error=StageFailed)
 
     def run(self, folder: BuildFolder) -> StageReport:
         """The whole stage, shard after shard, from this process (what the plain runner calls)."""
@@ -119,8 +119,13 @@ class SingleStage(Stage):
         return self.merge(folder, results, seconds)  # the work's report, read back: nothing to keep apart
 
 
-def _merge(stage: Stage, config_json: str, workers: int, results: list[str], seconds: float) -> StageReport:
-    """``stage.merge`` on the build folder of ``config_json``, in the merge's own process (:meth:`Stage.run_merge`)."""
+def _merge(stage: Stage, config_json: str, workers: int, results: list[str], seconds: float,
+           asked_at: float) -> StageReport:
+    """``stage.merge`` on the build folder of ``config_json``, in the merge's own process (:meth:`Stage.run_merge`).
+    ``seconds`` grows by the time since the caller asked (``asked_at``, its clock), i.e. this process's start: a
+    merge that dates the stage's start as ``time.time() - seconds`` (the measure stage tells reused shards from
+    those measured now that way) finds the caller's start, not one a few seconds later."""
+    seconds += time.time() - asked_at
     return stage.merge(BuildFolder(BuildConfig.model_validate_json(config_json), workers=workers), results, seconds)
 
 
