@@ -82,7 +82,8 @@ def _config(work: Path, archive: Path, cohort: Path, name: str, runner: dict, sh
 
 def _role(proc: psutil.Process) -> str:
     """What a descendant of the driver is: the Prefect server, a worker process, one of grok's own child processes
-    by the name on its command line (``publication``, ``contracts``: grok.childproc), or ``other``."""
+    by the name on its command line (grok.childproc: a stage's, e.g. ``publish``, a merge's, e.g. ``instruct_merge``,
+    or ``contracts``), or ``other``."""
     cmd = proc.cmdline()
     if "grok.childproc" in cmd:
         return cmd[-1].replace("-", "_")

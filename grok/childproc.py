@@ -7,8 +7,8 @@ big one-off job in itself keeps what the job left behind: CPython's small-object
 surge of Python objects and are not given back, so the process's level rises with the size of the job, even when
 the job's data were streamed (issue 22: a publication's duplicate checks and lint left ~15 MB more arenas at 40,000
 studies than at 2,500). Run in a child, the job's memory, fragmentation included, is returned when the child
-exits. Publication's contracts run this way (:func:`grok.contracts.contracts_process`), and so does a build's
-publication (:mod:`grok.stages.publish_stage`).
+exits. Publication's contracts run this way (:func:`grok.contracts.contracts_process`), and so do a build's
+single-process stages and its merges (:class:`grok.stages.stage.SingleStage`, :meth:`grok.stages.stage.Stage.run_merge`).
 
 Not ``multiprocessing``: its ``spawn`` and ``forkserver`` import the caller's main script again (a script without an
 ``if __name__ == "__main__"`` guard would run itself inside its own child), and ``fork`` copies the caller's

@@ -3,8 +3,9 @@
 Run as: the publish stage of grok build (or grok publish BUILD_DIR for a finished folder)
 
 Calls :func:`grok.publish.publish_build` (contracts, splits, dedup, card, curator report; atomic), in a process
-of its own as every single-process stage (:class:`grok.stages.stage.SingleStage`). The build folder says ``ready_to_publish`` while it runs and ``complete: true`` only once the version
-exists, so a failed or killed publication is never reported as done and a rerun publishes again.
+of its own as every single-process stage (:class:`grok.stages.stage.SingleStage`). The build folder says
+``ready_to_publish`` while it runs and ``complete: true`` only once the version exists, so a failed or killed
+publication is never reported as done and a rerun publishes again.
 """
 
 from __future__ import annotations

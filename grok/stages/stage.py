@@ -92,9 +92,9 @@ class SingleStage(Stage):
     in the small-object arenas (which CPython does not give back while one object in an arena lives), goes back
     to the system when the stage ends. Run in the driver, they raised its level stage after stage with the size
     of the archive (issue 22: the driver's anonymous peak was 390 MB at 500 studies and 430 MB at 2,000, set
-    by publication, each stage's level above the last). Costs an interpreter start and the stage's imports (a few seconds).
-    An exception the work raises is raised here as it was; a process that dies (killed for memory, say) is a
-    :class:`StageFailed` with its exit code."""
+    by publication, each stage's level above the last). Costs an interpreter start and the stage's imports (a
+    few seconds). An exception the work raises is raised here as it was; a process that dies (killed for memory,
+    say) is a :class:`StageFailed` with its exit code."""
 
     sharded = False
 
@@ -126,9 +126,14 @@ def _merge(stage: Stage, config_json: str, workers: int, results: list[str], sec
     merge that dates the stage's start as ``time.time() - seconds`` (the measure stage tells reused shards from
     those measured now that way) finds the caller's start, not one a few seconds later."""
     seconds += time.time() - asked_at
-    return stage.merge(BuildFolder(BuildConfig.model_validate_json(config_json), workers=workers), results, seconds)
+    return stage.merge(_folder(config_json, workers), results, seconds)
 
 
 def _work(stage: SingleStage, config_json: str, workers: int) -> StageReport:
     """``stage.work`` on the build folder of ``config_json``, in the stage's own process (:meth:`SingleStage.run_shard`)."""
-    return stage.work(BuildFolder(BuildConfig.model_validate_json(config_json), workers=workers))
+    return stage.work(_folder(config_json, workers))
+
+
+def _folder(config_json: str, workers: int) -> BuildFolder:
+    """The caller's build folder, made again in a child process from its config (as sent: JSON)."""
+    return BuildFolder(BuildConfig.model_validate_json(config_json), workers=workers)
