@@ -65,12 +65,12 @@ RUNS = {
 
 
 def _config(work: Path, archive: Path, cohort: Path, name: str, runner: dict, shard_size: int | str,
-            pass_rate: float) -> Path:
+            pass_rate: float, instruct_shard_size: int | str = "auto") -> Path:
     cfg = {
         "work_dir": str(work / name / "build"),
         "source": {"archive": str(archive), "cohort": str(cohort)},
         "measure": {"shard_size": shard_size},
-        "instruct": {"mode": "template", "shard_size": 32},
+        "instruct": {"mode": "template", "shard_size": instruct_shard_size},
         "publish": {"name": "bench", "registry": str(work / name / "registry"), "deny_list": str(
             archive.parent / "truth" / "planted_identifiers.json"), "verifier_pass_rate": pass_rate},
         "runner": runner,
@@ -185,6 +185,8 @@ def main() -> None:
     ap.add_argument("--geometry", choices=("default", "small"), default="default")
     ap.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
     ap.add_argument("--shard-size", default="auto", help="measure.shard_size of every run: auto or a number")
+    ap.add_argument("--instruct-shard-size", default="auto",
+                    help="instruct.shard_size of every run: auto or a number (32 before session 27)")
     ap.add_argument("--n-workers", type=int, default=2, help="local Dask worker processes of flow_dask")
     ap.add_argument("--no-dask", action="store_true", help="leave out flow_dask")
     ap.add_argument("--resume", action="store_true", help="keep each run's folder: resume it, publish a new version")
@@ -196,7 +198,7 @@ def main() -> None:
     for n in curve:  # the smaller builds of the curve, each a whole benchmark of its own
         res = subprocess.run([sys.executable, __file__, "--studies", str(n), "--work", str(args.work / f"curve_{n}"),
                               "--geometry", args.geometry, "--runs", args.runs, "--shard-size", args.shard_size,
-                              "--n-workers", str(args.n_workers), *(["--no-dask"] if args.no_dask else [])],
+                              "--instruct-shard-size", args.instruct_shard_size, "--n-workers", str(args.n_workers), *(["--no-dask"] if args.no_dask else [])],
                              check=True, capture_output=True, text=True)
         points[n] = json.loads(res.stdout)
         (args.work / f"curve_{n}.json").write_text(res.stdout)  # kept as each point finishes
@@ -207,6 +209,7 @@ def main() -> None:
     if unknown := set(runs) - set(RUNS):
         raise SystemExit(f"--runs: unknown {sorted(unknown)}; choose from {', '.join(RUNS)}")
     shard_size = args.shard_size if args.shard_size == "auto" else int(args.shard_size)
+    instruct_size = args.instruct_shard_size if args.instruct_shard_size == "auto" else int(args.instruct_shard_size)
     load_before = os.getloadavg()
     arch = args.work / f"phantom_{args.studies}_{args.geometry}"
     t0 = time.perf_counter()
@@ -224,7 +227,7 @@ def main() -> None:
             shutil.rmtree(args.work / name, ignore_errors=True)
         # 8 B-scans of 128 x 128 find false drusen in more normal eyes, whose rows the reasoner then skips
         cfg = _config(args.work, arch / "dicom", arch / "cohort.csv", name, runner, shard_size,
-                      0.5 if args.geometry == "small" else 0.9)
+                      0.5 if args.geometry == "small" else 0.9, instruct_size)
         wall, res, rss = _run(cfg, *extra)
         if "failed" in rss:
             results[name] = {"wall_s": round(wall, 1), **rss}
@@ -242,6 +245,7 @@ def main() -> None:
                                                                  for s in res["stages"]},
                          "fingerprint": _stage(res, "publish")["details"]["fingerprint"], **rss,
                          "studies_in": measure["n_in"], "measure_shards": measure["details"].get("shards"),
+                         "instruct_shards": _stage(res, "instruct")["details"].get("shards"),
                          "dask": info.get("dask"),
                          "published_bytes": rss["published"].pop("version_bytes"),
                          "build_folder_bytes": sum(p.stat().st_size for p in (args.work / name / "build").rglob("*")
@@ -251,6 +255,7 @@ def main() -> None:
         "studies": args.studies,
         "geometry": args.geometry,
         "shard_size": args.shard_size,
+        "instruct_shard_size": args.instruct_shard_size,
         "phantom_write_s": round(phantom_s, 1),
         "machine": {"cpus": os.cpu_count(), "load_avg_before": [round(x, 2) for x in load_before],
                     "load_avg_after": [round(x, 2) for x in os.getloadavg()]},

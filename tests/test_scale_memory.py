@@ -86,18 +86,24 @@ def test_records_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatch
     assert grown < 0.25 * more_records, (peaks, sizes)
 
 
+def synthetic_records(measured: Path, n: int, root: Path) -> Path:
+    """A copy of the measured build folder at ``root/build`` whose ``records.jsonl`` holds ``n`` records copied
+    from its two (new study and patient ids, in id order)."""
+    real = [json.loads(line) for line in (measured / "build" / "records.jsonl").read_text().splitlines()]
+    shutil.copytree(measured / "build", root / "build")
+    with open(root / "build" / "records.jsonl", "w") as fh:
+        for i in range(n):
+            fh.write(json.dumps({**real[i % len(real)], "study_id": f"S{i:05d}", "patient_id": f"P{i // 2:05d}"},
+                                sort_keys=True) + "\n")
+    return root
+
+
 def test_instruct_stage_memory_is_flat_in_studies(measured, tmp_path, monkeypatch):
     monkeypatch.setattr(instruct_stage, "MERGE_ROWS", 16)
-    real = [json.loads(line) for line in (measured / "build" / "records.jsonl").read_text().splitlines()]
     stage = STAGE_BY_NAME["instruct"]
     peaks, sizes, rows = {}, {}, {}
     for n in (20, 80):
-        root = tmp_path / f"n{n}"
-        shutil.copytree(measured / "build", root / "build")
-        with open(root / "build" / "records.jsonl", "w") as fh:
-            for i in range(n):
-                fh.write(json.dumps({**real[i % len(real)], "study_id": f"S{i:05d}", "patient_id": f"P{i // 2:05d}"},
-                                    sort_keys=True) + "\n")
+        root = synthetic_records(measured, n, tmp_path / f"n{n}")
         folder = BuildFolder(tiny_config(root, instruct={"shard_size": 4}))
         folder.kb  # noqa: B018 - loaded before measuring (the worker's warm knowledge base)
         rep = None

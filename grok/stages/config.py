@@ -94,8 +94,15 @@ class InstructSettings(InstructConfig):
     seed, tolerance, templates, ``llm``) plus how the stage shards its work."""
 
     KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"llm_parallel_shards"})
+    #: what ``shard_size: auto`` enters the build id as: the old default, so builds keep their ids
+    AUTO_KEY: ClassVar[int] = 64
 
-    shard_size: int = Field(64, ge=1, description="Study records per instruct task (a shard).")
+    shard_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
+        "Study records per instruct task (a shard), or auto: in template mode about four shards per worker, "
+        "64 to 1,024 records each (so the number of tasks grows a sixteenth as fast as with the old fixed 64), "
+        "chosen once per build folder (build.json instruct_shard_size) so a rerun on another number of workers "
+        "reuses the finished shards; in LLM mode 64 (the request rate, not the workers, bounds an LLM build, "
+        "and a small shard loses little when it is retried). The size never changes the rows."))
     llm_parallel_shards: int = Field(1, ge=1, description=(
         "LLM mode: shards that call the model at once across all workers (the Prefect flow sets the "
         "grok-llm global concurrency limit to it; the plain runner runs one). llm.requests_per_second is "
@@ -121,6 +128,8 @@ class InstructSettings(InstructConfig):
         out = super().key_dump()
         if tuple(self.tasks) == tuple(FAMILIES):
             out["tasks"] = None  # builds have always keyed "every family" as null
+        if out.get("shard_size") == "auto":
+            out["shard_size"] = self.AUTO_KEY
         return out
 
 

@@ -46,7 +46,7 @@ from grok.oct.overlay import bscan_layer_pngs, bscan_png, thickness_map_png
 from grok.parquet_io import take_rows
 from grok.stages.folder import BuildFolder, StageReport
 from grok.stages.keys import content_key, shard_name, source_digest
-from grok.stages.stage import Shard, Stage
+from grok.stages.stage import Shard, Stage, auto_size
 
 MEASURE_VERSION = "1"
 #: Longest side of the photograph written to media (boxes are scaled to it).
@@ -111,7 +111,7 @@ def auto_shard_size(n_studies: int, workers: int) -> int:
     """Studies per shard for ``n_studies`` on ``workers``: about :data:`AUTO_WAVES` shards per worker, between
     :data:`AUTO_MIN` and :data:`AUTO_MAX` studies each (many small shards cost orchestration per shard; few
     large ones leave workers idle at the end)."""
-    return max(AUTO_MIN, min(AUTO_MAX, n_studies // max(1, workers * AUTO_WAVES)))
+    return auto_size(n_studies, workers, AUTO_MIN, AUTO_MAX, AUTO_WAVES)
 
 
 #: ``shard_size: auto``: the build's last studies go to shards of a half, a quarter and an eighth of the size,

@@ -30,6 +30,14 @@ class Shard(TypedDict):
     key: str
 
 
+def auto_size(n: int, workers: int, lo: int, hi: int, waves: int = 4) -> int:
+    """Items per shard for ``n`` items on ``workers`` (a stage's ``shard_size: auto``): about ``waves`` shards
+    per worker, so that a slow shard leaves the others about a ``1 / waves`` of a worker's share to take over,
+    between ``lo`` and ``hi`` items (many small shards cost orchestration each; large ones cost memory and
+    leave workers idle at the end)."""
+    return max(lo, min(hi, n // max(1, workers * waves)))
+
+
 class Stage:
     """A step of the build (see the module docstring). Subclasses set the class attributes and methods."""
 
