@@ -20,10 +20,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GROK_PSEUDONYM_KEY", "test-secret-key")
 # grok eval caches reference readings on disk: one throwaway folder per test session, never the
 # user's ~/.cache (a stale or shared cache must not decide a test)
+# (removed when the session's process ends, so runs leave no folders in /tmp)
 if "GROK_EVAL_CACHE" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["GROK_EVAL_CACHE"] = tempfile.mkdtemp(prefix="grok-eval-cache-")
+    atexit.register(shutil.rmtree, os.environ["GROK_EVAL_CACHE"], True)
 
 #: Small but complete geometry so tests stay fast on 2 cores.
 SMALL_OCT = (7, 160, 128)
