@@ -13,7 +13,7 @@ from grok.stages.folder import BuildFolder
 from grok.stages.instruct_stage import AUTO_LLM, AUTO_MAX, AUTO_MIN, AUTO_WAVES, auto_shard_size
 from grok.stages.runner import STAGE_BY_NAME
 from tests.test_build_shards import tiny_config
-from tests.test_scale_memory import ingested, measured, synthetic_records  # noqa: F401 - fixtures
+from tests.test_scale_memory import _peak, ingested, measured, synthetic_records  # noqa: F401 - fixtures
 
 INSTRUCT = STAGE_BY_NAME["instruct"]
 
@@ -25,7 +25,7 @@ def test_auto_size_bounds_the_task_count():
         assert AUTO_MIN <= size <= AUTO_MAX
         assert shards >= min(-(-n // AUTO_MIN), workers * AUTO_WAVES) or size == AUTO_MAX  # the workers are fed
         assert shards <= max(workers * AUTO_WAVES + 1, -(-n // AUTO_MAX))  # no more tasks than that needs
-    assert -(-170_000 // auto_shard_size(170_000, 2)) == 167  # 2,657 at the old fixed 64
+    assert -(-170_000 // auto_shard_size(170_000, 2)) == 333  # 2,657 at the old fixed 64
     assert auto_shard_size(10**6, 2, mode="llm") == AUTO_LLM
 
 
@@ -71,3 +71,18 @@ def test_llm_mode_keeps_small_shards_unrecorded(measured, tmp_path):  # noqa: F8
     folder = BuildFolder(tiny_config(root, instruct={"mode": "llm"}), workers=2)
     assert instruct_stage.shard_size(folder) == AUTO_LLM
     assert "instruct_shard_size" not in folder.info()
+
+
+def test_plan_holds_one_record_at_a_time(measured, tmp_path):  # noqa: F811
+    """The plan keys a shard as it reads its lines: planning 80 records in one shard holds no more than planning
+    them in shards of 4 (keying a shard's parsed records at once held the whole shard: 98 MB in the driver for
+    shards of 625 records at 5,000 studies)."""
+    root = synthetic_records(measured, 80, tmp_path / "plan")
+    record_bytes = (root / "build" / "records.jsonl").stat().st_size / 80
+    peaks = {}
+    for size in (4, 80):
+        folder = BuildFolder(tiny_config(root, instruct={"shard_size": size}))
+        folder.kb  # noqa: B018 - loaded before measuring
+        folder.build_id()
+        peaks[size] = _peak(lambda folder=folder: INSTRUCT.plan(folder))
+    assert peaks[80] - peaks[4] < 4 * record_bytes, (peaks, record_bytes)

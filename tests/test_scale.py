@@ -72,6 +72,17 @@ def test_shard_size_changes_neither_the_build_id_nor_the_data(tiny_copy, tmp_pat
     assert _table(tiny_copy) == one_shard  # merged from two shards, streamed in order
 
 
+def test_the_plan_keeps_no_ingest_table(tiny_copy):
+    """The driver plans the measure stage and lives for the whole build: the plan reads the ingest tables for
+    itself, never into the per-process cache the workers keep (it grows with the archive)."""
+    measure_stage._TABLES.clear()
+    cfg = tiny_config(tiny_copy)
+    assert MEASURE.plan(BuildFolder(cfg, workers=2))
+    assert measure_stage._TABLES == {}
+    measure_stage.ingest_rows(tiny_copy / "build", "studies")  # a worker's read is kept
+    assert len(measure_stage._TABLES) == 1
+
+
 def test_auto_size_is_recorded_and_reused_on_other_workers(tiny_copy):
     cfg = tiny_config(tiny_copy)  # shard_size: auto
     folder = BuildFolder(cfg, workers=2)

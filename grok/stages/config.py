@@ -99,7 +99,7 @@ class InstructSettings(InstructConfig):
 
     shard_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "Study records per instruct task (a shard), or auto: in template mode about four shards per worker, "
-        "64 to 1,024 records each (so the number of tasks grows a sixteenth as fast as with the old fixed 64), "
+        "64 to 512 records each (so the number of tasks grows an eighth as fast as with the old fixed 64), "
         "chosen once per build folder (build.json instruct_shard_size) so a rerun on another number of workers "
         "reuses the finished shards; in LLM mode 64 (the request rate, not the workers, bounds an LLM build, "
         "and a small shard loses little when it is retried). The size never changes the rows."))

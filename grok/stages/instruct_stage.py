@@ -36,7 +36,7 @@ from grok.instruct.generate import InstructConfig, build_instructions
 from grok.instruct.templating import GENERATION_TEMPLATES, templates_dir
 from grok.parquet_io import iter_batches
 from grok.stages.folder import BuildFolder, StageReport
-from grok.stages.keys import content_key, files_digest, shard_name, source_digest
+from grok.stages.keys import StreamKey, content_key, files_digest, shard_name, source_digest
 from grok.stages.records_stage import read_records
 from grok.stages.stage import Shard, Stage, auto_size
 
@@ -53,7 +53,7 @@ MERGE_OPEN_FILES = 256
 #: :data:`AUTO_MIN` to :data:`AUTO_MAX` records. Template shards are cheap (the 2,000-study benchmark build's
 #: instruct stage: 13.9 s for 63 shards of 32 records), so small ones buy nothing, and at a fixed size the task
 #: count grows with the archive (~5,300 tasks at 170,000 studies). LLM mode keeps :data:`AUTO_LLM`.
-AUTO_WAVES, AUTO_MIN, AUTO_MAX, AUTO_LLM = 4, 64, 1024, 64
+AUTO_WAVES, AUTO_MIN, AUTO_MAX, AUTO_LLM = 4, 64, 512, 64
 
 
 def auto_shard_size(n_records: int, workers: int, mode: str = "template") -> int:
@@ -94,15 +94,16 @@ class InstructShard(Shard, total=False):
     of: int
 
 
-def _record_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
-    """``records.jsonl`` one record at a time: (start byte, end byte, record)."""
+def _record_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """``records.jsonl`` one non-blank line at a time: (start byte, end byte, the line without its newline)."""
     with open(path, "rb") as fh:
         pos = 0
         for line in fh:
             end = pos + len(line)
             if line.strip():
-                yield pos, end, json.loads(line)
+                yield pos, end, line.strip()
             pos = end
+
 
 #: The build's instruction tables -> (the shard file each is merged from, its schema).
 MERGED = {"instructions": ("instructions.parquet", INSTRUCTIONS_SCHEMA),
@@ -153,29 +154,29 @@ class Instruct(Stage):
                   "config": {k: v for k, v in cfg.instruct.key_dump().items() if k != "shard_size"},
                   "kb": folder.kb.snapshot_id, "templates": _generation_templates(cfg.instruct.templates_dir)}
         # streamed: records.jsonl is in study-id order (the records stage writes biomarkers' sorted rows), so
-        # shards are runs of n consecutive records, keyed as they are read; one shard's records in memory
+        # shards are runs of n consecutive records, keyed as their lines are read (the key hashes each line's
+        # bytes, which the records stage writes deterministically): one record in memory at a time. Keying the
+        # parsed records of a shard at once held them all: 98 MB more in the driver for shards of 625 records at
+        # 5,000 studies (issue 22)
         shards: list[InstructShard] = []
-        chunk: list[dict[str, Any]] = []
-        start, last = 0, None
-
-        def close(end: int) -> None:
-            shards.append(InstructShard(ids=[r["study_id"] for r in chunk],
-                                        key=content_key({**common, "records": chunk}), at=[start, end]))
-
-        end = 0
-        for begin, end_, rec in _record_lines(folder.path("records.jsonl")):
-            if last is not None and rec["study_id"] <= last:
+        ids: list[str] = []
+        key = StreamKey(common)
+        start = end = 0
+        last = None
+        for begin, end, line in _record_lines(folder.path("records.jsonl")):
+            sid = json.loads(line)["study_id"]
+            if last is not None and sid <= last:
                 return self._plan_in_memory(folder, common, n)  # not sorted (written elsewhere): sort in memory
-            last = rec["study_id"]
-            if not chunk:
-                start = begin
-            chunk.append(rec)
-            end = end_
-            if len(chunk) == n:
-                close(end)
-                chunk = []
-        if chunk:
-            close(end)
+            last = sid
+            if not ids:
+                start, key = begin, StreamKey(common)
+            ids.append(sid)
+            key.add(line)
+            if len(ids) == n:
+                shards.append(InstructShard(ids=ids, key=key.key(), at=[start, end]))
+                ids = []
+        if ids:
+            shards.append(InstructShard(ids=ids, key=key.key(), at=[start, end]))
         for sh in shards:
             sh["of"] = len(shards)
         return list(shards)
@@ -201,8 +202,9 @@ class Instruct(Stage):
             if [r["study_id"] for r in records] == list(shard["ids"]):
                 return records, of
         want, records, total = set(shard["ids"]), [], 0
-        for _, _, r in _record_lines(path):
+        for _, _, line in _record_lines(path):
             total += 1
+            r = json.loads(line)
             if r["study_id"] in want:
                 records.append(r)
         return records, -(-total // shard_size(folder))

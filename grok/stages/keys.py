@@ -25,6 +25,23 @@ def content_key(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+class StreamKey:
+    """A content key over a description (as :func:`content_key`) and then byte strings added one at a time
+    (a shard's input lines as they are read), so the parts are never held together. Each part is hashed with
+    its length, so parts cannot run into each other; a different split of the same bytes is a different key."""
+
+    def __init__(self, inputs: Mapping[str, Any]) -> None:
+        self._h = hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":"),
+                                            default=_json_default).encode())
+
+    def add(self, part: bytes) -> None:
+        self._h.update(len(part).to_bytes(8, "big"))
+        self._h.update(part)
+
+    def key(self) -> str:
+        return self._h.hexdigest()[:32]
+
+
 def shard_name(study_ids: Iterable[str]) -> str:
     """Where a shard's output lives: a hash of its sorted study ids (its key is stored with the output)."""
     h = hashlib.sha256()

@@ -168,10 +168,14 @@ _TABLES: dict[str, tuple[tuple[int, int], IngestRows]] = {}
 _TABLES_LOCK = threading.Lock()
 
 
-def ingest_rows(build_dir: str | Path, table: str) -> IngestRows:
+def ingest_rows(build_dir: str | Path, table: str, *, cached: bool = True) -> IngestRows:
     """``ingest/studies.parquet`` (by study id) or ``ingest/manifest.parquet`` (by image id), read once per
-    process while the file is unchanged (a worker measuring many shards does not re-read them per shard)."""
+    process while the file is unchanged (a worker measuring many shards does not re-read them per shard).
+    ``cached=False``: read for this call only, never kept (the driver's plan: the tables grow with the archive,
+    and the driver lives for the whole build)."""
     path = Path(build_dir) / "ingest" / f"{table}.parquet"
+    if not cached:
+        return IngestRows(pq.read_table(path), "study_id" if table == "studies" else "image_id")
     st = path.stat()
     stamp = (st.st_mtime_ns, st.st_size)
     key = str(path.resolve())
@@ -189,7 +193,9 @@ def plan_shards(build_dir: str | Path, shard_size: int, *, overlays: bool = True
     """Deterministic shards of at most ``shard_size`` studies (sorted ids, so reruns match; sizes from
     :func:`shard_sizes`), each with the content key of its real inputs (see :mod:`grok.stages.keys`):
     ``[{"ids": [...], "key": "..."}]``."""
-    studies, manifest = ingest_rows(build_dir, "studies"), ingest_rows(build_dir, "manifest")
+    # read for the plan alone: cached, the driver kept both tables for the rest of the build (issue 22: its
+    # level after the measure stage rose 25 MB from 500 to 5,000 studies)
+    studies, manifest = ingest_rows(build_dir, "studies", cached=False), ingest_rows(build_dir, "manifest", cached=False)
     ids = sorted(studies)
     code = {"grok": __version__, "measure": MEASURE_VERSION, "cfp": CFP_V,
             "source": source_digest("grok.oct", "grok.cfp", "grok.ids", __name__)}
@@ -673,7 +679,7 @@ class Measure(Stage):
         info = folder.info()
         if info.get("measure_shard_size"):
             return int(info["measure_shard_size"]), int(info.get("measure_shard_taper") or 0)
-        size = auto_shard_size(len(ingest_rows(folder.root, "studies")), folder.workers)
+        size = auto_shard_size(len(ingest_rows(folder.root, "studies", cached=False)), folder.workers)
         folder.update(measure_shard_size=size, measure_shard_taper=folder.workers)
         return size, folder.workers
 
