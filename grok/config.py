@@ -109,6 +109,9 @@ class Settings(BaseModel):
     KEY_IF_CHANGED: ClassVar[frozenset[str]] = frozenset()
     #: Fields that never shape data (scheduling, parallelism): never hashed.
     KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset()
+    #: Fields whose ``"auto"`` (a value the run works out, e.g. a shard size) is hashed as the given value: the
+    #: default they had before ``auto`` existed, so configs keep their content keys (and build ids).
+    KEY_AUTO: ClassVar[dict[str, Any]] = {}
     #: Groups of keys of which a nested override sets at most one (the others revert to None).
     EXCLUSIVE: ClassVar[tuple[tuple[str, ...], ...]] = ()
 
@@ -152,7 +155,8 @@ class Settings(BaseModel):
 
     def key_dump(self) -> dict[str, Any]:
         """The JSON-able content that content keys hash: every field, nested models by their own rules,
-        less ``KEY_EXCLUDE`` and the ``KEY_IF_CHANGED`` fields left at their default."""
+        less ``KEY_EXCLUDE`` and the ``KEY_IF_CHANGED`` fields left at their default, ``KEY_AUTO`` fields set to
+        ``"auto"`` as their stand-in."""
         out: dict[str, Any] = {}
         dump = self.model_dump(mode="json")
         for name, field in type(self).model_fields.items():
@@ -160,6 +164,9 @@ class Settings(BaseModel):
                 continue
             value = getattr(self, name)
             if name in self.KEY_IF_CHANGED and value == field.get_default(call_default_factory=True):
+                continue
+            if name in self.KEY_AUTO and value == "auto":
+                out[name] = self.KEY_AUTO[name]
                 continue
             out[name] = value.key_dump() if isinstance(value, Settings) else dump[name]
         return out

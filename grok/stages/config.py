@@ -68,8 +68,8 @@ class MeasureSettings(Settings):
 
     #: how long a study may take is an operational limit, like the workers a shard runs on (never hashed)
     KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"study_timeout_s"})
-    #: what ``shard_size: auto`` enters the build id as: the old default, so builds keep their ids
-    AUTO_KEY: ClassVar[int] = 8
+    #: ``shard_size: auto`` enters the build id as the old default 8, so builds keep their ids
+    KEY_AUTO: ClassVar[dict[str, Any]] = {"shard_size": 8}
 
     shard_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "Studies per measure task (a shard), or auto: about four shards per worker (so a slow shard does not "
@@ -82,20 +82,14 @@ class MeasureSettings(Settings):
         "Seconds one study may take to measure; a study over it is quarantined (error_class study_timeout) "
         "and the shard goes on. None: no limit. A rerun with a larger limit measures those shards again."))
 
-    def key_dump(self) -> dict[str, Any]:
-        out = super().key_dump()
-        if out.get("shard_size") == "auto":
-            out["shard_size"] = self.AUTO_KEY
-        return out
-
 
 class InstructSettings(InstructConfig):
     """Instruction generation in a build: :class:`grok.instruct.generate.InstructConfig` (mode, tasks,
     seed, tolerance, templates, ``llm``) plus how the stage shards its work."""
 
     KEY_EXCLUDE: ClassVar[frozenset[str]] = frozenset({"llm_parallel_shards"})
-    #: what ``shard_size: auto`` enters the build id as: the old default, so builds keep their ids
-    AUTO_KEY: ClassVar[int] = 64
+    #: ``shard_size: auto`` enters the build id as the old default 64, so builds keep their ids
+    KEY_AUTO: ClassVar[dict[str, Any]] = {"shard_size": 64}
 
     shard_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "Study records per instruct task (a shard), or auto: in template mode about four shards per worker, "
@@ -128,8 +122,6 @@ class InstructSettings(InstructConfig):
         out = super().key_dump()
         if tuple(self.tasks) == tuple(FAMILIES):
             out["tasks"] = None  # builds have always keyed "every family" as null
-        if out.get("shard_size") == "auto":
-            out["shard_size"] = self.AUTO_KEY
         return out
 
 

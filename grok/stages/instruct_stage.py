@@ -74,7 +74,7 @@ def shard_size(folder: BuildFolder) -> int:
     if s.shard_size != "auto":
         return s.shard_size
     if s.mode != "template":
-        return auto_shard_size(0, folder.workers, s.mode)
+        return AUTO_LLM
     recorded = folder.info().get("instruct_shard_size")
     if recorded:
         return int(recorded)
