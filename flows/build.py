@@ -182,7 +182,7 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
     with arrow_pool():  # the driver's Arrow memory given back as it is freed (grok.parquet_io.DRIVER_MEMORY_POOL)
         for stage in STAGES:
             t0 = time.perf_counter()
-            shards = stage.plan(folder)
+            shards = stage.run_plan(folder)  # in a process of its own, like the merges
             if (limit := stage.limit(folder)) is not None:
                 set_concurrency_limit(*limit)
             run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,

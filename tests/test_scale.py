@@ -83,6 +83,23 @@ def test_the_plan_keeps_no_ingest_table(tiny_copy):
     assert len(measure_stage._TABLES) == 1
 
 
+def test_executors_plan_in_a_process_of_their_own(tiny_copy, monkeypatch):
+    """Both executors call ``run_plan``: the plan runs in a child (what it allocates goes with it), the shards
+    that come back are the plan's, and what it records in build.json (the auto size) is there for the driver."""
+    folder = BuildFolder(tiny_config(tiny_copy), workers=2)
+    called = []
+    monkeypatch.setattr(measure_stage, "plan_shards", lambda *a, **k: called.append(a))  # not the child's module
+    shards = MEASURE.run_plan(folder)
+    assert called == []  # the driver's (patched) plan_shards never ran
+    assert [len(s["ids"]) for s in shards] == [1, 1] and all(len(s["key"]) == 32 for s in shards)
+    assert folder.info()["measure_shard_size"] == 1  # written by the child, read here
+    monkeypatch.undo()
+    assert MEASURE.plan(folder) == shards
+    (tiny_copy / "build" / "ingest" / "studies.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="studies.parquet"):  # the child's error, raised here as it was
+        MEASURE.run_plan(folder)
+
+
 def test_auto_size_is_recorded_and_reused_on_other_workers(tiny_copy):
     cfg = tiny_config(tiny_copy)  # shard_size: auto
     folder = BuildFolder(cfg, workers=2)
