@@ -36,7 +36,7 @@ from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_se
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from grok.parquet_io import arrow_pool, release_memory
-from grok.stages.config import BuildConfig, load_config
+from grok.stages.config import BuildConfig, RunnerSettings, load_config
 from grok.stages.runner import STAGE_BY_NAME, STAGES, BuildFolder, StageReport, train_inline
 
 PUBLISHED_EVENT = "grok.dataset.published"
@@ -84,6 +84,30 @@ def without_malloc_trim() -> dict[str, Any]:
            if k != "MALLOC_TRIM_THRESHOLD_"}
     dask.config.set({"distributed.nanny.pre-spawn-environ": env})
     return env
+
+
+#: Entries each Dask comm and worker keeps in its debugging logs (``distributed.admin.low-level-log-length``;
+#: Dask's default 1,000): none, see :func:`short_dask_logs`.
+DASK_LOG_LENGTH = 0
+
+
+def short_dask_logs(length: int = DASK_LOG_LENGTH) -> int:
+    """Keep ``length`` entries (default none), not Dask's 1,000, in the debugging logs of the flow's Dask client,
+    of a local cluster's scheduler (which runs in the flow's process) and of its workers (their nannies pass the
+    setting on); returns it.
+
+    Each comm logs its last ``distributed.admin.low-level-log-length`` payloads under 1 MB, and each worker its
+    last compute requests, and a Prefect task's request carries the whole flow-run context (the flow, its task
+    runner, the settings): about 100 kB. With the default the flow's process held up to 1,000 payloads per
+    worker plus the client's own: measured with ``benchmarks/prefect_tasks.py`` (2 local workers), the driver's
+    anonymous memory grew 83 kB per task, 261 MB after 100 empty tasks and 472 MB after 2,700, each worker's 109
+    to 304 MB (a 170,000-study build maps 2,657 measure shards). A payload is a batch of messages, so even 4
+    entries kept about a third of 300 tasks' requests (an ad-hoc probe); the logs serve only to debug Dask itself.
+    A team's own scheduler and workers take the setting from their Dask config (see the README)."""
+    import dask  # the dask extra
+
+    dask.config.set({"distributed.admin.low-level-log-length": length})
+    return length
 
 
 def _artifact(report: StageReport) -> None:
@@ -247,18 +271,26 @@ def _one_api(flow_):
 def with_runner(cfg: BuildConfig):
     """The flow with the task runner the config asks for (Dask for scale-out); call it with the flow's
     parameters."""
-    if cfg.runner.kind == "dask":
+    return on_runner(build_dataset, cfg.runner)
+
+
+def on_runner(flow_, runner_cfg: RunnerSettings):
+    """``flow_`` with the task runner of ``runner_cfg`` (a build config's ``runner``) and, on Dask, the flow's
+    own API handed to the workers (:func:`_one_api`): what :func:`with_runner` does for the build, for any flow
+    (``benchmarks/prefect_tasks.py`` maps thousands of empty shards through it)."""
+    if runner_cfg.kind == "dask":
         from prefect_dask import DaskTaskRunner  # the dask extra
 
         without_malloc_trim()
-        if cfg.runner.dask_address:
-            runner = DaskTaskRunner(address=cfg.runner.dask_address)
+        short_dask_logs()
+        if runner_cfg.dask_address:
+            runner = DaskTaskRunner(address=runner_cfg.dask_address)
         else:
-            runner = DaskTaskRunner(cluster_kwargs={"n_workers": cfg.runner.n_workers, "threads_per_worker": 1,
+            runner = DaskTaskRunner(cluster_kwargs={"n_workers": runner_cfg.n_workers, "threads_per_worker": 1,
                                                     "processes": True, "dashboard_address": None,
                                                     "env": ONE_THREAD_ENV})
-        return _one_api(build_dataset.with_options(task_runner=runner))
+        return _one_api(flow_.with_options(task_runner=runner))
     # Prefect's default thread pool is effectively unbounded: dozens of shards measuring at once only
     # multiply memory (each holds a cube and its masks) without more cores. Default: one per core.
-    threads = cfg.runner.threads or os.cpu_count() or 1
-    return build_dataset.with_options(task_runner=ThreadPoolTaskRunner(max_workers=threads))
+    threads = runner_cfg.threads or os.cpu_count() or 1
+    return flow_.with_options(task_runner=ThreadPoolTaskRunner(max_workers=threads))
