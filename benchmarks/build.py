@@ -52,7 +52,7 @@ import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root for benchmarks.*
-from benchmarks.memprobe import anon_kb  # noqa: E402
+from benchmarks.memprobe import anon_kb, process_role  # noqa: E402
 
 #: ``--geometry small``: the thousands-of-studies phantom (8 x 128 x 128 cubes over 1.28 x 6 x 6 mm, 256-px photos)
 SMALL = {"oct_shape": (8, 128, 128), "oct_spacing_um": (10.0, 46.875, 750.0), "cfp_size": 256}
@@ -78,17 +78,6 @@ def _config(work: Path, archive: Path, cohort: Path, name: str, runner: dict, sh
     p = work / f"{name}.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
-
-
-def _role(proc: psutil.Process) -> str:
-    """What a descendant of the driver is: the Prefect server, a worker process, one of grok's own child processes
-    by the name on its command line (grok.childproc: a stage's, e.g. ``publish``, a merge's, e.g. ``instruct_merge``,
-    or ``contracts``), or ``other``."""
-    cmd = proc.cmdline()
-    if "grok.childproc" in cmd:
-        return cmd[-1].replace("-", "_")
-    cmd = " ".join(cmd)
-    return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"
 
 
 #: a stage's end in the flow's log: "HH:MM:SS.mmm | INFO    | Flow run 'x' - records: 60 in, ..."
@@ -117,7 +106,7 @@ def _run(cfg: Path, *extra: str) -> tuple[float, dict, dict]:
                 anon = max(anon, a)
                 samples.append((time.time(), rss, a))
                 for child in driver.children(recursive=True):
-                    role = _role(child)
+                    role = process_role(child)
                     others[role] = max(others.get(role, 0), child.memory_info().rss)
                     others_anon[role] = max(others_anon.get(role, 0), anon_kb(child.pid))
             except psutil.Error:

@@ -31,3 +31,14 @@ def child_code(code: str) -> str:
     """``code`` for ``python -c`` in a child process, with the repository root first on its ``sys.path`` (so it
     imports ``benchmarks.memprobe`` whatever its working directory)."""
     return f"import sys\nsys.path.insert(0, {str(ROOT)!r})\n" + code
+
+
+def process_role(proc) -> str:
+    """What a descendant of a benchmark's driver (a ``psutil.Process``) is: the Prefect server, a worker process,
+    one of grok's own child processes by the name on its command line (grok.childproc: a stage's, e.g. ``publish``,
+    a merge's, e.g. ``instruct_merge``, a plan's, e.g. ``measure_plan``, or ``contracts``), or ``other``."""
+    cmd = proc.cmdline()
+    if "grok.childproc" in cmd:
+        return cmd[-1].replace("-", "_")
+    cmd = " ".join(cmd)
+    return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"

@@ -37,12 +37,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repo root for benchmarks.*
 
-from benchmarks.memprobe import anon_kb  # noqa: E402
-
-
-def _role(proc: psutil.Process) -> str:
-    cmd = " ".join(proc.cmdline())
-    return "prefect_server" if "prefect.server" in cmd else "worker" if "multiprocessing" in cmd else "other"
+from benchmarks.memprobe import anon_kb, process_role  # noqa: E402
 
 
 def run_one(n: int, kind: str, n_workers: int, work: Path, submit: str) -> dict:
@@ -58,7 +53,7 @@ def run_one(n: int, kind: str, n_workers: int, work: Path, submit: str) -> dict:
     peak: dict[str, list[int]] = {}  # role -> [rss bytes, anonymous kB]
     while proc.poll() is None:
         try:
-            for p, role in [(driver, "driver"), *((c, _role(c)) for c in driver.children(recursive=True))]:
+            for p, role in [(driver, "driver"), *((c, process_role(c)) for c in driver.children(recursive=True))]:
                 cur = peak.setdefault(role, [0, 0])
                 cur[0], cur[1] = max(cur[0], p.memory_info().rss), max(cur[1], anon_kb(p.pid))
         except psutil.Error:

@@ -22,7 +22,7 @@ import queue
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -214,8 +214,7 @@ def build_dataset(config: dict[str, Any] | None = None, config_path: str | None 
             run = shard_task.with_options(name=f"{stage.name}-shard" if stage.sharded else stage.name,
                                           retries=stage.retries(folder), retry_delay_seconds=10)
             if stage.sharded:  # shards fan out on the task runner (threads, or Dask workers), a window at a time
-                results = run_windowed(lambda shard, run=run, name=stage.name: run.submit(config, name, shard),
-                                       shards, shard_window(folder.workers))
+                results = run_windowed(partial(run.submit, config, stage.name), shards, shard_window(folder.workers))
             else:  # from the flow's process, like the merges: the work in a process of its own (SingleStage)
                 results = [run(config, stage.name, shard) for shard in shards]
             merge = merge_task.with_options(name=f"{stage.name}-merge" if stage.sharded else f"{stage.name}-report")
